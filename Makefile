@@ -1,0 +1,44 @@
+# Two entry points do everything on a fresh machine (as root, package registries only):
+#   make run   — build the core and run the gateway on embedded defaults
+#   make test  — install the test services, then cargo test + the whole pytest suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-stamp
+
+.PHONY: run test build services lint bench load clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip maturin
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# maturin develop rebuilds the extension in release mode into the venv.
+build: $(STAMP)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+
+run: build
+	$(VENV)/bin/tidegate serve
+
+# Debian's InfluxDB 1.x for the test session; PostgreSQL 15 comes with the image.
+services:
+	@command -v influxd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb >/dev/null; }
+	@test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
+
+test: build services
+	cargo test -q
+	$(VENV)/bin/pytest -q
+
+lint: build
+	cargo fmt --check
+	cargo clippy -q -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy --strict python/
+
+bench: build services
+	$(VENV)/bin/pytest benches --benchmark-enable --benchmark-only -q
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,180 @@
+"""The one place that reads the environment: a frozen, validated `Config`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+INFLUX_APIS = ("v1", "v2", "v3")
+CORES = ("rust", "python")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything tidegate reads from its environment, validated once at start."""
+
+    database_url: str | None = None
+    data_dir: Path = Path("tidegate-data")
+    core: str = "rust"
+    # InfluxDB sink; None → embedded sink (line-protocol files under data_dir/lp).
+    influxdb_url: str | None = None
+    influxdb_token: str | None = None
+    influxdb_org: str | None = None
+    influx_api: str = "v3"
+    influx_create_db: bool = False
+    influx_batch_size: int = 500
+    influx_flush_interval_ms: int = 1000
+    influx_max_body_lines: int = 5000
+    influx_timeout_s: float = 10.0
+    influx_max_concurrency: int = 4
+    influx_retry_base_s: float = 0.5
+    influx_retry_max_s: float = 30.0
+    # Request limits.
+    max_body_bytes: int = 1 << 20
+    max_payload_bytes: int = 8192
+    buffer_max_bytes: int = 64 << 20
+    buffer_flush_bytes: int = 1 << 20
+    # Rate limit defaults for devices without their own.
+    default_rps: float = 10.0
+    default_burst: int = 100
+    # Auth cache.
+    auth_cache_ttl_s: float = 60.0
+    auth_cache_negative_ttl_s: float = 5.0
+    auth_cache_max_entries: int = 100_000
+    # Shelly adapter.
+    ingest_api_key: str | None = None
+    ingest_tenant: str = "default"
+    # Server.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_deadline_s: float = 10.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read and validate the configuration; raises ConfigError naming the bad variable."""
+        e = os.environ if env is None else env
+        r = _Reader(e)
+        influx_api = r.get("INFLUX_API", "v3", str)
+        if influx_api not in INFLUX_APIS:
+            raise ConfigError(f"INFLUX_API must be one of {', '.join(INFLUX_APIS)}, not {influx_api!r}")
+        core = r.get("TIDEGATE_CORE", "rust", str)
+        if core not in CORES:
+            raise ConfigError(f"TIDEGATE_CORE must be one of {', '.join(CORES)}, not {core!r}")
+        influxdb_url = r.get("INFLUXDB_URL", None, _url)
+        cfg = cls(
+            database_url=r.get("DATABASE_URL", None, str) or None,
+            data_dir=Path(r.get("TIDEGATE_DATA_DIR", "tidegate-data", str)),
+            core=core,
+            influxdb_url=influxdb_url,
+            influxdb_token=r.get("INFLUXDB_TOKEN", None, str),
+            influxdb_org=r.get("INFLUXDB_ORG", None, str),
+            influx_api=influx_api,
+            influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", False, _bool),
+            influx_batch_size=r.get("INFLUX_BATCH_SIZE", 500, _positive_int),
+            influx_flush_interval_ms=r.get("INFLUX_FLUSH_INTERVAL_MS", 1000, _positive_int),
+            influx_max_body_lines=r.get("INFLUX_MAX_BODY_LINES", 5000, _positive_int),
+            influx_timeout_s=r.get("INFLUX_TIMEOUT_S", 10.0, _positive_float),
+            influx_max_concurrency=r.get("INFLUX_MAX_CONCURRENCY", 4, _positive_int),
+            influx_retry_base_s=r.get("INFLUX_RETRY_BASE_S", 0.5, _positive_float),
+            influx_retry_max_s=r.get("INFLUX_RETRY_MAX_S", 30.0, _positive_float),
+            max_body_bytes=r.get("TIDEGATE_MAX_BODY_BYTES", 1 << 20, _positive_int),
+            max_payload_bytes=r.get("TIDEGATE_MAX_PAYLOAD_BYTES", 8192, _positive_int),
+            buffer_max_bytes=r.get("TIDEGATE_BUFFER_MAX_BYTES", 64 << 20, _positive_int),
+            buffer_flush_bytes=r.get("TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, _positive_int),
+            default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, _positive_float),
+            default_burst=r.get("TIDEGATE_DEFAULT_BURST", 100, _positive_int),
+            auth_cache_ttl_s=r.get("TIDEGATE_AUTH_CACHE_TTL_S", 60.0, _non_negative_float),
+            auth_cache_negative_ttl_s=r.get(
+                "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S", 5.0, _non_negative_float
+            ),
+            auth_cache_max_entries=r.get("TIDEGATE_AUTH_CACHE_MAX_ENTRIES", 100_000, _positive_int),
+            ingest_api_key=r.get("INGEST_API_KEY", None, str) or None,
+            ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
+            host=r.get("TIDEGATE_HOST", "127.0.0.1", str),
+            port=r.get("TIDEGATE_PORT", 8080, _port),
+            shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, _positive_float),
+            log_level=r.get("TIDEGATE_LOG_LEVEL", "info", _log_level),
+        )
+        if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
+            raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
+        return cfg
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0..65535")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return raw.rstrip("/")
+
+
+def _tenant(raw: str) -> str:
+    if not (1 <= len(raw) <= 64) or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in raw):
+        raise ValueError("must match [a-z0-9_-]{1,64}")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in ("debug", "info", "warning", "error"):
+        raise ValueError("must be debug, info, warning or error")
+    return lowered
