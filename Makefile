@@ -10,13 +10,13 @@ STAMP := $(VENV)/.deps-stamp
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip maturin
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2'
 	touch $(STAMP)
 
-# maturin develop rebuilds the extension in release mode into the venv.
+# maturin develop builds the extension in release mode and installs the package, linked to
+# python/, with its runtime and dev dependencies into the venv.
 build: $(STAMP)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev
 
 run: build
 	$(VENV)/bin/tidegate serve

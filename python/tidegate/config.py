@@ -23,6 +23,7 @@ class Config:
     """Everything tidegate reads from its environment, validated once at start."""
 
     database_url: str | None = None
+    database_pool_size: int = 10
     data_dir: Path = Path("tidegate-data")
     core: str = "rust"
     # InfluxDB sink; None → embedded sink (line-protocol files under data_dir/lp).
@@ -53,6 +54,8 @@ class Config:
     # Shelly adapter.
     ingest_api_key: str | None = None
     ingest_tenant: str = "default"
+    # A full Shelly batch (1000 messages of four channels' status) runs past the 1 MiB default.
+    shelly_max_body_bytes: int = 4 << 20
     # Server.
     host: str = "127.0.0.1"
     port: int = 8080
@@ -66,13 +69,16 @@ class Config:
         r = _Reader(e)
         influx_api = r.get("INFLUX_API", "v3", str)
         if influx_api not in INFLUX_APIS:
-            raise ConfigError(f"INFLUX_API must be one of {', '.join(INFLUX_APIS)}, not {influx_api!r}")
+            raise ConfigError(
+                f"INFLUX_API must be one of {', '.join(INFLUX_APIS)}, not {influx_api!r}"
+            )
         core = r.get("TIDEGATE_CORE", "rust", str)
         if core not in CORES:
             raise ConfigError(f"TIDEGATE_CORE must be one of {', '.join(CORES)}, not {core!r}")
         influxdb_url = r.get("INFLUXDB_URL", None, _url)
         cfg = cls(
-            database_url=r.get("DATABASE_URL", None, str) or None,
+            database_url=r.get("DATABASE_URL", None, _database_url) or None,
+            database_pool_size=r.get("DATABASE_POOL_SIZE", 10, _positive_int),
             data_dir=Path(r.get("TIDEGATE_DATA_DIR", "tidegate-data", str)),
             core=core,
             influxdb_url=influxdb_url,
@@ -100,6 +106,7 @@ class Config:
             auth_cache_max_entries=r.get("TIDEGATE_AUTH_CACHE_MAX_ENTRIES", 100_000, _positive_int),
             ingest_api_key=r.get("INGEST_API_KEY", None, str) or None,
             ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
+            shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, _positive_int),
             host=r.get("TIDEGATE_HOST", "127.0.0.1", str),
             port=r.get("TIDEGATE_PORT", 8080, _port),
             shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, _positive_float),
@@ -108,6 +115,10 @@ class Config:
         if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
             raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
         return cfg
+
+
+# Variables whose values may carry a credential: never echoed in an error message.
+_SECRET_VARS = frozenset({"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY"})
 
 
 class _Reader:
@@ -121,7 +132,8 @@ class _Reader:
         try:
             return parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+            shown = "<hidden>" if name in _SECRET_VARS else repr(raw)
+            raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
 
 
 def _positive_int(raw: str) -> int:
@@ -161,6 +173,12 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be 1/0, true/false, yes/no or on/off")
 
 
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must start with postgresql:// or postgres://")
+    return raw
+
+
 def _url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
@@ -168,7 +186,9 @@ def _url(raw: str) -> str:
 
 
 def _tenant(raw: str) -> str:
-    if not (1 <= len(raw) <= 64) or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in raw):
+    if not (1 <= len(raw) <= 64) or any(
+        c not in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in raw
+    ):
         raise ValueError("must match [a-z0-9_-]{1,64}")
     return raw
 

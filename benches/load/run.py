@@ -1,0 +1,370 @@
+"""End-to-end load run: one gateway process (one uvicorn worker) under wrk in another process.
+
+For each combination of --cores x --sinks x --registries: provision the devices, start
+`python -m tidegate serve`, warm the auth cache with every body once, then
+1. saturate: wrk -c CONNECTIONS for DURATION s -> accepted msgs/s (from the gateway's own
+   /ingest/v1/stats), latency percentiles (wrk), RSS at start and end;
+2. paced (unless --paced-rate 0): a fixed offered load, by default 75,000 msgs/s (half the
+   150,000 target) -> latency percentiles.
+
+    python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
+
+Prints one JSON object per phase and a Markdown table at the end (also written to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests")]
+
+from gateway import GatewayProcess, run_gateway  # noqa: E402
+from services import InfluxDB, PostgresCluster  # noqa: E402
+from tidegate.config import Config  # noqa: E402
+from tidegate.registry import Registry  # noqa: E402
+
+LUA = HERE / "batch.lua"
+BATCH = 100
+
+
+@dataclass
+class Setup:
+    """Load shape, shared by every run."""
+
+    devices: int
+    tenants: int
+    devices_per_batch: int
+    bodies: int
+    duration: int
+    connections: int
+    threads: int
+    workdir: Path
+    token_of: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def device_keys(s: Setup) -> list[tuple[str, str]]:
+    """`devices` devices spread evenly over `tenants` tenants."""
+    return [(f"tenant{i % s.tenants}", f"dev{i:05d}") for i in range(s.devices)]
+
+
+def write_bodies(s: Setup) -> Path:
+    """Pre-generate `bodies` batch bodies; each holds BATCH messages from `devices_per_batch`
+    devices of one tenant (a forwarder per site). Returns the file listing them for wrk."""
+    keys = device_keys(s)
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, device in keys:
+        by_tenant.setdefault(tenant, []).append(device)
+    tenants = sorted(by_tenant)
+    rng = random.Random(7)
+    paths = []
+    body_dir = s.workdir / "bodies"
+    body_dir.mkdir(parents=True, exist_ok=True)
+    for b in range(s.bodies):
+        tenant = tenants[b % len(tenants)]
+        devs = by_tenant[tenant]
+        start = (b // len(tenants)) * s.devices_per_batch % len(devs)
+        chosen = [devs[(start + k) % len(devs)] for k in range(s.devices_per_batch)]
+        messages = []
+        for m in range(BATCH):
+            device = chosen[m % len(chosen)]
+            messages.append(
+                {
+                    "tenant_id": tenant,
+                    "device_id": device,
+                    "msg_type": "telemetry",
+                    "provision_token": s.token_of[(tenant, device)],
+                    "site_id": f"site-{device}",
+                    "seq": b * BATCH + m,
+                    "metrics": {
+                        "temperature": round(rng.uniform(-20, 40), 2),
+                        "humidity": round(rng.uniform(0, 100), 1),
+                        "voltage": round(rng.uniform(3.0, 4.2), 3),
+                        "rssi": rng.randint(-110, -40),
+                        "door_open": rng.random() < 0.1,
+                    },
+                }
+            )
+        path = body_dir / f"{b:04d}.json"
+        path.write_bytes(json.dumps({"messages": messages}, separators=(",", ":")).encode())
+        paths.append(str(path))
+    listing = s.workdir / "bodies.txt"
+    listing.write_text("\n".join(paths) + "\n")
+    return listing
+
+
+def provision(env: dict[str, str], s: Setup) -> None:
+    """Register the tenants and devices with a limit far above the load (tokens fixed)."""
+    cfg = Config.from_env(env)
+
+    async def run() -> None:
+        reg = await Registry.open(cfg)
+        try:
+            await reg.migrate()
+            for t in sorted({t for t, _ in device_keys(s)}):
+                await reg.add_tenant(t)
+            for tenant, device in device_keys(s):
+                await reg.add_device(
+                    tenant,
+                    device,
+                    f"site-{device}",
+                    rps=1e9,
+                    burst=1_000_000_000,
+                    token=s.token_of[(tenant, device)],
+                )
+        finally:
+            await reg.close()
+
+    asyncio.run(run())
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+)", status)
+    return int(match.group(1)) if match else 0
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS once a second."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[int] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            self.samples.append(rss_kib(self.pid))
+
+
+def wrk(
+    url: str, listing: Path, duration: int, connections: int, threads: int, delay_ms: int = 0
+) -> dict[str, Any]:
+    """Run wrk with the batch script; its `done()` prints one WRK_JSON line."""
+    env = {**os.environ, "BODIES_LIST": str(listing), "DELAY_MS": str(delay_ms)}
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            out: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+            return out
+    raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+
+
+def measure(
+    gw: GatewayProcess, listing: Path, duration: int, connections: int, threads: int, delay_ms: int
+) -> dict[str, Any]:
+    """One wrk phase; accepted msgs/s from the gateway's own counters."""
+    before = gw.stats()
+    sampler = RssSampler(gw.proc.pid)
+    rss_start = rss_kib(gw.proc.pid)
+    sampler.start()
+    result = wrk(gw.url, listing, duration, connections, threads, delay_ms)
+    sampler.stopped.set()
+    sampler.join()
+    after = gw.stats()
+    seconds = result["duration_us"] / 1e6
+    accepted = after["accepted"] - before["accepted"]
+    rejected = after["rejected_total"] - before["rejected_total"]
+    return {
+        "requests": result["requests"],
+        "req_per_s": round(result["requests"] / seconds, 1),
+        "accepted_msgs": accepted,
+        "accepted_msgs_per_s": round(accepted / seconds),
+        "rejected_msgs": rejected,
+        "http_errors": result["status_errors"] + result["read_errors"] + result["timeouts"],
+        "p50_ms": result["p50_us"] / 1000,
+        "p90_ms": result["p90_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+        "p999_ms": result["p999_us"] / 1000,
+        "max_ms": result["max_us"] / 1000,
+        "rss_start_mib": round(rss_start / 1024, 1),
+        "rss_end_mib": round(rss_kib(gw.proc.pid) / 1024, 1),
+        "rss_max_mib": round(max(sampler.samples or [rss_start]) / 1024, 1),
+        # One sample per 30 s: what "flat over a long run" is judged on.
+        "rss_trace_mib": [round(kib / 1024, 1) for kib in sampler.samples[::30]],
+        "connections": connections,
+        "delay_ms": delay_ms,
+        "seconds": round(seconds, 2),
+    }
+
+
+def paced(gw: GatewayProcess, listing: Path, duration: int, rate: float) -> dict[str, Any]:
+    """Latency at a fixed offered load of `rate` msgs/s. wrk is closed-loop, so each of C
+    connections waits `delay` ms (whole ms) between requests; C is chosen so one connection's
+    period is >= 20 ms (rounding error <= 5%), and a 5 s calibration run corrects the delay
+    for the response time."""
+    req_rate = rate / BATCH
+    connections = max(1, math.ceil(req_rate * 0.020))
+    period_ms = connections * 1000 / req_rate
+    delay = max(0, round(period_ms - 1))
+    calib = wrk(gw.url, listing, 5, connections, 1, delay)
+    achieved = calib["requests"] / (calib["duration_us"] / 1e6)
+    response_ms = connections * 1000 / achieved - delay
+    delay = max(0, round(period_ms - response_ms))
+    res = measure(gw, listing, duration, connections, 1, delay)
+    return {"phase": "paced", "target_msgs_per_s": round(rate), **res}
+
+
+def warm(gw: GatewayProcess, listing: Path) -> None:
+    """Send every body once: the auth cache then holds every device."""
+    with httpx.Client(base_url=gw.url, timeout=30.0) as c:
+        for path in listing.read_text().split():
+            r = c.post("/ingest/v1/batch", content=Path(path).read_bytes())
+            if r.status_code != 202 or r.json()["rejected"]:
+                raise RuntimeError(f"warm-up batch refused: {r.status_code} {r.text[:300]}")
+
+
+def run_one(
+    s: Setup,
+    core: str,
+    sink: str,
+    registry: str,
+    pg: PostgresCluster | None,
+    influx: InfluxDB | None,
+    paced_rate: float,
+) -> list[dict[str, Any]]:
+    """Provision, start, warm, measure (saturated, then paced), stop."""
+    name = f"{core}-{sink}-{registry}"
+    workdir = s.workdir / name
+    env = {"TIDEGATE_CORE": core, "TIDEGATE_DATA_DIR": str(workdir / "data")}
+    env["TIDEGATE_LOG_LEVEL"] = "warning"
+    if registry == "postgres":
+        assert pg is not None
+        env["DATABASE_URL"] = pg.url(pg.create_database())
+    if sink == "influx":
+        assert influx is not None
+        env.update(
+            {"INFLUXDB_URL": influx.url, "INFLUX_API": "v1", "TIDEGATE_INFLUX_CREATE_DB": "1"}
+        )
+    provision(env, s)
+    listing = write_bodies(s)
+    gw = run_gateway(env, workdir)
+    try:
+        warm(gw, listing)
+        tags = {"core": core, "sink": sink, "registry": registry}
+        results = []
+        sat = measure(gw, listing, s.duration, s.connections, s.threads, 0)
+        results.append({**tags, "phase": "saturated", **sat})
+        print(json.dumps(results[-1]), flush=True)
+        if paced_rate:
+            results.append({**tags, **paced(gw, listing, s.duration, paced_rate)})
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        code = gw.stop()
+        if code != 0:
+            print(f"gateway {name} exited {code}:\n{gw.logs()[-3000:]}", file=sys.stderr)
+    return results
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table."""
+    head = (
+        "| core | sink | registry | phase | accepted msgs/s | req/s | p50 ms | p99 ms "
+        "| p99.9 ms | RSS start→end (max) MiB | rejected |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|\n"
+    )
+    lines = [
+        f"| {r['core']} | {r['sink']} | {r['registry']} | {r['phase']} "
+        f"| {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
+        f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
+        f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse arguments, run the matrix, print and write the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cores", default="rust,python")
+    p.add_argument("--sinks", default="lp", help="lp (embedded files) and/or influx (1.x, v1)")
+    p.add_argument("--registries", default="sqlite", help="sqlite and/or postgres")
+    p.add_argument("--duration", type=int, default=30, help="seconds per phase")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--tenants", type=int, default=10)
+    p.add_argument("--devices-per-batch", type=int, default=10)
+    p.add_argument("--bodies", type=int, default=200)
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        default=75_000,
+        help="msgs/s of the latency phase (default: half the 150k target; 0 skips it)",
+    )
+    p.add_argument("--out", type=Path, help="append JSON lines and the table here")
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    workdir = Path(tempfile.mkdtemp(prefix="tidegate-load-"))
+    s = Setup(
+        args.devices,
+        args.tenants,
+        args.devices_per_batch,
+        args.bodies,
+        args.duration,
+        args.connections,
+        args.threads,
+        workdir,
+    )
+    s.token_of = {k: f"tok-{k[0]}-{k[1]}-{'x' * 24}" for k in device_keys(s)}
+    registries = args.registries.split(",")
+    sinks = args.sinks.split(",")
+    pg = PostgresCluster() if "postgres" in registries else None
+    influx = InfluxDB() if "influx" in sinks else None
+    rows: list[dict[str, Any]] = []
+    try:
+        if pg:
+            pg.start()
+        if influx:
+            influx.start()
+        for core in args.cores.split(","):
+            for sink in sinks:
+                for registry in registries:
+                    rows += run_one(s, core, sink, registry, pg, influx, args.paced_rate)
+    finally:
+        if influx:
+            influx.cleanup()
+        if pg:
+            pg.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    out = table(rows)
+    print(out)
+    if args.out:
+        with args.out.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.write(out)
+
+
+if __name__ == "__main__":
+    main()

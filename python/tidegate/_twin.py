@@ -1,0 +1,850 @@
+"""Pure-Python twin of `tidegate._core`: same API, byte-identical results.
+
+It is the oracle of the differential tests, the baseline of the benches and the fallback selected
+with `TIDEGATE_CORE=python`. The behaviour contract is CORE-SPEC.md; `_core.pyi` documents the API.
+
+JSON is read with the stdlib scanner: integers keep their text (`_Int`), so a seq, a Shelly
+timestamp or a huge metric is judged on what the client sent; floats go through `float()`, which
+rounds correctly like Rust's `str::parse::<f64>`. The top-level object and the `messages` array
+are walked here, element by element, to know each message's raw span for PAYLOAD_TOO_LARGE.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+import threading
+from _json import scanstring  # json.decoder's own C scanner; typeshed omits the alias
+from collections import deque
+from collections.abc import Callable, Sequence
+from json.scanner import make_scanner
+from typing import Final, cast
+
+INVALID_MSG_TYPE: Final = "INVALID_MSG_TYPE"
+INVALID_SCHEMA: Final = "INVALID_SCHEMA"
+INVALID_TIMESTAMP: Final = "INVALID_TIMESTAMP"
+INVALID_METRICS: Final = "INVALID_METRICS"
+PAYLOAD_TOO_LARGE: Final = "PAYLOAD_TOO_LARGE"
+UNAUTHORIZED: Final = "UNAUTHORIZED"
+SITE_MISMATCH: Final = "SITE_MISMATCH"
+RATE_LIMITED: Final = "RATE_LIMITED"
+BUFFER_FULL: Final = "BUFFER_FULL"
+
+MAX_BATCH_MESSAGES: Final = 100
+MAX_SHELLY_MESSAGES: Final = 1000
+
+# Declaration order is `reason_counts()` order.
+_REASONS: Final = (
+    INVALID_MSG_TYPE,
+    INVALID_SCHEMA,
+    INVALID_TIMESTAMP,
+    INVALID_METRICS,
+    PAYLOAD_TOO_LARGE,
+    UNAUTHORIZED,
+    SITE_MISMATCH,
+    RATE_LIMITED,
+    BUFFER_FULL,
+)
+
+_NOT_JSON: Final = "body is not valid JSON"
+_NO_MESSAGES: Final = 'body must be a JSON object with a "messages" list'
+_NOT_OBJECT: Final = "body must be a JSON object"
+_EMPTY: Final = "batch is empty"
+
+# serde_json's recursive parse refuses the 128th level; the core enforces the same limit.
+_MAX_DEPTH: Final = 127
+_MAX_ID_BYTES: Final = 128
+_MAX_METRICS: Final = 256
+_MAX_SEQ: Final = 2**63 - 1
+_MIN_TS_NS: Final = -9223372036854775806
+_MAX_TS_NS: Final = 9223372036854775806
+_MSG_TYPES: Final = frozenset(("telemetry", "heartbeat"))
+_RESERVED_METRICS: Final = frozenset(("seq", "time", "device_id", "site_id"))
+_SHELLY_CHANNELS: Final = tuple((n, f"switch:{n}") for n in range(4))
+_WHITESPACE: Final = " \t\n\r"
+
+_TENANT_RE: Final = re.compile(r"[a-z0-9_-]{1,64}")
+# Control characters, backslash, lone surrogate: never part of an id or a metric name.
+_BAD_NAME_CHAR_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f\\\\\ud800-\udfff]")
+_SURROGATE_RE: Final = re.compile("[\ud800-\udfff]")
+_STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET_RE: Final = re.compile(r"[\[\]{}]")
+_TS_RE: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_LP_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+_EPOCH_ORDINAL: Final = datetime.date(1970, 1, 1).toordinal()
+
+
+class BodyError(ValueError):
+    """The whole request body is unusable; nothing in it was processed."""
+
+    detail: str
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _Int(str):
+    """A JSON integer token, kept as the client wrote it."""
+
+    __slots__ = ()
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_scan_once: Final[Callable[[str, int], tuple[object, int]]] = make_scanner(
+    cast(
+        "make_scanner",
+        json.JSONDecoder(parse_int=_Int, parse_float=float, parse_constant=_reject_constant),
+    )
+)
+
+# -- JSON ------------------------------------------------------------------------------------
+
+
+def _skip_ws(s: str, i: int) -> int:
+    while s[i : i + 1] in (" ", "\t", "\n", "\r"):
+        i += 1
+    return i
+
+
+def _scan_value(s: str, i: int, depth: int) -> tuple[object, int]:
+    """The JSON value at `s[i]` and its end; `depth` containers are already open around it."""
+    try:
+        value, end = _scan_once(s, i)
+    except (StopIteration, ValueError, RecursionError):
+        raise BodyError(_NOT_JSON) from None
+    if type(value) is dict or type(value) is list:
+        budget = _MAX_DEPTH - depth
+        # Fewer brackets in the text than the budget: it cannot nest too deep.
+        if s.count("{", i, end) + s.count("[", i, end) > budget and _depth(s[i:end]) > budget:
+            raise BodyError(_NOT_JSON)
+    return value, end
+
+
+def _depth(text: str) -> int:
+    """How many arrays/objects are open at once at the deepest point of valid JSON `text`.
+
+    Measured on the text, not the parsed value: a duplicate key's dropped value counts too."""
+    deepest = level = 0
+    for bracket in _BRACKET_RE.findall(_STRING_RE.sub("", text)):
+        level += 1 if bracket in "[{" else -1
+        deepest = max(deepest, level)
+    return deepest
+
+
+def _decode(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError(_NOT_JSON) from None
+
+
+def _parse_document(body: bytes) -> object:
+    """The whole body as one JSON value (the single-message form)."""
+    s = _decode(body)
+    value, end = _scan_value(s, _skip_ws(s, 0), 0)
+    if _skip_ws(s, end) != len(s):
+        raise BodyError(_NOT_JSON)
+    return value
+
+
+def _parse_messages(body: bytes, max_messages: int) -> tuple[list[object], list[int]]:
+    """The `messages` list of a batch body and each element's raw length in bytes."""
+    s = _decode(body)
+    i = _skip_ws(s, 0)
+    if s[i : i + 1] != "{":
+        _parse_document(body)
+        raise BodyError(_NO_MESSAGES)
+    messages: object = None
+    sizes: list[int] = []
+    i = _skip_ws(s, i + 1)
+    if s[i : i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            if s[i : i + 1] != '"':
+                raise BodyError(_NOT_JSON)
+            try:
+                key, i = scanstring(s, i + 1, True)
+            except ValueError:
+                raise BodyError(_NOT_JSON) from None
+            i = _skip_ws(s, i)
+            if s[i : i + 1] != ":":
+                raise BodyError(_NOT_JSON)
+            i = _skip_ws(s, i + 1)
+            if key == "messages":
+                if s[i : i + 1] == "[":
+                    messages, sizes, i = _scan_messages(s, i, len(s) == len(body))
+                else:
+                    messages, i = _scan_value(s, i, 1)
+            else:
+                _, i = _scan_value(s, i, 1)
+            i = _skip_ws(s, i)
+            c = s[i : i + 1]
+            if c == ",":
+                i = _skip_ws(s, i + 1)
+            elif c == "}":
+                i += 1
+                break
+            else:
+                raise BodyError(_NOT_JSON)
+    if _skip_ws(s, i) != len(s):
+        raise BodyError(_NOT_JSON)
+    if type(messages) is not list:
+        raise BodyError(_NO_MESSAGES)
+    if not messages:
+        raise BodyError(_EMPTY)
+    if len(messages) > max_messages:
+        raise BodyError(f"batch has {len(messages)} messages; at most {max_messages} are allowed")
+    return messages, sizes
+
+
+def _scan_messages(s: str, i: int, ascii_body: bool) -> tuple[list[object], list[int], int]:
+    """The array at `s[i]` (value of the top-level `messages`), element sizes, and its end."""
+    values: list[object] = []
+    sizes: list[int] = []
+    i = _skip_ws(s, i + 1)
+    if s[i : i + 1] == "]":
+        return values, sizes, i + 1
+    while True:
+        value, end = _scan_value(s, i, 2)
+        values.append(value)
+        sizes.append(end - i if ascii_body else len(s[i:end].encode()))
+        i = _skip_ws(s, end)
+        c = s[i : i + 1]
+        if c == ",":
+            i = _skip_ws(s, i + 1)
+        elif c == "]":
+            return values, sizes, i + 1
+        else:
+            raise BodyError(_NOT_JSON)
+
+
+# -- validation and encoding -----------------------------------------------------------------
+
+
+def _valid_name(s: str) -> bool:
+    """1..=128 bytes of UTF-8 without control characters, backslashes or lone surrogates."""
+    if not s or _BAD_NAME_CHAR_RE.search(s):
+        return False
+    return len(s) <= _MAX_ID_BYTES if s.isascii() else len(s.encode()) <= _MAX_ID_BYTES
+
+
+def _valid_id(value: object) -> bool:
+    return type(value) is str and _valid_name(value)
+
+
+def _unicode(value: object) -> str | None:
+    """`value` when it is a string of valid Unicode (no lone surrogate)."""
+    if type(value) is str and (value.isascii() or not _SURROGATE_RE.search(value)):
+        return value
+    return None
+
+
+def _seq(value: object) -> int | None:
+    """The seq, or None when it is not an integer token in 0..=2**63-1."""
+    if value is None:
+        return 0
+    if type(value) is not _Int:
+        return None
+    if value[0] == "-":
+        return 0 if value == "-0" else None
+    if len(value) > 19:
+        return None
+    n = int(value)
+    return n if n <= _MAX_SEQ else None
+
+
+def _timestamp_ns(value: object) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp, None when invalid or out of range."""
+    if type(value) is not str:
+        return None
+    m = _TS_RE.fullmatch(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
+    try:
+        ordinal = datetime.date(int(year), int(month), int(day)).toordinal()
+    except ValueError:
+        return None
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 59:
+        return None
+    offset = 0
+    if sign is not None:
+        if int(off_h) > 23 or int(off_m) > 59:
+            return None
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        if sign == "-":
+            offset = -offset
+    seconds = (
+        (ordinal - _EPOCH_ORDINAL) * 86400
+        + int(hour) * 3600
+        + int(minute) * 60
+        + int(second)
+        - offset
+    )
+    ns = seconds * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+    return ns if _MIN_TS_NS <= ns <= _MAX_TS_NS else None
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number as f64 (a bool is not a number); None otherwise."""
+    t = type(value)
+    if t is float:
+        f = value
+    elif t is _Int:
+        f = float(value)  # type: ignore[arg-type]
+    else:
+        return None
+    assert isinstance(f, float)
+    return f if math.isfinite(f) else None
+
+
+def _fields(metrics: object) -> str | None:
+    """The metrics as line-protocol fields sorted by name, each followed by `,`."""
+    if metrics is None:
+        return ""
+    if type(metrics) is not dict or len(metrics) > _MAX_METRICS:
+        return None
+    parts = []
+    for name in sorted(metrics):
+        if not _valid_name(name) or name in _RESERVED_METRICS:
+            return None
+        value = metrics[name]
+        if value is True:
+            text = "true"
+        elif value is False:
+            text = "false"
+        else:
+            f = _number(value)
+            if f is None:
+                return None
+            text = repr(f)
+        parts.append(f"{name.translate(_LP_ESCAPES)}={text},")
+    return "".join(parts)
+
+
+def _escape(value: str) -> str:
+    return value.translate(_LP_ESCAPES)
+
+
+class _Item:
+    """One validated message: its reason, and for a valid one its group key and line."""
+
+    __slots__ = ("device_id", "key", "line", "reason", "tenant")
+
+    def __init__(self, reason: str | None, device_id: str | None) -> None:
+        self.reason = reason
+        self.device_id = device_id
+        self.tenant = ""
+        self.key: tuple[str, str, str, str] | None = None
+        self.line = b""
+
+
+def _validate(
+    msg: object,
+    size: int,
+    identity: tuple[object, object, object, object] | None,
+    receive_ns: int,
+    max_payload_bytes: int,
+) -> _Item:
+    """Apply the per-item rules in order; `identity` (tenant, device, type, token) overrides
+    the message's own keys (single-message form)."""
+    if type(msg) is not dict:
+        if size > max_payload_bytes:
+            return _Item(PAYLOAD_TOO_LARGE, None)
+        return _Item(INVALID_SCHEMA, None)
+    if identity is None:
+        tenant, device, msg_type, token = (
+            msg.get("tenant_id"),
+            msg.get("device_id"),
+            msg.get("msg_type"),
+            msg.get("provision_token"),
+        )
+    else:
+        tenant, device, msg_type, token = identity
+    item = _Item(None, _unicode(device))
+    if size > max_payload_bytes:
+        item.reason = PAYLOAD_TOO_LARGE
+        return item
+    site = msg.get("site_id")
+    seq = _seq(msg.get("seq"))
+    if (
+        type(tenant) is not str
+        or _TENANT_RE.fullmatch(tenant) is None
+        or not _valid_id(device)
+        or not _valid_id(site)
+        or not _valid_id(token)
+        or type(msg_type) is not str
+        or seq is None
+    ):
+        item.reason = INVALID_SCHEMA
+        return item
+    if msg_type not in _MSG_TYPES:
+        item.reason = INVALID_MSG_TYPE
+        return item
+    ts = msg.get("ts")
+    ns = receive_ns if ts is None else _timestamp_ns(ts)
+    if ns is None:
+        item.reason = INVALID_TIMESTAMP
+        return item
+    fields = _fields(msg.get("metrics"))
+    if fields is None:
+        item.reason = INVALID_METRICS
+        return item
+    assert isinstance(device, str) and isinstance(site, str) and isinstance(token, str)
+    item.tenant = tenant
+    item.key = (tenant, device, site, token)
+    item.line = (
+        f"{msg_type},device_id={_escape(device)},site_id={_escape(site)} {fields}seq={seq}i {ns}\n"
+    ).encode()
+    return item
+
+
+# -- Batch -----------------------------------------------------------------------------------
+
+
+class Batch:
+    """Parsed, validated and line-protocol-encoded messages of one request."""
+
+    def __init__(self, items: list[_Item]) -> None:
+        self._items = items
+        self._keys: dict[tuple[str, str, str, str], int] = {}
+        self._members: list[list[_Item]] = []
+        for item in items:
+            if item.key is not None:
+                group = self._keys.setdefault(item.key, len(self._keys))
+                if group == len(self._members):
+                    self._members.append([])
+                self._members[group].append(item)
+        # Tenants of the valid items in order of first appearance: `append` reports in it.
+        self._tenants = list(dict.fromkeys(key[0] for key in self._keys))
+        self._resolved = False
+        self._appended = False
+
+    def __len__(self) -> int:
+        """Number of messages in the request."""
+        return len(self._items)
+
+    def groups(self) -> list[tuple[str, str, str, str, int]]:
+        """Distinct (tenant, device, site, token, count) of the valid items, first appearance
+        order."""
+        return [(*key, len(m)) for key, m in zip(self._keys, self._members, strict=True)]
+
+    def resolve(self, verdicts: Sequence[tuple[int, str | None]]) -> None:
+        """Apply one `(allowed, reason)` per group: the first `allowed` items stay accepted.
+        All or nothing; checks in the compiled core's order."""
+        for _, reason in verdicts:
+            if reason is not None and reason not in _REASONS:
+                raise ValueError(f"unknown reason code {_rust_debug(reason)}")
+        if self._resolved:
+            raise ValueError("verdicts were already applied to this batch")
+        if self._appended:
+            raise ValueError("this batch was already appended")
+        if len(verdicts) != len(self._members):
+            raise ValueError(f"expected {len(self._members)} verdicts, got {len(verdicts)}")
+        for group, ((allowed, reason), members) in enumerate(
+            zip(verdicts, self._members, strict=True)
+        ):
+            if allowed < 0:
+                raise ValueError(f"verdict {group} allows a negative count")
+            if reason is None and allowed < len(members):
+                raise ValueError(f"verdict {group} rejects items but gives no reason")
+        self._resolved = True
+        for (allowed, reason), members in zip(verdicts, self._members, strict=True):
+            for item in members[allowed:]:
+                item.reason = reason
+
+    def reasons(self) -> list[str | None]:
+        """Per item, its reason code or None when accepted."""
+        return [item.reason for item in self._items]
+
+    def reason_counts(self) -> list[tuple[str, int]]:
+        """Rejected items per reason code, codes in a fixed order, zero counts omitted."""
+        counts = dict.fromkeys(_REASONS, 0)
+        for item in self._items:
+            if item.reason is not None:
+                counts[item.reason] += 1
+        return [(code, n) for code, n in counts.items() if n]
+
+    def tenant_lines(self) -> list[tuple[str, bytes, int]]:
+        """Accepted items' line protocol per tenant, tenants in order of first appearance."""
+        per_tenant: dict[str, list[bytes]] = {}
+        for item in self._items:
+            if item.reason is None:
+                per_tenant.setdefault(item.tenant, []).append(item.line)
+        return [(t, b"".join(lines), len(lines)) for t, lines in per_tenant.items()]
+
+    def response_json(self) -> tuple[int, int, bytes]:
+        """`(accepted, rejected, body)` of the batch endpoint's JSON response."""
+        results = []
+        accepted = 0
+        for index, item in enumerate(self._items):
+            if item.reason is None:
+                accepted += 1
+                head = f'{{"index":{index},"status":"accepted"'
+            else:
+                head = f'{{"index":{index},"status":"rejected","reason":"{item.reason}"'
+            if item.device_id is None:
+                results.append(head + "}")
+            else:
+                results.append(
+                    f'{head},"device_id":{json.dumps(item.device_id, ensure_ascii=False)}}}'
+                )
+        rejected = len(self._items) - accepted
+        body = f'{{"accepted":{accepted},"rejected":{rejected},"results":[{",".join(results)}]}}'
+        return accepted, rejected, body.encode()
+
+    def _take_for_append(self) -> tuple[list[_Item], list[str]]:
+        """The items to buffer and the tenants of the valid items in order of first
+        appearance, once; later calls raise."""
+        if self._appended:
+            raise ValueError("this batch was already appended")
+        self._appended = True
+        return [item for item in self._items if item.reason is None], self._tenants
+
+
+def _rust_debug(s: str) -> str:
+    """`s` quoted as Rust's `{:?}` writes a string (the cases a reason code can hit)."""
+    out = ['"']
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\r":
+            out.append("\\r")
+        elif c == "\t":
+            out.append("\\t")
+        elif c == "\0":
+            out.append("\\0")
+        elif c < " " or c == "\x7f":
+            out.append(f"\\u{{{ord(c):x}}}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
+    """Parse a `{"messages": [...]}` body of 1 to 100 messages; BodyError for an unusable
+    body."""
+    messages, sizes = _parse_messages(body, MAX_BATCH_MESSAGES)
+    return Batch(
+        [
+            _validate(msg, size, None, receive_ns, max_payload_bytes)
+            for msg, size in zip(messages, sizes, strict=True)
+        ]
+    )
+
+
+def parse_single(
+    body: bytes,
+    tenant_id: str,
+    device_id: str,
+    msg_type: str,
+    provision_token: str,
+    receive_ns: int,
+    max_payload_bytes: int = 8192,
+) -> Batch:
+    """Parse the single-message form, identity from the URL and header; a one-item Batch."""
+    msg = _parse_document(body)
+    if type(msg) is not dict:
+        raise BodyError(_NOT_OBJECT)
+    size = len(body.strip(b" \t\n\r"))
+    identity = (tenant_id, device_id, msg_type, provision_token)
+    return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)])
+
+
+# -- TenantBuffers ---------------------------------------------------------------------------
+
+
+class _TenantBuffer:
+    __slots__ = ("chunks", "lines", "nbytes", "put_back", "put_back_bytes", "put_back_lines")
+
+    def __init__(self) -> None:
+        # Newline-terminated chunks of whole lines with their line counts, oldest first.
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        self.lines = 0
+        self.nbytes = 0
+        self.put_back: deque[tuple[bytes, int]] = deque()
+        self.put_back_lines = 0
+        self.put_back_bytes = 0
+
+    def depth(self) -> tuple[int, int]:
+        return self.lines + self.put_back_lines, self.nbytes + self.put_back_bytes
+
+
+class TenantBuffers:
+    """Per-tenant line-protocol buffers under one global byte cap. Thread-safe."""
+
+    def __init__(
+        self, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
+    ) -> None:
+        self._batch_size = batch_size
+        self._flush_bytes = flush_bytes
+        self._max_bytes = max_bytes
+        self._total = 0
+        self._in_flight = 0
+        self._tenants: dict[str, _TenantBuffer] = {}
+        self._lock = threading.Lock()
+
+    def _due(self, buf: _TenantBuffer) -> bool:
+        lines, nbytes = buf.depth()
+        return lines >= self._batch_size or nbytes >= self._flush_bytes
+
+    def append(self, batch: Batch) -> list[str]:
+        """Append the batch's accepted lines; an item that does not fit gets BUFFER_FULL.
+        Returns the tenants appended to that reached a flush threshold, in order of first
+        appearance in the batch."""
+        touched: set[str] = set()
+        with self._lock:
+            items, tenants = batch._take_for_append()
+            for item in items:
+                size = len(item.line)
+                if self._total + size > self._max_bytes:
+                    item.reason = BUFFER_FULL
+                    continue
+                buf = self._tenants.get(item.tenant)
+                if buf is None:
+                    buf = self._tenants[item.tenant] = _TenantBuffer()
+                buf.chunks.append((item.line, 1))
+                buf.lines += 1
+                buf.nbytes += size
+                self._total += size
+                touched.add(item.tenant)
+            return [t for t in tenants if t in touched and self._due(self._tenants[t])]
+
+    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
+        """Append newline-terminated lines for one tenant, all or nothing; False when they do
+        not fit under max_bytes."""
+        _check_lines(lines, line_count)
+        with self._lock:
+            if self._total + len(lines) > self._max_bytes:
+                return False
+            buf = self._tenants.get(tenant)
+            if buf is None:
+                buf = self._tenants[tenant] = _TenantBuffer()
+            buf.chunks.append((lines, line_count))
+            buf.lines += line_count
+            buf.nbytes += len(lines)
+            self._total += len(lines)
+            return True
+
+    def ready(self) -> list[str]:
+        """Tenants at or over a flush threshold, or with a put-back body waiting."""
+        with self._lock:
+            return [t for t, buf in self._tenants.items() if buf.put_back or self._due(buf)]
+
+    def tenants(self) -> list[str]:
+        """Tenants with anything buffered or put back."""
+        with self._lock:
+            return [t for t, buf in self._tenants.items() if buf.put_back or buf.lines]
+
+    def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None:
+        """Take the tenant's oldest data as one write body; it stays counted until settle."""
+        if _unsigned(max_lines) < 1:
+            raise ValueError("max_lines must be at least 1")
+        with self._lock:
+            buf = self._tenants.get(tenant)
+            if buf is None:
+                return None
+            if buf.put_back:
+                body, count = buf.put_back.popleft()
+                buf.put_back_lines -= count
+                buf.put_back_bytes -= len(body)
+            else:
+                body, count = _take_lines(buf.chunks, max_lines)
+                buf.lines -= count
+                buf.nbytes -= len(body)
+            self._in_flight += len(body)
+            if not buf.put_back and not buf.lines:
+                del self._tenants[tenant]
+            return body, count
+
+    def settle(self, nbytes: int) -> None:
+        """A drained body of `nbytes` is finished with (written, or dead-lettered)."""
+        with self._lock:
+            if _unsigned(nbytes) > self._in_flight:
+                raise ValueError(f"{nbytes} bytes are not in flight (only {self._in_flight} are)")
+            self._in_flight -= nbytes
+            self._total -= nbytes
+
+    def put_back(self, tenant: str, body: bytes, line_count: int) -> None:
+        """Return a drained body whose write failed; it is the tenant's next drain (put-back
+        bodies drain oldest first)."""
+        _unsigned(line_count)
+        with self._lock:
+            if len(body) > self._in_flight:
+                raise ValueError(
+                    f"{len(body)} bytes are not in flight (only {self._in_flight} are)"
+                )
+            self._in_flight -= len(body)
+            buf = self._tenants.get(tenant)
+            if buf is None:
+                buf = self._tenants[tenant] = _TenantBuffer()
+            buf.put_back.append((body, line_count))
+            buf.put_back_lines += line_count
+            buf.put_back_bytes += len(body)
+
+    def depth(self) -> dict[str, tuple[int, int]]:
+        """Per tenant, (lines, bytes) buffered or put back (not in flight)."""
+        with self._lock:
+            return {t: buf.depth() for t, buf in self._tenants.items()}
+
+    @property
+    def total_bytes(self) -> int:
+        """All bytes counted against the cap: buffered, put back and in flight."""
+        return self._total
+
+    @property
+    def max_bytes(self) -> int:
+        """The global byte cap."""
+        return self._max_bytes
+
+
+def _unsigned(n: int) -> int:
+    """`n`, refused like the compiled core's unsigned arguments when negative."""
+    if n < 0:
+        raise OverflowError("can't convert negative int to unsigned")
+    return n
+
+
+def _check_lines(lines: bytes, line_count: int) -> None:
+    if _unsigned(line_count) < 1 or lines.count(b"\n") != line_count or not lines.endswith(b"\n"):
+        raise ValueError("lines must be line_count newline-terminated lines, and line_count >= 1")
+
+
+def _take_lines(chunks: deque[tuple[bytes, int]], max_lines: int) -> tuple[bytes, int]:
+    """Pop up to `max_lines` whole lines off the front of `chunks`."""
+    parts: list[bytes] = []
+    count = 0
+    while chunks and count < max_lines:
+        chunk, n = chunks[0]
+        if count + n <= max_lines:
+            chunks.popleft()
+            parts.append(chunk)
+            count += n
+            continue
+        cut = -1
+        for _ in range(max_lines - count):
+            cut = chunk.find(b"\n", cut + 1)
+        parts.append(chunk[: cut + 1])
+        chunks[0] = (chunk[cut + 1 :], n - (max_lines - count))
+        count = max_lines
+    return b"".join(parts), count
+
+
+# -- Shelly ----------------------------------------------------------------------------------
+
+
+class ShellyBatch:
+    """Readings of a Shelly batch, columnar, deduplicated on the idempotency key."""
+
+    def __init__(self) -> None:
+        self.total_messages = 0
+        self.devices = 0
+        self.duplicates_in_batch = 0
+        self.errors: list[tuple[int, str]] = []
+        self.device_id: list[str] = []
+        self.channel: list[int] = []
+        self.power: list[float] = []
+        self.voltage: list[float | None] = []
+        self.current: list[float | None] = []
+        self.timestamp: list[int] = []
+        self.idempotency_key: list[str] = []
+
+    def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
+        """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
+        for r in rows:
+            _unsigned(r)
+        lines = []
+        for r in rows:
+            if r >= len(self.power):
+                raise IndexError(f"row {r} out of range")
+            current, voltage = self.current[r], self.voltage[r]
+            lines.append(
+                f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
+                f"apower={self.power[r]!r}"
+                + ("" if current is None else f",current={current!r}")
+                + ("" if voltage is None else f",voltage={voltage!r}")
+                + f" {self.timestamp[r] * 1_000_000_000}\n"
+            )
+        return "".join(lines).encode(), len(lines)
+
+
+def _shelly_timestamp(value: object, now_s: int) -> int | None:
+    if type(value) is not _Int or value[0] == "-" or len(value) > 20:
+        return None
+    ts = int(value)
+    return ts if 0 < ts <= now_s + 86400 else None
+
+
+def _optional_number(sw: dict[str, object], key: str) -> tuple[bool, float | None]:
+    """(ok, value) of an optional reading: missing or null is (True, None)."""
+    value = sw.get(key)
+    if value is None:
+        return True, None
+    f = _number(value)
+    return f is not None, f
+
+
+def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
+    """Parse and validate a Shelly batch; BodyError for an unusable body."""
+    messages, _ = _parse_messages(body, max_messages)
+    out = ShellyBatch()
+    out.total_messages = len(messages)
+    devices: set[str] = set()
+    seen: set[str] = set()
+    for index, msg in enumerate(messages):
+        if type(msg) is not dict:
+            out.errors.append((index, "INVALID_MESSAGE"))
+            continue
+        src = msg.get("src")
+        if type(src) is not str or not _valid_name(src := src.strip(_WHITESPACE)):
+            out.errors.append((index, "INVALID_SRC"))
+            continue
+        ts = _shelly_timestamp(msg.get("timestamp"), now_s)
+        if ts is None:
+            out.errors.append((index, "INVALID_TIMESTAMP"))
+            continue
+        params = msg.get("params")
+        if type(params) is not dict:
+            out.errors.append((index, "INVALID_PARAMS"))
+            continue
+        devices.add(src)
+        for channel, name in _SHELLY_CHANNELS:
+            sw = params.get(name)
+            if type(sw) is not dict:
+                continue
+            apower = sw.get("apower")
+            if apower is None:
+                continue
+            power = _number(apower)
+            ok_v, voltage = _optional_number(sw, "voltage")
+            ok_c, current = _optional_number(sw, "current")
+            if power is None or not ok_v or not ok_c:
+                out.errors.append((index, "INVALID_READING"))
+                continue
+            key = f"{src}_{channel}_{ts // 60}"
+            if key in seen:
+                out.duplicates_in_batch += 1
+                continue
+            seen.add(key)
+            out.device_id.append(src)
+            out.channel.append(channel)
+            out.power.append(power)
+            out.voltage.append(voltage)
+            out.current.append(current)
+            out.timestamp.append(ts)
+            out.idempotency_key.append(key)
+    out.devices = len(devices)
+    return out

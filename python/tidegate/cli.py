@@ -1,0 +1,237 @@
+"""The `tidegate` command: serve, migrate, tenant and device admin, replay.
+
+Each command prints one JSON object on stdout. Exit status: 0 done, 1 refused or failed
+(`{"error": ...}`), 2 bad arguments or configuration (message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import asyncpg
+
+from tidegate import logs, registry
+from tidegate.config import INFLUX_APIS, Config, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, dict[str, object]]]
+
+
+class CommandFailed(Exception):
+    """A command that ran but could not do what was asked; exit 1 with `{"error", **details}`."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def _tenant_arg(value: str) -> str:
+    if not registry.is_tenant_id(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid tenant id {value!r}: must match [a-z0-9_-]{{1,64}}"
+        )
+    return value
+
+
+def _id_arg(value: str) -> str:
+    if not registry.is_id(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid id {value!r}: 1..128 bytes, no control character, no backslash"
+        )
+    return value
+
+
+def _secret_arg(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _positive_float_arg(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
+    return number
+
+
+def _positive_int_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
+    return number
+
+
+def _url_arg(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r} must start with http:// or https://")
+    return value.rstrip("/")
+
+
+async def _migrate(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    reg = await registry.Registry.open(cfg)
+    try:
+        await reg.migrate()
+        return {"migrated": True, "backend": reg.backend}
+    finally:
+        await reg.close()
+
+
+async def _tenant_add(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    reg = await registry.Registry.open(cfg)
+    try:
+        api_key = await reg.add_tenant(args.tenant, args.api_key)
+    finally:
+        await reg.close()
+    return {"tenant_id": args.tenant, "api_key": api_key}
+
+
+async def _device_add(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    reg = await registry.Registry.open(cfg)
+    try:
+        token = await reg.add_device(
+            args.tenant, args.device, args.site, rps=args.rps, burst=args.burst, token=args.token
+        )
+    finally:
+        await reg.close()
+    return {
+        "tenant_id": args.tenant,
+        "device_id": args.device,
+        "site_id": args.site,
+        "provision_token": token,
+    }
+
+
+async def _device_revoke(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    reg = await registry.Registry.open(cfg)
+    try:
+        revoked = await reg.revoke_device(args.tenant, args.device)
+    finally:
+        await reg.close()
+    if not revoked:
+        raise CommandFailed(f"no device {args.device!r} in tenant {args.tenant!r}")
+    return {"tenant_id": args.tenant, "device_id": args.device, "status": registry.REVOKED}
+
+
+async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    reg = await registry.Registry.open(cfg)
+    try:
+        devices = await reg.list_devices(args.tenant)
+    finally:
+        await reg.close()
+    return {"tenant_id": args.tenant, "devices": devices}
+
+
+async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    # Imported here: only replay needs httpx and the core.
+    from tidegate import sink
+
+    counts = await sink.replay(cfg, args.influx, args.api or cfg.influx_api)
+    if counts.get("files_failed"):
+        raise CommandFailed("a file could not be sent; run replay again to resume", **counts)
+    return dict(counts)
+
+
+def _serve(cfg: Config) -> int:
+    # Imported here: only serve needs Starlette and uvicorn.
+    from tidegate import app
+
+    app.serve(cfg)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tidegate",
+        description="HTTP telemetry ingest gateway. Configuration comes from the environment.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("serve", help="run the gateway (migrates first)")
+    commands.add_parser("migrate", help="create or update the registry schema").set_defaults(
+        run=_migrate
+    )
+
+    tenant = commands.add_parser("tenant", help="tenant admin").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    tenant_add = tenant.add_parser("add", help="create a tenant and print its API key")
+    tenant_add.add_argument("--tenant", required=True, type=_tenant_arg)
+    tenant_add.add_argument("--api-key", type=_secret_arg, help="default: a random 256-bit key")
+    tenant_add.set_defaults(run=_tenant_add)
+
+    device = commands.add_parser("device", help="device admin").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    device_add = device.add_parser("add", help="register a device and print its token")
+    device_add.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_add.add_argument("--device", required=True, type=_id_arg)
+    device_add.add_argument("--site", required=True, type=_id_arg)
+    device_add.add_argument("--rps", type=_positive_float_arg, help="messages per second")
+    device_add.add_argument("--burst", type=_positive_int_arg, help="bucket size")
+    device_add.add_argument("--token", type=_secret_arg, help="default: a random 256-bit token")
+    device_add.set_defaults(run=_device_add)
+
+    device_revoke = device.add_parser("revoke", help="revoke a device's token")
+    device_revoke.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_revoke.add_argument("--device", required=True, type=_id_arg)
+    device_revoke.set_defaults(run=_device_revoke)
+
+    device_list = device.add_parser("list", help="list a tenant's devices (no tokens)")
+    device_list.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_list.set_defaults(run=_device_list)
+
+    replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
+    replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
+    replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
+    replay.set_defaults(run=_replay)
+    return parser
+
+
+def _print(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = Config.from_env()
+    except ConfigError as exc:
+        parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
+    logs.configure(cfg.log_level)
+    if args.command == "serve":
+        return _serve(cfg)
+    run: Command = args.run
+    try:
+        result = asyncio.run(run(cfg, args))
+    except CommandFailed as exc:
+        _print({"error": str(exc), **exc.details})
+        return EXIT_FAILED
+    except registry.RegistryError as exc:
+        _print({"error": str(exc)})
+        return EXIT_FAILED
+    except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if isinstance(exc, asyncpg.UndefinedTableError) or "no such table" in str(exc):
+            _print({"error": f"the registry has no schema yet, run `tidegate migrate`: {exc}"})
+        else:
+            _print({"error": f"database: {exc}"})
+        return EXIT_FAILED
+    _print(result)
+    return EXIT_OK

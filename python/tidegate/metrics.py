@@ -1,0 +1,197 @@
+"""Prometheus metrics and the counters behind GET /ingest/v1/stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Request latency buckets: the gateway answers in well under a millisecond when healthy.
+_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_FLUSH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Buffers(Protocol):
+    """What metrics reads of the core's TenantBuffers."""
+
+    def depth(self) -> dict[str, tuple[int, int]]: ...
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def max_bytes(self) -> int: ...
+
+
+class Metrics:
+    """Request and flush histograms plus plain counters read at scrape time.
+
+    Message counts are plain ints bumped once per request per reason (O(reasons), no lock);
+    the Prometheus collector and /stats both read them, so the two never disagree.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.request_seconds = Histogram(
+            "tidegate_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=_REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.flush_seconds = Histogram(
+            "tidegate_flush_seconds",
+            "Sink write latency by outcome",
+            ["outcome"],
+            buckets=_FLUSH_BUCKETS,
+            registry=self.registry,
+        )
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.responses: dict[tuple[str, int], int] = {}
+        self.flush_ok = 0
+        self.flush_err = 0
+        self.lines_flushed = 0
+        self._buffers: Buffers | None = None
+        self._sink_stats: Callable[[], Mapping[str, object]] | None = None
+        self._extra: Callable[[], Mapping[str, int]] | None = None
+        self.registry.register(_Live(self))
+
+    def bind(
+        self,
+        buffers: Buffers,
+        sink_stats: Callable[[], Mapping[str, object]],
+        extra: Callable[[], Mapping[str, int]],
+    ) -> None:
+        """Attach what is read at scrape time: the buffers, the sink's stats, extra counters."""
+        self._buffers = buffers
+        self._sink_stats = sink_stats
+        self._extra = extra
+
+    def count(self, accepted: int, reason_counts: Iterable[tuple[str, int]]) -> None:
+        """Record one request's outcome: accepted messages and rejected ones per reason."""
+        self.accepted += accepted
+        rejected = self.rejected
+        for reason, n in reason_counts:
+            rejected[reason] = rejected.get(reason, 0) + n
+
+    def response(self, route: str, status: int) -> None:
+        """Count one response by route and status."""
+        key = (route, status)
+        self.responses[key] = self.responses.get(key, 0) + 1
+
+    def on_flush(self, tenant: str, lines: int, seconds: float, ok: bool) -> None:
+        """The sink's hook, called once per write attempt."""
+        if ok:
+            self.flush_ok += 1
+            self.lines_flushed += lines
+        else:
+            self.flush_err += 1
+        self.flush_seconds.labels("ok" if ok else "error").observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything."""
+        return generate_latest(self.registry)
+
+    def stats(self) -> dict[str, object]:
+        """GET /ingest/v1/stats: JSON-ready counters, buffer depth and the sink's own numbers."""
+        sink = dict(self._sink_stats()) if self._sink_stats else {}
+        depth = self._buffers.depth() if self._buffers else {}
+        out: dict[str, object] = {
+            "writes_ok": sink.get("writes_ok", self.flush_ok),
+            "writes_err": sink.get("writes_err", self.flush_err),
+            "flushes": sink.get("flushes", self.flush_ok + self.flush_err),
+            "retry_queue_depth": sink.get("retry_queue_depth", 0),
+            "buffer_depth": {
+                "tenants": {
+                    t: {"lines": lines, "bytes": nbytes} for t, (lines, nbytes) in depth.items()
+                },
+                "total": {
+                    "lines": sum(lines for lines, _ in depth.values()),
+                    "bytes": sum(nbytes for _, nbytes in depth.values()),
+                },
+                "bytes_counted": self._buffers.total_bytes if self._buffers else 0,
+                "max_bytes": self._buffers.max_bytes if self._buffers else 0,
+            },
+            "accepted": self.accepted,
+            "rejected": dict(sorted(self.rejected.items())),
+            "rejected_total": sum(self.rejected.values()),
+            "responses": {
+                f"{route} {status}": n for (route, status), n in sorted(self.responses.items())
+            },
+            "lines_flushed": self.lines_flushed,
+            "flush_attempts_ok": self.flush_ok,
+            "flush_attempts_failed": self.flush_err,
+            "sink": sink,
+        }
+        if self._extra:
+            out.update(self._extra())
+        return out
+
+
+class _Live(Collector):
+    """Reads the plain counters, the buffers and the sink at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._m
+        messages = CounterMetricFamily(
+            "tidegate_messages", "Messages by outcome and reason", labels=["outcome", "reason"]
+        )
+        messages.add_metric(["accepted", ""], m.accepted)
+        for reason, n in sorted(m.rejected.items()):
+            messages.add_metric(["rejected", reason], n)
+        yield messages
+        responses = CounterMetricFamily(
+            "tidegate_responses", "HTTP responses by route and status", labels=["route", "status"]
+        )
+        for (route, status), n in sorted(m.responses.items()):
+            responses.add_metric([route, str(status)], n)
+        yield responses
+        errors = CounterMetricFamily("tidegate_sink_errors", "Failed sink write attempts")
+        errors.add_metric([], m.flush_err)
+        yield errors
+        lines = CounterMetricFamily("tidegate_lines_flushed", "Lines written by the sink")
+        lines.add_metric([], m.lines_flushed)
+        yield lines
+        if m._buffers is not None:
+            yield from _buffer_metrics(m._buffers)
+        if m._sink_stats is not None:
+            yield from _numeric_gauges("tidegate_sink_", "Sink statistic", m._sink_stats())
+        if m._extra is not None:
+            yield from _numeric_gauges("tidegate_", "Gateway statistic", m._extra())
+
+
+def _buffer_metrics(buffers: Buffers) -> Iterable[Metric]:
+    total = GaugeMetricFamily(
+        "tidegate_buffer_bytes", "Bytes counted against the buffer cap (buffered and in flight)"
+    )
+    total.add_metric([], buffers.total_bytes)
+    yield total
+    cap = GaugeMetricFamily("tidegate_buffer_max_bytes", "The buffer cap")
+    cap.add_metric([], buffers.max_bytes)
+    yield cap
+    lines = GaugeMetricFamily(
+        "tidegate_buffer_lines", "Lines waiting per tenant", labels=["tenant"]
+    )
+    nbytes = GaugeMetricFamily(
+        "tidegate_buffer_tenant_bytes", "Bytes waiting per tenant", labels=["tenant"]
+    )
+    for tenant, (n, b) in sorted(buffers.depth().items()):
+        lines.add_metric([tenant], n)
+        nbytes.add_metric([tenant], b)
+    yield lines
+    yield nbytes
+
+
+def _numeric_gauges(prefix: str, doc: str, values: Mapping[str, object]) -> Sequence[Metric]:
+    out: list[Metric] = []
+    for key, value in sorted(values.items()):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            gauge = GaugeMetricFamily(prefix + key, f"{doc}: {key}")
+            gauge.add_metric([], float(value))
+            out.append(gauge)
+    return out

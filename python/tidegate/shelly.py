@@ -1,0 +1,374 @@
+"""Shelly smart-plug batches (seed 001): `POST /api/ingest/batch` and `GET /api/stats/queue`.
+
+A queue consumer posts up to 1000 Shelly status messages at once. The core parses and
+validates them into columns of readings (one per `switch:N` channel with an `apower`), the
+registry stores them in `power_logs` with ONE statement that skips readings already stored
+(idempotency key `{src}_{channel}_{timestamp // 60}`), and the readings that were new are
+encoded as line protocol into the tenant's buffer so they reach InfluxDB too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from tidegate import logs
+from tidegate.body import BodyRejected, read_body
+
+if TYPE_CHECKING:
+    from tidegate._core import ShellyBatch
+    from tidegate.app import Gateway
+
+JSON = "application/json"
+API_KEY_HEADER = "x-api-key"
+MAX_MESSAGES = 1000
+DB_RETRY_AFTER_S = "1"
+
+CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
+UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
+DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
+
+# Failures to reach the database, worth a retry: the batch was one statement, so either all of
+# it is stored or none, and a retry of a stored batch only finds duplicates. Anything else
+# (a bug, a value the database refuses) stays a 500: retrying it would never succeed.
+_DB_DOWN: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    sqlite3.OperationalError,
+)
+
+
+def db_down(exc: Exception) -> bool:
+    """True when `exc` says the database cannot be reached now (503), not that a query is wrong."""
+    # asyncpg raises a plain InterfaceError for a closed connection or pool; its subclasses
+    # are client-side mistakes (a value it cannot encode, an unsupported feature): bugs.
+    return type(exc) is asyncpg.InterfaceError or isinstance(exc, _DB_DOWN)
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    """The Shelly routes, sharing the gateway's config, core, registry, buffers and metrics."""
+    shelly = Shelly(gw)
+    return [
+        Route("/api/ingest/batch", shelly.ingest, methods=["POST"]),
+        Route("/api/stats/queue", shelly.stats, methods=["GET"]),
+    ]
+
+
+class Shelly:
+    """The two endpoints and their counters (exported on the gateway's /metrics)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        registry = gw.metrics.registry
+        self.readings = Counter(
+            "tidegate_shelly_readings",
+            "Shelly readings by outcome (inserted, duplicate); invalid: bad messages and readings",
+            ["outcome"],
+            registry=registry,
+        )
+        self.influx_dropped = Counter(
+            "tidegate_shelly_influx_dropped_lines",
+            "Shelly readings stored in power_logs whose line protocol did not fit the buffer",
+            registry=registry,
+        )
+        self._observe_ingest = gw.metrics.request_seconds.labels("shelly_batch").observe
+        self._observe_stats = gw.metrics.request_seconds.labels("shelly_stats").observe
+
+    async def ingest(self, request: Request) -> Response:
+        """POST /api/ingest/batch."""
+        start = time.perf_counter()
+        response = await self._ingest(request, start)
+        self._observe_ingest(time.perf_counter() - start)
+        return response
+
+    async def stats(self, request: Request) -> Response:
+        """GET /api/stats/queue: the key's tenant's last 24 hours."""
+        start = time.perf_counter()
+        try:
+            tenant = await self._tenant(request)
+            if isinstance(tenant, Response):
+                return tenant
+            out = await self.gw.registry.power_log_stats(tenant)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("shelly_stats", exc)
+        finally:
+            self._observe_stats(time.perf_counter() - start)
+        return Response(orjson.dumps(out), 200, None, JSON)
+
+    async def _ingest(self, request: Request, start: float) -> Response:
+        gw = self.gw
+        if gw.draining:
+            return gw.unavailable()
+        try:
+            tenant = await self._tenant(request)
+            if isinstance(tenant, Response):
+                return tenant
+            body = await read_body(request, gw.cfg.shelly_max_body_bytes)
+            try:
+                batch = gw.core.parse_shelly(body, int(time.time()), MAX_MESSAGES)
+            except gw.core.BodyError as exc:
+                return Response(orjson.dumps({"detail": exc.detail}), 422, None, JSON)
+            # The core builds a column's list on each access: read the count once.
+            found = len(batch.channel)
+            rows = await gw.registry.insert_power_logs(tenant, batch) if found else []
+        except BodyRejected as exc:
+            return Response(orjson.dumps({"detail": exc.detail}), exc.status, None, JSON)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("shelly_batch", exc)
+        if rows:
+            self._buffer(tenant, batch, rows)
+        return self._respond(tenant, batch, found, len(rows), start)
+
+    async def _tenant(self, request: Request) -> str | Response:
+        """The tenant of the request's X-API-Key, or the 401/500 response."""
+        cfg = self.gw.cfg
+        presented = request.headers.get(API_KEY_HEADER)
+        if presented:
+            # Starlette decodes headers as latin-1: these are the bytes the client sent.
+            raw = presented.encode("latin-1")
+            expected = cfg.ingest_api_key
+            if expected is not None and hmac.compare_digest(raw, expected.encode()):
+                return cfg.ingest_tenant
+            try:
+                key = raw.decode()
+            except UnicodeDecodeError:
+                key = None  # tenant keys are text: no UTF-8, no match
+            tenant = await self.gw.registry.tenant_for_api_key(key) if key else None
+            if tenant is not None:
+                return tenant
+        if cfg.ingest_api_key is None and not await self.gw.registry.has_tenants():
+            logs.log(
+                "shelly_not_configured",
+                level="error",
+                detail="set INGEST_API_KEY or add a tenant with an API key",
+            )
+            return Response(CONFIG_ERROR, 500, None, JSON)
+        return Response(UNAUTHORIZED, 401, None, JSON)
+
+    def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
+        """Queue the new readings' line protocol for InfluxDB.
+
+        They are already stored in power_logs, the record a retry is checked against; a retry
+        would find them all duplicates and buffer nothing. So when the buffer is full the lines
+        are dropped, counted and logged rather than failing a request that did its job.
+        """
+        gw = self.gw
+        lines, count = batch.encode(rows)
+        if not gw.buffers.append_lines(tenant, lines, count):
+            self.influx_dropped.inc(count)
+            logs.log(
+                "shelly_influx_dropped",
+                level="warning",
+                tenant=tenant,
+                lines=count,
+                reason="BUFFER_FULL",
+            )
+            return
+        ready = gw.buffers.ready()
+        if ready:
+            gw.sink.notify(ready)
+
+    def _respond(
+        self, tenant: str, batch: ShellyBatch, found: int, inserted: int, start: float
+    ) -> Response:
+        # In-batch repeats never reached the database; they are duplicates all the same.
+        duplicates = found - inserted + batch.duplicates_in_batch
+        errors = batch.errors
+        self.readings.labels("inserted").inc(inserted)
+        self.readings.labels("duplicate").inc(duplicates)
+        self.readings.labels("invalid").inc(len(errors))
+        seconds = time.perf_counter() - start
+        logs.log(
+            "shelly_batch",
+            tenant=tenant,
+            inserted=inserted,
+            duplicates=duplicates,
+            errors=len(errors),
+            messages=batch.total_messages,
+            devices=batch.devices,
+            seconds=round(seconds, 6),
+        )
+        out: dict[str, Any] = {
+            "inserted": inserted,
+            "duplicates": duplicates,
+            "errors": len(errors),
+            "total_messages": batch.total_messages,
+            "devices": batch.devices,
+            "processing_time": round(seconds, 4),
+            "error_details": [{"index": i, "reason": reason} for i, reason in errors],
+        }
+        return Response(orjson.dumps(out), 200, None, JSON)
+
+    def _db_unavailable(self, route: str, exc: BaseException) -> Response:
+        logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
+        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER_S}, JSON)
+
+
+_KEY_PARAM: dict[str, Any] = {
+    "name": "X-API-Key",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "INGEST_API_KEY (the INGEST_TENANT tenant) or a tenant's API key.",
+}
+_DETAIL: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail"],
+    "properties": {"detail": {"type": "string"}},
+}
+
+
+def _json(schema: dict[str, Any], description: str, retry_after: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if retry_after:
+        out["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    return out
+
+
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["src", "timestamp", "params"],
+    "properties": {
+        "src": {"type": "string", "description": "Device id; trimmed, 1..128 bytes"},
+        "timestamp": {"type": "integer", "description": "Unix seconds, at most 1 day ahead"},
+        "params": {
+            "type": "object",
+            "description": (
+                "`switch:0`..`switch:3` objects with a numeric `apower` (and optional "
+                "`voltage`, `current`) each give one reading; other keys are ignored."
+            ),
+        },
+    },
+}
+_BATCH_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "inserted",
+        "duplicates",
+        "errors",
+        "total_messages",
+        "devices",
+        "processing_time",
+        "error_details",
+    ],
+    "properties": {
+        "inserted": {**_COUNT, "description": "New readings stored"},
+        "duplicates": {
+            **_COUNT,
+            "description": "Readings whose key was already stored or repeated in the batch",
+        },
+        "errors": {**_COUNT, "description": "Invalid messages and readings (error_details)"},
+        "total_messages": _COUNT,
+        "devices": {**_COUNT, "description": "Distinct src among valid messages"},
+        "processing_time": {"type": "number", "description": "Seconds"},
+        "error_details": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "reason"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "reason": {
+                        "type": "string",
+                        "enum": [
+                            "INVALID_MESSAGE",
+                            "INVALID_SRC",
+                            "INVALID_TIMESTAMP",
+                            "INVALID_PARAMS",
+                            "INVALID_READING",
+                        ],
+                    },
+                },
+            },
+        },
+    },
+}
+_STATS: dict[str, Any] = {
+    "type": "object",
+    "required": ["period", "total_logs", "from_queue", "devices", "last_insert"],
+    "properties": {
+        "period": {"const": "24h"},
+        "total_logs": _COUNT,
+        "from_queue": _COUNT,
+        "devices": _COUNT,
+        "last_insert": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+
+def _responses(own: dict[str, Any]) -> dict[str, Any]:
+    """A route's own responses plus those of the API key check."""
+    return {
+        **own,
+        "401": _json(_DETAIL, "Missing or wrong X-API-Key"),
+        "500": _json(_DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
+        "503": _json(_DETAIL, "Database unavailable, or shutting down", True),
+    }
+
+
+OPENAPI_PATHS: dict[str, object] = {
+    "/api/ingest/batch": {
+        "post": {
+            "summary": "Store a batch of 1 to 1000 Shelly status messages",
+            "description": (
+                "Readings are stored in power_logs once per key `{src}_{channel}_{minute}`, in "
+                "one statement, and the new ones are buffered for InfluxDB (measurement "
+                "`power`). An invalid message or reading is counted and listed; the rest go in."
+            ),
+            "parameters": [_KEY_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["messages"],
+                            "properties": {
+                                "messages": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": MAX_MESSAGES,
+                                    "items": _MESSAGE,
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": _responses(
+                {
+                    "200": _json(_BATCH_RESPONSE, "Stored; counters of what happened"),
+                    "413": _json(_DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
+                    "422": _json(_DETAIL, "Not JSON, no messages list, empty or over 1000"),
+                }
+            ),
+        }
+    },
+    "/api/stats/queue": {
+        "get": {
+            "summary": "The key's tenant's power logs of the last 24 hours",
+            "parameters": [_KEY_PARAM],
+            "responses": _responses({"200": _json(_STATS, "Statistics")}),
+        }
+    },
+}

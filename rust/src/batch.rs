@@ -1,0 +1,525 @@
+//! The outcome of one request: per-item reasons, the encoded lines of valid items, the groups
+//! Python decides on, and the JSON response.
+
+use crate::encode::push_json_str;
+use crate::errors::{Reason, UsageError};
+
+/// Byte range into one of the batch's own buffers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    reason: Option<Reason>,
+    /// Echoed in the response when the message's `device_id` was a valid Unicode string.
+    device: Option<Span>,
+    /// The encoded line; empty for items that failed validation.
+    line: Span,
+    group: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    tenant: Span,
+    device: Span,
+    site: Span,
+    token: Span,
+    count: u32,
+    tenant_index: u32,
+}
+
+/// One `(tenant, device, site, provision_token, count)` of `Batch::groups`.
+pub type GroupKey<'b> = (&'b str, &'b str, &'b str, &'b str, usize);
+
+/// The identity of a valid item, which decides its group.
+pub struct Identity<'s> {
+    pub tenant: &'s str,
+    pub device: &'s str,
+    pub site: &'s str,
+    pub token: &'s str,
+}
+
+const NO_GROUP: u32 = u32::MAX;
+
+/// Parsed, validated and encoded messages of one request.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    items: Vec<Item>,
+    /// Ids of groups and device ids of rejected items, back to back.
+    strings: String,
+    lines: Vec<u8>,
+    groups: Vec<Group>,
+    /// Distinct tenants of the groups, in order of first appearance.
+    tenants: Vec<Span>,
+    /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
+    group_index: Vec<u32>,
+    resolved: bool,
+    appended: bool,
+}
+
+impl Batch {
+    pub fn with_capacity(items: usize, line_bytes: usize) -> Self {
+        Batch {
+            items: Vec::with_capacity(items),
+            strings: String::with_capacity(items * 48),
+            lines: Vec::with_capacity(line_bytes),
+            group_index: vec![NO_GROUP; (items * 2).next_power_of_two().max(4)],
+            ..Batch::default()
+        }
+    }
+
+    fn push_str(&mut self, s: &str) -> Span {
+        let start = self.strings.len() as u32;
+        self.strings.push_str(s);
+        Span {
+            start,
+            end: self.strings.len() as u32,
+        }
+    }
+
+    fn str_at(&self, span: Span) -> &str {
+        self.strings.get(span.range()).unwrap_or_default()
+    }
+
+    /// Records an item that failed validation.
+    pub fn push_rejected(&mut self, reason: Reason, device: Option<&str>) {
+        let device = device.map(|d| self.push_str(d));
+        self.items.push(Item {
+            reason: Some(reason),
+            device,
+            line: Span::default(),
+            group: NO_GROUP,
+        });
+    }
+
+    /// Records a valid item; `encode` appends its line to the given buffer.
+    pub fn push_accepted(&mut self, id: &Identity<'_>, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.lines.len() as u32;
+        encode(&mut self.lines);
+        let line = Span {
+            start,
+            end: self.lines.len() as u32,
+        };
+        let group = self.group_of(id);
+        self.items.push(Item {
+            reason: None,
+            device: Some(self.groups[group as usize].device),
+            line,
+            group,
+        });
+    }
+
+    fn group_of(&mut self, id: &Identity<'_>) -> u32 {
+        if self.groups.len() * 2 >= self.group_index.len() {
+            self.grow_index();
+        }
+        let mask = self.group_index.len() - 1;
+        let mut slot = identity_hash(id) as usize & mask;
+        loop {
+            let g = self.group_index[slot];
+            if g == NO_GROUP {
+                break;
+            }
+            let grp = &self.groups[g as usize];
+            if self.str_at(grp.tenant) == id.tenant
+                && self.str_at(grp.device) == id.device
+                && self.str_at(grp.site) == id.site
+                && self.str_at(grp.token) == id.token
+            {
+                self.groups[g as usize].count += 1;
+                return g;
+            }
+            slot = (slot + 1) & mask;
+        }
+        let tenant_index = match self
+            .tenants
+            .iter()
+            .position(|&t| self.str_at(t) == id.tenant)
+        {
+            Some(i) => i as u32,
+            None => {
+                let span = self.push_str(id.tenant);
+                self.tenants.push(span);
+                (self.tenants.len() - 1) as u32
+            }
+        };
+        let tenant = self.tenants[tenant_index as usize];
+        let group = Group {
+            tenant,
+            device: self.push_str(id.device),
+            site: self.push_str(id.site),
+            token: self.push_str(id.token),
+            count: 1,
+            tenant_index,
+        };
+        let g = self.groups.len() as u32;
+        self.groups.push(group);
+        self.group_index[slot] = g;
+        g
+    }
+
+    fn grow_index(&mut self) {
+        let size = (self.group_index.len() * 2).max(4);
+        self.group_index = vec![NO_GROUP; size];
+        let mask = size - 1;
+        for (g, grp) in self.groups.iter().enumerate() {
+            let id = Identity {
+                tenant: self.str_at(grp.tenant),
+                device: self.str_at(grp.device),
+                site: self.str_at(grp.site),
+                token: self.str_at(grp.token),
+            };
+            let mut slot = identity_hash(&id) as usize & mask;
+            while self.group_index[slot] != NO_GROUP {
+                slot = (slot + 1) & mask;
+            }
+            self.group_index[slot] = g as u32;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Distinct identities of valid items, in order of first appearance, with their item count.
+    pub fn groups(&self) -> impl Iterator<Item = GroupKey<'_>> {
+        self.groups.iter().map(|g| {
+            (
+                self.str_at(g.tenant),
+                self.str_at(g.device),
+                self.str_at(g.site),
+                self.str_at(g.token),
+                g.count as usize,
+            )
+        })
+    }
+
+    /// Applies one `(allowed, reason)` per group; all or nothing.
+    pub fn resolve(&mut self, verdicts: &[(i64, Option<Reason>)]) -> Result<(), UsageError> {
+        if self.resolved {
+            return Err(UsageError::AlreadyResolved);
+        }
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        if verdicts.len() != self.groups.len() {
+            return Err(UsageError::VerdictCount {
+                expected: self.groups.len(),
+                got: verdicts.len(),
+            });
+        }
+        for (group, (&(allowed, reason), g)) in verdicts.iter().zip(&self.groups).enumerate() {
+            if allowed < 0 {
+                return Err(UsageError::NegativeAllowed { group });
+            }
+            if reason.is_none() && (allowed as u64) < u64::from(g.count) {
+                return Err(UsageError::MissingReason { group });
+            }
+        }
+        let mut seen = vec![0i64; self.groups.len()];
+        for item in &mut self.items {
+            if item.group == NO_GROUP {
+                continue;
+            }
+            let g = item.group as usize;
+            let (allowed, reason) = verdicts[g];
+            if seen[g] >= allowed {
+                item.reason = reason;
+            }
+            seen[g] += 1;
+        }
+        self.resolved = true;
+        Ok(())
+    }
+
+    pub fn reasons(&self) -> impl Iterator<Item = Option<Reason>> + '_ {
+        self.items.iter().map(|i| i.reason)
+    }
+
+    /// Rejected items per reason, in `Reason::ALL` order, zero counts omitted.
+    pub fn reason_counts(&self) -> Vec<(Reason, usize)> {
+        let mut counts = [0usize; Reason::ALL.len()];
+        for item in &self.items {
+            if let Some(r) = item.reason {
+                counts[r as usize] += 1;
+            }
+        }
+        Reason::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// Accepted lines per tenant, tenants in order of first appearance among accepted items.
+    pub fn tenant_lines(&self) -> Vec<(&str, Vec<u8>, usize)> {
+        let mut slot_of = vec![usize::MAX; self.tenants.len()];
+        let mut out: Vec<(&str, Vec<u8>, usize)> = Vec::new();
+        for (item, line) in self.accepted() {
+            let t = self.groups[item.group as usize].tenant_index as usize;
+            if slot_of[t] == usize::MAX {
+                slot_of[t] = out.len();
+                out.push((self.str_at(self.tenants[t]), Vec::new(), 0));
+            }
+            let entry = &mut out[slot_of[t]];
+            entry.1.extend_from_slice(line);
+            entry.2 += 1;
+        }
+        out
+    }
+
+    fn accepted(&self) -> impl Iterator<Item = (&Item, &[u8])> {
+        self.items
+            .iter()
+            .filter(|i| i.reason.is_none())
+            .map(|i| (i, self.lines.get(i.line.range()).unwrap_or_default()))
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn tenant(&self, index: usize) -> &str {
+        self.tenants.get(index).map_or("", |&t| self.str_at(t))
+    }
+
+    /// Hands each still-accepted item's `(tenant index, line)` to `store`, in request order;
+    /// an item `store` refuses becomes `BUFFER_FULL`. Only once per batch.
+    pub fn append_with(
+        &mut self,
+        mut store: impl FnMut(usize, &[u8]) -> bool,
+    ) -> Result<(), UsageError> {
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        self.appended = true;
+        for item in &mut self.items {
+            if item.reason.is_some() {
+                continue;
+            }
+            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            let line = self.lines.get(item.line.range()).unwrap_or_default();
+            if !store(tenant, line) {
+                item.reason = Some(Reason::BufferFull);
+            }
+        }
+        Ok(())
+    }
+
+    /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
+    pub fn response_json(&self) -> (usize, usize, Vec<u8>) {
+        let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
+        let rejected = self.items.len() - accepted;
+        let mut out = Vec::with_capacity(48 + self.items.len() * 64);
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"accepted\":");
+        out.extend_from_slice(num.format(accepted).as_bytes());
+        out.extend_from_slice(b",\"rejected\":");
+        out.extend_from_slice(num.format(rejected).as_bytes());
+        out.extend_from_slice(b",\"results\":[");
+        for (index, item) in self.items.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"index\":");
+            out.extend_from_slice(num.format(index).as_bytes());
+            match item.reason {
+                None => out.extend_from_slice(b",\"status\":\"accepted\""),
+                Some(r) => {
+                    out.extend_from_slice(b",\"status\":\"rejected\",\"reason\":\"");
+                    out.extend_from_slice(r.code().as_bytes());
+                    out.push(b'"');
+                }
+            }
+            if let Some(d) = item.device {
+                out.extend_from_slice(b",\"device_id\":");
+                push_json_str(&mut out, self.str_at(d));
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        (accepted, rejected, out)
+    }
+}
+
+/// FxHash-style mix over the four ids, a word at a time (ids are short; DoS is not a concern
+/// with at most 100 items per table).
+fn identity_hash(id: &Identity<'_>) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h: u64 = 0;
+    for s in [id.tenant, id.device, id.site, id.token] {
+        let b = s.as_bytes();
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let mut w = [0u8; 8];
+        let rest = chunks.remainder();
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h = (h.rotate_left(5) ^ b.len() as u64).wrapping_mul(K);
+    }
+    h ^ (h >> 29)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id<'s>(tenant: &'s str, device: &'s str) -> Identity<'s> {
+        Identity {
+            tenant,
+            device,
+            site: "s",
+            token: "k",
+        }
+    }
+
+    fn sample() -> Batch {
+        let mut b = Batch::with_capacity(4, 64);
+        b.push_accepted(&id("t1", "d1"), |o| o.extend_from_slice(b"a\n"));
+        b.push_rejected(Reason::InvalidSchema, Some("bad\"id"));
+        b.push_accepted(&id("t2", "d2"), |o| o.extend_from_slice(b"b\n"));
+        b.push_accepted(&id("t1", "d1"), |o| o.extend_from_slice(b"c\n"));
+        b.push_rejected(Reason::PayloadTooLarge, None);
+        b
+    }
+
+    #[test]
+    fn groups_count_items_in_order_of_first_appearance() {
+        let b = sample();
+        let groups: Vec<_> = b.groups().collect();
+        assert_eq!(
+            groups,
+            [("t1", "d1", "s", "k", 2), ("t2", "d2", "s", "k", 1)]
+        );
+    }
+
+    #[test]
+    fn many_groups_survive_index_growth() {
+        let mut b = Batch::with_capacity(1, 0);
+        let names: Vec<String> = (0..300).map(|i| format!("device-{i}")).collect();
+        for n in names.iter().chain(&names) {
+            b.push_accepted(&id("t", n), |_| {});
+        }
+        assert_eq!(b.groups().count(), 300);
+        assert!(b.groups().all(|g| g.4 == 2));
+    }
+
+    #[test]
+    fn resolve_rejects_beyond_allowed_in_request_order() {
+        let mut b = sample();
+        b.resolve(&[
+            (1, Some(Reason::RateLimited)),
+            (0, Some(Reason::Unauthorized)),
+        ])
+        .expect("valid verdicts");
+        let reasons: Vec<_> = b.reasons().collect();
+        assert_eq!(
+            reasons,
+            [
+                None,
+                Some(Reason::InvalidSchema),
+                Some(Reason::Unauthorized),
+                Some(Reason::RateLimited),
+                Some(Reason::PayloadTooLarge)
+            ]
+        );
+        assert_eq!(
+            b.reason_counts(),
+            [
+                (Reason::InvalidSchema, 1),
+                (Reason::PayloadTooLarge, 1),
+                (Reason::Unauthorized, 1),
+                (Reason::RateLimited, 1)
+            ]
+        );
+        assert_eq!(
+            b.resolve(&[(9, None), (9, None)]),
+            Err(UsageError::AlreadyResolved)
+        );
+    }
+
+    #[test]
+    fn bad_verdicts_change_nothing() {
+        let mut b = sample();
+        assert_eq!(
+            b.resolve(&[(1, None)]),
+            Err(UsageError::VerdictCount {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            b.resolve(&[(1, None), (1, None)]),
+            Err(UsageError::MissingReason { group: 0 })
+        );
+        assert_eq!(
+            b.resolve(&[(2, None), (-1, Some(Reason::RateLimited))]),
+            Err(UsageError::NegativeAllowed { group: 1 })
+        );
+        assert!(b.reasons().filter(Option::is_none).count() == 3);
+        b.resolve(&[(2, None), (5, Some(Reason::RateLimited))])
+            .expect("valid verdicts");
+        assert!(b.reasons().filter(Option::is_none).count() == 3);
+    }
+
+    #[test]
+    fn tenant_lines_follow_accepted_items() {
+        let mut b = sample();
+        b.resolve(&[(2, None), (0, Some(Reason::SiteMismatch))])
+            .expect("valid verdicts");
+        let lines = b.tenant_lines();
+        assert_eq!(lines, [("t1", b"a\nc\n".to_vec(), 2)]);
+    }
+
+    #[test]
+    fn response_json_lists_every_item() {
+        let (a, r, body) = sample().response_json();
+        assert_eq!((a, r), (3, 2));
+        assert_eq!(
+            String::from_utf8(body).unwrap_or_default(),
+            concat!(
+                r#"{"accepted":3,"rejected":2,"results":["#,
+                r#"{"index":0,"status":"accepted","device_id":"d1"},"#,
+                r#"{"index":1,"status":"rejected","reason":"INVALID_SCHEMA","device_id":"bad\"id"},"#,
+                r#"{"index":2,"status":"accepted","device_id":"d2"},"#,
+                r#"{"index":3,"status":"accepted","device_id":"d1"},"#,
+                r#"{"index":4,"status":"rejected","reason":"PAYLOAD_TOO_LARGE"}]}"#
+            )
+        );
+    }
+
+    #[test]
+    fn append_marks_refused_items_and_happens_once() {
+        let mut b = sample();
+        let mut stored = Vec::new();
+        b.append_with(|t, line| {
+            stored.push((t, line.to_vec()));
+            t == 0
+        })
+        .expect("first append");
+        assert_eq!(
+            stored,
+            [
+                (0, b"a\n".to_vec()),
+                (1, b"b\n".to_vec()),
+                (0, b"c\n".to_vec())
+            ]
+        );
+        assert_eq!(b.reasons().nth(2), Some(Some(Reason::BufferFull)));
+        assert_eq!(b.append_with(|_, _| true), Err(UsageError::AlreadyAppended));
+        assert_eq!(b.resolve(&[]), Err(UsageError::AlreadyAppended));
+    }
+}

@@ -1,0 +1,501 @@
+//! Output bytes: InfluxDB line protocol, Python-`repr` floats and JSON strings.
+//! All escaping of the core lives here.
+
+/// Appends a tag value or field key, escaping `,` `=` and space. Callers have refused
+/// backslashes and control characters, so no other byte needs escaping.
+pub fn push_lp_key(out: &mut Vec<u8>, b: &[u8]) {
+    if !b.iter().any(|&c| matches!(c, b',' | b'=' | b' ')) {
+        out.extend_from_slice(b);
+        return;
+    }
+    for &c in b {
+        if matches!(c, b',' | b'=' | b' ') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+}
+
+/// A finite number as its significant decimal digits `d1 d2 … dn` (the integer `mantissa`,
+/// no trailing zeros) and the decimal exponent `exp` of `d1`; zero has no digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decimal {
+    mantissa: u64,
+    exp: i32,
+    negative: bool,
+}
+
+impl Decimal {
+    /// The digits Python's `repr(float(text))` prints, read straight from a JSON number token,
+    /// when the token has at most 15 significant digits and a modest exponent. Any two such
+    /// decimals are distinct doubles (DBL_DIG = 15), so the shortest round-trip digits of the
+    /// double are exactly the token's: no float parsing or formatting is needed.
+    pub fn from_json_number(text: &str) -> Option<Decimal> {
+        let b = text.as_bytes();
+        let (negative, mut i) = match b.first() {
+            Some(b'-') => (true, 1),
+            _ => (false, 0),
+        };
+        let mut mantissa: u64 = 0;
+        let mut n_digits: u32 = 0;
+        let mut int_digits: i32 = 0;
+        let mut leading_zeros: i32 = 0;
+        let mut in_fraction = false;
+        let mut pending_zeros: u32 = 0;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'0'..=b'9' => {
+                    if !in_fraction {
+                        int_digits += 1;
+                    }
+                    if c == b'0' {
+                        if n_digits == 0 {
+                            leading_zeros += 1;
+                        } else {
+                            pending_zeros += 1;
+                        }
+                    } else {
+                        n_digits += pending_zeros + 1;
+                        if n_digits > 15 {
+                            return None;
+                        }
+                        mantissa = mantissa * 10u64.pow(pending_zeros + 1) + u64::from(c - b'0');
+                        pending_zeros = 0;
+                    }
+                }
+                b'.' if !in_fraction => in_fraction = true,
+                b'e' | b'E' => break,
+                _ => return None,
+            }
+            i += 1;
+        }
+        let mut exp: i32 = 0;
+        if let Some(rest) = b.get(i + 1..) {
+            let (sign, digits) = match rest.split_first() {
+                Some((b'-', r)) => (-1, r),
+                Some((b'+', r)) => (1, r),
+                _ => (1, rest),
+            };
+            if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            exp = sign * parse_exp(digits);
+        }
+        if n_digits == 0 {
+            return Some(Decimal {
+                mantissa: 0,
+                exp: 0,
+                negative,
+            });
+        }
+        let exp = int_digits - leading_zeros - 1 + exp;
+        (-300..=300).contains(&exp).then_some(Decimal {
+            mantissa,
+            exp,
+            negative,
+        })
+    }
+
+    /// The shortest round-trip digits of a finite double (from `ryu`).
+    pub fn from_f64(v: f64) -> Decimal {
+        let mut ryu_buf = ryu::Buffer::new();
+        let text = ryu_buf.format_finite(v).as_bytes();
+        let (negative, text) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        let (mantissa_text, exp_part) = match text.iter().position(|&c| c == b'e') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, &b""[..]),
+        };
+        let exp = match exp_part.split_first() {
+            Some((b'-', digits)) => -parse_exp(digits),
+            _ => parse_exp(exp_part),
+        };
+        let mut mantissa: u64 = 0;
+        let mut n_digits = 0;
+        let mut int_digits: i32 = 0;
+        let mut leading_zeros: i32 = 0;
+        let mut in_fraction = false;
+        for &c in mantissa_text {
+            if c == b'.' {
+                in_fraction = true;
+                continue;
+            }
+            if !in_fraction {
+                int_digits += 1;
+            }
+            if n_digits == 0 && c == b'0' {
+                leading_zeros += 1;
+            } else if n_digits < 19 {
+                mantissa = mantissa * 10 + u64::from(c.wrapping_sub(b'0'));
+                n_digits += 1;
+            }
+        }
+        while mantissa != 0 && mantissa % 10 == 0 {
+            mantissa /= 10;
+        }
+        Decimal {
+            mantissa,
+            exp: int_digits - leading_zeros - 1 + exp,
+            negative,
+        }
+    }
+}
+
+/// Whether Python's `repr(float(token))` is the JSON number `token` itself, tidied by
+/// `push_plain_number`: no exponent, at most 15 significant digits, and zero or at least
+/// 1e-4 in magnitude (see `Decimal::from_json_number` for why the digits are kept).
+pub fn is_plain_number(token: &str) -> bool {
+    let b = token.as_bytes();
+    let unsigned = b.strip_prefix(b"-").unwrap_or(b);
+    let (int, frac) = match unsigned.iter().position(|&c| c == b'.') {
+        Some(dot) => (&unsigned[..dot], &unsigned[dot + 1..]),
+        None => (unsigned, &b""[..]),
+    };
+    if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) {
+        return false;
+    }
+    let frac = trim_trailing_zeros(frac);
+    if int != b"0" {
+        return int.len() + frac.len() <= 15;
+    }
+    let leading = frac.iter().take_while(|&&c| c == b'0').count();
+    frac.is_empty() || (leading <= 3 && frac.len() - leading <= 15)
+}
+
+fn trim_trailing_zeros(digits: &[u8]) -> &[u8] {
+    let keep = digits.iter().rposition(|&c| c != b'0').map_or(0, |i| i + 1);
+    &digits[..keep]
+}
+
+/// Appends a token `is_plain_number` accepted as Python prints it: `22` → `22.0`,
+/// `22.50` → `22.5`, `-0` → `-0.0`.
+pub fn push_plain_number(out: &mut Vec<u8>, token: &str) {
+    let b = token.as_bytes();
+    let (int, frac) = match b.iter().position(|&c| c == b'.') {
+        Some(dot) => (&b[..dot], trim_trailing_zeros(&b[dot + 1..])),
+        None => (b, &b""[..]),
+    };
+    out.extend_from_slice(int);
+    out.push(b'.');
+    if frac.is_empty() {
+        out.push(b'0');
+    } else {
+        out.extend_from_slice(frac);
+    }
+}
+
+/// Appends `v` exactly as Python's `repr(float)` writes it. `v` must be finite.
+pub fn push_f64(out: &mut Vec<u8>, v: f64) {
+    if v == v.trunc() && v.abs() < 1e16 {
+        if v == 0.0 {
+            out.extend_from_slice(if v.is_sign_negative() { b"-0.0" } else { b"0.0" });
+        } else {
+            // Exact: |v| < 1e16 < 2**63 and v is integral.
+            out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+            out.extend_from_slice(b".0");
+        }
+        return;
+    }
+    push_decimal(out, &Decimal::from_f64(v));
+}
+
+/// Appends the number as Python's `repr(float)`: fixed notation for decimal exponents in
+/// `-4..16` (integral values get `.0`), else `d[.ddd]e±XX`.
+pub fn push_decimal(out: &mut Vec<u8>, d: &Decimal) {
+    if d.negative {
+        out.push(b'-');
+    }
+    if d.mantissa == 0 {
+        out.extend_from_slice(b"0.0");
+        return;
+    }
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(d.mantissa).as_bytes();
+    let exp = d.exp;
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.extend_from_slice(b"0.");
+            out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
+            out.extend_from_slice(digits);
+        } else {
+            let int_digits = exp as usize + 1;
+            if digits.len() > int_digits {
+                out.extend_from_slice(&digits[..int_digits]);
+                out.push(b'.');
+                out.extend_from_slice(&digits[int_digits..]);
+            } else {
+                out.extend_from_slice(digits);
+                out.extend(std::iter::repeat_n(b'0', int_digits - digits.len()));
+                out.extend_from_slice(b".0");
+            }
+        }
+    } else {
+        let (first, rest) = digits.split_at(1);
+        out.extend_from_slice(first);
+        if !rest.is_empty() {
+            out.push(b'.');
+            out.extend_from_slice(rest);
+        }
+        out.push(b'e');
+        out.push(if exp < 0 { b'-' } else { b'+' });
+        let abs = exp.unsigned_abs();
+        if abs < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(abs).as_bytes());
+    }
+}
+
+fn parse_exp(digits: &[u8]) -> i32 {
+    digits
+        .iter()
+        .fold(0i32, |acc, &c| acc * 10 + i32::from(c.wrapping_sub(b'0')))
+}
+
+/// Appends `s` as a JSON string the way Python's `json.dumps(s, ensure_ascii=False)` does.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let escape: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&b[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`.
+pub struct Line<'o> {
+    out: &'o mut Vec<u8>,
+    first_field: bool,
+}
+
+impl<'o> Line<'o> {
+    /// Starts a line with its measurement (a fixed name chosen by the core, never client text).
+    pub fn start(out: &'o mut Vec<u8>, measurement: &str) -> Self {
+        out.extend_from_slice(measurement.as_bytes());
+        Line {
+            out,
+            first_field: true,
+        }
+    }
+
+    pub fn tag(&mut self, key: &str, value: &str) {
+        self.out.push(b',');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b'=');
+        push_lp_key(self.out, value.as_bytes());
+    }
+
+    fn field_key(&mut self, key: &[u8]) {
+        self.out.push(if self.first_field { b' ' } else { b',' });
+        self.first_field = false;
+        push_lp_key(self.out, key);
+        self.out.push(b'=');
+    }
+
+    pub fn float(&mut self, key: &[u8], v: f64) {
+        self.field_key(key);
+        push_f64(self.out, v);
+    }
+
+    pub fn plain_number(&mut self, key: &[u8], token: &str) {
+        self.field_key(key);
+        push_plain_number(self.out, token);
+    }
+
+    pub fn decimal(&mut self, key: &[u8], d: &Decimal) {
+        self.field_key(key);
+        push_decimal(self.out, d);
+    }
+
+    pub fn bool(&mut self, key: &[u8], v: bool) {
+        self.field_key(key);
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    pub fn uint(&mut self, key: &[u8], v: u64) {
+        self.field_key(key);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        self.out.push(b'i');
+    }
+
+    /// Ends the line with its timestamp (ns, or any integer unit the caller means).
+    pub fn finish<T: itoa::Integer>(self, ts: T) {
+        self.out.push(b' ');
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
+        self.out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repr(v: f64) -> String {
+        let mut out = Vec::new();
+        push_f64(&mut out, v);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn floats_match_python_repr() {
+        let cases: &[(f64, &str)] = &[
+            (22.0, "22.0"),
+            (0.0001, "0.0001"),
+            (1e-05, "1e-05"),
+            (1.5e-05, "1.5e-05"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (-0.0, "-0.0"),
+            (0.0, "0.0"),
+            (0.1, "0.1"),
+            (1.0 / 3.0, "0.3333333333333333"),
+            (-1.0 / 3.0, "-0.3333333333333333"),
+            (22.5, "22.5"),
+            (-273.15, "-273.15"),
+            (123456.789, "123456.789"),
+            (0.00012345, "0.00012345"),
+            (0.000012345, "1.2345e-05"),
+            (1e100, "1e+100"),
+            (1.25e-100, "1.25e-100"),
+            (2.5e15, "2500000000000000.0"),
+            (1234567890123456.7, "1234567890123456.8"),
+            (12345678901234567.0, "1.2345678901234568e+16"),
+            (9007199254740993.0, "9007199254740992.0"),
+            (-5e-324, "-5e-324"),
+            (2.2250738585072014e-308, "2.2250738585072014e-308"),
+            (100.5, "100.5"),
+            (1e-4, "0.0001"),
+            (9.999e-5, "9.999e-05"),
+            (0.5, "0.5"),
+            (3.0e-10, "3e-10"),
+            (f64::from_bits(0x3ff0_0000_0000_0001), "1.0000000000000002"),
+        ];
+        for &(v, want) in cases {
+            assert_eq!(repr(v), want, "{v:e}");
+        }
+    }
+
+    fn repr_of_token(text: &str) -> Option<String> {
+        let mut out = Vec::new();
+        push_decimal(&mut out, &Decimal::from_json_number(text)?);
+        Some(String::from_utf8(out).unwrap_or_default())
+    }
+
+    #[test]
+    fn short_json_numbers_print_like_python_without_float_conversion() {
+        let cases: &[(&str, &str)] = &[
+            ("22", "22.0"),
+            ("22.50", "22.5"),
+            ("-0", "-0.0"),
+            ("0", "0.0"),
+            ("-0.000", "-0.0"),
+            ("0e5", "0.0"),
+            ("0.0001", "0.0001"),
+            ("0.00001", "1e-05"),
+            ("0.000015", "1.5e-05"),
+            ("1e16", "1e+16"),
+            ("1E+15", "1000000000000000.0"),
+            ("123456789012345", "123456789012345.0"),
+            ("100.5", "100.5"),
+            ("1.5e-7", "1.5e-07"),
+            ("12.5e1", "125.0"),
+            ("0.1", "0.1"),
+            ("-273.15", "-273.15"),
+            ("1000e-3", "1.0"),
+            ("1e300", "1e+300"),
+            ("1e-300", "1e-300"),
+            ("120.000e-2", "1.2"),
+        ];
+        for &(text, want) in cases {
+            assert_eq!(repr_of_token(text).as_deref(), Some(want), "{text}");
+            if is_plain_number(text) {
+                let mut out = Vec::new();
+                push_plain_number(&mut out, text);
+                assert_eq!(String::from_utf8(out).unwrap_or_default(), want, "{text} plain");
+            }
+            let via_float = text.parse::<f64>().map(|v| {
+                let mut out = Vec::new();
+                push_f64(&mut out, v);
+                String::from_utf8(out).unwrap_or_default()
+            });
+            assert_eq!(via_float.as_deref(), Ok(want), "{text} via f64");
+        }
+        for plain in ["22", "22.50", "-0", "0", "-0.000", "0.0001", "123456789012345", "100.5", "0.1", "-273.15", "0.000123456789012345"] {
+            assert!(is_plain_number(plain), "{plain}");
+        }
+        for not_plain in ["0e5", "0.00001", "1e16", "1234567890123456", "1.5e-7", "0.0001234567890123456"] {
+            assert!(!is_plain_number(not_plain), "{not_plain}");
+        }
+        for long in ["1234567890123456", "0.1234567890123456", "1e301", "1e-301", "1e400", "1e00001"] {
+            assert_eq!(Decimal::from_json_number(long), None, "{long}");
+        }
+    }
+
+    #[test]
+    fn lp_keys_escape_comma_equals_space_only() {
+        let mut out = Vec::new();
+        push_lp_key(&mut out, "a,b=c d\"é".as_bytes());
+        assert_eq!(out, "a\\,b\\=c\\ d\"é".as_bytes());
+    }
+
+    #[test]
+    fn json_strings_escape_like_python() {
+        let mut out = Vec::new();
+        push_json_str(
+            &mut out,
+            "a\"b\\c\nd\re\tf\u{8}g\u{c}h\u{1}i\u{1f}j\u{7f}é😀",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap_or_default(),
+            "\"a\\\"b\\\\c\\nd\\re\\tf\\bg\\fh\\u0001i\\u001fj\u{7f}é😀\""
+        );
+    }
+
+    #[test]
+    fn a_line_has_measurement_tags_fields_and_timestamp() {
+        let mut out = Vec::new();
+        let mut line = Line::start(&mut out, "telemetry");
+        line.tag("device_id", "d 1");
+        line.tag("site_id", "s,1");
+        line.float(b"t=x", 22.0);
+        line.bool(b"on", true);
+        line.uint(b"seq", 7);
+        line.finish(-5i64);
+        assert_eq!(
+            out,
+            b"telemetry,device_id=d\\ 1,site_id=s\\,1 t\\=x=22.0,on=true,seq=7i -5\n"
+        );
+    }
+}

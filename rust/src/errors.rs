@@ -1,0 +1,188 @@
+//! Plain Rust errors and reason codes of the core; `lib.rs` turns them into Python exceptions.
+
+use std::fmt;
+
+/// Why a whole request body is unusable (`BodyError` in Python). `Display` is the exact `.detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    NotJson,
+    NoMessagesList,
+    NotObject,
+    Empty,
+    TooMany { count: usize, max: usize },
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotJson => f.write_str("body is not valid JSON"),
+            Self::NoMessagesList => {
+                f.write_str("body must be a JSON object with a \"messages\" list")
+            }
+            Self::NotObject => f.write_str("body must be a JSON object"),
+            Self::Empty => f.write_str("batch is empty"),
+            Self::TooMany { count, max } => {
+                write!(f, "batch has {count} messages; at most {max} are allowed")
+            }
+        }
+    }
+}
+
+/// A caller's mistake in using a `Batch` or `TenantBuffers` (`ValueError` in Python).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageError {
+    VerdictCount { expected: usize, got: usize },
+    UnknownReason(String),
+    MissingReason { group: usize },
+    NegativeAllowed { group: usize },
+    AlreadyResolved,
+    AlreadyAppended,
+    BadLines,
+    BadMaxLines,
+    NotInFlight { nbytes: usize, in_flight: usize },
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::VerdictCount { expected, got } => {
+                write!(f, "expected {expected} verdicts, got {got}")
+            }
+            Self::UnknownReason(code) => write!(f, "unknown reason code {code:?}"),
+            Self::MissingReason { group } => {
+                write!(f, "verdict {group} rejects items but gives no reason")
+            }
+            Self::NegativeAllowed { group } => write!(f, "verdict {group} allows a negative count"),
+            Self::AlreadyResolved => f.write_str("verdicts were already applied to this batch"),
+            Self::AlreadyAppended => f.write_str("this batch was already appended"),
+            Self::BadLines => f.write_str(
+                "lines must be line_count newline-terminated lines, and line_count >= 1",
+            ),
+            Self::BadMaxLines => f.write_str("max_lines must be at least 1"),
+            Self::NotInFlight { nbytes, in_flight } => {
+                write!(f, "{nbytes} bytes are not in flight (only {in_flight} are)")
+            }
+        }
+    }
+}
+
+/// Per-item reason code of the batch endpoints. Declaration order is `reason_counts()` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    InvalidMsgType,
+    InvalidSchema,
+    InvalidTimestamp,
+    InvalidMetrics,
+    PayloadTooLarge,
+    Unauthorized,
+    SiteMismatch,
+    RateLimited,
+    BufferFull,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::InvalidMsgType,
+        Reason::InvalidSchema,
+        Reason::InvalidTimestamp,
+        Reason::InvalidMetrics,
+        Reason::PayloadTooLarge,
+        Reason::Unauthorized,
+        Reason::SiteMismatch,
+        Reason::RateLimited,
+        Reason::BufferFull,
+    ];
+
+    pub const fn code(self) -> &'static str {
+        match self {
+            Reason::InvalidMsgType => "INVALID_MSG_TYPE",
+            Reason::InvalidSchema => "INVALID_SCHEMA",
+            Reason::InvalidTimestamp => "INVALID_TIMESTAMP",
+            Reason::InvalidMetrics => "INVALID_METRICS",
+            Reason::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Reason::Unauthorized => "UNAUTHORIZED",
+            Reason::SiteMismatch => "SITE_MISMATCH",
+            Reason::RateLimited => "RATE_LIMITED",
+            Reason::BufferFull => "BUFFER_FULL",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Result<Reason, UsageError> {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.code() == code)
+            .ok_or_else(|| UsageError::UnknownReason(code.to_owned()))
+    }
+}
+
+/// Per-message error code of the Shelly endpoint: what was invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShellyReason {
+    Message,
+    Src,
+    Timestamp,
+    Params,
+    Reading,
+}
+
+impl ShellyReason {
+    pub const fn code(self) -> &'static str {
+        match self {
+            ShellyReason::Message => "INVALID_MESSAGE",
+            ShellyReason::Src => "INVALID_SRC",
+            ShellyReason::Timestamp => "INVALID_TIMESTAMP",
+            ShellyReason::Params => "INVALID_PARAMS",
+            ShellyReason::Reading => "INVALID_READING",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_error_details_are_exact() {
+        assert_eq!(BodyError::NotJson.to_string(), "body is not valid JSON");
+        assert_eq!(
+            BodyError::NoMessagesList.to_string(),
+            "body must be a JSON object with a \"messages\" list"
+        );
+        assert_eq!(
+            BodyError::NotObject.to_string(),
+            "body must be a JSON object"
+        );
+        assert_eq!(BodyError::Empty.to_string(), "batch is empty");
+        assert_eq!(
+            BodyError::TooMany {
+                count: 101,
+                max: 100
+            }
+            .to_string(),
+            "batch has 101 messages; at most 100 are allowed"
+        );
+    }
+
+    #[test]
+    fn reason_codes_round_trip_in_fixed_order() {
+        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(
+            codes,
+            [
+                "INVALID_MSG_TYPE",
+                "INVALID_SCHEMA",
+                "INVALID_TIMESTAMP",
+                "INVALID_METRICS",
+                "PAYLOAD_TOO_LARGE",
+                "UNAUTHORIZED",
+                "SITE_MISMATCH",
+                "RATE_LIMITED",
+                "BUFFER_FULL"
+            ]
+        );
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.code()), Ok(r));
+        }
+        assert!(Reason::from_code("invalid_schema").is_err());
+    }
+}

@@ -1,0 +1,593 @@
+//! A strict JSON reader (RFC 8259) over validated UTF-8 text, built for one pass per body:
+//! it validates while the caller walks the structure it cares about, skips the rest, hands out
+//! strings and number tokens as borrowed slices, and knows each value's byte span.
+//!
+//! Accepts exactly what `serde_json` accepts (the tests hold it to that), except that nesting
+//! deeper than `MAX_DEPTH` is an error everywhere, as in `serde_json::Value` parsing, and that
+//! lone surrogate escapes are valid JSON (string *decoding* refuses them, see `Str::decode`).
+
+use std::borrow::Cow;
+
+/// Deepest nesting accepted: 127 arrays/objects open at once (`serde_json::Value` refuses 128).
+pub const MAX_DEPTH: usize = 127;
+
+/// The text is not valid JSON (including too deep); which way does not matter to callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid;
+
+pub type Result<T> = std::result::Result<T, Invalid>;
+
+/// A JSON string as it appears in the text, quotes removed, escapes (validated) kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Str<'a> {
+    pub raw: &'a str,
+    pub escaped: bool,
+}
+
+impl<'a> Str<'a> {
+    /// The string's value; `None` when it holds a lone surrogate escape.
+    pub fn decode(&self) -> Option<Cow<'a, str>> {
+        if self.escaped {
+            unescape(self.raw).map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(self.raw))
+        }
+    }
+
+    /// Whether the string's value is exactly `s` (never true with a lone surrogate).
+    pub fn is(&self, s: &str) -> bool {
+        if self.escaped {
+            unescape(self.raw).is_some_and(|v| v == s)
+        } else {
+            self.raw == s
+        }
+    }
+}
+
+/// Decodes validated escapes; `None` on a lone surrogate.
+fn unescape(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let b = rest.as_bytes();
+        let simple = match b.get(i + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(b.get(i + 2..i + 6)?)?;
+                let (c, used) = if (0xd800..0xdc00).contains(&hi) {
+                    if b.get(i + 6..i + 8)? != b"\\u" {
+                        return None;
+                    }
+                    let lo = hex4(b.get(i + 8..i + 12)?)?;
+                    if !(0xdc00..0xe000).contains(&lo) {
+                        return None;
+                    }
+                    (0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00), 12)
+                } else {
+                    (hi, 6)
+                };
+                out.push(char::from_u32(c)?);
+                rest = &rest[i + used..];
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(simple);
+        rest = &rest[i + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |acc, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc * 16 + u32::from(d))
+    })
+}
+
+/// Bytes that end the fast run inside a string: `"`, `\` and control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A cursor over JSON text. Containers opened with `begin_*` count towards the depth limit
+/// exactly like those `skip_value` walks through.
+pub struct Reader<'a> {
+    text: &'a str,
+    pos: usize,
+    depth: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Reader {
+            text,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The text from byte `start` to the cursor.
+    pub fn since(&self, start: usize) -> &'a str {
+        self.text.get(start..self.pos).unwrap_or_default()
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// Skips whitespace and returns the next byte.
+    #[inline]
+    pub fn peek(&mut self) -> Option<u8> {
+        let b = self.bytes();
+        while let Some(&c) = b.get(self.pos) {
+            if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(c);
+            }
+            self.pos += 1;
+        }
+        None
+    }
+
+    #[inline]
+    fn expect(&mut self, c: u8) -> Result<()> {
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    /// Only whitespace is left.
+    pub fn end(&mut self) -> Result<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(Invalid),
+        }
+    }
+
+    fn open(&mut self) -> Result<()> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Invalid);
+        }
+        self.depth += 1;
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// At `{`: enters the object.
+    pub fn begin_object(&mut self) -> Result<()> {
+        if self.peek() != Some(b'{') {
+            return Err(Invalid);
+        }
+        self.open()
+    }
+
+    /// The object's next key (and its `:`), or `None` after its closing `}`. `first` tells
+    /// whether this is the call right after `begin_object`.
+    #[inline(always)]
+    pub fn next_key(&mut self, first: bool) -> Result<Option<Str<'a>>> {
+        match self.peek() {
+            Some(b'}') => {
+                self.pos += 1;
+                self.depth -= 1;
+                return Ok(None);
+            }
+            Some(b',') if !first => self.pos += 1,
+            Some(b'"') if first => {}
+            _ => return Err(Invalid),
+        }
+        let key = self.string()?;
+        self.expect(b':')?;
+        Ok(Some(key))
+    }
+
+    /// At `[`: enters the array.
+    pub fn begin_array(&mut self) -> Result<()> {
+        if self.peek() != Some(b'[') {
+            return Err(Invalid);
+        }
+        self.open()
+    }
+
+    /// Whether another element follows (consuming its `,`), or false after the closing `]`.
+    #[inline]
+    pub fn next_element(&mut self, first: bool) -> Result<bool> {
+        match self.peek() {
+            Some(b']') => {
+                self.pos += 1;
+                self.depth -= 1;
+                Ok(false)
+            }
+            Some(b',') if !first => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(_) if first => Ok(true),
+            _ => Err(Invalid),
+        }
+    }
+
+    /// At `"`: the string, escapes validated.
+    #[inline(always)]
+    pub fn string(&mut self) -> Result<Str<'a>> {
+        if self.peek() != Some(b'"') {
+            return Err(Invalid);
+        }
+        let b = self.bytes();
+        let start = self.pos + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            i = skip_plain(b, i);
+            match b.get(i) {
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escaped = true;
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u') => {
+                            hex4(b.get(i + 2..i + 6).ok_or(Invalid)?).ok_or(Invalid)?;
+                            i += 6;
+                        }
+                        _ => return Err(Invalid),
+                    }
+                }
+                _ => return Err(Invalid),
+            }
+        }
+        self.pos = i + 1;
+        let raw = self.text.get(start..i).ok_or(Invalid)?;
+        Ok(Str { raw, escaped })
+    }
+
+    /// At a number: its token, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    #[inline(always)]
+    pub fn number(&mut self) -> Result<&'a str> {
+        self.peek();
+        let b = self.bytes();
+        let start = self.pos;
+        let mut i = start;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => i = skip_digits(b, i + 1),
+            _ => return Err(Invalid),
+        }
+        if b.get(i) == Some(&b'.') {
+            let after = skip_digits(b, i + 1);
+            if after == i + 1 {
+                return Err(Invalid);
+            }
+            i = after;
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let after = skip_digits(b, i);
+            if after == i {
+                return Err(Invalid);
+            }
+            i = after;
+        }
+        self.pos = i;
+        self.text.get(start..i).ok_or(Invalid)
+    }
+
+    /// At `t`, `f` or `n`: the literal `true`, `false` or `null`.
+    #[inline]
+    pub fn literal(&mut self) -> Result<Literal> {
+        self.peek();
+        let rest = self.bytes().get(self.pos..).unwrap_or_default();
+        let (lit, len) = if rest.starts_with(b"true") {
+            (Literal::True, 4)
+        } else if rest.starts_with(b"false") {
+            (Literal::False, 5)
+        } else if rest.starts_with(b"null") {
+            (Literal::Null, 4)
+        } else {
+            return Err(Invalid);
+        };
+        self.pos += len;
+        Ok(lit)
+    }
+
+    /// Reads one value whatever it is, validating it; returns its text.
+    pub fn skip_value(&mut self) -> Result<&'a str> {
+        let start = match self.peek() {
+            Some(_) => self.pos,
+            None => return Err(Invalid),
+        };
+        let base = self.depth;
+        // Bit `d` set: the container at depth `d` is an object (depth <= 127 fits in a u128).
+        let mut objects: u128 = 0;
+        loop {
+            match self.peek().ok_or(Invalid)? {
+                b'{' => {
+                    self.open()?;
+                    objects |= 1 << self.depth;
+                    if self.peek() == Some(b'}') {
+                        self.pos += 1;
+                        self.depth -= 1;
+                    } else {
+                        self.string()?;
+                        self.expect(b':')?;
+                        continue;
+                    }
+                }
+                b'[' => {
+                    self.open()?;
+                    objects &= !(1 << self.depth);
+                    if self.peek() == Some(b']') {
+                        self.pos += 1;
+                        self.depth -= 1;
+                    } else {
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                b't' | b'f' | b'n' => {
+                    self.literal()?;
+                }
+                _ => {
+                    self.number()?;
+                }
+            }
+            // A value ended: close containers until one continues.
+            loop {
+                if self.depth == base {
+                    return Ok(self.since(start));
+                }
+                let in_object = objects & (1 << self.depth) != 0;
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        if in_object {
+                            self.string()?;
+                            self.expect(b':')?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if in_object => {
+                        self.pos += 1;
+                        self.depth -= 1;
+                    }
+                    Some(b']') if !in_object => {
+                        self.pos += 1;
+                        self.depth -= 1;
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+    }
+}
+
+/// Index of the first `"`, `\\` or control character at or after `i` (or the end), eight
+/// bytes at a time.
+#[inline]
+fn skip_plain(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // Per byte, the high bit of each term is set for a zero byte (a match) or, for
+        // `w - 0x20..`, a byte below 0x20; borrows only reach bytes above a true hit.
+        let hits = (quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash
+            | w.wrapping_sub(ONES * 0x20) & !w)
+            & HIGHS;
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if STRING_STOP[usize::from(c)] {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Literal {
+    True,
+    False,
+    Null,
+}
+
+/// Whether `text` is one valid JSON value (surrounded by whitespace at most).
+#[cfg(test)]
+pub fn is_valid(text: &str) -> bool {
+    let mut r = Reader::new(text);
+    r.skip_value().is_ok() && r.end().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::IgnoredAny;
+
+    /// serde_json is the oracle for everything but depth.
+    fn serde_accepts(text: &str) -> bool {
+        serde_json::from_str::<IgnoredAny>(text).is_ok()
+    }
+
+    #[test]
+    fn serde_json_skims_any_depth_but_parses_127_levels() {
+        let nested = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        let deep = nested(100_000);
+        assert!(serde_json::from_str::<&serde_json::value::RawValue>(&deep).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(127)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(128)).is_err());
+    }
+
+    #[test]
+    fn serde_json_skim_accepts_lone_surrogates_and_string_decode_refuses_them() {
+        for s in [
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\ud800""#,
+        ] {
+            assert!(serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok(), "{s}");
+            assert!(serde_json::from_str::<String>(s).is_err(), "{s}");
+        }
+        assert_eq!(
+            serde_json::from_str::<String>(r#""\ud83d\ude00""#)
+                .ok()
+                .as_deref(),
+            Some("😀")
+        );
+    }
+
+    #[test]
+    fn accepts_and_refuses_like_serde_json() {
+        let cases = [
+            "0", "-0", "1", "-1", "10", "01", "-01", "1.", "1.5", ".5", "1e5", "1E+5", "1e-5", "1e",
+            "1e+", "-", "+1", "1.5e3.2", "0x10", "NaN", "Infinity", "-Infinity", "true", "false",
+            "null", "tru", "nul", "True", "\"\"", "\"a\"", "\"\\u00e9\"", "\"\\u00E9\"", "\"\\uD800\"",
+            "\"\\ud800\\udc00\"", "\"\\u12\"", "\"\\u12g4\"", "\"\\x\"", "\"\\'\"", "\"\\/\"",
+            "\"a\u{1}\"", "\"a\u{7f}\"", "\"\t\"", "\"a", "[]", "[1,]", "[,1]", "[1 2]", "[1,2]",
+            "{}", "{\"a\":1}", "{\"a\":1,}", "{\"a\" 1}", "{a:1}", "{\"a\":}", "{1:1}",
+            "{\"a\":1 \"b\":2}", "{\"a\":[{\"b\":null}],\"c\":{}}", " \t\n\r[ 1 , { } ] \n",
+            "\u{feff}1", "1 2", "[1]]", "[[1]", "{\"a\":1}}", "", " ", "\u{a0}1", "[1\u{0}]",
+            "\"\\u0000\"", "[-]", "[1e99999]", "-0.0e-0", "[\"\\", "\"\\u",
+        ];
+        for text in cases {
+            assert_eq!(is_valid(text), serde_accepts(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn mutations_of_a_body_are_judged_like_serde_json() {
+        let seed = r#"{"messages":[{"tenant_id":"t","device_id":"d\u00e9\n","x":[1,-2.5e3,true,false,null,{"y":"z"}],"metrics":{"a":1.0,"b":-0}}],"k":"\ud83d\ude00"}"#;
+        let alphabet: &[u8] = b"{}[]\",:\\ 0123456789.eE+-tfnrulsabx\t\n\x01";
+        let mut state: u64 = 0x1234_5678;
+        let mut rnd = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let mut b = seed.as_bytes().to_vec();
+            for _ in 0..1 + rnd(3) {
+                let at = rnd(b.len());
+                match rnd(3) {
+                    0 => b[at] = alphabet[rnd(alphabet.len())],
+                    1 => {
+                        b.remove(at);
+                    }
+                    _ => b.insert(at, alphabet[rnd(alphabet.len())]),
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&b) else {
+                continue;
+            };
+            assert_eq!(is_valid(text), serde_accepts(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn depth_127_is_valid_and_128_is_not() {
+        let nested = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(is_valid(&nested(127)));
+        assert!(!is_valid(&nested(128)));
+        let objects = |d: usize| format!("{}1{}", "{\"a\":".repeat(d), "}".repeat(d));
+        assert!(is_valid(&objects(127)));
+        assert!(!is_valid(&objects(128)));
+        assert!(serde_json::from_str::<serde_json::Value>(&objects(127)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&objects(128)).is_err());
+        // Containers entered with begin_* count too.
+        let mut r = Reader::new("[[[]]]");
+        assert!(r.begin_array().is_ok());
+        assert_eq!(r.next_element(true), Ok(true));
+        assert_eq!(r.skip_value(), Ok("[[]]"));
+        assert_eq!(r.next_element(false), Ok(false));
+        assert!(r.end().is_ok());
+    }
+
+    #[test]
+    fn strings_decode_like_serde_json_and_refuse_lone_surrogates() {
+        let cases = [
+            r#""plain""#,
+            r#""a\"b\\c\/d\be\ff\ng\rh\ti""#,
+            r#""\u00e9\u20AC\ud83d\ude00""#,
+            r#""\u0000""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\ud800""#,
+            r#""x\ud800""#,
+            r#""\ud800x""#,
+        ];
+        for text in cases {
+            let s = Reader::new(text).string().ok().and_then(|s| s.decode());
+            let oracle = serde_json::from_str::<String>(text).ok();
+            assert_eq!(s.as_deref(), oracle.as_deref(), "{text}");
+        }
+        let s = Reader::new(r#""tenant\u005fid""#).string();
+        assert!(s.is_ok_and(|s| s.escaped && s.is("tenant_id")));
+    }
+
+    #[test]
+    fn values_report_their_text() {
+        let mut r = Reader::new(r#" { "a" : [ 1 , {"b":2} ] , "c":-1.5e3 } "#);
+        assert!(r.begin_object().is_ok());
+        assert_eq!(r.next_key(true).map(|k| k.map(|k| k.raw)), Ok(Some("a")));
+        assert!(r.peek().is_some());
+        assert_eq!(r.skip_value(), Ok(r#"[ 1 , {"b":2} ]"#));
+        assert_eq!(r.next_key(false).map(|k| k.map(|k| k.raw)), Ok(Some("c")));
+        assert!(r.peek().is_some());
+        assert_eq!(r.number(), Ok("-1.5e3"));
+        assert_eq!(r.next_key(false), Ok(None));
+        assert!(r.end().is_ok());
+    }
+}

@@ -1,0 +1,1225 @@
+//! Request bodies → validated, encoded items of a `Batch`, in one pass over the body.
+//!
+//! The `json` reader validates the whole body while this module walks the parts it reads:
+//! the `messages` list, each message's fields and metrics. Every other value is skipped (and
+//! validated). Each message's raw size comes from the reader's position, field values are
+//! classified without conversion, so an overflowing number or a wrong type is an item error,
+//! never a body error. Strings without escapes are borrowed from the body.
+
+use std::borrow::Cow;
+
+use crate::batch::{Batch, Identity};
+use crate::encode::{is_plain_number, Decimal, Line};
+use crate::errors::{BodyError, Reason};
+use crate::json::{self, Invalid, Literal, Reader, Str};
+use crate::timestamp::parse_rfc3339;
+
+pub const MAX_BATCH_MESSAGES: usize = 100;
+
+const MAX_METRICS: usize = 256;
+const MAX_ID_BYTES: usize = 128;
+const MAX_TENANT_BYTES: usize = 64;
+
+/// A field's value, classified but not converted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Value<'a> {
+    #[default]
+    Missing,
+    Null,
+    Str(Str<'a>),
+    /// A number token as sent.
+    Number(&'a str),
+    Bool(bool),
+    /// An array or an object.
+    Other,
+}
+
+impl<'a> Value<'a> {
+    /// Reads the value at the cursor, validating it.
+    #[inline(always)]
+    pub fn read(r: &mut Reader<'a>) -> json::Result<Self> {
+        Ok(match r.peek().ok_or(Invalid)? {
+            b'"' => Value::Str(r.string()?),
+            b't' | b'f' | b'n' => match r.literal()? {
+                Literal::True => Value::Bool(true),
+                Literal::False => Value::Bool(false),
+                Literal::Null => Value::Null,
+            },
+            b'[' | b'{' => {
+                r.skip_value()?;
+                Value::Other
+            }
+            _ => Value::Number(r.number()?),
+        })
+    }
+
+    /// As a string field.
+    pub fn text(&self) -> Text<'a> {
+        match self {
+            Value::Str(s) => s.decode().map_or(Text::LoneSurrogate, Text::Valid),
+            _ => Text::NotString,
+        }
+    }
+}
+
+/// A value read as a string field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text<'a> {
+    NotString,
+    /// A string holding a lone surrogate escape: a string, but never a valid value.
+    LoneSurrogate,
+    Valid(Cow<'a, str>),
+}
+
+impl Text<'_> {
+    pub fn get(&self) -> Option<&str> {
+        match self {
+            Text::Valid(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn is_string(&self) -> bool {
+        !matches!(self, Text::NotString)
+    }
+}
+
+/// An id: 1..=128 bytes, no control character, no backslash.
+pub fn valid_id(s: &str) -> bool {
+    (1..=MAX_ID_BYTES).contains(&s.len()) && !has_forbidden_char(s.as_bytes())
+}
+
+fn valid_tenant(s: &str) -> bool {
+    (1..=MAX_TENANT_BYTES).contains(&s.len())
+        && s
+            .bytes()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+/// Bytes that are, or may start, a character no id or name may hold.
+static SUSPECT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[0x7f] = true;
+    t[b'\\' as usize] = true;
+    t[0xc2] = true;
+    t
+};
+
+/// U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a backslash.
+fn has_forbidden_char(b: &[u8]) -> bool {
+    b.iter().enumerate().any(|(i, &c)| {
+        SUSPECT[usize::from(c)]
+            && (c != 0xc2 || b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)))
+    })
+}
+
+/// The body as text: strict UTF-8, or not JSON at all.
+pub fn utf8(body: &[u8]) -> Result<&str, BodyError> {
+    simdutf8::basic::from_utf8(body).map_err(|_| BodyError::NotJson)
+}
+
+/// Reads the elements of a `{"messages": [...]}` body for `walk_messages`.
+pub trait Elements<'a> {
+    /// A `messages` list starts; a later duplicate key replaces an earlier list.
+    fn reset(&mut self);
+
+    /// Reads the element at the cursor, consuming exactly that value.
+    fn element(&mut self, r: &mut Reader<'a>) -> json::Result<()>;
+}
+
+/// Walks a `{"messages": [...]}` body, handing the first `max` elements to `elements`, and
+/// returns the element count after all whole-body checks.
+pub fn walk_messages<'a>(
+    text: &'a str,
+    max: usize,
+    elements: &mut impl Elements<'a>,
+) -> Result<usize, BodyError> {
+    let mut r = Reader::new(text);
+    let count = walk(&mut r, max, elements).map_err(|_| BodyError::NotJson)?;
+    match count {
+        None => Err(BodyError::NoMessagesList),
+        Some(0) => Err(BodyError::Empty),
+        Some(count) if count > max => Err(BodyError::TooMany { count, max }),
+        Some(count) => Ok(count),
+    }
+}
+
+fn walk<'a>(
+    r: &mut Reader<'a>,
+    max: usize,
+    elements: &mut impl Elements<'a>,
+) -> json::Result<Option<usize>> {
+    if r.peek() != Some(b'{') {
+        r.skip_value()?;
+        r.end()?;
+        return Ok(None);
+    }
+    r.begin_object()?;
+    let mut count = None;
+    let mut first = true;
+    while let Some(key) = r.next_key(first)? {
+        first = false;
+        if !key.is("messages") {
+            r.skip_value()?;
+        } else if r.peek() != Some(b'[') {
+            r.skip_value()?;
+            count = None;
+        } else {
+            elements.reset();
+            r.begin_array()?;
+            let mut n = 0;
+            while r.next_element(n == 0)? {
+                n += 1;
+                if n <= max {
+                    elements.element(r)?;
+                } else {
+                    r.skip_value()?;
+                }
+            }
+            count = Some(n);
+        }
+    }
+    r.end()?;
+    Ok(count)
+}
+
+/// Parse a `{"messages": [...]}` body of 1 to 100 messages.
+pub fn parse_batch(body: &[u8], receive_ns: i64, max_payload: usize) -> Result<Batch, BodyError> {
+    let text = utf8(body)?;
+    let mut parser = MessageParser::new(body.len(), receive_ns, max_payload);
+    walk_messages(text, MAX_BATCH_MESSAGES, &mut parser)?;
+    Ok(parser.batch)
+}
+
+/// The identity of a single-message request, taken from the URL and a header. `None` stands for
+/// a string that holds a lone surrogate.
+pub struct UrlIdentity<'s> {
+    pub tenant: Option<&'s str>,
+    pub device: Option<&'s str>,
+    pub msg_type: Option<&'s str>,
+    pub token: Option<&'s str>,
+}
+
+/// Parse the single-message form: the body is the message, its identity comes from `id`.
+pub fn parse_single(
+    body: &[u8],
+    id: &UrlIdentity<'_>,
+    receive_ns: i64,
+    max_payload: usize,
+) -> Result<Batch, BodyError> {
+    let text = utf8(body)?;
+    let mut r = Reader::new(text);
+    if r.peek() != Some(b'{') {
+        r.skip_value().map_err(|_| BodyError::NotJson)?;
+        r.end().map_err(|_| BodyError::NotJson)?;
+        return Err(BodyError::NotObject);
+    }
+    let mut parser = MessageParser::new(body.len(), receive_ns, max_payload);
+    parser
+        .message(&mut r, Some(id))
+        .and_then(|()| r.end())
+        .map_err(|_| BodyError::NotJson)?;
+    Ok(parser.batch)
+}
+
+/// What a message's last `metrics` key holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum MetricsField {
+    /// Missing or null.
+    #[default]
+    Absent,
+    NotObject,
+    /// An object, its entries in `MessageParser::metrics`.
+    Object,
+}
+
+impl<'a> Elements<'a> for MessageParser<'a> {
+    fn reset(&mut self) {
+        self.batch = Batch::with_capacity(MAX_BATCH_MESSAGES, 0);
+    }
+
+    fn element(&mut self, r: &mut Reader<'a>) -> json::Result<()> {
+        self.message(r, None)
+    }
+}
+
+/// The fields of a message this module reads; last occurrence wins.
+#[derive(Default)]
+struct Fields<'a> {
+    tenant_id: Value<'a>,
+    device_id: Value<'a>,
+    msg_type: Value<'a>,
+    provision_token: Value<'a>,
+    site_id: Value<'a>,
+    ts: Value<'a>,
+    seq: Value<'a>,
+    metrics: MetricsField,
+}
+
+#[derive(Clone, Copy)]
+enum MetricValue<'a> {
+    /// A number token printed as sent, tidied (the common case).
+    Plain(&'a str),
+    Decimal(Decimal),
+    Float(f64),
+    Bool(bool),
+}
+
+struct Metric<'a> {
+    name: Cow<'a, str>,
+    /// The name's first 8 bytes, big-endian: sorts like the name, mostly without a memcmp.
+    prefix: u64,
+    /// `None`: not a number or bool, or not a finite number.
+    value: Option<MetricValue<'a>>,
+}
+
+impl Metric<'_> {
+    fn same_name(&self, other: &Self) -> bool {
+        self.prefix == other.prefix && self.name == other.name
+    }
+}
+
+struct MessageParser<'a> {
+    batch: Batch,
+    receive_ns: i64,
+    max_payload: usize,
+    /// The last `metrics` object's entries, in body order until `read_metrics` sorts them.
+    metrics: Vec<Metric<'a>>,
+    /// One of those names holds a lone surrogate.
+    lone_metric_name: bool,
+}
+
+impl<'a> MessageParser<'a> {
+    fn new(body_len: usize, receive_ns: i64, max_payload: usize) -> Self {
+        MessageParser {
+            batch: Batch::with_capacity(MAX_BATCH_MESSAGES, body_len),
+            receive_ns,
+            max_payload,
+            metrics: Vec::with_capacity(16),
+            lone_metric_name: false,
+        }
+    }
+
+    /// Reads, validates and encodes the message at the cursor.
+    fn message(&mut self, r: &mut Reader<'a>, url: Option<&UrlIdentity<'a>>) -> json::Result<()> {
+        let is_object = r.peek() == Some(b'{');
+        let start = r.pos();
+        let fields = if is_object {
+            Some(self.fields(r)?)
+        } else {
+            r.skip_value()?;
+            None
+        };
+        let too_large = r.since(start).len() > self.max_payload;
+        match fields {
+            Some(f) => self.judge(&f, too_large, url),
+            None if too_large => self.batch.push_rejected(Reason::PayloadTooLarge, None),
+            None => self.batch.push_rejected(Reason::InvalidSchema, None),
+        }
+        Ok(())
+    }
+
+    /// The message's known fields, its metrics in `metrics`; other values are skipped.
+    fn fields(&mut self, r: &mut Reader<'a>) -> json::Result<Fields<'a>> {
+        let mut f = Fields::default();
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(key) = r.next_key(first)? {
+            first = false;
+            let Some(name) = key.decode() else {
+                r.skip_value()?;
+                continue;
+            };
+            let slot = match name.as_ref() {
+                "tenant_id" => &mut f.tenant_id,
+                "device_id" => &mut f.device_id,
+                "msg_type" => &mut f.msg_type,
+                "provision_token" => &mut f.provision_token,
+                "site_id" => &mut f.site_id,
+                "ts" => &mut f.ts,
+                "seq" => &mut f.seq,
+                "metrics" => {
+                    f.metrics = self.metrics_field(r)?;
+                    continue;
+                }
+                _ => {
+                    r.skip_value()?;
+                    continue;
+                }
+            };
+            *slot = Value::read(r)?;
+        }
+        Ok(f)
+    }
+
+    fn metrics_field(&mut self, r: &mut Reader<'a>) -> json::Result<MetricsField> {
+        self.metrics.clear();
+        self.lone_metric_name = false;
+        if r.peek() != Some(b'{') {
+            return Ok(match Value::read(r)? {
+                Value::Null => MetricsField::Absent,
+                _ => MetricsField::NotObject,
+            });
+        }
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(name) = r.next_key(first)? {
+            first = false;
+            let value = match Value::read(r)? {
+                Value::Bool(b) => Some(MetricValue::Bool(b)),
+                Value::Number(n) => number_value(n),
+                _ => None,
+            };
+            let Some(name) = name.decode() else {
+                self.lone_metric_name = true;
+                continue;
+            };
+            // Built in a register: a byte copy into an array stalls the load that follows.
+            let prefix = name
+                .bytes()
+                .take(8)
+                .enumerate()
+                .fold(0u64, |p, (i, c)| p | u64::from(c) << (56 - 8 * i));
+            self.metrics.push(Metric {
+                prefix,
+                name,
+                value,
+            });
+        }
+        Ok(MetricsField::Object)
+    }
+
+    /// Applies the per-item rules in order and records the item.
+    fn judge(&mut self, f: &Fields<'a>, too_large: bool, url: Option<&UrlIdentity<'a>>) {
+        let from_url = |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
+        let (tenant, device, msg_type, token) = match url {
+            Some(u) => (
+                from_url(u.tenant),
+                from_url(u.device),
+                from_url(u.msg_type),
+                from_url(u.token),
+            ),
+            None => (
+                f.tenant_id.text(),
+                f.device_id.text(),
+                f.msg_type.text(),
+                f.provision_token.text(),
+            ),
+        };
+        let site = f.site_id.text();
+        let checked: Result<(&'static str, u64, i64), Reason> = 'check: {
+            if too_large {
+                break 'check Err(Reason::PayloadTooLarge);
+            }
+            let ids_ok = tenant.get().is_some_and(valid_tenant)
+                && device.get().is_some_and(valid_id)
+                && site.get().is_some_and(valid_id)
+                && token.get().is_some_and(valid_id);
+            let seq = match f.seq {
+                Value::Missing | Value::Null => Some(0),
+                Value::Number(n) => parse_seq(n),
+                _ => None,
+            };
+            let (true, Some(seq), true) = (ids_ok, seq, msg_type.is_string()) else {
+                break 'check Err(Reason::InvalidSchema);
+            };
+            let measurement = match msg_type.get() {
+                Some("telemetry") => "telemetry",
+                Some("heartbeat") => "heartbeat",
+                _ => break 'check Err(Reason::InvalidMsgType),
+            };
+            let ts = match f.ts {
+                Value::Missing | Value::Null => Some(self.receive_ns),
+                v => v.text().get().and_then(parse_rfc3339),
+            };
+            let Some(ts) = ts else {
+                break 'check Err(Reason::InvalidTimestamp);
+            };
+            if !self.read_metrics(f.metrics) {
+                break 'check Err(Reason::InvalidMetrics);
+            }
+            Ok((measurement, seq, ts))
+        };
+        let (measurement, seq, ts) = match checked {
+            Ok(v) => v,
+            Err(reason) => {
+                self.batch.push_rejected(reason, device.get());
+                return;
+            }
+        };
+        let (Some(tenant), Some(device), Some(site), Some(token)) =
+            (tenant.get(), device.get(), site.get(), token.get())
+        else {
+            self.batch.push_rejected(Reason::InvalidSchema, None);
+            return;
+        };
+        let metrics = &self.metrics;
+        let id = Identity {
+            tenant,
+            device,
+            site,
+            token,
+        };
+        self.batch.push_accepted(&id, |out| {
+            let mut line = Line::start(out, measurement);
+            line.tag("device_id", device);
+            line.tag("site_id", site);
+            for m in metrics {
+                let name = m.name.as_bytes();
+                match m.value {
+                    Some(MetricValue::Plain(token)) => line.plain_number(name, token),
+                    Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
+                    Some(MetricValue::Float(v)) => line.float(name, v),
+                    Some(MetricValue::Bool(v)) => line.bool(name, v),
+                    None => {}
+                }
+            }
+            line.uint(b"seq", seq);
+            line.finish(ts);
+        });
+    }
+
+    /// Sorts the message's metrics by name, keeping the last of duplicate names. False when
+    /// they are not valid metrics.
+    fn read_metrics(&mut self, field: MetricsField) -> bool {
+        match field {
+            MetricsField::Absent => {
+                self.metrics.clear();
+                return true;
+            }
+            MetricsField::NotObject => return false,
+            MetricsField::Object if self.lone_metric_name => return false,
+            MetricsField::Object => {}
+        }
+        // Stable: duplicates stay in body order, so the last of each run is the one kept.
+        self.metrics
+            .sort_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| a.name.cmp(&b.name)));
+        let m = &mut self.metrics;
+        let mut kept = 0;
+        for i in 0..m.len() {
+            if m.get(i + 1).is_some_and(|next| next.same_name(&m[i])) {
+                continue;
+            }
+            m.swap(kept, i);
+            kept += 1;
+        }
+        m.truncate(kept);
+        m.len() <= MAX_METRICS && m.iter().all(|m| m.value.is_some() && valid_metric_name(&m.name))
+    }
+}
+
+fn valid_metric_name(name: &str) -> bool {
+    (1..=MAX_ID_BYTES).contains(&name.len())
+        && !has_forbidden_char(name.as_bytes())
+        && !matches!(name, "seq" | "time" | "device_id" | "site_id")
+}
+
+/// A number token as a finite f64 (correctly rounded), digits ready for printing when short.
+fn number_value(token: &str) -> Option<MetricValue<'_>> {
+    if is_plain_number(token) {
+        return Some(MetricValue::Plain(token));
+    }
+    match Decimal::from_json_number(token) {
+        Some(d) => Some(MetricValue::Decimal(d)),
+        None => token
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(MetricValue::Float),
+    }
+}
+
+/// `seq`: a JSON integer token (no fraction, no exponent) in `0..=i64::MAX`; `-0` is 0.
+fn parse_seq(token: &str) -> Option<u64> {
+    let (negative, digits) = match token.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, token),
+    };
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    match (negative, n) {
+        (true, 0) => Some(0),
+        (true, _) => None,
+        (false, n) if n <= i64::MAX as u64 => Some(n),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn good() -> Value {
+        json!({
+            "tenant_id": "acme",
+            "device_id": "dev-1",
+            "msg_type": "telemetry",
+            "provision_token": "tok",
+            "site_id": "site-1",
+            "ts": "2024-05-01T12:00:00Z",
+            "seq": 7,
+            "metrics": {"temp": 22.5, "on": true}
+        })
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut m = good();
+        m[key] = value;
+        m
+    }
+
+    fn without(key: &str) -> Value {
+        let mut m = good();
+        if let Some(o) = m.as_object_mut() {
+            o.remove(key);
+        }
+        m
+    }
+
+    fn body_of(messages: &[Value]) -> String {
+        json!({ "messages": messages }).to_string()
+    }
+
+    fn batch(body: &str) -> Result<Batch, BodyError> {
+        parse_batch(body.as_bytes(), NOW, 8192)
+    }
+
+    fn reasons(body: &str) -> Vec<Option<&'static str>> {
+        match batch(body) {
+            Ok(b) => b.reasons().map(|r| r.map(Reason::code)).collect(),
+            Err(e) => panic!("body error {e}"),
+        }
+    }
+
+    fn reason_of(message: Value) -> Option<&'static str> {
+        reasons(&body_of(&[message]))[0]
+    }
+
+    fn body_error(body: &str) -> String {
+        match batch(body) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn lines(body: &str) -> String {
+        let b = batch(body).unwrap_or_default();
+        let all: Vec<u8> = b.tenant_lines().into_iter().flat_map(|t| t.1).collect();
+        String::from_utf8(all).unwrap_or_default()
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    const NOT_JSON: &str = "body is not valid JSON";
+    const NO_LIST: &str = "body must be a JSON object with a \"messages\" list";
+
+    #[test]
+    fn a_valid_message_is_encoded() {
+        let body = body_of(&[good()]);
+        assert_eq!(reasons(&body), [None]);
+        assert_eq!(
+            lines(&body),
+            "telemetry,device_id=dev-1,site_id=site-1 on=true,temp=22.5,seq=7i 1714564800000000000\n"
+        );
+        let (_, _, json) = batch(&body).unwrap_or_default().response_json();
+        assert_eq!(
+            String::from_utf8(json).unwrap_or_default(),
+            r#"{"accepted":1,"rejected":0,"results":[{"index":0,"status":"accepted","device_id":"dev-1"}]}"#
+        );
+    }
+
+    #[test]
+    fn whole_body_errors_in_order() {
+        assert_eq!(body_error("{"), NOT_JSON);
+        assert_eq!(body_error(""), NOT_JSON);
+        assert_eq!(body_error("{\"messages\":[NaN]}"), NOT_JSON);
+        assert_eq!(body_error("{\"messages\":[Infinity]}"), NOT_JSON);
+        assert_eq!(body_error("{\"messages\":[]} x"), NOT_JSON);
+        assert_eq!(body_error("\u{feff}{\"messages\":[]}"), NOT_JSON);
+        assert_eq!(body_error("{\"a\u{1}\":1,\"messages\":[]}"), NOT_JSON);
+        assert_eq!(body_error("{\"messages\":[{\"a\":\"\u{1}\"}]}"), NOT_JSON);
+        assert!(matches!(
+            parse_batch(b"{\"messages\":[\"\xff\"]}", 0, 8192),
+            Err(BodyError::NotJson)
+        ));
+        assert!(matches!(
+            parse_batch(b"{\"messages\":[\"\xed\xa0\x80\"]}", 0, 8192),
+            Err(BodyError::NotJson)
+        ));
+        assert_eq!(body_error("[]"), NO_LIST);
+        assert_eq!(body_error("1e400"), NO_LIST);
+        assert_eq!(body_error("{}"), NO_LIST);
+        assert_eq!(body_error("{\"messages\":{}}"), NO_LIST);
+        assert_eq!(body_error("{\"messages\":null}"), NO_LIST);
+        assert_eq!(body_error("{\"Messages\":[1]}"), NO_LIST);
+        assert_eq!(body_error("{\"messages\\ud800\":[1]}"), NO_LIST);
+        assert_eq!(body_error(" {\"messages\" : [ ] } "), "batch is empty");
+        let many = body_of(&vec![good(); 101]);
+        assert_eq!(
+            body_error(&many),
+            "batch has 101 messages; at most 100 are allowed"
+        );
+        assert_eq!(reasons(&body_of(&vec![good(); 100])).len(), 100);
+        assert_eq!(reasons(&body_of(&[good()])).len(), 1);
+    }
+
+    #[test]
+    fn duplicate_body_keys_last_wins() {
+        assert_eq!(
+            body_error("{\"messages\":[1],\"messages\":[]}"),
+            "batch is empty"
+        );
+        assert_eq!(body_error("{\"messages\":[],\"messages\":5}"), NO_LIST);
+        assert_eq!(
+            body_error("{\"messages\":5,\"messages\":[]}"),
+            "batch is empty"
+        );
+        assert_eq!(body_error("{\"mess\\u0061ges\":[]}"), "batch is empty");
+        assert_eq!(
+            body_error("{\"x\":\"\\ud800\",\"messages\":[]}"),
+            "batch is empty"
+        );
+    }
+
+    #[test]
+    fn depth_127_is_accepted_and_128_is_not_json_wherever_it_is() {
+        // Body object (1) + unknown value.
+        assert_eq!(
+            body_error(&format!("{{\"x\":{},\"messages\":[]}}", nested(126))),
+            "batch is empty"
+        );
+        assert_eq!(
+            body_error(&format!("{{\"x\":{},\"messages\":[]}}", nested(127))),
+            NOT_JSON
+        );
+        assert_eq!(
+            body_error(&format!("{{\"messages\":[],\"x\":{}}}", nested(127))),
+            NOT_JSON
+        );
+        assert_eq!(body_error(&nested(127)), NO_LIST);
+        assert_eq!(body_error(&nested(128)), NOT_JSON);
+        // Element of the list: 2 open.
+        let element = |d| format!("{{\"messages\":[{}]}}", nested(d));
+        assert_eq!(reasons(&element(125)), [Some("INVALID_SCHEMA")]);
+        assert_eq!(body_error(&element(126)), NOT_JSON);
+        // Inside a message: 3 open.
+        let inner = |d: usize| {
+            with(
+                "extra",
+                serde_json::from_str(&nested(d)).unwrap_or_default(),
+            )
+        };
+        assert_eq!(reason_of(inner(124)), None);
+        assert_eq!(body_error(&body_of(&[inner(125)])), NOT_JSON);
+        // A known field of the wrong type, and a metric value: 3 and 4 open.
+        let as_field = |d: usize| {
+            with(
+                "site_id",
+                serde_json::from_str(&nested(d)).unwrap_or_default(),
+            )
+        };
+        assert_eq!(reason_of(as_field(124)), Some("INVALID_SCHEMA"));
+        assert_eq!(body_error(&body_of(&[as_field(125)])), NOT_JSON);
+        let metric = |d: usize| {
+            with(
+                "metrics",
+                json!({"a": serde_json::from_str::<Value>(&nested(d)).unwrap_or_default()}),
+            )
+        };
+        assert_eq!(reason_of(metric(123)), Some("INVALID_METRICS"));
+        assert_eq!(body_error(&body_of(&[metric(124)])), NOT_JSON);
+        // Metrics not read because an earlier rule failed, an earlier duplicate, 101 messages.
+        let mut m = metric(124);
+        m["msg_type"] = json!("nope");
+        assert_eq!(body_error(&body_of(&[m])), NOT_JSON);
+        let dup = format!(
+            "{{\"messages\":[{{\"metrics\":{{\"a\":{}}},\"metrics\":null}}]}}",
+            nested(124)
+        );
+        assert_eq!(body_error(&dup), NOT_JSON);
+        let mut many = vec![good(); 100];
+        many.push(inner(125));
+        assert_eq!(body_error(&body_of(&many)), NOT_JSON);
+        many.pop();
+        many.push(inner(124));
+        assert_eq!(
+            body_error(&body_of(&many)),
+            "batch has 101 messages; at most 100 are allowed"
+        );
+        // An earlier `messages` list and a too-large message are still checked.
+        let earlier = format!("{{\"messages\":[{}],\"messages\":[]}}", nested(126));
+        assert_eq!(body_error(&earlier), NOT_JSON);
+        let big = with("pad", json!("x".repeat(9000)));
+        let mut big_deep = big.clone();
+        big_deep["extra"] = serde_json::from_str(&nested(125)).unwrap_or_default();
+        assert_eq!(reason_of(big), Some("PAYLOAD_TOO_LARGE"));
+        assert_eq!(body_error(&body_of(&[big_deep])), NOT_JSON);
+        // Strings never count.
+        let brackets = with("extra", json!("[[[[{{{{".repeat(100)));
+        assert_eq!(reason_of(brackets), None);
+    }
+
+    #[test]
+    fn payload_size_is_the_raw_element() {
+        let base = good().to_string();
+        let pad = 8192 - base.len() - ",\"pad\":\"\"".len();
+        let exact = format!(
+            "{},\"pad\":\"{}\"}}",
+            &base[..base.len() - 1],
+            "x".repeat(pad)
+        );
+        assert_eq!(exact.len(), 8192);
+        let over = format!(
+            "{},\"pad\":\"{}\"}}",
+            &base[..base.len() - 1],
+            "x".repeat(pad + 1)
+        );
+        let body = format!("{{\"messages\":[ \n{exact}\n , {over} ]}}");
+        assert_eq!(reasons(&body), [None, Some("PAYLOAD_TOO_LARGE")]);
+        let (_, _, json) = batch(&body).unwrap_or_default().response_json();
+        assert!(String::from_utf8(json).unwrap_or_default().ends_with(
+            r#"{"index":1,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","device_id":"dev-1"}]}"#
+        ));
+        let long_string = format!("{{\"messages\":[\"{}\"]}}", "x".repeat(9000));
+        assert_eq!(reasons(&long_string), [Some("PAYLOAD_TOO_LARGE")]);
+        assert_eq!(reasons("{\"messages\":[1]}"), [Some("INVALID_SCHEMA")]);
+    }
+
+    #[test]
+    fn schema_rules() {
+        for key in [
+            "tenant_id",
+            "device_id",
+            "site_id",
+            "provision_token",
+            "msg_type",
+        ] {
+            assert_eq!(
+                reason_of(without(key)),
+                Some("INVALID_SCHEMA"),
+                "{key} missing"
+            );
+            assert_eq!(
+                reason_of(with(key, json!(5))),
+                Some("INVALID_SCHEMA"),
+                "{key} number"
+            );
+            assert_eq!(
+                reason_of(with(key, Value::Null)),
+                Some("INVALID_SCHEMA"),
+                "{key} null"
+            );
+        }
+        for key in ["device_id", "site_id", "provision_token"] {
+            for bad in [
+                "",
+                "a\u{0}b",
+                "a\nb",
+                "tab\t",
+                "del\u{7f}",
+                "c1\u{85}",
+                "c1\u{9f}",
+                "back\\slash",
+                "trailing\\",
+            ] {
+                assert_eq!(
+                    reason_of(with(key, json!(bad))),
+                    Some("INVALID_SCHEMA"),
+                    "{key}={bad:?}"
+                );
+            }
+            for ok in ["a", "Dev 1,=\"x\"", "é", "\u{a0}", "😀", "\u{2028}"] {
+                assert_eq!(reason_of(with(key, json!(ok))), None, "{key}={ok:?}");
+            }
+            assert_eq!(reason_of(with(key, json!("x".repeat(128)))), None);
+            assert_eq!(
+                reason_of(with(key, json!("x".repeat(129)))),
+                Some("INVALID_SCHEMA")
+            );
+            assert_eq!(
+                reason_of(with(key, json!(format!("{}é", "x".repeat(126))))),
+                None
+            );
+            assert_eq!(
+                reason_of(with(key, json!(format!("{}é", "x".repeat(127))))),
+                Some("INVALID_SCHEMA")
+            );
+        }
+        for bad in ["", "Acme", "a.b", "a b", "é"] {
+            assert_eq!(
+                reason_of(with("tenant_id", json!(bad))),
+                Some("INVALID_SCHEMA"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(reason_of(with("tenant_id", json!("a-z_0-9"))), None);
+        assert_eq!(reason_of(with("tenant_id", json!("t".repeat(64)))), None);
+        assert_eq!(
+            reason_of(with("tenant_id", json!("t".repeat(65)))),
+            Some("INVALID_SCHEMA")
+        );
+        assert_eq!(reason_of(json!([good()])), Some("INVALID_SCHEMA"));
+        assert_eq!(reason_of(json!("x")), Some("INVALID_SCHEMA"));
+        assert_eq!(reason_of(Value::Null), Some("INVALID_SCHEMA"));
+    }
+
+    #[test]
+    fn seq_rules() {
+        let seq = |raw: &str| {
+            let b = format!(
+                "{{\"messages\":[{}]}}",
+                good()
+                    .to_string()
+                    .replace("\"seq\":7", &format!("\"seq\":{raw}"))
+            );
+            (reasons(&b)[0], lines(&b))
+        };
+        assert_eq!(seq("0").0, None);
+        assert!(seq("-0").1.contains(",seq=0i "));
+        assert!(seq("null").1.contains(",seq=0i "));
+        assert!(seq("9223372036854775807")
+            .1
+            .contains(",seq=9223372036854775807i "));
+        for bad in [
+            "9223372036854775808",
+            "-1",
+            "1.0",
+            "1e2",
+            "1E2",
+            "\"1\"",
+            "true",
+            "[]",
+            "{}",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(seq(bad).0, Some("INVALID_SCHEMA"), "{bad}");
+        }
+        assert!(lines(&body_of(&[without("seq")])).contains(" on=true,temp=22.5,seq=0i "));
+    }
+
+    #[test]
+    fn msg_type_and_timestamp_rules() {
+        assert_eq!(reason_of(with("msg_type", json!("heartbeat"))), None);
+        for bad in ["Telemetry", "telemetry ", "", "log"] {
+            assert_eq!(
+                reason_of(with("msg_type", json!(bad))),
+                Some("INVALID_MSG_TYPE")
+            );
+        }
+        assert!(lines(&body_of(&[with("msg_type", json!("heartbeat"))])).starts_with("heartbeat,"));
+        assert_eq!(
+            reason_of(with("ts", json!("2024-05-01T12:00:00"))),
+            Some("INVALID_TIMESTAMP")
+        );
+        assert_eq!(
+            reason_of(with("ts", json!(1714564800))),
+            Some("INVALID_TIMESTAMP")
+        );
+        assert_eq!(
+            reason_of(with("ts", json!("2300-01-01T00:00:00Z"))),
+            Some("INVALID_TIMESTAMP")
+        );
+        assert!(lines(&body_of(&[with("ts", Value::Null)])).ends_with(&format!(" {NOW}\n")));
+        assert!(lines(&body_of(&[without("ts")])).ends_with(&format!(" {NOW}\n")));
+        let escaped = good().to_string().replace("00:00Z", "00:00\\u005a");
+        assert_eq!(reasons(&format!("{{\"messages\":[{escaped}]}}")), [None]);
+        // Order: schema before msg_type before ts before metrics.
+        let mut m = with("msg_type", json!("x"));
+        m["ts"] = json!("bad");
+        m["metrics"] = json!([]);
+        assert_eq!(reason_of(m.clone()), Some("INVALID_MSG_TYPE"));
+        m["seq"] = json!(-1);
+        assert_eq!(reason_of(m.clone()), Some("INVALID_SCHEMA"));
+        m["seq"] = json!(1);
+        m["msg_type"] = json!("telemetry");
+        assert_eq!(reason_of(m.clone()), Some("INVALID_TIMESTAMP"));
+        m["ts"] = Value::Null;
+        assert_eq!(reason_of(m), Some("INVALID_METRICS"));
+    }
+
+    #[test]
+    fn metrics_rules() {
+        let metrics = |m: Value| reason_of(with("metrics", m));
+        assert_eq!(metrics(Value::Null), None);
+        assert_eq!(metrics(json!({})), None);
+        assert!(lines(&body_of(&[with("metrics", Value::Null)])).contains(" seq=7i "));
+        for bad in [json!([]), json!("x"), json!(1), json!(true)] {
+            assert_eq!(metrics(bad.clone()), Some("INVALID_METRICS"), "{bad}");
+        }
+        for bad in [
+            json!({"a": null}),
+            json!({"a": "1"}),
+            json!({"a": [1]}),
+            json!({"a": {}}),
+        ] {
+            assert_eq!(metrics(bad.clone()), Some("INVALID_METRICS"), "{bad}");
+        }
+        for name in [
+            "",
+            "seq",
+            "time",
+            "device_id",
+            "site_id",
+            "a\u{1}",
+            "a\u{7f}",
+            "a\u{80}",
+            "a\\b",
+        ] {
+            assert_eq!(
+                metrics(json!({ name: 1 })),
+                Some("INVALID_METRICS"),
+                "{name:?}"
+            );
+        }
+        for name in [
+            "Seq",
+            "timestamp",
+            "tenant_id",
+            "msg_type",
+            "a b",
+            "a,b=c",
+            "é",
+            "\u{a0}",
+        ] {
+            assert_eq!(metrics(json!({ name: 1 })), None, "{name:?}");
+        }
+        assert_eq!(metrics(json!({ "n".repeat(128): 1 })), None);
+        assert_eq!(
+            metrics(json!({ "n".repeat(129): 1 })),
+            Some("INVALID_METRICS")
+        );
+        let many = |n: usize| {
+            let m: serde_json::Map<String, Value> =
+                (0..n).map(|i| (format!("m{i}"), json!(i))).collect();
+            Value::Object(m)
+        };
+        assert_eq!(metrics(many(256)), None);
+        assert_eq!(metrics(many(257)), Some("INVALID_METRICS"));
+        // 257 keys, 256 distinct after last-wins dedup.
+        let dup = good().to_string().replace(
+            "\"metrics\":{\"on\":true,\"temp\":22.5}",
+            &format!(
+                "\"metrics\":{},\"x\":0",
+                many(256).to_string().replacen('{', "{\"m0\":false,", 1)
+            ),
+        );
+        assert_eq!(reasons(&format!("{{\"messages\":[{dup}]}}")), [None]);
+        // Only the last of duplicate names is judged.
+        let last_wins = good().to_string().replace(
+            "\"metrics\":{\"on\":true,\"temp\":22.5}",
+            "\"metrics\":{\"a\":null,\"b\":\"x\",\"a\":1,\"b\":false}",
+        );
+        let body = format!("{{\"messages\":[{last_wins}]}}");
+        assert_eq!(reasons(&body), [None]);
+        assert!(lines(&body).contains(" a=1.0,b=false,seq=7i "));
+        // Values serde_json cannot read as a whole `metrics` value.
+        for raw in ["1e400", "\"\\ud800\"", &"9".repeat(400)] {
+            let m = good().to_string().replace("{\"on\":true,\"temp\":22.5}", raw);
+            assert_eq!(reasons(&format!("{{\"messages\":[{m}]}}")), [Some("INVALID_METRICS")], "{raw}");
+            let deep = m.replacen('{', &format!("{{\"x\":{},", nested(125)), 1);
+            assert_eq!(body_error(&format!("{{\"messages\":[{deep}]}}")), NOT_JSON, "{raw}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_correctly_rounded_f64() {
+        let b = |raw: &str| {
+            let m = good().to_string().replace("22.5", raw);
+            format!("{{\"messages\":[{m}]}}")
+        };
+        for (raw, want) in [
+            ("22", "22.0"),
+            ("-0", "-0.0"),
+            ("-0.0", "-0.0"),
+            ("1e-5", "1e-05"),
+            ("1E+16", "1e+16"),
+            ("0.1", "0.1"),
+            ("9007199254740993", "9007199254740992.0"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("5e-324", "5e-324"),
+            ("1e-400", "0.0"),
+            ("123456789012345678901234567890", "1.2345678901234568e+29"),
+        ] {
+            assert!(
+                lines(&b(raw)).contains(&format!(",temp={want},")),
+                "{raw}: {}",
+                lines(&b(raw))
+            );
+        }
+        for raw in ["1e400", "-1e400", "1.8e308", &"9".repeat(400)] {
+            assert_eq!(reasons(&b(raw)), [Some("INVALID_METRICS")], "{raw}");
+        }
+    }
+
+    #[test]
+    fn duplicate_message_keys_last_wins() {
+        let m = r#"{"tenant_id":"acme","device_id":"x","device_id":"dev-1","msg_type":"telemetry","provision_token":"tok","site_id":"s","metrics":{"a":1,"a":true},"metrics":{"b":2,"b":3,"a":1}}"#;
+        let body = format!("{{\"messages\":[{m}]}}");
+        assert_eq!(reasons(&body), [None]);
+        assert_eq!(
+            lines(&body),
+            format!("telemetry,device_id=dev-1,site_id=s a=1.0,b=3.0,seq=0i {NOW}\n")
+        );
+        let escaped_key = m.replace("\"site_id\"", "\"site\\u005fid\"");
+        assert_eq!(
+            reasons(&format!("{{\"messages\":[{escaped_key}]}}")),
+            [None]
+        );
+    }
+
+    #[test]
+    fn lone_surrogates_are_never_valid_values_nor_body_errors() {
+        let sub = |from: &str, to: &str| {
+            let m = good().to_string().replace(from, to);
+            batch(&format!("{{\"messages\":[{m}]}}")).unwrap_or_default()
+        };
+        let reason = |b: &Batch| b.reasons().next().flatten().map(Reason::code);
+        let b = sub("\"dev-1\"", "\"dev\\ud800\"");
+        assert_eq!(reason(&b), Some("INVALID_SCHEMA"));
+        let (_, _, json) = b.response_json();
+        assert!(!String::from_utf8(json)
+            .unwrap_or_default()
+            .contains("device_id"));
+        for (from, to) in [
+            ("\"acme\"", "\"a\\udc00\""),
+            ("\"site-1\"", "\"\\ud800\\u0041\""),
+            ("\"tok\"", "\"\\udbff\""),
+        ] {
+            assert_eq!(reason(&sub(from, to)), Some("INVALID_SCHEMA"), "{to}");
+        }
+        assert_eq!(
+            reason(&sub("\"telemetry\"", "\"telemetry\\ud800\"")),
+            Some("INVALID_MSG_TYPE")
+        );
+        assert_eq!(
+            reason(&sub("00Z\"", "00Z\\ud800\"")),
+            Some("INVALID_TIMESTAMP")
+        );
+        assert_eq!(
+            reason(&sub("\"temp\"", "\"te\\ud800mp\"")),
+            Some("INVALID_METRICS")
+        );
+        assert_eq!(reason(&sub("\"seq\"", "\"seq\\ud800\"")), None);
+        assert_eq!(
+            reason(&sub("\"site_id\"", "\"site_id\\udfff\"")),
+            Some("INVALID_SCHEMA")
+        );
+        let b = sub("\"dev-1\"", "\"dev-\\ud83d\\ude00\"");
+        assert_eq!(reason(&b), None);
+        assert_eq!(b.groups().next().map(|g| g.1), Some("dev-😀"));
+    }
+
+    #[test]
+    fn device_id_is_echoed_when_it_is_a_string() {
+        let json_of = |m: Value| {
+            let (_, _, j) = batch(&body_of(&[m])).unwrap_or_default().response_json();
+            String::from_utf8(j).unwrap_or_default()
+        };
+        let mut m = with("device_id", json!("bad\nid\"\\"));
+        assert!(
+            json_of(m.clone()).contains(r#""reason":"INVALID_SCHEMA","device_id":"bad\nid\"\\"}"#)
+        );
+        m["device_id"] = json!(5);
+        assert!(!json_of(m).contains("device_id"));
+        assert!(json_of(with("ts", json!("x")))
+            .contains(r#""reason":"INVALID_TIMESTAMP","device_id":"dev-1"}"#));
+    }
+
+    #[test]
+    fn client_text_cannot_add_lines_tags_or_fields() {
+        let mut m = with("device_id", json!("d,evil=1 x=2"));
+        m["site_id"] = json!("s p=a");
+        m["metrics"] = json!({"a b,c=d": 1.5, "z\u{2028}": false});
+        assert_eq!(
+            lines(&body_of(&[m])),
+            format!("telemetry,device_id=d\\,evil\\=1\\ x\\=2,site_id=s\\ p\\=a a\\ b\\,c\\=d=1.5,z\u{2028}=false,seq=7i 1714564800000000000\n")
+        );
+    }
+
+    #[test]
+    fn groups_and_tenants_follow_first_appearance() {
+        let mut second = with("tenant_id", json!("beta"));
+        second["device_id"] = json!("dev-2");
+        let body = body_of(&[good(), second, with("metrics", json!([])), good()]);
+        let b = batch(&body).unwrap_or_default();
+        let groups: Vec<_> = b.groups().collect();
+        assert_eq!(
+            groups,
+            [
+                ("acme", "dev-1", "site-1", "tok", 2),
+                ("beta", "dev-2", "site-1", "tok", 1)
+            ]
+        );
+        let tenants: Vec<_> = b
+            .tenant_lines()
+            .into_iter()
+            .map(|t| (t.0.to_owned(), t.2))
+            .collect();
+        assert_eq!(tenants, [("acme".to_owned(), 2), ("beta".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn single_message_form_takes_identity_from_arguments() {
+        let url = UrlIdentity {
+            tenant: Some("acme"),
+            device: Some("dev-9"),
+            msg_type: Some("heartbeat"),
+            token: Some("tok"),
+        };
+        let body = r#" {"tenant_id":"other","device_id":"x","msg_type":"nope","site_id":"s","seq":1,"metrics":{"v":1}} "#;
+        let b = parse_single(body.as_bytes(), &url, NOW, 8192).unwrap_or_default();
+        assert_eq!(b.groups().next(), Some(("acme", "dev-9", "s", "tok", 1)));
+        let text: Vec<u8> = b.tenant_lines().into_iter().flat_map(|t| t.1).collect();
+        assert_eq!(
+            text,
+            format!("heartbeat,device_id=dev-9,site_id=s v=1.0,seq=1i {NOW}\n").into_bytes()
+        );
+        let size = body.trim().len();
+        let b = parse_single(body.as_bytes(), &url, NOW, size - 1).unwrap_or_default();
+        assert_eq!(b.reasons().next(), Some(Some(Reason::PayloadTooLarge)));
+        let b = parse_single(body.as_bytes(), &url, NOW, size).unwrap_or_default();
+        assert_eq!(b.reasons().next(), Some(None));
+        let lone = UrlIdentity {
+            device: None,
+            ..url
+        };
+        let b = parse_single(body.as_bytes(), &lone, NOW, 8192).unwrap_or_default();
+        assert_eq!(b.reasons().next(), Some(Some(Reason::InvalidSchema)));
+        assert!(!String::from_utf8(b.response_json().2)
+            .unwrap_or_default()
+            .contains("device_id"));
+        let err = |body: &str| {
+            parse_single(body.as_bytes(), &url, NOW, 8192)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(err("[1]").as_deref(), Some("body must be a JSON object"));
+        assert_eq!(err("\"x\"").as_deref(), Some("body must be a JSON object"));
+        assert_eq!(err("{").as_deref(), Some(NOT_JSON));
+        assert_eq!(err(&nested(128)).as_deref(), Some(NOT_JSON));
+        assert_eq!(
+            err(&nested(127)).as_deref(),
+            Some("body must be a JSON object")
+        );
+        assert_eq!(err(&format!("{{\"x\":{}}}", nested(126))), None);
+        assert_eq!(
+            err(&format!("{{\"x\":{}}}", nested(127))).as_deref(),
+            Some(NOT_JSON)
+        );
+        let m = |d: usize| format!("{{\"site_id\":\"s\",\"metrics\":{{\"a\":{}}}}}", nested(d));
+        assert_eq!(err(&m(125)), None);
+        assert_eq!(err(&m(126)).as_deref(), Some(NOT_JSON));
+    }
+}

@@ -1,0 +1,200 @@
+"""The gateway as a real process: `python -m tidegate serve` on a free port, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from tidegate.config import Config
+from tidegate.registry import AlreadyExists, Registry
+
+T = TypeVar("T")
+
+__all__ = ["GatewayProcess", "gateway", "poll", "provision", "revoke", "run_gateway"]
+
+PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+# Variables of the outer environment that would change what the gateway under test does.
+_OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class GatewayProcess:
+    """A running gateway: its URL, environment, data dir and a log file of its stderr."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    env: dict[str, str]
+    log_path: Path
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        """TIDEGATE_DATA_DIR of this gateway."""
+        return Path(self.env["TIDEGATE_DATA_DIR"])
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An httpx client on the gateway's base URL, closed at teardown."""
+        c = httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+        self.clients.append(c)
+        return c
+
+    def stats(self) -> dict[str, Any]:
+        """GET /ingest/v1/stats."""
+        r = httpx.get(f"{self.url}/ingest/v1/stats", timeout=10.0)
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
+    def logs(self) -> str:
+        """Everything the gateway wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig`, wait for the exit and return the exit status."""
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"gateway did not exit {STOP_TIMEOUT_S}s after signal {sig}:\n{self.logs()}"
+            ) from None
+
+
+def run_gateway(env: Mapping[str, str], workdir: Path) -> GatewayProcess:
+    """Start `python -m tidegate serve` with `env` over a clean base environment; wait until
+    /health answers. The default data dir is `workdir/data`; the port is a free one."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
+    full["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")) if p
+    )
+    full["TIDEGATE_HOST"] = "127.0.0.1"
+    full["TIDEGATE_PORT"] = str(free_port())
+    full["TIDEGATE_DATA_DIR"] = str(workdir / "data")
+    full["TIDEGATE_CORE"] = os.environ.get("TIDEGATE_CORE", "rust")
+    full.update(env)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"gateway-{full['TIDEGATE_PORT']}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tidegate", "serve"],
+            env=full,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    gw = GatewayProcess(proc, f"http://127.0.0.1:{full['TIDEGATE_PORT']}", full, log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {proc.returncode} at start:\n{gw.logs()}")
+        try:
+            if httpx.get(f"{gw.url}/health", timeout=1.0).status_code == 200:
+                return gw
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            gw.stop(signal.SIGKILL)
+            raise AssertionError(f"gateway did not answer /health in time:\n{gw.logs()}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Factory: `gateway(env)` starts a gateway process; every one still running at teardown
+    is stopped with SIGTERM and must exit 0."""
+    started: list[GatewayProcess] = []
+
+    def start(env: Mapping[str, str] | None = None, name: str = "gw") -> GatewayProcess:
+        gw = run_gateway(env or {}, tmp_path / f"{name}{len(started)}")
+        started.append(gw)
+        return gw
+
+    yield start
+    failures = []
+    for gw in started:
+        if gw.proc.poll() is None:
+            code = gw.stop()
+            if code != 0:
+                failures.append(f"gateway {gw.url} exited {code}:\n{gw.logs()}")
+    assert not failures, "\n".join(failures)
+
+
+def provision(
+    gw_or_env: GatewayProcess | Mapping[str, str],
+    tenant: str,
+    device: str,
+    site: str,
+    token: str | None = None,
+    rps: float | None = None,
+    burst: int | None = None,
+) -> str:
+    """Register a device (and its tenant, if new) in the gateway's registry; returns the token."""
+    env = gw_or_env.env if isinstance(gw_or_env, GatewayProcess) else gw_or_env
+    cfg = Config.from_env(env)
+
+    async def run() -> str:
+        reg = await Registry.open(cfg)
+        try:
+            await reg.migrate()
+            with contextlib.suppress(AlreadyExists):
+                await reg.add_tenant(tenant)
+            return await reg.add_device(tenant, device, site, rps=rps, burst=burst, token=token)
+        finally:
+            await reg.close()
+
+    return asyncio.run(run())
+
+
+def revoke(gw: GatewayProcess, tenant: str, device: str) -> None:
+    """Revoke a device in the gateway's registry (the gateway sees it when its cache expires)."""
+    cfg = Config.from_env(gw.env)
+
+    async def run() -> None:
+        reg = await Registry.open(cfg)
+        try:
+            assert await reg.revoke_device(tenant, device)
+        finally:
+            await reg.close()
+
+    asyncio.run(run())
+
+
+def poll(fn: Callable[[], T], until: Callable[[T], object] = bool, wait_s: float = 60.0) -> T:
+    """Call `fn` until `until(result)` is true; fail after `wait_s` (a deadline for a slow
+    machine, not a timing claim)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = fn()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {result!r} after {wait_s}s")
+        time.sleep(0.05)

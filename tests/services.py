@@ -1,0 +1,355 @@
+"""Real services for the test session: PostgreSQL 15 and InfluxDB 1.x on free loopback ports.
+
+A service that cannot start fails the tests that need it, with how to install it; never a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+__all__ = [
+    "InfluxDB",
+    "PostgresCluster",
+    "free_port",
+    "influxdb",
+    "influxdb_server",
+    "postgres",
+    "postgres_url",
+]
+
+PG_BIN = Path(os.environ.get("TIDEGATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+INSTALL_HINT = "run `make services` (as root: apt-get install postgresql-15 influxdb)"
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster in a temp dir, run as `postgres` when we are root."""
+
+    def __init__(self) -> None:
+        for tool in ("initdb", "pg_ctl", "psql"):
+            if not (PG_BIN / tool).is_file():
+                pytest.fail(
+                    f"PostgreSQL 15 is not installed ({PG_BIN / tool} missing): {INSTALL_HINT}"
+                )
+        self.root = Path(tempfile.mkdtemp(prefix="tidegate-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = 0
+        self._as_postgres = os.geteuid() == 0
+        self._names = itertools.count(1)
+        if self._as_postgres:
+            # initdb refuses to run as root; the cluster belongs to the postgres user.
+            shutil.chown(self.root, "postgres", "postgres")
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = list(args)
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+
+    def start(self) -> None:
+        """initdb (first time) and start on a free port; fails the test on error."""
+        if not self.data.exists():
+            done = self._run(
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
+            if done.returncode != 0:
+                pytest.fail(f"initdb failed ({INSTALL_HINT}):\n{done.stdout}{done.stderr}")
+        # Several tries: another engineer's process may take the port between probe and bind.
+        for _ in range(3):
+            self.port = free_port()
+            # fsync off: the cluster is thrown away, and CREATE DATABASE per test stays fast.
+            options = (
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c full_page_writes=off -c max_connections=300"
+            )
+            done = self._run(
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT_S)),
+                "start",
+            )
+            if done.returncode == 0:
+                return
+        pytest.fail(f"PostgreSQL did not start: {done.stderr}\n{_tail(self.log)}")
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown)."""
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def cleanup(self) -> None:
+        """Stop and delete the cluster."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        """A libpq/asyncpg URL for `database` as the superuser."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL with psql and return its unaligned output; raises on error."""
+        done = subprocess.run(
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.url(database),
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def create_database(self) -> str:
+        """Create a new empty database and return its name."""
+        name = f"test_{next(self._names)}"
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database even if a gateway process still holds connections to it."""
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL 15 cluster for the whole session."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A fresh, empty database for one test, as a `postgresql://` URL."""
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+# (section, key) -> value for the generated influxd config; None is the top level.
+def _influx_settings(
+    root: Path, http_port: int, rpc_port: int
+) -> dict[tuple[str | None, str], str]:
+    off = "false"
+    return {
+        (None, "reporting-disabled"): "true",
+        (None, "reporting-enabled"): off,
+        (None, "bind-address"): f'"127.0.0.1:{rpc_port}"',
+        ("meta", "dir"): f'"{root / "meta"}"',
+        ("meta", "logging-enabled"): off,
+        ("data", "dir"): f'"{root / "data"}"',
+        ("data", "wal-dir"): f'"{root / "wal"}"',
+        ("data", "query-log-enabled"): off,
+        ("monitor", "store-enabled"): off,
+        ("subscriber", "enabled"): off,
+        ("http", "bind-address"): f'"127.0.0.1:{http_port}"',
+        ("http", "log-enabled"): off,
+        ("http", "pprof-enabled"): off,
+        ("http", "unix-socket-enabled"): off,
+        ("http", "bind-socket"): f'"{root / "influxdb.sock"}"',
+        ("logging", "suppress-logo"): "true",
+        ("ifql", "enabled"): off,
+        ("graphite", "enabled"): off,
+        ("collectd", "enabled"): off,
+        ("opentsdb", "enabled"): off,
+        ("udp", "enabled"): off,
+        ("continuous_queries", "enabled"): off,
+    }
+
+
+_SECTION = re.compile(r"^\s*\[\[?([A-Za-z0-9_-]+)\]\]?\s*$")
+_KEY = re.compile(r"^(\s*)([A-Za-z0-9_-]+)\s*=")
+
+
+def _influx_config(default: str, settings: dict[tuple[str | None, str], str]) -> str:
+    """Rewrite `influxd config` output: each known (section, key) gets our value."""
+    out: list[str] = []
+    section: str | None = None
+    seen_top_reporting = False
+    for line in default.splitlines():
+        if m := _SECTION.match(line):
+            section = m.group(1)
+        elif (m := _KEY.match(line)) and (section, m.group(2)) in settings:
+            key = m.group(2)
+            seen_top_reporting |= section is None and key.startswith("reporting-")
+            line = f"{m.group(1)}{key} = {settings[section, key]}"
+        out.append(line)
+    if not seen_top_reporting:
+        out.insert(0, "reporting-disabled = true")
+    return "\n".join(out) + "\n"
+
+
+class InfluxDB:
+    """An `influxd` (1.x) with its own config, data dir and ports; restartable in place."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("influxd")
+        if exe is None:
+            pytest.fail(f"influxd (InfluxDB 1.x) is not installed: {INSTALL_HINT}")
+        self._exe = exe
+        self.root = Path(tempfile.mkdtemp(prefix="tidegate-influx-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.root / "influxd.log"
+        self.config = self.root / "influxdb.conf"
+        # `-config /dev/null`: the defaults, not whatever /etc/influxdb holds on this machine.
+        default = subprocess.run(
+            [exe, "config", "-config", os.devnull], capture_output=True, text=True, check=False
+        )
+        if default.returncode != 0 or "[http]" not in default.stdout:
+            pytest.fail(f"`influxd config` failed: {default.stderr}\n{INSTALL_HINT}")
+        settings = _influx_settings(self.root, self.port, free_port())
+        self.config.write_text(_influx_config(default.stdout, settings))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._client = httpx.Client(base_url=self.url, timeout=30.0)
+
+    @property
+    def running(self) -> bool:
+        """True while the influxd process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start influxd (no-op if running) on the same port and data; wait for /ping 204."""
+        if self.running:
+            return
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [self._exe, "-config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                pytest.fail(f"influxd exited with {self._proc.returncode}:\n{_tail(self.log)}")
+            with contextlib.suppress(httpx.TransportError):
+                if self._client.get("/ping").status_code == 204:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"influxd did not answer /ping within {START_TIMEOUT_S}s:\n{_tail(self.log)}")
+
+    def stop(self) -> None:
+        """Stop influxd (SIGTERM, then SIGKILL after 20 s); its data stays for `start()`."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def cleanup(self) -> None:
+        """Stop and delete everything."""
+        self.stop()
+        self._client.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def query(self, db: str | None, q: str, epoch: str | None = "ns") -> list[dict[str, Any]]:
+        """Run InfluxQL; one dict per row (series tags merged in). Times in ns unless `epoch`."""
+        params = {"q": q}
+        if db:
+            params["db"] = db
+        if epoch:
+            params["epoch"] = epoch
+        resp = self._client.post("/query", params=params)
+        body = resp.json()
+        if resp.status_code != 200 or "error" in body:
+            raise RuntimeError(f"InfluxDB query {q!r} failed: {resp.status_code} {resp.text}")
+        rows: list[dict[str, Any]] = []
+        for result in body.get("results", []):
+            if "error" in result:
+                raise RuntimeError(f"InfluxDB query {q!r} failed: {result['error']}")
+            for series in result.get("series", []):
+                tags = series.get("tags", {})
+                for values in series.get("values", []):
+                    rows.append({**tags, **dict(zip(series["columns"], values, strict=True))})
+        return rows
+
+    def databases(self) -> list[str]:
+        """Names of the databases, `_internal` excluded."""
+        return [r["name"] for r in self.query(None, "SHOW DATABASES") if r["name"] != "_internal"]
+
+
+@pytest.fixture(scope="session")
+def influxdb_server() -> Iterator[InfluxDB]:
+    """The session's one InfluxDB 1.x server."""
+    server = InfluxDB()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def influxdb(influxdb_server: InfluxDB) -> InfluxDB:
+    """The session's InfluxDB, running: a test that stopped it and failed does not leak that."""
+    influxdb_server.start()
+    return influxdb_server
