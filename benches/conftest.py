@@ -1,3 +1,48 @@
-"""Fixtures for the benches: the real services of the test suite (tests/ is on pythonpath)."""
+"""Fixtures for the benches: the real services of the test suite (tests/ is on pythonpath), the
+core corpus, and a table of the core's figures at the end of the run."""
 
-from services import *  # noqa: F403
+from __future__ import annotations
+
+from typing import Any
+
+import corpus as corpus_module
+import pytest
+from services import *  # noqa: F403  (PostgreSQL for bench_shelly.py)
+
+FIGURES = pytest.StashKey[dict[str, Any]]()
+
+
+@pytest.fixture(scope="session")
+def corpus() -> corpus_module.Corpus:
+    return corpus_module.build()
+
+
+@pytest.fixture(scope="session")
+def throughput(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Figures the benches measured, for the summary table."""
+    return request.config.stash.setdefault(FIGURES, {})
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    figures = config.stash.get(FIGURES, {})
+    if not figures:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("tidegate core")
+    rows = [(impl, figures[impl]) for impl in ("rust", "python") if impl in figures]
+    if rows:
+        write(f"{'core':<8}{'msgs/s (median)':>16}{'ns/msg':>10}{'msgs/s (best)':>16}")
+    for impl, row in rows:
+        write(
+            f"{impl:<8}{row['msgs_per_s']:>16,}{row['ns_per_msg']:>10,}"
+            f"{row['msgs_per_s_best']:>16,}"
+        )
+    if "ratio" in figures:
+        write(f"rust/twin throughput: {figures['ratio']}x")
+    if "memory" in figures:
+        m = figures["memory"]
+        write(
+            f"memory: {m['rss_bytes_per_line']} B RSS per buffered line for "
+            f"{m['lp_bytes_per_line']} B of line protocol "
+            f"({m['rss_over_lp']}x, {m['lines']:,} lines)"
+        )

@@ -22,7 +22,15 @@ from tidegate.registry import AlreadyExists, Registry
 
 T = TypeVar("T")
 
-__all__ = ["GatewayProcess", "gateway", "poll", "provision", "revoke", "run_gateway"]
+__all__ = [
+    "GatewayProcess",
+    "gateway",
+    "poll",
+    "provision",
+    "registry_env",
+    "revoke",
+    "run_gateway",
+]
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 START_TIMEOUT_S = 30.0
@@ -124,6 +132,15 @@ def run_gateway(env: Mapping[str, str], workdir: Path) -> GatewayProcess:
             gw.stop(signal.SIGKILL)
             raise AssertionError(f"gateway did not answer /health in time:\n{gw.logs()}")
         time.sleep(0.05)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The registry backend: SQLite under the data dir, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("postgres_url")
+    return {"DATABASE_URL": url}
 
 
 @pytest.fixture

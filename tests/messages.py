@@ -15,6 +15,7 @@ CORES: Final = ("rust", "python")
 RECEIVE_NS: Final = 1_700_000_000_123_456_789
 TS: Final = "2024-05-01T12:30:45Z"
 TS_NS: Final = 1_714_566_645_000_000_000
+NOW_S: Final = 1_714_566_645
 
 DROP: Final = object()
 """A `message()` field value that removes the field."""

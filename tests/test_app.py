@@ -6,6 +6,7 @@ line-protocol files, with a long flush interval so buffers hold what a test send
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -17,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from gateway import GatewayProcess, poll, provision, revoke
-from starlette.testclient import TestClient
 from tidegate.app import create_app
 from tidegate.config import Config
 
@@ -40,15 +40,6 @@ def msg(device: str = "d1", token: str = "tok-d1", **kw: Any) -> dict[str, Any]:
     }
     out.update(kw)
     return out
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The registry backend: SQLite under the data dir, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return {}
-    url: str = request.getfixturevalue("postgres_url")
-    return {"DATABASE_URL": url}
 
 
 def start_with_devices(gateway: Start, env: dict[str, str]) -> GatewayProcess:
@@ -473,6 +464,24 @@ def test_metrics_expose_latency_outcomes_buffers_and_flushes(gateway: Start) -> 
     assert 'tidegate_responses_total{route="batch",status="202"} 1.0' in text
 
 
+def test_unknown_routes_and_methods_answer_json(gateway: Start) -> None:
+    gw = gateway(HOLD)
+    c = gw.client()
+    r = c.get("/nope")
+    assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
+    r = c.get("/ingest/v1/batch")
+    assert (r.status_code, r.json()) == (405, {"detail": "Method Not Allowed"})
+    assert r.headers["allow"] == "POST"
+
+
+def test_start_up_fails_with_exit_3_when_the_registry_is_unreachable(gateway: Start) -> None:
+    from gateway import free_port
+
+    with pytest.raises(AssertionError, match="gateway exited with 3 at start") as failed:
+        gateway({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/none"})
+    assert '"event":"start_failed","error":"ConnectionRefusedError' in str(failed.value)
+
+
 def test_openapi_describes_every_route(gateway: Start) -> None:
     gw = gateway(HOLD)
     doc = gw.client().get("/openapi.json").json()
@@ -504,15 +513,32 @@ def test_requests_while_shutting_down_get_503(tmp_path: Path) -> None:
     # In process: over HTTP the listening socket closes at once, so the window is not reachable.
     cfg = Config(data_dir=tmp_path, core=os.environ.get("TIDEGATE_CORE", "rust"))
     app = create_app(cfg)
-    with TestClient(app) as c:
-        app.state.gateway.draining = True
-        for r in (
-            c.post("/ingest/v1/batch", json={"messages": [msg()]}),
-            c.post("/ingest/v1/tenant/t1/device/d1/telemetry", json={"site_id": "s1"}),
-        ):
-            assert (r.status_code, r.json()) == (503, {"detail": "shutting down"})
-            assert r.headers["retry-after"] == "1"
-        assert c.get("/ready").json() == {"status": "not ready", "reason": "shutting down"}
+    gw = app.state.gateway
+
+    async def run() -> list[httpx.Response]:
+        await gw.start()
+        try:
+            gw.draining = True
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+                return [
+                    await c.post("/ingest/v1/batch", json={"messages": [msg()]}),
+                    await c.post(
+                        "/ingest/v1/tenant/t1/device/d1/telemetry", json={"site_id": "s1"}
+                    ),
+                    await c.get("/ready"),
+                ]
+        finally:
+            await gw.stop()
+
+    batch, one, ready = asyncio.run(run())
+    for r in (batch, one):
+        assert (r.status_code, r.json()) == (503, {"detail": "shutting down"})
+        assert r.headers["retry-after"] == "1"
+    assert (ready.status_code, ready.json()) == (
+        503,
+        {"status": "not ready", "reason": "shutting down"},
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -1220,6 +1220,7 @@ def test_shelly_readings_come_out_as_columns(core: ModuleType) -> None:
     batch = shelly(core, msg)
     assert (batch.total_messages, batch.devices, batch.duplicates_in_batch) == (1, 1, 0)
     assert batch.errors == []
+    assert batch.channel == [0, 3]
     minute = NOW // 60
     assert columns(batch) == [
         ("shelly-1", 0, 12.5, 230.1, 0.054, NOW, f"shelly-1_0_{minute}"),

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from gateway import GatewayProcess, poll, provision
 from services import InfluxDB
 
@@ -33,15 +32,6 @@ def influx_env(influxdb: InfluxDB, **extra: str) -> dict[str, str]:
 def new_tenant() -> str:
     """A tenant no other test uses: the InfluxDB server is shared by the session."""
     return f"e2e{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The registry backend: SQLite under the data dir, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return {}
-    url: str = request.getfixturevalue("postgres_url")
-    return {"DATABASE_URL": url}
 
 
 def drained(gw: GatewayProcess) -> bool:

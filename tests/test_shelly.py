@@ -1,8 +1,9 @@
 """The Shelly adapter (seed 001) over HTTP: `POST /api/ingest/batch` and `GET /api/stats/queue`.
 
-End-to-end cases run a real `tidegate serve` process on both registries (SQLite under the data
-dir, a fresh PostgreSQL database); the few that need to reach inside the gateway (a database
-that stops answering, a draining gateway) run the app in process through httpx's ASGI transport.
+End-to-end cases run a real `tidegate serve` process on both registries (`registry_env`:
+SQLite under the data dir, a fresh PostgreSQL database); the few that must reach inside the
+gateway (a database that stops answering, a draining gateway, a full buffer) run the app in
+process through httpx's ASGI transport.
 """
 
 from __future__ import annotations
@@ -40,15 +41,6 @@ UNAUTHORIZED = {"detail": "a valid X-API-Key header is required"}
 CONFIG_ERROR = {"detail": "Server configuration error"}
 # A whole minute two minutes ago: `MINUTE + s` for s < 60 stays in one minute and in the past.
 MINUTE = (int(time.time()) // 60 - 2) * 60
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The registry backend: SQLite under the data dir, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return {}
-    url: str = request.getfixturevalue("postgres_url")
-    return {"DATABASE_URL": url}
 
 
 def start(gateway: Start, env: dict[str, str], **extra: str) -> GatewayProcess:
@@ -97,11 +89,9 @@ def message(src: str, ts: int, *channels: dict[str, object] | None) -> dict[str,
     return {"src": src, "timestamp": ts, "params": params}
 
 
-def four(src: str, ts: int, base: float = 10.0) -> dict[str, Any]:
+def four(src: str, ts: int) -> dict[str, Any]:
     """A message with four readings."""
-    return message(
-        src, ts, *(reading(base + n, 230.0 + n, round(0.1 * (n + 1), 3)) for n in range(4))
-    )
+    return message(src, ts, *(reading(10.0 + n, 230.0 + n, 0.1 * (n + 1)) for n in range(4)))
 
 
 def post(
@@ -199,7 +189,7 @@ def test_one_message_is_inserted_and_the_same_message_again_is_all_duplicates(
     one = [message("shellyplus1pm-a1", MINUTE + 7, reading(12.5, 230.1, 0.061))]
     assert counters(post(gw, one)) == result(inserted=1)
     assert counters(post(gw, one)) == result(inserted=0, duplicates=1)
-    batch = [four("shellypro4pm-b2", MINUTE + 7)]
+    batch = [four("prise 'cuisine' é,ß", MINUTE + 7)]
     assert counters(post(gw, batch)) == result(inserted=4)
     assert counters(post(gw, batch)) == result(inserted=0, duplicates=4)
     assert stats(gw).json()["total_logs"] == 5
@@ -323,6 +313,57 @@ def test_bad_readings_and_bad_messages_are_errors_and_the_rest_go_in(
     ]
     body = counters(post(gw, messages))
     assert body == result(inserted=3, total=14, devices=3, details=details)
+
+
+def stored(gw: GatewayProcess) -> list[tuple[Any, ...]]:
+    """Every power_logs row, read from the gateway's database, timestamps as Unix seconds."""
+    columns = "tenant_id, device_id, channel, power, voltage, current, {ts}, idempotency_key"
+    order = "ORDER BY tenant_id, idempotency_key"
+    url = gw.env.get("DATABASE_URL")
+    if url is None:
+        db = sqlite3.connect(gw.data_dir / "registry.sqlite3")
+        try:
+            sql = f"SELECT {columns.format(ts='timestamp')} FROM power_logs {order}"
+            return [tuple(row) for row in db.execute(sql)]
+        finally:
+            db.close()
+
+    async def go() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            ts = "extract(epoch FROM timestamp)::int8"
+            rows = await conn.fetch(f"SELECT {columns.format(ts=ts)} FROM power_logs {order}")
+            return [tuple(row) for row in rows]
+        finally:
+            await conn.close()
+
+    return run(go())
+
+
+def test_readings_are_stored_exactly_under_the_key_tenant_and_minute(
+    gateway: Start, registry_env: dict[str, str]
+) -> None:
+    gw = start(gateway, registry_env, INGEST_TENANT="plugs")
+    src = "prise 'salon' é,ß=1"
+    messages = [
+        message(
+            f"  {src} ",
+            MINUTE + 59,
+            reading(0.1 + 0.2, 229.99999999999997, 5e-324),
+            reading(1.7976931348623157e308),
+            None,
+            reading(-0.5, None, 1e-7),
+        ),
+        message("plug-2", MINUTE - 86_400 + 1, None, reading(42, 230)),
+    ]
+    assert counters(post(gw, messages)) == result(inserted=4, total=2, devices=2)
+    old, ts, minute = MINUTE - 86_400 + 1, MINUTE + 59, MINUTE // 60
+    assert stored(gw) == [
+        ("plugs", "plug-2", 1, 42.0, 230.0, None, old, f"plug-2_1_{old // 60}"),
+        ("plugs", src, 0, 0.1 + 0.2, 229.99999999999997, 5e-324, ts, f"{src}_0_{minute}"),
+        ("plugs", src, 1, 1.7976931348623157e308, None, None, ts, f"{src}_1_{minute}"),
+        ("plugs", src, 3, -0.5, None, 1e-7, ts, f"{src}_3_{minute}"),
+    ]
 
 
 # --- Whole-body limits -------------------------------------------------------------------------

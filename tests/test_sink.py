@@ -321,7 +321,7 @@ def test_retry_after_is_honoured(tmp_path: Path, recorder: RecordingServer) -> N
             buffers.append_lines(tenant, lp(2), 2)
             sink.notify([tenant])
             await until(lambda: sink.failing)
-            assert sink.stats()["tenants_failing"][tenant]["retry_in_s"] > 0.75
+            assert sink.stats()["tenants_failing"][tenant]["retry_in_s"] > 0.5
             sink.notify([tenant])  # a size trigger does not jump the wait
             await until(lambda: sink.stats()["writes_ok"] == 2)
 

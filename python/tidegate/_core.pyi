@@ -9,9 +9,39 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     batch.resolve(verdicts)
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     accepted, rejected, body = batch.response_json()
+
+Rules (all of them: CORE-SPEC.md, "Decided by the Rust helper"):
+- A body nested 128 or more arrays/objects deep anywhere is not valid JSON; 127 is.
+- Lone surrogate escapes (`"\\ud800"`) are valid JSON, but a string holding one is never a valid
+  id, msg_type or timestamp, and an object key holding one matches no known key (inside
+  `metrics` it is an invalid metric name).
+- Duplicate keys: the last one wins, everywhere. Tenants are listed in the order their buffer was
+  created; a buffer emptied by `drain` is removed.
 """
 
-from typing import Final, Sequence
+from collections.abc import Sequence
+from typing import Final, Self, final
+
+__all__ = [
+    "BUFFER_FULL",
+    "INVALID_METRICS",
+    "INVALID_MSG_TYPE",
+    "INVALID_SCHEMA",
+    "INVALID_TIMESTAMP",
+    "MAX_BATCH_MESSAGES",
+    "MAX_SHELLY_MESSAGES",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
+    "SITE_MISMATCH",
+    "UNAUTHORIZED",
+    "Batch",
+    "BodyError",
+    "ShellyBatch",
+    "TenantBuffers",
+    "parse_batch",
+    "parse_shelly",
+    "parse_single",
+]
 
 # Per-item reason codes. Stable: clients and dashboards match on them.
 INVALID_MSG_TYPE: Final = "INVALID_MSG_TYPE"
@@ -32,6 +62,7 @@ class BodyError(ValueError):
 
     detail: str
 
+@final
 class Batch:
     """Parsed, validated and line-protocol-encoded messages of one request, held in Rust."""
 
@@ -80,15 +111,16 @@ def parse_single(
     """Parse the single-message form `{ts?, site_id, seq?, metrics?}`, identity from the URL and
     header; a one-item Batch. Raises BodyError when the body is not a JSON object."""
 
+@final
 class TenantBuffers:
     """Per-tenant line-protocol buffers under one global byte cap. Thread-safe.
 
     Bytes count against `max_bytes` from append until `settle`: a drained body is in flight,
     and `put_back` of a failed body always fits, so a retry never drops data."""
 
-    def __init__(
-        self, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
-    ) -> None: ...
+    def __new__(
+        cls, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
+    ) -> Self: ...
     def append(self, batch: Batch) -> list[str]:
         """Append the batch's accepted lines; an item that does not fit under `max_bytes` is
         rejected with BUFFER_FULL and nothing of it is stored. Returns the tenants whose buffer
@@ -124,6 +156,7 @@ class TenantBuffers:
     @property
     def max_bytes(self) -> int: ...
 
+@final
 class ShellyBatch:
     """Readings extracted from a Shelly `{"messages":[{src,timestamp,params}]}` body, columnar,
     deduplicated on the idempotency key (first occurrence kept)."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -323,6 +324,18 @@ def _timed(gw: Gateway, name: str, handler: Handler) -> Handler:
     return endpoint
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (404, 405) as JSON `{"detail"}` like the gateway's."""
+    assert isinstance(exc, HTTPException)
+    return json_response(exc.status_code, {"detail": exc.detail}, exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug answers JSON like every other error; Starlette re-raises it afterwards, so the
+    traceback still reaches the log."""
+    return json_response(500, {"detail": "internal server error"})
+
+
 def _shelly_routes(gw: Gateway) -> list[BaseRoute]:
     """Shelly's routes when its module is present (it is optional, written separately)."""
     if importlib.util.find_spec("tidegate.shelly") is None:
@@ -339,7 +352,12 @@ def create_app(cfg: Config) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gw.start()
+        try:
+            await gw.start()
+        except Exception as exc:
+            # One line that says what failed; uvicorn then logs the traceback and exits 3.
+            logs.log("start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+            raise
         try:
             yield
         finally:
@@ -359,7 +377,11 @@ def create_app(cfg: Config) -> Starlette:
         Route("/openapi.json", _timed(gw, "openapi", gw.openapi), methods=["GET"]),
         *_shelly_routes(gw),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
     app.state.gateway = gw
     return app
 
@@ -382,8 +404,9 @@ class _Server(uvicorn.Server):
 
 
 def serve(cfg: Config) -> None:
-    """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT; raises SystemExit(1) when
-    start-up fails or the shutdown lost lines (neither written nor spilled)."""
+    """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT. uvicorn exits 3 when
+    start-up fails; this raises SystemExit(1) when the shutdown lost lines (neither written
+    nor spilled)."""
     app = create_app(cfg)
     gw: Gateway = app.state.gateway
     uv_config = uvicorn.Config(
@@ -402,5 +425,5 @@ def serve(cfg: Config) -> None:
     )
     server = _Server(uv_config, gw)
     server.run()
-    if not server.started or gw.shutdown_lost_lines:
+    if gw.shutdown_lost_lines:
         raise SystemExit(1)

@@ -445,30 +445,35 @@ class Registry:
         if not keys:
             return []
         if self._pool is not None:
-            stored: list[str] | None = await self._pool.fetchval(
+            # The text columns travel as one string each, split by the server: asyncpg encodes
+            # a text[] element by element (~0.4 us each, 3 ms a full batch), a join costs ~1%
+            # of that. 0x1F cannot occur in them: the core refuses control characters in `src`.
+            sep = "\x1f"
+            joined: str | None = await self._pool.fetchval(
                 """
                 WITH new AS (
                     INSERT INTO power_logs (tenant_id, device_id, channel, power, voltage,
                                             current, timestamp, idempotency_key)
                     SELECT $1, d, c, p, v, i, to_timestamp(t), k
-                    FROM unnest($2::text[], $3::int2[], $4::float8[], $5::float8[],
-                                $6::float8[], $7::int8[], $8::text[]) AS r (d, c, p, v, i, t, k)
+                    FROM unnest(string_to_array($2, E'\\x1f'), $3::int2[], $4::float8[],
+                                $5::float8[], $6::float8[], $7::int8[],
+                                string_to_array($8, E'\\x1f')) AS r (d, c, p, v, i, t, k)
                     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
                     DO NOTHING
                     RETURNING idempotency_key
                 )
-                SELECT array_agg(idempotency_key) FROM new
+                SELECT string_agg(idempotency_key, E'\\x1f') FROM new
                 """,
                 tenant_id,
-                rows.device_id,
+                sep.join(rows.device_id),
                 rows.channel,
                 rows.power,
                 rows.voltage,
                 rows.current,
                 rows.timestamp,
-                keys,
+                sep.join(keys),
             )
-            new = set(stored or ())
+            new = set(joined.split(sep)) if joined else set()
         else:
             # One JSON parameter: SQLite caps bound variables, and json_each reads the rows
             # back exactly (doubles included: orjson writes shortest round-trip digits).

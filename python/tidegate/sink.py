@@ -430,7 +430,7 @@ class Sink:
         self._slots = asyncio.Semaphore(cfg.influx_max_concurrency)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._failing: dict[str, _Failing] = {}
-        self._again: set[str] = set()
+        self._again: set[str] = set()  # asked to flush while busy or backing off
         self._ticker: asyncio.Task[None] | None = None
         self._running = False
         # Set by stop(): tenant tasks then write until empty, sleeping through their backoff.

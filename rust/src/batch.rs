@@ -72,6 +72,8 @@ impl Batch {
             items: Vec::with_capacity(items),
             strings: String::with_capacity(items * 48),
             lines: Vec::with_capacity(line_bytes),
+            groups: Vec::with_capacity(items),
+            tenants: Vec::with_capacity(items.min(16)),
             group_index: vec![NO_GROUP; (items * 2).next_power_of_two().max(4)],
             ..Batch::default()
         }
@@ -190,6 +192,14 @@ impl Batch {
         self.items.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn line_capacity(&self) -> usize {
+        self.lines.capacity()
+    }
+
     /// Distinct identities of valid items, in order of first appearance, with their item count.
     pub fn groups(&self) -> impl Iterator<Item = GroupKey<'_>> {
         self.groups.iter().map(|g| {
@@ -203,8 +213,11 @@ impl Batch {
         })
     }
 
-    /// Applies one `(allowed, reason)` per group; all or nothing.
-    pub fn resolve(&mut self, verdicts: &[(i64, Option<Reason>)]) -> Result<(), UsageError> {
+    /// Applies one `(allowed, reason code)` per group; all or nothing.
+    pub fn resolve<S: AsRef<str>>(
+        &mut self,
+        verdicts: &[(i64, Option<S>)],
+    ) -> Result<(), UsageError> {
         if self.resolved {
             return Err(UsageError::AlreadyResolved);
         }
@@ -217,7 +230,19 @@ impl Batch {
                 got: verdicts.len(),
             });
         }
-        for (group, (&(allowed, reason), g)) in verdicts.iter().zip(&self.groups).enumerate() {
+        let reasons = verdicts
+            .iter()
+            .map(|(_, r)| {
+                r.as_ref()
+                    .map(|r| Reason::from_code(r.as_ref()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (group, (&(allowed, _), (reason, g))) in verdicts
+            .iter()
+            .zip(reasons.iter().zip(&self.groups))
+            .enumerate()
+        {
             if allowed < 0 {
                 return Err(UsageError::NegativeAllowed { group });
             }
@@ -231,9 +256,8 @@ impl Batch {
                 continue;
             }
             let g = item.group as usize;
-            let (allowed, reason) = verdicts[g];
-            if seen[g] >= allowed {
-                item.reason = reason;
+            if seen[g] >= verdicts[g].0 {
+                item.reason = reasons[g];
             }
             seen[g] += 1;
         }
@@ -319,7 +343,7 @@ impl Batch {
     pub fn response_json(&self) -> (usize, usize, Vec<u8>) {
         let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
         let rejected = self.items.len() - accepted;
-        let mut out = Vec::with_capacity(48 + self.items.len() * 64);
+        let mut out = Vec::with_capacity(48 + self.items.len() * 96);
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"accepted\":");
         out.extend_from_slice(num.format(accepted).as_bytes());
@@ -364,10 +388,13 @@ fn identity_hash(id: &Identity<'_>) -> u64 {
             w.copy_from_slice(c);
             h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
         }
-        let mut w = [0u8; 8];
-        let rest = chunks.remainder();
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        // Built in a register: a variable-length copy would be a memcpy call.
+        let tail = chunks
+            .remainder()
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
+        h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
         h = (h.rotate_left(5) ^ b.len() as u64).wrapping_mul(K);
     }
     h ^ (h >> 29)
@@ -420,11 +447,8 @@ mod tests {
     #[test]
     fn resolve_rejects_beyond_allowed_in_request_order() {
         let mut b = sample();
-        b.resolve(&[
-            (1, Some(Reason::RateLimited)),
-            (0, Some(Reason::Unauthorized)),
-        ])
-        .expect("valid verdicts");
+        b.resolve(&[(1, Some("RATE_LIMITED")), (0, Some("UNAUTHORIZED"))])
+            .expect("valid verdicts");
         let reasons: Vec<_> = b.reasons().collect();
         assert_eq!(
             reasons,
@@ -446,7 +470,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            b.resolve(&[(9, None), (9, None)]),
+            b.resolve::<&str>(&[(9, None), (9, None)]),
             Err(UsageError::AlreadyResolved)
         );
     }
@@ -455,22 +479,26 @@ mod tests {
     fn bad_verdicts_change_nothing() {
         let mut b = sample();
         assert_eq!(
-            b.resolve(&[(1, None)]),
+            b.resolve::<&str>(&[(1, None)]),
             Err(UsageError::VerdictCount {
                 expected: 2,
                 got: 1
             })
         );
         assert_eq!(
-            b.resolve(&[(1, None), (1, None)]),
+            b.resolve::<&str>(&[(1, None), (1, None)]),
             Err(UsageError::MissingReason { group: 0 })
         );
         assert_eq!(
-            b.resolve(&[(2, None), (-1, Some(Reason::RateLimited))]),
+            b.resolve(&[(2, None), (-1, Some("RATE_LIMITED"))]),
             Err(UsageError::NegativeAllowed { group: 1 })
         );
+        assert_eq!(
+            b.resolve(&[(-1, None), (1, Some("rate_limited"))]),
+            Err(UsageError::UnknownReason("rate_limited".into()))
+        );
         assert!(b.reasons().filter(Option::is_none).count() == 3);
-        b.resolve(&[(2, None), (5, Some(Reason::RateLimited))])
+        b.resolve(&[(2, None), (5, Some("RATE_LIMITED"))])
             .expect("valid verdicts");
         assert!(b.reasons().filter(Option::is_none).count() == 3);
     }
@@ -478,7 +506,7 @@ mod tests {
     #[test]
     fn tenant_lines_follow_accepted_items() {
         let mut b = sample();
-        b.resolve(&[(2, None), (0, Some(Reason::SiteMismatch))])
+        b.resolve(&[(2, None), (0, Some("SITE_MISMATCH"))])
             .expect("valid verdicts");
         let lines = b.tenant_lines();
         assert_eq!(lines, [("t1", b"a\nc\n".to_vec(), 2)]);
@@ -520,6 +548,6 @@ mod tests {
         );
         assert_eq!(b.reasons().nth(2), Some(Some(Reason::BufferFull)));
         assert_eq!(b.append_with(|_, _| true), Err(UsageError::AlreadyAppended));
-        assert_eq!(b.resolve(&[]), Err(UsageError::AlreadyAppended));
+        assert_eq!(b.resolve::<&str>(&[]), Err(UsageError::AlreadyAppended));
     }
 }

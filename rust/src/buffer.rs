@@ -191,32 +191,50 @@ impl TenantBuffers {
     /// Appends the batch's accepted lines (items that do not fit become `BUFFER_FULL`); returns
     /// the tenants appended to that are now at a threshold, in order of first appearance.
     pub fn append(&self, batch: &mut Batch) -> Result<Vec<String>, UsageError> {
-        let names: Vec<String> = (0..batch.tenant_count())
-            .map(|t| batch.tenant(t).to_owned())
-            .collect();
-        // Slots stay put during one append: only `drain` removes tenants.
-        let mut slots: Vec<Option<usize>> = vec![None; names.len()];
         let mut state = self.lock();
         let state = &mut *state;
+        // A batch tenant: its buffer's slot, or its name until its first line creates one.
+        // Slots stay put during one append: only `drain` removes tenants.
+        let mut slots: Vec<Result<usize, String>> = (0..batch.tenant_count())
+            .map(|t| {
+                let name = batch.tenant(t);
+                state
+                    .slot_of
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| name.to_owned())
+            })
+            .collect();
+        let mut touched = vec![false; slots.len()];
         let max = self.max_bytes;
         batch.append_with(|t, line| {
             if state.total + line.len() > max {
                 return false;
             }
             state.total += line.len();
-            let slot = *slots[t].get_or_insert_with(|| state.slot(&names[t]));
+            let slot = match &slots[t] {
+                Ok(slot) => *slot,
+                Err(name) => {
+                    let slot = state.slot(name);
+                    slots[t] = Ok(slot);
+                    slot
+                }
+            };
             let buf = &mut state.buffers[slot];
             buf.push(line);
             buf.lines += 1;
             buf.bytes += line.len();
+            touched[t] = true;
             true
         })?;
-        Ok(names
+        Ok(slots
             .into_iter()
-            .zip(slots)
-            .filter_map(|(name, slot)| {
-                slot.filter(|&s| self.at_threshold(&state.buffers[s]))
-                    .map(|_| name)
+            .zip(touched)
+            .filter_map(|(slot, touched)| match slot {
+                Ok(s) if touched && self.at_threshold(&state.buffers[s]) => {
+                    Some(state.names[s].clone())
+                }
+                _ => None,
             })
             .collect())
     }

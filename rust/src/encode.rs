@@ -1,14 +1,20 @@
 //! Output bytes: InfluxDB line protocol, Python-`repr` floats and JSON strings.
 //! All escaping of the core lives here.
 
+use crate::json::Number;
+use crate::scan;
+
 /// Appends a tag value or field key, escaping `,` `=` and space. Callers have refused
 /// backslashes and control characters, so no other byte needs escaping.
 pub fn push_lp_key(out: &mut Vec<u8>, b: &[u8]) {
-    if !b.iter().any(|&c| matches!(c, b',' | b'=' | b' ')) {
-        out.extend_from_slice(b);
-        return;
-    }
-    for &c in b {
+    let first = scan::find(
+        b,
+        0,
+        |w| scan::eq(w, b',') | scan::eq(w, b'=') | scan::eq(w, b' '),
+        |c| matches!(c, b',' | b'=' | b' '),
+    );
+    out.extend_from_slice(&b[..first]);
+    for &c in &b[first..] {
         if matches!(c, b',' | b'=' | b' ') {
             out.push(b'\\');
         }
@@ -143,46 +149,59 @@ impl Decimal {
     }
 }
 
-/// Whether Python's `repr(float(token))` is the JSON number `token` itself, tidied by
-/// `push_plain_number`: no exponent, at most 15 significant digits, and zero or at least
-/// 1e-4 in magnitude (see `Decimal::from_json_number` for why the digits are kept).
-pub fn is_plain_number(token: &str) -> bool {
-    let b = token.as_bytes();
-    let unsigned = b.strip_prefix(b"-").unwrap_or(b);
-    let (int, frac) = match unsigned.iter().position(|&c| c == b'.') {
-        Some(dot) => (&unsigned[..dot], &unsigned[dot + 1..]),
-        None => (unsigned, &b""[..]),
-    };
-    if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) {
-        return false;
-    }
-    let frac = trim_trailing_zeros(frac);
-    if int != b"0" {
-        return int.len() + frac.len() <= 15;
-    }
-    let leading = frac.iter().take_while(|&&c| c == b'0').count();
-    frac.is_empty() || (leading <= 3 && frac.len() - leading <= 15)
+/// A JSON number token whose Python `repr(float(token))` is a prefix of the token itself,
+/// perhaps followed by `.0`: `22` → `22.0`, `22.50` → `22.5`, `22.00` → `22.0`, `-0` → `-0.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainNumber<'a> {
+    pub text: &'a str,
+    pub dot_zero: bool,
 }
 
-fn trim_trailing_zeros(digits: &[u8]) -> &[u8] {
-    let keep = digits.iter().rposition(|&c| c != b'0').map_or(0, |i| i + 1);
-    &digits[..keep]
-}
+impl<'a> PlainNumber<'a> {
+    /// The token as printed, when it has no exponent, at most 15 significant digits and is zero
+    /// or at least 1e-4 in magnitude (see `Decimal::from_json_number` for why the digits are
+    /// kept).
+    pub fn of(n: &Number<'a>) -> Option<Self> {
+        let b = n.text.as_bytes();
+        if n.frac_end != b.len() {
+            return None;
+        }
+        let int = b.get(usize::from(b.first() == Some(&b'-'))..n.int_end)?;
+        if n.frac_end == n.int_end {
+            return (int.len() <= 15).then_some(PlainNumber {
+                text: n.text,
+                dot_zero: true,
+            });
+        }
+        let frac = b.get(n.int_end + 1..)?;
+        let Some(last) = frac.iter().rposition(|&c| c != b'0') else {
+            // All-zero fraction: keep its first zero.
+            return (int.len() <= 15).then_some(PlainNumber {
+                text: n.text.get(..n.int_end + 2)?,
+                dot_zero: false,
+            });
+        };
+        let significant = if int == b"0" {
+            // 0.000ddd: the first significant digit at most 4 places after the point.
+            let first = frac.iter().position(|&c| c != b'0')?;
+            if first > 3 {
+                return None;
+            }
+            last + 1 - first
+        } else {
+            int.len() + last + 1
+        };
+        (significant <= 15).then_some(PlainNumber {
+            text: n.text.get(..n.int_end + 2 + last)?,
+            dot_zero: false,
+        })
+    }
 
-/// Appends a token `is_plain_number` accepted as Python prints it: `22` → `22.0`,
-/// `22.50` → `22.5`, `-0` → `-0.0`.
-pub fn push_plain_number(out: &mut Vec<u8>, token: &str) {
-    let b = token.as_bytes();
-    let (int, frac) = match b.iter().position(|&c| c == b'.') {
-        Some(dot) => (&b[..dot], trim_trailing_zeros(&b[dot + 1..])),
-        None => (b, &b""[..]),
-    };
-    out.extend_from_slice(int);
-    out.push(b'.');
-    if frac.is_empty() {
-        out.push(b'0');
-    } else {
-        out.extend_from_slice(frac);
+    pub fn push(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.text.as_bytes());
+        if self.dot_zero {
+            out.extend_from_slice(b".0");
+        }
     }
 }
 
@@ -190,12 +209,25 @@ pub fn push_plain_number(out: &mut Vec<u8>, token: &str) {
 pub fn push_f64(out: &mut Vec<u8>, v: f64) {
     if v == v.trunc() && v.abs() < 1e16 {
         if v == 0.0 {
-            out.extend_from_slice(if v.is_sign_negative() { b"-0.0" } else { b"0.0" });
+            out.extend_from_slice(if v.is_sign_negative() {
+                b"-0.0"
+            } else {
+                b"0.0"
+            });
         } else {
             // Exact: |v| < 1e16 < 2**63 and v is integral.
             out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
             out.extend_from_slice(b".0");
         }
+        return;
+    }
+    let mut ryu_buf = ryu::Buffer::new();
+    let text = ryu_buf.format_finite(v);
+    // ryu and Python agree on the digits, and on fixed notation for decimal exponents -4..16;
+    // ryu also writes e = -5 as `0.0000d…` and uses no sign or padding in exponents.
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    if !text.contains('e') && !unsigned.starts_with("0.0000") {
+        out.extend_from_slice(text.as_bytes());
         return;
     }
     push_decimal(out, &Decimal::from_f64(v));
@@ -259,31 +291,34 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let b = s.as_bytes();
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let escape: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => {
-                out.extend_from_slice(&b[start..i]);
+    loop {
+        let i = scan::find(
+            b,
+            start,
+            |w| scan::eq(w, b'"') | scan::eq(w, b'\\') | scan::below(w, 0x20),
+            |c| c == b'"' || c == b'\\' || c < 0x20,
+        );
+        out.extend_from_slice(&b[start..i]);
+        let Some(&c) = b.get(i) else {
+            break;
+        };
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(c >> 4)]);
                 out.push(HEX[usize::from(c & 0xf)]);
-                start = i + 1;
-                continue;
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&b[start..i]);
-        out.extend_from_slice(escape);
+        }
         start = i + 1;
     }
-    out.extend_from_slice(&b[start..]);
     out.push(b'"');
 }
 
@@ -322,9 +357,9 @@ impl<'o> Line<'o> {
         push_f64(self.out, v);
     }
 
-    pub fn plain_number(&mut self, key: &[u8], token: &str) {
+    pub fn plain_number(&mut self, key: &[u8], n: &PlainNumber<'_>) {
         self.field_key(key);
-        push_plain_number(self.out, token);
+        n.push(self.out);
     }
 
     pub fn decimal(&mut self, key: &[u8], d: &Decimal) {
@@ -401,10 +436,26 @@ mod tests {
             (0.5, "0.5"),
             (3.0e-10, "3e-10"),
             (f64::from_bits(0x3ff0_0000_0000_0001), "1.0000000000000002"),
+            (0.00001234, "1.234e-05"),
+            (-0.00001234, "-1.234e-05"),
+            (0.0001234, "0.0001234"),
+            (1234.5678901234567, "1234.5678901234567"),
+            (-9.87654321e15, "-9876543210000000.0"),
+            (9.87654321e15 + 0.5, "9876543210000000.0"),
+            (1.5e300, "1.5e+300"),
         ];
         for &(v, want) in cases {
             assert_eq!(repr(v), want, "{v:e}");
         }
+    }
+
+    fn token(text: &str) -> Number<'_> {
+        let n = crate::json::Reader::new(text).number();
+        n.unwrap_or(Number {
+            text: "",
+            int_end: 0,
+            frac_end: 0,
+        })
     }
 
     fn repr_of_token(text: &str) -> Option<String> {
@@ -440,10 +491,14 @@ mod tests {
         ];
         for &(text, want) in cases {
             assert_eq!(repr_of_token(text).as_deref(), Some(want), "{text}");
-            if is_plain_number(text) {
+            if let Some(plain) = PlainNumber::of(&token(text)) {
                 let mut out = Vec::new();
-                push_plain_number(&mut out, text);
-                assert_eq!(String::from_utf8(out).unwrap_or_default(), want, "{text} plain");
+                plain.push(&mut out);
+                assert_eq!(
+                    String::from_utf8(out).unwrap_or_default(),
+                    want,
+                    "{text} plain"
+                );
             }
             let via_float = text.parse::<f64>().map(|v| {
                 let mut out = Vec::new();
@@ -452,13 +507,44 @@ mod tests {
             });
             assert_eq!(via_float.as_deref(), Ok(want), "{text} via f64");
         }
-        for plain in ["22", "22.50", "-0", "0", "-0.000", "0.0001", "123456789012345", "100.5", "0.1", "-273.15", "0.000123456789012345"] {
-            assert!(is_plain_number(plain), "{plain}");
+        for plain in [
+            "22",
+            "22.50",
+            "-0",
+            "0",
+            "-0.000",
+            "0.0001",
+            "123456789012345",
+            "100.5",
+            "0.1",
+            "-273.15",
+            "0.000123456789012345",
+            "123456789012345.000",
+            "12345678901234.50",
+        ] {
+            assert!(PlainNumber::of(&token(plain)).is_some(), "{plain}");
         }
-        for not_plain in ["0e5", "0.00001", "1e16", "1234567890123456", "1.5e-7", "0.0001234567890123456"] {
-            assert!(!is_plain_number(not_plain), "{not_plain}");
+        for not_plain in [
+            "0e5",
+            "0.00001",
+            "1e16",
+            "1234567890123456",
+            "1.5e-7",
+            "0.0001234567890123456",
+            "1234567890123456.0",
+            "12345678901234.56",
+            "-1234567890123456",
+        ] {
+            assert!(PlainNumber::of(&token(not_plain)).is_none(), "{not_plain}");
         }
-        for long in ["1234567890123456", "0.1234567890123456", "1e301", "1e-301", "1e400", "1e00001"] {
+        for long in [
+            "1234567890123456",
+            "0.1234567890123456",
+            "1e301",
+            "1e-301",
+            "1e400",
+            "1e00001",
+        ] {
             assert_eq!(Decimal::from_json_number(long), None, "{long}");
         }
     }

@@ -7,6 +7,7 @@ pub mod encode;
 pub mod errors;
 pub mod json;
 pub mod parse;
+pub mod scan;
 pub mod shelly;
 pub mod timestamp;
 
@@ -56,14 +57,6 @@ impl PyBatch {
 
     /// Apply one `(allowed, reason)` per group of `groups()`.
     fn resolve(&mut self, verdicts: Vec<(i64, Option<String>)>) -> PyResult<()> {
-        let verdicts = verdicts
-            .into_iter()
-            .map(|(allowed, reason)| {
-                let reason = reason.as_deref().map(Reason::from_code).transpose()?;
-                Ok((allowed, reason))
-            })
-            .collect::<Result<Vec<_>, UsageError>>()
-            .map_err(|e| usage_error(&e))?;
         self.inner.resolve(&verdicts).map_err(|e| usage_error(&e))
     }
 
@@ -281,8 +274,9 @@ impl PyShellyBatch {
     }
 
     #[getter]
-    fn channel(&self) -> Vec<u8> {
-        self.inner.channel.clone()
+    fn channel(&self) -> Vec<usize> {
+        // Not Vec<u8>: PyO3 turns that into bytes, and this is a list of ints.
+        self.inner.channel.iter().map(|&c| usize::from(c)).collect()
     }
 
     #[getter]
@@ -328,9 +322,12 @@ impl PyShellyBatch {
     }
 }
 
+const _: () = assert!(shelly::MAX_SHELLY_MESSAGES == 1000);
+
 /// Parse and validate a Shelly batch. Runs without the GIL.
 #[pyfunction]
-#[pyo3(signature = (body, now_s, max_messages = shelly::MAX_SHELLY_MESSAGES))]
+// A literal default, so that `__text_signature__` shows it; kept equal by the assert below.
+#[pyo3(signature = (body, now_s, max_messages = 1000))]
 fn parse_shelly(
     py: Python<'_>,
     body: &[u8],
@@ -349,7 +346,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
-    m.add("BodyError", m.py().get_type::<BodyError>())?;
+    let body_error = m.py().get_type::<BodyError>();
+    // Declared on the class too, as the stub does; each raised instance sets its own.
+    body_error.setattr("detail", "")?;
+    m.add("BodyError", body_error)?;
     m.add_class::<PyBatch>()?;
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;

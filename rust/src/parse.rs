@@ -9,9 +9,10 @@
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
-use crate::encode::{is_plain_number, Decimal, Line};
+use crate::encode::{Decimal, Line, PlainNumber};
 use crate::errors::{BodyError, Reason};
-use crate::json::{self, Invalid, Literal, Reader, Str};
+use crate::json::{self, Invalid, Literal, Number, Reader, Str};
+use crate::scan;
 use crate::timestamp::parse_rfc3339;
 
 pub const MAX_BATCH_MESSAGES: usize = 100;
@@ -28,7 +29,7 @@ pub enum Value<'a> {
     Null,
     Str(Str<'a>),
     /// A number token as sent.
-    Number(&'a str),
+    Number(Number<'a>),
     Bool(bool),
     /// An array or an object.
     Other,
@@ -91,8 +92,7 @@ pub fn valid_id(s: &str) -> bool {
 
 fn valid_tenant(s: &str) -> bool {
     (1..=MAX_TENANT_BYTES).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
 }
 
@@ -112,6 +112,14 @@ static SUSPECT: [bool; 256] = {
 
 /// U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a backslash.
 fn has_forbidden_char(b: &[u8]) -> bool {
+    // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
+    let first = scan::find(
+        b,
+        0,
+        |w| scan::below(w, 0x20) | scan::eq(w, 0x7f) | scan::eq(w, b'\\') | scan::high(w),
+        |c| SUSPECT[usize::from(c)] || c >= 0x80,
+    );
+    let b = &b[first..];
     b.iter().enumerate().any(|(i, &c)| {
         SUSPECT[usize::from(c)]
             && (c != 0xc2 || b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)))
@@ -191,7 +199,7 @@ fn walk<'a>(
 /// Parse a `{"messages": [...]}` body of 1 to 100 messages.
 pub fn parse_batch(body: &[u8], receive_ns: i64, max_payload: usize) -> Result<Batch, BodyError> {
     let text = utf8(body)?;
-    let mut parser = MessageParser::new(body.len(), receive_ns, max_payload);
+    let mut parser = MessageParser::new(MAX_BATCH_MESSAGES, body.len(), receive_ns, max_payload);
     walk_messages(text, MAX_BATCH_MESSAGES, &mut parser)?;
     Ok(parser.batch)
 }
@@ -219,7 +227,7 @@ pub fn parse_single(
         r.end().map_err(|_| BodyError::NotJson)?;
         return Err(BodyError::NotObject);
     }
-    let mut parser = MessageParser::new(body.len(), receive_ns, max_payload);
+    let mut parser = MessageParser::new(1, body.len(), receive_ns, max_payload);
     parser
         .message(&mut r, Some(id))
         .and_then(|()| r.end())
@@ -240,7 +248,10 @@ enum MetricsField {
 
 impl<'a> Elements<'a> for MessageParser<'a> {
     fn reset(&mut self) {
-        self.batch = Batch::with_capacity(MAX_BATCH_MESSAGES, 0);
+        // Only a duplicate `messages` key finds items here.
+        if !self.batch.is_empty() {
+            self.batch = Batch::with_capacity(MAX_BATCH_MESSAGES, self.batch.line_capacity());
+        }
     }
 
     fn element(&mut self, r: &mut Reader<'a>) -> json::Result<()> {
@@ -264,7 +275,7 @@ struct Fields<'a> {
 #[derive(Clone, Copy)]
 enum MetricValue<'a> {
     /// A number token printed as sent, tidied (the common case).
-    Plain(&'a str),
+    Plain(PlainNumber<'a>),
     Decimal(Decimal),
     Float(f64),
     Bool(bool),
@@ -288,16 +299,18 @@ struct MessageParser<'a> {
     batch: Batch,
     receive_ns: i64,
     max_payload: usize,
-    /// The last `metrics` object's entries, in body order until `read_metrics` sorts them.
+    /// The last `metrics` object's entries, in body order until `read_metrics` sorts and
+    /// deduplicates them.
     metrics: Vec<Metric<'a>>,
     /// One of those names holds a lone surrogate.
     lone_metric_name: bool,
 }
 
 impl<'a> MessageParser<'a> {
-    fn new(body_len: usize, receive_ns: i64, max_payload: usize) -> Self {
+    fn new(items: usize, body_len: usize, receive_ns: i64, max_payload: usize) -> Self {
         MessageParser {
-            batch: Batch::with_capacity(MAX_BATCH_MESSAGES, body_len),
+            // Line protocol is about half the size of the JSON it comes from; growing costs a copy.
+            batch: Batch::with_capacity(items, body_len * 3 / 5 + 256),
             receive_ns,
             max_payload,
             metrics: Vec::with_capacity(16),
@@ -310,7 +323,9 @@ impl<'a> MessageParser<'a> {
         let is_object = r.peek() == Some(b'{');
         let start = r.pos();
         let fields = if is_object {
-            Some(self.fields(r)?)
+            let mut f = Fields::default();
+            self.fields(r, &mut f)?;
+            Some(f)
         } else {
             r.skip_value()?;
             None
@@ -325,8 +340,7 @@ impl<'a> MessageParser<'a> {
     }
 
     /// The message's known fields, its metrics in `metrics`; other values are skipped.
-    fn fields(&mut self, r: &mut Reader<'a>) -> json::Result<Fields<'a>> {
-        let mut f = Fields::default();
+    fn fields(&mut self, r: &mut Reader<'a>, f: &mut Fields<'a>) -> json::Result<()> {
         r.begin_object()?;
         let mut first = true;
         while let Some(key) = r.next_key(first)? {
@@ -354,7 +368,7 @@ impl<'a> MessageParser<'a> {
             };
             *slot = Value::read(r)?;
         }
-        Ok(f)
+        Ok(())
     }
 
     fn metrics_field(&mut self, r: &mut Reader<'a>) -> json::Result<MetricsField> {
@@ -372,7 +386,7 @@ impl<'a> MessageParser<'a> {
             first = false;
             let value = match Value::read(r)? {
                 Value::Bool(b) => Some(MetricValue::Bool(b)),
-                Value::Number(n) => number_value(n),
+                Value::Number(n) => number_value(&n),
                 _ => None,
             };
             let Some(name) = name.decode() else {
@@ -396,7 +410,8 @@ impl<'a> MessageParser<'a> {
 
     /// Applies the per-item rules in order and records the item.
     fn judge(&mut self, f: &Fields<'a>, too_large: bool, url: Option<&UrlIdentity<'a>>) {
-        let from_url = |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
+        let from_url =
+            |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
         let (tenant, device, msg_type, token) = match url {
             Some(u) => (
                 from_url(u.tenant),
@@ -422,7 +437,7 @@ impl<'a> MessageParser<'a> {
                 && token.get().is_some_and(valid_id);
             let seq = match f.seq {
                 Value::Missing | Value::Null => Some(0),
-                Value::Number(n) => parse_seq(n),
+                Value::Number(n) if n.is_integer() => parse_seq(n.text),
                 _ => None,
             };
             let (true, Some(seq), true) = (ids_ok, seq, msg_type.is_string()) else {
@@ -472,7 +487,7 @@ impl<'a> MessageParser<'a> {
             for m in metrics {
                 let name = m.name.as_bytes();
                 match m.value {
-                    Some(MetricValue::Plain(token)) => line.plain_number(name, token),
+                    Some(MetricValue::Plain(n)) => line.plain_number(name, &n),
                     Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
                     Some(MetricValue::Float(v)) => line.float(name, v),
                     Some(MetricValue::Bool(v)) => line.bool(name, v),
@@ -509,7 +524,9 @@ impl<'a> MessageParser<'a> {
             kept += 1;
         }
         m.truncate(kept);
-        m.len() <= MAX_METRICS && m.iter().all(|m| m.value.is_some() && valid_metric_name(&m.name))
+        m.len() <= MAX_METRICS
+            && m.iter()
+                .all(|m| m.value.is_some() && valid_metric_name(&m.name))
     }
 }
 
@@ -520,29 +537,30 @@ fn valid_metric_name(name: &str) -> bool {
 }
 
 /// A number token as a finite f64 (correctly rounded), digits ready for printing when short.
-fn number_value(token: &str) -> Option<MetricValue<'_>> {
-    if is_plain_number(token) {
-        return Some(MetricValue::Plain(token));
+fn number_value<'a>(n: &Number<'a>) -> Option<MetricValue<'a>> {
+    if let Some(plain) = PlainNumber::of(n) {
+        return Some(MetricValue::Plain(plain));
     }
-    match Decimal::from_json_number(token) {
-        Some(d) => Some(MetricValue::Decimal(d)),
-        None => token
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite())
-            .map(MetricValue::Float),
+    // Without an exponent, 16 digits or more mean more than 15 significant ones, mostly.
+    let digits = n.frac_end - usize::from(n.text.starts_with('-'));
+    if n.frac_end < n.text.len() || digits <= 16 {
+        if let Some(d) = Decimal::from_json_number(n.text) {
+            return Some(MetricValue::Decimal(d));
+        }
     }
+    n.text
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(MetricValue::Float)
 }
 
-/// `seq`: a JSON integer token (no fraction, no exponent) in `0..=i64::MAX`; `-0` is 0.
+/// `seq`: an integer token in `0..=i64::MAX`; `-0` is 0.
 fn parse_seq(token: &str) -> Option<u64> {
     let (negative, digits) = match token.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, token),
     };
-    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
     let n: u64 = digits.parse().ok()?;
     match (negative, n) {
         (true, 0) => Some(0),
@@ -1026,10 +1044,20 @@ mod tests {
         assert!(lines(&body).contains(" a=1.0,b=false,seq=7i "));
         // Values serde_json cannot read as a whole `metrics` value.
         for raw in ["1e400", "\"\\ud800\"", &"9".repeat(400)] {
-            let m = good().to_string().replace("{\"on\":true,\"temp\":22.5}", raw);
-            assert_eq!(reasons(&format!("{{\"messages\":[{m}]}}")), [Some("INVALID_METRICS")], "{raw}");
+            let m = good()
+                .to_string()
+                .replace("{\"on\":true,\"temp\":22.5}", raw);
+            assert_eq!(
+                reasons(&format!("{{\"messages\":[{m}]}}")),
+                [Some("INVALID_METRICS")],
+                "{raw}"
+            );
             let deep = m.replacen('{', &format!("{{\"x\":{},", nested(125)), 1);
-            assert_eq!(body_error(&format!("{{\"messages\":[{deep}]}}")), NOT_JSON, "{raw}");
+            assert_eq!(
+                body_error(&format!("{{\"messages\":[{deep}]}}")),
+                NOT_JSON,
+                "{raw}"
+            );
         }
     }
 

@@ -179,7 +179,7 @@ impl ShellyReader {
             return;
         }
         let ts = match msg.timestamp {
-            Value::Number(token) => integer_token(token),
+            Value::Number(n) if n.is_integer() => integer_token(n.text),
             _ => None,
         }
         .filter(|&t| t > 0 && t <= self.max_ts)
@@ -237,7 +237,11 @@ fn reading(s: &Switch<'_>) -> Reading {
     if matches!(s.apower, Value::Missing | Value::Null) {
         return Reading::Absent;
     }
-    match (finite_number(s.apower), optional(s.voltage), optional(s.current)) {
+    match (
+        finite_number(s.apower),
+        optional(s.voltage),
+        optional(s.current),
+    ) {
         (Some(apower), Some(voltage), Some(current)) => Reading::Valid((apower, voltage, current)),
         _ => Reading::Invalid,
     }
@@ -245,17 +249,14 @@ fn reading(s: &Switch<'_>) -> Reading {
 
 fn finite_number(v: Value<'_>) -> Option<f64> {
     match v {
-        Value::Number(token) => token.parse::<f64>().ok().filter(|v| v.is_finite()),
+        Value::Number(n) => n.text.parse::<f64>().ok().filter(|v| v.is_finite()),
         _ => None,
     }
 }
 
-/// A JSON integer token (no fraction, no exponent) as a number; huge ones saturate.
+/// An integer token as a number; huge ones saturate.
 fn integer_token(text: &str) -> Option<i128> {
     let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
     let magnitude = if digits.len() > 30 {
         i128::MAX
     } else {

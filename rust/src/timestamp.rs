@@ -8,19 +8,17 @@ pub const MAX_NS: i64 = 9_223_372_036_854_775_806;
 /// `None` when the text does not match or the instant is outside `MIN_NS..=MAX_NS`.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 {
+    let head: &[u8; 19] = b.get(..19)?.try_into().ok()?;
+    let year = two(head[0], head[1])? * 100 + two(head[2], head[3])?;
+    let month = two(head[5], head[6])?;
+    let day = two(head[8], head[9])?;
+    let hour = two(head[11], head[12])?;
+    let minute = two(head[14], head[15])?;
+    let second = two(head[17], head[18])?;
+    if head[4] != b'-' || head[7] != b'-' || !matches!(head[10], b'T' | b't') {
         return None;
     }
-    let year = digits(b, 0, 4)?;
-    let month = digits(b, 5, 2)?;
-    let day = digits(b, 8, 2)?;
-    let hour = digits(b, 11, 2)?;
-    let minute = digits(b, 14, 2)?;
-    let second = digits(b, 17, 2)?;
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
+    if head[13] != b':' || head[16] != b':' {
         return None;
     }
     if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
@@ -29,33 +27,31 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let mut pos = 19;
+    let mut rest = &b[19..];
     let mut frac_ns: i64 = 0;
-    if b[pos] == b'.' {
-        pos += 1;
-        let start = pos;
-        while pos < b.len() && b[pos].is_ascii_digit() {
-            pos += 1;
-        }
-        let n = pos - start;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
         if n == 0 || n > 9 {
             return None;
         }
-        frac_ns = digits(b, start, n)?;
+        for &c in &fraction[..n] {
+            frac_ns = frac_ns * 10 + i64::from(c - b'0');
+        }
         for _ in n..9 {
             frac_ns *= 10;
         }
+        rest = &fraction[n..];
     }
-    let offset_s = match b.get(pos..)? {
+    let offset_s = match *rest {
         [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let oh = digits(&[*h1, *h2], 0, 2)?;
-            let om = digits(&[*m1, *m2], 0, 2)?;
+            let oh = two(h1, h2)?;
+            let om = two(m1, m2)?;
             if oh > 23 || om > 59 {
                 return None;
             }
             let off = oh * 3600 + om * 60;
-            if *sign == b'-' {
+            if sign == b'-' {
                 -off
             } else {
                 off
@@ -72,11 +68,10 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(ns).ok()
 }
 
-/// The `n` ASCII digits at `b[at..at + n]` as a number.
-fn digits(b: &[u8], at: usize, n: usize) -> Option<i64> {
-    b.get(at..at + n)?.iter().try_fold(0i64, |acc, &c| {
-        c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-    })
+/// Two ASCII digits as a number.
+fn two(a: u8, b: u8) -> Option<i64> {
+    let (a, b) = (a.wrapping_sub(b'0'), b.wrapping_sub(b'0'));
+    (a < 10 && b < 10).then(|| i64::from(a * 10 + b))
 }
 
 fn is_leap(year: i64) -> bool {

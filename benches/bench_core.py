@@ -1,0 +1,123 @@
+"""Core throughput, Rust vs twin in one run, and memory per buffered line.
+
+    pytest benches/bench_core.py --benchmark-enable      # numbers (a table at the end)
+    pytest benches/bench_core.py                          # as tests: one pass each
+
+The ingest bench is the core's part of a request, single thread: parse + validate + encode
+(`parse_batch`), verdicts for every group (all allowed: `groups` + `resolve`), `append` to the
+tenant buffers, and the sink's part: drain + settle of every tenant the append reports ready, so
+the buffer never reaches its cap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import corpus as corpus_module
+import pytest
+from corpus import RECEIVE_NS, Corpus
+from messages import load_core
+
+MEMORY_LINES = 200_000
+
+
+def ingest(core: ModuleType, bodies: list[bytes]) -> int:
+    """Every body through the request path; returns how many lines were buffered."""
+    buffers = core.TenantBuffers()
+    flushed = 0
+    for body in bodies:
+        batch = core.parse_batch(body, RECEIVE_NS)
+        batch.resolve([(count, None) for *_, count in batch.groups()])
+        for tenant in buffers.append(batch):
+            lines, count = buffers.drain(tenant)
+            buffers.settle(len(lines))
+            flushed += count
+    return flushed + sum(count for count, _ in buffers.depth().values())
+
+
+@pytest.mark.parametrize("impl", ["rust", "python"])
+def test_ingest_throughput(
+    benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str
+) -> None:
+    buffered = benchmark(ingest, load_core(impl), corpus.bodies)
+    assert buffered == corpus.valid
+    if benchmark.enabled:
+        messages = corpus.messages
+        # The median: this machine's cores are shared, and a busy neighbour skews the mean.
+        median = benchmark.stats["median"]
+        result = {
+            "msgs_per_s": round(messages / median),
+            "ns_per_msg": round(median / messages * 1e9),
+            "msgs_per_s_best": round(messages / benchmark.stats["min"]),
+        }
+        throughput[impl] = result
+        benchmark.extra_info.update(result, messages=messages, buffered=buffered)
+        if {"rust", "python"} <= throughput.keys():
+            ratio = throughput["rust"]["msgs_per_s"] / throughput["python"]["msgs_per_s"]
+            throughput["ratio"] = benchmark.extra_info["rust_over_twin"] = round(ratio, 1)
+
+
+def test_memory_per_buffered_line(benchmark: Any, throughput: dict[str, Any]) -> None:
+    # A fresh process: a heap that earlier tests freed would hide the buffers' growth.
+    def measure() -> dict[str, Any]:
+        run = subprocess.run(
+            [sys.executable, __file__, "memory"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        result: dict[str, Any] = json.loads(run.stdout)
+        return result
+
+    result = benchmark.pedantic(measure, rounds=1, iterations=1)
+    assert result["lines"] >= MEMORY_LINES
+    assert result["depth_lines"] == result["lines"]
+    benchmark.extra_info.update(result)
+    throughput["memory"] = result
+
+
+def memory_report() -> dict[str, Any]:
+    """Buffer at least MEMORY_LINES corpus lines in the Rust TenantBuffers; RSS growth per line
+    against the line-protocol bytes per line."""
+    core = load_core("rust")
+    chunks = [
+        chunk
+        for body in corpus_module.build(100).bodies
+        for chunk in core.parse_batch(body, RECEIVE_NS).tenant_lines()
+    ]
+    buffers = core.TenantBuffers(batch_size=1 << 40, flush_bytes=1 << 40, max_bytes=1 << 40)
+    lines = lp_bytes = 0
+    # Hand the heap that building the input freed back to the OS: reusing it would not grow RSS.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = rss_bytes()
+    while lines < MEMORY_LINES:
+        for tenant, body, count in chunks:
+            assert buffers.append_lines(tenant, body, count)
+            lines += count
+            lp_bytes += len(body)
+    grown = rss_bytes() - before
+    return {
+        "lines": lines,
+        "depth_lines": sum(n for n, _ in buffers.depth().values()),
+        "lp_bytes_per_line": round(lp_bytes / lines, 1),
+        "rss_bytes_per_line": round(grown / lines, 1),
+        "rss_over_lp": round(grown / lp_bytes, 3),
+    }
+
+
+def rss_bytes() -> int:
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["memory"]:
+    print(json.dumps(memory_report()))
