@@ -3,10 +3,13 @@
     pytest benches/bench_core.py --benchmark-enable      # numbers (a table at the end)
     pytest benches/bench_core.py                          # as tests: one pass each
 
-The ingest bench is the core's part of a request, single thread: parse + validate + encode
-(`parse_batch`), verdicts for every group (all allowed: `groups` + `resolve`), `append` to the
-tenant buffers, and the sink's part: drain + settle of every tenant the append reports ready, so
-the buffer never reaches its cap.
+Two paths, single thread, each for the compiled core and the twin:
+- `core`: the core's own work, parse + validate + encode (`parse_batch`), `append` to the tenant
+  buffers (every valid item: no verdicts, as the API allows), `response_json`;
+- `with_verdicts`: the same plus what a request adds in Python, a verdict for every group (all
+  allowed: `groups` + `resolve`).
+Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
+buffer never reaches its cap.
 """
 
 from __future__ import annotations
@@ -26,27 +29,46 @@ from corpus import RECEIVE_NS, Corpus
 from messages import load_core
 
 MEMORY_LINES = 200_000
+IMPLS = ["rust", "python"]
 
 
-def ingest(core: ModuleType, bodies: list[bytes]) -> int:
-    """Every body through the request path; returns how many lines were buffered."""
+def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
+    """Every body through the core path, with `verdicts` through the request path; returns how
+    many lines were buffered."""
     buffers = core.TenantBuffers()
     flushed = 0
     for body in bodies:
         batch = core.parse_batch(body, RECEIVE_NS)
-        batch.resolve([(count, None) for *_, count in batch.groups()])
+        if verdicts:
+            batch.resolve([(count, None) for *_, count in batch.groups()])
         for tenant in buffers.append(batch):
             lines, count = buffers.drain(tenant)
             buffers.settle(len(lines))
             flushed += count
+        batch.response_json()
     return flushed + sum(count for count, _ in buffers.depth().values())
 
 
-@pytest.mark.parametrize("impl", ["rust", "python"])
-def test_ingest_throughput(
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ingest_core_path(
     benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str
 ) -> None:
-    buffered = benchmark(ingest, load_core(impl), corpus.bodies)
+    measure(benchmark, corpus, throughput, impl, "core")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ingest_with_verdicts(
+    benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str
+) -> None:
+    measure(benchmark, corpus, throughput, impl, "with_verdicts")
+
+
+def measure(
+    benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str, path: str
+) -> None:
+    """Bench one path of one core; record msgs/s, ns/msg and, once both cores ran, their ratio."""
+    benchmark.group = f"ingest {path}"
+    buffered = benchmark(ingest, load_core(impl), corpus.bodies, path == "with_verdicts")
     assert buffered == corpus.valid
     if benchmark.enabled:
         messages = corpus.messages
@@ -57,11 +79,12 @@ def test_ingest_throughput(
             "ns_per_msg": round(median / messages * 1e9),
             "msgs_per_s_best": round(messages / benchmark.stats["min"]),
         }
-        throughput[impl] = result
+        figures = throughput.setdefault(path, {})
+        figures[impl] = result
         benchmark.extra_info.update(result, messages=messages, buffered=buffered)
-        if {"rust", "python"} <= throughput.keys():
-            ratio = throughput["rust"]["msgs_per_s"] / throughput["python"]["msgs_per_s"]
-            throughput["ratio"] = benchmark.extra_info["rust_over_twin"] = round(ratio, 1)
+        if set(IMPLS) <= figures.keys():
+            ratio = figures["rust"]["msgs_per_s"] / figures["python"]["msgs_per_s"]
+            figures["ratio"] = benchmark.extra_info["rust_over_twin"] = round(ratio, 1)
 
 
 def test_memory_per_buffered_line(benchmark: Any, throughput: dict[str, Any]) -> None:

@@ -460,6 +460,50 @@ def test_an_absent_ts_is_the_receive_time(core: ModuleType, ts: object) -> None:
     assert line_of(core, message(ts=ts)).endswith(b" %d\n" % RECEIVE_NS)
 
 
+def test_ts_less_messages_get_the_receive_time_plus_their_index(core: ModuleType) -> None:
+    msgs = [message(ts=DROP), message(), message(seq=-1), message(ts=None), message(ts=DROP)]
+    batch = parse(core, batch_body(*msgs))
+    assert batch.reasons() == [None, None, "INVALID_SCHEMA", None, None]
+    [(_, lines, _)] = batch.tenant_lines()
+    # One device, one series: without distinct timestamps InfluxDB would keep only the last.
+    assert [line["time"] for line in read_lines(lines)] == [
+        RECEIVE_NS,
+        TS_NS,
+        RECEIVE_NS + 3,
+        RECEIVE_NS + 4,
+    ]
+
+
+def test_only_the_last_messages_list_counts_for_the_index(core: ModuleType) -> None:
+    first, last = compact(message()).decode(), compact(message(ts=None)).decode()
+    body = f'{{"messages":[{first},{first}],"messages":[{last}]}}'
+    assert parse(core, body).tenant_lines()[0][1].endswith(b" %d\n" % RECEIVE_NS)
+
+
+MAX_NS = 9_223_372_036_854_775_806
+
+
+@pytest.mark.parametrize(
+    ("receive_ns", "reasons"),
+    [
+        (MAX_NS - 1, [None, None]),
+        (MAX_NS, [None, "INVALID_TIMESTAMP"]),
+        (2**63 - 1, ["INVALID_TIMESTAMP", "INVALID_TIMESTAMP"]),
+        (-MAX_NS, [None, None]),
+        (-MAX_NS - 1, ["INVALID_TIMESTAMP", None]),
+        (-(2**63), ["INVALID_TIMESTAMP", "INVALID_TIMESTAMP"]),
+    ],
+)
+def test_a_ts_less_timestamp_outside_influxdbs_range_is_invalid(
+    core: ModuleType, receive_ns: int, reasons: list[str | None]
+) -> None:
+    batch = core.parse_batch(batch_body(message(ts=DROP), message(ts=None)), receive_ns)
+    assert batch.reasons() == reasons
+    accepted = b"".join(lines for _, lines, _ in batch.tenant_lines())
+    times = [line["time"] for line in read_lines(accepted)] if accepted else []
+    assert times == [receive_ns + i for i, r in enumerate(reasons) if r is None]
+
+
 @pytest.mark.parametrize(
     "ts",
     [
@@ -689,7 +733,7 @@ def test_encoded_lines_read_back_as_the_values_sent(core: ModuleType) -> None:
         "measurement": "heartbeat",
         "tags": {"device_id": "dev-1", "site_id": "s,1"},
         "fields": {"seq": 7},
-        "time": RECEIVE_NS,
+        "time": RECEIVE_NS + 5,
     }
 
 
@@ -874,6 +918,12 @@ def test_single_message_takes_its_identity_from_the_arguments(core: ModuleType) 
     assert len(batch) == 1
     assert batch.tenant_lines() == [("acme", LINE, 1)]
     assert batch.groups() == [("acme", "dev-1", "site-1", "tok-1", 1)]
+
+
+def test_a_ts_less_single_message_gets_the_receive_time(core: ModuleType) -> None:
+    [(_, lines, count)] = single(core, b'{"site_id":"site-1"}').tenant_lines()
+    assert count == 1
+    assert lines.endswith(b" %d\n" % RECEIVE_NS)
 
 
 @pytest.mark.parametrize(

@@ -130,18 +130,11 @@ def test_influx_outage_under_load_loses_nothing_and_duplicates_nothing(
         with httpx.Client(base_url=gw.url, timeout=30.0) as c:
             while not stop.is_set():
                 batch = [next(seqs) for _ in range(50)]
+                # Distinct timestamps: InfluxDB keeps one point per series and time.
                 messages = [
-                    {
-                        "tenant_id": tenant,
-                        "device_id": "d1",
-                        "msg_type": "telemetry",
-                        "provision_token": token,
-                        "site_id": "s1",
-                        # Distinct timestamps: InfluxDB keeps one point per series and time.
-                        "ts": iso_ns(BASE_NS + s),
-                        "seq": s,
-                        "metrics": {"v": float(s)},
-                    }
+                    d1_telemetry(
+                        tenant, token, ts=iso_ns(BASE_NS + s), seq=s, metrics={"v": float(s)}
+                    )
                     for s in batch
                 ]
                 r = c.post("/ingest/v1/batch", json={"messages": messages})
@@ -191,29 +184,45 @@ def test_v1_database_is_created_on_first_write(gateway: Start, influxdb: InfluxD
     assert rows == [{"time": 1714979289000000000, "device_id": "d1", "site_id": "s1", "seq": 0}]
 
 
+def test_ts_less_messages_of_one_device_in_one_batch_are_all_stored(
+    gateway: Start, influxdb: InfluxDB
+) -> None:
+    tenant = new_tenant()
+    gw = gateway(influx_env(influxdb))
+    token = provision(gw, tenant, "d1", "s1")
+    messages = [d1_telemetry(tenant, token, seq=i) for i in range(5)]
+    assert gw.client().post("/ingest/v1/batch", json={"messages": messages}).status_code == 202
+    poll(lambda: drained(gw))
+    rows = influxdb.query(f"telemetry_{tenant}", 'SELECT "seq" FROM "telemetry"')
+    # One series: each point has the receive time plus its index, so none overwrote another.
+    assert [r["seq"] for r in rows] == list(range(5))
+    assert [r["time"] - rows[0]["time"] for r in rows] == list(range(5))
+
+
 def test_sigterm_flushes_buffers_into_influxdb(gateway: Start, influxdb: InfluxDB) -> None:
     tenant = new_tenant()
     gw = gateway(
         influx_env(influxdb, INFLUX_FLUSH_INTERVAL_MS="600000", INFLUX_BATCH_SIZE="100000")
     )
     token = provision(gw, tenant, "d1", "s1")
-    messages = [
-        {
-            "tenant_id": tenant,
-            "device_id": "d1",
-            "msg_type": "telemetry",
-            "provision_token": token,
-            "site_id": "s1",
-            "ts": iso_ns(BASE_NS + i),
-            "seq": i,
-        }
-        for i in range(100)
-    ]
+    messages = [d1_telemetry(tenant, token, ts=iso_ns(BASE_NS + i), seq=i) for i in range(100)]
     assert gw.client().post("/ingest/v1/batch", json={"messages": messages}).status_code == 202
     assert gw.stats()["writes_ok"] == 0
     assert gw.stop() == 0
     rows = influxdb.query(f"telemetry_{tenant}", 'SELECT "seq" FROM "telemetry"')
     assert sorted(r["seq"] for r in rows) == list(range(100))
+
+
+def d1_telemetry(tenant: str, token: str, **fields: Any) -> dict[str, Any]:
+    """A telemetry message of device d1 at site s1, with `fields` added."""
+    return {
+        "tenant_id": tenant,
+        "device_id": "d1",
+        "msg_type": "telemetry",
+        "provision_token": token,
+        "site_id": "s1",
+        **fields,
+    }
 
 
 def iso_ns(ns: int) -> str:

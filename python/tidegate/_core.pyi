@@ -96,8 +96,10 @@ class Batch:
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages. `receive_ns` is the timestamp
-    of messages without `ts`. Raises BodyError for a body that is not a JSON object with a
-    `messages` list, or with 0 or more than 100 messages. Runs without the GIL."""
+    of messages without `ts`, plus their index in the batch, so that no two of them are the same
+    InfluxDB point (outside InfluxDB's range: INVALID_TIMESTAMP). Raises BodyError for a body
+    that is not a JSON object with a `messages` list, or with 0 or more than 100 messages. Runs
+    without the GIL."""
 
 def parse_single(
     body: bytes,
@@ -109,7 +111,8 @@ def parse_single(
     max_payload_bytes: int = 8192,
 ) -> Batch:
     """Parse the single-message form `{ts?, site_id, seq?, metrics?}`, identity from the URL and
-    header; a one-item Batch. Raises BodyError when the body is not a JSON object."""
+    header; a one-item Batch, `receive_ns` its timestamp when it has no `ts`. Raises BodyError
+    when the body is not a JSON object."""
 
 @final
 class TenantBuffers:

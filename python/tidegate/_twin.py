@@ -353,11 +353,12 @@ def _validate(
     msg: object,
     size: int,
     identity: tuple[object, object, object, object] | None,
-    receive_ns: int,
+    untimed_ns: int,
     max_payload_bytes: int,
 ) -> _Item:
     """Apply the per-item rules in order; `identity` (tenant, device, type, token) overrides
-    the message's own keys (single-message form)."""
+    the message's own keys (single-message form); `untimed_ns` is the timestamp if it has no
+    `ts`."""
     if type(msg) is not dict:
         if size > max_payload_bytes:
             return _Item(PAYLOAD_TOO_LARGE, None)
@@ -392,7 +393,12 @@ def _validate(
         item.reason = INVALID_MSG_TYPE
         return item
     ts = msg.get("ts")
-    ns = receive_ns if ts is None else _timestamp_ns(ts)
+    if ts is not None:
+        ns = _timestamp_ns(ts)
+    elif _MIN_TS_NS <= untimed_ns <= _MAX_TS_NS:
+        ns = untimed_ns
+    else:
+        ns = None
     if ns is None:
         item.reason = INVALID_TIMESTAMP
         return item
@@ -536,12 +542,12 @@ def _rust_debug(s: str) -> str:
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages; BodyError for an unusable
-    body."""
+    body. A message without `ts` gets `receive_ns` plus its index, so none overwrites another."""
     messages, sizes = _parse_messages(body, MAX_BATCH_MESSAGES)
     return Batch(
         [
-            _validate(msg, size, None, receive_ns, max_payload_bytes)
-            for msg, size in zip(messages, sizes, strict=True)
+            _validate(msg, size, None, receive_ns + index, max_payload_bytes)
+            for index, (msg, size) in enumerate(zip(messages, sizes, strict=True))
         ]
     )
 

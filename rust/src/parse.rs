@@ -13,7 +13,7 @@ use crate::encode::{Decimal, Line, PlainNumber};
 use crate::errors::{BodyError, Reason};
 use crate::json::{self, Invalid, Literal, Number, Reader, Str};
 use crate::scan;
-use crate::timestamp::parse_rfc3339;
+use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
 
 pub const MAX_BATCH_MESSAGES: usize = 100;
 
@@ -196,7 +196,8 @@ fn walk<'a>(
     Ok(count)
 }
 
-/// Parse a `{"messages": [...]}` body of 1 to 100 messages.
+/// Parse a `{"messages": [...]}` body of 1 to 100 messages. A message without `ts` gets
+/// `receive_ns` plus its index in the batch.
 pub fn parse_batch(body: &[u8], receive_ns: i64, max_payload: usize) -> Result<Batch, BodyError> {
     let text = utf8(body)?;
     let mut parser = MessageParser::new(MAX_BATCH_MESSAGES, body.len(), receive_ns, max_payload);
@@ -449,7 +450,7 @@ impl<'a> MessageParser<'a> {
                 _ => break 'check Err(Reason::InvalidMsgType),
             };
             let ts = match f.ts {
-                Value::Missing | Value::Null => Some(self.receive_ns),
+                Value::Missing | Value::Null => self.receive_time(),
                 v => v.text().get().and_then(parse_rfc3339),
             };
             let Some(ts) = ts else {
@@ -497,6 +498,15 @@ impl<'a> MessageParser<'a> {
             line.uint(b"seq", seq);
             line.finish(ts);
         });
+    }
+
+    /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
+    /// two of them in one batch are the same InfluxDB point; `None` outside InfluxDB's range.
+    fn receive_time(&self) -> Option<i64> {
+        let index = i64::try_from(self.batch.len()).ok()?;
+        self.receive_ns
+            .checked_add(index)
+            .filter(|ns| (MIN_NS..=MAX_NS).contains(ns))
     }
 
     /// Sorts the message's metrics by name, keeping the last of duplicate names. False when
@@ -965,6 +975,71 @@ mod tests {
         assert_eq!(reason_of(m.clone()), Some("INVALID_TIMESTAMP"));
         m["ts"] = Value::Null;
         assert_eq!(reason_of(m), Some("INVALID_METRICS"));
+    }
+
+    #[test]
+    fn a_message_without_ts_gets_the_receive_time_plus_its_index() {
+        // Per item: its reason, and for an accepted one its line's timestamp.
+        let outcome = |b: Batch| -> Vec<(Option<&str>, Option<i64>)> {
+            let text: Vec<u8> = b.tenant_lines().into_iter().flat_map(|t| t.1).collect();
+            let text = String::from_utf8(text).unwrap_or_default();
+            let mut stamps = text.lines().map(|l| l.rsplit(' ').next()?.parse().ok());
+            b.reasons()
+                .map(|r| match r {
+                    None => (None, stamps.next().flatten()),
+                    Some(r) => (Some(r.code()), None),
+                })
+                .collect()
+        };
+        let at = |receive_ns: i64, messages: &[Value]| {
+            outcome(parse_batch(body_of(messages).as_bytes(), receive_ns, 8192).unwrap_or_default())
+        };
+        let bad = with("seq", json!(-1));
+        assert_eq!(
+            at(NOW, &[without("ts"), good(), bad, with("ts", Value::Null)]),
+            [
+                (None, Some(NOW)),
+                (None, Some(1_714_564_800_000_000_000)),
+                (Some("INVALID_SCHEMA"), None),
+                (None, Some(NOW + 3)),
+            ]
+        );
+        // Only the last `messages` list holds items: it counts from 0.
+        let twice = format!(
+            "{{\"messages\":[{},{}],\"messages\":[{}]}}",
+            good(),
+            good(),
+            without("ts")
+        );
+        assert_eq!(
+            outcome(batch(&twice).unwrap_or_default()),
+            [(None, Some(NOW))]
+        );
+        // Outside InfluxDB's range (or i64's) it is an invalid timestamp.
+        let mut last_of_100 = vec![good(); 99];
+        last_of_100.push(without("ts"));
+        assert_eq!(at(MAX_NS - 99, &last_of_100)[99], (None, Some(MAX_NS)));
+        assert_eq!(
+            at(MAX_NS - 98, &last_of_100)[99],
+            (Some("INVALID_TIMESTAMP"), None)
+        );
+        let two = [without("ts"), without("ts")];
+        assert_eq!(at(i64::MAX, &two), [(Some("INVALID_TIMESTAMP"), None); 2]);
+        assert_eq!(
+            at(MIN_NS - 1, &two),
+            [(Some("INVALID_TIMESTAMP"), None), (None, Some(MIN_NS))]
+        );
+        let url = UrlIdentity {
+            tenant: Some("acme"),
+            device: Some("dev-1"),
+            msg_type: Some("telemetry"),
+            token: Some("tok"),
+        };
+        let single = |receive_ns| {
+            outcome(parse_single(br#"{"site_id":"s"}"#, &url, receive_ns, 8192).unwrap_or_default())
+        };
+        assert_eq!(single(MAX_NS), [(None, Some(MAX_NS))]);
+        assert_eq!(single(MIN_NS - 1), [(Some("INVALID_TIMESTAMP"), None)]);
     }
 
     #[test]
