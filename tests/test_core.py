@@ -1,4 +1,4 @@
-"""The core's contract (CORE-SPEC.md), held for the compiled `_core` and the `_twin` alike."""
+"""The core's contract (docs/core-rules.md), held for the compiled `_core` and the `_twin` alike."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def test_reason_constants_and_limits_are_exported(core: ModuleType) -> None:
         "BUFFER_FULL",
     ]
     assert [getattr(core, n) for n in names] == names
+    assert tuple(names) == core.REASONS
     assert (core.MAX_BATCH_MESSAGES, core.MAX_SHELLY_MESSAGES) == (100, 1000)
     assert issubclass(core.BodyError, ValueError)
 

@@ -10,7 +10,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     accepted, rejected, body = batch.response_json()
 
-Rules (all of them: CORE-SPEC.md, "Decided by the Rust helper"):
+Rules (all of them: docs/core-rules.md):
 - A body nested 128 or more arrays/objects deep anywhere is not valid JSON; 127 is.
 - Lone surrogate escapes (`"\\ud800"`) are valid JSON, but a string holding one is never a valid
   id, msg_type or timestamp, and an object key holding one matches no known key (inside
@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SHELLY_MESSAGES",
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
+    "REASONS",
     "SITE_MISMATCH",
     "UNAUTHORIZED",
     "Batch",
@@ -53,6 +54,8 @@ UNAUTHORIZED: Final = "UNAUTHORIZED"
 SITE_MISMATCH: Final = "SITE_MISMATCH"
 RATE_LIMITED: Final = "RATE_LIMITED"
 BUFFER_FULL: Final = "BUFFER_FULL"
+# All of them, in declaration order (the order of `Batch.reason_counts()`).
+REASONS: Final[tuple[str, ...]]
 
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000

@@ -1,7 +1,8 @@
 """Pure-Python twin of `tidegate._core`: same API, byte-identical results.
 
 It is the oracle of the differential tests, the baseline of the benches and the fallback selected
-with `TIDEGATE_CORE=python`. The behaviour contract is CORE-SPEC.md; `_core.pyi` documents the API.
+with `TIDEGATE_CORE=python`. The behaviour contract is docs/core-rules.md; `_core.pyi` documents
+the API.
 
 JSON is read with the stdlib scanner: integers keep their text (`_Int`), so a seq, a Shelly
 timestamp or a huge metric is judged on what the client sent; floats go through `float()`, which
@@ -36,7 +37,7 @@ MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
 
 # Declaration order is `reason_counts()` order.
-_REASONS: Final = (
+REASONS: Final[tuple[str, ...]] = (
     INVALID_MSG_TYPE,
     INVALID_SCHEMA,
     INVALID_TIMESTAMP,
@@ -449,7 +450,7 @@ class Batch:
         """Apply one `(allowed, reason)` per group: the first `allowed` items stay accepted.
         All or nothing; checks in the compiled core's order."""
         for _, reason in verdicts:
-            if reason is not None and reason not in _REASONS:
+            if reason is not None and reason not in REASONS:
                 raise ValueError(f"unknown reason code {_rust_debug(reason)}")
         if self._resolved:
             raise ValueError("verdicts were already applied to this batch")
@@ -475,7 +476,7 @@ class Batch:
 
     def reason_counts(self) -> list[tuple[str, int]]:
         """Rejected items per reason code, codes in a fixed order, zero counts omitted."""
-        counts = dict.fromkeys(_REASONS, 0)
+        counts = dict.fromkeys(REASONS, 0)
         for item in self._items:
             if item.reason is not None:
                 counts[item.reason] += 1

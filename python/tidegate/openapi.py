@@ -6,18 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tidegate import __version__
-
-REASONS = [
-    "INVALID_MSG_TYPE",
-    "INVALID_SCHEMA",
-    "INVALID_TIMESTAMP",
-    "INVALID_METRICS",
-    "PAYLOAD_TOO_LARGE",
-    "UNAUTHORIZED",
-    "SITE_MISMATCH",
-    "RATE_LIMITED",
-    "BUFFER_FULL",
-]
+from tidegate._twin import REASONS  # the compiled core's codes too, in the same order
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -49,7 +38,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["detail"],
         "properties": {
             "detail": {"type": "string"},
-            "reason": {"type": "string", "enum": REASONS},
+            "reason": {"type": "string", "enum": list(REASONS)},
         },
     },
     "RateLimited": {
@@ -120,7 +109,7 @@ _SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "index": {"type": "integer"},
                         "status": {"type": "string", "enum": ["accepted", "rejected"]},
-                        "reason": {"type": "string", "enum": REASONS},
+                        "reason": {"type": "string", "enum": list(REASONS)},
                         "device_id": {"type": "string"},
                     },
                 },

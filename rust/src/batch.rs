@@ -60,6 +60,8 @@ pub struct Batch {
     groups: Vec<Group>,
     /// Distinct tenants of the groups, in order of first appearance.
     tenants: Vec<Span>,
+    /// `str_hash` of each of `tenants`: most tenants are told apart without a memcmp call.
+    tenant_hashes: Vec<u64>,
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
     resolved: bool,
@@ -74,6 +76,7 @@ impl Batch {
             lines: Vec::with_capacity(line_bytes),
             groups: Vec::with_capacity(items),
             tenants: Vec::with_capacity(items.min(16)),
+            tenant_hashes: Vec::with_capacity(items.min(16)),
             group_index: vec![NO_GROUP; (items * 2).next_power_of_two().max(4)],
             ..Batch::default()
         }
@@ -90,6 +93,14 @@ impl Batch {
 
     fn str_at(&self, span: Span) -> &str {
         self.strings.get(span.range()).unwrap_or_default()
+    }
+
+    /// `str_at` for comparisons: no char boundary checks.
+    fn bytes_at(&self, span: Span) -> &[u8] {
+        self.strings
+            .as_bytes()
+            .get(span.range())
+            .unwrap_or_default()
     }
 
     /// Records an item that failed validation.
@@ -125,17 +136,18 @@ impl Batch {
             self.grow_index();
         }
         let mask = self.group_index.len() - 1;
-        let mut slot = identity_hash(id) as usize & mask;
+        let tenant_hash = str_hash(0, id.tenant);
+        let mut slot = identity_hash(tenant_hash, id) as usize & mask;
         loop {
             let g = self.group_index[slot];
             if g == NO_GROUP {
                 break;
             }
             let grp = &self.groups[g as usize];
-            if self.str_at(grp.tenant) == id.tenant
-                && self.str_at(grp.device) == id.device
-                && self.str_at(grp.site) == id.site
-                && self.str_at(grp.token) == id.token
+            if self.bytes_at(grp.tenant) == id.tenant.as_bytes()
+                && self.bytes_at(grp.device) == id.device.as_bytes()
+                && self.bytes_at(grp.site) == id.site.as_bytes()
+                && self.bytes_at(grp.token) == id.token.as_bytes()
             {
                 self.groups[g as usize].count += 1;
                 return g;
@@ -145,12 +157,14 @@ impl Batch {
         let tenant_index = match self
             .tenants
             .iter()
-            .position(|&t| self.str_at(t) == id.tenant)
+            .zip(&self.tenant_hashes)
+            .position(|(&t, &h)| h == tenant_hash && self.bytes_at(t) == id.tenant.as_bytes())
         {
             Some(i) => i as u32,
             None => {
                 let span = self.push_str(id.tenant);
                 self.tenants.push(span);
+                self.tenant_hashes.push(tenant_hash);
                 (self.tenants.len() - 1) as u32
             }
         };
@@ -180,7 +194,7 @@ impl Batch {
                 site: self.str_at(grp.site),
                 token: self.str_at(grp.token),
             };
-            let mut slot = identity_hash(&id) as usize & mask;
+            let mut slot = identity_hash(str_hash(0, id.tenant), &id) as usize & mask;
             while self.group_index[slot] != NO_GROUP {
                 slot = (slot + 1) & mask;
             }
@@ -376,28 +390,32 @@ impl Batch {
 }
 
 /// FxHash-style mix over the four ids, a word at a time (ids are short; DoS is not a concern
-/// with at most 100 items per table).
-fn identity_hash(id: &Identity<'_>) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = 0;
-    for s in [id.tenant, id.device, id.site, id.token] {
-        let b = s.as_bytes();
-        let mut chunks = b.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        // Built in a register: a variable-length copy would be a memcpy call.
-        let tail = chunks
-            .remainder()
-            .iter()
-            .enumerate()
-            .fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
-        h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
-        h = (h.rotate_left(5) ^ b.len() as u64).wrapping_mul(K);
-    }
+/// with at most 100 items per table), from `tenant_hash = str_hash(0, id.tenant)`.
+fn identity_hash(tenant_hash: u64, id: &Identity<'_>) -> u64 {
+    let h = [id.device, id.site, id.token]
+        .into_iter()
+        .fold(tenant_hash, str_hash);
     h ^ (h >> 29)
+}
+
+/// Mixes `s` into the FxHash-style state `h`.
+fn str_hash(mut h: u64, s: &str) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let b = s.as_bytes();
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    // Built in a register: a variable-length copy would be a memcpy call.
+    let tail = chunks
+        .remainder()
+        .iter()
+        .enumerate()
+        .fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
+    h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
+    (h.rotate_left(5) ^ b.len() as u64).wrapping_mul(K)
 }
 
 #[cfg(test)]

@@ -22,6 +22,54 @@ pub fn push_lp_key(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
+/// A tag value or field key, and whether it may hold a byte line protocol escapes.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    text: &'a [u8],
+    /// False only when the text is known to hold none of `,` `=` and space.
+    may_escape: bool,
+}
+
+impl<'a> Key<'a> {
+    /// Text the caller has already scanned: `escape` tells whether it holds `,` `=` or space.
+    pub fn scanned(text: &'a [u8], escape: bool) -> Self {
+        Key {
+            text,
+            may_escape: escape,
+        }
+    }
+
+    fn push(self, out: &mut Vec<u8>) {
+        if self.may_escape {
+            push_lp_key(out, self.text);
+        } else {
+            // Most ids and names: the copy alone, without another scan.
+            out.extend_from_slice(self.text);
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for Key<'a> {
+    fn from(text: &'a [u8]) -> Self {
+        Key {
+            text,
+            may_escape: true,
+        }
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Key<'a> {
+    fn from(text: &'a [u8; N]) -> Self {
+        Key::from(&text[..])
+    }
+}
+
+impl<'a> From<&'a str> for Key<'a> {
+    fn from(text: &'a str) -> Self {
+        Key::from(text.as_bytes())
+    }
+}
+
 /// A finite number as its significant decimal digits `d1 d2 … dn` (the integer `mantissa`,
 /// no trailing zeros) and the decimal exponent `exp` of `d1`; zero has no digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,43 +386,43 @@ impl<'o> Line<'o> {
         }
     }
 
-    pub fn tag(&mut self, key: &str, value: &str) {
+    pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
         self.out.push(b',');
         self.out.extend_from_slice(key.as_bytes());
         self.out.push(b'=');
-        push_lp_key(self.out, value.as_bytes());
+        value.into().push(self.out);
     }
 
-    fn field_key(&mut self, key: &[u8]) {
+    fn field_key(&mut self, key: Key<'_>) {
         self.out.push(if self.first_field { b' ' } else { b',' });
         self.first_field = false;
-        push_lp_key(self.out, key);
+        key.push(self.out);
         self.out.push(b'=');
     }
 
-    pub fn float(&mut self, key: &[u8], v: f64) {
-        self.field_key(key);
+    pub fn float<'k>(&mut self, key: impl Into<Key<'k>>, v: f64) {
+        self.field_key(key.into());
         push_f64(self.out, v);
     }
 
-    pub fn plain_number(&mut self, key: &[u8], n: &PlainNumber<'_>) {
-        self.field_key(key);
+    pub fn plain_number<'k>(&mut self, key: impl Into<Key<'k>>, n: &PlainNumber<'_>) {
+        self.field_key(key.into());
         n.push(self.out);
     }
 
-    pub fn decimal(&mut self, key: &[u8], d: &Decimal) {
-        self.field_key(key);
+    pub fn decimal<'k>(&mut self, key: impl Into<Key<'k>>, d: &Decimal) {
+        self.field_key(key.into());
         push_decimal(self.out, d);
     }
 
-    pub fn bool(&mut self, key: &[u8], v: bool) {
-        self.field_key(key);
+    pub fn bool<'k>(&mut self, key: impl Into<Key<'k>>, v: bool) {
+        self.field_key(key.into());
         self.out
             .extend_from_slice(if v { b"true" } else { b"false" });
     }
 
-    pub fn uint(&mut self, key: &[u8], v: u64) {
-        self.field_key(key);
+    pub fn uint<'k>(&mut self, key: impl Into<Key<'k>>, v: u64) {
+        self.field_key(key.into());
         self.out
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         self.out.push(b'i');

@@ -424,12 +424,35 @@ impl<'a> Reader<'a> {
 /// Index of the first `"`, `\\` or control character at or after `i` (or the end).
 #[inline(always)]
 fn skip_plain(b: &[u8], i: usize) -> usize {
-    scan::find(
-        b,
+    // Ids, keys and values end within a few words; past those, the string is a blob.
+    let near = b.len().min(i + SHORT_STRING);
+    let j = scan::find(
+        b.get(..near).unwrap_or_default(),
         i,
         |w| scan::eq(w, b'"') | scan::eq(w, b'\\') | scan::below(w, 0x20),
         |c| STRING_STOP[usize::from(c)],
-    )
+    );
+    if j < near || near == b.len() {
+        return j;
+    }
+    skip_long(b, near)
+}
+
+/// Bytes of a string scanned a word at a time before `skip_long` takes over.
+const SHORT_STRING: usize = 32;
+
+/// `skip_plain` for long strings: a SIMD search (memchr) for the quote or backslash, then one
+/// vectorised pass over the bytes before it for a control character.
+#[inline(never)]
+fn skip_long(b: &[u8], i: usize) -> usize {
+    let rest = b.get(i..).unwrap_or_default();
+    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+    let plain = rest.get(..end).unwrap_or_default();
+    // A fold, not `any`: without an early exit the compiler vectorises it.
+    if plain.iter().fold(false, |any, &c| any | (c < 0x20)) {
+        return i + plain.iter().position(|&c| c < 0x20).unwrap_or(end);
+    }
+    i + end
 }
 
 fn skip_digits(b: &[u8], mut i: usize) -> usize {
@@ -645,6 +668,33 @@ mod tests {
         assert_eq!(r.skip_value(), Ok("[[]]"));
         assert_eq!(r.next_element(false), Ok(false));
         assert!(r.end().is_ok());
+    }
+
+    #[test]
+    fn long_strings_end_and_fail_like_short_ones() {
+        for len in [0, 7, 8, 31, 32, 33, 40, 100, 5000] {
+            let plain = "x".repeat(len);
+            for (text, escaped) in [
+                (format!("\"{plain}\""), false),
+                (format!("\"{plain}\\n{plain}\""), true),
+                (format!("\"{plain}\\u00e9\""), true),
+            ] {
+                let s = Reader::new(&text).string();
+                assert_eq!(
+                    s.map(|s| (s.raw.len() + 2, s.escaped)),
+                    Ok((text.len(), escaped))
+                );
+            }
+            for bad in [
+                format!("\"{plain}\u{1}\""),
+                format!("\"{plain}\u{1f}{plain}\""),
+                format!("\"{plain}\\x\""),
+                format!("\"{plain}"),
+            ] {
+                assert_eq!(Reader::new(&bad).string(), Err(Invalid), "{len}");
+                assert!(!serde_accepts(&bad));
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod timestamp;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::errors::{Reason, UsageError};
 
@@ -344,6 +344,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for reason in Reason::ALL {
         m.add(reason.code(), reason.code())?;
     }
+    let codes = Reason::ALL.map(Reason::code);
+    m.add("REASONS", PyTuple::new(m.py(), codes)?)?;
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
     let body_error = m.py().get_type::<BodyError>();

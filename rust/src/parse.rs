@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
-use crate::encode::{Decimal, Line, PlainNumber};
+use crate::encode::{Decimal, Key, Line, PlainNumber};
 use crate::errors::{BodyError, Reason};
 use crate::json::{self, Invalid, Literal, Number, Reader, Str};
 use crate::scan;
@@ -87,7 +87,15 @@ impl Text<'_> {
 
 /// An id: 1..=128 bytes, no control character, no backslash.
 pub fn valid_id(s: &str) -> bool {
-    (1..=MAX_ID_BYTES).contains(&s.len()) && !has_forbidden_char(s.as_bytes())
+    checked_id(s).is_some()
+}
+
+/// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
+fn checked_id(s: &str) -> Option<bool> {
+    (1..=MAX_ID_BYTES)
+        .contains(&s.len())
+        .then(|| scan_id(s.as_bytes()))
+        .flatten()
 }
 
 fn valid_tenant(s: &str) -> bool {
@@ -96,7 +104,8 @@ fn valid_tenant(s: &str) -> bool {
             .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
 }
 
-/// Bytes that are, or may start, a character no id or name may hold.
+/// Bytes that are, or may start, a character no id or name may hold, and the bytes line
+/// protocol escapes.
 static SUSPECT: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
@@ -107,23 +116,41 @@ static SUSPECT: [bool; 256] = {
     t[0x7f] = true;
     t[b'\\' as usize] = true;
     t[0xc2] = true;
+    t[b',' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b' ' as usize] = true;
     t
 };
 
-/// U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a backslash.
-fn has_forbidden_char(b: &[u8]) -> bool {
+/// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
+/// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
+/// serves validation and encoding.
+fn scan_id(b: &[u8]) -> Option<bool> {
     // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
     let first = scan::find(
         b,
         0,
-        |w| scan::below(w, 0x20) | scan::eq(w, 0x7f) | scan::eq(w, b'\\') | scan::high(w),
+        |w| {
+            scan::below(w, b' ' + 1)
+                | scan::eq(w, 0x7f)
+                | scan::eq(w, b'\\')
+                | scan::eq(w, b',')
+                | scan::eq(w, b'=')
+                | scan::high(w)
+        },
         |c| SUSPECT[usize::from(c)] || c >= 0x80,
     );
-    let b = &b[first..];
-    b.iter().enumerate().any(|(i, &c)| {
-        SUSPECT[usize::from(c)]
-            && (c != 0xc2 || b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)))
-    })
+    let b = b.get(first..).unwrap_or_default();
+    let mut escape = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            _ if !SUSPECT[usize::from(c)] => {}
+            b',' | b'=' | b' ' => escape = true,
+            0xc2 if !b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)) => {}
+            _ => return None,
+        }
+    }
+    Some(escape)
 }
 
 /// The body as text: strict UTF-8, or not JSON at all.
@@ -288,6 +315,8 @@ struct Metric<'a> {
     prefix: u64,
     /// `None`: not a number or bool, or not a finite number.
     value: Option<MetricValue<'a>>,
+    /// Whether line protocol escapes some of the name; set by `read_metrics`.
+    escape: bool,
 }
 
 impl Metric<'_> {
@@ -321,21 +350,23 @@ impl<'a> MessageParser<'a> {
 
     /// Reads, validates and encodes the message at the cursor.
     fn message(&mut self, r: &mut Reader<'a>, url: Option<&UrlIdentity<'a>>) -> json::Result<()> {
+        // After any whitespace: the raw size is the element's own.
         let is_object = r.peek() == Some(b'{');
         let start = r.pos();
-        let fields = if is_object {
+        if is_object {
+            // Filled in place and lent out: moving the fields around costs a memcpy call.
             let mut f = Fields::default();
             self.fields(r, &mut f)?;
-            Some(f)
+            let too_large = r.since(start).len() > self.max_payload;
+            self.judge(&f, too_large, url);
         } else {
             r.skip_value()?;
-            None
-        };
-        let too_large = r.since(start).len() > self.max_payload;
-        match fields {
-            Some(f) => self.judge(&f, too_large, url),
-            None if too_large => self.batch.push_rejected(Reason::PayloadTooLarge, None),
-            None => self.batch.push_rejected(Reason::InvalidSchema, None),
+            let reason = if r.since(start).len() > self.max_payload {
+                Reason::PayloadTooLarge
+            } else {
+                Reason::InvalidSchema
+            };
+            self.batch.push_rejected(reason, None);
         }
         Ok(())
     }
@@ -404,6 +435,7 @@ impl<'a> MessageParser<'a> {
                 prefix,
                 name,
                 value,
+                escape: true,
             });
         }
         Ok(MetricsField::Object)
@@ -428,13 +460,15 @@ impl<'a> MessageParser<'a> {
             ),
         };
         let site = f.site_id.text();
+        let device_escape = device.get().and_then(checked_id);
+        let site_escape = site.get().and_then(checked_id);
         let checked: Result<(&'static str, u64, i64), Reason> = 'check: {
             if too_large {
                 break 'check Err(Reason::PayloadTooLarge);
             }
             let ids_ok = tenant.get().is_some_and(valid_tenant)
-                && device.get().is_some_and(valid_id)
-                && site.get().is_some_and(valid_id)
+                && device_escape.is_some()
+                && site_escape.is_some()
                 && token.get().is_some_and(valid_id);
             let seq = match f.seq {
                 Value::Missing | Value::Null => Some(0),
@@ -483,10 +517,10 @@ impl<'a> MessageParser<'a> {
         };
         self.batch.push_accepted(&id, |out| {
             let mut line = Line::start(out, measurement);
-            line.tag("device_id", device);
-            line.tag("site_id", site);
+            line.tag("device_id", tag(device, device_escape));
+            line.tag("site_id", tag(site, site_escape));
             for m in metrics {
-                let name = m.name.as_bytes();
+                let name = Key::scanned(m.name.as_bytes(), m.escape);
                 match m.value {
                     Some(MetricValue::Plain(n)) => line.plain_number(name, &n),
                     Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
@@ -530,20 +564,29 @@ impl<'a> MessageParser<'a> {
             if m.get(i + 1).is_some_and(|next| next.same_name(&m[i])) {
                 continue;
             }
-            m.swap(kept, i);
+            if kept != i {
+                m.swap(kept, i);
+            }
             kept += 1;
         }
         m.truncate(kept);
         m.len() <= MAX_METRICS
-            && m.iter()
-                .all(|m| m.value.is_some() && valid_metric_name(&m.name))
+            && m.iter_mut().all(|m| {
+                let escape = m.value.and(checked_metric_name(&m.name));
+                m.escape = escape.unwrap_or(true);
+                escape.is_some()
+            })
     }
 }
 
-fn valid_metric_name(name: &str) -> bool {
-    (1..=MAX_ID_BYTES).contains(&name.len())
-        && !has_forbidden_char(name.as_bytes())
-        && !matches!(name, "seq" | "time" | "device_id" | "site_id")
+/// A valid id as a tag value; `escape` from `checked_id` (`None`: scan it again).
+fn tag(id: &str, escape: Option<bool>) -> Key<'_> {
+    Key::scanned(id.as_bytes(), escape.unwrap_or(true))
+}
+
+/// `Some(escape)` for a valid metric name, as `checked_id`.
+fn checked_metric_name(name: &str) -> Option<bool> {
+    checked_id(name).filter(|_| !matches!(name, "seq" | "time" | "device_id" | "site_id"))
 }
 
 /// A number token as a finite f64 (correctly rounded), digits ready for printing when short.
@@ -652,6 +695,30 @@ mod tests {
 
     const NOT_JSON: &str = "body is not valid JSON";
     const NO_LIST: &str = "body must be a JSON object with a \"messages\" list";
+
+    #[test]
+    fn ids_are_checked_and_scanned_for_escapes_in_one_pass() {
+        for (id, expected) in [
+            ("dev-1", Some(false)),
+            ("a long device id, 8+ bytes", Some(true)),
+            ("k=v", Some(true)),
+            ("x y", Some(true)),
+            ("caf\u{e9} \u{2028}\u{a0}", Some(true)),
+            ("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}", Some(false)),
+            ("", None),
+            ("a\\b", None),
+            ("a,b\u{7f}", None),
+            ("a long name, then \u{1}", None),
+            ("\u{85}", None),
+            ("a=\u{9f}", None),
+        ] {
+            assert_eq!(checked_id(id), expected, "{id:?}");
+            assert_eq!(valid_id(id), expected.is_some(), "{id:?}");
+        }
+        assert_eq!(checked_id(&"n".repeat(129)), None);
+        assert_eq!(checked_metric_name("seq"), None);
+        assert_eq!(checked_metric_name("a b"), Some(true));
+    }
 
     #[test]
     fn a_valid_message_is_encoded() {
@@ -816,6 +883,8 @@ mod tests {
         );
         let body = format!("{{\"messages\":[ \n{exact}\n , {over} ]}}");
         assert_eq!(reasons(&body), [None, Some("PAYLOAD_TOO_LARGE")]);
+        let spaced = format!("{{\"messages\":[\n{exact} ,\t{exact}\r]}}");
+        assert_eq!(reasons(&spaced), [None, None]);
         let (_, _, json) = batch(&body).unwrap_or_default().response_json();
         assert!(String::from_utf8(json).unwrap_or_default().ends_with(
             r#"{"index":1,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","device_id":"dev-1"}]}"#

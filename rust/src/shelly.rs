@@ -280,7 +280,7 @@ impl ShellyBatch {
             }
             let mut line = Line::start(&mut out, "power");
             line.tag("channel", itoa::Buffer::new().format(self.channel[row]));
-            line.tag("device_id", &self.device_id[row]);
+            line.tag("device_id", self.device_id[row].as_str());
             line.float(b"apower", self.power[row]);
             if let Some(c) = self.current[row] {
                 line.float(b"current", c);

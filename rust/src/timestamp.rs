@@ -30,17 +30,22 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let mut rest = &b[19..];
     let mut frac_ns: i64 = 0;
     if let Some(fraction) = rest.strip_prefix(b".") {
-        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
-        if n == 0 || n > 9 {
+        let mut n = 0;
+        while let Some(d) = fraction.get(n).map(|c| c.wrapping_sub(b'0')) {
+            if d >= 10 {
+                break;
+            }
+            if n == 9 {
+                return None;
+            }
+            frac_ns = frac_ns * 10 + i64::from(d);
+            n += 1;
+        }
+        if n == 0 {
             return None;
         }
-        for &c in &fraction[..n] {
-            frac_ns = frac_ns * 10 + i64::from(c - b'0');
-        }
-        for _ in n..9 {
-            frac_ns *= 10;
-        }
-        rest = &fraction[n..];
+        frac_ns *= POW10[9 - n];
+        rest = fraction.get(n..)?;
     }
     let offset_s = match *rest {
         [b'Z' | b'z'] => 0,
@@ -67,6 +72,19 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     i64::try_from(ns).ok()
 }
+
+const POW10: [i64; 10] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
 
 /// Two ASCII digits as a number.
 fn two(a: u8, b: u8) -> Option<i64> {
