@@ -12,12 +12,14 @@ import json
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from tidegate import logs, registry
-from tidegate.config import INFLUX_APIS, Config, ConfigError
+from tidegate.config import INFLUX_APIS, Config, ConfigError, positive_float, positive_int
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -50,30 +52,22 @@ def _id_arg(value: str) -> str:
     return value
 
 
+def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a config parser, so arguments and variables share their rules."""
+
+    def convert(value: str) -> T:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def _secret_arg(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return value
-
-
-def _positive_float_arg(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
-    return number
-
-
-def _positive_int_arg(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
-    return number
 
 
 def _url_arg(value: str) -> str:
@@ -182,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     device_add.add_argument("--tenant", required=True, type=_tenant_arg)
     device_add.add_argument("--device", required=True, type=_id_arg)
     device_add.add_argument("--site", required=True, type=_id_arg)
-    device_add.add_argument("--rps", type=_positive_float_arg, help="messages per second")
-    device_add.add_argument("--burst", type=_positive_int_arg, help="bucket size")
+    device_add.add_argument("--rps", type=_arg(positive_float), help="messages per second")
+    device_add.add_argument("--burst", type=_arg(positive_int), help="bucket size")
     device_add.add_argument("--token", type=_secret_arg, help="default: a random 256-bit token")
     device_add.set_defaults(run=_device_add)
 

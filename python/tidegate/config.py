@@ -78,7 +78,7 @@ class Config:
         influxdb_url = r.get("INFLUXDB_URL", None, _url)
         cfg = cls(
             database_url=r.get("DATABASE_URL", None, _database_url) or None,
-            database_pool_size=r.get("DATABASE_POOL_SIZE", 10, _positive_int),
+            database_pool_size=r.get("DATABASE_POOL_SIZE", 10, positive_int),
             data_dir=Path(r.get("TIDEGATE_DATA_DIR", "tidegate-data", str)),
             core=core,
             influxdb_url=influxdb_url,
@@ -86,30 +86,30 @@ class Config:
             influxdb_org=r.get("INFLUXDB_ORG", None, str),
             influx_api=influx_api,
             influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", False, _bool),
-            influx_batch_size=r.get("INFLUX_BATCH_SIZE", 500, _positive_int),
-            influx_flush_interval_ms=r.get("INFLUX_FLUSH_INTERVAL_MS", 1000, _positive_int),
-            influx_max_body_lines=r.get("INFLUX_MAX_BODY_LINES", 5000, _positive_int),
-            influx_timeout_s=r.get("INFLUX_TIMEOUT_S", 10.0, _positive_float),
-            influx_max_concurrency=r.get("INFLUX_MAX_CONCURRENCY", 4, _positive_int),
-            influx_retry_base_s=r.get("INFLUX_RETRY_BASE_S", 0.5, _positive_float),
-            influx_retry_max_s=r.get("INFLUX_RETRY_MAX_S", 30.0, _positive_float),
-            max_body_bytes=r.get("TIDEGATE_MAX_BODY_BYTES", 1 << 20, _positive_int),
-            max_payload_bytes=r.get("TIDEGATE_MAX_PAYLOAD_BYTES", 8192, _positive_int),
-            buffer_max_bytes=r.get("TIDEGATE_BUFFER_MAX_BYTES", 64 << 20, _positive_int),
-            buffer_flush_bytes=r.get("TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, _positive_int),
-            default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, _positive_float),
-            default_burst=r.get("TIDEGATE_DEFAULT_BURST", 100, _positive_int),
+            influx_batch_size=r.get("INFLUX_BATCH_SIZE", 500, positive_int),
+            influx_flush_interval_ms=r.get("INFLUX_FLUSH_INTERVAL_MS", 1000, positive_int),
+            influx_max_body_lines=r.get("INFLUX_MAX_BODY_LINES", 5000, positive_int),
+            influx_timeout_s=r.get("INFLUX_TIMEOUT_S", 10.0, positive_float),
+            influx_max_concurrency=r.get("INFLUX_MAX_CONCURRENCY", 4, positive_int),
+            influx_retry_base_s=r.get("INFLUX_RETRY_BASE_S", 0.5, positive_float),
+            influx_retry_max_s=r.get("INFLUX_RETRY_MAX_S", 30.0, positive_float),
+            max_body_bytes=r.get("TIDEGATE_MAX_BODY_BYTES", 1 << 20, positive_int),
+            max_payload_bytes=r.get("TIDEGATE_MAX_PAYLOAD_BYTES", 8192, positive_int),
+            buffer_max_bytes=r.get("TIDEGATE_BUFFER_MAX_BYTES", 64 << 20, positive_int),
+            buffer_flush_bytes=r.get("TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, positive_int),
+            default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, positive_float),
+            default_burst=r.get("TIDEGATE_DEFAULT_BURST", 100, positive_int),
             auth_cache_ttl_s=r.get("TIDEGATE_AUTH_CACHE_TTL_S", 60.0, _non_negative_float),
             auth_cache_negative_ttl_s=r.get(
                 "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S", 5.0, _non_negative_float
             ),
-            auth_cache_max_entries=r.get("TIDEGATE_AUTH_CACHE_MAX_ENTRIES", 100_000, _positive_int),
+            auth_cache_max_entries=r.get("TIDEGATE_AUTH_CACHE_MAX_ENTRIES", 100_000, positive_int),
             ingest_api_key=r.get("INGEST_API_KEY", None, str) or None,
             ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
-            shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, _positive_int),
+            shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, positive_int),
             host=r.get("TIDEGATE_HOST", "127.0.0.1", str),
             port=r.get("TIDEGATE_PORT", 8080, _port),
-            shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, _positive_float),
+            shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, positive_float),
             log_level=r.get("TIDEGATE_LOG_LEVEL", "info", _log_level),
         )
         if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
@@ -136,17 +136,25 @@ class _Reader:
             raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
+def positive_int(raw: str) -> int:
+    """Parse a whole number > 0 (also used by the CLI's arguments)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an integer") from None
     if value <= 0:
-        raise ValueError("must be a positive integer")
+        raise ValueError(f"{raw!r} must be a positive integer")
     return value
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a positive number")
+def positive_float(raw: str) -> float:
+    """Parse a finite number > 0 (also used by the CLI's arguments)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{raw!r} must be a positive number")
     return value
 
 
