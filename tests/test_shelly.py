@@ -29,7 +29,7 @@ from services import InfluxDB
 from tidegate.app import Gateway, create_app
 from tidegate.config import Config
 from tidegate.registry import Registry
-from tidegate.shelly import db_down
+from tidegate.shelly import Shelly, db_down
 
 Start = Callable[..., GatewayProcess]
 T = TypeVar("T")
@@ -638,10 +638,35 @@ def test_database_that_does_not_answer_is_503_and_nothing_is_buffered(
     run(go())
 
 
-def test_lines_that_do_not_fit_the_buffer_are_counted_and_the_rows_stay(tmp_path: Path) -> None:
+def test_readings_that_would_not_fit_the_buffer_are_503_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
     async def go() -> None:
-        # Room for about one line: the insert succeeds, the line protocol does not fit.
+        # Room for about one line: four readings' line protocol does not fit.
         async with app_client(tmp_path, TIDEGATE_BUFFER_MAX_BYTES=100) as (client, gw):
+            headers = {"X-API-Key": KEY}
+            body = {"messages": [four("plug-1", MINUTE)]}
+            r = await client.post("/api/ingest/batch", json=body, headers=headers)
+            # Retry-After: the flush interval, as for the telemetry routes' BUFFER_FULL.
+            assert (r.status_code, r.headers["retry-after"]) == (503, gw.buffer_retry_after)
+            assert r.json() == {
+                "detail": "ingest buffers are full; retry later",
+                "reason": "BUFFER_FULL",
+            }
+            assert gw.buffers.depth() == {}
+            r = await client.get("/api/stats/queue", headers=headers)
+            assert r.json()["total_logs"] == 0
+
+    run(go())
+
+
+def test_lines_that_stop_fitting_after_the_insert_are_counted_and_the_rows_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def go() -> None:
+        async with app_client(tmp_path, TIDEGATE_BUFFER_MAX_BYTES=100) as (client, gw):
+            # Another request fills the buffer between the room check and the insert.
+            monkeypatch.setattr(Shelly, "_room_for", lambda *_: True)
             headers = {"X-API-Key": KEY}
             r = await client.post(
                 "/api/ingest/batch", json={"messages": [four("plug-1", MINUTE)]}, headers=headers

@@ -36,6 +36,9 @@ DB_RETRY_AFTER_S = "1"
 CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
 UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
 DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
+BUFFER_FULL = orjson.dumps(
+    {"detail": "ingest buffers are full; retry later", "reason": "BUFFER_FULL"}
+)
 
 # Failures to reach the database, worth a retry: the batch was one statement, so either all of
 # it is stored or none, and a retry of a stored batch only finds duplicates. Anything else
@@ -124,6 +127,8 @@ class Shelly:
                 return Response(orjson.dumps({"detail": exc.detail}), 422, None, JSON)
             # The core builds a column's list on each access: read the count once.
             found = len(batch.channel)
+            if found and not self._room_for(batch, found):
+                return self._buffer_full(tenant, found)
             rows = await gw.registry.insert_power_logs(tenant, batch) if found else []
         except BodyRejected as exc:
             return Response(orjson.dumps({"detail": exc.detail}), exc.status, None, JSON)
@@ -161,12 +166,31 @@ class Shelly:
             return Response(CONFIG_ERROR, 500, None, JSON)
         return Response(UNAUTHORIZED, 401, None, JSON)
 
+    def _room_for(self, batch: ShellyBatch, found: int) -> bool:
+        """Whether every reading's line protocol would fit the buffers now.
+
+        Checked before the insert: once the rows are stored, a retry finds only duplicates
+        and buffers nothing, so this is the last moment to push back instead of dropping."""
+        need = len(batch.encode(range(found))[0])
+        buffers = self.gw.buffers
+        return buffers.total_bytes + need <= buffers.max_bytes
+
+    def _buffer_full(self, tenant: str, found: int) -> Response:
+        logs.log("shelly_buffer_full", level="warning", tenant=tenant, readings=found)
+        return Response(
+            BUFFER_FULL,
+            503,
+            {"Retry-After": self.gw.buffer_retry_after},
+            JSON,
+        )
+
     def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
         """Queue the new readings' line protocol for InfluxDB.
 
         They are already stored in power_logs, the record a retry is checked against; a retry
-        would find them all duplicates and buffer nothing. So when the buffer is full the lines
-        are dropped, counted and logged rather than failing a request that did its job.
+        would find them all duplicates and buffer nothing. `_room_for` refused the request when
+        the lines could not fit; if concurrent requests filled the buffer since, the lines are
+        dropped, counted and logged rather than failing a request that did its job.
         """
         gw = self.gw
         lines, count = batch.encode(rows)
@@ -322,7 +346,7 @@ def _responses(own: dict[str, Any]) -> dict[str, Any]:
         **own,
         "401": _json(_DETAIL, "Missing or wrong X-API-Key"),
         "500": _json(_DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
-        "503": _json(_DETAIL, "Database unavailable, or shutting down", True),
+        "503": _json(_DETAIL, "Database unavailable, buffers full, or shutting down", True),
     }
 
 
