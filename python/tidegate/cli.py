@@ -11,7 +11,8 @@ import asyncio
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -76,32 +77,32 @@ def _url_arg(value: str) -> str:
     return value.rstrip("/")
 
 
-async def _migrate(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+@asynccontextmanager
+async def _opened(cfg: Config) -> AsyncIterator[registry.Registry]:
     reg = await registry.Registry.open(cfg)
     try:
-        await reg.migrate()
-        return {"migrated": True, "backend": reg.backend}
+        yield reg
     finally:
         await reg.close()
+
+
+async def _migrate(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    async with _opened(cfg) as reg:
+        await reg.migrate()
+        return {"migrated": True, "backend": reg.backend}
 
 
 async def _tenant_add(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    reg = await registry.Registry.open(cfg)
-    try:
+    async with _opened(cfg) as reg:
         api_key = await reg.add_tenant(args.tenant, args.api_key)
-    finally:
-        await reg.close()
     return {"tenant_id": args.tenant, "api_key": api_key}
 
 
 async def _device_add(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    reg = await registry.Registry.open(cfg)
-    try:
+    async with _opened(cfg) as reg:
         token = await reg.add_device(
             args.tenant, args.device, args.site, rps=args.rps, burst=args.burst, token=args.token
         )
-    finally:
-        await reg.close()
     return {
         "tenant_id": args.tenant,
         "device_id": args.device,
@@ -111,22 +112,16 @@ async def _device_add(cfg: Config, args: argparse.Namespace) -> dict[str, object
 
 
 async def _device_revoke(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    reg = await registry.Registry.open(cfg)
-    try:
+    async with _opened(cfg) as reg:
         revoked = await reg.revoke_device(args.tenant, args.device)
-    finally:
-        await reg.close()
     if not revoked:
         raise CommandFailed(f"no device {args.device!r} in tenant {args.tenant!r}")
     return {"tenant_id": args.tenant, "device_id": args.device, "status": registry.REVOKED}
 
 
 async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    reg = await registry.Registry.open(cfg)
-    try:
+    async with _opened(cfg) as reg:
         devices = await reg.list_devices(args.tenant)
-    finally:
-        await reg.close()
     return {"tenant_id": args.tenant, "devices": devices}
 
 
