@@ -13,7 +13,10 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: Mapping[str, Any], description: str, retry_after: bool = False) -> dict[str, Any]:
+def response_spec(
+    schema: Mapping[str, Any], description: str, retry_after: bool = False
+) -> dict[str, Any]:
+    """An OpenAPI JSON response object (shelly.py describes its routes with it too)."""
     out: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": dict(schema)}},
@@ -23,7 +26,7 @@ def _json(schema: Mapping[str, Any], description: str, retry_after: bool = False
     return out
 
 
-_DETAIL = _ref("Detail")
+DETAIL = _ref("Detail")
 _GZIP = {
     "name": "Content-Encoding",
     "in": "header",
@@ -153,17 +156,17 @@ _PATHS: dict[str, Any] = {
                 "content": {"application/json": {"schema": _ref("BatchRequest")}},
             },
             "responses": {
-                "202": _json(_ref("BatchResponse"), "At least one message accepted", True),
-                "400": _json(
-                    {"oneOf": [_ref("BatchResponse"), _DETAIL]},
+                "202": response_spec(_ref("BatchResponse"), "At least one message accepted", True),
+                "400": response_spec(
+                    {"oneOf": [_ref("BatchResponse"), DETAIL]},
                     "No message accepted, or the body is unusable ({detail})",
                     True,
                 ),
-                "413": _json(_DETAIL, "Body over the size cap"),
-                "415": _json(_DETAIL, "Unsupported Content-Encoding"),
-                "429": _json(_ref("BatchResponse"), "Every message rate limited", True),
-                "503": _json(
-                    {"oneOf": [_ref("BatchResponse"), _DETAIL]},
+                "413": response_spec(DETAIL, "Body over the size cap"),
+                "415": response_spec(DETAIL, "Unsupported Content-Encoding"),
+                "429": response_spec(_ref("BatchResponse"), "Every message rate limited", True),
+                "503": response_spec(
+                    {"oneOf": [_ref("BatchResponse"), DETAIL]},
                     "Buffers full, or shutting down",
                     True,
                 ),
@@ -195,36 +198,42 @@ _PATHS: dict[str, Any] = {
                 "content": {"application/json": {"schema": _ref("SingleMessage")}},
             },
             "responses": {
-                "202": _json(_ref("Status"), "Accepted into the buffer"),
-                "400": _json(_DETAIL, "Bad msg_type, JSON or schema; `reason` names the rule"),
-                "401": _json(_DETAIL, "Missing or invalid X-Provision-Token, or unknown device"),
-                "403": _json(_DETAIL, "site_id differs from the device's registered site"),
-                "413": _json(_DETAIL, "Body or message over the size cap"),
-                "415": _json(_DETAIL, "Unsupported Content-Encoding"),
-                "429": _json(_ref("RateLimited"), "Device rate limit; the body names it", True),
-                "503": _json(_DETAIL, "Buffers full, or shutting down", True),
+                "202": response_spec(_ref("Status"), "Accepted into the buffer"),
+                "400": response_spec(
+                    DETAIL, "Bad msg_type, JSON or schema; `reason` names the rule"
+                ),
+                "401": response_spec(
+                    DETAIL, "Missing or invalid X-Provision-Token, or unknown device"
+                ),
+                "403": response_spec(DETAIL, "site_id differs from the device's registered site"),
+                "413": response_spec(DETAIL, "Body or message over the size cap"),
+                "415": response_spec(DETAIL, "Unsupported Content-Encoding"),
+                "429": response_spec(
+                    _ref("RateLimited"), "Device rate limit; the body names it", True
+                ),
+                "503": response_spec(DETAIL, "Buffers full, or shutting down", True),
             },
         }
     },
     "/health": {
         "get": {
             "summary": "Process alive",
-            "responses": {"200": _json(_ref("Status"), "Alive")},
+            "responses": {"200": response_spec(_ref("Status"), "Alive")},
         }
     },
     "/ready": {
         "get": {
             "summary": "Ready: the registry answers and the sink is neither failing nor full",
             "responses": {
-                "200": _json(_ref("Status"), "Ready"),
-                "503": _json(_ref("Status"), "Not ready; `reason` says why"),
+                "200": response_spec(_ref("Status"), "Ready"),
+                "503": response_spec(_ref("Status"), "Not ready; `reason` says why"),
             },
         }
     },
     "/ingest/v1/stats": {
         "get": {
             "summary": "Counters, buffer depth and sink statistics",
-            "responses": {"200": _json(_ref("Stats"), "Statistics")},
+            "responses": {"200": response_spec(_ref("Stats"), "Statistics")},
         }
     },
     "/metrics": {
@@ -241,7 +250,7 @@ _PATHS: dict[str, Any] = {
     "/openapi.json": {
         "get": {
             "summary": "This document",
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            "responses": {"200": response_spec({"type": "object"}, "OpenAPI 3.1")},
         }
     },
 }

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from tidegate import logs
 from tidegate.body import BodyRejected, read_body
+from tidegate.openapi import DETAIL, response_spec
 
 if TYPE_CHECKING:
     from tidegate._core import ShellyBatch
@@ -251,23 +252,6 @@ _KEY_PARAM: dict[str, Any] = {
     "schema": {"type": "string"},
     "description": "INGEST_API_KEY (the INGEST_TENANT tenant) or a tenant's API key.",
 }
-_DETAIL: dict[str, Any] = {
-    "type": "object",
-    "required": ["detail"],
-    "properties": {"detail": {"type": "string"}},
-}
-
-
-def _json(schema: dict[str, Any], description: str, retry_after: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": schema}},
-    }
-    if retry_after:
-        out["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
-    return out
-
-
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 _MESSAGE: dict[str, Any] = {
     "type": "object",
@@ -344,9 +328,9 @@ def _responses(own: dict[str, Any]) -> dict[str, Any]:
     """A route's own responses plus those of the API key check."""
     return {
         **own,
-        "401": _json(_DETAIL, "Missing or wrong X-API-Key"),
-        "500": _json(_DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
-        "503": _json(_DETAIL, "Database unavailable, buffers full, or shutting down", True),
+        "401": response_spec(DETAIL, "Missing or wrong X-API-Key"),
+        "500": response_spec(DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
+        "503": response_spec(DETAIL, "Database unavailable, buffers full, or shutting down", True),
     }
 
 
@@ -381,9 +365,9 @@ OPENAPI_PATHS: dict[str, object] = {
             },
             "responses": _responses(
                 {
-                    "200": _json(_BATCH_RESPONSE, "Stored; counters of what happened"),
-                    "413": _json(_DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
-                    "422": _json(_DETAIL, "Not JSON, no messages list, empty or over 1000"),
+                    "200": response_spec(_BATCH_RESPONSE, "Stored; counters of what happened"),
+                    "413": response_spec(DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
+                    "422": response_spec(DETAIL, "Not JSON, no messages list, empty or over 1000"),
                 }
             ),
         }
@@ -392,7 +376,7 @@ OPENAPI_PATHS: dict[str, object] = {
         "get": {
             "summary": "The key's tenant's power logs of the last 24 hours",
             "parameters": [_KEY_PARAM],
-            "responses": _responses({"200": _json(_STATS, "Statistics")}),
+            "responses": _responses({"200": response_spec(_STATS, "Statistics")}),
         }
     },
 }
