@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from services import free_port
 from tidegate.config import Config
 from tidegate.registry import AlreadyExists, Registry
 
@@ -37,14 +37,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 # Variables of the outer environment that would change what the gateway under test does.
 _OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -416,7 +416,7 @@ def test_not_ready_when_the_registry_is_gone(gateway: Start, postgres: Any) -> N
 
 
 def test_not_ready_while_the_sink_is_failing(gateway: Start) -> None:
-    from gateway import free_port  # a port nothing listens on: every write fails
+    from services import free_port  # a port nothing listens on: every write fails
 
     gw = gateway(
         {
@@ -475,7 +475,7 @@ def test_unknown_routes_and_methods_answer_json(gateway: Start) -> None:
 
 
 def test_start_up_fails_with_exit_3_when_the_registry_is_unreachable(gateway: Start) -> None:
-    from gateway import free_port
+    from services import free_port
 
     with pytest.raises(AssertionError, match="gateway exited with 3 at start") as failed:
         gateway({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/none"})
