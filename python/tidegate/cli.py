@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import logs, registry
+from tidegate import logs
 from tidegate.config import INFLUX_APIS, Config, ConfigError, positive_float, positive_int
+from tidegate.store import registry
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ def _url_arg(value: str) -> str:
 
 @asynccontextmanager
 async def _opened(cfg: Config) -> AsyncIterator[registry.Registry]:
-    reg = await registry.Registry.open(cfg)
+    reg = await registry.open_registry(cfg)
     try:
         yield reg
     finally:
@@ -127,9 +128,9 @@ async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, objec
 
 async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     # Imported here: only replay needs httpx and the core.
-    from tidegate import sink
+    from tidegate.sink.replay import replay
 
-    counts = await sink.replay(cfg, args.influx, args.api or cfg.influx_api)
+    counts = await replay(cfg, args.influx, args.api or cfg.influx_api)
     if counts.get("files_failed"):
         raise CommandFailed("a file could not be sent; run replay again to resume", **counts)
     return dict(counts)
@@ -137,9 +138,9 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
 
 def _serve(cfg: Config) -> int:
     # Imported here: only serve needs Starlette and uvicorn.
-    from tidegate import app
+    from tidegate.http.app import serve
 
-    app.serve(cfg)
+    serve(cfg)
     return EXIT_OK
 
 

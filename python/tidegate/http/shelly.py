@@ -19,17 +19,16 @@ import orjson
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from tidegate import logs
-from tidegate.body import BodyRejected, read_body
-from tidegate.openapi import DETAIL, response_spec
+from tidegate.http.body import read_body
+from tidegate.http.endpoint import JSON, route
+from tidegate.http.gateway import Gateway
 
 if TYPE_CHECKING:
     from tidegate._core import ShellyBatch
-    from tidegate.app import Gateway
 
-JSON = "application/json"
 API_KEY_HEADER = "x-api-key"
 MAX_MESSAGES = 1000
 DB_RETRY_AFTER_S = "1"
@@ -62,11 +61,19 @@ def db_down(exc: Exception) -> bool:
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
-    """The Shelly routes, sharing the gateway's config, core, registry, buffers and metrics."""
+    """The Shelly routes; a body the core cannot parse is a 422 (seed 001's contract)."""
     shelly = Shelly(gw)
     return [
-        Route("/api/ingest/batch", shelly.ingest, methods=["POST"]),
-        Route("/api/stats/queue", shelly.stats, methods=["GET"]),
+        route(
+            gw,
+            "/api/ingest/batch",
+            "POST",
+            "shelly_batch",
+            shelly.ingest,
+            ingest=True,
+            body_error=422,
+        ),
+        route(gw, "/api/stats/queue", "GET", "shelly_stats", shelly.stats),
     ]
 
 
@@ -87,52 +94,22 @@ class Shelly:
             "Shelly readings stored in power_logs whose line protocol did not fit the buffer",
             registry=registry,
         )
-        self._observe_ingest = gw.metrics.request_seconds.labels("shelly_batch").observe
-        self._observe_stats = gw.metrics.request_seconds.labels("shelly_stats").observe
 
     async def ingest(self, request: Request) -> Response:
         """POST /api/ingest/batch."""
         start = time.perf_counter()
-        response = await self._ingest(request, start)
-        self._observe_ingest(time.perf_counter() - start)
-        return response
-
-    async def stats(self, request: Request) -> Response:
-        """GET /api/stats/queue: the key's tenant's last 24 hours."""
-        start = time.perf_counter()
-        try:
-            tenant = await self._tenant(request)
-            if isinstance(tenant, Response):
-                return tenant
-            out = await self.gw.registry.power_log_stats(tenant)
-        except Exception as exc:
-            if not db_down(exc):
-                raise
-            return self._db_unavailable("shelly_stats", exc)
-        finally:
-            self._observe_stats(time.perf_counter() - start)
-        return Response(orjson.dumps(out), 200, None, JSON)
-
-    async def _ingest(self, request: Request, start: float) -> Response:
         gw = self.gw
-        if gw.draining:
-            return gw.unavailable()
         try:
             tenant = await self._tenant(request)
             if isinstance(tenant, Response):
                 return tenant
             body = await read_body(request, gw.cfg.shelly_max_body_bytes)
-            try:
-                batch = gw.core.parse_shelly(body, int(time.time()), MAX_MESSAGES)
-            except gw.core.BodyError as exc:
-                return Response(orjson.dumps({"detail": exc.detail}), 422, None, JSON)
+            batch = gw.core.parse_shelly(body, int(time.time()), MAX_MESSAGES)
             # The core builds a column's list on each access: read the count once.
             found = len(batch.channel)
             if found and not self._room_for(batch, found):
                 return self._buffer_full(tenant, found)
-            rows = await gw.registry.insert_power_logs(tenant, batch) if found else []
-        except BodyRejected as exc:
-            return Response(orjson.dumps({"detail": exc.detail}), exc.status, None, JSON)
+            rows = await gw.services.registry.power_logs.insert(tenant, batch) if found else []
         except Exception as exc:
             if not db_down(exc):
                 raise
@@ -140,6 +117,19 @@ class Shelly:
         if rows:
             self._buffer(tenant, batch, rows)
         return self._respond(tenant, batch, found, len(rows), start)
+
+    async def stats(self, request: Request) -> Response:
+        """GET /api/stats/queue: the key's tenant's last 24 hours."""
+        try:
+            tenant = await self._tenant(request)
+            if isinstance(tenant, Response):
+                return tenant
+            out = await self.gw.services.registry.power_logs.stats(tenant)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("shelly_stats", exc)
+        return Response(orjson.dumps(out), 200, None, JSON)
 
     async def _tenant(self, request: Request) -> str | Response:
         """The tenant of the request's X-API-Key, or the 401/500 response."""
@@ -155,10 +145,10 @@ class Shelly:
                 key = raw.decode()
             except UnicodeDecodeError:
                 key = None  # tenant keys are text: no UTF-8, no match
-            tenant = await self.gw.registry.tenant_for_api_key(key) if key else None
+            tenant = await self.gw.services.registry.tenant_for_api_key(key) if key else None
             if tenant is not None:
                 return tenant
-        if cfg.ingest_api_key is None and not await self.gw.registry.has_tenants():
+        if cfg.ingest_api_key is None and not await self.gw.services.registry.has_tenants():
             logs.log(
                 "shelly_not_configured",
                 level="error",
@@ -173,7 +163,7 @@ class Shelly:
         Checked before the insert: once the rows are stored, a retry finds only duplicates
         and buffers nothing, so this is the last moment to push back instead of dropping."""
         need = len(batch.encode(range(found))[0])
-        buffers = self.gw.buffers
+        buffers = self.gw.services.buffers
         return buffers.total_bytes + need <= buffers.max_bytes
 
     def _buffer_full(self, tenant: str, found: int) -> Response:
@@ -193,9 +183,9 @@ class Shelly:
         the lines could not fit; if concurrent requests filled the buffer since, the lines are
         dropped, counted and logged rather than failing a request that did its job.
         """
-        gw = self.gw
+        services = self.gw.services
         lines, count = batch.encode(rows)
-        if not gw.buffers.append_lines(tenant, lines, count):
+        if not services.buffers.append_lines(tenant, lines, count):
             self.influx_dropped.inc(count)
             logs.log(
                 "shelly_influx_dropped",
@@ -205,9 +195,9 @@ class Shelly:
                 reason="BUFFER_FULL",
             )
             return
-        ready = gw.buffers.ready()
+        ready = services.buffers.ready()
         if ready:
-            gw.sink.notify(ready)
+            services.sink.notify(ready)
 
     def _respond(
         self, tenant: str, batch: ShellyBatch, found: int, inserted: int, start: float
@@ -243,140 +233,3 @@ class Shelly:
     def _db_unavailable(self, route: str, exc: BaseException) -> Response:
         logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
         return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER_S}, JSON)
-
-
-_KEY_PARAM: dict[str, Any] = {
-    "name": "X-API-Key",
-    "in": "header",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "INGEST_API_KEY (the INGEST_TENANT tenant) or a tenant's API key.",
-}
-_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
-_MESSAGE: dict[str, Any] = {
-    "type": "object",
-    "required": ["src", "timestamp", "params"],
-    "properties": {
-        "src": {"type": "string", "description": "Device id; trimmed, 1..128 bytes"},
-        "timestamp": {"type": "integer", "description": "Unix seconds, at most 1 day ahead"},
-        "params": {
-            "type": "object",
-            "description": (
-                "`switch:0`..`switch:3` objects with a numeric `apower` (and optional "
-                "`voltage`, `current`) each give one reading; other keys are ignored."
-            ),
-        },
-    },
-}
-_BATCH_RESPONSE: dict[str, Any] = {
-    "type": "object",
-    "required": [
-        "inserted",
-        "duplicates",
-        "errors",
-        "total_messages",
-        "devices",
-        "processing_time",
-        "error_details",
-    ],
-    "properties": {
-        "inserted": {**_COUNT, "description": "New readings stored"},
-        "duplicates": {
-            **_COUNT,
-            "description": "Readings whose key was already stored or repeated in the batch",
-        },
-        "errors": {**_COUNT, "description": "Invalid messages and readings (error_details)"},
-        "total_messages": _COUNT,
-        "devices": {**_COUNT, "description": "Distinct src among valid messages"},
-        "processing_time": {"type": "number", "description": "Seconds"},
-        "error_details": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["index", "reason"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "reason": {
-                        "type": "string",
-                        "enum": [
-                            "INVALID_MESSAGE",
-                            "INVALID_SRC",
-                            "INVALID_TIMESTAMP",
-                            "INVALID_PARAMS",
-                            "INVALID_READING",
-                        ],
-                    },
-                },
-            },
-        },
-    },
-}
-_STATS: dict[str, Any] = {
-    "type": "object",
-    "required": ["period", "total_logs", "from_queue", "devices", "last_insert"],
-    "properties": {
-        "period": {"const": "24h"},
-        "total_logs": _COUNT,
-        "from_queue": _COUNT,
-        "devices": _COUNT,
-        "last_insert": {"type": ["string", "null"], "format": "date-time"},
-    },
-}
-
-
-def _responses(own: dict[str, Any]) -> dict[str, Any]:
-    """A route's own responses plus those of the API key check."""
-    return {
-        **own,
-        "401": response_spec(DETAIL, "Missing or wrong X-API-Key"),
-        "500": response_spec(DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
-        "503": response_spec(DETAIL, "Database unavailable, buffers full, or shutting down", True),
-    }
-
-
-OPENAPI_PATHS: dict[str, object] = {
-    "/api/ingest/batch": {
-        "post": {
-            "summary": "Store a batch of 1 to 1000 Shelly status messages",
-            "description": (
-                "Readings are stored in power_logs once per key `{src}_{channel}_{minute}`, in "
-                "one statement, and the new ones are buffered for InfluxDB (measurement "
-                "`power`). An invalid message or reading is counted and listed; the rest go in."
-            ),
-            "parameters": [_KEY_PARAM],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["messages"],
-                            "properties": {
-                                "messages": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "maxItems": MAX_MESSAGES,
-                                    "items": _MESSAGE,
-                                }
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": _responses(
-                {
-                    "200": response_spec(_BATCH_RESPONSE, "Stored; counters of what happened"),
-                    "413": response_spec(DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
-                    "422": response_spec(DETAIL, "Not JSON, no messages list, empty or over 1000"),
-                }
-            ),
-        }
-    },
-    "/api/stats/queue": {
-        "get": {
-            "summary": "The key's tenant's power logs of the last 24 hours",
-            "parameters": [_KEY_PARAM],
-            "responses": _responses({"200": response_spec(_STATS, "Statistics")}),
-        }
-    },
-}
