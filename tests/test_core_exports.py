@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
+import tidegate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from messages import load_core
@@ -118,3 +124,74 @@ def test_reason_detail_explains_each_validation_reason(core: object) -> None:
 def test_reason_detail_refuses_other_codes(core: object, reason: str, error: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(error)}$"):
         core.reason_detail(reason)  # type: ignore[attr-defined]
+
+
+# -- the API: stub, compiled core and twin have the same names and signatures ------------------
+
+STUB = ast.parse((Path(tidegate.__file__).parent / "_core.pyi").read_text())
+
+
+def stub_all() -> list[str]:
+    [names] = [
+        n.value
+        for n in STUB.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "__all__"
+    ]
+    assert isinstance(names, ast.List)
+    return [ast.literal_eval(e) for e in names.elts]
+
+
+def stub_params(f: ast.FunctionDef) -> list[tuple[str, object]]:
+    """`(name, default)` per parameter, `self`/`cls` left out; `...` for no default."""
+    args = f.args.args
+    defaults = [...] * (len(args) - len(f.args.defaults)) + [
+        ast.literal_eval(d) for d in f.args.defaults
+    ]
+    return [(a.arg, d) for a, d in zip(args, defaults, strict=True) if a.arg not in ("self", "cls")]
+
+
+def runtime_params(obj: Any) -> list[tuple[str, object]]:
+    params = inspect.signature(obj).parameters.values()
+    return [
+        (p.name, ... if p.default is p.empty else p.default)
+        for p in params
+        if p.name not in ("self", "cls")
+    ]
+
+
+def instances(core: Any) -> dict[str, object]:
+    body = json.dumps({"messages": [{"src": "d", "timestamp": 1, "params": {}}]}).encode()
+    return {
+        "Batch": core.parse_batch(body, 0),
+        "ShellyBatch": core.parse_shelly(body, 10),
+        "TenantBuffers": core.TenantBuffers(),
+        "BodyError": core.BodyError("x"),
+    }
+
+
+def test_stub_all_lists_every_public_name_of_both_cores() -> None:
+    public = stub_all()
+    for core in (RUST, TWIN):
+        assert set(public) <= set(dir(core))
+    assert sorted(n for n in dir(RUST) if not n.startswith("_")) == sorted(public)
+
+
+@pytest.mark.parametrize("core", [RUST, TWIN], ids=["rust", "python"])
+def test_both_cores_have_the_stubs_signatures(core: Any) -> None:
+    objects = instances(core)
+    for node in STUB.body:
+        if isinstance(node, ast.FunctionDef):
+            assert runtime_params(getattr(core, node.name)) == stub_params(node), node.name
+        if not isinstance(node, ast.ClassDef):
+            continue
+        cls = getattr(core, node.name)
+        for member in node.body:
+            if isinstance(member, ast.AnnAssign):
+                assert isinstance(member.target, ast.Name)
+                assert hasattr(objects.get(node.name, cls), member.target.id), member.target.id
+            elif isinstance(member, ast.FunctionDef) and member.decorator_list:
+                assert hasattr(objects[node.name], member.name), member.name
+            elif isinstance(member, ast.FunctionDef):
+                where = f"{node.name}.{member.name}"
+                runtime = cls if member.name == "__new__" else getattr(cls, member.name)
+                assert runtime_params(runtime) == stub_params(member), where
