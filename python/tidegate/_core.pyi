@@ -24,16 +24,22 @@ from typing import Final, Self, final
 
 __all__ = [
     "BUFFER_FULL",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "INVALID_METRICS",
     "INVALID_MSG_TYPE",
     "INVALID_SCHEMA",
     "INVALID_TIMESTAMP",
     "MAX_BATCH_MESSAGES",
+    "MAX_ID_BYTES",
+    "MAX_METRICS",
     "MAX_SHELLY_MESSAGES",
+    "MAX_TENANT_CHARS",
+    "MSG_TYPES",
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "REASONS",
     "SITE_MISMATCH",
+    "TENANT_PATTERN",
     "UNAUTHORIZED",
     "Batch",
     "BodyError",
@@ -42,6 +48,9 @@ __all__ = [
     "parse_batch",
     "parse_shelly",
     "parse_single",
+    "reason_detail",
+    "valid_id",
+    "valid_tenant",
 ]
 
 # Per-item reason codes. Stable: clients and dashboards match on them.
@@ -57,8 +66,27 @@ BUFFER_FULL: Final = "BUFFER_FULL"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
 
+# The limits the core enforces (docs/core-rules.md); the shell imports them, never retypes them.
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
+MAX_ID_BYTES: Final = 128
+MAX_TENANT_CHARS: Final = 64
+# `valid_tenant` as a regular expression, for OpenAPI's `pattern`.
+TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
+MAX_METRICS: Final = 256
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+MSG_TYPES: Final[tuple[str, ...]]
+
+def valid_tenant(s: str) -> bool:
+    """Whether `s` is a tenant id: 1 to 64 of `a-z`, `0-9`, `_`, `-`."""
+
+def valid_id(s: str) -> bool:
+    """Whether `s` is a valid device id, site id or provision token: 1 to 128 bytes of UTF-8,
+    no control character, no backslash, no lone surrogate."""
+
+def reason_detail(reason: str) -> str:
+    """The sentence explaining a validation reason code (INVALID_*) to a client. Raises
+    ValueError for any other string."""
 
 class BodyError(ValueError):
     """The whole request body is unusable; nothing in it was processed."""

@@ -35,6 +35,12 @@ BUFFER_FULL: Final = "BUFFER_FULL"
 
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
+MAX_ID_BYTES: Final = 128
+MAX_TENANT_CHARS: Final = 64
+TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
+MAX_METRICS: Final = 256
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+MSG_TYPES: Final[tuple[str, ...]] = ("telemetry", "heartbeat")
 
 # Declaration order is `reason_counts()` order.
 REASONS: Final[tuple[str, ...]] = (
@@ -53,15 +59,18 @@ _NOT_JSON: Final = "body is not valid JSON"
 _NO_MESSAGES: Final = 'body must be a JSON object with a "messages" list'
 _NOT_OBJECT: Final = "body must be a JSON object"
 _EMPTY: Final = "batch is empty"
+_DETAILS: Final = {
+    INVALID_MSG_TYPE: "msg_type must be telemetry or heartbeat",
+    INVALID_SCHEMA: "the message does not match the schema (ids, site_id, seq)",
+    INVALID_TIMESTAMP: "ts must be an RFC 3339 timestamp within InfluxDB's range",
+    INVALID_METRICS: "metrics must be an object of at most 256 numeric or boolean values",
+}
 
 # serde_json's recursive parse refuses the 128th level; the core enforces the same limit.
 _MAX_DEPTH: Final = 127
-_MAX_ID_BYTES: Final = 128
-_MAX_METRICS: Final = 256
 _MAX_SEQ: Final = 2**63 - 1
 _MIN_TS_NS: Final = -9223372036854775806
 _MAX_TS_NS: Final = 9223372036854775806
-_MSG_TYPES: Final = frozenset(("telemetry", "heartbeat"))
 _RESERVED_METRICS: Final = frozenset(("seq", "time", "device_id", "site_id"))
 _SHELLY_CHANNELS: Final = tuple((n, f"switch:{n}") for n in range(4))
 _WHITESPACE: Final = " \t\n\r"
@@ -236,11 +245,31 @@ def _valid_name(s: str) -> bool:
     """1..=128 bytes of UTF-8 without control characters, backslashes or lone surrogates."""
     if not s or _BAD_NAME_CHAR_RE.search(s):
         return False
-    return len(s) <= _MAX_ID_BYTES if s.isascii() else len(s.encode()) <= _MAX_ID_BYTES
+    return len(s) <= MAX_ID_BYTES if s.isascii() else len(s.encode()) <= MAX_ID_BYTES
 
 
 def _valid_id(value: object) -> bool:
     return type(value) is str and _valid_name(value)
+
+
+def valid_tenant(s: str) -> bool:
+    """Whether `s` is a tenant id: 1 to 64 of `a-z`, `0-9`, `_`, `-`."""
+    return _TENANT_RE.fullmatch(s) is not None
+
+
+def valid_id(s: str) -> bool:
+    """Whether `s` is a valid device id, site id or provision token."""
+    return _valid_name(s)
+
+
+def reason_detail(reason: str) -> str:
+    """The sentence explaining a validation reason code to a client; ValueError otherwise."""
+    if reason not in REASONS:
+        raise ValueError(f'unknown reason code "{reason}"')
+    detail = _DETAILS.get(reason)
+    if detail is None:
+        raise ValueError(f'"{reason}" is not a validation reason code')
+    return detail
 
 
 def _unicode(value: object) -> str | None:
@@ -313,7 +342,7 @@ def _fields(metrics: object) -> str | None:
     """The metrics as line-protocol fields sorted by name, each followed by `,`."""
     if metrics is None:
         return ""
-    if type(metrics) is not dict or len(metrics) > _MAX_METRICS:
+    if type(metrics) is not dict or len(metrics) > MAX_METRICS:
         return None
     parts = []
     for name in sorted(metrics):
@@ -390,7 +419,7 @@ def _validate(
     ):
         item.reason = INVALID_SCHEMA
         return item
-    if msg_type not in _MSG_TYPES:
+    if msg_type not in MSG_TYPES:
         item.reason = INVALID_MSG_TYPE
         return item
     ts = msg.get("ts")
@@ -451,7 +480,7 @@ class Batch:
         All or nothing; checks in the compiled core's order."""
         for _, reason in verdicts:
             if reason is not None and reason not in REASONS:
-                raise ValueError(f"unknown reason code {_rust_debug(reason)}")
+                raise ValueError(f'unknown reason code "{reason}"')
         if self._resolved:
             raise ValueError("verdicts were already applied to this batch")
         if self._appended:
@@ -517,28 +546,6 @@ class Batch:
             raise ValueError("this batch was already appended")
         self._appended = True
         return [item for item in self._items if item.reason is None], self._tenants
-
-
-def _rust_debug(s: str) -> str:
-    """`s` quoted as Rust's `{:?}` writes a string (the cases a reason code can hit)."""
-    out = ['"']
-    for c in s:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\0":
-            out.append("\\0")
-        elif c < " " or c == "\x7f":
-            out.append(f"\\u{{{ord(c):x}}}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
 
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:

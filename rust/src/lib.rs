@@ -5,6 +5,7 @@ pub mod batch;
 pub mod buffer;
 pub mod encode;
 pub mod errors;
+pub mod ids;
 pub mod json;
 pub mod parse;
 pub mod scan;
@@ -323,6 +324,25 @@ impl PyShellyBatch {
 }
 
 const _: () = assert!(shelly::MAX_SHELLY_MESSAGES == 1000);
+const _: () = assert!(parse::DEFAULT_MAX_PAYLOAD_BYTES == 8192);
+
+/// Whether `s` is a valid tenant id. A str holding a lone surrogate never is.
+#[pyfunction]
+fn valid_tenant(s: &Bound<'_, PyString>) -> bool {
+    s.to_str().is_ok_and(ids::valid_tenant)
+}
+
+/// Whether `s` is a valid id (device, site, token). A str holding a lone surrogate never is.
+#[pyfunction]
+fn valid_id(s: &Bound<'_, PyString>) -> bool {
+    s.to_str().is_ok_and(ids::valid_id)
+}
+
+/// The sentence explaining a validation reason code to a client.
+#[pyfunction]
+fn reason_detail(reason: &str) -> PyResult<&'static str> {
+    Reason::detail_of(reason).map_err(|e| usage_error(&e))
+}
 
 /// Parse and validate a Shelly batch. Runs without the GIL.
 #[pyfunction]
@@ -348,6 +368,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REASONS", PyTuple::new(m.py(), codes)?)?;
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
+    m.add("MAX_ID_BYTES", ids::MAX_ID_BYTES)?;
+    m.add("MAX_TENANT_CHARS", ids::MAX_TENANT_CHARS)?;
+    m.add("TENANT_PATTERN", ids::TENANT_PATTERN)?;
+    m.add("MAX_METRICS", parse::MAX_METRICS)?;
+    m.add(
+        "DEFAULT_MAX_PAYLOAD_BYTES",
+        parse::DEFAULT_MAX_PAYLOAD_BYTES,
+    )?;
+    m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;
@@ -358,5 +387,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;
+    m.add_function(wrap_pyfunction!(valid_tenant, m)?)?;
+    m.add_function(wrap_pyfunction!(valid_id, m)?)?;
+    m.add_function(wrap_pyfunction!(reason_detail, m)?)?;
     Ok(())
 }

@@ -11,15 +11,19 @@ use std::borrow::Cow;
 use crate::batch::{Batch, Identity};
 use crate::encode::{Decimal, Key, Line, PlainNumber};
 use crate::errors::{BodyError, Reason};
+use crate::ids::{checked_id, valid_id, valid_tenant};
 use crate::json::{self, Invalid, Literal, Number, Reader, Str};
-use crate::scan;
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
 
+/// Messages a batch body may hold.
 pub const MAX_BATCH_MESSAGES: usize = 100;
 
-const MAX_METRICS: usize = 256;
-const MAX_ID_BYTES: usize = 128;
-const MAX_TENANT_BYTES: usize = 64;
+/// Distinct metric names a message may hold.
+pub const MAX_METRICS: usize = 256;
+/// `max_payload_bytes` when the caller gives none.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 8192;
+/// The `msg_type` values, each also the line's measurement.
+pub const MSG_TYPES: [&str; 2] = ["telemetry", "heartbeat"];
 
 /// A field's value, classified but not converted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,74 +87,6 @@ impl Text<'_> {
     fn is_string(&self) -> bool {
         !matches!(self, Text::NotString)
     }
-}
-
-/// An id: 1..=128 bytes, no control character, no backslash.
-pub fn valid_id(s: &str) -> bool {
-    checked_id(s).is_some()
-}
-
-/// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
-fn checked_id(s: &str) -> Option<bool> {
-    (1..=MAX_ID_BYTES)
-        .contains(&s.len())
-        .then(|| scan_id(s.as_bytes()))
-        .flatten()
-}
-
-fn valid_tenant(s: &str) -> bool {
-    (1..=MAX_TENANT_BYTES).contains(&s.len())
-        && s.bytes()
-            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
-}
-
-/// Bytes that are, or may start, a character no id or name may hold, and the bytes line
-/// protocol escapes.
-static SUSPECT: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[0x7f] = true;
-    t[b'\\' as usize] = true;
-    t[0xc2] = true;
-    t[b',' as usize] = true;
-    t[b'=' as usize] = true;
-    t[b' ' as usize] = true;
-    t
-};
-
-/// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
-/// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
-/// serves validation and encoding.
-fn scan_id(b: &[u8]) -> Option<bool> {
-    // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
-    let first = scan::find(
-        b,
-        0,
-        |w| {
-            scan::below(w, b' ' + 1)
-                | scan::eq(w, 0x7f)
-                | scan::eq(w, b'\\')
-                | scan::eq(w, b',')
-                | scan::eq(w, b'=')
-                | scan::high(w)
-        },
-        |c| SUSPECT[usize::from(c)] || c >= 0x80,
-    );
-    let b = b.get(first..).unwrap_or_default();
-    let mut escape = false;
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            _ if !SUSPECT[usize::from(c)] => {}
-            b',' | b'=' | b' ' => escape = true,
-            0xc2 if !b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)) => {}
-            _ => return None,
-        }
-    }
-    Some(escape)
 }
 
 /// The body as text: strict UTF-8, or not JSON at all.
@@ -478,10 +414,11 @@ impl<'a> MessageParser<'a> {
             let (true, Some(seq), true) = (ids_ok, seq, msg_type.is_string()) else {
                 break 'check Err(Reason::InvalidSchema);
             };
-            let measurement = match msg_type.get() {
-                Some("telemetry") => "telemetry",
-                Some("heartbeat") => "heartbeat",
-                _ => break 'check Err(Reason::InvalidMsgType),
+            let Some(measurement) = msg_type
+                .get()
+                .and_then(|t| MSG_TYPES.into_iter().find(|&m| m == t))
+            else {
+                break 'check Err(Reason::InvalidMsgType);
             };
             let ts = match f.ts {
                 Value::Missing | Value::Null => self.receive_time(),

@@ -1,0 +1,80 @@
+//! The id rules: tenant ids, and the ids, site ids, tokens and metric names written into line
+//! protocol. Exported to Python (`valid_tenant`, `valid_id`) so the shell applies the same rules.
+
+use crate::scan;
+
+/// Longest id, in UTF-8 bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest tenant id (ASCII only, so characters and bytes alike).
+pub const MAX_TENANT_CHARS: usize = 64;
+/// The tenant rule as a regular expression (OpenAPI `pattern`); `valid_tenant` applies it.
+pub const TENANT_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+
+/// An id: 1..=128 bytes, no control character, no backslash.
+pub fn valid_id(s: &str) -> bool {
+    checked_id(s).is_some()
+}
+
+/// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
+pub fn checked_id(s: &str) -> Option<bool> {
+    (1..=MAX_ID_BYTES)
+        .contains(&s.len())
+        .then(|| scan_id(s.as_bytes()))
+        .flatten()
+}
+
+/// A tenant id: 1..=64 of `a-z`, `0-9`, `_`, `-`.
+pub fn valid_tenant(s: &str) -> bool {
+    (1..=MAX_TENANT_CHARS).contains(&s.len())
+        && s.bytes()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+/// Bytes that are, or may start, a character no id or name may hold, and the bytes line
+/// protocol escapes.
+static SUSPECT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[0x7f] = true;
+    t[b'\\' as usize] = true;
+    t[0xc2] = true;
+    t[b',' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b' ' as usize] = true;
+    t
+};
+
+/// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
+/// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
+/// serves validation and encoding.
+fn scan_id(b: &[u8]) -> Option<bool> {
+    // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
+    let first = scan::find(
+        b,
+        0,
+        |w| {
+            scan::below(w, b' ' + 1)
+                | scan::eq(w, 0x7f)
+                | scan::eq(w, b'\\')
+                | scan::eq(w, b',')
+                | scan::eq(w, b'=')
+                | scan::high(w)
+        },
+        |c| SUSPECT[usize::from(c)] || c >= 0x80,
+    );
+    let b = b.get(first..).unwrap_or_default();
+    let mut escape = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            _ if !SUSPECT[usize::from(c)] => {}
+            b',' | b'=' | b' ' => escape = true,
+            0xc2 if !b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)) => {}
+            _ => return None,
+        }
+    }
+    Some(escape)
+}
