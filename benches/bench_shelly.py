@@ -24,7 +24,8 @@ import pytest
 import uvloop
 from messages import load_core
 from tidegate.config import Config
-from tidegate.store.registry import Registry, open_registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
 
 MESSAGES = 1000
 CHANNELS = 4

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from services import free_port
 from tidegate.config import Config
-from tidegate.store.registry import AlreadyExists, open_registry
+from tidegate.store import open_registry
+from tidegate.store.registry import AlreadyExists
 
 T = TypeVar("T")
 

@@ -10,7 +10,8 @@ from typing import TypeVar
 from tidegate.auth import Authenticator, Group
 from tidegate.config import Config
 from tidegate.ratelimit import RateLimiter
-from tidegate.store.registry import Registry, open_registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
 
 T = TypeVar("T")
 

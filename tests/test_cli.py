@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from services import InfluxDB, free_port
 from tidegate.config import Config
-from tidegate.store.registry import Device, open_registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Device
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 # Variables of the outer environment that would change what the CLI under test does.

@@ -15,8 +15,9 @@ import aiosqlite
 import asyncpg
 import pytest
 from tidegate.config import Config
+from tidegate.store import open_registry
 from tidegate.store.postgres import PostgresRegistry
-from tidegate.store.registry import AlreadyExists, Device, Registry, open_registry
+from tidegate.store.registry import AlreadyExists, Device, Registry
 from tidegate.store.secrets import secret_matches
 from tidegate.store.sqlite import SqliteRegistry
 

@@ -30,7 +30,7 @@ from tidegate.config import Config
 from tidegate.http.app import create_app
 from tidegate.http.gateway import Gateway
 from tidegate.http.shelly import Shelly, db_down
-from tidegate.store.registry import open_registry
+from tidegate.store import open_registry
 
 Start = Callable[..., GatewayProcess]
 T = TypeVar("T")

@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests")]
 from gateway import GatewayProcess, run_gateway  # noqa: E402
 from services import InfluxDB, PostgresCluster  # noqa: E402
 from tidegate.config import Config  # noqa: E402
-from tidegate.store.registry import open_registry  # noqa: E402
+from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
 BATCH = 100

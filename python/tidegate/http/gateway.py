@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from tidegate import core, logs
@@ -12,7 +11,8 @@ from tidegate.config import Config
 from tidegate.metrics import Metrics
 from tidegate.ratelimit import RateLimiter, retry_after_header
 from tidegate.sink.scheduler import Sink
-from tidegate.store.registry import Registry, open_registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
     from tidegate._core import TenantBuffers
@@ -40,7 +40,7 @@ class Gateway:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.core: ModuleType = core.load(cfg.core)
+        self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.draining = False
         self.shutdown_lost_lines = 0

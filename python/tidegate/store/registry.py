@@ -1,27 +1,20 @@
 """The registry's contract: what every backend (postgres.py, sqlite.py) offers, and the checks
-they share. `open_registry` picks the backend from the configuration."""
+they share."""
 
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from tidegate.ids import check_id, check_tenant
 from tidegate.store.power_logs import PowerLogs
 from tidegate.store.secrets import hash_secret, new_secret
-
-if TYPE_CHECKING:
-    from tidegate.config import Config
 
 ACTIVE = "active"
 REVOKED = "revoked"
 PING_TIMEOUT_S = 5.0
-
-_TENANT_ID = re.compile(r"[a-z0-9_-]{1,64}")
-# The core's id rule: control characters (C0, DEL, C1) and backslashes never reach line protocol.
-_BAD_ID_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 
 Key = tuple[str, str]
 
@@ -110,45 +103,6 @@ class Registry(Protocol):
 
     async def list_devices(self, tenant_id: str) -> list[dict[str, object]]:
         """The tenant's devices ordered by id, without token hashes."""
-
-
-async def open_registry(cfg: Config) -> Registry:
-    """PostgreSQL at `cfg.database_url` when set, else SQLite at `cfg.data_dir/registry.sqlite3`."""
-    if cfg.database_url:
-        from tidegate.store.postgres import PostgresRegistry
-
-        return await PostgresRegistry.open(cfg.database_url, cfg.database_pool_size)
-    from tidegate.store.sqlite import SqliteRegistry
-
-    return await SqliteRegistry.open(cfg.data_dir)
-
-
-def is_tenant_id(value: str) -> bool:
-    """`[a-z0-9_-]{1,64}`, the core's tenant rule."""
-    return _TENANT_ID.fullmatch(value) is not None
-
-
-def is_id(value: str) -> bool:
-    """The core's device/site id rule: 1..128 bytes of UTF-8, no control char, no backslash."""
-    try:
-        size = len(value.encode())
-    except UnicodeEncodeError:  # lone surrogate
-        return False
-    return 1 <= size <= 128 and _BAD_ID_CHAR.search(value) is None
-
-
-def check_tenant(tenant_id: str) -> None:
-    """Raise ValueError unless `tenant_id` follows the core's tenant rule."""
-    if not is_tenant_id(tenant_id):
-        raise ValueError(f"invalid tenant id {tenant_id!r}: must match [a-z0-9_-]{{1,64}}")
-
-
-def check_id(kind: str, value: str) -> None:
-    """Raise ValueError unless `value` follows the core's device/site id rule."""
-    if not is_id(value):
-        raise ValueError(
-            f"invalid {kind} {value!r}: 1..128 bytes, no control character, no backslash"
-        )
 
 
 def tenant_key(tenant_id: str, api_key: str | None) -> tuple[str, bytes]:
