@@ -7,12 +7,9 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
+from tidegate._core import RATE_LIMITED, SITE_MISMATCH, UNAUTHORIZED
 from tidegate.ratelimit import RateLimiter
 from tidegate.store.secrets import secret_matches
-
-UNAUTHORIZED = "UNAUTHORIZED"
-SITE_MISMATCH = "SITE_MISMATCH"
-RATE_LIMITED = "RATE_LIMITED"
 
 Key = tuple[str, str]
 Group = tuple[str, str, str, str, int]

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidegate._core import BUFFER_FULL
 from tidegate.http.gateway import Gateway
 
 JSON = "application/json"
@@ -29,6 +30,15 @@ def json_response(
 def unavailable(gw: Gateway) -> Response:
     """503 for requests that arrive while shutting down."""
     return json_response(503, {"detail": "shutting down"}, {"Retry-After": gw.buffer_retry_after})
+
+
+def buffer_full(gw: Gateway) -> Response:
+    """503 BUFFER_FULL: the buffers cannot take the request's lines now."""
+    return json_response(
+        503,
+        {"detail": "ingest buffers are full; retry later", "reason": BUFFER_FULL},
+        {"Retry-After": gw.buffer_retry_after},
+    )
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -52,7 +62,7 @@ def route(
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
-    body_error_type: type[Exception] = gw.core.BodyError
+    body_error_type = gw.core.BodyError
 
     async def endpoint(request: Request) -> Response:
         start = clock()
@@ -64,7 +74,7 @@ def route(
         except HTTPException as exc:
             response = await http_error(request, exc)
         except body_error_type as exc:
-            response = json_response(body_error, {"detail": exc.detail})  # type: ignore[attr-defined]
+            response = json_response(body_error, {"detail": exc.detail})
         observe(clock() - start)
         count(name, response.status_code)
         return response

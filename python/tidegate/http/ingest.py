@@ -11,30 +11,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from tidegate._core import (
+    BUFFER_FULL,
+    PAYLOAD_TOO_LARGE,
+    RATE_LIMITED,
+    SITE_MISMATCH,
+    UNAUTHORIZED,
+    reason_detail,
+    valid_id,
+)
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import JSON, json_response, route
+from tidegate.http.endpoint import JSON, buffer_full, json_response, route
 from tidegate.http.gateway import Gateway
 from tidegate.ratelimit import retry_after_header
-from tidegate.store.registry import is_id
 
 if TYPE_CHECKING:
     from tidegate._core import Batch
 
-RATE_LIMITED = "RATE_LIMITED"
-BUFFER_FULL = "BUFFER_FULL"
-UNAUTHORIZED = "UNAUTHORIZED"
-SITE_MISMATCH = "SITE_MISMATCH"
-PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 TOKEN_HEADER = "x-provision-token"
 UNAUTHORIZED_BODY = orjson.dumps(
     {"detail": "a valid X-Provision-Token header is required for this device"}
 )
-_DETAILS = {
-    "INVALID_MSG_TYPE": "msg_type must be telemetry or heartbeat",
-    "INVALID_SCHEMA": "the message does not match the schema (ids, site_id, seq)",
-    "INVALID_TIMESTAMP": "ts must be an RFC 3339 timestamp within InfluxDB's range",
-    "INVALID_METRICS": "metrics must be an object of at most 256 numeric or boolean values",
-}
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
@@ -88,7 +85,7 @@ class Ingest:
         body = await read_body(request, cfg.max_body_bytes)
         token = request.headers.get(TOKEN_HEADER)
         # A token that is not a valid id can match no device: same 401 as a wrong one.
-        if not token or not is_id(token):
+        if not token or not valid_id(token):
             return Response(UNAUTHORIZED_BODY, 401, None, JSON)
         params = request.path_params
         tenant, device = params["tenant"], params["device"]
@@ -139,11 +136,7 @@ class Ingest:
                 {"Retry-After": retry_after_header(retry_after)},
             )
         if reason == BUFFER_FULL:
-            return json_response(
-                503,
-                {"detail": "ingest buffers are full; retry later", "reason": BUFFER_FULL},
-                {"Retry-After": self.gw.buffer_retry_after},
-            )
+            return buffer_full(self.gw)
         if reason == SITE_MISMATCH:
             return json_response(
                 403,
@@ -157,7 +150,7 @@ class Ingest:
                     "reason": reason,
                 },
             )
-        return json_response(400, {"detail": _DETAILS.get(reason, reason), "reason": reason})
+        return json_response(400, {"detail": reason_detail(reason), "reason": reason})
 
 
 def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:

@@ -7,7 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from tidegate import __version__
-from tidegate._core import MAX_BATCH_MESSAGES, MAX_SHELLY_MESSAGES, REASONS
+from tidegate._core import (
+    MAX_BATCH_MESSAGES,
+    MAX_ID_BYTES,
+    MAX_METRICS,
+    MAX_SHELLY_MESSAGES,
+    MSG_TYPES,
+    RATE_LIMITED,
+    REASONS,
+    TENANT_PATTERN,
+)
+from tidegate.ids import ID_RULE
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -28,6 +38,14 @@ def response_spec(
 
 
 DETAIL = _ref("Detail")
+_TENANT: dict[str, Any] = {"type": "string", "pattern": TENANT_PATTERN}
+# The limit is in UTF-8 bytes, which JSON Schema's maxLength (characters) cannot say.
+_ID: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "description": f"{ID_RULE}; the limit counts UTF-8 bytes, not characters",
+}
+_MSG_TYPE: dict[str, Any] = {"type": "string", "enum": list(MSG_TYPES)}
 _GZIP = {
     "name": "Content-Encoding",
     "in": "header",
@@ -50,7 +68,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["detail", "reason", "limit"],
         "properties": {
             "detail": {"type": "string"},
-            "reason": {"const": "RATE_LIMITED"},
+            "reason": {"const": RATE_LIMITED},
             "limit": {
                 "type": "object",
                 "description": "The per-device token bucket that refused the message.",
@@ -67,16 +85,16 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["tenant_id", "device_id", "msg_type", "provision_token", "site_id"],
         "properties": {
-            "tenant_id": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
-            "device_id": {"type": "string", "maxLength": 128},
-            "msg_type": {"type": "string", "enum": ["telemetry", "heartbeat"]},
-            "provision_token": {"type": "string"},
-            "site_id": {"type": "string", "maxLength": 128},
+            "tenant_id": _TENANT,
+            "device_id": _ID,
+            "msg_type": _MSG_TYPE,
+            "provision_token": _ID,
+            "site_id": _ID,
             "ts": {"type": ["string", "null"], "format": "date-time"},
             "seq": {"type": ["integer", "null"], "minimum": 0},
             "metrics": {
                 "type": ["object", "null"],
-                "maxProperties": 256,
+                "maxProperties": MAX_METRICS,
                 "additionalProperties": {"type": ["number", "boolean"]},
             },
         },
@@ -85,7 +103,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["site_id"],
         "properties": {
-            "site_id": {"type": "string"},
+            "site_id": _ID,
             "ts": {"type": ["string", "null"], "format": "date-time"},
             "seq": {"type": ["integer", "null"], "minimum": 0},
             "metrics": {"type": ["object", "null"]},
@@ -148,7 +166,7 @@ _SCHEMAS: dict[str, Any] = {
 _PATHS: dict[str, Any] = {
     "/ingest/v1/batch": {
         "post": {
-            "summary": "Ingest 1 to 100 messages",
+            "summary": f"Ingest 1 to {MAX_BATCH_MESSAGES} messages",
             "description": (
                 "Each message is validated, authenticated and rate limited on its own. "
                 "202 when any message was accepted; 429/503 when none was and every rejection "
@@ -183,20 +201,10 @@ _PATHS: dict[str, Any] = {
         "post": {
             "summary": "Ingest one message; identity from the URL and X-Provision-Token",
             "parameters": [
-                {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}},
-                {
-                    "name": "msg_type",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "enum": ["telemetry", "heartbeat"]},
-                },
-                {
-                    "name": "X-Provision-Token",
-                    "in": "header",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
+                {"name": "tenant", "in": "path", "required": True, "schema": _TENANT},
+                {"name": "device", "in": "path", "required": True, "schema": _ID},
+                {"name": "msg_type", "in": "path", "required": True, "schema": _MSG_TYPE},
+                {"name": "X-Provision-Token", "in": "header", "required": True, "schema": _ID},
                 _GZIP,
             ],
             "requestBody": {
@@ -274,7 +282,7 @@ _SHELLY_MESSAGE: dict[str, Any] = {
     "type": "object",
     "required": ["src", "timestamp", "params"],
     "properties": {
-        "src": {"type": "string", "description": "Device id; trimmed, 1..128 bytes"},
+        "src": {"type": "string", "description": f"Device id; trimmed, 1..{MAX_ID_BYTES} bytes"},
         "timestamp": {"type": "integer", "description": "Unix seconds, at most 1 day ahead"},
         "params": {
             "type": "object",
@@ -354,7 +362,7 @@ def _shelly_responses(own: dict[str, Any]) -> dict[str, Any]:
 _SHELLY_PATHS: dict[str, Any] = {
     "/api/ingest/batch": {
         "post": {
-            "summary": "Store a batch of 1 to 1000 Shelly status messages",
+            "summary": f"Store a batch of 1 to {MAX_SHELLY_MESSAGES} Shelly status messages",
             "description": (
                 "Readings are stored in power_logs once per key `{src}_{channel}_{minute}`, in "
                 "one statement, and the new ones are buffered for InfluxDB (measurement "
@@ -384,7 +392,9 @@ _SHELLY_PATHS: dict[str, Any] = {
                 {
                     "200": response_spec(_SHELLY_RESPONSE, "Stored; counters of what happened"),
                     "413": response_spec(DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
-                    "422": response_spec(DETAIL, "Not JSON, no messages list, empty or over 1000"),
+                    "422": response_spec(
+                        DETAIL, f"Not JSON, no messages list, empty or over {MAX_SHELLY_MESSAGES}"
+                    ),
                 }
             ),
         }

@@ -22,23 +22,20 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from tidegate import logs
+from tidegate._core import BUFFER_FULL, MAX_SHELLY_MESSAGES
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import JSON, route
+from tidegate.http.endpoint import JSON, buffer_full, route
 from tidegate.http.gateway import Gateway
 
 if TYPE_CHECKING:
     from tidegate._core import ShellyBatch
 
 API_KEY_HEADER = "x-api-key"
-MAX_MESSAGES = 1000
 DB_RETRY_AFTER_S = "1"
 
 CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
 UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
 DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
-BUFFER_FULL = orjson.dumps(
-    {"detail": "ingest buffers are full; retry later", "reason": "BUFFER_FULL"}
-)
 
 # Failures to reach the database, worth a retry: the batch was one statement, so either all of
 # it is stored or none, and a retry of a stored batch only finds duplicates. Anything else
@@ -104,7 +101,7 @@ class Shelly:
             if isinstance(tenant, Response):
                 return tenant
             body = await read_body(request, gw.cfg.shelly_max_body_bytes)
-            batch = gw.core.parse_shelly(body, int(time.time()), MAX_MESSAGES)
+            batch = gw.core.parse_shelly(body, int(time.time()), MAX_SHELLY_MESSAGES)
             # The core builds a column's list on each access: read the count once.
             found = len(batch.channel)
             if found and not self._room_for(batch, found):
@@ -168,12 +165,7 @@ class Shelly:
 
     def _buffer_full(self, tenant: str, found: int) -> Response:
         logs.log("shelly_buffer_full", level="warning", tenant=tenant, readings=found)
-        return Response(
-            BUFFER_FULL,
-            503,
-            {"Retry-After": self.gw.buffer_retry_after},
-            JSON,
-        )
+        return buffer_full(self.gw)
 
     def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
         """Queue the new readings' line protocol for InfluxDB.
@@ -192,7 +184,7 @@ class Shelly:
                 level="warning",
                 tenant=tenant,
                 lines=count,
-                reason="BUFFER_FULL",
+                reason=BUFFER_FULL,
             )
             return
         ready = services.buffers.ready()
