@@ -1,12 +1,18 @@
-"""The registry's contract: what every backend (postgres.py, sqlite.py) offers, and the checks
-they share."""
+"""The registry's contract and what both backends share: the `Registry` base class implements
+every operation over a few backend primitives, which postgres.py and sqlite.py provide.
+
+Statements are written once, in PostgreSQL's dialect (`$1` placeholders, `now()`); sqlite.py
+translates them. Every operation runs one statement (or one transaction), so the backends
+behave alike under concurrency.
+"""
 
 from __future__ import annotations
 
 import hmac
+from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from tidegate.ids import check_id, check_tenant
 from tidegate.store.power_logs import PowerLogs
@@ -17,6 +23,30 @@ REVOKED = "revoked"
 PING_TIMEOUT_S = 5.0
 
 Key = tuple[str, str]
+
+DEVICE_COLUMNS = "d.tenant_id, d.device_id, d.site_id, d.token_hash, d.rps, d.burst, d.status"
+"""The columns a device lookup selects from `devices d`, in `Device`'s order."""
+
+ADD_TENANT = (
+    "INSERT INTO tenants (tenant_id, api_key_hash) VALUES ($1, $2) "
+    "ON CONFLICT (tenant_id) DO UPDATE SET api_key_hash = excluded.api_key_hash "
+    "WHERE tenants.api_key_hash IS NULL RETURNING tenant_id"
+)
+ENSURE_TENANT = "INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING"
+ADD_DEVICE = (
+    "INSERT INTO devices (tenant_id, device_id, site_id, token_hash, rps, burst) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, device_id) DO UPDATE "
+    "SET site_id = excluded.site_id, token_hash = excluded.token_hash, "
+    "rps = excluded.rps, burst = excluded.burst, status = 'active', "
+    "updated_at = now() WHERE devices.status = 'revoked' RETURNING device_id"
+)
+_TENANT_BY_KEY = "SELECT tenant_id, api_key_hash FROM tenants WHERE api_key_hash = $1"
+_HAS_TENANTS = "SELECT EXISTS (SELECT 1 FROM tenants WHERE api_key_hash IS NOT NULL)"
+_REVOKE = (
+    "UPDATE devices SET status = 'revoked', updated_at = CASE WHEN status = 'revoked' "
+    "THEN updated_at ELSE now() END WHERE tenant_id = $1 AND device_id = $2 "
+    "RETURNING device_id"
+)
 
 
 class RegistryError(Exception):
@@ -45,30 +75,58 @@ class Device:
         return self.status == ACTIVE
 
 
-class Registry(Protocol):
-    """Tenants and devices. Every method runs one statement (or one transaction), so the
-    backends behave alike under concurrency; `power_logs` is Shelly's table on the same
-    database."""
+class Registry(ABC):
+    """Tenants and devices, and Shelly's `power_logs` on the same database."""
 
-    queries: int
-    """Device lookups sent to the database (the auth cache's misses)."""
+    backend: str
+    """`postgresql` or `sqlite`."""
     power_logs: PowerLogs
+    unique_violation: type[Exception]
+    """What the driver raises when a UNIQUE constraint refuses a row."""
 
-    @property
-    def backend(self) -> str:
-        """`postgresql` or `sqlite`."""
+    def __init__(self) -> None:
+        self.queries = 0  # device lookups sent to the database (the auth cache's misses)
 
+    @abstractmethod
     async def close(self) -> None:
         """Release the connection(s)."""
 
+    @abstractmethod
     async def migrate(self) -> None:
         """Create the tables and indexes that are missing; safe to run any number of times."""
 
+    @abstractmethod
     async def ping(self) -> None:
         """Raise if the database does not answer within PING_TIMEOUT_S."""
 
+    @abstractmethod
+    async def list_devices(self, tenant_id: str) -> list[dict[str, object]]:
+        """The tenant's devices ordered by id, without token hashes."""
+
+    @abstractmethod
+    async def rows(self, sql: str, *args: object) -> list[Any]:
+        """Run one statement (PostgreSQL dialect) and return its rows."""
+
+    @abstractmethod
+    async def value(self, sql: str, *args: object) -> Any:
+        """Run one statement and return the first column of its first row (None: no row)."""
+
+    @abstractmethod
+    async def device_rows(self, keys: list[Key]) -> list[Any]:
+        """The `DEVICE_COLUMNS` rows of these distinct keys, in one query."""
+
+    @abstractmethod
+    async def upsert_device(self, row: tuple[object, ...]) -> Any:
+        """Run ENSURE_TENANT then ADD_DEVICE for `row`; ADD_DEVICE's value (None: active)."""
+
     async def devices(self, keys: Collection[Key]) -> dict[Key, Device]:
         """Look up every `(tenant_id, device_id)` in ONE query; unknown keys are absent."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        self.queries += 1
+        found = (_device(row) for row in await self.device_rows(unique))
+        return {(d.tenant_id, d.device_id): d for d in found}
 
     async def add_tenant(self, tenant_id: str, api_key: str | None = None) -> str:
         """Create a tenant (or give a key to one that has none); return its API key.
@@ -76,12 +134,28 @@ class Registry(Protocol):
         The key is generated when not given and only its SHA-256 is stored.
         Raises AlreadyExists if the tenant has a key or the key belongs to another tenant.
         """
+        check_tenant(tenant_id)
+        key = _secret("api key", api_key)
+        try:
+            done = await self.value(ADD_TENANT, tenant_id, hash_secret(key))
+        except self.unique_violation:
+            raise AlreadyExists("that api key is already in use") from None
+        if done is None:
+            raise AlreadyExists(f"tenant {tenant_id!r} already has an api key")
+        return key
 
     async def tenant_for_api_key(self, api_key: str) -> str | None:
         """The tenant whose API key this is, or None; the hashes are compared in constant time."""
+        key_hash = hash_secret(api_key)
+        # The index lookup finds the candidate; the decision itself is constant-time.
+        for tenant_id, stored in await self.rows(_TENANT_BY_KEY, key_hash):
+            if hmac.compare_digest(key_hash, bytes(stored)):
+                return str(tenant_id)
+        return None
 
     async def has_tenants(self) -> bool:
         """True if at least one tenant has an API key (the Shelly route has something to check)."""
+        return bool(await self.value(_HAS_TENANTS))
 
     async def add_device(
         self,
@@ -97,68 +171,25 @@ class Registry(Protocol):
         The token is generated when not given; only its SHA-256 is stored. A revoked device is
         provisioned again; an active one raises AlreadyExists.
         """
+        check_tenant(tenant_id)
+        check_id("device id", device_id)
+        check_id("site id", site_id)
+        if rps is not None and not 0 < rps < float("inf"):
+            raise ValueError("rps must be a positive number")
+        if burst is not None and burst <= 0:
+            raise ValueError("burst must be a positive integer")
+        token = _secret("token", token)
+        row = (tenant_id, device_id, site_id, hash_secret(token), rps, burst)
+        if await self.upsert_device(row) is None:
+            raise AlreadyExists(f"device {device_id!r} of tenant {tenant_id!r} is already active")
+        return token
 
     async def revoke_device(self, tenant_id: str, device_id: str) -> bool:
         """Mark the device revoked; False if there is no such device (revoking twice is True)."""
-
-    async def list_devices(self, tenant_id: str) -> list[dict[str, object]]:
-        """The tenant's devices ordered by id, without token hashes."""
+        return await self.value(_REVOKE, tenant_id, device_id) is not None
 
 
-def tenant_key(tenant_id: str, api_key: str | None) -> tuple[str, bytes]:
-    """Check `add_tenant`'s arguments; the API key (generated when None) and its hash."""
-    check_tenant(tenant_id)
-    key = _secret("api key", api_key)
-    return key, hash_secret(key)
-
-
-def device_row(
-    tenant_id: str,
-    device_id: str,
-    site_id: str,
-    rps: float | None,
-    burst: int | None,
-    token: str | None,
-) -> tuple[str, tuple[str, str, str, bytes, float | None, int | None]]:
-    """Check `add_device`'s arguments; the token (generated when None) and the row to store:
-    `(tenant_id, device_id, site_id, token_hash, rps, burst)`."""
-    check_tenant(tenant_id)
-    check_id("device id", device_id)
-    check_id("site id", site_id)
-    if rps is not None and not 0 < rps < float("inf"):
-        raise ValueError("rps must be a positive number")
-    if burst is not None and burst <= 0:
-        raise ValueError("burst must be a positive integer")
-    token = _secret("token", token)
-    return token, (tenant_id, device_id, site_id, hash_secret(token), rps, burst)
-
-
-def key_in_use() -> AlreadyExists:
-    """The error of an API key that another tenant holds."""
-    return AlreadyExists("that api key is already in use")
-
-
-def tenant_has_key(tenant_id: str) -> AlreadyExists:
-    """The error of `add_tenant` on a tenant that has a key."""
-    return AlreadyExists(f"tenant {tenant_id!r} already has an api key")
-
-
-def device_active(tenant_id: str, device_id: str) -> AlreadyExists:
-    """The error of `add_device` on an active device."""
-    return AlreadyExists(f"device {device_id!r} of tenant {tenant_id!r} is already active")
-
-
-def tenant_of(rows: list[Any], key_hash: bytes) -> str | None:
-    """The tenant among `(tenant_id, api_key_hash)` rows whose hash is `key_hash`: the index
-    lookup found the candidates, the decision itself is constant-time."""
-    for tenant_id, stored in rows:
-        if hmac.compare_digest(key_hash, bytes(stored)):
-            return str(tenant_id)
-    return None
-
-
-def device(row: Any) -> Device:
-    """A Device from a `tenant_id, device_id, site_id, token_hash, rps, burst, status` row."""
+def _device(row: Any) -> Device:
     rps, burst = row[4], row[5]
     return Device(
         tenant_id=row[0],
@@ -169,10 +200,6 @@ def device(row: Any) -> Device:
         burst=None if burst is None else int(burst),
         status=row[6],
     )
-
-
-DEVICE_COLUMNS = "d.tenant_id, d.device_id, d.site_id, d.token_hash, d.rps, d.burst, d.status"
-"""The columns `device()` reads, from `devices d`."""
 
 
 def _secret(kind: str, value: str | None) -> str:

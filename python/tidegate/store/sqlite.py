@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Collection
+import re
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from tidegate.store import registry as reg
 from tidegate.store.power_logs import SQLITE_SCHEMA as POWER_LOGS_SCHEMA
-from tidegate.store.power_logs import PowerLogs, SqlitePowerLogs
-from tidegate.store.registry import Device, Key
-from tidegate.store.secrets import hash_secret
+from tidegate.store.power_logs import SqlitePowerLogs
+from tidegate.store.registry import (
+    ADD_DEVICE,
+    DEVICE_COLUMNS,
+    ENSURE_TENANT,
+    PING_TIMEOUT_S,
+    Key,
+    Registry,
+)
 
 FILE_NAME = "registry.sqlite3"
 
@@ -43,7 +49,7 @@ CREATE TABLE IF NOT EXISTS devices (
 
 # One parameter whatever the number of keys: SQLite caps bound variables per statement.
 _DEVICES = f"""
-SELECT {reg.DEVICE_COLUMNS}
+SELECT {DEVICE_COLUMNS}
 FROM json_each(?) AS k
 JOIN devices d
     ON d.tenant_id = json_extract(k.value, '$[0]') AND d.device_id = json_extract(k.value, '$[1]')
@@ -52,34 +58,25 @@ _LIST = """
 SELECT tenant_id, device_id, site_id, rps, burst, status, created_at, updated_at
 FROM devices WHERE tenant_id = ? ORDER BY device_id
 """
-_ADD_TENANT = (
-    "INSERT INTO tenants (tenant_id, api_key_hash) VALUES (?, ?) "
-    "ON CONFLICT (tenant_id) DO UPDATE SET api_key_hash = excluded.api_key_hash "
-    "WHERE tenants.api_key_hash IS NULL RETURNING tenant_id"
-)
-_ADD_DEVICE = (
-    "INSERT INTO devices (tenant_id, device_id, site_id, token_hash, rps, burst) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, device_id) DO UPDATE "
-    "SET site_id = excluded.site_id, token_hash = excluded.token_hash, "
-    "rps = excluded.rps, burst = excluded.burst, status = 'active', "
-    f"updated_at = {_NOW} WHERE devices.status = 'revoked' RETURNING device_id"
-)
-_REVOKE = (
-    "UPDATE devices SET status = 'revoked', updated_at = CASE WHEN status = 'revoked' "
-    f"THEN updated_at ELSE {_NOW} END WHERE tenant_id = ? AND device_id = ? "
-    "RETURNING device_id"
-)
+_PLACEHOLDER = re.compile(r"\$\d+")
 
 
-class SqliteRegistry:
-    """The Registry protocol on one SQLite file."""
+@functools.cache
+def _dialect(sql: str) -> str:
+    """A registry.py statement in SQLite's dialect: its `$n` are in order, so each is a `?`."""
+    return _PLACEHOLDER.sub("?", sql).replace("now()", _NOW)
+
+
+class SqliteRegistry(Registry):
+    """The registry on one SQLite file."""
 
     backend = "sqlite"
+    unique_violation = aiosqlite.IntegrityError
 
     def __init__(self, db: aiosqlite.Connection) -> None:
+        super().__init__()
         self._db = db
-        self.queries = 0
-        self.power_logs: PowerLogs = SqlitePowerLogs(db)
+        self.power_logs = SqlitePowerLogs(db)
 
     @classmethod
     async def open(cls, data_dir: Path) -> SqliteRegistry:
@@ -94,78 +91,39 @@ class SqliteRegistry:
         return cls(db)
 
     async def close(self) -> None:
-        """See Registry.close."""
+        """Close the connection."""
         await self._db.close()
 
     async def migrate(self) -> None:
-        """See Registry.migrate."""
+        """Create what is missing in one IMMEDIATE transaction (one writer at a time)."""
         await self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}COMMIT;")
 
     async def ping(self) -> None:
-        """See Registry.ping."""
-        async with asyncio.timeout(reg.PING_TIMEOUT_S):
-            await self._rows("SELECT 1")
-
-    async def devices(self, keys: Collection[Key]) -> dict[Key, Device]:
-        """See Registry.devices."""
-        unique = list(dict.fromkeys(keys))
-        if not unique:
-            return {}
-        self.queries += 1
-        rows = await self._rows(_DEVICES, json.dumps(unique))
-        found = (reg.device(row) for row in rows)
-        return {(d.tenant_id, d.device_id): d for d in found}
-
-    async def add_tenant(self, tenant_id: str, api_key: str | None = None) -> str:
-        """See Registry.add_tenant."""
-        key, key_hash = reg.tenant_key(tenant_id, api_key)
-        try:
-            rows = await self._rows(_ADD_TENANT, tenant_id, key_hash)
-        except aiosqlite.IntegrityError:
-            raise reg.key_in_use() from None
-        if not rows:
-            raise reg.tenant_has_key(tenant_id)
-        return key
-
-    async def tenant_for_api_key(self, api_key: str) -> str | None:
-        """See Registry.tenant_for_api_key."""
-        key_hash = hash_secret(api_key)
-        sql = "SELECT tenant_id, api_key_hash FROM tenants WHERE api_key_hash = ?"
-        return reg.tenant_of(await self._rows(sql, key_hash), key_hash)
-
-    async def has_tenants(self) -> bool:
-        """See Registry.has_tenants."""
-        sql = "SELECT EXISTS (SELECT 1 FROM tenants WHERE api_key_hash IS NOT NULL)"
-        return bool((await self._rows(sql))[0][0])
-
-    async def add_device(
-        self,
-        tenant_id: str,
-        device_id: str,
-        site_id: str,
-        rps: float | None = None,
-        burst: int | None = None,
-        token: str | None = None,
-    ) -> str:
-        """See Registry.add_device."""
-        token, row = reg.device_row(tenant_id, device_id, site_id, rps, burst, token)
-        await self._rows(
-            "INSERT INTO tenants (tenant_id) VALUES (?) ON CONFLICT DO NOTHING", tenant_id
-        )
-        if not await self._rows(_ADD_DEVICE, *row):
-            raise reg.device_active(tenant_id, device_id)
-        return token
-
-    async def revoke_device(self, tenant_id: str, device_id: str) -> bool:
-        """See Registry.revoke_device."""
-        return bool(await self._rows(_REVOKE, tenant_id, device_id))
+        """`SELECT 1` within PING_TIMEOUT_S."""
+        async with asyncio.timeout(PING_TIMEOUT_S):
+            await self.rows("SELECT 1")
 
     async def list_devices(self, tenant_id: str) -> list[dict[str, object]]:
-        """See Registry.list_devices."""
+        """The tenant's devices, rows as dicts by column name."""
         async with self._db.execute(_LIST, (tenant_id,)) as cur:
             names = [c[0] for c in cur.description]
             return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
-    async def _rows(self, sql: str, *args: object) -> list[Any]:
-        async with self._db.execute(sql, args) as cur:
+    async def rows(self, sql: str, *args: object) -> list[Any]:
+        """Run the statement, translated to SQLite's dialect."""
+        async with self._db.execute(_dialect(sql), args) as cur:
             return list(await cur.fetchall())
+
+    async def value(self, sql: str, *args: object) -> Any:
+        """The first column of the first row, None when there is none."""
+        found = await self.rows(sql, *args)
+        return found[0][0] if found else None
+
+    async def device_rows(self, keys: list[Key]) -> list[Any]:
+        """One query: the keys as one JSON parameter."""
+        return await self.rows(_DEVICES, json.dumps(keys))
+
+    async def upsert_device(self, row: tuple[object, ...]) -> Any:
+        """Two autocommit statements: a tenant row left without its device harms nothing."""
+        await self.rows(ENSURE_TENANT, row[0])
+        return await self.value(ADD_DEVICE, *row)
