@@ -7,8 +7,8 @@ an exponential backoff with full jitter or the server's Retry-After; a database 
 turns into BUFFER_FULL/503 at the edge, not into loss. A body the database refuses (400/422,
 404, a one-line 413) is not retried: influx.py appends it to a dead-letter LP file with the error.
 Each tenant has at most one body in flight (its lines stay in order), and a failing tenant waits
-on a timer, not on a write slot, so it never stalls the others. Every call on the core's
-buffers is in this module.
+on a timer, not on a write slot, so it never stalls the others. Every drain, settle and
+put_back on the core's buffers is in this module (the routes only append).
 
 Every line ends in exactly one counter: `writes_ok`, `writes_err` (refused, dead-lettered),
 `writes_uncertain` (dead-lettered from a partial write that did not say how many lines it
