@@ -776,23 +776,52 @@ class ShellyBatch:
         self.timestamp: list[int] = []
         self.idempotency_key: list[str] = []
 
+    def __len__(self) -> int:
+        """Number of readings (rows)."""
+        return len(self.power)
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float | None],
+        list[float | None],
+        list[int],
+        list[str],
+    ]:
+        """`(device_id, channel, power, voltage, current, timestamp, idempotency_key)`."""
+        return (
+            self.device_id,
+            self.channel,
+            self.power,
+            self.voltage,
+            self.current,
+            self.timestamp,
+            self.idempotency_key,
+        )
+
     def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
         """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
-        for r in rows:
-            _unsigned(r)
-        lines = []
-        for r in rows:
-            if r >= len(self.power):
-                raise IndexError(f"row {r} out of range")
-            current, voltage = self.current[r], self.voltage[r]
-            lines.append(
-                f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
-                f"apower={self.power[r]!r}"
-                + ("" if current is None else f",current={current!r}")
-                + ("" if voltage is None else f",voltage={voltage!r}")
-                + f" {self.timestamp[r] * 1_000_000_000}\n"
-            )
+        lines = [self._line(r) for r in rows]
         return "".join(lines).encode(), len(lines)
+
+    def encoded_size(self, rows: Sequence[int]) -> int:
+        """The length of `encode(rows)[0]`."""
+        return len(self.encode(rows)[0])
+
+    def _line(self, r: int) -> str:
+        if not 0 <= r < len(self.power):
+            raise IndexError(f"row {r} out of range")
+        current, voltage = self.current[r], self.voltage[r]
+        return (
+            f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
+            f"apower={self.power[r]!r}"
+            + ("" if current is None else f",current={current!r}")
+            + ("" if voltage is None else f",voltage={voltage!r}")
+            + f" {self.timestamp[r] * 1_000_000_000}\n"
+        )
 
 
 def _shelly_timestamp(value: object, now_s: int) -> int | None:

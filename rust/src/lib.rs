@@ -269,6 +269,11 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// Number of readings.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
     #[getter]
     fn device_id(&self) -> Vec<&str> {
         self.inner.device_id.iter().map(String::as_str).collect()
@@ -309,18 +314,48 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// All seven columns at once, each built once.
+    #[allow(clippy::type_complexity)]
+    fn columns(
+        &self,
+    ) -> (
+        Vec<&str>,
+        Vec<usize>,
+        Vec<f64>,
+        Vec<Option<f64>>,
+        Vec<Option<f64>>,
+        Vec<i64>,
+        Vec<&str>,
+    ) {
+        (
+            self.device_id(),
+            self.channel(),
+            self.power(),
+            self.voltage(),
+            self.current(),
+            self.timestamp(),
+            self.idempotency_key(),
+        )
+    }
+
     /// Line protocol (measurement `power`) of the readings at `rows`, and its line count.
     fn encode<'py>(
         &self,
         py: Python<'py>,
-        rows: Vec<usize>,
+        rows: Vec<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
-        let (body, n) = self
-            .inner
-            .encode(&rows)
-            .map_err(|row| PyIndexError::new_err(format!("row {row} out of range")))?;
+        let (body, n) = self.inner.encode(&rows).map_err(row_error)?;
         Ok((PyBytes::new(py, &body), n))
     }
+
+    /// The length of `encode(rows)`'s bytes, without building them.
+    fn encoded_size(&self, rows: Vec<i64>) -> PyResult<usize> {
+        self.inner.encoded_size(&rows).map_err(row_error)
+    }
+}
+
+fn row_error(row: i64) -> PyErr {
+    PyIndexError::new_err(format!("row {row} out of range"))
 }
 
 const _: () = assert!(shelly::MAX_SHELLY_MESSAGES == 1000);
