@@ -1466,3 +1466,23 @@ def test_shelly_message_count_limit(core: ModuleType) -> None:
 def test_shelly_lone_surrogate_src_is_invalid(core: ModuleType) -> None:
     body = f'{{"messages":[{{"src":"a\\ud800","timestamp":{NOW},"params":{{}}}}]}}'
     assert core.parse_shelly(body.encode(), NOW).errors == [(0, "INVALID_SRC")]
+
+
+def test_negative_counts_are_refused_with_the_cores_own_message(core: ModuleType) -> None:
+    body = batch_body(message())
+    buffers = core.TenantBuffers()
+    calls: list[tuple[str, Any]] = [
+        ("max_payload_bytes", lambda: core.parse_batch(body, RECEIVE_NS, -1)),
+        ("max_payload_bytes", lambda: core.parse_single(b"{}", "t", "d", "m", "p", 0, -1)),
+        ("max_messages", lambda: core.parse_shelly(body, 0, -1)),
+        ("batch_size", lambda: core.TenantBuffers(-1)),
+        ("flush_bytes", lambda: core.TenantBuffers(1, -1)),
+        ("max_bytes", lambda: core.TenantBuffers(1, 1, -1)),
+        ("line_count", lambda: buffers.append_lines("t", b"x\n", -1)),
+        ("max_lines", lambda: buffers.drain("t", -1)),
+        ("nbytes", lambda: buffers.settle(-1)),
+        ("line_count", lambda: buffers.put_back("t", b"", -1)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=f"^{name} must not be negative$"):
+            call()

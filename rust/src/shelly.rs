@@ -395,7 +395,10 @@ mod tests {
         assert_eq!(b.encode(&[3]), Err(3));
         assert_eq!(b.encode(&[0, -1]), Err(-1));
         assert_eq!(b.encoded_size(&[2, 0, 1]), Ok(size));
-        assert_eq!(b.encoded_size(&[1, 1]), Ok(2 * b.encode(&[1]).unwrap_or_default().0.len()));
+        assert_eq!(
+            b.encoded_size(&[1, 1]),
+            Ok(2 * b.encode(&[1]).unwrap_or_default().0.len())
+        );
         assert_eq!(b.encoded_size(&[]), Ok(0));
         assert_eq!(b.encoded_size(&[0, 3]), Err(3));
     }
