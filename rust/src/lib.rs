@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod buffer;
 pub mod encode;
+pub mod envelope;
 pub mod errors;
 pub mod ids;
 pub mod json;

@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 
 use crate::encode::Line;
+use crate::envelope::{utf8, walk_messages, Elements, Value};
 use crate::errors::{BodyError, ShellyReason};
 use crate::ids::valid_id;
 use crate::json::{self, Reader};
-use crate::parse::{utf8, walk_messages, Elements, Value};
 
 pub const MAX_SHELLY_MESSAGES: usize = 1000;
 const CHANNELS: usize = 4;
