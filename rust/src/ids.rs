@@ -66,7 +66,9 @@ fn scan_id(b: &[u8]) -> Option<bool> {
         },
         |c| SUSPECT[usize::from(c)] || c >= 0x80,
     );
-    let b = b.get(first..).unwrap_or_default();
+    let b = b
+        .get(first..)
+        .expect("scan::find returns a position within the bytes");
     let mut escape = false;
     for (i, &c) in b.iter().enumerate() {
         match c {

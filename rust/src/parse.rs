@@ -342,7 +342,7 @@ impl<'a> MessageParser<'a> {
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
     /// two of them in one batch are the same InfluxDB point; `None` outside InfluxDB's range.
     fn receive_time(&self) -> Option<i64> {
-        let index = i64::try_from(self.batch.len()).ok()?;
+        let index = i64::try_from(self.batch.len()).expect("a batch holds at most 100 items");
         self.receive_ns
             .checked_add(index)
             .filter(|ns| (MIN_NS..=MAX_NS).contains(ns))
