@@ -193,7 +193,8 @@ class TenantBuffers:
 @final
 class ShellyBatch:
     """Readings extracted from a Shelly `{"messages":[{src,timestamp,params}]}` body, columnar,
-    deduplicated on the idempotency key (first occurrence kept)."""
+    deduplicated on the idempotency key (first occurrence kept). Each column attribute builds a
+    new list per access: read them all at once with `columns()`."""
 
     total_messages: int
     devices: int
@@ -207,8 +208,30 @@ class ShellyBatch:
     timestamp: list[int]
     idempotency_key: list[str]
 
+    def __len__(self) -> int:
+        """Number of readings (rows)."""
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float | None],
+        list[float | None],
+        list[int],
+        list[str],
+    ]:
+        """`(device_id, channel, power, voltage, current, timestamp, idempotency_key)`, each
+        column built once."""
+
     def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
-        """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
+        """Line protocol (measurement `power`) of the readings at `rows`, and its line count.
+        Every row is encoded once, at parse time; this joins their lines. IndexError for a row
+        outside `0..len(self)`."""
+
+    def encoded_size(self, rows: Sequence[int]) -> int:
+        """The length of `encode(rows)[0]`, without building it."""
 
 def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
     """Parse and validate a Shelly batch. Raises BodyError (HTTP 422) for a body that is not a

@@ -551,6 +551,7 @@ class Batch:
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages; BodyError for an unusable
     body. A message without `ts` gets `receive_ns` plus its index, so none overwrites another."""
+    _count("max_payload_bytes", max_payload_bytes)
     messages, sizes = _parse_messages(body, MAX_BATCH_MESSAGES)
     return Batch(
         [
@@ -570,6 +571,7 @@ def parse_single(
     max_payload_bytes: int = 8192,
 ) -> Batch:
     """Parse the single-message form, identity from the URL and header; a one-item Batch."""
+    _count("max_payload_bytes", max_payload_bytes)
     msg = _parse_document(body)
     if type(msg) is not dict:
         raise BodyError(_NOT_OBJECT)
@@ -603,9 +605,9 @@ class TenantBuffers:
     def __init__(
         self, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
     ) -> None:
-        self._batch_size = batch_size
-        self._flush_bytes = flush_bytes
-        self._max_bytes = max_bytes
+        self._batch_size = _count("batch_size", batch_size)
+        self._flush_bytes = _count("flush_bytes", flush_bytes)
+        self._max_bytes = _count("max_bytes", max_bytes)
         self._total = 0
         self._in_flight = 0
         self._tenants: dict[str, _TenantBuffer] = {}
@@ -665,7 +667,7 @@ class TenantBuffers:
 
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None:
         """Take the tenant's oldest data as one write body; it stays counted until settle."""
-        if _unsigned(max_lines) < 1:
+        if _count("max_lines", max_lines) < 1:
             raise ValueError("max_lines must be at least 1")
         with self._lock:
             buf = self._tenants.get(tenant)
@@ -687,7 +689,7 @@ class TenantBuffers:
     def settle(self, nbytes: int) -> None:
         """A drained body of `nbytes` is finished with (written, or dead-lettered)."""
         with self._lock:
-            if _unsigned(nbytes) > self._in_flight:
+            if _count("nbytes", nbytes) > self._in_flight:
                 raise ValueError(f"{nbytes} bytes are not in flight (only {self._in_flight} are)")
             self._in_flight -= nbytes
             self._total -= nbytes
@@ -695,7 +697,7 @@ class TenantBuffers:
     def put_back(self, tenant: str, body: bytes, line_count: int) -> None:
         """Return a drained body whose write failed; it is the tenant's next drain (put-back
         bodies drain oldest first)."""
-        _unsigned(line_count)
+        _count("line_count", line_count)
         with self._lock:
             if len(body) > self._in_flight:
                 raise ValueError(
@@ -725,15 +727,19 @@ class TenantBuffers:
         return self._max_bytes
 
 
-def _unsigned(n: int) -> int:
-    """`n`, refused like the compiled core's unsigned arguments when negative."""
+def _count(name: str, n: int) -> int:
+    """`n`, a count or size argument; ValueError when it is negative."""
     if n < 0:
-        raise OverflowError("can't convert negative int to unsigned")
+        raise ValueError(f"{name} must not be negative")
     return n
 
 
 def _check_lines(lines: bytes, line_count: int) -> None:
-    if _unsigned(line_count) < 1 or lines.count(b"\n") != line_count or not lines.endswith(b"\n"):
+    if (
+        _count("line_count", line_count) < 1
+        or lines.count(b"\n") != line_count
+        or not lines.endswith(b"\n")
+    ):
         raise ValueError("lines must be line_count newline-terminated lines, and line_count >= 1")
 
 
@@ -776,23 +782,52 @@ class ShellyBatch:
         self.timestamp: list[int] = []
         self.idempotency_key: list[str] = []
 
+    def __len__(self) -> int:
+        """Number of readings (rows)."""
+        return len(self.power)
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float | None],
+        list[float | None],
+        list[int],
+        list[str],
+    ]:
+        """`(device_id, channel, power, voltage, current, timestamp, idempotency_key)`."""
+        return (
+            self.device_id,
+            self.channel,
+            self.power,
+            self.voltage,
+            self.current,
+            self.timestamp,
+            self.idempotency_key,
+        )
+
     def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
         """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
-        for r in rows:
-            _unsigned(r)
-        lines = []
-        for r in rows:
-            if r >= len(self.power):
-                raise IndexError(f"row {r} out of range")
-            current, voltage = self.current[r], self.voltage[r]
-            lines.append(
-                f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
-                f"apower={self.power[r]!r}"
-                + ("" if current is None else f",current={current!r}")
-                + ("" if voltage is None else f",voltage={voltage!r}")
-                + f" {self.timestamp[r] * 1_000_000_000}\n"
-            )
+        lines = [self._line(r) for r in rows]
         return "".join(lines).encode(), len(lines)
+
+    def encoded_size(self, rows: Sequence[int]) -> int:
+        """The length of `encode(rows)[0]`."""
+        return len(self.encode(rows)[0])
+
+    def _line(self, r: int) -> str:
+        if not 0 <= r < len(self.power):
+            raise IndexError(f"row {r} out of range")
+        current, voltage = self.current[r], self.voltage[r]
+        return (
+            f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
+            f"apower={self.power[r]!r}"
+            + ("" if current is None else f",current={current!r}")
+            + ("" if voltage is None else f",voltage={voltage!r}")
+            + f" {self.timestamp[r] * 1_000_000_000}\n"
+        )
 
 
 def _shelly_timestamp(value: object, now_s: int) -> int | None:
@@ -813,6 +848,7 @@ def _optional_number(sw: dict[str, object], key: str) -> tuple[bool, float | Non
 
 def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
     """Parse and validate a Shelly batch; BodyError for an unusable body."""
+    _count("max_messages", max_messages)
     messages, _ = _parse_messages(body, max_messages)
     out = ShellyBatch()
     out.total_messages = len(messages)

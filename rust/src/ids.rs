@@ -66,7 +66,9 @@ fn scan_id(b: &[u8]) -> Option<bool> {
         },
         |c| SUSPECT[usize::from(c)] || c >= 0x80,
     );
-    let b = b.get(first..).unwrap_or_default();
+    let b = b
+        .get(first..)
+        .expect("scan::find returns a position within the bytes");
     let mut escape = false;
     for (i, &c) in b.iter().enumerate() {
         match c {
@@ -77,4 +79,51 @@ fn scan_id(b: &[u8]) -> Option<bool> {
         }
     }
     Some(escape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_and_scanned_for_escapes_in_one_pass() {
+        for (id, expected) in [
+            ("dev-1", Some(false)),
+            ("a long device id, 8+ bytes", Some(true)),
+            ("k=v", Some(true)),
+            ("x y", Some(true)),
+            ("caf\u{e9} \u{2028}\u{a0}", Some(true)),
+            ("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}", Some(false)),
+            ("", None),
+            ("a\\b", None),
+            ("a,b\u{7f}", None),
+            ("a long name, then \u{1}", None),
+            ("\u{85}", None),
+            ("a=\u{9f}", None),
+        ] {
+            assert_eq!(checked_id(id), expected, "{id:?}");
+            assert_eq!(valid_id(id), expected.is_some(), "{id:?}");
+        }
+        assert_eq!(checked_id(&"n".repeat(129)), None);
+    }
+
+    #[test]
+    fn tenants_are_lowercase_ascii_words_of_up_to_64() {
+        for (s, ok) in [
+            ("acme", true),
+            ("a-b_9", true),
+            (&"a".repeat(64), true),
+            (&"a".repeat(65), false),
+            ("", false),
+            ("Acme", false),
+            ("ac me", false),
+            ("\u{e9}", false),
+        ] {
+            assert_eq!(valid_tenant(s), ok, "{s:?}");
+        }
+        assert_eq!(
+            TENANT_PATTERN,
+            format!("^[a-z0-9_-]{{1,{MAX_TENANT_CHARS}}}$")
+        );
+    }
 }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod buffer;
 pub mod encode;
+pub mod envelope;
 pub mod errors;
 pub mod ids;
 pub mod json;
@@ -37,6 +38,12 @@ fn body_error(py: Python<'_>, e: &errors::BodyError) -> PyErr {
 
 fn usage_error(e: &UsageError) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+/// A count or size argument: a Python int may be negative, the core's counts may not. The
+/// message is ours (docs/core-rules.md), not the conversion's.
+fn count(name: &str, n: i64) -> PyResult<usize> {
+    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} must not be negative")))
 }
 
 /// Parsed, validated and line-protocol-encoded messages of one request, held in Rust.
@@ -98,9 +105,10 @@ fn parse_batch(
     py: Python<'_>,
     body: &[u8],
     receive_ns: i64,
-    max_payload_bytes: usize,
+    max_payload_bytes: i64,
 ) -> PyResult<PyBatch> {
-    py.detach(|| parse::parse_batch(body, receive_ns, max_payload_bytes))
+    let max_payload = count("max_payload_bytes", max_payload_bytes)?;
+    py.detach(|| parse::parse_batch(body, receive_ns, max_payload))
         .map(|inner| PyBatch { inner })
         .map_err(|e| body_error(py, &e))
 }
@@ -119,8 +127,9 @@ fn parse_single(
     msg_type: &Bound<'_, PyString>,
     provision_token: &Bound<'_, PyString>,
     receive_ns: i64,
-    max_payload_bytes: usize,
+    max_payload_bytes: i64,
 ) -> PyResult<PyBatch> {
+    let max_payload = count("max_payload_bytes", max_payload_bytes)?;
     // A str holding a lone surrogate has no UTF-8 form: it is a string, never a valid id.
     let tenant = tenant_id.to_str().ok();
     let device = device_id.to_str().ok();
@@ -132,7 +141,7 @@ fn parse_single(
         msg_type,
         token,
     };
-    py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload_bytes))
+    py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload))
         .map(|inner| PyBatch { inner })
         .map_err(|e| body_error(py, &e))
 }
@@ -147,10 +156,13 @@ struct PyTenantBuffers {
 impl PyTenantBuffers {
     #[new]
     #[pyo3(signature = (batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864))]
-    fn new(batch_size: usize, flush_bytes: usize, max_bytes: usize) -> Self {
-        PyTenantBuffers {
-            inner: buffer::TenantBuffers::new(batch_size, flush_bytes, max_bytes),
-        }
+    fn new(batch_size: i64, flush_bytes: i64, max_bytes: i64) -> PyResult<Self> {
+        let inner = buffer::TenantBuffers::new(
+            count("batch_size", batch_size)?,
+            count("flush_bytes", flush_bytes)?,
+            count("max_bytes", max_bytes)?,
+        );
+        Ok(PyTenantBuffers { inner })
     }
 
     /// Append the batch's accepted lines; returns the tenants now at a flush threshold.
@@ -167,8 +179,9 @@ impl PyTenantBuffers {
         py: Python<'_>,
         tenant: &str,
         lines: &[u8],
-        line_count: usize,
+        line_count: i64,
     ) -> PyResult<bool> {
+        let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.append_lines(tenant, lines, line_count))
             .map_err(|e| usage_error(&e))
     }
@@ -189,8 +202,9 @@ impl PyTenantBuffers {
         &self,
         py: Python<'py>,
         tenant: &str,
-        max_lines: usize,
+        max_lines: i64,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
+        let max_lines = count("max_lines", max_lines)?;
         let drained = py
             .detach(|| self.inner.drain(tenant, max_lines))
             .map_err(|e| usage_error(&e))?;
@@ -198,19 +212,15 @@ impl PyTenantBuffers {
     }
 
     /// A drained body of `nbytes` is finished with (written, or dead-lettered).
-    fn settle(&self, py: Python<'_>, nbytes: usize) -> PyResult<()> {
+    fn settle(&self, py: Python<'_>, nbytes: i64) -> PyResult<()> {
+        let nbytes = count("nbytes", nbytes)?;
         py.detach(|| self.inner.settle(nbytes))
             .map_err(|e| usage_error(&e))
     }
 
     /// Return a drained body whose write failed; it is the tenant's next `drain`.
-    fn put_back(
-        &self,
-        py: Python<'_>,
-        tenant: &str,
-        body: &[u8],
-        line_count: usize,
-    ) -> PyResult<()> {
+    fn put_back(&self, py: Python<'_>, tenant: &str, body: &[u8], line_count: i64) -> PyResult<()> {
+        let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.put_back(tenant, body.to_vec(), line_count))
             .map_err(|e| usage_error(&e))
     }
@@ -269,6 +279,11 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// Number of readings.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
     #[getter]
     fn device_id(&self) -> Vec<&str> {
         self.inner.device_id.iter().map(String::as_str).collect()
@@ -309,18 +324,48 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// All seven columns at once, each built once.
+    #[allow(clippy::type_complexity)]
+    fn columns(
+        &self,
+    ) -> (
+        Vec<&str>,
+        Vec<usize>,
+        Vec<f64>,
+        Vec<Option<f64>>,
+        Vec<Option<f64>>,
+        Vec<i64>,
+        Vec<&str>,
+    ) {
+        (
+            self.device_id(),
+            self.channel(),
+            self.power(),
+            self.voltage(),
+            self.current(),
+            self.timestamp(),
+            self.idempotency_key(),
+        )
+    }
+
     /// Line protocol (measurement `power`) of the readings at `rows`, and its line count.
     fn encode<'py>(
         &self,
         py: Python<'py>,
-        rows: Vec<usize>,
+        rows: Vec<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
-        let (body, n) = self
-            .inner
-            .encode(&rows)
-            .map_err(|row| PyIndexError::new_err(format!("row {row} out of range")))?;
+        let (body, n) = self.inner.encode(&rows).map_err(row_error)?;
         Ok((PyBytes::new(py, &body), n))
     }
+
+    /// The length of `encode(rows)`'s bytes, without building them.
+    fn encoded_size(&self, rows: Vec<i64>) -> PyResult<usize> {
+        self.inner.encoded_size(&rows).map_err(row_error)
+    }
+}
+
+fn row_error(row: i64) -> PyErr {
+    PyIndexError::new_err(format!("row {row} out of range"))
 }
 
 const _: () = assert!(shelly::MAX_SHELLY_MESSAGES == 1000);
@@ -352,8 +397,9 @@ fn parse_shelly(
     py: Python<'_>,
     body: &[u8],
     now_s: i64,
-    max_messages: usize,
+    max_messages: i64,
 ) -> PyResult<PyShellyBatch> {
+    let max_messages = count("max_messages", max_messages)?;
     py.detach(|| shelly::parse_shelly(body, now_s, max_messages))
         .map(|inner| PyShellyBatch { inner })
         .map_err(|e| body_error(py, &e))
