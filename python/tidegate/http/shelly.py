@@ -102,8 +102,7 @@ class Shelly:
                 return tenant
             body = await read_body(request, gw.cfg.shelly_max_body_bytes)
             batch = gw.core.parse_shelly(body, int(time.time()), MAX_SHELLY_MESSAGES)
-            # The core builds a column's list on each access: read the count once.
-            found = len(batch.channel)
+            found = len(batch)
             if found and not self._room_for(batch, found):
                 return self._buffer_full(tenant, found)
             rows = await gw.services.registry.power_logs.insert(tenant, batch) if found else []
@@ -159,7 +158,7 @@ class Shelly:
 
         Checked before the insert: once the rows are stored, a retry finds only duplicates
         and buffers nothing, so this is the last moment to push back instead of dropping."""
-        need = len(batch.encode(range(found))[0])
+        need = batch.encoded_size(range(found))
         buffers = self.gw.services.buffers
         return buffers.total_bytes + need <= buffers.max_bytes
 

@@ -88,7 +88,7 @@ _SEP = "\x1f"
 class PowerLogs(Protocol):
     """Shelly readings, stored once per `(tenant, idempotency_key)`."""
 
-    async def insert(self, tenant_id: str, rows: ShellyBatch) -> list[int]:
+    async def insert(self, tenant_id: str, batch: ShellyBatch) -> list[int]:
         """Insert the batch's readings in one round trip; return the indexes inserted.
 
         One statement with ON CONFLICT DO NOTHING on the partial unique index: a reading whose
@@ -107,23 +107,23 @@ class PostgresPowerLogs:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def insert(self, tenant_id: str, rows: ShellyBatch) -> list[int]:
+    async def insert(self, tenant_id: str, batch: ShellyBatch) -> list[int]:
         """See PowerLogs.insert."""
-        keys = rows.idempotency_key
-        if not keys:
+        if not len(batch):
             return []
+        device_id, channel, power, voltage, current, timestamp, keys = batch.columns()
         # The text columns travel as one string each, split by the server: asyncpg encodes
         # a text[] element by element (~0.4 us each, 3 ms a full batch), a join costs ~1%
         # of that.
         joined: str | None = await self._pool.fetchval(
             _PG_INSERT,
             tenant_id,
-            _SEP.join(rows.device_id),
-            rows.channel,
-            rows.power,
-            rows.voltage,
-            rows.current,
-            rows.timestamp,
+            _SEP.join(device_id),
+            channel,
+            power,
+            voltage,
+            current,
+            timestamp,
             _SEP.join(keys),
         )
         return _inserted(keys, set(joined.split(_SEP)) if joined else set())
@@ -140,15 +140,16 @@ class SqlitePowerLogs:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
-    async def insert(self, tenant_id: str, rows: ShellyBatch) -> list[int]:
+    async def insert(self, tenant_id: str, batch: ShellyBatch) -> list[int]:
         """See PowerLogs.insert."""
-        keys = rows.idempotency_key
-        if not keys:
+        if not len(batch):
             return []
+        columns = batch.columns()
+        keys = columns[-1]
         # One JSON parameter: SQLite caps bound variables, and json_each reads the rows
         # back exactly (doubles included: orjson writes shortest round-trip digits).
-        columns = (rows.device_id, rows.channel, rows.power, rows.voltage, rows.current)
-        data = orjson.dumps(list(zip(*columns, rows.timestamp, keys, strict=True)))
+        # Columns in the order the statement reads them (`value ->> 0` .. `->> 6`).
+        data = orjson.dumps(list(zip(*columns, strict=True)))
         returned = await self._db.execute_fetchall(_SQLITE_INSERT, (tenant_id, data.decode()))
         return _inserted(keys, {row[0] for row in returned})
 
