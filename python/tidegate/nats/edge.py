@@ -21,13 +21,14 @@ from tidegate.logs import log
 from tidegate.nats.settings import FORMAT_HEADER, FORMAT_LP, NatsSettings
 from tidegate.nats.stream import Link
 
-# Worth another attempt: no PubAck in time, no stream leader (503), a reconnect under way.
+# Worth another attempt: no PubAck in time, no stream leader, a reconnect under way. A 503 with
+# an error code is the stream's own refusal (10077: maximum bytes or messages exceeded, with
+# discard-new), which a retry within the request cannot change.
 _TRANSIENT = (
     TimeoutError,
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
@@ -96,8 +97,9 @@ class Publisher:
                 except _TRANSIENT as exc:
                     error = f"{type(exc).__name__}: {exc}"
                 except nats.js.errors.APIError as exc:
-                    # Stream full (discard-new), wrong subject: retrying cannot help now.
-                    return self._failed(tenant, count, f"APIError: {exc.description}")
+                    error = f"{type(exc).__name__} {exc.err_code}: {exc.description}"
+                    if exc.err_code is not None:
+                        return self._failed(tenant, count, error)
                 except nats.errors.Error as exc:
                     return self._failed(tenant, count, f"{type(exc).__name__}: {exc}")
                 else:
