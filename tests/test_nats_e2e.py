@@ -1,0 +1,447 @@
+"""NATS mode end to end: real nats-server, uvicorn edges, worker processes, InfluxDB 1.x."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import nats.js.errors
+import orjson
+import pytest
+from gateway import GatewayProcess, poll, provision, run_gateway
+from services import InfluxDB, NatsServer
+from test_nats_stream import mqtt_publish
+
+TENANT = "acme"
+DB = f"telemetry_{TENANT}"
+BASE_NS = 1_795_687_200_000_000_000  # 2026-11-26T10:00:00Z
+DEVICES = ("d1", "d2", "d3")
+
+
+@dataclass
+class Deployment:
+    """Edges and workers sharing one registry (SQLite in a shared data dir) and nats-server."""
+
+    tmp: Path
+    nats: NatsServer
+    influx: InfluxDB | None
+    tokens: dict[str, str] = field(default_factory=dict)
+    procs: list[GatewayProcess] = field(default_factory=list)
+    names: Iterator[int] = field(default_factory=itertools.count)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment every process of the deployment shares."""
+        env = {
+            "TIDEGATE_MODE": "nats",
+            "NATS_URL": self.nats.url,
+            "TIDEGATE_DATA_DIR": str(self.tmp / "shared"),
+            "INFLUX_FLUSH_INTERVAL_MS": "100",
+            "NATS_PUBLISH_TIMEOUT_S": "1",
+            "NATS_ACK_WAIT_S": "5",
+            "NATS_NAK_DELAY_S": "0.5",
+            "TIDEGATE_DEFAULT_RPS": "100000",
+            "TIDEGATE_DEFAULT_BURST": "100000",
+        }
+        if self.influx is not None:
+            env |= {
+                "INFLUXDB_URL": self.influx.url,
+                "INFLUX_API": "v1",
+                "TIDEGATE_INFLUX_CREATE_DB": "1",
+                "INFLUX_RETRY_MAX_S": "0.5",
+            }
+        return env | extra
+
+    def provision(self) -> None:
+        """Register the tenant's devices (token = `tok-<device>`)."""
+        for device in DEVICES:
+            self.tokens[device] = provision(
+                self.env(), TENANT, device, f"site-{device}", token=f"tok-{device}-{'x' * 16}"
+            )
+
+    def start(self, command: str, **extra: str) -> GatewayProcess:
+        """Start an edge (`serve`) or a worker (`worker`) process."""
+        name = f"{command}{next(self.names)}"
+        proc = run_gateway(self.env(**extra), self.tmp / name, command=command)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> list[str]:
+        """SIGTERM every process still running; the failures (exit status not 0)."""
+        failures = []
+        for proc in self.procs:
+            if proc.proc.poll() is None:
+                code = proc.stop()
+                if code != 0:
+                    failures.append(f"{proc.url} exited {code}:\n{proc.logs()[-3000:]}")
+        return failures
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB) -> Iterator[Deployment]:
+    """A NATS-mode deployment on InfluxDB; every process must exit 0 at teardown."""
+    if DB in influxdb.databases():
+        influxdb.query(None, f'DROP DATABASE "{DB}"')
+    d = Deployment(tmp_path, nats_server, influxdb)
+    d.provision()
+    yield d
+    failures = d.stop_all()
+    assert not failures, "\n".join(failures)
+
+
+def message(seq: int, token: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """One batch item with an explicit, unique ts (so every message is its own point)."""
+    device = device or DEVICES[seq % len(DEVICES)]
+    ts_ns = BASE_NS + seq * 1000
+    return {
+        "tenant_id": TENANT,
+        "device_id": device,
+        "msg_type": "telemetry",
+        "provision_token": token or f"tok-{device}-{'x' * 16}",
+        "site_id": f"site-{device}",
+        "seq": seq,
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns // 10**9))
+        + f".{ts_ns % 10**9:09d}Z",
+        "metrics": {"temp": 20 + seq % 7, "ok": True},
+    }
+
+
+def stored_seqs(influx: InfluxDB) -> list[int]:
+    """Every `seq` InfluxDB holds for the tenant, one per point."""
+    if DB not in influx.databases():
+        return []
+    return sorted(int(r["seq"]) for r in influx.query(DB, "SELECT seq FROM telemetry"))
+
+
+class Load(threading.Thread):
+    """Posts 10-message batches with explicit ts until stopped; records which seqs got 202."""
+
+    def __init__(self, edge: GatewayProcess, batch: int = 10) -> None:
+        super().__init__(daemon=True)
+        self.edge = edge
+        self.batch = batch
+        self.accepted: set[int] = set()
+        self.statuses: dict[int, int] = {}
+        self.stopped = threading.Event()
+        self._seq = itertools.count()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.edge.url, timeout=30.0) as client:
+            while not self.stopped.is_set():
+                seqs = [next(self._seq) for _ in range(self.batch)]
+                body = {"messages": [message(s) for s in seqs]}
+                try:
+                    r = client.post("/ingest/v1/batch", content=orjson.dumps(body))
+                except httpx.TransportError:
+                    continue
+                self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
+                if r.status_code == 202:
+                    results = r.json()["results"]
+                    self.accepted.update(
+                        s
+                        for s, res in zip(seqs, results, strict=True)
+                        if res["status"] == "accepted"
+                    )
+
+    def stop(self) -> None:
+        """Stop after the request in flight; wait for it."""
+        self.stopped.set()
+        self.join(60)
+
+
+def worker_stats(worker: GatewayProcess) -> dict[str, Any]:
+    """GET /stats of a worker."""
+    r = httpx.get(f"{worker.url}/stats", timeout=10.0)
+    r.raise_for_status()
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def wait_for_exactly(influx: InfluxDB, seqs: set[int], wait_s: float = 90.0) -> None:
+    """InfluxDB ends up with exactly `seqs`, each once."""
+    stored = poll(lambda: stored_seqs(influx), lambda got: len(got) >= len(seqs), wait_s)
+    assert len(stored) == len(set(stored)), "a message was written twice as distinct points"
+    assert set(stored) == seqs
+
+
+# -- the edge ---------------------------------------------------------------------------------
+
+MIXED = {
+    "messages": [
+        message(1),
+        message(2, token="wrong-token-xxxxxxxxxxxx"),
+        {**message(3), "metrics": {"temp": "hot"}},
+        {**message(4), "site_id": "elsewhere"},
+        {**message(5), "msg_type": "status"},
+    ]
+}
+
+
+def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    edge = deployment.start("serve")
+    direct_env = {
+        k: v for k, v in deployment.env().items() if not k.startswith(("NATS_", "TIDEGATE_MODE"))
+    }
+    direct = run_gateway(
+        direct_env | {"TIDEGATE_DATA_DIR": str(tmp_path / "direct")}, tmp_path / "d"
+    )
+    deployment.procs.append(direct)
+    for device in DEVICES:
+        provision(direct, TENANT, device, f"site-{device}", token=deployment.tokens[device])
+    body = orjson.dumps(MIXED)
+    answers = [httpx.post(f"{gw.url}/ingest/v1/batch", content=body) for gw in (direct, edge)]
+    assert answers[0].status_code == answers[1].status_code == 202
+    assert answers[0].content == answers[1].content
+    assert answers[1].json()["accepted"] == 1
+    single = [
+        httpx.post(
+            f"{gw.url}/ingest/v1/tenant/{TENANT}/device/d1/telemetry",
+            content=b'{"site_id":"site-d1","metrics":{"temp":1}}',
+            headers={"X-Provision-Token": deployment.tokens["d1"]},
+        )
+        for gw in (direct, edge)
+    ]
+    assert [r.status_code for r in single] == [202, 202]
+    assert single[0].content == single[1].content == b'{"status":"accepted"}'
+
+
+def test_nats_down_answers_503_unavailable_and_every_202_is_in_the_stream(
+    deployment: Deployment,
+) -> None:
+    edge = deployment.start("serve")
+    client = edge.client()
+    accepted = 0
+    for seq in range(0, 50, 10):
+        r = client.post(
+            "/ingest/v1/batch", json={"messages": [message(s) for s in range(seq, seq + 10)]}
+        )
+        assert r.status_code == 202
+        accepted += 1
+    deployment.nats.stop()
+    r = client.post("/ingest/v1/batch", json={"messages": [message(100), message(101)]})
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "1"
+    assert [i["reason"] for i in r.json()["results"]] == ["UNAVAILABLE", "UNAVAILABLE"]
+    single = client.post(
+        f"/ingest/v1/tenant/{TENANT}/device/d1/telemetry",
+        content=b'{"site_id":"site-d1","metrics":{"temp":1}}',
+        headers={"X-Provision-Token": deployment.tokens["d1"]},
+    )
+    assert single.status_code == 503
+    assert single.json()["reason"] == "UNAVAILABLE"
+    assert httpx.get(f"{edge.url}/ready").status_code == 503
+    deployment.nats.start()
+    poll(lambda: httpx.get(f"{edge.url}/ready").status_code, lambda s: s == 200)
+    assert stream_message_count(deployment.nats) == accepted
+    r = client.post("/ingest/v1/batch", json={"messages": [message(200)]})
+    assert r.status_code == 202
+    assert stream_message_count(deployment.nats) == accepted + 1
+
+
+def stream_message_count(server: NatsServer) -> int:
+    """Messages in TELEMETRY now."""
+
+    async def count() -> int:
+        nc = await nats.connect(server.url)
+        try:
+            return (await nc.jetstream().stream_info("TELEMETRY")).state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_once(
+    deployment: Deployment,
+) -> None:
+    assert deployment.influx is not None
+    edge = deployment.start("serve")
+    worker = deployment.start("worker")
+    load = Load(edge)
+    load.start()
+    poll(lambda: worker_stats(worker)["worker_acked"], lambda n: n >= 20)
+    worker.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    deployment.start("worker")
+    time.sleep(1.0)
+    load.stop()
+    assert load.accepted, load.statuses
+    wait_for_exactly(deployment.influx, load.accepted)
+
+
+def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) -> None:
+    assert deployment.influx is not None
+    edge = deployment.start("serve")
+    deployment.start("worker")
+    load = Load(edge)
+    load.start()
+    poll(lambda: len(load.accepted), lambda n: n >= 200)
+    deployment.nats.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    deployment.nats.start()
+    poll(lambda: len(load.accepted), lambda n: n >= 400)
+    load.stop()
+    wait_for_exactly(deployment.influx, load.accepted)
+
+
+def test_two_workers_share_one_stream_and_both_write(deployment: Deployment) -> None:
+    assert deployment.influx is not None
+    edge = deployment.start("serve")
+    workers = [deployment.start("worker"), deployment.start("worker")]
+    load = Load(edge)
+    load.start()
+    poll(
+        lambda: [worker_stats(w)["worker_acked"] for w in workers],
+        lambda acked: min(acked) >= 10,
+    )
+    load.stop()
+    wait_for_exactly(deployment.influx, load.accepted)
+
+
+def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
+    deployment: Deployment,
+) -> None:
+    influx = deployment.influx
+    assert influx is not None
+    edge = deployment.start("serve")
+    worker = deployment.start("worker")
+    client = edge.client()
+    r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in range(10)]})
+    assert r.status_code == 202
+    wait_for_exactly(influx, set(range(10)))
+    influx.stop()
+    accepted = set(range(10))
+    for start in range(10, 110, 10):
+        seqs = range(start, start + 10)
+        r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in seqs]})
+        assert r.status_code == 202
+        accepted.update(seqs)
+    poll(lambda: httpx.get(f"{worker.url}/ready").status_code, lambda s: s == 503)
+    time.sleep(2.0)  # several retry rounds: nothing may be acked while nothing is written
+    assert stream_message_count(deployment.nats) >= 9
+    influx.start()
+    wait_for_exactly(influx, accepted)
+    poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
+
+
+# -- envelopes and MQTT -----------------------------------------------------------------------
+
+
+def envelope(device: str, token: str, metrics: object, seq: int) -> bytes:
+    """The seed's envelope around a single-message payload."""
+    return orjson.dumps(
+        {
+            "topic": f"tenant/{TENANT}/device/{device}/telemetry",
+            "tenant_id": TENANT,
+            "device_id": device,
+            "msg_type": "telemetry",
+            "username": "",
+            "payload": {
+                "site_id": f"site-{device}",
+                "seq": seq,
+                "metrics": metrics,
+                "provision_token": token,
+            },
+            "ts": 1764150000000,
+        }
+    )
+
+
+def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
+    """`(subject, reason, data)` of every message in TELEMETRY_REJECTED."""
+
+    async def read() -> list[tuple[str, str, bytes]]:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            state = (await js.stream_info("TELEMETRY_REJECTED")).state
+            out = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    msg = await js.get_msg("TELEMETRY_REJECTED", seq)
+                    headers = msg.headers or {}
+                    out.append((msg.subject, headers["Tidegate-Reason"], msg.data or b""))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
+    """Publish `(subject, data)` pairs to JetStream as another producer would."""
+
+    async def main() -> None:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            for subject, data in items:
+                await js.publish(subject, data)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
+    deployment: Deployment,
+) -> None:
+    influx = deployment.influx
+    assert influx is not None
+    deployment.start("worker")
+    worker_ready(deployment)
+    tok = deployment.tokens
+    publish_raw(
+        deployment.nats,
+        [
+            (f"telemetry.{TENANT}", envelope("d1", tok["d1"], {"temp": 1}, 1)),
+            (f"telemetry.{TENANT}", envelope("d2", "wrong-token-xxxxxxxx", {"temp": 1}, 2)),
+            (f"telemetry.{TENANT}", envelope("d3", tok["d3"], {"temp": "hot"}, 3)),
+            (f"telemetry.{TENANT}", b"not json at all"),
+        ],
+    )
+    mqtt = f"tenant/{TENANT}/device"
+    mqtt_publish(
+        deployment.nats,
+        f"{mqtt}/d2/telemetry",
+        orjson.dumps(
+            {"site_id": "site-d2", "seq": 11, "metrics": {"temp": 2}, "provision_token": tok["d2"]}
+        ),
+    )
+    mqtt_publish(
+        deployment.nats,
+        f"{mqtt}/d3/telemetry",
+        orjson.dumps({"site_id": "site-d3", "seq": 12, "metrics": {"temp": 2}}),
+    )
+    mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe")
+    wait_for_exactly(influx, {1, 11})
+    got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
+    assert sorted((subject, reason) for subject, reason, _ in got) == [
+        ("telemetry.rejected.acme", "INVALID_METRICS"),
+        ("telemetry.rejected.acme", "UNAUTHORIZED"),
+        ("telemetry.rejected.acme", "UNAUTHORIZED"),
+        ("telemetry.rejected.acme", "UNREADABLE"),
+        ("telemetry.rejected.acme", "UNREADABLE"),
+    ]
+    assert b"not json at all" in [data for _, _, data in got]
+    poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
+
+
+def worker_ready(deployment: Deployment) -> None:
+    """Wait until every started worker says ready (streams and consumer exist)."""
+    for proc in deployment.procs:
+        poll(lambda p=proc: httpx.get(f"{p.url}/ready").status_code, lambda s: s == 200)
