@@ -57,6 +57,7 @@ def create_app(worker: Worker) -> Starlette:
     async def stats(request: Request) -> Response:
         out = worker.metrics.stats()
         out["worker_rejected"] = dict(sorted(worker.stats.rejected.items()))
+        out["delivery_latency"] = worker.latency.percentiles()
         return _json(200, out)
 
     routes = [

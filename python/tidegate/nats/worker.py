@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import orjson
 from nats.aio.msg import Msg
+from prometheus_client import Histogram
 
 from tidegate import core, logs
 from tidegate.auth import Authenticator
@@ -84,6 +86,37 @@ class WorkerStats:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
+class Latency:
+    """Stored-in-JetStream to written-by-the-sink time of acked messages: a Prometheus
+    histogram, and the last `keep` samples for exact percentiles on /stats (benches)."""
+
+    def __init__(self, metrics: Metrics, keep: int = 100_000) -> None:
+        self._histogram = Histogram(
+            "tidegate_worker_delivery_seconds",
+            "From JetStream's store time to the sink's write, per acked message",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=metrics.registry,
+        )
+        self._samples: deque[float] = deque(maxlen=keep)
+
+    def observe(self, seconds: float) -> None:
+        """Record one acked message."""
+        self._histogram.observe(seconds)
+        self._samples.append(seconds)
+
+    def percentiles(self) -> dict[str, float]:
+        """p50/p99/max in ms over the kept samples (empty when none)."""
+        if not self._samples:
+            return {}
+        ordered = sorted(self._samples)
+        last = len(ordered) - 1
+
+        def ms(q: float) -> float:
+            return round(ordered[min(last, int(q * len(ordered)))] * 1000, 2)
+
+        return {"count": len(ordered), "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": ms(1.0)}
+
+
 @dataclass(slots=True)
 class _Held:
     """A message whose lines are in the buffers, waiting for its mark to be delivered."""
@@ -127,6 +160,7 @@ class Worker:
         self._next_mark = 0
         self._flushed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.latency = Latency(self.metrics)
 
     async def start(self) -> None:
         """Open the registry, the buffers and the sink; connect and start the loops."""
@@ -397,10 +431,15 @@ class Worker:
                         await self._settle(held.msg, "in_progress")
 
     async def _ack_delivered(self) -> None:
-        for mark in self.buffers.take_delivered():
+        delivered = self.buffers.take_delivered()
+        if not delivered:
+            return
+        now_ns = time.time_ns()
+        for mark in delivered:
             held = self._held.pop(mark, None)
             if held is not None:
                 await self._settle(held.msg, "ack")
+                self.latency.observe((now_ns - stored_ns(held.msg)) / 1e9)
 
     async def _settle(self, msg: Msg, how: str, delay: float = 0.0) -> None:
         """ack / nak(delay) / term / in_progress, counted; a closed connection is not an error
