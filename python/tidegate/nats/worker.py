@@ -50,7 +50,7 @@ from tidegate.nats.settings import (
 )
 from tidegate.nats.stream import Link
 from tidegate.ratelimit import RateLimiter
-from tidegate.registry import Registry
+from tidegate.registry import Registry, is_id
 from tidegate.sink import Sink
 
 if TYPE_CHECKING:
@@ -349,18 +349,22 @@ class Worker:
     ) -> None:
         """Inputs 2 and 3: one message, validated like the single-message route."""
         try:
-            token = orjson.loads(body).get("provision_token")
-        except (orjson.JSONDecodeError, AttributeError):
-            token = None
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            await self._reject(msg, subject_tenant, UNREADABLE, f"not JSON: {exc}")
+            return
+        if not isinstance(doc, dict):
+            await self._reject(msg, subject_tenant, UNREADABLE, "not a JSON object")
+            return
+        token = doc.get("provision_token")
+        # As on the single-message route: a token that is not a valid id matches no device.
+        if not isinstance(token, str) or not is_id(token):
+            self.metrics.count(0, ((UNAUTHORIZED, 1),))
+            await self._reject(msg, subject_tenant, UNAUTHORIZED, "no valid provision_token")
+            return
         try:
             batch: Batch = self.core.parse_single(
-                body,
-                tenant,
-                device,
-                msg_type,
-                token if isinstance(token, str) else "",
-                stored_ns(msg),
-                self.cfg.max_payload_bytes,
+                body, tenant, device, msg_type, token, stored_ns(msg), self.cfg.max_payload_bytes
             )
         except self.core.BodyError as exc:
             await self._reject(msg, subject_tenant, UNREADABLE, exc.detail)
