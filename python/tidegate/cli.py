@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import sqlite3
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from tidegate import logs
-from tidegate.config import INFLUX_APIS, Config, ConfigError, positive_float, positive_int
+from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError, positive_float, positive_int
 from tidegate.ids import check_id, check_tenant
 from tidegate.store import open_registry, registry
 
@@ -126,9 +127,17 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     return dict(counts)
 
 
-def _serve(cfg: Config) -> int:
+def _serve(cfg: Config, args: argparse.Namespace) -> int:
     # Imported here: only serve needs Starlette and uvicorn.
     from tidegate.http.app import serve
+
+    serve(dataclasses.replace(cfg, mode=args.mode or cfg.mode))
+    return EXIT_OK
+
+
+def _worker(cfg: Config, args: argparse.Namespace) -> int:
+    # Imported here: only the worker needs nats-py.
+    from tidegate.nats.ops import serve
 
     serve(cfg)
     return EXIT_OK
@@ -142,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("serve", help="run the gateway (migrates first)")
+    serve = commands.add_parser("serve", help="run the gateway (migrates first)")
+    serve.add_argument("--mode", choices=MODES, help="default: TIDEGATE_MODE, else direct")
+    serve.set_defaults(process=_serve)
+    commands.add_parser(
+        "worker", help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)"
+    ).set_defaults(process=_worker)
     commands.add_parser("migrate", help="create or update the registry schema").set_defaults(
         run=_migrate
     )
@@ -196,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)
-    if args.command == "serve":
-        return _serve(cfg)
+    if args.command in ("serve", "worker"):
+        process: Callable[[Config, argparse.Namespace], int] = args.process
+        return process(cfg, args)
     run: Command = args.run
     try:
         result = asyncio.run(run(cfg, args))

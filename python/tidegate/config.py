@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from tidegate._core import DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
 from tidegate.ids import TENANT_RULE
+from tidegate.nats.settings import NatsSettings
 
 T = TypeVar("T")
 
 INFLUX_APIS = ("v1", "v2", "v3")
 CORES = ("rust", "python")
+MODES = ("direct", "nats")
 
 
 class ConfigError(ValueError):
@@ -64,6 +66,9 @@ class Config:
     port: int = 8080
     shutdown_deadline_s: float = 10.0
     log_level: str = "info"
+    # direct: buffer and write to InfluxDB in this process; nats: publish to JetStream (edge).
+    mode: str = "direct"
+    nats: NatsSettings = field(default_factory=NatsSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -116,6 +121,8 @@ class Config:
             port=r.get("TIDEGATE_PORT", 8080, _port),
             shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, positive_float),
             log_level=r.get("TIDEGATE_LOG_LEVEL", "info", _log_level),
+            mode=r.get("TIDEGATE_MODE", "direct", _mode),
+            nats=_nats_settings(r),
         )
         if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
             raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
@@ -123,7 +130,44 @@ class Config:
 
 
 # Variables whose values may carry a credential: never echoed in an error message.
-_SECRET_VARS = frozenset({"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY"})
+_SECRET_VARS = frozenset({"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY", "NATS_URL"})
+
+
+def _nats_settings(r: _Reader) -> NatsSettings:
+    d = NatsSettings()
+    settings = NatsSettings(
+        url=r.get("NATS_URL", d.url, _nats_url),
+        creds=r.get("NATS_CREDS", None, Path),
+        tls_ca=r.get("NATS_TLS_CA", None, Path),
+        tls_cert=r.get("NATS_TLS_CERT", None, Path),
+        tls_key=r.get("NATS_TLS_KEY", None, Path),
+        stream_max_bytes=r.get("NATS_STREAM_MAX_BYTES", d.stream_max_bytes, positive_int),
+        stream_max_age_s=r.get("NATS_STREAM_MAX_AGE_S", d.stream_max_age_s, positive_float),
+        stream_replicas=r.get("NATS_STREAM_REPLICAS", d.stream_replicas, _replicas),
+        duplicate_window_s=r.get("NATS_DUPLICATE_WINDOW_S", d.duplicate_window_s, positive_float),
+        max_msg_bytes=r.get("NATS_MAX_MSG_BYTES", d.max_msg_bytes, positive_int),
+        rejected_max_bytes=r.get("NATS_REJECTED_MAX_BYTES", d.rejected_max_bytes, positive_int),
+        rejected_max_age_s=r.get("NATS_REJECTED_MAX_AGE_S", d.rejected_max_age_s, positive_float),
+        publish_timeout_s=r.get("NATS_PUBLISH_TIMEOUT_S", d.publish_timeout_s, positive_float),
+        publish_attempts=r.get("NATS_PUBLISH_ATTEMPTS", d.publish_attempts, positive_int),
+        publish_retry_wait_s=r.get(
+            "NATS_PUBLISH_RETRY_WAIT_S", d.publish_retry_wait_s, _non_negative_float
+        ),
+        ack_wait_s=r.get("NATS_ACK_WAIT_S", d.ack_wait_s, positive_float),
+        max_ack_pending=r.get("NATS_MAX_ACK_PENDING", d.max_ack_pending, positive_int),
+        max_deliver=r.get("NATS_MAX_DELIVER", d.max_deliver, positive_int),
+        backoff_s=r.get("NATS_BACKOFF_S", d.backoff_s, _seconds_list),
+        fetch_batch=r.get("NATS_FETCH_BATCH", d.fetch_batch, positive_int),
+        fetch_timeout_s=r.get("NATS_FETCH_TIMEOUT_S", d.fetch_timeout_s, positive_float),
+        nak_delay_s=r.get("NATS_NAK_DELAY_S", d.nak_delay_s, positive_float),
+        worker_host=r.get("TIDEGATE_WORKER_HOST", d.worker_host, str),
+        worker_port=r.get("TIDEGATE_WORKER_PORT", d.worker_port, _port),
+    )
+    if settings.backoff_s and len(settings.backoff_s) > settings.max_deliver:
+        raise ConfigError("NATS_BACKOFF_S may list at most NATS_MAX_DELIVER values")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
+    return settings
 
 
 class _Reader:
@@ -202,6 +246,30 @@ def _tenant(raw: str) -> str:
     if not valid_tenant(raw):
         raise ValueError(TENANT_RULE)
     return raw
+
+
+def _mode(raw: str) -> str:
+    if raw not in MODES:
+        raise ValueError(f"must be one of {', '.join(MODES)}")
+    return raw
+
+
+def _nats_url(raw: str) -> str:
+    for url in raw.split(","):
+        if not url.strip().startswith(("nats://", "tls://")):
+            raise ValueError("each comma-separated server must start with nats:// or tls://")
+    return raw
+
+
+def _replicas(raw: str) -> int:
+    value = positive_int(raw)
+    if value > 5:
+        raise ValueError("JetStream allows 1 to 5 replicas")
+    return value
+
+
+def _seconds_list(raw: str) -> tuple[float, ...]:
+    return tuple(positive_float(part.strip()) for part in raw.split(","))
 
 
 def _log_level(raw: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
 
 import uvicorn
@@ -52,21 +52,49 @@ def create_app(cfg: Config) -> Starlette:
     return app
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, but a signal marks the gateway draining at once and is not re-raised
-    after shutdown (uvicorn re-raises it, which would make the exit status -SIGTERM, not 0)."""
+class SignalServer(uvicorn.Server):
+    """uvicorn's server, but a signal calls `on_signal` at once (the gateway starts draining, a
+    worker stops fetching) and is not re-raised after shutdown (uvicorn re-raises it, which
+    would make the exit status -SIGTERM, not 0)."""
 
-    def __init__(self, config: uvicorn.Config, gw: Gateway) -> None:
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
         super().__init__(config)
-        self.gateway = gw
+        self.on_signal = on_signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """First signal: drain and shut down gracefully; a second SIGINT forces exit."""
-        self.gateway.draining = True
+        """First signal: shut down gracefully; a second SIGINT forces exit."""
+        self.on_signal()
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
             self.should_exit = True
+
+
+def run_server(
+    app: Starlette,
+    cfg: Config,
+    host: str,
+    port: int,
+    graceful_s: int,
+    on_signal: Callable[[], None],
+) -> None:
+    """Run `app` on one uvicorn worker until SIGTERM/SIGINT; in-flight requests get
+    `graceful_s` seconds, then the lifespan shuts the app down."""
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # auto: uvloop and httptools (dependencies of tidegate) when the platform has them.
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        access_log=False,
+        log_config=logs.uvicorn_log_config(cfg.log_level),
+        log_level=cfg.log_level,
+        timeout_graceful_shutdown=graceful_s,
+        server_header=False,
+    )
+    SignalServer(uv_config, on_signal).run()
 
 
 def serve(cfg: Config) -> None:
@@ -75,22 +103,11 @@ def serve(cfg: Config) -> None:
     nor spilled)."""
     app = create_app(cfg)
     gw: Gateway = app.state.gateway
-    uv_config = uvicorn.Config(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        # auto: uvloop and httptools (dependencies of tidegate) when the platform has them.
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        access_log=False,
-        log_config=logs.uvicorn_log_config(cfg.log_level),
-        log_level=cfg.log_level,
-        # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
-        timeout_graceful_shutdown=max(1, int(cfg.shutdown_deadline_s / 2)),
-        server_header=False,
-    )
-    server = _Server(uv_config, gw)
-    server.run()
+
+    def drain() -> None:
+        gw.draining = True
+
+    # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
+    run_server(app, cfg, cfg.host, cfg.port, max(1, int(cfg.shutdown_deadline_s / 2)), drain)
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

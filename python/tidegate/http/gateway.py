@@ -16,6 +16,7 @@ from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
     from tidegate._core import TenantBuffers
+    from tidegate.nats.edge import Publisher
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class Services:
     buffers: TenantBuffers
     sink: Sink
     auth: Authenticator
+    # NATS mode: the ingest routes publish to JetStream instead of appending to the buffers
+    # (Shelly's readings keep the buffers and the sink in both modes).
+    publisher: Publisher | None = None
 
 
 class Gateway:
@@ -64,10 +68,11 @@ class Gateway:
             cfg.auth_cache_negative_ttl_s,
             cfg.auth_cache_max_entries,
         )
-        self.services = Services(registry, buffers, sink, auth)
+        self.services = Services(registry, buffers, sink, auth, self._publisher())
         self.metrics.bind(buffers, sink.stats, self._extra_stats)
         logs.log(
             "gateway_started",
+            mode=cfg.mode,
             core=cfg.core,
             registry=registry.backend,
             sink=cfg.influxdb_url or str(cfg.data_dir / "lp"),
@@ -89,6 +94,20 @@ class Gateway:
             lost_lines=self.shutdown_lost_lines,
         )
         await services.registry.close()
+        if services.publisher is not None:
+            await services.publisher.link.close()
+
+    def _publisher(self) -> Publisher | None:
+        """NATS mode's publisher, connecting in the background (reconnecting forever)."""
+        if self.cfg.mode != "nats":
+            return None
+        # Imported here: nats-py is needed in NATS mode only.
+        from tidegate.nats.edge import Publisher
+        from tidegate.nats.stream import Link
+
+        link = Link(self.cfg.nats, "edge")
+        link.start()
+        return Publisher(link, self.cfg.nats)
 
     def _extra_stats(self) -> dict[str, int]:
         s = self.services
@@ -99,4 +118,5 @@ class Gateway:
             "auth_cache_misses": s.auth.misses,
             "rate_limit_buckets": len(s.auth.limiter),
             "draining": int(self.draining),
+            **(s.publisher.counters() if s.publisher is not None else {}),
         }

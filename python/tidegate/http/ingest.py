@@ -17,6 +17,7 @@ from tidegate._core import (
     RATE_LIMITED,
     SITE_MISMATCH,
     UNAUTHORIZED,
+    UNAVAILABLE,
     reason_detail,
     valid_id,
 )
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from tidegate._core import Batch
 
 TOKEN_HEADER = "x-provision-token"
+# UNAVAILABLE (NATS down, no PubAck, stream full): the edge retries within the request, so the
+# client's retry is worth a pause of its own.
+UNAVAILABLE_RETRY_AFTER_S = 1.0
 UNAUTHORIZED_BODY = orjson.dumps(
     {"detail": "a valid X-Provision-Token header is required for this device"}
 )
@@ -75,7 +79,9 @@ class Ingest:
         headers: dict[str, str] | None = None
         if BUFFER_FULL in reasons:
             retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
-        if BUFFER_FULL in reasons or RATE_LIMITED in reasons:
+        if UNAVAILABLE in reasons:
+            retry_after = max(retry_after, UNAVAILABLE_RETRY_AFTER_S)
+        if BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons:
             headers = {"Retry-After": retry_after_header(retry_after)}
         return Response(out, _batch_status(accepted, rejected, reasons), headers, JSON)
 
@@ -110,6 +116,12 @@ class Ingest:
         services = self.gw.services
         verdicts, retry_after = await services.auth.decide(groups)
         batch.resolve(verdicts)
+        if services.publisher is not None:
+            # NATS mode: answered only after JetStream acknowledged each tenant's lines.
+            failed = await services.publisher.publish(batch.tenant_lines())
+            if failed:
+                batch.withdraw(failed, UNAVAILABLE)
+            return retry_after
         ready = services.buffers.append(batch)
         if ready:
             services.sink.notify(ready)
@@ -137,6 +149,12 @@ class Ingest:
             )
         if reason == BUFFER_FULL:
             return buffer_full(self.gw)
+        if reason == UNAVAILABLE:
+            return json_response(
+                503,
+                {"detail": "ingest is unavailable; retry later", "reason": UNAVAILABLE},
+                {"Retry-After": retry_after_header(UNAVAILABLE_RETRY_AFTER_S)},
+            )
         if reason == SITE_MISMATCH:
             return json_response(
                 403,
@@ -155,11 +173,11 @@ class Ingest:
 
 def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:
     """202 if anything was accepted. Otherwise, when every rejection is worth retrying as
-    is, 503 (buffers full) or 429 (rate limited) so clients back off instead of dropping;
-    else 400."""
+    is, 503 (buffers full, NATS unavailable) or 429 (rate limited) so clients back off instead
+    of dropping; else 400."""
     if accepted:
         return 202
-    full = reasons.get(BUFFER_FULL, 0)
+    full = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
     limited = reasons.get(RATE_LIMITED, 0)
     if full + limited == rejected:
         return 503 if full else 429

@@ -66,6 +66,8 @@ class Ops:
             await asyncio.wait_for(services.registry.ping(), READY_TIMEOUT_S)
         except Exception as exc:  # any failure to answer means not ready
             return f"registry does not answer: {type(exc).__name__}"
+        if services.publisher is not None and not services.publisher.link.connected:
+            return f"not connected to NATS ({services.publisher.link.last_error or 'connecting'})"
         if services.sink.failing:
             return "sink is failing to write"
         if services.sink.above_high_water:

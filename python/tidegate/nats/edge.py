@@ -62,6 +62,18 @@ class Publisher:
         self._prefix = os.urandom(8).hex()
         self._requests = itertools.count(1)
 
+    def counters(self) -> dict[str, int]:
+        """For /stats and /metrics (as `tidegate_nats_*`)."""
+        s = self.stats
+        return {
+            "nats_connected": int(self.link.connected),
+            "nats_reconnects": self.link.reconnects,
+            "nats_published": s.published,
+            "nats_duplicates": s.duplicates,
+            "nats_publish_retries": s.retries,
+            "nats_publish_failed": s.failed,
+        }
+
     async def publish(self, tenant_lines: Sequence[tuple[str, bytes, int]]) -> list[str]:
         """Publish every tenant's lines of one request (concurrently); returns the tenants
         whose publish was not acknowledged."""

@@ -27,7 +27,6 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -46,12 +45,12 @@ from tidegate.nats.settings import (
     REASON_HEADER,
     STREAM,
     SUBJECT_HEADER,
-    NatsSettings,
 )
 from tidegate.nats.stream import Link
 from tidegate.ratelimit import RateLimiter
-from tidegate.registry import Registry, is_id
-from tidegate.sink import Sink
+from tidegate.sink.scheduler import Sink
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -147,14 +146,14 @@ class Worker:
     sink: Sink
     auth: Authenticator
 
-    def __init__(self, cfg: Config, settings: NatsSettings) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.settings = settings
-        self.core: ModuleType = core.load(cfg.core)
+        self.settings = cfg.nats
+        self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.stats = WorkerStats()
         self.limiter = RateLimiter(cfg.default_rps, cfg.default_burst, cfg.auth_cache_max_entries)
-        self.link = Link(settings, "worker", consumer=True)
+        self.link = Link(cfg.nats, "worker", consumer=True)
         self.stopping = False
         self._held: dict[int, _Held] = {}
         self._next_mark = 0
@@ -165,7 +164,7 @@ class Worker:
     async def start(self) -> None:
         """Open the registry, the buffers and the sink; connect and start the loops."""
         cfg = self.cfg
-        self.registry = await Registry.open(cfg)
+        self.registry = await open_registry(cfg)
         await self.registry.migrate()
         self.buffers = self.core.TenantBuffers(
             cfg.influx_batch_size, cfg.buffer_flush_bytes, cfg.buffer_max_bytes
@@ -358,7 +357,7 @@ class Worker:
             return
         token = doc.get("provision_token")
         # As on the single-message route: a token that is not a valid id matches no device.
-        if not isinstance(token, str) or not is_id(token):
+        if not isinstance(token, str) or not self.core.valid_id(token):
             self.metrics.count(0, ((UNAUTHORIZED, 1),))
             await self._reject(msg, subject_tenant, UNAUTHORIZED, "no valid provision_token")
             return
