@@ -87,6 +87,7 @@ def test_reason_constants_and_limits_are_exported(core: ModuleType) -> None:
         "SITE_MISMATCH",
         "RATE_LIMITED",
         "BUFFER_FULL",
+        "UNAVAILABLE",
     ]
     assert [getattr(core, n) for n in names] == names
     assert tuple(names) == core.REASONS
@@ -1077,6 +1078,30 @@ def test_append_only_buffers_items_still_accepted_after_resolve(core: ModuleType
     buffers.append(batch)
     [(tenant, lines, count)] = batch.tenant_lines()
     assert buffers.depth() == {tenant: (count, len(lines))} == {"acme": (2, len(lines))}
+
+
+def test_withdraw_rejects_the_accepted_items_of_unpublished_tenants(core: ModuleType) -> None:
+    batch = mixed_batch(core)
+    batch.resolve([(1, "RATE_LIMITED"), (0, "UNAUTHORIZED"), (1, None), (1, None)])
+    published = batch.tenant_lines()
+    assert [(t, n) for t, _, n in published] == [("acme", 2), ("beta", 1)]
+    assert batch.withdraw(["beta", "gamma"], "UNAVAILABLE") == 1
+    assert batch.reasons()[-1] == "UNAVAILABLE"
+    assert batch.reason_counts()[-1] == ("UNAVAILABLE", 1)
+    assert [(t, n) for t, _, n in batch.tenant_lines()] == [("acme", 2)]
+    assert batch.response_json()[:2] == (2, 7)
+
+
+def test_withdraw_happens_once_and_forbids_a_later_append(core: ModuleType) -> None:
+    batch = parse(core, batch_body(message()))
+    with pytest.raises(ValueError, match='unknown reason code "GONE"'):
+        batch.withdraw(["acme"], "GONE")
+    assert batch.withdraw([], "UNAVAILABLE") == 0
+    with pytest.raises(ValueError, match="this batch was already appended"):
+        batch.withdraw(["acme"], "UNAVAILABLE")
+    with pytest.raises(ValueError, match="this batch was already appended"):
+        core.TenantBuffers().append(batch)
+    assert batch.reasons() == [None]
 
 
 def test_append_lines_is_all_or_nothing(core: ModuleType) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "SITE_MISMATCH",
     "TENANT_PATTERN",
     "UNAUTHORIZED",
+    "UNAVAILABLE",
     "Batch",
     "BodyError",
     "ShellyBatch",
@@ -63,6 +64,7 @@ UNAUTHORIZED: Final = "UNAUTHORIZED"
 SITE_MISMATCH: Final = "SITE_MISMATCH"
 RATE_LIMITED: Final = "RATE_LIMITED"
 BUFFER_FULL: Final = "BUFFER_FULL"
+UNAVAILABLE: Final = "UNAVAILABLE"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
 
@@ -120,6 +122,12 @@ class Batch:
         """Accepted items' line protocol per tenant as `(tenant, lines, line_count)`, tenants in
         order of first appearance, each line ending in a newline: what a write-ahead log or a
         JetStream publish takes."""
+
+    def withdraw(self, tenants: Sequence[str], reason: str) -> int:
+        """For lines handed elsewhere instead of appended (NATS mode publishes `tenant_lines()`):
+        every accepted item of one of `tenants` becomes rejected with `reason` (UNAVAILABLE when
+        their publish failed); returns how many. Once per batch, and the batch cannot be
+        appended afterwards. Raises ValueError for an unknown reason or a second call."""
 
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)`: body is the batch endpoint's JSON response

@@ -32,6 +32,7 @@ UNAUTHORIZED: Final = "UNAUTHORIZED"
 SITE_MISMATCH: Final = "SITE_MISMATCH"
 RATE_LIMITED: Final = "RATE_LIMITED"
 BUFFER_FULL: Final = "BUFFER_FULL"
+UNAVAILABLE: Final = "UNAVAILABLE"
 
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
@@ -53,6 +54,7 @@ REASONS: Final[tuple[str, ...]] = (
     SITE_MISMATCH,
     RATE_LIMITED,
     BUFFER_FULL,
+    UNAVAILABLE,
 )
 
 _NOT_JSON: Final = "body is not valid JSON"
@@ -538,6 +540,18 @@ class Batch:
         rejected = len(self._items) - accepted
         body = f'{{"accepted":{accepted},"rejected":{rejected},"results":[{",".join(results)}]}}'
         return accepted, rejected, body.encode()
+
+    def withdraw(self, tenants: Sequence[str], reason: str) -> int:
+        """Accepted items of `tenants` become `reason` (their lines were not taken elsewhere);
+        once, and the batch cannot be appended afterwards. Returns how many."""
+        if reason not in REASONS:
+            raise ValueError(f'unknown reason code "{reason}"')
+        items, _tenants = self._take_for_append()
+        wanted = set(tenants)
+        withdrawn = [item for item in items if item.tenant in wanted]
+        for item in withdrawn:
+            item.reason = reason
+        return len(withdrawn)
 
     def _take_for_append(self) -> tuple[list[_Item], list[str]]:
         """The items to buffer and the tenants of the valid items in order of first

@@ -31,6 +31,7 @@ class Core:
         SITE_MISMATCH = _core.SITE_MISMATCH
         TENANT_PATTERN = _core.TENANT_PATTERN
         UNAUTHORIZED = _core.UNAUTHORIZED
+        UNAVAILABLE = _core.UNAVAILABLE
         Batch = _core.Batch
         BodyError = _core.BodyError
         ShellyBatch = _core.ShellyBatch

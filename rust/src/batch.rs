@@ -368,6 +368,34 @@ impl Batch {
         Ok(())
     }
 
+    /// For lines handed elsewhere instead of appended (NATS mode publishes `tenant_lines`):
+    /// every still-accepted item of one of `tenants` becomes `reason`; returns how many. Like
+    /// `append_with`, only once per batch, and the batch cannot be appended afterwards.
+    pub fn withdraw<S: AsRef<str>>(
+        &mut self,
+        tenants: &[S],
+        reason: Reason,
+    ) -> Result<usize, UsageError> {
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        self.appended = true;
+        let hit: Vec<bool> = self
+            .tenants
+            .iter()
+            .map(|&t| tenants.iter().any(|w| w.as_ref() == self.str_at(t)))
+            .collect();
+        let mut withdrawn = 0;
+        for item in &mut self.items {
+            if item.reason.is_none() && hit[self.groups[item.group as usize].tenant_index as usize]
+            {
+                item.reason = Some(reason);
+                withdrawn += 1;
+            }
+        }
+        Ok(withdrawn)
+    }
+
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
     pub fn response_json(&self) -> (usize, usize, Vec<u8>) {
         let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
@@ -582,5 +610,29 @@ mod tests {
         assert_eq!(b.reasons().nth(2), Some(Some(Reason::BufferFull)));
         assert_eq!(b.append_with(|_, _| true), Err(UsageError::AlreadyAppended));
         assert_eq!(b.resolve::<&str>(&[]), Err(UsageError::AlreadyAppended));
+    }
+
+    #[test]
+    fn withdraw_rejects_the_accepted_items_of_the_given_tenants_once() {
+        let mut b = sample();
+        b.resolve(&[(1, Some("RATE_LIMITED")), (1, None)])
+            .expect("valid verdicts");
+        assert_eq!(b.withdraw(&["t1", "t9"], Reason::Unavailable), Ok(1));
+        let reasons: Vec<_> = b.reasons().collect();
+        assert_eq!(
+            reasons,
+            [
+                Some(Reason::Unavailable),
+                Some(Reason::InvalidSchema),
+                None,
+                Some(Reason::RateLimited),
+                Some(Reason::PayloadTooLarge)
+            ]
+        );
+        assert_eq!(
+            b.withdraw(&["t2"], Reason::Unavailable),
+            Err(UsageError::AlreadyAppended)
+        );
+        assert_eq!(b.append_with(|_, _| true), Err(UsageError::AlreadyAppended));
     }
 }

@@ -83,10 +83,13 @@ pub enum Reason {
     SiteMismatch,
     RateLimited,
     BufferFull,
+    /// A service the item needs could not take it now (NATS mode: no PubAck for its tenant's
+    /// publish): retryable, like BUFFER_FULL.
+    Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::InvalidMsgType,
         Reason::InvalidSchema,
         Reason::InvalidTimestamp,
@@ -96,6 +99,7 @@ impl Reason {
         Reason::SiteMismatch,
         Reason::RateLimited,
         Reason::BufferFull,
+        Reason::Unavailable,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -109,6 +113,7 @@ impl Reason {
             Reason::SiteMismatch => "SITE_MISMATCH",
             Reason::RateLimited => "RATE_LIMITED",
             Reason::BufferFull => "BUFFER_FULL",
+            Reason::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -130,7 +135,8 @@ impl Reason {
             | Reason::Unauthorized
             | Reason::SiteMismatch
             | Reason::RateLimited
-            | Reason::BufferFull => None,
+            | Reason::BufferFull
+            | Reason::Unavailable => None,
         }
     }
 
@@ -211,7 +217,8 @@ mod tests {
                 "UNAUTHORIZED",
                 "SITE_MISMATCH",
                 "RATE_LIMITED",
-                "BUFFER_FULL"
+                "BUFFER_FULL",
+                "UNAVAILABLE"
             ]
         );
         for r in Reason::ALL {

@@ -91,6 +91,14 @@ impl PyBatch {
             .collect()
     }
 
+    /// Accepted items of these tenants become `reason` (their publish failed); only once.
+    fn withdraw(&mut self, tenants: Vec<String>, reason: &str) -> PyResult<usize> {
+        let reason = Reason::from_code(reason).map_err(|e| usage_error(&e))?;
+        self.inner
+            .withdraw(&tenants, reason)
+            .map_err(|e| usage_error(&e))
+    }
+
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
     fn response_json<'py>(&self, py: Python<'py>) -> (usize, usize, Bound<'py, PyBytes>) {
         let (accepted, rejected, body) = self.inner.response_json();
