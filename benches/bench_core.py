@@ -43,7 +43,7 @@ def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
             batch.resolve([(count, None) for *_, count in batch.groups()])
         for tenant in buffers.append(batch):
             lines, count = buffers.drain(tenant)
-            buffers.settle(len(lines))
+            buffers.settle(tenant, count)
             flushed += count
         batch.response_json()
     return flushed + sum(count for count, _ in buffers.depth().values())

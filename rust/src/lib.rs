@@ -11,6 +11,8 @@ pub mod scan;
 pub mod shelly;
 pub mod timestamp;
 
+use std::sync::Arc;
+
 use pyo3::create_exception;
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
@@ -136,40 +138,64 @@ fn parse_single(
         .map_err(|e| body_error(py, &e))
 }
 
-/// Per-tenant line-protocol buffers under one global byte cap. Thread-safe.
+/// Per-tenant line-protocol buffers under a global and a per-tenant byte cap. Thread-safe.
 #[pyclass(name = "TenantBuffers", module = "tidegate._core", frozen)]
 struct PyTenantBuffers {
-    inner: buffer::TenantBuffers,
+    inner: Arc<buffer::TenantBuffers>,
 }
 
 #[pymethods]
 impl PyTenantBuffers {
     #[new]
-    #[pyo3(signature = (batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864))]
-    fn new(batch_size: usize, flush_bytes: usize, max_bytes: usize) -> Self {
+    #[pyo3(signature = (
+        batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864, tenant_max_bytes = None
+    ))]
+    fn new(
+        batch_size: usize,
+        flush_bytes: usize,
+        max_bytes: usize,
+        tenant_max_bytes: Option<usize>,
+    ) -> Self {
+        let tenant_max_bytes = tenant_max_bytes.unwrap_or(max_bytes);
         PyTenantBuffers {
-            inner: buffer::TenantBuffers::new(batch_size, flush_bytes, max_bytes),
+            inner: Arc::new(buffer::TenantBuffers::new(
+                batch_size,
+                flush_bytes,
+                max_bytes,
+                tenant_max_bytes,
+            )),
         }
     }
 
-    /// Append the batch's accepted lines; returns the tenants now at a flush threshold.
-    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
+    /// Append the batch's accepted lines under `mark`; returns the tenants now at a threshold.
+    #[pyo3(signature = (batch, mark = 0))]
+    fn append(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+        mark: u64,
+    ) -> PyResult<Vec<String>> {
         let mut batch = batch.try_borrow_mut()?;
         let batch = &mut batch.inner;
-        py.detach(|| self.inner.append(batch))
+        py.detach(|| self.inner.append(batch, mark))
             .map_err(|e| usage_error(&e))
     }
 
     /// Append already-encoded newline-terminated lines for one tenant, all or nothing.
+    #[pyo3(signature = (tenant, lines, line_count, mark = 0))]
     fn append_lines(
         &self,
         py: Python<'_>,
         tenant: &str,
         lines: &[u8],
         line_count: usize,
+        mark: u64,
     ) -> PyResult<bool> {
-        py.detach(|| self.inner.append_lines(tenant, lines, line_count))
-            .map_err(|e| usage_error(&e))
+        py.detach(|| {
+            self.inner
+                .append_lines(tenant, lines, line_count, mark, false)
+        })
+        .map_err(|e| usage_error(&e))
     }
 
     /// Tenants at or over a flush threshold, or with a put-back body waiting.
@@ -196,21 +222,15 @@ impl PyTenantBuffers {
         Ok(drained.map(|(body, n)| (PyBytes::new(py, &body), n)))
     }
 
-    /// A drained body of `nbytes` is finished with (written, or dead-lettered).
-    fn settle(&self, py: Python<'_>, nbytes: usize) -> PyResult<()> {
-        py.detach(|| self.inner.settle(nbytes))
+    /// The oldest `line_count` lines of the tenant's body in flight are finished with.
+    fn settle(&self, py: Python<'_>, tenant: &str, line_count: usize) -> PyResult<()> {
+        py.detach(|| self.inner.settle(tenant, line_count))
             .map_err(|e| usage_error(&e))
     }
 
-    /// Return a drained body whose write failed; it is the tenant's next `drain`.
-    fn put_back(
-        &self,
-        py: Python<'_>,
-        tenant: &str,
-        body: &[u8],
-        line_count: usize,
-    ) -> PyResult<()> {
-        py.detach(|| self.inner.put_back(tenant, body.to_vec(), line_count))
+    /// Return the unsettled rest of the tenant's body in flight; it is the tenant's next `drain`.
+    fn put_back(&self, py: Python<'_>, tenant: &str) -> PyResult<()> {
+        py.detach(|| self.inner.put_back(tenant))
             .map_err(|e| usage_error(&e))
     }
 
@@ -224,6 +244,27 @@ impl PyTenantBuffers {
         Ok(out)
     }
 
+    /// Per tenant, bytes counted against `tenant_max_bytes`, tenants by name.
+    fn tenant_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let used = py.detach(|| self.inner.tenant_bytes());
+        let out = PyDict::new(py);
+        for (tenant, n) in used {
+            out.set_item(tenant, n)?;
+        }
+        Ok(out)
+    }
+
+    /// Marks delivered since the previous call, ascending.
+    fn take_delivered(&self, py: Python<'_>) -> Vec<u64> {
+        py.detach(|| self.inner.take_delivered())
+    }
+
+    /// The largest N such that every mark up to N is delivered (0 when none).
+    #[getter]
+    fn delivered_through(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.inner.delivered_through())
+    }
+
     /// All bytes counted against the cap: buffered, put back and in flight.
     #[getter]
     fn total_bytes(&self, py: Python<'_>) -> usize {
@@ -233,6 +274,11 @@ impl PyTenantBuffers {
     #[getter]
     fn max_bytes(&self) -> usize {
         self.inner.max_bytes()
+    }
+
+    #[getter]
+    fn tenant_max_bytes(&self) -> usize {
+        self.inner.tenant_max_bytes()
     }
 }
 
