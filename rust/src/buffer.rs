@@ -59,6 +59,16 @@ fn lines_len(data: &[u8], count: usize) -> usize {
         .map_or(data.len(), |pos| pos + 1)
 }
 
+fn check_lines(lines: &[u8], line_count: usize) -> Result<(), UsageError> {
+    if line_count == 0
+        || !lines.ends_with(b"\n")
+        || memchr::memchr_iter(b'\n', lines).count() != line_count
+    {
+        return Err(UsageError::BadLines);
+    }
+    Ok(())
+}
+
 /// A put-back body: the unsettled rest of a drained one, with its marks.
 struct Body {
     data: Vec<u8>,
@@ -408,6 +418,11 @@ impl TenantBuffers {
         lines >= self.batch_size || bytes >= self.flush_bytes
     }
 
+    fn fits(&self, state: &State, tenant: &str, nbytes: usize) -> bool {
+        state.total + nbytes <= self.max_bytes
+            && state.used(tenant) + nbytes <= self.tenant_max_bytes
+    }
+
     /// Decides which of the batch's accepted lines fit under both caps (the rest become
     /// `BUFFER_FULL`) and counts them; returns the bytes and lines taken per batch tenant.
     fn take_room(
@@ -495,6 +510,35 @@ impl TenantBuffers {
         Ok(Reservation { mark, tenants })
     }
 
+    /// Takes room for one tenant's lines, all or nothing, under a new mark; None when they do
+    /// not fit (nothing changes).
+    pub fn reserve_lines(
+        &self,
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+    ) -> Result<Option<Reservation>, UsageError> {
+        check_lines(lines, line_count)?;
+        let mut state = self.lock();
+        if !self.fits(&state, tenant, lines.len()) {
+            return Ok(None);
+        }
+        state.count(tenant, lines.len());
+        let mark = state.marks.last + 1;
+        state.marks.add(mark, line_count);
+        Ok(Some(Reservation {
+            mark,
+            tenants: vec![(tenant.to_owned(), lines.len())],
+        }))
+    }
+
+    /// Stores the lines of a `reserve_lines` reservation.
+    pub fn commit_lines(&self, reservation: Reservation, tenant: &str, lines: &[u8], count: usize) {
+        let mut state = self.lock();
+        let slot = state.slot(tenant);
+        state.buffers[slot].store(lines, count, reservation.mark);
+    }
+
     /// Stores the lines of a reserved batch; returns the tenants now at a threshold.
     pub fn commit(&self, reservation: Reservation, batch: &Batch) -> Vec<String> {
         let mut state = self.lock();
@@ -523,18 +567,11 @@ impl TenantBuffers {
         mark: u64,
         force: bool,
     ) -> Result<bool, UsageError> {
-        if line_count == 0
-            || !lines.ends_with(b"\n")
-            || memchr::memchr_iter(b'\n', lines).count() != line_count
-        {
-            return Err(UsageError::BadLines);
-        }
+        check_lines(lines, line_count)?;
         let mut state = self.lock();
         let state = &mut *state;
         state.marks.check(mark)?;
-        let fits = state.total + lines.len() <= self.max_bytes
-            && state.used(tenant) + lines.len() <= self.tenant_max_bytes;
-        if !(fits || force) {
+        if !(force || self.fits(state, tenant, lines.len())) {
             state.marks.add(mark, 0);
             return Ok(false);
         }

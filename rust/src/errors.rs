@@ -44,6 +44,7 @@ pub enum UsageError {
     InFlight { tenant: String },
     NothingInFlight { tenant: String },
     SettleTooMany { lines: usize, in_flight: usize },
+    TenantTooLong { len: usize },
 }
 
 impl fmt::Display for UsageError {
@@ -75,6 +76,12 @@ impl fmt::Display for UsageError {
             }
             Self::SettleTooMany { lines, in_flight } => {
                 write!(f, "{lines} lines are not in flight (only {in_flight} are)")
+            }
+            Self::TenantTooLong { len } => {
+                write!(
+                    f,
+                    "a tenant of {len} bytes cannot be logged (at most 65535)"
+                )
             }
         }
     }

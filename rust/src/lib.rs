@@ -10,6 +10,7 @@ pub mod parse;
 pub mod scan;
 pub mod shelly;
 pub mod timestamp;
+pub mod wal;
 
 use std::sync::Arc;
 
