@@ -42,7 +42,7 @@ def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
         if verdicts:
             batch.resolve([(count, None) for *_, count in batch.groups()])
         for tenant in buffers.append(batch):
-            lines, count = buffers.drain(tenant)
+            _, count = buffers.drain(tenant)
             buffers.settle(tenant, count)
             flushed += count
         batch.response_json()

@@ -1137,7 +1137,7 @@ def test_drained_bytes_count_until_settled(core: ModuleType) -> None:
     buffers = core.TenantBuffers(max_bytes=10)
     buffers.append_lines("t", b"abcd\n", 1)
     buffers.append_lines("t", b"efgh\n", 1)
-    body, _ = buffers.drain("t", max_lines=1)
+    buffers.drain("t", max_lines=1)
     assert buffers.total_bytes == 10
     assert buffers.append_lines("t", b"x\n", 1) is False
     buffers.settle("t", 1)

@@ -559,9 +559,7 @@ operations = st.lists(
             st.integers(1, 30),
             mark_steps,
         ),
-        st.tuples(
-            st.just("append"), st.lists(tenant_names, min_size=1, max_size=6), mark_steps
-        ),
+        st.tuples(st.just("append"), st.lists(tenant_names, min_size=1, max_size=6), mark_steps),
         st.tuples(st.just("drain"), tenant_names, st.integers(1, 8)),
         st.tuples(st.just("settle"), tenant_names, st.integers(0, 4)),
         st.tuples(st.just("put_back"), tenant_names),

@@ -20,6 +20,7 @@ Rules (all of them: docs/core-rules.md):
 """
 
 from collections.abc import Sequence
+from os import PathLike
 from typing import Final, Self, final
 
 __all__ = [
@@ -39,6 +40,9 @@ __all__ = [
     "BodyError",
     "ShellyBatch",
     "TenantBuffers",
+    "Wal",
+    "WalFull",
+    "WalUnavailable",
     "parse_batch",
     "parse_shelly",
     "parse_single",
@@ -191,6 +195,72 @@ class TenantBuffers:
     def max_bytes(self) -> int: ...
     @property
     def tenant_max_bytes(self) -> int: ...
+
+class WalFull(Exception):
+    """The write-ahead log is at its byte cap; nothing of the append was stored."""
+
+    detail: str
+
+class WalUnavailable(OSError):
+    """The write-ahead log could not write (disk full, directory gone, failed fsync); nothing
+    of the append was stored."""
+
+    detail: str
+
+@final
+class Wal:
+    """The write-ahead log of a TenantBuffers' appends: segment files in `directory`.
+
+    An append takes room in the buffers first (items that do not fit get BUFFER_FULL and are
+    not logged), writes one record per tenant with the request's new mark, waits for the
+    covering fdatasync (`sync="always"`; `"interval"`: only for the write, fsynced every
+    `sync_interval_ms` by a background thread), and only then buffers the lines. Concurrent
+    appends share one write and one fdatasync (group commit). Call it from worker threads:
+    it releases the GIL and blocks until its group is on disk.
+
+    Opening replays every record above the checkpoint into `buffers` with its mark. A segment
+    is deleted once `buffers.delivered_through` covers it (checked every second and by
+    `checkpoint()`). A failed fdatasync is never retried: every later append raises
+    WalUnavailable and `failed` says why, until restart."""
+
+    def __new__(
+        cls,
+        buffers: TenantBuffers,
+        directory: str | PathLike[str],
+        sync: str = "always",
+        sync_interval_ms: int = 100,
+        max_bytes: int = 1073741824,
+        segment_bytes: int = 16777216,
+    ) -> Self:
+        """Open (create) the log and replay it. Raises WalUnavailable when the directory cannot
+        be created or read, ValueError for a bad `sync`. Runs without the GIL."""
+
+    def append(self, batch: Batch) -> list[str]:
+        """Log, then buffer, the batch's accepted lines; returns the tenants now at a flush
+        threshold. Raises WalFull at the log's cap, WalUnavailable when it cannot write: then
+        nothing of the batch is stored (its items keep their per-item results)."""
+
+    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
+        """Log, then buffer, one tenant's encoded lines, all or nothing; False when they do not
+        fit the buffers (nothing logged). Raises like `append`."""
+
+    def checkpoint(self) -> None:
+        """Write the delivered-through checkpoint and delete delivered segments now."""
+
+    def stats(self) -> dict[str, int]:
+        """`bytes`, `segments`, `fsyncs`, `synced_records` (records covered by an fsync),
+        `appended_records`, `groups` (writes), `checkpoints`, `deleted_segments`."""
+
+    def replay(self) -> tuple[dict[str, int], list[str]]:
+        """What opening found: `segments`, `records`, `lines`, `skipped_delivered`,
+        `corrupt_records`, `truncated_bytes`, `quarantined_files`; and one line per problem."""
+
+    @property
+    def failed(self) -> str | None:
+        """Why the log refuses appends until restart (a failed fsync), or None."""
+
+    def close(self) -> None:
+        """Refuse further appends; a last fsync and checkpoint. Idempotent."""
 
 @final
 class ShellyBatch:

@@ -775,9 +775,7 @@ class TenantBuffers:
             if body is None:
                 raise ValueError(f"tenant {_rust_debug(tenant)} has no body in flight")
             if _unsigned(line_count) > body.lines:
-                raise ValueError(
-                    f"{line_count} lines are not in flight (only {body.lines} are)"
-                )
+                raise ValueError(f"{line_count} lines are not in flight (only {body.lines} are)")
             cut = body.done
             for _ in range(line_count):
                 cut = body.data.index(b"\n", cut) + 1

@@ -28,17 +28,61 @@ create_exception!(
     "The whole request body is unusable; nothing in it was processed."
 );
 
-fn body_error(py: Python<'_>, e: &errors::BodyError) -> PyErr {
-    let detail = e.to_string();
-    let err = BodyError::new_err(detail.clone());
+create_exception!(
+    tidegate._core,
+    WalFull,
+    pyo3::exceptions::PyException,
+    "The write-ahead log is at its byte cap; nothing of the append was stored."
+);
+
+create_exception!(
+    tidegate._core,
+    WalUnavailable,
+    pyo3::exceptions::PyOSError,
+    "The write-ahead log could not write; nothing of the append was stored."
+);
+
+/// `err` with its message also as `.detail`.
+fn with_detail(py: Python<'_>, err: PyErr, detail: String) -> PyErr {
     match err.value(py).setattr("detail", detail) {
         Ok(()) => err,
         Err(setattr_failed) => setattr_failed,
     }
 }
 
+fn body_error(py: Python<'_>, e: &errors::BodyError) -> PyErr {
+    let detail = e.to_string();
+    with_detail(py, BodyError::new_err(detail.clone()), detail)
+}
+
+fn wal_error(py: Python<'_>, e: &wal::WalError) -> PyErr {
+    let detail = e.to_string();
+    let err = match e {
+        wal::WalError::Full { .. } => WalFull::new_err(detail.clone()),
+        wal::WalError::Io(_) | wal::WalError::Failed(_) => WalUnavailable::new_err(detail.clone()),
+        wal::WalError::Usage(u) => return usage_error(u),
+    };
+    with_detail(py, err, detail)
+}
+
 fn usage_error(e: &UsageError) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+/// A dict of `items`, in their order.
+fn dict_of<'py, K, V>(
+    py: Python<'py>,
+    items: impl IntoIterator<Item = (K, V)>,
+) -> PyResult<Bound<'py, PyDict>>
+where
+    K: IntoPyObject<'py>,
+    V: IntoPyObject<'py>,
+{
+    let out = PyDict::new(py);
+    for (k, v) in items {
+        out.set_item(k, v)?;
+    }
+    Ok(out)
 }
 
 /// Parsed, validated and line-protocol-encoded messages of one request, held in Rust.
@@ -237,22 +281,12 @@ impl PyTenantBuffers {
 
     /// Per tenant, `(lines, bytes)` buffered or put back (not in flight).
     fn depth<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let depth = py.detach(|| self.inner.depth());
-        let out = PyDict::new(py);
-        for (tenant, d) in depth {
-            out.set_item(tenant, d)?;
-        }
-        Ok(out)
+        dict_of(py, py.detach(|| self.inner.depth()))
     }
 
     /// Per tenant, bytes counted against `tenant_max_bytes`, tenants by name.
     fn tenant_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let used = py.detach(|| self.inner.tenant_bytes());
-        let out = PyDict::new(py);
-        for (tenant, n) in used {
-            out.set_item(tenant, n)?;
-        }
-        Ok(out)
+        dict_of(py, py.detach(|| self.inner.tenant_bytes()))
     }
 
     /// Marks delivered since the previous call, ascending.
@@ -280,6 +314,105 @@ impl PyTenantBuffers {
     #[getter]
     fn tenant_max_bytes(&self) -> usize {
         self.inner.tenant_max_bytes()
+    }
+}
+
+/// The write-ahead log of the buffers' appends (see `wal.rs`).
+#[pyclass(name = "Wal", module = "tidegate._core", frozen)]
+struct PyWal {
+    inner: wal::Wal,
+}
+
+#[pymethods]
+impl PyWal {
+    /// Open (create) the log in `directory` and replay it into `buffers`. Runs without the GIL.
+    #[new]
+    #[pyo3(signature = (
+        buffers, directory, sync = "always", sync_interval_ms = 100,
+        max_bytes = 1_073_741_824, segment_bytes = 16_777_216
+    ))]
+    fn new(
+        py: Python<'_>,
+        buffers: &Bound<'_, PyTenantBuffers>,
+        directory: std::path::PathBuf,
+        sync: &str,
+        sync_interval_ms: u64,
+        max_bytes: u64,
+        segment_bytes: u64,
+    ) -> PyResult<Self> {
+        let sync = match sync {
+            "always" => wal::SyncMode::Always,
+            "interval" if sync_interval_ms > 0 => {
+                wal::SyncMode::Interval(std::time::Duration::from_millis(sync_interval_ms))
+            }
+            "interval" => return Err(PyValueError::new_err("sync_interval_ms must be at least 1")),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "sync must be \"always\" or \"interval\", not {other:?}"
+                )))
+            }
+        };
+        let cfg = wal::WalConfig {
+            dir: directory,
+            sync,
+            max_bytes,
+            segment_bytes,
+        };
+        let buffers = Arc::clone(&buffers.get().inner);
+        py.detach(|| wal::Wal::open(cfg, buffers))
+            .map(|inner| PyWal { inner })
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Log the batch's accepted lines, then buffer them; returns the tenants now at a threshold.
+    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.append(batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Log one tenant's encoded lines, then buffer them, all or nothing.
+    fn append_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+    ) -> PyResult<bool> {
+        py.detach(|| self.inner.append_lines(tenant, lines, line_count))
+            .map(|mark| mark.is_some())
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Write the checkpoint and delete delivered segments now (also done every second).
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.checkpoint())
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Counters of the running log.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.inner.stats());
+        dict_of(py, stats.counters())
+    }
+
+    /// What start-up found: counters, and one line per problem.
+    fn replay<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+        let replay = self.inner.replay_stats();
+        Ok((dict_of(py, replay.counters())?, replay.problems.clone()))
+    }
+
+    /// Why the log refuses appends until restart (a failed fsync), or None.
+    #[getter]
+    fn failed(&self) -> Option<String> {
+        self.inner.failed()
+    }
+
+    /// Refuse further appends; a last fsync and checkpoint. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.close())
+            .map_err(|e| wal_error(py, &e))
     }
 }
 
@@ -399,9 +532,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;
     m.add("BodyError", body_error)?;
+    for (name, class) in [
+        ("WalFull", m.py().get_type::<WalFull>()),
+        ("WalUnavailable", m.py().get_type::<WalUnavailable>()),
+    ] {
+        class.setattr("detail", "")?;
+        m.add(name, class)?;
+    }
     m.add_class::<PyBatch>()?;
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;
+    m.add_class::<PyWal>()?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

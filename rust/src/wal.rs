@@ -106,6 +106,21 @@ pub struct ReplayStats {
     pub problems: Vec<String>,
 }
 
+impl ReplayStats {
+    /// The counters by name.
+    pub fn counters(&self) -> [(&'static str, u64); 7] {
+        [
+            ("segments", self.segments as u64),
+            ("records", self.records as u64),
+            ("lines", self.lines as u64),
+            ("skipped_delivered", self.skipped_delivered as u64),
+            ("corrupt_records", self.corrupt_records as u64),
+            ("truncated_bytes", self.truncated_bytes),
+            ("quarantined_files", self.quarantined_files as u64),
+        ]
+    }
+}
+
 /// Counters of a running log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -119,6 +134,22 @@ pub struct WalStats {
     pub checkpoints: u64,
     pub deleted_segments: u64,
     pub failed: Option<String>,
+}
+
+impl WalStats {
+    /// The counters by name (not `failed`).
+    pub fn counters(&self) -> [(&'static str, u64); 8] {
+        [
+            ("bytes", self.bytes),
+            ("segments", self.segments as u64),
+            ("fsyncs", self.fsyncs),
+            ("synced_records", self.synced_records),
+            ("appended_records", self.appended_records),
+            ("groups", self.groups),
+            ("checkpoints", self.checkpoints),
+            ("deleted_segments", self.deleted_segments),
+        ]
+    }
 }
 
 /// One record read back from a segment.
@@ -371,7 +402,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Wal {
     shared: Arc<Shared>,
     replay: ReplayStats,
-    maintenance: Option<JoinHandle<()>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Wal {
@@ -434,7 +465,7 @@ impl Wal {
         Ok(Wal {
             shared,
             replay,
-            maintenance: Some(maintenance),
+            maintenance: Mutex::new(Some(maintenance)),
         })
     }
 
@@ -622,33 +653,37 @@ impl Wal {
         lock(&self.shared.state).failed.clone()
     }
 
-    /// Stops the maintenance thread after a last fsync and checkpoint.
-    pub fn close(&mut self) -> Result<(), WalError> {
+    /// Refuses further appends and stops the maintenance thread; true the first time.
+    fn stop(&self) -> bool {
         lock(&self.shared.state).closing = true;
         self.shared.stop.notify_all();
-        if let Some(handle) = self.maintenance.take() {
+        let handle = lock(&self.maintenance).take();
+        let first = handle.is_some();
+        if let Some(handle) = handle {
             let _ = handle.join();
+        }
+        first
+    }
+
+    /// Refuses further appends; a last fsync (interval mode) and checkpoint. Idempotent.
+    pub fn close(&self) -> Result<(), WalError> {
+        if !self.stop() {
+            return Ok(());
         }
         self.shared.sync_interval()?;
         self.shared.checkpoint()
     }
 
-    /// Stops the maintenance thread without a last fsync or checkpoint (tests: a crash).
+    /// Stops without a last fsync or checkpoint (tests: a crash).
     #[cfg(test)]
-    fn abandon(mut self) {
-        lock(&self.shared.state).closing = true;
-        self.shared.stop.notify_all();
-        if let Some(handle) = self.maintenance.take() {
-            let _ = handle.join();
-        }
+    fn abandon(self) {
+        self.stop();
     }
 }
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        if self.maintenance.is_some() {
-            let _ = self.close();
-        }
+        let _ = self.close();
     }
 }
 
@@ -658,6 +693,9 @@ impl Shared {
         let mut state = lock(&self.state);
         if let Some(why) = &state.failed {
             return Err(WalError::Failed(why.clone()));
+        }
+        if state.closing {
+            return Err(WalError::Io("the write-ahead log is closed".to_owned()));
         }
         if state.bytes + records.len() as u64 > self.cfg.max_bytes {
             return Err(WalError::Full {
