@@ -582,6 +582,11 @@ impl TenantBuffers {
         Ok(true)
     }
 
+    /// The largest mark given so far.
+    pub fn last_mark(&self) -> u64 {
+        self.lock().marks.last
+    }
+
     /// Raises the last mark given to at least `mark` (marks found in a log being replayed).
     pub fn raise_last_mark(&self, mark: u64) {
         let mut state = self.lock();
@@ -715,6 +720,11 @@ impl TenantBuffers {
 
     pub fn total_bytes(&self) -> usize {
         self.lock().total
+    }
+
+    /// Whether any mark in `low..=high` is open (has unsettled lines).
+    pub fn any_open(&self, low: u64, high: u64) -> bool {
+        low <= high && self.lock().marks.open.range(low..=high).next().is_some()
     }
 
     /// Marks delivered since the previous call, ascending.
