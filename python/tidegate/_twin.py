@@ -35,6 +35,12 @@ BUFFER_FULL: Final = "BUFFER_FULL"
 
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
+MAX_ID_BYTES: Final = 128
+MAX_TENANT_CHARS: Final = 64
+TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
+MAX_METRICS: Final = 256
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+MSG_TYPES: Final[tuple[str, ...]] = ("telemetry", "heartbeat")
 
 # Declaration order is `reason_counts()` order.
 REASONS: Final[tuple[str, ...]] = (
@@ -53,15 +59,18 @@ _NOT_JSON: Final = "body is not valid JSON"
 _NO_MESSAGES: Final = 'body must be a JSON object with a "messages" list'
 _NOT_OBJECT: Final = "body must be a JSON object"
 _EMPTY: Final = "batch is empty"
+_DETAILS: Final = {
+    INVALID_MSG_TYPE: "msg_type must be telemetry or heartbeat",
+    INVALID_SCHEMA: "the message does not match the schema (ids, site_id, seq)",
+    INVALID_TIMESTAMP: "ts must be an RFC 3339 timestamp within InfluxDB's range",
+    INVALID_METRICS: "metrics must be an object of at most 256 numeric or boolean values",
+}
 
 # serde_json's recursive parse refuses the 128th level; the core enforces the same limit.
 _MAX_DEPTH: Final = 127
-_MAX_ID_BYTES: Final = 128
-_MAX_METRICS: Final = 256
 _MAX_SEQ: Final = 2**63 - 1
 _MIN_TS_NS: Final = -9223372036854775806
 _MAX_TS_NS: Final = 9223372036854775806
-_MSG_TYPES: Final = frozenset(("telemetry", "heartbeat"))
 _RESERVED_METRICS: Final = frozenset(("seq", "time", "device_id", "site_id"))
 _SHELLY_CHANNELS: Final = tuple((n, f"switch:{n}") for n in range(4))
 _WHITESPACE: Final = " \t\n\r"
@@ -236,11 +245,31 @@ def _valid_name(s: str) -> bool:
     """1..=128 bytes of UTF-8 without control characters, backslashes or lone surrogates."""
     if not s or _BAD_NAME_CHAR_RE.search(s):
         return False
-    return len(s) <= _MAX_ID_BYTES if s.isascii() else len(s.encode()) <= _MAX_ID_BYTES
+    return len(s) <= MAX_ID_BYTES if s.isascii() else len(s.encode()) <= MAX_ID_BYTES
 
 
 def _valid_id(value: object) -> bool:
     return type(value) is str and _valid_name(value)
+
+
+def valid_tenant(s: str) -> bool:
+    """Whether `s` is a tenant id: 1 to 64 of `a-z`, `0-9`, `_`, `-`."""
+    return _TENANT_RE.fullmatch(s) is not None
+
+
+def valid_id(s: str) -> bool:
+    """Whether `s` is a valid device id, site id or provision token."""
+    return _valid_name(s)
+
+
+def reason_detail(reason: str) -> str:
+    """The sentence explaining a validation reason code to a client; ValueError otherwise."""
+    if reason not in REASONS:
+        raise ValueError(f'unknown reason code "{reason}"')
+    detail = _DETAILS.get(reason)
+    if detail is None:
+        raise ValueError(f'"{reason}" is not a validation reason code')
+    return detail
 
 
 def _unicode(value: object) -> str | None:
@@ -313,7 +342,7 @@ def _fields(metrics: object) -> str | None:
     """The metrics as line-protocol fields sorted by name, each followed by `,`."""
     if metrics is None:
         return ""
-    if type(metrics) is not dict or len(metrics) > _MAX_METRICS:
+    if type(metrics) is not dict or len(metrics) > MAX_METRICS:
         return None
     parts = []
     for name in sorted(metrics):
@@ -390,7 +419,7 @@ def _validate(
     ):
         item.reason = INVALID_SCHEMA
         return item
-    if msg_type not in _MSG_TYPES:
+    if msg_type not in MSG_TYPES:
         item.reason = INVALID_MSG_TYPE
         return item
     ts = msg.get("ts")
@@ -451,7 +480,7 @@ class Batch:
         All or nothing; checks in the compiled core's order."""
         for _, reason in verdicts:
             if reason is not None and reason not in REASONS:
-                raise ValueError(f"unknown reason code {_rust_debug(reason)}")
+                raise ValueError(f'unknown reason code "{reason}"')
         if self._resolved:
             raise ValueError("verdicts were already applied to this batch")
         if self._appended:
@@ -519,31 +548,10 @@ class Batch:
         return [item for item in self._items if item.reason is None], self._tenants
 
 
-def _rust_debug(s: str) -> str:
-    """`s` quoted as Rust's `{:?}` writes a string (the cases a reason code can hit)."""
-    out = ['"']
-    for c in s:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\0":
-            out.append("\\0")
-        elif c < " " or c == "\x7f":
-            out.append(f"\\u{{{ord(c):x}}}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
-
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages; BodyError for an unusable
     body. A message without `ts` gets `receive_ns` plus its index, so none overwrites another."""
+    _count("max_payload_bytes", max_payload_bytes)
     messages, sizes = _parse_messages(body, MAX_BATCH_MESSAGES)
     return Batch(
         [
@@ -563,6 +571,7 @@ def parse_single(
     max_payload_bytes: int = 8192,
 ) -> Batch:
     """Parse the single-message form, identity from the URL and header; a one-item Batch."""
+    _count("max_payload_bytes", max_payload_bytes)
     msg = _parse_document(body)
     if type(msg) is not dict:
         raise BodyError(_NOT_OBJECT)
@@ -635,10 +644,14 @@ class TenantBuffers:
         max_bytes: int = 67108864,
         tenant_max_bytes: int | None = None,
     ) -> None:
-        self._batch_size = batch_size
-        self._flush_bytes = flush_bytes
-        self._max_bytes = max_bytes
-        self._tenant_max_bytes = max_bytes if tenant_max_bytes is None else tenant_max_bytes
+        self._batch_size = _count("batch_size", batch_size)
+        self._flush_bytes = _count("flush_bytes", flush_bytes)
+        self._max_bytes = _count("max_bytes", max_bytes)
+        self._tenant_max_bytes = (
+            self._max_bytes
+            if tenant_max_bytes is None
+            else _count("tenant_max_bytes", tenant_max_bytes)
+        )
         self._total = 0
         self._used: dict[str, int] = {}
         self._tenants: dict[str, _TenantBuffer] = {}
@@ -653,7 +666,7 @@ class TenantBuffers:
         return lines >= self._batch_size or nbytes >= self._flush_bytes
 
     def _check_mark(self, mark: int) -> None:
-        if _unsigned(mark) == 0 or mark > self._last_mark:
+        if mark == 0 or mark > self._last_mark:
             return
         if mark < self._last_mark:
             raise ValueError(f"mark {mark} is below the last mark given ({self._last_mark})")
@@ -698,6 +711,7 @@ class TenantBuffers:
         """Append the batch's accepted lines under `mark`; an item that does not fit either cap
         gets BUFFER_FULL. Returns the tenants appended to that reached a flush threshold, in
         order of first appearance in the batch."""
+        _count("mark", mark)
         with self._lock:
             self._check_mark(mark)
             items, tenants = batch._take_for_append()
@@ -724,6 +738,8 @@ class TenantBuffers:
     def append_lines(self, tenant: str, lines: bytes, line_count: int, mark: int = 0) -> bool:
         """Append newline-terminated lines for one tenant under `mark`, all or nothing; False
         when they do not fit under either cap."""
+        _count("line_count", line_count)
+        _count("mark", mark)
         _check_lines(lines, line_count)
         with self._lock:
             self._check_mark(mark)
@@ -748,11 +764,11 @@ class TenantBuffers:
 
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None:
         """Take the tenant's oldest data as one write body, now in flight (one per tenant)."""
-        if _unsigned(max_lines) < 1:
+        if _count("max_lines", max_lines) < 1:
             raise ValueError("max_lines must be at least 1")
         with self._lock:
             if tenant in self._in_flight:
-                raise ValueError(f"tenant {_rust_debug(tenant)} already has a body in flight")
+                raise ValueError(f'tenant "{tenant}" already has a body in flight')
             buf = self._tenants.get(tenant)
             if buf is None:
                 return None
@@ -770,11 +786,12 @@ class TenantBuffers:
 
     def settle(self, tenant: str, line_count: int) -> None:
         """The oldest `line_count` lines of the tenant's body in flight are finished with."""
+        _count("line_count", line_count)
         with self._lock:
             body = self._in_flight.get(tenant)
             if body is None:
-                raise ValueError(f"tenant {_rust_debug(tenant)} has no body in flight")
-            if _unsigned(line_count) > body.lines:
+                raise ValueError(f'tenant "{tenant}" has no body in flight')
+            if line_count > body.lines:
                 raise ValueError(f"{line_count} lines are not in flight (only {body.lines} are)")
             cut = body.done
             for _ in range(line_count):
@@ -797,7 +814,7 @@ class TenantBuffers:
         with self._lock:
             body = self._in_flight.pop(tenant, None)
             if body is None:
-                raise ValueError(f"tenant {_rust_debug(tenant)} has no body in flight")
+                raise ValueError(f'tenant "{tenant}" has no body in flight')
             buf = self._tenants.get(tenant)
             if buf is None:
                 buf = self._tenants[tenant] = _TenantBuffer()
@@ -842,15 +859,19 @@ class TenantBuffers:
         return self._tenant_max_bytes
 
 
-def _unsigned(n: int) -> int:
-    """`n`, refused like the compiled core's unsigned arguments when negative."""
+def _count(name: str, n: int) -> int:
+    """`n`, a count or size argument; ValueError when it is negative."""
     if n < 0:
-        raise OverflowError("can't convert negative int to unsigned")
+        raise ValueError(f"{name} must not be negative")
     return n
 
 
 def _check_lines(lines: bytes, line_count: int) -> None:
-    if _unsigned(line_count) < 1 or lines.count(b"\n") != line_count or not lines.endswith(b"\n"):
+    if (
+        _count("line_count", line_count) < 1
+        or lines.count(b"\n") != line_count
+        or not lines.endswith(b"\n")
+    ):
         raise ValueError("lines must be line_count newline-terminated lines, and line_count >= 1")
 
 
@@ -893,23 +914,52 @@ class ShellyBatch:
         self.timestamp: list[int] = []
         self.idempotency_key: list[str] = []
 
+    def __len__(self) -> int:
+        """Number of readings (rows)."""
+        return len(self.power)
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float | None],
+        list[float | None],
+        list[int],
+        list[str],
+    ]:
+        """`(device_id, channel, power, voltage, current, timestamp, idempotency_key)`."""
+        return (
+            self.device_id,
+            self.channel,
+            self.power,
+            self.voltage,
+            self.current,
+            self.timestamp,
+            self.idempotency_key,
+        )
+
     def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
         """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
-        for r in rows:
-            _unsigned(r)
-        lines = []
-        for r in rows:
-            if r >= len(self.power):
-                raise IndexError(f"row {r} out of range")
-            current, voltage = self.current[r], self.voltage[r]
-            lines.append(
-                f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
-                f"apower={self.power[r]!r}"
-                + ("" if current is None else f",current={current!r}")
-                + ("" if voltage is None else f",voltage={voltage!r}")
-                + f" {self.timestamp[r] * 1_000_000_000}\n"
-            )
+        lines = [self._line(r) for r in rows]
         return "".join(lines).encode(), len(lines)
+
+    def encoded_size(self, rows: Sequence[int]) -> int:
+        """The length of `encode(rows)[0]`."""
+        return len(self.encode(rows)[0])
+
+    def _line(self, r: int) -> str:
+        if not 0 <= r < len(self.power):
+            raise IndexError(f"row {r} out of range")
+        current, voltage = self.current[r], self.voltage[r]
+        return (
+            f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
+            f"apower={self.power[r]!r}"
+            + ("" if current is None else f",current={current!r}")
+            + ("" if voltage is None else f",voltage={voltage!r}")
+            + f" {self.timestamp[r] * 1_000_000_000}\n"
+        )
 
 
 def _shelly_timestamp(value: object, now_s: int) -> int | None:
@@ -930,6 +980,7 @@ def _optional_number(sw: dict[str, object], key: str) -> tuple[bool, float | Non
 
 def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
     """Parse and validate a Shelly batch; BodyError for an unusable body."""
+    _count("max_messages", max_messages)
     messages, _ = _parse_messages(body, max_messages)
     out = ShellyBatch()
     out.total_messages = len(messages)

@@ -4,7 +4,9 @@
 pub mod batch;
 pub mod buffer;
 pub mod encode;
+pub mod envelope;
 pub mod errors;
+pub mod ids;
 pub mod json;
 pub mod parse;
 pub mod scan;
@@ -85,6 +87,12 @@ where
     Ok(out)
 }
 
+/// A count or size argument: a Python int may be negative, the core's counts may not. The
+/// message is ours (docs/core-rules.md), not the conversion's.
+fn count(name: &str, n: i64) -> PyResult<usize> {
+    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} must not be negative")))
+}
+
 /// Parsed, validated and line-protocol-encoded messages of one request, held in Rust.
 #[pyclass(name = "Batch", module = "tidegate._core")]
 struct PyBatch {
@@ -144,9 +152,10 @@ fn parse_batch(
     py: Python<'_>,
     body: &[u8],
     receive_ns: i64,
-    max_payload_bytes: usize,
+    max_payload_bytes: i64,
 ) -> PyResult<PyBatch> {
-    py.detach(|| parse::parse_batch(body, receive_ns, max_payload_bytes))
+    let max_payload = count("max_payload_bytes", max_payload_bytes)?;
+    py.detach(|| parse::parse_batch(body, receive_ns, max_payload))
         .map(|inner| PyBatch { inner })
         .map_err(|e| body_error(py, &e))
 }
@@ -165,8 +174,9 @@ fn parse_single(
     msg_type: &Bound<'_, PyString>,
     provision_token: &Bound<'_, PyString>,
     receive_ns: i64,
-    max_payload_bytes: usize,
+    max_payload_bytes: i64,
 ) -> PyResult<PyBatch> {
+    let max_payload = count("max_payload_bytes", max_payload_bytes)?;
     // A str holding a lone surrogate has no UTF-8 form: it is a string, never a valid id.
     let tenant = tenant_id.to_str().ok();
     let device = device_id.to_str().ok();
@@ -178,7 +188,7 @@ fn parse_single(
         msg_type,
         token,
     };
-    py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload_bytes))
+    py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload))
         .map(|inner| PyBatch { inner })
         .map_err(|e| body_error(py, &e))
 }
@@ -196,20 +206,23 @@ impl PyTenantBuffers {
         batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864, tenant_max_bytes = None
     ))]
     fn new(
-        batch_size: usize,
-        flush_bytes: usize,
-        max_bytes: usize,
-        tenant_max_bytes: Option<usize>,
-    ) -> Self {
-        let tenant_max_bytes = tenant_max_bytes.unwrap_or(max_bytes);
-        PyTenantBuffers {
-            inner: Arc::new(buffer::TenantBuffers::new(
-                batch_size,
-                flush_bytes,
-                max_bytes,
-                tenant_max_bytes,
-            )),
-        }
+        batch_size: i64,
+        flush_bytes: i64,
+        max_bytes: i64,
+        tenant_max_bytes: Option<i64>,
+    ) -> PyResult<Self> {
+        let batch_size = count("batch_size", batch_size)?;
+        let flush_bytes = count("flush_bytes", flush_bytes)?;
+        let max_bytes = count("max_bytes", max_bytes)?;
+        let tenant_max_bytes = match tenant_max_bytes {
+            Some(n) => count("tenant_max_bytes", n)?,
+            None => max_bytes,
+        };
+        let inner =
+            buffer::TenantBuffers::new(batch_size, flush_bytes, max_bytes, tenant_max_bytes);
+        Ok(PyTenantBuffers {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Append the batch's accepted lines under `mark`; returns the tenants now at a threshold.
@@ -218,8 +231,9 @@ impl PyTenantBuffers {
         &self,
         py: Python<'_>,
         batch: &Bound<'_, PyBatch>,
-        mark: u64,
+        mark: i64,
     ) -> PyResult<Vec<String>> {
+        let mark = count("mark", mark)? as u64;
         let mut batch = batch.try_borrow_mut()?;
         let batch = &mut batch.inner;
         py.detach(|| self.inner.append(batch, mark))
@@ -233,9 +247,11 @@ impl PyTenantBuffers {
         py: Python<'_>,
         tenant: &str,
         lines: &[u8],
-        line_count: usize,
-        mark: u64,
+        line_count: i64,
+        mark: i64,
     ) -> PyResult<bool> {
+        let line_count = count("line_count", line_count)?;
+        let mark = count("mark", mark)? as u64;
         py.detach(|| {
             self.inner
                 .append_lines(tenant, lines, line_count, mark, false)
@@ -259,8 +275,9 @@ impl PyTenantBuffers {
         &self,
         py: Python<'py>,
         tenant: &str,
-        max_lines: usize,
+        max_lines: i64,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
+        let max_lines = count("max_lines", max_lines)?;
         let drained = py
             .detach(|| self.inner.drain(tenant, max_lines))
             .map_err(|e| usage_error(&e))?;
@@ -268,7 +285,8 @@ impl PyTenantBuffers {
     }
 
     /// The oldest `line_count` lines of the tenant's body in flight are finished with.
-    fn settle(&self, py: Python<'_>, tenant: &str, line_count: usize) -> PyResult<()> {
+    fn settle(&self, py: Python<'_>, tenant: &str, line_count: i64) -> PyResult<()> {
+        let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.settle(tenant, line_count))
             .map_err(|e| usage_error(&e))
     }
@@ -336,10 +354,13 @@ impl PyWal {
         buffers: &Bound<'_, PyTenantBuffers>,
         directory: std::path::PathBuf,
         sync: &str,
-        sync_interval_ms: u64,
-        max_bytes: u64,
-        segment_bytes: u64,
+        sync_interval_ms: i64,
+        max_bytes: i64,
+        segment_bytes: i64,
     ) -> PyResult<Self> {
+        let sync_interval_ms = count("sync_interval_ms", sync_interval_ms)? as u64;
+        let max_bytes = count("max_bytes", max_bytes)? as u64;
+        let segment_bytes = count("segment_bytes", segment_bytes)? as u64;
         let sync = match sync {
             "always" => wal::SyncMode::Always,
             "interval" if sync_interval_ms > 0 => {
@@ -378,8 +399,9 @@ impl PyWal {
         py: Python<'_>,
         tenant: &str,
         lines: &[u8],
-        line_count: usize,
+        line_count: i64,
     ) -> PyResult<bool> {
+        let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.append_lines(tenant, lines, line_count))
             .map(|mark| mark.is_some())
             .map_err(|e| wal_error(py, &e))
@@ -448,6 +470,11 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// Number of readings.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
     #[getter]
     fn device_id(&self) -> Vec<&str> {
         self.inner.device_id.iter().map(String::as_str).collect()
@@ -488,21 +515,70 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// All seven columns at once, each built once.
+    #[allow(clippy::type_complexity)]
+    fn columns(
+        &self,
+    ) -> (
+        Vec<&str>,
+        Vec<usize>,
+        Vec<f64>,
+        Vec<Option<f64>>,
+        Vec<Option<f64>>,
+        Vec<i64>,
+        Vec<&str>,
+    ) {
+        (
+            self.device_id(),
+            self.channel(),
+            self.power(),
+            self.voltage(),
+            self.current(),
+            self.timestamp(),
+            self.idempotency_key(),
+        )
+    }
+
     /// Line protocol (measurement `power`) of the readings at `rows`, and its line count.
     fn encode<'py>(
         &self,
         py: Python<'py>,
-        rows: Vec<usize>,
+        rows: Vec<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
-        let (body, n) = self
-            .inner
-            .encode(&rows)
-            .map_err(|row| PyIndexError::new_err(format!("row {row} out of range")))?;
+        let (body, n) = self.inner.encode(&rows).map_err(row_error)?;
         Ok((PyBytes::new(py, &body), n))
+    }
+
+    /// The length of `encode(rows)`'s bytes, without building them.
+    fn encoded_size(&self, rows: Vec<i64>) -> PyResult<usize> {
+        self.inner.encoded_size(&rows).map_err(row_error)
     }
 }
 
+fn row_error(row: i64) -> PyErr {
+    PyIndexError::new_err(format!("row {row} out of range"))
+}
+
 const _: () = assert!(shelly::MAX_SHELLY_MESSAGES == 1000);
+const _: () = assert!(parse::DEFAULT_MAX_PAYLOAD_BYTES == 8192);
+
+/// Whether `s` is a valid tenant id. A str holding a lone surrogate never is.
+#[pyfunction]
+fn valid_tenant(s: &Bound<'_, PyString>) -> bool {
+    s.to_str().is_ok_and(ids::valid_tenant)
+}
+
+/// Whether `s` is a valid id (device, site, token). A str holding a lone surrogate never is.
+#[pyfunction]
+fn valid_id(s: &Bound<'_, PyString>) -> bool {
+    s.to_str().is_ok_and(ids::valid_id)
+}
+
+/// The sentence explaining a validation reason code to a client.
+#[pyfunction]
+fn reason_detail(reason: &str) -> PyResult<&'static str> {
+    Reason::detail_of(reason).map_err(|e| usage_error(&e))
+}
 
 /// Parse and validate a Shelly batch. Runs without the GIL.
 #[pyfunction]
@@ -512,8 +588,9 @@ fn parse_shelly(
     py: Python<'_>,
     body: &[u8],
     now_s: i64,
-    max_messages: usize,
+    max_messages: i64,
 ) -> PyResult<PyShellyBatch> {
+    let max_messages = count("max_messages", max_messages)?;
     py.detach(|| shelly::parse_shelly(body, now_s, max_messages))
         .map(|inner| PyShellyBatch { inner })
         .map_err(|e| body_error(py, &e))
@@ -528,6 +605,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REASONS", PyTuple::new(m.py(), codes)?)?;
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
+    m.add("MAX_ID_BYTES", ids::MAX_ID_BYTES)?;
+    m.add("MAX_TENANT_CHARS", ids::MAX_TENANT_CHARS)?;
+    m.add("TENANT_PATTERN", ids::TENANT_PATTERN)?;
+    m.add("MAX_METRICS", parse::MAX_METRICS)?;
+    m.add(
+        "DEFAULT_MAX_PAYLOAD_BYTES",
+        parse::DEFAULT_MAX_PAYLOAD_BYTES,
+    )?;
+    m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;
@@ -546,5 +632,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;
+    m.add_function(wrap_pyfunction!(valid_tenant, m)?)?;
+    m.add_function(wrap_pyfunction!(valid_id, m)?)?;
+    m.add_function(wrap_pyfunction!(reason_detail, m)?)?;
     Ok(())
 }

@@ -1208,10 +1208,16 @@ mod tests {
             if i % 5 == 0 {
                 stuck.push(format!("a{i}"));
                 let line = format!("a{i}\n");
-                assert!(matches!(wal.append_lines("a", line.as_bytes(), 1), Ok(Some(_))));
+                assert!(matches!(
+                    wal.append_lines("a", line.as_bytes(), 1),
+                    Ok(Some(_))
+                ));
             }
             let line = format!("b{i}\n");
-            assert!(matches!(wal.append_lines("b", line.as_bytes(), 1), Ok(Some(_))));
+            assert!(matches!(
+                wal.append_lines("b", line.as_bytes(), 1),
+                Ok(Some(_))
+            ));
             deliver(&wal, "b");
             assert_eq!(wal.checkpoint(), Ok(()));
         }
