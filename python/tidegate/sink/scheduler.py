@@ -48,8 +48,8 @@ class Buffers(Protocol):
     def ready(self) -> list[str]: ...
     def tenants(self) -> list[str]: ...
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None: ...
-    def settle(self, nbytes: int) -> None: ...
-    def put_back(self, tenant: str, body: bytes, line_count: int) -> None: ...
+    def settle(self, tenant: str, line_count: int) -> None: ...
+    def put_back(self, tenant: str) -> None: ...
     @property
     def total_bytes(self) -> int: ...
     @property
@@ -277,11 +277,12 @@ class Sink:
             )
         finally:
             # Also on cancellation (stop's deadline): the body must be back before the spill.
-            rest = b"".join(piece for piece, _ in pending)
-            if len(rest) < len(body):
-                self._buffers.settle(len(body) - len(rest))
-            if rest:
-                self._buffers.put_back(tenant, rest, sum(n for _, n in pending))
+            # What left `pending` (written or dead-lettered) is always its oldest lines.
+            rest_lines = sum(n for _, n in pending)
+            if rest_lines < lines:
+                self._buffers.settle(tenant, lines - rest_lines)
+            if pending:
+                self._buffers.put_back(tenant)
 
     async def _deliver(self, tenant: str, pending: Pending) -> Failure | None:
         assert self._target is not None, "Sink.start() was not awaited"
@@ -345,4 +346,4 @@ class Sink:
                     self._counts.spilled += lines
                     log("sink_spilled", level="warning", tenant=tenant, lines=lines, path=str(path))
                 finally:
-                    self._buffers.settle(len(body))
+                    self._buffers.settle(tenant, lines)
