@@ -338,6 +338,31 @@ def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
     poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
 
 
+def test_sigterm_with_influxdb_down_exits_0_and_leaves_the_messages_to_the_next_worker(
+    deployment: Deployment,
+) -> None:
+    influx = deployment.influx
+    assert influx is not None
+    edge = deployment.start("serve")
+    worker = deployment.start("worker", TIDEGATE_SHUTDOWN_DEADLINE_S="2")
+    client = edge.client()
+    influx.stop()
+    accepted: set[int] = set()
+    for start in range(0, 50, 10):
+        seqs = range(start, start + 10)
+        r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in seqs]})
+        assert r.status_code == 202
+        accepted.update(seqs)
+    poll(lambda: worker_stats(worker)["worker_fetched"], lambda n: n >= 1)
+    assert worker.stop() == 0
+    assert "worker_stopped" in worker.logs()
+    assert not (worker.data_dir / "spill").exists()  # unwritten lines went back, not to a file
+    assert stream_message_count(deployment.nats) == 5
+    influx.start()
+    deployment.start("worker")
+    wait_for_exactly(influx, accepted)
+
+
 # -- envelopes and MQTT -----------------------------------------------------------------------
 
 

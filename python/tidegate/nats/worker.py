@@ -192,7 +192,7 @@ class Worker:
         fetch, ack = self._tasks or (None, None)
         if fetch is not None:
             await fetch
-        await self.sink.stop()
+        await self.sink.stop(spill=False)
         if ack is not None:
             ack.cancel()
             await asyncio.gather(ack, return_exceptions=True)

@@ -145,10 +145,12 @@ class Sink:
             for tenant in tenants:
                 self._schedule(tenant)
 
-    async def stop(self) -> None:
+    async def stop(self, *, spill: bool = True) -> None:
         """Write everything buffered within `shutdown_deadline_s`; what is still unwritten
         near the deadline goes to `data_dir/spill/telemetry_{tenant}/<UTC hour>.lp` (sent by
-        `tidegate replay`). Spilling happens even if this coroutine is cancelled."""
+        `tidegate replay`). Spilling happens even if this coroutine is cancelled. With
+        `spill=False` the unwritten lines stay in the buffers, unsettled: a NATS worker's
+        messages then go back to JetStream unacked instead of into a local file."""
         if not self._running:
             return
         self._running = False
@@ -172,7 +174,8 @@ class Sink:
                 task.cancel()
             # Each cancelled task puts its body back before it ends, so the spill sees it.
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._spill()
+            if spill:
+                self._spill()
             if self._client is not None:
                 await self._client.aclose()
             log("sink_stopped", stats=self.stats())
