@@ -271,6 +271,8 @@ DEVICE_ADD = ("device", "add", "--tenant", "acme", "--device", "d1", "--site", "
         (("replay",), "required: --influx"),
         (("replay", "--influx", "ftp://x"), "must start with http:// or https://"),
         (("replay", "--influx", "http://x", "--api", "v9"), "invalid choice: 'v9'"),
+        (("serve", "--mode", "queue"), "invalid choice: 'queue'"),
+        (("worker", "--mode", "nats"), "unrecognized arguments: --mode nats"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
@@ -291,6 +293,8 @@ def test_bad_arguments_exit_2_with_a_message(
         ("INFLUX_BATCH_SIZE", "0"),
         ("TIDEGATE_PORT", "70000"),
         ("TIDEGATE_LOG_LEVEL", "loud"),
+        ("TIDEGATE_MODE", "queue"),
+        ("NATS_ACK_WAIT_S", "0"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_variable(

@@ -45,6 +45,26 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_SHUTDOWN_DEADLINE_S": ["0", "soon"],
     "TIDEGATE_LOG_LEVEL": ["trace", "verbose"],
     "TIDEGATE_SHELLY_MAX_BODY_BYTES": ["0", "4MiB"],
+    "TIDEGATE_MODE": ["NATS", "queue"],
+    "NATS_URL": ["127.0.0.1:4222", "http://x", "nats://a:1,b:2"],
+    "NATS_STREAM_MAX_BYTES": ["0", "1GiB"],
+    "NATS_STREAM_MAX_AGE_S": ["0", "7d"],
+    "NATS_STREAM_REPLICAS": ["0", "6", "three"],
+    "NATS_DUPLICATE_WINDOW_S": ["0", "2m"],
+    "NATS_MAX_MSG_BYTES": ["0", "1MiB"],
+    "NATS_REJECTED_MAX_BYTES": ["-1", "big"],
+    "NATS_REJECTED_MAX_AGE_S": ["0", "inf"],
+    "NATS_PUBLISH_TIMEOUT_S": ["0", "2s"],
+    "NATS_PUBLISH_ATTEMPTS": ["0", "1.5"],
+    "NATS_PUBLISH_RETRY_WAIT_S": ["-1", "nan"],
+    "NATS_ACK_WAIT_S": ["0", "30s"],
+    "NATS_MAX_ACK_PENDING": ["0", "many"],
+    "NATS_MAX_DELIVER": ["0", "-1"],
+    "NATS_BACKOFF_S": ["1,,2", "1,x", "0"],
+    "NATS_FETCH_BATCH": ["0", "all"],
+    "NATS_FETCH_TIMEOUT_S": ["0", "x"],
+    "NATS_NAK_DELAY_S": ["0", "5s"],
+    "TIDEGATE_WORKER_PORT": ["-1", "65536"],
 }
 # Any string is a valid value for these.
 FREE_FORM = {
@@ -53,6 +73,11 @@ FREE_FORM = {
     "INFLUXDB_ORG",
     "INGEST_API_KEY",
     "TIDEGATE_HOST",
+    "TIDEGATE_WORKER_HOST",
+    "NATS_CREDS",
+    "NATS_TLS_CA",
+    "NATS_TLS_CERT",
+    "NATS_TLS_KEY",
 }
 
 
@@ -133,6 +158,34 @@ def test_valid_values_are_parsed_to_typed_fields() -> None:
     assert cfg.auth_cache_ttl_s == 0.0
     assert (cfg.ingest_api_key, cfg.ingest_tenant) == ("k", "shelly_1")
     assert (cfg.port, cfg.log_level) == (0, "debug")
+
+
+def test_nats_settings_are_read_into_their_own_frozen_object() -> None:
+    cfg = Config.from_env(
+        {
+            "TIDEGATE_MODE": "nats",
+            "NATS_URL": "nats://u:p@n1:4222, tls://n2:4222",
+            "NATS_CREDS": "/etc/tidegate/edge.creds",
+            "NATS_STREAM_REPLICAS": "3",
+            "NATS_BACKOFF_S": "30, 60,120",
+            "NATS_MAX_DELIVER": "3",
+            "TIDEGATE_WORKER_PORT": "9100",
+        }
+    )
+    assert cfg.mode == "nats"
+    assert cfg.nats.url == "nats://u:p@n1:4222, tls://n2:4222"
+    assert cfg.nats.creds == Path("/etc/tidegate/edge.creds")
+    assert (cfg.nats.stream_replicas, cfg.nats.backoff_s) == (3, (30.0, 60.0, 120.0))
+    assert (cfg.nats.max_deliver, cfg.nats.worker_port) == (3, 9100)
+    assert Config().mode == "direct"
+    assert (Config().nats.ack_wait_s, Config().nats.max_ack_pending) == (30.0, 20_000)
+
+
+def test_nats_settings_that_contradict_each_other_stop_start_up() -> None:
+    with pytest.raises(ConfigError, match="^NATS_BACKOFF_S may list at most NATS_MAX_DELIVER"):
+        Config.from_env({"NATS_BACKOFF_S": "1,2,3", "NATS_MAX_DELIVER": "2"})
+    with pytest.raises(ConfigError, match="^NATS_TLS_CERT and NATS_TLS_KEY go together"):
+        Config.from_env({"NATS_TLS_CERT": "/c.pem"})
 
 
 def test_a_tenant_may_hold_a_quarter_of_the_buffer_cap_by_default() -> None:
