@@ -182,9 +182,9 @@ def test_nats_settings_are_read_into_their_own_frozen_object() -> None:
 
 
 def test_nats_settings_that_contradict_each_other_stop_start_up() -> None:
-    with pytest.raises(ConfigError, match="^NATS_BACKOFF_S may list at most NATS_MAX_DELIVER"):
+    with pytest.raises(ConfigError, match=r"^NATS_BACKOFF_S may list at most NATS_MAX_DELIVER"):
         Config.from_env({"NATS_BACKOFF_S": "1,2,3", "NATS_MAX_DELIVER": "2"})
-    with pytest.raises(ConfigError, match="^NATS_TLS_CERT and NATS_TLS_KEY go together"):
+    with pytest.raises(ConfigError, match=r"^NATS_TLS_CERT and NATS_TLS_KEY go together"):
         Config.from_env({"NATS_TLS_CERT": "/c.pem"})
 
 
