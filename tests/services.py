@@ -270,6 +270,12 @@ class InfluxDB:
         """True while the influxd process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The running influxd's process id (benches read its CPU time)."""
+        assert self._proc is not None, "influxd is not running"
+        return self._proc.pid
+
     def start(self) -> None:
         """Start influxd (no-op if running) on the same port and data; wait for /ping 204."""
         if self.running:
@@ -366,6 +372,7 @@ class NatsServer:
     on free ports; restartable in place."""
 
     def __init__(self, sync_interval: str | None = "always") -> None:
+        self.sync_interval = sync_interval
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
             pytest.fail(f"nats-server is not installed: {NATS_HINT}")
@@ -393,6 +400,12 @@ class NatsServer:
     def running(self) -> bool:
         """True while the nats-server process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The running nats-server's process id (benches read its CPU time)."""
+        assert self._proc is not None, "nats-server is not running"
+        return self._proc.pid
 
     def start(self) -> None:
         """Start (no-op if running) on the same ports and store; wait until JetStream is

@@ -9,6 +9,13 @@ every body once, then
    150,000 target), or `half`: half the first run's saturated rate -> latency percentiles.
 With the write-ahead log, each phase also reports records per fsync.
 
+`--modes direct,nats`: NATS mode runs a nats-server (`--nats-sync always` as the shipped config,
+and/or `default`: JetStream's 2-minute sync), one edge (`serve --mode nats`) under wrk and one
+`tidegate worker` writing to the sink; after each phase the bench waits until the worker has
+written every accepted message. Every phase reports CPU seconds per 100k accepted messages per
+process (gateway or edge, worker, nats-server, influxd), NATS mode also the publish-to-sink latency
+(JetStream store time to the worker's write) and the worker's rate including its drain.
+
     python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +44,11 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(HERE)]
 
-from gateway import GatewayProcess, run_gateway  # noqa: E402
-from services import InfluxDB, PostgresCluster  # noqa: E402
+from gateway import GatewayProcess, poll, run_gateway  # noqa: E402
+from procs import CpuMeter  # noqa: E402
+from services import InfluxDB, NatsServer, PostgresCluster  # noqa: E402
 from tidegate.config import Config  # noqa: E402
 from tidegate.store import open_registry  # noqa: E402
 
@@ -182,11 +191,34 @@ def wrk(
     raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
 
 
+@dataclass
+class Procs:
+    """The processes of one run: the HTTP process under wrk, and in NATS mode its worker."""
+
+    gw: GatewayProcess
+    cpu: dict[str, int]
+    worker: GatewayProcess | None = None
+
+    def worker_stats(self, reset_latency: bool = False) -> dict[str, Any]:
+        """The worker's /stats (NATS mode)."""
+        assert self.worker is not None
+        params = {"reset_latency": "1"} if reset_latency else {}
+        r = httpx.get(f"{self.worker.url}/stats", params=params, timeout=10.0)
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
+
 def measure(
-    gw: GatewayProcess, listing: Path, duration: int, connections: int, threads: int, delay_ms: int
+    procs: Procs, listing: Path, duration: int, connections: int, threads: int, delay_ms: int
 ) -> dict[str, Any]:
-    """One wrk phase; accepted msgs/s from the gateway's own counters."""
+    """One wrk phase; accepted msgs/s from the gateway's own counters, CPU per process, and in
+    NATS mode the wait until the worker wrote everything accepted."""
+    gw = procs.gw
     before = gw.stats()
+    written_before = procs.worker_stats(reset_latency=True)["writes_ok"] if procs.worker else 0
+    cpu = CpuMeter(procs.cpu)
+    cpu.start()
     sampler = RssSampler(gw.proc.pid)
     rss_start = rss_kib(gw.proc.pid)
     sampler.start()
@@ -196,6 +228,23 @@ def measure(
     after = gw.stats()
     seconds = result["duration_us"] / 1e6
     accepted = after["accepted"] - before["accepted"]
+    nats: dict[str, Any] = {}
+    if procs.worker is not None:
+        drain_start = time.monotonic()
+        worker = poll(
+            procs.worker_stats,
+            lambda st: st["writes_ok"] - written_before >= accepted,
+            wait_s=600,
+        )
+        drain_s = time.monotonic() - drain_start
+        latency = worker["delivery_latency"]
+        nats = {
+            "drain_s": round(drain_s, 2),
+            "worker_msgs_per_s": round(accepted / (seconds + drain_s)),
+            "delivery_p50_ms": latency.get("p50_ms"),
+            "delivery_p99_ms": latency.get("p99_ms"),
+        }
+    cpu.stop()
     rejected = after["rejected_total"] - before["rejected_total"]
     wal_after, wal_before = after.get("wal") or {}, before.get("wal") or {}
     fsyncs = wal_after.get("fsyncs", 0) - wal_before.get("fsyncs", 0)
@@ -219,13 +268,16 @@ def measure(
         "rss_trace_mib": [round(kib / 1024, 1) for kib in sampler.samples[::30]],
         "fsyncs": fsyncs,
         "records_per_fsync": round(synced / fsyncs, 1) if fsyncs else None,
+        "cpu_s": cpu.used,
+        "cpu_s_per_100k": cpu.per_100k(accepted),
+        **nats,
         "connections": connections,
         "delay_ms": delay_ms,
         "seconds": round(seconds, 2),
     }
 
 
-def paced(gw: GatewayProcess, listing: Path, duration: int, rate: float) -> dict[str, Any]:
+def paced(procs: Procs, listing: Path, duration: int, rate: float) -> dict[str, Any]:
     """Latency at a fixed offered load of `rate` msgs/s. wrk is closed-loop, so each of C
     connections waits `delay` ms (whole ms) between requests; C is chosen so one connection's
     period is >= 20 ms (rounding error <= 5%), and a 5 s calibration run corrects the delay
@@ -234,11 +286,11 @@ def paced(gw: GatewayProcess, listing: Path, duration: int, rate: float) -> dict
     connections = max(1, math.ceil(req_rate * 0.020))
     period_ms = connections * 1000 / req_rate
     delay = max(0, round(period_ms - 1))
-    calib = wrk(gw.url, listing, 5, connections, 1, delay)
+    calib = wrk(procs.gw.url, listing, 5, connections, 1, delay)
     achieved = calib["requests"] / (calib["duration_us"] / 1e6)
     response_ms = connections * 1000 / achieved - delay
     delay = max(0, round(period_ms - response_ms))
-    res = measure(gw, listing, duration, connections, 1, delay)
+    res = measure(procs, listing, duration, connections, 1, delay)
     return {"phase": "paced", "target_msgs_per_s": round(rate), **res}
 
 
@@ -268,12 +320,18 @@ def run_one(
     influx: InfluxDB | None,
     paced_rate: str,
     first_saturated: list[float],
+    nats: NatsServer | None = None,
 ) -> list[dict[str, Any]]:
-    """Provision, start, warm, measure (saturated, then paced), stop."""
-    name = f"{core}-{sink}-{registry}-{durability}"
+    """Provision, start, warm, measure (saturated, then paced), stop. With `nats`, the HTTP
+    process is a NATS-mode edge and a worker writes to the sink."""
+    mode = "direct" if nats is None else f"nats-{nats.sync_interval or 'default'}"
+    name = f"{core}-{sink}-{registry}-{durability if nats is None else mode}"
     workdir = s.workdir / name
     env = {"TIDEGATE_CORE": core, "TIDEGATE_DATA_DIR": str(workdir / "data")}
-    env.update(DURABILITIES[durability])
+    if nats is None:
+        env.update(DURABILITIES[durability])
+    else:
+        env.update({"TIDEGATE_MODE": "nats", "NATS_URL": nats.url})
     env["TIDEGATE_LOG_LEVEL"] = "warning"
     if registry == "postgres":
         assert pg is not None
@@ -286,41 +344,77 @@ def run_one(
     provision(env, s)
     listing = write_bodies(s)
     gw = run_gateway(env, workdir)
+    procs = Procs(gw, {"gateway" if nats is None else "edge": gw.proc.pid})
+    if nats is not None:
+        procs.worker = run_gateway(env, workdir / "worker", command="worker")
+        procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
+    if influx is not None and sink == "influx":
+        procs.cpu["influxd"] = influx.pid
     try:
         warm(gw, listing)
-        tags = {"core": core, "sink": sink, "registry": registry, "durability": durability}
+        tags = {
+            "core": core,
+            "sink": sink,
+            "registry": registry,
+            "durability": durability if nats is None else "-",
+            "mode": mode,
+        }
         results = []
-        sat = measure(gw, listing, s.duration, s.connections, s.threads, 0)
+        sat = measure(procs, listing, s.duration, s.connections, s.threads, 0)
         results.append({**tags, "phase": "saturated", **sat})
         print(json.dumps(results[-1]), flush=True)
         first_saturated.append(sat["accepted_msgs_per_s"])
         rate = first_saturated[0] / 2 if paced_rate == "half" else float(paced_rate)
         if rate:
-            results.append({**tags, **paced(gw, listing, s.duration, rate)})
+            results.append({**tags, **paced(procs, listing, s.duration, rate)})
             print(json.dumps(results[-1]), flush=True)
     finally:
-        code = gw.stop()
-        if code != 0:
-            print(f"gateway {name} exited {code}:\n{gw.logs()[-3000:]}", file=sys.stderr)
+        for proc in (gw, procs.worker):
+            code = proc.stop() if proc is not None else 0
+            if code != 0 and proc is not None:
+                print(f"{name} {proc.url} exited {code}:\n{proc.logs()[-3000:]}", file=sys.stderr)
     return results
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| core | sink | registry | durability | phase | accepted msgs/s | req/s | p50 ms "
-        "| p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync |\n"
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|\n"
+        "| mode | core | sink | registry | durability | phase | accepted msgs/s | req/s | p50 ms "
+        "| p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync "
+        "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms |\n"
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|\n"
     )
     lines = [
-        f"| {r['core']} | {r['sink']} | {r['registry']} | {r['durability']} | {r['phase']} "
-        f"| {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
+        f"| {r['mode']} | {r['core']} | {r['sink']} | {r['registry']} | {r['durability']} "
+        f"| {r['phase']} | {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
         f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
         f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} "
-        f"| {r['records_per_fsync'] or '-'} |"
+        f"| {r['records_per_fsync'] or '-'} "
+        f"| {', '.join(f'{k} {v}' for k, v in r['cpu_s_per_100k'].items())} "
+        f"| {r.get('worker_msgs_per_s') or '-'} "
+        f"| {r.get('delivery_p50_ms') or '-'} / {r.get('delivery_p99_ms') or '-'} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def run_nats(
+    s: Setup,
+    core: str,
+    sink: str,
+    registry: str,
+    pg: PostgresCluster | None,
+    influx: InfluxDB | None,
+    args: argparse.Namespace,
+    sync: str | None,
+) -> list[dict[str, Any]]:
+    """One NATS-mode run on a fresh nats-server with JetStream sync `sync`."""
+    nats = NatsServer(sync)
+    try:
+        nats.start()
+        return run_one(s, core, sink, registry, "memory", pg, influx, args.paced_rate, [], nats)
+    finally:
+        nats.cleanup()
 
 
 def main() -> None:
@@ -347,6 +441,13 @@ def main() -> None:
         help="msgs/s of the latency phase (default: half the 150k target; 0 skips it), or "
         "`half`: half the first run's saturated rate, the same for every run",
     )
+    p.add_argument("--modes", default="direct", help="direct and/or nats")
+    p.add_argument(
+        "--nats-sync",
+        default="always",
+        help="NATS mode: `always` (JetStream fsyncs each publish, the shipped config) and/or "
+        "`default` (every 2 minutes)",
+    )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -367,6 +468,8 @@ def main() -> None:
     sinks = args.sinks.split(",")
     pg = PostgresCluster() if "postgres" in registries else None
     influx = InfluxDB() if "influx" in sinks else None
+    modes = args.modes.split(",")
+    syncs = [None if v == "default" else v for v in args.nats_sync.split(",")]
     rows: list[dict[str, Any]] = []
     try:
         if pg:
@@ -377,20 +480,24 @@ def main() -> None:
         for core in args.cores.split(","):
             for sink in sinks:
                 for registry in registries:
-                    for durability in args.durability.split(","):
-                        if core != "rust" and durability != "memory":
-                            continue
-                        rows += run_one(
-                            s,
-                            core,
-                            sink,
-                            registry,
-                            durability,
-                            pg,
-                            influx,
-                            args.paced_rate,
-                            first_saturated,
-                        )
+                    if "direct" in modes:
+                        for durability in args.durability.split(","):
+                            if core != "rust" and durability != "memory":
+                                continue
+                            rows += run_one(
+                                s,
+                                core,
+                                sink,
+                                registry,
+                                durability,
+                                pg,
+                                influx,
+                                args.paced_rate,
+                                first_saturated,
+                            )
+                    if "nats" in modes:
+                        for sync in syncs:
+                            rows += run_nats(s, core, sink, registry, pg, influx, args, sync)
     finally:
         if influx:
             influx.cleanup()

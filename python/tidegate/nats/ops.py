@@ -47,7 +47,8 @@ def create_app(worker: Worker) -> Starlette:
     async def stats(request: Request) -> Response:
         out = worker.metrics.stats()
         out["worker_rejected"] = dict(sorted(worker.stats.rejected.items()))
-        out["delivery_latency"] = worker.latency.percentiles()
+        reset = request.query_params.get("reset_latency") == "1"
+        out["delivery_latency"] = worker.latency.percentiles(reset)
         return json_response(200, out)
 
     routes = [

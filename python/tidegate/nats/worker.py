@@ -103,11 +103,14 @@ class Latency:
         self._histogram.observe(seconds)
         self._samples.append(seconds)
 
-    def percentiles(self) -> dict[str, float]:
-        """p50/p99/max in ms over the kept samples (empty when none)."""
+    def percentiles(self, reset: bool = False) -> dict[str, float]:
+        """p50/p99/max in ms over the kept samples (empty when none); `reset` starts a new
+        window (a bench phase)."""
         if not self._samples:
             return {}
         ordered = sorted(self._samples)
+        if reset:
+            self._samples.clear()
         last = len(ordered) - 1
 
         def ms(q: float) -> float:
