@@ -170,9 +170,11 @@ _PATHS: dict[str, Any] = {
             "description": (
                 "Each message is validated, authenticated and rate limited on its own. "
                 "202 when any message was accepted; 429/503 when none was and every rejection "
-                "is retryable (RATE_LIMITED / BUFFER_FULL); 400 otherwise. Retry-After is set "
-                "whenever an item was RATE_LIMITED or BUFFER_FULL. A 202 means the accepted "
-                "messages are in the gateway's bounded in-memory buffer."
+                "is retryable (RATE_LIMITED / BUFFER_FULL / UNAVAILABLE); 400 otherwise. "
+                "Retry-After is set whenever an item was RATE_LIMITED, BUFFER_FULL or "
+                "UNAVAILABLE. A 202 means the accepted messages are in the gateway's bounded "
+                "in-memory buffer (direct mode) or stored by NATS JetStream (NATS mode; a "
+                "tenant whose publish JetStream did not acknowledge gets UNAVAILABLE)."
             ),
             "parameters": [_GZIP],
             "requestBody": {
@@ -191,7 +193,7 @@ _PATHS: dict[str, Any] = {
                 "429": response_spec(_ref("BatchResponse"), "Every message rate limited", True),
                 "503": response_spec(
                     {"oneOf": [_ref("BatchResponse"), DETAIL]},
-                    "Buffers full, or shutting down",
+                    "Buffers full, NATS unavailable (NATS mode), or shutting down",
                     True,
                 ),
             },
@@ -225,7 +227,12 @@ _PATHS: dict[str, Any] = {
                 "429": response_spec(
                     _ref("RateLimited"), "Device rate limit; the body names it", True
                 ),
-                "503": response_spec(DETAIL, "Buffers full, or shutting down", True),
+                "503": response_spec(
+                    DETAIL,
+                    "Buffers full (BUFFER_FULL), NATS unavailable (UNAVAILABLE, NATS mode), "
+                    "or shutting down",
+                    True,
+                ),
             },
         }
     },
