@@ -371,7 +371,7 @@ class NatsServer:
     the shipped deploy/nats-server.conf, or None for JetStream's default) and its MQTT listener,
     on free ports; restartable in place."""
 
-    def __init__(self, sync_interval: str | None = "always") -> None:
+    def __init__(self, sync_interval: str | None = "always", extra_config: str = "") -> None:
         self.sync_interval = sync_interval
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
@@ -391,7 +391,7 @@ class NatsServer:
             f'jetstream {{\n  store_dir: "{self.root / "store"}"\n'
             + (f"  sync_interval: {sync_interval}\n" if sync_interval else "")
             + "}\n"
-            f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n}}\n"
+            f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n}}\n" + extra_config
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=5.0)

@@ -257,3 +257,27 @@ def mqtt_publish(server: NatsServer, topic: str, payload: bytes) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_user_and_password_in_nats_url_authenticate_and_a_wrong_one_never_connects() -> None:
+    server = NatsServer(extra_config='authorization { user: edge, password: "s3cret" }\n')
+    try:
+        server.start()
+        base = server.url.removeprefix("nats://")
+
+        async def main() -> tuple[bool, bool, str | None]:
+            good = Link(fast(server, url=f"nats://edge:s3cret@{base}"), "good")
+            bad = Link(fast(server, url=f"nats://edge:wrong@{base}"), "bad")
+            good.start()
+            bad.start()
+            try:
+                return await good.wait(30), await bad.wait(2), bad.last_error
+            finally:
+                await good.close()
+                await bad.close()
+
+        good, bad, error = run(main)
+        assert (good, bad) == (True, False)
+        assert error is not None and "Authorization" in error
+    finally:
+        server.cleanup()
