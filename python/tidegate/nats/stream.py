@@ -159,11 +159,9 @@ class Link:
             break
         self.js = js
         self.ready.set()
-        log(
-            "nats_connected",
-            name=self.name,
-            server=nc.connected_url.netloc if nc.connected_url else None,
-        )
+        url = nc.connected_url
+        # hostname:port only: the URL's netloc may carry user:password.
+        log("nats_connected", name=self.name, server=f"{url.hostname}:{url.port}" if url else None)
 
     def _failed(self, event: str, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
