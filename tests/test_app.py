@@ -454,7 +454,7 @@ def test_metrics_expose_latency_outcomes_buffers_and_flushes(gateway: Start) -> 
     c = gw.client()
     post_batch(c, [msg("d1"), msg("d1", token="bad")])
     poll(lambda: gw.stats()["writes_ok"], until=lambda n: n >= 1)
-    text = c.get("/metrics").text
+    text = gw.metrics()
     assert 'tidegate_request_seconds_count{route="batch"} 1.0' in text
     assert 'tidegate_messages_total{outcome="accepted",reason=""} 1.0' in text
     assert 'tidegate_messages_total{outcome="rejected",reason="UNAUTHORIZED"} 1.0' in text
