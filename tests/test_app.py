@@ -244,6 +244,26 @@ def single(
     return client.post(f"/ingest/v1/tenant/{path}", content=content, headers=headers)
 
 
+def test_a_non_ascii_token_works_in_the_header_as_in_the_batch_body(gateway: Start) -> None:
+    gw = gateway(HOLD)
+    token = "jeton-é-湿度"
+    provision(gw, "t1", "d1", "s1", token=token)
+    c = gw.client()
+    assert post_batch(c, [msg("d1", token)]).status_code == 202
+    r = c.post(
+        "/ingest/v1/tenant/t1/device/d1/telemetry",
+        content=b'{"site_id":"s1","metrics":{"temp":1.5}}',
+        headers=[("X-Provision-Token", token.encode())],
+    )
+    assert (r.status_code, r.json()) == (202, {"status": "accepted"})
+    r = c.post(
+        "/ingest/v1/tenant/t1/device/d1/telemetry",
+        content=b'{"site_id":"s1"}',
+        headers=[("X-Provision-Token", token.encode("utf-8")[:-1])],
+    )
+    assert (r.status_code, r.json()) == (401, UNAUTHORIZED)
+
+
 def test_single_message_is_accepted(gateway: Start, registry_env: dict[str, str]) -> None:
     gw = start_with_devices(gateway, registry_env)
     r = single(gw.client())
