@@ -222,6 +222,19 @@ def test_replay_sends_embedded_sink_files_to_influxdb(bare_cli: Cli, influxdb: I
     assert (again.code, again.json["files"]) == (0, 0)
 
 
+def test_replay_dead_letters_sends_the_dead_letter_files(bare_cli: Cli, influxdb: InfluxDB) -> None:
+    path = bare_cli.cfg.data_dir / "deadletter" / "telemetry_cli_dead.lp"
+    path.parent.mkdir(parents=True)
+    path.write_text("# 2026-01-01T00:00:00Z HTTP 400: 1 of 2 lines refused: x\nm v=1 1\nm v=2 2\n")
+    write_lp_file(bare_cli.cfg, "cli_dead", ["m v=9 9"])
+    r = bare_cli("replay", "--influx", influxdb.url, "--api", "v1", "--dead-letters")
+    assert r.code == 0, r
+    assert (r.json["files"], r.json["files_failed"], r.json["lines"]) == (1, 0, 2)
+    assert path.with_name("telemetry_cli_dead.lp.done").exists()
+    rows = influxdb.query("telemetry_cli_dead", "SELECT v FROM m")
+    assert rows == [{"time": 1, "v": 1.0}, {"time": 2, "v": 2.0}]
+
+
 def test_replay_to_an_unreachable_influxdb_fails_and_keeps_the_file(bare_cli: Cli) -> None:
     write_lp_file(bare_cli.cfg, "acme", ["m v=1 1"])
     r = bare_cli(

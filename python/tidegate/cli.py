@@ -123,7 +123,9 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     # Imported here: only replay needs httpx and the core.
     from tidegate.sink.replay import replay
 
-    counts = await replay(cfg, args.influx, args.api or cfg.influx_api)
+    counts = await replay(
+        cfg, args.influx, args.api or cfg.influx_api, dead_letters=args.dead_letters
+    )
     if counts.get("files_failed"):
         raise CommandFailed("a file could not be sent; run replay again to resume", **counts)
     return dict(counts)
@@ -184,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
     replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
+    replay.add_argument(
+        "--dead-letters",
+        action="store_true",
+        help="send the dead-letter files instead (after fixing what refused them)",
+    )
     replay.set_defaults(run=_replay)
     return parser
 

@@ -34,7 +34,7 @@ class Config:
     influxdb_token: str | None = None
     influxdb_org: str | None = None
     influx_api: str = "v3"
-    influx_create_db: bool = False
+    influx_create_db: bool = True
     influx_batch_size: int = 500
     influx_flush_interval_ms: int = 1000
     influx_max_body_lines: int = 5000
@@ -98,7 +98,7 @@ class Config:
             influxdb_token=r.get("INFLUXDB_TOKEN", None, str),
             influxdb_org=r.get("INFLUXDB_ORG", None, str),
             influx_api=influx_api,
-            influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", False, _bool),
+            influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", True, _bool),
             influx_batch_size=r.get("INFLUX_BATCH_SIZE", 500, positive_int),
             influx_flush_interval_ms=r.get("INFLUX_FLUSH_INTERVAL_MS", 1000, positive_int),
             influx_max_body_lines=r.get("INFLUX_MAX_BODY_LINES", 5000, positive_int),
