@@ -484,6 +484,23 @@ def test_metrics_expose_latency_outcomes_buffers_and_flushes(gateway: Start) -> 
     assert 'tidegate_responses_total{route="batch",status="202"} 1.0' in text
 
 
+def test_stats_and_metrics_are_served_only_on_the_ops_listener(gateway: Start) -> None:
+    gw = gateway(HOLD)
+    public = gw.client()
+    assert public.get("/ingest/v1/stats").status_code == 404
+    assert public.get("/metrics").status_code == 404
+    assert public.get("/health").status_code == 200
+    assert public.get("/ready").status_code == 200
+    ops = httpx.Client(base_url=gw.ops_url, timeout=10.0)
+    with ops:
+        assert ops.get("/ingest/v1/stats").json()["accepted"] == 0
+        assert "tidegate_buffer_bytes" in ops.get("/metrics").text
+        assert ops.get("/health").status_code == 200
+        assert ops.get("/ready").status_code == 200
+        assert ops.post("/ingest/v1/batch", json={"messages": []}).status_code == 404
+    assert (Config().ops_host, Config().ops_port) == ("127.0.0.1", 8081)
+
+
 def test_unknown_routes_and_methods_answer_json(gateway: Start) -> None:
     gw = gateway(HOLD)
     c = gw.client()
