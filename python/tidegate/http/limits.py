@@ -7,6 +7,10 @@ send or withhold.
 A refused connection is not closed at once: the answer is written, the write side shut, and
 what the client still sends is read and dropped for `LINGER_S` (nginx's lingering close), so
 the client reads the answer instead of a connection reset.
+
+This subclasses uvicorn's HttpToolsProtocol and reads its per-request state (`url`, `headers`,
+`cycle`, `tasks`, `connections`): tests/test_limits.py runs it against a real uvicorn process,
+so an uvicorn upgrade that changes them fails there.
 """
 
 from __future__ import annotations
