@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from gateway import GatewayProcess, poll
+from tidegate.config import Config
 
 Start = Callable[..., GatewayProcess]
 MIB = 1 << 20
@@ -183,19 +185,21 @@ def test_a_client_gone_mid_body_is_counted_and_logged_once_without_a_traceback(
 
 # The slowloris: 150 connections each send all but 4 KiB of a 1 MiB body, then stall.
 SLOW_CONNECTIONS = 150
-SLOW_MAX_REQUESTS = 32
 SLOW_BODY = MIB - 4096
 
 
-def test_slowloris_of_stalled_bodies_is_cut_and_memory_stays_bounded(gateway: Start) -> None:
-    """Bound: the requests in progress hold at most SLOW_MAX_REQUESTS bodies (each read once
-    into the route's chunks and once into uvicorn's buffer as it passes), so the peak RSS may
-    grow by 2 x 32 MiB plus 32 MiB of allocator slack, whatever the 150 connections send."""
+@pytest.mark.parametrize("max_requests", [32, Config().max_requests])
+def test_slowloris_of_stalled_bodies_is_cut_and_memory_stays_bounded(
+    gateway: Start, max_requests: int
+) -> None:
+    """Bound: the requests in progress hold at most `max_requests` bodies (each read once into
+    the route's chunks and once into uvicorn's buffer as it passes), so the peak RSS may grow
+    by 2 x `max_requests` MiB plus 32 MiB of allocator slack, whatever 150 connections send."""
     gw = gateway(
         {
             **HOLD,
             "TIDEGATE_BODY_TIMEOUT_S": "3",
-            "TIDEGATE_MAX_REQUESTS": str(SLOW_MAX_REQUESTS),
+            "TIDEGATE_MAX_REQUESTS": str(max_requests),
         }
     )
     baseline = rss_kib(gw)
@@ -226,7 +230,7 @@ def test_slowloris_of_stalled_bodies_is_cut_and_memory_stays_bounded(gateway: St
     assert limits["body_timeout"] + limits.get("max_requests", 0) == SLOW_CONNECTIONS
     assert limits["body_timeout"] >= 1
     grown = peak_rss_kib(gw) - baseline
-    bound = (2 * SLOW_MAX_REQUESTS + 32) * 1024
+    bound = (2 * max_requests + 32) * 1024
     print(f"slowloris: peak RSS +{grown} KiB (bound {bound} KiB), {elapsed:.1f} s, {limits}")
     assert grown < bound, f"peak RSS grew {grown} KiB, bound {bound} KiB"
     assert gw.client().get("/health").status_code == 200
