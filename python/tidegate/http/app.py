@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -15,7 +18,7 @@ from starlette.responses import Response
 
 from tidegate import logs
 from tidegate.config import Config
-from tidegate.http import ingest, ops, shelly
+from tidegate.http import ingest, limits, ops, shelly
 from tidegate.http.endpoint import http_error, json_response
 from tidegate.http.gateway import Gateway
 
@@ -26,8 +29,12 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return json_response(500, {"detail": "internal server error"})
 
 
+_ERROR_HANDLERS = {HTTPException: http_error, Exception: _internal_error}
+
+
 def create_app(cfg: Config) -> Starlette:
-    """The gateway app; the Gateway object is at `app.state.gateway`."""
+    """The gateway app on the public listener; the Gateway object is at `app.state.gateway`,
+    the ops listener's app (stats, metrics; no lifespan of its own) at `app.state.ops_app`."""
     gw = Gateway(cfg)
 
     @contextlib.asynccontextmanager
@@ -44,12 +51,22 @@ def create_app(cfg: Config) -> Starlette:
             await gw.stop()
 
     app = Starlette(
-        routes=[*ingest.routes(gw), *ops.routes(gw), *shelly.routes(gw)],
+        routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw)],
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: _internal_error},
+        exception_handlers=_ERROR_HANDLERS,
     )
     app.state.gateway = gw
+    app.state.ops_app = Starlette(routes=ops.routes(gw), exception_handlers=_ERROR_HANDLERS)
     return app
+
+
+class _OpsServer(uvicorn.Server):
+    """The ops listener's server: run inside the public one, which owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """The public server's handlers stay in place."""
+        yield
 
 
 class SignalServer(uvicorn.Server):
@@ -70,31 +87,45 @@ class SignalServer(uvicorn.Server):
             self.should_exit = True
 
 
-def run_server(
-    app: Starlette,
-    cfg: Config,
-    host: str,
-    port: int,
-    graceful_s: int,
-    on_signal: Callable[[], None],
-) -> None:
-    """Run `app` on one uvicorn worker until SIGTERM/SIGINT; in-flight requests get
-    `graceful_s` seconds, then the lifespan shuts the app down."""
-    uv_config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        # auto: uvloop and httptools (dependencies of tidegate) when the platform has them.
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        access_log=False,
-        log_config=logs.uvicorn_log_config(cfg.log_level),
-        log_level=cfg.log_level,
-        timeout_graceful_shutdown=graceful_s,
-        server_header=False,
-    )
-    SignalServer(uv_config, on_signal).run()
+class _Server(SignalServer):
+    """The gateway's server: a signal marks it draining. The ops listener runs from the end of
+    start-up (the gateway is started) to the end of shutdown (the buffers are flushed)."""
+
+    def __init__(
+        self, config: uvicorn.Config, gw: Gateway, ops: _OpsServer, ops_socket: socket.socket
+    ) -> None:
+        super().__init__(config, gw.start_draining)
+        self._ops = ops
+        self._ops_socket = ops_socket
+        self._ops_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start the public listener, then the ops listener."""
+        await super().startup(sockets)
+        if not self.should_exit:
+            self._ops_task = asyncio.create_task(self._ops.serve([self._ops_socket]))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Shut the public listener and flush, then stop the ops listener."""
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self._ops_task is not None:
+                self._ops.should_exit = True
+                await self._ops_task
+
+
+def server_options(cfg: Config, graceful_s: int) -> dict[str, Any]:
+    """uvicorn settings every tidegate listener shares; in-flight requests get `graceful_s`."""
+    return {
+        # auto: uvloop (a dependency of tidegate) when the platform has it.
+        "loop": "auto",
+        "access_log": False,
+        "log_config": logs.uvicorn_log_config(cfg.log_level),
+        "log_level": cfg.log_level,
+        "timeout_graceful_shutdown": graceful_s,
+        "server_header": False,
+    }
 
 
 def serve(cfg: Config) -> None:
@@ -103,11 +134,23 @@ def serve(cfg: Config) -> None:
     nor spilled)."""
     app = create_app(cfg)
     gw: Gateway = app.state.gateway
-
-    def drain() -> None:
-        gw.draining = True
-
     # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
-    run_server(app, cfg, cfg.host, cfg.port, max(1, int(cfg.shutdown_deadline_s / 2)), drain)
+    common = server_options(cfg, max(1, int(cfg.shutdown_deadline_s / 2)))
+    ops_config = uvicorn.Config(
+        app.state.ops_app, host=cfg.ops_host, port=cfg.ops_port, lifespan="off", **common
+    )
+    # Bound before start-up: a port in use fails the start, not a running gateway.
+    ops_socket = ops_config.bind_socket()
+    uv_config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        http=limits.protocol_class(limits.Limits.from_config(cfg, gw.metrics.limit_hit)),
+        lifespan="on",
+        timeout_keep_alive=cfg.keepalive_timeout_s,
+        **common,
+    )
+    server = _Server(uv_config, gw, _OpsServer(ops_config), ops_socket)
+    server.run()
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

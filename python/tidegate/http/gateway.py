@@ -97,6 +97,10 @@ class Gateway:
         if services.publisher is not None:
             await services.publisher.link.close()
 
+    def start_draining(self) -> None:
+        """Refuse new work from now on (SIGTERM/SIGINT: at once, before the lifespan stops)."""
+        self.draining = True
+
     def _publisher(self) -> Publisher | None:
         """NATS mode's publisher, connecting in the background (reconnecting forever)."""
         if self.cfg.mode != "nats":

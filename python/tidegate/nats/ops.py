@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,7 +13,7 @@ from starlette.routing import Route
 
 from tidegate import logs
 from tidegate.config import Config
-from tidegate.http.app import run_server
+from tidegate.http.app import SignalServer, server_options
 from tidegate.http.endpoint import json_response
 from tidegate.nats.worker import Worker
 
@@ -63,10 +64,12 @@ def create_app(worker: Worker) -> Starlette:
 def serve(cfg: Config) -> None:
     """Run one worker until SIGTERM/SIGINT; the signal stops its fetching at once."""
     worker = Worker(cfg)
-
-    def stop_fetching() -> None:
-        worker.stopping = True
-
-    run_server(
-        create_app(worker), cfg, cfg.nats.worker_host, cfg.nats.worker_port, 1, stop_fetching
+    settings = cfg.nats
+    uv_config = uvicorn.Config(
+        create_app(worker),
+        host=settings.worker_host,
+        port=settings.worker_port,
+        lifespan="on",
+        **server_options(cfg, 1),
     )
+    SignalServer(uv_config, worker.stop_fetching).run()

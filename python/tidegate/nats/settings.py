@@ -55,4 +55,4 @@ class NatsSettings:
     nak_delay_s: float = 5.0
     # The worker's ops listener (/health, /ready, /metrics).
     worker_host: str = "127.0.0.1"
-    worker_port: int = 8081
+    worker_port: int = 8082

@@ -189,6 +189,10 @@ class Worker:
         ]
         logs.log("worker_started", core=cfg.core, registry=self.registry.backend)
 
+    def stop_fetching(self) -> None:
+        """Take no new message from now on (SIGTERM/SIGINT: at once, before the lifespan stops)."""
+        self.stopping = True
+
     async def stop(self) -> None:
         """Stop fetching, write what is buffered, ack it, nak what could not be written."""
         self.stopping = True

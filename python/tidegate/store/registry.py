@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from tidegate.ids import check_id, check_tenant
+from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store.power_logs import PowerLogs
 from tidegate.store.secrets import hash_secret, new_secret
 
@@ -172,8 +172,10 @@ class Registry(ABC):
         provisioned again; an active one raises AlreadyExists.
         """
         check_tenant(tenant_id)
-        check_id("device id", device_id)
+        check_device(device_id)
         check_id("site id", site_id)
+        if token is not None:
+            check_token(token)
         if rps is not None and not 0 < rps < float("inf"):
             raise ValueError("rps must be a positive number")
         if burst is not None and burst <= 0:
