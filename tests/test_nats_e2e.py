@@ -200,13 +200,13 @@ def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
     for device in DEVICES:
         provision(direct, TENANT, device, f"site-{device}", token=deployment.tokens[device])
     body = orjson.dumps(MIXED)
-    answers = [httpx.post(f"{gw.url}/ingest/v1/batch", content=body) for gw in (direct, edge)]
+    answers = [gw.client().post("/ingest/v1/batch", content=body) for gw in (direct, edge)]
     assert answers[0].status_code == answers[1].status_code == 202
     assert answers[0].content == answers[1].content
     assert answers[1].json()["accepted"] == 1
     single = [
-        httpx.post(
-            f"{gw.url}/ingest/v1/tenant/{TENANT}/device/d1/telemetry",
+        gw.client().post(
+            f"/ingest/v1/tenant/{TENANT}/device/d1/telemetry",
             content=b'{"site_id":"site-d1","metrics":{"temp":1}}',
             headers={"X-Provision-Token": deployment.tokens["d1"]},
         )
@@ -240,9 +240,9 @@ def test_nats_down_answers_503_unavailable_and_every_202_is_in_the_stream(
     )
     assert single.status_code == 503
     assert single.json()["reason"] == "UNAVAILABLE"
-    assert httpx.get(f"{edge.url}/ready").status_code == 503
+    assert httpx.get(f"{edge.url}/ready", timeout=30).status_code == 503
     deployment.nats.start()
-    poll(lambda: httpx.get(f"{edge.url}/ready").status_code, lambda s: s == 200)
+    poll(lambda: httpx.get(f"{edge.url}/ready", timeout=30).status_code, lambda s: s == 200)
     assert stream_message_count(deployment.nats) == accepted
     r = client.post("/ingest/v1/batch", json={"messages": [message(200)]})
     assert r.status_code == 202
@@ -330,7 +330,7 @@ def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
         r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in seqs]})
         assert r.status_code == 202
         accepted.update(seqs)
-    poll(lambda: httpx.get(f"{worker.url}/ready").status_code, lambda s: s == 503)
+    poll(lambda: httpx.get(f"{worker.url}/ready", timeout=30).status_code, lambda s: s == 503)
     time.sleep(2.0)  # several retry rounds: nothing may be acked while nothing is written
     assert stream_message_count(deployment.nats) >= 9
     influx.start()
@@ -469,4 +469,4 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
 def worker_ready(deployment: Deployment) -> None:
     """Wait until every started worker says ready (streams and consumer exist)."""
     for proc in deployment.procs:
-        poll(lambda p=proc: httpx.get(f"{p.url}/ready").status_code, lambda s: s == 200)
+        poll(lambda p=proc: httpx.get(f"{p.url}/ready", timeout=30).status_code, lambda s: s == 200)

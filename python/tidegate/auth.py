@@ -5,11 +5,14 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tidegate._core import RATE_LIMITED, SITE_MISMATCH, UNAUTHORIZED
 from tidegate.ratelimit import RateLimiter
 from tidegate.store.secrets import secret_matches
+
+if TYPE_CHECKING:
+    from tidegate._core import Batch
 
 Key = tuple[str, str]
 Group = tuple[str, str, str, str, int]
@@ -85,6 +88,17 @@ class Authenticator:
             rps if rps is not None else limiter.default_rps,
             burst if burst is not None else limiter.default_burst,
         )
+
+    async def admit(self, batch: Batch) -> float:
+        """Decide every group of `batch` and resolve it: the one admission step of the ingest
+        routes and of NATS mode's worker. Returns the longest Retry-After (0.0 when no group was
+        rate limited, or when validation left no group)."""
+        groups = batch.groups()
+        if not groups:
+            return 0.0
+        verdicts, retry_after = await self.decide(groups)
+        batch.resolve(verdicts)
+        return retry_after
 
     async def decide(self, groups: Sequence[Group]) -> tuple[list[Verdict], float]:
         """One `(allowed, reason)` per group, and the longest Retry-After among rate-limited

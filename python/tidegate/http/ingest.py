@@ -110,12 +110,8 @@ class Ingest:
     async def _ingest(self, batch: Batch) -> float:
         """Auth, resolve, buffer and notify: the shared tail of both routes. Returns the
         longest rate-limit wait among the batch's devices."""
-        groups = batch.groups()
-        if not groups:
-            return 0.0
         services = self.gw.services
-        verdicts, retry_after = await services.auth.decide(groups)
-        batch.resolve(verdicts)
+        retry_after = await services.auth.admit(batch)
         if services.publisher is not None:
             # NATS mode: answered only after JetStream acknowledged each tenant's lines.
             failed = await services.publisher.publish(batch.tenant_lines())

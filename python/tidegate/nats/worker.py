@@ -375,13 +375,10 @@ class Worker:
         except self.core.BodyError as exc:
             await self._reject(msg, subject_tenant, UNREADABLE, exc.detail)
             return
-        groups = batch.groups()
-        mark = 0
-        if groups:
-            verdicts, _retry_after = await self.auth.decide(groups)
-            batch.resolve(verdicts)
-            mark = self._mark(msg)
-            self.buffers.append(batch, mark=mark)
+        await self.auth.admit(batch)
+        # A mark under which nothing is stored is delivered at once; it is dropped below.
+        mark = self._mark(msg)
+        self.buffers.append(batch, mark=mark)
         accepted, _rejected, _body = batch.response_json()
         if accepted:
             self.metrics.count(accepted, ())
