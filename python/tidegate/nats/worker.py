@@ -195,7 +195,7 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop fetching, write what is buffered, ack it, nak what could not be written."""
-        self.stopping = True
+        self.stop_fetching()
         fetch, ack = self._tasks or (None, None)
         if fetch is not None:
             await fetch
