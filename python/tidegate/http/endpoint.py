@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidegate._core import BUFFER_FULL
+from tidegate.durable import Refused
 from tidegate.http.gateway import Gateway
 
 JSON = "application/json"
@@ -30,6 +31,15 @@ def json_response(
 def unavailable(gw: Gateway) -> Response:
     """503 for requests that arrive while shutting down."""
     return json_response(503, {"detail": "shutting down"}, {"Retry-After": gw.buffer_retry_after})
+
+
+def refused(gw: Gateway, exc: Refused) -> Response:
+    """503: the write-ahead log could not take the request (at its cap: BUFFER_FULL; or it
+    cannot write); nothing of it was stored."""
+    content: dict[str, str] = {"detail": exc.detail}
+    if exc.reason is not None:
+        content["reason"] = exc.reason
+    return json_response(503, content, {"Retry-After": gw.buffer_retry_after})
 
 
 def buffer_full(gw: Gateway) -> Response:
@@ -58,7 +68,8 @@ def route(
     body_error: int = 400,
 ) -> Route:
     """`handler` at `method path`, timed and counted as `name`. An `ingest` route answers 503
-    while the gateway drains; the core's BodyError becomes `body_error` with its detail."""
+    while the gateway drains; the core's BodyError becomes `body_error` with its detail; a
+    write-ahead log refusal becomes 503."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
@@ -75,6 +86,8 @@ def route(
             response = await http_error(request, exc)
         except body_error_type as exc:
             response = json_response(body_error, {"detail": exc.detail})
+        except Refused as exc:
+            response = refused(gw, exc)
         observe(clock() - start)
         count(name, response.status_code)
         return response
