@@ -242,9 +242,11 @@ class Wal:
     An append takes room in the buffers first (items that do not fit get BUFFER_FULL and are
     not logged), writes one record per tenant with the request's new mark, waits for the
     covering fdatasync (`sync="always"`; `"interval"`: only for the write, fsynced every
-    `sync_interval_ms` by a background thread), and only then buffers the lines. Concurrent
-    appends share one write and one fdatasync (group commit). Call it from worker threads:
-    it releases the GIL and blocks until its group is on disk.
+    `sync_interval_ms` by a background thread), and only then buffers the lines. One writer
+    thread writes every append queued while the previous write ran in one write and one
+    fdatasync (group commit). `append`/`append_lines` block until their group is on disk (GIL
+    released); an event loop uses `submit`/`submit_lines` instead, which only queue, and
+    collects outcomes with `completed` when `wakeup_fd` is readable.
 
     Opening replays every record above the checkpoint into `buffers` with its mark. A segment
     is deleted once `buffers.delivered_through` covers it (checked every second and by
@@ -271,6 +273,20 @@ class Wal:
     def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
         """Log, then buffer, one tenant's encoded lines, all or nothing; False when they do not
         fit the buffers (nothing logged). Raises like `append`."""
+
+    def submit(self, batch: Batch) -> int:
+        """`append` without waiting: a ticket whose outcome `completed` reports (0: nothing to
+        log, done). Raises WalFull/WalUnavailable when refused before queueing."""
+
+    def submit_lines(self, tenant: str, lines: bytes, line_count: int) -> int | None:
+        """`append_lines` without waiting: a ticket, or None when the lines do not fit."""
+
+    def completed(self) -> list[tuple[int, list[str], WalFull | WalUnavailable | None]]:
+        """Outcomes of submitted appends since the last call: `(ticket, tenants now at a flush
+        threshold, error)`; the lines are buffered when error is None, else nothing is."""
+
+    def wakeup_fd(self) -> int:
+        """A descriptor that becomes readable when `completed` has outcomes."""
 
     def checkpoint(self) -> None:
         """Write the delivered-through checkpoint and delete delivered segments now."""

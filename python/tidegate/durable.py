@@ -4,15 +4,16 @@
 `wal`: they go through the core's write-ahead log (`_core.Wal`, under `data_dir/wal`): room is
 taken in the buffers, the records are written and (TIDEGATE_WAL_SYNC=always) fsynced together
 with every other request waiting at that moment, and only then are the lines buffered and the
-202 sent. The append blocks a thread of a pool of our own, never the event loop. Opening the
-log replays what a crash left undelivered before the gateway serves; if the directory cannot
-be used at start, appends get 503 and the open is retried every second.
+202 sent. The route only queues the records (microseconds, GIL released) and awaits a future:
+the core's writer thread does the write and fsync and signals completed groups on a socket the
+event loop watches, so the loop never waits on disk and no thread waits per request. Opening
+the log replays what a crash left undelivered before the gateway serves; if the directory
+cannot be used at start, appends get 503 and the open is retried every second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,6 @@ from tidegate.config import Config
 if TYPE_CHECKING:
     from tidegate._core import Batch, TenantBuffers
 
-# Appends wait on a shared fsync: enough threads that a group is not limited by the pool.
-_APPEND_THREADS = 64
 _REOPEN_EVERY_S = 1.0
 # Segments are an eighth of the cap (at most 16 MiB), so deleting delivered ones frees room
 # in steps well below the cap.
@@ -50,7 +49,7 @@ class Accept:
         self._wal: Wal | None = None
         self._open_error: str | None = None
         self._replay: dict[str, int] = {}
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._waiting: dict[int, asyncio.Future[list[str]]] = {}
         self._reopen: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -58,9 +57,6 @@ class Accept:
         when the directory cannot be used."""
         if not self.durable:
             return
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            _APPEND_THREADS, thread_name_prefix="tidegate-wal"
-        )
         if not await self._open():
             self._reopen = asyncio.create_task(self._keep_opening(), name="tidegate-wal-open")
 
@@ -88,7 +84,20 @@ class Accept:
         self._replay = counts
         self._open_error = None
         self._wal = wal
+        asyncio.get_running_loop().add_reader(wal.wakeup_fd(), self._completed)
         return True
+
+    def _completed(self) -> None:
+        """The writer finished groups: resolve the futures of their appends."""
+        assert self._wal is not None, "only called while the log is open"
+        for ticket, ready, error in self._wal.completed():
+            future = self._waiting.pop(ticket, None)
+            if future is None or future.done():
+                continue  # its request was cancelled (client gone): the lines are stored
+            if error is None:
+                future.set_result(ready)
+            else:
+                future.set_exception(_refused(error))
 
     async def _keep_opening(self) -> None:
         while not await self._open():
@@ -100,13 +109,11 @@ class Accept:
         if not self.durable:
             return self.buffers.append(batch)
         wal = self._usable()
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, wal.append, batch)
-        except WalFull as exc:
-            raise Refused(exc.detail, "BUFFER_FULL") from None
-        except WalUnavailable as exc:
-            raise Refused(exc.detail, None) from None
+            ticket = wal.submit(batch)
+        except (WalFull, WalUnavailable) as exc:
+            raise _refused(exc) from None
+        return await self._outcome(ticket) if ticket else []
 
     async def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
         """`append` for one tenant's encoded lines, all or nothing; False when they do not
@@ -114,15 +121,19 @@ class Accept:
         if not self.durable:
             return self.buffers.append_lines(tenant, lines, line_count)
         wal = self._usable()
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._pool, wal.append_lines, tenant, lines, line_count
-            )
-        except WalFull as exc:
-            raise Refused(exc.detail, "BUFFER_FULL") from None
-        except WalUnavailable as exc:
-            raise Refused(exc.detail, None) from None
+            ticket = wal.submit_lines(tenant, lines, line_count)
+        except (WalFull, WalUnavailable) as exc:
+            raise _refused(exc) from None
+        if ticket is None:
+            return False
+        await self._outcome(ticket)
+        return True
+
+    def _outcome(self, ticket: int) -> asyncio.Future[list[str]]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[ticket] = future
+        return future
 
     def _usable(self) -> Wal:
         if self._wal is None:
@@ -160,13 +171,19 @@ class Accept:
         delivered segments)."""
         if self._reopen is not None:
             self._reopen.cancel()
-        if self._wal is not None:
+        wal = self._wal
+        if wal is not None:
+            asyncio.get_running_loop().remove_reader(wal.wakeup_fd())
             try:
-                await asyncio.to_thread(self._wal.close)
+                await asyncio.to_thread(wal.close)
             except OSError as exc:
                 logs.log("wal_close_failed", level="error", error=str(exc))
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._completed()
+
+
+def _refused(exc: WalFull | WalUnavailable) -> Refused:
+    """At the cap: BUFFER_FULL (space frees as the sink delivers); else no reason code."""
+    return Refused(exc.detail, "BUFFER_FULL" if isinstance(exc, WalFull) else None)
 
 
 _REPLAYED = frozenset({"records", "lines", "segments"})

@@ -403,8 +403,49 @@ impl PyWal {
     ) -> PyResult<bool> {
         let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.append_lines(tenant, lines, line_count))
-            .map(|mark| mark.is_some())
             .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append` without waiting: a ticket (0: nothing to log) for `completed`.
+    fn submit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<u64> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.submit(batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append_lines` without waiting: a ticket, or None when the lines do not fit.
+    fn submit_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+    ) -> PyResult<Option<u64>> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| self.inner.submit_lines(tenant, lines, line_count))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Outcomes of submitted appends since the last call: `(ticket, ready tenants, error)`.
+    #[allow(clippy::type_complexity)]
+    fn completed(&self, py: Python<'_>) -> Vec<(u64, Vec<String>, Option<Py<PyAny>>)> {
+        py.detach(|| self.inner.completed())
+            .into_iter()
+            .map(|(ticket, outcome)| match outcome {
+                Ok(ready) => (ticket, ready, None),
+                Err(e) => (
+                    ticket,
+                    Vec::new(),
+                    Some(wal_error(py, &e).into_value(py).into_any()),
+                ),
+            })
+            .collect()
+    }
+
+    /// The descriptor to watch (readable) for `completed` outcomes.
+    fn wakeup_fd(&self) -> i32 {
+        self.inner.wakeup_fd()
     }
 
     /// Write the checkpoint and delete delivered segments now (also done every second).
