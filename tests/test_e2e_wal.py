@@ -57,7 +57,8 @@ def stored_seqs(influxdb: InfluxDB, tenant: str) -> list[int]:
 
 
 def segments(gw: GatewayProcess) -> list[Path]:
-    return sorted((gw.data_dir / "wal").glob("*.wal"))
+    """The log's segments holding records (not the empty one created ahead)."""
+    return sorted(p for p in (gw.data_dir / "wal").glob("*.wal") if p.stat().st_size > 8)
 
 
 def record_offsets(data: bytes) -> list[tuple[int, int]]:

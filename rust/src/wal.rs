@@ -374,29 +374,63 @@ struct Files {
     current: Option<File>,
     segments: VecDeque<Segment>,
     next_id: u64,
+    /// The next segment, created ahead by the maintenance thread so that a rotation costs the
+    /// writer no fsync.
+    spare: Option<(u64, File)>,
+    /// Interval mode: full segments written since the last fsync.
+    closed_unsynced: Vec<File>,
     /// Records written since the last fsync (Interval mode).
     unsynced_records: u64,
 }
 
+/// Creates segment `id` with its header, durably (file and directory fsynced).
+fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+    let path = dir.join(segment_name(id));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)?;
+    let created = f
+        .write_all(SEGMENT_MAGIC)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = created {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(f)
+}
+
 impl Files {
-    /// Opens a new segment with its header, durably created.
-    fn open_segment(&mut self) -> io::Result<()> {
-        let id = self.next_id;
+    /// Whether `file` is still segment `id` in the directory (not unlinked, the directory not
+    /// replaced): records written to an unlinked file would be lost at the next restart.
+    fn is_linked(&self, id: u64, file: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
         let path = self.dir.join(segment_name(id));
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)?;
-        let created = f
-            .write_all(SEGMENT_MAGIC)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| sync_dir(&self.dir));
-        if let Err(e) = created {
-            let _ = fs::remove_file(&path);
-            return Err(e);
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
         }
-        self.next_id += 1;
-        self.current = Some(f);
+    }
+
+    /// Starts appending to a new segment: the spare if it is newer than every segment, else
+    /// one created now.
+    fn next_segment(&mut self) -> io::Result<()> {
+        let newest = self.segments.back().map(|s| s.id);
+        let (id, file) = match self.spare.take() {
+            Some((id, file)) if newest.is_none_or(|n| id > n) && self.is_linked(id, &file) => {
+                (id, file)
+            }
+            stale => {
+                if let Some((id, _)) = stale {
+                    let _ = fs::remove_file(self.dir.join(segment_name(id)));
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                (id, create_segment(&self.dir, id)?)
+            }
+        };
+        self.current = Some(file);
         self.segments.push_back(Segment {
             id,
             bytes: SEGMENT_MAGIC.len() as u64,
@@ -447,8 +481,8 @@ struct Shared {
     queued: Condvar,
     /// Threads waiting for their append's outcome.
     done: Condvar,
-    /// The maintenance thread, woken to stop.
-    stop: Condvar,
+    /// The maintenance thread, woken to stop or to create a spare segment.
+    maintenance: Condvar,
     files: Mutex<Files>,
     buffers: Arc<TenantBuffers>,
     /// The delivered-through last written to the checkpoint file.
@@ -520,12 +554,14 @@ impl Wal {
             }),
             queued: Condvar::new(),
             done: Condvar::new(),
-            stop: Condvar::new(),
+            maintenance: Condvar::new(),
             files: Mutex::new(Files {
                 dir: cfg.dir.clone(),
                 current: None,
                 segments,
                 next_id,
+                spare: None,
+                closed_unsynced: Vec::new(),
                 unsynced_records: 0,
             }),
             buffers,
@@ -565,7 +601,7 @@ impl Wal {
     fn join(shared: &Shared, threads: Vec<JoinHandle<()>>) {
         lock(&shared.state).closing = true;
         shared.queued.notify_all();
-        shared.stop.notify_all();
+        shared.maintenance.notify_all();
         for handle in threads {
             let _ = handle.join();
         }
@@ -588,7 +624,15 @@ impl Wal {
         let mut records = Vec::new();
         let mut max_mark = 0;
         let mut seen = std::collections::HashSet::new();
-        let newest = ids.last().copied();
+        // The segment written last: the newest one holding more than a header (a spare
+        // segment created ahead may follow it, empty).
+        let header = SEGMENT_MAGIC.len() as u64;
+        let newest = ids
+            .iter()
+            .rev()
+            .find(|&&id| fs::metadata(dir.join(segment_name(id))).is_ok_and(|m| m.len() > header))
+            .or(ids.last())
+            .copied();
         for id in ids {
             let path = dir.join(segment_name(id));
             let data = match fs::read(&path) {
@@ -808,6 +852,7 @@ impl Wal {
         if !self.stop() {
             return Ok(());
         }
+        self.shared.drop_spare();
         self.shared.sync_interval()?;
         self.shared.checkpoint()
     }
@@ -996,15 +1041,14 @@ impl Shared {
             .is_none_or(|s| s.bytes >= self.cfg.segment_bytes);
         if files.current.is_none() || full {
             if let Some(old) = files.current.take() {
-                // The closed segment must be whole on disk before appends go elsewhere.
-                if let Err(e) = old.sync_data() {
-                    return Err(WalError::Failed(format!(
-                        "fdatasync of a full segment: {e}"
-                    )));
+                // Sync Always: every group in it is already fsynced. Interval: the maintenance
+                // thread fsyncs it with the next interval.
+                if matches!(self.cfg.sync, SyncMode::Interval(_)) {
+                    files.closed_unsynced.push(old);
                 }
-                files.unsynced_records = 0;
             }
-            files.open_segment().map_err(|e| {
+            self.maintenance.notify_all(); // to create the next spare
+            files.next_segment().map_err(|e| {
                 WalError::Io(format!(
                     "cannot start a segment in {}: {e}",
                     self.cfg.dir.display()
@@ -1046,23 +1090,24 @@ impl Shared {
         Ok(synced)
     }
 
-    /// Interval mode: fsyncs what was written since the last fsync.
+    /// Interval mode: fsyncs what was written since the last fsync (full segments, then the
+    /// current one, through a duplicate handle so that appends go on meanwhile).
     fn sync_interval(&self) -> Result<(), WalError> {
-        let (file, records) = {
+        let (files, records) = {
             let mut files = lock(&self.files);
             if files.unsynced_records == 0 {
                 return Ok(());
             }
-            let Some(current) = &files.current else {
-                return Ok(());
-            };
-            let dup = current
-                .try_clone()
-                .map_err(|e| WalError::Io(format!("cannot duplicate the segment handle: {e}")))?;
-            (dup, std::mem::take(&mut files.unsynced_records))
+            let mut todo = std::mem::take(&mut files.closed_unsynced);
+            if let Some(current) = &files.current {
+                let dup = current.try_clone().map_err(|e| {
+                    WalError::Io(format!("cannot duplicate the segment handle: {e}"))
+                })?;
+                todo.push(dup);
+            }
+            (todo, std::mem::take(&mut files.unsynced_records))
         };
-        // Outside the files lock: appends go on while this fsync runs.
-        let result = file.sync_data();
+        let result = files.iter().try_for_each(File::sync_data);
         let mut state = lock(&self.state);
         match result {
             Ok(()) => {
@@ -1079,6 +1124,29 @@ impl Shared {
         }
     }
 
+    /// Creates the spare segment if there is none (outside the files lock: the writer goes on).
+    fn prepare_spare(&self) {
+        let id = {
+            let mut files = lock(&self.files);
+            if files.spare.is_some() {
+                return;
+            }
+            files.next_id += 1;
+            files.next_id - 1
+        };
+        // On failure the writer creates its segment itself, and reports the error.
+        if let Ok(file) = create_segment(&self.cfg.dir, id) {
+            lock(&self.files).spare = Some((id, file));
+        }
+    }
+
+    /// Deletes the unused spare segment (at close).
+    fn drop_spare(&self) {
+        if let Some((id, _)) = lock(&self.files).spare.take() {
+            let _ = fs::remove_file(self.cfg.dir.join(segment_name(id)));
+        }
+    }
+
     /// Writes the delivered-through checkpoint if it moved; then deletes every segment none
     /// of whose marks is still open (the current one too: the next append starts a new one),
     /// and, past half the cap, copies the open records of the oldest segment still held
@@ -1090,6 +1158,19 @@ impl Shared {
         }
         // Held throughout: one checkpoint at a time (the thread's, or an explicit call).
         let mut checkpointed = lock(&self.checkpointed);
+        {
+            // A current segment that is no longer in the directory is left: the next append
+            // starts a new one, or fails if the directory is gone.
+            let mut files = lock(&self.files);
+            let current = files
+                .segments
+                .back()
+                .map(|s| s.id)
+                .zip(files.current.as_ref());
+            if current.is_some_and(|(id, file)| !files.is_linked(id, file)) {
+                files.current = None;
+            }
+        }
         let through = self.buffers.delivered_through();
         if through > *checkpointed {
             let last_mark = self.buffers.last_mark();
@@ -1188,28 +1269,38 @@ impl Shared {
         Ok(())
     }
 
-    /// The maintenance thread: interval fsyncs, and the checkpoint once a second.
+    /// The maintenance thread: the spare segment, interval fsyncs, the checkpoint every second.
     fn maintain(&self) {
-        let tick = match self.cfg.sync {
-            SyncMode::Always => CHECKPOINT_EVERY,
-            SyncMode::Interval(every) => every.min(CHECKPOINT_EVERY),
+        let sync_every = match self.cfg.sync {
+            SyncMode::Always => None,
+            SyncMode::Interval(every) => Some(every),
         };
-        let mut last_checkpoint = Instant::now();
+        let mut next_sync = sync_every.map(|every| Instant::now() + every);
+        let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
         let mut state = lock(&self.state);
         while !state.closing {
+            let due = next_sync.map_or(next_checkpoint, |s| s.min(next_checkpoint));
+            let wait = due.saturating_duration_since(Instant::now());
             let (next, _) = self
-                .stop
-                .wait_timeout(state, tick)
+                .maintenance
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|e| e.into_inner());
             if next.closing {
                 return;
             }
             drop(next);
+            self.prepare_spare();
+            let now = Instant::now();
             // Errors are kept in `failed` (fsync) or retried on the next tick (checkpoint).
-            let _ = self.sync_interval();
-            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            if let (Some(at), Some(every)) = (next_sync, sync_every) {
+                if now >= at {
+                    let _ = self.sync_interval();
+                    next_sync = Some(now + every);
+                }
+            }
+            if now >= next_checkpoint {
                 let _ = self.checkpoint();
-                last_checkpoint = Instant::now();
+                next_checkpoint = now + CHECKPOINT_EVERY;
             }
             state = lock(&self.state);
         }
@@ -1288,6 +1379,8 @@ mod tests {
             .expect("dir exists")
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            // Not the spare segment created ahead (a header only).
+            .filter(|p| fs::metadata(p).is_ok_and(|m| m.len() > SEGMENT_MAGIC.len() as u64))
             .collect();
         found.sort();
         found
