@@ -150,10 +150,10 @@ def test_a_tenant_may_hold_a_quarter_of_the_buffer_cap_by_default() -> None:
 
 def test_durability_is_the_log_with_the_compiled_core_and_memory_with_the_twin() -> None:
     cfg = Config.from_env({})
-    assert (cfg.durability, cfg.wal_sync, cfg.wal_sync_interval_ms) == ("wal", "always", 100)
+    assert (cfg.durability, cfg.wal_sync, cfg.wal_sync_interval_ms) == ("wal", "interval", 100)
     assert cfg.wal_max_bytes == 256 << 20
-    cfg = Config.from_env({"TIDEGATE_WAL_SYNC": "interval", "TIDEGATE_WAL_MAX_BYTES": "4096"})
-    assert (cfg.wal_sync, cfg.wal_max_bytes) == ("interval", 4096)
+    cfg = Config.from_env({"TIDEGATE_WAL_SYNC": "always", "TIDEGATE_WAL_MAX_BYTES": "4096"})
+    assert (cfg.wal_sync, cfg.wal_max_bytes) == ("always", 4096)
     assert Config.from_env({"TIDEGATE_CORE": "python"}).durability == "memory"
     with pytest.raises(ConfigError, match="TIDEGATE_DURABILITY=wal needs TIDEGATE_CORE=rust"):
         Config.from_env({"TIDEGATE_CORE": "python", "TIDEGATE_DURABILITY": "wal"})
