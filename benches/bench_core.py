@@ -42,8 +42,8 @@ def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
         if verdicts:
             batch.resolve([(count, None) for *_, count in batch.groups()])
         for tenant in buffers.append(batch):
-            lines, count = buffers.drain(tenant)
-            buffers.settle(len(lines))
+            _, count = buffers.drain(tenant)
+            buffers.settle(tenant, count)
             flushed += count
         batch.response_json()
     return flushed + sum(count for count, _ in buffers.depth().values())

@@ -137,7 +137,7 @@ fn main() {
     };
     let messages_per_pass: usize = bodies.len() * 100;
     let avg = bodies.iter().map(Vec::len).sum::<usize>() / messages_per_pass;
-    let buffers = TenantBuffers::new(500, 1 << 20, 64 << 20);
+    let buffers = TenantBuffers::new(500, 1 << 20, 64 << 20, 64 << 20);
     let mut verdicts: Vec<(i64, Option<&str>)> = Vec::new();
     let mut best = f64::INFINITY;
     let repeats: usize = std::env::args()
@@ -156,10 +156,10 @@ fn main() {
                 verdicts.clear();
                 verdicts.extend(batch.groups().map(|g| (g.4 as i64, None)));
                 let _ = batch.resolve(&verdicts);
-                if let Ok(ready) = buffers.append(&mut batch) {
+                if let Ok(ready) = buffers.append(&mut batch, 0) {
                     for tenant in ready {
-                        while let Ok(Some((body, _))) = buffers.drain(&tenant, 5000) {
-                            let _ = buffers.settle(body.len());
+                        while let Ok(Some((_, lines))) = buffers.drain(&tenant, 5000) {
+                            let _ = buffers.settle(&tenant, lines);
                         }
                     }
                 }

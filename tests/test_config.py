@@ -30,6 +30,11 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_MAX_PAYLOAD_BYTES": ["-1", "8k"],
     "TIDEGATE_BUFFER_MAX_BYTES": ["0", "64MB"],
     "TIDEGATE_BUFFER_FLUSH_BYTES": ["0", "1e6"],
+    "TIDEGATE_TENANT_MAX_BYTES": ["0", "16MB"],
+    "TIDEGATE_DURABILITY": ["disk", "WAL"],
+    "TIDEGATE_WAL_SYNC": ["never", "Always"],
+    "TIDEGATE_WAL_SYNC_INTERVAL_MS": ["0", "1s"],
+    "TIDEGATE_WAL_MAX_BYTES": ["0", "1GiB"],
     "TIDEGATE_DEFAULT_RPS": ["0", "-1", "inf", "fast"],
     "TIDEGATE_DEFAULT_BURST": ["0", "1.5"],
     "TIDEGATE_AUTH_CACHE_TTL_S": ["-1", "inf", "nan", "1m"],
@@ -136,6 +141,30 @@ def test_valid_values_are_parsed_to_typed_fields() -> None:
     assert cfg.auth_cache_ttl_s == 0.0
     assert (cfg.ingest_api_key, cfg.ingest_tenant) == ("k", "shelly_1")
     assert (cfg.port, cfg.log_level) == (0, "debug")
+
+
+def test_a_tenant_may_hold_a_quarter_of_the_buffer_cap_by_default() -> None:
+    cfg = Config.from_env({"TIDEGATE_BUFFER_MAX_BYTES": "1000"})
+    assert (cfg.buffer_max_bytes, cfg.buffer_tenant_max_bytes) == (1000, 250)
+    cfg = Config.from_env({"TIDEGATE_BUFFER_MAX_BYTES": "3", "TIDEGATE_TENANT_MAX_BYTES": "3"})
+    assert cfg.buffer_tenant_max_bytes == 3
+    with pytest.raises(
+        ConfigError,
+        match=r"TIDEGATE_TENANT_MAX_BYTES=4 is invalid: it must not exceed "
+        r"TIDEGATE_BUFFER_MAX_BYTES \(3\)",
+    ):
+        Config.from_env({"TIDEGATE_BUFFER_MAX_BYTES": "3", "TIDEGATE_TENANT_MAX_BYTES": "4"})
+
+
+def test_durability_is_the_log_with_the_compiled_core_and_memory_with_the_twin() -> None:
+    cfg = Config.from_env({})
+    assert (cfg.durability, cfg.wal_sync, cfg.wal_sync_interval_ms) == ("wal", "interval", 100)
+    assert cfg.wal_max_bytes == 256 << 20
+    cfg = Config.from_env({"TIDEGATE_WAL_SYNC": "always", "TIDEGATE_WAL_MAX_BYTES": "4096"})
+    assert (cfg.wal_sync, cfg.wal_max_bytes) == ("always", 4096)
+    assert Config.from_env({"TIDEGATE_CORE": "python"}).durability == "memory"
+    with pytest.raises(ConfigError, match="TIDEGATE_DURABILITY=wal needs TIDEGATE_CORE=rust"):
+        Config.from_env({"TIDEGATE_CORE": "python", "TIDEGATE_DURABILITY": "wal"})
 
 
 def test_config_is_frozen() -> None:

@@ -1115,12 +1115,15 @@ def test_drain_takes_at_most_max_lines_whole_lines_oldest_first(core: ModuleType
     buffers.append_lines("t", lines_for("t", 3), 3)
     buffers.append_lines("t", lines_for("t", 4, 3), 4)
     assert buffers.drain("t", max_lines=2) == (lines_for("t", 2), 2)
+    buffers.settle("t", 2)
     assert buffers.drain("t", max_lines=4) == (lines_for("t", 4, 2), 4)
+    buffers.settle("t", 4)
     assert buffers.depth() == {"t": (1, len(lines_for("t", 1, 6)))}
     assert buffers.drain("t") == (lines_for("t", 1, 6), 1)
+    buffers.settle("t", 1)
     assert buffers.drain("t") is None
     assert buffers.drain("nobody") is None
-    assert buffers.total_bytes == len(lines_for("t", 7))
+    assert buffers.total_bytes == 0
 
 
 def test_drain_refuses_max_lines_below_one(core: ModuleType) -> None:
@@ -1134,10 +1137,10 @@ def test_drained_bytes_count_until_settled(core: ModuleType) -> None:
     buffers = core.TenantBuffers(max_bytes=10)
     buffers.append_lines("t", b"abcd\n", 1)
     buffers.append_lines("t", b"efgh\n", 1)
-    body, _ = buffers.drain("t", max_lines=1)
+    buffers.drain("t", max_lines=1)
     assert buffers.total_bytes == 10
     assert buffers.append_lines("t", b"x\n", 1) is False
-    buffers.settle(len(body))
+    buffers.settle("t", 1)
     assert buffers.total_bytes == 5
     assert buffers.append_lines("t", b"x\n", 1) is True
     assert buffers.depth() == {"t": (2, 7)}
@@ -1145,29 +1148,44 @@ def test_drained_bytes_count_until_settled(core: ModuleType) -> None:
 
 def test_settle_refuses_more_than_is_in_flight(core: ModuleType) -> None:
     buffers = core.TenantBuffers()
-    buffers.append_lines("t", b"abcd\n", 1)
-    with pytest.raises(ValueError, match=r"1 bytes are not in flight \(only 0 are\)"):
-        buffers.settle(1)
+    buffers.append_lines("t", b"abcd\nef\n", 2)
+    with pytest.raises(ValueError, match='tenant "t" has no body in flight'):
+        buffers.settle("t", 1)
     buffers.drain("t")
-    with pytest.raises(ValueError, match=r"6 bytes are not in flight \(only 5 are\)"):
-        buffers.settle(6)
-    buffers.settle(5)
+    with pytest.raises(ValueError, match=r"3 lines are not in flight \(only 2 are\)"):
+        buffers.settle("t", 3)
+    buffers.settle("t", 1)
+    assert buffers.total_bytes == 3
+    buffers.settle("t", 1)
     assert buffers.total_bytes == 0
+    with pytest.raises(ValueError, match='tenant "t" has no body in flight'):
+        buffers.put_back("t")
+
+
+def test_a_tenant_has_at_most_one_body_in_flight(core: ModuleType) -> None:
+    buffers = core.TenantBuffers()
+    buffers.append_lines("t", b"a\nb\n", 2)
+    assert buffers.drain("t", max_lines=1) == (b"a\n", 1)
+    with pytest.raises(ValueError, match='tenant "t" already has a body in flight'):
+        buffers.drain("t")
+    buffers.settle("t", 1)
+    assert buffers.drain("t") == (b"b\n", 1)
 
 
 def test_a_put_back_body_is_the_next_drain_and_always_fits(core: ModuleType) -> None:
     buffers = core.TenantBuffers(batch_size=100, max_bytes=len(lines_for("t", 3)))
     buffers.append_lines("t", lines_for("t", 3), 3)
-    body, count = buffers.drain("t", max_lines=2)
+    body, _ = buffers.drain("t", max_lines=2)
     assert buffers.ready() == []
-    buffers.put_back("t", body, count)
+    buffers.put_back("t")
     assert buffers.ready() == ["t"]
     assert buffers.tenants() == ["t"]
     assert buffers.depth() == {"t": (3, len(lines_for("t", 3)))}
     assert buffers.total_bytes == buffers.max_bytes
     assert buffers.drain("t", max_lines=1) == (body, 2)
+    buffers.settle("t", 2)
     assert buffers.drain("t") == (lines_for("t", 1, 2), 1)
-    buffers.settle(buffers.total_bytes)
+    buffers.settle("t", 1)
     assert buffers.total_bytes == 0
     assert buffers.depth() == {}
     assert buffers.tenants() == []
@@ -1176,23 +1194,24 @@ def test_a_put_back_body_is_the_next_drain_and_always_fits(core: ModuleType) -> 
 def test_put_back_bodies_count_toward_the_thresholds(core: ModuleType) -> None:
     buffers = core.TenantBuffers(batch_size=3)
     buffers.append_lines("t", b"a\nb\n", 2)
-    body, count = buffers.drain("t")
-    buffers.put_back("t", body, count)
+    buffers.drain("t")
+    buffers.put_back("t")
     assert buffers.ready() == ["t"]
     assert buffers.append_lines("t", b"c\n", 1)
     batch = parse(core, batch_body(message(tenant_id="t")))
     assert buffers.append(batch) == ["t"]
     assert buffers.depth() == {"t": (4, 6 + len(LINE))}
     assert buffers.drain("t", max_lines=1) == (b"a\nb\n", 2)
+    buffers.settle("t", 2)
     assert buffers.drain("t", max_lines=1) == (b"c\n", 1)
 
 
 def test_put_back_of_a_tenant_with_nothing_buffered(core: ModuleType) -> None:
     buffers = core.TenantBuffers()
     buffers.append_lines("t", b"a\n", 1)
-    body, count = buffers.drain("t")
+    buffers.drain("t")
     assert buffers.tenants() == []
-    buffers.put_back("t", body, count)
+    buffers.put_back("t")
     assert buffers.tenants() == ["t"]
     assert buffers.drain("t") == (b"a\n", 1)
 
@@ -1207,10 +1226,13 @@ def test_buffers_are_thread_safe(core: ModuleType) -> None:
             tenant = f"t{(worker + i) % 3}"
             assert buffers.append_lines(tenant, line * 4, 4)
             if i % 50 == 0:
-                body = buffers.drain(tenant, max_lines=7)
+                try:
+                    body = buffers.drain(tenant, max_lines=7)
+                except ValueError:  # another worker's body of this tenant is in flight
+                    continue
                 if body is not None:
                     drained[worker] += body[1]
-                    buffers.settle(len(body[0]))
+                    buffers.settle(tenant, body[1])
 
     threads = [threading.Thread(target=produce, args=(w,)) for w in range(4)]
     for t in threads:
@@ -1224,7 +1246,72 @@ def test_buffers_are_thread_safe(core: ModuleType) -> None:
 
 def test_buffers_report_their_limits(core: ModuleType) -> None:
     buffers = core.TenantBuffers(batch_size=10, flush_bytes=20, max_bytes=30)
-    assert (buffers.max_bytes, buffers.total_bytes) == (30, 0)
+    assert (buffers.max_bytes, buffers.tenant_max_bytes, buffers.total_bytes) == (30, 30, 0)
+    assert core.TenantBuffers(max_bytes=30, tenant_max_bytes=10).tenant_max_bytes == 10
+
+
+def test_a_tenant_over_its_share_gets_buffer_full_and_others_do_not(core: ModuleType) -> None:
+    buffers = core.TenantBuffers(max_bytes=1000, tenant_max_bytes=len(LINE) + 1)
+    batch = parse(
+        core,
+        batch_body(message(), message(), message(tenant_id="beta"), message(tenant_id="beta")),
+    )
+    buffers.append(batch)
+    assert batch.reasons() == [None, "BUFFER_FULL", None, "BUFFER_FULL"]
+    assert buffers.append_lines("acme", b"x\n", 1) is False
+    assert buffers.append_lines("gamma", b"x\n", 1) is True
+    assert buffers.tenant_bytes() == {"acme": len(LINE), "beta": len(LINE), "gamma": 2}
+    buffers.drain("acme")
+    assert buffers.tenant_bytes()["acme"] == len(LINE)
+    buffers.settle("acme", 1)
+    assert "acme" not in buffers.tenant_bytes()
+
+
+def test_marks_are_delivered_once_every_line_is_settled(core: ModuleType) -> None:
+    buffers = core.TenantBuffers()
+    batch = parse(core, batch_body(message(), message(tenant_id="beta")))
+    assert buffers.append(batch, 1) == []
+    assert buffers.append_lines("acme", b"a\nb\n", 2, mark=2)
+    assert buffers.append_lines("acme", b"c\n", 1, mark=3)
+    assert (buffers.take_delivered(), buffers.delivered_through) == ([], 0)
+    assert buffers.drain("acme", max_lines=3) == (LINE + b"a\nb\n", 3)
+    buffers.settle("acme", 2)  # a 413 split: the first half is written ...
+    buffers.put_back("acme")  # ... the second half fails and goes back
+    assert (buffers.take_delivered(), buffers.delivered_through) == ([], 0)
+    assert buffers.drain("beta") is not None
+    buffers.settle("beta", 1)
+    assert (buffers.take_delivered(), buffers.delivered_through) == ([1], 1)
+    assert buffers.drain("acme") == (b"b\n", 1)
+    buffers.settle("acme", 1)
+    assert (buffers.take_delivered(), buffers.delivered_through) == ([2], 2)
+    assert buffers.drain("acme") == (b"c\n", 1)
+    buffers.settle("acme", 1)
+    assert (buffers.take_delivered(), buffers.delivered_through) == ([3], 3)
+
+
+def test_a_mark_with_nothing_stored_is_delivered_at_once(core: ModuleType) -> None:
+    buffers = core.TenantBuffers(max_bytes=2)
+    assert buffers.append_lines("t", b"abc\n", 1, mark=4) is False
+    batch = parse(core, batch_body(message()))
+    buffers.append(batch, 5)
+    assert batch.reasons() == ["BUFFER_FULL"]
+    assert (buffers.take_delivered(), buffers.delivered_through) == ([4, 5], 5)
+
+
+def test_marks_must_not_go_back(core: ModuleType) -> None:
+    buffers = core.TenantBuffers()
+    assert buffers.append_lines("a", b"x\n", 1, mark=7)
+    assert buffers.append_lines("b", b"x\n", 1, mark=7)
+    with pytest.raises(ValueError, match=r"mark 6 is below the last mark given \(7\)"):
+        buffers.append_lines("a", b"x\n", 1, mark=6)
+    buffers.drain("a")
+    buffers.settle("a", 1)
+    buffers.drain("b")
+    buffers.settle("b", 1)
+    assert buffers.take_delivered() == [7]
+    with pytest.raises(ValueError, match="mark 7 is already delivered"):
+        buffers.append(parse(core, batch_body(message())), 7)
+    assert buffers.delivered_through == 7
 
 
 # -- Shelly ------------------------------------------------------------------------------------
@@ -1478,10 +1565,12 @@ def test_negative_counts_are_refused_with_the_cores_own_message(core: ModuleType
         ("batch_size", lambda: core.TenantBuffers(-1)),
         ("flush_bytes", lambda: core.TenantBuffers(1, -1)),
         ("max_bytes", lambda: core.TenantBuffers(1, 1, -1)),
+        ("tenant_max_bytes", lambda: core.TenantBuffers(1, 1, 1, -1)),
         ("line_count", lambda: buffers.append_lines("t", b"x\n", -1)),
+        ("mark", lambda: buffers.append_lines("t", b"x\n", 1, -1)),
+        ("mark", lambda: buffers.append(core.parse_batch(body, RECEIVE_NS), -1)),
         ("max_lines", lambda: buffers.drain("t", -1)),
-        ("nbytes", lambda: buffers.settle(-1)),
-        ("line_count", lambda: buffers.put_back("t", b"", -1)),
+        ("line_count", lambda: buffers.settle("t", -1)),
     ]
     for name, call in calls:
         with pytest.raises(ValueError, match=f"^{name} must not be negative$"):

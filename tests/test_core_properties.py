@@ -4,6 +4,7 @@ and encoded line protocol reads back as the values sent."""
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime
 import json
 import math
@@ -381,7 +382,9 @@ def batch_outcome(core: Any, body: bytes, max_payload: int, receive_ns: int) -> 
     batch.resolve(verdicts)
     resolved = (batch.reasons(), batch.reason_counts())
     line_bytes = sum(len(lines) for _, lines, _ in batch.tenant_lines())
-    buffers = core.TenantBuffers(batch_size=2, flush_bytes=300, max_bytes=line_bytes // 2)
+    buffers = core.TenantBuffers(
+        batch_size=2, flush_bytes=300, max_bytes=line_bytes // 2, tenant_max_bytes=line_bytes // 3
+    )
     ready = buffers.append(batch)
     buffered = (ready, buffers.depth(), buffers.total_bytes, buffers.tenants())
     return first, resolved, buffered, batch.tenant_lines(), batch.response_json()
@@ -548,41 +551,71 @@ def test_shelly_results_are_identical(body: bytes, max_messages: int) -> None:
 # -- TenantBuffers -----------------------------------------------------------------------------
 
 tenant_names = st.sampled_from(["a", "b", "c"])
+# A mark relative to the last one given: None is no mark, -1 and 0 probe the order rule.
+mark_steps = st.one_of(st.none(), st.sampled_from([-1, 0, 1, 1, 1, 2]))
 operations = st.lists(
     st.one_of(
-        st.tuples(st.just("append_lines"), tenant_names, st.integers(1, 6), st.integers(1, 30)),
+        st.tuples(
+            st.just("append_lines"),
+            tenant_names,
+            st.integers(1, 6),
+            st.integers(1, 30),
+            mark_steps,
+        ),
+        st.tuples(st.just("append"), st.lists(tenant_names, min_size=1, max_size=6), mark_steps),
         st.tuples(st.just("drain"), tenant_names, st.integers(1, 8)),
-        st.tuples(st.just("settle"), st.integers(0, 3)),
-        st.tuples(st.just("put_back"), st.integers(0, 3)),
+        st.tuples(st.just("settle"), tenant_names, st.integers(0, 4)),
+        st.tuples(st.just("put_back"), tenant_names),
     ),
-    max_size=40,
+    max_size=50,
 )
 
 
+def buffer_batch(core: Any, tenants: list[str]) -> Any:
+    """A parsed batch with one message per entry of `tenants`, of varying sizes."""
+    messages = [
+        {
+            "tenant_id": tenant,
+            "device_id": f"d{i}",
+            "msg_type": "telemetry",
+            "provision_token": "k",
+            "site_id": "s",
+            "ts": 1_714_566_645 + i,
+            "metrics": {"v" * (1 + i * 7): i},
+        }
+        for i, tenant in enumerate(tenants)
+    ]
+    return core.parse_batch(json.dumps({"messages": messages}).encode(), RECEIVE_NS)
+
+
 def run_buffers(core: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
-    buffers = core.TenantBuffers(batch_size=5, flush_bytes=60, max_bytes=200)
-    drained: list[tuple[str, bytes, int]] = []
+    """Every observable of the buffers after each operation, delivered marks included."""
+    buffers = core.TenantBuffers(batch_size=5, flush_bytes=60, max_bytes=400, tenant_max_bytes=180)
+    last_mark = 0
     log: list[Any] = []
     for op in ops:
+        step = op[-1] if op[0] in ("append", "append_lines") else None
+        mark = 0 if step is None else max(0, last_mark + step)
         try:
             if op[0] == "append_lines":
-                _, tenant, count, width = op
+                _, tenant, count, width, _ = op
                 lines = b"".join(b"%s %d\n" % (b"x" * width, i) for i in range(count))
-                result: Any = buffers.append_lines(tenant, lines, count)
+                result: Any = buffers.append_lines(tenant, lines, count, mark)
+            elif op[0] == "append":
+                batch = buffer_batch(core, op[1])
+                result = (buffers.append(batch, mark), batch.reasons())
             elif op[0] == "drain":
                 result = buffers.drain(op[1], op[2])
-                if result is not None:
-                    drained.append((op[1], *result))
-            elif op[0] == "settle" and drained:
-                result = buffers.settle(len(drained.pop(op[1] % len(drained))[1]))
-            elif op[0] == "put_back" and drained:
-                result = buffers.put_back(*drained.pop(op[1] % len(drained)))
+            elif op[0] == "settle":
+                result = buffers.settle(op[1], op[2])
             else:
-                result = None
+                result = buffers.put_back(op[1])
+            last_mark = max(last_mark, mark)
         except ValueError as exc:
             result = error_of(exc)
         log.append((result, buffers.depth(), buffers.ready(), buffers.tenants()))
-        log.append(buffers.total_bytes)
+        log.append((buffers.total_bytes, buffers.tenant_bytes()))
+        log.append((buffers.take_delivered(), buffers.delivered_through))
     return log
 
 
@@ -590,6 +623,55 @@ def run_buffers(core: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
 @given(ops=operations)
 def test_buffer_operations_are_identical(ops: list[tuple[Any, ...]]) -> None:
     same(run_buffers(RUST, ops), run_buffers(TWIN, ops))
+
+
+@SETTINGS
+@given(ops=operations)
+def test_every_mark_is_delivered_once_all_is_written(ops: list[tuple[Any, ...]]) -> None:
+    """After any history, writing everything out delivers every mark given, exactly once."""
+    buffers = RUST.TenantBuffers(batch_size=5, flush_bytes=60, max_bytes=400, tenant_max_bytes=180)
+    given_marks: set[int] = set()
+    delivered: list[int] = []
+    run_ops_marks(buffers, ops, given_marks, delivered)
+    for tenant in ["a", "b", "c"]:
+        with contextlib.suppress(ValueError):
+            buffers.put_back(tenant)
+        while (body := buffers.drain(tenant)) is not None:
+            buffers.settle(tenant, body[1])
+    delivered += buffers.take_delivered()
+    assert sorted(delivered) == sorted(given_marks)
+    assert len(delivered) == len(set(delivered))
+    assert buffers.delivered_through == max(given_marks, default=0)
+    assert buffers.total_bytes == 0
+
+
+def run_ops_marks(
+    buffers: Any, ops: list[tuple[Any, ...]], given_marks: set[int], delivered: list[int]
+) -> None:
+    """Apply `ops`, recording the marks accepted and those delivered along the way."""
+    last_mark = 0
+    for op in ops:
+        step = op[-1] if op[0] in ("append", "append_lines") else None
+        mark = 0 if step is None else max(0, last_mark + step)
+        try:
+            if op[0] == "append_lines":
+                _, tenant, count, width, _ = op
+                lines = b"".join(b"%s %d\n" % (b"x" * width, i) for i in range(count))
+                buffers.append_lines(tenant, lines, count, mark)
+            elif op[0] == "append":
+                buffers.append(buffer_batch(RUST, op[1]), mark)
+            elif op[0] == "drain":
+                buffers.drain(op[1], op[2])
+            elif op[0] == "settle":
+                buffers.settle(op[1], op[2])
+            else:
+                buffers.put_back(op[1])
+        except ValueError:
+            continue
+        if mark:
+            given_marks.add(mark)
+            last_mark = mark
+        delivered += buffers.take_delivered()
 
 
 # -- round trip --------------------------------------------------------------------------------

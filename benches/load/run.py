@@ -1,11 +1,13 @@
 """End-to-end load run: one gateway process (one uvicorn worker) under wrk in another process.
 
-For each combination of --cores x --sinks x --registries: provision the devices, start
-`python -m tidegate serve`, warm the auth cache with every body once, then
+For each combination of --cores x --sinks x --registries x --durability (the log needs the
+Rust core): provision the devices, start `python -m tidegate serve`, warm the auth cache with
+every body once, then
 1. saturate: wrk -c CONNECTIONS for DURATION s -> accepted msgs/s (from the gateway's own
    /ingest/v1/stats), latency percentiles (wrk), RSS at start and end;
 2. paced (unless --paced-rate 0): a fixed offered load, by default 75,000 msgs/s (half the
-   150,000 target) -> latency percentiles.
+   150,000 target), or `half`: half the first run's saturated rate -> latency percentiles.
+With the write-ahead log, each phase also reports records per fsync.
 
     python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
@@ -195,6 +197,9 @@ def measure(
     seconds = result["duration_us"] / 1e6
     accepted = after["accepted"] - before["accepted"]
     rejected = after["rejected_total"] - before["rejected_total"]
+    wal_after, wal_before = after.get("wal") or {}, before.get("wal") or {}
+    fsyncs = wal_after.get("fsyncs", 0) - wal_before.get("fsyncs", 0)
+    synced = wal_after.get("synced_records", 0) - wal_before.get("synced_records", 0)
     return {
         "requests": result["requests"],
         "req_per_s": round(result["requests"] / seconds, 1),
@@ -212,6 +217,8 @@ def measure(
         "rss_max_mib": round(max(sampler.samples or [rss_start]) / 1024, 1),
         # One sample per 30 s: what "flat over a long run" is judged on.
         "rss_trace_mib": [round(kib / 1024, 1) for kib in sampler.samples[::30]],
+        "fsyncs": fsyncs,
+        "records_per_fsync": round(synced / fsyncs, 1) if fsyncs else None,
         "connections": connections,
         "delay_ms": delay_ms,
         "seconds": round(seconds, 2),
@@ -244,19 +251,29 @@ def warm(gw: GatewayProcess, listing: Path) -> None:
                 raise RuntimeError(f"warm-up batch refused: {r.status_code} {r.text[:300]}")
 
 
+DURABILITIES = {
+    "memory": {"TIDEGATE_DURABILITY": "memory"},
+    "wal-interval": {"TIDEGATE_DURABILITY": "wal", "TIDEGATE_WAL_SYNC": "interval"},
+    "wal-always": {"TIDEGATE_DURABILITY": "wal", "TIDEGATE_WAL_SYNC": "always"},
+}
+
+
 def run_one(
     s: Setup,
     core: str,
     sink: str,
     registry: str,
+    durability: str,
     pg: PostgresCluster | None,
     influx: InfluxDB | None,
-    paced_rate: float,
+    paced_rate: str,
+    first_saturated: list[float],
 ) -> list[dict[str, Any]]:
     """Provision, start, warm, measure (saturated, then paced), stop."""
-    name = f"{core}-{sink}-{registry}"
+    name = f"{core}-{sink}-{registry}-{durability}"
     workdir = s.workdir / name
     env = {"TIDEGATE_CORE": core, "TIDEGATE_DATA_DIR": str(workdir / "data")}
+    env.update(DURABILITIES[durability])
     env["TIDEGATE_LOG_LEVEL"] = "warning"
     if registry == "postgres":
         assert pg is not None
@@ -271,13 +288,15 @@ def run_one(
     gw = run_gateway(env, workdir)
     try:
         warm(gw, listing)
-        tags = {"core": core, "sink": sink, "registry": registry}
+        tags = {"core": core, "sink": sink, "registry": registry, "durability": durability}
         results = []
         sat = measure(gw, listing, s.duration, s.connections, s.threads, 0)
         results.append({**tags, "phase": "saturated", **sat})
         print(json.dumps(results[-1]), flush=True)
-        if paced_rate:
-            results.append({**tags, **paced(gw, listing, s.duration, paced_rate)})
+        first_saturated.append(sat["accepted_msgs_per_s"])
+        rate = first_saturated[0] / 2 if paced_rate == "half" else float(paced_rate)
+        if rate:
+            results.append({**tags, **paced(gw, listing, s.duration, rate)})
             print(json.dumps(results[-1]), flush=True)
     finally:
         code = gw.stop()
@@ -289,15 +308,16 @@ def run_one(
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| core | sink | registry | phase | accepted msgs/s | req/s | p50 ms | p99 ms "
-        "| p99.9 ms | RSS start→end (max) MiB | rejected |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|\n"
+        "| core | sink | registry | durability | phase | accepted msgs/s | req/s | p50 ms "
+        "| p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync |\n"
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|\n"
     )
     lines = [
-        f"| {r['core']} | {r['sink']} | {r['registry']} | {r['phase']} "
+        f"| {r['core']} | {r['sink']} | {r['registry']} | {r['durability']} | {r['phase']} "
         f"| {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
         f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
-        f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} |"
+        f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} "
+        f"| {r['records_per_fsync'] or '-'} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -317,10 +337,15 @@ def main() -> None:
     p.add_argument("--devices-per-batch", type=int, default=10)
     p.add_argument("--bodies", type=int, default=200)
     p.add_argument(
+        "--durability",
+        default="memory",
+        help=f"one or more of {', '.join(DURABILITIES)} (TIDEGATE_DURABILITY/WAL_SYNC)",
+    )
+    p.add_argument(
         "--paced-rate",
-        type=float,
-        default=75_000,
-        help="msgs/s of the latency phase (default: half the 150k target; 0 skips it)",
+        default="75000",
+        help="msgs/s of the latency phase (default: half the 150k target; 0 skips it), or "
+        "`half`: half the first run's saturated rate, the same for every run",
     )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
@@ -348,10 +373,24 @@ def main() -> None:
             pg.start()
         if influx:
             influx.start()
+        first_saturated: list[float] = []
         for core in args.cores.split(","):
             for sink in sinks:
                 for registry in registries:
-                    rows += run_one(s, core, sink, registry, pg, influx, args.paced_rate)
+                    for durability in args.durability.split(","):
+                        if core != "rust" and durability != "memory":
+                            continue
+                        rows += run_one(
+                            s,
+                            core,
+                            sink,
+                            registry,
+                            durability,
+                            pg,
+                            influx,
+                            args.paced_rate,
+                            first_saturated,
+                        )
     finally:
         if influx:
             influx.cleanup()

@@ -20,6 +20,7 @@ Rules (all of them: docs/core-rules.md):
 """
 
 from collections.abc import Sequence
+from os import PathLike
 from typing import Final, Self, final
 
 __all__ = [
@@ -45,6 +46,9 @@ __all__ = [
     "BodyError",
     "ShellyBatch",
     "TenantBuffers",
+    "Wal",
+    "WalFull",
+    "WalUnavailable",
     "parse_batch",
     "parse_shelly",
     "parse_single",
@@ -147,22 +151,35 @@ def parse_single(
 
 @final
 class TenantBuffers:
-    """Per-tenant line-protocol buffers under one global byte cap. Thread-safe.
+    """Per-tenant line-protocol buffers under a global byte cap `max_bytes` and a per-tenant
+    cap `tenant_max_bytes` (default: `max_bytes`, no isolation). Thread-safe.
 
-    Bytes count against `max_bytes` from append until `settle`: a drained body is in flight,
-    and `put_back` of a failed body always fits, so a retry never drops data."""
+    Bytes count against both caps from append until `settle`: a drained body is in flight
+    (one per tenant), and `put_back` of a failed body always fits, so a retry never drops data.
+
+    Delivery marks: a nonzero `mark` tags the lines of an append (marks are given in
+    increasing order; the same mark may tag several appends while it is still open, e.g. one
+    per tenant). A mark is delivered when every line appended under it has been settled, in
+    every tenant; a mark under which nothing was stored (all BUFFER_FULL, or `append_lines`
+    returned False) is delivered at once."""
 
     def __new__(
-        cls, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
+        cls,
+        batch_size: int = 500,
+        flush_bytes: int = 1048576,
+        max_bytes: int = 67108864,
+        tenant_max_bytes: int | None = None,
     ) -> Self: ...
-    def append(self, batch: Batch) -> list[str]:
-        """Append the batch's accepted lines; an item that does not fit under `max_bytes` is
-        rejected with BUFFER_FULL and nothing of it is stored. Returns the tenants whose buffer
-        now holds at least `batch_size` lines or `flush_bytes` bytes. A batch appends once."""
+    def append(self, batch: Batch, mark: int = 0) -> list[str]:
+        """Append the batch's accepted lines under `mark` (0: none); an item that does not fit
+        under `max_bytes` or its tenant's `tenant_max_bytes` is rejected with BUFFER_FULL and
+        nothing of it is stored. Returns the tenants whose buffer now holds at least
+        `batch_size` lines or `flush_bytes` bytes. A batch appends once. Raises ValueError for
+        a mark below the last one given, or equal to it once delivered."""
 
-    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
-        """Append already-encoded newline-terminated lines for one tenant, all or nothing;
-        False when they do not fit under `max_bytes`."""
+    def append_lines(self, tenant: str, lines: bytes, line_count: int, mark: int = 0) -> bool:
+        """Append already-encoded newline-terminated lines for one tenant under `mark`, all or
+        nothing; False when they do not fit under either cap."""
 
     def ready(self) -> list[str]:
         """Tenants at or over a flush threshold, or with a put-back body waiting."""
@@ -171,17 +188,32 @@ class TenantBuffers:
         """Tenants with anything buffered or put back."""
 
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None:
-        """Take the tenant's oldest data as one write body: a put-back body as it was, else up to
-        `max_lines` buffered lines. The bytes stay counted until `settle` or `put_back`."""
+        """Take the tenant's oldest data as one write body, now in flight: a put-back body as it
+        was, else up to `max_lines` buffered lines. Raises ValueError while the tenant already
+        has a body in flight."""
 
-    def settle(self, nbytes: int) -> None:
-        """A drained body of `nbytes` is finished with (written, or dead-lettered)."""
+    def settle(self, tenant: str, line_count: int) -> None:
+        """The oldest `line_count` lines of the tenant's body in flight are finished with
+        (written, or dead-lettered): they leave the caps, and marks whose every line is now
+        settled are delivered. The body leaves flight when all its lines are settled."""
 
-    def put_back(self, tenant: str, body: bytes, line_count: int) -> None:
-        """Return a drained body whose write failed; it is the tenant's next `drain`."""
+    def put_back(self, tenant: str) -> None:
+        """Return the unsettled rest of the tenant's body in flight (its write failed), marks
+        and all; it is the tenant's next `drain`."""
 
     def depth(self) -> dict[str, tuple[int, int]]:
         """Per tenant, `(lines, bytes)` buffered or put back (not in flight)."""
+
+    def tenant_bytes(self) -> dict[str, int]:
+        """Per tenant, the bytes counted against `tenant_max_bytes` (buffered, put back, in
+        flight), tenants by name."""
+
+    def take_delivered(self) -> list[int]:
+        """Marks delivered since the previous call, ascending."""
+
+    @property
+    def delivered_through(self) -> int:
+        """The largest N such that every mark up to N is delivered (0 when none)."""
 
     @property
     def total_bytes(self) -> int:
@@ -189,6 +221,90 @@ class TenantBuffers:
 
     @property
     def max_bytes(self) -> int: ...
+    @property
+    def tenant_max_bytes(self) -> int: ...
+
+class WalFull(Exception):
+    """The write-ahead log is at its byte cap; nothing of the append was stored."""
+
+    detail: str
+
+class WalUnavailable(OSError):
+    """The write-ahead log could not write (disk full, directory gone, failed fsync); nothing
+    of the append was stored."""
+
+    detail: str
+
+@final
+class Wal:
+    """The write-ahead log of a TenantBuffers' appends: segment files in `directory`.
+
+    An append takes room in the buffers first (items that do not fit get BUFFER_FULL and are
+    not logged), writes one record per tenant with the request's new mark, waits for the
+    covering fdatasync (`sync="always"`; `"interval"`: only for the write, fsynced every
+    `sync_interval_ms` by a background thread), and only then buffers the lines. One writer
+    thread writes every append queued while the previous write ran in one write and one
+    fdatasync (group commit). `append`/`append_lines` block until their group is on disk (GIL
+    released); an event loop uses `submit`/`submit_lines` instead, which only queue, and
+    collects outcomes with `completed` when `wakeup_fd` is readable.
+
+    Opening replays every record above the checkpoint into `buffers` with its mark. A segment
+    is deleted once `buffers.delivered_through` covers it (checked every second and by
+    `checkpoint()`). A failed fdatasync is never retried: every later append raises
+    WalUnavailable and `failed` says why, until restart."""
+
+    def __new__(
+        cls,
+        buffers: TenantBuffers,
+        directory: str | PathLike[str],
+        sync: str = "always",
+        sync_interval_ms: int = 100,
+        max_bytes: int = 1073741824,
+        segment_bytes: int = 16777216,
+    ) -> Self:
+        """Open (create) the log and replay it. Raises WalUnavailable when the directory cannot
+        be created or read, ValueError for a bad `sync`. Runs without the GIL."""
+
+    def append(self, batch: Batch) -> list[str]:
+        """Log, then buffer, the batch's accepted lines; returns the tenants now at a flush
+        threshold. Raises WalFull at the log's cap, WalUnavailable when it cannot write: then
+        nothing of the batch is stored (its items keep their per-item results)."""
+
+    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
+        """Log, then buffer, one tenant's encoded lines, all or nothing; False when they do not
+        fit the buffers (nothing logged). Raises like `append`."""
+
+    def submit(self, batch: Batch) -> int:
+        """`append` without waiting: a ticket whose outcome `completed` reports (0: nothing to
+        log, done). Raises WalFull/WalUnavailable when refused before queueing."""
+
+    def submit_lines(self, tenant: str, lines: bytes, line_count: int) -> int | None:
+        """`append_lines` without waiting: a ticket, or None when the lines do not fit."""
+
+    def completed(self) -> list[tuple[int, list[str], WalFull | WalUnavailable | None]]:
+        """Outcomes of submitted appends since the last call: `(ticket, tenants now at a flush
+        threshold, error)`; the lines are buffered when error is None, else nothing is."""
+
+    def wakeup_fd(self) -> int:
+        """A descriptor that becomes readable when `completed` has outcomes."""
+
+    def checkpoint(self) -> None:
+        """Write the delivered-through checkpoint and delete delivered segments now."""
+
+    def stats(self) -> dict[str, int]:
+        """`bytes`, `segments`, `fsyncs`, `synced_records` (records covered by an fsync),
+        `appended_records`, `groups` (writes), `checkpoints`, `deleted_segments`."""
+
+    def replay(self) -> tuple[dict[str, int], list[str]]:
+        """What opening found: `segments`, `records`, `lines`, `skipped_delivered`,
+        `corrupt_records`, `truncated_bytes`, `quarantined_files`; and one line per problem."""
+
+    @property
+    def failed(self) -> str | None:
+        """Why the log refuses appends until restart (a failed fsync), or None."""
+
+    def close(self) -> None:
+        """Refuse further appends; a last fsync and checkpoint. Idempotent."""
 
 @final
 class ShellyBatch:

@@ -583,138 +583,265 @@ def parse_single(
 # -- TenantBuffers ---------------------------------------------------------------------------
 
 
+class _Body:
+    """A drained body: its bytes, line count and marks (`[mark, lines]` runs, oldest first)."""
+
+    __slots__ = ("data", "done", "lines", "marks")
+
+    def __init__(self, data: bytes, lines: int, marks: deque[list[int]]) -> None:
+        self.data = data
+        self.done = 0  # bytes already settled (in flight only)
+        self.lines = lines
+        self.marks = marks
+
+
 class _TenantBuffer:
-    __slots__ = ("chunks", "lines", "nbytes", "put_back", "put_back_bytes", "put_back_lines")
+    __slots__ = ("chunks", "lines", "marks", "nbytes", "put_back")
 
     def __init__(self) -> None:
         # Newline-terminated chunks of whole lines with their line counts, oldest first.
         self.chunks: deque[tuple[bytes, int]] = deque()
         self.lines = 0
         self.nbytes = 0
-        self.put_back: deque[tuple[bytes, int]] = deque()
-        self.put_back_lines = 0
-        self.put_back_bytes = 0
+        self.marks: deque[list[int]] = deque()
+        self.put_back: _Body | None = None
 
     def depth(self) -> tuple[int, int]:
-        return self.lines + self.put_back_lines, self.nbytes + self.put_back_bytes
+        if self.put_back is None:
+            return self.lines, self.nbytes
+        return self.lines + self.put_back.lines, self.nbytes + len(self.put_back.data)
+
+
+def _push_mark(marks: deque[list[int]], mark: int, lines: int) -> None:
+    if lines:
+        if marks and marks[-1][0] == mark:
+            marks[-1][1] += lines
+        else:
+            marks.append([mark, lines])
+
+
+def _take_marks(marks: deque[list[int]], lines: int) -> deque[list[int]]:
+    out: deque[list[int]] = deque()
+    while lines:
+        run = marks[0]
+        n = min(run[1], lines)
+        _push_mark(out, run[0], n)
+        run[1] -= n
+        lines -= n
+        if not run[1]:
+            marks.popleft()
+    return out
 
 
 class TenantBuffers:
-    """Per-tenant line-protocol buffers under one global byte cap. Thread-safe."""
+    """Per-tenant line-protocol buffers under a global and a per-tenant byte cap, with
+    delivery marks. Thread-safe."""
 
     def __init__(
-        self, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
+        self,
+        batch_size: int = 500,
+        flush_bytes: int = 1048576,
+        max_bytes: int = 67108864,
+        tenant_max_bytes: int | None = None,
     ) -> None:
         self._batch_size = _count("batch_size", batch_size)
         self._flush_bytes = _count("flush_bytes", flush_bytes)
         self._max_bytes = _count("max_bytes", max_bytes)
+        self._tenant_max_bytes = (
+            self._max_bytes
+            if tenant_max_bytes is None
+            else _count("tenant_max_bytes", tenant_max_bytes)
+        )
         self._total = 0
-        self._in_flight = 0
+        self._used: dict[str, int] = {}
         self._tenants: dict[str, _TenantBuffer] = {}
+        self._in_flight: dict[str, _Body] = {}
+        self._last_mark = 0
+        self._open: dict[int, int] = {}
+        self._delivered: set[int] = set()
         self._lock = threading.Lock()
 
     def _due(self, buf: _TenantBuffer) -> bool:
         lines, nbytes = buf.depth()
         return lines >= self._batch_size or nbytes >= self._flush_bytes
 
-    def append(self, batch: Batch) -> list[str]:
-        """Append the batch's accepted lines; an item that does not fit gets BUFFER_FULL.
-        Returns the tenants appended to that reached a flush threshold, in order of first
-        appearance in the batch."""
-        touched: set[str] = set()
+    def _check_mark(self, mark: int) -> None:
+        if mark == 0 or mark > self._last_mark:
+            return
+        if mark < self._last_mark:
+            raise ValueError(f"mark {mark} is below the last mark given ({self._last_mark})")
+        if mark not in self._open:
+            raise ValueError(f"mark {mark} is already delivered")
+
+    def _add_mark(self, mark: int, lines: int) -> None:
+        if not mark:
+            return
+        self._last_mark = max(self._last_mark, mark)
+        if lines:
+            self._open[mark] = self._open.get(mark, 0) + lines
+        elif mark not in self._open:
+            self._delivered.add(mark)
+
+    def _settle_mark(self, mark: int, lines: int) -> None:
+        if mark:
+            self._open[mark] -= lines
+            if not self._open[mark]:
+                del self._open[mark]
+                self._delivered.add(mark)
+
+    def _store(self, tenant: str, lines: bytes, count: int, mark: int) -> _TenantBuffer:
+        buf = self._tenants.get(tenant)
+        if buf is None:
+            buf = self._tenants[tenant] = _TenantBuffer()
+        buf.chunks.append((lines, count))
+        buf.lines += count
+        buf.nbytes += len(lines)
+        _push_mark(buf.marks, mark, count)
+        self._total += len(lines)
+        self._used[tenant] = self._used.get(tenant, 0) + len(lines)
+        return buf
+
+    def _fits(self, tenant: str, size: int) -> bool:
+        return (
+            self._total + size <= self._max_bytes
+            and self._used.get(tenant, 0) + size <= self._tenant_max_bytes
+        )
+
+    def append(self, batch: Batch, mark: int = 0) -> list[str]:
+        """Append the batch's accepted lines under `mark`; an item that does not fit either cap
+        gets BUFFER_FULL. Returns the tenants appended to that reached a flush threshold, in
+        order of first appearance in the batch."""
+        _count("mark", mark)
         with self._lock:
+            self._check_mark(mark)
             items, tenants = batch._take_for_append()
+            stored: dict[str, list[bytes]] = {}
             for item in items:
-                size = len(item.line)
-                if self._total + size > self._max_bytes:
+                if not self._fits(item.tenant, len(item.line)):
                     item.reason = BUFFER_FULL
                     continue
-                buf = self._tenants.get(item.tenant)
-                if buf is None:
-                    buf = self._tenants[item.tenant] = _TenantBuffer()
-                buf.chunks.append((item.line, 1))
-                buf.lines += 1
-                buf.nbytes += size
-                self._total += size
-                touched.add(item.tenant)
-            return [t for t in tenants if t in touched and self._due(self._tenants[t])]
+                stored.setdefault(item.tenant, []).append(item.line)
+                self._used[item.tenant] = self._used.get(item.tenant, 0) + len(item.line)
+                self._total += len(item.line)
+            self._add_mark(mark, sum(len(lines) for lines in stored.values()))
+            due = set()
+            # Buffers are created in the order of their first stored line.
+            for tenant, parts in stored.items():
+                data = b"".join(parts)
+                # _store counts the bytes again: they were counted above, per item.
+                self._total -= len(data)
+                self._used[tenant] -= len(data)
+                if self._due(self._store(tenant, data, len(parts), mark)):
+                    due.add(tenant)
+            return [t for t in tenants if t in due]
 
-    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
-        """Append newline-terminated lines for one tenant, all or nothing; False when they do
-        not fit under max_bytes."""
+    def append_lines(self, tenant: str, lines: bytes, line_count: int, mark: int = 0) -> bool:
+        """Append newline-terminated lines for one tenant under `mark`, all or nothing; False
+        when they do not fit under either cap."""
+        _count("line_count", line_count)
+        _count("mark", mark)
         _check_lines(lines, line_count)
         with self._lock:
-            if self._total + len(lines) > self._max_bytes:
+            self._check_mark(mark)
+            if not self._fits(tenant, len(lines)):
+                self._add_mark(mark, 0)
                 return False
-            buf = self._tenants.get(tenant)
-            if buf is None:
-                buf = self._tenants[tenant] = _TenantBuffer()
-            buf.chunks.append((lines, line_count))
-            buf.lines += line_count
-            buf.nbytes += len(lines)
-            self._total += len(lines)
+            self._add_mark(mark, line_count)
+            self._store(tenant, lines, line_count, mark)
             return True
 
     def ready(self) -> list[str]:
         """Tenants at or over a flush threshold, or with a put-back body waiting."""
         with self._lock:
-            return [t for t, buf in self._tenants.items() if buf.put_back or self._due(buf)]
+            return [
+                t for t, buf in self._tenants.items() if buf.put_back is not None or self._due(buf)
+            ]
 
     def tenants(self) -> list[str]:
         """Tenants with anything buffered or put back."""
         with self._lock:
-            return [t for t, buf in self._tenants.items() if buf.put_back or buf.lines]
+            return list(self._tenants)
 
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None:
-        """Take the tenant's oldest data as one write body; it stays counted until settle."""
+        """Take the tenant's oldest data as one write body, now in flight (one per tenant)."""
         if _count("max_lines", max_lines) < 1:
             raise ValueError("max_lines must be at least 1")
         with self._lock:
+            if tenant in self._in_flight:
+                raise ValueError(f'tenant "{tenant}" already has a body in flight')
             buf = self._tenants.get(tenant)
             if buf is None:
                 return None
-            if buf.put_back:
-                body, count = buf.put_back.popleft()
-                buf.put_back_lines -= count
-                buf.put_back_bytes -= len(body)
+            if buf.put_back is not None:
+                body, buf.put_back = buf.put_back, None
             else:
-                body, count = _take_lines(buf.chunks, max_lines)
+                data, count = _take_lines(buf.chunks, max_lines)
                 buf.lines -= count
-                buf.nbytes -= len(body)
-            self._in_flight += len(body)
-            if not buf.put_back and not buf.lines:
+                buf.nbytes -= len(data)
+                body = _Body(data, count, _take_marks(buf.marks, count))
+            self._in_flight[tenant] = body
+            if buf.put_back is None and not buf.lines:
                 del self._tenants[tenant]
-            return body, count
+            return body.data, body.lines
 
-    def settle(self, nbytes: int) -> None:
-        """A drained body of `nbytes` is finished with (written, or dead-lettered)."""
-        with self._lock:
-            if _count("nbytes", nbytes) > self._in_flight:
-                raise ValueError(f"{nbytes} bytes are not in flight (only {self._in_flight} are)")
-            self._in_flight -= nbytes
-            self._total -= nbytes
-
-    def put_back(self, tenant: str, body: bytes, line_count: int) -> None:
-        """Return a drained body whose write failed; it is the tenant's next drain (put-back
-        bodies drain oldest first)."""
+    def settle(self, tenant: str, line_count: int) -> None:
+        """The oldest `line_count` lines of the tenant's body in flight are finished with."""
         _count("line_count", line_count)
         with self._lock:
-            if len(body) > self._in_flight:
-                raise ValueError(
-                    f"{len(body)} bytes are not in flight (only {self._in_flight} are)"
-                )
-            self._in_flight -= len(body)
+            body = self._in_flight.get(tenant)
+            if body is None:
+                raise ValueError(f'tenant "{tenant}" has no body in flight')
+            if line_count > body.lines:
+                raise ValueError(f"{line_count} lines are not in flight (only {body.lines} are)")
+            cut = body.done
+            for _ in range(line_count):
+                cut = body.data.index(b"\n", cut) + 1
+            nbytes = cut - body.done
+            body.done = cut
+            body.lines -= line_count
+            settled = _take_marks(body.marks, line_count)
+            if not body.lines:
+                del self._in_flight[tenant]
+            self._total -= nbytes
+            self._used[tenant] -= nbytes
+            if not self._used[tenant]:
+                del self._used[tenant]
+            for mark, lines in settled:
+                self._settle_mark(mark, lines)
+
+    def put_back(self, tenant: str) -> None:
+        """Return the unsettled rest of the tenant's body in flight; it is its next drain."""
+        with self._lock:
+            body = self._in_flight.pop(tenant, None)
+            if body is None:
+                raise ValueError(f'tenant "{tenant}" has no body in flight')
             buf = self._tenants.get(tenant)
             if buf is None:
                 buf = self._tenants[tenant] = _TenantBuffer()
-            buf.put_back.append((body, line_count))
-            buf.put_back_lines += line_count
-            buf.put_back_bytes += len(body)
+            buf.put_back = _Body(body.data[body.done :], body.lines, body.marks)
 
     def depth(self) -> dict[str, tuple[int, int]]:
         """Per tenant, (lines, bytes) buffered or put back (not in flight)."""
         with self._lock:
             return {t: buf.depth() for t, buf in self._tenants.items()}
+
+    def tenant_bytes(self) -> dict[str, int]:
+        """Per tenant, bytes counted against tenant_max_bytes, tenants by name."""
+        with self._lock:
+            return dict(sorted(self._used.items()))
+
+    def take_delivered(self) -> list[int]:
+        """Marks delivered since the previous call, ascending."""
+        with self._lock:
+            out = sorted(self._delivered)
+            self._delivered.clear()
+            return out
+
+    @property
+    def delivered_through(self) -> int:
+        """The largest N such that every mark up to N is delivered (0 when none)."""
+        with self._lock:
+            return min(self._open) - 1 if self._open else self._last_mark
 
     @property
     def total_bytes(self) -> int:
@@ -725,6 +852,11 @@ class TenantBuffers:
     def max_bytes(self) -> int:
         """The global byte cap."""
         return self._max_bytes
+
+    @property
+    def tenant_max_bytes(self) -> int:
+        """The per-tenant byte cap."""
+        return self._tenant_max_bytes
 
 
 def _count(name: str, n: int) -> int:

@@ -324,6 +324,12 @@ impl Batch {
             .map(|i| (i, self.line(i)))
     }
 
+    /// Accepted items' lines in request order, each with its tenant's index.
+    pub fn accepted_lines(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        self.accepted()
+            .map(|(item, line)| (self.groups[item.group as usize].tenant_index as usize, line))
+    }
+
     pub fn tenant_count(&self) -> usize {
         self.tenants.len()
     }

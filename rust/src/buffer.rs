@@ -1,9 +1,14 @@
-//! Per-tenant line-protocol buffers under one global byte cap, with in-flight accounting.
+//! Per-tenant line-protocol buffers under a global and a per-tenant byte cap, with in-flight
+//! accounting and delivery marks.
 //!
 //! Lines are stored in chunks of at most `MAX_CHUNK` bytes (a line may span chunks), so a
 //! buffer never holds more than its lines plus one partly filled and one partly drained chunk.
+//!
+//! A mark tags the lines of one append (a request, a WAL record, a NATS message). It is
+//! delivered when every line appended under it has been settled, in every tenant; each tenant
+//! has at most one drained body in flight, so settlement is always a prefix of that body.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -11,6 +16,75 @@ use crate::errors::UsageError;
 
 const MIN_CHUNK: usize = 4 * 1024;
 const MAX_CHUNK: usize = 64 * 1024;
+
+/// Marks of consecutive lines, run-length encoded: `(mark, lines)`, oldest first; mark 0 is
+/// "no mark".
+type Marks = VecDeque<(u64, usize)>;
+
+fn push_mark(marks: &mut Marks, mark: u64, lines: usize) {
+    if lines == 0 {
+        return;
+    }
+    match marks.back_mut() {
+        Some((last, n)) if *last == mark => *n += lines,
+        _ => marks.push_back((mark, lines)),
+    }
+}
+
+/// Removes and returns the marks of the oldest `lines` lines.
+fn take_marks(marks: &mut Marks, mut lines: usize) -> Marks {
+    let mut out = Marks::new();
+    while lines > 0 {
+        let front = marks
+            .front_mut()
+            .expect("marks cover every buffered and in-flight line");
+        let n = front.1.min(lines);
+        push_mark(&mut out, front.0, n);
+        front.1 -= n;
+        lines -= n;
+        if front.1 == 0 {
+            marks.pop_front();
+        }
+    }
+    out
+}
+
+/// Byte length of the first `count` newline-terminated lines of `data`.
+fn lines_len(data: &[u8], count: usize) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    memchr::memchr_iter(b'\n', data)
+        .nth(count - 1)
+        .map_or(data.len(), |pos| pos + 1)
+}
+
+fn check_lines(lines: &[u8], line_count: usize) -> Result<(), UsageError> {
+    if line_count == 0
+        || !lines.ends_with(b"\n")
+        || memchr::memchr_iter(b'\n', lines).count() != line_count
+    {
+        return Err(UsageError::BadLines);
+    }
+    Ok(())
+}
+
+/// A put-back body: the unsettled rest of a drained one, with its marks.
+struct Body {
+    data: Vec<u8>,
+    lines: usize,
+    marks: Marks,
+}
+
+/// The one drained body of a tenant that is not yet settled or put back.
+struct InFlight {
+    data: Vec<u8>,
+    /// Bytes of `data` already settled.
+    done: usize,
+    /// Lines not yet settled.
+    lines: usize,
+    marks: Marks,
+}
 
 #[derive(Default)]
 struct TenantBuffer {
@@ -21,9 +95,8 @@ struct TenantBuffer {
     head: usize,
     lines: usize,
     bytes: usize,
-    put_back: VecDeque<(Vec<u8>, usize)>,
-    put_back_lines: usize,
-    put_back_bytes: usize,
+    marks: Marks,
+    put_back: Option<Body>,
 }
 
 impl TenantBuffer {
@@ -45,8 +118,16 @@ impl TenantBuffer {
         }
     }
 
+    /// Stores `lines` (`count` of them) under `mark`.
+    fn store(&mut self, lines: &[u8], count: usize, mark: u64) {
+        self.push(lines);
+        self.lines += count;
+        self.bytes += lines.len();
+        push_mark(&mut self.marks, mark, count);
+    }
+
     /// Copies out and forgets the oldest `max_lines` lines (all when fewer).
-    fn take_lines(&mut self, max_lines: usize) -> (Vec<u8>, usize) {
+    fn take_lines(&mut self, max_lines: usize) -> Body {
         let count = max_lines.min(self.lines);
         let nbytes = if count == self.lines {
             self.bytes
@@ -71,7 +152,11 @@ impl TenantBuffer {
         }
         self.lines -= count;
         self.bytes -= out.len();
-        (out, count)
+        Body {
+            data: out,
+            lines: count,
+            marks: take_marks(&mut self.marks, count),
+        }
     }
 
     /// Byte length of the oldest `count` lines.
@@ -94,14 +179,105 @@ impl TenantBuffer {
     }
 
     fn depth(&self) -> (usize, usize) {
-        (
-            self.lines + self.put_back_lines,
-            self.bytes + self.put_back_bytes,
-        )
+        let (lines, bytes) = self
+            .put_back
+            .as_ref()
+            .map_or((0, 0), |b| (b.lines, b.data.len()));
+        (self.lines + lines, self.bytes + bytes)
     }
 
     fn is_empty(&self) -> bool {
-        self.lines == 0 && self.put_back.is_empty()
+        self.lines == 0 && self.put_back.is_none()
+    }
+}
+
+/// Which marks are open (lines not yet settled) and which were delivered.
+#[derive(Default)]
+struct MarkBook {
+    /// The largest mark given so far.
+    last: u64,
+    /// Unsettled lines per open mark.
+    open: BTreeMap<u64, usize>,
+    /// Marks delivered since the last `take_delivered`, as disjoint ranges `start -> end`
+    /// (inclusive): a caller that never takes them (the WAL) costs one range, not a list.
+    delivered: BTreeMap<u64, u64>,
+}
+
+impl MarkBook {
+    /// Checks that `mark` may tag an append now: not below the last one, and when equal to it,
+    /// still open.
+    fn check(&self, mark: u64) -> Result<(), UsageError> {
+        if mark == 0 || mark > self.last {
+            return Ok(());
+        }
+        if mark < self.last {
+            return Err(UsageError::MarkOrder {
+                mark,
+                last: self.last,
+            });
+        }
+        if self.open.contains_key(&mark) {
+            Ok(())
+        } else {
+            Err(UsageError::MarkDelivered { mark })
+        }
+    }
+
+    /// Records `lines` appended under a checked `mark`; a mark with none is delivered at once.
+    fn add(&mut self, mark: u64, lines: usize) {
+        if mark == 0 {
+            return;
+        }
+        self.last = self.last.max(mark);
+        if lines > 0 {
+            *self.open.entry(mark).or_default() += lines;
+        } else if !self.open.contains_key(&mark) {
+            self.deliver(mark);
+        }
+    }
+
+    /// `lines` of `mark` are settled.
+    fn settle(&mut self, mark: u64, lines: usize) {
+        if mark == 0 || lines == 0 {
+            return;
+        }
+        let left = self
+            .open
+            .get_mut(&mark)
+            .expect("a settled line's mark is open");
+        *left -= lines;
+        if *left == 0 {
+            self.open.remove(&mark);
+            self.deliver(mark);
+        }
+    }
+
+    fn deliver(&mut self, mark: u64) {
+        let before = self
+            .delivered
+            .range(..mark)
+            .next_back()
+            .filter(|(_, &end)| end + 1 == mark)
+            .map(|(&start, _)| start);
+        let after = mark
+            .checked_add(1)
+            .and_then(|next| self.delivered.remove(&next));
+        let start = before.unwrap_or(mark);
+        self.delivered.insert(start, after.unwrap_or(mark));
+    }
+
+    fn take_delivered(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.delivered)
+            .into_iter()
+            .flat_map(|(start, end)| start..=end)
+            .collect()
+    }
+
+    fn delivered_through(&self) -> u64 {
+        self.open
+            .keys()
+            .next()
+            .map_or(self.last, |&first| first - 1)
     }
 }
 
@@ -111,9 +287,12 @@ struct State {
     names: Vec<String>,
     slot_of: HashMap<String, usize>,
     next_created: u64,
-    /// Buffered + put back + in flight.
+    /// Bytes buffered + put back + in flight + reserved, in all tenants.
     total: usize,
-    in_flight: usize,
+    /// The same per tenant (only tenants holding some).
+    used: HashMap<String, usize>,
+    in_flight: HashMap<String, InFlight>,
+    marks: MarkBook,
 }
 
 impl State {
@@ -140,6 +319,29 @@ impl State {
         }
     }
 
+    fn used(&self, tenant: &str) -> usize {
+        self.used.get(tenant).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, tenant: &str, nbytes: usize) {
+        if nbytes > 0 {
+            self.total += nbytes;
+            *self.used.entry(tenant.to_owned()).or_default() += nbytes;
+        }
+    }
+
+    fn uncount(&mut self, tenant: &str, nbytes: usize) {
+        self.total -= nbytes;
+        let used = self
+            .used
+            .get_mut(tenant)
+            .expect("bytes leaving a tenant were counted for it");
+        *used -= nbytes;
+        if *used == 0 {
+            self.used.remove(tenant);
+        }
+    }
+
     /// Slots of the tenants `keep` selects, in creation order.
     fn sorted(&self, keep: impl Fn(&TenantBuffer) -> bool) -> Vec<usize> {
         let mut found: Vec<usize> = (0..self.buffers.len())
@@ -157,26 +359,57 @@ impl State {
     }
 }
 
-/// Per-tenant line-protocol buffers under one global byte cap. Thread-safe.
+/// One tenant's newline-terminated lines and their count.
+pub type TenantLines = (String, Vec<u8>, usize);
+
+/// Room taken under the caps for a batch's accepted lines before they are stored (the WAL
+/// writes them in between); `commit` stores them, `cancel` gives the room back.
+#[derive(Debug)]
+#[must_use = "a reservation holds room until committed or cancelled"]
+pub struct Reservation {
+    pub mark: u64,
+    /// Bytes reserved per tenant, in order of first appearance in the batch.
+    tenants: Vec<(String, usize)>,
+}
+
+impl Reservation {
+    /// Whether nothing fit (or nothing was accepted): there is nothing to log or store.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+/// Per-tenant line-protocol buffers under a global and a per-tenant byte cap. Thread-safe.
 pub struct TenantBuffers {
     batch_size: usize,
     flush_bytes: usize,
     max_bytes: usize,
+    tenant_max_bytes: usize,
     state: Mutex<State>,
 }
 
 impl TenantBuffers {
-    pub fn new(batch_size: usize, flush_bytes: usize, max_bytes: usize) -> Self {
+    pub fn new(
+        batch_size: usize,
+        flush_bytes: usize,
+        max_bytes: usize,
+        tenant_max_bytes: usize,
+    ) -> Self {
         TenantBuffers {
             batch_size,
             flush_bytes,
             max_bytes,
+            tenant_max_bytes,
             state: Mutex::new(State::default()),
         }
     }
 
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
+    }
+
+    pub fn tenant_max_bytes(&self) -> usize {
+        self.tenant_max_bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -190,88 +423,188 @@ impl TenantBuffers {
         lines >= self.batch_size || bytes >= self.flush_bytes
     }
 
-    /// Appends the batch's accepted lines (items that do not fit become `BUFFER_FULL`); returns
-    /// the tenants appended to that are now at a threshold, in order of first appearance.
-    pub fn append(&self, batch: &mut Batch) -> Result<Vec<String>, UsageError> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        // A batch tenant: its buffer's slot, or its name until its first line creates one.
-        // Slots stay put during one append: only `drain` removes tenants.
-        let mut slots: Vec<Result<usize, String>> = (0..batch.tenant_count())
-            .map(|t| {
-                let name = batch.tenant(t);
-                state
-                    .slot_of
-                    .get(name)
-                    .copied()
-                    .ok_or_else(|| name.to_owned())
-            })
+    fn fits(&self, state: &State, tenant: &str, nbytes: usize) -> bool {
+        state.total + nbytes <= self.max_bytes
+            && state.used(tenant) + nbytes <= self.tenant_max_bytes
+    }
+
+    /// Decides which of the batch's accepted lines fit under both caps (the rest become
+    /// `BUFFER_FULL`) and counts them; returns the bytes and lines taken per batch tenant.
+    fn take_room(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+    ) -> Result<Vec<(usize, usize)>, UsageError> {
+        let mut used: Vec<usize> = (0..batch.tenant_count())
+            .map(|t| state.used(batch.tenant(t)))
             .collect();
-        let mut touched = vec![false; slots.len()];
-        let max = self.max_bytes;
+        let mut taken = vec![(0, 0); used.len()];
+        let mut total = state.total;
         batch.append_with(|t, line| {
-            if state.total + line.len() > max {
+            let n = line.len();
+            if total + n > self.max_bytes || used[t] + n > self.tenant_max_bytes {
                 return false;
             }
-            state.total += line.len();
-            let slot = match &slots[t] {
-                Ok(slot) => *slot,
-                Err(name) => {
-                    let slot = state.slot(name);
-                    slots[t] = Ok(slot);
-                    slot
-                }
-            };
+            total += n;
+            used[t] += n;
+            taken[t].0 += n;
+            taken[t].1 += 1;
+            true
+        })?;
+        for (t, &(nbytes, _)) in taken.iter().enumerate() {
+            state.count(batch.tenant(t), nbytes);
+        }
+        Ok(taken)
+    }
+
+    /// Stores the batch's accepted lines (room already counted) under `mark`; returns the
+    /// tenants stored to that are now at a threshold, in order of first appearance.
+    fn store_batch(&self, state: &mut State, batch: &Batch, mark: u64) -> Vec<String> {
+        // Buffers are created in the order of their first stored line; the tenants due are
+        // reported in the order of their first appearance in the batch.
+        let mut slots: Vec<Option<usize>> = vec![None; batch.tenant_count()];
+        let mut counts = vec![0; slots.len()];
+        for (t, line) in batch.accepted_lines() {
+            let slot = *slots[t].get_or_insert_with(|| state.slot(batch.tenant(t)));
             let buf = &mut state.buffers[slot];
             buf.push(line);
             buf.lines += 1;
             buf.bytes += line.len();
-            touched[t] = true;
-            true
-        })?;
-        Ok(slots
-            .into_iter()
-            .zip(touched)
-            .filter_map(|(slot, touched)| match slot {
-                Ok(s) if touched && self.at_threshold(&state.buffers[s]) => {
-                    Some(state.names[s].clone())
+            counts[t] += 1;
+        }
+        let mut due = Vec::new();
+        for (t, slot) in slots.into_iter().enumerate() {
+            if let Some(slot) = slot {
+                // The lock is held: this call's lines of a tenant are contiguous in its buffer.
+                let buf = &mut state.buffers[slot];
+                push_mark(&mut buf.marks, mark, counts[t]);
+                if self.at_threshold(buf) {
+                    due.push(batch.tenant(t).to_owned());
                 }
-                _ => None,
-            })
-            .collect())
+            }
+        }
+        due
     }
 
-    /// Appends newline-terminated `lines` (`line_count` of them) all or nothing; false when
-    /// they do not fit under the cap.
+    /// Appends the batch's accepted lines under `mark` (0: none); items that do not fit become
+    /// `BUFFER_FULL`. Returns the tenants appended to that are now at a threshold, in order of
+    /// first appearance.
+    pub fn append(&self, batch: &mut Batch, mark: u64) -> Result<Vec<String>, UsageError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.marks.check(mark)?;
+        let taken = self.take_room(state, batch)?;
+        state.marks.add(mark, taken.iter().map(|t| t.1).sum());
+        Ok(self.store_batch(state, batch, mark))
+    }
+
+    /// Takes room for the batch's accepted lines (`BUFFER_FULL` for those that do not fit) under
+    /// a new mark, without storing them yet.
+    pub fn reserve(&self, batch: &mut Batch) -> Result<Reservation, UsageError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let taken = self.take_room(state, batch)?;
+        let mark = state.marks.last + 1;
+        state.marks.add(mark, taken.iter().map(|t| t.1).sum());
+        let tenants = taken
+            .iter()
+            .enumerate()
+            .filter(|(_, &(nbytes, _))| nbytes > 0)
+            .map(|(t, &(nbytes, _))| (batch.tenant(t).to_owned(), nbytes))
+            .collect();
+        Ok(Reservation { mark, tenants })
+    }
+
+    /// Takes room for one tenant's lines, all or nothing, under a new mark; None when they do
+    /// not fit (nothing changes).
+    pub fn reserve_lines(
+        &self,
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+    ) -> Result<Option<Reservation>, UsageError> {
+        check_lines(lines, line_count)?;
+        let mut state = self.lock();
+        if !self.fits(&state, tenant, lines.len()) {
+            return Ok(None);
+        }
+        state.count(tenant, lines.len());
+        let mark = state.marks.last + 1;
+        state.marks.add(mark, line_count);
+        Ok(Some(Reservation {
+            mark,
+            tenants: vec![(tenant.to_owned(), lines.len())],
+        }))
+    }
+
+    /// Stores reserved lines, `(tenant, lines, line_count)` per tenant as the reservation took
+    /// them; returns the tenants now at a threshold, in that order.
+    pub fn commit(&self, reservation: Reservation, lines: &[TenantLines]) -> Vec<String> {
+        let mut state = self.lock();
+        let mut due = Vec::new();
+        for (tenant, data, count) in lines {
+            let slot = state.slot(tenant);
+            let buf = &mut state.buffers[slot];
+            buf.store(data, *count, reservation.mark);
+            if self.at_threshold(buf) {
+                due.push(tenant.clone());
+            }
+        }
+        due
+    }
+
+    /// Gives a reservation's room back; its mark is delivered (nothing of it was stored).
+    pub fn cancel(&self, reservation: Reservation) {
+        let mut state = self.lock();
+        for (tenant, nbytes) in &reservation.tenants {
+            state.uncount(tenant, *nbytes);
+        }
+        if let Some(lines) = state.marks.open.get(&reservation.mark).copied() {
+            state.marks.settle(reservation.mark, lines);
+        }
+    }
+
+    /// Appends newline-terminated `lines` (`line_count` of them) under `mark`, all or nothing;
+    /// false when they do not fit under the caps. `force` ignores the caps (replay of a log
+    /// whose lines were accepted under them).
     pub fn append_lines(
         &self,
         tenant: &str,
         lines: &[u8],
         line_count: usize,
+        mark: u64,
+        force: bool,
     ) -> Result<bool, UsageError> {
-        if line_count == 0
-            || !lines.ends_with(b"\n")
-            || memchr::memchr_iter(b'\n', lines).count() != line_count
-        {
-            return Err(UsageError::BadLines);
-        }
+        check_lines(lines, line_count)?;
         let mut state = self.lock();
-        if state.total + lines.len() > self.max_bytes {
+        let state = &mut *state;
+        state.marks.check(mark)?;
+        if !(force || self.fits(state, tenant, lines.len())) {
+            state.marks.add(mark, 0);
             return Ok(false);
         }
-        state.total += lines.len();
+        state.count(tenant, lines.len());
+        state.marks.add(mark, line_count);
         let slot = state.slot(tenant);
-        let buf = &mut state.buffers[slot];
-        buf.push(lines);
-        buf.lines += line_count;
-        buf.bytes += lines.len();
+        state.buffers[slot].store(lines, line_count, mark);
         Ok(true)
+    }
+
+    /// The largest mark given so far.
+    pub fn last_mark(&self) -> u64 {
+        self.lock().marks.last
+    }
+
+    /// Raises the last mark given to at least `mark` (marks found in a log being replayed).
+    pub fn raise_last_mark(&self, mark: u64) {
+        let mut state = self.lock();
+        state.marks.last = state.marks.last.max(mark);
     }
 
     /// Tenants at or over a threshold, or with a put-back body waiting.
     pub fn ready(&self) -> Vec<String> {
         self.lock()
-            .sorted_names(|b| !b.put_back.is_empty() || self.at_threshold(b))
+            .sorted_names(|b| b.put_back.is_some() || self.at_threshold(b))
     }
 
     /// Tenants with anything buffered or put back.
@@ -280,7 +613,7 @@ impl TenantBuffers {
     }
 
     /// The tenant's oldest data as one body, now in flight: a put-back body as it was, else up
-    /// to `max_lines` buffered lines.
+    /// to `max_lines` buffered lines. A tenant has at most one body in flight.
     pub fn drain(
         &self,
         tenant: &str,
@@ -290,59 +623,86 @@ impl TenantBuffers {
             return Err(UsageError::BadMaxLines);
         }
         let mut state = self.lock();
+        if state.in_flight.contains_key(tenant) {
+            return Err(UsageError::InFlight {
+                tenant: tenant.to_owned(),
+            });
+        }
         let Some(&slot) = state.slot_of.get(tenant) else {
             return Ok(None);
         };
         let buf = &mut state.buffers[slot];
-        let taken = match buf.put_back.pop_front() {
-            Some((body, count)) => {
-                buf.put_back_lines -= count;
-                buf.put_back_bytes -= body.len();
-                (body, count)
-            }
+        let body = match buf.put_back.take() {
+            Some(body) => body,
             None => buf.take_lines(max_lines),
         };
         if buf.is_empty() {
             state.remove(slot);
         }
-        state.in_flight += taken.0.len();
-        Ok(Some(taken))
+        let out = (body.data.clone(), body.lines);
+        state.in_flight.insert(
+            tenant.to_owned(),
+            InFlight {
+                data: body.data,
+                done: 0,
+                lines: body.lines,
+                marks: body.marks,
+            },
+        );
+        Ok(Some(out))
     }
 
-    /// A drained body of `nbytes` is finished with.
-    pub fn settle(&self, nbytes: usize) -> Result<(), UsageError> {
+    /// The oldest `line_count` lines of the tenant's body in flight are finished with (written,
+    /// or dead-lettered); their marks may now be delivered.
+    pub fn settle(&self, tenant: &str, line_count: usize) -> Result<(), UsageError> {
         let mut state = self.lock();
-        if nbytes > state.in_flight {
-            return Err(UsageError::NotInFlight {
-                nbytes,
-                in_flight: state.in_flight,
+        let state = &mut *state;
+        let Some(flight) = state.in_flight.get_mut(tenant) else {
+            return Err(UsageError::NothingInFlight {
+                tenant: tenant.to_owned(),
+            });
+        };
+        if line_count > flight.lines {
+            return Err(UsageError::SettleTooMany {
+                lines: line_count,
+                in_flight: flight.lines,
             });
         }
-        state.in_flight -= nbytes;
-        state.total -= nbytes;
+        let nbytes = lines_len(&flight.data[flight.done..], line_count);
+        flight.done += nbytes;
+        flight.lines -= line_count;
+        let settled = take_marks(&mut flight.marks, line_count);
+        if flight.lines == 0 {
+            state.in_flight.remove(tenant);
+        }
+        state.uncount(tenant, nbytes);
+        for (mark, lines) in settled {
+            state.marks.settle(mark, lines);
+        }
         Ok(())
     }
 
-    /// Returns a drained body whose write failed; put-back bodies drain first, oldest first.
-    pub fn put_back(
-        &self,
-        tenant: &str,
-        body: Vec<u8>,
-        line_count: usize,
-    ) -> Result<(), UsageError> {
+    /// Returns the unsettled rest of the tenant's body in flight (its write failed): it is the
+    /// tenant's next `drain`, with its marks.
+    pub fn put_back(&self, tenant: &str) -> Result<(), UsageError> {
         let mut state = self.lock();
-        if body.len() > state.in_flight {
-            return Err(UsageError::NotInFlight {
-                nbytes: body.len(),
-                in_flight: state.in_flight,
+        let Some(mut flight) = state.in_flight.remove(tenant) else {
+            return Err(UsageError::NothingInFlight {
+                tenant: tenant.to_owned(),
             });
-        }
-        state.in_flight -= body.len();
+        };
         let slot = state.slot(tenant);
         let buf = &mut state.buffers[slot];
-        buf.put_back_lines += line_count;
-        buf.put_back_bytes += body.len();
-        buf.put_back.push_back((body, line_count));
+        let data = flight.data.split_off(flight.done);
+        let replaced = buf.put_back.replace(Body {
+            data,
+            lines: flight.lines,
+            marks: flight.marks,
+        });
+        assert!(
+            replaced.is_none(),
+            "a put-back body drains before another body can be in flight"
+        );
         Ok(())
     }
 
@@ -356,8 +716,33 @@ impl TenantBuffers {
             .collect()
     }
 
+    /// Per tenant, the bytes counted against `tenant_max_bytes` (buffered, put back, in flight),
+    /// tenants by name.
+    pub fn tenant_bytes(&self) -> Vec<(String, usize)> {
+        let state = self.lock();
+        let mut out: Vec<(String, usize)> =
+            state.used.iter().map(|(t, &n)| (t.clone(), n)).collect();
+        out.sort_unstable();
+        out
+    }
+
     pub fn total_bytes(&self) -> usize {
         self.lock().total
+    }
+
+    /// Whether any mark in `low..=high` is open (has unsettled lines).
+    pub fn any_open(&self, low: u64, high: u64) -> bool {
+        low <= high && self.lock().marks.open.range(low..=high).next().is_some()
+    }
+
+    /// Marks delivered since the previous call, ascending.
+    pub fn take_delivered(&self) -> Vec<u64> {
+        self.lock().marks.take_delivered()
+    }
+
+    /// The largest N such that every mark up to N is delivered (0 when none).
+    pub fn delivered_through(&self) -> u64 {
+        self.lock().marks.delivered_through()
     }
 }
 
@@ -381,116 +766,262 @@ mod tests {
         b
     }
 
+    fn buffers(batch_size: usize, flush_bytes: usize, max_bytes: usize) -> TenantBuffers {
+        TenantBuffers::new(batch_size, flush_bytes, max_bytes, max_bytes)
+    }
+
+    fn add(buffers: &TenantBuffers, tenant: &str, lines: &str, mark: u64) -> bool {
+        let n = lines.matches('\n').count();
+        buffers
+            .append_lines(tenant, lines.as_bytes(), n, mark, false)
+            .expect("well-formed lines")
+    }
+
     fn drained(buffers: &TenantBuffers, tenant: &str, max_lines: usize) -> Option<(String, usize)> {
         buffers
             .drain(tenant, max_lines)
-            .ok()
-            .flatten()
+            .expect("nothing in flight")
             .map(|(body, n)| (String::from_utf8(body).unwrap_or_default(), n))
     }
 
     #[test]
     fn append_respects_the_cap_per_item_and_reports_ready_tenants() {
-        let buffers = TenantBuffers::new(2, 1 << 20, 10);
+        let buffers = buffers(2, 1 << 20, 10);
         let mut b = batch_of(&[("a", "1234\n"), ("b", "123456\n"), ("a", "abcd\n")]);
-        assert_eq!(buffers.append(&mut b), Ok(vec!["a".to_owned()]));
+        assert_eq!(buffers.append(&mut b, 0), Ok(vec!["a".to_owned()]));
         let reasons: Vec<_> = b.reasons().collect();
         assert_eq!(reasons, [None, Some(Reason::BufferFull), None]);
         assert_eq!(buffers.total_bytes(), 10);
         assert_eq!(buffers.tenants(), ["a"]);
         assert_eq!(buffers.depth(), [("a".to_owned(), (2, 10))]);
         assert_eq!(buffers.ready(), ["a"]);
-        assert_eq!(buffers.append(&mut b), Err(UsageError::AlreadyAppended));
+        assert_eq!(buffers.append(&mut b, 0), Err(UsageError::AlreadyAppended));
 
-        let buffers = TenantBuffers::new(2, 1 << 20, 1 << 20);
+        let buffers = super::tests::buffers(2, 1 << 20, 1 << 20);
         let mut b = batch_of(&[("a", "x\n"), ("b", "y\n"), ("a", "z\n")]);
-        assert_eq!(buffers.append(&mut b), Ok(vec!["a".to_owned()]));
+        assert_eq!(buffers.append(&mut b, 0), Ok(vec!["a".to_owned()]));
         let mut b = batch_of(&[("b", "w\n")]);
-        assert_eq!(buffers.append(&mut b), Ok(vec!["b".to_owned()]));
-        let buffers = TenantBuffers::new(100, 4, 1 << 20);
+        assert_eq!(buffers.append(&mut b, 0), Ok(vec!["b".to_owned()]));
+        let buffers = super::tests::buffers(100, 4, 1 << 20);
         let mut b = batch_of(&[("a", "x\n"), ("b", "long\n")]);
-        assert_eq!(buffers.append(&mut b), Ok(vec!["b".to_owned()]));
+        assert_eq!(buffers.append(&mut b, 0), Ok(vec!["b".to_owned()]));
+    }
+
+    #[test]
+    fn a_tenant_holds_at_most_its_share_and_others_are_unaffected() {
+        let buffers = TenantBuffers::new(100, 1 << 20, 20, 8);
+        let mut b = batch_of(&[("a", "aaa\n"), ("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n")]);
+        assert_eq!(buffers.append(&mut b, 0), Ok(vec![]));
+        let reasons: Vec<_> = b.reasons().collect();
+        assert_eq!(reasons, [None, None, None, Some(Reason::BufferFull)]);
+        assert!(!add(&buffers, "a", "x\n", 0));
+        assert!(add(&buffers, "b", "bbb\n", 0));
+        // In flight still counts against the tenant's share until settled.
+        assert!(drained(&buffers, "a", 10).is_some());
+        assert!(!add(&buffers, "a", "x\n", 0));
+        assert_eq!(
+            buffers.tenant_bytes(),
+            [("a".to_owned(), 8), ("b".to_owned(), 8)]
+        );
+        assert_eq!(buffers.settle("a", 1), Ok(()));
+        assert!(add(&buffers, "a", "x\n", 0));
+        assert_eq!(
+            buffers.tenant_bytes(),
+            [("a".to_owned(), 6), ("b".to_owned(), 8)]
+        );
     }
 
     #[test]
     fn drain_takes_whole_lines_oldest_first_across_chunks() {
-        let buffers = TenantBuffers::new(500, 1 << 20, 1 << 30);
+        let buffers = buffers(500, 1 << 20, 1 << 30);
         let line = format!("{}\n", "x".repeat(999));
         let mut expected = Vec::new();
         for i in 0..300 {
             let l = format!("{i:04}{}", &line[4..]);
-            assert_eq!(buffers.append_lines("t", l.as_bytes(), 1), Ok(true));
+            assert!(add(&buffers, "t", &l, 0));
             expected.push(l);
         }
         assert_eq!(buffers.depth(), [("t".to_owned(), (300, 300_000))]);
         let (first, n) = drained(&buffers, "t", 7).unwrap_or_default();
         assert_eq!((first, n), (expected[..7].concat(), 7));
+        assert_eq!(buffers.settle("t", 7), Ok(()));
         let (rest, n) = drained(&buffers, "t", 5000).unwrap_or_default();
         assert_eq!((rest, n), (expected[7..].concat(), 293));
-        assert_eq!(drained(&buffers, "t", 10), None);
         assert!(buffers.tenants().is_empty());
-        assert_eq!(buffers.total_bytes(), 300_000);
-        assert_eq!(buffers.settle(300_000), Ok(()));
+        assert_eq!(buffers.total_bytes(), 293_000);
+        assert_eq!(buffers.settle("t", 293), Ok(()));
+        assert_eq!(drained(&buffers, "t", 10), None);
         assert_eq!(buffers.total_bytes(), 0);
     }
 
     #[test]
-    fn put_back_is_the_next_drain_and_always_fits() {
-        let buffers = TenantBuffers::new(500, 1 << 20, 12);
-        assert_eq!(buffers.append_lines("t", b"aaa\nbbb\n", 2), Ok(true));
+    fn put_back_returns_the_unsettled_rest_as_the_next_drain() {
+        let buffers = buffers(500, 1 << 20, 12);
+        assert!(add(&buffers, "t", "aaa\nbbb\n", 0));
         let (body, n) = drained(&buffers, "t", 1).unwrap_or_default();
         assert_eq!((body.as_str(), n), ("aaa\n", 1));
-        assert_eq!(buffers.append_lines("t", b"ccc\n", 1), Ok(true));
-        assert_eq!(buffers.append_lines("t", b"d\n", 1), Ok(false));
-        assert_eq!(buffers.total_bytes(), 12);
-        assert_eq!(buffers.put_back("t", body.into_bytes(), n), Ok(()));
+        assert_eq!(
+            buffers.drain("t", 1),
+            Err(UsageError::InFlight {
+                tenant: "t".to_owned()
+            })
+        );
+        assert!(add(&buffers, "t", "ccc\n", 0));
+        assert!(!add(&buffers, "t", "d\n", 0));
+        assert_eq!(buffers.put_back("t"), Ok(()));
+        assert_eq!(
+            buffers.put_back("t"),
+            Err(UsageError::NothingInFlight {
+                tenant: "t".to_owned()
+            })
+        );
         assert_eq!(buffers.total_bytes(), 12);
         assert_eq!(buffers.ready(), ["t"]);
         assert_eq!(buffers.depth(), [("t".to_owned(), (3, 12))]);
         assert_eq!(drained(&buffers, "t", 5), Some(("aaa\n".to_owned(), 1)));
+        assert_eq!(buffers.settle("t", 1), Ok(()));
         assert_eq!(
             drained(&buffers, "t", 5),
             Some(("bbb\nccc\n".to_owned(), 2))
         );
         assert_eq!(
-            buffers.settle(13),
-            Err(UsageError::NotInFlight {
-                nbytes: 13,
-                in_flight: 12
+            buffers.settle("t", 3),
+            Err(UsageError::SettleTooMany {
+                lines: 3,
+                in_flight: 2
             })
+        );
+        assert_eq!(buffers.settle("t", 1), Ok(()));
+        assert_eq!(buffers.total_bytes(), 4);
+        assert_eq!(buffers.put_back("t"), Ok(()));
+        assert_eq!(drained(&buffers, "t", 5), Some(("ccc\n".to_owned(), 1)));
+        assert_eq!(buffers.settle("t", 1), Ok(()));
+        assert_eq!(buffers.total_bytes(), 0);
+        assert_eq!(
+            buffers.settle("t", 0),
+            Err(UsageError::NothingInFlight {
+                tenant: "t".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn a_mark_is_delivered_when_all_its_lines_in_all_tenants_are_settled() {
+        let buffers = buffers(500, 1 << 20, 1 << 20);
+        let mut b = batch_of(&[("a", "a1\n"), ("b", "b1\n"), ("a", "a2\n")]);
+        assert_eq!(buffers.append(&mut b, 3), Ok(vec![]));
+        assert!(add(&buffers, "a", "a3\n", 4));
+        assert!(add(&buffers, "b", "b2\n", 0));
+        assert_eq!(buffers.delivered_through(), 2);
+        assert_eq!(drained(&buffers, "a", 10), Some(("a1\na2\na3\n".into(), 3)));
+        assert_eq!(buffers.settle("a", 3), Ok(()));
+        assert_eq!(buffers.take_delivered(), [4]);
+        assert_eq!(buffers.delivered_through(), 2);
+        assert_eq!(drained(&buffers, "b", 10), Some(("b1\nb2\n".into(), 2)));
+        assert_eq!(buffers.settle("b", 1), Ok(()));
+        assert_eq!(buffers.take_delivered(), [3]);
+        assert_eq!(buffers.take_delivered(), Vec::<u64>::new());
+        assert_eq!(buffers.delivered_through(), 4);
+    }
+
+    #[test]
+    fn a_split_body_delivers_a_mark_only_when_all_its_lines_are_settled() {
+        let buffers = buffers(500, 1 << 20, 1 << 20);
+        assert!(add(&buffers, "t", "a\nb\n", 1));
+        assert!(add(&buffers, "t", "c\nd\n", 2));
+        assert!(drained(&buffers, "t", 10).is_some());
+        // The first half (a, b) is written; the second (c, d) fails and goes back.
+        assert_eq!(buffers.settle("t", 2), Ok(()));
+        assert_eq!(buffers.put_back("t"), Ok(()));
+        assert_eq!(buffers.take_delivered(), [1]);
+        assert_eq!(drained(&buffers, "t", 10), Some(("c\nd\n".into(), 2)));
+        assert_eq!(buffers.settle("t", 1), Ok(()));
+        assert_eq!(buffers.put_back("t"), Ok(()));
+        assert_eq!(buffers.delivered_through(), 1);
+        assert_eq!(drained(&buffers, "t", 10), Some(("d\n".into(), 1)));
+        assert_eq!(buffers.settle("t", 1), Ok(()));
+        assert_eq!(buffers.take_delivered(), [2]);
+        assert_eq!(buffers.delivered_through(), 2);
+    }
+
+    #[test]
+    fn marks_must_increase_and_one_with_nothing_stored_is_delivered_at_once() {
+        let buffers = buffers(500, 1 << 20, 4);
+        assert!(add(&buffers, "a", "abc\n", 5));
+        assert!(!add(&buffers, "b", "x\n", 6));
+        assert_eq!(buffers.take_delivered(), [6]);
+        assert_eq!(buffers.delivered_through(), 4);
+        assert_eq!(
+            buffers.append_lines("a", b"x\n", 1, 5, false),
+            Err(UsageError::MarkOrder { mark: 5, last: 6 })
         );
         assert_eq!(
-            buffers.put_back("t", vec![b'x'; 13], 1),
-            Err(UsageError::NotInFlight {
-                nbytes: 13,
-                in_flight: 12
-            })
+            buffers.append_lines("a", b"x\n", 1, 6, false),
+            Err(UsageError::MarkDelivered { mark: 6 })
         );
-        assert_eq!(buffers.settle(12), Ok(()));
+        let mut b = batch_of(&[("a", "full\n")]);
+        assert_eq!(buffers.append(&mut b, 7), Ok(vec![]));
+        assert_eq!(buffers.take_delivered(), [7]);
+        // The same mark again is fine while it is open (one mark, several tenants).
+        assert_eq!(buffers.append_lines("b", b"y\n", 1, 8, true), Ok(true));
+        assert_eq!(buffers.append_lines("c", b"z\n", 1, 8, true), Ok(true));
+        assert_eq!(buffers.total_bytes(), 8);
+    }
+
+    #[test]
+    fn a_reservation_counts_room_until_committed_or_cancelled() {
+        let buffers = buffers(2, 1 << 20, 10);
+        let mut b = batch_of(&[("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n"), ("c", "cc\n")]);
+        let r = buffers.reserve(&mut b).expect("first use");
+        assert_eq!((r.mark, r.is_empty()), (1, false));
+        assert_eq!(buffers.total_bytes(), 10);
+        assert!(buffers.tenants().is_empty());
+        let lines: Vec<TenantLines> = b
+            .tenant_lines()
+            .into_iter()
+            .map(|(t, l, n)| (t.to_owned(), l, n))
+            .collect();
+        assert_eq!(buffers.commit(r, &lines), vec!["a".to_owned()]);
+        assert_eq!(buffers.depth().len(), 2);
+        assert_eq!(buffers.delivered_through(), 0);
+
+        let mut b = batch_of(&[("c", "c\n")]);
+        let r = buffers.reserve(&mut b).expect("first use");
+        assert!(r.is_empty());
+        assert_eq!(b.reasons().collect::<Vec<_>>(), [Some(Reason::BufferFull)]);
+        assert_eq!(buffers.take_delivered(), [2]);
+        buffers.cancel(r);
+
+        let buffers = super::tests::buffers(2, 1 << 20, 8);
+        let mut b = batch_of(&[("a", "aaa\n")]);
+        let r = buffers.reserve(&mut b).expect("first use");
+        buffers.cancel(r);
         assert_eq!(buffers.total_bytes(), 0);
+        assert_eq!(buffers.take_delivered(), [1]);
+        assert_eq!(buffers.delivered_through(), 1);
     }
 
     #[test]
     fn tenants_keep_creation_order_and_leave_when_empty() {
-        let buffers = TenantBuffers::new(1, 1 << 20, 1 << 20);
+        let buffers = buffers(1, 1 << 20, 1 << 20);
         for t in ["c", "a", "b"] {
-            assert_eq!(buffers.append_lines(t, b"x\n", 1), Ok(true));
+            assert!(add(&buffers, t, "x\n", 0));
         }
         assert_eq!(buffers.tenants(), ["c", "a", "b"]);
         assert!(drained(&buffers, "c", 10).is_some());
         assert_eq!(buffers.tenants(), ["a", "b"]);
         assert_eq!(buffers.ready(), ["a", "b"]);
-        assert_eq!(buffers.append_lines("c", b"x\n", 1), Ok(true));
+        assert!(add(&buffers, "c", "x\n", 0));
         assert_eq!(buffers.tenants(), ["a", "b", "c"]);
         assert_eq!(drained(&buffers, "nobody", 10), None);
     }
 
     #[test]
     fn malformed_arguments_are_refused() {
-        let buffers = TenantBuffers::new(1, 1 << 20, 1 << 20);
+        let buffers = buffers(1, 1 << 20, 1 << 20);
         for (lines, n) in [(&b"x\n"[..], 2), (b"x", 1), (b"", 0), (b"x\ny\n", 1)] {
             assert_eq!(
-                buffers.append_lines("t", lines, n),
+                buffers.append_lines("t", lines, n, 0, false),
                 Err(UsageError::BadLines)
             );
         }
@@ -507,6 +1038,7 @@ mod tests {
             buf.push(b"\n");
             buf.lines += 1;
             buf.bytes += 100;
+            push_mark(&mut buf.marks, 0, 1);
         }
         let capacity: usize = buf.chunks.iter().map(Vec::capacity).sum();
         assert!(
@@ -514,21 +1046,21 @@ mod tests {
             "{capacity} for {}",
             buf.bytes
         );
-        let (out, n) = buf.take_lines(9_999);
-        assert_eq!((out.len(), n), (999_900, 9_999));
+        let body = buf.take_lines(9_999);
+        assert_eq!((body.data.len(), body.lines), (999_900, 9_999));
         let capacity: usize = buf.chunks.iter().map(Vec::capacity).sum();
         assert!(capacity <= 2 * MAX_CHUNK);
     }
 
     #[test]
     fn concurrent_appends_and_drains_lose_nothing() {
-        let buffers = TenantBuffers::new(500, 1 << 20, 1 << 30);
+        let buffers = buffers(500, 1 << 20, 1 << 30);
         std::thread::scope(|s| {
             for t in 0..4 {
                 let buffers = &buffers;
                 s.spawn(move || {
                     for _ in 0..1000 {
-                        let _ = buffers.append_lines(&format!("t{}", t % 2), b"line\n", 1);
+                        let _ = add(buffers, &format!("t{}", t % 2), "line\n", 0);
                     }
                 });
             }
@@ -537,9 +1069,10 @@ mod tests {
         for t in ["t0", "t1"] {
             while let Some((_, n)) = drained(&buffers, t, 333) {
                 lines += n;
+                assert_eq!(buffers.settle(t, n), Ok(()));
             }
         }
         assert_eq!(lines, 4000);
-        assert_eq!(buffers.total_bytes(), 20_000);
+        assert_eq!(buffers.total_bytes(), 0);
     }
 }

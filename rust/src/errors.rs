@@ -40,7 +40,12 @@ pub enum UsageError {
     AlreadyAppended,
     BadLines,
     BadMaxLines,
-    NotInFlight { nbytes: usize, in_flight: usize },
+    MarkOrder { mark: u64, last: u64 },
+    MarkDelivered { mark: u64 },
+    InFlight { tenant: String },
+    NothingInFlight { tenant: String },
+    SettleTooMany { lines: usize, in_flight: usize },
+    TenantTooLong { len: usize },
 }
 
 impl fmt::Display for UsageError {
@@ -64,8 +69,24 @@ impl fmt::Display for UsageError {
                 "lines must be line_count newline-terminated lines, and line_count >= 1",
             ),
             Self::BadMaxLines => f.write_str("max_lines must be at least 1"),
-            Self::NotInFlight { nbytes, in_flight } => {
-                write!(f, "{nbytes} bytes are not in flight (only {in_flight} are)")
+            Self::MarkOrder { mark, last } => {
+                write!(f, "mark {mark} is below the last mark given ({last})")
+            }
+            Self::MarkDelivered { mark } => write!(f, "mark {mark} is already delivered"),
+            Self::InFlight { tenant } => {
+                write!(f, "tenant \"{tenant}\" already has a body in flight")
+            }
+            Self::NothingInFlight { tenant } => {
+                write!(f, "tenant \"{tenant}\" has no body in flight")
+            }
+            Self::SettleTooMany { lines, in_flight } => {
+                write!(f, "{lines} lines are not in flight (only {in_flight} are)")
+            }
+            Self::TenantTooLong { len } => {
+                write!(
+                    f,
+                    "a tenant of {len} bytes cannot be logged (at most 65535)"
+                )
             }
         }
     }

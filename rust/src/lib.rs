@@ -12,6 +12,9 @@ pub mod parse;
 pub mod scan;
 pub mod shelly;
 pub mod timestamp;
+pub mod wal;
+
+use std::sync::Arc;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyIndexError, PyValueError};
@@ -27,17 +30,61 @@ create_exception!(
     "The whole request body is unusable; nothing in it was processed."
 );
 
-fn body_error(py: Python<'_>, e: &errors::BodyError) -> PyErr {
-    let detail = e.to_string();
-    let err = BodyError::new_err(detail.clone());
+create_exception!(
+    tidegate._core,
+    WalFull,
+    pyo3::exceptions::PyException,
+    "The write-ahead log is at its byte cap; nothing of the append was stored."
+);
+
+create_exception!(
+    tidegate._core,
+    WalUnavailable,
+    pyo3::exceptions::PyOSError,
+    "The write-ahead log could not write; nothing of the append was stored."
+);
+
+/// `err` with its message also as `.detail`.
+fn with_detail(py: Python<'_>, err: PyErr, detail: String) -> PyErr {
     match err.value(py).setattr("detail", detail) {
         Ok(()) => err,
         Err(setattr_failed) => setattr_failed,
     }
 }
 
+fn body_error(py: Python<'_>, e: &errors::BodyError) -> PyErr {
+    let detail = e.to_string();
+    with_detail(py, BodyError::new_err(detail.clone()), detail)
+}
+
+fn wal_error(py: Python<'_>, e: &wal::WalError) -> PyErr {
+    let detail = e.to_string();
+    let err = match e {
+        wal::WalError::Full { .. } => WalFull::new_err(detail.clone()),
+        wal::WalError::Io(_) | wal::WalError::Failed(_) => WalUnavailable::new_err(detail.clone()),
+        wal::WalError::Usage(u) => return usage_error(u),
+    };
+    with_detail(py, err, detail)
+}
+
 fn usage_error(e: &UsageError) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+/// A dict of `items`, in their order.
+fn dict_of<'py, K, V>(
+    py: Python<'py>,
+    items: impl IntoIterator<Item = (K, V)>,
+) -> PyResult<Bound<'py, PyDict>>
+where
+    K: IntoPyObject<'py>,
+    V: IntoPyObject<'py>,
+{
+    let out = PyDict::new(py);
+    for (k, v) in items {
+        out.set_item(k, v)?;
+    }
+    Ok(out)
 }
 
 /// A count or size argument: a Python int may be negative, the core's counts may not. The
@@ -146,44 +193,70 @@ fn parse_single(
         .map_err(|e| body_error(py, &e))
 }
 
-/// Per-tenant line-protocol buffers under one global byte cap. Thread-safe.
+/// Per-tenant line-protocol buffers under a global and a per-tenant byte cap. Thread-safe.
 #[pyclass(name = "TenantBuffers", module = "tidegate._core", frozen)]
 struct PyTenantBuffers {
-    inner: buffer::TenantBuffers,
+    inner: Arc<buffer::TenantBuffers>,
 }
 
 #[pymethods]
 impl PyTenantBuffers {
     #[new]
-    #[pyo3(signature = (batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864))]
-    fn new(batch_size: i64, flush_bytes: i64, max_bytes: i64) -> PyResult<Self> {
-        let inner = buffer::TenantBuffers::new(
-            count("batch_size", batch_size)?,
-            count("flush_bytes", flush_bytes)?,
-            count("max_bytes", max_bytes)?,
-        );
-        Ok(PyTenantBuffers { inner })
+    #[pyo3(signature = (
+        batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864, tenant_max_bytes = None
+    ))]
+    fn new(
+        batch_size: i64,
+        flush_bytes: i64,
+        max_bytes: i64,
+        tenant_max_bytes: Option<i64>,
+    ) -> PyResult<Self> {
+        let batch_size = count("batch_size", batch_size)?;
+        let flush_bytes = count("flush_bytes", flush_bytes)?;
+        let max_bytes = count("max_bytes", max_bytes)?;
+        let tenant_max_bytes = match tenant_max_bytes {
+            Some(n) => count("tenant_max_bytes", n)?,
+            None => max_bytes,
+        };
+        let inner =
+            buffer::TenantBuffers::new(batch_size, flush_bytes, max_bytes, tenant_max_bytes);
+        Ok(PyTenantBuffers {
+            inner: Arc::new(inner),
+        })
     }
 
-    /// Append the batch's accepted lines; returns the tenants now at a flush threshold.
-    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
+    /// Append the batch's accepted lines under `mark`; returns the tenants now at a threshold.
+    #[pyo3(signature = (batch, mark = 0))]
+    fn append(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+        mark: i64,
+    ) -> PyResult<Vec<String>> {
+        let mark = count("mark", mark)? as u64;
         let mut batch = batch.try_borrow_mut()?;
         let batch = &mut batch.inner;
-        py.detach(|| self.inner.append(batch))
+        py.detach(|| self.inner.append(batch, mark))
             .map_err(|e| usage_error(&e))
     }
 
     /// Append already-encoded newline-terminated lines for one tenant, all or nothing.
+    #[pyo3(signature = (tenant, lines, line_count, mark = 0))]
     fn append_lines(
         &self,
         py: Python<'_>,
         tenant: &str,
         lines: &[u8],
         line_count: i64,
+        mark: i64,
     ) -> PyResult<bool> {
         let line_count = count("line_count", line_count)?;
-        py.detach(|| self.inner.append_lines(tenant, lines, line_count))
-            .map_err(|e| usage_error(&e))
+        let mark = count("mark", mark)? as u64;
+        py.detach(|| {
+            self.inner
+                .append_lines(tenant, lines, line_count, mark, false)
+        })
+        .map_err(|e| usage_error(&e))
     }
 
     /// Tenants at or over a flush threshold, or with a put-back body waiting.
@@ -211,28 +284,38 @@ impl PyTenantBuffers {
         Ok(drained.map(|(body, n)| (PyBytes::new(py, &body), n)))
     }
 
-    /// A drained body of `nbytes` is finished with (written, or dead-lettered).
-    fn settle(&self, py: Python<'_>, nbytes: i64) -> PyResult<()> {
-        let nbytes = count("nbytes", nbytes)?;
-        py.detach(|| self.inner.settle(nbytes))
+    /// The oldest `line_count` lines of the tenant's body in flight are finished with.
+    fn settle(&self, py: Python<'_>, tenant: &str, line_count: i64) -> PyResult<()> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| self.inner.settle(tenant, line_count))
             .map_err(|e| usage_error(&e))
     }
 
-    /// Return a drained body whose write failed; it is the tenant's next `drain`.
-    fn put_back(&self, py: Python<'_>, tenant: &str, body: &[u8], line_count: i64) -> PyResult<()> {
-        let line_count = count("line_count", line_count)?;
-        py.detach(|| self.inner.put_back(tenant, body.to_vec(), line_count))
+    /// Return the unsettled rest of the tenant's body in flight; it is the tenant's next `drain`.
+    fn put_back(&self, py: Python<'_>, tenant: &str) -> PyResult<()> {
+        py.detach(|| self.inner.put_back(tenant))
             .map_err(|e| usage_error(&e))
     }
 
     /// Per tenant, `(lines, bytes)` buffered or put back (not in flight).
     fn depth<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let depth = py.detach(|| self.inner.depth());
-        let out = PyDict::new(py);
-        for (tenant, d) in depth {
-            out.set_item(tenant, d)?;
-        }
-        Ok(out)
+        dict_of(py, py.detach(|| self.inner.depth()))
+    }
+
+    /// Per tenant, bytes counted against `tenant_max_bytes`, tenants by name.
+    fn tenant_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        dict_of(py, py.detach(|| self.inner.tenant_bytes()))
+    }
+
+    /// Marks delivered since the previous call, ascending.
+    fn take_delivered(&self, py: Python<'_>) -> Vec<u64> {
+        py.detach(|| self.inner.take_delivered())
+    }
+
+    /// The largest N such that every mark up to N is delivered (0 when none).
+    #[getter]
+    fn delivered_through(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.inner.delivered_through())
     }
 
     /// All bytes counted against the cap: buffered, put back and in flight.
@@ -244,6 +327,155 @@ impl PyTenantBuffers {
     #[getter]
     fn max_bytes(&self) -> usize {
         self.inner.max_bytes()
+    }
+
+    #[getter]
+    fn tenant_max_bytes(&self) -> usize {
+        self.inner.tenant_max_bytes()
+    }
+}
+
+/// The write-ahead log of the buffers' appends (see `wal.rs`).
+#[pyclass(name = "Wal", module = "tidegate._core", frozen)]
+struct PyWal {
+    inner: wal::Wal,
+}
+
+#[pymethods]
+impl PyWal {
+    /// Open (create) the log in `directory` and replay it into `buffers`. Runs without the GIL.
+    #[new]
+    #[pyo3(signature = (
+        buffers, directory, sync = "always", sync_interval_ms = 100,
+        max_bytes = 1_073_741_824, segment_bytes = 16_777_216
+    ))]
+    fn new(
+        py: Python<'_>,
+        buffers: &Bound<'_, PyTenantBuffers>,
+        directory: std::path::PathBuf,
+        sync: &str,
+        sync_interval_ms: i64,
+        max_bytes: i64,
+        segment_bytes: i64,
+    ) -> PyResult<Self> {
+        let sync_interval_ms = count("sync_interval_ms", sync_interval_ms)? as u64;
+        let max_bytes = count("max_bytes", max_bytes)? as u64;
+        let segment_bytes = count("segment_bytes", segment_bytes)? as u64;
+        let sync = match sync {
+            "always" => wal::SyncMode::Always,
+            "interval" if sync_interval_ms > 0 => {
+                wal::SyncMode::Interval(std::time::Duration::from_millis(sync_interval_ms))
+            }
+            "interval" => return Err(PyValueError::new_err("sync_interval_ms must be at least 1")),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "sync must be \"always\" or \"interval\", not {other:?}"
+                )))
+            }
+        };
+        let cfg = wal::WalConfig {
+            dir: directory,
+            sync,
+            max_bytes,
+            segment_bytes,
+        };
+        let buffers = Arc::clone(&buffers.get().inner);
+        py.detach(|| wal::Wal::open(cfg, buffers))
+            .map(|inner| PyWal { inner })
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Log the batch's accepted lines, then buffer them; returns the tenants now at a threshold.
+    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.append(batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Log one tenant's encoded lines, then buffer them, all or nothing.
+    fn append_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+    ) -> PyResult<bool> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| self.inner.append_lines(tenant, lines, line_count))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append` without waiting: a ticket (0: nothing to log) for `completed`.
+    fn submit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<u64> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.submit(batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append_lines` without waiting: a ticket, or None when the lines do not fit.
+    fn submit_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+    ) -> PyResult<Option<u64>> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| self.inner.submit_lines(tenant, lines, line_count))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Outcomes of submitted appends since the last call: `(ticket, ready tenants, error)`.
+    #[allow(clippy::type_complexity)]
+    fn completed(&self, py: Python<'_>) -> Vec<(u64, Vec<String>, Option<Py<PyAny>>)> {
+        py.detach(|| self.inner.completed())
+            .into_iter()
+            .map(|(ticket, outcome)| match outcome {
+                Ok(ready) => (ticket, ready, None),
+                Err(e) => (
+                    ticket,
+                    Vec::new(),
+                    Some(wal_error(py, &e).into_value(py).into_any()),
+                ),
+            })
+            .collect()
+    }
+
+    /// The descriptor to watch (readable) for `completed` outcomes.
+    fn wakeup_fd(&self) -> i32 {
+        self.inner.wakeup_fd()
+    }
+
+    /// Write the checkpoint and delete delivered segments now (also done every second).
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.checkpoint())
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Counters of the running log.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.inner.stats());
+        dict_of(py, stats.counters())
+    }
+
+    /// What start-up found: counters, and one line per problem.
+    fn replay<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+        let replay = self.inner.replay_stats();
+        Ok((dict_of(py, replay.counters())?, replay.problems.clone()))
+    }
+
+    /// Why the log refuses appends until restart (a failed fsync), or None.
+    #[getter]
+    fn failed(&self) -> Option<String> {
+        self.inner.failed()
+    }
+
+    /// Refuse further appends; a last fsync and checkpoint. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.close())
+            .map_err(|e| wal_error(py, &e))
     }
 }
 
@@ -427,9 +659,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;
     m.add("BodyError", body_error)?;
+    for (name, class) in [
+        ("WalFull", m.py().get_type::<WalFull>()),
+        ("WalUnavailable", m.py().get_type::<WalUnavailable>()),
+    ] {
+        class.setattr("detail", "")?;
+        m.add(name, class)?;
+    }
     m.add_class::<PyBatch>()?;
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;
+    m.add_class::<PyWal>()?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

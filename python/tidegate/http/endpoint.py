@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidegate._core import BUFFER_FULL
+from tidegate.durable import Refused
 from tidegate.http.gateway import Gateway
 from tidegate.http.limits import BODY_TIMED_OUT
 from tidegate.logs import log
@@ -32,6 +33,15 @@ def json_response(
 def unavailable(gw: Gateway) -> Response:
     """503 for requests that arrive while shutting down."""
     return json_response(503, {"detail": "shutting down"}, {"Retry-After": gw.buffer_retry_after})
+
+
+def refused(gw: Gateway, exc: Refused) -> Response:
+    """503: the write-ahead log could not take the request (at its cap: BUFFER_FULL; or it
+    cannot write); nothing of it was stored."""
+    content: dict[str, str] = {"detail": exc.detail}
+    if exc.reason is not None:
+        content["reason"] = exc.reason
+    return json_response(503, content, {"Retry-After": gw.buffer_retry_after})
 
 
 def buffer_full(gw: Gateway) -> Response:
@@ -72,9 +82,10 @@ def route(
     body_error: int = 400,
 ) -> Route:
     """`handler` at `method path`, timed and counted as `name`. An `ingest` route answers 503
-    while the gateway drains; the core's BodyError becomes `body_error` with its detail. A
-    client gone before its body was read is counted and logged once (its answer goes nowhere);
-    one cut by the body deadline counts as the 408 http/limits.py sent it."""
+    while the gateway drains; the core's BodyError becomes `body_error` with its detail; a
+    write-ahead log refusal becomes 503. A client gone before its body was read is counted and
+    logged once (its answer goes nowhere); one cut by the body deadline counts as the 408
+    http/limits.py sent it."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
@@ -91,6 +102,8 @@ def route(
             response = await http_error(request, exc)
         except body_error_type as exc:
             response = json_response(body_error, {"detail": exc.detail})
+        except Refused as exc:
+            response = refused(gw, exc)
         except ClientDisconnect:
             if getattr(request.state, BODY_TIMED_OUT, False):
                 response = Response(status_code=408)

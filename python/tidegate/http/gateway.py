@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tidegate import core, logs
 from tidegate.auth import Authenticator
 from tidegate.config import Config
+from tidegate.durable import Accept
 from tidegate.metrics import Metrics
 from tidegate.ratelimit import RateLimiter, retry_after_header
 from tidegate.sink.scheduler import Sink
@@ -24,6 +25,7 @@ class Services:
 
     registry: Registry
     buffers: TenantBuffers
+    accept: Accept
     sink: Sink
     auth: Authenticator
 
@@ -48,14 +50,20 @@ class Gateway:
         self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
 
     async def start(self) -> None:
-        """Open and migrate the registry, create the buffers, start the sink."""
+        """Open and migrate the registry, create the buffers, open the write-ahead log (its
+        undelivered records back into the buffers before anything is served), start the sink."""
         cfg = self.cfg
         registry = await open_registry(cfg)
         await registry.migrate()
         buffers = self.core.TenantBuffers(
-            cfg.influx_batch_size, cfg.buffer_flush_bytes, cfg.buffer_max_bytes
+            cfg.influx_batch_size,
+            cfg.buffer_flush_bytes,
+            cfg.buffer_max_bytes,
+            cfg.buffer_tenant_max_bytes,
         )
-        sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush)
+        accept = Accept(cfg, buffers)
+        await accept.start()
+        sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush, spill=not accept.durable)
         await sink.start()
         auth = Authenticator(
             registry,
@@ -64,28 +72,32 @@ class Gateway:
             cfg.auth_cache_negative_ttl_s,
             cfg.auth_cache_max_entries,
         )
-        self.services = Services(registry, buffers, sink, auth)
-        self.metrics.bind(buffers, sink.stats, self._extra_stats)
+        self.services = Services(registry, buffers, accept, sink, auth)
+        self.metrics.bind(buffers, sink.stats, self._extra_stats, accept.stats)
         logs.log(
             "gateway_started",
             core=cfg.core,
             registry=registry.backend,
             sink=cfg.influxdb_url or str(cfg.data_dir / "lp"),
+            durability=cfg.durability,
         )
 
     async def stop(self) -> None:
-        """Refuse new work, flush every buffer, close the registry. The sink keeps to
-        `shutdown_deadline_s` itself and spills what it could not write to files that
-        `tidegate replay` sends later; only lines it could not even spill count as lost."""
+        """Refuse new work, flush every buffer, close the log and the registry. The sink keeps
+        to `shutdown_deadline_s` itself; what it could not write stays in the write-ahead log
+        for the next start, or (memory mode) is spilled to files that `tidegate replay` sends
+        later; only lines it could not even spill count as lost."""
         self.draining = True
         services = self.services
         await services.sink.stop()
+        await services.accept.close()
         sink_stats = services.sink.stats()
         self.shutdown_lost_lines = sink_stats["lost"]
         logs.log(
             "gateway_stopped",
             level="error" if self.shutdown_lost_lines else "info",
             spilled_lines=sink_stats["spilled"],
+            left_in_wal_lines=sink_stats["logged"],
             lost_lines=self.shutdown_lost_lines,
         )
         await services.registry.close()

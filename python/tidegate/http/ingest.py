@@ -110,7 +110,7 @@ class Ingest:
         services = self.gw.services
         verdicts, retry_after = await services.auth.decide(groups)
         batch.resolve(verdicts)
-        ready = services.buffers.append(batch)
+        ready = await services.accept.append(batch)
         if ready:
             services.sink.notify(ready)
         return retry_after

@@ -78,6 +78,9 @@ class Ops:
             await asyncio.wait_for(services.registry.ping(), READY_TIMEOUT_S)
         except Exception as exc:  # any failure to answer means not ready
             return f"registry does not answer: {type(exc).__name__}"
+        wal = services.accept.not_ready_reason()
+        if wal is not None:
+            return wal
         if services.sink.failing:
             return "sink is failing to write"
         if services.sink.above_high_water:

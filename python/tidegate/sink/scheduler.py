@@ -12,8 +12,9 @@ put_back on the core's buffers is in this module (the routes only append).
 
 Every line ends in exactly one counter: `writes_ok`, `writes_err` (refused, dead-lettered),
 `writes_uncertain` (dead-lettered from a partial write that did not say how many lines it
-refused), `spilled` (still unwritten at the stop deadline, kept in a spill file) or `lost` (the
-spill file could not be written; logged as an error).
+refused), `spilled` (still unwritten at the stop deadline, kept in a spill file), `logged` (still
+unwritten at the stop deadline with TIDEGATE_DURABILITY=wal: left in the write-ahead log, which
+the next start replays) or `lost` (the spill file could not be written; logged as an error).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class Buffers(Protocol):
     def ready(self) -> list[str]: ...
     def tenants(self) -> list[str]: ...
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None: ...
-    def settle(self, nbytes: int) -> None: ...
-    def put_back(self, tenant: str, body: bytes, line_count: int) -> None: ...
+    def settle(self, tenant: str, line_count: int) -> None: ...
+    def put_back(self, tenant: str) -> None: ...
+    def depth(self) -> dict[str, tuple[int, int]]: ...
     @property
     def total_bytes(self) -> int: ...
     @property
@@ -67,8 +69,8 @@ class TenantFailure(TypedDict):
 
 class SinkStats(TypedDict):
     """`Sink.stats()`. Line counters: every line ends in exactly one of writes_ok, writes_err,
-    writes_uncertain, spilled, lost; dead_lettered counts the lines kept in dead-letter files
-    (refused ones and the good lines sent with them)."""
+    writes_uncertain, spilled, logged, lost; dead_lettered counts the lines kept in dead-letter
+    files (refused ones and the good lines sent with them)."""
 
     target: str
     writes_ok: int
@@ -78,6 +80,7 @@ class SinkStats(TypedDict):
     retries: int  # failed attempts that will be retried
     dead_lettered: int
     spilled: int
+    logged: int
     lost: int
     retry_queue_depth: int  # lines put back, waiting for their tenant's retry
     retry_tenants: int
@@ -98,8 +101,18 @@ class Sink:
     """Flushes the per-tenant buffers: on `notify` (a size threshold was reached), every
     `influx_flush_interval_ms`, and at `stop`. Use from the event loop's thread."""
 
-    def __init__(self, cfg: Config, buffers: Buffers, *, on_flush: FlushHook | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        buffers: Buffers,
+        *,
+        on_flush: FlushHook | None = None,
+        spill: bool = True,
+    ) -> None:
+        """`spill=False` (the lines are in the write-ahead log): what is unwritten at stop
+        stays in the buffers and the log, to be replayed at the next start."""
         self._cfg = cfg
+        self._spill_at_stop = spill
         self._buffers = buffers
         self._on_flush = on_flush
         self._counts = Counts()
@@ -148,7 +161,8 @@ class Sink:
     async def stop(self) -> None:
         """Write everything buffered within `shutdown_deadline_s`; what is still unwritten
         near the deadline goes to `data_dir/spill/telemetry_{tenant}/<UTC hour>.lp` (sent by
-        `tidegate replay`). Spilling happens even if this coroutine is cancelled."""
+        `tidegate replay`), or stays in the write-ahead log (`spill=False`). Spilling happens
+        even if this coroutine is cancelled."""
         if not self._running:
             return
         self._running = False
@@ -172,7 +186,10 @@ class Sink:
                 task.cancel()
             # Each cancelled task puts its body back before it ends, so the spill sees it.
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._spill()
+            if self._spill_at_stop:
+                self._spill()
+            else:
+                self._leave_in_log()
             if self._client is not None:
                 await self._client.aclose()
             log("sink_stopped", stats=self.stats())
@@ -200,6 +217,7 @@ class Sink:
             "retries": c.retries,
             "dead_lettered": c.dead_lettered,
             "spilled": c.spilled,
+            "logged": c.logged,
             "lost": c.lost,
             "retry_queue_depth": sum(f.lines for f in self._failing.values()),
             "retry_tenants": len(self._failing),
@@ -277,11 +295,12 @@ class Sink:
             )
         finally:
             # Also on cancellation (stop's deadline): the body must be back before the spill.
-            rest = b"".join(piece for piece, _ in pending)
-            if len(rest) < len(body):
-                self._buffers.settle(len(body) - len(rest))
-            if rest:
-                self._buffers.put_back(tenant, rest, sum(n for _, n in pending))
+            # What left `pending` (written or dead-lettered) is always its oldest lines.
+            rest_lines = sum(n for _, n in pending)
+            if rest_lines < lines:
+                self._buffers.settle(tenant, lines - rest_lines)
+            if pending:
+                self._buffers.put_back(tenant)
 
     async def _deliver(self, tenant: str, pending: Pending) -> Failure | None:
         assert self._target is not None, "Sink.start() was not awaited"
@@ -321,6 +340,12 @@ class Sink:
         if self._running:
             self._schedule(tenant)
 
+    def _leave_in_log(self) -> None:
+        left = sum(lines for lines, _ in self._buffers.depth().values())
+        self._counts.logged += left
+        if left:
+            log("sink_left_in_wal", level="warning", lines=left)
+
     def _spill(self) -> None:
         # Synchronous on purpose: nothing can cancel it half way, and the loop is shutting down.
         root = self._cfg.data_dir / "spill"
@@ -345,4 +370,4 @@ class Sink:
                     self._counts.spilled += lines
                     log("sink_spilled", level="warning", tenant=tenant, lines=lines, path=str(path))
                 finally:
-                    self._buffers.settle(len(body))
+                    self._buffers.settle(tenant, lines)
