@@ -63,4 +63,4 @@ def test_a_failing_tenant_is_pushed_back_alone(
     poll(lambda: gw.stats()["buffer_depth"]["tenants_counted_bytes"].get("well", 0) == 0)
     written = sum(r.lines for r in one_db_down.requests if r.query.get("db") == "telemetry_well")
     assert written == 400
-    assert "tidegate_buffer_tenant_counted_bytes" in gw.client().get("/metrics").text
+    assert "tidegate_buffer_tenant_counted_bytes" in gw.metrics()
