@@ -31,15 +31,29 @@ impl fmt::Display for BodyError {
 /// A caller's mistake in using a `Batch` or `TenantBuffers` (`ValueError` in Python).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UsageError {
-    VerdictCount { expected: usize, got: usize },
+    VerdictCount {
+        expected: usize,
+        got: usize,
+    },
     UnknownReason(String),
-    MissingReason { group: usize },
-    NegativeAllowed { group: usize },
+    MissingReason {
+        group: usize,
+    },
+    NegativeAllowed {
+        group: usize,
+    },
     AlreadyResolved,
     AlreadyAppended,
     BadLines,
     BadMaxLines,
-    NotInFlight { nbytes: usize, in_flight: usize },
+    NotInFlight {
+        nbytes: usize,
+        in_flight: usize,
+    },
+    BadSetting {
+        name: &'static str,
+        rule: &'static str,
+    },
 }
 
 impl fmt::Display for UsageError {
@@ -62,6 +76,7 @@ impl fmt::Display for UsageError {
             Self::NotInFlight { nbytes, in_flight } => {
                 write!(f, "{nbytes} bytes are not in flight (only {in_flight} are)")
             }
+            Self::BadSetting { name, rule } => write!(f, "{name} must be {rule}"),
         }
     }
 }
@@ -78,10 +93,13 @@ pub enum Reason {
     SiteMismatch,
     RateLimited,
     BufferFull,
+    /// The registry could not be asked (it failed, or its answer was evicted before use):
+    /// retryable, unlike UNAUTHORIZED.
+    Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::InvalidMsgType,
         Reason::InvalidSchema,
         Reason::InvalidTimestamp,
@@ -91,6 +109,7 @@ impl Reason {
         Reason::SiteMismatch,
         Reason::RateLimited,
         Reason::BufferFull,
+        Reason::Unavailable,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -104,6 +123,7 @@ impl Reason {
             Reason::SiteMismatch => "SITE_MISMATCH",
             Reason::RateLimited => "RATE_LIMITED",
             Reason::BufferFull => "BUFFER_FULL",
+            Reason::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -177,7 +197,8 @@ mod tests {
                 "UNAUTHORIZED",
                 "SITE_MISMATCH",
                 "RATE_LIMITED",
-                "BUFFER_FULL"
+                "BUFFER_FULL",
+                "UNAVAILABLE"
             ]
         );
         for r in Reason::ALL {
