@@ -136,9 +136,10 @@ class Admission:
         """Decide every group of the batch from the cache and resolve it, returning []: wrong
         token, revoked, unknown or other tenant's device UNAUTHORIZED, wrong site SITE_MISMATCH,
         beyond the bucket RATE_LIMITED. Or, on the batch's first call only, when devices are not
-        cached and their tenant's budget allows, return their `(tenant, device)` keys and
-        resolve nothing: install what the registry has for them, then admit again. The second
-        call never asks again: a key asked for and still not installed is UNAVAILABLE.
+        cached and their tenant's budget allows, return their `(tenant, device)` keys (the other
+        groups are decided already) and resolve nothing: install what the registry has for them,
+        then admit again. The second call decides the groups left and never asks again: a key
+        asked for and still not installed (the lookup failed) is UNAVAILABLE.
         Raises ValueError on a batch already resolved or appended. Runs without the GIL."""
 
     def install(

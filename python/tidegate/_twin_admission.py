@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str]
 RecordRow = tuple[str, str, str, bytes, float | None, int | None, str]
+Verdict = tuple[int, str | None]
 V = TypeVar("V")
 
 _UNAUTHORIZED: Final = "UNAUTHORIZED"
@@ -30,11 +31,12 @@ _U32_MAX: Final = 2**32 - 1
 class Progress:
     """A batch's admission so far, kept on the batch between the two `admit` calls."""
 
-    __slots__ = ("asked", "done", "refused", "retry_after")
+    __slots__ = ("asked", "done", "retry_after", "verdicts")
 
     def __init__(self) -> None:
         self.asked: int | None = None
-        self.refused: set[int] = set()
+        # Per group, its verdict, or None while its device is being looked up.
+        self.verdicts: list[Verdict | None] = []
         self.retry_after = 0.0
         self.done = False
 
@@ -172,74 +174,81 @@ class Admission:
 
     def admit(self, batch: Batch, now: float) -> list[Key]:
         """Decide the batch from the cache and resolve it (returns []), or return the keys to
-        look up (first call only)."""
+        look up (first call only) and leave their groups to the second call."""
         progress = batch._admission
         if progress.done:
             raise ValueError("verdicts were already applied to this batch")
         if progress.asked is None:
-            keys = self._lookups_for(batch, progress, now)
+            keys = self._first_pass(batch, progress, now)
             if keys:
                 progress.asked = self._seq + 1
                 return keys
-        self._decide(batch, progress, now)
+        else:
+            self._second_pass(batch, progress, now)
+        verdicts = [v for v in progress.verdicts if v is not None]
+        batch.resolve(verdicts)
+        progress.done = True
         return []
 
-    def _lookups_for(self, batch: Batch, progress: Progress, now: float) -> list[Key]:
+    def _first_pass(self, batch: Batch, progress: Progress, now: float) -> list[Key]:
         keys: list[Key] = []
         refused: list[Key] = []
-        for g, (tenant, device, _site, _token, _count) in enumerate(batch.groups()):
+        progress.verdicts = []
+        for tenant, device, site, token, count in batch.groups():
             key = (tenant, device)
-            if _usable(self._found.map.get(key), now, None) or _usable(
-                self._unknown.map.get(key), now, None
-            ):
+            verdict: Verdict | None
+            cached = self._cached(key, site, token, count, now, None)
+            if cached is not None:
                 self._hits += 1
-                continue
-            if key in keys:
-                continue
-            if key in refused:
-                progress.refused.add(g)
+                verdict = cached[0]
+                progress.retry_after = max(progress.retry_after, cached[1])
+            elif key in keys:
+                verdict = None
+            elif key in refused:
+                verdict = (0, _UNAUTHORIZED)
             elif self._take_budget(tenant, now):
                 self._misses += 1
                 keys.append(key)
+                verdict = None
             else:
                 self._refusals += 1
                 refused.append(key)
-                progress.refused.add(g)
+                verdict = (0, _UNAUTHORIZED)
+            progress.verdicts.append(verdict)
         return keys
 
-    def _decide(self, batch: Batch, progress: Progress, now: float) -> None:
-        asked = progress.asked
-        retry_after = 0.0
-        verdicts: list[tuple[int, str | None]] = []
+    def _second_pass(self, batch: Batch, progress: Progress, now: float) -> None:
         for g, (tenant, device, site, token, count) in enumerate(batch.groups()):
-            key = (tenant, device)
-            slot = self._found.map.get(key)
-            if slot is not None and _usable(slot, now, asked):
-                entry = slot.value
-                record = entry.record
-                if not record.active or not _token_ok(entry, token):
-                    verdicts.append((0, _UNAUTHORIZED))
-                elif site != record.site:
-                    verdicts.append((0, _SITE_MISMATCH))
-                else:
-                    rate = record.rps if record.rps is not None else self._default_rps
-                    cap = float(record.burst if record.burst is not None else self._default_burst)
-                    if entry.bucket is None:
-                        entry.bucket = [cap, now]
-                    allowed, wait = _take(entry.bucket, count, now, rate, cap)
-                    if allowed == count:
-                        verdicts.append((count, None))
-                    else:
-                        retry_after = max(retry_after, wait)
-                        verdicts.append((allowed, _RATE_LIMITED))
-            elif _usable(self._unknown.map.get(key), now, asked) or g in progress.refused:
-                verdicts.append((0, _UNAUTHORIZED))
-            else:
+            if progress.verdicts[g] is not None:
+                continue
+            cached = self._cached((tenant, device), site, token, count, now, progress.asked)
+            if cached is None:
                 self._unavailable += 1
-                verdicts.append((0, _UNAVAILABLE))
-        batch.resolve(verdicts)
-        progress.retry_after = retry_after
-        progress.done = True
+                cached = ((0, _UNAVAILABLE), 0.0)
+            progress.verdicts[g] = cached[0]
+            progress.retry_after = max(progress.retry_after, cached[1])
+
+    def _cached(
+        self, key: Key, site: str, token: str, count: int, now: float, asked: int | None
+    ) -> tuple[Verdict, float] | None:
+        """The verdict and rate-limit wait of a group whose device has a usable entry."""
+        slot = self._found.map.get(key)
+        if slot is not None and _usable(slot, now, asked):
+            entry = slot.value
+            record = entry.record
+            if not record.active or not _token_ok(entry, token):
+                return (0, _UNAUTHORIZED), 0.0
+            if site != record.site:
+                return (0, _SITE_MISMATCH), 0.0
+            rate = record.rps if record.rps is not None else self._default_rps
+            cap = float(record.burst if record.burst is not None else self._default_burst)
+            if entry.bucket is None:
+                entry.bucket = [cap, now]
+            allowed, wait = _take(entry.bucket, count, now, rate, cap)
+            return (allowed, _RATE_LIMITED if allowed < count else None), wait
+        if _usable(self._unknown.map.get(key), now, asked):
+            return (0, _UNAUTHORIZED), 0.0
+        return None
 
     def _take_budget(self, tenant: str, now: float) -> bool:
         rate = self._lookups

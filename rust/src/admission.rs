@@ -128,11 +128,13 @@ pub struct Counters {
 pub struct Progress {
     /// The sequence number from which installs count as this batch's lookup; None until asked.
     asked: Option<u64>,
-    /// Groups refused a lookup by the budget (empty when none was).
-    refused: Vec<bool>,
+    /// Per group, its verdict, or None while its device is being looked up.
+    verdicts: Vec<Option<Verdict>>,
     retry_after: f64,
     done: bool,
 }
+
+type Verdict = (usize, Option<Reason>);
 
 impl Progress {
     /// The longest wait, in seconds, until a rate-limited group's next token; 0.0 when none.
@@ -254,6 +256,33 @@ fn take(bucket: &mut Bucket, n: usize, now: f64, rate: f64, cap: f64) -> (usize,
     }
 }
 
+/// The verdict for `count` messages of a cached device, and the wait for its next token when it
+/// is RATE_LIMITED (else 0.0).
+fn judge(
+    settings: &Settings,
+    entry: &mut Entry,
+    site: &str,
+    token: &str,
+    count: usize,
+    now: f64,
+) -> (Verdict, f64) {
+    if !entry.record.active || !token_ok(entry, token) {
+        return ((0, Some(Reason::Unauthorized)), 0.0);
+    }
+    if site != entry.record.site {
+        return ((0, Some(Reason::SiteMismatch)), 0.0);
+    }
+    let rate = entry.record.rps.unwrap_or(settings.default_rps);
+    let cap = f64::from(entry.record.burst.unwrap_or(settings.default_burst));
+    let bucket = entry.bucket.get_or_insert(Bucket {
+        tokens: cap,
+        last: now,
+    });
+    let (allowed, wait) = take(bucket, count, now, rate, cap);
+    let reason = (allowed < count).then_some(Reason::RateLimited);
+    ((allowed, reason), wait)
+}
+
 fn token_ok(entry: &mut Entry, token: &str) -> bool {
     if let Some(v) = &entry.verified {
         if bool::from(v.as_bytes().ct_eq(token.as_bytes())) {
@@ -292,7 +321,8 @@ impl Admission {
     }
 
     /// Decide the batch's groups from the cache and resolve it, returning no keys; or, when
-    /// devices must be looked up (the first call only), return their keys and resolve nothing.
+    /// devices must be looked up (the first call only), return their keys and leave the groups
+    /// of those devices to the second call.
     pub fn admit(
         &mut self,
         batch: &mut Batch,
@@ -302,104 +332,107 @@ impl Admission {
         if progress.done {
             return Err(UsageError::AlreadyResolved);
         }
-        if progress.asked.is_none() {
-            let keys = self.lookups(batch, progress, now);
-            if !keys.is_empty() {
-                progress.asked = Some(self.seq + 1);
-                return Ok(keys);
-            }
+        let keys = if progress.asked.is_none() {
+            self.first_pass(batch, progress, now)
+        } else {
+            self.second_pass(batch, progress, now);
+            Vec::new()
+        };
+        if !keys.is_empty() {
+            progress.asked = Some(self.seq + 1);
+            return Ok(keys);
         }
-        self.decide(batch, progress, now)?;
-        Ok(Vec::new())
+        let verdicts: Vec<Verdict> = progress
+            .verdicts
+            .iter()
+            .map(|v| v.expect("every group is decided once no key is asked for"))
+            .collect();
+        batch.resolve_reasons(&verdicts)?;
+        progress.done = true;
+        Ok(keys)
     }
 
-    /// Counts hits, and picks the keys to look up within their tenants' budgets.
-    fn lookups(&mut self, batch: &Batch, progress: &mut Progress, now: f64) -> Vec<Key> {
+    /// Decides the groups whose device is cached; picks the keys to look up for the others,
+    /// within their tenants' budgets.
+    fn first_pass(&mut self, batch: &Batch, progress: &mut Progress, now: f64) -> Vec<Key> {
         let mut keys: Vec<Key> = Vec::new();
-        let mut refused_keys: Vec<(&str, &str)> = Vec::new();
-        for (g, (tenant, device, ..)) in batch.groups().enumerate() {
-            set_key(&mut self.key, tenant, device);
-            if usable(self.found.map.get(self.key.as_str()), now, None)
-                || usable(self.unknown.map.get(self.key.as_str()), now, None)
-            {
-                self.counters.hits += 1;
-                continue;
-            }
-            if keys.iter().any(|(t, d)| t == tenant && d == device) {
-                continue;
-            }
-            let refused = refused_keys.contains(&(tenant, device)) || {
-                let spent = !self.take_budget(tenant, now);
-                if spent {
-                    self.counters.budget_refusals += 1;
-                    refused_keys.push((tenant, device));
-                } else {
+        let mut refused: Vec<(&str, &str)> = Vec::new();
+        progress.verdicts.clear();
+        for (tenant, device, site, token, count) in batch.groups() {
+            let verdict = match self.cached(tenant, device, site, token, count, now, None) {
+                Some((verdict, wait)) => {
+                    self.counters.hits += 1;
+                    progress.retry_after = progress.retry_after.max(wait);
+                    Some(verdict)
+                }
+                None if keys.iter().any(|(t, d)| t == tenant && d == device) => None,
+                None if refused.contains(&(tenant, device)) => {
+                    Some((0, Some(Reason::Unauthorized)))
+                }
+                None if self.take_budget(tenant, now) => {
                     self.counters.misses += 1;
                     keys.push((tenant.to_owned(), device.to_owned()));
+                    None
                 }
-                spent
+                None => {
+                    self.counters.budget_refusals += 1;
+                    refused.push((tenant, device));
+                    Some((0, Some(Reason::Unauthorized)))
+                }
             };
-            if refused {
-                if progress.refused.is_empty() {
-                    progress.refused = vec![false; batch.groups().count()];
-                }
-                progress.refused[g] = true;
-            }
+            progress.verdicts.push(verdict);
         }
         keys
     }
 
-    fn decide(
-        &mut self,
-        batch: &mut Batch,
-        progress: &mut Progress,
-        now: f64,
-    ) -> Result<(), UsageError> {
-        let asked = progress.asked;
-        let settings = self.settings;
-        let mut retry_after = 0.0f64;
-        let mut verdicts: Vec<(i64, Option<&'static str>)> = Vec::new();
-        for (g, (tenant, device, site, token, count)) in batch.groups().enumerate() {
-            set_key(&mut self.key, tenant, device);
-            let (allowed, reason) = match self.found.map.get_mut(self.key.as_str()) {
-                Some(slot) if usable(Some(&*slot), now, asked) => {
-                    let entry = &mut slot.value;
-                    if !entry.record.active || !token_ok(entry, token) {
-                        (0, Some(Reason::Unauthorized))
-                    } else if site != entry.record.site {
-                        (0, Some(Reason::SiteMismatch))
-                    } else {
-                        let rate = entry.record.rps.unwrap_or(settings.default_rps);
-                        let cap = f64::from(entry.record.burst.unwrap_or(settings.default_burst));
-                        let bucket = entry.bucket.get_or_insert(Bucket {
-                            tokens: cap,
-                            last: now,
-                        });
-                        let (allowed, wait) = take(bucket, count, now, rate, cap);
-                        if allowed == count {
-                            (count, None)
-                        } else {
-                            retry_after = retry_after.max(wait);
-                            (allowed, Some(Reason::RateLimited))
-                        }
-                    }
-                }
-                _ if usable(self.unknown.map.get(self.key.as_str()), now, asked)
-                    || progress.refused.get(g) == Some(&true) =>
-                {
-                    (0, Some(Reason::Unauthorized))
-                }
-                _ => {
-                    self.counters.unavailable += 1;
-                    (0, Some(Reason::Unavailable))
-                }
-            };
-            verdicts.push((allowed as i64, reason.map(Reason::code)));
+    /// Decides the groups left by the first pass; a device still not cached is UNAVAILABLE.
+    fn second_pass(&mut self, batch: &Batch, progress: &mut Progress, now: f64) {
+        for ((tenant, device, site, token, count), verdict) in
+            batch.groups().zip(&mut progress.verdicts)
+        {
+            if verdict.is_some() {
+                continue;
+            }
+            let decided = self.cached(tenant, device, site, token, count, now, progress.asked);
+            let (decided, wait) = decided.unwrap_or_else(|| {
+                self.counters.unavailable += 1;
+                ((0, Some(Reason::Unavailable)), 0.0)
+            });
+            *verdict = Some(decided);
+            progress.retry_after = progress.retry_after.max(wait);
         }
-        batch.resolve(&verdicts)?;
-        progress.retry_after = retry_after;
-        progress.done = true;
-        Ok(())
+    }
+
+    /// The verdict (and rate-limit wait) of a group whose device has a usable entry; None when
+    /// it has none.
+    #[allow(clippy::too_many_arguments)]
+    fn cached(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        site: &str,
+        token: &str,
+        count: usize,
+        now: f64,
+        asked: Option<u64>,
+    ) -> Option<(Verdict, f64)> {
+        set_key(&mut self.key, tenant, device);
+        if let Some(slot) = self.found.map.get_mut(self.key.as_str()) {
+            if usable(Some(&*slot), now, asked) {
+                return Some(judge(
+                    &self.settings,
+                    &mut slot.value,
+                    site,
+                    token,
+                    count,
+                    now,
+                ));
+            }
+        }
+        if usable(self.unknown.map.get(self.key.as_str()), now, asked) {
+            return Some(((0, Some(Reason::Unauthorized)), 0.0));
+        }
+        None
     }
 
     /// Take one lookup from the tenant's budget; false when it is spent.
