@@ -9,6 +9,12 @@ For each combination of --cores x --sinks x --registries: provision the devices,
 
     python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
+With --baseline GIT_REF, that commit is checked out (a git worktree in a temp dir), built and
+installed into its own venv, and every combination runs on the baseline and then on the working
+tree, side by side in one run on the same bodies:
+
+    python benches/load/run.py --cores rust --baseline base-c4f33ef --paced-rate 0
+
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
 """
 
@@ -43,6 +49,42 @@ from tidegate.registry import Registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
 BATCH = 100
+WORKING = "working tree"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What serves: the working tree (`python` None: this interpreter), or a baseline ref built
+    into its own venv."""
+
+    name: str
+    python: str | None = None
+
+
+def build_baseline(ref: str, workdir: Path) -> Build:
+    """Check `ref` out into a git worktree under `workdir` and install it (release build of the
+    core) into a venv of its own."""
+    tree = workdir / "baseline-src"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), ref], check=True
+    )
+    venv = workdir / "baseline-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "CARGO_TARGET_DIR": str(workdir / "baseline-target")}
+    env.pop("VIRTUAL_ENV", None)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, env=env)
+    subprocess.run([*pip, str(tree)], check=True, env=env)
+    return Build(ref, str(venv / "bin" / "python"))
+
+
+def remove_baseline(workdir: Path) -> None:
+    """Remove the baseline's git worktree (its venv goes with `workdir`)."""
+    tree = workdir / "baseline-src"
+    if tree.exists():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+        )
 
 
 @dataclass
@@ -246,6 +288,7 @@ def warm(gw: GatewayProcess, listing: Path) -> None:
 
 def run_one(
     s: Setup,
+    build: Build,
     core: str,
     sink: str,
     registry: str,
@@ -254,7 +297,7 @@ def run_one(
     paced_rate: float,
 ) -> list[dict[str, Any]]:
     """Provision, start, warm, measure (saturated, then paced), stop."""
-    name = f"{core}-{sink}-{registry}"
+    name = f"{'baseline' if build.python else 'working'}-{core}-{sink}-{registry}"
     workdir = s.workdir / name
     env = {"TIDEGATE_CORE": core, "TIDEGATE_DATA_DIR": str(workdir / "data")}
     env["TIDEGATE_LOG_LEVEL"] = "warning"
@@ -268,10 +311,10 @@ def run_one(
         )
     provision(env, s)
     listing = write_bodies(s)
-    gw = run_gateway(env, workdir)
+    gw = run_gateway(env, workdir, build.python)
     try:
         warm(gw, listing)
-        tags = {"core": core, "sink": sink, "registry": registry}
+        tags = {"build": build.name, "core": core, "sink": sink, "registry": registry}
         results = []
         sat = measure(gw, listing, s.duration, s.connections, s.threads, 0)
         results.append({**tags, "phase": "saturated", **sat})
@@ -289,12 +332,12 @@ def run_one(
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| core | sink | registry | phase | accepted msgs/s | req/s | p50 ms | p99 ms "
+        "| build | core | sink | registry | phase | accepted msgs/s | req/s | p50 ms | p99 ms "
         "| p99.9 ms | RSS start→end (max) MiB | rejected |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|\n"
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|\n"
     )
     lines = [
-        f"| {r['core']} | {r['sink']} | {r['registry']} | {r['phase']} "
+        f"| {r['build']} | {r['core']} | {r['sink']} | {r['registry']} | {r['phase']} "
         f"| {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
         f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
         f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} |"
@@ -322,6 +365,11 @@ def main() -> None:
         default=75_000,
         help="msgs/s of the latency phase (default: half the 150k target; 0 skips it)",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also build this commit into its own venv and run it before the working tree",
+    )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -344,6 +392,9 @@ def main() -> None:
     influx = InfluxDB() if "influx" in sinks else None
     rows: list[dict[str, Any]] = []
     try:
+        builds = [Build(WORKING)]
+        if args.baseline:
+            builds.insert(0, build_baseline(args.baseline, workdir))
         if pg:
             pg.start()
         if influx:
@@ -351,8 +402,10 @@ def main() -> None:
         for core in args.cores.split(","):
             for sink in sinks:
                 for registry in registries:
-                    rows += run_one(s, core, sink, registry, pg, influx, args.paced_rate)
+                    for build in builds:
+                        rows += run_one(s, build, core, sink, registry, pg, influx, args.paced_rate)
     finally:
+        remove_baseline(workdir)
         if influx:
             influx.cleanup()
         if pg:
