@@ -36,6 +36,8 @@ lint: build
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy --strict python/
+	# The stub against the module `build` just compiled: every name, signature and default.
+	$(PY) -m mypy.stubtest tidegate._core
 
 bench: build services
 	$(VENV)/bin/pytest benches --benchmark-enable --benchmark-only -q

@@ -24,7 +24,8 @@ import pytest
 import uvloop
 from messages import load_core
 from tidegate.config import Config
-from tidegate.registry import Registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
 
 MESSAGES = 1000
 CHANNELS = 4
@@ -110,7 +111,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture
 def registry(loop: asyncio.AbstractEventLoop, postgres_url: str) -> Iterator[Registry]:
     """tidegate's registry on a fresh, migrated database."""
-    reg = loop.run_until_complete(Registry.open(Config(database_url=postgres_url)))
+    reg = loop.run_until_complete(open_registry(Config(database_url=postgres_url)))
     loop.run_until_complete(reg.migrate())
     yield reg
     loop.run_until_complete(reg.close())
@@ -182,7 +183,7 @@ def test_tidegate_one_statement(
 
     def run() -> int:
         batch = core.parse_shelly(body, now_s)
-        rows = loop.run_until_complete(registry.insert_power_logs(TENANT, batch))
+        rows = loop.run_until_complete(registry.power_logs.insert(TENANT, batch))
         return len(rows)
 
     benchmark.group = "shelly 1000 messages x 4 channels into PostgreSQL"

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from services import free_port
 from tidegate.config import Config
-from tidegate.registry import AlreadyExists, Registry
+from tidegate.store import open_registry
+from tidegate.store.registry import AlreadyExists
 
 T = TypeVar("T")
 
@@ -170,7 +171,7 @@ def provision(
     cfg = Config.from_env(env)
 
     async def run() -> str:
-        reg = await Registry.open(cfg)
+        reg = await open_registry(cfg)
         try:
             await reg.migrate()
             with contextlib.suppress(AlreadyExists):
@@ -187,7 +188,7 @@ def revoke(gw: GatewayProcess, tenant: str, device: str) -> None:
     cfg = Config.from_env(gw.env)
 
     async def run() -> None:
-        reg = await Registry.open(cfg)
+        reg = await open_registry(cfg)
         try:
             assert await reg.revoke_device(tenant, device)
         finally:

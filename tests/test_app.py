@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from gateway import GatewayProcess, poll, provision, revoke
-from tidegate.app import create_app
 from tidegate.config import Config
+from tidegate.http.app import create_app
 
 Start = Callable[..., GatewayProcess]
 

@@ -10,7 +10,8 @@ from typing import TypeVar
 from tidegate.auth import Authenticator, Group
 from tidegate.config import Config
 from tidegate.ratelimit import RateLimiter
-from tidegate.registry import Registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
 
 T = TypeVar("T")
 
@@ -25,7 +26,7 @@ class Clock:
 
 def run_with_registry(tmp_path: Path, body: Callable[[Registry], Awaitable[T]]) -> T:
     async def main() -> T:
-        reg = await Registry.open(Config(data_dir=tmp_path))
+        reg = await open_registry(Config(data_dir=tmp_path))
         try:
             await reg.migrate()
             await reg.add_tenant("t1")

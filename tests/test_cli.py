@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from services import InfluxDB, free_port
 from tidegate.config import Config
-from tidegate.registry import Device, Registry
+from tidegate.store import open_registry
+from tidegate.store.registry import Device
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 # Variables of the outer environment that would change what the CLI under test does.
@@ -96,7 +97,7 @@ def lookup(cfg: Config, tenant: str, device: str) -> Device | None:
     """Read a device back through the library, as the gateway would."""
 
     async def main() -> Device | None:
-        reg = await Registry.open(cfg)
+        reg = await open_registry(cfg)
         try:
             return (await reg.devices([(tenant, device)])).get((tenant, device))
         finally:

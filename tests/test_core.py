@@ -1294,6 +1294,29 @@ def test_shelly_readings_come_out_as_columns(core: ModuleType) -> None:
         batch.encode([0, 2])
 
 
+def test_shelly_columns_come_at_once_and_sizes_match_the_encoding(core: ModuleType) -> None:
+    on = {"apower": 5, "voltage": 229.5}
+    batch = shelly(core, reading(**{"switch:0": on, "switch:2": {"apower": -1.25}}))
+    minute = NOW // 60
+    assert len(batch) == 2
+    assert batch.columns() == (
+        ["shelly-1", "shelly-1"],
+        [0, 2],
+        [5.0, -1.25],
+        [229.5, None],
+        [None, None],
+        [NOW, NOW],
+        [f"shelly-1_0_{minute}", f"shelly-1_2_{minute}"],
+    )
+    for rows in ([0, 1], [1], [], [1, 1, 0]):
+        assert batch.encoded_size(rows) == len(batch.encode(rows)[0])
+    for method in (batch.encode, batch.encoded_size):
+        with pytest.raises(IndexError, match=r"^row 2 out of range$"):
+            method([0, 2])
+        with pytest.raises(IndexError, match=r"^row -1 out of range$"):
+            method([-1, 5])
+
+
 def test_shelly_message_errors_in_order(core: ModuleType) -> None:
     ok = {"switch:0": {"apower": 1}}
     msgs: list[object] = [
@@ -1444,3 +1467,23 @@ def test_shelly_message_count_limit(core: ModuleType) -> None:
 def test_shelly_lone_surrogate_src_is_invalid(core: ModuleType) -> None:
     body = f'{{"messages":[{{"src":"a\\ud800","timestamp":{NOW},"params":{{}}}}]}}'
     assert core.parse_shelly(body.encode(), NOW).errors == [(0, "INVALID_SRC")]
+
+
+def test_negative_counts_are_refused_with_the_cores_own_message(core: ModuleType) -> None:
+    body = batch_body(message())
+    buffers = core.TenantBuffers()
+    calls: list[tuple[str, Any]] = [
+        ("max_payload_bytes", lambda: core.parse_batch(body, RECEIVE_NS, -1)),
+        ("max_payload_bytes", lambda: core.parse_single(b"{}", "t", "d", "m", "p", 0, -1)),
+        ("max_messages", lambda: core.parse_shelly(body, 0, -1)),
+        ("batch_size", lambda: core.TenantBuffers(-1)),
+        ("flush_bytes", lambda: core.TenantBuffers(1, -1)),
+        ("max_bytes", lambda: core.TenantBuffers(1, 1, -1)),
+        ("line_count", lambda: buffers.append_lines("t", b"x\n", -1)),
+        ("max_lines", lambda: buffers.drain("t", -1)),
+        ("nbytes", lambda: buffers.settle(-1)),
+        ("line_count", lambda: buffers.put_back("t", b"", -1)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=f"^{name} must not be negative$"):
+            call()

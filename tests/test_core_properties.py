@@ -417,6 +417,9 @@ def shelly_outcome(core: Any, body: bytes, max_messages: int) -> Any:
         batch.idempotency_key,
         batch.encode(rows),
         batch.encode(list(rows)[::-2]),
+        len(batch),
+        batch.columns(),
+        batch.encoded_size(rows),
     )
 
 

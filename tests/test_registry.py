@@ -14,9 +14,12 @@ from typing import Any, TypeVar
 import aiosqlite
 import asyncpg
 import pytest
-from tidegate import registry
 from tidegate.config import Config
-from tidegate.registry import AlreadyExists, Device, Registry
+from tidegate.store import open_registry
+from tidegate.store.postgres import PostgresRegistry
+from tidegate.store.registry import AlreadyExists, Device, Registry
+from tidegate.store.secrets import secret_matches
+from tidegate.store.sqlite import SqliteRegistry
 
 T = TypeVar("T")
 Body = Callable[[Registry], Awaitable[T]]
@@ -33,7 +36,7 @@ def run(cfg: Config, body: Body[T], migrate: bool = True) -> T:
     """Open a registry, (migrate,) run `body`, close."""
 
     async def main() -> T:
-        reg = await Registry.open(cfg)
+        reg = await open_registry(cfg)
         try:
             if migrate:
                 await reg.migrate()
@@ -145,8 +148,8 @@ def test_given_token_is_kept(cfg: Config) -> None:
 
     token, device = run(cfg, body)
     assert token == "my-own-token"
-    assert registry.secret_matches("my-own-token", device.token_hash)
-    assert not registry.secret_matches("my-own-token ", device.token_hash)
+    assert secret_matches("my-own-token", device.token_hash)
+    assert not secret_matches("my-own-token ", device.token_hash)
 
 
 def test_devices_runs_one_query_for_all_keys_and_omits_unknown(cfg: Config) -> None:
@@ -208,8 +211,8 @@ def test_revoke_marks_device_revoked_and_readd_reactivates_with_new_token(cfg: C
         new = await reg.add_device("acme", "d1", "s2")
         again = (await reg.devices([("acme", "d1")]))[("acme", "d1")]
         assert (again.status, again.site_id) == ("active", "s2")
-        assert registry.secret_matches(new, again.token_hash)
-        assert not registry.secret_matches(old, again.token_hash)
+        assert secret_matches(new, again.token_hash)
+        assert not secret_matches(old, again.token_hash)
 
     run(cfg, body)
 
@@ -221,7 +224,7 @@ def test_adding_an_active_device_twice_is_refused_and_keeps_the_first_token(cfg:
             await reg.add_device("acme", "d1", "s2", token="other")
         device = (await reg.devices([("acme", "d1")]))[("acme", "d1")]
         assert device.site_id == "s1"
-        assert registry.secret_matches(token, device.token_hash)
+        assert secret_matches(token, device.token_hash)
 
     run(cfg, body)
 
@@ -360,7 +363,7 @@ async def _traced(cfg: Config, statements: list[str]) -> Registry:
         async def init(conn: Any) -> None:
             conn.add_query_logger(lambda record: statements.append(record.query))
 
-        return Registry(pool=await asyncpg.create_pool(cfg.database_url, init=init))
+        return PostgresRegistry(await asyncpg.create_pool(cfg.database_url, init=init))
     db = await aiosqlite.connect(cfg.data_dir / "registry.sqlite3", isolation_level=None)
     await db.set_trace_callback(statements.append)
-    return Registry(db=db)
+    return SqliteRegistry(db)

@@ -26,10 +26,11 @@ import orjson
 import pytest
 from gateway import GatewayProcess, poll
 from services import InfluxDB
-from tidegate.app import Gateway, create_app
 from tidegate.config import Config
-from tidegate.registry import Registry
-from tidegate.shelly import Shelly, db_down
+from tidegate.http.app import create_app
+from tidegate.http.gateway import Gateway
+from tidegate.http.shelly import Shelly, db_down
+from tidegate.store import open_registry
 
 Start = Callable[..., GatewayProcess]
 T = TypeVar("T")
@@ -58,7 +59,7 @@ def add_tenant(env: dict[str, str], tenant: str, api_key: str) -> None:
     cfg = Config.from_env(env)
 
     async def go() -> None:
-        reg = await Registry.open(cfg)
+        reg = await open_registry(cfg)
         try:
             await reg.migrate()
             await reg.add_tenant(tenant, api_key)
@@ -624,8 +625,8 @@ def test_database_that_does_not_answer_is_503_and_nothing_is_buffered(
 
     async def go() -> None:
         async with app_client(tmp_path) as (client, gw):
-            monkeypatch.setattr(gw.registry, "insert_power_logs", refuse)
-            monkeypatch.setattr(gw.registry, "power_log_stats", refuse)
+            monkeypatch.setattr(gw.services.registry.power_logs, "insert", refuse)
+            monkeypatch.setattr(gw.services.registry.power_logs, "stats", refuse)
             headers = {"X-API-Key": KEY}
             body = {"messages": [four("plug-1", MINUTE)]}
             r = await client.post("/api/ingest/batch", json=body, headers=headers)
@@ -633,7 +634,7 @@ def test_database_that_does_not_answer_is_503_and_nothing_is_buffered(
             assert r.json() == {"detail": "the database is unavailable; retry later"}
             r = await client.get("/api/stats/queue", headers=headers)
             assert r.status_code == 503
-            assert gw.buffers.depth() == {}
+            assert gw.services.buffers.depth() == {}
 
     run(go())
 
@@ -653,7 +654,7 @@ def test_readings_that_would_not_fit_the_buffer_are_503_before_anything_is_store
                 "detail": "ingest buffers are full; retry later",
                 "reason": "BUFFER_FULL",
             }
-            assert gw.buffers.depth() == {}
+            assert gw.services.buffers.depth() == {}
             r = await client.get("/api/stats/queue", headers=headers)
             assert r.json()["total_logs"] == 0
 
@@ -672,7 +673,7 @@ def test_lines_that_stop_fitting_after_the_insert_are_counted_and_the_rows_stay(
                 "/api/ingest/batch", json={"messages": [four("plug-1", MINUTE)]}, headers=headers
             )
             assert counters(r) == result(inserted=4)
-            assert gw.buffers.depth() == {}
+            assert gw.services.buffers.depth() == {}
             metrics = (await client.get("/metrics")).text
             assert "tidegate_shelly_influx_dropped_lines_total 4.0" in metrics
             assert 'tidegate_shelly_readings_total{outcome="inserted"} 4.0' in metrics
@@ -694,6 +695,26 @@ def test_draining_gateway_answers_503(tmp_path: Path) -> None:
             assert r.status_code == 503
             assert "retry-after" in r.headers
             gw.draining = False
+
+    run(go())
+
+
+def test_shelly_responses_are_timed_and_counted_like_every_route(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with app_client(tmp_path) as (client, _gw):
+            headers = {"X-API-Key": KEY}
+            body = {"messages": [four("plug-1", MINUTE)]}
+            assert (await client.post("/api/ingest/batch", json=body, headers=headers)).is_success
+            empty = await client.post("/api/ingest/batch", json={"messages": []}, headers=headers)
+            assert empty.status_code == 422
+            wrong = await client.get("/api/stats/queue", headers={"X-API-Key": "wrong"})
+            assert wrong.status_code == 401
+            metrics = (await client.get("/metrics")).text
+            assert 'tidegate_responses_total{route="shelly_batch",status="200"} 1.0' in metrics
+            assert 'tidegate_responses_total{route="shelly_batch",status="422"} 1.0' in metrics
+            assert 'tidegate_responses_total{route="shelly_stats",status="401"} 1.0' in metrics
+            assert 'tidegate_request_seconds_count{route="shelly_batch"} 2.0' in metrics
+            assert 'tidegate_request_seconds_count{route="shelly_stats"} 1.0' in metrics
 
     run(go())
 

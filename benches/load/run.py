@@ -45,7 +45,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests")]
 from gateway import GatewayProcess, run_gateway  # noqa: E402
 from services import InfluxDB, PostgresCluster  # noqa: E402
 from tidegate.config import Config  # noqa: E402
-from tidegate.registry import Registry  # noqa: E402
+from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
 BATCH = 100
@@ -157,7 +157,7 @@ def provision(env: dict[str, str], s: Setup) -> None:
     cfg = Config.from_env(env)
 
     async def run() -> None:
-        reg = await Registry.open(cfg)
+        reg = await open_registry(cfg)
         try:
             await reg.migrate()
             for t in sorted({t for t, _ in device_keys(s)}):

@@ -26,16 +26,22 @@ from typing import Final, Self, final
 
 __all__ = [
     "BUFFER_FULL",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "INVALID_METRICS",
     "INVALID_MSG_TYPE",
     "INVALID_SCHEMA",
     "INVALID_TIMESTAMP",
     "MAX_BATCH_MESSAGES",
+    "MAX_ID_BYTES",
+    "MAX_METRICS",
     "MAX_SHELLY_MESSAGES",
+    "MAX_TENANT_CHARS",
+    "MSG_TYPES",
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "REASONS",
     "SITE_MISMATCH",
+    "TENANT_PATTERN",
     "UNAUTHORIZED",
     "UNAVAILABLE",
     "Admission",
@@ -46,6 +52,9 @@ __all__ = [
     "parse_batch",
     "parse_shelly",
     "parse_single",
+    "reason_detail",
+    "valid_id",
+    "valid_tenant",
 ]
 
 # Per-item reason codes. Stable: clients and dashboards match on them.
@@ -62,8 +71,27 @@ UNAVAILABLE: Final = "UNAVAILABLE"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
 
+# The limits the core enforces (docs/core-rules.md); the shell imports them, never retypes them.
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
+MAX_ID_BYTES: Final = 128
+MAX_TENANT_CHARS: Final = 64
+# `valid_tenant` as a regular expression, for OpenAPI's `pattern`.
+TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
+MAX_METRICS: Final = 256
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+MSG_TYPES: Final[tuple[str, ...]]
+
+def valid_tenant(s: str) -> bool:
+    """Whether `s` is a tenant id: 1 to 64 of `a-z`, `0-9`, `_`, `-`."""
+
+def valid_id(s: str) -> bool:
+    """Whether `s` is a valid device id, site id or provision token: 1 to 128 bytes of UTF-8,
+    no control character, no backslash, no lone surrogate."""
+
+def reason_detail(reason: str) -> str:
+    """The sentence explaining a validation reason code (INVALID_*) to a client. Raises
+    ValueError for any other string."""
 
 class BodyError(ValueError):
     """The whole request body is unusable; nothing in it was processed."""
@@ -234,7 +262,8 @@ class TenantBuffers:
 @final
 class ShellyBatch:
     """Readings extracted from a Shelly `{"messages":[{src,timestamp,params}]}` body, columnar,
-    deduplicated on the idempotency key (first occurrence kept)."""
+    deduplicated on the idempotency key (first occurrence kept). Each column attribute builds a
+    new list per access: read them all at once with `columns()`."""
 
     total_messages: int
     devices: int
@@ -248,8 +277,30 @@ class ShellyBatch:
     timestamp: list[int]
     idempotency_key: list[str]
 
+    def __len__(self) -> int:
+        """Number of readings (rows)."""
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float | None],
+        list[float | None],
+        list[int],
+        list[str],
+    ]:
+        """`(device_id, channel, power, voltage, current, timestamp, idempotency_key)`, each
+        column built once."""
+
     def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
-        """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
+        """Line protocol (measurement `power`) of the readings at `rows`, and its line count.
+        Every row is encoded once, at parse time; this joins their lines. IndexError for a row
+        outside `0..len(self)`."""
+
+    def encoded_size(self, rows: Sequence[int]) -> int:
+        """The length of `encode(rows)[0]`, without building it."""
 
 def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
     """Parse and validate a Shelly batch. Raises BodyError (HTTP 422) for a body that is not a

@@ -40,6 +40,12 @@ UNAVAILABLE: Final = "UNAVAILABLE"
 
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
+MAX_ID_BYTES: Final = 128
+MAX_TENANT_CHARS: Final = 64
+TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
+MAX_METRICS: Final = 256
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+MSG_TYPES: Final[tuple[str, ...]] = ("telemetry", "heartbeat")
 
 # Declaration order is `reason_counts()` order.
 REASONS: Final[tuple[str, ...]] = (
@@ -59,15 +65,18 @@ _NOT_JSON: Final = "body is not valid JSON"
 _NO_MESSAGES: Final = 'body must be a JSON object with a "messages" list'
 _NOT_OBJECT: Final = "body must be a JSON object"
 _EMPTY: Final = "batch is empty"
+_DETAILS: Final = {
+    INVALID_MSG_TYPE: "msg_type must be telemetry or heartbeat",
+    INVALID_SCHEMA: "the message does not match the schema (ids, site_id, seq)",
+    INVALID_TIMESTAMP: "ts must be an RFC 3339 timestamp within InfluxDB's range",
+    INVALID_METRICS: "metrics must be an object of at most 256 numeric or boolean values",
+}
 
 # serde_json's recursive parse refuses the 128th level; the core enforces the same limit.
 _MAX_DEPTH: Final = 127
-_MAX_ID_BYTES: Final = 128
-_MAX_METRICS: Final = 256
 _MAX_SEQ: Final = 2**63 - 1
 _MIN_TS_NS: Final = -9223372036854775806
 _MAX_TS_NS: Final = 9223372036854775806
-_MSG_TYPES: Final = frozenset(("telemetry", "heartbeat"))
 _RESERVED_METRICS: Final = frozenset(("seq", "time", "device_id", "site_id"))
 _SHELLY_CHANNELS: Final = tuple((n, f"switch:{n}") for n in range(4))
 _WHITESPACE: Final = " \t\n\r"
@@ -242,11 +251,31 @@ def _valid_name(s: str) -> bool:
     """1..=128 bytes of UTF-8 without control characters, backslashes or lone surrogates."""
     if not s or _BAD_NAME_CHAR_RE.search(s):
         return False
-    return len(s) <= _MAX_ID_BYTES if s.isascii() else len(s.encode()) <= _MAX_ID_BYTES
+    return len(s) <= MAX_ID_BYTES if s.isascii() else len(s.encode()) <= MAX_ID_BYTES
 
 
 def _valid_id(value: object) -> bool:
     return type(value) is str and _valid_name(value)
+
+
+def valid_tenant(s: str) -> bool:
+    """Whether `s` is a tenant id: 1 to 64 of `a-z`, `0-9`, `_`, `-`."""
+    return _TENANT_RE.fullmatch(s) is not None
+
+
+def valid_id(s: str) -> bool:
+    """Whether `s` is a valid device id, site id or provision token."""
+    return _valid_name(s)
+
+
+def reason_detail(reason: str) -> str:
+    """The sentence explaining a validation reason code to a client; ValueError otherwise."""
+    if reason not in REASONS:
+        raise ValueError(f'unknown reason code "{reason}"')
+    detail = _DETAILS.get(reason)
+    if detail is None:
+        raise ValueError(f'"{reason}" is not a validation reason code')
+    return detail
 
 
 def _unicode(value: object) -> str | None:
@@ -319,7 +348,7 @@ def _fields(metrics: object) -> str | None:
     """The metrics as line-protocol fields sorted by name, each followed by `,`."""
     if metrics is None:
         return ""
-    if type(metrics) is not dict or len(metrics) > _MAX_METRICS:
+    if type(metrics) is not dict or len(metrics) > MAX_METRICS:
         return None
     parts = []
     for name in sorted(metrics):
@@ -396,7 +425,7 @@ def _validate(
     ):
         item.reason = INVALID_SCHEMA
         return item
-    if msg_type not in _MSG_TYPES:
+    if msg_type not in MSG_TYPES:
         item.reason = INVALID_MSG_TYPE
         return item
     ts = msg.get("ts")
@@ -458,7 +487,7 @@ class Batch:
         All or nothing; checks in the compiled core's order."""
         for _, reason in verdicts:
             if reason is not None and reason not in REASONS:
-                raise ValueError(f"unknown reason code {_rust_debug(reason)}")
+                raise ValueError(f'unknown reason code "{reason}"')
         if self._resolved:
             raise ValueError("verdicts were already applied to this batch")
         if self._appended:
@@ -531,31 +560,10 @@ class Batch:
         return [item for item in self._items if item.reason is None], self._tenants
 
 
-def _rust_debug(s: str) -> str:
-    """`s` quoted as Rust's `{:?}` writes a string (the cases a reason code can hit)."""
-    out = ['"']
-    for c in s:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\0":
-            out.append("\\0")
-        elif c < " " or c == "\x7f":
-            out.append(f"\\u{{{ord(c):x}}}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
-
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages; BodyError for an unusable
     body. A message without `ts` gets `receive_ns` plus its index, so none overwrites another."""
+    _count("max_payload_bytes", max_payload_bytes)
     messages, sizes = _parse_messages(body, MAX_BATCH_MESSAGES)
     return Batch(
         [
@@ -575,6 +583,7 @@ def parse_single(
     max_payload_bytes: int = 8192,
 ) -> Batch:
     """Parse the single-message form, identity from the URL and header; a one-item Batch."""
+    _count("max_payload_bytes", max_payload_bytes)
     msg = _parse_document(body)
     if type(msg) is not dict:
         raise BodyError(_NOT_OBJECT)
@@ -608,9 +617,9 @@ class TenantBuffers:
     def __init__(
         self, batch_size: int = 500, flush_bytes: int = 1048576, max_bytes: int = 67108864
     ) -> None:
-        self._batch_size = batch_size
-        self._flush_bytes = flush_bytes
-        self._max_bytes = max_bytes
+        self._batch_size = _count("batch_size", batch_size)
+        self._flush_bytes = _count("flush_bytes", flush_bytes)
+        self._max_bytes = _count("max_bytes", max_bytes)
         self._total = 0
         self._in_flight = 0
         self._tenants: dict[str, _TenantBuffer] = {}
@@ -670,7 +679,7 @@ class TenantBuffers:
 
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None:
         """Take the tenant's oldest data as one write body; it stays counted until settle."""
-        if _unsigned(max_lines) < 1:
+        if _count("max_lines", max_lines) < 1:
             raise ValueError("max_lines must be at least 1")
         with self._lock:
             buf = self._tenants.get(tenant)
@@ -692,7 +701,7 @@ class TenantBuffers:
     def settle(self, nbytes: int) -> None:
         """A drained body of `nbytes` is finished with (written, or dead-lettered)."""
         with self._lock:
-            if _unsigned(nbytes) > self._in_flight:
+            if _count("nbytes", nbytes) > self._in_flight:
                 raise ValueError(f"{nbytes} bytes are not in flight (only {self._in_flight} are)")
             self._in_flight -= nbytes
             self._total -= nbytes
@@ -700,7 +709,7 @@ class TenantBuffers:
     def put_back(self, tenant: str, body: bytes, line_count: int) -> None:
         """Return a drained body whose write failed; it is the tenant's next drain (put-back
         bodies drain oldest first)."""
-        _unsigned(line_count)
+        _count("line_count", line_count)
         with self._lock:
             if len(body) > self._in_flight:
                 raise ValueError(
@@ -730,15 +739,19 @@ class TenantBuffers:
         return self._max_bytes
 
 
-def _unsigned(n: int) -> int:
-    """`n`, refused like the compiled core's unsigned arguments when negative."""
+def _count(name: str, n: int) -> int:
+    """`n`, a count or size argument; ValueError when it is negative."""
     if n < 0:
-        raise OverflowError("can't convert negative int to unsigned")
+        raise ValueError(f"{name} must not be negative")
     return n
 
 
 def _check_lines(lines: bytes, line_count: int) -> None:
-    if _unsigned(line_count) < 1 or lines.count(b"\n") != line_count or not lines.endswith(b"\n"):
+    if (
+        _count("line_count", line_count) < 1
+        or lines.count(b"\n") != line_count
+        or not lines.endswith(b"\n")
+    ):
         raise ValueError("lines must be line_count newline-terminated lines, and line_count >= 1")
 
 
@@ -781,23 +794,52 @@ class ShellyBatch:
         self.timestamp: list[int] = []
         self.idempotency_key: list[str] = []
 
+    def __len__(self) -> int:
+        """Number of readings (rows)."""
+        return len(self.power)
+
+    def columns(
+        self,
+    ) -> tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float | None],
+        list[float | None],
+        list[int],
+        list[str],
+    ]:
+        """`(device_id, channel, power, voltage, current, timestamp, idempotency_key)`."""
+        return (
+            self.device_id,
+            self.channel,
+            self.power,
+            self.voltage,
+            self.current,
+            self.timestamp,
+            self.idempotency_key,
+        )
+
     def encode(self, rows: Sequence[int]) -> tuple[bytes, int]:
         """Line protocol (measurement `power`) of the readings at `rows`, and its line count."""
-        for r in rows:
-            _unsigned(r)
-        lines = []
-        for r in rows:
-            if r >= len(self.power):
-                raise IndexError(f"row {r} out of range")
-            current, voltage = self.current[r], self.voltage[r]
-            lines.append(
-                f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
-                f"apower={self.power[r]!r}"
-                + ("" if current is None else f",current={current!r}")
-                + ("" if voltage is None else f",voltage={voltage!r}")
-                + f" {self.timestamp[r] * 1_000_000_000}\n"
-            )
+        lines = [self._line(r) for r in rows]
         return "".join(lines).encode(), len(lines)
+
+    def encoded_size(self, rows: Sequence[int]) -> int:
+        """The length of `encode(rows)[0]`."""
+        return len(self.encode(rows)[0])
+
+    def _line(self, r: int) -> str:
+        if not 0 <= r < len(self.power):
+            raise IndexError(f"row {r} out of range")
+        current, voltage = self.current[r], self.voltage[r]
+        return (
+            f"power,channel={self.channel[r]},device_id={_escape(self.device_id[r])} "
+            f"apower={self.power[r]!r}"
+            + ("" if current is None else f",current={current!r}")
+            + ("" if voltage is None else f",voltage={voltage!r}")
+            + f" {self.timestamp[r] * 1_000_000_000}\n"
+        )
 
 
 def _shelly_timestamp(value: object, now_s: int) -> int | None:
@@ -818,6 +860,7 @@ def _optional_number(sw: dict[str, object], key: str) -> tuple[bool, float | Non
 
 def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
     """Parse and validate a Shelly batch; BodyError for an unusable body."""
+    _count("max_messages", max_messages)
     messages, _ = _parse_messages(body, max_messages)
     out = ShellyBatch()
     out.total_messages = len(messages)

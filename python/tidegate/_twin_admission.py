@@ -11,10 +11,7 @@ import hashlib
 import hmac
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
-
-if TYPE_CHECKING:
-    from tidegate._twin import Batch
+from typing import Final, Generic, Protocol, TypeVar
 
 Key = tuple[str, str]
 RecordRow = tuple[str, str, str, bytes, float | None, int | None, str]
@@ -39,6 +36,15 @@ class Progress:
         self.verdicts: list[Verdict | None] = []
         self.retry_after = 0.0
         self.done = False
+
+
+class Batch(Protocol):
+    """What admission uses of the twin's Batch (which imports this module, not the reverse)."""
+
+    _admission: Progress
+
+    def groups(self) -> list[tuple[str, str, str, str, int]]: ...
+    def resolve(self, verdicts: Sequence[tuple[int, str | None]]) -> None: ...
 
 
 class _Record:
@@ -123,9 +129,12 @@ def _token_ok(entry: _Entry, token: str) -> bool:
     return False
 
 
-def _unsigned(name: str, n: int, top: int) -> int:
-    if not 0 <= n <= top:
-        raise OverflowError(f"{name} out of range")
+def _count(name: str, n: int, top: int = 2**63 - 1) -> int:
+    """A count or size argument, refused with the compiled core's messages."""
+    if n < 0:
+        raise ValueError(f"{name} must not be negative")
+    if n > top:
+        raise ValueError(f"{name} must be at most {top}")
     return n
 
 
@@ -147,10 +156,10 @@ class Admission:
         default_burst: int = 100,
         lookups_per_s: int = 100,
     ) -> None:
-        _unsigned("max_entries", max_entries, 2**64 - 1)
-        _unsigned("max_negative_entries", max_negative_entries, 2**64 - 1)
-        _unsigned("default_burst", default_burst, _U32_MAX)
-        _unsigned("lookups_per_s", lookups_per_s, _U32_MAX)
+        _count("max_entries", max_entries)
+        _count("max_negative_entries", max_negative_entries)
+        _count("default_burst", default_burst, _U32_MAX)
+        _count("lookups_per_s", lookups_per_s, _U32_MAX)
         for name, ttl in (("ttl_s", ttl_s), ("negative_ttl_s", negative_ttl_s)):
             _setting(name, ttl >= 0 and math.isfinite(ttl), "a number >= 0")
         _setting("max_entries", max_entries >= 1, ">= 1")
@@ -262,9 +271,6 @@ class Admission:
 
     def install(self, keys: Sequence[Key], records: Sequence[RecordRow], now: float) -> None:
         """Cache the registry rows found for `keys`; keys without a row are cached as unknown."""
-        for row in records:
-            if row[5] is not None:
-                _unsigned("burst", row[5], _U32_MAX)
         checked = [(tenant, device, _record(row)) for tenant, device, *row in records]
         found: set[Key] = set()
         for tenant, device, record in checked:
@@ -336,6 +342,8 @@ def _record(row: Sequence[object]) -> _Record:
     assert isinstance(site, str) and isinstance(token_hash, bytes) and isinstance(status, str)
     assert rps is None or isinstance(rps, float | int)
     assert burst is None or isinstance(burst, int)
+    if burst is not None:
+        _count("burst", burst, _U32_MAX)
     if len(token_hash) != 32:
         raise ValueError("token_hash must be 32 bytes (a SHA-256 digest)")
     if rps is not None and not (rps > 0 and math.isfinite(rps)):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
+from tidegate._core import RATE_LIMITED, SITE_MISMATCH, UNAUTHORIZED
 from tidegate.ratelimit import RateLimiter
-
-UNAUTHORIZED = "UNAUTHORIZED"
-SITE_MISMATCH = "SITE_MISMATCH"
-RATE_LIMITED = "RATE_LIMITED"
+from tidegate.store.secrets import secret_matches
 
 Key = tuple[str, str]
 Group = tuple[str, str, str, str, int]
@@ -20,7 +17,7 @@ Verdict = tuple[int, str | None]
 
 
 class DeviceRecord(Protocol):
-    """What auth reads of a registry device (`tidegate.registry.Device`)."""
+    """What auth reads of a registry device (`tidegate.store.registry.Device`)."""
 
     @property
     def site_id(self) -> str: ...
@@ -179,7 +176,7 @@ class _Entry:
         if self.verified is not None and hmac.compare_digest(raw, self.verified):
             return True
         assert self.device is not None
-        if hmac.compare_digest(hashlib.sha256(raw).digest(), self.device.token_hash):
+        if secret_matches(raw, self.device.token_hash):
             self.verified = raw
             return True
         return False

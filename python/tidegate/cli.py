@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sqlite3
 import sys
@@ -17,8 +18,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import logs, registry
+from tidegate import logs
 from tidegate.config import INFLUX_APIS, Config, ConfigError, positive_float, positive_int
+from tidegate.ids import check_id, check_tenant
+from tidegate.store import open_registry, registry
 
 T = TypeVar("T")
 
@@ -37,22 +40,6 @@ class CommandFailed(Exception):
         self.details = details
 
 
-def _tenant_arg(value: str) -> str:
-    if not registry.is_tenant_id(value):
-        raise argparse.ArgumentTypeError(
-            f"invalid tenant id {value!r}: must match [a-z0-9_-]{{1,64}}"
-        )
-    return value
-
-
-def _id_arg(value: str) -> str:
-    if not registry.is_id(value):
-        raise argparse.ArgumentTypeError(
-            f"invalid id {value!r}: 1..128 bytes, no control character, no backslash"
-        )
-    return value
-
-
 def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse type from a config parser, so arguments and variables share their rules."""
 
@@ -63,6 +50,10 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
+
+
+_tenant_arg = _arg(check_tenant)
+_id_arg = _arg(functools.partial(check_id, "id"))
 
 
 def _secret_arg(value: str) -> str:
@@ -79,7 +70,7 @@ def _url_arg(value: str) -> str:
 
 @asynccontextmanager
 async def _opened(cfg: Config) -> AsyncIterator[registry.Registry]:
-    reg = await registry.Registry.open(cfg)
+    reg = await open_registry(cfg)
     try:
         yield reg
     finally:
@@ -127,9 +118,9 @@ async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, objec
 
 async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     # Imported here: only replay needs httpx and the core.
-    from tidegate import sink
+    from tidegate.sink.replay import replay
 
-    counts = await sink.replay(cfg, args.influx, args.api or cfg.influx_api)
+    counts = await replay(cfg, args.influx, args.api or cfg.influx_api)
     if counts.get("files_failed"):
         raise CommandFailed("a file could not be sent; run replay again to resume", **counts)
     return dict(counts)
@@ -137,9 +128,9 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
 
 def _serve(cfg: Config) -> int:
     # Imported here: only serve needs Starlette and uvicorn.
-    from tidegate import app
+    from tidegate.http.app import serve
 
-    app.serve(cfg)
+    serve(cfg)
     return EXIT_OK
 
 

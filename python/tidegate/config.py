@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tidegate._core import DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
+from tidegate.ids import TENANT_RULE
+
 T = TypeVar("T")
 
 INFLUX_APIS = ("v1", "v2", "v3")
@@ -41,7 +44,7 @@ class Config:
     influx_retry_max_s: float = 30.0
     # Request limits.
     max_body_bytes: int = 1 << 20
-    max_payload_bytes: int = 8192
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     buffer_max_bytes: int = 64 << 20
     buffer_flush_bytes: int = 1 << 20
     # Rate limit defaults for devices without their own.
@@ -94,7 +97,9 @@ class Config:
             influx_retry_base_s=r.get("INFLUX_RETRY_BASE_S", 0.5, positive_float),
             influx_retry_max_s=r.get("INFLUX_RETRY_MAX_S", 30.0, positive_float),
             max_body_bytes=r.get("TIDEGATE_MAX_BODY_BYTES", 1 << 20, positive_int),
-            max_payload_bytes=r.get("TIDEGATE_MAX_PAYLOAD_BYTES", 8192, positive_int),
+            max_payload_bytes=r.get(
+                "TIDEGATE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, positive_int
+            ),
             buffer_max_bytes=r.get("TIDEGATE_BUFFER_MAX_BYTES", 64 << 20, positive_int),
             buffer_flush_bytes=r.get("TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, positive_int),
             default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, positive_float),
@@ -194,10 +199,8 @@ def _url(raw: str) -> str:
 
 
 def _tenant(raw: str) -> str:
-    if not (1 <= len(raw) <= 64) or any(
-        c not in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in raw
-    ):
-        raise ValueError("must match [a-z0-9_-]{1,64}")
+    if not valid_tenant(raw):
+        raise ValueError(TENANT_RULE)
     return raw
 
 

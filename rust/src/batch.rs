@@ -92,7 +92,9 @@ impl Batch {
     }
 
     fn str_at(&self, span: Span) -> &str {
-        self.strings.get(span.range()).unwrap_or_default()
+        self.strings
+            .get(span.range())
+            .expect("a span is a range of this batch's strings")
     }
 
     /// `str_at` for comparisons: no char boundary checks.
@@ -100,7 +102,7 @@ impl Batch {
         self.strings
             .as_bytes()
             .get(span.range())
-            .unwrap_or_default()
+            .expect("a span is a range of this batch's strings")
     }
 
     /// Records an item that failed validation.
@@ -343,7 +345,7 @@ impl Batch {
         self.items
             .iter()
             .filter(|i| i.reason.is_none())
-            .map(|i| (i, self.lines.get(i.line.range()).unwrap_or_default()))
+            .map(|i| (i, self.line(i)))
     }
 
     pub fn tenant_count(&self) -> usize {
@@ -351,7 +353,17 @@ impl Batch {
     }
 
     pub fn tenant(&self, index: usize) -> &str {
-        self.tenants.get(index).map_or("", |&t| self.str_at(t))
+        let span = self
+            .tenants
+            .get(index)
+            .expect("a tenant index comes from this batch");
+        self.str_at(*span)
+    }
+
+    fn line(&self, item: &Item) -> &[u8] {
+        self.lines
+            .get(item.line.range())
+            .expect("an item's span is a range of this batch's lines")
     }
 
     /// Hands each still-accepted item's `(tenant index, line)` to `store`, in request order;
@@ -369,7 +381,10 @@ impl Batch {
                 continue;
             }
             let tenant = self.groups[item.group as usize].tenant_index as usize;
-            let line = self.lines.get(item.line.range()).unwrap_or_default();
+            let line = self
+                .lines
+                .get(item.line.range())
+                .expect("an item's span is a range of this batch's lines");
             if !store(tenant, line) {
                 item.reason = Some(Reason::BufferFull);
             }

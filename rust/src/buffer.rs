@@ -58,7 +58,9 @@ impl TenantBuffer {
             let Some(front) = self.chunks.front() else {
                 break;
             };
-            let avail = front.get(self.head..).unwrap_or_default();
+            let avail = front
+                .get(self.head..)
+                .expect("head is within the front chunk");
             let n = avail.len().min(nbytes - out.len());
             out.extend_from_slice(&avail[..n]);
             self.head += n;

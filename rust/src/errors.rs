@@ -36,6 +36,7 @@ pub enum UsageError {
         got: usize,
     },
     UnknownReason(String),
+    NotValidationReason(String),
     MissingReason {
         group: usize,
     },
@@ -62,7 +63,11 @@ impl fmt::Display for UsageError {
             Self::VerdictCount { expected, got } => {
                 write!(f, "expected {expected} verdicts, got {got}")
             }
-            Self::UnknownReason(code) => write!(f, "unknown reason code {code:?}"),
+            // Quoted as sent, not escaped: the caller passed this very string.
+            Self::UnknownReason(code) => write!(f, "unknown reason code \"{code}\""),
+            Self::NotValidationReason(code) => {
+                write!(f, "\"{code}\" is not a validation reason code")
+            }
             Self::MissingReason { group } => {
                 write!(f, "verdict {group} rejects items but gives no reason")
             }
@@ -125,6 +130,36 @@ impl Reason {
             Reason::BufferFull => "BUFFER_FULL",
             Reason::Unavailable => "UNAVAILABLE",
         }
+    }
+
+    /// The sentence that explains a validation reason to a client (the single-message route's
+    /// `detail`); `None` for the reasons the shell decides, whose details carry its settings.
+    pub const fn detail(self) -> Option<&'static str> {
+        match self {
+            Reason::InvalidMsgType => Some("msg_type must be telemetry or heartbeat"),
+            Reason::InvalidSchema => {
+                Some("the message does not match the schema (ids, site_id, seq)")
+            }
+            Reason::InvalidTimestamp => {
+                Some("ts must be an RFC 3339 timestamp within InfluxDB's range")
+            }
+            Reason::InvalidMetrics => {
+                Some("metrics must be an object of at most 256 numeric or boolean values")
+            }
+            Reason::PayloadTooLarge
+            | Reason::Unauthorized
+            | Reason::SiteMismatch
+            | Reason::RateLimited
+            | Reason::BufferFull
+            | Reason::Unavailable => None,
+        }
+    }
+
+    /// `detail` of the reason with this code; an error for any other string.
+    pub fn detail_of(code: &str) -> Result<&'static str, UsageError> {
+        Reason::from_code(code)?
+            .detail()
+            .ok_or_else(|| UsageError::NotValidationReason(code.to_owned()))
     }
 
     pub fn from_code(code: &str) -> Result<Reason, UsageError> {
@@ -205,5 +240,37 @@ mod tests {
             assert_eq!(Reason::from_code(r.code()), Ok(r));
         }
         assert!(Reason::from_code("invalid_schema").is_err());
+    }
+
+    #[test]
+    fn validation_reasons_have_a_detail_and_no_other_code_has() {
+        assert_eq!(
+            Reason::detail_of("INVALID_MSG_TYPE"),
+            Ok("msg_type must be telemetry or heartbeat")
+        );
+        let with_detail: Vec<&str> = Reason::ALL
+            .into_iter()
+            .filter(|r| r.detail().is_some())
+            .map(Reason::code)
+            .collect();
+        assert_eq!(
+            with_detail,
+            [
+                "INVALID_MSG_TYPE",
+                "INVALID_SCHEMA",
+                "INVALID_TIMESTAMP",
+                "INVALID_METRICS"
+            ]
+        );
+        assert_eq!(
+            Reason::detail_of("BUFFER_FULL").map_err(|e| e.to_string()),
+            Err("\"BUFFER_FULL\" is not a validation reason code".to_owned())
+        );
+        assert_eq!(
+            Reason::detail_of("a\nb").map_err(|e| e.to_string()),
+            Err("unknown reason code \"a\nb\"".to_owned())
+        );
+        let metrics = Reason::InvalidMetrics.detail().unwrap_or_default();
+        assert!(metrics.contains(&crate::parse::MAX_METRICS.to_string()));
     }
 }

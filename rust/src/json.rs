@@ -137,7 +137,9 @@ impl<'a> Reader<'a> {
 
     /// The text from byte `start` to the cursor.
     pub fn since(&self, start: usize) -> &'a str {
-        self.text.get(start..self.pos).unwrap_or_default()
+        self.text
+            .get(start..self.pos)
+            .expect("start is an earlier cursor position, on a char boundary")
     }
 
     fn bytes(&self) -> &'a [u8] {
@@ -334,7 +336,10 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn literal(&mut self) -> Result<Literal> {
         self.peek();
-        let rest = self.bytes().get(self.pos..).unwrap_or_default();
+        let rest = self
+            .bytes()
+            .get(self.pos..)
+            .expect("the cursor is within the text");
         let (lit, len) = if rest.starts_with(b"true") {
             (Literal::True, 4)
         } else if rest.starts_with(b"false") {
@@ -427,7 +432,7 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
     // Ids, keys and values end within a few words; past those, the string is a blob.
     let near = b.len().min(i + SHORT_STRING);
     let j = scan::find(
-        b.get(..near).unwrap_or_default(),
+        b.get(..near).expect("near is at most the length"),
         i,
         |w| scan::eq(w, b'"') | scan::eq(w, b'\\') | scan::below(w, 0x20),
         |c| STRING_STOP[usize::from(c)],
@@ -445,12 +450,15 @@ const SHORT_STRING: usize = 32;
 /// vectorised pass over the bytes before it for a control character.
 #[inline(never)]
 fn skip_long(b: &[u8], i: usize) -> usize {
-    let rest = b.get(i..).unwrap_or_default();
+    let rest = b.get(i..).expect("skip_plain stops inside the text");
     let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-    let plain = rest.get(..end).unwrap_or_default();
+    let plain = rest
+        .get(..end)
+        .expect("memchr finds a position within rest");
     // A fold, not `any`: without an early exit the compiler vectorises it.
     if plain.iter().fold(false, |any, &c| any | (c < 0x20)) {
-        return i + plain.iter().position(|&c| c < 0x20).unwrap_or(end);
+        let control = plain.iter().position(|&c| c < 0x20);
+        return i + control.expect("the fold saw a control character");
     }
     i + end
 }

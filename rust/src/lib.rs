@@ -5,7 +5,9 @@ pub mod admission;
 pub mod batch;
 pub mod buffer;
 pub mod encode;
+pub mod envelope;
 pub mod errors;
+pub mod ids;
 pub mod json;
 pub mod parse;
 pub mod scan;
@@ -37,6 +39,18 @@ fn body_error(py: Python<'_>, e: &errors::BodyError) -> PyErr {
 
 fn usage_error(e: &UsageError) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+/// A count or size argument: a Python int may be negative, the core's counts may not. The
+/// message is ours (docs/core-rules.md), not the conversion's.
+fn count(name: &str, n: i64) -> PyResult<usize> {
+    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} must not be negative")))
+}
+
+/// `count` for the core's 32-bit settings (bursts, lookups per second).
+fn count32(name: &str, n: i64) -> PyResult<u32> {
+    u32::try_from(count(name, n)?)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be at most {}", u32::MAX)))
 }
 
 /// Parsed, validated and line-protocol-encoded messages of one request, held in Rust.
@@ -112,7 +126,7 @@ type RecordRow = (
     String,
     Vec<u8>,
     Option<f64>,
-    Option<u32>,
+    Option<i64>,
     String,
 );
 
@@ -137,20 +151,20 @@ impl PyAdmission {
     fn new(
         ttl_s: f64,
         negative_ttl_s: f64,
-        max_entries: usize,
-        max_negative_entries: usize,
+        max_entries: i64,
+        max_negative_entries: i64,
         default_rps: f64,
-        default_burst: u32,
-        lookups_per_s: u32,
+        default_burst: i64,
+        lookups_per_s: i64,
     ) -> PyResult<Self> {
         let settings = admission::Settings {
             ttl_s,
             negative_ttl_s,
-            max_entries,
-            max_negative_entries,
+            max_entries: count("max_entries", max_entries)?,
+            max_negative_entries: count("max_negative_entries", max_negative_entries)?,
             default_rps,
-            default_burst,
-            lookups_per_s,
+            default_burst: count32("default_burst", default_burst)?,
+            lookups_per_s: count32("lookups_per_s", lookups_per_s)?,
         };
         admission::Admission::new(settings)
             .map(|inner| PyAdmission { inner })
@@ -182,11 +196,12 @@ impl PyAdmission {
         let records = records
             .into_iter()
             .map(|(tenant, device, site, hash, rps, burst, status)| {
-                let record = admission::Record::new(site, &hash, rps, burst, status == "active")?;
+                let burst = burst.map(|b| count32("burst", b)).transpose()?;
+                let record = admission::Record::new(site, &hash, rps, burst, status == "active")
+                    .map_err(|e| usage_error(&e))?;
                 Ok((tenant, device, record))
             })
-            .collect::<Result<Vec<_>, errors::UsageError>>()
-            .map_err(|e| usage_error(&e))?;
+            .collect::<PyResult<Vec<_>>>()?;
         self.inner.install(&keys, records, now);
         Ok(())
     }
@@ -223,9 +238,10 @@ fn parse_batch(
     py: Python<'_>,
     body: &[u8],
     receive_ns: i64,
-    max_payload_bytes: usize,
+    max_payload_bytes: i64,
 ) -> PyResult<PyBatch> {
-    py.detach(|| parse::parse_batch(body, receive_ns, max_payload_bytes))
+    let max_payload = count("max_payload_bytes", max_payload_bytes)?;
+    py.detach(|| parse::parse_batch(body, receive_ns, max_payload))
         .map(new_batch)
         .map_err(|e| body_error(py, &e))
 }
@@ -244,8 +260,9 @@ fn parse_single(
     msg_type: &Bound<'_, PyString>,
     provision_token: &Bound<'_, PyString>,
     receive_ns: i64,
-    max_payload_bytes: usize,
+    max_payload_bytes: i64,
 ) -> PyResult<PyBatch> {
+    let max_payload = count("max_payload_bytes", max_payload_bytes)?;
     // A str holding a lone surrogate has no UTF-8 form: it is a string, never a valid id.
     let tenant = tenant_id.to_str().ok();
     let device = device_id.to_str().ok();
@@ -257,7 +274,7 @@ fn parse_single(
         msg_type,
         token,
     };
-    py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload_bytes))
+    py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload))
         .map(new_batch)
         .map_err(|e| body_error(py, &e))
 }
@@ -272,10 +289,13 @@ struct PyTenantBuffers {
 impl PyTenantBuffers {
     #[new]
     #[pyo3(signature = (batch_size = 500, flush_bytes = 1_048_576, max_bytes = 67_108_864))]
-    fn new(batch_size: usize, flush_bytes: usize, max_bytes: usize) -> Self {
-        PyTenantBuffers {
-            inner: buffer::TenantBuffers::new(batch_size, flush_bytes, max_bytes),
-        }
+    fn new(batch_size: i64, flush_bytes: i64, max_bytes: i64) -> PyResult<Self> {
+        let inner = buffer::TenantBuffers::new(
+            count("batch_size", batch_size)?,
+            count("flush_bytes", flush_bytes)?,
+            count("max_bytes", max_bytes)?,
+        );
+        Ok(PyTenantBuffers { inner })
     }
 
     /// Append the batch's accepted lines; returns the tenants now at a flush threshold.
@@ -292,8 +312,9 @@ impl PyTenantBuffers {
         py: Python<'_>,
         tenant: &str,
         lines: &[u8],
-        line_count: usize,
+        line_count: i64,
     ) -> PyResult<bool> {
+        let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.append_lines(tenant, lines, line_count))
             .map_err(|e| usage_error(&e))
     }
@@ -314,8 +335,9 @@ impl PyTenantBuffers {
         &self,
         py: Python<'py>,
         tenant: &str,
-        max_lines: usize,
+        max_lines: i64,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
+        let max_lines = count("max_lines", max_lines)?;
         let drained = py
             .detach(|| self.inner.drain(tenant, max_lines))
             .map_err(|e| usage_error(&e))?;
@@ -323,19 +345,15 @@ impl PyTenantBuffers {
     }
 
     /// A drained body of `nbytes` is finished with (written, or dead-lettered).
-    fn settle(&self, py: Python<'_>, nbytes: usize) -> PyResult<()> {
+    fn settle(&self, py: Python<'_>, nbytes: i64) -> PyResult<()> {
+        let nbytes = count("nbytes", nbytes)?;
         py.detach(|| self.inner.settle(nbytes))
             .map_err(|e| usage_error(&e))
     }
 
     /// Return a drained body whose write failed; it is the tenant's next `drain`.
-    fn put_back(
-        &self,
-        py: Python<'_>,
-        tenant: &str,
-        body: &[u8],
-        line_count: usize,
-    ) -> PyResult<()> {
+    fn put_back(&self, py: Python<'_>, tenant: &str, body: &[u8], line_count: i64) -> PyResult<()> {
+        let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.put_back(tenant, body.to_vec(), line_count))
             .map_err(|e| usage_error(&e))
     }
@@ -394,6 +412,11 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// Number of readings.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
     #[getter]
     fn device_id(&self) -> Vec<&str> {
         self.inner.device_id.iter().map(String::as_str).collect()
@@ -434,21 +457,70 @@ impl PyShellyBatch {
             .collect()
     }
 
+    /// All seven columns at once, each built once.
+    #[allow(clippy::type_complexity)]
+    fn columns(
+        &self,
+    ) -> (
+        Vec<&str>,
+        Vec<usize>,
+        Vec<f64>,
+        Vec<Option<f64>>,
+        Vec<Option<f64>>,
+        Vec<i64>,
+        Vec<&str>,
+    ) {
+        (
+            self.device_id(),
+            self.channel(),
+            self.power(),
+            self.voltage(),
+            self.current(),
+            self.timestamp(),
+            self.idempotency_key(),
+        )
+    }
+
     /// Line protocol (measurement `power`) of the readings at `rows`, and its line count.
     fn encode<'py>(
         &self,
         py: Python<'py>,
-        rows: Vec<usize>,
+        rows: Vec<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
-        let (body, n) = self
-            .inner
-            .encode(&rows)
-            .map_err(|row| PyIndexError::new_err(format!("row {row} out of range")))?;
+        let (body, n) = self.inner.encode(&rows).map_err(row_error)?;
         Ok((PyBytes::new(py, &body), n))
+    }
+
+    /// The length of `encode(rows)`'s bytes, without building them.
+    fn encoded_size(&self, rows: Vec<i64>) -> PyResult<usize> {
+        self.inner.encoded_size(&rows).map_err(row_error)
     }
 }
 
+fn row_error(row: i64) -> PyErr {
+    PyIndexError::new_err(format!("row {row} out of range"))
+}
+
 const _: () = assert!(shelly::MAX_SHELLY_MESSAGES == 1000);
+const _: () = assert!(parse::DEFAULT_MAX_PAYLOAD_BYTES == 8192);
+
+/// Whether `s` is a valid tenant id. A str holding a lone surrogate never is.
+#[pyfunction]
+fn valid_tenant(s: &Bound<'_, PyString>) -> bool {
+    s.to_str().is_ok_and(ids::valid_tenant)
+}
+
+/// Whether `s` is a valid id (device, site, token). A str holding a lone surrogate never is.
+#[pyfunction]
+fn valid_id(s: &Bound<'_, PyString>) -> bool {
+    s.to_str().is_ok_and(ids::valid_id)
+}
+
+/// The sentence explaining a validation reason code to a client.
+#[pyfunction]
+fn reason_detail(reason: &str) -> PyResult<&'static str> {
+    Reason::detail_of(reason).map_err(|e| usage_error(&e))
+}
 
 /// Parse and validate a Shelly batch. Runs without the GIL.
 #[pyfunction]
@@ -458,8 +530,9 @@ fn parse_shelly(
     py: Python<'_>,
     body: &[u8],
     now_s: i64,
-    max_messages: usize,
+    max_messages: i64,
 ) -> PyResult<PyShellyBatch> {
+    let max_messages = count("max_messages", max_messages)?;
     py.detach(|| shelly::parse_shelly(body, now_s, max_messages))
         .map(|inner| PyShellyBatch { inner })
         .map_err(|e| body_error(py, &e))
@@ -474,6 +547,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REASONS", PyTuple::new(m.py(), codes)?)?;
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
+    m.add("MAX_ID_BYTES", ids::MAX_ID_BYTES)?;
+    m.add("MAX_TENANT_CHARS", ids::MAX_TENANT_CHARS)?;
+    m.add("TENANT_PATTERN", ids::TENANT_PATTERN)?;
+    m.add("MAX_METRICS", parse::MAX_METRICS)?;
+    m.add(
+        "DEFAULT_MAX_PAYLOAD_BYTES",
+        parse::DEFAULT_MAX_PAYLOAD_BYTES,
+    )?;
+    m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;
@@ -485,5 +567,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;
+    m.add_function(wrap_pyfunction!(valid_tenant, m)?)?;
+    m.add_function(wrap_pyfunction!(valid_id, m)?)?;
+    m.add_function(wrap_pyfunction!(reason_detail, m)?)?;
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! Request bodies → validated, encoded items of a `Batch`, in one pass over the body.
+//! Telemetry bodies → validated, encoded items of a `Batch`, in one pass over the body: the
+//! telemetry rules (ids, msg_type, ts, seq, metrics) and their order.
 //!
-//! The `json` reader validates the whole body while this module walks the parts it reads:
-//! the `messages` list, each message's fields and metrics. Every other value is skipped (and
+//! The `json` reader validates the whole body while `envelope` walks the `messages` list and
+//! this module reads each message's fields and metrics. Every other value is skipped (and
 //! validated). Each message's raw size comes from the reader's position, field values are
 //! classified without conversion, so an overflowing number or a wrong type is an item error,
 //! never a body error. Strings without escapes are borrowed from the body.
@@ -10,218 +11,21 @@ use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
 use crate::encode::{Decimal, Key, Line, PlainNumber};
+use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
-use crate::json::{self, Invalid, Literal, Number, Reader, Str};
-use crate::scan;
+use crate::ids::{checked_id, valid_id, valid_tenant};
+use crate::json::{self, Number, Reader};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
 
+/// Messages a batch body may hold.
 pub const MAX_BATCH_MESSAGES: usize = 100;
 
-const MAX_METRICS: usize = 256;
-const MAX_ID_BYTES: usize = 128;
-const MAX_TENANT_BYTES: usize = 64;
-
-/// A field's value, classified but not converted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Value<'a> {
-    #[default]
-    Missing,
-    Null,
-    Str(Str<'a>),
-    /// A number token as sent.
-    Number(Number<'a>),
-    Bool(bool),
-    /// An array or an object.
-    Other,
-}
-
-impl<'a> Value<'a> {
-    /// Reads the value at the cursor, validating it.
-    #[inline(always)]
-    pub fn read(r: &mut Reader<'a>) -> json::Result<Self> {
-        Ok(match r.peek().ok_or(Invalid)? {
-            b'"' => Value::Str(r.string()?),
-            b't' | b'f' | b'n' => match r.literal()? {
-                Literal::True => Value::Bool(true),
-                Literal::False => Value::Bool(false),
-                Literal::Null => Value::Null,
-            },
-            b'[' | b'{' => {
-                r.skip_value()?;
-                Value::Other
-            }
-            _ => Value::Number(r.number()?),
-        })
-    }
-
-    /// As a string field.
-    pub fn text(&self) -> Text<'a> {
-        match self {
-            Value::Str(s) => s.decode().map_or(Text::LoneSurrogate, Text::Valid),
-            _ => Text::NotString,
-        }
-    }
-}
-
-/// A value read as a string field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Text<'a> {
-    NotString,
-    /// A string holding a lone surrogate escape: a string, but never a valid value.
-    LoneSurrogate,
-    Valid(Cow<'a, str>),
-}
-
-impl Text<'_> {
-    pub fn get(&self) -> Option<&str> {
-        match self {
-            Text::Valid(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn is_string(&self) -> bool {
-        !matches!(self, Text::NotString)
-    }
-}
-
-/// An id: 1..=128 bytes, no control character, no backslash.
-pub fn valid_id(s: &str) -> bool {
-    checked_id(s).is_some()
-}
-
-/// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
-fn checked_id(s: &str) -> Option<bool> {
-    (1..=MAX_ID_BYTES)
-        .contains(&s.len())
-        .then(|| scan_id(s.as_bytes()))
-        .flatten()
-}
-
-fn valid_tenant(s: &str) -> bool {
-    (1..=MAX_TENANT_BYTES).contains(&s.len())
-        && s.bytes()
-            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
-}
-
-/// Bytes that are, or may start, a character no id or name may hold, and the bytes line
-/// protocol escapes.
-static SUSPECT: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[0x7f] = true;
-    t[b'\\' as usize] = true;
-    t[0xc2] = true;
-    t[b',' as usize] = true;
-    t[b'=' as usize] = true;
-    t[b' ' as usize] = true;
-    t
-};
-
-/// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
-/// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
-/// serves validation and encoding.
-fn scan_id(b: &[u8]) -> Option<bool> {
-    // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
-    let first = scan::find(
-        b,
-        0,
-        |w| {
-            scan::below(w, b' ' + 1)
-                | scan::eq(w, 0x7f)
-                | scan::eq(w, b'\\')
-                | scan::eq(w, b',')
-                | scan::eq(w, b'=')
-                | scan::high(w)
-        },
-        |c| SUSPECT[usize::from(c)] || c >= 0x80,
-    );
-    let b = b.get(first..).unwrap_or_default();
-    let mut escape = false;
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            _ if !SUSPECT[usize::from(c)] => {}
-            b',' | b'=' | b' ' => escape = true,
-            0xc2 if !b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)) => {}
-            _ => return None,
-        }
-    }
-    Some(escape)
-}
-
-/// The body as text: strict UTF-8, or not JSON at all.
-pub fn utf8(body: &[u8]) -> Result<&str, BodyError> {
-    simdutf8::basic::from_utf8(body).map_err(|_| BodyError::NotJson)
-}
-
-/// Reads the elements of a `{"messages": [...]}` body for `walk_messages`.
-pub trait Elements<'a> {
-    /// A `messages` list starts; a later duplicate key replaces an earlier list.
-    fn reset(&mut self);
-
-    /// Reads the element at the cursor, consuming exactly that value.
-    fn element(&mut self, r: &mut Reader<'a>) -> json::Result<()>;
-}
-
-/// Walks a `{"messages": [...]}` body, handing the first `max` elements to `elements`, and
-/// returns the element count after all whole-body checks.
-pub fn walk_messages<'a>(
-    text: &'a str,
-    max: usize,
-    elements: &mut impl Elements<'a>,
-) -> Result<usize, BodyError> {
-    let mut r = Reader::new(text);
-    let count = walk(&mut r, max, elements).map_err(|_| BodyError::NotJson)?;
-    match count {
-        None => Err(BodyError::NoMessagesList),
-        Some(0) => Err(BodyError::Empty),
-        Some(count) if count > max => Err(BodyError::TooMany { count, max }),
-        Some(count) => Ok(count),
-    }
-}
-
-fn walk<'a>(
-    r: &mut Reader<'a>,
-    max: usize,
-    elements: &mut impl Elements<'a>,
-) -> json::Result<Option<usize>> {
-    if r.peek() != Some(b'{') {
-        r.skip_value()?;
-        r.end()?;
-        return Ok(None);
-    }
-    r.begin_object()?;
-    let mut count = None;
-    let mut first = true;
-    while let Some(key) = r.next_key(first)? {
-        first = false;
-        if !key.is("messages") {
-            r.skip_value()?;
-        } else if r.peek() != Some(b'[') {
-            r.skip_value()?;
-            count = None;
-        } else {
-            elements.reset();
-            r.begin_array()?;
-            let mut n = 0;
-            while r.next_element(n == 0)? {
-                n += 1;
-                if n <= max {
-                    elements.element(r)?;
-                } else {
-                    r.skip_value()?;
-                }
-            }
-            count = Some(n);
-        }
-    }
-    r.end()?;
-    Ok(count)
-}
+/// Distinct metric names a message may hold.
+pub const MAX_METRICS: usize = 256;
+/// `max_payload_bytes` when the caller gives none.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 8192;
+/// The `msg_type` values, each also the line's measurement.
+pub const MSG_TYPES: [&str; 2] = ["telemetry", "heartbeat"];
 
 /// Parse a `{"messages": [...]}` body of 1 to 100 messages. A message without `ts` gets
 /// `receive_ns` plus its index in the batch.
@@ -478,10 +282,11 @@ impl<'a> MessageParser<'a> {
             let (true, Some(seq), true) = (ids_ok, seq, msg_type.is_string()) else {
                 break 'check Err(Reason::InvalidSchema);
             };
-            let measurement = match msg_type.get() {
-                Some("telemetry") => "telemetry",
-                Some("heartbeat") => "heartbeat",
-                _ => break 'check Err(Reason::InvalidMsgType),
+            let Some(measurement) = msg_type
+                .get()
+                .and_then(|t| MSG_TYPES.into_iter().find(|&m| m == t))
+            else {
+                break 'check Err(Reason::InvalidMsgType);
             };
             let ts = match f.ts {
                 Value::Missing | Value::Null => self.receive_time(),
@@ -537,7 +342,7 @@ impl<'a> MessageParser<'a> {
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
     /// two of them in one batch are the same InfluxDB point; `None` outside InfluxDB's range.
     fn receive_time(&self) -> Option<i64> {
-        let index = i64::try_from(self.batch.len()).ok()?;
+        let index = i64::try_from(self.batch.len()).expect("a batch holds at most 100 items");
         self.receive_ns
             .checked_add(index)
             .filter(|ns| (MIN_NS..=MAX_NS).contains(ns))
@@ -697,27 +502,10 @@ mod tests {
     const NO_LIST: &str = "body must be a JSON object with a \"messages\" list";
 
     #[test]
-    fn ids_are_checked_and_scanned_for_escapes_in_one_pass() {
-        for (id, expected) in [
-            ("dev-1", Some(false)),
-            ("a long device id, 8+ bytes", Some(true)),
-            ("k=v", Some(true)),
-            ("x y", Some(true)),
-            ("caf\u{e9} \u{2028}\u{a0}", Some(true)),
-            ("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}", Some(false)),
-            ("", None),
-            ("a\\b", None),
-            ("a,b\u{7f}", None),
-            ("a long name, then \u{1}", None),
-            ("\u{85}", None),
-            ("a=\u{9f}", None),
-        ] {
-            assert_eq!(checked_id(id), expected, "{id:?}");
-            assert_eq!(valid_id(id), expected.is_some(), "{id:?}");
-        }
-        assert_eq!(checked_id(&"n".repeat(129)), None);
+    fn metric_names_are_ids_but_not_reserved_keys() {
         assert_eq!(checked_metric_name("seq"), None);
         assert_eq!(checked_metric_name("a b"), Some(true));
+        assert_eq!(checked_metric_name("a\\b"), None);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 use std::collections::HashSet;
 
 use crate::encode::Line;
+use crate::envelope::{utf8, walk_messages, Elements, Value};
 use crate::errors::{BodyError, ShellyReason};
+use crate::ids::valid_id;
 use crate::json::{self, Reader};
-use crate::parse::{utf8, valid_id, walk_messages, Elements, Value};
 
 pub const MAX_SHELLY_MESSAGES: usize = 1000;
 const CHANNELS: usize = 4;
@@ -24,6 +25,11 @@ pub struct ShellyBatch {
     pub current: Vec<Option<f64>>,
     pub timestamp: Vec<i64>,
     pub idempotency_key: Vec<String>,
+    /// Every row's line protocol, encoded once at parse time: the shell sizes the readings
+    /// before storing them and buffers the stored ones after.
+    lines: Vec<u8>,
+    /// Where each row's line ends in `lines`.
+    line_ends: Vec<usize>,
 }
 
 /// Parse and validate a Shelly batch body of 1..=`max_messages` messages.
@@ -41,6 +47,7 @@ pub fn parse_shelly(
     let mut out = reader.out;
     out.total_messages = total;
     out.devices = reader.devices.len();
+    out.encode_rows();
     Ok(out)
 }
 
@@ -270,14 +277,19 @@ fn integer_token(text: &str) -> Option<i128> {
 }
 
 impl ShellyBatch {
-    /// Line protocol (measurement `power`) of the readings at `rows`, and its line count.
-    /// `Err(row)` names the first row out of range.
-    pub fn encode(&self, rows: &[usize]) -> Result<(Vec<u8>, usize), usize> {
-        let mut out = Vec::with_capacity(rows.len() * 96);
-        for &row in rows {
-            if row >= self.power.len() {
-                return Err(row);
-            }
+    /// Number of readings (rows).
+    pub fn len(&self) -> usize {
+        self.power.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.power.is_empty()
+    }
+
+    fn encode_rows(&mut self) {
+        let mut out = Vec::with_capacity(self.len() * 96);
+        let mut ends = Vec::with_capacity(self.len());
+        for row in 0..self.len() {
             let mut line = Line::start(&mut out, "power");
             line.tag("channel", itoa::Buffer::new().format(self.channel[row]));
             line.tag("device_id", self.device_id[row].as_str());
@@ -289,8 +301,38 @@ impl ShellyBatch {
                 line.float(b"voltage", v);
             }
             line.finish(i128::from(self.timestamp[row]) * 1_000_000_000);
+            ends.push(out.len());
+        }
+        self.lines = out;
+        self.line_ends = ends;
+    }
+
+    /// The line of `row`; `Err(row)` when there is no such row.
+    fn line(&self, row: i64) -> Result<&[u8], i64> {
+        let index = usize::try_from(row)
+            .ok()
+            .filter(|&i| i < self.line_ends.len())
+            .ok_or(row)?;
+        let start = index.checked_sub(1).map_or(0, |prev| self.line_ends[prev]);
+        Ok(self
+            .lines
+            .get(start..self.line_ends[index])
+            .expect("line_ends are ascending offsets into lines"))
+    }
+
+    /// Line protocol (measurement `power`) of the readings at `rows`, and its line count.
+    /// `Err(row)` names the first row out of range.
+    pub fn encode(&self, rows: &[i64]) -> Result<(Vec<u8>, usize), i64> {
+        let mut out = Vec::with_capacity(self.encoded_size(rows)?);
+        for &row in rows {
+            out.extend_from_slice(self.line(row)?);
         }
         Ok((out, rows.len()))
+    }
+
+    /// The length of `encode(rows)`'s bytes, without building them.
+    pub fn encoded_size(&self, rows: &[i64]) -> Result<usize, i64> {
+        rows.iter().map(|&row| Ok(self.line(row)?.len())).sum()
     }
 }
 
@@ -340,6 +382,7 @@ mod tests {
             ]
         );
         let (lp, n) = b.encode(&[2, 0, 1]).unwrap_or_default();
+        let size = lp.len();
         assert_eq!(n, 3);
         assert_eq!(
             String::from_utf8(lp).unwrap_or_default(),
@@ -350,6 +393,14 @@ mod tests {
             )
         );
         assert_eq!(b.encode(&[3]), Err(3));
+        assert_eq!(b.encode(&[0, -1]), Err(-1));
+        assert_eq!(b.encoded_size(&[2, 0, 1]), Ok(size));
+        assert_eq!(
+            b.encoded_size(&[1, 1]),
+            Ok(2 * b.encode(&[1]).unwrap_or_default().0.len())
+        );
+        assert_eq!(b.encoded_size(&[]), Ok(0));
+        assert_eq!(b.encoded_size(&[0, 3]), Err(3));
     }
 
     #[test]

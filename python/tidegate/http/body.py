@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import zlib
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 
-class BodyRejected(Exception):
-    """The body cannot be read: `status` (400, 413, 415) and a `detail` for the client."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, decompressed if gzip; raises BodyRejected.
+    """The request body, decompressed if gzip; raises HTTPException (400, 413, 415) with a `detail`.
 
     Content-Length is checked before reading, the running size while reading (chunked bodies
     have no Content-Length), and a gzip body's output while decompressing: a bomb stops at
@@ -29,15 +21,15 @@ async def read_body(request: Request, cap: int) -> bytes:
         try:
             declared = int(length)
         except ValueError:
-            raise BodyRejected(400, "Content-Length is not a number") from None
+            raise HTTPException(400, "Content-Length is not a number") from None
         if declared > cap:
-            raise BodyRejected(413, too_large(cap))
+            raise HTTPException(413, too_large(cap))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > cap:
-            raise BodyRejected(413, too_large(cap))
+            raise HTTPException(413, too_large(cap))
         chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = headers.get("content-encoding")
@@ -48,7 +40,7 @@ async def read_body(request: Request, cap: int) -> bytes:
         return gunzip(body, cap)
     if encoding in ("", "identity"):
         return body
-    raise BodyRejected(415, "Content-Encoding must be gzip or identity")
+    raise HTTPException(415, "Content-Encoding must be gzip or identity")
 
 
 def gunzip(data: bytes, cap: int) -> bytes:
@@ -58,11 +50,11 @@ def gunzip(data: bytes, cap: int) -> bytes:
         # max_length stops inflation one byte past the cap: the bomb's tail is never expanded.
         out = inflater.decompress(data, cap + 1)
     except zlib.error:
-        raise BodyRejected(400, "body is not valid gzip") from None
+        raise HTTPException(400, "body is not valid gzip") from None
     if len(out) > cap or inflater.unconsumed_tail:
-        raise BodyRejected(413, too_large(cap, decompressed=True))
+        raise HTTPException(413, too_large(cap, decompressed=True))
     if not inflater.eof or inflater.unused_data:
-        raise BodyRejected(400, "body is not valid gzip")
+        raise HTTPException(400, "body is not valid gzip")
     return out
 
 

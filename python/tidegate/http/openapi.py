@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description of the gateway's routes, written by hand to match app.py."""
+"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py), written by hand;
+the limits, patterns and reason codes in it come from the compiled core."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from tidegate import __version__
-from tidegate._twin import REASONS  # the compiled core's codes too, in the same order
+from tidegate._core import (
+    MAX_BATCH_MESSAGES,
+    MAX_ID_BYTES,
+    MAX_METRICS,
+    MAX_SHELLY_MESSAGES,
+    MSG_TYPES,
+    RATE_LIMITED,
+    REASONS,
+    TENANT_PATTERN,
+)
+from tidegate.ids import ID_RULE
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -16,7 +27,7 @@ def _ref(name: str) -> dict[str, str]:
 def response_spec(
     schema: Mapping[str, Any], description: str, retry_after: bool = False
 ) -> dict[str, Any]:
-    """An OpenAPI JSON response object (shelly.py describes its routes with it too)."""
+    """An OpenAPI JSON response object."""
     out: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": dict(schema)}},
@@ -27,6 +38,14 @@ def response_spec(
 
 
 DETAIL = _ref("Detail")
+_TENANT: dict[str, Any] = {"type": "string", "pattern": TENANT_PATTERN}
+# The limit is in UTF-8 bytes, which JSON Schema's maxLength (characters) cannot say.
+_ID: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "description": f"{ID_RULE}; the limit counts UTF-8 bytes, not characters",
+}
+_MSG_TYPE: dict[str, Any] = {"type": "string", "enum": list(MSG_TYPES)}
 _GZIP = {
     "name": "Content-Encoding",
     "in": "header",
@@ -49,7 +68,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["detail", "reason", "limit"],
         "properties": {
             "detail": {"type": "string"},
-            "reason": {"const": "RATE_LIMITED"},
+            "reason": {"const": RATE_LIMITED},
             "limit": {
                 "type": "object",
                 "description": "The per-device token bucket that refused the message.",
@@ -66,16 +85,16 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["tenant_id", "device_id", "msg_type", "provision_token", "site_id"],
         "properties": {
-            "tenant_id": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
-            "device_id": {"type": "string", "maxLength": 128},
-            "msg_type": {"type": "string", "enum": ["telemetry", "heartbeat"]},
-            "provision_token": {"type": "string"},
-            "site_id": {"type": "string", "maxLength": 128},
+            "tenant_id": _TENANT,
+            "device_id": _ID,
+            "msg_type": _MSG_TYPE,
+            "provision_token": _ID,
+            "site_id": _ID,
             "ts": {"type": ["string", "null"], "format": "date-time"},
             "seq": {"type": ["integer", "null"], "minimum": 0},
             "metrics": {
                 "type": ["object", "null"],
-                "maxProperties": 256,
+                "maxProperties": MAX_METRICS,
                 "additionalProperties": {"type": ["number", "boolean"]},
             },
         },
@@ -84,7 +103,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["site_id"],
         "properties": {
-            "site_id": {"type": "string"},
+            "site_id": _ID,
             "ts": {"type": ["string", "null"], "format": "date-time"},
             "seq": {"type": ["integer", "null"], "minimum": 0},
             "metrics": {"type": ["object", "null"]},
@@ -94,7 +113,12 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["messages"],
         "properties": {
-            "messages": {"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("Message")}
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_BATCH_MESSAGES,
+                "items": _ref("Message"),
+            }
         },
     },
     "BatchResponse": {
@@ -142,7 +166,7 @@ _SCHEMAS: dict[str, Any] = {
 _PATHS: dict[str, Any] = {
     "/ingest/v1/batch": {
         "post": {
-            "summary": "Ingest 1 to 100 messages",
+            "summary": f"Ingest 1 to {MAX_BATCH_MESSAGES} messages",
             "description": (
                 "Each message is validated, authenticated and rate limited on its own. "
                 "202 when any message was accepted; 429/503 when none was and every rejection "
@@ -177,20 +201,10 @@ _PATHS: dict[str, Any] = {
         "post": {
             "summary": "Ingest one message; identity from the URL and X-Provision-Token",
             "parameters": [
-                {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}},
-                {
-                    "name": "msg_type",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "enum": ["telemetry", "heartbeat"]},
-                },
-                {
-                    "name": "X-Provision-Token",
-                    "in": "header",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
+                {"name": "tenant", "in": "path", "required": True, "schema": _TENANT},
+                {"name": "device", "in": "path", "required": True, "schema": _ID},
+                {"name": "msg_type", "in": "path", "required": True, "schema": _MSG_TYPE},
+                {"name": "X-Provision-Token", "in": "header", "required": True, "schema": _ID},
                 _GZIP,
             ],
             "requestBody": {
@@ -256,12 +270,151 @@ _PATHS: dict[str, Any] = {
 }
 
 
-def spec(extra_paths: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The OpenAPI document, with any mounted add-on routes (Shelly) merged in."""
+_SHELLY_KEY: dict[str, Any] = {
+    "name": "X-API-Key",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "INGEST_API_KEY (the INGEST_TENANT tenant) or a tenant's API key.",
+}
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_SHELLY_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["src", "timestamp", "params"],
+    "properties": {
+        "src": {"type": "string", "description": f"Device id; trimmed, 1..{MAX_ID_BYTES} bytes"},
+        "timestamp": {"type": "integer", "description": "Unix seconds, at most 1 day ahead"},
+        "params": {
+            "type": "object",
+            "description": (
+                "`switch:0`..`switch:3` objects with a numeric `apower` (and optional "
+                "`voltage`, `current`) each give one reading; other keys are ignored."
+            ),
+        },
+    },
+}
+_SHELLY_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "inserted",
+        "duplicates",
+        "errors",
+        "total_messages",
+        "devices",
+        "processing_time",
+        "error_details",
+    ],
+    "properties": {
+        "inserted": {**_COUNT, "description": "New readings stored"},
+        "duplicates": {
+            **_COUNT,
+            "description": "Readings whose key was already stored or repeated in the batch",
+        },
+        "errors": {**_COUNT, "description": "Invalid messages and readings (error_details)"},
+        "total_messages": _COUNT,
+        "devices": {**_COUNT, "description": "Distinct src among valid messages"},
+        "processing_time": {"type": "number", "description": "Seconds"},
+        "error_details": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "reason"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "reason": {
+                        "type": "string",
+                        "enum": [
+                            "INVALID_MESSAGE",
+                            "INVALID_SRC",
+                            "INVALID_TIMESTAMP",
+                            "INVALID_PARAMS",
+                            "INVALID_READING",
+                        ],
+                    },
+                },
+            },
+        },
+    },
+}
+_SHELLY_STATS: dict[str, Any] = {
+    "type": "object",
+    "required": ["period", "total_logs", "from_queue", "devices", "last_insert"],
+    "properties": {
+        "period": {"const": "24h"},
+        "total_logs": _COUNT,
+        "from_queue": _COUNT,
+        "devices": _COUNT,
+        "last_insert": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+
+def _shelly_responses(own: dict[str, Any]) -> dict[str, Any]:
+    """A route's own responses plus those of the API key check."""
+    return {
+        **own,
+        "401": response_spec(DETAIL, "Missing or wrong X-API-Key"),
+        "500": response_spec(DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
+        "503": response_spec(DETAIL, "Database unavailable, buffers full, or shutting down", True),
+    }
+
+
+_SHELLY_PATHS: dict[str, Any] = {
+    "/api/ingest/batch": {
+        "post": {
+            "summary": f"Store a batch of 1 to {MAX_SHELLY_MESSAGES} Shelly status messages",
+            "description": (
+                "Readings are stored in power_logs once per key `{src}_{channel}_{minute}`, in "
+                "one statement, and the new ones are buffered for InfluxDB (measurement "
+                "`power`). An invalid message or reading is counted and listed; the rest go in."
+            ),
+            "parameters": [_SHELLY_KEY],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["messages"],
+                            "properties": {
+                                "messages": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": MAX_SHELLY_MESSAGES,
+                                    "items": _SHELLY_MESSAGE,
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": _shelly_responses(
+                {
+                    "200": response_spec(_SHELLY_RESPONSE, "Stored; counters of what happened"),
+                    "413": response_spec(DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
+                    "422": response_spec(
+                        DETAIL, f"Not JSON, no messages list, empty or over {MAX_SHELLY_MESSAGES}"
+                    ),
+                }
+            ),
+        }
+    },
+    "/api/stats/queue": {
+        "get": {
+            "summary": "The key's tenant's power logs of the last 24 hours",
+            "parameters": [_SHELLY_KEY],
+            "responses": _shelly_responses({"200": response_spec(_SHELLY_STATS, "Statistics")}),
+        }
+    },
+}
+
+
+def spec() -> dict[str, Any]:
+    """The OpenAPI document."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "tidegate", "version": __version__},
-        "paths": {**_PATHS, **(extra_paths or {})},
+        "paths": {**_PATHS, **_SHELLY_PATHS},
         "components": {
             "schemas": _SCHEMAS,
             "headers": {

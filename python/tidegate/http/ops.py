@@ -1,0 +1,73 @@
+"""The operations surface: health, readiness, stats, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from tidegate.http import openapi
+from tidegate.http.endpoint import json_response, route
+from tidegate.http.gateway import Gateway
+
+READY_TIMEOUT_S = 2.0
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    """GET /health, /ready, /ingest/v1/stats, /metrics, /openapi.json."""
+    ops = Ops(gw)
+    return [
+        route(gw, "/health", "GET", "health", ops.health),
+        route(gw, "/ready", "GET", "ready", ops.ready),
+        route(gw, "/ingest/v1/stats", "GET", "stats", ops.stats),
+        route(gw, "/metrics", "GET", "metrics", ops.prometheus),
+        route(gw, "/openapi.json", "GET", "openapi", ops.openapi),
+    ]
+
+
+class Ops:
+    """The operations routes."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def health(self, request: Request) -> Response:
+        """GET /health: the process answers."""
+        return json_response(200, {"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """GET /ready: 200 only when the gateway can take and deliver traffic."""
+        reason = await self.not_ready_reason()
+        if reason is None:
+            return json_response(200, {"status": "ready"})
+        return json_response(503, {"status": "not ready", "reason": reason})
+
+    async def stats(self, request: Request) -> Response:
+        """GET /ingest/v1/stats."""
+        return json_response(200, self.gw.metrics.stats())
+
+    async def prometheus(self, request: Request) -> Response:
+        """GET /metrics."""
+        return Response(self.gw.metrics.render(), 200, None, "text/plain; version=0.0.4")
+
+    async def openapi(self, request: Request) -> Response:
+        """GET /openapi.json."""
+        return json_response(200, openapi.spec())
+
+    async def not_ready_reason(self) -> str | None:
+        """Why the gateway should not get traffic now, or None when it should."""
+        gw = self.gw
+        if gw.draining:
+            return "shutting down"
+        services = gw.services
+        try:
+            await asyncio.wait_for(services.registry.ping(), READY_TIMEOUT_S)
+        except Exception as exc:  # any failure to answer means not ready
+            return f"registry does not answer: {type(exc).__name__}"
+        if services.sink.failing:
+            return "sink is failing to write"
+        if services.sink.above_high_water:
+            return "buffers are above the high-water mark"
+        return None

@@ -1,0 +1,226 @@
+"""Shelly smart-plug batches (seed 001): `POST /api/ingest/batch` and `GET /api/stats/queue`.
+
+A queue consumer posts up to 1000 Shelly status messages at once. The core parses and
+validates them into columns of readings (one per `switch:N` channel with an `apower`), the
+registry stores them in `power_logs` with ONE statement that skips readings already stored
+(idempotency key `{src}_{channel}_{timestamp // 60}`), and the readings that were new are
+encoded as line protocol into the tenant's buffer so they reach InfluxDB too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from tidegate import logs
+from tidegate._core import BUFFER_FULL, MAX_SHELLY_MESSAGES
+from tidegate.http.body import read_body
+from tidegate.http.endpoint import JSON, buffer_full, route
+from tidegate.http.gateway import Gateway
+
+if TYPE_CHECKING:
+    from tidegate._core import ShellyBatch
+
+API_KEY_HEADER = "x-api-key"
+DB_RETRY_AFTER_S = "1"
+
+CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
+UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
+DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
+
+# Failures to reach the database, worth a retry: the batch was one statement, so either all of
+# it is stored or none, and a retry of a stored batch only finds duplicates. Anything else
+# (a bug, a value the database refuses) stays a 500: retrying it would never succeed.
+_DB_DOWN: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    sqlite3.OperationalError,
+)
+
+
+def db_down(exc: Exception) -> bool:
+    """True when `exc` says the database cannot be reached now (503), not that a query is wrong."""
+    # asyncpg raises a plain InterfaceError for a closed connection or pool; its subclasses
+    # are client-side mistakes (a value it cannot encode, an unsupported feature): bugs.
+    return type(exc) is asyncpg.InterfaceError or isinstance(exc, _DB_DOWN)
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    """The Shelly routes; a body the core cannot parse is a 422 (seed 001's contract)."""
+    shelly = Shelly(gw)
+    return [
+        route(
+            gw,
+            "/api/ingest/batch",
+            "POST",
+            "shelly_batch",
+            shelly.ingest,
+            ingest=True,
+            body_error=422,
+        ),
+        route(gw, "/api/stats/queue", "GET", "shelly_stats", shelly.stats),
+    ]
+
+
+class Shelly:
+    """The two endpoints and their counters (exported on the gateway's /metrics)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        registry = gw.metrics.registry
+        self.readings = Counter(
+            "tidegate_shelly_readings",
+            "Shelly readings by outcome (inserted, duplicate); invalid: bad messages and readings",
+            ["outcome"],
+            registry=registry,
+        )
+        self.influx_dropped = Counter(
+            "tidegate_shelly_influx_dropped_lines",
+            "Shelly readings stored in power_logs whose line protocol did not fit the buffer",
+            registry=registry,
+        )
+
+    async def ingest(self, request: Request) -> Response:
+        """POST /api/ingest/batch."""
+        start = time.perf_counter()
+        gw = self.gw
+        try:
+            tenant = await self._tenant(request)
+            if isinstance(tenant, Response):
+                return tenant
+            body = await read_body(request, gw.cfg.shelly_max_body_bytes)
+            batch = gw.core.parse_shelly(body, int(time.time()), MAX_SHELLY_MESSAGES)
+            found = len(batch)
+            if found and not self._room_for(batch, found):
+                return self._buffer_full(tenant, found)
+            rows = await gw.services.registry.power_logs.insert(tenant, batch) if found else []
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("shelly_batch", exc)
+        if rows:
+            self._buffer(tenant, batch, rows)
+        return self._respond(tenant, batch, found, len(rows), start)
+
+    async def stats(self, request: Request) -> Response:
+        """GET /api/stats/queue: the key's tenant's last 24 hours."""
+        try:
+            tenant = await self._tenant(request)
+            if isinstance(tenant, Response):
+                return tenant
+            out = await self.gw.services.registry.power_logs.stats(tenant)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("shelly_stats", exc)
+        return Response(orjson.dumps(out), 200, None, JSON)
+
+    async def _tenant(self, request: Request) -> str | Response:
+        """The tenant of the request's X-API-Key, or the 401/500 response."""
+        cfg = self.gw.cfg
+        presented = request.headers.get(API_KEY_HEADER)
+        if presented:
+            # Starlette decodes headers as latin-1: these are the bytes the client sent.
+            raw = presented.encode("latin-1")
+            expected = cfg.ingest_api_key
+            if expected is not None and hmac.compare_digest(raw, expected.encode()):
+                return cfg.ingest_tenant
+            try:
+                key = raw.decode()
+            except UnicodeDecodeError:
+                key = None  # tenant keys are text: no UTF-8, no match
+            tenant = await self.gw.services.registry.tenant_for_api_key(key) if key else None
+            if tenant is not None:
+                return tenant
+        if cfg.ingest_api_key is None and not await self.gw.services.registry.has_tenants():
+            logs.log(
+                "shelly_not_configured",
+                level="error",
+                detail="set INGEST_API_KEY or add a tenant with an API key",
+            )
+            return Response(CONFIG_ERROR, 500, None, JSON)
+        return Response(UNAUTHORIZED, 401, None, JSON)
+
+    def _room_for(self, batch: ShellyBatch, found: int) -> bool:
+        """Whether every reading's line protocol would fit the buffers now.
+
+        Checked before the insert: once the rows are stored, a retry finds only duplicates
+        and buffers nothing, so this is the last moment to push back instead of dropping."""
+        need = batch.encoded_size(range(found))
+        buffers = self.gw.services.buffers
+        return buffers.total_bytes + need <= buffers.max_bytes
+
+    def _buffer_full(self, tenant: str, found: int) -> Response:
+        logs.log("shelly_buffer_full", level="warning", tenant=tenant, readings=found)
+        return buffer_full(self.gw)
+
+    def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
+        """Queue the new readings' line protocol for InfluxDB.
+
+        They are already stored in power_logs, the record a retry is checked against; a retry
+        would find them all duplicates and buffer nothing. `_room_for` refused the request when
+        the lines could not fit; if concurrent requests filled the buffer since, the lines are
+        dropped, counted and logged rather than failing a request that did its job.
+        """
+        services = self.gw.services
+        lines, count = batch.encode(rows)
+        if not services.buffers.append_lines(tenant, lines, count):
+            self.influx_dropped.inc(count)
+            logs.log(
+                "shelly_influx_dropped",
+                level="warning",
+                tenant=tenant,
+                lines=count,
+                reason=BUFFER_FULL,
+            )
+            return
+        ready = services.buffers.ready()
+        if ready:
+            services.sink.notify(ready)
+
+    def _respond(
+        self, tenant: str, batch: ShellyBatch, found: int, inserted: int, start: float
+    ) -> Response:
+        # In-batch repeats never reached the database; they are duplicates all the same.
+        duplicates = found - inserted + batch.duplicates_in_batch
+        errors = batch.errors
+        self.readings.labels("inserted").inc(inserted)
+        self.readings.labels("duplicate").inc(duplicates)
+        self.readings.labels("invalid").inc(len(errors))
+        seconds = time.perf_counter() - start
+        logs.log(
+            "shelly_batch",
+            tenant=tenant,
+            inserted=inserted,
+            duplicates=duplicates,
+            errors=len(errors),
+            messages=batch.total_messages,
+            devices=batch.devices,
+            seconds=round(seconds, 6),
+        )
+        out: dict[str, Any] = {
+            "inserted": inserted,
+            "duplicates": duplicates,
+            "errors": len(errors),
+            "total_messages": batch.total_messages,
+            "devices": batch.devices,
+            "processing_time": round(seconds, 4),
+            "error_details": [{"index": i, "reason": reason} for i, reason in errors],
+        }
+        return Response(orjson.dumps(out), 200, None, JSON)
+
+    def _db_unavailable(self, route: str, exc: BaseException) -> Response:
+        logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
+        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER_S}, JSON)

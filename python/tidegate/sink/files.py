@@ -1,0 +1,81 @@
+"""Line-protocol files: the embedded sink's target, stop spills and dead letters all append
+to them under a lock that replay honours."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tidegate.sink.target import Counts, Failure, FlushHook, Pending, database, describe
+
+
+def hour_file(root: Path, tenant: str) -> Path:
+    """`root/telemetry_{tenant}/<UTC hour>.lp`: the file a tenant's lines go to now."""
+    return root / database(tenant) / f"{datetime.now(UTC):%Y-%m-%dT%H}.lp"
+
+
+def append(path: Path, data: bytes) -> None:
+    """Append `data` under an exclusive lock to the file that is at `path` now.
+
+    replay renames a file away and then takes its lock once (`wait_for_appends`) before
+    reading it, so an append lands either in what replay reads or in a new file at `path`,
+    never after the read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        # Unbuffered: a failed write raises here, not later from close().
+        with path.open("ab", buffering=0) as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            opened = os.fstat(f.fileno())
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
+                continue
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[f.write(view) :]
+            except OSError:
+                # Cut a half-written body (disk full) off, or its retry would glue a broken
+                # line onto the first line of the next body.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(f.fileno(), opened.st_size)
+                raise
+            return
+
+
+def wait_for_appends(path: Path) -> None:
+    """Return once no `append` that opened `path` before it was renamed is still writing."""
+    with path.open("rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+
+
+class FileTarget:
+    """Embedded sink: each body appended to `<root>/telemetry_{tenant}/<UTC hour>.lp`."""
+
+    def __init__(self, root: Path, counts: Counts, observe: FlushHook) -> None:
+        self._root = root
+        self._counts = counts
+        self._observe = observe
+
+    async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
+        """Append the pending pieces; an OSError (disk full, ...) is retried later."""
+        while pending:
+            body, lines = pending[0]
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(append, hour_file(self._root, tenant), body)
+            except OSError as exc:
+                self._observe(tenant, lines, time.perf_counter() - started, False)
+                return Failure(describe(exc))
+            self._observe(tenant, lines, time.perf_counter() - started, True)
+            self._counts.writes_ok += lines
+            self._counts.flushes += 1
+            pending.popleft()
+        return None

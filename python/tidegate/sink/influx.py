@@ -1,0 +1,220 @@
+"""InfluxDB's write APIs (v1, v2, v3) and what a refusal means: retry later, halve the body
+(413), or keep it in a dead-letter LP file with the error, counting partial writes honestly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import re
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from tidegate.config import INFLUX_APIS, Config
+from tidegate.logs import log
+from tidegate.sink.files import append
+from tidegate.sink.target import Counts, Failure, FlushHook, Pending, clip, database, describe
+
+# Statuses after which the same body may succeed later. A bad token must not lose data, so
+# 401/403 wait for someone to fix it; every other 4xx is the body's fault and is dead-lettered.
+_RETRYABLE_4XX = frozenset({401, 403, 408, 429})
+_DROPPED = re.compile(r"dropped=(\d+)")
+_DEAD_LETTER_ERROR_CHARS = 4000
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without a `user:password@` part."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), None when absent/bad."""
+    raw = resp.headers.get("retry-after")
+    if raw is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(raw))
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def rejected_lines(status: int, text: str, lines: int) -> int | None:
+    """How many of a refused body's `lines` the database did not write; None if it won't say.
+
+    InfluxDB 1.x: 400 `partial write: ... dropped=N`, and for unparsable lines one `unable to
+    parse` each (with `dropped=0`); 2.x: 422 with `dropped=N`; 3.x: 400 `partial write of line
+    protocol occurred` with one `data` entry per refused line. Any other refusal wrote nothing.
+    (1.x names only the type-conflict drops when a body also has unparsable lines; the core
+    never encodes those, so that undercount needs a hand-made body.)
+    """
+    if status != 422 and "partial write" not in text:
+        return lines
+    with contextlib.suppress(ValueError):
+        doc = orjson.loads(text)
+        if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+            return min(lines, len(doc["data"]))
+    dropped = _DROPPED.findall(text)
+    unparsed = text.count("unable to parse")
+    if not dropped and not unparsed:
+        return None
+    return min(lines, (int(dropped[-1]) if dropped else 0) + unparsed)
+
+
+def split_body(body: bytes, lines: int) -> tuple[tuple[bytes, int], tuple[bytes, int]]:
+    """Halve a body of `lines` (>= 2) newline-terminated lines at a line boundary."""
+    half = lines // 2
+    cut = -1
+    for _ in range(half):
+        cut = body.index(b"\n", cut + 1)
+    return (body[: cut + 1], half), (body[cut + 1 :], lines - half)
+
+
+class InfluxTarget:
+    """Writes to InfluxDB through the v1, v2 or v3 write API, with the failure policy."""
+
+    def __init__(
+        self, cfg: Config, client: httpx.AsyncClient, counts: Counts, observe: FlushHook
+    ) -> None:
+        if cfg.influxdb_url is None or cfg.influx_api not in INFLUX_APIS:
+            raise ValueError("an InfluxDB target needs influxdb_url and influx_api v1, v2 or v3")
+        self._cfg = cfg
+        self._client = client
+        self._counts = counts
+        self._observe = observe
+        self._api = cfg.influx_api
+        url = cfg.influxdb_url.rstrip("/")
+        if cfg.influxdb_token:
+            # httpx would turn a URL's user:password into Basic auth over the token header.
+            url = without_userinfo(url)
+        self._query_url = f"{url}/query"
+        self._auth: dict[str, str] = {}
+        if cfg.influx_api == "v1":
+            self._write_url = f"{url}/write"
+            scheme = "Token"
+        elif cfg.influx_api == "v2":
+            self._write_url = f"{url}/api/v2/write"
+            scheme = "Token"
+        else:
+            self._write_url = f"{url}/api/v3/write_lp"
+            scheme = "Bearer"
+        if cfg.influxdb_token:
+            self._auth["Authorization"] = f"{scheme} {cfg.influxdb_token}"
+        self._headers = {**self._auth, "Content-Type": "text/plain; charset=utf-8"}
+        self._dead_letter_root = cfg.data_dir / "deadletter"
+
+    def _params(self, tenant: str) -> dict[str, str]:
+        db = database(tenant)
+        if self._api == "v1":
+            return {"db": db, "precision": "ns"}
+        if self._api == "v2":
+            return {"org": self._cfg.influxdb_org or "", "bucket": db, "precision": "ns"}
+        return {"db": db, "precision": "nanosecond"}
+
+    async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
+        """Write the pending pieces in order. Written and dead-lettered pieces leave `pending`;
+        on a retryable failure the rest stays there and the failure is returned."""
+        created = False
+        while pending:
+            body, lines = pending[0]
+            started = time.perf_counter()
+            try:
+                resp = await self._client.post(
+                    self._write_url,
+                    params=self._params(tenant),
+                    content=body,
+                    headers=self._headers,
+                )
+            except httpx.TransportError as exc:
+                self._observe(tenant, lines, time.perf_counter() - started, False)
+                return Failure(describe(exc))
+            status = resp.status_code
+            self._observe(tenant, lines, time.perf_counter() - started, resp.is_success)
+            if resp.is_success:
+                self._counts.writes_ok += lines
+                self._counts.flushes += 1
+                pending.popleft()
+                continue
+            text = resp.text
+            if status == 413 and lines > 1:
+                pending.popleft()
+                pending.extendleft(reversed(split_body(body, lines)))
+                continue
+            if (
+                status == 404
+                and self._api == "v1"
+                and self._cfg.influx_create_db
+                and not created
+                and "database not found" in text
+            ):
+                failure = await self._create_database(tenant)
+                if failure is not None:
+                    return failure
+                created = True
+                continue
+            if status in _RETRYABLE_4XX or not 400 <= status < 500:
+                return Failure(f"HTTP {status}: {clip(text)}", _retry_after(resp))
+            try:
+                await self._dead_letter(tenant, body, lines, status, text)
+            except OSError as exc:
+                # Keeping the body beats losing it: the retry re-sends it, and InfluxDB keeps one
+                # point per series and timestamp, so its good lines are not doubled.
+                return Failure(f"dead-letter file: {describe(exc)}")
+            pending.popleft()
+        return None
+
+    async def _create_database(self, tenant: str) -> Failure | None:
+        db = database(tenant)
+        try:
+            resp = await self._client.post(
+                self._query_url, data={"q": f'CREATE DATABASE "{db}"'}, headers=self._auth
+            )
+        except httpx.TransportError as exc:
+            return Failure(f"CREATE DATABASE {db}: {describe(exc)}")
+        # 1.x answers 200 with {"results":[{"error":...}]} when the statement itself fails.
+        if not resp.is_success or '"error"' in resp.text:
+            return Failure(
+                f"CREATE DATABASE {db}: HTTP {resp.status_code}: {clip(resp.text)}",
+                _retry_after(resp),
+            )
+        log("sink_database_created", database=db)
+        return None
+
+    async def _dead_letter(
+        self, tenant: str, body: bytes, lines: int, status: int, text: str
+    ) -> None:
+        rejected = rejected_lines(status, text, lines)
+        told = "an unknown number" if rejected is None else str(rejected)
+        note = (
+            f"# {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} HTTP {status}: {told} of {lines} lines "
+            f"refused: {clip(text, _DEAD_LETTER_ERROR_CHARS)}\n"
+        )
+        path = self._dead_letter_root / f"{database(tenant)}.lp"
+        await asyncio.to_thread(append, path, note.encode() + body)
+        counts = self._counts
+        counts.dead_lettered += lines
+        if rejected is None:
+            counts.writes_uncertain += lines
+        else:
+            counts.writes_err += rejected
+            counts.writes_ok += lines - rejected
+        counts.last_error = f"{tenant}: HTTP {status}: {clip(text)}"
+        log(
+            "sink_dead_lettered",
+            level="error",
+            tenant=tenant,
+            status=status,
+            lines=lines,
+            rejected=rejected,
+            path=str(path),
+            error=clip(text),
+        )

@@ -1,0 +1,109 @@
+"""The registry on PostgreSQL (asyncpg pool)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from tidegate.store.power_logs import PG_SCHEMA as POWER_LOGS_SCHEMA
+from tidegate.store.power_logs import PostgresPowerLogs
+from tidegate.store.registry import (
+    ADD_DEVICE,
+    DEVICE_COLUMNS,
+    ENSURE_TENANT,
+    PING_TIMEOUT_S,
+    Key,
+    Registry,
+)
+
+# Serialises concurrent `migrate()` calls from several processes on one database.
+_MIGRATE_LOCK_KEY = 0x7469646567617465
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id text PRIMARY KEY,
+    api_key_hash bytea UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS devices (
+    tenant_id text NOT NULL REFERENCES tenants (tenant_id),
+    device_id text NOT NULL,
+    site_id text NOT NULL,
+    token_hash bytea NOT NULL,
+    rps double precision,
+    burst integer,
+    status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, device_id)
+);
+"""
+
+_DEVICES = f"""
+SELECT {DEVICE_COLUMNS}
+FROM unnest($1::text[], $2::text[]) AS k (tenant_id, device_id)
+JOIN devices d ON d.tenant_id = k.tenant_id AND d.device_id = k.device_id
+"""
+_LIST = """
+SELECT tenant_id, device_id, site_id, rps, burst, status,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at,
+       to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS updated_at
+FROM devices WHERE tenant_id = $1 ORDER BY device_id
+"""
+
+
+class PostgresRegistry(Registry):
+    """The registry on a PostgreSQL connection pool."""
+
+    backend = "postgresql"
+    unique_violation = asyncpg.UniqueViolationError
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__()
+        self._pool = pool
+        self.power_logs = PostgresPowerLogs(pool)
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int) -> PostgresRegistry:
+        """Connect a pool of at most `pool_size` connections to `url`."""
+        return cls(await asyncpg.create_pool(url, min_size=1, max_size=pool_size))
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self._pool.close()
+
+    async def migrate(self) -> None:
+        """Create what is missing, one process at a time (advisory lock)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK_KEY)
+            await conn.execute(_SCHEMA + POWER_LOGS_SCHEMA)
+
+    async def ping(self) -> None:
+        """`SELECT 1` within PING_TIMEOUT_S."""
+        async with asyncio.timeout(PING_TIMEOUT_S):
+            await self._pool.fetchval("SELECT 1")
+
+    async def list_devices(self, tenant_id: str) -> list[dict[str, object]]:
+        """The tenant's devices; timestamps as ISO 8601 UTC text, as SQLite stores them."""
+        return [dict(row) for row in await self.rows(_LIST, tenant_id)]
+
+    async def rows(self, sql: str, *args: object) -> list[Any]:
+        """`fetch` on the pool."""
+        rows: list[Any] = await self._pool.fetch(sql, *args)
+        return rows
+
+    async def value(self, sql: str, *args: object) -> Any:
+        """`fetchval` on the pool."""
+        return await self._pool.fetchval(sql, *args)
+
+    async def device_rows(self, keys: list[Key]) -> list[Any]:
+        """One query: the keys as two arrays, unnested and joined."""
+        return await self.rows(_DEVICES, [k[0] for k in keys], [k[1] for k in keys])
+
+    async def upsert_device(self, row: tuple[object, ...]) -> Any:
+        """Both statements in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(ENSURE_TENANT, row[0])
+            return await conn.fetchval(ADD_DEVICE, *row)

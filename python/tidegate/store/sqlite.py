@@ -1,0 +1,129 @@
+"""The registry on SQLite (one aiosqlite connection in autocommit, WAL): the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from tidegate.store.power_logs import SQLITE_SCHEMA as POWER_LOGS_SCHEMA
+from tidegate.store.power_logs import SqlitePowerLogs
+from tidegate.store.registry import (
+    ADD_DEVICE,
+    DEVICE_COLUMNS,
+    ENSURE_TENANT,
+    PING_TIMEOUT_S,
+    Key,
+    Registry,
+)
+
+FILE_NAME = "registry.sqlite3"
+
+# The tables of postgres.py. STRICT makes column types binding as in PostgreSQL; created/updated
+# are ISO 8601 UTC text.
+_NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id TEXT PRIMARY KEY,
+    api_key_hash BLOB UNIQUE,
+    created_at TEXT NOT NULL DEFAULT {_NOW}
+) STRICT;
+CREATE TABLE IF NOT EXISTS devices (
+    tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+    device_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    token_hash BLOB NOT NULL,
+    rps REAL,
+    burst INTEGER,
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked')),
+    created_at TEXT NOT NULL DEFAULT {_NOW},
+    updated_at TEXT NOT NULL DEFAULT {_NOW},
+    PRIMARY KEY (tenant_id, device_id)
+) STRICT, WITHOUT ROWID;
+"""
+
+# One parameter whatever the number of keys: SQLite caps bound variables per statement.
+_DEVICES = f"""
+SELECT {DEVICE_COLUMNS}
+FROM json_each(?) AS k
+JOIN devices d
+    ON d.tenant_id = json_extract(k.value, '$[0]') AND d.device_id = json_extract(k.value, '$[1]')
+"""
+_LIST = """
+SELECT tenant_id, device_id, site_id, rps, burst, status, created_at, updated_at
+FROM devices WHERE tenant_id = ? ORDER BY device_id
+"""
+_PLACEHOLDER = re.compile(r"\$\d+")
+
+
+@functools.cache
+def _dialect(sql: str) -> str:
+    """A registry.py statement in SQLite's dialect: its `$n` are in order, so each is a `?`."""
+    return _PLACEHOLDER.sub("?", sql).replace("now()", _NOW)
+
+
+class SqliteRegistry(Registry):
+    """The registry on one SQLite file."""
+
+    backend = "sqlite"
+    unique_violation = aiosqlite.IntegrityError
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        super().__init__()
+        self._db = db
+        self.power_logs = SqlitePowerLogs(db)
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> SqliteRegistry:
+        """Open (creating it and `data_dir` if needed) `data_dir/registry.sqlite3`."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(data_dir / FILE_NAME, isolation_level=None)
+        # WAL + busy timeout: the CLI and a running server share the file.
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        return cls(db)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._db.close()
+
+    async def migrate(self) -> None:
+        """Create what is missing in one IMMEDIATE transaction (one writer at a time)."""
+        await self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}COMMIT;")
+
+    async def ping(self) -> None:
+        """`SELECT 1` within PING_TIMEOUT_S."""
+        async with asyncio.timeout(PING_TIMEOUT_S):
+            await self.rows("SELECT 1")
+
+    async def list_devices(self, tenant_id: str) -> list[dict[str, object]]:
+        """The tenant's devices, rows as dicts by column name."""
+        async with self._db.execute(_LIST, (tenant_id,)) as cur:
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+    async def rows(self, sql: str, *args: object) -> list[Any]:
+        """Run the statement, translated to SQLite's dialect."""
+        async with self._db.execute(_dialect(sql), args) as cur:
+            return list(await cur.fetchall())
+
+    async def value(self, sql: str, *args: object) -> Any:
+        """The first column of the first row, None when there is none."""
+        found = await self.rows(sql, *args)
+        return found[0][0] if found else None
+
+    async def device_rows(self, keys: list[Key]) -> list[Any]:
+        """One query: the keys as one JSON parameter."""
+        return await self.rows(_DEVICES, json.dumps(keys))
+
+    async def upsert_device(self, row: tuple[object, ...]) -> Any:
+        """Two autocommit statements: a tenant row left without its device harms nothing."""
+        await self.rows(ENSURE_TENANT, row[0])
+        return await self.value(ADD_DEVICE, *row)

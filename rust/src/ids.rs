@@ -1,0 +1,129 @@
+//! The id rules: tenant ids, and the ids, site ids, tokens and metric names written into line
+//! protocol. Exported to Python (`valid_tenant`, `valid_id`) so the shell applies the same rules.
+
+use crate::scan;
+
+/// Longest id, in UTF-8 bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest tenant id (ASCII only, so characters and bytes alike).
+pub const MAX_TENANT_CHARS: usize = 64;
+/// The tenant rule as a regular expression (OpenAPI `pattern`); `valid_tenant` applies it.
+pub const TENANT_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+
+/// An id: 1..=128 bytes, no control character, no backslash.
+pub fn valid_id(s: &str) -> bool {
+    checked_id(s).is_some()
+}
+
+/// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
+pub fn checked_id(s: &str) -> Option<bool> {
+    (1..=MAX_ID_BYTES)
+        .contains(&s.len())
+        .then(|| scan_id(s.as_bytes()))
+        .flatten()
+}
+
+/// A tenant id: 1..=64 of `a-z`, `0-9`, `_`, `-`.
+pub fn valid_tenant(s: &str) -> bool {
+    (1..=MAX_TENANT_CHARS).contains(&s.len())
+        && s.bytes()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+/// Bytes that are, or may start, a character no id or name may hold, and the bytes line
+/// protocol escapes.
+static SUSPECT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[0x7f] = true;
+    t[b'\\' as usize] = true;
+    t[0xc2] = true;
+    t[b',' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b' ' as usize] = true;
+    t
+};
+
+/// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
+/// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
+/// serves validation and encoding.
+fn scan_id(b: &[u8]) -> Option<bool> {
+    // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
+    let first = scan::find(
+        b,
+        0,
+        |w| {
+            scan::below(w, b' ' + 1)
+                | scan::eq(w, 0x7f)
+                | scan::eq(w, b'\\')
+                | scan::eq(w, b',')
+                | scan::eq(w, b'=')
+                | scan::high(w)
+        },
+        |c| SUSPECT[usize::from(c)] || c >= 0x80,
+    );
+    let b = b
+        .get(first..)
+        .expect("scan::find returns a position within the bytes");
+    let mut escape = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            _ if !SUSPECT[usize::from(c)] => {}
+            b',' | b'=' | b' ' => escape = true,
+            0xc2 if !b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)) => {}
+            _ => return None,
+        }
+    }
+    Some(escape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_and_scanned_for_escapes_in_one_pass() {
+        for (id, expected) in [
+            ("dev-1", Some(false)),
+            ("a long device id, 8+ bytes", Some(true)),
+            ("k=v", Some(true)),
+            ("x y", Some(true)),
+            ("caf\u{e9} \u{2028}\u{a0}", Some(true)),
+            ("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}", Some(false)),
+            ("", None),
+            ("a\\b", None),
+            ("a,b\u{7f}", None),
+            ("a long name, then \u{1}", None),
+            ("\u{85}", None),
+            ("a=\u{9f}", None),
+        ] {
+            assert_eq!(checked_id(id), expected, "{id:?}");
+            assert_eq!(valid_id(id), expected.is_some(), "{id:?}");
+        }
+        assert_eq!(checked_id(&"n".repeat(129)), None);
+    }
+
+    #[test]
+    fn tenants_are_lowercase_ascii_words_of_up_to_64() {
+        for (s, ok) in [
+            ("acme", true),
+            ("a-b_9", true),
+            (&"a".repeat(64), true),
+            (&"a".repeat(65), false),
+            ("", false),
+            ("Acme", false),
+            ("ac me", false),
+            ("\u{e9}", false),
+        ] {
+            assert_eq!(valid_tenant(s), ok, "{s:?}");
+        }
+        assert_eq!(
+            TENANT_PATTERN,
+            format!("^[a-z0-9_-]{{1,{MAX_TENANT_CHARS}}}$")
+        );
+    }
+}

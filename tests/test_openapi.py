@@ -1,0 +1,45 @@
+"""The OpenAPI document states the core's rules as the core exports them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidegate import _core
+from tidegate.http import openapi
+
+
+def walk(node: Any) -> list[dict[str, Any]]:
+    """Every object in the document."""
+    if isinstance(node, dict):
+        return [node, *(o for v in node.values() for o in walk(v))]
+    if isinstance(node, list):
+        return [o for v in node for o in walk(v)]
+    return []
+
+
+def test_ids_are_described_in_bytes_without_a_character_max_length() -> None:
+    doc = openapi.spec()
+    assert not [o for o in walk(doc) if "maxLength" in o]
+    message = doc["components"]["schemas"]["Message"]["properties"]
+    for name in ("device_id", "site_id", "provision_token"):
+        assert message[name] == {
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "1..128 bytes, no control character, no backslash; "
+                "the limit counts UTF-8 bytes, not characters"
+            ),
+        }
+
+
+def test_limits_patterns_and_codes_come_from_the_core() -> None:
+    doc = openapi.spec()
+    schemas = doc["components"]["schemas"]
+    message = schemas["Message"]["properties"]
+    assert message["tenant_id"]["pattern"] == _core.TENANT_PATTERN
+    assert message["msg_type"]["enum"] == list(_core.MSG_TYPES)
+    assert message["metrics"]["maxProperties"] == _core.MAX_METRICS
+    assert schemas["BatchRequest"]["properties"]["messages"]["maxItems"] == 100
+    assert schemas["Detail"]["properties"]["reason"]["enum"] == list(_core.REASONS)
+    shelly = doc["paths"]["/api/ingest/batch"]["post"]["requestBody"]["content"]
+    assert shelly["application/json"]["schema"]["properties"]["messages"]["maxItems"] == 1000
