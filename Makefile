@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: run test build services lint bench load clean
+.PHONY: run test build services lint bench load clean fuzz-rust
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,3 +49,9 @@ load: build services
 
 clean:
 	rm -rf $(VENV) target
+
+# The Rust JSON reader under libFuzzer for FUZZ_SECONDS (default 600), corpus kept in fuzz/corpus-rust.
+FUZZ_SECONDS ?= 600
+fuzz-rust:
+	mkdir -p fuzz/corpus-rust
+	python3 fuzz/rust/run.py -max_total_time=$(FUZZ_SECONDS) -max_len=4096 fuzz/corpus-rust

@@ -40,6 +40,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_AUTH_CACHE_TTL_S": ["-1", "inf", "nan", "1m"],
     "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S": ["-0.5", "x"],
     "TIDEGATE_AUTH_CACHE_MAX_ENTRIES": ["0", "lots"],
+    "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES": ["0", "-3", "1.5"],
+    "TIDEGATE_AUTH_LOOKUPS_PER_S": ["0", "ten"],
     "INGEST_TENANT": ["Default", "a b", "t" * 65, "a\\b"],
     "TIDEGATE_PORT": ["-1", "65536", "http"],
     "TIDEGATE_SHUTDOWN_DEADLINE_S": ["0", "soon"],
@@ -106,6 +108,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
         60.0,
         5.0,
     )
+    assert (cfg.auth_cache_max_negative_entries, cfg.auth_lookups_per_s) == (10_000, 100)
 
 
 def test_empty_values_count_as_unset() -> None:

@@ -87,6 +87,7 @@ def test_reason_constants_and_limits_are_exported(core: ModuleType) -> None:
         "SITE_MISMATCH",
         "RATE_LIMITED",
         "BUFFER_FULL",
+        "UNAVAILABLE",
     ]
     assert [getattr(core, n) for n in names] == names
     assert tuple(names) == core.REASONS

@@ -29,6 +29,7 @@ EXPORTED_VALUES = {
         "SITE_MISMATCH",
         "RATE_LIMITED",
         "BUFFER_FULL",
+        "UNAVAILABLE",
     ),
     "MAX_BATCH_MESSAGES": 100,
     "MAX_SHELLY_MESSAGES": 1000,

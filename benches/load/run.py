@@ -11,6 +11,12 @@ With the write-ahead log, each phase also reports records per fsync.
 
     python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
+With --baseline GIT_REF, that commit is checked out (a git worktree in a temp dir), built and
+installed into its own venv, and every combination runs on the baseline and then on the working
+tree, side by side in one run on the same bodies:
+
+    python benches/load/run.py --cores rust --baseline base-c4f33ef --paced-rate 0
+
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
 """
 
@@ -45,6 +51,42 @@ from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
 BATCH = 100
+WORKING = "working tree"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What serves: the working tree (`python` None: this interpreter), or a baseline ref built
+    into its own venv."""
+
+    name: str
+    python: str | None = None
+
+
+def build_baseline(ref: str, workdir: Path) -> Build:
+    """Check `ref` out into a git worktree under `workdir` and install it (release build of the
+    core) into a venv of its own."""
+    tree = workdir / "baseline-src"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), ref], check=True
+    )
+    venv = workdir / "baseline-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "CARGO_TARGET_DIR": str(workdir / "baseline-target")}
+    env.pop("VIRTUAL_ENV", None)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, env=env)
+    subprocess.run([*pip, str(tree)], check=True, env=env)
+    return Build(ref, str(venv / "bin" / "python"))
+
+
+def remove_baseline(workdir: Path) -> None:
+    """Remove the baseline's git worktree (its venv goes with `workdir`)."""
+    tree = workdir / "baseline-src"
+    if tree.exists():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+        )
 
 
 @dataclass
@@ -182,18 +224,28 @@ def wrk(
     raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
 
 
+def gateway_stats(gw: GatewayProcess) -> dict[str, Any]:
+    """/ingest/v1/stats from the ops listener, or from the public one for a baseline built
+    before the ops listener existed."""
+    try:
+        return gw.stats()
+    except httpx.ConnectError:
+        out: dict[str, Any] = httpx.get(f"{gw.url}/ingest/v1/stats", timeout=10.0).json()
+        return out
+
+
 def measure(
     gw: GatewayProcess, listing: Path, duration: int, connections: int, threads: int, delay_ms: int
 ) -> dict[str, Any]:
     """One wrk phase; accepted msgs/s from the gateway's own counters."""
-    before = gw.stats()
+    before = gateway_stats(gw)
     sampler = RssSampler(gw.proc.pid)
     rss_start = rss_kib(gw.proc.pid)
     sampler.start()
     result = wrk(gw.url, listing, duration, connections, threads, delay_ms)
     sampler.stopped.set()
     sampler.join()
-    after = gw.stats()
+    after = gateway_stats(gw)
     seconds = result["duration_us"] / 1e6
     accepted = after["accepted"] - before["accepted"]
     rejected = after["rejected_total"] - before["rejected_total"]
@@ -260,6 +312,7 @@ DURABILITIES = {
 
 def run_one(
     s: Setup,
+    build: Build,
     core: str,
     sink: str,
     registry: str,
@@ -270,7 +323,7 @@ def run_one(
     first_saturated: list[float],
 ) -> list[dict[str, Any]]:
     """Provision, start, warm, measure (saturated, then paced), stop."""
-    name = f"{core}-{sink}-{registry}-{durability}"
+    name = f"{'baseline' if build.python else 'working'}-{core}-{sink}-{registry}-{durability}"
     workdir = s.workdir / name
     env = {"TIDEGATE_CORE": core, "TIDEGATE_DATA_DIR": str(workdir / "data")}
     env.update(DURABILITIES[durability])
@@ -285,10 +338,16 @@ def run_one(
         )
     provision(env, s)
     listing = write_bodies(s)
-    gw = run_gateway(env, workdir)
+    gw = run_gateway(env, workdir, build.python)
     try:
         warm(gw, listing)
-        tags = {"core": core, "sink": sink, "registry": registry, "durability": durability}
+        tags = {
+            "build": build.name,
+            "core": core,
+            "sink": sink,
+            "registry": registry,
+            "durability": durability,
+        }
         results = []
         sat = measure(gw, listing, s.duration, s.connections, s.threads, 0)
         results.append({**tags, "phase": "saturated", **sat})
@@ -308,12 +367,13 @@ def run_one(
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| core | sink | registry | durability | phase | accepted msgs/s | req/s | p50 ms "
-        "| p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync |\n"
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|\n"
+        "| build | core | sink | registry | durability | phase | accepted msgs/s | req/s "
+        "| p50 ms | p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync |\n"
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|\n"
     )
     lines = [
-        f"| {r['core']} | {r['sink']} | {r['registry']} | {r['durability']} | {r['phase']} "
+        f"| {r['build']} | {r['core']} | {r['sink']} | {r['registry']} | {r['durability']} "
+        f"| {r['phase']} "
         f"| {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
         f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
         f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} "
@@ -347,6 +407,11 @@ def main() -> None:
         help="msgs/s of the latency phase (default: half the 150k target; 0 skips it), or "
         "`half`: half the first run's saturated rate, the same for every run",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also build this commit into its own venv and run it before the working tree",
+    )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -369,6 +434,9 @@ def main() -> None:
     influx = InfluxDB() if "influx" in sinks else None
     rows: list[dict[str, Any]] = []
     try:
+        builds = [Build(WORKING)]
+        if args.baseline:
+            builds.insert(0, build_baseline(args.baseline, workdir))
         if pg:
             pg.start()
         if influx:
@@ -380,18 +448,21 @@ def main() -> None:
                     for durability in args.durability.split(","):
                         if core != "rust" and durability != "memory":
                             continue
-                        rows += run_one(
-                            s,
-                            core,
-                            sink,
-                            registry,
-                            durability,
-                            pg,
-                            influx,
-                            args.paced_rate,
-                            first_saturated,
-                        )
+                        for build in builds:
+                            rows += run_one(
+                                s,
+                                build,
+                                core,
+                                sink,
+                                registry,
+                                durability,
+                                pg,
+                                influx,
+                                args.paced_rate,
+                                first_saturated,
+                            )
     finally:
+        remove_baseline(workdir)
         if influx:
             influx.cleanup()
         if pg:

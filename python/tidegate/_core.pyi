@@ -5,8 +5,10 @@
 Flow of one ingest request (no per-message Python object on the accepted path):
 
     batch = parse_batch(body, receive_ns, max_payload_bytes)     # parse + validate + encode
-    verdicts = decide(batch.groups())                             # Python: auth, site, rate limit
-    batch.resolve(verdicts)
+    keys = admission.admit(batch, now)                            # auth, site, rate limit
+    if keys:                                                      # uncached devices only:
+        admission.install(keys, await registry_rows(keys), now)   #   ONE registry query
+        admission.admit(batch, now)                               #   (skip install if it failed)
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     accepted, rejected, body = batch.response_json()
 
@@ -42,6 +44,8 @@ __all__ = [
     "SITE_MISMATCH",
     "TENANT_PATTERN",
     "UNAUTHORIZED",
+    "UNAVAILABLE",
+    "Admission",
     "Batch",
     "BodyError",
     "ShellyBatch",
@@ -67,6 +71,7 @@ UNAUTHORIZED: Final = "UNAUTHORIZED"
 SITE_MISMATCH: Final = "SITE_MISMATCH"
 RATE_LIMITED: Final = "RATE_LIMITED"
 BUFFER_FULL: Final = "BUFFER_FULL"
+UNAVAILABLE: Final = "UNAVAILABLE"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
 
@@ -128,6 +133,70 @@ class Batch:
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)`: body is the batch endpoint's JSON response
         `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"device_id"?}]}`."""
+
+    @property
+    def retry_after(self) -> float:
+        """After `Admission.admit` resolved the batch: seconds until the next token of its
+        slowest RATE_LIMITED device; 0.0 when none was rate limited."""
+
+@final
+class Admission:
+    """The auth cache, token buckets and lookup budgets of one gateway process.
+
+    Found devices (active or revoked) are cached for `ttl_s` in a table of at most
+    `max_entries`; unknown ones for `negative_ttl_s` in their OWN table of at most
+    `max_negative_entries`, so they can never evict found ones. A full table drops its expired
+    entries, else its oldest tenth. Each device's token bucket (`rps`/`burst` of its record, else
+    the defaults; one token per message) lives in its entry and survives refreshes. Each tenant
+    may look up at most `lookups_per_s` uncached devices per second (burst the same); beyond that
+    a device is UNAUTHORIZED without a lookup, and a lookup that finds the device is given back.
+    `now` is monotonic seconds, passed in."""
+
+    def __new__(
+        cls,
+        ttl_s: float = 60.0,
+        negative_ttl_s: float = 5.0,
+        max_entries: int = 100000,
+        max_negative_entries: int = 10000,
+        default_rps: float = 10.0,
+        default_burst: int = 100,
+        lookups_per_s: int = 100,
+    ) -> Self:
+        """Raises ValueError naming a bad setting."""
+
+    def admit(self, batch: Batch, now: float) -> list[tuple[str, str]]:
+        """Decide every group of the batch from the cache and resolve it, returning []: wrong
+        token, revoked, unknown or other tenant's device UNAUTHORIZED, wrong site SITE_MISMATCH,
+        beyond the bucket RATE_LIMITED. Or, on the batch's first call only, when devices are not
+        cached and their tenant's budget allows, return their `(tenant, device)` keys (the other
+        groups are decided already) and resolve nothing: install what the registry has for them,
+        then admit again. The second call decides the groups left and never asks again: a key
+        asked for and still not installed (the lookup failed) is UNAVAILABLE.
+        Raises ValueError on a batch already resolved or appended. Runs without the GIL."""
+
+    def install(
+        self,
+        keys: Sequence[tuple[str, str]],
+        records: Sequence[tuple[str, str, str, bytes, float | None, int | None, str]],
+        now: float,
+    ) -> None:
+        """Cache registry rows `(tenant, device, site, token_sha256, rps, burst, status)` (a
+        status other than "active" is UNAUTHORIZED) and every key without a row as unknown.
+        Raises ValueError (nothing installed) for a hash that is not 32 bytes or a non-positive
+        rps."""
+
+    def invalidate(self, tenant: str, device: str) -> None:
+        """Forget one device (revoked, rotated): its next request looks it up."""
+
+    def invalidate_all(self) -> None:
+        """Forget every device."""
+
+    def limits(self, tenant: str, device: str) -> tuple[float, int]:
+        """`(rps, burst)` that applies to a device: its cached record's, else the defaults."""
+
+    def stats(self) -> dict[str, int]:
+        """`hits`, `misses` (keys asked for), `budget_refusals`, `unavailable` (groups),
+        `entries`, `negative_entries`, `buckets`, `budgets` (tenants with a lookup budget)."""
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages. `receive_ns` is the timestamp

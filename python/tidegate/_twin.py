@@ -23,6 +23,10 @@ from collections.abc import Callable, Sequence
 from json.scanner import make_scanner
 from typing import Final, cast
 
+# Admission lives in its own module; re-exported here as part of the twin's API.
+from tidegate._twin_admission import Admission as Admission
+from tidegate._twin_admission import Progress
+
 INVALID_MSG_TYPE: Final = "INVALID_MSG_TYPE"
 INVALID_SCHEMA: Final = "INVALID_SCHEMA"
 INVALID_TIMESTAMP: Final = "INVALID_TIMESTAMP"
@@ -32,6 +36,7 @@ UNAUTHORIZED: Final = "UNAUTHORIZED"
 SITE_MISMATCH: Final = "SITE_MISMATCH"
 RATE_LIMITED: Final = "RATE_LIMITED"
 BUFFER_FULL: Final = "BUFFER_FULL"
+UNAVAILABLE: Final = "UNAVAILABLE"
 
 MAX_BATCH_MESSAGES: Final = 100
 MAX_SHELLY_MESSAGES: Final = 1000
@@ -53,6 +58,7 @@ REASONS: Final[tuple[str, ...]] = (
     SITE_MISMATCH,
     RATE_LIMITED,
     BUFFER_FULL,
+    UNAVAILABLE,
 )
 
 _NOT_JSON: Final = "body is not valid JSON"
@@ -465,6 +471,7 @@ class Batch:
         self._tenants = list(dict.fromkeys(key[0] for key in self._keys))
         self._resolved = False
         self._appended = False
+        self._admission = Progress()
 
     def __len__(self) -> int:
         """Number of messages in the request."""
@@ -538,6 +545,11 @@ class Batch:
         rejected = len(self._items) - accepted
         body = f'{{"accepted":{accepted},"rejected":{rejected},"results":[{",".join(results)}]}}'
         return accepted, rejected, body.encode()
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the next token of the slowest rate-limited device (0.0: none)."""
+        return self._admission.retry_after
 
     def _take_for_append(self) -> tuple[list[_Item], list[str]]:
         """The items to buffer and the tenants of the valid items in order of first

@@ -66,6 +66,10 @@ class Config:
     auth_cache_ttl_s: float = 60.0
     auth_cache_negative_ttl_s: float = 5.0
     auth_cache_max_entries: int = 100_000
+    # Unknown devices: their own table (a flood of random ids never evicts a known device) and
+    # a per-tenant budget of registry lookups per second for devices not in the cache.
+    auth_cache_max_negative_entries: int = 10_000
+    auth_lookups_per_s: int = 100
     # Shelly adapter.
     ingest_api_key: str | None = None
     ingest_tenant: str = "default"
@@ -154,6 +158,10 @@ class Config:
                 "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S", 5.0, _non_negative_float
             ),
             auth_cache_max_entries=r.get("TIDEGATE_AUTH_CACHE_MAX_ENTRIES", 100_000, positive_int),
+            auth_cache_max_negative_entries=r.get(
+                "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES", 10_000, positive_int
+            ),
+            auth_lookups_per_s=r.get("TIDEGATE_AUTH_LOOKUPS_PER_S", 100, positive_int),
             ingest_api_key=r.get("INGEST_API_KEY", None, str) or None,
             ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
             shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, positive_int),

@@ -31,6 +31,8 @@ class Core:
         SITE_MISMATCH = _core.SITE_MISMATCH
         TENANT_PATTERN = _core.TENANT_PATTERN
         UNAUTHORIZED = _core.UNAUTHORIZED
+        UNAVAILABLE = _core.UNAVAILABLE
+        Admission = _core.Admission
         Batch = _core.Batch
         BodyError = _core.BodyError
         ShellyBatch = _core.ShellyBatch

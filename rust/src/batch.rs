@@ -234,18 +234,7 @@ impl Batch {
         &mut self,
         verdicts: &[(i64, Option<S>)],
     ) -> Result<(), UsageError> {
-        if self.resolved {
-            return Err(UsageError::AlreadyResolved);
-        }
-        if self.appended {
-            return Err(UsageError::AlreadyAppended);
-        }
-        if verdicts.len() != self.groups.len() {
-            return Err(UsageError::VerdictCount {
-                expected: self.groups.len(),
-                got: verdicts.len(),
-            });
-        }
+        self.check_resolvable(verdicts.len())?;
         let reasons = verdicts
             .iter()
             .map(|(_, r)| {
@@ -254,10 +243,9 @@ impl Batch {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (group, (&(allowed, _), (reason, g))) in verdicts
-            .iter()
-            .zip(reasons.iter().zip(&self.groups))
-            .enumerate()
+        let mut checked = Vec::with_capacity(verdicts.len());
+        for (group, ((&(allowed, _), reason), g)) in
+            verdicts.iter().zip(reasons).zip(&self.groups).enumerate()
         {
             if allowed < 0 {
                 return Err(UsageError::NegativeAllowed { group });
@@ -265,19 +253,55 @@ impl Batch {
             if reason.is_none() && (allowed as u64) < u64::from(g.count) {
                 return Err(UsageError::MissingReason { group });
             }
+            checked.push((allowed as usize, reason));
         }
-        let mut seen = vec![0i64; self.groups.len()];
+        self.apply(&checked);
+        Ok(())
+    }
+
+    /// `resolve` with reasons already parsed.
+    pub fn resolve_reasons(
+        &mut self,
+        verdicts: &[(usize, Option<Reason>)],
+    ) -> Result<(), UsageError> {
+        self.check_resolvable(verdicts.len())?;
+        for (group, (&(allowed, reason), g)) in verdicts.iter().zip(&self.groups).enumerate() {
+            if reason.is_none() && (allowed as u64) < u64::from(g.count) {
+                return Err(UsageError::MissingReason { group });
+            }
+        }
+        self.apply(verdicts);
+        Ok(())
+    }
+
+    fn apply(&mut self, verdicts: &[(usize, Option<Reason>)]) {
+        let mut seen = vec![0usize; self.groups.len()];
         for item in &mut self.items {
             if item.group == NO_GROUP {
                 continue;
             }
             let g = item.group as usize;
             if seen[g] >= verdicts[g].0 {
-                item.reason = reasons[g];
+                item.reason = verdicts[g].1;
             }
             seen[g] += 1;
         }
         self.resolved = true;
+    }
+
+    fn check_resolvable(&self, verdicts: usize) -> Result<(), UsageError> {
+        if self.resolved {
+            return Err(UsageError::AlreadyResolved);
+        }
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        if verdicts != self.groups.len() {
+            return Err(UsageError::VerdictCount {
+                expected: self.groups.len(),
+                got: verdicts,
+            });
+        }
         Ok(())
     }
 

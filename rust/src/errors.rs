@@ -31,11 +31,18 @@ impl fmt::Display for BodyError {
 /// A caller's mistake in using a `Batch` or `TenantBuffers` (`ValueError` in Python).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UsageError {
-    VerdictCount { expected: usize, got: usize },
+    VerdictCount {
+        expected: usize,
+        got: usize,
+    },
     UnknownReason(String),
     NotValidationReason(String),
-    MissingReason { group: usize },
-    NegativeAllowed { group: usize },
+    MissingReason {
+        group: usize,
+    },
+    NegativeAllowed {
+        group: usize,
+    },
     AlreadyResolved,
     AlreadyAppended,
     BadLines,
@@ -46,6 +53,10 @@ pub enum UsageError {
     NothingInFlight { tenant: String },
     SettleTooMany { lines: usize, in_flight: usize },
     TenantTooLong { len: usize },
+    BadSetting {
+        name: &'static str,
+        rule: &'static str,
+    },
 }
 
 impl fmt::Display for UsageError {
@@ -88,6 +99,7 @@ impl fmt::Display for UsageError {
                     "a tenant of {len} bytes cannot be logged (at most 65535)"
                 )
             }
+            Self::BadSetting { name, rule } => write!(f, "{name} must be {rule}"),
         }
     }
 }
@@ -104,10 +116,13 @@ pub enum Reason {
     SiteMismatch,
     RateLimited,
     BufferFull,
+    /// The registry could not be asked (it failed, or its answer was evicted before use):
+    /// retryable, unlike UNAUTHORIZED.
+    Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::InvalidMsgType,
         Reason::InvalidSchema,
         Reason::InvalidTimestamp,
@@ -117,6 +132,7 @@ impl Reason {
         Reason::SiteMismatch,
         Reason::RateLimited,
         Reason::BufferFull,
+        Reason::Unavailable,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -130,6 +146,7 @@ impl Reason {
             Reason::SiteMismatch => "SITE_MISMATCH",
             Reason::RateLimited => "RATE_LIMITED",
             Reason::BufferFull => "BUFFER_FULL",
+            Reason::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -151,7 +168,8 @@ impl Reason {
             | Reason::Unauthorized
             | Reason::SiteMismatch
             | Reason::RateLimited
-            | Reason::BufferFull => None,
+            | Reason::BufferFull
+            | Reason::Unavailable => None,
         }
     }
 
@@ -232,7 +250,8 @@ mod tests {
                 "UNAUTHORIZED",
                 "SITE_MISMATCH",
                 "RATE_LIMITED",
-                "BUFFER_FULL"
+                "BUFFER_FULL",
+                "UNAVAILABLE"
             ]
         );
         for r in Reason::ALL {

@@ -1,6 +1,7 @@
 //! Python binding of the tidegate core (`tidegate._core`): the only file that knows about
 //! Python. Pure-Rust work runs with the GIL released; core errors become Python exceptions here.
 
+pub mod admission;
 pub mod batch;
 pub mod buffer;
 pub mod encode;
@@ -93,10 +94,17 @@ fn count(name: &str, n: i64) -> PyResult<usize> {
     usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} must not be negative")))
 }
 
+/// `count` for the core's 32-bit settings (bursts, lookups per second).
+fn count32(name: &str, n: i64) -> PyResult<u32> {
+    u32::try_from(count(name, n)?)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be at most {}", u32::MAX)))
+}
+
 /// Parsed, validated and line-protocol-encoded messages of one request, held in Rust.
 #[pyclass(name = "Batch", module = "tidegate._core")]
 struct PyBatch {
     inner: batch::Batch,
+    admission: admission::Progress,
 }
 
 #[pymethods]
@@ -143,6 +151,131 @@ impl PyBatch {
         let (accepted, rejected, body) = self.inner.response_json();
         (accepted, rejected, PyBytes::new(py, &body))
     }
+
+    /// Seconds until the next token of the batch's slowest rate-limited device (0.0: none).
+    #[getter]
+    fn retry_after(&self) -> f64 {
+        self.admission.retry_after()
+    }
+}
+
+fn new_batch(inner: batch::Batch) -> PyBatch {
+    PyBatch {
+        inner,
+        admission: admission::Progress::default(),
+    }
+}
+
+/// A registry row as `Admission.install` takes it.
+type RecordRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<f64>,
+    Option<i64>,
+    String,
+);
+
+/// The auth cache, token buckets and lookup budgets of one gateway process.
+#[pyclass(name = "Admission", module = "tidegate._core")]
+struct PyAdmission {
+    inner: admission::Admission,
+}
+
+#[pymethods]
+impl PyAdmission {
+    #[new]
+    #[pyo3(signature = (
+        ttl_s = 60.0,
+        negative_ttl_s = 5.0,
+        max_entries = 100_000,
+        max_negative_entries = 10_000,
+        default_rps = 10.0,
+        default_burst = 100,
+        lookups_per_s = 100,
+    ))]
+    fn new(
+        ttl_s: f64,
+        negative_ttl_s: f64,
+        max_entries: i64,
+        max_negative_entries: i64,
+        default_rps: f64,
+        default_burst: i64,
+        lookups_per_s: i64,
+    ) -> PyResult<Self> {
+        let settings = admission::Settings {
+            ttl_s,
+            negative_ttl_s,
+            max_entries: count("max_entries", max_entries)?,
+            max_negative_entries: count("max_negative_entries", max_negative_entries)?,
+            default_rps,
+            default_burst: count32("default_burst", default_burst)?,
+            lookups_per_s: count32("lookups_per_s", lookups_per_s)?,
+        };
+        admission::Admission::new(settings)
+            .map(|inner| PyAdmission { inner })
+            .map_err(|e| usage_error(&e))
+    }
+
+    /// Decide the batch from the cache and resolve it (returns []), or return the keys to
+    /// look up. Runs without the GIL.
+    fn admit(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+        now: f64,
+    ) -> PyResult<Vec<admission::Key>> {
+        let mut batch = batch.try_borrow_mut()?;
+        let PyBatch { inner, admission } = &mut *batch;
+        let this = &mut self.inner;
+        py.detach(|| this.admit(inner, admission, now))
+            .map_err(|e| usage_error(&e))
+    }
+
+    /// Cache the registry rows found for `keys`; keys without a row are cached as unknown.
+    fn install(
+        &mut self,
+        keys: Vec<admission::Key>,
+        records: Vec<RecordRow>,
+        now: f64,
+    ) -> PyResult<()> {
+        let records = records
+            .into_iter()
+            .map(|(tenant, device, site, hash, rps, burst, status)| {
+                let burst = burst.map(|b| count32("burst", b)).transpose()?;
+                let record = admission::Record::new(site, &hash, rps, burst, status == "active")
+                    .map_err(|e| usage_error(&e))?;
+                Ok((tenant, device, record))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.inner.install(&keys, records, now);
+        Ok(())
+    }
+
+    /// Forget one device: its next request looks it up.
+    fn invalidate(&mut self, tenant: &str, device: &str) {
+        self.inner.invalidate(tenant, device);
+    }
+
+    /// Forget every device.
+    fn invalidate_all(&mut self) {
+        self.inner.invalidate_all();
+    }
+
+    /// `(rps, burst)` that applies to a device: its record's, else the defaults.
+    fn limits(&mut self, tenant: &str, device: &str) -> (f64, u32) {
+        self.inner.limits(tenant, device)
+    }
+
+    /// Counters and table sizes by name.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (name, value) in self.inner.stats() {
+            out.set_item(name, value)?;
+        }
+        Ok(out)
+    }
 }
 
 /// Parse a `{"messages": [...]}` body of 1 to 100 messages. Runs without the GIL.
@@ -156,7 +289,7 @@ fn parse_batch(
 ) -> PyResult<PyBatch> {
     let max_payload = count("max_payload_bytes", max_payload_bytes)?;
     py.detach(|| parse::parse_batch(body, receive_ns, max_payload))
-        .map(|inner| PyBatch { inner })
+        .map(new_batch)
         .map_err(|e| body_error(py, &e))
 }
 
@@ -189,7 +322,7 @@ fn parse_single(
         token,
     };
     py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload))
-        .map(|inner| PyBatch { inner })
+        .map(new_batch)
         .map_err(|e| body_error(py, &e))
 }
 
@@ -667,6 +800,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add(name, class)?;
     }
     m.add_class::<PyBatch>()?;
+    m.add_class::<PyAdmission>()?;
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;
     m.add_class::<PyWal>()?;

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tidegate import core, logs
-from tidegate.auth import Authenticator
 from tidegate.config import Config
 from tidegate.durable import Accept
+from tidegate.http.admission import Admitter, retry_after_header
 from tidegate.metrics import Metrics
-from tidegate.ratelimit import RateLimiter, retry_after_header
 from tidegate.sink.scheduler import Sink
 from tidegate.store import open_registry
 from tidegate.store.registry import Registry
@@ -27,7 +26,7 @@ class Services:
     buffers: TenantBuffers
     accept: Accept
     sink: Sink
-    auth: Authenticator
+    admitter: Admitter
 
 
 class Gateway:
@@ -65,14 +64,16 @@ class Gateway:
         await accept.start()
         sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush, spill=not accept.durable)
         await sink.start()
-        auth = Authenticator(
-            registry,
-            RateLimiter(cfg.default_rps, cfg.default_burst, cfg.auth_cache_max_entries),
+        admission = self.core.Admission(
             cfg.auth_cache_ttl_s,
             cfg.auth_cache_negative_ttl_s,
             cfg.auth_cache_max_entries,
+            cfg.auth_cache_max_negative_entries,
+            cfg.default_rps,
+            cfg.default_burst,
+            cfg.auth_lookups_per_s,
         )
-        self.services = Services(registry, buffers, accept, sink, auth)
+        self.services = Services(registry, buffers, accept, sink, Admitter(admission, registry))
         self.metrics.bind(buffers, sink.stats, self._extra_stats, accept.stats)
         logs.log(
             "gateway_started",
@@ -106,9 +107,6 @@ class Gateway:
         s = self.services
         return {
             "registry_queries": s.registry.queries,
-            "auth_cache_entries": len(s.auth),
-            "auth_cache_hits": s.auth.hits,
-            "auth_cache_misses": s.auth.misses,
-            "rate_limit_buckets": len(s.auth.limiter),
+            **s.admitter.stats(),
             "draining": int(self.draining),
         }

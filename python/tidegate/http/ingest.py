@@ -17,13 +17,14 @@ from tidegate._core import (
     RATE_LIMITED,
     SITE_MISMATCH,
     UNAUTHORIZED,
+    UNAVAILABLE,
     reason_detail,
     valid_id,
 )
+from tidegate.http.admission import DB_RETRY_AFTER, retry_after_header
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import JSON, buffer_full, json_response, route, utf8_header
 from tidegate.http.gateway import Gateway
-from tidegate.ratelimit import retry_after_header
 
 if TYPE_CHECKING:
     from tidegate._core import Batch
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 TOKEN_HEADER = "x-provision-token"
 UNAUTHORIZED_BODY = orjson.dumps(
     {"detail": "a valid X-Provision-Token header is required for this device"}
+)
+REGISTRY_UNAVAILABLE_BODY = orjson.dumps(
+    {"detail": "the device registry is unavailable; retry later", "reason": UNAVAILABLE}
 )
 
 
@@ -64,7 +68,7 @@ class Ingest:
         cfg = self.cfg
         body = await read_body(request, cfg.max_body_bytes)
         batch = self.core.parse_batch(body, time.time_ns(), cfg.max_payload_bytes)
-        retry_after = await self._ingest(batch)
+        await self._ingest(batch)
         accepted, rejected, out = batch.response_json()
         if not rejected:
             self.metrics.count(accepted, ())
@@ -73,9 +77,12 @@ class Ingest:
         self.metrics.count(accepted, counts)
         reasons = dict(counts)
         headers: dict[str, str] | None = None
+        retry_after = batch.retry_after
         if BUFFER_FULL in reasons:
             retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
-        if BUFFER_FULL in reasons or RATE_LIMITED in reasons:
+        if UNAVAILABLE in reasons:
+            retry_after = max(retry_after, float(DB_RETRY_AFTER))
+        if BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons:
             headers = {"Retry-After": retry_after_header(retry_after)}
         return Response(out, _batch_status(accepted, rejected, reasons), headers, JSON)
 
@@ -92,28 +99,23 @@ class Ingest:
         batch = self.core.parse_single(
             body, tenant, device, params["msg_type"], token, time.time_ns(), cfg.max_payload_bytes
         )
-        retry_after = await self._ingest(batch)
+        await self._ingest(batch)
         accepted, _rejected, _out = batch.response_json()
         if accepted:
             self.metrics.count(1, ())
             return Response(b'{"status":"accepted"}', 202, None, JSON)
         counts = batch.reason_counts()
         self.metrics.count(0, counts)
-        return self._single_rejection(counts[0][0], tenant, device, retry_after)
+        return self._single_rejection(counts[0][0], tenant, device, batch.retry_after)
 
-    async def _ingest(self, batch: Batch) -> float:
-        """Auth, resolve, buffer and notify: the shared tail of both routes. Returns the
-        longest rate-limit wait among the batch's devices."""
-        groups = batch.groups()
-        if not groups:
-            return 0.0
+    async def _ingest(self, batch: Batch) -> None:
+        """Admission (auth, site, rate limit), buffer and notify: the shared tail of both
+        routes."""
         services = self.gw.services
-        verdicts, retry_after = await services.auth.decide(groups)
-        batch.resolve(verdicts)
+        await services.admitter.admit(batch)
         ready = await services.accept.append(batch)
         if ready:
             services.sink.notify(ready)
-        return retry_after
 
     def _single_rejection(
         self, reason: str, tenant: str, device: str, retry_after: float
@@ -121,7 +123,7 @@ class Ingest:
         if reason == UNAUTHORIZED:
             return Response(UNAUTHORIZED_BODY, 401, None, JSON)
         if reason == RATE_LIMITED:
-            rps, burst = self.gw.services.auth.limits((tenant, device))
+            rps, burst = self.gw.services.admitter.admission.limits(tenant, device)
             return json_response(
                 429,
                 {
@@ -137,6 +139,8 @@ class Ingest:
             )
         if reason == BUFFER_FULL:
             return buffer_full(self.gw)
+        if reason == UNAVAILABLE:
+            return Response(REGISTRY_UNAVAILABLE_BODY, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
         if reason == SITE_MISMATCH:
             return json_response(
                 403,
@@ -155,12 +159,12 @@ class Ingest:
 
 def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:
     """202 if anything was accepted. Otherwise, when every rejection is worth retrying as
-    is, 503 (buffers full) or 429 (rate limited) so clients back off instead of dropping;
-    else 400."""
+    is, 503 (buffers full, registry unavailable) or 429 (rate limited) so clients back off
+    instead of dropping; else 400."""
     if accepted:
         return 202
-    full = reasons.get(BUFFER_FULL, 0)
+    unavailable = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
     limited = reasons.get(RATE_LIMITED, 0)
-    if full + limited == rejected:
-        return 503 if full else 429
+    if unavailable + limited == rejected:
+        return 503 if unavailable else 429
     return 400

@@ -170,8 +170,9 @@ _PATHS: dict[str, Any] = {
             "description": (
                 "Each message is validated, authenticated and rate limited on its own. "
                 "202 when any message was accepted; 429/503 when none was and every rejection "
-                "is retryable (RATE_LIMITED / BUFFER_FULL); 400 otherwise. Retry-After is set "
-                "whenever an item was RATE_LIMITED or BUFFER_FULL. A 202 means the accepted "
+                "is retryable (RATE_LIMITED / BUFFER_FULL / UNAVAILABLE); 400 otherwise. "
+                "Retry-After is set whenever an item was RATE_LIMITED, BUFFER_FULL or "
+                "UNAVAILABLE (registry unreachable). A 202 means the accepted "
                 "messages are in the gateway's bounded in-memory buffer."
             ),
             "parameters": [_GZIP],
@@ -191,7 +192,7 @@ _PATHS: dict[str, Any] = {
                 "429": response_spec(_ref("BatchResponse"), "Every message rate limited", True),
                 "503": response_spec(
                     {"oneOf": [_ref("BatchResponse"), DETAIL]},
-                    "Buffers full, or shutting down",
+                    "Buffers full, registry unavailable, or shutting down",
                     True,
                 ),
             },
@@ -225,7 +226,9 @@ _PATHS: dict[str, Any] = {
                 "429": response_spec(
                     _ref("RateLimited"), "Device rate limit; the body names it", True
                 ),
-                "503": response_spec(DETAIL, "Buffers full, or shutting down", True),
+                "503": response_spec(
+                    DETAIL, "Buffers full, registry unavailable, or shutting down", True
+                ),
             },
         }
     },

@@ -10,11 +10,9 @@ encoded as line protocol into the tenant's buffer so they reach InfluxDB too.
 from __future__ import annotations
 
 import hmac
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import orjson
 from prometheus_client import Counter
 from starlette.requests import Request
@@ -24,38 +22,20 @@ from starlette.routing import BaseRoute
 from tidegate import logs
 from tidegate._core import BUFFER_FULL, MAX_SHELLY_MESSAGES
 from tidegate.durable import Refused
+from tidegate.http.admission import DB_RETRY_AFTER
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import JSON, buffer_full, route
 from tidegate.http.gateway import Gateway
+from tidegate.store import db_down
 
 if TYPE_CHECKING:
     from tidegate._core import ShellyBatch
 
 API_KEY_HEADER = "x-api-key"
-DB_RETRY_AFTER_S = "1"
 
 CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
 UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
 DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
-
-# Failures to reach the database, worth a retry: the batch was one statement, so either all of
-# it is stored or none, and a retry of a stored batch only finds duplicates. Anything else
-# (a bug, a value the database refuses) stays a 500: retrying it would never succeed.
-_DB_DOWN: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    sqlite3.OperationalError,
-)
-
-
-def db_down(exc: Exception) -> bool:
-    """True when `exc` says the database cannot be reached now (503), not that a query is wrong."""
-    # asyncpg raises a plain InterfaceError for a closed connection or pool; its subclasses
-    # are client-side mistakes (a value it cannot encode, an unsupported feature): bugs.
-    return type(exc) is asyncpg.InterfaceError or isinstance(exc, _DB_DOWN)
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
@@ -234,4 +214,4 @@ class Shelly:
 
     def _db_unavailable(self, route: str, exc: BaseException) -> Response:
         logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
-        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER_S}, JSON)
+        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
