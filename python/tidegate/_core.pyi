@@ -7,6 +7,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     batch = parse_batch(body, receive_ns, max_payload_bytes)     # parse + validate + encode
     verdicts = decide(batch.groups())                             # Python: auth, site, rate limit
     batch.resolve(verdicts)
+    field_types.admit(batch)                                      # INVALID_METRICS on a type conflict
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     accepted, rejected, body = batch.response_json()
 
@@ -24,7 +25,9 @@ from typing import Final, Self, final
 
 __all__ = [
     "BUFFER_FULL",
+    "DEFAULT_MAX_FIELDS_PER_TENANT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "FieldTypes",
     "INVALID_METRICS",
     "INVALID_MSG_TYPE",
     "INVALID_SCHEMA",
@@ -36,8 +39,10 @@ __all__ = [
     "MAX_TENANT_CHARS",
     "MSG_TYPES",
     "PAYLOAD_TOO_LARGE",
+    "PanicException",
     "RATE_LIMITED",
     "REASONS",
+    "SHELLY_REASONS",
     "SITE_MISMATCH",
     "TENANT_PATTERN",
     "UNAUTHORIZED",
@@ -65,6 +70,9 @@ RATE_LIMITED: Final = "RATE_LIMITED"
 BUFFER_FULL: Final = "BUFFER_FULL"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
+# Shelly's per-message error codes (`ShellyBatch.errors`): INVALID_MESSAGE, INVALID_SRC,
+# INVALID_TIMESTAMP, INVALID_PARAMS, INVALID_READING.
+SHELLY_REASONS: Final[tuple[str, ...]]
 
 # The limits the core enforces (docs/core-rules.md); the shell imports them, never retypes them.
 MAX_BATCH_MESSAGES: Final = 100
@@ -75,6 +83,8 @@ MAX_TENANT_CHARS: Final = 64
 TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
 MAX_METRICS: Final = 256
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+# Default of `FieldTypes(max_per_tenant)`.
+DEFAULT_MAX_FIELDS_PER_TENANT: Final = 10000
 MSG_TYPES: Final[tuple[str, ...]]
 
 def valid_tenant(s: str) -> bool:
@@ -92,6 +102,10 @@ class BodyError(ValueError):
     """The whole request body is unusable; nothing in it was processed."""
 
     detail: str
+
+class PanicException(BaseException):
+    """A bug in the compiled core (a Rust panic), raised by the call that hit it. A
+    BaseException: `except Exception` does not catch it. The twin never raises it."""
 
 @final
 class Batch:
@@ -121,9 +135,14 @@ class Batch:
         order of first appearance, each line ending in a newline: what a write-ahead log or a
         JetStream publish takes."""
 
+    def details(self) -> list[tuple[int, str]]:
+        """`(index, detail)` of the items rejected with a detail of their own (a field type
+        conflict, `FieldTypes.admit`), in request order."""
+
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)`: body is the batch endpoint's JSON response
-        `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"device_id"?}]}`."""
+        `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"detail"?,
+        "device_id"?}]}`; `detail` only for the items of `details()`."""
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages. `receive_ns` is the timestamp
@@ -189,6 +208,43 @@ class TenantBuffers:
 
     @property
     def max_bytes(self) -> int: ...
+
+@final
+class FieldTypes:
+    """Each tenant's InfluxDB field types per measurement (`telemetry`, `heartbeat`), shared by
+    all requests. Thread-safe.
+
+    InfluxDB keeps one type per field and refuses a point that sends another; the core writes
+    numbers as floats, booleans as booleans and `seq` as an integer. The first item `admit`
+    accepts decides a field's type; `learn` (what InfluxDB reports) overrides it. At most
+    `max_per_tenant` fields are remembered per tenant: beyond that, a new field is neither
+    remembered nor checked (counted in `untracked`)."""
+
+    def __new__(cls, max_per_tenant: int = 10000) -> Self: ...
+    def admit(self, batch: Batch) -> None:
+        """Reject with INVALID_METRICS, and a detail naming the field, each still-accepted item
+        (request order) that sends a field with another type than the tenant's remembered one
+        (or an earlier item's in this batch); remember the new fields of the others. After
+        `resolve`, before `TenantBuffers.append`, once per batch: ValueError otherwise (and
+        `resolve` after `admit` is one too)."""
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
+        """Set a field's type as InfluxDB reports it (`float`, `integer`, `unsigned`, `string`
+        or `boolean`; ValueError for another). False when it is not remembered: the measurement
+        is not one of MSG_TYPES, or the tenant is at `max_per_tenant`."""
+
+    def get(self, tenant: str, measurement: str, field: str) -> str | None:
+        """The remembered type of a field, or None."""
+
+    def __len__(self) -> int:
+        """Fields remembered, all tenants."""
+
+    @property
+    def untracked(self) -> int:
+        """Fields of admitted items that were not remembered because of the cap (each time)."""
+
+    @property
+    def max_per_tenant(self) -> int: ...
 
 @final
 class ShellyBatch:

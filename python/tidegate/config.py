@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tidegate._core import DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
+from tidegate._core import DEFAULT_MAX_FIELDS_PER_TENANT, DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
 from tidegate.ids import TENANT_RULE
 
 T = TypeVar("T")
@@ -47,6 +47,8 @@ class Config:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     buffer_max_bytes: int = 64 << 20
     buffer_flush_bytes: int = 1 << 20
+    # Field types remembered per tenant (type conflicts are rejected before the 202).
+    field_types_max_per_tenant: int = DEFAULT_MAX_FIELDS_PER_TENANT
     # Rate limit defaults for devices without their own.
     default_rps: float = 10.0
     default_burst: int = 100
@@ -102,6 +104,9 @@ class Config:
             ),
             buffer_max_bytes=r.get("TIDEGATE_BUFFER_MAX_BYTES", 64 << 20, positive_int),
             buffer_flush_bytes=r.get("TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, positive_int),
+            field_types_max_per_tenant=r.get(
+                "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT", DEFAULT_MAX_FIELDS_PER_TENANT, positive_int
+            ),
             default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, positive_float),
             default_burst=r.get("TIDEGATE_DEFAULT_BURST", 100, positive_int),
             auth_cache_ttl_s=r.get("TIDEGATE_AUTH_CACHE_TTL_S", 60.0, _non_negative_float),

@@ -500,6 +500,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_MAX_PAYLOAD_BYTES",
         parse::DEFAULT_MAX_PAYLOAD_BYTES,
     )?;
+    m.add(
+        "DEFAULT_MAX_FIELDS_PER_TENANT",
+        fields::DEFAULT_MAX_FIELDS_PER_TENANT,
+    )?;
     m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
     // Declared on the class too, as the stub does; each raised instance sets its own.

@@ -15,7 +15,7 @@ from tidegate.store import open_registry
 from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
-    from tidegate._core import TenantBuffers
+    from tidegate._core import FieldTypes, TenantBuffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,7 @@ class Services:
 
     registry: Registry
     buffers: TenantBuffers
+    field_types: FieldTypes
     sink: Sink
     auth: Authenticator
 
@@ -55,7 +56,8 @@ class Gateway:
         buffers = self.core.TenantBuffers(
             cfg.influx_batch_size, cfg.buffer_flush_bytes, cfg.buffer_max_bytes
         )
-        sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush)
+        field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
+        sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush, field_types=field_types)
         await sink.start()
         auth = Authenticator(
             registry,
@@ -64,7 +66,7 @@ class Gateway:
             cfg.auth_cache_negative_ttl_s,
             cfg.auth_cache_max_entries,
         )
-        self.services = Services(registry, buffers, sink, auth)
+        self.services = Services(registry, buffers, field_types, sink, auth)
         self.metrics.bind(buffers, sink.stats, self._extra_stats)
         logs.log(
             "gateway_started",
@@ -98,5 +100,7 @@ class Gateway:
             "auth_cache_hits": s.auth.hits,
             "auth_cache_misses": s.auth.misses,
             "rate_limit_buckets": len(s.auth.limiter),
+            "field_types": len(s.field_types),
+            "field_types_untracked": s.field_types.untracked,
             "draining": int(self.draining),
         }

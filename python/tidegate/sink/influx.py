@@ -9,6 +9,7 @@ import email.utils
 import re
 import time
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -24,6 +25,25 @@ from tidegate.sink.target import Counts, Failure, FlushHook, Pending, clip, data
 _RETRYABLE_4XX = frozenset({401, 403, 408, 429})
 _DROPPED = re.compile(r"dropped=(\d+)")
 _DEAD_LETTER_ERROR_CHARS = 4000
+# 1.x and 2.x name the first conflicting field of a refused body (3.x words it otherwise).
+_TYPE_CONFLICT = re.compile(
+    r'input field "(.+?)" on measurement "(.+?)" is type \w+, already exists as type (\w+)'
+)
+
+
+class FieldLearner(Protocol):
+    """What the sink tells the core's FieldTypes: a field's type as InfluxDB has it."""
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool: ...
+
+
+def type_conflicts(text: str) -> list[tuple[str, str, str]]:
+    """`(measurement, field, existing type)` of each type conflict an error body names."""
+    with contextlib.suppress(ValueError):
+        doc = orjson.loads(text)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            text = doc["error"]
+    return [(m, f, t) for f, m, t in _TYPE_CONFLICT.findall(text)]
 
 
 def without_userinfo(url: str) -> str:
@@ -83,7 +103,12 @@ class InfluxTarget:
     """Writes to InfluxDB through the v1, v2 or v3 write API, with the failure policy."""
 
     def __init__(
-        self, cfg: Config, client: httpx.AsyncClient, counts: Counts, observe: FlushHook
+        self,
+        cfg: Config,
+        client: httpx.AsyncClient,
+        counts: Counts,
+        observe: FlushHook,
+        field_types: FieldLearner | None = None,
     ) -> None:
         if cfg.influxdb_url is None or cfg.influx_api not in INFLUX_APIS:
             raise ValueError("an InfluxDB target needs influxdb_url and influx_api v1, v2 or v3")
@@ -91,6 +116,7 @@ class InfluxTarget:
         self._client = client
         self._counts = counts
         self._observe = observe
+        self._field_types = field_types
         self._api = cfg.influx_api
         url = cfg.influxdb_url.rstrip("/")
         if cfg.influxdb_token:
@@ -163,6 +189,7 @@ class InfluxTarget:
                 continue
             if status in _RETRYABLE_4XX or not 400 <= status < 500:
                 return Failure(f"HTTP {status}: {clip(text)}", _retry_after(resp))
+            self._learn_types(tenant, text)
             try:
                 await self._dead_letter(tenant, body, lines, status, text)
             except OSError as exc:
@@ -171,6 +198,22 @@ class InfluxTarget:
                 return Failure(f"dead-letter file: {describe(exc)}")
             pending.popleft()
         return None
+
+    def _learn_types(self, tenant: str, text: str) -> None:
+        """Tell FieldTypes what a type conflict reveals, so the edge rejects the next
+        conflicting item before its 202 instead of this sink dead-lettering it."""
+        if self._field_types is None:
+            return
+        for measurement, field, field_type in type_conflicts(text):
+            with contextlib.suppress(ValueError):
+                if self._field_types.learn(tenant, measurement, field, field_type):
+                    log(
+                        "field_type_learned",
+                        tenant=tenant,
+                        measurement=measurement,
+                        field=field,
+                        field_type=field_type,
+                    )
 
     async def _create_database(self, tenant: str) -> Failure | None:
         db = database(tenant)

@@ -30,7 +30,7 @@ import httpx
 from tidegate.config import Config
 from tidegate.logs import log
 from tidegate.sink.files import FileTarget, append, hour_file
-from tidegate.sink.influx import InfluxTarget, without_userinfo
+from tidegate.sink.influx import FieldLearner, InfluxTarget, without_userinfo
 from tidegate.sink.retry import Retries, RetryPolicy, send
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, Target, describe
 
@@ -98,8 +98,16 @@ class Sink:
     """Flushes the per-tenant buffers: on `notify` (a size threshold was reached), every
     `influx_flush_interval_ms`, and at `stop`. Use from the event loop's thread."""
 
-    def __init__(self, cfg: Config, buffers: Buffers, *, on_flush: FlushHook | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        buffers: Buffers,
+        *,
+        on_flush: FlushHook | None = None,
+        field_types: FieldLearner | None = None,
+    ) -> None:
         self._cfg = cfg
+        self._field_types = field_types
         self._buffers = buffers
         self._on_flush = on_flush
         self._counts = Counts()
@@ -132,7 +140,9 @@ class Sink:
                 timeout=cfg.influx_timeout_s,
                 limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
             )
-            self._target = InfluxTarget(cfg, self._client, self._counts, self._observe)
+            self._target = InfluxTarget(
+                cfg, self._client, self._counts, self._observe, self._field_types
+            )
         else:
             self._target = FileTarget(cfg.data_dir / "lp", self._counts, self._observe)
         self._running = True
