@@ -1,5 +1,6 @@
 """What every route goes through: refusal while draining, the latency histogram, the response
-count, and errors (a body that cannot be read or parsed) rendered as JSON `{"detail"}`."""
+count, and errors (a body that cannot be read or parsed, a bug in the core) rendered as JSON
+`{"detail"}`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.routing import Route
 
 from tidegate._core import BUFFER_FULL
 from tidegate.http.gateway import Gateway
+from tidegate.logs import log
 
 JSON = "application/json"
 
@@ -58,11 +60,14 @@ def route(
     body_error: int = 400,
 ) -> Route:
     """`handler` at `method path`, timed and counted as `name`. An `ingest` route answers 503
-    while the gateway drains; the core's BodyError becomes `body_error` with its detail."""
+    while the gateway drains; the core's BodyError becomes `body_error` with its detail, and a
+    panic in the core (a BaseException, which Starlette's 500 handler does not see) a logged,
+    counted JSON 500."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
     body_error_type = gw.core.BodyError
+    panic_type = gw.core.PanicException
 
     async def endpoint(request: Request) -> Response:
         start = clock()
@@ -75,6 +80,9 @@ def route(
             response = await http_error(request, exc)
         except body_error_type as exc:
             response = json_response(body_error, {"detail": exc.detail})
+        except panic_type as exc:
+            log("core_panic", level="error", exc=exc, route=name, error=str(exc))
+            response = json_response(500, {"detail": "internal server error"})
         observe(clock() - start)
         count(name, response.status_code)
         return response
