@@ -150,3 +150,24 @@ def test_a_type_influxdb_reports_in_a_conflict_is_enforced_at_the_edge(
         ("A", None, 1.0),
         ("legacy", 20, None),
     ]
+
+
+def test_beyond_the_per_tenant_cap_new_fields_are_neither_remembered_nor_checked(
+    gateway: Start,
+) -> None:
+    gw = gateway({"TIDEGATE_FIELD_TYPES_MAX_PER_TENANT": "2", "INFLUX_FLUSH_INTERVAL_MS": "600000"})
+    token = provision(gw, "t1", "A", "s1")
+    client = gw.client()
+
+    def send(seq: int, **metrics: Any) -> list[Any]:
+        r = client.post(
+            "/ingest/v1/batch", json={"messages": [telemetry("t1", "A", token, seq, **metrics)]}
+        )
+        return [x.get("reason") for x in r.json()["results"]]
+
+    assert send(1, temp=True) == [None]  # temp and seq: the cap of 2
+    assert send(2, temp=1.5) == ["INVALID_METRICS"]
+    assert send(3, temp=False, hum=True) == [None]
+    assert send(4, hum=1.5) == [None]
+    stats = gw.stats()
+    assert (stats["field_types"], stats["field_types_untracked"]) == (2, 2)
