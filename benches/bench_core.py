@@ -3,11 +3,13 @@
     pytest benches/bench_core.py --benchmark-enable      # numbers (a table at the end)
     pytest benches/bench_core.py                          # as tests: one pass each
 
-Two paths, single thread, each for the compiled core and the twin:
+Three paths, single thread, each for the compiled core and the twin:
 - `core`: the core's own work, parse + validate + encode (`parse_batch`), `append` to the tenant
   buffers (every valid item: no verdicts, as the API allows), `response_json`;
 - `with_verdicts`: the same plus what a request adds in Python, a verdict for every group (all
-  allowed: `groups` + `resolve`).
+  allowed: `groups` + `resolve`);
+- `with_fields`: `with_verdicts` plus the field type check (`FieldTypes.admit`; the corpus
+  keeps one type per field, so it rejects nothing).
 Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
 buffer never reaches its cap.
 """
@@ -32,15 +34,17 @@ MEMORY_LINES = 200_000
 IMPLS = ["rust", "python"]
 
 
-def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
-    """Every body through the core path, with `verdicts` through the request path; returns how
-    many lines were buffered."""
+def ingest(core: ModuleType, bodies: list[bytes], path: str) -> int:
+    """Every body through `path` (see above); returns how many lines were buffered."""
     buffers = core.TenantBuffers()
+    field_types = core.FieldTypes() if path == "with_fields" else None
     flushed = 0
     for body in bodies:
         batch = core.parse_batch(body, RECEIVE_NS)
-        if verdicts:
+        if path != "core":
             batch.resolve([(count, None) for *_, count in batch.groups()])
+        if field_types is not None:
+            field_types.admit(batch)
         for tenant in buffers.append(batch):
             lines, count = buffers.drain(tenant)
             buffers.settle(len(lines))
@@ -63,12 +67,19 @@ def test_ingest_with_verdicts(
     measure(benchmark, corpus, throughput, impl, "with_verdicts")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ingest_with_field_types(
+    benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str
+) -> None:
+    measure(benchmark, corpus, throughput, impl, "with_fields")
+
+
 def measure(
     benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str, path: str
 ) -> None:
     """Bench one path of one core; record msgs/s, ns/msg and, once both cores ran, their ratio."""
     benchmark.group = f"ingest {path}"
-    buffered = benchmark(ingest, load_core(impl), corpus.bodies, path == "with_verdicts")
+    buffered = benchmark(ingest, load_core(impl), corpus.bodies, path)
     assert buffered == corpus.valid
     if benchmark.enabled:
         messages = corpus.messages
