@@ -8,11 +8,14 @@
 //! and is not checked (it is written as before, counted in `untracked`).
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
 use crate::errors::UsageError;
 use crate::parse::MSG_TYPES;
+use crate::scan;
 
 /// InfluxDB 1.x field types. The core writes floats, booleans and `seq` as an integer; the
 /// others only arrive through `learn` (another writer to the same database).
@@ -68,7 +71,7 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 #[derive(Default)]
 struct TenantFields {
     /// Per measurement of `MSG_TYPES`, field name → type.
-    by_measurement: [HashMap<Box<[u8]>, FieldType>; MSG_TYPES.len()],
+    by_measurement: [HashMap<Box<[u8]>, FieldType, RandomState>; MSG_TYPES.len()],
     len: usize,
 }
 
@@ -118,6 +121,8 @@ impl FieldTypes {
         // Per tenant index of the batch, its index in `state.tenants`.
         let mut slots = vec![usize::MAX; batch.tenant_count()];
         let mut fields = LineFields::default();
+        // Per item, the fields its tenant does not know yet (indices into `fields.refs`).
+        let mut new_fields: Vec<usize> = Vec::with_capacity(16);
         batch.reject_with(|tenant_index, tenant, line| {
             let slot = &mut slots[tenant_index];
             if *slot == usize::MAX {
@@ -125,24 +130,23 @@ impl FieldTypes {
             }
             let m = fields.read(line);
             let known = &mut state.tenants[*slot];
-            let types = &known.by_measurement[m];
-            for f in &fields.refs {
+            let types = &mut known.by_measurement[m];
+            new_fields.clear();
+            for (i, f) in fields.refs.iter().enumerate() {
                 let name = fields.name(line, f);
                 match types.get(name) {
                     Some(&had) if had != f.ty => return Some(conflict(name, m, had, f.ty)),
-                    _ => {}
+                    Some(_) => {}
+                    None => new_fields.push(i),
                 }
             }
-            for f in &fields.refs {
-                let name = fields.name(line, f);
-                if known.by_measurement[m].contains_key(name) {
-                    continue;
-                }
+            for &i in &new_fields {
                 if known.len >= self.max_per_tenant {
                     state.untracked += 1;
                     continue;
                 }
-                known.by_measurement[m].insert(name.into(), f.ty);
+                let f = &fields.refs[i];
+                types.insert(fields.name(line, f).into(), f.ty);
                 known.len += 1;
             }
             None
@@ -237,14 +241,25 @@ impl LineFields {
             .expect("a line starts with one of MSG_TYPES");
         let start = unescaped(line, b' ', comma).expect("a line has fields") + 1;
         let end = memchr::memrchr(b' ', line).expect("a line ends with its timestamp");
+        // A word at a time: names and values are short, a memchr call each costs more.
+        let fields = &line[..end];
         let mut pos = start;
         while pos < end {
-            let eq = unescaped(line, b'=', pos).expect("a field has a value");
-            let value_end = memchr::memchr(b',', &line[eq..end]).map_or(end, |i| eq + i);
-            let raw = &line[pos..eq];
-            let unescaped = raw.contains(&b'\\');
+            let mut eq = pos;
+            let mut unescaped = false;
+            loop {
+                eq = scan::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
+                // A comma or space inside a name is escaped: the backslash is found first.
+                if fields.get(eq) != Some(&b'\\') {
+                    break;
+                }
+                unescaped = true;
+                eq += 2;
+            }
+            let value_end = scan::find(fields, eq + 1, |w| scan::eq(w, b','), |c| c == b',');
             let name = if unescaped {
                 let from = self.names.len();
+                let raw = &line[pos..eq];
                 self.names
                     .extend(raw.iter().copied().filter(|&c| c != b'\\'));
                 from..self.names.len()
@@ -266,6 +281,12 @@ impl LineFields {
         let from = if f.unescaped { &self.names } else { line };
         &from[f.name.clone()]
     }
+}
+
+/// Lanes that end a field name or start an escape in it.
+#[inline(always)]
+fn name_end(w: u64) -> u64 {
+    scan::eq(w, b'=') | scan::eq(w, b'\\')
 }
 
 /// The first `byte` at or after `from` that no backslash escapes.
