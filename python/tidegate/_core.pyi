@@ -7,7 +7,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     batch = parse_batch(body, receive_ns, max_payload_bytes)     # parse + validate + encode
     verdicts = decide(batch.groups())                             # Python: auth, site, rate limit
     batch.resolve(verdicts)
-    field_types.admit(batch)                                      # INVALID_METRICS on a type conflict
+    field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     accepted, rejected, body = batch.response_json()
 
@@ -27,7 +27,6 @@ __all__ = [
     "BUFFER_FULL",
     "DEFAULT_MAX_FIELDS_PER_TENANT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
-    "FieldTypes",
     "INVALID_METRICS",
     "INVALID_MSG_TYPE",
     "INVALID_SCHEMA",
@@ -39,7 +38,6 @@ __all__ = [
     "MAX_TENANT_CHARS",
     "MSG_TYPES",
     "PAYLOAD_TOO_LARGE",
-    "PanicException",
     "RATE_LIMITED",
     "REASONS",
     "SHELLY_REASONS",
@@ -48,6 +46,8 @@ __all__ = [
     "UNAUTHORIZED",
     "Batch",
     "BodyError",
+    "FieldTypes",
+    "PanicException",
     "ShellyBatch",
     "TenantBuffers",
     "parse_batch",

@@ -521,8 +521,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The shell logs a panic once, with its message; the default hook would also print it to
     // stderr, outside the JSON log. This library's own hook: other extensions keep theirs.
     std::panic::set_hook(Box::new(|_| {}));
+    // setattr, not add_function: that would list it in `__all__`, with the API.
     #[cfg(feature = "test-panic")]
-    m.add_function(wrap_pyfunction!(_test_panic, m)?)?;
+    m.setattr("_test_panic", wrap_pyfunction!(_test_panic, m)?)?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;
