@@ -102,14 +102,9 @@ def test_a_conflicting_field_type_is_rejected_per_item_and_nothing_is_dead_lette
     ]
 
 
-def test_a_type_influxdb_reports_in_a_conflict_is_enforced_at_the_edge(
-    gateway: Start, influxdb: InfluxDB
-) -> None:
-    # Another writer made `temp` an integer (in the shard the gateway's points go to: InfluxDB
-    # keeps types per shard). The gateway cannot know before its first write (that one is
-    # dead-lettered), but learns the type from InfluxDB's error and refuses the next.
-    tenant = new_tenant()
-    db = f"telemetry_{tenant}"
+def write_legacy_integer_temp(influxdb: InfluxDB, db: str) -> None:
+    """Another writer makes `temp` an integer, in the shard the gateway's points go to
+    (InfluxDB keeps types per shard)."""
     influxdb.query(None, f'CREATE DATABASE "{db}"')
     other = httpx.post(
         f"{influxdb.url}/write",
@@ -117,16 +112,14 @@ def test_a_type_influxdb_reports_in_a_conflict_is_enforced_at_the_edge(
         content=b"telemetry,device_id=legacy,site_id=s1 temp=20i 1704164640000000000\n",
     )
     assert other.status_code == 204
-    gw = gateway(influx_env(influxdb))
-    token = provision(gw, tenant, "A", "s1")
-    client = gw.client()
-    first = client.post(
-        "/ingest/v1/batch", json={"messages": [telemetry(tenant, "A", token, 1, temp=21.5)]}
-    )
-    assert first.json()["accepted"] == 1
-    poll(lambda: gw.stats()["sink"]["dead_lettered"] == 1)
-    assert '"event":"field_type_learned"' in gw.logs()
-    second = client.post(
+
+
+def float_temp_is_refused_at_the_edge(
+    gw: GatewayProcess, influxdb: InfluxDB, tenant: str, token: str, dead_lettered: int
+) -> None:
+    """A float `temp` is rejected with the integer type named, the same batch's other item is
+    written, and no more than `dead_lettered` lines end in a dead letter."""
+    r = gw.client().post(
         "/ingest/v1/batch",
         json={
             "messages": [
@@ -135,8 +128,8 @@ def test_a_type_influxdb_reports_in_a_conflict_is_enforced_at_the_edge(
             ]
         },
     )
-    assert second.status_code == 202
-    assert second.json()["results"][0] == {
+    assert r.status_code == 202
+    assert r.json()["results"][0] == {
         "index": 0,
         "status": "rejected",
         "reason": "INVALID_METRICS",
@@ -144,12 +137,44 @@ def test_a_type_influxdb_reports_in_a_conflict_is_enforced_at_the_edge(
         "device_id": "A",
     }
     poll(lambda: drained(gw))
-    assert gw.stats()["sink"]["dead_lettered"] == 1
-    rows = influxdb.query(db, 'SELECT * FROM "telemetry" GROUP BY *')
+    assert gw.stats()["sink"]["dead_lettered"] == dead_lettered
+    rows = influxdb.query(f"telemetry_{tenant}", 'SELECT * FROM "telemetry" GROUP BY *')
     assert sorted((row["device_id"], row["temp"], row["hum"]) for row in rows) == [
         ("A", None, 1.0),
         ("legacy", 20, None),
     ]
+
+
+def test_types_already_in_influxdb_are_loaded_at_start_and_enforced_at_the_edge(
+    gateway: Start, influxdb: InfluxDB
+) -> None:
+    tenant = new_tenant()
+    db = f"telemetry_{tenant}"
+    write_legacy_integer_temp(influxdb, db)
+    gw = gateway(influx_env(influxdb))
+    token = provision(gw, tenant, "A", "s1")
+    float_temp_is_refused_at_the_edge(gw, influxdb, tenant, token, dead_lettered=0)
+    assert '"event":"field_types_loaded"' in gw.logs()
+
+
+def test_a_type_influxdb_reports_in_a_conflict_is_enforced_at_the_edge(
+    gateway: Start, influxdb: InfluxDB
+) -> None:
+    # The type appears after the gateway started (so it was not loaded): its first write is
+    # dead-lettered, and InfluxDB's error teaches the type, so the next one is refused at the edge.
+    tenant = new_tenant()
+    db = f"telemetry_{tenant}"
+    gw = gateway(influx_env(influxdb))
+    write_legacy_integer_temp(influxdb, db)
+    token = provision(gw, tenant, "A", "s1")
+    client = gw.client()
+    first = client.post(
+        "/ingest/v1/batch", json={"messages": [telemetry(tenant, "A", token, 1, temp=21.5)]}
+    )
+    assert first.json()["accepted"] == 1
+    poll(lambda: gw.stats()["sink"]["dead_lettered"] == 1)
+    assert '"event":"field_type_learned"' in gw.logs()
+    float_temp_is_refused_at_the_edge(gw, influxdb, tenant, token, dead_lettered=1)
 
 
 def test_beyond_the_per_tenant_cap_new_fields_are_neither_remembered_nor_checked(

@@ -9,12 +9,13 @@ import email.utils
 import re
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
+from tidegate._core import valid_tenant
 from tidegate.config import INFLUX_APIS, Config
 from tidegate.logs import log
 from tidegate.sink.files import append
@@ -198,6 +199,52 @@ class InfluxTarget:
                 return Failure(f"dead-letter file: {describe(exc)}")
             pending.popleft()
         return None
+
+    async def load_field_types(self) -> None:
+        """v1: teach FieldTypes the types InfluxDB already holds (`SHOW FIELD KEYS` of each
+        tenant database), so that the first write after a start does not meet a type another
+        writer chose. A field InfluxDB lists with two types (different shards) is skipped. A
+        failure is logged and start-up goes on: the conflict errors still teach the types."""
+        if self._field_types is None or self._api != "v1":
+            return
+        learned = 0
+        try:
+            prefix = database("")
+            for db in await self._databases():
+                tenant = db.removeprefix(prefix)
+                if not db.startswith(prefix) or not valid_tenant(tenant):
+                    continue
+                types: dict[tuple[str, str], set[str]] = {}
+                for measurement, field, field_type in await self._field_keys(database(tenant)):
+                    types.setdefault((measurement, field), set()).add(field_type)
+                for (measurement, field), kinds in types.items():
+                    if len(kinds) == 1:
+                        learned += self._field_types.learn(tenant, measurement, field, *kinds)
+        except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
+            log("field_types_not_loaded", level="warning", error=describe(exc))
+            return
+        log("field_types_loaded", fields=learned)
+
+    async def _query(self, db: str | None, q: str) -> list[dict[str, Any]]:
+        """The series of an InfluxQL query; ValueError when InfluxDB reports an error."""
+        params = {"q": q, **({"db": db} if db else {})}
+        resp = await self._client.get(self._query_url, params=params, headers=self._auth)
+        doc = orjson.loads(resp.content)
+        result = doc["results"][0]
+        if not resp.is_success or "error" in result:
+            raise ValueError(f"{q}: HTTP {resp.status_code}: {clip(resp.text)}")
+        series: list[dict[str, Any]] = result.get("series", [])
+        return series
+
+    async def _databases(self) -> list[str]:
+        return [str(v[0]) for s in await self._query(None, "SHOW DATABASES") for v in s["values"]]
+
+    async def _field_keys(self, db: str) -> list[tuple[str, str, str]]:
+        out = []
+        for s in await self._query(db, "SHOW FIELD KEYS"):
+            for field, field_type in s.get("values", []):
+                out.append((str(s["name"]), str(field), str(field_type)))
+        return out
 
     def _learn_types(self, tenant: str, text: str) -> None:
         """Tell FieldTypes what a type conflict reveals, so the edge rejects the next

@@ -140,9 +140,9 @@ class Sink:
                 timeout=cfg.influx_timeout_s,
                 limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
             )
-            self._target = InfluxTarget(
-                cfg, self._client, self._counts, self._observe, self._field_types
-            )
+            influx = InfluxTarget(cfg, self._client, self._counts, self._observe, self._field_types)
+            await influx.load_field_types()
+            self._target = influx
         else:
             self._target = FileTarget(cfg.data_dir / "lp", self._counts, self._observe)
         self._running = True
