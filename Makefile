@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # maturin develop builds the extension in release mode and installs the package, linked to
-# python/, with its runtime and dev dependencies into the venv.
+# python/, with its runtime and dev dependencies into the venv. `test-panic` adds
+# `_core._test_panic` for tests/test_panic.py; the release wheel (.ci/run) is built without it.
 build: $(STAMP)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
 
 run: build
 	$(VENV)/bin/tidegate serve

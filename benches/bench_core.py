@@ -3,12 +3,14 @@
     pytest benches/bench_core.py --benchmark-enable      # numbers (a table at the end)
     pytest benches/bench_core.py                          # as tests: one pass each
 
-Two paths, single thread, each for the compiled core and the twin:
+Three paths, single thread, each for the compiled core and the twin:
 - `core`: the core's own work, parse + validate + encode (`parse_batch`), `append` to the tenant
   buffers (every valid item: no verdicts, as the API allows), `response_json`;
 - `with_verdicts`: the same plus admission, as a request does it: `Admission.admit` of every
   batch against a warm cache of the corpus' devices (token check, site check, rate limit; limits
   high enough that every valid item passes).
+- `with_fields`: `with_verdicts` plus the field type check (`FieldTypes.admit`; the corpus
+  keeps one type per field, so it rejects nothing).
 Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
 buffer never reaches its cap.
 """
@@ -46,15 +48,18 @@ def warm_admission(core: ModuleType, bodies: list[bytes]) -> Any:
     return admission
 
 
-def ingest(core: ModuleType, bodies: list[bytes], admission: Any) -> int:
-    """Every body through the core path, with an `admission` through the request path; returns
-    how many lines were buffered."""
+def ingest(core: ModuleType, bodies: list[bytes], admission: Any, path: str) -> int:
+    """Every body through `path` (see above), `admission` warm for the paths past `core`;
+    returns how many lines were buffered."""
     buffers = core.TenantBuffers()
+    field_types = core.FieldTypes() if path == "with_fields" else None
     flushed = 0
     for body in bodies:
         batch = core.parse_batch(body, RECEIVE_NS)
         if admission is not None and admission.admit(batch, 1.0):
             raise AssertionError("a warm cache asks for no lookup")
+        if field_types is not None:
+            field_types.admit(batch)
         for tenant in buffers.append(batch):
             _, count = buffers.drain(tenant)
             buffers.settle(tenant, count)
@@ -77,14 +82,21 @@ def test_ingest_with_verdicts(
     measure(benchmark, corpus, throughput, impl, "with_verdicts")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ingest_with_field_types(
+    benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str
+) -> None:
+    measure(benchmark, corpus, throughput, impl, "with_fields")
+
+
 def measure(
     benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str, path: str
 ) -> None:
     """Bench one path of one core; record msgs/s, ns/msg and, once both cores ran, their ratio."""
     benchmark.group = f"ingest {path}"
     core = load_core(impl)
-    admission = warm_admission(core, corpus.bodies) if path == "with_verdicts" else None
-    buffered = benchmark(ingest, core, corpus.bodies, admission)
+    admission = warm_admission(core, corpus.bodies) if path != "core" else None
+    buffered = benchmark(ingest, core, corpus.bodies, admission, path)
     assert buffered == corpus.valid
     if benchmark.enabled:
         messages = corpus.messages

@@ -38,6 +38,14 @@ EXPORTED_VALUES = {
     "TENANT_PATTERN": "^[a-z0-9_-]{1,64}$",
     "MAX_METRICS": 256,
     "DEFAULT_MAX_PAYLOAD_BYTES": 8192,
+    "DEFAULT_MAX_FIELDS_PER_TENANT": 10000,
+    "SHELLY_REASONS": (
+        "INVALID_MESSAGE",
+        "INVALID_SRC",
+        "INVALID_TIMESTAMP",
+        "INVALID_PARAMS",
+        "INVALID_READING",
+    ),
     "MSG_TYPES": ("telemetry", "heartbeat"),
 }
 
@@ -169,6 +177,7 @@ def instances(core: Any, tmp: Path) -> dict[str, object]:
         "Batch": core.parse_batch(body, 0),
         "ShellyBatch": core.parse_shelly(body, 10),
         "TenantBuffers": core.TenantBuffers(),
+        "FieldTypes": core.FieldTypes(),
         "BodyError": core.BodyError("x"),
     }
     if core is RUST:

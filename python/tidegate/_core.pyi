@@ -9,6 +9,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     if keys:                                                      # uncached devices only:
         admission.install(keys, await registry_rows(keys), now)   #   ONE registry query
         admission.admit(batch, now)                               #   (skip install if it failed)
+    field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     accepted, rejected, body = batch.response_json()
 
@@ -27,6 +28,7 @@ from typing import Final, Self, final
 
 __all__ = [
     "BUFFER_FULL",
+    "DEFAULT_MAX_FIELDS_PER_TENANT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "INVALID_METRICS",
     "INVALID_MSG_TYPE",
@@ -41,6 +43,7 @@ __all__ = [
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "REASONS",
+    "SHELLY_REASONS",
     "SITE_MISMATCH",
     "TENANT_PATTERN",
     "UNAUTHORIZED",
@@ -48,6 +51,8 @@ __all__ = [
     "Admission",
     "Batch",
     "BodyError",
+    "FieldTypes",
+    "PanicException",
     "ShellyBatch",
     "TenantBuffers",
     "Wal",
@@ -74,6 +79,9 @@ BUFFER_FULL: Final = "BUFFER_FULL"
 UNAVAILABLE: Final = "UNAVAILABLE"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
+# Shelly's per-message error codes (`ShellyBatch.errors`): INVALID_MESSAGE, INVALID_SRC,
+# INVALID_TIMESTAMP, INVALID_PARAMS, INVALID_READING.
+SHELLY_REASONS: Final[tuple[str, ...]]
 
 # The limits the core enforces (docs/core-rules.md); the shell imports them, never retypes them.
 MAX_BATCH_MESSAGES: Final = 100
@@ -84,6 +92,8 @@ MAX_TENANT_CHARS: Final = 64
 TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
 MAX_METRICS: Final = 256
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+# Default of `FieldTypes(max_per_tenant)`.
+DEFAULT_MAX_FIELDS_PER_TENANT: Final = 10000
 MSG_TYPES: Final[tuple[str, ...]]
 
 def valid_tenant(s: str) -> bool:
@@ -101,6 +111,10 @@ class BodyError(ValueError):
     """The whole request body is unusable; nothing in it was processed."""
 
     detail: str
+
+class PanicException(BaseException):
+    """A bug in the compiled core (a Rust panic), raised by the call that hit it. A
+    BaseException: `except Exception` does not catch it. The twin never raises it."""
 
 @final
 class Batch:
@@ -130,9 +144,14 @@ class Batch:
         order of first appearance, each line ending in a newline: what a write-ahead log or a
         JetStream publish takes."""
 
+    def details(self) -> list[tuple[int, str]]:
+        """`(index, detail)` of the items rejected with a detail of their own (a field type
+        conflict, `FieldTypes.admit`), in request order."""
+
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)`: body is the batch endpoint's JSON response
-        `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"device_id"?}]}`."""
+        `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"detail"?,
+        "device_id"?}]}`; `detail` only for the items of `details()`."""
 
     @property
     def retry_after(self) -> float:
@@ -374,6 +393,43 @@ class Wal:
 
     def close(self) -> None:
         """Refuse further appends; a last fsync and checkpoint. Idempotent."""
+
+@final
+class FieldTypes:
+    """Each tenant's InfluxDB field types per measurement (`telemetry`, `heartbeat`), shared by
+    all requests. Thread-safe.
+
+    InfluxDB keeps one type per field and refuses a point that sends another; the core writes
+    numbers as floats, booleans as booleans and `seq` as an integer. The first item `admit`
+    accepts decides a field's type; `learn` (what InfluxDB reports) overrides it. At most
+    `max_per_tenant` fields are remembered per tenant: beyond that, a new field is neither
+    remembered nor checked (counted in `untracked`)."""
+
+    def __new__(cls, max_per_tenant: int = 10000) -> Self: ...
+    def admit(self, batch: Batch) -> None:
+        """Reject with INVALID_METRICS, and a detail naming the field, each still-accepted item
+        (request order) that sends a field with another type than the tenant's remembered one
+        (or an earlier item's in this batch); remember the new fields of the others. After
+        `resolve`, before `TenantBuffers.append`, once per batch: ValueError otherwise (and
+        `resolve` after `admit` is one too)."""
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
+        """Set a field's type as InfluxDB reports it (`float`, `integer`, `unsigned`, `string`
+        or `boolean`; ValueError for another). False when it is not remembered: the measurement
+        is not one of MSG_TYPES, or the tenant is at `max_per_tenant`."""
+
+    def get(self, tenant: str, measurement: str, field: str) -> str | None:
+        """The remembered type of a field, or None."""
+
+    def __len__(self) -> int:
+        """Fields remembered, all tenants."""
+
+    @property
+    def untracked(self) -> int:
+        """Fields of admitted items that were not remembered because of the cap (each time)."""
+
+    @property
+    def max_per_tenant(self) -> int: ...
 
 @final
 class ShellyBatch:

@@ -45,6 +45,7 @@ MAX_TENANT_CHARS: Final = 64
 TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
 MAX_METRICS: Final = 256
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+DEFAULT_MAX_FIELDS_PER_TENANT: Final = 10000
 MSG_TYPES: Final[tuple[str, ...]] = ("telemetry", "heartbeat")
 
 # Declaration order is `reason_counts()` order.
@@ -59,6 +60,14 @@ REASONS: Final[tuple[str, ...]] = (
     RATE_LIMITED,
     BUFFER_FULL,
     UNAVAILABLE,
+)
+
+SHELLY_REASONS: Final[tuple[str, ...]] = (
+    "INVALID_MESSAGE",
+    "INVALID_SRC",
+    "INVALID_TIMESTAMP",
+    "INVALID_PARAMS",
+    "INVALID_READING",
 )
 
 _NOT_JSON: Final = "body is not valid JSON"
@@ -103,6 +112,10 @@ class BodyError(ValueError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class PanicException(BaseException):
+    """What a bug in the compiled core raises; the twin never does."""
 
 
 class _Int(str):
@@ -375,10 +388,11 @@ def _escape(value: str) -> str:
 class _Item:
     """One validated message: its reason, and for a valid one its group key and line."""
 
-    __slots__ = ("device_id", "key", "line", "reason", "tenant")
+    __slots__ = ("detail", "device_id", "key", "line", "reason", "tenant")
 
     def __init__(self, reason: str | None, device_id: str | None) -> None:
         self.reason = reason
+        self.detail: str | None = None
         self.device_id = device_id
         self.tenant = ""
         self.key: tuple[str, str, str, str] | None = None
@@ -472,6 +486,7 @@ class Batch:
         self._resolved = False
         self._appended = False
         self._admission = Progress()
+        self._admitted = False
 
     def __len__(self) -> int:
         """Number of messages in the request."""
@@ -492,6 +507,8 @@ class Batch:
             raise ValueError("verdicts were already applied to this batch")
         if self._appended:
             raise ValueError("this batch was already appended")
+        if self._admitted:
+            raise ValueError(_ALREADY_ADMITTED)
         if len(verdicts) != len(self._members):
             raise ValueError(f"expected {len(self._members)} verdicts, got {len(verdicts)}")
         for group, ((allowed, reason), members) in enumerate(
@@ -536,6 +553,8 @@ class Batch:
                 head = f'{{"index":{index},"status":"accepted"'
             else:
                 head = f'{{"index":{index},"status":"rejected","reason":"{item.reason}"'
+                if item.detail is not None:
+                    head += f',"detail":{json.dumps(item.detail, ensure_ascii=False)}'
             if item.device_id is None:
                 results.append(head + "}")
             else:
@@ -550,6 +569,19 @@ class Batch:
     def retry_after(self) -> float:
         """Seconds until the next token of the slowest rate-limited device (0.0: none)."""
         return self._admission.retry_after
+
+    def details(self) -> list[tuple[int, str]]:
+        """`(index, detail)` of the items rejected with a detail of their own."""
+        return [(i, item.detail) for i, item in enumerate(self._items) if item.detail is not None]
+
+    def _take_for_admit(self) -> list[_Item]:
+        """The items still accepted, once and before append; later calls raise."""
+        if self._appended:
+            raise ValueError("this batch was already appended")
+        if self._admitted:
+            raise ValueError(_ALREADY_ADMITTED)
+        self._admitted = True
+        return [item for item in self._items if item.reason is None]
 
     def _take_for_append(self) -> tuple[list[_Item], list[str]]:
         """The items to buffer and the tenants of the valid items in order of first
@@ -590,6 +622,99 @@ def parse_single(
     size = len(body.strip(b" \t\n\r"))
     identity = (tenant_id, device_id, msg_type, provision_token)
     return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)])
+
+
+# -- FieldTypes ------------------------------------------------------------------------------
+
+_ALREADY_ADMITTED: Final = "field types were already checked for this batch"
+_FIELD_TYPES: Final = ("float", "integer", "unsigned", "string", "boolean")
+# A line's parts are split at spaces no backslash escapes (ids and names hold no backslash).
+_LP_SPACE_RE: Final = re.compile(r"(?<!\\) ")
+_LP_FIELD_RE: Final = re.compile(r"((?:[^\\=]|\\.)+)=([^,]+),?")
+_LP_UNESCAPE_RE: Final = re.compile(r"\\(.)")
+
+
+def _line_fields(line: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """The measurement of an encoded line and its fields' `(name, InfluxDB type)`."""
+    head, fields, _ts = _LP_SPACE_RE.split(line.decode())
+    out = []
+    for m in _LP_FIELD_RE.finditer(fields):
+        value = m[2]
+        if value in ("true", "false"):
+            kind = "boolean"
+        elif value.endswith("i"):
+            kind = "integer"
+        else:
+            kind = "float"
+        out.append((_LP_UNESCAPE_RE.sub(r"\1", m[1]), kind))
+    return head.partition(",")[0], out
+
+
+class FieldTypes:
+    """Each tenant's InfluxDB field types per measurement; rejects conflicting items."""
+
+    def __init__(self, max_per_tenant: int = 10000) -> None:
+        self._max = _count("max_per_tenant", max_per_tenant)
+        self._tenants: dict[str, dict[tuple[str, str], str]] = {}
+        self._untracked = 0
+        self._lock = threading.Lock()
+
+    def admit(self, batch: Batch) -> None:
+        """INVALID_METRICS with a detail for each still-accepted item whose field types
+        conflict with the remembered ones; remember the new fields of the others."""
+        with self._lock:
+            for item in batch._take_for_admit():
+                known = self._tenants.setdefault(item.tenant, {})
+                measurement, fields = _line_fields(item.line)
+                for name, kind in fields:
+                    had = known.get((measurement, name))
+                    if had is not None and had != kind:
+                        item.reason = INVALID_METRICS
+                        item.detail = (
+                            f'field type conflict: "{name}" of {measurement} is {had}, '
+                            f"this message sends {kind}"
+                        )
+                        break
+                else:
+                    for name, kind in fields:
+                        if (measurement, name) in known:
+                            continue
+                        if len(known) >= self._max:
+                            self._untracked += 1
+                            continue
+                        known[(measurement, name)] = kind
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
+        """Set a field's type as InfluxDB reports it; False when it is not remembered."""
+        if field_type not in _FIELD_TYPES:
+            raise ValueError(f'unknown field type "{field_type}"')
+        if measurement not in MSG_TYPES:
+            return False
+        with self._lock:
+            known = self._tenants.setdefault(tenant, {})
+            if (measurement, field) not in known and len(known) >= self._max:
+                return False
+            known[(measurement, field)] = field_type
+            return True
+
+    def get(self, tenant: str, measurement: str, field: str) -> str | None:
+        """The remembered type of a field, or None."""
+        with self._lock:
+            return self._tenants.get(tenant, {}).get((measurement, field))
+
+    def __len__(self) -> int:
+        """Fields remembered, all tenants."""
+        with self._lock:
+            return sum(map(len, self._tenants.values()))
+
+    @property
+    def untracked(self) -> int:
+        """Fields of admitted items not remembered because of the cap."""
+        return self._untracked
+
+    @property
+    def max_per_tenant(self) -> int:
+        return self._max
 
 
 # -- TenantBuffers ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tidegate._core import DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
+from tidegate._core import DEFAULT_MAX_FIELDS_PER_TENANT, DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
 from tidegate.ids import TENANT_RULE
 
 T = TypeVar("T")
@@ -59,6 +59,8 @@ class Config:
     wal_sync: str = "interval"
     wal_sync_interval_ms: int = 100
     wal_max_bytes: int = 256 << 20
+    # Field types remembered per tenant (type conflicts are rejected before the 202).
+    field_types_max_per_tenant: int = DEFAULT_MAX_FIELDS_PER_TENANT
     # Rate limit defaults for devices without their own.
     default_rps: float = 10.0
     default_burst: int = 100
@@ -151,6 +153,9 @@ class Config:
             wal_sync=r.get("TIDEGATE_WAL_SYNC", "interval", _choice(WAL_SYNCS)),
             wal_sync_interval_ms=r.get("TIDEGATE_WAL_SYNC_INTERVAL_MS", 100, positive_int),
             wal_max_bytes=r.get("TIDEGATE_WAL_MAX_BYTES", 256 << 20, positive_int),
+            field_types_max_per_tenant=r.get(
+                "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT", DEFAULT_MAX_FIELDS_PER_TENANT, positive_int
+            ),
             default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, positive_float),
             default_burst=r.get("TIDEGATE_DEFAULT_BURST", 100, positive_int),
             auth_cache_ttl_s=r.get("TIDEGATE_AUTH_CACHE_TTL_S", 60.0, _non_negative_float),

@@ -64,8 +64,11 @@ pub struct Batch {
     tenant_hashes: Vec<u64>,
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
+    /// `(item index, detail)` of the items rejected with a detail of their own (rare).
+    details: Vec<(u32, Span)>,
     resolved: bool,
     appended: bool,
+    admitted: bool,
 }
 
 impl Batch {
@@ -296,6 +299,9 @@ impl Batch {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
         }
+        if self.admitted {
+            return Err(UsageError::AlreadyAdmitted);
+        }
         if verdicts != self.groups.len() {
             return Err(UsageError::VerdictCount {
                 expected: self.groups.len(),
@@ -398,6 +404,49 @@ impl Batch {
         Ok(())
     }
 
+    /// Hands each still-accepted item's `(tenant index, tenant, line)` to `judge`, in request
+    /// order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
+    /// `append`, only once per batch (`fields.rs` is the judge).
+    pub fn reject_with(
+        &mut self,
+        mut judge: impl FnMut(usize, &str, &[u8]) -> Option<String>,
+    ) -> Result<(), UsageError> {
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        if self.admitted {
+            return Err(UsageError::AlreadyAdmitted);
+        }
+        self.admitted = true;
+        let mut rejected = Vec::new();
+        for (index, item) in self.items.iter().enumerate() {
+            if item.reason.is_some() {
+                continue;
+            }
+            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item)) {
+                rejected.push((index, detail));
+            }
+        }
+        for (index, detail) in rejected {
+            self.items[index].reason = Some(Reason::InvalidMetrics);
+            let span = self.push_str(&detail);
+            self.details.push((index as u32, span));
+        }
+        Ok(())
+    }
+
+    /// `(item index, detail)` of the items rejected with a detail of their own.
+    pub fn details(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.details
+            .iter()
+            .map(|&(i, span)| (i as usize, self.str_at(span)))
+    }
+
+    fn detail_of(&self, index: usize) -> Option<&str> {
+        self.details().find(|&(i, _)| i == index).map(|(_, d)| d)
+    }
+
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
     pub fn response_json(&self) -> (usize, usize, Vec<u8>) {
         let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
@@ -421,6 +470,10 @@ impl Batch {
                     out.extend_from_slice(b",\"status\":\"rejected\",\"reason\":\"");
                     out.extend_from_slice(r.code().as_bytes());
                     out.push(b'"');
+                    if let Some(detail) = self.detail_of(index) {
+                        out.extend_from_slice(b",\"detail\":");
+                        push_json_str(&mut out, detail);
+                    }
                 }
             }
             if let Some(d) = item.device {

@@ -45,14 +45,30 @@ pub enum UsageError {
     },
     AlreadyResolved,
     AlreadyAppended,
+    AlreadyAdmitted,
+    UnknownFieldType(String),
     BadLines,
     BadMaxLines,
-    MarkOrder { mark: u64, last: u64 },
-    MarkDelivered { mark: u64 },
-    InFlight { tenant: String },
-    NothingInFlight { tenant: String },
-    SettleTooMany { lines: usize, in_flight: usize },
-    TenantTooLong { len: usize },
+    MarkOrder {
+        mark: u64,
+        last: u64,
+    },
+    MarkDelivered {
+        mark: u64,
+    },
+    InFlight {
+        tenant: String,
+    },
+    NothingInFlight {
+        tenant: String,
+    },
+    SettleTooMany {
+        lines: usize,
+        in_flight: usize,
+    },
+    TenantTooLong {
+        len: usize,
+    },
     BadSetting {
         name: &'static str,
         rule: &'static str,
@@ -76,6 +92,8 @@ impl fmt::Display for UsageError {
             Self::NegativeAllowed { group } => write!(f, "verdict {group} allows a negative count"),
             Self::AlreadyResolved => f.write_str("verdicts were already applied to this batch"),
             Self::AlreadyAppended => f.write_str("this batch was already appended"),
+            Self::AlreadyAdmitted => f.write_str("field types were already checked for this batch"),
+            Self::UnknownFieldType(name) => write!(f, "unknown field type \"{name}\""),
             Self::BadLines => f.write_str(
                 "lines must be line_count newline-terminated lines, and line_count >= 1",
             ),
@@ -199,6 +217,14 @@ pub enum ShellyReason {
 }
 
 impl ShellyReason {
+    pub const ALL: [ShellyReason; 5] = [
+        ShellyReason::Message,
+        ShellyReason::Src,
+        ShellyReason::Timestamp,
+        ShellyReason::Params,
+        ShellyReason::Reading,
+    ];
+
     pub const fn code(self) -> &'static str {
         match self {
             ShellyReason::Message => "INVALID_MESSAGE",

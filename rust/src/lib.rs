@@ -7,6 +7,7 @@ pub mod buffer;
 pub mod encode;
 pub mod envelope;
 pub mod errors;
+pub mod fields;
 pub mod ids;
 pub mod json;
 pub mod parse;
@@ -22,7 +23,8 @@ use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::errors::{Reason, UsageError};
+use crate::errors::{Reason, ShellyReason, UsageError};
+use crate::fields::FieldType;
 
 create_exception!(
     tidegate._core,
@@ -144,6 +146,11 @@ impl PyBatch {
             .into_iter()
             .map(|(tenant, lines, n)| (tenant, PyBytes::new(py, &lines), n))
             .collect()
+    }
+
+    /// `(index, detail)` of the items rejected with a detail of their own.
+    fn details(&self) -> Vec<(usize, &str)> {
+        self.inner.details().collect()
     }
 
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
@@ -612,6 +619,75 @@ impl PyWal {
     }
 }
 
+/// Each tenant's field types per measurement; rejects conflicting items. Thread-safe.
+#[pyclass(name = "FieldTypes", module = "tidegate._core", frozen)]
+struct PyFieldTypes {
+    inner: fields::FieldTypes,
+}
+
+#[pymethods]
+impl PyFieldTypes {
+    #[new]
+    #[pyo3(signature = (max_per_tenant = 10_000))]
+    fn new(max_per_tenant: i64) -> PyResult<Self> {
+        let max = count("max_per_tenant", max_per_tenant)?;
+        Ok(PyFieldTypes {
+            inner: fields::FieldTypes::new(max),
+        })
+    }
+
+    /// Reject the batch's items whose field types conflict; remember the others' types.
+    fn admit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<()> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.admit(batch))
+            .map_err(|e| usage_error(&e))
+    }
+
+    /// Set a field's type as InfluxDB reports it; False when it is not remembered.
+    fn learn(
+        &self,
+        tenant: &str,
+        measurement: &str,
+        field: &str,
+        field_type: &str,
+    ) -> PyResult<bool> {
+        let ty = FieldType::from_name(field_type).map_err(|e| usage_error(&e))?;
+        Ok(self.inner.learn(tenant, measurement, field, ty))
+    }
+
+    /// The remembered type of a field, or None.
+    fn get(&self, tenant: &str, measurement: &str, field: &str) -> Option<&'static str> {
+        self.inner
+            .get(tenant, measurement, field)
+            .map(FieldType::name)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    #[getter]
+    fn untracked(&self) -> u64 {
+        self.inner.untracked()
+    }
+
+    #[getter]
+    fn max_per_tenant(&self) -> usize {
+        self.inner.max_per_tenant()
+    }
+}
+
+const _: () = assert!(fields::DEFAULT_MAX_FIELDS_PER_TENANT == 10_000);
+
+/// Panics with `message`: how tests see what a bug in the core does to a request. Only in a
+/// build with the `test-panic` feature (`make build`), never in the release wheel.
+#[cfg(feature = "test-panic")]
+#[pyfunction]
+fn _test_panic(message: &str) {
+    panic!("{message}");
+}
+
 /// Readings extracted from a Shelly body, columnar, deduplicated on the idempotency key.
 #[pyclass(name = "ShellyBatch", module = "tidegate._core", frozen)]
 struct PyShellyBatch {
@@ -777,6 +853,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     let codes = Reason::ALL.map(Reason::code);
     m.add("REASONS", PyTuple::new(m.py(), codes)?)?;
+    let shelly_codes = ShellyReason::ALL.map(ShellyReason::code);
+    m.add("SHELLY_REASONS", PyTuple::new(m.py(), shelly_codes)?)?;
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
     m.add("MAX_ID_BYTES", ids::MAX_ID_BYTES)?;
@@ -786,6 +864,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "DEFAULT_MAX_PAYLOAD_BYTES",
         parse::DEFAULT_MAX_PAYLOAD_BYTES,
+    )?;
+    m.add(
+        "DEFAULT_MAX_FIELDS_PER_TENANT",
+        fields::DEFAULT_MAX_FIELDS_PER_TENANT,
     )?;
     m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
@@ -804,6 +886,18 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;
     m.add_class::<PyWal>()?;
+    m.add_class::<PyFieldTypes>()?;
+    // What a panic in the core raises (a BaseException): the shell catches it by this name.
+    m.add(
+        "PanicException",
+        m.py().get_type::<pyo3::panic::PanicException>(),
+    )?;
+    // The shell logs a panic once, with its message; the default hook would also print it to
+    // stderr, outside the JSON log. This library's own hook: other extensions keep theirs.
+    std::panic::set_hook(Box::new(|_| {}));
+    // setattr, not add_function: that would list it in `__all__`, with the API.
+    #[cfg(feature = "test-panic")]
+    m.setattr("_test_panic", wrap_pyfunction!(_test_panic, m)?)?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

@@ -1,5 +1,6 @@
 """What every route goes through: refusal while draining, the latency histogram, the response
-count, and errors (a body that cannot be read or parsed) rendered as JSON `{"detail"}`."""
+count, and errors (a body that cannot be read or parsed, a bug in the core) rendered as JSON
+`{"detail"}`."""
 
 from __future__ import annotations
 
@@ -83,13 +84,15 @@ def route(
 ) -> Route:
     """`handler` at `method path`, timed and counted as `name`. An `ingest` route answers 503
     while the gateway drains; the core's BodyError becomes `body_error` with its detail; a
-    write-ahead log refusal becomes 503. A client gone before its body was read is counted and
-    logged once (its answer goes nowhere); one cut by the body deadline counts as the 408
-    http/limits.py sent it."""
+    write-ahead log refusal becomes 503; a panic in the core (a BaseException, which
+    Starlette's 500 handler does not see) a logged, counted JSON 500. A client gone before its
+    body was read is counted and logged once (its answer goes nowhere); one cut by the body
+    deadline counts as the 408 http/limits.py sent it."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
     body_error_type = gw.core.BodyError
+    panic_type = gw.core.PanicException
 
     async def endpoint(request: Request) -> Response:
         start = clock()
@@ -111,6 +114,9 @@ def route(
                 gw.metrics.client_disconnected(name)
                 log("client_disconnected", route=name, client=_client(request))
                 return Response(status_code=499)
+        except panic_type as exc:
+            log("core_panic", level="error", exc=exc, route=name, error=str(exc))
+            response = json_response(500, {"detail": "internal server error"})
         observe(clock() - start)
         count(name, response.status_code)
         return response

@@ -15,7 +15,7 @@ from tidegate.store import open_registry
 from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
-    from tidegate._core import TenantBuffers
+    from tidegate._core import FieldTypes, TenantBuffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,7 @@ class Services:
     registry: Registry
     buffers: TenantBuffers
     accept: Accept
+    field_types: FieldTypes
     sink: Sink
     admitter: Admitter
 
@@ -62,7 +63,14 @@ class Gateway:
         )
         accept = Accept(cfg, buffers)
         await accept.start()
-        sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush, spill=not accept.durable)
+        field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
+        sink = Sink(
+            cfg,
+            buffers,
+            on_flush=self.metrics.on_flush,
+            spill=not accept.durable,
+            field_types=field_types,
+        )
         await sink.start()
         admission = self.core.Admission(
             cfg.auth_cache_ttl_s,
@@ -73,7 +81,9 @@ class Gateway:
             cfg.default_burst,
             cfg.auth_lookups_per_s,
         )
-        self.services = Services(registry, buffers, accept, sink, Admitter(admission, registry))
+        self.services = Services(
+            registry, buffers, accept, field_types, sink, Admitter(admission, registry)
+        )
         self.metrics.bind(buffers, sink.stats, self._extra_stats, accept.stats)
         logs.log(
             "gateway_started",
@@ -108,5 +118,7 @@ class Gateway:
         return {
             "registry_queries": s.registry.queries,
             **s.admitter.stats(),
+            "field_types": len(s.field_types),
+            "field_types_untracked": s.field_types.untracked,
             "draining": int(self.draining),
         }

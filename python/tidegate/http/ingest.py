@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute
 
 from tidegate._core import (
     BUFFER_FULL,
+    INVALID_METRICS,
     PAYLOAD_TOO_LARGE,
     RATE_LIMITED,
     SITE_MISMATCH,
@@ -106,6 +107,9 @@ class Ingest:
             return Response(b'{"status":"accepted"}', 202, None, JSON)
         counts = batch.reason_counts()
         self.metrics.count(0, counts)
+        details = batch.details()
+        if details:
+            return json_response(400, {"detail": details[0][1], "reason": INVALID_METRICS})
         return self._single_rejection(counts[0][0], tenant, device, batch.retry_after)
 
     async def _ingest(self, batch: Batch) -> None:
@@ -113,6 +117,7 @@ class Ingest:
         routes."""
         services = self.gw.services
         await services.admitter.admit(batch)
+        services.field_types.admit(batch)
         ready = await services.accept.append(batch)
         if ready:
             services.sink.notify(ready)

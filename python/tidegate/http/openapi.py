@@ -15,6 +15,7 @@ from tidegate._core import (
     MSG_TYPES,
     RATE_LIMITED,
     REASONS,
+    SHELLY_REASONS,
     TENANT_PATTERN,
 )
 from tidegate.ids import ID_RULE
@@ -137,6 +138,12 @@ _SCHEMAS: dict[str, Any] = {
                         "index": {"type": "integer"},
                         "status": {"type": "string", "enum": ["accepted", "rejected"]},
                         "reason": {"type": "string", "enum": list(REASONS)},
+                        "detail": {
+                            "type": "string",
+                            "description": (
+                                "INVALID_METRICS for a field type conflict only: names the field"
+                            ),
+                        },
                         "device_id": {"type": "string"},
                     },
                 },
@@ -324,16 +331,7 @@ _SHELLY_RESPONSE: dict[str, Any] = {
                 "required": ["index", "reason"],
                 "properties": {
                     "index": {"type": "integer"},
-                    "reason": {
-                        "type": "string",
-                        "enum": [
-                            "INVALID_MESSAGE",
-                            "INVALID_SRC",
-                            "INVALID_TIMESTAMP",
-                            "INVALID_PARAMS",
-                            "INVALID_READING",
-                        ],
-                    },
+                    "reason": {"type": "string", "enum": list(SHELLY_REASONS)},
                 },
             },
         },

@@ -31,7 +31,7 @@ import httpx
 from tidegate.config import Config
 from tidegate.logs import log
 from tidegate.sink.files import FileTarget, append, hour_file
-from tidegate.sink.influx import InfluxTarget, without_userinfo
+from tidegate.sink.influx import FieldLearner, InfluxTarget, without_userinfo
 from tidegate.sink.retry import Retries, RetryPolicy, send
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, Target, describe
 
@@ -108,11 +108,13 @@ class Sink:
         *,
         on_flush: FlushHook | None = None,
         spill: bool = True,
+        field_types: FieldLearner | None = None,
     ) -> None:
         """`spill=False` (the lines are in the write-ahead log): what is unwritten at stop
         stays in the buffers and the log, to be replayed at the next start."""
         self._cfg = cfg
         self._spill_at_stop = spill
+        self._field_types = field_types
         self._buffers = buffers
         self._on_flush = on_flush
         self._counts = Counts()
@@ -145,7 +147,9 @@ class Sink:
                 timeout=cfg.influx_timeout_s,
                 limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
             )
-            self._target = InfluxTarget(cfg, self._client, self._counts, self._observe)
+            influx = InfluxTarget(cfg, self._client, self._counts, self._observe, self._field_types)
+            await influx.load_field_types()
+            self._target = influx
         else:
             self._target = FileTarget(cfg.data_dir / "lp", self._counts, self._observe)
         self._running = True
