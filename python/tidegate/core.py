@@ -33,6 +33,7 @@ class Core:
         UNAUTHORIZED = _core.UNAUTHORIZED
         Batch = _core.Batch
         BodyError = _core.BodyError
+        Latest = _core.Latest
         ShellyBatch = _core.ShellyBatch
         TenantBuffers = _core.TenantBuffers
         parse_batch = staticmethod(_core.parse_batch)

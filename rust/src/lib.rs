@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod errors;
 pub mod ids;
 pub mod json;
+pub mod latest;
 pub mod parse;
 pub mod scan;
 pub mod shelly;
@@ -89,6 +90,12 @@ impl PyBatch {
             .into_iter()
             .map(|(tenant, lines, n)| (tenant, PyBytes::new(py, &lines), n))
             .collect()
+    }
+
+    /// Per device with items rejected for `reason`: `(tenant, device, count)`.
+    fn refusals(&self, reason: &str) -> PyResult<Vec<(&str, &str, usize)>> {
+        let reason = Reason::from_code(reason).map_err(|e| usage_error(&e))?;
+        Ok(self.inner.refusals(reason))
     }
 
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
@@ -244,6 +251,70 @@ impl PyTenantBuffers {
     #[getter]
     fn max_bytes(&self) -> usize {
         self.inner.max_bytes()
+    }
+}
+
+/// Per device, its last accepted message (`telemetry_latest`). Thread-safe.
+#[pyclass(name = "Latest", module = "tidegate._core", frozen)]
+struct PyLatest {
+    inner: latest::Latest,
+}
+
+type SnapshotTuple = (String, i64, i64, String, i64);
+
+fn snapshot_tuple(s: latest::Snapshot) -> SnapshotTuple {
+    (s.msg_type, s.ts_ns, s.seq, s.metrics_json, s.received_ns)
+}
+
+#[pymethods]
+impl PyLatest {
+    #[new]
+    fn new() -> Self {
+        PyLatest {
+            inner: latest::Latest::new(),
+        }
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.inner.len())
+    }
+
+    /// Keep each device's last accepted item of an appended batch.
+    fn record(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<()> {
+        let batch = batch.try_borrow()?;
+        let batch = &batch.inner;
+        py.detach(|| self.inner.record(batch));
+        Ok(())
+    }
+
+    /// Per device of `devices`, `(msg_type, ts_ns, seq, metrics_json, received_ns)` or None.
+    fn get(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        devices: Vec<String>,
+    ) -> Vec<Option<SnapshotTuple>> {
+        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+        py.detach(|| self.inner.get(tenant, &devices))
+            .into_iter()
+            .map(|s| s.map(snapshot_tuple))
+            .collect()
+    }
+
+    /// Devices changed since the last call, as `(tenant, device, msg_type, ts_ns, seq,
+    /// metrics_json, received_ns)` sorted by key; marks them clean.
+    #[allow(clippy::type_complexity)]
+    fn take_dirty(&self, py: Python<'_>) -> Vec<(String, String, String, i64, i64, String, i64)> {
+        py.detach(|| self.inner.take_dirty())
+            .into_iter()
+            .map(|(t, d, s)| (t, d, s.msg_type, s.ts_ns, s.seq, s.metrics_json, s.received_ns))
+            .collect()
+    }
+
+    /// Mark `(tenant, device)` keys dirty again (their rows were not stored).
+    fn mark_dirty(&self, py: Python<'_>, keys: Vec<(String, String)>) {
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect();
+        py.detach(|| self.inner.mark_dirty(&keys));
     }
 }
 
@@ -430,6 +501,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBatch>()?;
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;
+    m.add_class::<PyLatest>()?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

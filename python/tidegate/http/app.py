@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from tidegate import logs
 from tidegate.config import Config
-from tidegate.http import ingest, ops, shelly
+from tidegate.http import api, ingest, ops, shelly
 from tidegate.http.endpoint import http_error, json_response
 from tidegate.http.gateway import Gateway
 
@@ -44,7 +44,7 @@ def create_app(cfg: Config) -> Starlette:
             await gw.stop()
 
     app = Starlette(
-        routes=[*ingest.routes(gw), *ops.routes(gw), *shelly.routes(gw)],
+        routes=[*ingest.routes(gw), *ops.routes(gw), *shelly.routes(gw), *api.routes(gw)],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: _internal_error},
     )

@@ -8,14 +8,17 @@ from typing import TYPE_CHECKING
 from tidegate import core, logs
 from tidegate.auth import Authenticator
 from tidegate.config import Config
+from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
 from tidegate.ratelimit import RateLimiter, retry_after_header
+from tidegate.refusals import Refusals
 from tidegate.sink.scheduler import Sink
 from tidegate.store import open_registry
 from tidegate.store.registry import Registry
+from tidegate.tenant_keys import TenantKeys
 
 if TYPE_CHECKING:
-    from tidegate._core import TenantBuffers
+    from tidegate._core import Latest, TenantBuffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,9 @@ class Services:
     buffers: TenantBuffers
     sink: Sink
     auth: Authenticator
+    latest: Latest
+    latest_writer: LatestWriter
+    tenant_keys: TenantKeys
 
 
 class Gateway:
@@ -43,6 +49,7 @@ class Gateway:
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.draining = False
+        self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.shutdown_lost_lines = 0
         # BUFFER_FULL clears when the sink frees space; a flush interval is the soonest that is.
         self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
@@ -64,7 +71,18 @@ class Gateway:
             cfg.auth_cache_negative_ttl_s,
             cfg.auth_cache_max_entries,
         )
-        self.services = Services(registry, buffers, sink, auth)
+        latest = self.core.Latest()
+        latest_writer = LatestWriter(
+            latest, registry.device_state, cfg.influx_flush_interval_ms / 1000
+        )
+        latest_writer.start()
+        tenant_keys = TenantKeys(
+            registry.tenant_for_api_key,
+            cfg.auth_cache_ttl_s,
+            cfg.auth_cache_negative_ttl_s,
+            cfg.auth_cache_max_entries,
+        )
+        self.services = Services(registry, buffers, sink, auth, latest, latest_writer, tenant_keys)
         self.metrics.bind(buffers, sink.stats, self._extra_stats)
         logs.log(
             "gateway_started",
@@ -80,6 +98,7 @@ class Gateway:
         self.draining = True
         services = self.services
         await services.sink.stop()
+        await services.latest_writer.stop()
         sink_stats = services.sink.stats()
         self.shutdown_lost_lines = sink_stats["lost"]
         logs.log(
@@ -98,5 +117,10 @@ class Gateway:
             "auth_cache_hits": s.auth.hits,
             "auth_cache_misses": s.auth.misses,
             "rate_limit_buckets": len(s.auth.limiter),
+            "telemetry_latest_devices": len(s.latest),
+            "device_state_upserts": s.latest_writer.upserts,
+            "device_state_failures": s.latest_writer.failures,
+            "tenant_key_cache_hits": s.tenant_keys.hits,
+            "tenant_key_cache_misses": s.tenant_keys.misses,
             "draining": int(self.draining),
         }

@@ -113,6 +113,9 @@ class Ingest:
         ready = services.buffers.append(batch)
         if ready:
             services.sink.notify(ready)
+        services.latest.record(batch)
+        if retry_after:
+            self.gw.refusals.record(batch.refusals(RATE_LIMITED))
         return retry_after
 
     def _single_rejection(
