@@ -5,7 +5,8 @@
 
 Two paths, single thread, each for the compiled core and the twin:
 - `core`: the core's own work, parse + validate + encode (`parse_batch`), `append` to the tenant
-  buffers (every valid item: no verdicts, as the API allows), `response_json`;
+  buffers (every valid item: no verdicts, as the API allows), `Latest.record` (each device's
+  last accepted message, telemetry_latest), `response_json`;
 - `with_verdicts`: the same plus what a request adds in Python, a verdict for every group (all
   allowed: `groups` + `resolve`).
 Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
@@ -36,6 +37,7 @@ def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
     """Every body through the core path, with `verdicts` through the request path; returns how
     many lines were buffered."""
     buffers = core.TenantBuffers()
+    latest = core.Latest()
     flushed = 0
     for body in bodies:
         batch = core.parse_batch(body, RECEIVE_NS)
@@ -45,6 +47,7 @@ def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
             lines, count = buffers.drain(tenant)
             buffers.settle(len(lines))
             flushed += count
+        latest.record(batch)
         batch.response_json()
     return flushed + sum(count for count, _ in buffers.depth().values())
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.routing import Route
 from tidegate import _core
+from tidegate.config import Config
 from tidegate.http import openapi
+from tidegate.http.app import create_app
 
 
 def walk(node: Any) -> list[dict[str, Any]]:
@@ -43,3 +46,13 @@ def test_limits_patterns_and_codes_come_from_the_core() -> None:
     assert schemas["Detail"]["properties"]["reason"]["enum"] == list(_core.REASONS)
     shelly = doc["paths"]["/api/ingest/batch"]["post"]["requestBody"]["content"]
     assert shelly["application/json"]["schema"]["properties"]["messages"]["maxItems"] == 1000
+
+
+def test_every_route_of_the_app_is_documented() -> None:
+    routes = [r for r in create_app(Config()).routes if isinstance(r, Route)]
+    documented = openapi.spec()["paths"]
+    assert len(routes) == len(documented) == 12
+    for r in routes:
+        assert r.methods is not None
+        method = next(iter(r.methods - {"HEAD"})).lower()
+        assert method in documented[r.path], r.path

@@ -59,12 +59,27 @@ impl Hasher for FxHasher {
 }
 
 type Fx = BuildHasherDefault<FxHasher>;
-type Devices = HashMap<Box<str>, Entry, Fx>;
+type Map = HashMap<Box<[u8]>, Entry, Fx>;
+
+/// The map key of a device: `tenant NUL device` (neither id may hold a control character), so
+/// one hash and one probe find it.
+fn key_into(buf: &mut Vec<u8>, tenant: &str, device: &str) {
+    buf.clear();
+    buf.extend_from_slice(tenant.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(device.as_bytes());
+}
+
+fn split_key(key: &[u8]) -> (String, String) {
+    let nul = memchr::memchr(0, key).expect("a key holds a NUL between tenant and device");
+    let text = |b: &[u8]| std::str::from_utf8(b).expect("ids are UTF-8").to_owned();
+    (text(&key[..nul]), text(&key[nul + 1..]))
+}
 
 /// Per tenant and device, the last accepted message. Thread-safe.
 #[derive(Default)]
 pub struct Latest {
-    tenants: Mutex<HashMap<Box<str>, Devices, Fx>>,
+    devices: Mutex<Map>,
 }
 
 impl Latest {
@@ -72,21 +87,19 @@ impl Latest {
         Latest::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Devices, Fx>> {
+    fn lock(&self) -> MutexGuard<'_, Map> {
         // Every update is one assignment after the data moved: a poisoned map is consistent.
-        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keep each device's last accepted item of an appended batch.
     pub fn record(&self, batch: &Batch) {
         let received_ns = batch.receive_ns();
-        let mut tenants = self.lock();
+        let mut key = Vec::with_capacity(64);
+        let mut devices = self.lock();
         for (tenant, device, line) in batch.last_accepted() {
-            let devices = match tenants.get_mut(tenant) {
-                Some(devices) => devices,
-                None => tenants.entry(tenant.into()).or_default(),
-            };
-            match devices.get_mut(device) {
+            key_into(&mut key, tenant, device);
+            match devices.get_mut(key.as_slice()) {
                 Some(entry) => {
                     entry.line.clear();
                     entry.line.extend_from_slice(line);
@@ -99,7 +112,7 @@ impl Latest {
                         received_ns,
                         dirty: true,
                     };
-                    devices.insert(device.into(), entry);
+                    devices.insert(key.as_slice().into(), entry);
                 }
             }
         }
@@ -107,7 +120,7 @@ impl Latest {
 
     /// Number of devices held.
     pub fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,33 +129,40 @@ impl Latest {
 
     /// The snapshot of each of `devices` of `tenant`, `None` for those without one.
     pub fn get(&self, tenant: &str, devices: &[&str]) -> Vec<Option<Snapshot>> {
-        let tenants = self.lock();
-        let held = tenants.get(tenant);
+        let held = self.lock();
+        let mut key = Vec::with_capacity(64);
         devices
             .iter()
-            .map(|&d| held.and_then(|h| h.get(d)).map(snapshot))
+            .map(|&d| {
+                key_into(&mut key, tenant, d);
+                held.get(key.as_slice()).map(snapshot)
+            })
             .collect()
     }
 
     /// Every device changed since the last call, which it marks clean; sorted by key.
     pub fn take_dirty(&self) -> Vec<Row> {
-        let mut tenants = self.lock();
-        let mut rows = Vec::new();
-        for (tenant, devices) in tenants.iter_mut() {
-            for (device, entry) in devices.iter_mut().filter(|(_, e)| e.dirty) {
+        let mut held = self.lock();
+        let mut rows: Vec<Row> = held
+            .iter_mut()
+            .filter(|(_, e)| e.dirty)
+            .map(|(key, entry)| {
                 entry.dirty = false;
-                rows.push((tenant.to_string(), device.to_string(), snapshot(entry)));
-            }
-        }
+                let (tenant, device) = split_key(key);
+                (tenant, device, snapshot(entry))
+            })
+            .collect();
         rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         rows
     }
 
     /// Mark devices dirty again (their rows could not be stored); unknown keys are ignored.
     pub fn mark_dirty(&self, keys: &[(&str, &str)]) {
-        let mut tenants = self.lock();
+        let mut held = self.lock();
+        let mut key = Vec::with_capacity(64);
         for &(tenant, device) in keys {
-            if let Some(entry) = tenants.get_mut(tenant).and_then(|d| d.get_mut(device)) {
+            key_into(&mut key, tenant, device);
+            if let Some(entry) = held.get_mut(key.as_slice()) {
                 entry.dirty = true;
             }
         }
