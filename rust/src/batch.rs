@@ -354,7 +354,11 @@ impl Batch {
                 return None;
             }
             let g = &self.groups[item.group as usize];
-            Some((self.str_at(g.tenant), self.str_at(g.device), self.line(item)))
+            Some((
+                self.str_at(g.tenant),
+                self.str_at(g.device),
+                self.line(item),
+            ))
         })
     }
 
@@ -515,10 +519,7 @@ mod tests {
         assert_eq!(b.refusals(Reason::RateLimited), [("t1", "d1", 1)]);
         assert_eq!(b.refusals(Reason::Unauthorized), []);
         let last: Vec<_> = b.last_accepted().collect();
-        assert_eq!(
-            last,
-            [("t2", "d2", &b"b\n"[..]), ("t1", "d1", &b"a\n"[..])]
-        );
+        assert_eq!(last, [("t2", "d2", &b"b\n"[..]), ("t1", "d1", &b"a\n"[..])]);
     }
 
     #[test]

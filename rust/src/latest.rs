@@ -178,7 +178,9 @@ fn snapshot(entry: &Entry) -> Snapshot {
 /// Reads a line the parser encoded: `msg_type,device_id=…,site_id=… metrics…,seq=Ni ts\n`.
 /// Only ever given lines of this core, so a line of another shape is a broken invariant.
 fn read_line(line: &[u8]) -> Snapshot {
-    let line = line.strip_suffix(b"\n").expect("an encoded line ends in a newline");
+    let line = line
+        .strip_suffix(b"\n")
+        .expect("an encoded line ends in a newline");
     let last_space = memchr::memrchr(b' ', line).expect("an encoded line has a timestamp");
     let ts_ns = ascii_int(&line[last_space + 1..]);
     let measurement_end = memchr::memchr(b',', line).expect("an encoded line has tags");
@@ -302,7 +304,10 @@ mod tests {
                 received_ns: NOW,
             })
         );
-        assert_eq!(got[1].as_ref().map(|s| s.metrics_json.as_str()), Some(r#"{"b":true}"#));
+        assert_eq!(
+            got[1].as_ref().map(|s| s.metrics_json.as_str()),
+            Some(r#"{"b":true}"#)
+        );
         assert_eq!(got[2], None);
         assert_eq!(latest.get("other", &["d1"]), vec![None]);
     }
@@ -334,6 +339,9 @@ mod tests {
         b.append_with(|_, _| true).expect("appended once");
         let latest = Latest::new();
         latest.record(&b);
-        assert_eq!(latest.get("acme", &["d1"])[0].as_ref().map(|s| s.seq), Some(1));
+        assert_eq!(
+            latest.get("acme", &["d1"])[0].as_ref().map(|s| s.seq),
+            Some(1)
+        );
     }
 }

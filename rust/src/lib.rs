@@ -307,7 +307,17 @@ impl PyLatest {
     fn take_dirty(&self, py: Python<'_>) -> Vec<(String, String, String, i64, i64, String, i64)> {
         py.detach(|| self.inner.take_dirty())
             .into_iter()
-            .map(|(t, d, s)| (t, d, s.msg_type, s.ts_ns, s.seq, s.metrics_json, s.received_ns))
+            .map(|(t, d, s)| {
+                (
+                    t,
+                    d,
+                    s.msg_type,
+                    s.ts_ns,
+                    s.seq,
+                    s.metrics_json,
+                    s.received_ns,
+                )
+            })
             .collect()
     }
 
