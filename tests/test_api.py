@@ -480,3 +480,13 @@ def test_batch_get_runs_one_registry_query_whatever_the_number_of_ids(
             await gw.stop()
 
     assert asyncio.run(run()) == [1, 1], statements
+
+
+def test_tenant_keys_are_cached_for_the_shelly_route_too(gateway: Start) -> None:
+    gw = start(gateway, {})
+    c = gw.client()
+    for _ in range(3):
+        assert c.get("/api/stats/queue", headers={"X-API-Key": KEY_T1}).status_code == 200
+    assert get(c, {"resource_type": "devices", "ids": ["d1"]}).status_code == 200
+    stats = gw.stats()
+    assert (stats["tenant_key_cache_misses"], stats["tenant_key_cache_hits"]) == (1, 3)
