@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tidegate.store.registry import Statements
+from tidegate.store.statements import Statements
 
 Snapshot = tuple[str, int, int, str, int]
 """`(msg_type, ts_ns, seq, metrics_json, received_ns)`: a device's last accepted message."""

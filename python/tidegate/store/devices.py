@@ -22,11 +22,11 @@ from tidegate.store.registry import (
     REVOKE,
     REVOKED,
     Registry,
-    Statements,
     check_limits,
     device_row,
 )
 from tidegate.store.secrets import hash_secret, new_secret
+from tidegate.store.statements import Statements
 
 CREATE = "create"
 UPDATE = "update"

@@ -20,8 +20,8 @@ from tidegate.store.registry import (
     PING_TIMEOUT_S,
     Key,
     Registry,
-    Statements,
 )
+from tidegate.store.statements import Statements
 
 # Serialises concurrent `migrate()` calls from several processes on one database.
 _MIGRATE_LOCK_KEY = 0x7469646567617465

@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tidegate.ids import check_id, check_tenant
 from tidegate.store.power_logs import PowerLogs
+from tidegate.store.statements import Statements
 
 if TYPE_CHECKING:
     from tidegate.store.device_state import DeviceState
@@ -51,18 +52,6 @@ REVOKE = (
     "THEN updated_at ELSE now() END WHERE tenant_id = $1 AND device_id = $2 "
     "RETURNING device_id"
 )
-
-
-class Statements(Protocol):
-    """Where statements run: the registry itself (autocommit) or one transaction."""
-
-    async def rows(self, sql: str, *args: object) -> list[Any]:
-        """Run one statement (PostgreSQL dialect) and return its rows."""
-        ...
-
-    async def value(self, sql: str, *args: object) -> Any:
-        """Run one statement and return the first column of its first row (None: no row)."""
-        ...
 
 
 class RegistryError(Exception):

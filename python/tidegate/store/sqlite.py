@@ -24,8 +24,8 @@ from tidegate.store.registry import (
     PING_TIMEOUT_S,
     Key,
     Registry,
-    Statements,
 )
+from tidegate.store.statements import Statements
 
 FILE_NAME = "registry.sqlite3"
 
