@@ -61,12 +61,23 @@ class GatewayProcess:
         self.clients.append(c)
         return c
 
+    @property
+    def ops_url(self) -> str:
+        """The ops listener (stats, metrics)."""
+        return f"http://{self.env['TIDEGATE_OPS_HOST']}:{self.env['TIDEGATE_OPS_PORT']}"
+
     def stats(self) -> dict[str, Any]:
-        """GET /ingest/v1/stats."""
-        r = httpx.get(f"{self.url}/ingest/v1/stats", timeout=10.0)
+        """GET /ingest/v1/stats on the ops listener."""
+        r = httpx.get(f"{self.ops_url}/ingest/v1/stats", timeout=10.0)
         r.raise_for_status()
         out: dict[str, Any] = r.json()
         return out
+
+    def metrics(self) -> str:
+        """GET /metrics on the ops listener."""
+        r = httpx.get(f"{self.ops_url}/metrics", timeout=10.0)
+        r.raise_for_status()
+        return r.text
 
     def logs(self) -> str:
         """Everything the gateway wrote to stderr so far."""
@@ -98,6 +109,8 @@ def run_gateway(env: Mapping[str, str], workdir: Path) -> GatewayProcess:
     )
     full["TIDEGATE_HOST"] = "127.0.0.1"
     full["TIDEGATE_PORT"] = str(free_port())
+    full["TIDEGATE_OPS_HOST"] = "127.0.0.1"
+    full["TIDEGATE_OPS_PORT"] = str(free_port())
     full["TIDEGATE_DATA_DIR"] = str(workdir / "data")
     full["TIDEGATE_CORE"] = os.environ.get("TIDEGATE_CORE", "rust")
     full.update(env)

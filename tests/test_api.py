@@ -373,8 +373,9 @@ def test_tokens_appear_only_in_the_response_that_made_them_and_never_in_the_log(
         admin(c, [{"op": "create", "device_id": "d1", "site_id": "s1", "provision_token": new}]),
         admin(c, [{"op": "create", "device_id": "x", "site_id": "s", "provision_token": " "}]),
         c.get("/ingest/v1/metrics/rate-limits", headers=auth(KEY_T1)),
-        c.get("/ingest/v1/stats"),
-        c.get("/metrics"),
+        httpx.get(f"{gw.ops_url}/ingest/v1/metrics/rate-limits"),
+        httpx.get(f"{gw.ops_url}/ingest/v1/stats"),
+        httpx.get(f"{gw.ops_url}/metrics"),
     ]
     for r in responses:
         assert r.status_code == 200
@@ -418,7 +419,8 @@ def test_rate_limit_state_after_a_burst(gateway: Start, registry_env: dict[str, 
             }
         },
     }  # fmt: skip
-    # t2's key sees only t2; no key: every tenant with refusals.
+    # t2's key sees only t2; the public listener wants a key; the ops listener without a key:
+    # every tenant with refusals.
     t2 = c.get("/ingest/v1/metrics/rate-limits", headers=auth(KEY_T2)).json()["tenants"]
     assert t2 == {
         "t2": {
@@ -428,10 +430,16 @@ def test_rate_limit_state_after_a_burst(gateway: Start, registry_env: dict[str, 
             "top_devices": [],
         }
     }
-    assert list(c.get("/ingest/v1/metrics/rate-limits").json()["tenants"]) == ["t1"]
+    public = c.get("/ingest/v1/metrics/rate-limits")
+    assert (public.status_code, public.json()) == (401, UNAUTHORIZED)
+    ops = httpx.get(f"{gw.ops_url}/ingest/v1/metrics/rate-limits").json()
+    assert list(ops["tenants"]) == ["t1"]
+    assert httpx.get(f"{gw.ops_url}/ingest/v1/metrics/rate-limits", headers=auth(KEY_T2)).json()[
+        "tenants"
+    ] == {"t2": t2["t2"]}
     bad = c.get("/ingest/v1/metrics/rate-limits", headers=auth("nope"))
     assert (bad.status_code, bad.json()) == (401, UNAUTHORIZED)
-    top = c.get("/ingest/v1/metrics/rate-limits?top=0")
+    top = c.get("/ingest/v1/metrics/rate-limits?top=0", headers=auth(KEY_T1))
     assert (top.status_code, top.json()) == (
         400,
         {"detail": "top must be an integer from 1 to 100"},

@@ -244,6 +244,26 @@ def single(
     return client.post(f"/ingest/v1/tenant/{path}", content=content, headers=headers)
 
 
+def test_a_non_ascii_token_works_in_the_header_as_in_the_batch_body(gateway: Start) -> None:
+    gw = gateway(HOLD)
+    token = "jeton-é-湿度"
+    provision(gw, "t1", "d1", "s1", token=token)
+    c = gw.client()
+    assert post_batch(c, [msg("d1", token)]).status_code == 202
+    r = c.post(
+        "/ingest/v1/tenant/t1/device/d1/telemetry",
+        content=b'{"site_id":"s1","metrics":{"temp":1.5}}',
+        headers=[("X-Provision-Token", token.encode())],
+    )
+    assert (r.status_code, r.json()) == (202, {"status": "accepted"})
+    r = c.post(
+        "/ingest/v1/tenant/t1/device/d1/telemetry",
+        content=b'{"site_id":"s1"}',
+        headers=[("X-Provision-Token", token.encode("utf-8")[:-1])],
+    )
+    assert (r.status_code, r.json()) == (401, UNAUTHORIZED)
+
+
 def test_single_message_is_accepted(gateway: Start, registry_env: dict[str, str]) -> None:
     gw = start_with_devices(gateway, registry_env)
     r = single(gw.client())
@@ -454,7 +474,7 @@ def test_metrics_expose_latency_outcomes_buffers_and_flushes(gateway: Start) -> 
     c = gw.client()
     post_batch(c, [msg("d1"), msg("d1", token="bad")])
     poll(lambda: gw.stats()["writes_ok"], until=lambda n: n >= 1)
-    text = c.get("/metrics").text
+    text = gw.metrics()
     assert 'tidegate_request_seconds_count{route="batch"} 1.0' in text
     assert 'tidegate_messages_total{outcome="accepted",reason=""} 1.0' in text
     assert 'tidegate_messages_total{outcome="rejected",reason="UNAUTHORIZED"} 1.0' in text
@@ -462,6 +482,23 @@ def test_metrics_expose_latency_outcomes_buffers_and_flushes(gateway: Start) -> 
     assert "tidegate_buffer_bytes " in text
     assert "tidegate_sink_errors_total 0.0" in text
     assert 'tidegate_responses_total{route="batch",status="202"} 1.0' in text
+
+
+def test_stats_and_metrics_are_served_only_on_the_ops_listener(gateway: Start) -> None:
+    gw = gateway(HOLD)
+    public = gw.client()
+    assert public.get("/ingest/v1/stats").status_code == 404
+    assert public.get("/metrics").status_code == 404
+    assert public.get("/health").status_code == 200
+    assert public.get("/ready").status_code == 200
+    ops = httpx.Client(base_url=gw.ops_url, timeout=10.0)
+    with ops:
+        assert ops.get("/ingest/v1/stats").json()["accepted"] == 0
+        assert "tidegate_buffer_bytes" in ops.get("/metrics").text
+        assert ops.get("/health").status_code == 200
+        assert ops.get("/ready").status_code == 200
+        assert ops.post("/ingest/v1/batch", json={"messages": []}).status_code == 404
+    assert (Config().ops_host, Config().ops_port) == ("127.0.0.1", 8081)
 
 
 def test_unknown_routes_and_methods_answer_json(gateway: Start) -> None:

@@ -224,6 +224,19 @@ def test_replay_sends_embedded_sink_files_to_influxdb(bare_cli: Cli, influxdb: I
     assert (again.code, again.json["files"]) == (0, 0)
 
 
+def test_replay_dead_letters_sends_the_dead_letter_files(bare_cli: Cli, influxdb: InfluxDB) -> None:
+    path = bare_cli.cfg.data_dir / "deadletter" / "telemetry_cli_dead.lp"
+    path.parent.mkdir(parents=True)
+    path.write_text("# 2026-01-01T00:00:00Z HTTP 400: 1 of 2 lines refused: x\nm v=1 1\nm v=2 2\n")
+    write_lp_file(bare_cli.cfg, "cli_dead", ["m v=9 9"])
+    r = bare_cli("replay", "--influx", influxdb.url, "--api", "v1", "--dead-letters")
+    assert r.code == 0, r
+    assert (r.json["files"], r.json["files_failed"], r.json["lines"]) == (1, 0, 2)
+    assert path.with_name("telemetry_cli_dead.lp.done").exists()
+    rows = influxdb.query("telemetry_cli_dead", "SELECT v FROM m")
+    assert rows == [{"time": 1, "v": 1.0}, {"time": 2, "v": 2.0}]
+
+
 def test_replay_to_an_unreachable_influxdb_fails_and_keeps_the_file(bare_cli: Cli) -> None:
     write_lp_file(bare_cli.cfg, "acme", ["m v=1 1"])
     r = bare_cli(
@@ -257,17 +270,25 @@ DEVICE_ADD = ("device", "add", "--tenant", "acme", "--device", "d1", "--site", "
         (("tenant", "add", "--tenant", "t" * 65), "must match [a-z0-9_-]{1,64}"),
         (("tenant", "add", "--tenant", "acme", "--api-key", " "), "must not be empty"),
         (("device", "add", "--tenant", "acme", "--device", "d1"), "required: --site"),
-        (("device", "add", "--tenant", "a", "--device", "x\\y", "--site", "s"), "invalid id"),
+        (
+            ("device", "add", "--tenant", "a", "--device", "x\\y", "--site", "s"),
+            "invalid device id",
+        ),
+        (("device", "add", "--tenant", "a", "--device", "x/y", "--site", "s"), "no '/'"),
         (("device", "add", "--tenant", "a", "--device", "x", "--site", "s\\"), "no backslash"),
         (("device", "add", "--tenant", "a", "--device", "x\ty", "--site", "s"), "control char"),
         (("device", "add", "--tenant", "a", "--device", "x" * 129, "--site", "s"), "128 bytes"),
-        (("device", "add", "--tenant", "a", "--device", "", "--site", "s"), "invalid id ''"),
+        (("device", "add", "--tenant", "a", "--device", "", "--site", "s"), "invalid device id ''"),
         ((*DEVICE_ADD, "--rps", "0"), "must be a positive number"),
         ((*DEVICE_ADD, "--rps", "inf"), "must be a positive number"),
         ((*DEVICE_ADD, "--rps", "fast"), "is not a number"),
         ((*DEVICE_ADD, "--burst", "-1"), "must be a positive integer"),
         ((*DEVICE_ADD, "--burst", "1.5"), "is not an integer"),
-        ((*DEVICE_ADD, "--token", ""), "must not be empty"),
+        ((*DEVICE_ADD, "--token", ""), "invalid token: 1..128 bytes"),
+        ((*DEVICE_ADD, "--token", "t" * 129), "invalid token: 1..128 bytes"),
+        ((*DEVICE_ADD, "--token", "back\\slash"), "invalid token: 1..128 bytes"),
+        ((*DEVICE_ADD, "--token", " padded"), "no leading or trailing space"),
+        ((*DEVICE_ADD, "--token", "padded "), "no leading or trailing space"),
         (("device", "revoke", "--tenant", "acme"), "required: --device"),
         (("device", "list", "--tenant", "a/b"), "invalid tenant id"),
         (("replay",), "required: --influx"),
@@ -358,7 +379,12 @@ def test_serve_help_lists_every_variable_with_its_default(bare_cli: Cli) -> None
 def test_serve_flags_override_the_environment(bare_cli: Cli, tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "flag-data"
-    env = {**bare_cli.env, "TIDEGATE_PORT": "1", "TIDEGATE_LOG_LEVEL": "error"}
+    env = {
+        **bare_cli.env,
+        "TIDEGATE_PORT": "1",
+        "TIDEGATE_LOG_LEVEL": "error",
+        "TIDEGATE_OPS_PORT": str(free_port()),
+    }
     args = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "DEBUG"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidegate", "serve", *args, "--data-dir", str(data_dir)],

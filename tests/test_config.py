@@ -40,6 +40,13 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_SHUTDOWN_DEADLINE_S": ["0", "soon"],
     "TIDEGATE_LOG_LEVEL": ["trace", "verbose"],
     "TIDEGATE_SHELLY_MAX_BODY_BYTES": ["0", "4MiB"],
+    "TIDEGATE_OPS_PORT": ["-1", "65536", "ops"],
+    "TIDEGATE_MAX_HEADER_BYTES": ["0", "16k"],
+    "TIDEGATE_HEADER_TIMEOUT_S": ["0", "inf", "10s"],
+    "TIDEGATE_BODY_TIMEOUT_S": ["-1", "nan"],
+    "TIDEGATE_KEEPALIVE_TIMEOUT_S": ["0", "1.5"],
+    "TIDEGATE_MAX_CONNECTIONS": ["0", "many"],
+    "TIDEGATE_MAX_REQUESTS": ["0", "-3"],
 }
 # Any string is a valid value for these.
 FREE_FORM = {
@@ -48,6 +55,7 @@ FREE_FORM = {
     "INFLUXDB_ORG",
     "INGEST_API_KEY",
     "TIDEGATE_HOST",
+    "TIDEGATE_OPS_HOST",
 }
 
 
@@ -153,3 +161,8 @@ def test_no_other_module_reads_the_environment() -> None:
         if p.name != "config.py" and re.search(r"os\.environ|getenv\(", p.read_text())
     ]
     assert readers == []
+
+
+def test_the_ops_listener_must_not_be_the_public_one() -> None:
+    with pytest.raises(ConfigError, match="TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT"):
+        Config.from_env({"TIDEGATE_PORT": "9000", "TIDEGATE_OPS_PORT": "9000"})

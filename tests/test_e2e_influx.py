@@ -184,6 +184,30 @@ def test_v1_database_is_created_on_first_write(gateway: Start, influxdb: InfluxD
     assert rows == [{"time": 1714979289000000000, "device_id": "d1", "site_id": "s1", "seq": 0}]
 
 
+def test_v1_missing_database_without_create_holds_the_data_and_is_not_ready(
+    gateway: Start, influxdb: InfluxDB
+) -> None:
+    tenant = new_tenant()
+    gw = gateway(influx_env(influxdb, TIDEGATE_INFLUX_CREATE_DB="0"))
+    token = provision(gw, tenant, "d1", "s1")
+    c = gw.client()
+    r = c.post(
+        f"/ingest/v1/tenant/{tenant}/device/d1/heartbeat",
+        json={"site_id": "s1", "ts": "2024-05-06T07:08:09Z"},
+        headers={"X-Provision-Token": token},
+    )
+    assert r.status_code == 202
+    ready = poll(lambda: c.get("/ready"), until=lambda r: r.status_code == 503)
+    assert ready.json() == {"status": "not ready", "reason": "sink is failing to write"}
+    assert '"event":"sink_database_missing"' in gw.logs()
+    assert gw.stats()["sink"]["dead_lettered"] == 0
+    influxdb.query(None, f'CREATE DATABASE "telemetry_{tenant}"')
+    poll(lambda: drained(gw))
+    assert poll(lambda: c.get("/ready").status_code, until=lambda s: s == 200) == 200
+    rows = influxdb.query(f"telemetry_{tenant}", 'SELECT * FROM "heartbeat"')
+    assert rows == [{"time": 1714979289000000000, "device_id": "d1", "site_id": "s1", "seq": 0}]
+
+
 def test_ts_less_messages_of_one_device_in_one_batch_are_all_stored(
     gateway: Start, influxdb: InfluxDB
 ) -> None:

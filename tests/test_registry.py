@@ -326,6 +326,7 @@ def test_tenant_api_keys_are_unique_and_set_once(cfg: Config) -> None:
         ("acme", "tab\there", "s"),
         ("acme", "c1\x85", "s"),
         ("acme", "lone\ud800", "s"),
+        ("acme", "slash/ed", "s"),
     ],
 )
 def test_invalid_ids_are_refused_before_touching_the_database(
@@ -334,6 +335,16 @@ def test_invalid_ids_are_refused_before_touching_the_database(
     async def body(reg: Registry) -> None:
         with pytest.raises(ValueError, match="invalid"):
             await reg.add_device(tenant, device, site)
+
+    run(Config(data_dir=tmp_path), body)
+    assert asyncio.run(raw_rows(Config(data_dir=tmp_path), "SELECT * FROM devices")) == []
+
+
+@pytest.mark.parametrize("token", ["t" * 129, "back\\slash", " lead", "trail ", "tab\there"])
+def test_tokens_ingest_could_never_present_are_refused(tmp_path: Path, token: str) -> None:
+    async def body(reg: Registry) -> None:
+        with pytest.raises(ValueError, match="invalid token"):
+            await reg.add_device("acme", "d1", "s1", token=token)
 
     run(Config(data_dir=tmp_path), body)
     assert asyncio.run(raw_rows(Config(data_dir=tmp_path), "SELECT * FROM devices")) == []

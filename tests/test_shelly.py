@@ -674,7 +674,7 @@ def test_lines_that_stop_fitting_after_the_insert_are_counted_and_the_rows_stay(
             )
             assert counters(r) == result(inserted=4)
             assert gw.services.buffers.depth() == {}
-            metrics = (await client.get("/metrics")).text
+            metrics = gw.metrics.render().decode()
             assert "tidegate_shelly_influx_dropped_lines_total 4.0" in metrics
             assert 'tidegate_shelly_readings_total{outcome="inserted"} 4.0' in metrics
             r = await client.get("/api/stats/queue", headers=headers)
@@ -701,7 +701,7 @@ def test_draining_gateway_answers_503(tmp_path: Path) -> None:
 
 def test_shelly_responses_are_timed_and_counted_like_every_route(tmp_path: Path) -> None:
     async def go() -> None:
-        async with app_client(tmp_path) as (client, _gw):
+        async with app_client(tmp_path) as (client, gw):
             headers = {"X-API-Key": KEY}
             body = {"messages": [four("plug-1", MINUTE)]}
             assert (await client.post("/api/ingest/batch", json=body, headers=headers)).is_success
@@ -709,7 +709,7 @@ def test_shelly_responses_are_timed_and_counted_like_every_route(tmp_path: Path)
             assert empty.status_code == 422
             wrong = await client.get("/api/stats/queue", headers={"X-API-Key": "wrong"})
             assert wrong.status_code == 401
-            metrics = (await client.get("/metrics")).text
+            metrics = gw.metrics.render().decode()
             assert 'tidegate_responses_total{route="shelly_batch",status="200"} 1.0' in metrics
             assert 'tidegate_responses_total{route="shelly_batch",status="422"} 1.0' in metrics
             assert 'tidegate_responses_total{route="shelly_stats",status="401"} 1.0' in metrics

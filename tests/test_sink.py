@@ -492,28 +492,80 @@ def test_413_on_a_single_line_dead_letters_it(tmp_path: Path, recorder: Recordin
     assert [r.lines for r in recorder.requests] == [2, 1, 1]
 
 
-def test_v1_missing_database_is_created_when_enabled(tmp_path: Path, influxdb: InfluxDB) -> None:
+def test_v1_missing_database_is_created_by_default(tmp_path: Path, influxdb: InfluxDB) -> None:
     tenant = tenant_name()
-    cfg = make_cfg(tmp_path, influxdb.url, influx_create_db=True)
+    cfg = make_cfg(tmp_path, influxdb.url)
+    assert cfg.influx_create_db
     stats = flush_once(cfg, tenant, lp(7), lambda s: s["writes_ok"] == 7)
     assert stats["retries"] == 0
     assert f"telemetry_{tenant}" in influxdb.databases()
     assert points(influxdb, tenant) == 7
 
 
-def test_v1_missing_database_is_dead_lettered_when_not_created(
+def test_v1_missing_database_is_held_and_retried_when_not_created(
+    tmp_path: Path, influxdb: InfluxDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A missing database is not the body's fault: nothing is dead-lettered, the lines wait
+    (the sink reports failing, so /ready says not ready) and go in once it exists."""
+    tenant = tenant_name()
+    cfg = make_cfg(tmp_path, influxdb.url, influx_create_db=False)
+
+    async def main() -> SinkStats:
+        buffers = make_buffers(cfg)
+        async with running(cfg, buffers) as sink:
+            assert buffers.append_lines(tenant, lp(7), 7)
+            sink.notify([tenant])
+            await until(lambda: sink.stats()["retries"] >= 2)
+            held = sink.stats()
+            assert held["failing"]
+            assert (held["dead_lettered"], held["writes_err"], held["writes_ok"]) == (0, 0, 0)
+            assert held["tenants_failing"][tenant]["lines"] == 7
+            assert "database not found" in held["tenants_failing"][tenant]["error"]
+            await asyncio.to_thread(influxdb.query, None, f'CREATE DATABASE "telemetry_{tenant}"')
+            await until(lambda: sink.stats()["writes_ok"] == 7)
+            return sink.stats()
+
+    with caplog.at_level("INFO", logger="tidegate"):
+        stats = asyncio.run(main())
+    assert not stats["failing"]
+    assert points(influxdb, tenant) == 7
+    assert not (cfg.data_dir / "deadletter").exists()
+    missing = [r for r in caplog.records if r.getMessage() == "sink_database_missing"]
+    assert missing
+    assert {r.levelname for r in missing} == {"ERROR"}
+
+
+def test_replay_dead_letters_sends_them_once_the_cause_is_fixed(
     tmp_path: Path, influxdb: InfluxDB
 ) -> None:
     tenant = tenant_name()
+    write_direct(influxdb, tenant, b"conflict v=1i,seq=0i 1\n")
+    bad = b"conflict v=2.5,seq=1i 2\nconflict v=3.5,seq=2i 3\n"
+    body = lp(3) + bad
     cfg = make_cfg(tmp_path, influxdb.url)
-    stats = flush_once(cfg, tenant, lp(7), lambda s: s["dead_lettered"] == 7)
-    assert (stats["writes_ok"], stats["writes_err"], stats["retries"]) == (0, 7, 0)
-    assert not stats["failing"]
-    assert f"telemetry_{tenant}" not in influxdb.databases()
-    text = (cfg.data_dir / "deadletter" / f"telemetry_{tenant}.lp").read_bytes()
-    assert b"HTTP 404: 7 of 7 lines refused" in text
-    assert b"database not found" in text
-    assert text.endswith(lp(7))
+    stats = flush_once(cfg, tenant, body, lambda s: s["dead_lettered"] == 5)
+    assert stats["writes_err"] == 2
+    dead = cfg.data_dir / "deadletter" / f"telemetry_{tenant}.lp"
+    assert dead.exists()
+    # Not yet fixed: the refused lines are dead-lettered again, in a new file.
+    again = asyncio.run(replay(cfg, influxdb.url, "v1", dead_letters=True))
+    assert (again["files"], again["lines"], again["writes_err"]) == (1, 5, 2)
+    assert (cfg.data_dir / "deadletter" / f"telemetry_{tenant}.lp.done").exists()
+    assert dead.read_bytes().endswith(body)
+    # The operator decides `v` is a float: the database starts over, and replay sends it all.
+    influxdb.query(None, f'DROP DATABASE "telemetry_{tenant}"')
+    fixed = asyncio.run(replay(cfg, influxdb.url, "v1", dead_letters=True))
+    assert (fixed["files"], fixed["files_failed"], fixed["lines"]) == (1, 0, 5)
+    assert (fixed["writes_ok"], fixed["writes_err"], fixed["dead_lettered"]) == (5, 0, 0)
+    assert points(influxdb, tenant) == 3
+    assert points(influxdb, tenant, "conflict") == 2
+    assert not dead.exists()
+    assert sorted(p.name for p in dead.parent.iterdir()) == [
+        f"telemetry_{tenant}.1.lp.done",
+        f"telemetry_{tenant}.lp.done",
+    ]
+    # The LP files are not touched by a dead-letter replay, and vice versa.
+    assert asyncio.run(replay(cfg, influxdb.url, "v1"))["files"] == 0
 
 
 # --- stop ---------------------------------------------------------------------------------------

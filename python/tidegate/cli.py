@@ -29,7 +29,7 @@ from tidegate.config import (
     positive_float,
     positive_int,
 )
-from tidegate.ids import check_id, check_tenant
+from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
@@ -62,7 +62,10 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 _tenant_arg = _arg(check_tenant)
-_id_arg = _arg(functools.partial(check_id, "id"))
+_site_arg = _arg(functools.partial(check_id, "site id"))
+_device_arg = _arg(check_device)
+# Revoking takes any id, so a device provisioned before the `/` rule can still be revoked.
+_any_device_arg = _arg(functools.partial(check_id, "device id"))
 
 
 def _secret_arg(value: str) -> str:
@@ -145,7 +148,9 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     # Imported here: only replay needs httpx and the core.
     from tidegate.sink.replay import replay
 
-    counts = await replay(cfg, args.influx, args.api or cfg.influx_api)
+    counts = await replay(
+        cfg, args.influx, args.api or cfg.influx_api, dead_letters=args.dead_letters
+    )
     if counts.get("files_failed"):
         raise CommandFailed("a file could not be sent; run replay again to resume", **counts)
     return dict(counts)
@@ -202,30 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add = device.add_parser("add", help="register a device and print its token")
     device_add.add_argument("--tenant", required=True, type=_tenant_arg)
-    device_add.add_argument("--device", required=True, type=_id_arg)
-    device_add.add_argument("--site", required=True, type=_id_arg)
+    device_add.add_argument("--device", required=True, type=_device_arg)
+    device_add.add_argument("--site", required=True, type=_site_arg)
     device_add.add_argument("--rps", type=_arg(positive_float), help="messages per second")
     device_add.add_argument("--burst", type=_arg(positive_int), help="bucket size")
-    device_add.add_argument("--token", type=_secret_arg, help="default: a random 256-bit token")
+    device_add.add_argument(
+        "--token", type=_arg(check_token), help="default: a random 256-bit token"
+    )
     device_add.set_defaults(run=_device_add)
 
     device_update = device.add_parser("update", help="change a device's site or rate limit")
     device_update.add_argument("--tenant", required=True, type=_tenant_arg)
-    device_update.add_argument("--device", required=True, type=_id_arg)
-    device_update.add_argument("--site", type=_id_arg)
+    device_update.add_argument("--device", required=True, type=_any_device_arg)
+    device_update.add_argument("--site", type=_site_arg)
     device_update.add_argument("--rps", type=_arg(positive_float), help="messages per second")
     device_update.add_argument("--burst", type=_arg(positive_int), help="bucket size")
     device_update.set_defaults(run=_device_update)
 
     device_rotate = device.add_parser("rotate-token", help="give a device a new token")
     device_rotate.add_argument("--tenant", required=True, type=_tenant_arg)
-    device_rotate.add_argument("--device", required=True, type=_id_arg)
-    device_rotate.add_argument("--token", type=_secret_arg, help="default: a random token")
+    device_rotate.add_argument("--device", required=True, type=_any_device_arg)
+    device_rotate.add_argument("--token", type=_arg(check_token), help="default: a random token")
     device_rotate.set_defaults(run=_device_rotate)
 
     device_revoke = device.add_parser("revoke", help="revoke a device's token")
     device_revoke.add_argument("--tenant", required=True, type=_tenant_arg)
-    device_revoke.add_argument("--device", required=True, type=_id_arg)
+    device_revoke.add_argument("--device", required=True, type=_any_device_arg)
     device_revoke.set_defaults(run=_device_revoke)
 
     device_list = device.add_parser("list", help="list a tenant's devices (no tokens)")
@@ -235,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
     replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
+    replay.add_argument(
+        "--dead-letters",
+        action="store_true",
+        help="send the dead-letter files instead (after fixing what refused them)",
+    )
     replay.set_defaults(run=_replay)
     return parser
 

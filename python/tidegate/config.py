@@ -34,7 +34,7 @@ class Config:
     influxdb_token: str | None = None
     influxdb_org: str | None = None
     influx_api: str = "v3"
-    influx_create_db: bool = False
+    influx_create_db: bool = True
     influx_batch_size: int = 500
     influx_flush_interval_ms: int = 1000
     influx_max_body_lines: int = 5000
@@ -62,6 +62,16 @@ class Config:
     # Server.
     host: str = "127.0.0.1"
     port: int = 8080
+    # Stats, metrics and the OpenAPI document listen here only (loopback by default).
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8081
+    # Per-connection limits (http/limits.py): bounded memory whatever a client sends.
+    max_header_bytes: int = 16 << 10
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: int = 5
+    max_connections: int = 1000
+    max_requests: int = 64
     shutdown_deadline_s: float = 10.0
     log_level: str = "info"
 
@@ -101,7 +111,7 @@ class Config:
             influxdb_token=r.get("INFLUXDB_TOKEN", None, str),
             influxdb_org=r.get("INFLUXDB_ORG", None, str),
             influx_api=influx_api,
-            influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", False, _bool),
+            influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", True, _bool),
             influx_batch_size=r.get("INFLUX_BATCH_SIZE", 500, positive_int),
             influx_flush_interval_ms=r.get("INFLUX_FLUSH_INTERVAL_MS", 1000, positive_int),
             influx_max_body_lines=r.get("INFLUX_MAX_BODY_LINES", 5000, positive_int),
@@ -127,9 +137,19 @@ class Config:
             shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, positive_int),
             host=r.get("TIDEGATE_HOST", "127.0.0.1", str),
             port=r.get("TIDEGATE_PORT", 8080, parse_port),
+            ops_host=r.get("TIDEGATE_OPS_HOST", "127.0.0.1", str),
+            ops_port=r.get("TIDEGATE_OPS_PORT", 8081, parse_port),
+            max_header_bytes=r.get("TIDEGATE_MAX_HEADER_BYTES", 16 << 10, positive_int),
+            header_timeout_s=r.get("TIDEGATE_HEADER_TIMEOUT_S", 10.0, positive_float),
+            body_timeout_s=r.get("TIDEGATE_BODY_TIMEOUT_S", 30.0, positive_float),
+            keepalive_timeout_s=r.get("TIDEGATE_KEEPALIVE_TIMEOUT_S", 5, positive_int),
+            max_connections=r.get("TIDEGATE_MAX_CONNECTIONS", 1000, positive_int),
+            max_requests=r.get("TIDEGATE_MAX_REQUESTS", 64, positive_int),
             shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, positive_float),
             log_level=r.get("TIDEGATE_LOG_LEVEL", "info", parse_log_level),
         )
+        if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):
+            raise ConfigError("TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT")
         if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
             raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
         return cfg

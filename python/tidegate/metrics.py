@@ -59,6 +59,8 @@ class Metrics:
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self.responses: dict[tuple[str, int], int] = {}
+        self.limits_hit: dict[str, int] = {}
+        self.client_disconnects: dict[str, int] = {}
         self.flush_ok = 0
         self.flush_err = 0
         self.lines_flushed = 0
@@ -91,6 +93,14 @@ class Metrics:
         """Count one response by route and status."""
         key = (route, status)
         self.responses[key] = self.responses.get(key, 0) + 1
+
+    def limit_hit(self, limit: str) -> None:
+        """Count one connection refused or cut by a connection limit (http/limits.py)."""
+        self.limits_hit[limit] = self.limits_hit.get(limit, 0) + 1
+
+    def client_disconnected(self, route: str) -> None:
+        """Count one request whose client went away before its body was read."""
+        self.client_disconnects[route] = self.client_disconnects.get(route, 0) + 1
 
     def on_flush(self, tenant: str, lines: int, seconds: float, ok: bool) -> None:
         """The sink's hook, called once per write attempt."""
@@ -131,6 +141,8 @@ class Metrics:
             "responses": {
                 f"{route} {status}": n for (route, status), n in sorted(self.responses.items())
             },
+            "limits_hit": dict(sorted(self.limits_hit.items())),
+            "client_disconnects": dict(sorted(self.client_disconnects.items())),
             "lines_flushed": self.lines_flushed,
             "flush_attempts_ok": self.flush_ok,
             "flush_attempts_failed": self.flush_err,
@@ -162,6 +174,18 @@ class _Live(Collector):
         for (route, status), n in sorted(m.responses.items()):
             responses.add_metric([route, str(status)], n)
         yield responses
+        yield _labelled_counter(
+            "tidegate_connection_limit",
+            "Connections refused or cut by a limit (431, 408, 503)",
+            "limit",
+            m.limits_hit,
+        )
+        yield _labelled_counter(
+            "tidegate_client_disconnects",
+            "Requests whose client disconnected before the body was read",
+            "route",
+            m.client_disconnects,
+        )
         errors = CounterMetricFamily("tidegate_sink_errors", "Failed sink write attempts")
         errors.add_metric([], m.flush_err)
         yield errors
@@ -174,6 +198,13 @@ class _Live(Collector):
             yield from _numeric_gauges("tidegate_sink_", "Sink statistic", m._sink_stats())
         if m._extra is not None:
             yield from _numeric_gauges("tidegate_", "Gateway statistic", m._extra())
+
+
+def _labelled_counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
+    counter = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        counter.add_metric([key], n)
+    return counter
 
 
 def _buffer_metrics(buffers: Buffers) -> Iterable[Metric]:

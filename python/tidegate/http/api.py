@@ -5,7 +5,8 @@ last message, bulk device admin, and the rate-limit state.
   a result per id in request order (partial success), totals, processed_at; ONE registry query.
 - `POST /api/v1/batch/devices`: up to 100 create/update/revoke/rotate_token operations, the
   valid ones in one transaction (`store.devices`, which the CLI uses too).
-- `GET /ingest/v1/metrics/rate-limits`: refusals per tenant; a Bearer key scopes it.
+- `GET /ingest/v1/metrics/rate-limits`: refusals per tenant: the Bearer key's on the public
+  listener (a key is required there), every tenant's on the ops listener.
 
 Every read and write is scoped to the key's tenant: another tenant's ids are 404 items.
 """
@@ -67,14 +68,23 @@ class _Invalid(Exception):
         self.body = {"detail": detail, **extra}
 
 
+RATE_LIMITS = "/ingest/v1/metrics/rate-limits"
+
+
 def routes(gw: Gateway) -> list[BaseRoute]:
-    """The batch read, the bulk admin and the rate-limit state."""
+    """The public listener's: batch read, bulk admin, and the rate-limit state of the Bearer
+    key's tenant (a key is required there: without one the state would name every tenant)."""
     api = Api(gw)
     return [
         route(gw, "/api/v1/batch/get", "POST", "batch_get", api.batch_get),
         route(gw, "/api/v1/batch/devices", "POST", "batch_devices", api.batch_devices),
-        route(gw, "/ingest/v1/metrics/rate-limits", "GET", "rate_limits", api.rate_limits),
+        route(gw, RATE_LIMITS, "GET", "rate_limits", api.tenant_rate_limits),
     ]
+
+
+def ops_routes(gw: Gateway) -> list[BaseRoute]:
+    """The ops listener's: the rate-limit state of every tenant, or of a Bearer key's."""
+    return [route(gw, RATE_LIMITS, "GET", "rate_limits_ops", Api(gw).rate_limits)]
 
 
 class Api:
@@ -131,11 +141,18 @@ class Api:
         )
         return json_response(200, out)
 
+    async def tenant_rate_limits(self, request: Request) -> Response:
+        """GET /ingest/v1/metrics/rate-limits on the public listener: a key is required."""
+        return await self._rate_limits(request, key_required=True)
+
     async def rate_limits(self, request: Request) -> Response:
-        """GET /ingest/v1/metrics/rate-limits."""
+        """GET /ingest/v1/metrics/rate-limits on the ops listener: a key scopes it."""
+        return await self._rate_limits(request, key_required=False)
+
+    async def _rate_limits(self, request: Request, key_required: bool) -> Response:
         try:
             tenant = None
-            if "authorization" in request.headers:
+            if key_required or "authorization" in request.headers:
                 tenant = await self._tenant(request)
             top = _top(request.query_params.get("top"))
         except _Invalid as exc:

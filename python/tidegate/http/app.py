@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -15,7 +18,7 @@ from starlette.responses import Response
 
 from tidegate import logs
 from tidegate.config import Config
-from tidegate.http import api, ingest, ops, shelly
+from tidegate.http import api, ingest, limits, ops, shelly
 from tidegate.http.endpoint import http_error, json_response
 from tidegate.http.gateway import Gateway
 
@@ -26,8 +29,12 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return json_response(500, {"detail": "internal server error"})
 
 
+_ERROR_HANDLERS = {HTTPException: http_error, Exception: _internal_error}
+
+
 def create_app(cfg: Config) -> Starlette:
-    """The gateway app; the Gateway object is at `app.state.gateway`."""
+    """The gateway app on the public listener; the Gateway object is at `app.state.gateway`,
+    the ops listener's app (stats, metrics; no lifespan of its own) at `app.state.ops_app`."""
     gw = Gateway(cfg)
 
     @contextlib.asynccontextmanager
@@ -44,21 +51,55 @@ def create_app(cfg: Config) -> Starlette:
             await gw.stop()
 
     app = Starlette(
-        routes=[*ingest.routes(gw), *ops.routes(gw), *shelly.routes(gw), *api.routes(gw)],
+        routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw), *api.routes(gw)],
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: _internal_error},
+        exception_handlers=_ERROR_HANDLERS,
     )
     app.state.gateway = gw
+    app.state.ops_app = Starlette(
+        routes=[*ops.routes(gw), *api.ops_routes(gw)], exception_handlers=_ERROR_HANDLERS
+    )
     return app
+
+
+class _OpsServer(uvicorn.Server):
+    """The ops listener's server: run inside the public one, which owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """The public server's handlers stay in place."""
+        yield
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, but a signal marks the gateway draining at once and is not re-raised
-    after shutdown (uvicorn re-raises it, which would make the exit status -SIGTERM, not 0)."""
+    after shutdown (uvicorn re-raises it, which would make the exit status -SIGTERM, not 0).
+    The ops listener runs from the end of start-up (the gateway is started) to the end of
+    shutdown (the buffers are flushed)."""
 
-    def __init__(self, config: uvicorn.Config, gw: Gateway) -> None:
+    def __init__(
+        self, config: uvicorn.Config, gw: Gateway, ops: _OpsServer, ops_socket: socket.socket
+    ) -> None:
         super().__init__(config)
         self.gateway = gw
+        self._ops = ops
+        self._ops_socket = ops_socket
+        self._ops_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start the public listener, then the ops listener."""
+        await super().startup(sockets)
+        if not self.should_exit:
+            self._ops_task = asyncio.create_task(self._ops.serve([self._ops_socket]))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Shut the public listener and flush, then stop the ops listener."""
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self._ops_task is not None:
+                self._ops.should_exit = True
+                await self._ops_task
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: drain and shut down gracefully; a second SIGINT forces exit."""
@@ -75,22 +116,31 @@ def serve(cfg: Config) -> None:
     nor spilled)."""
     app = create_app(cfg)
     gw: Gateway = app.state.gateway
+    common: dict[str, Any] = {
+        # auto: uvloop (a dependency of tidegate) when the platform has it.
+        "loop": "auto",
+        "access_log": False,
+        "log_config": logs.uvicorn_log_config(cfg.log_level),
+        "log_level": cfg.log_level,
+        # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
+        "timeout_graceful_shutdown": max(1, int(cfg.shutdown_deadline_s / 2)),
+        "server_header": False,
+    }
+    ops_config = uvicorn.Config(
+        app.state.ops_app, host=cfg.ops_host, port=cfg.ops_port, lifespan="off", **common
+    )
+    # Bound before start-up: a port in use fails the start, not a running gateway.
+    ops_socket = ops_config.bind_socket()
     uv_config = uvicorn.Config(
         app,
         host=cfg.host,
         port=cfg.port,
-        # auto: uvloop and httptools (dependencies of tidegate) when the platform has them.
-        loop="auto",
-        http="auto",
+        http=limits.protocol_class(limits.Limits.from_config(cfg, gw.metrics.limit_hit)),
         lifespan="on",
-        access_log=False,
-        log_config=logs.uvicorn_log_config(cfg.log_level),
-        log_level=cfg.log_level,
-        # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
-        timeout_graceful_shutdown=max(1, int(cfg.shutdown_deadline_s / 2)),
-        server_header=False,
+        timeout_keep_alive=cfg.keepalive_timeout_s,
+        **common,
     )
-    server = _Server(uv_config, gw)
+    server = _Server(uv_config, gw, _OpsServer(ops_config), ops_socket)
     server.run()
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tidegate._core import BUFFER_FULL
 from tidegate.http.gateway import Gateway
+from tidegate.http.limits import BODY_TIMED_OUT
+from tidegate.logs import log
 
 JSON = "application/json"
 
@@ -41,6 +43,18 @@ def buffer_full(gw: Gateway) -> Response:
     )
 
 
+def utf8_header(request: Request, name: str) -> str | None:
+    """A header's value decoded as UTF-8 (Starlette decodes latin-1), so a token reads the same
+    in a header as in a JSON body; None when absent or not UTF-8."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     """An HTTPException (Starlette's own 404/405, or a route's) as JSON `{"detail"}`."""
     assert isinstance(exc, HTTPException)
@@ -58,7 +72,9 @@ def route(
     body_error: int = 400,
 ) -> Route:
     """`handler` at `method path`, timed and counted as `name`. An `ingest` route answers 503
-    while the gateway drains; the core's BodyError becomes `body_error` with its detail."""
+    while the gateway drains; the core's BodyError becomes `body_error` with its detail. A
+    client gone before its body was read is counted and logged once (its answer goes nowhere);
+    one cut by the body deadline counts as the 408 http/limits.py sent it."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
@@ -75,8 +91,20 @@ def route(
             response = await http_error(request, exc)
         except body_error_type as exc:
             response = json_response(body_error, {"detail": exc.detail})
+        except ClientDisconnect:
+            if getattr(request.state, BODY_TIMED_OUT, False):
+                response = Response(status_code=408)
+            else:
+                gw.metrics.client_disconnected(name)
+                log("client_disconnected", route=name, client=_client(request))
+                return Response(status_code=499)
         observe(clock() - start)
         count(name, response.status_code)
         return response
 
     return Route(path, endpoint, methods=[method])
+
+
+def _client(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "-"

@@ -21,7 +21,7 @@ from tidegate._core import (
     valid_id,
 )
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import JSON, buffer_full, json_response, route
+from tidegate.http.endpoint import JSON, buffer_full, json_response, route, utf8_header
 from tidegate.http.gateway import Gateway
 from tidegate.ratelimit import retry_after_header
 
@@ -83,7 +83,7 @@ class Ingest:
         """POST /ingest/v1/tenant/{tenant}/device/{device}/{msg_type}."""
         cfg = self.cfg
         body = await read_body(request, cfg.max_body_bytes)
-        token = request.headers.get(TOKEN_HEADER)
+        token = utf8_header(request, TOKEN_HEADER)
         # A token that is not a valid id can match no device: same 401 as a wrong one.
         if not token or not valid_id(token):
             return Response(UNAUTHORIZED_BODY, 401, None, JSON)

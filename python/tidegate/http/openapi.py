@@ -246,13 +246,13 @@ _PATHS: dict[str, Any] = {
     },
     "/ingest/v1/stats": {
         "get": {
-            "summary": "Counters, buffer depth and sink statistics",
+            "summary": "Counters, buffer depth and sink statistics (ops listener only)",
             "responses": {"200": response_spec(_ref("Stats"), "Statistics")},
         }
     },
     "/metrics": {
         "get": {
-            "summary": "Prometheus metrics",
+            "summary": "Prometheus metrics (ops listener only)",
             "responses": {
                 "200": {
                     "description": "Prometheus text exposition",

@@ -1,4 +1,8 @@
-"""The operations surface: health, readiness, stats, Prometheus metrics, the OpenAPI document."""
+"""The operations surface: health, readiness, stats, Prometheus metrics, the OpenAPI document.
+
+Stats and metrics name every tenant, its buffer depth and the database's error texts, so they
+are served only on the ops listener (`TIDEGATE_OPS_HOST:TIDEGATE_OPS_PORT`, loopback by
+default); the public listener keeps what load balancers and clients need."""
 
 from __future__ import annotations
 
@@ -15,15 +19,23 @@ from tidegate.http.gateway import Gateway
 READY_TIMEOUT_S = 2.0
 
 
-def routes(gw: Gateway) -> list[BaseRoute]:
-    """GET /health, /ready, /ingest/v1/stats, /metrics, /openapi.json."""
+def public_routes(gw: Gateway) -> list[BaseRoute]:
+    """GET /health, /ready, /openapi.json: on the public listener."""
     ops = Ops(gw)
     return [
         route(gw, "/health", "GET", "health", ops.health),
         route(gw, "/ready", "GET", "ready", ops.ready),
+        route(gw, "/openapi.json", "GET", "openapi", ops.openapi),
+    ]
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    """The ops listener's routes: the public ones plus GET /ingest/v1/stats and /metrics."""
+    ops = Ops(gw)
+    return [
+        *public_routes(gw),
         route(gw, "/ingest/v1/stats", "GET", "stats", ops.stats),
         route(gw, "/metrics", "GET", "metrics", ops.prometheus),
-        route(gw, "/openapi.json", "GET", "openapi", ops.openapi),
     ]
 
 

@@ -19,9 +19,11 @@ from tidegate.logs import log
 from tidegate.sink.files import append
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, clip, database, describe
 
-# Statuses after which the same body may succeed later. A bad token must not lose data, so
-# 401/403 wait for someone to fix it; every other 4xx is the body's fault and is dead-lettered.
-_RETRYABLE_4XX = frozenset({401, 403, 408, 429})
+# Statuses after which the same body may succeed later. A bad token or a missing database
+# (404; created first on v1 unless TIDEGATE_INFLUX_CREATE_DB=0) must not lose data, so
+# 401/403/404 wait for someone to fix it; every other 4xx is the body's fault and is
+# dead-lettered.
+_RETRYABLE_4XX = frozenset({401, 403, 404, 408, 429})
 _DROPPED = re.compile(r"dropped=(\d+)")
 _DEAD_LETTER_ERROR_CHARS = 4000
 
@@ -161,6 +163,16 @@ class InfluxTarget:
                     return failure
                 created = True
                 continue
+            if status == 404:
+                # Held, not dead-lettered: loud, since only an operator can fix it.
+                log(
+                    "sink_database_missing",
+                    level="error",
+                    tenant=tenant,
+                    database=database(tenant),
+                    lines=sum(n for _, n in pending),
+                    error=clip(text),
+                )
             if status in _RETRYABLE_4XX or not 400 <= status < 500:
                 return Failure(f"HTTP {status}: {clip(text)}", _retry_after(resp))
             try:

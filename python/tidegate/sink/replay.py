@@ -1,5 +1,6 @@
-"""`tidegate replay`: send the embedded sink's LP files and the stop spill files to InfluxDB,
-with the sink's own retry policy (retry.py) and dead-letter rules (influx.py)."""
+"""`tidegate replay`: send the embedded sink's LP files and the stop spill files to InfluxDB, or
+(`--dead-letters`) the dead-letter files once their cause is fixed, with the sink's own retry
+policy (retry.py) and dead-letter rules (influx.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,13 @@ from tidegate.sink.retry import Retries, RetryPolicy, send
 from tidegate.sink.target import Counts, Failure
 
 
-async def replay(cfg: Config, url: str, api: str, *, max_attempts: int = 10) -> dict[str, int]:
+async def replay(
+    cfg: Config, url: str, api: str, *, dead_letters: bool = False, max_attempts: int = 10
+) -> dict[str, int]:
     """Send the embedded sink's files (`data_dir/lp`) and the stop spill files
-    (`data_dir/spill`) to the InfluxDB at `url` with write API `api`; returns counts.
+    (`data_dir/spill`) — or, with `dead_letters`, the dead-letter files (`data_dir/deadletter`,
+    their `#` notes skipped) — to the InfluxDB at `url` with write API `api`; returns counts.
+    Lines the database refuses again are dead-lettered again, into a new file.
 
     Files go in order (lp/ then spill/; per tenant, oldest hour first), each in chunks of at most
     `influx_max_body_lines` lines under the sink's retry and dead-letter policy. A file is first
@@ -38,8 +43,11 @@ async def replay(cfg: Config, url: str, api: str, *, max_attempts: int = 10) -> 
     files = failed = lines = 0
     async with httpx.AsyncClient(timeout=cfg.influx_timeout_s) as client:
         target = InfluxTarget(rcfg, client, counts, lambda *_: None)
-        for path in _replay_files(cfg.data_dir):
-            sent = await _replay_file(rcfg, target, policy, path, max_attempts)
+        files_to_send = (
+            _dead_letter_files(cfg.data_dir) if dead_letters else _replay_files(cfg.data_dir)
+        )
+        for path, tenant in files_to_send:
+            sent = await _replay_file(rcfg, target, policy, path, tenant, max_attempts)
             if sent is None:
                 failed += 1
                 break
@@ -51,29 +59,53 @@ async def replay(cfg: Config, url: str, api: str, *, max_attempts: int = 10) -> 
     return result
 
 
-def _replay_files(data_dir: Path) -> list[Path]:
+_NAMES = (".lp", ".lp.sending")
+
+
+def _unsent(directory: Path) -> list[Path]:
+    """The directory's `.lp` files and interrupted replays' `.lp.sending`, oldest first."""
+
     def order(path: Path) -> tuple[str, int]:
         name = path.name.removesuffix(".sending").removesuffix(".lp")
-        # An interrupted replay's file holds older lines than a new file of the same hour.
+        # An interrupted replay's file holds older lines than a new file of the same name.
         return name, 0 if path.name.endswith(".sending") else 1
 
-    out: list[Path] = []
+    return sorted((p for p in directory.iterdir() if p.name.endswith(_NAMES)), key=order)
+
+
+def _replay_files(data_dir: Path) -> list[tuple[Path, str]]:
+    """LP and spill files with their tenant (`<root>/telemetry_<tenant>/<hour>.lp`)."""
+    out: list[tuple[Path, str]] = []
     for root in (data_dir / "lp", data_dir / "spill"):
         if not root.is_dir():
             continue
         for tenant_dir in sorted(root.glob("telemetry_*")):
-            names = (".lp", ".lp.sending")
-            out.extend(
-                sorted((p for p in tenant_dir.iterdir() if p.name.endswith(names)), key=order)
-            )
+            tenant = tenant_dir.name.removeprefix("telemetry_")
+            out.extend((path, tenant) for path in _unsent(tenant_dir))
     return out
 
 
+def _dead_letter_files(data_dir: Path) -> list[tuple[Path, str]]:
+    """Dead-letter files with their tenant (`deadletter/telemetry_<tenant>.lp`)."""
+    root = data_dir / "deadletter"
+    if not root.is_dir():
+        return []
+    return [
+        (path, path.name.split(".", 1)[0].removeprefix("telemetry_"))
+        for path in _unsent(root)
+        if path.name.startswith("telemetry_")
+    ]
+
+
 async def _replay_file(
-    cfg: Config, target: InfluxTarget, policy: RetryPolicy, path: Path, max_attempts: int
+    cfg: Config,
+    target: InfluxTarget,
+    policy: RetryPolicy,
+    path: Path,
+    tenant: str,
+    max_attempts: int,
 ) -> int | None:
     """Send one file; its line count, or None when a chunk kept failing (file not done)."""
-    tenant = path.parent.name.removeprefix("telemetry_")
     sending = path if path.name.endswith(".sending") else path.with_name(path.name + ".sending")
     if sending != path:
         path.rename(sending)

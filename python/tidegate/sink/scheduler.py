@@ -1,11 +1,11 @@
 """When each tenant's buffer is written: on a size threshold, every flush interval, and at
 stop; a failed write waits on a timer (retry.py's policy), never on a write slot.
 
-A write that may succeed later (connection error, timeout, 401/403/408/429, 5xx) goes back into
-the core's buffer, where its bytes already count against the cap, and its tenant is retried after
-an exponential backoff with full jitter or the server's Retry-After; a database that stays down
-turns into BUFFER_FULL/503 at the edge, not into loss. A body the database refuses (400/422,
-404, a one-line 413) is not retried: influx.py appends it to a dead-letter LP file with the error.
+A write that may succeed later (connection error, timeout, 401/403/404/408/429, 5xx) goes back
+into the core's buffer, where its bytes already count against the cap, and its tenant is retried
+after an exponential backoff with full jitter or the server's Retry-After; a database that stays
+down turns into BUFFER_FULL/503 at the edge, not into loss. A body the database refuses (400/422,
+a one-line 413) is not retried: influx.py appends it to a dead-letter LP file with the error.
 Each tenant has at most one body in flight (its lines stay in order), and a failing tenant waits
 on a timer, not on a write slot, so it never stalls the others. Every drain, settle and
 put_back on the core's buffers is in this module (the routes only append).

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tidegate.ids import check_id
+from tidegate.ids import check_device, check_id, check_token
 from tidegate.store.registry import (
     ACTIVE,
     ADD_DEVICE,
@@ -109,7 +109,9 @@ def _check(raw: object) -> _Valid | Outcome:
     try:
         if not isinstance(device_id, str):
             raise ValueError("device_id must be a string")
-        check_id("device id", device_id)
+        # A new device must be addressable by both ingest routes; an existing one is found
+        # by any id the registry ever accepted.
+        check_device(device_id) if op == CREATE else check_id("device id", device_id)
         unknown = sorted(set(raw) - {"op", "device_id"} - _KEYS[op])
         if unknown:
             raise ValueError(f"unknown fields for {op}: {', '.join(map(str, unknown))}")
@@ -139,9 +141,10 @@ def _check_fields(op: str, fields: Mapping[str, Any]) -> None:
         raise ValueError("burst must be a positive integer")
     check_limits(None if rps is None else float(rps), burst)
     token = fields.get("provision_token")
-    # The value is never echoed: it may be a secret typed into the wrong field.
-    if token is not None and (not isinstance(token, str) or not token.strip()):
-        raise ValueError("provision_token must be a non-empty string")
+    if token is not None:
+        if not isinstance(token, str):
+            raise ValueError("provision_token must be a string")
+        check_token(token)  # its error does not echo the token
 
 
 async def _run(tx: Statements, tenant_id: str, v: _Valid) -> Outcome:

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tidegate.ids import check_id, check_tenant
+from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store.power_logs import PowerLogs
 from tidegate.store.statements import Statements
 
@@ -211,8 +211,10 @@ def device_row(
     """ADD_DEVICE's parameters for a valid device, and its token (generated when not given);
     ValueError says what is invalid."""
     check_tenant(tenant_id)
-    check_id("device id", device_id)
+    check_device(device_id)
     check_id("site id", site_id)
+    if token is not None:
+        check_token(token)
     check_limits(rps, burst)
     token = _secret("token", token)
     return (tenant_id, device_id, site_id, hash_secret(token), rps, burst), token

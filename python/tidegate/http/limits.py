@@ -1,0 +1,261 @@
+"""Per-connection limits that uvicorn's httptools protocol lacks: a cap on the request head
+(431), deadlines for the head and for the body (408), and caps on open connections and on
+requests in flight (503). With them a connection holds at most `max_header_bytes` plus one
+socket read of head, and at most `max_requests` bodies are being read at once, whatever clients
+send or withhold.
+
+A refused connection is not closed at once: the answer is written, the write side shut, and
+what the client still sends is read and dropped for `LINGER_S` (nginx's lingering close), so
+the client reads the answer instead of a connection reset.
+
+This subclasses uvicorn's HttpToolsProtocol and reads its per-request state (`url`, `headers`,
+`cycle`, `tasks`, `connections`): tests/test_limits.py runs it against a real uvicorn process,
+so an uvicorn upgrade that changes them fails there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tidegate.config import Config
+
+LINGER_S = 2.0
+RETRY_AFTER_S = "1"
+
+# The limit names, as counted in metrics (`tidegate_connection_limit_total{limit}`).
+HEADER_BYTES = "max_header_bytes"
+HEADER_TIMEOUT = "header_timeout"
+BODY_TIMEOUT = "body_timeout"
+MAX_CONNECTIONS = "max_connections"
+MAX_REQUESTS = "max_requests"
+LIMITS = (HEADER_BYTES, HEADER_TIMEOUT, BODY_TIMEOUT, MAX_CONNECTIONS, MAX_REQUESTS)
+
+BODY_TIMED_OUT = "body_timed_out"
+"""Set in the request's `state` when the body deadline passed: the route counts a 408."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The connection limits, from the Config."""
+
+    max_header_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
+    max_requests: int
+    hit: Callable[[str], None] = lambda limit: None
+    """Called with the limit's name each time one trips (metrics count it)."""
+
+    @classmethod
+    def from_config(cls, cfg: Config, hit: Callable[[str], None]) -> Limits:
+        """The limits configured by TIDEGATE_MAX_HEADER_BYTES & co."""
+        return cls(
+            cfg.max_header_bytes,
+            cfg.header_timeout_s,
+            cfg.body_timeout_s,
+            cfg.max_connections,
+            cfg.max_requests,
+            hit,
+        )
+
+
+def protocol_class(limits: Limits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol under `limits`."""
+    return type("LimitedProtocol", (LimitedProtocol,), {"limits": limits})
+
+
+def _head_too_large(limits: Limits) -> str:
+    return f"request head exceeds the limit of {limits.max_header_bytes} bytes"
+
+
+def _headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
+    """An answer's headers: JSON, closing the connection; Retry-After on a 503."""
+    out = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
+    if status == 503:
+        out.append((b"retry-after", RETRY_AFTER_S.encode()))
+    return out
+
+
+def _response(status: int, detail: str) -> bytes:
+    """A whole answer, written to the transport when no app is answering."""
+    body = orjson.dumps({"detail": detail})
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in _headers(status, body))
+    return b"".join(lines) + b"\r\n" + body
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with the limits of `protocol_class`. One timer per connection: the
+    head deadline runs from the connection's opening (or the first byte of a later request) to
+    the end of the head, then the body deadline to the end of the body."""
+
+    limits: ClassVar[Limits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # Connection events.
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the head deadline: an idle new connection is closed when it passes."""
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the timer with the connection."""
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; refuse (431) a head that grows past the cap. Checked after each
+        read, so a head never holds more than the cap plus one read."""
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._in_head and not self._refused and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(HEADER_BYTES, _response(431, _head_too_large(self.limits)))
+
+    # Parser callbacks.
+
+    def on_message_begin(self) -> None:
+        """A new request: its head is counted and its deadline starts (unless the
+        connection's own is still running)."""
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        if self._timer is None:
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        """Start the body deadline; refuse a head over the cap (431) and a request beyond the
+        connection or request cap (503) with an answer in place of the app."""
+        self._in_head = False
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        refusal = self._refusal()
+        if refusal is None:
+            super().on_headers_complete()
+            return
+        self.limits.hit(refusal.limit)
+        app = self.app
+        self.app = refusal
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def _refusal(self) -> _Refuse | None:
+        limits = self.limits
+        # The head as sent, give or take optional whitespace: it arrived whole in one read.
+        size = len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > limits.max_header_bytes:
+            return _Refuse(HEADER_BYTES, 431, _head_too_large(limits))
+        if len(self.connections) > limits.max_connections:
+            return _Refuse(
+                MAX_CONNECTIONS,
+                503,
+                f"too many open connections (limit {limits.max_connections}); retry later",
+            )
+        if len(self.tasks) >= limits.max_requests:
+            return _Refuse(
+                MAX_REQUESTS,
+                503,
+                f"too many requests in progress (limit {limits.max_requests}); retry later",
+            )
+        return None
+
+    def on_message_complete(self) -> None:
+        """The body is in: no deadline until the next request begins."""
+        self._disarm()
+        super().on_message_complete()
+
+    # Deadlines and refusals.
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        # A pipelined request's head may time out while the previous answer is being written.
+        idle = self.cycle is None or self.cycle.response_complete
+        self._refuse(
+            HEADER_TIMEOUT,
+            _response(408, f"request head not received within {self.limits.header_timeout_s:g} s")
+            if idle
+            else b"",
+        )
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        answer = b""
+        if cycle is not None and not cycle.response_started:
+            answer = _response(
+                408, f"request body not received within {self.limits.body_timeout_s:g} s"
+            )
+            self.scope["state"][BODY_TIMED_OUT] = True
+        self._refuse(BODY_TIMEOUT, answer)
+
+    def _refuse(self, limit: str, answer: bytes) -> None:
+        """Count `limit`, write `answer`, end the request the app may be reading, then drop
+        what the client still sends and close after LINGER_S."""
+        self.limits.hit(limit)
+        self._refused = True
+        self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The app's next receive() returns http.disconnect; its answer goes nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        transport = self.transport
+        if answer:
+            transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.flow.resume_reading()
+        self._timer = self.loop.call_later(LINGER_S, transport.close)
+
+
+class _Refuse:
+    """The ASGI app that answers in place of the gateway's when a limit trips at the end of
+    the head; uvicorn then drops the body and closes the connection."""
+
+    def __init__(self, limit: str, status: int, detail: str) -> None:
+        self.limit = limit
+        self._status = status
+        self._body = orjson.dumps({"detail": detail})
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self._status,
+                "headers": _headers(self._status, self._body),
+            }
+        )
+        await send({"type": "http.response.body", "body": self._body, "more_body": False})
