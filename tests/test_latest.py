@@ -91,3 +91,35 @@ def test_device_state_keeps_the_newest_received_row(
     views = asyncio.run(run())
     assert list(views) == ["d1"]
     assert views["d1"].latest == ("telemetry", RECEIVE_NS + 10, 2, '{"temp":22.0}', RECEIVE_NS + 10)
+
+
+class Slow:
+    """A device_state store whose upserts take a while."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.stored: list[StateRow] = []
+
+    async def upsert(self, rows: Sequence[StateRow]) -> None:
+        self.started.set()
+        await asyncio.sleep(0.2)
+        self.stored.extend(rows)
+
+    async def views(self, tenant_id: str, device_ids: Sequence[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def test_stop_lets_a_write_under_way_finish() -> None:
+    core = load_core("rust")
+    latest = core.Latest()
+    latest.record(accepted_batch(core, "d1", 1, RECEIVE_NS))
+
+    async def run() -> list[StateRow]:
+        store = Slow()
+        writer = LatestWriter(latest, store, 0.01)
+        writer.start()
+        await store.started.wait()
+        await writer.stop()
+        return store.stored
+
+    assert [row[:2] for row in asyncio.run(run())] == [("t1", "d1")]

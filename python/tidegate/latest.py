@@ -27,17 +27,18 @@ class LatestWriter:
         self.rows_written = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         """Start writing every `interval_s`."""
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop the loop and write what is left."""
+        """Stop the loop (a write under way finishes: cancelling it would lose the rows it had
+        taken) and write what is left."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()
 
     async def flush(self) -> bool:
@@ -63,6 +64,8 @@ class LatestWriter:
         return True
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await self.flush()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+            if not self._stopping.is_set():
+                await self.flush()

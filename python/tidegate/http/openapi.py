@@ -565,11 +565,12 @@ _API_PATHS: dict[str, Any] = {
     "/ingest/v1/metrics/rate-limits": {
         "get": {
             "summary": "Rate-limit refusals of this process, per tenant",
-            "description": "Without Authorization: every tenant with refusals; with a Bearer "
-            "tenant key: that tenant only. limited_devices: devices refused within the last "
+            "description": "Public listener: a Bearer tenant key is required and scopes it "
+            "to that tenant. Ops listener: without Authorization every tenant with refusals, "
+            "with a key that tenant only. limited_devices: devices refused within the last "
             "limited_window_s seconds. In NATS mode each worker serves its own.",
             "parameters": [
-                {**_BEARER, "required": False},
+                {**_BEARER, "required": False, "description": "required on the public listener"},
                 {
                     "name": "top",
                     "in": "query",
