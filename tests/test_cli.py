@@ -373,7 +373,7 @@ def test_serve_help_lists_every_variable_with_its_default(bare_cli: Cli) -> None
         assert line.split()[0] == name
     shown = {line.split()[0]: line.split()[1] for line in listed}
     assert (shown["TIDEGATE_PORT"], shown["DATABASE_URL"]) == ("8080", "(unset)")
-    assert (shown["TIDEGATE_INFLUX_CREATE_DB"], shown["INFLUX_RETRY_BASE_S"]) == ("0", "0.5")
+    assert (shown["TIDEGATE_INFLUX_CREATE_DB"], shown["INFLUX_RETRY_BASE_S"]) == ("1", "0.5")
 
 
 def test_serve_flags_override_the_environment(bare_cli: Cli, tmp_path: Path) -> None:
