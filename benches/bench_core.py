@@ -5,7 +5,8 @@
 
 Three paths, single thread, each for the compiled core and the twin:
 - `core`: the core's own work, parse + validate + encode (`parse_batch`), `append` to the tenant
-  buffers (every valid item: no verdicts, as the API allows), `response_json`;
+  buffers (every valid item: no verdicts, as the API allows), `Latest.record` (each device's
+  last accepted message, telemetry_latest), `response_json`;
 - `with_verdicts`: the same plus admission, as a request does it: `Admission.admit` of every
   batch against a warm cache of the corpus' devices (token check, site check, rate limit; limits
   high enough that every valid item passes).
@@ -53,6 +54,7 @@ def ingest(core: ModuleType, bodies: list[bytes], admission: Any, path: str) -> 
     returns how many lines were buffered."""
     buffers = core.TenantBuffers()
     field_types = core.FieldTypes() if path == "with_fields" else None
+    latest = core.Latest()
     flushed = 0
     for body in bodies:
         batch = core.parse_batch(body, RECEIVE_NS)
@@ -64,6 +66,7 @@ def ingest(core: ModuleType, bodies: list[bytes], admission: Any, path: str) -> 
             _, count = buffers.drain(tenant)
             buffers.settle(tenant, count)
             flushed += count
+        latest.record(batch)
         batch.response_json()
     return flushed + sum(count for count, _ in buffers.depth().values())
 

@@ -387,7 +387,25 @@ def batch_outcome(core: Any, body: bytes, max_payload: int, receive_ns: int) -> 
     )
     ready = buffers.append(batch)
     buffered = (ready, buffers.depth(), buffers.total_bytes, buffers.tenants())
-    return first, resolved, buffered, batch.tenant_lines(), batch.response_json()
+    refusals = [batch.refusals(code) for code in ("RATE_LIMITED", "BUFFER_FULL")]
+    return (
+        first,
+        resolved,
+        buffered,
+        batch.tenant_lines(),
+        batch.response_json(),
+        refusals,
+        latest_outcome(core, batch),
+    )
+
+
+def latest_outcome(core: Any, batch: Any) -> Any:
+    """What `Latest` keeps of the batch: the dirty rows, then each group's snapshot."""
+    latest = core.Latest()
+    latest.record(batch)
+    keys = [(tenant, device) for tenant, device, *_ in batch.groups()]
+    got = [latest.get(tenant, [device, "never-sent"]) for tenant, device in keys]
+    return latest.take_dirty(), got, latest.take_dirty(), len(latest)
 
 
 def single_outcome(

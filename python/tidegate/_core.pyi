@@ -11,6 +11,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
         admission.admit(batch, now)                               #   (skip install if it failed)
     field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
+    latest.record(batch)                                          # telemetry_latest
     accepted, rejected, body = batch.response_json()
 
 Rules (all of them: docs/core-rules.md):
@@ -52,6 +53,7 @@ __all__ = [
     "Batch",
     "BodyError",
     "FieldTypes",
+    "Latest",
     "PanicException",
     "ShellyBatch",
     "TenantBuffers",
@@ -148,6 +150,10 @@ class Batch:
         """`(index, detail)` of the items rejected with a detail of their own (a field type
         conflict, `FieldTypes.admit`), in request order."""
 
+    def refusals(self, reason: str) -> list[tuple[str, str, int]]:
+        """Per device with items rejected for `reason` (a reason code, else ValueError):
+        `(tenant, device, count)`, devices in order of first appearance."""
+
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)`: body is the batch endpoint's JSON response
         `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"detail"?,
@@ -216,6 +222,34 @@ class Admission:
     def stats(self) -> dict[str, int]:
         """`hits`, `misses` (keys asked for), `budget_refusals`, `unavailable` (groups),
         `entries`, `negative_entries`, `buckets`, `budgets` (tenants with a lookup budget)."""
+
+@final
+class Latest:
+    """Per `(tenant, device)`, its last accepted message. A snapshot is `(msg_type, ts_ns, seq,
+    metrics_json, received_ns)`: `ts_ns` the point's timestamp (the message's `ts`, or its
+    receive time), `seq` 0 when the message had none, `metrics_json` a JSON object of the
+    metrics as line protocol stored them (numbers as floats), `received_ns` the request's
+    `receive_ns`. Thread-safe."""
+
+    def __new__(cls) -> Self: ...
+    def __len__(self) -> int:
+        """Number of devices held."""
+
+    def record(self, batch: Batch) -> None:
+        """Keep each device's last accepted item of a resolved (and appended) batch."""
+
+    def get(
+        self, tenant: str, devices: Sequence[str]
+    ) -> list[tuple[str, int, int, str, int] | None]:
+        """The snapshot of each of `devices` of `tenant`, None for those without one."""
+
+    def take_dirty(self) -> list[tuple[str, str, str, int, int, str, int]]:
+        """`(tenant, device, *snapshot)` of every device recorded since the last call, sorted
+        by key; marks them clean."""
+
+    def mark_dirty(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark `(tenant, device)` keys dirty again (their rows were not stored); unknown keys
+        are ignored."""
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages. `receive_ns` is the timestamp

@@ -388,7 +388,7 @@ def _escape(value: str) -> str:
 class _Item:
     """One validated message: its reason, and for a valid one its group key and line."""
 
-    __slots__ = ("detail", "device_id", "key", "line", "reason", "tenant")
+    __slots__ = ("detail", "device_id", "key", "latest", "line", "reason", "tenant")
 
     def __init__(self, reason: str | None, device_id: str | None) -> None:
         self.reason = reason
@@ -397,6 +397,8 @@ class _Item:
         self.tenant = ""
         self.key: tuple[str, str, str, str] | None = None
         self.line = b""
+        # A valid item's (msg_type, ts_ns, seq, metrics) for `Latest`.
+        self.latest: tuple[str, int, int, object] | None = None
 
 
 def _validate(
@@ -459,6 +461,7 @@ def _validate(
     assert isinstance(device, str) and isinstance(site, str) and isinstance(token, str)
     item.tenant = tenant
     item.key = (tenant, device, site, token)
+    item.latest = (msg_type, ns, seq, msg.get("metrics"))
     item.line = (
         f"{msg_type},device_id={_escape(device)},site_id={_escape(site)} {fields}seq={seq}i {ns}\n"
     ).encode()
@@ -471,8 +474,9 @@ def _validate(
 class Batch:
     """Parsed, validated and line-protocol-encoded messages of one request."""
 
-    def __init__(self, items: list[_Item]) -> None:
+    def __init__(self, items: list[_Item], receive_ns: int) -> None:
         self._items = items
+        self.receive_ns = receive_ns
         self._keys: dict[tuple[str, str, str, str], int] = {}
         self._members: list[list[_Item]] = []
         for item in items:
@@ -543,6 +547,17 @@ class Batch:
                 per_tenant.setdefault(item.tenant, []).append(item.line)
         return [(t, b"".join(lines), len(lines)) for t, lines in per_tenant.items()]
 
+    def refusals(self, reason: str) -> list[tuple[str, str, int]]:
+        """Per device with items rejected for `reason`: `(tenant, device, count)`."""
+        if reason not in REASONS:
+            raise ValueError(f'unknown reason code "{reason}"')
+        out = []
+        for key, members in zip(self._keys, self._members, strict=True):
+            n = sum(1 for item in members if item.reason == reason)
+            if n:
+                out.append((key[0], key[1], n))
+        return out
+
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)` of the batch endpoint's JSON response."""
         results = []
@@ -601,7 +616,8 @@ def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> 
         [
             _validate(msg, size, None, receive_ns + index, max_payload_bytes)
             for index, (msg, size) in enumerate(zip(messages, sizes, strict=True))
-        ]
+        ],
+        receive_ns,
     )
 
 
@@ -621,7 +637,66 @@ def parse_single(
         raise BodyError(_NOT_OBJECT)
     size = len(body.strip(b" \t\n\r"))
     identity = (tenant_id, device_id, msg_type, provision_token)
-    return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)])
+    return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)], receive_ns)
+
+
+# -- Latest ----------------------------------------------------------------------------------
+
+LatestRow = tuple[str, int, int, str, int]
+
+
+class Latest:
+    """Per device, its last accepted message (`telemetry_latest`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (tenant, device) -> [msg_type, ts_ns, seq, metrics, received_ns, dirty]
+        self._held: dict[tuple[str, str], list[object]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def record(self, batch: Batch) -> None:
+        """Keep each device's last accepted item of an appended batch."""
+        with self._lock:
+            for item in batch._items:
+                if item.reason is None and item.key is not None and item.latest is not None:
+                    self._held[item.key[:2]] = [*item.latest, batch.receive_ns, True]
+
+    def get(self, tenant: str, devices: Sequence[str]) -> list[LatestRow | None]:
+        """Per device, `(msg_type, ts_ns, seq, metrics_json, received_ns)` or None."""
+        with self._lock:
+            found = [self._held.get((tenant, d)) for d in devices]
+        return [None if e is None else _latest_row(e) for e in found]
+
+    def take_dirty(self) -> list[tuple[str, str, str, int, int, str, int]]:
+        """Devices changed since the last call, sorted by key; marks them clean."""
+        with self._lock:
+            dirty = sorted((k, e) for k, e in self._held.items() if e[5])
+            for _, e in dirty:
+                e[5] = False
+        return [(*k, *_latest_row(e)) for k, e in dirty]
+
+    def mark_dirty(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark `(tenant, device)` keys dirty again; unknown keys are ignored."""
+        with self._lock:
+            for key in keys:
+                entry = self._held.get(key)
+                if entry is not None:
+                    entry[5] = True
+
+
+def _latest_row(entry: list[object]) -> LatestRow:
+    msg_type, ts_ns, seq, metrics, received_ns = entry[:5]
+    pairs = []
+    if isinstance(metrics, dict):
+        for name in sorted(metrics):
+            value = metrics[name]
+            text = "true" if value is True else "false" if value is False else repr(_number(value))
+            pairs.append(f"{json.dumps(name, ensure_ascii=False)}:{text}")
+    assert isinstance(msg_type, str) and isinstance(ts_ns, int) and isinstance(seq, int)
+    assert isinstance(received_ns, int)
+    return msg_type, ts_ns, seq, "{" + ",".join(pairs) + "}", received_ns
 
 
 # -- FieldTypes ------------------------------------------------------------------------------

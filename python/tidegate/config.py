@@ -94,10 +94,23 @@ class Config:
     log_level: str = "info"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        """Read and validate the configuration; raises ConfigError naming the bad variable."""
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+    ) -> Config:
+        """Read and validate the configuration; raises ConfigError naming the bad variable.
+        `overrides` (the CLI's flags, by variable name) take precedence over the environment."""
         e = os.environ if env is None else env
-        r = _Reader(e)
+        return cls._read(_Reader({**e, **overrides} if overrides else e))
+
+    @classmethod
+    def variables(cls) -> list[tuple[str, object]]:
+        """Every variable `from_env` reads, with its default, in reading order."""
+        reader = _Reader({})
+        cls._read(reader)
+        return reader.seen
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Config:
         influx_api = r.get("INFLUX_API", "v3", str)
         if influx_api not in INFLUX_APIS:
             raise ConfigError(
@@ -171,9 +184,9 @@ class Config:
             ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
             shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, positive_int),
             host=r.get("TIDEGATE_HOST", "127.0.0.1", str),
-            port=r.get("TIDEGATE_PORT", 8080, _port),
+            port=r.get("TIDEGATE_PORT", 8080, parse_port),
             ops_host=r.get("TIDEGATE_OPS_HOST", "127.0.0.1", str),
-            ops_port=r.get("TIDEGATE_OPS_PORT", 8081, _port),
+            ops_port=r.get("TIDEGATE_OPS_PORT", 8081, parse_port),
             max_header_bytes=r.get("TIDEGATE_MAX_HEADER_BYTES", 16 << 10, positive_int),
             header_timeout_s=r.get("TIDEGATE_HEADER_TIMEOUT_S", 10.0, positive_float),
             body_timeout_s=r.get("TIDEGATE_BODY_TIMEOUT_S", 30.0, positive_float),
@@ -181,7 +194,7 @@ class Config:
             max_connections=r.get("TIDEGATE_MAX_CONNECTIONS", 1000, positive_int),
             max_requests=r.get("TIDEGATE_MAX_REQUESTS", 64, positive_int),
             shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, positive_float),
-            log_level=r.get("TIDEGATE_LOG_LEVEL", "info", _log_level),
+            log_level=r.get("TIDEGATE_LOG_LEVEL", "info", parse_log_level),
         )
         if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):
             raise ConfigError("TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT")
@@ -197,8 +210,10 @@ _SECRET_VARS = frozenset({"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY"})
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        self.seen: list[tuple[str, object]] = []
 
     def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        self.seen.append((name, default))
         raw = self._env.get(name)
         if raw is None or raw == "":
             return default
@@ -247,8 +262,12 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
-def _port(raw: str) -> int:
-    value = int(raw)
+def parse_port(raw: str) -> int:
+    """Parse a TCP port 0..65535 (also used by the CLI's --port)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an integer") from None
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number 0..65535")
     return value
@@ -281,7 +300,8 @@ def _tenant(raw: str) -> str:
     return raw
 
 
-def _log_level(raw: str) -> str:
+def parse_log_level(raw: str) -> str:
+    """Parse a log level name, case-insensitive (also used by the CLI's --log-level)."""
     lowered = raw.lower()
     if lowered not in ("debug", "info", "warning", "error"):
         raise ValueError("must be debug, info, warning or error")

@@ -39,6 +39,7 @@ class Core:
         Admission = _core.Admission
         Batch = _core.Batch
         BodyError = _core.BodyError
+        Latest = _core.Latest
         ShellyBatch = _core.ShellyBatch
         TenantBuffers = _core.TenantBuffers
         parse_batch = staticmethod(_core.parse_batch)

@@ -69,6 +69,8 @@ pub struct Batch {
     resolved: bool,
     appended: bool,
     admitted: bool,
+    /// When the request arrived (ns since the epoch).
+    receive_ns: i64,
 }
 
 impl Batch {
@@ -83,6 +85,16 @@ impl Batch {
             group_index: vec![NO_GROUP; (items * 2).next_power_of_two().max(4)],
             ..Batch::default()
         }
+    }
+
+    /// The same batch, received at `receive_ns`.
+    pub fn received_at(mut self, receive_ns: i64) -> Self {
+        self.receive_ns = receive_ns;
+        self
+    }
+
+    pub fn receive_ns(&self) -> i64 {
+        self.receive_ns
     }
 
     fn push_str(&mut self, s: &str) -> Span {
@@ -347,6 +359,39 @@ impl Batch {
         out
     }
 
+    /// Per group with items rejected for `reason`: `(tenant, device, how many)`, groups in
+    /// order of first appearance.
+    pub fn refusals(&self, reason: Reason) -> Vec<(&str, &str, usize)> {
+        let mut counts = vec![0usize; self.groups.len()];
+        for item in &self.items {
+            if item.reason == Some(reason) && item.group != NO_GROUP {
+                counts[item.group as usize] += 1;
+            }
+        }
+        self.groups
+            .iter()
+            .zip(counts)
+            .filter(|&(_, n)| n > 0)
+            .map(|(g, n)| (self.str_at(g.tenant), self.str_at(g.device), n))
+            .collect()
+    }
+
+    /// Per group with an accepted item, `(tenant, device, line)` of its last one.
+    pub fn last_accepted(&self) -> impl Iterator<Item = (&str, &str, &[u8])> {
+        let mut seen = vec![false; self.groups.len()];
+        self.items.iter().rev().filter_map(move |item| {
+            if item.reason.is_some() || std::mem::replace(&mut seen[item.group as usize], true) {
+                return None;
+            }
+            let g = &self.groups[item.group as usize];
+            Some((
+                self.str_at(g.tenant),
+                self.str_at(g.device),
+                self.line(item),
+            ))
+        })
+    }
+
     fn accepted(&self) -> impl Iterator<Item = (&Item, &[u8])> {
         self.items
             .iter()
@@ -547,6 +592,17 @@ mod tests {
             groups,
             [("t1", "d1", "s", "k", 2), ("t2", "d2", "s", "k", 1)]
         );
+    }
+
+    #[test]
+    fn refusals_and_last_accepted_follow_the_verdicts() {
+        let mut b = sample();
+        b.resolve(&[(1, Some("RATE_LIMITED")), (1, None)])
+            .expect("valid verdicts");
+        assert_eq!(b.refusals(Reason::RateLimited), [("t1", "d1", 1)]);
+        assert_eq!(b.refusals(Reason::Unauthorized), []);
+        let last: Vec<_> = b.last_accepted().collect();
+        assert_eq!(last, [("t2", "d2", &b"b\n"[..]), ("t1", "d1", &b"a\n"[..])]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod fields;
 pub mod ids;
 pub mod json;
+pub mod latest;
 pub mod parse;
 pub mod scan;
 pub mod shelly;
@@ -151,6 +152,12 @@ impl PyBatch {
     /// `(index, detail)` of the items rejected with a detail of their own.
     fn details(&self) -> Vec<(usize, &str)> {
         self.inner.details().collect()
+    }
+
+    /// Per device with items rejected for `reason`: `(tenant, device, count)`.
+    fn refusals(&self, reason: &str) -> PyResult<Vec<(&str, &str, usize)>> {
+        let reason = Reason::from_code(reason).map_err(|e| usage_error(&e))?;
+        Ok(self.inner.refusals(reason))
     }
 
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
@@ -688,6 +695,80 @@ fn _test_panic(message: &str) {
     panic!("{message}");
 }
 
+/// Per device, its last accepted message (`telemetry_latest`). Thread-safe.
+#[pyclass(name = "Latest", module = "tidegate._core", frozen)]
+struct PyLatest {
+    inner: latest::Latest,
+}
+
+type SnapshotTuple = (String, i64, i64, String, i64);
+
+fn snapshot_tuple(s: latest::Snapshot) -> SnapshotTuple {
+    (s.msg_type, s.ts_ns, s.seq, s.metrics_json, s.received_ns)
+}
+
+#[pymethods]
+impl PyLatest {
+    #[new]
+    fn new() -> Self {
+        PyLatest {
+            inner: latest::Latest::new(),
+        }
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.inner.len())
+    }
+
+    /// Keep each device's last accepted item of an appended batch.
+    fn record(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<()> {
+        let batch = batch.try_borrow()?;
+        let batch = &batch.inner;
+        py.detach(|| self.inner.record(batch));
+        Ok(())
+    }
+
+    /// Per device of `devices`, `(msg_type, ts_ns, seq, metrics_json, received_ns)` or None.
+    fn get(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        devices: Vec<String>,
+    ) -> Vec<Option<SnapshotTuple>> {
+        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+        py.detach(|| self.inner.get(tenant, &devices))
+            .into_iter()
+            .map(|s| s.map(snapshot_tuple))
+            .collect()
+    }
+
+    /// Devices changed since the last call, as `(tenant, device, msg_type, ts_ns, seq,
+    /// metrics_json, received_ns)` sorted by key; marks them clean.
+    #[allow(clippy::type_complexity)]
+    fn take_dirty(&self, py: Python<'_>) -> Vec<(String, String, String, i64, i64, String, i64)> {
+        py.detach(|| self.inner.take_dirty())
+            .into_iter()
+            .map(|(t, d, s)| {
+                (
+                    t,
+                    d,
+                    s.msg_type,
+                    s.ts_ns,
+                    s.seq,
+                    s.metrics_json,
+                    s.received_ns,
+                )
+            })
+            .collect()
+    }
+
+    /// Mark `(tenant, device)` keys dirty again (their rows were not stored).
+    fn mark_dirty(&self, py: Python<'_>, keys: Vec<(String, String)>) {
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect();
+        py.detach(|| self.inner.mark_dirty(&keys));
+    }
+}
+
 /// Readings extracted from a Shelly body, columnar, deduplicated on the idempotency key.
 #[pyclass(name = "ShellyBatch", module = "tidegate._core", frozen)]
 struct PyShellyBatch {
@@ -898,6 +979,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // setattr, not add_function: that would list it in `__all__`, with the API.
     #[cfg(feature = "test-panic")]
     m.setattr("_test_panic", wrap_pyfunction!(_test_panic, m)?)?;
+    m.add_class::<PyLatest>()?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

@@ -9,13 +9,16 @@ from tidegate import core, logs
 from tidegate.config import Config
 from tidegate.durable import Accept
 from tidegate.http.admission import Admitter, retry_after_header
+from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
+from tidegate.refusals import Refusals
 from tidegate.sink.scheduler import Sink
 from tidegate.store import open_registry
 from tidegate.store.registry import Registry
+from tidegate.tenant_keys import TenantKeys
 
 if TYPE_CHECKING:
-    from tidegate._core import FieldTypes, TenantBuffers
+    from tidegate._core import FieldTypes, Latest, TenantBuffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,9 @@ class Services:
     field_types: FieldTypes
     sink: Sink
     admitter: Admitter
+    latest: Latest
+    latest_writer: LatestWriter
+    tenant_keys: TenantKeys
 
 
 class Gateway:
@@ -45,6 +51,7 @@ class Gateway:
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.draining = False
+        self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.shutdown_lost_lines = 0
         # BUFFER_FULL clears when the sink frees space; a flush interval is the soonest that is.
         self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
@@ -81,8 +88,27 @@ class Gateway:
             cfg.default_burst,
             cfg.auth_lookups_per_s,
         )
+        latest = self.core.Latest()
+        latest_writer = LatestWriter(
+            latest, registry.device_state, cfg.influx_flush_interval_ms / 1000
+        )
+        latest_writer.start()
+        tenant_keys = TenantKeys(
+            registry.tenant_for_api_key,
+            cfg.auth_cache_ttl_s,
+            cfg.auth_cache_negative_ttl_s,
+            cfg.auth_cache_max_entries,
+        )
         self.services = Services(
-            registry, buffers, accept, field_types, sink, Admitter(admission, registry)
+            registry,
+            buffers,
+            accept,
+            field_types,
+            sink,
+            Admitter(admission, registry),
+            latest,
+            latest_writer,
+            tenant_keys,
         )
         self.metrics.bind(buffers, sink.stats, self._extra_stats, accept.stats)
         logs.log(
@@ -101,6 +127,7 @@ class Gateway:
         self.draining = True
         services = self.services
         await services.sink.stop()
+        await services.latest_writer.stop()
         await services.accept.close()
         sink_stats = services.sink.stats()
         self.shutdown_lost_lines = sink_stats["lost"]
@@ -120,5 +147,10 @@ class Gateway:
             **s.admitter.stats(),
             "field_types": len(s.field_types),
             "field_types_untracked": s.field_types.untracked,
+            "telemetry_latest_devices": len(s.latest),
+            "device_state_upserts": s.latest_writer.upserts,
+            "device_state_failures": s.latest_writer.failures,
+            "tenant_key_cache_hits": s.tenant_keys.hits,
+            "tenant_key_cache_misses": s.tenant_keys.misses,
             "draining": int(self.draining),
         }

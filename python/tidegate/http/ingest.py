@@ -121,6 +121,9 @@ class Ingest:
         ready = await services.accept.append(batch)
         if ready:
             services.sink.notify(ready)
+        services.latest.record(batch)
+        if batch.retry_after:
+            self.gw.refusals.record(batch.refusals(RATE_LIMITED))
 
     def _single_rejection(
         self, reason: str, tenant: str, device: str, retry_after: float

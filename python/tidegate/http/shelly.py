@@ -124,7 +124,7 @@ class Shelly:
                 key = raw.decode()
             except UnicodeDecodeError:
                 key = None  # tenant keys are text: no UTF-8, no match
-            tenant = await self.gw.services.registry.tenant_for_api_key(key) if key else None
+            tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
             if tenant is not None:
                 return tenant
         if cfg.ingest_api_key is None and not await self.gw.services.registry.has_tenants():
