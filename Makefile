@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: run run-nats test build services lint bench load clean
+.PHONY: run run-nats test build services lint bench load clean fuzz-rust
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # maturin develop builds the extension in release mode and installs the package, linked to
-# python/, with its runtime and dev dependencies into the venv.
+# python/, with its runtime and dev dependencies into the venv. `test-panic` adds
+# `_core._test_panic` for tests/test_panic.py; the release wheel (.ci/run) is built without it.
 build: $(STAMP)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
 
 run: build
 	$(VENV)/bin/tidegate serve
@@ -54,3 +55,9 @@ load: build services
 
 clean:
 	rm -rf $(VENV) target
+
+# The Rust JSON reader under libFuzzer for FUZZ_SECONDS (default 600), corpus kept in fuzz/corpus-rust.
+FUZZ_SECONDS ?= 600
+fuzz-rust:
+	mkdir -p fuzz/corpus-rust
+	python3 fuzz/rust/run.py -max_total_time=$(FUZZ_SECONDS) -max_len=4096 fuzz/corpus-rust

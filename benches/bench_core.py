@@ -3,11 +3,15 @@
     pytest benches/bench_core.py --benchmark-enable      # numbers (a table at the end)
     pytest benches/bench_core.py                          # as tests: one pass each
 
-Two paths, single thread, each for the compiled core and the twin:
+Three paths, single thread, each for the compiled core and the twin:
 - `core`: the core's own work, parse + validate + encode (`parse_batch`), `append` to the tenant
-  buffers (every valid item: no verdicts, as the API allows), `response_json`;
-- `with_verdicts`: the same plus what a request adds in Python, a verdict for every group (all
-  allowed: `groups` + `resolve`).
+  buffers (every valid item: no verdicts, as the API allows), `Latest.record` (each device's
+  last accepted message, telemetry_latest), `response_json`;
+- `with_verdicts`: the same plus admission, as a request does it: `Admission.admit` of every
+  batch against a warm cache of the corpus' devices (token check, site check, rate limit; limits
+  high enough that every valid item passes).
+- `with_fields`: `with_verdicts` plus the field type check (`FieldTypes.admit`; the corpus
+  keeps one type per field, so it rejects nothing).
 Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
 buffer never reaches its cap.
 """
@@ -15,6 +19,7 @@ buffer never reaches its cap.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import subprocess
@@ -32,19 +37,36 @@ MEMORY_LINES = 200_000
 IMPLS = ["rust", "python"]
 
 
-def ingest(core: ModuleType, bodies: list[bytes], verdicts: bool) -> int:
-    """Every body through the core path, with `verdicts` through the request path; returns how
-    many lines were buffered."""
+def warm_admission(core: ModuleType, bodies: list[bytes]) -> Any:
+    """An Admission with every device of the corpus cached, limits that never bite."""
+    admission = core.Admission(ttl_s=1e9, default_rps=1e9, default_burst=2**31)
+    rows = {
+        (tenant, device): (tenant, device, site, hashlib.sha256(token.encode()).digest())
+        for body in bodies
+        for tenant, device, site, token, _ in core.parse_batch(body, RECEIVE_NS).groups()
+    }
+    admission.install([], [(*row, None, None, "active") for row in rows.values()], 0.0)
+    return admission
+
+
+def ingest(core: ModuleType, bodies: list[bytes], admission: Any, path: str) -> int:
+    """Every body through `path` (see above), `admission` warm for the paths past `core`;
+    returns how many lines were buffered."""
     buffers = core.TenantBuffers()
+    field_types = core.FieldTypes() if path == "with_fields" else None
+    latest = core.Latest()
     flushed = 0
     for body in bodies:
         batch = core.parse_batch(body, RECEIVE_NS)
-        if verdicts:
-            batch.resolve([(count, None) for *_, count in batch.groups()])
+        if admission is not None and admission.admit(batch, 1.0):
+            raise AssertionError("a warm cache asks for no lookup")
+        if field_types is not None:
+            field_types.admit(batch)
         for tenant in buffers.append(batch):
             _, count = buffers.drain(tenant)
             buffers.settle(tenant, count)
             flushed += count
+        latest.record(batch)
         batch.response_json()
     return flushed + sum(count for count, _ in buffers.depth().values())
 
@@ -63,12 +85,21 @@ def test_ingest_with_verdicts(
     measure(benchmark, corpus, throughput, impl, "with_verdicts")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ingest_with_field_types(
+    benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str
+) -> None:
+    measure(benchmark, corpus, throughput, impl, "with_fields")
+
+
 def measure(
     benchmark: Any, corpus: Corpus, throughput: dict[str, Any], impl: str, path: str
 ) -> None:
     """Bench one path of one core; record msgs/s, ns/msg and, once both cores ran, their ratio."""
     benchmark.group = f"ingest {path}"
-    buffered = benchmark(ingest, load_core(impl), corpus.bodies, path == "with_verdicts")
+    core = load_core(impl)
+    admission = warm_admission(core, corpus.bodies) if path != "core" else None
+    buffered = benchmark(ingest, core, corpus.bodies, admission, path)
     assert buffered == corpus.valid
     if benchmark.enabled:
         messages = corpus.messages

@@ -29,7 +29,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     write = terminalreporter.write_line
     terminalreporter.section("tidegate core")
-    paths = [path for path in ("core", "with_verdicts") if path in figures]
+    paths = [path for path in ("core", "with_verdicts", "with_fields") if path in figures]
     if paths:
         write(
             f"{'path':<15}{'core':<8}{'msgs/s (median)':>16}{'ns/msg':>10}{'msgs/s (best)':>16}"

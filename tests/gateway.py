@@ -100,14 +100,19 @@ class GatewayProcess:
             ) from None
 
 
-def run_gateway(env: Mapping[str, str], workdir: Path, command: str = "serve") -> GatewayProcess:
+def run_gateway(
+    env: Mapping[str, str],
+    workdir: Path,
+    command: str = "serve",
+    python: str | None = None,
+) -> GatewayProcess:
     """Start `python -m tidegate serve` (or `worker`: NATS mode's worker, whose ops listener
     is then the URL) with `env` over a clean base environment; wait until /health answers.
-    The default data dir is `workdir/data`; the port is a free one."""
+    The default data dir is `workdir/data`; the port is a free one. `python`: another
+    interpreter with its own tidegate installed (default: this one, with this tree's)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
-    full["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")) if p
-    )
+    own = [] if python else [str(PYTHON_DIR)]
+    full["PYTHONPATH"] = os.pathsep.join(p for p in (*own, os.environ.get("PYTHONPATH", "")) if p)
     full["TIDEGATE_HOST"] = "127.0.0.1"
     full["TIDEGATE_PORT"] = str(free_port())
     full["TIDEGATE_WORKER_PORT"] = str(free_port())
@@ -121,7 +126,7 @@ def run_gateway(env: Mapping[str, str], workdir: Path, command: str = "serve") -
     log_path = workdir / f"{command}-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tidegate", command],
+            [python or sys.executable, "-m", "tidegate", command],
             env=full,
             cwd=workdir,
             stdout=log,

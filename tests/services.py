@@ -78,7 +78,8 @@ class PostgresCluster:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S)
 
     def start(self) -> None:
-        """initdb (first time) and start on a free port; fails the test on error."""
+        """initdb (first time) and start on a free port, or on the same port when restarted
+        (clients keep their URL); fails the test on error."""
         if not self.data.exists():
             done = self._run(
                 str(PG_BIN / "initdb"),
@@ -96,8 +97,10 @@ class PostgresCluster:
             if done.returncode != 0:
                 pytest.fail(f"initdb failed ({INSTALL_HINT}):\n{done.stdout}{done.stderr}")
         # Several tries: another engineer's process may take the port between probe and bind.
+        restart = self.port
         for _ in range(3):
-            self.port = free_port()
+            self.port = restart or free_port()
+            restart = 0
             # fsync off: the cluster is thrown away, and CREATE DATABASE per test stays fast.
             options = (
                 f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from gateway import poll
 from services import InfluxDB, free_port
 from tidegate.config import Config
 from tidegate.store import open_registry
@@ -324,3 +326,108 @@ def test_bad_configuration_exits_2_naming_the_variable(
     r = bare_cli("migrate", **{variable: value})
     assert (r.code, r.stdout) == (2, "")
     assert r.stderr.startswith(f"tidegate: configuration error: {variable}")
+
+
+# --- device update / rotate-token: the bulk API's operations ----------------------------------
+
+
+def test_device_update_and_rotate_token(cli: Cli) -> None:
+    cli.ok("device", "add", "--tenant", "acme", "--device", "d1", "--site", "s1", "--token", "t1")
+    update = ("device", "update", "--tenant", "acme", "--device", "d1", "--site", "s2")
+    assert cli.ok(*update, "--rps", "4") == {
+        "tenant_id": "acme",
+        "device_id": "d1",
+        "site_id": "s2",
+        "status": "active",
+        "rps": 4.0,
+        "burst": None,
+    }
+    out = cli.ok("device", "rotate-token", "--tenant", "acme", "--device", "d1")
+    assert list(out) == ["tenant_id", "device_id", "provision_token"]
+    device = lookup(cli.cfg, "acme", "d1")
+    assert device is not None
+    assert device.token_hash == hashlib.sha256(out["provision_token"].encode()).digest()
+    assert (device.site_id, device.rps) == ("s2", 4.0)
+    missing = cli("device", "update", "--tenant", "acme", "--device", "zz", "--burst", "3")
+    assert (missing.code, missing.json) == (1, {"error": "no device 'zz' in tenant 'acme'"})
+    nothing = cli("device", "update", "--tenant", "acme", "--device", "d1")
+    assert (nothing.code, nothing.json) == (
+        1,
+        {"error": "update needs at least one of site_id, rps, burst"},
+    )
+
+
+# --- serve flags, --version, --help -----------------------------------------------------------
+
+
+def test_version_prints_the_package_version(bare_cli: Cli) -> None:
+    r = bare_cli("--version")
+    assert (r.code, r.stdout) == (0, "tidegate 0.1.0\n")
+
+
+def test_serve_help_lists_every_variable_with_its_default(bare_cli: Cli) -> None:
+    r = bare_cli("serve", "--help")
+    assert r.code == 0
+    for flag in ("--host", "--port", "--log-level", "--data-dir"):
+        assert flag in r.stdout
+    listed = r.stdout.split("environment variables (default):\n", 1)[1].splitlines()
+    variables = Config.variables()
+    assert len(variables) == len(listed) >= 30
+    for (name, _), line in zip(variables, listed, strict=True):
+        assert line.split()[0] == name
+    shown = {line.split()[0]: line.split()[1] for line in listed}
+    assert (shown["TIDEGATE_PORT"], shown["DATABASE_URL"]) == ("8080", "(unset)")
+    assert (shown["TIDEGATE_INFLUX_CREATE_DB"], shown["INFLUX_RETRY_BASE_S"]) == ("1", "0.5")
+
+
+def test_serve_flags_override_the_environment(bare_cli: Cli, tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "flag-data"
+    env = {
+        **bare_cli.env,
+        "TIDEGATE_PORT": "1",
+        "TIDEGATE_LOG_LEVEL": "error",
+        "TIDEGATE_OPS_PORT": str(free_port()),
+    }
+    args = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "DEBUG"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidegate", "serve", *args, "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def health() -> int:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                return 0
+
+        assert poll(health, lambda code: code == 200, wait_s=30) == 200
+        assert (data_dir / "registry.sqlite3").exists()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, out
+    # --log-level debug beat TIDEGATE_LOG_LEVEL=error: the start line is logged at info.
+    assert '"gateway_started"' in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--port", "70000"), "argument --port: must be a port number 0..65535"),
+        (("--port", "http"), "argument --port: 'http' is not an integer"),
+        (("--log-level", "loud"), "argument --log-level: must be debug, info, warning or error"),
+        (("--data-dir", ""), "argument --data-dir: must not be empty"),
+        (("--host", " "), "argument --host: must not be empty"),
+    ],
+)
+def test_serve_bad_flag_values_exit_2_naming_the_flag(
+    bare_cli: Cli, args: tuple[str, ...], message: str
+) -> None:
+    r = bare_cli("serve", *args)
+    assert (r.code, r.stdout) == (2, "")
+    assert message in r.stderr

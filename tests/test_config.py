@@ -40,6 +40,9 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_AUTH_CACHE_TTL_S": ["-1", "inf", "nan", "1m"],
     "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S": ["-0.5", "x"],
     "TIDEGATE_AUTH_CACHE_MAX_ENTRIES": ["0", "lots"],
+    "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES": ["0", "-3", "1.5"],
+    "TIDEGATE_AUTH_LOOKUPS_PER_S": ["0", "ten"],
+    "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT": ["0", "-3", "many"],
     "INGEST_TENANT": ["Default", "a b", "t" * 65, "a\\b"],
     "TIDEGATE_PORT": ["-1", "65536", "http"],
     "TIDEGATE_SHUTDOWN_DEADLINE_S": ["0", "soon"],
@@ -126,11 +129,13 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert (cfg.database_url, cfg.influxdb_url, cfg.influx_api) == (None, None, "v3")
     assert cfg.data_dir == Path("tidegate-data")
     assert (cfg.influx_batch_size, cfg.influx_flush_interval_ms) == (500, 1000)
+    assert cfg.field_types_max_per_tenant == 10_000
     assert (cfg.max_body_bytes, cfg.auth_cache_ttl_s, cfg.auth_cache_negative_ttl_s) == (
         1 << 20,
         60.0,
         5.0,
     )
+    assert (cfg.auth_cache_max_negative_entries, cfg.auth_lookups_per_s) == (10_000, 100)
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -151,6 +156,7 @@ def test_valid_values_are_parsed_to_typed_fields() -> None:
             "INFLUX_TIMEOUT_S": "2.5",
             "TIDEGATE_DEFAULT_RPS": "0.5",
             "TIDEGATE_AUTH_CACHE_TTL_S": "0",
+            "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT": "50",
             "INGEST_API_KEY": "k",
             "INGEST_TENANT": "shelly_1",
             "TIDEGATE_PORT": "0",
@@ -164,6 +170,7 @@ def test_valid_values_are_parsed_to_typed_fields() -> None:
     assert cfg.influxdb_url == "http://127.0.0.1:8086"
     assert (cfg.influx_batch_size, cfg.influx_timeout_s, cfg.default_rps) == (5000, 2.5, 0.5)
     assert cfg.auth_cache_ttl_s == 0.0
+    assert cfg.field_types_max_per_tenant == 50
     assert (cfg.ingest_api_key, cfg.ingest_tenant) == ("k", "shelly_1")
     assert (cfg.port, cfg.log_level) == (0, "debug")
 
@@ -211,10 +218,10 @@ def test_a_tenant_may_hold_a_quarter_of_the_buffer_cap_by_default() -> None:
 
 def test_durability_is_the_log_with_the_compiled_core_and_memory_with_the_twin() -> None:
     cfg = Config.from_env({})
-    assert (cfg.durability, cfg.wal_sync, cfg.wal_sync_interval_ms) == ("wal", "always", 100)
+    assert (cfg.durability, cfg.wal_sync, cfg.wal_sync_interval_ms) == ("wal", "interval", 100)
     assert cfg.wal_max_bytes == 256 << 20
-    cfg = Config.from_env({"TIDEGATE_WAL_SYNC": "interval", "TIDEGATE_WAL_MAX_BYTES": "4096"})
-    assert (cfg.wal_sync, cfg.wal_max_bytes) == ("interval", 4096)
+    cfg = Config.from_env({"TIDEGATE_WAL_SYNC": "always", "TIDEGATE_WAL_MAX_BYTES": "4096"})
+    assert (cfg.wal_sync, cfg.wal_max_bytes) == ("always", 4096)
     assert Config.from_env({"TIDEGATE_CORE": "python"}).durability == "memory"
     with pytest.raises(ConfigError, match="TIDEGATE_DURABILITY=wal needs TIDEGATE_CORE=rust"):
         Config.from_env({"TIDEGATE_CORE": "python", "TIDEGATE_DURABILITY": "wal"})

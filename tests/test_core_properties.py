@@ -387,7 +387,25 @@ def batch_outcome(core: Any, body: bytes, max_payload: int, receive_ns: int) -> 
     )
     ready = buffers.append(batch)
     buffered = (ready, buffers.depth(), buffers.total_bytes, buffers.tenants())
-    return first, resolved, buffered, batch.tenant_lines(), batch.response_json()
+    refusals = [batch.refusals(code) for code in ("RATE_LIMITED", "BUFFER_FULL")]
+    return (
+        first,
+        resolved,
+        buffered,
+        batch.tenant_lines(),
+        batch.response_json(),
+        refusals,
+        latest_outcome(core, batch),
+    )
+
+
+def latest_outcome(core: Any, batch: Any) -> Any:
+    """What `Latest` keeps of the batch: the dirty rows, then each group's snapshot."""
+    latest = core.Latest()
+    latest.record(batch)
+    keys = [(tenant, device) for tenant, device, *_ in batch.groups()]
+    got = [latest.get(tenant, [device, "never-sent"]) for tenant, device in keys]
+    return latest.take_dirty(), got, latest.take_dirty(), len(latest)
 
 
 def single_outcome(
@@ -742,3 +760,73 @@ def test_encoded_lines_read_back_as_the_values_sent(
             }
             for name, value in fields.items():
                 assert math.copysign(1, parsed["fields"][name]) == math.copysign(1, value)
+
+
+# -- field types -------------------------------------------------------------------------------
+
+FIELD_NAMES = ["temp", "on", "a b", "x,y=z", "湿度", "seq"]
+field_value = st.one_of(st.booleans(), st.sampled_from([0, -1, 21.5, 1e300, 2**70]))
+field_message = st.fixed_dictionaries(
+    {
+        "tenant_id": st.sampled_from(["acme", "beta"]),
+        "device_id": st.sampled_from(["d1", "d 2"]),
+        "site_id": st.just("s"),
+        "provision_token": st.just("k"),
+        "msg_type": st.sampled_from(["telemetry", "heartbeat", "event"]),
+        # `seq` as a metric name makes the item INVALID_METRICS before any type check.
+        "metrics": st.dictionaries(st.sampled_from(FIELD_NAMES), field_value, max_size=4),
+    }
+)
+field_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("batch"),
+            st.lists(field_message, min_size=1, max_size=6),
+            st.sampled_from([None, "UNAUTHORIZED"]),
+        ),
+        st.tuples(
+            st.just("learn"),
+            st.sampled_from(["acme", "beta"]),
+            st.sampled_from(["telemetry", "heartbeat", "power"]),
+            st.sampled_from(FIELD_NAMES),
+            st.sampled_from(["float", "integer", "unsigned", "string", "boolean", "bool"]),
+        ),
+    ),
+    max_size=12,
+)
+
+
+def run_field_types(core: Any, max_per_tenant: int, ops: list[tuple[Any, ...]]) -> list[Any]:
+    """Everything observable about FieldTypes through a sequence of batches and learns."""
+    types = core.FieldTypes(max_per_tenant)
+    log: list[Any] = []
+    for op in ops:
+        if op[0] == "learn":
+            try:
+                log.append(types.learn(*op[1:]))
+            except ValueError as exc:
+                log.append(error_of(exc))
+            continue
+        _, messages, reason = op
+        batch = core.parse_batch(json.dumps({"messages": messages}).encode(), RECEIVE_NS)
+        # Half of each group rejected first: only what is still accepted is checked.
+        verdicts = [((n + 1) // 2 if reason else n, reason) for *_, n in batch.groups()]
+        batch.resolve(verdicts)
+        types.admit(batch)
+        buffers = core.TenantBuffers()
+        buffers.append(batch)
+        log.append((batch.reasons(), batch.details(), batch.response_json()))
+        log.append(batch.tenant_lines())
+    names = [(t, m, f) for t in ("acme", "beta") for m in MSG_TYPES_ALL for f in FIELD_NAMES]
+    log.append([types.get(*name) for name in names])
+    log.append((len(types), types.untracked, types.max_per_tenant))
+    return log
+
+
+MSG_TYPES_ALL = ["telemetry", "heartbeat", "power"]
+
+
+@SETTINGS
+@given(ops=field_ops, max_per_tenant=st.sampled_from([10_000, 3, 0]))
+def test_field_types_are_identical(ops: list[tuple[Any, ...]], max_per_tenant: int) -> None:
+    same(run_field_types(RUST, max_per_tenant, ops), run_field_types(TWIN, max_per_tenant, ops))

@@ -1,4 +1,5 @@
-"""The atheris fuzz target runs for a bounded number of inputs without a crash."""
+"""The fuzz targets run for a bounded number of inputs without a crash: atheris on the Python
+side (twin and compiled core through their API), libFuzzer on the Rust reader itself."""
 
 from __future__ import annotations
 
@@ -48,3 +49,26 @@ def test_fuzz_target_survives_a_hundred_thousand_inputs(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-6000:]
     assert f"Done {RUNS} runs" in run.stderr
+
+
+def test_rust_reader_fuzz_target_survives_two_hundred_thousand_inputs(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, seed in enumerate(SEEDS):
+        (corpus / f"seed-{i}").write_bytes(seed[1:])
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(FUZZ / "rust" / "run.py"),
+            "-runs=200000",
+            "-seed=1",
+            "-max_len=2048",
+            str(corpus),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-6000:]
+    assert "Done 200000 runs" in run.stderr

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.routing import Route
 from tidegate import _core
+from tidegate.config import Config
 from tidegate.http import openapi
+from tidegate.http.app import create_app
 
 
 def walk(node: Any) -> list[dict[str, Any]]:
@@ -43,3 +46,15 @@ def test_limits_patterns_and_codes_come_from_the_core() -> None:
     assert schemas["Detail"]["properties"]["reason"]["enum"] == list(_core.REASONS)
     shelly = doc["paths"]["/api/ingest/batch"]["post"]["requestBody"]["content"]
     assert shelly["application/json"]["schema"]["properties"]["messages"]["maxItems"] == 1000
+
+
+def test_every_route_of_both_listeners_is_documented() -> None:
+    app = create_app(Config())
+    routes = [r for a in (app, app.state.ops_app) for r in a.routes if isinstance(r, Route)]
+    documented = openapi.spec()["paths"]
+    assert len(documented) == 12
+    assert {r.path for r in routes} == set(documented)
+    for r in routes:
+        assert r.methods is not None
+        method = next(iter(r.methods - {"HEAD"})).lower()
+        assert method in documented[r.path], r.path

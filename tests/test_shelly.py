@@ -29,8 +29,8 @@ from services import InfluxDB
 from tidegate.config import Config
 from tidegate.http.app import create_app
 from tidegate.http.gateway import Gateway
-from tidegate.http.shelly import Shelly, db_down
-from tidegate.store import open_registry
+from tidegate.http.shelly import Shelly
+from tidegate.store import db_down, open_registry
 
 Start = Callable[..., GatewayProcess]
 T = TypeVar("T")

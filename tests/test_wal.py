@@ -4,6 +4,7 @@ real-process crashes: test_e2e_wal.py.)"""
 
 from __future__ import annotations
 
+import selectors
 import threading
 from pathlib import Path
 
@@ -92,3 +93,29 @@ def test_appends_from_threads_share_fsyncs(tmp_path: Path) -> None:
     assert stats["appended_records"] == stats["synced_records"] == 800
     assert stats["fsyncs"] == stats["groups"] <= 800
     assert sum(lines for lines, _ in buffers.depth().values()) == 800
+
+
+def test_submitted_appends_complete_through_the_wakeup_descriptor(tmp_path: Path) -> None:
+    buffers, wal = open_wal(tmp_path)
+    batch = core.parse_batch(batch_body(message(), message(tenant_id="beta")), RECEIVE_NS)
+    ticket = wal.submit(batch)
+    lines_ticket = wal.submit_lines("gamma", b"m v=1i 1\n", 1)
+    assert ticket and lines_ticket and ticket != lines_ticket
+    assert wal.submit(core.parse_batch(batch_body(message(tenant_id="")), RECEIVE_NS)) == 0
+    done: list[tuple[int, list[str], object]] = []
+    selector = selectors.DefaultSelector()
+    selector.register(wal.wakeup_fd(), selectors.EVENT_READ)
+    while len(done) < 2:
+        assert selector.select(timeout=10), "no wakeup"
+        done += wal.completed()
+    assert sorted(done) == sorted([(ticket, [], None), (lines_ticket, [], None)])
+    assert set(buffers.depth()) == {"acme", "beta", "gamma"}
+    assert wal.completed() == []
+
+
+def test_a_refused_submit_raises_at_once_and_stores_nothing(tmp_path: Path) -> None:
+    buffers, wal = open_wal(tmp_path, max_bytes=10)
+    with pytest.raises(core.WalFull):
+        wal.submit(core.parse_batch(batch_body(message()), RECEIVE_NS))
+    assert buffers.total_bytes == 0
+    assert buffers.take_delivered() == [1]

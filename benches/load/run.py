@@ -18,6 +18,12 @@ process (gateway or edge, worker, nats-server, influxd), NATS mode also the publ
 
     python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
+With --baseline GIT_REF, that commit is checked out (a git worktree in a temp dir), built and
+installed into its own venv, and every combination runs on the baseline and then on the working
+tree, side by side in one run on the same bodies:
+
+    python benches/load/run.py --cores rust --baseline base-c4f33ef --paced-rate 0
+
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
 """
 
@@ -54,6 +60,42 @@ from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
 BATCH = 100
+WORKING = "working tree"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What serves: the working tree (`python` None: this interpreter), or a baseline ref built
+    into its own venv."""
+
+    name: str
+    python: str | None = None
+
+
+def build_baseline(ref: str, workdir: Path) -> Build:
+    """Check `ref` out into a git worktree under `workdir` and install it (release build of the
+    core) into a venv of its own."""
+    tree = workdir / "baseline-src"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), ref], check=True
+    )
+    venv = workdir / "baseline-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "CARGO_TARGET_DIR": str(workdir / "baseline-target")}
+    env.pop("VIRTUAL_ENV", None)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, env=env)
+    subprocess.run([*pip, str(tree)], check=True, env=env)
+    return Build(ref, str(venv / "bin" / "python"))
+
+
+def remove_baseline(workdir: Path) -> None:
+    """Remove the baseline's git worktree (its venv goes with `workdir`)."""
+    tree = workdir / "baseline-src"
+    if tree.exists():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+        )
 
 
 @dataclass
@@ -209,13 +251,23 @@ class Procs:
         return out
 
 
+def gateway_stats(gw: GatewayProcess) -> dict[str, Any]:
+    """/ingest/v1/stats from the ops listener, or from the public one for a baseline built
+    before the ops listener existed."""
+    try:
+        return gw.stats()
+    except httpx.ConnectError:
+        out: dict[str, Any] = httpx.get(f"{gw.url}/ingest/v1/stats", timeout=10.0).json()
+        return out
+
+
 def measure(
     procs: Procs, listing: Path, duration: int, connections: int, threads: int, delay_ms: int
 ) -> dict[str, Any]:
     """One wrk phase; accepted msgs/s from the gateway's own counters, CPU per process, and in
     NATS mode the wait until the worker wrote everything accepted."""
     gw = procs.gw
-    before = gw.stats()
+    before = gateway_stats(gw)
     written_before = procs.worker_stats(reset_latency=True)["writes_ok"] if procs.worker else 0
     cpu = CpuMeter(procs.cpu)
     cpu.start()
@@ -225,7 +277,7 @@ def measure(
     result = wrk(gw.url, listing, duration, connections, threads, delay_ms)
     sampler.stopped.set()
     sampler.join()
-    after = gw.stats()
+    after = gateway_stats(gw)
     seconds = result["duration_us"] / 1e6
     accepted = after["accepted"] - before["accepted"]
     nats: dict[str, Any] = {}
@@ -312,6 +364,7 @@ DURABILITIES = {
 
 def run_one(
     s: Setup,
+    build: Build,
     core: str,
     sink: str,
     registry: str,
@@ -325,7 +378,8 @@ def run_one(
     """Provision, start, warm, measure (saturated, then paced), stop. With `nats`, the HTTP
     process is a NATS-mode edge and a worker writes to the sink."""
     mode = "direct" if nats is None else f"nats-{nats.sync_interval or 'default'}"
-    name = f"{core}-{sink}-{registry}-{durability if nats is None else mode}"
+    kind = durability if nats is None else mode
+    name = f"{'baseline' if build.python else 'working'}-{core}-{sink}-{registry}-{kind}"
     workdir = s.workdir / name
     env = {"TIDEGATE_CORE": core, "TIDEGATE_DATA_DIR": str(workdir / "data")}
     if nats is None:
@@ -343,16 +397,17 @@ def run_one(
         )
     provision(env, s)
     listing = write_bodies(s)
-    gw = run_gateway(env, workdir)
+    gw = run_gateway(env, workdir, python=build.python)
     procs = Procs(gw, {"gateway" if nats is None else "edge": gw.proc.pid})
     if nats is not None:
-        procs.worker = run_gateway(env, workdir / "worker", command="worker")
+        procs.worker = run_gateway(env, workdir / "worker", command="worker", python=build.python)
         procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
     if influx is not None and sink == "influx":
         procs.cpu["influxd"] = influx.pid
     try:
         warm(gw, listing)
         tags = {
+            "build": build.name,
             "core": core,
             "sink": sink,
             "registry": registry,
@@ -379,13 +434,14 @@ def run_one(
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| mode | core | sink | registry | durability | phase | accepted msgs/s | req/s | p50 ms "
-        "| p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync "
+        "| build | mode | core | sink | registry | durability | phase | accepted msgs/s | req/s "
+        "| p50 ms | p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync "
         "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms |\n"
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|\n"
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|\n"
     )
     lines = [
-        f"| {r['mode']} | {r['core']} | {r['sink']} | {r['registry']} | {r['durability']} "
+        f"| {r['build']} | {r['mode']} | {r['core']} | {r['sink']} | {r['registry']} "
+        f"| {r['durability']} "
         f"| {r['phase']} | {r['accepted_msgs_per_s']:,} | {r['req_per_s']:,} | {r['p50_ms']:.2f} "
         f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
         f"| {r['rss_start_mib']}→{r['rss_end_mib']} ({r['rss_max_mib']}) | {r['rejected_msgs']} "
@@ -400,6 +456,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def run_nats(
     s: Setup,
+    build: Build,
     core: str,
     sink: str,
     registry: str,
@@ -412,7 +469,9 @@ def run_nats(
     nats = NatsServer(sync)
     try:
         nats.start()
-        return run_one(s, core, sink, registry, "memory", pg, influx, args.paced_rate, [], nats)
+        return run_one(
+            s, build, core, sink, registry, "memory", pg, influx, args.paced_rate, [], nats
+        )
     finally:
         nats.cleanup()
 
@@ -448,6 +507,11 @@ def main() -> None:
         help="NATS mode: `always` (JetStream fsyncs each publish, the shipped config) and/or "
         "`default` (every 2 minutes)",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also build this commit into its own venv and run it before the working tree",
+    )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -472,6 +536,9 @@ def main() -> None:
     syncs = [None if v == "default" else v for v in args.nats_sync.split(",")]
     rows: list[dict[str, Any]] = []
     try:
+        builds = [Build(WORKING)]
+        if args.baseline:
+            builds.insert(0, build_baseline(args.baseline, workdir))
         if pg:
             pg.start()
         if influx:
@@ -480,25 +547,30 @@ def main() -> None:
         for core in args.cores.split(","):
             for sink in sinks:
                 for registry in registries:
-                    if "direct" in modes:
-                        for durability in args.durability.split(","):
-                            if core != "rust" and durability != "memory":
-                                continue
-                            rows += run_one(
-                                s,
-                                core,
-                                sink,
-                                registry,
-                                durability,
-                                pg,
-                                influx,
-                                args.paced_rate,
-                                first_saturated,
-                            )
-                    if "nats" in modes:
-                        for sync in syncs:
-                            rows += run_nats(s, core, sink, registry, pg, influx, args, sync)
+                    for build in builds:
+                        if "direct" in modes:
+                            for durability in args.durability.split(","):
+                                if core != "rust" and durability != "memory":
+                                    continue
+                                rows += run_one(
+                                    s,
+                                    build,
+                                    core,
+                                    sink,
+                                    registry,
+                                    durability,
+                                    pg,
+                                    influx,
+                                    args.paced_rate,
+                                    first_saturated,
+                                )
+                        if "nats" in modes:
+                            for sync in syncs:
+                                rows += run_nats(
+                                    s, build, core, sink, registry, pg, influx, args, sync
+                                )
     finally:
+        remove_baseline(workdir)
         if influx:
             influx.cleanup()
         if pg:

@@ -5,9 +5,13 @@
 Flow of one ingest request (no per-message Python object on the accepted path):
 
     batch = parse_batch(body, receive_ns, max_payload_bytes)     # parse + validate + encode
-    verdicts = decide(batch.groups())                             # Python: auth, site, rate limit
-    batch.resolve(verdicts)
+    keys = admission.admit(batch, now)                            # auth, site, rate limit
+    if keys:                                                      # uncached devices only:
+        admission.install(keys, await registry_rows(keys), now)   #   ONE registry query
+        admission.admit(batch, now)                               #   (skip install if it failed)
+    field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
+    latest.record(batch)                                          # telemetry_latest
     accepted, rejected, body = batch.response_json()
 
 Rules (all of them: docs/core-rules.md):
@@ -25,6 +29,7 @@ from typing import Final, Self, final
 
 __all__ = [
     "BUFFER_FULL",
+    "DEFAULT_MAX_FIELDS_PER_TENANT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "INVALID_METRICS",
     "INVALID_MSG_TYPE",
@@ -39,12 +44,17 @@ __all__ = [
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "REASONS",
+    "SHELLY_REASONS",
     "SITE_MISMATCH",
     "TENANT_PATTERN",
     "UNAUTHORIZED",
     "UNAVAILABLE",
+    "Admission",
     "Batch",
     "BodyError",
+    "FieldTypes",
+    "Latest",
+    "PanicException",
     "ShellyBatch",
     "TenantBuffers",
     "Wal",
@@ -71,6 +81,9 @@ BUFFER_FULL: Final = "BUFFER_FULL"
 UNAVAILABLE: Final = "UNAVAILABLE"
 # All of them, in declaration order (the order of `Batch.reason_counts()`).
 REASONS: Final[tuple[str, ...]]
+# Shelly's per-message error codes (`ShellyBatch.errors`): INVALID_MESSAGE, INVALID_SRC,
+# INVALID_TIMESTAMP, INVALID_PARAMS, INVALID_READING.
+SHELLY_REASONS: Final[tuple[str, ...]]
 
 # The limits the core enforces (docs/core-rules.md); the shell imports them, never retypes them.
 MAX_BATCH_MESSAGES: Final = 100
@@ -81,6 +94,8 @@ MAX_TENANT_CHARS: Final = 64
 TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
 MAX_METRICS: Final = 256
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+# Default of `FieldTypes(max_per_tenant)`.
+DEFAULT_MAX_FIELDS_PER_TENANT: Final = 10000
 MSG_TYPES: Final[tuple[str, ...]]
 
 def valid_tenant(s: str) -> bool:
@@ -98,6 +113,10 @@ class BodyError(ValueError):
     """The whole request body is unusable; nothing in it was processed."""
 
     detail: str
+
+class PanicException(BaseException):
+    """A bug in the compiled core (a Rust panic), raised by the call that hit it. A
+    BaseException: `except Exception` does not catch it. The twin never raises it."""
 
 @final
 class Batch:
@@ -133,9 +152,110 @@ class Batch:
         their publish failed); returns how many. Once per batch, and the batch cannot be
         appended afterwards. Raises ValueError for an unknown reason or a second call."""
 
+    def details(self) -> list[tuple[int, str]]:
+        """`(index, detail)` of the items rejected with a detail of their own (a field type
+        conflict, `FieldTypes.admit`), in request order."""
+
+    def refusals(self, reason: str) -> list[tuple[str, str, int]]:
+        """Per device with items rejected for `reason` (a reason code, else ValueError):
+        `(tenant, device, count)`, devices in order of first appearance."""
+
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)`: body is the batch endpoint's JSON response
-        `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"device_id"?}]}`."""
+        `{"accepted":N,"rejected":M,"results":[{"index","status","reason"?,"detail"?,
+        "device_id"?}]}`; `detail` only for the items of `details()`."""
+
+    @property
+    def retry_after(self) -> float:
+        """After `Admission.admit` resolved the batch: seconds until the next token of its
+        slowest RATE_LIMITED device; 0.0 when none was rate limited."""
+
+@final
+class Admission:
+    """The auth cache, token buckets and lookup budgets of one gateway process.
+
+    Found devices (active or revoked) are cached for `ttl_s` in a table of at most
+    `max_entries`; unknown ones for `negative_ttl_s` in their OWN table of at most
+    `max_negative_entries`, so they can never evict found ones. A full table drops its expired
+    entries, else its oldest tenth. Each device's token bucket (`rps`/`burst` of its record, else
+    the defaults; one token per message) lives in its entry and survives refreshes. Each tenant
+    may look up at most `lookups_per_s` uncached devices per second (burst the same); beyond that
+    a device is UNAUTHORIZED without a lookup, and a lookup that finds the device is given back.
+    `now` is monotonic seconds, passed in."""
+
+    def __new__(
+        cls,
+        ttl_s: float = 60.0,
+        negative_ttl_s: float = 5.0,
+        max_entries: int = 100000,
+        max_negative_entries: int = 10000,
+        default_rps: float = 10.0,
+        default_burst: int = 100,
+        lookups_per_s: int = 100,
+    ) -> Self:
+        """Raises ValueError naming a bad setting."""
+
+    def admit(self, batch: Batch, now: float) -> list[tuple[str, str]]:
+        """Decide every group of the batch from the cache and resolve it, returning []: wrong
+        token, revoked, unknown or other tenant's device UNAUTHORIZED, wrong site SITE_MISMATCH,
+        beyond the bucket RATE_LIMITED. Or, on the batch's first call only, when devices are not
+        cached and their tenant's budget allows, return their `(tenant, device)` keys (the other
+        groups are decided already) and resolve nothing: install what the registry has for them,
+        then admit again. The second call decides the groups left and never asks again: a key
+        asked for and still not installed (the lookup failed) is UNAVAILABLE.
+        Raises ValueError on a batch already resolved or appended. Runs without the GIL."""
+
+    def install(
+        self,
+        keys: Sequence[tuple[str, str]],
+        records: Sequence[tuple[str, str, str, bytes, float | None, int | None, str]],
+        now: float,
+    ) -> None:
+        """Cache registry rows `(tenant, device, site, token_sha256, rps, burst, status)` (a
+        status other than "active" is UNAUTHORIZED) and every key without a row as unknown.
+        Raises ValueError (nothing installed) for a hash that is not 32 bytes or a non-positive
+        rps."""
+
+    def invalidate(self, tenant: str, device: str) -> None:
+        """Forget one device (revoked, rotated): its next request looks it up."""
+
+    def invalidate_all(self) -> None:
+        """Forget every device."""
+
+    def limits(self, tenant: str, device: str) -> tuple[float, int]:
+        """`(rps, burst)` that applies to a device: its cached record's, else the defaults."""
+
+    def stats(self) -> dict[str, int]:
+        """`hits`, `misses` (keys asked for), `budget_refusals`, `unavailable` (groups),
+        `entries`, `negative_entries`, `buckets`, `budgets` (tenants with a lookup budget)."""
+
+@final
+class Latest:
+    """Per `(tenant, device)`, its last accepted message. A snapshot is `(msg_type, ts_ns, seq,
+    metrics_json, received_ns)`: `ts_ns` the point's timestamp (the message's `ts`, or its
+    receive time), `seq` 0 when the message had none, `metrics_json` a JSON object of the
+    metrics as line protocol stored them (numbers as floats), `received_ns` the request's
+    `receive_ns`. Thread-safe."""
+
+    def __new__(cls) -> Self: ...
+    def __len__(self) -> int:
+        """Number of devices held."""
+
+    def record(self, batch: Batch) -> None:
+        """Keep each device's last accepted item of a resolved (and appended) batch."""
+
+    def get(
+        self, tenant: str, devices: Sequence[str]
+    ) -> list[tuple[str, int, int, str, int] | None]:
+        """The snapshot of each of `devices` of `tenant`, None for those without one."""
+
+    def take_dirty(self) -> list[tuple[str, str, str, int, int, str, int]]:
+        """`(tenant, device, *snapshot)` of every device recorded since the last call, sorted
+        by key; marks them clean."""
+
+    def mark_dirty(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark `(tenant, device)` keys dirty again (their rows were not stored); unknown keys
+        are ignored."""
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages. `receive_ns` is the timestamp
@@ -250,9 +370,11 @@ class Wal:
     An append takes room in the buffers first (items that do not fit get BUFFER_FULL and are
     not logged), writes one record per tenant with the request's new mark, waits for the
     covering fdatasync (`sync="always"`; `"interval"`: only for the write, fsynced every
-    `sync_interval_ms` by a background thread), and only then buffers the lines. Concurrent
-    appends share one write and one fdatasync (group commit). Call it from worker threads:
-    it releases the GIL and blocks until its group is on disk.
+    `sync_interval_ms` by a background thread), and only then buffers the lines. One writer
+    thread writes every append queued while the previous write ran in one write and one
+    fdatasync (group commit). `append`/`append_lines` block until their group is on disk (GIL
+    released); an event loop uses `submit`/`submit_lines` instead, which only queue, and
+    collects outcomes with `completed` when `wakeup_fd` is readable.
 
     Opening replays every record above the checkpoint into `buffers` with its mark. A segment
     is deleted once `buffers.delivered_through` covers it (checked every second and by
@@ -280,6 +402,20 @@ class Wal:
         """Log, then buffer, one tenant's encoded lines, all or nothing; False when they do not
         fit the buffers (nothing logged). Raises like `append`."""
 
+    def submit(self, batch: Batch) -> int:
+        """`append` without waiting: a ticket whose outcome `completed` reports (0: nothing to
+        log, done). Raises WalFull/WalUnavailable when refused before queueing."""
+
+    def submit_lines(self, tenant: str, lines: bytes, line_count: int) -> int | None:
+        """`append_lines` without waiting: a ticket, or None when the lines do not fit."""
+
+    def completed(self) -> list[tuple[int, list[str], WalFull | WalUnavailable | None]]:
+        """Outcomes of submitted appends since the last call: `(ticket, tenants now at a flush
+        threshold, error)`; the lines are buffered when error is None, else nothing is."""
+
+    def wakeup_fd(self) -> int:
+        """A descriptor that becomes readable when `completed` has outcomes."""
+
     def checkpoint(self) -> None:
         """Write the delivered-through checkpoint and delete delivered segments now."""
 
@@ -297,6 +433,43 @@ class Wal:
 
     def close(self) -> None:
         """Refuse further appends; a last fsync and checkpoint. Idempotent."""
+
+@final
+class FieldTypes:
+    """Each tenant's InfluxDB field types per measurement (`telemetry`, `heartbeat`), shared by
+    all requests. Thread-safe.
+
+    InfluxDB keeps one type per field and refuses a point that sends another; the core writes
+    numbers as floats, booleans as booleans and `seq` as an integer. The first item `admit`
+    accepts decides a field's type; `learn` (what InfluxDB reports) overrides it. At most
+    `max_per_tenant` fields are remembered per tenant: beyond that, a new field is neither
+    remembered nor checked (counted in `untracked`)."""
+
+    def __new__(cls, max_per_tenant: int = 10000) -> Self: ...
+    def admit(self, batch: Batch) -> None:
+        """Reject with INVALID_METRICS, and a detail naming the field, each still-accepted item
+        (request order) that sends a field with another type than the tenant's remembered one
+        (or an earlier item's in this batch); remember the new fields of the others. After
+        `resolve`, before `TenantBuffers.append`, once per batch: ValueError otherwise (and
+        `resolve` after `admit` is one too)."""
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
+        """Set a field's type as InfluxDB reports it (`float`, `integer`, `unsigned`, `string`
+        or `boolean`; ValueError for another). False when it is not remembered: the measurement
+        is not one of MSG_TYPES, or the tenant is at `max_per_tenant`."""
+
+    def get(self, tenant: str, measurement: str, field: str) -> str | None:
+        """The remembered type of a field, or None."""
+
+    def __len__(self) -> int:
+        """Fields remembered, all tenants."""
+
+    @property
+    def untracked(self) -> int:
+        """Fields of admitted items that were not remembered because of the cap (each time)."""
+
+    @property
+    def max_per_tenant(self) -> int: ...
 
 @final
 class ShellyBatch:

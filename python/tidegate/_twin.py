@@ -23,6 +23,10 @@ from collections.abc import Callable, Sequence
 from json.scanner import make_scanner
 from typing import Final, cast
 
+# Admission lives in its own module; re-exported here as part of the twin's API.
+from tidegate._twin_admission import Admission as Admission
+from tidegate._twin_admission import Progress
+
 INVALID_MSG_TYPE: Final = "INVALID_MSG_TYPE"
 INVALID_SCHEMA: Final = "INVALID_SCHEMA"
 INVALID_TIMESTAMP: Final = "INVALID_TIMESTAMP"
@@ -41,6 +45,7 @@ MAX_TENANT_CHARS: Final = 64
 TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
 MAX_METRICS: Final = 256
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
+DEFAULT_MAX_FIELDS_PER_TENANT: Final = 10000
 MSG_TYPES: Final[tuple[str, ...]] = ("telemetry", "heartbeat")
 
 # Declaration order is `reason_counts()` order.
@@ -55,6 +60,14 @@ REASONS: Final[tuple[str, ...]] = (
     RATE_LIMITED,
     BUFFER_FULL,
     UNAVAILABLE,
+)
+
+SHELLY_REASONS: Final[tuple[str, ...]] = (
+    "INVALID_MESSAGE",
+    "INVALID_SRC",
+    "INVALID_TIMESTAMP",
+    "INVALID_PARAMS",
+    "INVALID_READING",
 )
 
 _NOT_JSON: Final = "body is not valid JSON"
@@ -99,6 +112,10 @@ class BodyError(ValueError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class PanicException(BaseException):
+    """What a bug in the compiled core raises; the twin never does."""
 
 
 class _Int(str):
@@ -371,14 +388,17 @@ def _escape(value: str) -> str:
 class _Item:
     """One validated message: its reason, and for a valid one its group key and line."""
 
-    __slots__ = ("device_id", "key", "line", "reason", "tenant")
+    __slots__ = ("detail", "device_id", "key", "latest", "line", "reason", "tenant")
 
     def __init__(self, reason: str | None, device_id: str | None) -> None:
         self.reason = reason
+        self.detail: str | None = None
         self.device_id = device_id
         self.tenant = ""
         self.key: tuple[str, str, str, str] | None = None
         self.line = b""
+        # A valid item's (msg_type, ts_ns, seq, metrics) for `Latest`.
+        self.latest: tuple[str, int, int, object] | None = None
 
 
 def _validate(
@@ -441,6 +461,7 @@ def _validate(
     assert isinstance(device, str) and isinstance(site, str) and isinstance(token, str)
     item.tenant = tenant
     item.key = (tenant, device, site, token)
+    item.latest = (msg_type, ns, seq, msg.get("metrics"))
     item.line = (
         f"{msg_type},device_id={_escape(device)},site_id={_escape(site)} {fields}seq={seq}i {ns}\n"
     ).encode()
@@ -453,8 +474,9 @@ def _validate(
 class Batch:
     """Parsed, validated and line-protocol-encoded messages of one request."""
 
-    def __init__(self, items: list[_Item]) -> None:
+    def __init__(self, items: list[_Item], receive_ns: int) -> None:
         self._items = items
+        self.receive_ns = receive_ns
         self._keys: dict[tuple[str, str, str, str], int] = {}
         self._members: list[list[_Item]] = []
         for item in items:
@@ -467,6 +489,8 @@ class Batch:
         self._tenants = list(dict.fromkeys(key[0] for key in self._keys))
         self._resolved = False
         self._appended = False
+        self._admission = Progress()
+        self._admitted = False
 
     def __len__(self) -> int:
         """Number of messages in the request."""
@@ -487,6 +511,8 @@ class Batch:
             raise ValueError("verdicts were already applied to this batch")
         if self._appended:
             raise ValueError("this batch was already appended")
+        if self._admitted:
+            raise ValueError(_ALREADY_ADMITTED)
         if len(verdicts) != len(self._members):
             raise ValueError(f"expected {len(self._members)} verdicts, got {len(verdicts)}")
         for group, ((allowed, reason), members) in enumerate(
@@ -521,6 +547,17 @@ class Batch:
                 per_tenant.setdefault(item.tenant, []).append(item.line)
         return [(t, b"".join(lines), len(lines)) for t, lines in per_tenant.items()]
 
+    def refusals(self, reason: str) -> list[tuple[str, str, int]]:
+        """Per device with items rejected for `reason`: `(tenant, device, count)`."""
+        if reason not in REASONS:
+            raise ValueError(f'unknown reason code "{reason}"')
+        out = []
+        for key, members in zip(self._keys, self._members, strict=True):
+            n = sum(1 for item in members if item.reason == reason)
+            if n:
+                out.append((key[0], key[1], n))
+        return out
+
     def response_json(self) -> tuple[int, int, bytes]:
         """`(accepted, rejected, body)` of the batch endpoint's JSON response."""
         results = []
@@ -531,6 +568,8 @@ class Batch:
                 head = f'{{"index":{index},"status":"accepted"'
             else:
                 head = f'{{"index":{index},"status":"rejected","reason":"{item.reason}"'
+                if item.detail is not None:
+                    head += f',"detail":{json.dumps(item.detail, ensure_ascii=False)}'
             if item.device_id is None:
                 results.append(head + "}")
             else:
@@ -553,6 +592,24 @@ class Batch:
             item.reason = reason
         return len(withdrawn)
 
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the next token of the slowest rate-limited device (0.0: none)."""
+        return self._admission.retry_after
+
+    def details(self) -> list[tuple[int, str]]:
+        """`(index, detail)` of the items rejected with a detail of their own."""
+        return [(i, item.detail) for i, item in enumerate(self._items) if item.detail is not None]
+
+    def _take_for_admit(self) -> list[_Item]:
+        """The items still accepted, once and before append; later calls raise."""
+        if self._appended:
+            raise ValueError("this batch was already appended")
+        if self._admitted:
+            raise ValueError(_ALREADY_ADMITTED)
+        self._admitted = True
+        return [item for item in self._items if item.reason is None]
+
     def _take_for_append(self) -> tuple[list[_Item], list[str]]:
         """The items to buffer and the tenants of the valid items in order of first
         appearance, once; later calls raise."""
@@ -571,7 +628,8 @@ def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> 
         [
             _validate(msg, size, None, receive_ns + index, max_payload_bytes)
             for index, (msg, size) in enumerate(zip(messages, sizes, strict=True))
-        ]
+        ],
+        receive_ns,
     )
 
 
@@ -591,7 +649,159 @@ def parse_single(
         raise BodyError(_NOT_OBJECT)
     size = len(body.strip(b" \t\n\r"))
     identity = (tenant_id, device_id, msg_type, provision_token)
-    return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)])
+    return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)], receive_ns)
+
+
+# -- Latest ----------------------------------------------------------------------------------
+
+LatestRow = tuple[str, int, int, str, int]
+
+
+class Latest:
+    """Per device, its last accepted message (`telemetry_latest`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (tenant, device) -> [msg_type, ts_ns, seq, metrics, received_ns, dirty]
+        self._held: dict[tuple[str, str], list[object]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def record(self, batch: Batch) -> None:
+        """Keep each device's last accepted item of an appended batch."""
+        with self._lock:
+            for item in batch._items:
+                if item.reason is None and item.key is not None and item.latest is not None:
+                    self._held[item.key[:2]] = [*item.latest, batch.receive_ns, True]
+
+    def get(self, tenant: str, devices: Sequence[str]) -> list[LatestRow | None]:
+        """Per device, `(msg_type, ts_ns, seq, metrics_json, received_ns)` or None."""
+        with self._lock:
+            found = [self._held.get((tenant, d)) for d in devices]
+        return [None if e is None else _latest_row(e) for e in found]
+
+    def take_dirty(self) -> list[tuple[str, str, str, int, int, str, int]]:
+        """Devices changed since the last call, sorted by key; marks them clean."""
+        with self._lock:
+            dirty = sorted((k, e) for k, e in self._held.items() if e[5])
+            for _, e in dirty:
+                e[5] = False
+        return [(*k, *_latest_row(e)) for k, e in dirty]
+
+    def mark_dirty(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark `(tenant, device)` keys dirty again; unknown keys are ignored."""
+        with self._lock:
+            for key in keys:
+                entry = self._held.get(key)
+                if entry is not None:
+                    entry[5] = True
+
+
+def _latest_row(entry: list[object]) -> LatestRow:
+    msg_type, ts_ns, seq, metrics, received_ns = entry[:5]
+    pairs = []
+    if isinstance(metrics, dict):
+        for name in sorted(metrics):
+            value = metrics[name]
+            text = "true" if value is True else "false" if value is False else repr(_number(value))
+            pairs.append(f"{json.dumps(name, ensure_ascii=False)}:{text}")
+    assert isinstance(msg_type, str) and isinstance(ts_ns, int) and isinstance(seq, int)
+    assert isinstance(received_ns, int)
+    return msg_type, ts_ns, seq, "{" + ",".join(pairs) + "}", received_ns
+
+
+# -- FieldTypes ------------------------------------------------------------------------------
+
+_ALREADY_ADMITTED: Final = "field types were already checked for this batch"
+_FIELD_TYPES: Final = ("float", "integer", "unsigned", "string", "boolean")
+# A line's parts are split at spaces no backslash escapes (ids and names hold no backslash).
+_LP_SPACE_RE: Final = re.compile(r"(?<!\\) ")
+_LP_FIELD_RE: Final = re.compile(r"((?:[^\\=]|\\.)+)=([^,]+),?")
+_LP_UNESCAPE_RE: Final = re.compile(r"\\(.)")
+
+
+def _line_fields(line: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """The measurement of an encoded line and its fields' `(name, InfluxDB type)`."""
+    head, fields, _ts = _LP_SPACE_RE.split(line.decode())
+    out = []
+    for m in _LP_FIELD_RE.finditer(fields):
+        value = m[2]
+        if value in ("true", "false"):
+            kind = "boolean"
+        elif value.endswith("i"):
+            kind = "integer"
+        else:
+            kind = "float"
+        out.append((_LP_UNESCAPE_RE.sub(r"\1", m[1]), kind))
+    return head.partition(",")[0], out
+
+
+class FieldTypes:
+    """Each tenant's InfluxDB field types per measurement; rejects conflicting items."""
+
+    def __init__(self, max_per_tenant: int = 10000) -> None:
+        self._max = _count("max_per_tenant", max_per_tenant)
+        self._tenants: dict[str, dict[tuple[str, str], str]] = {}
+        self._untracked = 0
+        self._lock = threading.Lock()
+
+    def admit(self, batch: Batch) -> None:
+        """INVALID_METRICS with a detail for each still-accepted item whose field types
+        conflict with the remembered ones; remember the new fields of the others."""
+        with self._lock:
+            for item in batch._take_for_admit():
+                known = self._tenants.setdefault(item.tenant, {})
+                measurement, fields = _line_fields(item.line)
+                for name, kind in fields:
+                    had = known.get((measurement, name))
+                    if had is not None and had != kind:
+                        item.reason = INVALID_METRICS
+                        item.detail = (
+                            f'field type conflict: "{name}" of {measurement} is {had}, '
+                            f"this message sends {kind}"
+                        )
+                        break
+                else:
+                    for name, kind in fields:
+                        if (measurement, name) in known:
+                            continue
+                        if len(known) >= self._max:
+                            self._untracked += 1
+                            continue
+                        known[(measurement, name)] = kind
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
+        """Set a field's type as InfluxDB reports it; False when it is not remembered."""
+        if field_type not in _FIELD_TYPES:
+            raise ValueError(f'unknown field type "{field_type}"')
+        if measurement not in MSG_TYPES:
+            return False
+        with self._lock:
+            known = self._tenants.setdefault(tenant, {})
+            if (measurement, field) not in known and len(known) >= self._max:
+                return False
+            known[(measurement, field)] = field_type
+            return True
+
+    def get(self, tenant: str, measurement: str, field: str) -> str | None:
+        """The remembered type of a field, or None."""
+        with self._lock:
+            return self._tenants.get(tenant, {}).get((measurement, field))
+
+    def __len__(self) -> int:
+        """Fields remembered, all tenants."""
+        with self._lock:
+            return sum(map(len, self._tenants.values()))
+
+    @property
+    def untracked(self) -> int:
+        """Fields of admitted items not remembered because of the cap."""
+        return self._untracked
+
+    @property
+    def max_per_tenant(self) -> int:
+        return self._max
 
 
 # -- TenantBuffers ---------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """The `tidegate` command: serve, migrate, tenant and device admin, replay.
 
 Each command prints one JSON object on stdout. Exit status: 0 done, 1 refused or failed
-(`{"error": ...}`), 2 bad arguments or configuration (message on stderr).
+(`{"error": ...}`), 2 bad arguments or configuration (message on stderr). The device commands
+run the same operations as `POST /api/v1/batch/devices` (`store.devices`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import functools
 import json
 import sqlite3
@@ -19,10 +19,19 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import logs
-from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError, positive_float, positive_int
+from tidegate import __version__, logs
+from tidegate.config import (
+    INFLUX_APIS,
+    MODES,
+    Config,
+    ConfigError,
+    parse_log_level,
+    parse_port,
+    positive_float,
+    positive_int,
+)
 from tidegate.ids import check_device, check_id, check_tenant, check_token
-from tidegate.store import open_registry, registry
+from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
 
@@ -93,25 +102,41 @@ async def _tenant_add(cfg: Config, args: argparse.Namespace) -> dict[str, object
     return {"tenant_id": args.tenant, "api_key": api_key}
 
 
-async def _device_add(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+async def _device_op(cfg: Config, tenant: str, operation: dict[str, object]) -> dict[str, object]:
+    """Run one device operation; its data, or CommandFailed with its error."""
     async with _opened(cfg) as reg:
-        token = await reg.add_device(
-            args.tenant, args.device, args.site, rps=args.rps, burst=args.burst, token=args.token
-        )
-    return {
-        "tenant_id": args.tenant,
-        "device_id": args.device,
-        "site_id": args.site,
-        "provision_token": token,
-    }
+        (outcome,) = await devices.apply(reg, tenant, [operation])
+    if not outcome.ok or outcome.data is None:
+        raise CommandFailed(outcome.error or f"status {outcome.status_code}")
+    return {"tenant_id": tenant, **outcome.data}
+
+
+def _given(**fields: object) -> dict[str, object]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+async def _device_add(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    op = {"op": devices.CREATE, "device_id": args.device, "site_id": args.site}
+    op.update(_given(rps=args.rps, burst=args.burst, provision_token=args.token))
+    out = await _device_op(cfg, args.tenant, op)
+    keep = ("tenant_id", "device_id", "site_id", "provision_token")
+    return {k: out[k] for k in keep}
+
+
+async def _device_update(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    op = {"op": devices.UPDATE, "device_id": args.device}
+    op.update(_given(site_id=args.site, rps=args.rps, burst=args.burst))
+    return await _device_op(cfg, args.tenant, op)
+
+
+async def _device_rotate(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    op = {"op": devices.ROTATE_TOKEN, "device_id": args.device}
+    op.update(_given(provision_token=args.token))
+    return await _device_op(cfg, args.tenant, op)
 
 
 async def _device_revoke(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    async with _opened(cfg) as reg:
-        revoked = await reg.revoke_device(args.tenant, args.device)
-    if not revoked:
-        raise CommandFailed(f"no device {args.device!r} in tenant {args.tenant!r}")
-    return {"tenant_id": args.tenant, "device_id": args.device, "status": registry.REVOKED}
+    return await _device_op(cfg, args.tenant, {"op": devices.REVOKE_OP, "device_id": args.device})
 
 
 async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
@@ -136,7 +161,7 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
     # Imported here: only serve needs Starlette and uvicorn.
     from tidegate.http.app import serve
 
-    serve(dataclasses.replace(cfg, mode=args.mode or cfg.mode))
+    serve(cfg)
     return EXIT_OK
 
 
@@ -154,10 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tidegate",
         description="HTTP telemetry ingest gateway. Configuration comes from the environment.",
     )
+    parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway (migrates first)")
-    serve.add_argument("--mode", choices=MODES, help="default: TIDEGATE_MODE, else direct")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway (migrates first)",
+        description="Run the gateway (migrates first). Flags override the environment.",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", type=_secret_arg, help="listen address (TIDEGATE_HOST)")
+    serve.add_argument("--port", type=_arg(parse_port), help="listen port (TIDEGATE_PORT)")
+    serve.add_argument(
+        "--log-level",
+        type=_arg(parse_log_level),
+        help="debug|info|warning|error (TIDEGATE_LOG_LEVEL)",
+    )
+    serve.add_argument(
+        "--data-dir", type=_secret_arg, metavar="DIR", help="data directory (TIDEGATE_DATA_DIR)"
+    )
+    serve.add_argument("--mode", choices=MODES, help="direct|nats (TIDEGATE_MODE)")
     serve.set_defaults(process=_serve)
     commands.add_parser(
         "worker", help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)"
@@ -188,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add.set_defaults(run=_device_add)
 
+    device_update = device.add_parser("update", help="change a device's site or rate limit")
+    device_update.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_update.add_argument("--device", required=True, type=_any_device_arg)
+    device_update.add_argument("--site", type=_site_arg)
+    device_update.add_argument("--rps", type=_arg(positive_float), help="messages per second")
+    device_update.add_argument("--burst", type=_arg(positive_int), help="bucket size")
+    device_update.set_defaults(run=_device_update)
+
+    device_rotate = device.add_parser("rotate-token", help="give a device a new token")
+    device_rotate.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_rotate.add_argument("--device", required=True, type=_any_device_arg)
+    device_rotate.add_argument("--token", type=_arg(check_token), help="default: a random token")
+    device_rotate.set_defaults(run=_device_rotate)
+
     device_revoke = device.add_parser("revoke", help="revoke a device's token")
     device_revoke.add_argument("--tenant", required=True, type=_tenant_arg)
     device_revoke.add_argument("--device", required=True, type=_any_device_arg)
@@ -209,6 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `serve` flags and the variables they override.
+_SERVE_FLAGS = {
+    "host": "TIDEGATE_HOST",
+    "port": "TIDEGATE_PORT",
+    "log_level": "TIDEGATE_LOG_LEVEL",
+    "data_dir": "TIDEGATE_DATA_DIR",
+    "mode": "TIDEGATE_MODE",
+}
+
+
+def _variables_help() -> str:
+    rows = [(name, _shown(default)) for name, default in Config.variables()]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
+    return "environment variables (default):\n" + "\n".join(lines)
+
+
+def _shown(default: object) -> str:
+    """A default as one would set the variable."""
+    if default is None:
+        return "(unset)"
+    if isinstance(default, bool):
+        return str(int(default))
+    return str(default)
+
+
 def _print(obj: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
 
@@ -217,8 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    overrides = {}
+    if args.command == "serve":
+        given = {var: getattr(args, flag) for flag, var in _SERVE_FLAGS.items()}
+        overrides = {var: str(value) for var, value in given.items() if value is not None}
     try:
-        cfg = Config.from_env()
+        cfg = Config.from_env(overrides=overrides)
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)

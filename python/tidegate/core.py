@@ -14,7 +14,9 @@ class Core:
 
     if TYPE_CHECKING:
         BUFFER_FULL = _core.BUFFER_FULL
+        DEFAULT_MAX_FIELDS_PER_TENANT = _core.DEFAULT_MAX_FIELDS_PER_TENANT
         DEFAULT_MAX_PAYLOAD_BYTES = _core.DEFAULT_MAX_PAYLOAD_BYTES
+        FieldTypes = _core.FieldTypes
         INVALID_METRICS = _core.INVALID_METRICS
         INVALID_MSG_TYPE = _core.INVALID_MSG_TYPE
         INVALID_SCHEMA = _core.INVALID_SCHEMA
@@ -26,14 +28,18 @@ class Core:
         MAX_TENANT_CHARS = _core.MAX_TENANT_CHARS
         MSG_TYPES = _core.MSG_TYPES
         PAYLOAD_TOO_LARGE = _core.PAYLOAD_TOO_LARGE
+        PanicException = _core.PanicException
         RATE_LIMITED = _core.RATE_LIMITED
         REASONS = _core.REASONS
+        SHELLY_REASONS = _core.SHELLY_REASONS
         SITE_MISMATCH = _core.SITE_MISMATCH
         TENANT_PATTERN = _core.TENANT_PATTERN
         UNAUTHORIZED = _core.UNAUTHORIZED
         UNAVAILABLE = _core.UNAVAILABLE
+        Admission = _core.Admission
         Batch = _core.Batch
         BodyError = _core.BodyError
+        Latest = _core.Latest
         ShellyBatch = _core.ShellyBatch
         TenantBuffers = _core.TenantBuffers
         parse_batch = staticmethod(_core.parse_batch)

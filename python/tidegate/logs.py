@@ -103,8 +103,11 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def log(event: str, *, level: str = "info", **fields: object) -> None:
-    """Log one event with its fields; credential-like fields are redacted."""
+def log(
+    event: str, *, level: str = "info", exc: BaseException | None = None, **fields: object
+) -> None:
+    """Log one event with its fields (and `exc`'s traceback); credential-like fields are
+    redacted."""
     lvl = _LEVELS[level]
     if LOGGER.isEnabledFor(lvl):
-        LOGGER.log(lvl, event, extra={"fields": fields})
+        LOGGER.log(lvl, event, exc_info=exc, extra={"fields": fields})

@@ -27,10 +27,13 @@ class Buffers(Protocol):
     """What metrics reads of the core's TenantBuffers."""
 
     def depth(self) -> dict[str, tuple[int, int]]: ...
+    def tenant_bytes(self) -> dict[str, int]: ...
     @property
     def total_bytes(self) -> int: ...
     @property
     def max_bytes(self) -> int: ...
+    @property
+    def tenant_max_bytes(self) -> int: ...
 
 
 class Metrics:
@@ -67,6 +70,7 @@ class Metrics:
         self._buffers: Buffers | None = None
         self._sink_stats: Callable[[], Mapping[str, object]] | None = None
         self._extra: Callable[[], Mapping[str, int]] | None = None
+        self._wal: Callable[[], Mapping[str, object] | None] | None = None
         self.registry.register(_Live(self))
         # process_resident_memory_bytes & co: RSS must stay flat under load.
         ProcessCollector(registry=self.registry)
@@ -76,11 +80,14 @@ class Metrics:
         buffers: Buffers,
         sink_stats: Callable[[], Mapping[str, object]],
         extra: Callable[[], Mapping[str, int]],
+        wal: Callable[[], Mapping[str, object] | None],
     ) -> None:
-        """Attach what is read at scrape time: the buffers, the sink's stats, extra counters."""
+        """Attach what is read at scrape time: the buffers, the sink's stats, extra counters,
+        the write-ahead log's stats (None without one)."""
         self._buffers = buffers
         self._sink_stats = sink_stats
         self._extra = extra
+        self._wal = wal
 
     def count(self, accepted: int, reason_counts: Iterable[tuple[str, int]]) -> None:
         """Record one request's outcome: accepted messages and rejected ones per reason."""
@@ -119,6 +126,7 @@ class Metrics:
         """GET /ingest/v1/stats: JSON-ready counters, buffer depth and the sink's own numbers."""
         sink = dict(self._sink_stats()) if self._sink_stats else {}
         depth = self._buffers.depth() if self._buffers else {}
+        counted = self._buffers.tenant_bytes() if self._buffers else {}
         out: dict[str, object] = {
             "writes_ok": sink.get("writes_ok", self.flush_ok),
             "writes_err": sink.get("writes_err", self.flush_err),
@@ -128,6 +136,9 @@ class Metrics:
                 "tenants": {
                     t: {"lines": lines, "bytes": nbytes} for t, (lines, nbytes) in depth.items()
                 },
+                # Per tenant, bytes against its share (buffered, put back, in flight).
+                "tenants_counted_bytes": counted,
+                "tenant_max_bytes": self._buffers.tenant_max_bytes if self._buffers else 0,
                 "total": {
                     "lines": sum(lines for lines, _ in depth.values()),
                     "bytes": sum(nbytes for _, nbytes in depth.values()),
@@ -147,6 +158,7 @@ class Metrics:
             "flush_attempts_ok": self.flush_ok,
             "flush_attempts_failed": self.flush_err,
             "sink": sink,
+            "wal": dict(wal) if self._wal and (wal := self._wal()) is not None else None,
         }
         if self._extra:
             out.update(self._extra())
@@ -198,6 +210,9 @@ class _Live(Collector):
             yield from _numeric_gauges("tidegate_sink_", "Sink statistic", m._sink_stats())
         if m._extra is not None:
             yield from _numeric_gauges("tidegate_", "Gateway statistic", m._extra())
+        wal = m._wal() if m._wal is not None else None
+        if wal is not None:
+            yield from _numeric_gauges("tidegate_wal_", "Write-ahead log statistic", wal)
 
 
 def _labelled_counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
@@ -216,6 +231,17 @@ def _buffer_metrics(buffers: Buffers) -> Iterable[Metric]:
     cap = GaugeMetricFamily("tidegate_buffer_max_bytes", "The buffer cap")
     cap.add_metric([], buffers.max_bytes)
     yield cap
+    share = GaugeMetricFamily("tidegate_buffer_tenant_max_bytes", "The per-tenant buffer cap")
+    share.add_metric([], buffers.tenant_max_bytes)
+    yield share
+    counted = GaugeMetricFamily(
+        "tidegate_buffer_tenant_counted_bytes",
+        "Bytes counted against the per-tenant cap (buffered and in flight)",
+        labels=["tenant"],
+    )
+    for tenant, n in sorted(buffers.tenant_bytes().items()):
+        counted.add_metric([tenant], n)
+    yield counted
     lines = GaugeMetricFamily(
         "tidegate_buffer_lines", "Lines waiting per tenant", labels=["tenant"]
     )

@@ -64,8 +64,13 @@ pub struct Batch {
     tenant_hashes: Vec<u64>,
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
+    /// `(item index, detail)` of the items rejected with a detail of their own (rare).
+    details: Vec<(u32, Span)>,
     resolved: bool,
     appended: bool,
+    admitted: bool,
+    /// When the request arrived (ns since the epoch).
+    receive_ns: i64,
 }
 
 impl Batch {
@@ -80,6 +85,16 @@ impl Batch {
             group_index: vec![NO_GROUP; (items * 2).next_power_of_two().max(4)],
             ..Batch::default()
         }
+    }
+
+    /// The same batch, received at `receive_ns`.
+    pub fn received_at(mut self, receive_ns: i64) -> Self {
+        self.receive_ns = receive_ns;
+        self
+    }
+
+    pub fn receive_ns(&self) -> i64 {
+        self.receive_ns
     }
 
     fn push_str(&mut self, s: &str) -> Span {
@@ -234,18 +249,7 @@ impl Batch {
         &mut self,
         verdicts: &[(i64, Option<S>)],
     ) -> Result<(), UsageError> {
-        if self.resolved {
-            return Err(UsageError::AlreadyResolved);
-        }
-        if self.appended {
-            return Err(UsageError::AlreadyAppended);
-        }
-        if verdicts.len() != self.groups.len() {
-            return Err(UsageError::VerdictCount {
-                expected: self.groups.len(),
-                got: verdicts.len(),
-            });
-        }
+        self.check_resolvable(verdicts.len())?;
         let reasons = verdicts
             .iter()
             .map(|(_, r)| {
@@ -254,10 +258,9 @@ impl Batch {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (group, (&(allowed, _), (reason, g))) in verdicts
-            .iter()
-            .zip(reasons.iter().zip(&self.groups))
-            .enumerate()
+        let mut checked = Vec::with_capacity(verdicts.len());
+        for (group, ((&(allowed, _), reason), g)) in
+            verdicts.iter().zip(reasons).zip(&self.groups).enumerate()
         {
             if allowed < 0 {
                 return Err(UsageError::NegativeAllowed { group });
@@ -265,19 +268,58 @@ impl Batch {
             if reason.is_none() && (allowed as u64) < u64::from(g.count) {
                 return Err(UsageError::MissingReason { group });
             }
+            checked.push((allowed as usize, reason));
         }
-        let mut seen = vec![0i64; self.groups.len()];
+        self.apply(&checked);
+        Ok(())
+    }
+
+    /// `resolve` with reasons already parsed.
+    pub fn resolve_reasons(
+        &mut self,
+        verdicts: &[(usize, Option<Reason>)],
+    ) -> Result<(), UsageError> {
+        self.check_resolvable(verdicts.len())?;
+        for (group, (&(allowed, reason), g)) in verdicts.iter().zip(&self.groups).enumerate() {
+            if reason.is_none() && (allowed as u64) < u64::from(g.count) {
+                return Err(UsageError::MissingReason { group });
+            }
+        }
+        self.apply(verdicts);
+        Ok(())
+    }
+
+    fn apply(&mut self, verdicts: &[(usize, Option<Reason>)]) {
+        let mut seen = vec![0usize; self.groups.len()];
         for item in &mut self.items {
             if item.group == NO_GROUP {
                 continue;
             }
             let g = item.group as usize;
             if seen[g] >= verdicts[g].0 {
-                item.reason = reasons[g];
+                item.reason = verdicts[g].1;
             }
             seen[g] += 1;
         }
         self.resolved = true;
+    }
+
+    fn check_resolvable(&self, verdicts: usize) -> Result<(), UsageError> {
+        if self.resolved {
+            return Err(UsageError::AlreadyResolved);
+        }
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        if self.admitted {
+            return Err(UsageError::AlreadyAdmitted);
+        }
+        if verdicts != self.groups.len() {
+            return Err(UsageError::VerdictCount {
+                expected: self.groups.len(),
+                got: verdicts,
+            });
+        }
         Ok(())
     }
 
@@ -315,6 +357,39 @@ impl Batch {
             entry.2 += 1;
         }
         out
+    }
+
+    /// Per group with items rejected for `reason`: `(tenant, device, how many)`, groups in
+    /// order of first appearance.
+    pub fn refusals(&self, reason: Reason) -> Vec<(&str, &str, usize)> {
+        let mut counts = vec![0usize; self.groups.len()];
+        for item in &self.items {
+            if item.reason == Some(reason) && item.group != NO_GROUP {
+                counts[item.group as usize] += 1;
+            }
+        }
+        self.groups
+            .iter()
+            .zip(counts)
+            .filter(|&(_, n)| n > 0)
+            .map(|(g, n)| (self.str_at(g.tenant), self.str_at(g.device), n))
+            .collect()
+    }
+
+    /// Per group with an accepted item, `(tenant, device, line)` of its last one.
+    pub fn last_accepted(&self) -> impl Iterator<Item = (&str, &str, &[u8])> {
+        let mut seen = vec![false; self.groups.len()];
+        self.items.iter().rev().filter_map(move |item| {
+            if item.reason.is_some() || std::mem::replace(&mut seen[item.group as usize], true) {
+                return None;
+            }
+            let g = &self.groups[item.group as usize];
+            Some((
+                self.str_at(g.tenant),
+                self.str_at(g.device),
+                self.line(item),
+            ))
+        })
     }
 
     fn accepted(&self) -> impl Iterator<Item = (&Item, &[u8])> {
@@ -402,6 +477,49 @@ impl Batch {
         Ok(withdrawn)
     }
 
+    /// Hands each still-accepted item's `(tenant index, tenant, line)` to `judge`, in request
+    /// order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
+    /// `append`, only once per batch (`fields.rs` is the judge).
+    pub fn reject_with(
+        &mut self,
+        mut judge: impl FnMut(usize, &str, &[u8]) -> Option<String>,
+    ) -> Result<(), UsageError> {
+        if self.appended {
+            return Err(UsageError::AlreadyAppended);
+        }
+        if self.admitted {
+            return Err(UsageError::AlreadyAdmitted);
+        }
+        self.admitted = true;
+        let mut rejected = Vec::new();
+        for (index, item) in self.items.iter().enumerate() {
+            if item.reason.is_some() {
+                continue;
+            }
+            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item)) {
+                rejected.push((index, detail));
+            }
+        }
+        for (index, detail) in rejected {
+            self.items[index].reason = Some(Reason::InvalidMetrics);
+            let span = self.push_str(&detail);
+            self.details.push((index as u32, span));
+        }
+        Ok(())
+    }
+
+    /// `(item index, detail)` of the items rejected with a detail of their own.
+    pub fn details(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.details
+            .iter()
+            .map(|&(i, span)| (i as usize, self.str_at(span)))
+    }
+
+    fn detail_of(&self, index: usize) -> Option<&str> {
+        self.details().find(|&(i, _)| i == index).map(|(_, d)| d)
+    }
+
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
     pub fn response_json(&self) -> (usize, usize, Vec<u8>) {
         let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
@@ -425,6 +543,10 @@ impl Batch {
                     out.extend_from_slice(b",\"status\":\"rejected\",\"reason\":\"");
                     out.extend_from_slice(r.code().as_bytes());
                     out.push(b'"');
+                    if let Some(detail) = self.detail_of(index) {
+                        out.extend_from_slice(b",\"detail\":");
+                        push_json_str(&mut out, detail);
+                    }
                 }
             }
             if let Some(d) = item.device {
@@ -498,6 +620,17 @@ mod tests {
             groups,
             [("t1", "d1", "s", "k", 2), ("t2", "d2", "s", "k", 1)]
         );
+    }
+
+    #[test]
+    fn refusals_and_last_accepted_follow_the_verdicts() {
+        let mut b = sample();
+        b.resolve(&[(1, Some("RATE_LIMITED")), (1, None)])
+            .expect("valid verdicts");
+        assert_eq!(b.refusals(Reason::RateLimited), [("t1", "d1", 1)]);
+        assert_eq!(b.refusals(Reason::Unauthorized), []);
+        let last: Vec<_> = b.last_accepted().collect();
+        assert_eq!(last, [("t2", "d2", &b"b\n"[..]), ("t1", "d1", &b"a\n"[..])]);
     }
 
     #[test]

@@ -359,6 +359,9 @@ impl State {
     }
 }
 
+/// One tenant's newline-terminated lines and their count.
+pub type TenantLines = (String, Vec<u8>, usize);
+
 /// Room taken under the caps for a batch's accepted lines before they are stored (the WAL
 /// writes them in between); `commit` stores them, `cancel` gives the room back.
 #[derive(Debug)]
@@ -534,17 +537,20 @@ impl TenantBuffers {
         }))
     }
 
-    /// Stores the lines of a `reserve_lines` reservation.
-    pub fn commit_lines(&self, reservation: Reservation, tenant: &str, lines: &[u8], count: usize) {
+    /// Stores reserved lines, `(tenant, lines, line_count)` per tenant as the reservation took
+    /// them; returns the tenants now at a threshold, in that order.
+    pub fn commit(&self, reservation: Reservation, lines: &[TenantLines]) -> Vec<String> {
         let mut state = self.lock();
-        let slot = state.slot(tenant);
-        state.buffers[slot].store(lines, count, reservation.mark);
-    }
-
-    /// Stores the lines of a reserved batch; returns the tenants now at a threshold.
-    pub fn commit(&self, reservation: Reservation, batch: &Batch) -> Vec<String> {
-        let mut state = self.lock();
-        self.store_batch(&mut state, batch, reservation.mark)
+        let mut due = Vec::new();
+        for (tenant, data, count) in lines {
+            let slot = state.slot(tenant);
+            let buf = &mut state.buffers[slot];
+            buf.store(data, *count, reservation.mark);
+            if self.at_threshold(buf) {
+                due.push(tenant.clone());
+            }
+        }
+        due
     }
 
     /// Gives a reservation's room back; its mark is delivered (nothing of it was stored).
@@ -970,7 +976,12 @@ mod tests {
         assert_eq!((r.mark, r.is_empty()), (1, false));
         assert_eq!(buffers.total_bytes(), 10);
         assert!(buffers.tenants().is_empty());
-        assert_eq!(buffers.commit(r, &b), vec!["a".to_owned()]);
+        let lines: Vec<TenantLines> = b
+            .tenant_lines()
+            .into_iter()
+            .map(|(t, l, n)| (t.to_owned(), l, n))
+            .collect();
+        assert_eq!(buffers.commit(r, &lines), vec!["a".to_owned()]);
         assert_eq!(buffers.depth().len(), 2);
         assert_eq!(buffers.delivered_through(), 0);
 

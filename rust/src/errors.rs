@@ -31,21 +31,48 @@ impl fmt::Display for BodyError {
 /// A caller's mistake in using a `Batch` or `TenantBuffers` (`ValueError` in Python).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UsageError {
-    VerdictCount { expected: usize, got: usize },
+    VerdictCount {
+        expected: usize,
+        got: usize,
+    },
     UnknownReason(String),
     NotValidationReason(String),
-    MissingReason { group: usize },
-    NegativeAllowed { group: usize },
+    MissingReason {
+        group: usize,
+    },
+    NegativeAllowed {
+        group: usize,
+    },
     AlreadyResolved,
     AlreadyAppended,
+    AlreadyAdmitted,
+    UnknownFieldType(String),
     BadLines,
     BadMaxLines,
-    MarkOrder { mark: u64, last: u64 },
-    MarkDelivered { mark: u64 },
-    InFlight { tenant: String },
-    NothingInFlight { tenant: String },
-    SettleTooMany { lines: usize, in_flight: usize },
-    TenantTooLong { len: usize },
+    MarkOrder {
+        mark: u64,
+        last: u64,
+    },
+    MarkDelivered {
+        mark: u64,
+    },
+    InFlight {
+        tenant: String,
+    },
+    NothingInFlight {
+        tenant: String,
+    },
+    SettleTooMany {
+        lines: usize,
+        in_flight: usize,
+    },
+    TenantTooLong {
+        len: usize,
+    },
+    BadSetting {
+        name: &'static str,
+        rule: &'static str,
+    },
 }
 
 impl fmt::Display for UsageError {
@@ -65,6 +92,8 @@ impl fmt::Display for UsageError {
             Self::NegativeAllowed { group } => write!(f, "verdict {group} allows a negative count"),
             Self::AlreadyResolved => f.write_str("verdicts were already applied to this batch"),
             Self::AlreadyAppended => f.write_str("this batch was already appended"),
+            Self::AlreadyAdmitted => f.write_str("field types were already checked for this batch"),
+            Self::UnknownFieldType(name) => write!(f, "unknown field type \"{name}\""),
             Self::BadLines => f.write_str(
                 "lines must be line_count newline-terminated lines, and line_count >= 1",
             ),
@@ -88,6 +117,7 @@ impl fmt::Display for UsageError {
                     "a tenant of {len} bytes cannot be logged (at most 65535)"
                 )
             }
+            Self::BadSetting { name, rule } => write!(f, "{name} must be {rule}"),
         }
     }
 }
@@ -104,8 +134,8 @@ pub enum Reason {
     SiteMismatch,
     RateLimited,
     BufferFull,
-    /// A service the item needs could not take it now (NATS mode: no PubAck for its tenant's
-    /// publish): retryable, like BUFFER_FULL.
+    /// The registry could not be asked (it failed, or its answer was evicted before use), or in
+    /// NATS mode JetStream did not acknowledge the tenant's publish: retryable, unlike UNAUTHORIZED.
     Unavailable,
 }
 
@@ -187,6 +217,14 @@ pub enum ShellyReason {
 }
 
 impl ShellyReason {
+    pub const ALL: [ShellyReason; 5] = [
+        ShellyReason::Message,
+        ShellyReason::Src,
+        ShellyReason::Timestamp,
+        ShellyReason::Params,
+        ShellyReason::Reading,
+    ];
+
     pub const fn code(self) -> &'static str {
         match self {
             ShellyReason::Message => "INVALID_MESSAGE",

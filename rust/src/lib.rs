@@ -1,13 +1,16 @@
 //! Python binding of the tidegate core (`tidegate._core`): the only file that knows about
 //! Python. Pure-Rust work runs with the GIL released; core errors become Python exceptions here.
 
+pub mod admission;
 pub mod batch;
 pub mod buffer;
 pub mod encode;
 pub mod envelope;
 pub mod errors;
+pub mod fields;
 pub mod ids;
 pub mod json;
+pub mod latest;
 pub mod parse;
 pub mod scan;
 pub mod shelly;
@@ -21,7 +24,8 @@ use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::errors::{Reason, UsageError};
+use crate::errors::{Reason, ShellyReason, UsageError};
+use crate::fields::FieldType;
 
 create_exception!(
     tidegate._core,
@@ -93,10 +97,17 @@ fn count(name: &str, n: i64) -> PyResult<usize> {
     usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} must not be negative")))
 }
 
+/// `count` for the core's 32-bit settings (bursts, lookups per second).
+fn count32(name: &str, n: i64) -> PyResult<u32> {
+    u32::try_from(count(name, n)?)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be at most {}", u32::MAX)))
+}
+
 /// Parsed, validated and line-protocol-encoded messages of one request, held in Rust.
 #[pyclass(name = "Batch", module = "tidegate._core")]
 struct PyBatch {
     inner: batch::Batch,
+    admission: admission::Progress,
 }
 
 #[pymethods]
@@ -146,10 +157,146 @@ impl PyBatch {
             .map_err(|e| usage_error(&e))
     }
 
+    /// `(index, detail)` of the items rejected with a detail of their own.
+    fn details(&self) -> Vec<(usize, &str)> {
+        self.inner.details().collect()
+    }
+
+    /// Per device with items rejected for `reason`: `(tenant, device, count)`.
+    fn refusals(&self, reason: &str) -> PyResult<Vec<(&str, &str, usize)>> {
+        let reason = Reason::from_code(reason).map_err(|e| usage_error(&e))?;
+        Ok(self.inner.refusals(reason))
+    }
+
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
     fn response_json<'py>(&self, py: Python<'py>) -> (usize, usize, Bound<'py, PyBytes>) {
         let (accepted, rejected, body) = self.inner.response_json();
         (accepted, rejected, PyBytes::new(py, &body))
+    }
+
+    /// Seconds until the next token of the batch's slowest rate-limited device (0.0: none).
+    #[getter]
+    fn retry_after(&self) -> f64 {
+        self.admission.retry_after()
+    }
+}
+
+fn new_batch(inner: batch::Batch) -> PyBatch {
+    PyBatch {
+        inner,
+        admission: admission::Progress::default(),
+    }
+}
+
+/// A registry row as `Admission.install` takes it.
+type RecordRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<f64>,
+    Option<i64>,
+    String,
+);
+
+/// The auth cache, token buckets and lookup budgets of one gateway process.
+#[pyclass(name = "Admission", module = "tidegate._core")]
+struct PyAdmission {
+    inner: admission::Admission,
+}
+
+#[pymethods]
+impl PyAdmission {
+    #[new]
+    #[pyo3(signature = (
+        ttl_s = 60.0,
+        negative_ttl_s = 5.0,
+        max_entries = 100_000,
+        max_negative_entries = 10_000,
+        default_rps = 10.0,
+        default_burst = 100,
+        lookups_per_s = 100,
+    ))]
+    fn new(
+        ttl_s: f64,
+        negative_ttl_s: f64,
+        max_entries: i64,
+        max_negative_entries: i64,
+        default_rps: f64,
+        default_burst: i64,
+        lookups_per_s: i64,
+    ) -> PyResult<Self> {
+        let settings = admission::Settings {
+            ttl_s,
+            negative_ttl_s,
+            max_entries: count("max_entries", max_entries)?,
+            max_negative_entries: count("max_negative_entries", max_negative_entries)?,
+            default_rps,
+            default_burst: count32("default_burst", default_burst)?,
+            lookups_per_s: count32("lookups_per_s", lookups_per_s)?,
+        };
+        admission::Admission::new(settings)
+            .map(|inner| PyAdmission { inner })
+            .map_err(|e| usage_error(&e))
+    }
+
+    /// Decide the batch from the cache and resolve it (returns []), or return the keys to
+    /// look up. Runs without the GIL.
+    fn admit(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+        now: f64,
+    ) -> PyResult<Vec<admission::Key>> {
+        let mut batch = batch.try_borrow_mut()?;
+        let PyBatch { inner, admission } = &mut *batch;
+        let this = &mut self.inner;
+        py.detach(|| this.admit(inner, admission, now))
+            .map_err(|e| usage_error(&e))
+    }
+
+    /// Cache the registry rows found for `keys`; keys without a row are cached as unknown.
+    fn install(
+        &mut self,
+        keys: Vec<admission::Key>,
+        records: Vec<RecordRow>,
+        now: f64,
+    ) -> PyResult<()> {
+        let records = records
+            .into_iter()
+            .map(|(tenant, device, site, hash, rps, burst, status)| {
+                let burst = burst.map(|b| count32("burst", b)).transpose()?;
+                let record = admission::Record::new(site, &hash, rps, burst, status == "active")
+                    .map_err(|e| usage_error(&e))?;
+                Ok((tenant, device, record))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.inner.install(&keys, records, now);
+        Ok(())
+    }
+
+    /// Forget one device: its next request looks it up.
+    fn invalidate(&mut self, tenant: &str, device: &str) {
+        self.inner.invalidate(tenant, device);
+    }
+
+    /// Forget every device.
+    fn invalidate_all(&mut self) {
+        self.inner.invalidate_all();
+    }
+
+    /// `(rps, burst)` that applies to a device: its record's, else the defaults.
+    fn limits(&mut self, tenant: &str, device: &str) -> (f64, u32) {
+        self.inner.limits(tenant, device)
+    }
+
+    /// Counters and table sizes by name.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (name, value) in self.inner.stats() {
+            out.set_item(name, value)?;
+        }
+        Ok(out)
     }
 }
 
@@ -164,7 +311,7 @@ fn parse_batch(
 ) -> PyResult<PyBatch> {
     let max_payload = count("max_payload_bytes", max_payload_bytes)?;
     py.detach(|| parse::parse_batch(body, receive_ns, max_payload))
-        .map(|inner| PyBatch { inner })
+        .map(new_batch)
         .map_err(|e| body_error(py, &e))
 }
 
@@ -197,7 +344,7 @@ fn parse_single(
         token,
     };
     py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload))
-        .map(|inner| PyBatch { inner })
+        .map(new_batch)
         .map_err(|e| body_error(py, &e))
 }
 
@@ -411,8 +558,49 @@ impl PyWal {
     ) -> PyResult<bool> {
         let line_count = count("line_count", line_count)?;
         py.detach(|| self.inner.append_lines(tenant, lines, line_count))
-            .map(|mark| mark.is_some())
             .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append` without waiting: a ticket (0: nothing to log) for `completed`.
+    fn submit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<u64> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.submit(batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append_lines` without waiting: a ticket, or None when the lines do not fit.
+    fn submit_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+    ) -> PyResult<Option<u64>> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| self.inner.submit_lines(tenant, lines, line_count))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// Outcomes of submitted appends since the last call: `(ticket, ready tenants, error)`.
+    #[allow(clippy::type_complexity)]
+    fn completed(&self, py: Python<'_>) -> Vec<(u64, Vec<String>, Option<Py<PyAny>>)> {
+        py.detach(|| self.inner.completed())
+            .into_iter()
+            .map(|(ticket, outcome)| match outcome {
+                Ok(ready) => (ticket, ready, None),
+                Err(e) => (
+                    ticket,
+                    Vec::new(),
+                    Some(wal_error(py, &e).into_value(py).into_any()),
+                ),
+            })
+            .collect()
+    }
+
+    /// The descriptor to watch (readable) for `completed` outcomes.
+    fn wakeup_fd(&self) -> i32 {
+        self.inner.wakeup_fd()
     }
 
     /// Write the checkpoint and delete delivered segments now (also done every second).
@@ -443,6 +631,149 @@ impl PyWal {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.close())
             .map_err(|e| wal_error(py, &e))
+    }
+}
+
+/// Each tenant's field types per measurement; rejects conflicting items. Thread-safe.
+#[pyclass(name = "FieldTypes", module = "tidegate._core", frozen)]
+struct PyFieldTypes {
+    inner: fields::FieldTypes,
+}
+
+#[pymethods]
+impl PyFieldTypes {
+    #[new]
+    #[pyo3(signature = (max_per_tenant = 10_000))]
+    fn new(max_per_tenant: i64) -> PyResult<Self> {
+        let max = count("max_per_tenant", max_per_tenant)?;
+        Ok(PyFieldTypes {
+            inner: fields::FieldTypes::new(max),
+        })
+    }
+
+    /// Reject the batch's items whose field types conflict; remember the others' types.
+    fn admit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<()> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.admit(batch))
+            .map_err(|e| usage_error(&e))
+    }
+
+    /// Set a field's type as InfluxDB reports it; False when it is not remembered.
+    fn learn(
+        &self,
+        tenant: &str,
+        measurement: &str,
+        field: &str,
+        field_type: &str,
+    ) -> PyResult<bool> {
+        let ty = FieldType::from_name(field_type).map_err(|e| usage_error(&e))?;
+        Ok(self.inner.learn(tenant, measurement, field, ty))
+    }
+
+    /// The remembered type of a field, or None.
+    fn get(&self, tenant: &str, measurement: &str, field: &str) -> Option<&'static str> {
+        self.inner
+            .get(tenant, measurement, field)
+            .map(FieldType::name)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    #[getter]
+    fn untracked(&self) -> u64 {
+        self.inner.untracked()
+    }
+
+    #[getter]
+    fn max_per_tenant(&self) -> usize {
+        self.inner.max_per_tenant()
+    }
+}
+
+const _: () = assert!(fields::DEFAULT_MAX_FIELDS_PER_TENANT == 10_000);
+
+/// Panics with `message`: how tests see what a bug in the core does to a request. Only in a
+/// build with the `test-panic` feature (`make build`), never in the release wheel.
+#[cfg(feature = "test-panic")]
+#[pyfunction]
+fn _test_panic(message: &str) {
+    panic!("{message}");
+}
+
+/// Per device, its last accepted message (`telemetry_latest`). Thread-safe.
+#[pyclass(name = "Latest", module = "tidegate._core", frozen)]
+struct PyLatest {
+    inner: latest::Latest,
+}
+
+type SnapshotTuple = (String, i64, i64, String, i64);
+
+fn snapshot_tuple(s: latest::Snapshot) -> SnapshotTuple {
+    (s.msg_type, s.ts_ns, s.seq, s.metrics_json, s.received_ns)
+}
+
+#[pymethods]
+impl PyLatest {
+    #[new]
+    fn new() -> Self {
+        PyLatest {
+            inner: latest::Latest::new(),
+        }
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.inner.len())
+    }
+
+    /// Keep each device's last accepted item of an appended batch.
+    fn record(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<()> {
+        let batch = batch.try_borrow()?;
+        let batch = &batch.inner;
+        py.detach(|| self.inner.record(batch));
+        Ok(())
+    }
+
+    /// Per device of `devices`, `(msg_type, ts_ns, seq, metrics_json, received_ns)` or None.
+    fn get(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        devices: Vec<String>,
+    ) -> Vec<Option<SnapshotTuple>> {
+        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+        py.detach(|| self.inner.get(tenant, &devices))
+            .into_iter()
+            .map(|s| s.map(snapshot_tuple))
+            .collect()
+    }
+
+    /// Devices changed since the last call, as `(tenant, device, msg_type, ts_ns, seq,
+    /// metrics_json, received_ns)` sorted by key; marks them clean.
+    #[allow(clippy::type_complexity)]
+    fn take_dirty(&self, py: Python<'_>) -> Vec<(String, String, String, i64, i64, String, i64)> {
+        py.detach(|| self.inner.take_dirty())
+            .into_iter()
+            .map(|(t, d, s)| {
+                (
+                    t,
+                    d,
+                    s.msg_type,
+                    s.ts_ns,
+                    s.seq,
+                    s.metrics_json,
+                    s.received_ns,
+                )
+            })
+            .collect()
+    }
+
+    /// Mark `(tenant, device)` keys dirty again (their rows were not stored).
+    fn mark_dirty(&self, py: Python<'_>, keys: Vec<(String, String)>) {
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect();
+        py.detach(|| self.inner.mark_dirty(&keys));
     }
 }
 
@@ -611,6 +942,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     let codes = Reason::ALL.map(Reason::code);
     m.add("REASONS", PyTuple::new(m.py(), codes)?)?;
+    let shelly_codes = ShellyReason::ALL.map(ShellyReason::code);
+    m.add("SHELLY_REASONS", PyTuple::new(m.py(), shelly_codes)?)?;
     m.add("MAX_BATCH_MESSAGES", parse::MAX_BATCH_MESSAGES)?;
     m.add("MAX_SHELLY_MESSAGES", shelly::MAX_SHELLY_MESSAGES)?;
     m.add("MAX_ID_BYTES", ids::MAX_ID_BYTES)?;
@@ -620,6 +953,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "DEFAULT_MAX_PAYLOAD_BYTES",
         parse::DEFAULT_MAX_PAYLOAD_BYTES,
+    )?;
+    m.add(
+        "DEFAULT_MAX_FIELDS_PER_TENANT",
+        fields::DEFAULT_MAX_FIELDS_PER_TENANT,
     )?;
     m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
@@ -634,9 +971,23 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add(name, class)?;
     }
     m.add_class::<PyBatch>()?;
+    m.add_class::<PyAdmission>()?;
     m.add_class::<PyTenantBuffers>()?;
     m.add_class::<PyShellyBatch>()?;
     m.add_class::<PyWal>()?;
+    m.add_class::<PyFieldTypes>()?;
+    // What a panic in the core raises (a BaseException): the shell catches it by this name.
+    m.add(
+        "PanicException",
+        m.py().get_type::<pyo3::panic::PanicException>(),
+    )?;
+    // The shell logs a panic once, with its message; the default hook would also print it to
+    // stderr, outside the JSON log. This library's own hook: other extensions keep theirs.
+    std::panic::set_hook(Box::new(|_| {}));
+    // setattr, not add_function: that would list it in `__all__`, with the API.
+    #[cfg(feature = "test-panic")]
+    m.setattr("_test_panic", wrap_pyfunction!(_test_panic, m)?)?;
+    m.add_class::<PyLatest>()?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

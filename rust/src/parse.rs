@@ -82,7 +82,8 @@ impl<'a> Elements<'a> for MessageParser<'a> {
     fn reset(&mut self) {
         // Only a duplicate `messages` key finds items here.
         if !self.batch.is_empty() {
-            self.batch = Batch::with_capacity(MAX_BATCH_MESSAGES, self.batch.line_capacity());
+            self.batch = Batch::with_capacity(MAX_BATCH_MESSAGES, self.batch.line_capacity())
+                .received_at(self.receive_ns);
         }
     }
 
@@ -144,7 +145,7 @@ impl<'a> MessageParser<'a> {
     fn new(items: usize, body_len: usize, receive_ns: i64, max_payload: usize) -> Self {
         MessageParser {
             // Line protocol is about half the size of the JSON it comes from; growing costs a copy.
-            batch: Batch::with_capacity(items, body_len * 3 / 5 + 256),
+            batch: Batch::with_capacity(items, body_len * 3 / 5 + 256).received_at(receive_ns),
             receive_ns,
             max_payload,
             metrics: Vec::with_capacity(16),

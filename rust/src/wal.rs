@@ -24,14 +24,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
-use crate::buffer::{Reservation, TenantBuffers};
+use crate::buffer::{Reservation, TenantBuffers, TenantLines};
 use crate::errors::UsageError;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"TGWAL01\n";
@@ -372,29 +374,63 @@ struct Files {
     current: Option<File>,
     segments: VecDeque<Segment>,
     next_id: u64,
+    /// The next segment, created ahead by the maintenance thread so that a rotation costs the
+    /// writer no fsync.
+    spare: Option<(u64, File)>,
+    /// Interval mode: full segments written since the last fsync.
+    closed_unsynced: Vec<File>,
     /// Records written since the last fsync (Interval mode).
     unsynced_records: u64,
 }
 
+/// Creates segment `id` with its header, durably (file and directory fsynced).
+fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+    let path = dir.join(segment_name(id));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)?;
+    let created = f
+        .write_all(SEGMENT_MAGIC)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = created {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(f)
+}
+
 impl Files {
-    /// Opens a new segment with its header, durably created.
-    fn open_segment(&mut self) -> io::Result<()> {
-        let id = self.next_id;
+    /// Whether `file` is still segment `id` in the directory (not unlinked, the directory not
+    /// replaced): records written to an unlinked file would be lost at the next restart.
+    fn is_linked(&self, id: u64, file: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
         let path = self.dir.join(segment_name(id));
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)?;
-        let created = f
-            .write_all(SEGMENT_MAGIC)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| sync_dir(&self.dir));
-        if let Err(e) = created {
-            let _ = fs::remove_file(&path);
-            return Err(e);
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
         }
-        self.next_id += 1;
-        self.current = Some(f);
+    }
+
+    /// Starts appending to a new segment: the spare if it is newer than every segment, else
+    /// one created now.
+    fn next_segment(&mut self) -> io::Result<()> {
+        let newest = self.segments.back().map(|s| s.id);
+        let (id, file) = match self.spare.take() {
+            Some((id, file)) if newest.is_none_or(|n| id > n) && self.is_linked(id, &file) => {
+                (id, file)
+            }
+            stale => {
+                if let Some((id, _)) = stale {
+                    let _ = fs::remove_file(self.dir.join(segment_name(id)));
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                (id, create_segment(&self.dir, id)?)
+            }
+        };
+        self.current = Some(file);
         self.segments.push_back(Segment {
             id,
             bytes: SEGMENT_MAGIC.len() as u64,
@@ -404,24 +440,33 @@ impl Files {
     }
 }
 
+/// What is done once a queued append's records are written: store its reserved lines, and
+/// report to a waiting thread or (`notify`) to the completion list.
+struct Entry {
+    ticket: u64,
+    store: Option<(Reservation, Vec<TenantLines>)>,
+    notify: bool,
+}
+
 /// A queued group: the records of every append waiting for the next write.
 #[derive(Default)]
 struct Queue {
     data: Vec<u8>,
     records: u64,
     marks: Marks,
-    waiters: usize,
+    entries: Vec<Entry>,
 }
+
+/// An append's outcome: the tenants now at a flush threshold, or why it failed.
+pub type Outcome = Result<Vec<String>, WalError>;
 
 struct State {
     queue: Queue,
-    /// Id the queued group gets when written; groups are written in id order.
-    next_group: u64,
-    /// Every group up to this id is finished (written, or failed).
-    finished: u64,
-    /// Failed groups still to be reported: error and waiters left to tell.
-    errors: HashMap<u64, (WalError, usize)>,
-    writing: bool,
+    next_ticket: u64,
+    /// Outcomes of appends a thread waits for.
+    results: HashMap<u64, Outcome>,
+    /// Outcomes of `submit`ted appends, until `completed` takes them.
+    completed: Vec<(u64, Outcome)>,
     failed: Option<String>,
     /// Bytes of all segments plus the queue, against `max_bytes`.
     bytes: u64,
@@ -432,14 +477,18 @@ struct State {
 struct Shared {
     cfg: WalConfig,
     state: Mutex<State>,
-    /// Waiters of a group.
-    wake: Condvar,
-    /// The maintenance thread, woken to stop.
-    stop: Condvar,
+    /// The writer thread waits here for a queued group.
+    queued: Condvar,
+    /// Threads waiting for their append's outcome.
+    done: Condvar,
+    /// The maintenance thread, woken to stop or to create a spare segment.
+    maintenance: Condvar,
     files: Mutex<Files>,
     buffers: Arc<TenantBuffers>,
     /// The delivered-through last written to the checkpoint file.
     checkpointed: Mutex<u64>,
+    /// Written to (one byte) when `completed` has outcomes: an event loop polls the other end.
+    wakeup: UnixStream,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -452,7 +501,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Wal {
     shared: Arc<Shared>,
     replay: ReplayStats,
-    maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// The writer and the maintenance thread, until closed.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The end of the wakeup socket an event loop reads.
+    wakeup: UnixStream,
 }
 
 impl Wal {
@@ -483,41 +535,76 @@ impl Wal {
         buffers.raise_last_mark(max_mark.max(checkpoint.last_mark));
         let bytes = segments.iter().map(Segment::records_bytes).sum();
         let next_id = segments.back().map_or(1, |s| s.id + 1);
+        let (wakeup, wakeup_writer) =
+            UnixStream::pair().map_err(|e| WalError::Io(format!("cannot make a socket: {e}")))?;
+        for end in [&wakeup, &wakeup_writer] {
+            end.set_nonblocking(true)
+                .map_err(|e| WalError::Io(format!("cannot make a socket non-blocking: {e}")))?;
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: Queue::default(),
-                next_group: 1,
-                finished: 0,
-                errors: HashMap::new(),
-                writing: false,
+                next_ticket: 1,
+                results: HashMap::new(),
+                completed: Vec::new(),
                 failed: None,
                 bytes,
                 stats: WalStats::default(),
                 closing: false,
             }),
-            wake: Condvar::new(),
-            stop: Condvar::new(),
+            queued: Condvar::new(),
+            done: Condvar::new(),
+            maintenance: Condvar::new(),
             files: Mutex::new(Files {
                 dir: cfg.dir.clone(),
                 current: None,
                 segments,
                 next_id,
+                spare: None,
+                closed_unsynced: Vec::new(),
                 unsynced_records: 0,
             }),
             buffers,
             checkpointed: Mutex::new(checkpoint.delivered_through),
+            wakeup: wakeup_writer,
             cfg,
         });
-        let worker = Arc::clone(&shared);
-        let maintenance = std::thread::Builder::new()
-            .name("tidegate-wal".to_owned())
-            .spawn(move || worker.maintain())
-            .map_err(|e| WalError::Io(format!("cannot start the WAL thread: {e}")))?;
+        let mut threads = Vec::new();
+        for (name, job) in [("tidegate-wal-writer", 0), ("tidegate-wal", 1)] {
+            let worker = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    if job == 0 {
+                        worker.write_groups()
+                    } else {
+                        worker.maintain()
+                    }
+                });
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    Self::join(&shared, threads);
+                    return Err(WalError::Io(format!("cannot start {name}: {e}")));
+                }
+            }
+        }
         Ok(Wal {
             shared,
             replay,
-            maintenance: Mutex::new(Some(maintenance)),
+            threads: Mutex::new(threads),
+            wakeup,
         })
+    }
+
+    /// Stops the threads (the writer after writing what is queued) and waits for them.
+    fn join(shared: &Shared, threads: Vec<JoinHandle<()>>) {
+        lock(&shared.state).closing = true;
+        shared.queued.notify_all();
+        shared.maintenance.notify_all();
+        for handle in threads {
+            let _ = handle.join();
+        }
     }
 
     /// Reads every segment: the records above `checkpoint` sorted by mark (the order the
@@ -537,7 +624,15 @@ impl Wal {
         let mut records = Vec::new();
         let mut max_mark = 0;
         let mut seen = std::collections::HashSet::new();
-        let newest = ids.last().copied();
+        // The segment written last: the newest one holding more than a header (a spare
+        // segment created ahead may follow it, empty).
+        let header = SEGMENT_MAGIC.len() as u64;
+        let newest = ids
+            .iter()
+            .rev()
+            .find(|&&id| fs::metadata(dir.join(segment_name(id))).is_ok_and(|m| m.len() > header))
+            .or(ids.last())
+            .copied();
         for id in ids {
             let path = dir.join(segment_name(id));
             let data = match fs::read(&path) {
@@ -631,66 +726,98 @@ impl Wal {
         &self.shared.buffers
     }
 
+    /// Takes room for the batch's accepted lines in the buffers (items that do not fit become
+    /// `BUFFER_FULL` and are not logged) and queues their records for the writer. Returns the
+    /// queued append with its ticket, or None when there is nothing to log.
+    fn queue_batch(&self, batch: &mut Batch, notify: bool) -> Result<Option<u64>, WalError> {
+        let reservation = self.shared.buffers.reserve(batch)?;
+        if reservation.is_empty() {
+            return Ok(None);
+        }
+        let lines: Vec<TenantLines> = batch
+            .tenant_lines()
+            .into_iter()
+            .map(|(t, l, n)| (t.to_owned(), l, n))
+            .collect();
+        self.shared.queue(reservation, lines, notify).map(Some)
+    }
+
+    /// `queue_batch` for one tenant's encoded lines, all or nothing: `Ok(None)` when they do
+    /// not fit the buffers (nothing logged).
+    fn queue_lines(
+        &self,
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+        notify: bool,
+    ) -> Result<Option<u64>, WalError> {
+        if tenant.len() > u16::MAX as usize {
+            return Err(UsageError::TenantTooLong { len: tenant.len() }.into());
+        }
+        let Some(reservation) = self
+            .shared
+            .buffers
+            .reserve_lines(tenant, lines, line_count)?
+        else {
+            return Ok(None);
+        };
+        let lines = vec![(tenant.to_owned(), lines.to_vec(), line_count)];
+        self.shared.queue(reservation, lines, notify).map(Some)
+    }
+
     /// Logs and stores the batch's accepted lines: room is taken in the buffers first (items
     /// that do not fit become `BUFFER_FULL` and are not logged), then the records are
     /// written (and fsynced, sync `Always`), then the lines are stored. On an error nothing
     /// is stored and the room is given back. Returns the tenants now at a flush threshold.
-    pub fn append(&self, batch: &mut Batch) -> Result<Vec<String>, WalError> {
-        let buffers = &self.shared.buffers;
-        let reservation = buffers.reserve(batch)?;
-        if reservation.is_empty() {
-            return Ok(Vec::new());
+    /// Blocks until the group is written.
+    pub fn append(&self, batch: &mut Batch) -> Outcome {
+        match self.queue_batch(batch, false)? {
+            Some(ticket) => self.shared.wait(ticket),
+            None => Ok(Vec::new()),
         }
-        let mut records = Vec::with_capacity(batch.line_capacity() + 64);
-        let mut count = 0;
-        for (tenant, lines, n) in batch.tenant_lines() {
-            encode_record(&mut records, reservation.mark, tenant, &lines, n);
-            count += 1;
-        }
-        self.log_then(reservation, records, count, |r| buffers.commit(r, batch))
     }
 
-    /// `append` for one tenant's encoded lines, all or nothing: their mark, or None when they
-    /// do not fit the buffers (nothing logged).
+    /// `append` for one tenant's encoded lines, all or nothing: false when they do not fit
+    /// the buffers (nothing logged).
     pub fn append_lines(
         &self,
         tenant: &str,
         lines: &[u8],
         line_count: usize,
-    ) -> Result<Option<u64>, WalError> {
-        if tenant.len() > u16::MAX as usize {
-            return Err(UsageError::TenantTooLong { len: tenant.len() }.into());
+    ) -> Result<bool, WalError> {
+        match self.queue_lines(tenant, lines, line_count, false)? {
+            Some(ticket) => self.shared.wait(ticket).map(|_| true),
+            None => Ok(false),
         }
-        let buffers = &self.shared.buffers;
-        let Some(reservation) = buffers.reserve_lines(tenant, lines, line_count)? else {
-            return Ok(None);
-        };
-        let mark = reservation.mark;
-        let mut records = Vec::with_capacity(lines.len() + 64);
-        encode_record(&mut records, reservation.mark, tenant, lines, line_count);
-        self.log_then(reservation, records, 1, |r| {
-            buffers.commit_lines(r, tenant, lines, line_count);
-            Some(mark)
-        })
     }
 
-    fn log_then<T>(
+    /// `append` without waiting: its ticket (0: nothing to log, already done), whose outcome
+    /// `completed` reports once the group is written; one byte on `wakeup_fd` says so. Errors
+    /// found before queueing (the cap, a failed log) are returned at once.
+    pub fn submit(&self, batch: &mut Batch) -> Result<u64, WalError> {
+        Ok(self.queue_batch(batch, true)?.unwrap_or(0))
+    }
+
+    /// `submit` for `append_lines`: None when the lines do not fit the buffers.
+    pub fn submit_lines(
         &self,
-        reservation: Reservation,
-        records: Vec<u8>,
-        count: u64,
-        store: impl FnOnce(Reservation) -> T,
-    ) -> Result<T, WalError> {
-        match self
-            .shared
-            .write(records, count, Marks::of(reservation.mark), false)
-        {
-            Ok(()) => Ok(store(reservation)),
-            Err(e) => {
-                self.shared.buffers.cancel(reservation);
-                Err(e)
-            }
-        }
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+    ) -> Result<Option<u64>, WalError> {
+        self.queue_lines(tenant, lines, line_count, true)
+    }
+
+    /// Outcomes of submitted appends since the last call; drains the wakeup socket.
+    pub fn completed(&self) -> Vec<(u64, Outcome)> {
+        let mut buf = [0u8; 256];
+        while matches!((&self.wakeup).read(&mut buf), Ok(n) if n > 0) {}
+        std::mem::take(&mut lock(&self.shared.state).completed)
+    }
+
+    /// The descriptor an event loop watches for `completed` outcomes.
+    pub fn wakeup_fd(&self) -> i32 {
+        self.wakeup.as_raw_fd()
     }
 
     /// Writes the checkpoint and deletes delivered segments now (also done every second).
@@ -711,15 +838,12 @@ impl Wal {
         lock(&self.shared.state).failed.clone()
     }
 
-    /// Refuses further appends and stops the maintenance thread; true the first time.
+    /// Refuses further appends, lets the writer finish what is queued, stops the threads;
+    /// true the first time.
     fn stop(&self) -> bool {
-        lock(&self.shared.state).closing = true;
-        self.shared.stop.notify_all();
-        let handle = lock(&self.maintenance).take();
-        let first = handle.is_some();
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        let first = !threads.is_empty();
+        Self::join(&self.shared, threads);
         first
     }
 
@@ -728,6 +852,7 @@ impl Wal {
         if !self.stop() {
             return Ok(());
         }
+        self.shared.drop_spare();
         self.shared.sync_interval()?;
         self.shared.checkpoint()
     }
@@ -746,28 +871,65 @@ impl Drop for Wal {
 }
 
 impl Shared {
-    /// Queues `records` and returns once a leader wrote (and synced) the group holding them.
-    /// `force` skips the cap (compaction: it frees more than it writes).
-    fn write(
+    /// Queues one append's records for the writer; its ticket.
+    fn queue(
+        &self,
+        reservation: Reservation,
+        lines: Vec<TenantLines>,
+        notify: bool,
+    ) -> Result<u64, WalError> {
+        let mut records = Vec::with_capacity(lines.iter().map(|l| l.1.len() + 64).sum());
+        for (tenant, data, n) in &lines {
+            encode_record(&mut records, reservation.mark, tenant, data, *n);
+        }
+        let marks = Marks::of(reservation.mark);
+        let count = lines.len() as u64;
+        self.enqueue(
+            records,
+            count,
+            marks,
+            Some((reservation, lines)),
+            notify,
+            false,
+        )
+        .map_err(|(e, store)| {
+            if let Some((reservation, _)) = store {
+                self.buffers.cancel(reservation);
+            }
+            e
+        })
+    }
+
+    /// Adds records to the queued group; `force` skips the cap (compaction frees more than it
+    /// writes). On refusal, the error and what was to be stored are handed back.
+    #[allow(clippy::type_complexity)]
+    fn enqueue(
         &self,
         records: Vec<u8>,
         count: u64,
         marks: Marks,
+        store: Option<(Reservation, Vec<TenantLines>)>,
+        notify: bool,
         force: bool,
-    ) -> Result<(), WalError> {
+    ) -> Result<u64, (WalError, Option<(Reservation, Vec<TenantLines>)>)> {
         let mut state = lock(&self.state);
-        if let Some(why) = &state.failed {
-            return Err(WalError::Failed(why.clone()));
-        }
-        if state.closing {
-            return Err(WalError::Io("the write-ahead log is closed".to_owned()));
-        }
-        if !force && state.bytes + records.len() as u64 > self.cfg.max_bytes {
-            return Err(WalError::Full {
+        let refused = if let Some(why) = &state.failed {
+            Some(WalError::Failed(why.clone()))
+        } else if state.closing {
+            Some(WalError::Io("the write-ahead log is closed".to_owned()))
+        } else if !force && state.bytes + records.len() as u64 > self.cfg.max_bytes {
+            Some(WalError::Full {
                 max_bytes: self.cfg.max_bytes,
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            return Err((error, store));
         }
         state.bytes += records.len() as u64;
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
         let queue = &mut state.queue;
         if queue.data.is_empty() {
             queue.data = records;
@@ -776,59 +938,96 @@ impl Shared {
         }
         queue.records += count;
         queue.marks.add(marks);
-        queue.waiters += 1;
-        let group = state.next_group;
+        queue.entries.push(Entry {
+            ticket,
+            store,
+            notify,
+        });
+        drop(state);
+        self.queued.notify_one();
+        Ok(ticket)
+    }
+
+    /// Waits for the outcome of the append with `ticket`.
+    fn wait(&self, ticket: u64) -> Outcome {
+        let mut state = lock(&self.state);
         loop {
-            if state.finished >= group {
-                return match state.errors.get_mut(&group) {
-                    None => Ok(()),
-                    Some((error, waiters)) => {
-                        let error = error.clone();
-                        *waiters -= 1;
-                        if *waiters == 0 {
-                            state.errors.remove(&group);
-                        }
-                        Err(error)
-                    }
-                };
+            if let Some(outcome) = state.results.remove(&ticket) {
+                return outcome;
             }
-            if state.writing {
-                state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-                continue;
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The writer thread: each group queued while the previous one was written goes out in
+    /// one write (and, sync `Always`, one fdatasync); then its lines are stored and its
+    /// appends told. Ends when closing and nothing is queued.
+    fn write_groups(&self) {
+        loop {
+            let mut state = lock(&self.state);
+            while state.queue.entries.is_empty() && !state.closing {
+                state = self.queued.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            // Lead: write the queued group (ours is it or an earlier one still unwritten).
+            if state.queue.entries.is_empty() {
+                return;
+            }
             let queue = std::mem::take(&mut state.queue);
-            let id = state.next_group;
-            state.next_group += 1;
-            state.writing = true;
             let failed = state.failed.clone();
             drop(state);
             let result = match failed {
                 Some(why) => Err(WalError::Failed(why)),
                 None => self.write_group(&queue),
             };
-            state = lock(&self.state);
-            state.writing = false;
-            state.finished = id;
-            match result {
+            // Stored before anyone is told: a 202 follows both the fsync and the buffering.
+            let mut outcomes = Vec::with_capacity(queue.entries.len());
+            for entry in queue.entries {
+                let outcome = match (&result, entry.store) {
+                    (Ok(_), Some((reservation, lines))) => {
+                        Ok(self.buffers.commit(reservation, &lines))
+                    }
+                    (Ok(_), None) => Ok(Vec::new()),
+                    (Err(e), store) => {
+                        if let Some((reservation, _)) = store {
+                            self.buffers.cancel(reservation);
+                        }
+                        Err(e.clone())
+                    }
+                };
+                outcomes.push((entry.ticket, entry.notify, outcome));
+            }
+            let mut state = lock(&self.state);
+            match &result {
                 Ok(synced) => {
                     state.stats.groups += 1;
                     state.stats.appended_records += queue.records;
-                    if synced {
+                    if *synced {
                         state.stats.fsyncs += 1;
                         state.stats.synced_records += queue.records;
                     }
                 }
                 Err(error) => {
                     state.bytes -= queue.data.len() as u64;
-                    if let WalError::Failed(why) = &error {
+                    if let WalError::Failed(why) = error {
                         state.failed = Some(why.clone());
                         state.stats.failed = Some(why.clone());
                     }
-                    state.errors.insert(id, (error, queue.waiters));
                 }
             }
-            self.wake.notify_all();
+            let mut notify = false;
+            for (ticket, to_list, outcome) in outcomes {
+                if to_list {
+                    state.completed.push((ticket, outcome));
+                    notify = true;
+                } else {
+                    state.results.insert(ticket, outcome);
+                }
+            }
+            drop(state);
+            self.done.notify_all();
+            if notify {
+                // A full socket already holds an unread wakeup: nothing is lost.
+                let _ = (&self.wakeup).write(&[1]);
+            }
         }
     }
 
@@ -842,15 +1041,14 @@ impl Shared {
             .is_none_or(|s| s.bytes >= self.cfg.segment_bytes);
         if files.current.is_none() || full {
             if let Some(old) = files.current.take() {
-                // The closed segment must be whole on disk before appends go elsewhere.
-                if let Err(e) = old.sync_data() {
-                    return Err(WalError::Failed(format!(
-                        "fdatasync of a full segment: {e}"
-                    )));
+                // Sync Always: every group in it is already fsynced. Interval: the maintenance
+                // thread fsyncs it with the next interval.
+                if matches!(self.cfg.sync, SyncMode::Interval(_)) {
+                    files.closed_unsynced.push(old);
                 }
-                files.unsynced_records = 0;
             }
-            files.open_segment().map_err(|e| {
+            self.maintenance.notify_all(); // to create the next spare
+            files.next_segment().map_err(|e| {
                 WalError::Io(format!(
                     "cannot start a segment in {}: {e}",
                     self.cfg.dir.display()
@@ -892,23 +1090,24 @@ impl Shared {
         Ok(synced)
     }
 
-    /// Interval mode: fsyncs what was written since the last fsync.
+    /// Interval mode: fsyncs what was written since the last fsync (full segments, then the
+    /// current one, through a duplicate handle so that appends go on meanwhile).
     fn sync_interval(&self) -> Result<(), WalError> {
-        let (file, records) = {
+        let (files, records) = {
             let mut files = lock(&self.files);
             if files.unsynced_records == 0 {
                 return Ok(());
             }
-            let Some(current) = &files.current else {
-                return Ok(());
-            };
-            let dup = current
-                .try_clone()
-                .map_err(|e| WalError::Io(format!("cannot duplicate the segment handle: {e}")))?;
-            (dup, std::mem::take(&mut files.unsynced_records))
+            let mut todo = std::mem::take(&mut files.closed_unsynced);
+            if let Some(current) = &files.current {
+                let dup = current.try_clone().map_err(|e| {
+                    WalError::Io(format!("cannot duplicate the segment handle: {e}"))
+                })?;
+                todo.push(dup);
+            }
+            (todo, std::mem::take(&mut files.unsynced_records))
         };
-        // Outside the files lock: appends go on while this fsync runs.
-        let result = file.sync_data();
+        let result = files.iter().try_for_each(File::sync_data);
         let mut state = lock(&self.state);
         match result {
             Ok(()) => {
@@ -925,6 +1124,29 @@ impl Shared {
         }
     }
 
+    /// Creates the spare segment if there is none (outside the files lock: the writer goes on).
+    fn prepare_spare(&self) {
+        let id = {
+            let mut files = lock(&self.files);
+            if files.spare.is_some() {
+                return;
+            }
+            files.next_id += 1;
+            files.next_id - 1
+        };
+        // On failure the writer creates its segment itself, and reports the error.
+        if let Ok(file) = create_segment(&self.cfg.dir, id) {
+            lock(&self.files).spare = Some((id, file));
+        }
+    }
+
+    /// Deletes the unused spare segment (at close).
+    fn drop_spare(&self) {
+        if let Some((id, _)) = lock(&self.files).spare.take() {
+            let _ = fs::remove_file(self.cfg.dir.join(segment_name(id)));
+        }
+    }
+
     /// Writes the delivered-through checkpoint if it moved; then deletes every segment none
     /// of whose marks is still open (the current one too: the next append starts a new one),
     /// and, past half the cap, copies the open records of the oldest segment still held
@@ -936,6 +1158,19 @@ impl Shared {
         }
         // Held throughout: one checkpoint at a time (the thread's, or an explicit call).
         let mut checkpointed = lock(&self.checkpointed);
+        {
+            // A current segment that is no longer in the directory is left: the next append
+            // starts a new one, or fails if the directory is gone.
+            let mut files = lock(&self.files);
+            let current = files
+                .segments
+                .back()
+                .map(|s| s.id)
+                .zip(files.current.as_ref());
+            if current.is_some_and(|(id, file)| !files.is_linked(id, file)) {
+                files.current = None;
+            }
+        }
         let through = self.buffers.delivered_through();
         if through > *checkpointed {
             let last_mark = self.buffers.last_mark();
@@ -1015,7 +1250,10 @@ impl Shared {
             }
         }
         if count > 0 {
-            self.write(out, count, marks, true)?;
+            let ticket = self
+                .enqueue(out, count, marks, None, false, true)
+                .map_err(|(e, _)| e)?;
+            self.wait(ticket)?;
         }
         let bytes = {
             let mut files = lock(&self.files);
@@ -1031,28 +1269,38 @@ impl Shared {
         Ok(())
     }
 
-    /// The maintenance thread: interval fsyncs, and the checkpoint once a second.
+    /// The maintenance thread: the spare segment, interval fsyncs, the checkpoint every second.
     fn maintain(&self) {
-        let tick = match self.cfg.sync {
-            SyncMode::Always => CHECKPOINT_EVERY,
-            SyncMode::Interval(every) => every.min(CHECKPOINT_EVERY),
+        let sync_every = match self.cfg.sync {
+            SyncMode::Always => None,
+            SyncMode::Interval(every) => Some(every),
         };
-        let mut last_checkpoint = Instant::now();
+        let mut next_sync = sync_every.map(|every| Instant::now() + every);
+        let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
         let mut state = lock(&self.state);
         while !state.closing {
+            let due = next_sync.map_or(next_checkpoint, |s| s.min(next_checkpoint));
+            let wait = due.saturating_duration_since(Instant::now());
             let (next, _) = self
-                .stop
-                .wait_timeout(state, tick)
+                .maintenance
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|e| e.into_inner());
             if next.closing {
                 return;
             }
             drop(next);
+            self.prepare_spare();
+            let now = Instant::now();
             // Errors are kept in `failed` (fsync) or retried on the next tick (checkpoint).
-            let _ = self.sync_interval();
-            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            if let (Some(at), Some(every)) = (next_sync, sync_every) {
+                if now >= at {
+                    let _ = self.sync_interval();
+                    next_sync = Some(now + every);
+                }
+            }
+            if now >= next_checkpoint {
                 let _ = self.checkpoint();
-                last_checkpoint = Instant::now();
+                next_checkpoint = now + CHECKPOINT_EVERY;
             }
             state = lock(&self.state);
         }
@@ -1131,9 +1379,20 @@ mod tests {
             .expect("dir exists")
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            // Not the spare segment created ahead (a header only).
+            .filter(|p| fs::metadata(p).is_ok_and(|m| m.len() > SEGMENT_MAGIC.len() as u64))
             .collect();
         found.sort();
         found
+    }
+
+    /// Appends and returns the mark the lines got (tests append from one thread).
+    fn mark_of(wal: &Wal, tenant: &str, lines: &[u8], count: usize) -> Result<u64, WalError> {
+        assert!(
+            wal.append_lines(tenant, lines, count)?,
+            "the lines fit the buffers"
+        );
+        Ok(wal.buffers().last_mark())
     }
 
     fn lines(v: &[&str]) -> Vec<String> {
@@ -1145,9 +1404,9 @@ mod tests {
         let dir = TestDir::new();
         let cfg = config(&dir.0, 1 << 20, 1 << 20);
         let wal = open(&cfg);
-        assert_eq!(wal.append_lines("a", b"a1\na2\n", 2), Ok(Some(1)));
-        assert_eq!(wal.append_lines("b", b"b1\n", 1), Ok(Some(2)));
-        assert_eq!(wal.append_lines("a", b"a3\n", 1), Ok(Some(3)));
+        assert_eq!(mark_of(&wal, "a", b"a1\na2\n", 2), Ok(1));
+        assert_eq!(mark_of(&wal, "b", b"b1\n", 1), Ok(2));
+        assert_eq!(mark_of(&wal, "a", b"a3\n", 1), Ok(3));
         let stats = wal.stats();
         assert_eq!(
             (stats.appended_records, stats.fsyncs, stats.segments),
@@ -1164,7 +1423,7 @@ mod tests {
         let found = contents(&wal);
         assert_eq!(found["a"], lines(&["a1", "a2", "a3"]));
         assert_eq!(found["b"], lines(&["b1"]));
-        assert_eq!(wal.append_lines("b", b"b2\n", 1), Ok(Some(4)));
+        assert_eq!(mark_of(&wal, "b", b"b2\n", 1), Ok(4));
         deliver(&wal, "a");
         assert_eq!(wal.buffers().take_delivered(), [1, 3]);
     }
@@ -1195,7 +1454,7 @@ mod tests {
         drop(wal);
         let wal = open(&cfg);
         assert_eq!(wal.replay_stats().records, 0);
-        assert_eq!(wal.append_lines("c", b"c1\n", 1), Ok(Some(4)));
+        assert_eq!(mark_of(&wal, "c", b"c1\n", 1), Ok(4));
     }
 
     #[test]
@@ -1210,13 +1469,13 @@ mod tests {
                 let line = format!("a{i}\n");
                 assert!(matches!(
                     wal.append_lines("a", line.as_bytes(), 1),
-                    Ok(Some(_))
+                    Ok(true)
                 ));
             }
             let line = format!("b{i}\n");
             assert!(matches!(
                 wal.append_lines("b", line.as_bytes(), 1),
-                Ok(Some(_))
+                Ok(true)
             ));
             deliver(&wal, "b");
             assert_eq!(wal.checkpoint(), Ok(()));
@@ -1300,7 +1559,7 @@ mod tests {
         let wal = open(&cfg);
         assert_eq!(wal.replay_stats().quarantined_files, 1);
         assert!(dir.0.join("00000000000000000001.wal.broken").exists());
-        assert_eq!(wal.append_lines("a", b"x\n", 1), Ok(Some(1)));
+        assert_eq!(mark_of(&wal, "a", b"x\n", 1), Ok(1));
     }
 
     #[test]
@@ -1322,7 +1581,7 @@ mod tests {
         assert_eq!(wal.buffers().take_delivered(), [3]);
         deliver(&wal, "a");
         assert_eq!(wal.checkpoint(), Ok(()));
-        assert_eq!(wal.append_lines("a", b"a3\n", 1), Ok(Some(4)));
+        assert_eq!(mark_of(&wal, "a", b"a3\n", 1), Ok(4));
     }
 
     #[test]
@@ -1368,7 +1627,7 @@ mod tests {
         assert_eq!(wal.buffers().total_bytes(), 0);
         assert_eq!(wal.failed(), None);
         fs::create_dir_all(&dir.0).expect("creates");
-        assert_eq!(wal.append_lines("a", b"a1\n", 1), Ok(Some(2)));
+        assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(2));
     }
 
     #[test]
@@ -1384,7 +1643,7 @@ mod tests {
                         let line = format!("t{t} {i}\n");
                         assert!(matches!(
                             wal.append_lines("a", line.as_bytes(), 1),
-                            Ok(Some(_))
+                            Ok(true)
                         ));
                     }
                 });
@@ -1473,7 +1732,8 @@ mod tests {
                         let body = text.iter().map(|l| format!("{l}\n")).collect::<String>();
                         let tenant = format!("t{tenant}");
                         match wal.append_lines(&tenant, body.as_bytes(), text.len()) {
-                            Ok(Some(mark)) => {
+                            Ok(true) => {
+                                let mark = wal.buffers().last_mark();
                                 for line in text {
                                     acked.insert(line, mark);
                                 }

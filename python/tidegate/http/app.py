@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from tidegate import logs
 from tidegate.config import Config
-from tidegate.http import ingest, limits, ops, shelly
+from tidegate.http import api, ingest, limits, ops, shelly
 from tidegate.http.endpoint import http_error, json_response
 from tidegate.http.gateway import Gateway
 
@@ -51,12 +51,14 @@ def create_app(cfg: Config) -> Starlette:
             await gw.stop()
 
     app = Starlette(
-        routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw)],
+        routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw), *api.routes(gw)],
         lifespan=lifespan,
         exception_handlers=_ERROR_HANDLERS,
     )
     app.state.gateway = gw
-    app.state.ops_app = Starlette(routes=ops.routes(gw), exception_handlers=_ERROR_HANDLERS)
+    app.state.ops_app = Starlette(
+        routes=[*ops.routes(gw), *api.ops_routes(gw)], exception_handlers=_ERROR_HANDLERS
+    )
     return app
 
 

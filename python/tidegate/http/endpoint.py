@@ -1,5 +1,6 @@
 """What every route goes through: refusal while draining, the latency histogram, the response
-count, and errors (a body that cannot be read or parsed) rendered as JSON `{"detail"}`."""
+count, and errors (a body that cannot be read or parsed, a bug in the core) rendered as JSON
+`{"detail"}`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidegate._core import BUFFER_FULL
+from tidegate.durable import Refused
 from tidegate.http.gateway import Gateway
 from tidegate.http.limits import BODY_TIMED_OUT
 from tidegate.logs import log
@@ -32,6 +34,15 @@ def json_response(
 def unavailable(gw: Gateway) -> Response:
     """503 for requests that arrive while shutting down."""
     return json_response(503, {"detail": "shutting down"}, {"Retry-After": gw.buffer_retry_after})
+
+
+def refused(gw: Gateway, exc: Refused) -> Response:
+    """503: the write-ahead log could not take the request (at its cap: BUFFER_FULL; or it
+    cannot write); nothing of it was stored."""
+    content: dict[str, str] = {"detail": exc.detail}
+    if exc.reason is not None:
+        content["reason"] = exc.reason
+    return json_response(503, content, {"Retry-After": gw.buffer_retry_after})
 
 
 def buffer_full(gw: Gateway) -> Response:
@@ -72,13 +83,16 @@ def route(
     body_error: int = 400,
 ) -> Route:
     """`handler` at `method path`, timed and counted as `name`. An `ingest` route answers 503
-    while the gateway drains; the core's BodyError becomes `body_error` with its detail. A
-    client gone before its body was read is counted and logged once (its answer goes nowhere);
-    one cut by the body deadline counts as the 408 http/limits.py sent it."""
+    while the gateway drains; the core's BodyError becomes `body_error` with its detail; a
+    write-ahead log refusal becomes 503; a panic in the core (a BaseException, which
+    Starlette's 500 handler does not see) a logged, counted JSON 500. A client gone before its
+    body was read is counted and logged once (its answer goes nowhere); one cut by the body
+    deadline counts as the 408 http/limits.py sent it."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
     body_error_type = gw.core.BodyError
+    panic_type = gw.core.PanicException
 
     async def endpoint(request: Request) -> Response:
         start = clock()
@@ -91,6 +105,8 @@ def route(
             response = await http_error(request, exc)
         except body_error_type as exc:
             response = json_response(body_error, {"detail": exc.detail})
+        except Refused as exc:
+            response = refused(gw, exc)
         except ClientDisconnect:
             if getattr(request.state, BODY_TIMED_OUT, False):
                 response = Response(status_code=408)
@@ -98,6 +114,9 @@ def route(
                 gw.metrics.client_disconnected(name)
                 log("client_disconnected", route=name, client=_client(request))
                 return Response(status_code=499)
+        except panic_type as exc:
+            log("core_panic", level="error", exc=exc, route=name, error=str(exc))
+            response = json_response(500, {"detail": "internal server error"})
         observe(clock() - start)
         count(name, response.status_code)
         return response

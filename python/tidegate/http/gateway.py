@@ -6,16 +6,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tidegate import core, logs
-from tidegate.auth import Authenticator
 from tidegate.config import Config
+from tidegate.durable import Accept
+from tidegate.http.admission import Admitter, retry_after_header
+from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
-from tidegate.ratelimit import RateLimiter, retry_after_header
+from tidegate.refusals import Refusals
 from tidegate.sink.scheduler import Sink
 from tidegate.store import open_registry
 from tidegate.store.registry import Registry
+from tidegate.tenant_keys import TenantKeys
 
 if TYPE_CHECKING:
-    from tidegate._core import TenantBuffers
+    from tidegate._core import FieldTypes, Latest, TenantBuffers
     from tidegate.nats.edge import Publisher
 
 
@@ -25,8 +28,13 @@ class Services:
 
     registry: Registry
     buffers: TenantBuffers
+    accept: Accept
+    field_types: FieldTypes
     sink: Sink
-    auth: Authenticator
+    admitter: Admitter
+    latest: Latest
+    latest_writer: LatestWriter
+    tenant_keys: TenantKeys
     # NATS mode: the ingest routes publish to JetStream instead of appending to the buffers
     # (Shelly's readings keep the buffers and the sink in both modes).
     publisher: Publisher | None = None
@@ -47,50 +55,84 @@ class Gateway:
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.draining = False
+        self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.shutdown_lost_lines = 0
         # BUFFER_FULL clears when the sink frees space; a flush interval is the soonest that is.
         self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
 
     async def start(self) -> None:
-        """Open and migrate the registry, create the buffers, start the sink."""
+        """Open and migrate the registry, create the buffers, open the write-ahead log (its
+        undelivered records back into the buffers before anything is served), start the sink."""
         cfg = self.cfg
         registry = await open_registry(cfg)
         await registry.migrate()
         buffers = self.core.TenantBuffers(
-            cfg.influx_batch_size, cfg.buffer_flush_bytes, cfg.buffer_max_bytes
+            cfg.influx_batch_size,
+            cfg.buffer_flush_bytes,
+            cfg.buffer_max_bytes,
+            cfg.buffer_tenant_max_bytes,
         )
-        sink = Sink(cfg, buffers, on_flush=self.metrics.on_flush)
+        accept = Accept(cfg, buffers)
+        await accept.start()
+        field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
+        sink = Sink(
+            cfg,
+            buffers,
+            on_flush=self.metrics.on_flush,
+            spill=not accept.durable,
+            field_types=field_types,
+        )
         await sink.start()
-        auth = Authenticator(
-            registry,
-            RateLimiter(cfg.default_rps, cfg.default_burst, cfg.auth_cache_max_entries),
+        latest = self.core.Latest()
+        latest_writer = LatestWriter(
+            latest, registry.device_state, cfg.influx_flush_interval_ms / 1000
+        )
+        latest_writer.start()
+        tenant_keys = TenantKeys(
+            registry.tenant_for_api_key,
             cfg.auth_cache_ttl_s,
             cfg.auth_cache_negative_ttl_s,
             cfg.auth_cache_max_entries,
         )
-        self.services = Services(registry, buffers, sink, auth, self._publisher())
-        self.metrics.bind(buffers, sink.stats, self._extra_stats)
+        self.services = Services(
+            registry,
+            buffers,
+            accept,
+            field_types,
+            sink,
+            Admitter.from_config(self.core, cfg, registry),
+            latest,
+            latest_writer,
+            tenant_keys,
+            self._publisher(),
+        )
+        self.metrics.bind(buffers, sink.stats, self._extra_stats, accept.stats)
         logs.log(
             "gateway_started",
             mode=cfg.mode,
             core=cfg.core,
             registry=registry.backend,
             sink=cfg.influxdb_url or str(cfg.data_dir / "lp"),
+            durability=cfg.durability,
         )
 
     async def stop(self) -> None:
-        """Refuse new work, flush every buffer, close the registry. The sink keeps to
-        `shutdown_deadline_s` itself and spills what it could not write to files that
-        `tidegate replay` sends later; only lines it could not even spill count as lost."""
+        """Refuse new work, flush every buffer, close the log and the registry. The sink keeps
+        to `shutdown_deadline_s` itself; what it could not write stays in the write-ahead log
+        for the next start, or (memory mode) is spilled to files that `tidegate replay` sends
+        later; only lines it could not even spill count as lost."""
         self.draining = True
         services = self.services
         await services.sink.stop()
+        await services.latest_writer.stop()
+        await services.accept.close()
         sink_stats = services.sink.stats()
         self.shutdown_lost_lines = sink_stats["lost"]
         logs.log(
             "gateway_stopped",
             level="error" if self.shutdown_lost_lines else "info",
             spilled_lines=sink_stats["spilled"],
+            left_in_wal_lines=sink_stats["logged"],
             lost_lines=self.shutdown_lost_lines,
         )
         await services.registry.close()
@@ -117,10 +159,14 @@ class Gateway:
         s = self.services
         return {
             "registry_queries": s.registry.queries,
-            "auth_cache_entries": len(s.auth),
-            "auth_cache_hits": s.auth.hits,
-            "auth_cache_misses": s.auth.misses,
-            "rate_limit_buckets": len(s.auth.limiter),
+            **s.admitter.stats(),
+            "field_types": len(s.field_types),
+            "field_types_untracked": s.field_types.untracked,
+            "telemetry_latest_devices": len(s.latest),
+            "device_state_upserts": s.latest_writer.upserts,
+            "device_state_failures": s.latest_writer.failures,
+            "tenant_key_cache_hits": s.tenant_keys.hits,
+            "tenant_key_cache_misses": s.tenant_keys.misses,
             "draining": int(self.draining),
             **(s.publisher.counters() if s.publisher is not None else {}),
         }

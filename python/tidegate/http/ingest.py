@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute
 
 from tidegate._core import (
     BUFFER_FULL,
+    INVALID_METRICS,
     PAYLOAD_TOO_LARGE,
     RATE_LIMITED,
     SITE_MISMATCH,
@@ -21,20 +22,25 @@ from tidegate._core import (
     reason_detail,
     valid_id,
 )
+from tidegate.http.admission import DB_RETRY_AFTER, retry_after_header
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import JSON, buffer_full, json_response, route, utf8_header
 from tidegate.http.gateway import Gateway
-from tidegate.ratelimit import retry_after_header
 
 if TYPE_CHECKING:
     from tidegate._core import Batch
 
 TOKEN_HEADER = "x-provision-token"
-# UNAVAILABLE (NATS down, no PubAck, stream full): the edge retries within the request, so the
-# client's retry is worth a pause of its own.
-UNAVAILABLE_RETRY_AFTER_S = 1.0
 UNAUTHORIZED_BODY = orjson.dumps(
     {"detail": "a valid X-Provision-Token header is required for this device"}
+)
+REGISTRY_UNAVAILABLE_BODY = orjson.dumps(
+    {"detail": "the device registry is unavailable; retry later", "reason": UNAVAILABLE}
+)
+# NATS mode: JetStream did not acknowledge the publish (NATS down, no PubAck, stream full). The
+# edge retried within the request, so the client's retry is worth the same pause.
+NATS_UNAVAILABLE_BODY = orjson.dumps(
+    {"detail": "ingest is unavailable; retry later", "reason": UNAVAILABLE}
 )
 
 
@@ -68,7 +74,7 @@ class Ingest:
         cfg = self.cfg
         body = await read_body(request, cfg.max_body_bytes)
         batch = self.core.parse_batch(body, time.time_ns(), cfg.max_payload_bytes)
-        retry_after = await self._ingest(batch)
+        await self._ingest(batch)
         accepted, rejected, out = batch.response_json()
         if not rejected:
             self.metrics.count(accepted, ())
@@ -77,10 +83,11 @@ class Ingest:
         self.metrics.count(accepted, counts)
         reasons = dict(counts)
         headers: dict[str, str] | None = None
+        retry_after = batch.retry_after
         if BUFFER_FULL in reasons:
             retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
         if UNAVAILABLE in reasons:
-            retry_after = max(retry_after, UNAVAILABLE_RETRY_AFTER_S)
+            retry_after = max(retry_after, float(DB_RETRY_AFTER))
         if BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons:
             headers = {"Retry-After": retry_after_header(retry_after)}
         return Response(out, _batch_status(accepted, rejected, reasons), headers, JSON)
@@ -98,30 +105,43 @@ class Ingest:
         batch = self.core.parse_single(
             body, tenant, device, params["msg_type"], token, time.time_ns(), cfg.max_payload_bytes
         )
-        retry_after = await self._ingest(batch)
+        published = await self._ingest(batch)
         accepted, _rejected, _out = batch.response_json()
         if accepted:
             self.metrics.count(1, ())
             return Response(b'{"status":"accepted"}', 202, None, JSON)
         counts = batch.reason_counts()
         self.metrics.count(0, counts)
-        return self._single_rejection(counts[0][0], tenant, device, retry_after)
+        details = batch.details()
+        if details:
+            return json_response(400, {"detail": details[0][1], "reason": INVALID_METRICS})
+        reason = counts[0][0]
+        if reason == UNAVAILABLE:
+            body = REGISTRY_UNAVAILABLE_BODY if published else NATS_UNAVAILABLE_BODY
+            return Response(body, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
+        return self._single_rejection(reason, tenant, device, batch.retry_after)
 
-    async def _ingest(self, batch: Batch) -> float:
-        """Auth, resolve, buffer and notify: the shared tail of both routes. Returns the
-        longest rate-limit wait among the batch's devices."""
+    async def _ingest(self, batch: Batch) -> bool:
+        """Admission (auth, site, rate limit), field types, then buffer and notify, or in NATS
+        mode publish: the shared tail of both routes. False when JetStream did not acknowledge
+        some tenant's lines (their items become UNAVAILABLE)."""
         services = self.gw.services
-        retry_after = await services.auth.admit(batch)
+        await services.admitter.admit(batch)
+        services.field_types.admit(batch)
+        published = True
         if services.publisher is not None:
-            # NATS mode: answered only after JetStream acknowledged each tenant's lines.
+            # Answered only after JetStream acknowledged each tenant's lines.
             failed = await services.publisher.publish(batch.tenant_lines())
             if failed:
-                batch.withdraw(failed, UNAVAILABLE)
-            return retry_after
-        ready = services.buffers.append(batch)
-        if ready:
-            services.sink.notify(ready)
-        return retry_after
+                published = batch.withdraw(failed, UNAVAILABLE) == 0
+        else:
+            ready = await services.accept.append(batch)
+            if ready:
+                services.sink.notify(ready)
+        services.latest.record(batch)
+        if batch.retry_after:
+            self.gw.refusals.record(batch.refusals(RATE_LIMITED))
+        return published
 
     def _single_rejection(
         self, reason: str, tenant: str, device: str, retry_after: float
@@ -129,7 +149,7 @@ class Ingest:
         if reason == UNAUTHORIZED:
             return Response(UNAUTHORIZED_BODY, 401, None, JSON)
         if reason == RATE_LIMITED:
-            rps, burst = self.gw.services.auth.limits((tenant, device))
+            rps, burst = self.gw.services.admitter.admission.limits(tenant, device)
             return json_response(
                 429,
                 {
@@ -145,12 +165,6 @@ class Ingest:
             )
         if reason == BUFFER_FULL:
             return buffer_full(self.gw)
-        if reason == UNAVAILABLE:
-            return json_response(
-                503,
-                {"detail": "ingest is unavailable; retry later", "reason": UNAVAILABLE},
-                {"Retry-After": retry_after_header(UNAVAILABLE_RETRY_AFTER_S)},
-            )
         if reason == SITE_MISMATCH:
             return json_response(
                 403,
@@ -169,12 +183,12 @@ class Ingest:
 
 def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:
     """202 if anything was accepted. Otherwise, when every rejection is worth retrying as
-    is, 503 (buffers full, NATS unavailable) or 429 (rate limited) so clients back off instead
-    of dropping; else 400."""
+    is, 503 (buffers full, registry or NATS unavailable) or 429 (rate limited) so clients back off
+    instead of dropping; else 400."""
     if accepted:
         return 202
-    full = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
+    unavailable = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
     limited = reasons.get(RATE_LIMITED, 0)
-    if full + limited == rejected:
-        return 503 if full else 429
+    if unavailable + limited == rejected:
+        return 503 if unavailable else 429
     return 400

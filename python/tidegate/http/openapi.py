@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py), written by hand;
+"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py, api.py), by hand;
 the limits, patterns and reason codes in it come from the compiled core."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tidegate._core import (
     MSG_TYPES,
     RATE_LIMITED,
     REASONS,
+    SHELLY_REASONS,
     TENANT_PATTERN,
 )
 from tidegate.ids import ID_RULE
@@ -137,6 +138,12 @@ _SCHEMAS: dict[str, Any] = {
                         "index": {"type": "integer"},
                         "status": {"type": "string", "enum": ["accepted", "rejected"]},
                         "reason": {"type": "string", "enum": list(REASONS)},
+                        "detail": {
+                            "type": "string",
+                            "description": (
+                                "INVALID_METRICS for a field type conflict only: names the field"
+                            ),
+                        },
                         "device_id": {"type": "string"},
                     },
                 },
@@ -172,9 +179,10 @@ _PATHS: dict[str, Any] = {
                 "202 when any message was accepted; 429/503 when none was and every rejection "
                 "is retryable (RATE_LIMITED / BUFFER_FULL / UNAVAILABLE); 400 otherwise. "
                 "Retry-After is set whenever an item was RATE_LIMITED, BUFFER_FULL or "
-                "UNAVAILABLE. A 202 means the accepted messages are in the gateway's bounded "
-                "in-memory buffer (direct mode) or stored by NATS JetStream (NATS mode; a "
-                "tenant whose publish JetStream did not acknowledge gets UNAVAILABLE)."
+                "UNAVAILABLE (registry unreachable, or in NATS mode a tenant whose publish "
+                "JetStream did not acknowledge). A 202 means the accepted messages are in the "
+                "gateway's bounded in-memory buffer (direct mode) or stored by NATS JetStream "
+                "(NATS mode)."
             ),
             "parameters": [_GZIP],
             "requestBody": {
@@ -193,7 +201,7 @@ _PATHS: dict[str, Any] = {
                 "429": response_spec(_ref("BatchResponse"), "Every message rate limited", True),
                 "503": response_spec(
                     {"oneOf": [_ref("BatchResponse"), DETAIL]},
-                    "Buffers full, NATS unavailable (NATS mode), or shutting down",
+                    "Buffers full, registry or NATS unavailable, or shutting down",
                     True,
                 ),
             },
@@ -229,7 +237,7 @@ _PATHS: dict[str, Any] = {
                 ),
                 "503": response_spec(
                     DETAIL,
-                    "Buffers full (BUFFER_FULL), NATS unavailable (UNAVAILABLE, NATS mode), "
+                    "Buffers full (BUFFER_FULL), registry or NATS unavailable (UNAVAILABLE), "
                     "or shutting down",
                     True,
                 ),
@@ -328,16 +336,7 @@ _SHELLY_RESPONSE: dict[str, Any] = {
                 "required": ["index", "reason"],
                 "properties": {
                     "index": {"type": "integer"},
-                    "reason": {
-                        "type": "string",
-                        "enum": [
-                            "INVALID_MESSAGE",
-                            "INVALID_SRC",
-                            "INVALID_TIMESTAMP",
-                            "INVALID_PARAMS",
-                            "INVALID_READING",
-                        ],
-                    },
+                    "reason": {"type": "string", "enum": list(SHELLY_REASONS)},
                 },
             },
         },
@@ -416,12 +415,225 @@ _SHELLY_PATHS: dict[str, Any] = {
 }
 
 
+# -- The tenant API (api.py) ------------------------------------------------------------------
+
+_BEARER = {
+    "name": "Authorization",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^Bearer .+$"},
+    "description": "`Bearer <tenant api key>` (from `tidegate tenant add`): scopes every read "
+    "and write to that tenant; another tenant's ids are answered as 404 items.",
+}
+_API_401 = response_spec(DETAIL, "Missing or invalid Bearer key (WWW-Authenticate: Bearer)")
+_API_503 = response_spec(DETAIL, "The registry database cannot be reached", True)
+_TIME = {"type": "string", "format": "date-time"}
+_ITEM_RESULT = {
+    "type": "object",
+    "required": ["id", "status", "status_code"],
+    "properties": {
+        "id": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["success", "error"]},
+        "status_code": {"type": "integer"},
+        "data": {"type": "object"},
+        "error": {"type": "string"},
+    },
+}
+_TOTALS = {
+    "total_requested": _COUNT,
+    "total_succeeded": _COUNT,
+    "total_failed": _COUNT,
+    "processed_at": _TIME,
+}
+_LIMITS = {
+    "type": "object",
+    "properties": {"rps": {"type": "number"}, "burst": {"type": "integer"}},
+}
+_NULLABLE_NUMBER = {"type": ["number", "null"], "description": "null: the default applies"}
+_NULLABLE_INT = {"type": ["integer", "null"], "description": "null: the default applies"}
+_DEVICE_FIELDS = {
+    "device_id": _ID,
+    "site_id": _ID,
+    "status": {"type": "string", "enum": ["active", "revoked"]},
+    "rps": _NULLABLE_NUMBER,
+    "burst": _NULLABLE_INT,
+    "created_at": _TIME,
+    "updated_at": _TIME,
+    "last_seen_at": {**_TIME, "type": ["string", "null"]},
+}
+_LATEST_FIELDS = {
+    "device_id": _ID,
+    "msg_type": _MSG_TYPE,
+    "ts": {**_TIME, "description": "the point's time, nanoseconds; receive time without ts"},
+    "seq": {"type": "integer", "minimum": 0},
+    "metrics": {"type": "object", "description": "as stored: numbers as floats, booleans"},
+    "received_at": _TIME,
+}
+_OPERATION = {
+    "type": "object",
+    "required": ["op", "device_id"],
+    "properties": {
+        "op": {"type": "string", "enum": ["create", "update", "revoke", "rotate_token"]},
+        "device_id": _ID,
+        "site_id": {**_ID, "description": "create (required), update"},
+        "rps": {**_NULLABLE_NUMBER, "description": "create, update; null: the default"},
+        "burst": {**_NULLABLE_INT, "description": "create, update; null: the default"},
+        "provision_token": {
+            "type": "string",
+            "description": "create, rotate_token; default: a random 256-bit token",
+        },
+    },
+}
+
+
+def _api_post(summary: str, description: str, body: dict[str, Any], ok: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "description": description,
+            "parameters": [_BEARER, _GZIP],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": response_spec(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "resource_type": {"type": "string"},
+                            "results": {"type": "array", "items": _ITEM_RESULT},
+                            **_TOTALS,
+                        },
+                    },
+                    ok,
+                ),
+                "400": response_spec(
+                    DETAIL,
+                    "Not JSON, not an object, unknown resource_type "
+                    "or field names (listed in unknown_fields)",
+                ),
+                "401": _API_401,
+                "413": response_spec(DETAIL, "Body over TIDEGATE_MAX_BODY_BYTES"),
+                "422": response_spec(DETAIL, "ids/operations empty, over 100, or not a list"),
+                "503": _API_503,
+            },
+        }
+    }
+
+
+_API_PATHS: dict[str, Any] = {
+    "/api/v1/batch/get": _api_post(
+        "Read up to 100 devices or their last messages in one request",
+        "One result per id in request order (duplicates answered at each position): 200 with "
+        "`data` (only the `fields` asked for), 404 for an unknown id or another tenant's, 422 "
+        "for an invalid id. One registry query per request. telemetry_latest is 404 for a "
+        "device that has sent no accepted message yet.",
+        {
+            "type": "object",
+            "required": ["resource_type", "ids"],
+            "properties": {
+                "resource_type": {"type": "string", "enum": ["devices", "telemetry_latest"]},
+                "ids": {"type": "array", "minItems": 1, "maxItems": 100, "items": _ID},
+                "fields": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "string",
+                        "enum": sorted({*_DEVICE_FIELDS, *_LATEST_FIELDS}),
+                    },
+                    "description": f"devices: {', '.join(_DEVICE_FIELDS)}; telemetry_latest: "
+                    f"{', '.join(_LATEST_FIELDS)}. Default: all of the type's fields.",
+                },
+            },
+        },
+        "Per id a result; totals; processed_at",
+    ),
+    "/api/v1/batch/devices": _api_post(
+        "Create, update, revoke or rotate the token of up to 100 devices",
+        "Per operation a result with `index`, `op` and status_code 201 (created: `data` holds "
+        "the provision_token, shown once), 200, 404 (no such device in the tenant), 409 "
+        "(already active; rotate of a revoked device) or 422 (invalid). The valid operations "
+        "run in order in one transaction; invalid ones do not block them. revoke and "
+        "rotate_token take effect on this node at once, on others within "
+        "TIDEGATE_AUTH_CACHE_TTL_S.",
+        {
+            "type": "object",
+            "required": ["operations"],
+            "properties": {
+                "operations": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100,
+                    "items": _OPERATION,
+                }
+            },
+        },
+        "Per operation a result; totals; processed_at",
+    ),
+    "/ingest/v1/metrics/rate-limits": {
+        "get": {
+            "summary": "Rate-limit refusals of this process, per tenant",
+            "description": "Public listener: a Bearer tenant key is required and scopes it "
+            "to that tenant. Ops listener: without Authorization every tenant with refusals, "
+            "with a key that tenant only. limited_devices: devices refused within the last "
+            "limited_window_s seconds. In NATS mode each worker serves its own.",
+            "parameters": [
+                {**_BEARER, "required": False, "description": "required on the public listener"},
+                {
+                    "name": "top",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                },
+            ],
+            "responses": {
+                "200": response_spec(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "default_limits": _LIMITS,
+                            "window_s": {"const": 60},
+                            "limited_window_s": {"const": 10},
+                            "tenants": {
+                                "type": "object",
+                                "additionalProperties": {
+                                    "type": "object",
+                                    "properties": {
+                                        "limited_devices": _COUNT,
+                                        "refused_last_minute": _COUNT,
+                                        "refused_total": _COUNT,
+                                        "top_devices": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "device_id": _ID,
+                                                    "refused_last_minute": _COUNT,
+                                                    "refused_total": _COUNT,
+                                                    "last_refused_at": _TIME,
+                                                    "limit": _LIMITS,
+                                                },
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "Refusal counts",
+                ),
+                "400": response_spec(DETAIL, "top is not an integer 1..100"),
+                "401": _API_401,
+            },
+        }
+    },
+}
+
+
 def spec() -> dict[str, Any]:
     """The OpenAPI document."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "tidegate", "version": __version__},
-        "paths": {**_PATHS, **_SHELLY_PATHS},
+        "paths": {**_PATHS, **_SHELLY_PATHS, **_API_PATHS},
         "components": {
             "schemas": _SCHEMAS,
             "headers": {

@@ -78,6 +78,9 @@ class Ops:
             await asyncio.wait_for(services.registry.ping(), READY_TIMEOUT_S)
         except Exception as exc:  # any failure to answer means not ready
             return f"registry does not answer: {type(exc).__name__}"
+        wal = services.accept.not_ready_reason()
+        if wal is not None:
+            return wal
         if services.publisher is not None and not services.publisher.link.connected:
             return f"not connected to NATS ({services.publisher.link.last_error or 'connecting'})"
         if services.sink.failing:

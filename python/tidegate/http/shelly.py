@@ -10,11 +10,9 @@ encoded as line protocol into the tenant's buffer so they reach InfluxDB too.
 from __future__ import annotations
 
 import hmac
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import orjson
 from prometheus_client import Counter
 from starlette.requests import Request
@@ -23,38 +21,21 @@ from starlette.routing import BaseRoute
 
 from tidegate import logs
 from tidegate._core import BUFFER_FULL, MAX_SHELLY_MESSAGES
+from tidegate.durable import Refused
+from tidegate.http.admission import DB_RETRY_AFTER
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import JSON, buffer_full, route
 from tidegate.http.gateway import Gateway
+from tidegate.store import db_down
 
 if TYPE_CHECKING:
     from tidegate._core import ShellyBatch
 
 API_KEY_HEADER = "x-api-key"
-DB_RETRY_AFTER_S = "1"
 
 CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
 UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
 DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
-
-# Failures to reach the database, worth a retry: the batch was one statement, so either all of
-# it is stored or none, and a retry of a stored batch only finds duplicates. Anything else
-# (a bug, a value the database refuses) stays a 500: retrying it would never succeed.
-_DB_DOWN: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    sqlite3.OperationalError,
-)
-
-
-def db_down(exc: Exception) -> bool:
-    """True when `exc` says the database cannot be reached now (503), not that a query is wrong."""
-    # asyncpg raises a plain InterfaceError for a closed connection or pool; its subclasses
-    # are client-side mistakes (a value it cannot encode, an unsupported feature): bugs.
-    return type(exc) is asyncpg.InterfaceError or isinstance(exc, _DB_DOWN)
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
@@ -103,15 +84,17 @@ class Shelly:
             body = await read_body(request, gw.cfg.shelly_max_body_bytes)
             batch = gw.core.parse_shelly(body, int(time.time()), MAX_SHELLY_MESSAGES)
             found = len(batch)
-            if found and not self._room_for(batch, found):
+            if found and not self._room_for(tenant, batch, found):
                 return self._buffer_full(tenant, found)
+            if found and (why := gw.services.accept.not_ready_reason()) is not None:
+                raise Refused(why, None)
             rows = await gw.services.registry.power_logs.insert(tenant, batch) if found else []
         except Exception as exc:
             if not db_down(exc):
                 raise
             return self._db_unavailable("shelly_batch", exc)
         if rows:
-            self._buffer(tenant, batch, rows)
+            await self._buffer(tenant, batch, rows)
         return self._respond(tenant, batch, found, len(rows), start)
 
     async def stats(self, request: Request) -> Response:
@@ -141,7 +124,7 @@ class Shelly:
                 key = raw.decode()
             except UnicodeDecodeError:
                 key = None  # tenant keys are text: no UTF-8, no match
-            tenant = await self.gw.services.registry.tenant_for_api_key(key) if key else None
+            tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
             if tenant is not None:
                 return tenant
         if cfg.ingest_api_key is None and not await self.gw.services.registry.has_tenants():
@@ -153,37 +136,45 @@ class Shelly:
             return Response(CONFIG_ERROR, 500, None, JSON)
         return Response(UNAUTHORIZED, 401, None, JSON)
 
-    def _room_for(self, batch: ShellyBatch, found: int) -> bool:
-        """Whether every reading's line protocol would fit the buffers now.
+    def _room_for(self, tenant: str, batch: ShellyBatch, found: int) -> bool:
+        """Whether every reading's line protocol would fit the buffers now, under the global
+        and the tenant's cap.
 
         Checked before the insert: once the rows are stored, a retry finds only duplicates
         and buffers nothing, so this is the last moment to push back instead of dropping."""
         need = batch.encoded_size(range(found))
         buffers = self.gw.services.buffers
-        return buffers.total_bytes + need <= buffers.max_bytes
+        held = buffers.tenant_bytes().get(tenant, 0)
+        return (
+            buffers.total_bytes + need <= buffers.max_bytes
+            and held + need <= buffers.tenant_max_bytes
+        )
 
     def _buffer_full(self, tenant: str, found: int) -> Response:
         logs.log("shelly_buffer_full", level="warning", tenant=tenant, readings=found)
         return buffer_full(self.gw)
 
-    def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
-        """Queue the new readings' line protocol for InfluxDB.
+    async def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
+        """Queue the new readings' line protocol for InfluxDB (through the write-ahead log
+        when there is one).
 
         They are already stored in power_logs, the record a retry is checked against; a retry
-        would find them all duplicates and buffer nothing. `_room_for` refused the request when
-        the lines could not fit; if concurrent requests filled the buffer since, the lines are
-        dropped, counted and logged rather than failing a request that did its job.
+        would find them all duplicates and buffer nothing. `_room_for` (and the log's state)
+        refused the request when the lines could not be taken; if concurrent requests filled
+        the buffer since, or the log failed in between, the lines are dropped, counted and
+        logged rather than failing a request that did its job.
         """
         services = self.gw.services
         lines, count = batch.encode(rows)
-        if not services.buffers.append_lines(tenant, lines, count):
+        try:
+            taken = await services.accept.append_lines(tenant, lines, count)
+            why = BUFFER_FULL
+        except Refused as exc:
+            taken, why = False, exc.detail
+        if not taken:
             self.influx_dropped.inc(count)
             logs.log(
-                "shelly_influx_dropped",
-                level="warning",
-                tenant=tenant,
-                lines=count,
-                reason=BUFFER_FULL,
+                "shelly_influx_dropped", level="warning", tenant=tenant, lines=count, reason=why
             )
             return
         ready = services.buffers.ready()
@@ -223,4 +214,4 @@ class Shelly:
 
     def _db_unavailable(self, route: str, exc: BaseException) -> Response:
         logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
-        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER_S}, JSON)
+        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)

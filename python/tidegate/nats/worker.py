@@ -35,8 +35,10 @@ from nats.aio.msg import Msg
 from prometheus_client import Histogram
 
 from tidegate import core, logs
-from tidegate.auth import Authenticator
+from tidegate._core import BUFFER_FULL, UNAVAILABLE
 from tidegate.config import Config
+from tidegate.http.admission import Admitter
+from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
 from tidegate.nats.settings import (
     CONSUMER,
@@ -47,7 +49,6 @@ from tidegate.nats.settings import (
     SUBJECT_HEADER,
 )
 from tidegate.nats.stream import Link
-from tidegate.ratelimit import RateLimiter
 from tidegate.sink.scheduler import Sink
 from tidegate.store import open_registry
 from tidegate.store.registry import Registry
@@ -55,11 +56,12 @@ from tidegate.store.registry import Registry
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-    from tidegate._core import Batch, TenantBuffers
+    from tidegate._core import Batch, FieldTypes, Latest, TenantBuffers
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
 UNAUTHORIZED = "UNAUTHORIZED"
-BUFFER_FULL = "BUFFER_FULL"
+# Retryable as is: the message goes back to JetStream (nak) instead of being rejected.
+RETRYABLE = frozenset({BUFFER_FULL, UNAVAILABLE})
 # Not a per-item reason: the message is not JSON, or not the shape its subject calls for.
 UNREADABLE = "UNREADABLE"
 # The worker's own stop and idle waits.
@@ -147,7 +149,10 @@ class Worker:
     registry: Registry
     buffers: TenantBuffers
     sink: Sink
-    auth: Authenticator
+    admitter: Admitter
+    field_types: FieldTypes
+    latest: Latest
+    latest_writer: LatestWriter
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -155,7 +160,6 @@ class Worker:
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.stats = WorkerStats()
-        self.limiter = RateLimiter(cfg.default_rps, cfg.default_burst, cfg.auth_cache_max_entries)
         self.link = Link(cfg.nats, "worker", consumer=True)
         self.stopping = False
         self._held: dict[int, _Held] = {}
@@ -170,18 +174,28 @@ class Worker:
         self.registry = await open_registry(cfg)
         await self.registry.migrate()
         self.buffers = self.core.TenantBuffers(
-            cfg.influx_batch_size, cfg.buffer_flush_bytes, cfg.buffer_max_bytes
+            cfg.influx_batch_size,
+            cfg.buffer_flush_bytes,
+            cfg.buffer_max_bytes,
+            cfg.buffer_tenant_max_bytes,
         )
-        self.sink = Sink(cfg, self.buffers, on_flush=self._on_flush)
+        self.field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
+        # Unwritten lines at stop are not spilled: their messages go back to JetStream unacked.
+        self.sink = Sink(
+            cfg,
+            self.buffers,
+            on_flush=self._on_flush,
+            spill=False,
+            field_types=self.field_types,
+        )
         await self.sink.start()
-        self.auth = Authenticator(
-            self.registry,
-            self.limiter,
-            cfg.auth_cache_ttl_s,
-            cfg.auth_cache_negative_ttl_s,
-            cfg.auth_cache_max_entries,
+        self.admitter = Admitter.from_config(self.core, cfg, self.registry)
+        self.latest = self.core.Latest()
+        self.latest_writer = LatestWriter(
+            self.latest, self.registry.device_state, cfg.influx_flush_interval_ms / 1000
         )
-        self.metrics.bind(self.buffers, self.sink.stats, self._extra_stats)
+        self.latest_writer.start()
+        self.metrics.bind(self.buffers, self.sink.stats, self._extra_stats, lambda: None)
         self.link.start()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
@@ -199,7 +213,8 @@ class Worker:
         fetch, ack = self._tasks or (None, None)
         if fetch is not None:
             await fetch
-        await self.sink.stop(spill=False)
+        await self.sink.stop()
+        await self.latest_writer.stop()
         if ack is not None:
             ack.cancel()
             await asyncio.gather(ack, return_exceptions=True)
@@ -239,7 +254,12 @@ class Worker:
             "worker_held": len(self._held),
             "nats_connected": int(self.link.connected),
             "nats_reconnects": self.link.reconnects,
-            "auth_cache_entries": len(self.auth),
+            **self.admitter.stats(),
+            "field_types": len(self.field_types),
+            "field_types_untracked": self.field_types.untracked,
+            "telemetry_latest_devices": len(self.latest),
+            "device_state_upserts": self.latest_writer.upserts,
+            "device_state_failures": self.latest_writer.failures,
             "registry_queries": self.registry.queries,
         }
 
@@ -375,21 +395,24 @@ class Worker:
         except self.core.BodyError as exc:
             await self._reject(msg, subject_tenant, UNREADABLE, exc.detail)
             return
-        await self.auth.admit(batch)
+        await self.admitter.admit(batch)
+        self.field_types.admit(batch)
         # A mark under which nothing is stored is delivered at once; it is dropped below.
         mark = self._mark(msg)
         self.buffers.append(batch, mark=mark)
         accepted, _rejected, _body = batch.response_json()
         if accepted:
             self.metrics.count(accepted, ())
+            self.latest.record(batch)
             return
         self._held.pop(mark, None)
         reason = batch.reason_counts()[0][0]
-        if reason == BUFFER_FULL:
+        if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
         self.metrics.count(0, batch.reason_counts())
-        await self._reject(msg, subject_tenant, reason, None)
+        details = batch.details()
+        await self._reject(msg, subject_tenant, reason, details[0][1] if details else None)
 
     async def _reject(self, msg: Msg, tenant: str, reason: str, detail: str | None) -> None:
         """Publish to `telemetry.rejected.{tenant}` with the reason; then ack (validated and

@@ -9,11 +9,13 @@ import email.utils
 import re
 import time
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
+from tidegate._core import valid_tenant
 from tidegate.config import INFLUX_APIS, Config
 from tidegate.logs import log
 from tidegate.sink.files import append
@@ -26,6 +28,25 @@ from tidegate.sink.target import Counts, Failure, FlushHook, Pending, clip, data
 _RETRYABLE_4XX = frozenset({401, 403, 404, 408, 429})
 _DROPPED = re.compile(r"dropped=(\d+)")
 _DEAD_LETTER_ERROR_CHARS = 4000
+# 1.x and 2.x name the first conflicting field of a refused body (3.x words it otherwise).
+_TYPE_CONFLICT = re.compile(
+    r'input field "(.+?)" on measurement "(.+?)" is type \w+, already exists as type (\w+)'
+)
+
+
+class FieldLearner(Protocol):
+    """What the sink tells the core's FieldTypes: a field's type as InfluxDB has it."""
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool: ...
+
+
+def type_conflicts(text: str) -> list[tuple[str, str, str]]:
+    """`(measurement, field, existing type)` of each type conflict an error body names."""
+    with contextlib.suppress(ValueError):
+        doc = orjson.loads(text)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            text = doc["error"]
+    return [(m, f, t) for f, m, t in _TYPE_CONFLICT.findall(text)]
 
 
 def without_userinfo(url: str) -> str:
@@ -85,7 +106,12 @@ class InfluxTarget:
     """Writes to InfluxDB through the v1, v2 or v3 write API, with the failure policy."""
 
     def __init__(
-        self, cfg: Config, client: httpx.AsyncClient, counts: Counts, observe: FlushHook
+        self,
+        cfg: Config,
+        client: httpx.AsyncClient,
+        counts: Counts,
+        observe: FlushHook,
+        field_types: FieldLearner | None = None,
     ) -> None:
         if cfg.influxdb_url is None or cfg.influx_api not in INFLUX_APIS:
             raise ValueError("an InfluxDB target needs influxdb_url and influx_api v1, v2 or v3")
@@ -93,6 +119,7 @@ class InfluxTarget:
         self._client = client
         self._counts = counts
         self._observe = observe
+        self._field_types = field_types
         self._api = cfg.influx_api
         url = cfg.influxdb_url.rstrip("/")
         if cfg.influxdb_token:
@@ -175,6 +202,7 @@ class InfluxTarget:
                 )
             if status in _RETRYABLE_4XX or not 400 <= status < 500:
                 return Failure(f"HTTP {status}: {clip(text)}", _retry_after(resp))
+            self._learn_types(tenant, text)
             try:
                 await self._dead_letter(tenant, body, lines, status, text)
             except OSError as exc:
@@ -183,6 +211,68 @@ class InfluxTarget:
                 return Failure(f"dead-letter file: {describe(exc)}")
             pending.popleft()
         return None
+
+    async def load_field_types(self) -> None:
+        """v1: teach FieldTypes the types InfluxDB already holds (`SHOW FIELD KEYS` of each
+        tenant database), so that the first write after a start does not meet a type another
+        writer chose. A field InfluxDB lists with two types (different shards) is skipped. A
+        failure is logged and start-up goes on: the conflict errors still teach the types."""
+        if self._field_types is None or self._api != "v1":
+            return
+        learned = 0
+        try:
+            prefix = database("")
+            for db in await self._databases():
+                tenant = db.removeprefix(prefix)
+                if not db.startswith(prefix) or not valid_tenant(tenant):
+                    continue
+                types: dict[tuple[str, str], set[str]] = {}
+                for measurement, field, field_type in await self._field_keys(database(tenant)):
+                    types.setdefault((measurement, field), set()).add(field_type)
+                for (measurement, field), kinds in types.items():
+                    if len(kinds) == 1:
+                        learned += self._field_types.learn(tenant, measurement, field, *kinds)
+        except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
+            log("field_types_not_loaded", level="warning", error=describe(exc))
+            return
+        log("field_types_loaded", fields=learned)
+
+    async def _query(self, db: str | None, q: str) -> list[dict[str, Any]]:
+        """The series of an InfluxQL query; ValueError when InfluxDB reports an error."""
+        params = {"q": q, **({"db": db} if db else {})}
+        resp = await self._client.get(self._query_url, params=params, headers=self._auth)
+        doc = orjson.loads(resp.content)
+        result = doc["results"][0]
+        if not resp.is_success or "error" in result:
+            raise ValueError(f"{q}: HTTP {resp.status_code}: {clip(resp.text)}")
+        series: list[dict[str, Any]] = result.get("series", [])
+        return series
+
+    async def _databases(self) -> list[str]:
+        return [str(v[0]) for s in await self._query(None, "SHOW DATABASES") for v in s["values"]]
+
+    async def _field_keys(self, db: str) -> list[tuple[str, str, str]]:
+        out = []
+        for s in await self._query(db, "SHOW FIELD KEYS"):
+            for field, field_type in s.get("values", []):
+                out.append((str(s["name"]), str(field), str(field_type)))
+        return out
+
+    def _learn_types(self, tenant: str, text: str) -> None:
+        """Tell FieldTypes what a type conflict reveals, so the edge rejects the next
+        conflicting item before its 202 instead of this sink dead-lettering it."""
+        if self._field_types is None:
+            return
+        for measurement, field, field_type in type_conflicts(text):
+            with contextlib.suppress(ValueError):
+                if self._field_types.learn(tenant, measurement, field, field_type):
+                    log(
+                        "field_type_learned",
+                        tenant=tenant,
+                        measurement=measurement,
+                        field=field,
+                        field_type=field_type,
+                    )
 
     async def _create_database(self, tenant: str) -> Failure | None:
         db = database(tenant)

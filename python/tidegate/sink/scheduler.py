@@ -12,8 +12,9 @@ put_back on the core's buffers is in this module (the routes only append).
 
 Every line ends in exactly one counter: `writes_ok`, `writes_err` (refused, dead-lettered),
 `writes_uncertain` (dead-lettered from a partial write that did not say how many lines it
-refused), `spilled` (still unwritten at the stop deadline, kept in a spill file) or `lost` (the
-spill file could not be written; logged as an error).
+refused), `spilled` (still unwritten at the stop deadline, kept in a spill file), `logged` (still
+unwritten at the stop deadline with TIDEGATE_DURABILITY=wal: left in the write-ahead log, which
+the next start replays) or `lost` (the spill file could not be written; logged as an error).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import httpx
 from tidegate.config import Config
 from tidegate.logs import log
 from tidegate.sink.files import FileTarget, append, hour_file
-from tidegate.sink.influx import InfluxTarget, without_userinfo
+from tidegate.sink.influx import FieldLearner, InfluxTarget, without_userinfo
 from tidegate.sink.retry import Retries, RetryPolicy, send
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, Target, describe
 
@@ -50,6 +51,7 @@ class Buffers(Protocol):
     def drain(self, tenant: str, max_lines: int = 5000) -> tuple[bytes, int] | None: ...
     def settle(self, tenant: str, line_count: int) -> None: ...
     def put_back(self, tenant: str) -> None: ...
+    def depth(self) -> dict[str, tuple[int, int]]: ...
     @property
     def total_bytes(self) -> int: ...
     @property
@@ -67,8 +69,8 @@ class TenantFailure(TypedDict):
 
 class SinkStats(TypedDict):
     """`Sink.stats()`. Line counters: every line ends in exactly one of writes_ok, writes_err,
-    writes_uncertain, spilled, lost; dead_lettered counts the lines kept in dead-letter files
-    (refused ones and the good lines sent with them)."""
+    writes_uncertain, spilled, logged, lost; dead_lettered counts the lines kept in dead-letter
+    files (refused ones and the good lines sent with them)."""
 
     target: str
     writes_ok: int
@@ -78,6 +80,7 @@ class SinkStats(TypedDict):
     retries: int  # failed attempts that will be retried
     dead_lettered: int
     spilled: int
+    logged: int
     lost: int
     retry_queue_depth: int  # lines put back, waiting for their tenant's retry
     retry_tenants: int
@@ -98,8 +101,22 @@ class Sink:
     """Flushes the per-tenant buffers: on `notify` (a size threshold was reached), every
     `influx_flush_interval_ms`, and at `stop`. Use from the event loop's thread."""
 
-    def __init__(self, cfg: Config, buffers: Buffers, *, on_flush: FlushHook | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        buffers: Buffers,
+        *,
+        on_flush: FlushHook | None = None,
+        spill: bool = True,
+        field_types: FieldLearner | None = None,
+    ) -> None:
+        """`spill=False` (the lines are kept elsewhere): what is unwritten at stop stays in
+        the buffers, unsettled, counted as `logged`: the gateway's write-ahead log replays it at
+        the next start; a NATS worker's messages go back to JetStream unacked (a spilled line
+        would have counted as delivered and been acked)."""
         self._cfg = cfg
+        self._spill_at_stop = spill
+        self._field_types = field_types
         self._buffers = buffers
         self._on_flush = on_flush
         self._counts = Counts()
@@ -132,7 +149,9 @@ class Sink:
                 timeout=cfg.influx_timeout_s,
                 limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
             )
-            self._target = InfluxTarget(cfg, self._client, self._counts, self._observe)
+            influx = InfluxTarget(cfg, self._client, self._counts, self._observe, self._field_types)
+            await influx.load_field_types()
+            self._target = influx
         else:
             self._target = FileTarget(cfg.data_dir / "lp", self._counts, self._observe)
         self._running = True
@@ -148,9 +167,8 @@ class Sink:
     async def stop(self, *, spill: bool = True) -> None:
         """Write everything buffered within `shutdown_deadline_s`; what is still unwritten
         near the deadline goes to `data_dir/spill/telemetry_{tenant}/<UTC hour>.lp` (sent by
-        `tidegate replay`). Spilling happens even if this coroutine is cancelled. With
-        `spill=False` the unwritten lines stay in the buffers, unsettled: a NATS worker's
-        messages then go back to JetStream unacked instead of into a local file."""
+        `tidegate replay`), or stays in the write-ahead log (`spill=False`). Spilling happens
+        even if this coroutine is cancelled."""
         if not self._running:
             return
         self._running = False
@@ -174,8 +192,10 @@ class Sink:
                 task.cancel()
             # Each cancelled task puts its body back before it ends, so the spill sees it.
             await asyncio.gather(*tasks, return_exceptions=True)
-            if spill:
+            if self._spill_at_stop:
                 self._spill()
+            else:
+                self._leave_in_log()
             if self._client is not None:
                 await self._client.aclose()
             log("sink_stopped", stats=self.stats())
@@ -203,6 +223,7 @@ class Sink:
             "retries": c.retries,
             "dead_lettered": c.dead_lettered,
             "spilled": c.spilled,
+            "logged": c.logged,
             "lost": c.lost,
             "retry_queue_depth": sum(f.lines for f in self._failing.values()),
             "retry_tenants": len(self._failing),
@@ -324,6 +345,12 @@ class Sink:
             failing.timer = None
         if self._running:
             self._schedule(tenant)
+
+    def _leave_in_log(self) -> None:
+        left = sum(lines for lines, _ in self._buffers.depth().values())
+        self._counts.logged += left
+        if left:
+            log("sink_left_in_wal", level="warning", lines=left)
 
     def _spill(self) -> None:
         # Synchronous on purpose: nothing can cancel it half way, and the loop is shutting down.

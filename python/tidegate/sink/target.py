@@ -19,7 +19,8 @@ _ERROR_CHARS = 300
 @dataclass(slots=True)
 class Counts:
     """Line counters: every line ends in exactly one of writes_ok, writes_err,
-    writes_uncertain, spilled, lost; dead_lettered counts the lines kept in dead-letter files."""
+    writes_uncertain, spilled, logged (left in the write-ahead log at stop), lost;
+    dead_lettered counts the lines kept in dead-letter files."""
 
     writes_ok: int = 0
     writes_err: int = 0
@@ -28,6 +29,7 @@ class Counts:
     retries: int = 0
     dead_lettered: int = 0
     spilled: int = 0
+    logged: int = 0
     lost: int = 0
     last_error: str | None = None
 

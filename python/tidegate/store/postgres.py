@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from tidegate.store.device_state import PG_SCHEMA as DEVICE_STATE_SCHEMA
+from tidegate.store.device_state import PostgresDeviceState
 from tidegate.store.power_logs import PG_SCHEMA as POWER_LOGS_SCHEMA
 from tidegate.store.power_logs import PostgresPowerLogs
 from tidegate.store.registry import (
@@ -17,6 +21,7 @@ from tidegate.store.registry import (
     Key,
     Registry,
 )
+from tidegate.store.statements import Statements
 
 # Serialises concurrent `migrate()` calls from several processes on one database.
 _MIGRATE_LOCK_KEY = 0x7469646567617465
@@ -54,6 +59,22 @@ FROM devices WHERE tenant_id = $1 ORDER BY device_id
 """
 
 
+class _Connection:
+    """Statements on one pooled connection (inside its transaction)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def rows(self, sql: str, *args: object) -> list[Any]:
+        """`fetch` on the connection."""
+        rows: list[Any] = await self._conn.fetch(sql, *args)
+        return rows
+
+    async def value(self, sql: str, *args: object) -> Any:
+        """`fetchval` on the connection."""
+        return await self._conn.fetchval(sql, *args)
+
+
 class PostgresRegistry(Registry):
     """The registry on a PostgreSQL connection pool."""
 
@@ -64,6 +85,7 @@ class PostgresRegistry(Registry):
         super().__init__()
         self._pool = pool
         self.power_logs = PostgresPowerLogs(pool)
+        self.device_state = PostgresDeviceState(self)
 
     @classmethod
     async def open(cls, url: str, pool_size: int) -> PostgresRegistry:
@@ -78,7 +100,7 @@ class PostgresRegistry(Registry):
         """Create what is missing, one process at a time (advisory lock)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK_KEY)
-            await conn.execute(_SCHEMA + POWER_LOGS_SCHEMA)
+            await conn.execute(_SCHEMA + POWER_LOGS_SCHEMA + DEVICE_STATE_SCHEMA)
 
     async def ping(self) -> None:
         """`SELECT 1` within PING_TIMEOUT_S."""
@@ -97,6 +119,12 @@ class PostgresRegistry(Registry):
     async def value(self, sql: str, *args: object) -> Any:
         """`fetchval` on the pool."""
         return await self._pool.fetchval(sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Statements]:
+        """One pooled connection in a transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _Connection(conn)
 
     async def device_rows(self, keys: list[Key]) -> list[Any]:
         """One query: the keys as two arrays, unnested and joined."""

@@ -11,11 +11,16 @@ from __future__ import annotations
 import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store.power_logs import PowerLogs
+from tidegate.store.statements import Statements
+
+if TYPE_CHECKING:
+    from tidegate.store.device_state import DeviceState
 from tidegate.store.secrets import hash_secret, new_secret
 
 ACTIVE = "active"
@@ -42,7 +47,7 @@ ADD_DEVICE = (
 )
 _TENANT_BY_KEY = "SELECT tenant_id, api_key_hash FROM tenants WHERE api_key_hash = $1"
 _HAS_TENANTS = "SELECT EXISTS (SELECT 1 FROM tenants WHERE api_key_hash IS NOT NULL)"
-_REVOKE = (
+REVOKE = (
     "UPDATE devices SET status = 'revoked', updated_at = CASE WHEN status = 'revoked' "
     "THEN updated_at ELSE now() END WHERE tenant_id = $1 AND device_id = $2 "
     "RETURNING device_id"
@@ -81,6 +86,7 @@ class Registry(ABC):
     backend: str
     """`postgresql` or `sqlite`."""
     power_logs: PowerLogs
+    device_state: DeviceState
     unique_violation: type[Exception]
     """What the driver raises when a UNIQUE constraint refuses a row."""
 
@@ -110,6 +116,11 @@ class Registry(ABC):
     @abstractmethod
     async def value(self, sql: str, *args: object) -> Any:
         """Run one statement and return the first column of its first row (None: no row)."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Statements]:
+        """Statements run in one transaction: committed when the block ends, rolled back
+        when it raises."""
 
     @abstractmethod
     async def device_rows(self, keys: list[Key]) -> list[Any]:
@@ -171,24 +182,42 @@ class Registry(ABC):
         The token is generated when not given; only its SHA-256 is stored. A revoked device is
         provisioned again; an active one raises AlreadyExists.
         """
-        check_tenant(tenant_id)
-        check_device(device_id)
-        check_id("site id", site_id)
-        if token is not None:
-            check_token(token)
-        if rps is not None and not 0 < rps < float("inf"):
-            raise ValueError("rps must be a positive number")
-        if burst is not None and burst <= 0:
-            raise ValueError("burst must be a positive integer")
-        token = _secret("token", token)
-        row = (tenant_id, device_id, site_id, hash_secret(token), rps, burst)
+        row, token = device_row(tenant_id, device_id, site_id, rps, burst, token)
         if await self.upsert_device(row) is None:
             raise AlreadyExists(f"device {device_id!r} of tenant {tenant_id!r} is already active")
         return token
 
     async def revoke_device(self, tenant_id: str, device_id: str) -> bool:
         """Mark the device revoked; False if there is no such device (revoking twice is True)."""
-        return await self.value(_REVOKE, tenant_id, device_id) is not None
+        return await self.value(REVOKE, tenant_id, device_id) is not None
+
+
+def check_limits(rps: float | None, burst: int | None) -> None:
+    """A device's own rate limit: positive when given (None: the defaults apply)."""
+    if rps is not None and not 0 < rps < float("inf"):
+        raise ValueError("rps must be a positive number")
+    if burst is not None and burst <= 0:
+        raise ValueError("burst must be a positive integer")
+
+
+def device_row(
+    tenant_id: str,
+    device_id: str,
+    site_id: str,
+    rps: float | None,
+    burst: int | None,
+    token: str | None,
+) -> tuple[tuple[object, ...], str]:
+    """ADD_DEVICE's parameters for a valid device, and its token (generated when not given);
+    ValueError says what is invalid."""
+    check_tenant(tenant_id)
+    check_device(device_id)
+    check_id("site id", site_id)
+    if token is not None:
+        check_token(token)
+    check_limits(rps, burst)
+    token = _secret("token", token)
+    return (tenant_id, device_id, site_id, hash_secret(token), rps, burst), token
 
 
 def _device(row: Any) -> Device:

@@ -6,11 +6,15 @@ import asyncio
 import functools
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from tidegate.store.device_state import SQLITE_SCHEMA as DEVICE_STATE_SCHEMA
+from tidegate.store.device_state import SqliteDeviceState
 from tidegate.store.power_logs import SQLITE_SCHEMA as POWER_LOGS_SCHEMA
 from tidegate.store.power_logs import SqlitePowerLogs
 from tidegate.store.registry import (
@@ -21,6 +25,7 @@ from tidegate.store.registry import (
     Key,
     Registry,
 )
+from tidegate.store.statements import Statements
 
 FILE_NAME = "registry.sqlite3"
 
@@ -67,28 +72,71 @@ def _dialect(sql: str) -> str:
     return _PLACEHOLDER.sub("?", sql).replace("now()", _NOW)
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    # WAL + busy timeout: the CLI and a running server share the file.
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+class _Connection:
+    """Statements on one connection, translated to SQLite's dialect."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def rows(self, sql: str, *args: object) -> list[Any]:
+        """Run the statement, translated to SQLite's dialect."""
+        async with self._db.execute(_dialect(sql), args) as cur:
+            return list(await cur.fetchall())
+
+    async def value(self, sql: str, *args: object) -> Any:
+        """The first column of the first row, None when there is none."""
+        found = await self.rows(sql, *args)
+        return found[0][0] if found else None
+
+
 class SqliteRegistry(Registry):
     """The registry on one SQLite file."""
 
     backend = "sqlite"
     unique_violation = aiosqlite.IntegrityError
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
         super().__init__()
         self._db = db
+        self._conn = _Connection(db)
+        self._path = path
         self.power_logs = SqlitePowerLogs(db)
+        self.device_state = SqliteDeviceState(self)
 
     @classmethod
     async def open(cls, data_dir: Path) -> SqliteRegistry:
         """Open (creating it and `data_dir` if needed) `data_dir/registry.sqlite3`."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(data_dir / FILE_NAME, isolation_level=None)
-        # WAL + busy timeout: the CLI and a running server share the file.
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        return cls(db)
+        path = data_dir / FILE_NAME
+        return cls(await _connect(path), path)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Statements]:
+        """BEGIN IMMEDIATE on a connection of its own: the shared one serves concurrent
+        requests, whose statements must not land in this transaction."""
+        if self._path is None:
+            raise RuntimeError("this registry was opened without its file's path")
+        db = await _connect(self._path)
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Connection(db)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+        finally:
+            await db.close()
 
     async def close(self) -> None:
         """Close the connection."""
@@ -96,7 +144,9 @@ class SqliteRegistry(Registry):
 
     async def migrate(self) -> None:
         """Create what is missing in one IMMEDIATE transaction (one writer at a time)."""
-        await self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}COMMIT;")
+        await self._db.executescript(
+            f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}COMMIT;"
+        )
 
     async def ping(self) -> None:
         """`SELECT 1` within PING_TIMEOUT_S."""
@@ -111,13 +161,11 @@ class SqliteRegistry(Registry):
 
     async def rows(self, sql: str, *args: object) -> list[Any]:
         """Run the statement, translated to SQLite's dialect."""
-        async with self._db.execute(_dialect(sql), args) as cur:
-            return list(await cur.fetchall())
+        return await self._conn.rows(sql, *args)
 
     async def value(self, sql: str, *args: object) -> Any:
         """The first column of the first row, None when there is none."""
-        found = await self.rows(sql, *args)
-        return found[0][0] if found else None
+        return await self._conn.value(sql, *args)
 
     async def device_rows(self, keys: list[Key]) -> list[Any]:
         """One query: the keys as one JSON parameter."""

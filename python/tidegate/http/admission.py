@@ -1,0 +1,100 @@
+"""Admission of a request's batch: the core's `Admission` decides every device group from its
+cache (token, site, rate limit), and the registry is asked ONCE per request, for the devices
+the cache does not hold. A registry that cannot be reached makes those devices UNAVAILABLE
+(retryable: 503 + Retry-After when nothing was accepted), never a 500; cached devices are
+decided as usual. The outage is logged once, and its end once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tidegate import logs
+from tidegate.config import Config
+from tidegate.core import Core
+from tidegate.store import db_down
+from tidegate.store.registry import Registry
+
+if TYPE_CHECKING:
+    from tidegate._core import Admission, Batch
+
+# Retry-After while the database cannot be reached: a second, as a pool reconnects within it.
+DB_RETRY_AFTER = "1"
+
+
+def retry_after_header(seconds: float) -> str:
+    """Retry-After takes whole seconds; round up so a client never comes back too early."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class Admitter:
+    """The core's Admission and the registry lookups it asks for."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        registry: Registry,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.admission = admission
+        self.registry = registry
+        self.clock = clock
+        self.registry_down = False
+
+    @classmethod
+    def from_config(cls, core: Core, cfg: Config, registry: Registry) -> Admitter:
+        """The core's Admission with the configured cache, limits and lookup budget (the
+        gateway's and the NATS worker's)."""
+        admission = core.Admission(
+            cfg.auth_cache_ttl_s,
+            cfg.auth_cache_negative_ttl_s,
+            cfg.auth_cache_max_entries,
+            cfg.auth_cache_max_negative_entries,
+            cfg.default_rps,
+            cfg.default_burst,
+            cfg.auth_lookups_per_s,
+        )
+        return cls(admission, registry)
+
+    async def admit(self, batch: Batch) -> None:
+        """Resolve the batch's verdicts; awaits the registry only for uncached devices."""
+        admission = self.admission
+        keys = admission.admit(batch, self.clock())
+        if not keys:
+            return
+        try:
+            found = await self.registry.devices(keys)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            if not self.registry_down:
+                self.registry_down = True
+                logs.log("registry_unavailable", level="error", error=type(exc).__name__)
+        else:
+            if self.registry_down:
+                self.registry_down = False
+                logs.log("registry_available")
+            rows = [
+                (d.tenant_id, d.device_id, d.site_id, d.token_hash, d.rps, d.burst, d.status)
+                for d in found.values()
+            ]
+            admission.install(keys, rows, self.clock())
+        # Without an install (the lookup failed) the devices asked for are UNAVAILABLE.
+        admission.admit(batch, self.clock())
+
+    def stats(self) -> dict[str, int]:
+        """The auth cache's and rate limiter's figures under their /stats names."""
+        s = self.admission.stats()
+        return {
+            "auth_cache_entries": s["entries"],
+            "auth_cache_negative_entries": s["negative_entries"],
+            "auth_cache_hits": s["hits"],
+            "auth_cache_misses": s["misses"],
+            "auth_lookup_budget_refusals": s["budget_refusals"],
+            "auth_lookup_budgets": s["budgets"],
+            "auth_unavailable": s["unavailable"],
+            "rate_limit_buckets": s["buckets"],
+        }

@@ -1,0 +1,331 @@
+"""The tenant API (`Authorization: Bearer <tenant api key>`): batch reads of devices and their
+last message, bulk device admin, and the rate-limit state.
+
+- `POST /api/v1/batch/get`: up to 100 ids of one resource type, optional field selection,
+  a result per id in request order (partial success), totals, processed_at; ONE registry query.
+- `POST /api/v1/batch/devices`: up to 100 create/update/revoke/rotate_token operations, the
+  valid ones in one transaction (`store.devices`, which the CLI uses too).
+- `GET /ingest/v1/metrics/rate-limits`: refusals per tenant: the Bearer key's on the public
+  listener (a key is required there), every tenant's on the ops listener.
+
+Every read and write is scoped to the key's tenant: another tenant's ids are 404 items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from tidegate import logs
+from tidegate._core import valid_id
+from tidegate.http import cache
+from tidegate.http.body import read_body
+from tidegate.http.endpoint import json_response, route
+from tidegate.http.gateway import Gateway
+from tidegate.ids import ID_RULE
+from tidegate.refusals import DEFAULT_TOP, LIMITED_WINDOW_S, MAX_TOP, WINDOW_S
+from tidegate.store import db_down
+from tidegate.store import devices as device_ops
+from tidegate.store.device_state import DeviceView, Snapshot
+from tidegate.tenant_keys import bearer_key
+
+MAX_IDS = 100
+DEVICES = "devices"
+TELEMETRY_LATEST = "telemetry_latest"
+FIELDS: dict[str, tuple[str, ...]] = {
+    DEVICES: (
+        "device_id",
+        "site_id",
+        "status",
+        "rps",
+        "burst",
+        "created_at",
+        "updated_at",
+        "last_seen_at",
+    ),
+    TELEMETRY_LATEST: ("device_id", "msg_type", "ts", "seq", "metrics", "received_at"),
+}
+RESOURCE_TYPES = tuple(FIELDS)
+
+UNAUTHORIZED = {"detail": "a valid tenant API key is required: Authorization: Bearer <key>"}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+_DB_UNAVAILABLE = {"detail": "the database is unavailable; retry later"}
+
+
+class _Invalid(Exception):
+    """A whole request refused: `status` with `{"detail", **extra}`."""
+
+    def __init__(self, status: int, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = {"detail": detail, **extra}
+
+
+RATE_LIMITS = "/ingest/v1/metrics/rate-limits"
+
+
+def routes(gw: Gateway) -> list[BaseRoute]:
+    """The public listener's: batch read, bulk admin, and the rate-limit state of the Bearer
+    key's tenant (a key is required there: without one the state would name every tenant)."""
+    api = Api(gw)
+    return [
+        route(gw, "/api/v1/batch/get", "POST", "batch_get", api.batch_get),
+        route(gw, "/api/v1/batch/devices", "POST", "batch_devices", api.batch_devices),
+        route(gw, RATE_LIMITS, "GET", "rate_limits", api.tenant_rate_limits),
+    ]
+
+
+def ops_routes(gw: Gateway) -> list[BaseRoute]:
+    """The ops listener's: the rate-limit state of every tenant, or of a Bearer key's."""
+    return [route(gw, RATE_LIMITS, "GET", "rate_limits_ops", Api(gw).rate_limits)]
+
+
+class Api:
+    """The three endpoints."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def batch_get(self, request: Request) -> Response:
+        """POST /api/v1/batch/get."""
+        try:
+            tenant = await self._tenant(request)
+            body = await self._json_object(request)
+            resource, ids, fields = _get_request(body)
+            views = await self.gw.services.registry.device_state.views(
+                tenant, [i for i in dict.fromkeys(ids) if valid_id(i)]
+            )
+        except _Invalid as exc:
+            return _refused(exc)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("batch_get", exc)
+        latest = self._latest(tenant, views)
+        results = [_get_result(i, views.get(i), latest.get(i), resource, fields) for i in ids]
+        return json_response(200, {"resource_type": resource, **_totals(results)})
+
+    async def batch_devices(self, request: Request) -> Response:
+        """POST /api/v1/batch/devices."""
+        try:
+            tenant = await self._tenant(request)
+            body = await self._json_object(request)
+            operations = body.get("operations")
+            if not isinstance(operations, list) or not 1 <= len(operations) <= MAX_IDS:
+                raise _Invalid(422, f"operations must be a list of 1 to {MAX_IDS} operations")
+            outcomes = await device_ops.apply(self.gw.services.registry, tenant, operations)
+        except _Invalid as exc:
+            return _refused(exc)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            return self._db_unavailable("batch_devices", exc)
+        for o in outcomes:
+            if o.ok and o.device_id is not None:
+                cache.forget_device(self.gw, tenant, o.device_id)
+        results = [_admin_result(index, o) for index, o in enumerate(outcomes)]
+        out = _totals(results)
+        logs.log(
+            "devices_admin",
+            tenant=tenant,
+            operations=len(outcomes),
+            succeeded=out["total_succeeded"],
+            failed=out["total_failed"],
+        )
+        return json_response(200, out)
+
+    async def tenant_rate_limits(self, request: Request) -> Response:
+        """GET /ingest/v1/metrics/rate-limits on the public listener: a key is required."""
+        return await self._rate_limits(request, key_required=True)
+
+    async def rate_limits(self, request: Request) -> Response:
+        """GET /ingest/v1/metrics/rate-limits on the ops listener: a key scopes it."""
+        return await self._rate_limits(request, key_required=False)
+
+    async def _rate_limits(self, request: Request, key_required: bool) -> Response:
+        try:
+            tenant = None
+            if key_required or "authorization" in request.headers:
+                tenant = await self._tenant(request)
+            top = _top(request.query_params.get("top"))
+        except _Invalid as exc:
+            return _refused(exc)
+        gw = self.gw
+        cfg = gw.cfg
+        tenants = gw.refusals.report(tenant, top, lambda t, d: cache.device_limits(gw, t, d))
+        return json_response(
+            200,
+            {
+                "default_limits": {"rps": cfg.default_rps, "burst": cfg.default_burst},
+                "window_s": WINDOW_S,
+                "limited_window_s": LIMITED_WINDOW_S,
+                "tenants": tenants,
+            },
+        )
+
+    async def _tenant(self, request: Request) -> str:
+        key = bearer_key(request.headers.get("authorization"))
+        tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
+        if tenant is None:
+            raise _Invalid(401, UNAUTHORIZED["detail"])
+        return tenant
+
+    async def _json_object(self, request: Request) -> dict[str, Any]:
+        raw = await read_body(request, self.gw.cfg.max_body_bytes)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise _Invalid(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise _Invalid(400, "body must be a JSON object")
+        return body
+
+    def _latest(self, tenant: str, views: Mapping[str, DeviceView]) -> dict[str, Snapshot]:
+        """Each found device's last message: this process's when newer than the stored one
+        (which other processes write, one flush interval behind)."""
+        ids = list(views)
+        here = self.gw.services.latest.get(tenant, ids)
+        out = {}
+        for device_id, mine in zip(ids, here, strict=True):
+            stored = views[device_id].latest
+            best = mine if stored is None or (mine is not None and mine[4] > stored[4]) else stored
+            if best is not None:
+                out[device_id] = best
+        return out
+
+    def _db_unavailable(self, route_name: str, exc: BaseException) -> Response:
+        logs.log("api_db_unavailable", level="error", route=route_name, error=type(exc).__name__)
+        return json_response(503, _DB_UNAVAILABLE, {"Retry-After": "1"})
+
+
+def _refused(exc: _Invalid) -> Response:
+    return json_response(exc.status, exc.body, _CHALLENGE if exc.status == 401 else None)
+
+
+def _get_request(body: Mapping[str, Any]) -> tuple[str, list[str], tuple[str, ...]]:
+    """`(resource_type, ids, fields)` of a batch/get body, or _Invalid."""
+    resource = body.get("resource_type")
+    if resource not in FIELDS:
+        raise _Invalid(400, f"resource_type must be one of {', '.join(RESOURCE_TYPES)}")
+    assert isinstance(resource, str)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise _Invalid(422, "ids must be a list of strings")
+    if not 1 <= len(ids) <= MAX_IDS:
+        raise _Invalid(422, f"ids must hold 1 to {MAX_IDS} ids, not {len(ids)}")
+    known = FIELDS[resource]
+    fields = body.get("fields")
+    if fields is None:
+        return resource, ids, known
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+        raise _Invalid(422, "fields must be a non-empty list of field names")
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise _Invalid(
+            400,
+            f"unknown fields for {resource}: {', '.join(unknown)}",
+            unknown_fields=unknown,
+            known_fields=list(known),
+        )
+    return resource, ids, tuple(f for f in known if f in fields)
+
+
+def _get_result(
+    device_id: str,
+    view: DeviceView | None,
+    last: Snapshot | None,
+    resource: str,
+    fields: Sequence[str],
+) -> dict[str, object]:
+    if not valid_id(device_id):
+        return _error(device_id, 422, f"invalid device id: {ID_RULE}")
+    if view is None:
+        return _error(device_id, 404, f"no device {device_id!r}")
+    if resource == DEVICES:
+        data = _device_data(view, last)
+    elif last is None:
+        return _error(device_id, 404, f"device {device_id!r} has sent no accepted message yet")
+    else:
+        data = _latest_data(view, last)
+    return {
+        "id": device_id,
+        "status": "success",
+        "status_code": 200,
+        "data": {f: data[f] for f in fields},
+    }
+
+
+def _device_data(view: DeviceView, last: Snapshot | None) -> dict[str, object]:
+    return {
+        "device_id": view.device_id,
+        "site_id": view.site_id,
+        "status": view.status,
+        "rps": view.rps,
+        "burst": view.burst,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+        "last_seen_at": None if last is None else rfc3339_ns(last[4]),
+    }
+
+
+def _latest_data(view: DeviceView, last: Snapshot) -> dict[str, object]:
+    msg_type, ts_ns, seq, metrics, received_ns = last
+    return {
+        "device_id": view.device_id,
+        "msg_type": msg_type,
+        "ts": rfc3339_ns(ts_ns),
+        "seq": seq,
+        # Already JSON (written by the core): embedded as is.
+        "metrics": orjson.Fragment(metrics),
+        "received_at": rfc3339_ns(received_ns),
+    }
+
+
+def _admin_result(index: int, o: device_ops.Outcome) -> dict[str, object]:
+    out: dict[str, object] = {"index": index, "id": o.device_id, "op": o.op}
+    if o.ok:
+        out.update(status="success", status_code=o.status_code, data=o.data)
+    else:
+        out.update(status="error", status_code=o.status_code, error=o.error)
+    return out
+
+
+def _error(device_id: str, status: int, error: str) -> dict[str, object]:
+    return {"id": device_id, "status": "error", "status_code": status, "error": error}
+
+
+def _totals(results: list[dict[str, object]]) -> dict[str, Any]:
+    succeeded = sum(1 for r in results if r["status"] == "success")
+    return {
+        "results": results,
+        "total_requested": len(results),
+        "total_succeeded": succeeded,
+        "total_failed": len(results) - succeeded,
+        "processed_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+def _top(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_TOP
+    try:
+        top = int(raw)
+    except ValueError:
+        top = 0
+    if not 1 <= top <= MAX_TOP:
+        raise _Invalid(400, f"top must be an integer from 1 to {MAX_TOP}")
+    return top
+
+
+def rfc3339_ns(ns: int) -> str:
+    """Nanoseconds since the epoch as RFC 3339 UTC with nine fraction digits."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    whole = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{fraction:09d}Z"

@@ -1,0 +1,421 @@
+//! Field types per tenant and measurement. InfluxDB keeps one type per field of a measurement
+//! (per shard) and refuses a point that sends another, after the gateway has answered 202; so
+//! the core remembers each tenant's types and rejects a conflicting item before it is buffered.
+//!
+//! The first item that passes `admit` decides a field's type; what InfluxDB reports (a type
+//! conflict error, a `SHOW FIELD KEYS`) overrides it through `learn`. Bounded: at most
+//! `max_per_tenant` fields per tenant are remembered; beyond that a new field is not remembered
+//! and is not checked (it is written as before, counted in `untracked`).
+
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::batch::Batch;
+use crate::errors::UsageError;
+use crate::parse::MSG_TYPES;
+use crate::scan;
+
+/// InfluxDB 1.x field types. The core writes floats, booleans and `seq` as an integer; the
+/// others only arrive through `learn` (another writer to the same database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Float,
+    Integer,
+    Unsigned,
+    String,
+    Boolean,
+}
+
+impl FieldType {
+    pub const ALL: [FieldType; 5] = [
+        FieldType::Float,
+        FieldType::Integer,
+        FieldType::Unsigned,
+        FieldType::String,
+        FieldType::Boolean,
+    ];
+
+    /// The name InfluxDB uses (`SHOW FIELD KEYS`, its conflict errors).
+    pub const fn name(self) -> &'static str {
+        match self {
+            FieldType::Float => "float",
+            FieldType::Integer => "integer",
+            FieldType::Unsigned => "unsigned",
+            FieldType::String => "string",
+            FieldType::Boolean => "boolean",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<FieldType, UsageError> {
+        FieldType::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| UsageError::UnknownFieldType(name.to_owned()))
+    }
+
+    /// The type of a value as `encode` writes it: `true`/`false`, `{n}i`, or a float.
+    fn of_value(value: &[u8]) -> FieldType {
+        match value {
+            [b't' | b'f', ..] => FieldType::Boolean,
+            [.., b'i'] => FieldType::Integer,
+            _ => FieldType::Float,
+        }
+    }
+}
+
+/// `max_per_tenant` when the caller gives none.
+pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
+
+#[derive(Default)]
+struct TenantFields {
+    /// Per measurement of `MSG_TYPES`, field name → type.
+    by_measurement: [HashMap<Box<[u8]>, FieldType, RandomState>; MSG_TYPES.len()],
+    len: usize,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<Box<str>, usize>,
+    tenants: Vec<TenantFields>,
+    untracked: u64,
+}
+
+impl State {
+    fn tenant(&mut self, tenant: &str) -> usize {
+        if let Some(&t) = self.index.get(tenant) {
+            return t;
+        }
+        self.tenants.push(TenantFields::default());
+        self.index.insert(tenant.into(), self.tenants.len() - 1);
+        self.tenants.len() - 1
+    }
+}
+
+/// Each tenant's field types per measurement, shared by all requests. Thread-safe.
+pub struct FieldTypes {
+    max_per_tenant: usize,
+    state: Mutex<State>,
+}
+
+impl FieldTypes {
+    pub fn new(max_per_tenant: usize) -> Self {
+        FieldTypes {
+            max_per_tenant,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves whole entries: the map is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rejects, with `INVALID_METRICS` and a detail naming the field, each still-accepted item
+    /// (request order) that sends a field with another type than the tenant's remembered one,
+    /// and remembers the new fields of the others. Before `append`, once per batch.
+    pub fn admit(&self, batch: &mut Batch) -> Result<(), UsageError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        // Per tenant index of the batch, its index in `state.tenants`.
+        let mut slots = vec![usize::MAX; batch.tenant_count()];
+        let mut fields = LineFields::default();
+        // Per item, the fields its tenant does not know yet (indices into `fields.refs`).
+        let mut new_fields: Vec<usize> = Vec::with_capacity(16);
+        batch.reject_with(|tenant_index, tenant, line| {
+            let slot = &mut slots[tenant_index];
+            if *slot == usize::MAX {
+                *slot = state.tenant(tenant);
+            }
+            let m = fields.read(line);
+            let known = &mut state.tenants[*slot];
+            let types = &mut known.by_measurement[m];
+            new_fields.clear();
+            for (i, f) in fields.refs.iter().enumerate() {
+                let name = fields.name(line, f);
+                match types.get(name) {
+                    Some(&had) if had != f.ty => return Some(conflict(name, m, had, f.ty)),
+                    Some(_) => {}
+                    None => new_fields.push(i),
+                }
+            }
+            for &i in &new_fields {
+                if known.len >= self.max_per_tenant {
+                    state.untracked += 1;
+                    continue;
+                }
+                let f = &fields.refs[i];
+                types.insert(fields.name(line, f).into(), f.ty);
+                known.len += 1;
+            }
+            None
+        })
+    }
+
+    /// Sets a field's type as InfluxDB reports it. False when it is not remembered: the
+    /// measurement is not one the core writes, or the tenant is at its cap.
+    pub fn learn(&self, tenant: &str, measurement: &str, field: &str, ty: FieldType) -> bool {
+        let Some(m) = MSG_TYPES.iter().position(|&t| t == measurement) else {
+            return false;
+        };
+        let mut state = self.lock();
+        let t = state.tenant(tenant);
+        let known = &mut state.tenants[t];
+        if let Some(had) = known.by_measurement[m].get_mut(field.as_bytes()) {
+            *had = ty;
+            return true;
+        }
+        if known.len >= self.max_per_tenant {
+            return false;
+        }
+        known.by_measurement[m].insert(field.as_bytes().into(), ty);
+        known.len += 1;
+        true
+    }
+
+    pub fn get(&self, tenant: &str, measurement: &str, field: &str) -> Option<FieldType> {
+        let m = MSG_TYPES.iter().position(|&t| t == measurement)?;
+        let state = self.lock();
+        let &t = state.index.get(tenant)?;
+        state.tenants[t].by_measurement[m]
+            .get(field.as_bytes())
+            .copied()
+    }
+
+    /// Fields remembered, all tenants.
+    pub fn len(&self) -> usize {
+        self.lock().tenants.iter().map(|t| t.len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fields of admitted items that were not remembered because their tenant was at its cap.
+    pub fn untracked(&self) -> u64 {
+        self.lock().untracked
+    }
+
+    pub fn max_per_tenant(&self) -> usize {
+        self.max_per_tenant
+    }
+}
+
+fn conflict(name: &[u8], m: usize, had: FieldType, sent: FieldType) -> String {
+    format!(
+        "field type conflict: \"{}\" of {} is {}, this message sends {}",
+        String::from_utf8_lossy(name),
+        MSG_TYPES[m],
+        had.name(),
+        sent.name()
+    )
+}
+
+/// One field of a line: its name's range in the line, or in `LineFields::names` when it had
+/// to be unescaped, and the type of its value.
+struct FieldRef {
+    name: std::ops::Range<usize>,
+    unescaped: bool,
+    ty: FieldType,
+}
+
+/// The fields of one line at a time, buffers reused from line to line.
+#[derive(Default)]
+struct LineFields {
+    refs: Vec<FieldRef>,
+    names: Vec<u8>,
+}
+
+impl LineFields {
+    /// Reads back a line `encode` wrote, `{measurement},{tags} {fields} {ts}\n`: returns the
+    /// index of its measurement in `MSG_TYPES` and holds its fields. Ids and names never hold a
+    /// backslash (parse refuses them), so a backslash is always an escape.
+    fn read(&mut self, line: &[u8]) -> usize {
+        self.refs.clear();
+        self.names.clear();
+        let comma = memchr::memchr(b',', line).expect("a line has tags");
+        let m = MSG_TYPES
+            .iter()
+            .position(|t| t.as_bytes() == &line[..comma])
+            .expect("a line starts with one of MSG_TYPES");
+        let start = unescaped(line, b' ', comma).expect("a line has fields") + 1;
+        let end = memchr::memrchr(b' ', line).expect("a line ends with its timestamp");
+        // A word at a time: names and values are short, a memchr call each costs more.
+        let fields = &line[..end];
+        let mut pos = start;
+        while pos < end {
+            let mut eq = pos;
+            let mut unescaped = false;
+            loop {
+                eq = scan::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
+                // A comma or space inside a name is escaped: the backslash is found first.
+                if fields.get(eq) != Some(&b'\\') {
+                    break;
+                }
+                unescaped = true;
+                eq += 2;
+            }
+            let value_end = scan::find(fields, eq + 1, |w| scan::eq(w, b','), |c| c == b',');
+            let name = if unescaped {
+                let from = self.names.len();
+                let raw = &line[pos..eq];
+                self.names
+                    .extend(raw.iter().copied().filter(|&c| c != b'\\'));
+                from..self.names.len()
+            } else {
+                pos..eq
+            };
+            let ty = FieldType::of_value(&line[eq + 1..value_end]);
+            self.refs.push(FieldRef {
+                name,
+                unescaped,
+                ty,
+            });
+            pos = value_end + 1;
+        }
+        m
+    }
+
+    fn name<'a>(&'a self, line: &'a [u8], f: &FieldRef) -> &'a [u8] {
+        let from = if f.unescaped { &self.names } else { line };
+        &from[f.name.clone()]
+    }
+}
+
+/// Lanes that end a field name or start an escape in it.
+#[inline(always)]
+fn name_end(w: u64) -> u64 {
+    scan::eq(w, b'=') | scan::eq(w, b'\\')
+}
+
+/// The first `byte` at or after `from` that no backslash escapes.
+fn unescaped(line: &[u8], byte: u8, from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let i = at + memchr::memchr(byte, &line[at..])?;
+        if line[i - 1] != b'\\' {
+            return Some(i);
+        }
+        at = i + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::Reason;
+    use crate::parse::parse_batch;
+
+    fn body(metrics: &[&str]) -> String {
+        let messages: Vec<String> = metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                format!(
+                    r#"{{"tenant_id":"t","device_id":"d{i}","site_id":"s","provision_token":"k","msg_type":"telemetry","metrics":{m}}}"#
+                )
+            })
+            .collect();
+        format!(r#"{{"messages":[{}]}}"#, messages.join(","))
+    }
+
+    fn admitted(types: &FieldTypes, metrics: &[&str]) -> (Vec<Option<Reason>>, Vec<String>) {
+        let mut b = parse_batch(body(metrics).as_bytes(), 1, 8192).expect("a valid body");
+        types.admit(&mut b).expect("first admit");
+        let details = b.details().map(|(i, d)| format!("{i}: {d}")).collect();
+        (b.reasons().collect(), details)
+    }
+
+    #[test]
+    fn lines_are_read_back_into_names_and_types() {
+        let mut f = LineFields::default();
+        let line = b"heartbeat,device_id=a\\ b\\,c,site_id=s\\=1 a\\ b=1.5,on=true,x\\,y\\=z=-2e-05,seq=3i 9\n";
+        assert_eq!(f.read(line), 1);
+        let got: Vec<(&[u8], FieldType)> = f.refs.iter().map(|r| (f.name(line, r), r.ty)).collect();
+        assert_eq!(
+            got,
+            [
+                (&b"a b"[..], FieldType::Float),
+                (b"on", FieldType::Boolean),
+                (b"x,y=z", FieldType::Float),
+                (b"seq", FieldType::Integer)
+            ]
+        );
+        assert_eq!(f.read(b"telemetry,device_id=d,site_id=s seq=0i 1\n"), 0);
+        assert_eq!(f.refs.len(), 1);
+    }
+
+    #[test]
+    fn the_first_accepted_type_wins_within_and_across_batches() {
+        let types = FieldTypes::new(100);
+        let (reasons, details) = admitted(
+            &types,
+            &[r#"{"temp":true}"#, r#"{"temp":21.5}"#, r#"{"temp":false}"#],
+        );
+        let bad = Some(Reason::InvalidMetrics);
+        assert_eq!(reasons, [None, bad, None]);
+        assert_eq!(
+            details,
+            ["1: field type conflict: \"temp\" of telemetry is boolean, this message sends float"]
+        );
+        let (reasons, _) = admitted(&types, &[r#"{"temp":3,"hum":1}"#, r#"{"hum":true}"#]);
+        // Nothing of a rejected item is remembered: the next item decides `hum`.
+        assert_eq!(reasons, [bad, None]);
+        assert_eq!(types.get("t", "telemetry", "hum"), Some(FieldType::Boolean));
+        assert_eq!(types.get("t", "telemetry", "seq"), Some(FieldType::Integer));
+        assert_eq!(types.len(), 3);
+    }
+
+    #[test]
+    fn learned_types_override_and_the_cap_bounds_what_is_remembered() {
+        let types = FieldTypes::new(3);
+        assert!(types.learn("t", "telemetry", "temp", FieldType::Integer));
+        assert!(!types.learn("t", "power", "temp", FieldType::Integer));
+        let (reasons, details) = admitted(&types, &[r#"{"temp":1}"#]);
+        assert_eq!(reasons, [Some(Reason::InvalidMetrics)]);
+        assert_eq!(
+            details,
+            ["0: field type conflict: \"temp\" of telemetry is integer, this message sends float"]
+        );
+        assert!(types.learn("t", "telemetry", "temp", FieldType::Float));
+        let (reasons, _) = admitted(&types, &[r#"{"temp":1,"a":1,"b":true}"#]);
+        assert_eq!(reasons, [None]);
+        // temp, a, b remembered; seq, beyond the cap of 3, is not, and passes unchecked.
+        assert_eq!(types.len(), 3);
+        assert_eq!(types.untracked(), 1);
+        assert_eq!(types.get("t", "telemetry", "seq"), None);
+        let (reasons, _) = admitted(&types, &[r#"{"b":false}"#]);
+        assert_eq!(reasons, [None]);
+        assert_eq!(types.untracked(), 2);
+        assert!(!types.learn("t", "telemetry", "c", FieldType::String));
+        // Another tenant has its own fields and its own cap.
+        assert_eq!(types.get("u", "telemetry", "temp"), None);
+    }
+
+    #[test]
+    fn admit_is_before_append_and_once() {
+        let types = FieldTypes::new(10);
+        let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
+        types.admit(&mut b).expect("first admit");
+        assert_eq!(types.admit(&mut b), Err(UsageError::AlreadyAdmitted));
+        assert_eq!(
+            b.resolve::<&str>(&[(1, None)]),
+            Err(UsageError::AlreadyAdmitted)
+        );
+        let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
+        b.append_with(|_, _| true).expect("append");
+        assert_eq!(types.admit(&mut b), Err(UsageError::AlreadyAppended));
+    }
+
+    #[test]
+    fn field_type_names_round_trip() {
+        for t in FieldType::ALL {
+            assert_eq!(FieldType::from_name(t.name()), Ok(t));
+        }
+        assert_eq!(
+            FieldType::from_name("bool"),
+            Err(UsageError::UnknownFieldType("bool".into()))
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The last accepted message of every device (`telemetry_latest`), kept current on the ingest
+//! path and handed to the registry's `device_state` table in batches.
+//!
+//! `record` is on the hot path: per device of a batch it copies the last accepted item's line
+//! protocol, nothing more. Everything else (msg_type, ts, seq, the metrics as JSON) is read
+//! back from that line when asked for, which is rare: once per device per flush interval, and
+//! on the read API.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::batch::Batch;
+use crate::encode::push_json_str;
+
+/// A device's last accepted message, read back from its line protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub msg_type: String,
+    /// The point's timestamp: the message's `ts`, or its receive time when it had none.
+    pub ts_ns: i64,
+    pub seq: i64,
+    /// The metrics as a JSON object, values as line protocol stored them.
+    pub metrics_json: String,
+    pub received_ns: i64,
+}
+
+/// `(tenant, device, snapshot)` of `Latest::take_dirty`.
+pub type Row = (String, String, Snapshot);
+
+struct Entry {
+    line: Vec<u8>,
+    received_ns: i64,
+    /// Changed since the last `take_dirty`.
+    dirty: bool,
+}
+
+/// FxHash over the key's bytes: the keys are authenticated devices' ids (no flooding), and a
+/// lookup per device per request must cost a few nanoseconds, not SipHash's tens.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+}
+
+type Fx = BuildHasherDefault<FxHasher>;
+type Map = HashMap<Box<[u8]>, Entry, Fx>;
+
+/// The map key of a device: `tenant NUL device` (neither id may hold a control character), so
+/// one hash and one probe find it.
+fn key_into(buf: &mut Vec<u8>, tenant: &str, device: &str) {
+    buf.clear();
+    buf.extend_from_slice(tenant.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(device.as_bytes());
+}
+
+fn split_key(key: &[u8]) -> (String, String) {
+    let nul = memchr::memchr(0, key).expect("a key holds a NUL between tenant and device");
+    let text = |b: &[u8]| std::str::from_utf8(b).expect("ids are UTF-8").to_owned();
+    (text(&key[..nul]), text(&key[nul + 1..]))
+}
+
+/// Per tenant and device, the last accepted message. Thread-safe.
+#[derive(Default)]
+pub struct Latest {
+    devices: Mutex<Map>,
+}
+
+impl Latest {
+    pub fn new() -> Self {
+        Latest::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        // Every update is one assignment after the data moved: a poisoned map is consistent.
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep each device's last accepted item of an appended batch.
+    pub fn record(&self, batch: &Batch) {
+        let received_ns = batch.receive_ns();
+        let mut key = Vec::with_capacity(64);
+        let mut devices = self.lock();
+        for (tenant, device, line) in batch.last_accepted() {
+            key_into(&mut key, tenant, device);
+            match devices.get_mut(key.as_slice()) {
+                Some(entry) => {
+                    entry.line.clear();
+                    entry.line.extend_from_slice(line);
+                    entry.received_ns = received_ns;
+                    entry.dirty = true;
+                }
+                None => {
+                    let entry = Entry {
+                        line: line.to_vec(),
+                        received_ns,
+                        dirty: true,
+                    };
+                    devices.insert(key.as_slice().into(), entry);
+                }
+            }
+        }
+    }
+
+    /// Number of devices held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The snapshot of each of `devices` of `tenant`, `None` for those without one.
+    pub fn get(&self, tenant: &str, devices: &[&str]) -> Vec<Option<Snapshot>> {
+        let held = self.lock();
+        let mut key = Vec::with_capacity(64);
+        devices
+            .iter()
+            .map(|&d| {
+                key_into(&mut key, tenant, d);
+                held.get(key.as_slice()).map(snapshot)
+            })
+            .collect()
+    }
+
+    /// Every device changed since the last call, which it marks clean; sorted by key.
+    pub fn take_dirty(&self) -> Vec<Row> {
+        let mut held = self.lock();
+        let mut rows: Vec<Row> = held
+            .iter_mut()
+            .filter(|(_, e)| e.dirty)
+            .map(|(key, entry)| {
+                entry.dirty = false;
+                let (tenant, device) = split_key(key);
+                (tenant, device, snapshot(entry))
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        rows
+    }
+
+    /// Mark devices dirty again (their rows could not be stored); unknown keys are ignored.
+    pub fn mark_dirty(&self, keys: &[(&str, &str)]) {
+        let mut held = self.lock();
+        let mut key = Vec::with_capacity(64);
+        for &(tenant, device) in keys {
+            key_into(&mut key, tenant, device);
+            if let Some(entry) = held.get_mut(key.as_slice()) {
+                entry.dirty = true;
+            }
+        }
+    }
+}
+
+fn snapshot(entry: &Entry) -> Snapshot {
+    let mut s = read_line(&entry.line);
+    s.received_ns = entry.received_ns;
+    s
+}
+
+/// Reads a line the parser encoded: `msg_type,device_id=…,site_id=… metrics…,seq=Ni ts\n`.
+/// Only ever given lines of this core, so a line of another shape is a broken invariant.
+fn read_line(line: &[u8]) -> Snapshot {
+    let line = line
+        .strip_suffix(b"\n")
+        .expect("an encoded line ends in a newline");
+    let last_space = memchr::memrchr(b' ', line).expect("an encoded line has a timestamp");
+    let ts_ns = ascii_int(&line[last_space + 1..]);
+    let measurement_end = memchr::memchr(b',', line).expect("an encoded line has tags");
+    let msg_type = std::str::from_utf8(&line[..measurement_end])
+        .expect("a msg_type is ASCII")
+        .to_owned();
+    let fields_start = unescaped(line, measurement_end, b' ').expect("a line has fields") + 1;
+    let fields = &line[fields_start..last_space];
+    let seq_at = memchr::memrchr(b',', fields).map_or(0, |i| i + 1);
+    let seq_field = &fields[seq_at..];
+    let seq = ascii_int(
+        seq_field
+            .strip_prefix(b"seq=")
+            .and_then(|v| v.strip_suffix(b"i"))
+            .expect("a line's last field is seq"),
+    );
+    let mut metrics_json = String::with_capacity(fields.len() + 2);
+    metrics_json.push('{');
+    let mut out = Vec::with_capacity(fields.len());
+    let mut at = 0;
+    while at < seq_at {
+        let end = unescaped(fields, at, b',').expect("seq follows every metric");
+        let eq = unescaped(fields, at, b'=').expect("a field has a value");
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        let name: Vec<u8> = unescape(&fields[at..eq]);
+        push_json_str(
+            &mut out,
+            std::str::from_utf8(&name).expect("a metric name is UTF-8"),
+        );
+        out.push(b':');
+        out.extend_from_slice(&fields[eq + 1..end]);
+        at = end + 1;
+    }
+    metrics_json.push_str(std::str::from_utf8(&out).expect("JSON built from UTF-8 is UTF-8"));
+    metrics_json.push('}');
+    Snapshot {
+        msg_type,
+        ts_ns,
+        seq,
+        metrics_json,
+        received_ns: 0,
+    }
+}
+
+/// The first `byte` at or after `from` that no backslash escapes.
+fn unescaped(b: &[u8], from: usize, byte: u8) -> Option<usize> {
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            c if c == byte => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A field key as it was before `push_lp_key` escaped `,` `=` and space.
+fn unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut escaped = false;
+    for &c in b {
+        if c == b'\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(c);
+    }
+    out
+}
+
+fn ascii_int(b: &[u8]) -> i64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("the core wrote this integer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_batch;
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn accepted(body: &str) -> Batch {
+        let mut b = parse_batch(body.as_bytes(), NOW, 8192).expect("a valid body");
+        let verdicts: Vec<(i64, Option<&str>)> = b.groups().map(|g| (g.4 as i64, None)).collect();
+        b.resolve(&verdicts).expect("one verdict per group");
+        b.append_with(|_, _| true).expect("appended once");
+        b
+    }
+
+    fn msg(device: &str, seq: u64, metrics: &str) -> String {
+        format!(
+            r#"{{"tenant_id":"acme","device_id":"{device}","msg_type":"telemetry","provision_token":"t","site_id":"s","ts":"2024-05-01T12:00:00Z","seq":{seq},"metrics":{metrics}}}"#
+        )
+    }
+
+    #[test]
+    fn keeps_the_last_accepted_message_of_each_device() {
+        let body = format!(
+            r#"{{"messages":[{},{},{}]}}"#,
+            msg("d1", 1, r#"{"a":1.5}"#),
+            msg("d2", 2, r#"{"b":true}"#),
+            msg("d1", 3, r#"{"a b,c=d":2.5,"x":-1}"#)
+        );
+        let latest = Latest::new();
+        latest.record(&accepted(&body));
+        let got = latest.get("acme", &["d1", "d2", "d3"]);
+        assert_eq!(
+            got[0],
+            Some(Snapshot {
+                msg_type: "telemetry".into(),
+                ts_ns: 1_714_564_800_000_000_000,
+                seq: 3,
+                metrics_json: r#"{"a b,c=d":2.5,"x":-1.0}"#.into(),
+                received_ns: NOW,
+            })
+        );
+        assert_eq!(
+            got[1].as_ref().map(|s| s.metrics_json.as_str()),
+            Some(r#"{"b":true}"#)
+        );
+        assert_eq!(got[2], None);
+        assert_eq!(latest.get("other", &["d1"]), vec![None]);
+    }
+
+    #[test]
+    fn take_dirty_returns_each_changed_device_once() {
+        let latest = Latest::new();
+        let body = format!(r#"{{"messages":[{}]}}"#, msg("d1", 1, "{}"));
+        latest.record(&accepted(&body));
+        let rows = latest.take_dirty();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("acme", "d1"));
+        assert_eq!(rows[0].2.metrics_json, "{}");
+        assert!(latest.take_dirty().is_empty());
+        latest.mark_dirty(&[("acme", "d1"), ("acme", "nope")]);
+        assert_eq!(latest.take_dirty().len(), 1);
+    }
+
+    #[test]
+    fn rejected_items_are_not_recorded() {
+        let body = format!(
+            r#"{{"messages":[{},{}]}}"#,
+            msg("d1", 1, "{}"),
+            msg("d1", 2, "{}")
+        );
+        let mut b = parse_batch(body.as_bytes(), NOW, 8192).expect("a valid body");
+        b.resolve(&[(1, Some("RATE_LIMITED"))])
+            .expect("one verdict per group");
+        b.append_with(|_, _| true).expect("appended once");
+        let latest = Latest::new();
+        latest.record(&b);
+        assert_eq!(
+            latest.get("acme", &["d1"])[0].as_ref().map(|s| s.seq),
+            Some(1)
+        );
+    }
+}
