@@ -278,6 +278,9 @@ def test_user_and_password_in_nats_url_authenticate_and_a_wrong_one_never_connec
 
         good, bad, error = run(main)
         assert (good, bad) == (True, False)
-        assert error is not None and "Authorization" in error
+        # nats-server answers -ERR 'Authorization Violation' and closes the socket; under load
+        # the client can read the close before the error line.
+        assert error is not None
+        assert "Authorization" in error or "ConnectionReset" in error, error
     finally:
         server.cleanup()
