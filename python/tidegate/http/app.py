@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -32,24 +32,32 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 _ERROR_HANDLERS = {HTTPException: http_error, Exception: _internal_error}
 
 
-def create_app(cfg: Config) -> Starlette:
-    """The gateway app on the public listener; the Gateway object is at `app.state.gateway`,
-    the ops listener's app (stats, metrics; no lifespan of its own) at `app.state.ops_app`."""
-    gw = Gateway(cfg)
+def lifespan_of(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """A Starlette lifespan that runs `start`, serves, then `stop`; a failed start is logged as
+    one line saying what failed (uvicorn then logs the traceback and exits 3)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            await gw.start()
+            await start()
         except Exception as exc:
-            # One line that says what failed; uvicorn then logs the traceback and exits 3.
             logs.log("start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
             raise
         try:
             yield
         finally:
-            await gw.stop()
+            await stop()
 
+    return lifespan
+
+
+def create_app(cfg: Config) -> Starlette:
+    """The gateway app on the public listener; the Gateway object is at `app.state.gateway`,
+    the ops listener's app (stats, metrics; no lifespan of its own) at `app.state.ops_app`."""
+    gw = Gateway(cfg)
+    lifespan = lifespan_of(gw.start, gw.stop)
     app = Starlette(
         routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw), *api.routes(gw)],
         lifespan=lifespan,

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidegate import logs
 from tidegate.config import Config
-from tidegate.http.app import SignalServer, server_options
+from tidegate.http.app import SignalServer, lifespan_of, server_options
 from tidegate.http.endpoint import json_response
 from tidegate.nats.worker import Worker
 
@@ -21,17 +17,7 @@ from tidegate.nats.worker import Worker
 def create_app(worker: Worker) -> Starlette:
     """The worker's ops app; its lifespan starts and stops the worker."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await worker.start()
-        except Exception as exc:
-            logs.log("start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
-            raise
-        try:
-            yield
-        finally:
-            await worker.stop()
+    lifespan = lifespan_of(worker.start, worker.stop)
 
     async def health(request: Request) -> Response:
         return json_response(200, {"status": "ok"})
