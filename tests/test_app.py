@@ -578,6 +578,46 @@ def test_requests_while_shutting_down_get_503(tmp_path: Path) -> None:
     )
 
 
+def test_a_bug_in_a_route_answers_json_500_and_is_raised_for_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plain-path routes skip Starlette's middleware (App's exact dispatch), path-parameter
+    # routes take it: both answer a bug alike, and re-raise it so that uvicorn logs it.
+    cfg = Config(data_dir=tmp_path, core=os.environ.get("TIDEGATE_CORE", "rust"))
+    app = create_app(cfg)
+    gw = app.state.gateway
+    requests = [
+        ("/ingest/v1/batch", {"messages": [msg()]}, {}),
+        ("/ingest/v1/tenant/t1/device/d1/telemetry", {"site_id": "s1"}, {"x-provision-token": "t"}),
+    ]
+
+    async def broken(batch: object) -> None:
+        raise RuntimeError("a bug")
+
+    async def run() -> tuple[list[httpx.Response], list[str]]:
+        await gw.start()
+        monkeypatch.setattr(gw.services.admitter, "admit", broken)
+        answers, raised = [], []
+        try:
+            for reraise in (False, True):
+                transport = httpx.ASGITransport(app=app, raise_app_exceptions=reraise)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+                    for path, body, headers in requests:
+                        try:
+                            answers.append(await c.post(path, json=body, headers=headers))
+                        except RuntimeError as exc:
+                            raised.append(str(exc))
+        finally:
+            await gw.stop()
+        return answers, raised
+
+    answers, raised = asyncio.run(run())
+    assert [(r.status_code, r.json()) for r in answers] == [
+        (500, {"detail": "internal server error"})
+    ] * 2
+    assert raised == ["a bug"] * 2
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 

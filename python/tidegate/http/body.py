@@ -5,18 +5,25 @@ from __future__ import annotations
 import zlib
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, decompressed if gzip; raises HTTPException (400, 413, 415) with a `detail`.
+    """The request body, decompressed if gzip; raises HTTPException (400, 413, 415) with a
+    `detail`, ClientDisconnect when the client is gone before the body is in.
 
     Content-Length is checked before reading, the running size while reading (chunked bodies
     have no Content-Length), and a gzip body's output while decompressing: a bomb stops at
     `cap` bytes of output.
     """
-    headers = request.headers
-    length = headers.get("content-length")
+    # The raw ASGI headers (names lower-case), read once: Starlette's Headers decodes each
+    # header per lookup, and this runs on every request.
+    length = encoding = None
+    for name, value in request.scope["headers"]:
+        if name == b"content-length" and length is None:
+            length = value
+        elif name == b"content-encoding" and encoding is None:
+            encoding = value
     if length is not None:
         try:
             declared = int(length)
@@ -26,16 +33,22 @@ async def read_body(request: Request, cap: int) -> bytes:
             raise HTTPException(413, too_large(cap))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
             raise HTTPException(413, too_large(cap))
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = headers.get("content-encoding")
     if encoding is None:
         return body
-    encoding = encoding.strip().lower()
+    encoding = encoding.decode("latin-1").strip().lower()
     if encoding == "gzip":
         return gunzip(body, cap)
     if encoding in ("", "identity"):

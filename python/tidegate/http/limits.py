@@ -19,13 +19,14 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidegate.config import Config
+from tidegate.http.writes import CoalescedWrites
 
 LINGER_S = 2.0
 RETRY_AFTER_S = "1"
@@ -113,8 +114,9 @@ class LimitedProtocol(HttpToolsProtocol):
     # Connection events.
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the head deadline: an idle new connection is closed when it passes."""
-        super().connection_made(transport)
+        """Start the head deadline: an idle new connection is closed when it passes. uvicorn
+        writes through CoalescedWrites: one send per response."""
+        super().connection_made(cast(asyncio.Transport, CoalescedWrites(transport, self.loop)))
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
