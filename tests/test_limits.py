@@ -143,6 +143,38 @@ def test_a_stalled_body_gets_408_and_is_counted_on_its_route(gateway: Start) -> 
     assert "Traceback" not in gw.logs()
 
 
+def test_each_request_of_a_connection_gets_its_own_deadlines(gateway: Start) -> None:
+    # The protocol moves its one timer only when a deadline comes sooner: a timer set for an
+    # earlier deadline re-arms itself, a stale one does nothing.
+    gw = gateway({**HOLD, "TIDEGATE_HEADER_TIMEOUT_S": "1", "TIDEGATE_BODY_TIMEOUT_S": "2"})
+    detail = {"detail": "request body not received within 2 s"}
+    waits = []
+    with connect(gw) as late_in_head:
+        # The connection's head deadline passes while the body deadline runs.
+        time.sleep(0.5)
+        late_in_head.sendall(head(1000) + b'{"messages":[')
+        started = time.monotonic()
+        status, body = read_answer(late_in_head)
+        waits.append(time.monotonic() - started)
+        assert (status, json.loads(body)) == (408, detail)
+    with connect(gw) as kept_alive:
+        # A second request after a first one that ended in time.
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):
+            chunk = kept_alive.recv(65536)
+            assert chunk, first
+            first += chunk
+        time.sleep(1.5)
+        kept_alive.sendall(head(1000) + b'{"messages":[')
+        started = time.monotonic()
+        status, body = read_answer(kept_alive)
+        waits.append(time.monotonic() - started)
+        assert (status, json.loads(body)) == (408, detail)
+    assert all(1.9 <= w < 10 for w in waits), waits
+    assert gw.stats()["limits_hit"] == {"body_timeout": 2}
+
+
 def test_connections_and_requests_beyond_their_caps_get_503(gateway: Start) -> None:
     gw = gateway({**HOLD, "TIDEGATE_MAX_CONNECTIONS": "2", "TIDEGATE_MAX_REQUESTS": "1"})
     with connect(gw) as first, connect(gw) as second:

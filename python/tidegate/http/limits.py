@@ -29,6 +29,7 @@ from tidegate.config import Config
 from tidegate.http.writes import CoalescedWrites
 
 LINGER_S = 2.0
+_EARLY_S = 0.005
 RETRY_AFTER_S = "1"
 
 # The limit names, as counted in metrics (`tidegate_connection_limit_total{limit}`).
@@ -73,6 +74,10 @@ def protocol_class(limits: Limits) -> type[HttpToolsProtocol]:
     return type("LimitedProtocol", (LimitedProtocol,), {"limits": limits})
 
 
+def _nothing() -> None:
+    pass
+
+
 def _head_too_large(limits: Limits) -> str:
     return f"request head exceeds the limit of {limits.max_header_bytes} bytes"
 
@@ -108,6 +113,9 @@ class LimitedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
+        # The running deadline (loop time) and what happens when it passes; None: none runs.
+        self._deadline: float | None = None
+        self._expired: Callable[[], None] = _nothing
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -122,6 +130,9 @@ class LimitedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop the timer with the connection."""
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -143,7 +154,7 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
-        if self._timer is None:
+        if self._deadline is None:
             self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
@@ -190,17 +201,37 @@ class LimitedProtocol(HttpToolsProtocol):
 
     # Deadlines and refusals.
 
-    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, callback)
+    def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
+        """Run `expired` unless disarmed within `seconds`. Arming sets a field: the timer is
+        moved only when it would fire after the new deadline, and a timer that fires early
+        re-arms itself for the deadline of the moment. So a keep-alive connection costs a
+        timer per timeout period, not two per request."""
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        self._expired = expired
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        # Timers may fire a little early (uvloop's are in whole milliseconds): within
+        # _EARLY_S of the deadline counts as passed, or the timer would spin up to it.
+        if deadline - self.loop.time() > _EARLY_S:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+            return
+        self._deadline = None
+        self._expired()
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         # A pipelined request's head may time out while the previous answer is being written.
         idle = self.cycle is None or self.cycle.response_complete
         self._refuse(
@@ -211,7 +242,6 @@ class LimitedProtocol(HttpToolsProtocol):
         )
 
     def _body_timed_out(self) -> None:
-        self._timer = None
         cycle = self.cycle
         answer = b""
         if cycle is not None and not cycle.response_started:
@@ -238,7 +268,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if transport.can_write_eof():
             transport.write_eof()
         self.flow.resume_reading()
-        self._timer = self.loop.call_later(LINGER_S, transport.close)
+        self.loop.call_later(LINGER_S, transport.close)
 
 
 class _Refuse:
