@@ -1639,6 +1639,68 @@ mod tests {
         assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(2));
     }
 
+    /// Points the log's current segment at /dev/null: writes succeed, fdatasync fails (EINVAL)
+    /// as on a disk error, without root or a broken device. Hold the returned lock until the
+    /// failure: it keeps the checkpoint from dropping the handle as unlinked meanwhile.
+    fn sync_will_fail(wal: &Wal) -> MutexGuard<'_, u64> {
+        let checkpointing = lock(&wal.shared.checkpointed);
+        let null = OpenOptions::new().write(true).open("/dev/null");
+        let mut files = lock(&wal.shared.files);
+        assert!(files.current.is_some(), "a segment is being written");
+        files.current = Some(null.expect("/dev/null opens"));
+        checkpointing
+    }
+
+    const SYNC_FAILED: &str = "fdatasync: Invalid argument (os error 22)";
+
+    #[test]
+    fn a_failed_fdatasync_fails_its_appends_and_refuses_every_later_one_until_restart() {
+        let dir = TestDir::new();
+        let cfg = config(&dir.0, 1 << 20, 1 << 20);
+        let wal = open(&cfg);
+        assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(1));
+        let checkpointing = sync_will_fail(&wal);
+        let failed = WalError::Failed(SYNC_FAILED.to_owned());
+        let ticket = wal.submit_lines("a", b"a2\n", 1).expect("queued");
+        assert_eq!(outcome(&wal, ticket.expect("fits")), Err(failed.clone()));
+        drop(checkpointing);
+        // Nothing of it is buffered, and its room is given back.
+        assert_eq!(contents(&wal)["a"], lines(&["a1"]));
+        assert_eq!(wal.buffers().total_bytes(), 3);
+        assert_eq!(wal.submit_lines("b", b"b1\n", 1), Err(failed));
+        assert_eq!(wal.failed().as_deref(), Some(SYNC_FAILED));
+        let stats = wal.stats();
+        assert_eq!(stats.failed.as_deref(), Some(SYNC_FAILED));
+        assert_eq!((stats.fsyncs, stats.appended_records), (1, 1));
+        wal.abandon();
+
+        let wal = open(&cfg);
+        assert_eq!(wal.failed(), None);
+        assert_eq!(contents(&wal)["a"], lines(&["a1"]));
+        // Mark 2 reached no disk and no buffer: the restarted log hands it out again.
+        assert_eq!(mark_of(&wal, "b", b"b1\n", 1), Ok(2));
+    }
+
+    #[test]
+    fn a_failed_interval_fdatasync_refuses_every_later_append() {
+        let dir = TestDir::new();
+        let mut cfg = config(&dir.0, 1 << 20, 1 << 20);
+        // The test runs the interval fsync itself.
+        cfg.sync = SyncMode::Interval(Duration::from_secs(3600));
+        let wal = open(&cfg);
+        assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(1));
+        let checkpointing = sync_will_fail(&wal);
+        // Acknowledged once written: the fsync comes later.
+        assert_eq!(mark_of(&wal, "a", b"a2\n", 1), Ok(2));
+        let failed = WalError::Failed(SYNC_FAILED.to_owned());
+        assert_eq!(wal.shared.sync_interval(), Err(failed.clone()));
+        drop(checkpointing);
+        assert_eq!(wal.failed().as_deref(), Some(SYNC_FAILED));
+        assert_eq!(wal.submit_lines("a", b"a3\n", 1), Err(failed));
+        assert_eq!(wal.buffers().total_bytes(), 6);
+        assert_eq!(wal.stats().fsyncs, 0);
+    }
+
     #[test]
     fn concurrent_appends_share_fsyncs_and_all_come_back() {
         let dir = TestDir::new();
