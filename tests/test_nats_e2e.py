@@ -214,6 +214,10 @@ def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
     ]
     assert [r.status_code for r in single] == [202, 202]
     assert single[0].content == single[1].content == b'{"status":"accepted"}'
+    # The edge published both: it opened no write-ahead log (direct mode did).
+    assert edge.stats()["wal"] is None
+    assert not (edge.data_dir / "wal").exists()
+    assert direct.stats()["wal"]["appended_records"] == 2
 
 
 def test_nats_down_answers_503_unavailable_and_every_202_is_in_the_stream(

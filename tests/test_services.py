@@ -1,4 +1,5 @@
-"""The test services themselves: fresh PostgreSQL databases, a restartable InfluxDB."""
+"""The test services themselves: fresh PostgreSQL databases, a restartable InfluxDB, and a
+server that cannot start failing the test (never a skip) with its log."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-from services import InfluxDB, PostgresCluster, _influx_config, free_port
+import pytest
+import services
+from services import InfluxDB, PostgresCluster, _Daemon, _influx_config, free_port
 
 
 def test_postgres_url_is_a_fresh_empty_database(
@@ -108,3 +111,37 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+class Script(_Daemon):
+    """A "server" that is a shell script, with a readiness check nothing ever answers."""
+
+    def __init__(self, script: str) -> None:
+        super().__init__("script")
+        self._command = ["sh", "-c", script]
+        self._client = httpx.Client(base_url=f"http://127.0.0.1:{free_port()}", timeout=1.0)
+        self._ready = ("/ready", 200)
+
+
+def test_a_server_that_exits_at_start_fails_the_test_with_its_log() -> None:
+    server = Script("echo cannot bind; exit 3")
+    try:
+        with pytest.raises(pytest.fail.Exception) as failed:
+            server.start()
+        assert failed.value.msg == "script exited with 3:\ncannot bind"
+    finally:
+        server.cleanup()
+
+
+def test_a_server_never_ready_is_stopped_and_fails_the_test_with_its_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(services, "START_TIMEOUT_S", 0.5)
+    server = Script("echo starting; exec sleep 60")
+    try:
+        with pytest.raises(pytest.fail.Exception) as failed:
+            server.start()
+        assert failed.value.msg == "script did not answer /ready with 200 within 0.5s:\nstarting"
+        assert not server.running
+    finally:
+        server.cleanup()

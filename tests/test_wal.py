@@ -12,10 +12,48 @@ import pytest
 from messages import RECEIVE_NS, batch_body, message
 from tidegate import _core as core
 
+Outcome = tuple[int, list[str], core.WalFull | core.WalUnavailable | None]
+
 
 def open_wal(path: Path, max_bytes: int = 1 << 30) -> tuple[core.TenantBuffers, core.Wal]:
     buffers = core.TenantBuffers()
     return buffers, core.Wal(buffers, path, max_bytes=max_bytes)
+
+
+def completions(wal: core.Wal, count: int) -> list[Outcome]:
+    """The next `count` outcomes, waited for on the wakeup descriptor as the gateway does."""
+    done: list[Outcome] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(wal.wakeup_fd(), selectors.EVENT_READ)
+        while len(done) < count:
+            assert selector.select(timeout=10), "no wakeup"
+            done += wal.completed()
+    assert len(done) == count, done
+    return done
+
+
+def outcome(wal: core.Wal, ticket: int) -> list[str]:
+    """Waits for the submitted append `ticket`: its ready tenants, or its error raised."""
+    [(done, ready, error)] = completions(wal, 1)
+    assert done == ticket
+    if error is not None:
+        raise error
+    return ready
+
+
+def append(wal: core.Wal, batch: core.Batch) -> list[str]:
+    """Submits the batch and waits for it to be logged and buffered."""
+    ticket = wal.submit(batch)
+    return outcome(wal, ticket) if ticket else []
+
+
+def append_lines(wal: core.Wal, tenant: str, lines: bytes, line_count: int) -> bool:
+    """Submits the lines and waits for them to be logged and buffered; False: they do not fit."""
+    ticket = wal.submit_lines(tenant, lines, line_count)
+    if ticket is None:
+        return False
+    outcome(wal, ticket)
+    return True
 
 
 def test_an_appended_batch_is_replayed_with_its_mark_after_reopening(tmp_path: Path) -> None:
@@ -23,7 +61,7 @@ def test_an_appended_batch_is_replayed_with_its_mark_after_reopening(tmp_path: P
     batch = core.parse_batch(
         batch_body(message(), message(tenant_id="beta"), message(tenant_id="")), RECEIVE_NS
     )
-    assert wal.append(batch) == []
+    assert append(wal, batch) == []
     assert batch.reasons() == [None, None, "INVALID_SCHEMA"]
     stored = buffers.depth()
     assert wal.stats()["appended_records"] == 2
@@ -47,9 +85,9 @@ def test_an_appended_batch_is_replayed_with_its_mark_after_reopening(tmp_path: P
 
 def test_at_the_cap_an_append_raises_wal_full_and_stores_nothing(tmp_path: Path) -> None:
     buffers, wal = open_wal(tmp_path, max_bytes=100)
-    assert wal.append_lines("t", b"x" * 50 + b"\n", 1) is True
+    assert append_lines(wal, "t", b"x" * 50 + b"\n", 1) is True
     with pytest.raises(core.WalFull) as raised:
-        wal.append_lines("t", b"y" * 50 + b"\n", 1)
+        append_lines(wal, "t", b"y" * 50 + b"\n", 1)
     assert raised.value.detail == "write-ahead log is at its cap of 100 bytes"
     assert buffers.depth() == {"t": (1, 51)}
     assert buffers.total_bytes == 51
@@ -58,9 +96,9 @@ def test_at_the_cap_an_append_raises_wal_full_and_stores_nothing(tmp_path: Path)
 def test_lines_that_do_not_fit_the_buffers_are_not_logged(tmp_path: Path) -> None:
     buffers = core.TenantBuffers(max_bytes=10)
     wal = core.Wal(buffers, tmp_path)
-    assert wal.append_lines("t", b"x" * 20 + b"\n", 1) is False
+    assert append_lines(wal, "t", b"x" * 20 + b"\n", 1) is False
     batch = core.parse_batch(batch_body(message()), RECEIVE_NS)
-    assert wal.append(batch) == []
+    assert append(wal, batch) == []
     assert batch.reasons() == ["BUFFER_FULL"]
     assert wal.stats()["appended_records"] == 0
 
@@ -79,16 +117,20 @@ def test_a_bad_sync_mode_is_refused(tmp_path: Path) -> None:
 
 def test_appends_from_threads_share_fsyncs(tmp_path: Path) -> None:
     buffers, wal = open_wal(tmp_path)
+    tickets: list[int | None] = []
 
     def produce(worker: int) -> None:
         for i in range(100):
-            assert wal.append_lines(f"t{worker % 2}", b"m v=%di %d\n" % (worker, i), 1)
+            tickets.append(wal.submit_lines(f"t{worker % 2}", b"m v=%di %d\n" % (worker, i), 1))
 
     threads = [threading.Thread(target=produce, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
+    done = completions(wal, 800)
     for t in threads:
         t.join()
+    assert sorted(ticket for ticket, _, _ in done) == sorted(tickets)
+    assert [error for _, _, error in done] == [None] * 800
     stats = wal.stats()
     assert stats["appended_records"] == stats["synced_records"] == 800
     assert stats["fsyncs"] == stats["groups"] <= 800
@@ -102,12 +144,7 @@ def test_submitted_appends_complete_through_the_wakeup_descriptor(tmp_path: Path
     lines_ticket = wal.submit_lines("gamma", b"m v=1i 1\n", 1)
     assert ticket and lines_ticket and ticket != lines_ticket
     assert wal.submit(core.parse_batch(batch_body(message(tenant_id="")), RECEIVE_NS)) == 0
-    done: list[tuple[int, list[str], object]] = []
-    selector = selectors.DefaultSelector()
-    selector.register(wal.wakeup_fd(), selectors.EVENT_READ)
-    while len(done) < 2:
-        assert selector.select(timeout=10), "no wakeup"
-        done += wal.completed()
+    done = completions(wal, 2)
     assert sorted(done) == sorted([(ticket, [], None), (lines_ticket, [], None)])
     assert set(buffers.depth()) == {"acme", "beta", "gamma"}
     assert wal.completed() == []

@@ -368,13 +368,12 @@ class Wal:
     """The write-ahead log of a TenantBuffers' appends: segment files in `directory`.
 
     An append takes room in the buffers first (items that do not fit get BUFFER_FULL and are
-    not logged), writes one record per tenant with the request's new mark, waits for the
-    covering fdatasync (`sync="always"`; `"interval"`: only for the write, fsynced every
-    `sync_interval_ms` by a background thread), and only then buffers the lines. One writer
+    not logged), writes one record per tenant with the request's new mark and, once the
+    covering fdatasync is done (`sync="always"`; `"interval"`: once written, fsynced every
+    `sync_interval_ms` by a background thread), buffers the lines. One writer
     thread writes every append queued while the previous write ran in one write and one
-    fdatasync (group commit). `append`/`append_lines` block until their group is on disk (GIL
-    released); an event loop uses `submit`/`submit_lines` instead, which only queue, and
-    collects outcomes with `completed` when `wakeup_fd` is readable.
+    fdatasync (group commit). `submit`/`submit_lines` only queue (GIL released); an event loop
+    collects the outcomes with `completed` when `wakeup_fd` is readable.
 
     Opening replays every record above the checkpoint into `buffers` with its mark. A segment
     is deleted once `buffers.delivered_through` covers it (checked every second and by
@@ -393,21 +392,15 @@ class Wal:
         """Open (create) the log and replay it. Raises WalUnavailable when the directory cannot
         be created or read, ValueError for a bad `sync`. Runs without the GIL."""
 
-    def append(self, batch: Batch) -> list[str]:
-        """Log, then buffer, the batch's accepted lines; returns the tenants now at a flush
-        threshold. Raises WalFull at the log's cap, WalUnavailable when it cannot write: then
-        nothing of the batch is stored (its items keep their per-item results)."""
-
-    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
-        """Log, then buffer, one tenant's encoded lines, all or nothing; False when they do not
-        fit the buffers (nothing logged). Raises like `append`."""
-
     def submit(self, batch: Batch) -> int:
-        """`append` without waiting: a ticket whose outcome `completed` reports (0: nothing to
-        log, done). Raises WalFull/WalUnavailable when refused before queueing."""
+        """Queue the batch's accepted lines to be logged, then buffered: a ticket whose outcome
+        `completed` reports (0: nothing to log, done). Raises WalFull at the log's cap,
+        WalUnavailable when it cannot write: then nothing of the batch is stored (its items
+        keep their per-item results)."""
 
     def submit_lines(self, tenant: str, lines: bytes, line_count: int) -> int | None:
-        """`append_lines` without waiting: a ticket, or None when the lines do not fit."""
+        """`submit` for one tenant's encoded lines, all or nothing: a ticket, or None when they
+        do not fit the buffers (nothing logged)."""
 
     def completed(self) -> list[tuple[int, list[str], WalFull | WalUnavailable | None]]:
         """Outcomes of submitted appends since the last call: `(ticket, tenants now at a flush

@@ -134,9 +134,14 @@ class Config:
                 f"TIDEGATE_TENANT_MAX_BYTES={tenant_max_bytes} is invalid: it must not exceed "
                 f"TIDEGATE_BUFFER_MAX_BYTES ({buffer_max_bytes})"
             )
+        mode = r.get("TIDEGATE_MODE", "direct", _mode)
         # The Python core has no log: its default is memory, and asking it for one is an error.
+        # A NATS-mode edge publishes ingest to JetStream; only Shelly's lines, already in
+        # power_logs before the 200, reach its buffers: no log unless asked for.
         durability = r.get(
-            "TIDEGATE_DURABILITY", "wal" if core == "rust" else "memory", _choice(DURABILITIES)
+            "TIDEGATE_DURABILITY",
+            "wal" if core == "rust" and mode == "direct" else "memory",
+            _choice(DURABILITIES),
         )
         if durability == "wal" and core != "rust":
             raise ConfigError(
@@ -200,7 +205,7 @@ class Config:
             max_requests=r.get("TIDEGATE_MAX_REQUESTS", 64, positive_int),
             shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, positive_float),
             log_level=r.get("TIDEGATE_LOG_LEVEL", "info", parse_log_level),
-            mode=r.get("TIDEGATE_MODE", "direct", _mode),
+            mode=mode,
             nats=_nats_settings(r),
         )
         if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):

@@ -540,28 +540,8 @@ impl PyWal {
             .map_err(|e| wal_error(py, &e))
     }
 
-    /// Log the batch's accepted lines, then buffer them; returns the tenants now at a threshold.
-    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
-        let mut batch = batch.try_borrow_mut()?;
-        let batch = &mut batch.inner;
-        py.detach(|| self.inner.append(batch))
-            .map_err(|e| wal_error(py, &e))
-    }
-
-    /// Log one tenant's encoded lines, then buffer them, all or nothing.
-    fn append_lines(
-        &self,
-        py: Python<'_>,
-        tenant: &str,
-        lines: &[u8],
-        line_count: i64,
-    ) -> PyResult<bool> {
-        let line_count = count("line_count", line_count)?;
-        py.detach(|| self.inner.append_lines(tenant, lines, line_count))
-            .map_err(|e| wal_error(py, &e))
-    }
-
-    /// `append` without waiting: a ticket (0: nothing to log) for `completed`.
+    /// Queue the batch's accepted lines to be logged, then buffered: a ticket (0: nothing to
+    /// log) whose outcome `completed` reports.
     fn submit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<u64> {
         let mut batch = batch.try_borrow_mut()?;
         let batch = &mut batch.inner;
@@ -569,7 +549,7 @@ impl PyWal {
             .map_err(|e| wal_error(py, &e))
     }
 
-    /// `append_lines` without waiting: a ticket, or None when the lines do not fit.
+    /// `submit` for one tenant's encoded lines, all or nothing: None when they do not fit.
     fn submit_lines(
         &self,
         py: Python<'_>,

@@ -6,9 +6,10 @@
 //! magic u32 | len u32 | crc32c u32 (of len and body) | body: mark u64, tenant_len u16, tenant,
 //! line_count u32, lines
 //! ```
-//! (little-endian). One writer: an append queues its records and waits; the first waiter with
-//! no write under way becomes the leader, writes everything queued in one `write` and (sync
-//! `Always`) one `fdatasync`, and wakes every waiter it covered (group commit, no sleep).
+//! (little-endian). An append (`submit`) only queues its records; one writer thread writes
+//! everything queued while its previous write ran in one `write` and (sync `Always`) one
+//! `fdatasync`, stores the lines and reports every append it covered through `completed` and
+//! one byte on the wakeup socket (group commit, no sleep, no thread waiting per append).
 //!
 //! Each record carries the delivery mark its lines hold in the buffers. A segment is deleted
 //! once none of its marks is open in the buffers (all its lines written or dead-lettered), after
@@ -45,7 +46,7 @@ const CHECKPOINT: &str = "checkpoint";
 /// How often the delivered-through checkpoint is written (when it moved).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// When an append returns: after its records are fsynced, or after `write` (fsynced by a
+/// When an append completes: after its records are fsynced, or after `write` (fsynced by a
 /// background thread every interval: survives a process crash, not a power cut).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
@@ -441,7 +442,8 @@ impl Files {
 }
 
 /// What is done once a queued append's records are written: store its reserved lines, and
-/// report to a waiting thread or (`notify`) to the completion list.
+/// report to the completion list (`notify`: a submitted append) or to the waiting thread (a
+/// compaction's copy).
 struct Entry {
     ticket: u64,
     store: Option<(Reservation, Vec<TenantLines>)>,
@@ -463,7 +465,7 @@ pub type Outcome = Result<Vec<String>, WalError>;
 struct State {
     queue: Queue,
     next_ticket: u64,
-    /// Outcomes of appends a thread waits for.
+    /// Outcomes of compaction copies the maintenance thread waits for.
     results: HashMap<u64, Outcome>,
     /// Outcomes of `submit`ted appends, until `completed` takes them.
     completed: Vec<(u64, Outcome)>,
@@ -479,7 +481,7 @@ struct Shared {
     state: Mutex<State>,
     /// The writer thread waits here for a queued group.
     queued: Condvar,
-    /// Threads waiting for their append's outcome.
+    /// Notified after every group: the maintenance thread waits here for a compaction copy.
     done: Condvar,
     /// The maintenance thread, woken to stop or to create a spare segment.
     maintenance: Condvar,
@@ -729,7 +731,7 @@ impl Wal {
     /// Takes room for the batch's accepted lines in the buffers (items that do not fit become
     /// `BUFFER_FULL` and are not logged) and queues their records for the writer. Returns the
     /// queued append with its ticket, or None when there is nothing to log.
-    fn queue_batch(&self, batch: &mut Batch, notify: bool) -> Result<Option<u64>, WalError> {
+    fn queue_batch(&self, batch: &mut Batch) -> Result<Option<u64>, WalError> {
         let reservation = self.shared.buffers.reserve(batch)?;
         if reservation.is_empty() {
             return Ok(None);
@@ -739,7 +741,7 @@ impl Wal {
             .into_iter()
             .map(|(t, l, n)| (t.to_owned(), l, n))
             .collect();
-        self.shared.queue(reservation, lines, notify).map(Some)
+        self.shared.queue(reservation, lines).map(Some)
     }
 
     /// `queue_batch` for one tenant's encoded lines, all or nothing: `Ok(None)` when they do
@@ -749,7 +751,6 @@ impl Wal {
         tenant: &str,
         lines: &[u8],
         line_count: usize,
-        notify: bool,
     ) -> Result<Option<u64>, WalError> {
         if tenant.len() > u16::MAX as usize {
             return Err(UsageError::TenantTooLong { len: tenant.len() }.into());
@@ -762,50 +763,28 @@ impl Wal {
             return Ok(None);
         };
         let lines = vec![(tenant.to_owned(), lines.to_vec(), line_count)];
-        self.shared.queue(reservation, lines, notify).map(Some)
+        self.shared.queue(reservation, lines).map(Some)
     }
 
-    /// Logs and stores the batch's accepted lines: room is taken in the buffers first (items
-    /// that do not fit become `BUFFER_FULL` and are not logged), then the records are
-    /// written (and fsynced, sync `Always`), then the lines are stored. On an error nothing
-    /// is stored and the room is given back. Returns the tenants now at a flush threshold.
-    /// Blocks until the group is written.
-    pub fn append(&self, batch: &mut Batch) -> Outcome {
-        match self.queue_batch(batch, false)? {
-            Some(ticket) => self.shared.wait(ticket),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// `append` for one tenant's encoded lines, all or nothing: false when they do not fit
-    /// the buffers (nothing logged).
-    pub fn append_lines(
-        &self,
-        tenant: &str,
-        lines: &[u8],
-        line_count: usize,
-    ) -> Result<bool, WalError> {
-        match self.queue_lines(tenant, lines, line_count, false)? {
-            Some(ticket) => self.shared.wait(ticket).map(|_| true),
-            None => Ok(false),
-        }
-    }
-
-    /// `append` without waiting: its ticket (0: nothing to log, already done), whose outcome
-    /// `completed` reports once the group is written; one byte on `wakeup_fd` says so. Errors
-    /// found before queueing (the cap, a failed log) are returned at once.
+    /// Queues the batch's accepted lines for logging: room is taken in the buffers first
+    /// (items that do not fit become `BUFFER_FULL` and are not logged). Returns a ticket (0:
+    /// nothing to log, already done) whose outcome `completed` reports once the group is
+    /// written (and fsynced, sync `Always`) and its lines stored; one byte on `wakeup_fd` says
+    /// so. On an error nothing is stored and the room is given back; errors found before
+    /// queueing (the cap, a failed log) are returned at once.
     pub fn submit(&self, batch: &mut Batch) -> Result<u64, WalError> {
-        Ok(self.queue_batch(batch, true)?.unwrap_or(0))
+        Ok(self.queue_batch(batch)?.unwrap_or(0))
     }
 
-    /// `submit` for `append_lines`: None when the lines do not fit the buffers.
+    /// `submit` for one tenant's encoded lines, all or nothing: None when they do not fit the
+    /// buffers (nothing logged).
     pub fn submit_lines(
         &self,
         tenant: &str,
         lines: &[u8],
         line_count: usize,
     ) -> Result<Option<u64>, WalError> {
-        self.queue_lines(tenant, lines, line_count, true)
+        self.queue_lines(tenant, lines, line_count)
     }
 
     /// Outcomes of submitted appends since the last call; drains the wakeup socket.
@@ -871,13 +850,8 @@ impl Drop for Wal {
 }
 
 impl Shared {
-    /// Queues one append's records for the writer; its ticket.
-    fn queue(
-        &self,
-        reservation: Reservation,
-        lines: Vec<TenantLines>,
-        notify: bool,
-    ) -> Result<u64, WalError> {
+    /// Queues one submitted append's records for the writer; its ticket.
+    fn queue(&self, reservation: Reservation, lines: Vec<TenantLines>) -> Result<u64, WalError> {
         let mut records = Vec::with_capacity(lines.iter().map(|l| l.1.len() + 64).sum());
         for (tenant, data, n) in &lines {
             encode_record(&mut records, reservation.mark, tenant, data, *n);
@@ -889,7 +863,7 @@ impl Shared {
             count,
             marks,
             Some((reservation, lines)),
-            notify,
+            true,
             false,
         )
         .map_err(|(e, store)| {
@@ -948,7 +922,7 @@ impl Shared {
         Ok(ticket)
     }
 
-    /// Waits for the outcome of the append with `ticket`.
+    /// Waits for the outcome of the compaction copy with `ticket`.
     fn wait(&self, ticket: u64) -> Outcome {
         let mut state = lock(&self.state);
         loop {
@@ -1386,10 +1360,44 @@ mod tests {
         found
     }
 
+    /// The next `n` outcomes `completed` reports, waiting for them as an event loop would (the
+    /// writer notifies `done` after every group, as it writes the wakeup byte).
+    fn completions(wal: &Wal, n: usize) -> Vec<(u64, Outcome)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            {
+                let mut state = lock(&wal.shared.state);
+                while state.completed.is_empty() {
+                    state = wal.shared.done.wait(state).expect("not poisoned");
+                }
+            }
+            out.extend(wal.completed());
+        }
+        assert_eq!(out.len(), n, "more outcomes than submitted appends");
+        out
+    }
+
+    /// The outcome of the submitted append `ticket` (tests that submit from one thread).
+    fn outcome(wal: &Wal, ticket: u64) -> Outcome {
+        let mut done = completions(wal, 1);
+        let (got, outcome) = done.pop().expect("one outcome");
+        assert_eq!(got, ticket);
+        outcome
+    }
+
+    /// Submits the lines and waits for them to be logged and stored: false when they do not
+    /// fit the buffers.
+    fn append_lines(wal: &Wal, tenant: &str, lines: &[u8], count: usize) -> Result<bool, WalError> {
+        match wal.submit_lines(tenant, lines, count)? {
+            Some(ticket) => outcome(wal, ticket).map(|_| true),
+            None => Ok(false),
+        }
+    }
+
     /// Appends and returns the mark the lines got (tests append from one thread).
     fn mark_of(wal: &Wal, tenant: &str, lines: &[u8], count: usize) -> Result<u64, WalError> {
         assert!(
-            wal.append_lines(tenant, lines, count)?,
+            append_lines(wal, tenant, lines, count)?,
             "the lines fit the buffers"
         );
         Ok(wal.buffers().last_mark())
@@ -1434,7 +1442,7 @@ mod tests {
         let cfg = config(&dir.0, 1 << 20, 20);
         let wal = open(&cfg);
         for (tenant, line) in [("a", "a1\n"), ("b", "b1\n"), ("a", "a2\n")] {
-            assert!(wal.append_lines(tenant, line.as_bytes(), 1).is_ok());
+            assert!(append_lines(&wal, tenant, line.as_bytes(), 1).is_ok());
         }
         assert_eq!(segments(&dir.0).len(), 3);
         deliver(&wal, "a");
@@ -1468,13 +1476,13 @@ mod tests {
                 stuck.push(format!("a{i}"));
                 let line = format!("a{i}\n");
                 assert!(matches!(
-                    wal.append_lines("a", line.as_bytes(), 1),
+                    append_lines(&wal, "a", line.as_bytes(), 1),
                     Ok(true)
                 ));
             }
             let line = format!("b{i}\n");
             assert!(matches!(
-                wal.append_lines("b", line.as_bytes(), 1),
+                append_lines(&wal, "b", line.as_bytes(), 1),
                 Ok(true)
             ));
             deliver(&wal, "b");
@@ -1501,8 +1509,8 @@ mod tests {
         let dir = TestDir::new();
         let cfg = config(&dir.0, 1 << 20, 1 << 20);
         let wal = open(&cfg);
-        assert!(wal.append_lines("a", b"a1\n", 1).is_ok());
-        assert!(wal.append_lines("a", b"a2\n", 1).is_ok());
+        assert!(append_lines(&wal, "a", b"a1\n", 1).is_ok());
+        assert!(append_lines(&wal, "a", b"a2\n", 1).is_ok());
         wal.abandon();
         let mut torn = Vec::new();
         encode_record(&mut torn, 9, "a", b"never acked\n", 1);
@@ -1526,7 +1534,7 @@ mod tests {
         let cfg = config(&dir.0, 1 << 20, 1 << 20);
         let wal = open(&cfg);
         for line in ["a1\n", "a2\n", "a3\n"] {
-            assert!(wal.append_lines("a", line.as_bytes(), 1).is_ok());
+            assert!(append_lines(&wal, "a", line.as_bytes(), 1).is_ok());
         }
         wal.abandon();
         let path = segments(&dir.0).pop().expect("one segment");
@@ -1569,10 +1577,10 @@ mod tests {
         encode_record(&mut one, 1, "a", b"a1\n", 1);
         let cfg = config(&dir.0, one.len() as u64 * 2, 1 << 20);
         let wal = open(&cfg);
-        assert!(wal.append_lines("a", b"a1\n", 1).is_ok());
-        assert!(wal.append_lines("a", b"a2\n", 1).is_ok());
+        assert!(append_lines(&wal, "a", b"a1\n", 1).is_ok());
+        assert!(append_lines(&wal, "a", b"a2\n", 1).is_ok());
         assert_eq!(
-            wal.append_lines("a", b"a3\n", 1),
+            append_lines(&wal, "a", b"a3\n", 1),
             Err(WalError::Full {
                 max_bytes: one.len() as u64 * 2
             })
@@ -1599,7 +1607,8 @@ mod tests {
             };
             batch.push_accepted(&id, |out| out.extend_from_slice(line.as_bytes()));
         }
-        assert_eq!(wal.append(&mut batch), Ok(vec![]));
+        let ticket = wal.submit(&mut batch).expect("queued");
+        assert_eq!(outcome(&wal, ticket), Ok(vec![]));
         assert_eq!(wal.stats().appended_records, 2);
         wal.abandon();
         let wal = open(&cfg);
@@ -1620,7 +1629,7 @@ mod tests {
         let cfg = config(&dir.0, 1 << 20, 1 << 20);
         let wal = open(&cfg);
         fs::remove_dir_all(&dir.0).expect("removes");
-        match wal.append_lines("a", b"a1\n", 1) {
+        match append_lines(&wal, "a", b"a1\n", 1) {
             Err(WalError::Io(why)) => assert!(why.contains("cannot start a segment"), "{why}"),
             other => panic!("expected an I/O error, got {other:?}"),
         }
@@ -1630,25 +1639,100 @@ mod tests {
         assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(2));
     }
 
+    /// Points the log's current segment at /dev/null: writes succeed, fdatasync fails (EINVAL)
+    /// as on a disk error, without root or a broken device. Hold the returned lock until the
+    /// failure: it keeps the checkpoint from dropping the handle as unlinked meanwhile.
+    fn sync_will_fail(wal: &Wal) -> MutexGuard<'_, u64> {
+        let checkpointing = lock(&wal.shared.checkpointed);
+        let null = OpenOptions::new().write(true).open("/dev/null");
+        let mut files = lock(&wal.shared.files);
+        assert!(files.current.is_some(), "a segment is being written");
+        files.current = Some(null.expect("/dev/null opens"));
+        checkpointing
+    }
+
+    const SYNC_FAILED: &str = "fdatasync: Invalid argument (os error 22)";
+
+    #[test]
+    fn a_failed_fdatasync_fails_its_appends_and_refuses_every_later_one_until_restart() {
+        let dir = TestDir::new();
+        let cfg = config(&dir.0, 1 << 20, 1 << 20);
+        let wal = open(&cfg);
+        assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(1));
+        let checkpointing = sync_will_fail(&wal);
+        let failed = WalError::Failed(SYNC_FAILED.to_owned());
+        let ticket = wal.submit_lines("a", b"a2\n", 1).expect("queued");
+        assert_eq!(outcome(&wal, ticket.expect("fits")), Err(failed.clone()));
+        drop(checkpointing);
+        // Nothing of it is buffered, and its room is given back.
+        assert_eq!(contents(&wal)["a"], lines(&["a1"]));
+        assert_eq!(wal.buffers().total_bytes(), 3);
+        assert_eq!(wal.submit_lines("b", b"b1\n", 1), Err(failed));
+        assert_eq!(wal.failed().as_deref(), Some(SYNC_FAILED));
+        let stats = wal.stats();
+        assert_eq!(stats.failed.as_deref(), Some(SYNC_FAILED));
+        assert_eq!((stats.fsyncs, stats.appended_records), (1, 1));
+        wal.abandon();
+
+        let wal = open(&cfg);
+        assert_eq!(wal.failed(), None);
+        assert_eq!(contents(&wal)["a"], lines(&["a1"]));
+        // Mark 2 reached no disk and no buffer: the restarted log hands it out again.
+        assert_eq!(mark_of(&wal, "b", b"b1\n", 1), Ok(2));
+    }
+
+    #[test]
+    fn a_failed_interval_fdatasync_refuses_every_later_append() {
+        let dir = TestDir::new();
+        let mut cfg = config(&dir.0, 1 << 20, 1 << 20);
+        // The test runs the interval fsync itself.
+        cfg.sync = SyncMode::Interval(Duration::from_secs(3600));
+        let wal = open(&cfg);
+        assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(1));
+        let checkpointing = sync_will_fail(&wal);
+        // Acknowledged once written: the fsync comes later.
+        assert_eq!(mark_of(&wal, "a", b"a2\n", 1), Ok(2));
+        let failed = WalError::Failed(SYNC_FAILED.to_owned());
+        assert_eq!(wal.shared.sync_interval(), Err(failed.clone()));
+        drop(checkpointing);
+        assert_eq!(wal.failed().as_deref(), Some(SYNC_FAILED));
+        assert_eq!(wal.submit_lines("a", b"a3\n", 1), Err(failed));
+        assert_eq!(wal.buffers().total_bytes(), 6);
+        assert_eq!(wal.stats().fsyncs, 0);
+    }
+
     #[test]
     fn concurrent_appends_share_fsyncs_and_all_come_back() {
         let dir = TestDir::new();
         let cfg = config(&dir.0, 1 << 30, 1 << 16);
         let wal = open(&cfg);
-        std::thread::scope(|s| {
-            for t in 0..8 {
-                let wal = &wal;
-                s.spawn(move || {
-                    for i in 0..200 {
-                        let line = format!("t{t} {i}\n");
-                        assert!(matches!(
-                            wal.append_lines("a", line.as_bytes(), 1),
-                            Ok(true)
-                        ));
-                    }
-                });
-            }
+        let tickets: BTreeSet<u64> = std::thread::scope(|s| {
+            let submitters: Vec<_> = (0..8)
+                .map(|t| {
+                    let wal = &wal;
+                    s.spawn(move || {
+                        (0..200)
+                            .map(|i| {
+                                let line = format!("t{t} {i}\n");
+                                let ticket = wal.submit_lines("a", line.as_bytes(), 1);
+                                ticket.expect("queued").expect("fits the buffers")
+                            })
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            let done = completions(&wal, 1600);
+            assert!(done.iter().all(|(_, outcome)| outcome.is_ok()));
+            let tickets = submitters
+                .into_iter()
+                .flat_map(|h| h.join().expect("submits"));
+            assert_eq!(
+                done.iter().map(|(t, _)| *t).collect::<BTreeSet<u64>>(),
+                tickets.collect()
+            );
+            done.into_iter().map(|(t, _)| t).collect()
         });
+        assert_eq!(tickets.len(), 1600);
         let stats = wal.stats();
         assert_eq!(stats.appended_records, 1600);
         assert!(stats.fsyncs <= stats.groups && stats.groups <= 1600);
@@ -1667,7 +1751,7 @@ mod tests {
         let mut cfg = config(&dir.0, 1 << 20, 1 << 20);
         cfg.sync = SyncMode::Interval(Duration::from_millis(10));
         let wal = open(&cfg);
-        assert!(wal.append_lines("a", b"a1\n", 1).is_ok());
+        assert!(append_lines(&wal, "a", b"a1\n", 1).is_ok());
         let deadline = Instant::now() + Duration::from_secs(5);
         while wal.stats().fsyncs == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -1731,7 +1815,7 @@ mod tests {
                             .collect();
                         let body = text.iter().map(|l| format!("{l}\n")).collect::<String>();
                         let tenant = format!("t{tenant}");
-                        match wal.append_lines(&tenant, body.as_bytes(), text.len()) {
+                        match append_lines(&wal, &tenant, body.as_bytes(), text.len()) {
                             Ok(true) => {
                                 let mark = wal.buffers().last_mark();
                                 for line in text {
