@@ -1317,6 +1317,14 @@ mod tests {
         }
     }
 
+    /// `config` of a 1 MiB log in interval mode.
+    fn interval_config(dir: &Path, every: Duration) -> WalConfig {
+        WalConfig {
+            sync: SyncMode::Interval(every),
+            ..config(dir, 1 << 20, 1 << 20)
+        }
+    }
+
     fn open(cfg: &WalConfig) -> Wal {
         let buffers = Arc::new(TenantBuffers::new(500, 1 << 20, 1 << 30, 1 << 30));
         Wal::open(cfg.clone(), buffers).expect("the log opens")
@@ -1684,10 +1692,8 @@ mod tests {
     #[test]
     fn a_failed_interval_fdatasync_refuses_every_later_append() {
         let dir = TestDir::new();
-        let mut cfg = config(&dir.0, 1 << 20, 1 << 20);
         // The test runs the interval fsync itself.
-        cfg.sync = SyncMode::Interval(Duration::from_secs(3600));
-        let wal = open(&cfg);
+        let wal = open(&interval_config(&dir.0, Duration::from_secs(3600)));
         assert_eq!(mark_of(&wal, "a", b"a1\n", 1), Ok(1));
         let checkpointing = sync_will_fail(&wal);
         // Acknowledged once written: the fsync comes later.
@@ -1748,9 +1754,7 @@ mod tests {
     #[test]
     fn interval_mode_fsyncs_in_the_background() {
         let dir = TestDir::new();
-        let mut cfg = config(&dir.0, 1 << 20, 1 << 20);
-        cfg.sync = SyncMode::Interval(Duration::from_millis(10));
-        let wal = open(&cfg);
+        let wal = open(&interval_config(&dir.0, Duration::from_millis(10)));
         assert!(append_lines(&wal, "a", b"a1\n", 1).is_ok());
         let deadline = Instant::now() + Duration::from_secs(5);
         while wal.stats().fsyncs == 0 && Instant::now() < deadline {
