@@ -25,6 +25,8 @@ struct Item {
     /// The encoded line; empty for items that failed validation.
     line: Span,
     group: u32,
+    /// `fields::shape` of the line, or `NO_SHAPE`.
+    shape: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ pub struct Identity<'s> {
 }
 
 const NO_GROUP: u32 = u32::MAX;
+
+/// The shape of an item whose line was not described by `fields::shape`: checked field by field.
+pub const NO_SHAPE: u64 = 0;
 
 /// Parsed, validated and encoded messages of one request.
 #[derive(Debug, Clone, Default)]
@@ -128,11 +133,23 @@ impl Batch {
             device,
             line: Span::default(),
             group: NO_GROUP,
+            shape: NO_SHAPE,
         });
     }
 
     /// Records a valid item; `encode` appends its line to the given buffer.
     pub fn push_accepted(&mut self, id: &Identity<'_>, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.push_shaped(id, NO_SHAPE, encode);
+    }
+
+    /// `push_accepted` with the line's `fields::shape`, which lets `FieldTypes` skip reading
+    /// the line back when it has seen that shape.
+    pub fn push_shaped(
+        &mut self,
+        id: &Identity<'_>,
+        shape: u64,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
         let start = self.lines.len() as u32;
         encode(&mut self.lines);
         let line = Span {
@@ -145,6 +162,7 @@ impl Batch {
             device: Some(self.groups[group as usize].device),
             line,
             group,
+            shape,
         });
     }
 
@@ -477,12 +495,12 @@ impl Batch {
         Ok(withdrawn)
     }
 
-    /// Hands each still-accepted item's `(tenant index, tenant, line)` to `judge`, in request
-    /// order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
+    /// Hands each still-accepted item's `(tenant index, tenant, line, shape)` to `judge`, in
+    /// request order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
     /// `append`, only once per batch (`fields.rs` is the judge).
     pub fn reject_with(
         &mut self,
-        mut judge: impl FnMut(usize, &str, &[u8]) -> Option<String>,
+        mut judge: impl FnMut(usize, &str, &[u8], u64) -> Option<String>,
     ) -> Result<(), UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
@@ -497,7 +515,7 @@ impl Batch {
                 continue;
             }
             let tenant = self.groups[item.group as usize].tenant_index as usize;
-            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item)) {
+            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item), item.shape) {
                 rejected.push((index, detail));
             }
         }

@@ -6,13 +6,18 @@
 //! conflict error, a `SHOW FIELD KEYS`) overrides it through `learn`. Bounded: at most
 //! `max_per_tenant` fields per tenant are remembered; beyond that a new field is not remembered
 //! and is not checked (it is written as before, counted in `untracked`).
+//!
+//! Most items of a tenant send the same few field lists: `parse` records each line's shape (a
+//! keyed hash of its measurement and field names and types), and a shape whose fields were all
+//! found remembered with the same types is not read back again until `learn` changes a type.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 
-use foldhash::fast::RandomState;
-use std::sync::{Mutex, MutexGuard};
+use foldhash::fast::{FoldHasher, RandomState};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, NO_SHAPE};
 use crate::errors::UsageError;
 use crate::parse::MSG_TYPES;
 use crate::scan;
@@ -68,11 +73,43 @@ impl FieldType {
 /// `max_per_tenant` when the caller gives none.
 pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 
+/// Verified shapes remembered per tenant; when full they are forgotten and verified again.
+const MAX_SHAPES_PER_TENANT: usize = 4096;
+
+/// The key of `Shape`, random per process: a client cannot pick names whose shape collides
+/// with a verified one (which would let a conflicting field through).
+static SHAPE_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::default);
+
+/// Hashes a line's measurement and its fields (name, type) in line order into its shape.
+pub struct Shape(FoldHasher<'static>);
+
+impl Shape {
+    pub fn new(measurement: usize) -> Self {
+        let mut h = SHAPE_KEY.build_hasher();
+        h.write_usize(measurement);
+        Shape(h)
+    }
+
+    /// The next field; each write of foldhash mixes in its length, so names cannot run together.
+    #[inline]
+    pub fn field(&mut self, name: &[u8], ty: FieldType) {
+        self.0.write(name);
+        self.0.write_u8(ty as u8);
+    }
+
+    /// Never `NO_SHAPE`.
+    pub fn finish(&self) -> u64 {
+        self.0.finish().max(NO_SHAPE + 1)
+    }
+}
+
 #[derive(Default)]
 struct TenantFields {
     /// Per measurement of `MSG_TYPES`, field name → type.
     by_measurement: [HashMap<Box<[u8]>, FieldType, RandomState>; MSG_TYPES.len()],
     len: usize,
+    /// Shapes whose every field is remembered with the type the shape gives it.
+    verified: HashSet<u64, RandomState>,
 }
 
 #[derive(Default)]
@@ -123,13 +160,16 @@ impl FieldTypes {
         let mut fields = LineFields::default();
         // Per item, the fields its tenant does not know yet (indices into `fields.refs`).
         let mut new_fields: Vec<usize> = Vec::with_capacity(16);
-        batch.reject_with(|tenant_index, tenant, line| {
+        batch.reject_with(|tenant_index, tenant, line, shape| {
             let slot = &mut slots[tenant_index];
             if *slot == usize::MAX {
                 *slot = state.tenant(tenant);
             }
-            let m = fields.read(line);
             let known = &mut state.tenants[*slot];
+            if shape != NO_SHAPE && known.verified.contains(&shape) {
+                return None;
+            }
+            let m = fields.read(line);
             let types = &mut known.by_measurement[m];
             new_fields.clear();
             for (i, f) in fields.refs.iter().enumerate() {
@@ -140,14 +180,23 @@ impl FieldTypes {
                     None => new_fields.push(i),
                 }
             }
+            // An untracked field is counted each time it is sent: its shape is never verified.
+            let mut all_remembered = true;
             for &i in &new_fields {
                 if known.len >= self.max_per_tenant {
                     state.untracked += 1;
+                    all_remembered = false;
                     continue;
                 }
                 let f = &fields.refs[i];
                 types.insert(fields.name(line, f).into(), f.ty);
                 known.len += 1;
+            }
+            if all_remembered && shape != NO_SHAPE {
+                if known.verified.len() >= MAX_SHAPES_PER_TENANT {
+                    known.verified.clear();
+                }
+                known.verified.insert(shape);
             }
             None
         })
@@ -163,6 +212,10 @@ impl FieldTypes {
         let t = state.tenant(tenant);
         let known = &mut state.tenants[t];
         if let Some(had) = known.by_measurement[m].get_mut(field.as_bytes()) {
+            if *had != ty {
+                // Shapes verified against the old type may conflict with the new one.
+                known.verified.clear();
+            }
             *had = ty;
             return true;
         }
@@ -391,6 +444,51 @@ mod tests {
         assert!(!types.learn("t", "telemetry", "c", FieldType::String));
         // Another tenant has its own fields and its own cap.
         assert_eq!(types.get("u", "telemetry", "temp"), None);
+    }
+
+    #[test]
+    fn verified_shapes_still_count_untracked_fields_and_see_learned_types() {
+        let types = FieldTypes::new(2);
+        let bad = Some(Reason::InvalidMetrics);
+        // The second item has the first one's shape.
+        let (reasons, _) = admitted(&types, &[r#"{"temp":1}"#, r#"{"temp":2}"#]);
+        assert_eq!(reasons, [None, None]);
+        assert!(types.learn("t", "telemetry", "temp", FieldType::Integer));
+        let (reasons, details) = admitted(&types, &[r#"{"temp":3}"#]);
+        assert_eq!(reasons, [bad]);
+        assert_eq!(
+            details,
+            ["0: field type conflict: \"temp\" of telemetry is integer, this message sends float"]
+        );
+        assert!(types.learn("t", "telemetry", "temp", FieldType::Float));
+        // At the cap: `on` is untracked, and counted again for each item of the same shape.
+        let (reasons, _) = admitted(&types, &[r#"{"temp":1,"on":true}"#; 3]);
+        assert_eq!(reasons, [None, None, None]);
+        assert_eq!(types.untracked(), 3);
+        assert_eq!(types.len(), 2);
+    }
+
+    #[test]
+    fn shapes_tell_names_types_and_measurements_apart() {
+        let shape = |m, fields: &[(&str, FieldType)]| {
+            let mut s = Shape::new(m);
+            for &(name, ty) in fields {
+                s.field(name.as_bytes(), ty);
+            }
+            s.finish()
+        };
+        let (f, b) = (FieldType::Float, FieldType::Boolean);
+        let base = shape(0, &[("ab", f), ("c", f)]);
+        assert_eq!(base, shape(0, &[("ab", f), ("c", f)]));
+        for other in [
+            shape(1, &[("ab", f), ("c", f)]),
+            shape(0, &[("a", f), ("bc", f)]),
+            shape(0, &[("ab", f), ("c", b)]),
+            shape(0, &[("ab", f)]),
+        ] {
+            assert_ne!(base, other);
+            assert_ne!(other, NO_SHAPE);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::batch::{Batch, Identity};
 use crate::encode::{Decimal, Key, Line, PlainNumber};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
+use crate::fields::{FieldType, Shape};
 use crate::ids::{checked_id, valid_id, valid_tenant};
 use crate::json::{self, Number, Reader};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
@@ -267,7 +268,7 @@ impl<'a> MessageParser<'a> {
         let site = f.site_id.text();
         let device_escape = device.get().and_then(checked_id);
         let site_escape = site.get().and_then(checked_id);
-        let checked: Result<(&'static str, u64, i64), Reason> = 'check: {
+        let checked: Result<(usize, u64, i64), Reason> = 'check: {
             if too_large {
                 break 'check Err(Reason::PayloadTooLarge);
             }
@@ -285,7 +286,7 @@ impl<'a> MessageParser<'a> {
             };
             let Some(measurement) = msg_type
                 .get()
-                .and_then(|t| MSG_TYPES.into_iter().find(|&m| m == t))
+                .and_then(|t| MSG_TYPES.into_iter().position(|m| m == t))
             else {
                 break 'check Err(Reason::InvalidMsgType);
             };
@@ -321,8 +322,18 @@ impl<'a> MessageParser<'a> {
             site,
             token,
         };
-        self.batch.push_accepted(&id, |out| {
-            let mut line = Line::start(out, measurement);
+        // The fields of the line below, in its order.
+        let mut shape = Shape::new(measurement);
+        for m in metrics {
+            let ty = match m.value {
+                Some(MetricValue::Bool(_)) => FieldType::Boolean,
+                _ => FieldType::Float,
+            };
+            shape.field(m.name.as_bytes(), ty);
+        }
+        shape.field(b"seq", FieldType::Integer);
+        self.batch.push_shaped(&id, shape.finish(), |out| {
+            let mut line = Line::start(out, MSG_TYPES[measurement]);
             line.tag("device_id", tag(device, device_escape));
             line.tag("site_id", tag(site, site_escape));
             for m in metrics {
