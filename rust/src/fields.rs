@@ -12,9 +12,9 @@
 //! found remembered with the same types is not read back again until `learn` changes a type.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 
-use foldhash::fast::{FoldHasher, RandomState};
+use foldhash::fast::RandomState;
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use crate::batch::{Batch, NO_SHAPE};
@@ -76,30 +76,72 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 /// Verified shapes remembered per tenant; when full they are forgotten and verified again.
 const MAX_SHAPES_PER_TENANT: usize = 4096;
 
-/// The key of `Shape`, random per process: a client cannot pick names whose shape collides
+/// The keys of `Shape`, random per process: a client cannot pick names whose shape collides
 /// with a verified one (which would let a conflicting field through).
-static SHAPE_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::default);
+static SHAPE_KEYS: LazyLock<[u64; 2]> = LazyLock::new(|| {
+    let random = RandomState::default();
+    [random.hash_one(1u8), random.hash_one(2u8)]
+});
 
-/// Hashes a line's measurement and its fields (name, type) in line order into its shape.
-pub struct Shape(FoldHasher<'static>);
+/// The high and low halves of the 128-bit product, folded: foldhash's mixing step.
+#[inline(always)]
+fn folded_multiply(x: u64, y: u64) -> u64 {
+    let full = u128::from(x) * u128::from(y);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+/// The 8 bytes of `b` from `at` (which are there) as a word.
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> u64 {
+    let bytes = b.get(at..at + 8).expect("the caller checked the length");
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}
+
+/// Hashes a line's measurement and its fields (name, type) in line order into its shape. A
+/// few multiplies per field: `parse` computes one for every accepted item.
+pub struct Shape {
+    acc: u64,
+    key: u64,
+}
 
 impl Shape {
     pub fn new(measurement: usize) -> Self {
-        let mut h = SHAPE_KEY.build_hasher();
-        h.write_usize(measurement);
-        Shape(h)
+        let [seed, key] = *SHAPE_KEYS;
+        Shape {
+            acc: folded_multiply(seed ^ measurement as u64, key),
+            key,
+        }
     }
 
-    /// The next field; each write of foldhash mixes in its length, so names cannot run together.
+    /// The next field. `head` is the name's first 8 bytes as one word (`Shape::head`, or any
+    /// packing the caller always uses); with the length mixed in, no two names run together.
     #[inline]
-    pub fn field(&mut self, name: &[u8], ty: FieldType) {
-        self.0.write(name);
-        self.0.write_u8(ty as u8);
+    pub fn field(&mut self, name: &[u8], head: u64, ty: FieldType) {
+        let meta = (name.len() as u64) << 8 | ty as u64;
+        self.acc = folded_multiply(self.acc ^ head, self.key ^ meta);
+        // The bytes after the head a word at a time, the last word ending at the name's end.
+        let n = name.len();
+        if n > 8 {
+            let mut at = 8;
+            while at + 8 < n {
+                self.acc = folded_multiply(self.acc ^ word(name, at), self.key);
+                at += 8;
+            }
+            self.acc = folded_multiply(self.acc ^ word(name, n - 8), self.key);
+        }
+    }
+
+    /// Up to 8 bytes as a big-endian word, zero-padded.
+    pub fn head(name: &[u8]) -> u64 {
+        name.iter()
+            .take(8)
+            .enumerate()
+            .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i))
     }
 
     /// Never `NO_SHAPE`.
     pub fn finish(&self) -> u64 {
-        self.0.finish().max(NO_SHAPE + 1)
+        folded_multiply(self.acc, self.key).max(NO_SHAPE + 1)
     }
 }
 
@@ -473,18 +515,23 @@ mod tests {
         let shape = |m, fields: &[(&str, FieldType)]| {
             let mut s = Shape::new(m);
             for &(name, ty) in fields {
-                s.field(name.as_bytes(), ty);
+                s.field(name.as_bytes(), Shape::head(name.as_bytes()), ty);
             }
             s.finish()
         };
         let (f, b) = (FieldType::Float, FieldType::Boolean);
         let base = shape(0, &[("ab", f), ("c", f)]);
         assert_eq!(base, shape(0, &[("ab", f), ("c", f)]));
+        let long = shape(0, &[("a long name, 17 a", f)]);
+        assert_ne!(long, shape(0, &[("a long name, 17 b", f)]));
+        assert_ne!(long, shape(0, &[("a long name, 17 a", b)]));
         for other in [
             shape(1, &[("ab", f), ("c", f)]),
             shape(0, &[("a", f), ("bc", f)]),
             shape(0, &[("ab", f), ("c", b)]),
             shape(0, &[("ab", f)]),
+            shape(0, &[("ab", f), ("c", f), ("", f)]),
+            shape(0, &[("a long name, 17 b", f), ("c", f)]),
         ] {
             assert_ne!(base, other);
             assert_ne!(other, NO_SHAPE);

@@ -329,9 +329,9 @@ impl<'a> MessageParser<'a> {
                 Some(MetricValue::Bool(_)) => FieldType::Boolean,
                 _ => FieldType::Float,
             };
-            shape.field(m.name.as_bytes(), ty);
+            shape.field(m.name.as_bytes(), m.prefix, ty);
         }
-        shape.field(b"seq", FieldType::Integer);
+        shape.field(b"seq", Shape::head(b"seq"), FieldType::Integer);
         self.batch.push_shaped(&id, shape.finish(), |out| {
             let mut line = Line::start(out, MSG_TYPES[measurement]);
             line.tag("device_id", tag(device, device_escape));
