@@ -266,16 +266,41 @@ impl<'a> MessageParser<'a> {
             ),
         };
         let site = f.site_id.text();
-        let device_escape = device.get().and_then(checked_id);
-        let site_escape = site.get().and_then(checked_id);
+        let identity = match (tenant.get(), device.get(), site.get(), token.get()) {
+            (Some(tenant), Some(device), Some(site), Some(token)) if !too_large => {
+                let id = Identity {
+                    tenant,
+                    device,
+                    site,
+                    token,
+                };
+                let at = self.batch.find_group(&id);
+                Some((id, at))
+            }
+            _ => None,
+        };
+        // An identity an earlier item of the batch has passed the id rules: most items of a
+        // batch come from a few devices, so most skip them.
+        let known = identity
+            .as_ref()
+            .and_then(|(_, at)| at.found)
+            .map(|g| self.batch.group_escapes(g));
+        let (device_escape, site_escape) = match known {
+            Some((device, site)) => (Some(device), Some(site)),
+            None => (
+                device.get().and_then(checked_id),
+                site.get().and_then(checked_id),
+            ),
+        };
         let checked: Result<(usize, u64, i64), Reason> = 'check: {
             if too_large {
                 break 'check Err(Reason::PayloadTooLarge);
             }
-            let ids_ok = tenant.get().is_some_and(valid_tenant)
-                && device_escape.is_some()
-                && site_escape.is_some()
-                && token.get().is_some_and(valid_id);
+            let ids_ok = known.is_some()
+                || (tenant.get().is_some_and(valid_tenant)
+                    && device_escape.is_some()
+                    && site_escape.is_some()
+                    && token.get().is_some_and(valid_id));
             let seq = match f.seq {
                 Value::Missing | Value::Null => Some(0),
                 Value::Number(n) if n.is_integer() => parse_seq(n.text),
@@ -309,19 +334,11 @@ impl<'a> MessageParser<'a> {
                 return;
             }
         };
-        let (Some(tenant), Some(device), Some(site), Some(token)) =
-            (tenant.get(), device.get(), site.get(), token.get())
-        else {
+        let Some((id, at)) = identity else {
             self.batch.push_rejected(Reason::InvalidSchema, None);
             return;
         };
         let metrics = &self.metrics;
-        let id = Identity {
-            tenant,
-            device,
-            site,
-            token,
-        };
         // The fields of the line below, in its order.
         let mut shape = Shape::new(measurement);
         for m in metrics {
@@ -332,10 +349,15 @@ impl<'a> MessageParser<'a> {
             shape.field(m.name.as_bytes(), m.prefix, ty);
         }
         shape.field(b"seq", Shape::head(b"seq"), FieldType::Integer);
-        self.batch.push_shaped(&id, shape.finish(), |out| {
+        // From `checked_id` (`None`, which the rules above exclude: scan it again).
+        let escapes = (
+            device_escape.unwrap_or(true),
+            site_escape.unwrap_or(true),
+        );
+        self.batch.push_shaped(&id, at, escapes, shape.finish(), |out| {
             let mut line = Line::start(out, MSG_TYPES[measurement]);
-            line.tag("device_id", tag(device, device_escape));
-            line.tag("site_id", tag(site, site_escape));
+            line.tag("device_id", Key::scanned(id.device.as_bytes(), escapes.0));
+            line.tag("site_id", Key::scanned(id.site.as_bytes(), escapes.1));
             for m in metrics {
                 let name = Key::scanned(m.name.as_bytes(), m.escape);
                 match m.value {
@@ -394,11 +416,6 @@ impl<'a> MessageParser<'a> {
                 escape.is_some()
             })
     }
-}
-
-/// A valid id as a tag value; `escape` from `checked_id` (`None`: scan it again).
-fn tag(id: &str, escape: Option<bool>) -> Key<'_> {
-    Key::scanned(id.as_bytes(), escape.unwrap_or(true))
 }
 
 /// `Some(escape)` for a valid metric name, as `checked_id`.
