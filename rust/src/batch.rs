@@ -25,6 +25,8 @@ struct Item {
     /// The encoded line; empty for items that failed validation.
     line: Span,
     group: u32,
+    /// `fields::shape` of the line, or `NO_SHAPE`.
+    shape: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,18 @@ struct Group {
     token: Span,
     count: u32,
     tenant_index: u32,
+    /// Whether line protocol escapes some of the device id, the site id (as `checked_id`).
+    escapes: (bool, bool),
+}
+
+/// Where `Batch::find_group` found an identity: its group, or the free slot it would take.
+/// Valid until the next item is pushed.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSlot {
+    slot: usize,
+    tenant_hash: u64,
+    /// The group an earlier item of the identity is in.
+    pub found: Option<u32>,
 }
 
 /// One `(tenant, device, site, provision_token, count)` of `Batch::groups`.
@@ -49,6 +63,9 @@ pub struct Identity<'s> {
 }
 
 const NO_GROUP: u32 = u32::MAX;
+
+/// The shape of an item whose line was not described by `fields::shape`: checked field by field.
+pub const NO_SHAPE: u64 = 0;
 
 /// Parsed, validated and encoded messages of one request.
 #[derive(Debug, Clone, Default)]
@@ -128,27 +145,51 @@ impl Batch {
             device,
             line: Span::default(),
             group: NO_GROUP,
+            shape: NO_SHAPE,
         });
     }
 
     /// Records a valid item; `encode` appends its line to the given buffer.
     pub fn push_accepted(&mut self, id: &Identity<'_>, encode: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.find_group(id);
+        self.push_shaped(id, at, (true, true), NO_SHAPE, encode);
+    }
+
+    /// `push_accepted` of an identity `find_group` just looked up, with `escapes` (device,
+    /// site) as `checked_id` gave them, and the line's `fields::shape`, which lets
+    /// `FieldTypes` skip reading the line back when it has seen that shape.
+    pub fn push_shaped(
+        &mut self,
+        id: &Identity<'_>,
+        at: GroupSlot,
+        escapes: (bool, bool),
+        shape: u64,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
         let start = self.lines.len() as u32;
         encode(&mut self.lines);
         let line = Span {
             start,
             end: self.lines.len() as u32,
         };
-        let group = self.group_of(id);
+        let group = match at.found {
+            Some(g) => {
+                self.groups[g as usize].count += 1;
+                g
+            }
+            None => self.insert_group(id, at, escapes),
+        };
         self.items.push(Item {
             reason: None,
             device: Some(self.groups[group as usize].device),
             line,
             group,
+            shape,
         });
     }
 
-    fn group_of(&mut self, id: &Identity<'_>) -> u32 {
+    /// The group of an identity, if an earlier item has it, and where a new one would go.
+    pub fn find_group(&mut self, id: &Identity<'_>) -> GroupSlot {
         if self.groups.len() * 2 >= self.group_index.len() {
             self.grow_index();
         }
@@ -166,11 +207,28 @@ impl Batch {
                 && self.bytes_at(grp.site) == id.site.as_bytes()
                 && self.bytes_at(grp.token) == id.token.as_bytes()
             {
-                self.groups[g as usize].count += 1;
-                return g;
+                return GroupSlot {
+                    slot,
+                    tenant_hash,
+                    found: Some(g),
+                };
             }
             slot = (slot + 1) & mask;
         }
+        GroupSlot {
+            slot,
+            tenant_hash,
+            found: None,
+        }
+    }
+
+    /// The `(device, site)` escapes the group's first item was pushed with.
+    pub fn group_escapes(&self, group: u32) -> (bool, bool) {
+        self.groups[group as usize].escapes
+    }
+
+    fn insert_group(&mut self, id: &Identity<'_>, at: GroupSlot, escapes: (bool, bool)) -> u32 {
+        let tenant_hash = at.tenant_hash;
         let tenant_index = match self
             .tenants
             .iter()
@@ -193,10 +251,11 @@ impl Batch {
             token: self.push_str(id.token),
             count: 1,
             tenant_index,
+            escapes,
         };
         let g = self.groups.len() as u32;
         self.groups.push(group);
-        self.group_index[slot] = g;
+        self.group_index[at.slot] = g;
         g
     }
 
@@ -477,12 +536,12 @@ impl Batch {
         Ok(withdrawn)
     }
 
-    /// Hands each still-accepted item's `(tenant index, tenant, line)` to `judge`, in request
-    /// order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
+    /// Hands each still-accepted item's `(tenant index, tenant, line, shape)` to `judge`, in
+    /// request order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
     /// `append`, only once per batch (`fields.rs` is the judge).
     pub fn reject_with(
         &mut self,
-        mut judge: impl FnMut(usize, &str, &[u8]) -> Option<String>,
+        mut judge: impl FnMut(usize, &str, &[u8], u64) -> Option<String>,
     ) -> Result<(), UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
@@ -497,7 +556,7 @@ impl Batch {
                 continue;
             }
             let tenant = self.groups[item.group as usize].tenant_index as usize;
-            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item)) {
+            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item), item.shape) {
                 rejected.push((index, detail));
             }
         }

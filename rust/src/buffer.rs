@@ -9,7 +9,7 @@
 //! has at most one drained body in flight, so settlement is always a prefix of that body.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::batch::Batch;
 use crate::errors::UsageError;
@@ -76,9 +76,13 @@ struct Body {
     marks: Marks,
 }
 
+/// A drained body shared with the caller, and its line count.
+pub type Drained = (Arc<Vec<u8>>, usize);
+
 /// The one drained body of a tenant that is not yet settled or put back.
 struct InFlight {
-    data: Vec<u8>,
+    /// Shared with the caller of `drain_shared`: a body is copied once more only when put back.
+    data: Arc<Vec<u8>>,
     /// Bytes of `data` already settled.
     done: usize,
     /// Lines not yet settled.
@@ -619,6 +623,16 @@ impl TenantBuffers {
         tenant: &str,
         max_lines: usize,
     ) -> Result<Option<(Vec<u8>, usize)>, UsageError> {
+        let drained = self.drain_shared(tenant, max_lines)?;
+        Ok(drained.map(|(data, lines)| (data.as_ref().clone(), lines)))
+    }
+
+    /// `drain` without a copy of the body: the caller shares the one kept in flight.
+    pub fn drain_shared(
+        &self,
+        tenant: &str,
+        max_lines: usize,
+    ) -> Result<Option<Drained>, UsageError> {
         if max_lines == 0 {
             return Err(UsageError::BadMaxLines);
         }
@@ -639,11 +653,12 @@ impl TenantBuffers {
         if buf.is_empty() {
             state.remove(slot);
         }
-        let out = (body.data.clone(), body.lines);
+        let data = Arc::new(body.data);
+        let out = (Arc::clone(&data), body.lines);
         state.in_flight.insert(
             tenant.to_owned(),
             InFlight {
-                data: body.data,
+                data,
                 done: 0,
                 lines: body.lines,
                 marks: body.marks,
@@ -668,7 +683,13 @@ impl TenantBuffers {
                 in_flight: flight.lines,
             });
         }
-        let nbytes = lines_len(&flight.data[flight.done..], line_count);
+        let rest = &flight.data[flight.done..];
+        // Settling all of it (the common case) needs no search for the line ends.
+        let nbytes = if line_count == flight.lines {
+            rest.len()
+        } else {
+            lines_len(rest, line_count)
+        };
         flight.done += nbytes;
         flight.lines -= line_count;
         let settled = take_marks(&mut flight.marks, line_count);
@@ -686,14 +707,14 @@ impl TenantBuffers {
     /// tenant's next `drain`, with its marks.
     pub fn put_back(&self, tenant: &str) -> Result<(), UsageError> {
         let mut state = self.lock();
-        let Some(mut flight) = state.in_flight.remove(tenant) else {
+        let Some(flight) = state.in_flight.remove(tenant) else {
             return Err(UsageError::NothingInFlight {
                 tenant: tenant.to_owned(),
             });
         };
         let slot = state.slot(tenant);
         let buf = &mut state.buffers[slot];
-        let data = flight.data.split_off(flight.done);
+        let data = flight.data[flight.done..].to_vec();
         let replaced = buf.put_back.replace(Body {
             data,
             lines: flight.lines,

@@ -6,13 +6,18 @@
 //! conflict error, a `SHOW FIELD KEYS`) overrides it through `learn`. Bounded: at most
 //! `max_per_tenant` fields per tenant are remembered; beyond that a new field is not remembered
 //! and is not checked (it is written as before, counted in `untracked`).
+//!
+//! Most items of a tenant send the same few field lists: `parse` records each line's shape (a
+//! keyed hash of its measurement and field names and types), and a shape whose fields were all
+//! found remembered with the same types is not read back again until `learn` changes a type.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, NO_SHAPE};
 use crate::errors::UsageError;
 use crate::parse::MSG_TYPES;
 use crate::scan;
@@ -68,11 +73,85 @@ impl FieldType {
 /// `max_per_tenant` when the caller gives none.
 pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 
+/// Verified shapes remembered per tenant; when full they are forgotten and verified again.
+const MAX_SHAPES_PER_TENANT: usize = 4096;
+
+/// The keys of `Shape`, random per process: a client cannot pick names whose shape collides
+/// with a verified one (which would let a conflicting field through).
+static SHAPE_KEYS: LazyLock<[u64; 2]> = LazyLock::new(|| {
+    let random = RandomState::default();
+    [random.hash_one(1u8), random.hash_one(2u8)]
+});
+
+/// The high and low halves of the 128-bit product, folded: foldhash's mixing step.
+#[inline(always)]
+fn folded_multiply(x: u64, y: u64) -> u64 {
+    let full = u128::from(x) * u128::from(y);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+/// The 8 bytes of `b` from `at` (which are there) as a word.
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> u64 {
+    let bytes = b.get(at..at + 8).expect("the caller checked the length");
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}
+
+/// Hashes a line's measurement and its fields (name, type) in line order into its shape. A
+/// few multiplies per field: `parse` computes one for every accepted item.
+pub struct Shape {
+    acc: u64,
+    key: u64,
+}
+
+impl Shape {
+    pub fn new(measurement: usize) -> Self {
+        let [seed, key] = *SHAPE_KEYS;
+        Shape {
+            acc: folded_multiply(seed ^ measurement as u64, key),
+            key,
+        }
+    }
+
+    /// The next field. `head` is the name's first 8 bytes as one word (`Shape::head`, or any
+    /// packing the caller always uses); with the length mixed in, no two names run together.
+    #[inline]
+    pub fn field(&mut self, name: &[u8], head: u64, ty: FieldType) {
+        let meta = (name.len() as u64) << 8 | ty as u64;
+        self.acc = folded_multiply(self.acc ^ head, self.key ^ meta);
+        // The bytes after the head a word at a time, the last word ending at the name's end.
+        let n = name.len();
+        if n > 8 {
+            let mut at = 8;
+            while at + 8 < n {
+                self.acc = folded_multiply(self.acc ^ word(name, at), self.key);
+                at += 8;
+            }
+            self.acc = folded_multiply(self.acc ^ word(name, n - 8), self.key);
+        }
+    }
+
+    /// Up to 8 bytes as a big-endian word, zero-padded.
+    pub fn head(name: &[u8]) -> u64 {
+        name.iter()
+            .take(8)
+            .enumerate()
+            .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i))
+    }
+
+    /// Never `NO_SHAPE`.
+    pub fn finish(&self) -> u64 {
+        folded_multiply(self.acc, self.key).max(NO_SHAPE + 1)
+    }
+}
+
 #[derive(Default)]
 struct TenantFields {
     /// Per measurement of `MSG_TYPES`, field name → type.
     by_measurement: [HashMap<Box<[u8]>, FieldType, RandomState>; MSG_TYPES.len()],
     len: usize,
+    /// Shapes whose every field is remembered with the type the shape gives it.
+    verified: HashSet<u64, RandomState>,
 }
 
 #[derive(Default)]
@@ -123,13 +202,16 @@ impl FieldTypes {
         let mut fields = LineFields::default();
         // Per item, the fields its tenant does not know yet (indices into `fields.refs`).
         let mut new_fields: Vec<usize> = Vec::with_capacity(16);
-        batch.reject_with(|tenant_index, tenant, line| {
+        batch.reject_with(|tenant_index, tenant, line, shape| {
             let slot = &mut slots[tenant_index];
             if *slot == usize::MAX {
                 *slot = state.tenant(tenant);
             }
-            let m = fields.read(line);
             let known = &mut state.tenants[*slot];
+            if shape != NO_SHAPE && known.verified.contains(&shape) {
+                return None;
+            }
+            let m = fields.read(line);
             let types = &mut known.by_measurement[m];
             new_fields.clear();
             for (i, f) in fields.refs.iter().enumerate() {
@@ -140,14 +222,23 @@ impl FieldTypes {
                     None => new_fields.push(i),
                 }
             }
+            // An untracked field is counted each time it is sent: its shape is never verified.
+            let mut all_remembered = true;
             for &i in &new_fields {
                 if known.len >= self.max_per_tenant {
                     state.untracked += 1;
+                    all_remembered = false;
                     continue;
                 }
                 let f = &fields.refs[i];
                 types.insert(fields.name(line, f).into(), f.ty);
                 known.len += 1;
+            }
+            if all_remembered && shape != NO_SHAPE {
+                if known.verified.len() >= MAX_SHAPES_PER_TENANT {
+                    known.verified.clear();
+                }
+                known.verified.insert(shape);
             }
             None
         })
@@ -163,6 +254,10 @@ impl FieldTypes {
         let t = state.tenant(tenant);
         let known = &mut state.tenants[t];
         if let Some(had) = known.by_measurement[m].get_mut(field.as_bytes()) {
+            if *had != ty {
+                // Shapes verified against the old type may conflict with the new one.
+                known.verified.clear();
+            }
             *had = ty;
             return true;
         }
@@ -391,6 +486,56 @@ mod tests {
         assert!(!types.learn("t", "telemetry", "c", FieldType::String));
         // Another tenant has its own fields and its own cap.
         assert_eq!(types.get("u", "telemetry", "temp"), None);
+    }
+
+    #[test]
+    fn verified_shapes_still_count_untracked_fields_and_see_learned_types() {
+        let types = FieldTypes::new(2);
+        let bad = Some(Reason::InvalidMetrics);
+        // The second item has the first one's shape.
+        let (reasons, _) = admitted(&types, &[r#"{"temp":1}"#, r#"{"temp":2}"#]);
+        assert_eq!(reasons, [None, None]);
+        assert!(types.learn("t", "telemetry", "temp", FieldType::Integer));
+        let (reasons, details) = admitted(&types, &[r#"{"temp":3}"#]);
+        assert_eq!(reasons, [bad]);
+        assert_eq!(
+            details,
+            ["0: field type conflict: \"temp\" of telemetry is integer, this message sends float"]
+        );
+        assert!(types.learn("t", "telemetry", "temp", FieldType::Float));
+        // At the cap: `on` is untracked, and counted again for each item of the same shape.
+        let (reasons, _) = admitted(&types, &[r#"{"temp":1,"on":true}"#; 3]);
+        assert_eq!(reasons, [None, None, None]);
+        assert_eq!(types.untracked(), 3);
+        assert_eq!(types.len(), 2);
+    }
+
+    #[test]
+    fn shapes_tell_names_types_and_measurements_apart() {
+        let shape = |m, fields: &[(&str, FieldType)]| {
+            let mut s = Shape::new(m);
+            for &(name, ty) in fields {
+                s.field(name.as_bytes(), Shape::head(name.as_bytes()), ty);
+            }
+            s.finish()
+        };
+        let (f, b) = (FieldType::Float, FieldType::Boolean);
+        let base = shape(0, &[("ab", f), ("c", f)]);
+        assert_eq!(base, shape(0, &[("ab", f), ("c", f)]));
+        let long = shape(0, &[("a long name, 17 a", f)]);
+        assert_ne!(long, shape(0, &[("a long name, 17 b", f)]));
+        assert_ne!(long, shape(0, &[("a long name, 17 a", b)]));
+        for other in [
+            shape(1, &[("ab", f), ("c", f)]),
+            shape(0, &[("a", f), ("bc", f)]),
+            shape(0, &[("ab", f), ("c", b)]),
+            shape(0, &[("ab", f)]),
+            shape(0, &[("ab", f), ("c", f), ("", f)]),
+            shape(0, &[("a long name, 17 b", f), ("c", f)]),
+        ] {
+            assert_ne!(base, other);
+            assert_ne!(other, NO_SHAPE);
+        }
     }
 
     #[test]

@@ -434,7 +434,7 @@ impl PyTenantBuffers {
     ) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
         let max_lines = count("max_lines", max_lines)?;
         let drained = py
-            .detach(|| self.inner.drain(tenant, max_lines))
+            .detach(|| self.inner.drain_shared(tenant, max_lines))
             .map_err(|e| usage_error(&e))?;
         Ok(drained.map(|(body, n)| (PyBytes::new(py, &body), n)))
     }

@@ -13,6 +13,7 @@ use crate::batch::{Batch, Identity};
 use crate::encode::{Decimal, Key, Line, PlainNumber};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
+use crate::fields::{FieldType, Shape};
 use crate::ids::{checked_id, valid_id, valid_tenant};
 use crate::json::{self, Number, Reader};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
@@ -116,6 +117,8 @@ enum MetricValue<'a> {
 
 struct Metric<'a> {
     name: Cow<'a, str>,
+    /// Position in the body's `metrics` object.
+    index: u32,
     /// The name's first 8 bytes, big-endian: sorts like the name, mostly without a memcmp.
     prefix: u64,
     /// `None`: not a number or bool, or not a finite number.
@@ -134,9 +137,14 @@ struct MessageParser<'a> {
     batch: Batch,
     receive_ns: i64,
     max_payload: usize,
-    /// The last `metrics` object's entries, in body order until `read_metrics` sorts and
-    /// deduplicates them.
+    /// The last `metrics` object's entries, in body order.
     metrics: Vec<Metric<'a>>,
+    /// The entries `read_metrics` last kept, sorted by name and deduplicated: what is written.
+    sorted: Vec<Metric<'a>>,
+    /// `sorted` came from a valid object without duplicate names. Messages of a batch mostly
+    /// send the same names in the same order; when `metrics` holds the names of such a
+    /// `sorted`, only the values are taken over, without the sort and the name rules.
+    sorted_reusable: bool,
     /// One of those names holds a lone surrogate.
     lone_metric_name: bool,
 }
@@ -149,6 +157,8 @@ impl<'a> MessageParser<'a> {
             receive_ns,
             max_payload,
             metrics: Vec::with_capacity(16),
+            sorted: Vec::with_capacity(16),
+            sorted_reusable: false,
             lone_metric_name: false,
         }
     }
@@ -237,6 +247,7 @@ impl<'a> MessageParser<'a> {
                 .enumerate()
                 .fold(0u64, |p, (i, c)| p | u64::from(c) << (56 - 8 * i));
             self.metrics.push(Metric {
+                index: u32::try_from(self.metrics.len()).expect("under 2^32 metrics"),
                 prefix,
                 name,
                 value,
@@ -265,16 +276,41 @@ impl<'a> MessageParser<'a> {
             ),
         };
         let site = f.site_id.text();
-        let device_escape = device.get().and_then(checked_id);
-        let site_escape = site.get().and_then(checked_id);
-        let checked: Result<(&'static str, u64, i64), Reason> = 'check: {
+        let identity = match (tenant.get(), device.get(), site.get(), token.get()) {
+            (Some(tenant), Some(device), Some(site), Some(token)) if !too_large => {
+                let id = Identity {
+                    tenant,
+                    device,
+                    site,
+                    token,
+                };
+                let at = self.batch.find_group(&id);
+                Some((id, at))
+            }
+            _ => None,
+        };
+        // An identity an earlier item of the batch has passed the id rules: most items of a
+        // batch come from a few devices, so most skip them.
+        let known = identity
+            .as_ref()
+            .and_then(|(_, at)| at.found)
+            .map(|g| self.batch.group_escapes(g));
+        let (device_escape, site_escape) = match known {
+            Some((device, site)) => (Some(device), Some(site)),
+            None => (
+                device.get().and_then(checked_id),
+                site.get().and_then(checked_id),
+            ),
+        };
+        let checked: Result<(usize, u64, i64), Reason> = 'check: {
             if too_large {
                 break 'check Err(Reason::PayloadTooLarge);
             }
-            let ids_ok = tenant.get().is_some_and(valid_tenant)
-                && device_escape.is_some()
-                && site_escape.is_some()
-                && token.get().is_some_and(valid_id);
+            let ids_ok = known.is_some()
+                || (tenant.get().is_some_and(valid_tenant)
+                    && device_escape.is_some()
+                    && site_escape.is_some()
+                    && token.get().is_some_and(valid_id));
             let seq = match f.seq {
                 Value::Missing | Value::Null => Some(0),
                 Value::Number(n) if n.is_integer() => parse_seq(n.text),
@@ -285,7 +321,7 @@ impl<'a> MessageParser<'a> {
             };
             let Some(measurement) = msg_type
                 .get()
-                .and_then(|t| MSG_TYPES.into_iter().find(|&m| m == t))
+                .and_then(|t| MSG_TYPES.into_iter().position(|m| m == t))
             else {
                 break 'check Err(Reason::InvalidMsgType);
             };
@@ -308,36 +344,41 @@ impl<'a> MessageParser<'a> {
                 return;
             }
         };
-        let (Some(tenant), Some(device), Some(site), Some(token)) =
-            (tenant.get(), device.get(), site.get(), token.get())
-        else {
+        let Some((id, at)) = identity else {
             self.batch.push_rejected(Reason::InvalidSchema, None);
             return;
         };
-        let metrics = &self.metrics;
-        let id = Identity {
-            tenant,
-            device,
-            site,
-            token,
-        };
-        self.batch.push_accepted(&id, |out| {
-            let mut line = Line::start(out, measurement);
-            line.tag("device_id", tag(device, device_escape));
-            line.tag("site_id", tag(site, site_escape));
-            for m in metrics {
-                let name = Key::scanned(m.name.as_bytes(), m.escape);
-                match m.value {
-                    Some(MetricValue::Plain(n)) => line.plain_number(name, &n),
-                    Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
-                    Some(MetricValue::Float(v)) => line.float(name, v),
-                    Some(MetricValue::Bool(v)) => line.bool(name, v),
-                    None => {}
+        let metrics = &self.sorted;
+        // The fields of the line below, in its order.
+        let mut shape = Shape::new(measurement);
+        for m in metrics {
+            let ty = match m.value {
+                Some(MetricValue::Bool(_)) => FieldType::Boolean,
+                _ => FieldType::Float,
+            };
+            shape.field(m.name.as_bytes(), m.prefix, ty);
+        }
+        shape.field(b"seq", Shape::head(b"seq"), FieldType::Integer);
+        // From `checked_id` (`None`, which the rules above exclude: scan it again).
+        let escapes = (device_escape.unwrap_or(true), site_escape.unwrap_or(true));
+        self.batch
+            .push_shaped(&id, at, escapes, shape.finish(), |out| {
+                let mut line = Line::start(out, MSG_TYPES[measurement]);
+                line.tag("device_id", Key::scanned(id.device.as_bytes(), escapes.0));
+                line.tag("site_id", Key::scanned(id.site.as_bytes(), escapes.1));
+                for m in metrics {
+                    let name = Key::scanned(m.name.as_bytes(), m.escape);
+                    match m.value {
+                        Some(MetricValue::Plain(n)) => line.plain_number(name, &n),
+                        Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
+                        Some(MetricValue::Float(v)) => line.float(name, v),
+                        Some(MetricValue::Bool(v)) => line.bool(name, v),
+                        None => {}
+                    }
                 }
-            }
-            line.uint(b"seq", seq);
-            line.finish(ts);
-        });
+                line.uint(b"seq", seq);
+                line.finish(ts);
+            });
     }
 
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
@@ -354,17 +395,29 @@ impl<'a> MessageParser<'a> {
     fn read_metrics(&mut self, field: MetricsField) -> bool {
         match field {
             MetricsField::Absent => {
-                self.metrics.clear();
+                self.sorted.clear();
+                self.sorted_reusable = false;
                 return true;
             }
             MetricsField::NotObject => return false,
             MetricsField::Object if self.lone_metric_name => return false,
             MetricsField::Object => {}
         }
+        if self.sorted_reusable && self.has_sorted_names() {
+            let mut valid = true;
+            for m in &mut self.sorted {
+                m.value = self.metrics[m.index as usize].value;
+                valid &= m.value.is_some();
+            }
+            return valid;
+        }
+        // The entries move to `sorted` without a copy; `metrics` is refilled by the next object.
+        std::mem::swap(&mut self.metrics, &mut self.sorted);
+        let count = self.sorted.len();
         // Stable: duplicates stay in body order, so the last of each run is the one kept.
-        self.metrics
+        self.sorted
             .sort_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| a.name.cmp(&b.name)));
-        let m = &mut self.metrics;
+        let m = &mut self.sorted;
         let mut kept = 0;
         for i in 0..m.len() {
             if m.get(i + 1).is_some_and(|next| next.same_name(&m[i])) {
@@ -376,18 +429,25 @@ impl<'a> MessageParser<'a> {
             kept += 1;
         }
         m.truncate(kept);
-        m.len() <= MAX_METRICS
+        let valid = m.len() <= MAX_METRICS
             && m.iter_mut().all(|m| {
                 let escape = m.value.and(checked_metric_name(&m.name));
                 m.escape = escape.unwrap_or(true);
                 escape.is_some()
+            });
+        self.sorted_reusable = valid && kept == count;
+        valid
+    }
+
+    /// Whether `metrics` holds the names of `sorted` in the order `sorted` came from. `sorted`
+    /// has no two entries from one index, so each of `metrics` is matched once.
+    fn has_sorted_names(&self) -> bool {
+        self.metrics.len() == self.sorted.len()
+            && self.sorted.iter().all(|s| {
+                let m = &self.metrics[s.index as usize];
+                m.prefix == s.prefix && m.name == s.name
             })
     }
-}
-
-/// A valid id as a tag value; `escape` from `checked_id` (`None`: scan it again).
-fn tag(id: &str, escape: Option<bool>) -> Key<'_> {
-    Key::scanned(id.as_bytes(), escape.unwrap_or(true))
 }
 
 /// `Some(escape)` for a valid metric name, as `checked_id`.
@@ -507,6 +567,51 @@ mod tests {
         assert_eq!(checked_metric_name("seq"), None);
         assert_eq!(checked_metric_name("a b"), Some(true));
         assert_eq!(checked_metric_name("a\\b"), None);
+    }
+
+    #[test]
+    fn repeated_metric_names_are_sorted_and_checked_like_new_ones() {
+        // Raw text: the body order of the names matters here.
+        let message = |metrics: &str| {
+            format!(
+                r#"{{"tenant_id":"t","device_id":"d","msg_type":"telemetry","provision_token":"k","site_id":"s","ts":"2024-05-01T12:00:00Z","metrics":{metrics}}}"#
+            )
+        };
+        let all = [
+            r#"{"b":1,"a b":true}"#,
+            r#"{"b":2.5,"a b":false}"#,
+            r#"{"b":"x","a b":true}"#,
+            r#"{"b":3,"a b":true}"#,
+            r#"{"a b":4,"b":5}"#,
+            r#"{"b":6,"b":7}"#,
+            r#"{"b":8,"b":9}"#,
+            r#"{"b":1,"seq":1}"#,
+            r#"{"b":1,"seq":1}"#,
+            r#"{"b":1,"a b":true}"#,
+        ];
+        let messages: Vec<String> = all.iter().map(|m| message(m)).collect();
+        let body = format!(r#"{{"messages":[{}]}}"#, messages.join(","));
+        let bad = Some("INVALID_METRICS");
+        assert_eq!(
+            reasons(&body),
+            [None, None, bad, None, None, None, None, bad, bad, None]
+        );
+        let fields: Vec<String> = lines(&body)
+            .lines()
+            .filter_map(|l| Some(l.split_once("site_id=s ")?.1.rsplit_once(' ')?.0.to_owned()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "a\\ b=true,b=1.0,seq=0i",
+                "a\\ b=false,b=2.5,seq=0i",
+                "a\\ b=true,b=3.0,seq=0i",
+                "a\\ b=4.0,b=5.0,seq=0i",
+                "b=7.0,seq=0i",
+                "b=9.0,seq=0i",
+                "a\\ b=true,b=1.0,seq=0i",
+            ]
+        );
     }
 
     #[test]
