@@ -3,10 +3,12 @@ cached and uncached devices send (issue 9 item 2), and floods of unknown device 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from gateway import GatewayProcess, poll, provision
@@ -102,6 +104,43 @@ def test_a_registry_outage_decides_cached_devices_and_makes_the_rest_retry(
     assert [line for line in logs.splitlines() if '"level":"error"' in line] == [
         line for line in logs.splitlines() if "registry_unavailable" in line
     ]
+
+
+def test_a_registry_that_does_not_answer_in_time_is_unavailable_not_a_hung_request(
+    gateway: Start, postgres_url: str
+) -> None:
+    gw = gateway({**HOLD, "DATABASE_URL": postgres_url, "TIDEGATE_REGISTRY_TIMEOUT_S": "0.5"})
+    for device in ("cached", "cold"):
+        provision(gw, "t1", device, "s1", token=f"tok-{device}")
+    c = gw.client()
+    assert post(c, msg("cached")).status_code == 202
+
+    async def stalled() -> tuple[list[httpx.Response], float]:
+        # A lock the lookup waits behind: the database answers pings, not the lookup.
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+                async with httpx.AsyncClient(base_url=gw.url, timeout=30.0) as ac:
+                    started = time.monotonic()
+                    cold = await ac.post("/ingest/v1/batch", json={"messages": [msg("cold")]})
+                    waited = time.monotonic() - started
+                    cached = await ac.post("/ingest/v1/batch", json={"messages": [msg("cached")]})
+        finally:
+            await conn.close()
+        return [cold, cached], waited
+
+    (cold, cached), waited = asyncio.run(stalled())
+    assert (cold.status_code, cold.headers["retry-after"]) == (503, "1")
+    assert cold.json()["results"][0]["reason"] == "UNAVAILABLE"
+    assert 0.4 <= waited < 5
+    assert cached.status_code == 202
+    back = poll(lambda: post(c, msg("cold")), until=lambda r: r.status_code == 202)
+    assert back.json()["accepted"] == 1
+    logs = gw.logs()
+    assert '"error":"no answer within 0.5 s"' in logs
+    assert logs.count("registry_unavailable") == 1
+    assert logs.count("registry_available") == 1
 
 
 def test_a_flood_of_unknown_ids_costs_bounded_lookups_and_evicts_no_known_device(

@@ -42,6 +42,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_AUTH_CACHE_MAX_ENTRIES": ["0", "lots"],
     "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES": ["0", "-3", "1.5"],
     "TIDEGATE_AUTH_LOOKUPS_PER_S": ["0", "ten"],
+    "TIDEGATE_REGISTRY_TIMEOUT_S": ["0", "-1", "soon", "nan"],
     "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT": ["0", "-3", "many"],
     "INGEST_TENANT": ["Default", "a b", "t" * 65, "a\\b"],
     "TIDEGATE_PORT": ["-1", "65536", "http"],

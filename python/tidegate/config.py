@@ -74,6 +74,9 @@ class Config:
     # a per-tenant budget of registry lookups per second for devices not in the cache.
     auth_cache_max_negative_entries: int = 10_000
     auth_lookups_per_s: int = 100
+    # A request's one registry lookup: past this its uncached devices are UNAVAILABLE (503),
+    # so a stalled database (a lock, an exhausted pool) cannot hold requests open.
+    registry_timeout_s: float = 2.0
     # Shelly adapter.
     ingest_api_key: str | None = None
     ingest_tenant: str = "default"
@@ -190,6 +193,7 @@ class Config:
                 "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES", 10_000, positive_int
             ),
             auth_lookups_per_s=r.get("TIDEGATE_AUTH_LOOKUPS_PER_S", 100, positive_int),
+            registry_timeout_s=r.get("TIDEGATE_REGISTRY_TIMEOUT_S", 2.0, positive_float),
             ingest_api_key=r.get("INGEST_API_KEY", None, str) or None,
             ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
             shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, positive_int),

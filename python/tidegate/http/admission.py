@@ -1,12 +1,14 @@
 """Admission of a request's batch: the core's `Admission` decides every device group from its
 cache (token, site, rate limit), and the registry is asked ONCE per request, for the devices
-the cache does not hold. A registry that cannot be reached makes those devices UNAVAILABLE
-(retryable: 503 + Retry-After when nothing was accepted), never a 500; cached devices are
-decided as usual. The outage is logged once, and its end once.
+the cache does not hold. A registry that cannot be reached, or does not answer within
+TIDEGATE_REGISTRY_TIMEOUT_S, makes those devices UNAVAILABLE (retryable: 503 + Retry-After when
+nothing was accepted), never a 500 or a hung request; cached devices are decided as usual.
+The outage is logged once, and its end once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -37,10 +39,12 @@ class Admitter:
         self,
         admission: Admission,
         registry: Registry,
+        timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.admission = admission
         self.registry = registry
+        self.timeout_s = timeout_s
         self.clock = clock
         self.registry_down = False
 
@@ -57,7 +61,7 @@ class Admitter:
             cfg.default_burst,
             cfg.auth_lookups_per_s,
         )
-        return cls(admission, registry)
+        return cls(admission, registry, cfg.registry_timeout_s)
 
     async def admit(self, batch: Batch) -> None:
         """Resolve the batch's verdicts; awaits the registry only for uncached devices."""
@@ -66,13 +70,17 @@ class Admitter:
         if not keys:
             return
         try:
-            found = await self.registry.devices(keys)
+            async with asyncio.timeout(self.timeout_s):
+                found = await self.registry.devices(keys)
         except Exception as exc:
-            if not db_down(exc):
+            if not (db_down(exc) or isinstance(exc, TimeoutError)):
                 raise
             if not self.registry_down:
                 self.registry_down = True
-                logs.log("registry_unavailable", level="error", error=type(exc).__name__)
+                error = type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    error = f"no answer within {self.timeout_s:g} s"
+                logs.log("registry_unavailable", level="error", error=error)
         else:
             if self.registry_down:
                 self.registry_down = False
