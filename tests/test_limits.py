@@ -117,6 +117,22 @@ def test_an_idle_connection_and_a_trickled_head_get_408(gateway: Start) -> None:
     assert gw.stats()["limits_hit"] == {"header_timeout": 2}
 
 
+def test_the_ops_listener_has_the_same_limits(gateway: Start) -> None:
+    gw = gateway({**HOLD, "TIDEGATE_HEADER_TIMEOUT_S": "1", "TIDEGATE_MAX_HEADER_BYTES": "4096"})
+    host, port = gw.ops_url.removeprefix("http://").split(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as idle,
+        socket.create_connection((host, int(port)), timeout=30) as big,
+    ):
+        big.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"x" * 8192 + b"\r\n\r\n")
+        answers = [read_answer(idle), read_answer(big)]
+    assert [(s, json.loads(b)) for s, b in answers] == [
+        (408, {"detail": "request head not received within 1 s"}),
+        (431, {"detail": "request head exceeds the limit of 4096 bytes"}),
+    ]
+    assert gw.stats()["limits_hit"] == {"header_timeout": 1, "max_header_bytes": 1}
+
+
 def test_an_idle_keep_alive_connection_is_closed(gateway: Start) -> None:
     gw = gateway({**HOLD, "TIDEGATE_KEEPALIVE_TIMEOUT_S": "1"})
     with connect(gw) as sock:

@@ -187,8 +187,16 @@ def serve(cfg: Config) -> None:
     gw: Gateway = app.state.gateway
     # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
     common = server_options(cfg, max(1, int(cfg.shutdown_deadline_s / 2)))
+    # Both listeners under the same connection limits (the ops one is loopback by default,
+    # but a scraper or a stuck client must not hold it either).
+    protocol = limits.protocol_class(limits.Limits.from_config(cfg, gw.metrics.limit_hit))
     ops_config = uvicorn.Config(
-        app.state.ops_app, host=cfg.ops_host, port=cfg.ops_port, lifespan="off", **common
+        app.state.ops_app,
+        host=cfg.ops_host,
+        port=cfg.ops_port,
+        http=protocol,
+        lifespan="off",
+        **common,
     )
     # Bound before start-up: a port in use fails the start, not a running gateway.
     ops_socket = ops_config.bind_socket()
@@ -196,7 +204,7 @@ def serve(cfg: Config) -> None:
         app,
         host=cfg.host,
         port=cfg.port,
-        http=limits.protocol_class(limits.Limits.from_config(cfg, gw.metrics.limit_hit)),
+        http=protocol,
         lifespan="on",
         timeout_keep_alive=cfg.keepalive_timeout_s,
         **common,
