@@ -374,7 +374,10 @@ impl<'a> Reader<'a> {
             }
         }
         self.pos = i + 1;
-        let raw = self.text.get(start..i).ok_or(Invalid)?;
+        // Both ends are at a quote, so on char boundaries; split_at_checked inlines where a
+        // range `get` on str is a call.
+        let (raw, _) = self.text.split_at_checked(i).ok_or(Invalid)?;
+        let (_, raw) = raw.split_at_checked(start).ok_or(Invalid)?;
         Ok(Str { raw, escaped })
     }
 
@@ -533,7 +536,7 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
 }
 
 /// Bytes of a string scanned a word at a time before `skip_long` takes over.
-const SHORT_STRING: usize = 32;
+const SHORT_STRING: usize = 64;
 
 /// `skip_plain` for long strings: a SIMD search (memchr) for the quote or backslash, then one
 /// vectorised pass over the bytes before it for a control character.

@@ -471,7 +471,8 @@ impl<'a> MessageParser<'a> {
                         None => {}
                     }
                 }
-                line.uint(b"seq", seq);
+                // A fixed name, known to need no escapes.
+                line.uint(Key::scanned(b"seq", false), seq);
                 line.finish(ts);
             });
     }
