@@ -209,6 +209,7 @@ impl<'a> PlainNumber<'a> {
     /// The token as printed, when it has no exponent, at most 15 significant digits and is zero
     /// or at least 1e-4 in magnitude (see `Decimal::from_json_number` for why the digits are
     /// kept).
+    #[inline(always)]
     pub fn of(n: &Number<'a>) -> Option<Self> {
         let b = n.text.as_bytes();
         if n.frac_end != b.len() {
@@ -386,6 +387,8 @@ impl<'o> Line<'o> {
         }
     }
 
+    /// Inlined: the key is a constant, so its copy is a fixed-size move, not a memcpy call.
+    #[inline(always)]
     pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
         self.out.push(b',');
         self.out.extend_from_slice(key.as_bytes());
@@ -393,6 +396,7 @@ impl<'o> Line<'o> {
         value.into().push(self.out);
     }
 
+    #[inline(always)]
     fn field_key(&mut self, key: Key<'_>) {
         self.out.push(if self.first_field { b' ' } else { b',' });
         self.first_field = false;

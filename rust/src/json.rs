@@ -46,6 +46,55 @@ impl<'a> Str<'a> {
     }
 }
 
+/// A plain object key of 1 to 16 bytes as words, for `Reader::key_is`: its first 8 bytes
+/// and its last 8 (all of it when shorter), little-endian and zero-padded, so a match needs no
+/// memcmp call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyWords {
+    head: u64,
+    /// The bytes of the first word `head` holds.
+    mask: u64,
+    tail: u64,
+    len: usize,
+}
+
+impl KeyWords {
+    /// From its words and length (1..=16), as described above.
+    pub const fn new(head: u64, tail: u64, len: usize) -> KeyWords {
+        let mask = if len >= 8 {
+            u64::MAX
+        } else {
+            u64::MAX >> (64 - 8 * len)
+        };
+        KeyWords {
+            head,
+            mask,
+            tail,
+            len,
+        }
+    }
+
+    /// The words of `raw`, key text without escapes, of 1 to 16 bytes.
+    pub const fn plain(raw: &[u8]) -> KeyWords {
+        let len = raw.len();
+        assert!(len >= 1 && len <= 16, "keys of 1 to 16 bytes");
+        let mut head = 0u64;
+        let mut tail = 0u64;
+        let mut i = 0;
+        while i < 8 && i < len {
+            head |= (raw[i] as u64) << (8 * i);
+            i += 1;
+        }
+        let skip = len.saturating_sub(8);
+        let mut j = skip;
+        while j < len {
+            tail |= (raw[j] as u64) << (8 * (j - skip));
+            j += 1;
+        }
+        KeyWords::new(head, tail, len)
+    }
+}
+
 /// Decodes validated escapes; `None` on a lone surrogate.
 fn unescape(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
@@ -204,24 +253,64 @@ impl<'a> Reader<'a> {
     /// whether this is the call right after `begin_object`.
     #[inline(always)]
     pub fn next_key(&mut self, first: bool) -> Result<Option<Str<'a>>> {
+        if !self.key_follows(first)? {
+            return Ok(None);
+        }
+        self.key().map(Some)
+    }
+
+    /// Whether the object has another key (the cursor then at its `"`, past any `,`), or
+    /// false after its closing `}`; `first` as for `next_key`.
+    #[inline(always)]
+    pub fn key_follows(&mut self, first: bool) -> Result<bool> {
         match self.peek() {
             Some(b'}') => {
                 self.pos += 1;
                 self.depth -= 1;
-                return Ok(None);
+                Ok(false)
             }
             Some(b',') if !first => {
                 self.pos += 1;
                 if self.peek() != Some(b'"') {
                     return Err(Invalid);
                 }
+                Ok(true)
             }
-            Some(b'"') if first => {}
-            _ => return Err(Invalid),
+            Some(b'"') if first => Ok(true),
+            _ => Err(Invalid),
         }
+    }
+
+    /// After `key_follows`: the key and its `:`.
+    #[inline(always)]
+    pub fn key(&mut self) -> Result<Str<'a>> {
         let key = self.string_at_quote()?;
         self.expect(b':')?;
-        Ok(Some(key))
+        Ok(key)
+    }
+
+    /// After `key_follows`: when the key is `k` written plainly and its `:` follows at once,
+    /// moves past both. False (cursor unmoved) leaves the key to `key`. The bytes compared are
+    /// those of a key read before without escapes, so a match is that same valid key.
+    #[inline(always)]
+    pub fn key_is(&mut self, k: &KeyWords) -> bool {
+        let b = self.bytes();
+        let at = self.pos + 1;
+        let end = at + k.len;
+        let (Some(head), Some(b'"'), Some(b':')) = (b.get(at..at + 8), b.get(end), b.get(end + 1))
+        else {
+            return false;
+        };
+        let head = u64::from_le_bytes(head.try_into().expect("8 bytes"));
+        let tail = match b.get(end.wrapping_sub(8)..end) {
+            Some(t) if k.len >= 8 => u64::from_le_bytes(t.try_into().expect("8 bytes")),
+            _ => k.tail,
+        };
+        if head & k.mask != k.head || tail != k.tail {
+            return false;
+        }
+        self.pos = end + 2;
+        true
     }
 
     /// At `[`: enters the array.
@@ -285,7 +374,10 @@ impl<'a> Reader<'a> {
             }
         }
         self.pos = i + 1;
-        let raw = self.text.get(start..i).ok_or(Invalid)?;
+        // Both ends are at a quote, so on char boundaries; split_at_checked inlines where a
+        // range `get` on str is a call.
+        let (raw, _) = self.text.split_at_checked(i).ok_or(Invalid)?;
+        let (_, raw) = raw.split_at_checked(start).ok_or(Invalid)?;
         Ok(Str { raw, escaped })
     }
 
@@ -444,7 +536,7 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
 }
 
 /// Bytes of a string scanned a word at a time before `skip_long` takes over.
-const SHORT_STRING: usize = 32;
+const SHORT_STRING: usize = 64;
 
 /// `skip_plain` for long strings: a SIMD search (memchr) for the quote or backslash, then one
 /// vectorised pass over the bytes before it for a control character.

@@ -15,7 +15,7 @@ use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
 use crate::fields::{FieldType, Shape};
 use crate::ids::{checked_id, valid_id, valid_tenant};
-use crate::json::{self, Number, Reader};
+use crate::json::{self, KeyWords, Number, Reader};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
 
 /// Messages a batch body may hold.
@@ -106,6 +106,50 @@ struct Fields<'a> {
     metrics: MetricsField,
 }
 
+/// The keys of a message this module reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldKey {
+    TenantId,
+    DeviceId,
+    MsgType,
+    ProvisionToken,
+    SiteId,
+    Ts,
+    Seq,
+    Metrics,
+}
+
+impl FieldKey {
+    fn of(name: &str) -> Option<FieldKey> {
+        Some(match name {
+            "tenant_id" => FieldKey::TenantId,
+            "device_id" => FieldKey::DeviceId,
+            "msg_type" => FieldKey::MsgType,
+            "provision_token" => FieldKey::ProvisionToken,
+            "site_id" => FieldKey::SiteId,
+            "ts" => FieldKey::Ts,
+            "seq" => FieldKey::Seq,
+            "metrics" => FieldKey::Metrics,
+            _ => return None,
+        })
+    }
+}
+
+/// Each `FieldKey`'s name as `KeyWords`, in the enum's order.
+const FIELD_KEYS: [KeyWords; 8] = [
+    KeyWords::plain(b"tenant_id"),
+    KeyWords::plain(b"device_id"),
+    KeyWords::plain(b"msg_type"),
+    KeyWords::plain(b"provision_token"),
+    KeyWords::plain(b"site_id"),
+    KeyWords::plain(b"ts"),
+    KeyWords::plain(b"seq"),
+    KeyWords::plain(b"metrics"),
+];
+
+/// Keys of a message whose places `MessageParser::key_order` remembers.
+const ORDERED_KEYS: usize = 12;
+
 #[derive(Clone, Copy)]
 enum MetricValue<'a> {
     /// A number token printed as sent, tidied (the common case).
@@ -121,6 +165,8 @@ struct Metric<'a> {
     index: u32,
     /// The name's first 8 bytes, big-endian: sorts like the name, mostly without a memcmp.
     prefix: u64,
+    /// The name as written in the body, when without escapes and at most 16 bytes long.
+    words: Option<KeyWords>,
     /// `None`: not a number or bool, or not a finite number.
     value: Option<MetricValue<'a>>,
     /// Whether line protocol escapes some of the name; set by `read_metrics`.
@@ -129,7 +175,11 @@ struct Metric<'a> {
 
 impl Metric<'_> {
     fn same_name(&self, other: &Self) -> bool {
-        self.prefix == other.prefix && self.name == other.name
+        match (self.words, other.words) {
+            // Both written plainly: the same text is the same name.
+            (Some(a), Some(b)) => a == b,
+            _ => self.prefix == other.prefix && self.name == other.name,
+        }
     }
 }
 
@@ -147,6 +197,8 @@ struct MessageParser<'a> {
     sorted_reusable: bool,
     /// One of those names holds a lone surrogate.
     lone_metric_name: bool,
+    /// The known key (if any) at each place of the last message that had one there.
+    key_order: [Option<FieldKey>; ORDERED_KEYS],
 }
 
 impl<'a> MessageParser<'a> {
@@ -160,6 +212,7 @@ impl<'a> MessageParser<'a> {
             sorted: Vec::with_capacity(16),
             sorted_reusable: false,
             lone_metric_name: false,
+            key_order: [None; ORDERED_KEYS],
         }
     }
 
@@ -190,25 +243,36 @@ impl<'a> MessageParser<'a> {
     fn fields(&mut self, r: &mut Reader<'a>, f: &mut Fields<'a>) -> json::Result<()> {
         r.begin_object()?;
         let mut first = true;
-        while let Some(key) = r.next_key(first)? {
+        let mut k = 0;
+        while r.key_follows(first)? {
             first = false;
-            let Some(name) = key.decode() else {
-                r.skip_value()?;
-                continue;
+            // Messages of a batch mostly send their keys in one order: the key seen at this
+            // place last time is checked first, in a few word compares.
+            let predicted = self.key_order.get(k).copied().flatten();
+            let key = match predicted {
+                Some(key) if r.key_is(&FIELD_KEYS[key as usize]) => Some(key),
+                _ => {
+                    let key = r.key()?.decode().and_then(|name| FieldKey::of(&name));
+                    if let Some(slot) = self.key_order.get_mut(k) {
+                        *slot = key;
+                    }
+                    key
+                }
             };
-            let slot = match name.as_ref() {
-                "tenant_id" => &mut f.tenant_id,
-                "device_id" => &mut f.device_id,
-                "msg_type" => &mut f.msg_type,
-                "provision_token" => &mut f.provision_token,
-                "site_id" => &mut f.site_id,
-                "ts" => &mut f.ts,
-                "seq" => &mut f.seq,
-                "metrics" => {
+            k += 1;
+            let slot = match key {
+                Some(FieldKey::TenantId) => &mut f.tenant_id,
+                Some(FieldKey::DeviceId) => &mut f.device_id,
+                Some(FieldKey::MsgType) => &mut f.msg_type,
+                Some(FieldKey::ProvisionToken) => &mut f.provision_token,
+                Some(FieldKey::SiteId) => &mut f.site_id,
+                Some(FieldKey::Ts) => &mut f.ts,
+                Some(FieldKey::Seq) => &mut f.seq,
+                Some(FieldKey::Metrics) => {
                     f.metrics = self.metrics_field(r)?;
                     continue;
                 }
-                _ => {
+                None => {
                     r.skip_value()?;
                     continue;
                 }
@@ -219,24 +283,41 @@ impl<'a> MessageParser<'a> {
     }
 
     fn metrics_field(&mut self, r: &mut Reader<'a>) -> json::Result<MetricsField> {
-        self.metrics.clear();
         self.lone_metric_name = false;
         if r.peek() != Some(b'{') {
+            self.metrics.clear();
             return Ok(match Value::read(r)? {
                 Value::Null => MetricsField::Absent,
                 _ => MetricsField::NotObject,
             });
         }
         r.begin_object()?;
+        // Entries are overwritten in place: an entry whose name is the one at its place last
+        // time keeps that name, matched in a few word compares rather than read again.
+        let mut n = 0;
         let mut first = true;
-        while let Some(name) = r.next_key(first)? {
+        while r.key_follows(first)? {
             first = false;
+            let same_name = self
+                .metrics
+                .get(n)
+                .and_then(|m| m.words)
+                .is_some_and(|w| r.key_is(&w));
+            let key = if same_name { None } else { Some(r.key()?) };
             let value = match Value::read(r)? {
                 Value::Bool(b) => Some(MetricValue::Bool(b)),
                 Value::Number(n) => number_value(&n),
                 _ => None,
             };
-            let Some(name) = name.decode() else {
+            let index = u32::try_from(n).expect("under 2^32 metrics");
+            let Some(key) = key else {
+                let m = &mut self.metrics[n];
+                m.index = index;
+                m.value = value;
+                n += 1;
+                continue;
+            };
+            let Some(name) = key.decode() else {
                 self.lone_metric_name = true;
                 continue;
             };
@@ -246,14 +327,28 @@ impl<'a> MessageParser<'a> {
                 .take(8)
                 .enumerate()
                 .fold(0u64, |p, (i, c)| p | u64::from(c) << (56 - 8 * i));
-            self.metrics.push(Metric {
-                index: u32::try_from(self.metrics.len()).expect("under 2^32 metrics"),
+            let plain = !key.escaped && (1..=16).contains(&name.len());
+            let m = Metric {
+                index,
                 prefix,
+                words: plain.then(|| {
+                    KeyWords::new(
+                        prefix.swap_bytes(),
+                        tail_word(name.as_bytes(), prefix),
+                        name.len(),
+                    )
+                }),
                 name,
                 value,
                 escape: true,
-            });
+            };
+            match self.metrics.get_mut(n) {
+                Some(slot) => *slot = m,
+                None => self.metrics.push(m),
+            }
+            n += 1;
         }
+        self.metrics.truncate(n);
         Ok(MetricsField::Object)
     }
 
@@ -376,7 +471,8 @@ impl<'a> MessageParser<'a> {
                         None => {}
                     }
                 }
-                line.uint(b"seq", seq);
+                // A fixed name, known to need no escapes.
+                line.uint(Key::scanned(b"seq", false), seq);
                 line.finish(ts);
             });
     }
@@ -443,10 +539,18 @@ impl<'a> MessageParser<'a> {
     /// has no two entries from one index, so each of `metrics` is matched once.
     fn has_sorted_names(&self) -> bool {
         self.metrics.len() == self.sorted.len()
-            && self.sorted.iter().all(|s| {
-                let m = &self.metrics[s.index as usize];
-                m.prefix == s.prefix && m.name == s.name
-            })
+            && self
+                .sorted
+                .iter()
+                .all(|s| self.metrics[s.index as usize].same_name(s))
+    }
+}
+
+/// The last 8 bytes of a name as a little-endian word; shorter names are all in `prefix`.
+fn tail_word(name: &[u8], prefix: u64) -> u64 {
+    match name.len().checked_sub(8).and_then(|i| name.get(i..)) {
+        Some(last) => u64::from_le_bytes(last.try_into().expect("8 bytes")),
+        None => prefix.swap_bytes(),
     }
 }
 
@@ -1126,6 +1230,57 @@ mod tests {
         }
         for raw in ["1e400", "-1e400", "1.8e308", &"9".repeat(400)] {
             assert_eq!(reasons(&b(raw)), [Some("INVALID_METRICS")], "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_message_reads_the_same_whatever_message_came_before_it() {
+        // Keys and metric names are first compared with those at the same place in the message
+        // before: each pair of these must read exactly as the two messages do alone.
+        let head = r#""tenant_id":"t1","device_id":"d1","msg_type":"telemetry","provision_token":"tok","site_id":"s1","ts":"2024-05-01T12:00:00Z""#;
+        let metrics = [
+            r#"{"temperature":1,"rssi":2.5}"#,
+            r#"{"temperature":1,"rssI":2}"#,
+            r#"{"temperaturf":1,"rssi":2}"#,
+            r#"{"temperatur":1,"rssi":2}"#,
+            r#"{"temperature2":1,"rssi":2}"#,
+            r#"{"tempe\u0072ature":1,"rssi":2}"#,
+            r#"{"temperature" :1,"rssi":true}"#,
+            r#"{"rssi":2,"temperature":1}"#,
+            r#"{"rssi":2,"rssi":3}"#,
+            r#"{"abcdefghijklmnopq":1,"a":2}"#,
+            r#"{"abcdefghijklmnop":1,"a":2}"#,
+            r#"{"abcdefgh":1,"a":"x"}"#,
+            r#"{"seq":1}"#,
+            r#"{"r\ud800":1}"#,
+            r#"{}"#,
+            r#"null"#,
+        ];
+        let mut messages: Vec<String> = metrics
+            .iter()
+            .map(|m| format!(r#"{{{head},"metrics":{m}}}"#))
+            .collect();
+        messages.extend([
+            format!(r#"{{"metrics":{{"a":1}},{head},"seq":5}}"#),
+            format!(r#"{{{head},"se\u0071":5,"metrics":{{"a":1}}}}"#),
+            format!(r#"{{{head},"seq" :5,"metrics":{{"a":1}}}}"#),
+            format!(r#"{{{head},"seq":5,"tenant_idx":1,"metrics":{{"a":1}}}}"#),
+            r#"{"tenant_id":"t1","device_iD":"d1","msg_type":"telemetry","provision_token":"tok","site_id":"s1","metrics":{}}"#.into(),
+            r#"{"tenant_id":"t1","device_id":"d2","msg_type":"heartbeat","provision_token":"tok","site_id":"s1","ts":"2024-05-01T12:00:00Z","metrics":{"a":1},"metrics":{"b":2}}"#.into(),
+        ]);
+        let alone = |m: &str| {
+            let body = format!(r#"{{"messages":[{m}]}}"#);
+            (reasons(&body), lines(&body))
+        };
+        for a in &messages {
+            let (reasons_a, lines_a) = alone(a);
+            for b in &messages {
+                let (reasons_b, lines_b) = alone(b);
+                let body = format!(r#"{{"messages":[{a},{b}]}}"#);
+                let both = [reasons_a.clone(), reasons_b].concat();
+                assert_eq!(reasons(&body), both, "{body}");
+                assert_eq!(lines(&body), lines_a.clone() + &lines_b, "{body}");
+            }
         }
     }
 
