@@ -24,6 +24,12 @@ tree, side by side in one run on the same bodies:
 
     python benches/load/run.py --cores rust --baseline base-c4f33ef --paced-rate 0
 
+`--alternate PAIRS` (direct mode, saturated phases only) starts the baseline and the working tree
+at once and lets them take turns, PAIRS runs each, then prints a `mean of PAIRS` row per build:
+on a shared machine whose speed drifts within minutes, only alternating runs compare fairly.
+
+    python benches/load/run.py --cores rust --baseline base-c4f33ef --alternate 4 --duration 10
+
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
 """
 
@@ -37,6 +43,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -362,7 +369,25 @@ DURABILITIES = {
 }
 
 
-def run_one(
+@dataclass
+class Running:
+    """One build's started processes, its bodies and the tags of its rows."""
+
+    name: str
+    procs: Procs
+    listing: Path
+    tags: dict[str, str]
+
+    def stop(self) -> None:
+        """Stop the gateway (and worker); print the log tail of one that did not exit 0."""
+        for proc in (self.procs.gw, self.procs.worker):
+            code = proc.stop() if proc is not None else 0
+            if code != 0 and proc is not None:
+                tail = proc.logs()[-3000:]
+                print(f"{self.name} {proc.url} exited {code}:\n{tail}", file=sys.stderr)
+
+
+def start(
     s: Setup,
     build: Build,
     core: str,
@@ -371,12 +396,10 @@ def run_one(
     durability: str,
     pg: PostgresCluster | None,
     influx: InfluxDB | None,
-    paced_rate: str,
-    first_saturated: list[float],
     nats: NatsServer | None = None,
-) -> list[dict[str, Any]]:
-    """Provision, start, warm, measure (saturated, then paced), stop. With `nats`, the HTTP
-    process is a NATS-mode edge and a worker writes to the sink."""
+) -> Running:
+    """Provision, start and warm one build. With `nats`, the HTTP process is a NATS-mode edge
+    and a worker writes to the sink."""
     mode = "direct" if nats is None else f"nats-{nats.sync_interval or 'default'}"
     kind = durability if nats is None else mode
     name = f"{'baseline' if build.python else 'working'}-{core}-{sink}-{registry}-{kind}"
@@ -399,36 +422,106 @@ def run_one(
     listing = write_bodies(s)
     gw = run_gateway(env, workdir, python=build.python)
     procs = Procs(gw, {"gateway" if nats is None else "edge": gw.proc.pid})
-    if nats is not None:
-        procs.worker = run_gateway(env, workdir / "worker", command="worker", python=build.python)
-        procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
-    if influx is not None and sink == "influx":
-        procs.cpu["influxd"] = influx.pid
+    tags = {
+        "build": build.name,
+        "core": core,
+        "sink": sink,
+        "registry": registry,
+        "durability": durability if nats is None else "-",
+        "mode": mode,
+    }
+    running = Running(name, procs, listing, tags)
     try:
+        if nats is not None:
+            procs.worker = run_gateway(
+                env, workdir / "worker", command="worker", python=build.python
+            )
+            procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
+        if influx is not None and sink == "influx":
+            procs.cpu["influxd"] = influx.pid
         warm(gw, listing)
-        tags = {
-            "build": build.name,
-            "core": core,
-            "sink": sink,
-            "registry": registry,
-            "durability": durability if nats is None else "-",
-            "mode": mode,
-        }
-        results = []
-        sat = measure(procs, listing, s.duration, s.connections, s.threads, 0)
-        results.append({**tags, "phase": "saturated", **sat})
-        print(json.dumps(results[-1]), flush=True)
-        first_saturated.append(sat["accepted_msgs_per_s"])
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def saturated(s: Setup, run: Running) -> dict[str, Any]:
+    """One saturated phase of a started build, printed as it ends."""
+    sat = measure(run.procs, run.listing, s.duration, s.connections, s.threads, 0)
+    row = {**run.tags, "phase": "saturated", **sat}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def run_one(
+    s: Setup,
+    build: Build,
+    core: str,
+    sink: str,
+    registry: str,
+    durability: str,
+    pg: PostgresCluster | None,
+    influx: InfluxDB | None,
+    paced_rate: str,
+    first_saturated: list[float],
+    nats: NatsServer | None = None,
+) -> list[dict[str, Any]]:
+    """Start, measure (saturated, then paced), stop."""
+    run = start(s, build, core, sink, registry, durability, pg, influx, nats)
+    try:
+        results = [saturated(s, run)]
+        first_saturated.append(results[0]["accepted_msgs_per_s"])
         rate = first_saturated[0] / 2 if paced_rate == "half" else float(paced_rate)
         if rate:
-            results.append({**tags, **paced(procs, listing, s.duration, rate)})
+            results.append({**run.tags, **paced(run.procs, run.listing, s.duration, rate)})
             print(json.dumps(results[-1]), flush=True)
     finally:
-        for proc in (gw, procs.worker):
-            code = proc.stop() if proc is not None else 0
-            if code != 0 and proc is not None:
-                print(f"{name} {proc.url} exited {code}:\n{proc.logs()[-3000:]}", file=sys.stderr)
+        run.stop()
     return results
+
+
+def run_alternating(
+    s: Setup,
+    builds: list[Build],
+    core: str,
+    sink: str,
+    registry: str,
+    durability: str,
+    pg: PostgresCluster | None,
+    influx: InfluxDB | None,
+    pairs: int,
+) -> list[dict[str, Any]]:
+    """Every build started and warmed at once, then `pairs` saturated phases each, the builds
+    taking turns (and turns about who goes first): on a machine whose speed drifts, a drift hits
+    both alike. Ends with one row per build of the runs' means."""
+    runs: list[Running] = []
+    rows: dict[str, list[dict[str, Any]]] = {b.name: [] for b in builds}
+    try:
+        for build in builds:
+            runs.append(start(s, build, core, sink, registry, durability, pg, influx))
+        for pair in range(pairs):
+            for run in runs if pair % 2 == 0 else runs[::-1]:
+                rows[run.tags["build"]].append(saturated(s, run))
+    finally:
+        for run in runs:
+            run.stop()
+    return [row for build in rows.values() for row in build] + [
+        mean_row(build) for build in rows.values() if build
+    ]
+
+
+def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of a build's alternating runs, as a row of its own (phase `mean of N`)."""
+    out = dict(rows[0], phase=f"mean of {len(rows)}")
+    for key in ("accepted_msgs_per_s", "req_per_s", "p50_ms", "p99_ms", "p999_ms"):
+        out[key] = round(statistics.mean(r[key] for r in rows), 2)
+    out["accepted_msgs_per_s"] = round(out["accepted_msgs_per_s"])
+    out["cpu_s_per_100k"] = {
+        k: round(statistics.mean(r["cpu_s_per_100k"][k] for r in rows), 3)
+        for k in rows[0]["cpu_s_per_100k"]
+    }
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -512,6 +605,15 @@ def main() -> None:
         metavar="GIT_REF",
         help="also build this commit into its own venv and run it before the working tree",
     )
+    p.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="direct mode, saturated only: start every build at once and run PAIRS saturated "
+        "phases each, the builds taking turns (with --baseline: a fair comparison on a machine "
+        "whose speed drifts); adds a `mean of PAIRS` row per build",
+    )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -547,6 +649,20 @@ def main() -> None:
         for core in args.cores.split(","):
             for sink in sinks:
                 for registry in registries:
+                    if args.alternate and "direct" in modes:
+                        for durability in args.durability.split(","):
+                            rows += run_alternating(
+                                s,
+                                builds,
+                                core,
+                                sink,
+                                registry,
+                                durability,
+                                pg,
+                                influx,
+                                args.alternate,
+                            )
+                        continue
                     for build in builds:
                         if "direct" in modes:
                             for durability in args.durability.split(","):
