@@ -120,6 +120,18 @@ class Setup:
     token_of: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Case:
+    """One combination of the matrix, with the services it may use."""
+
+    core: str
+    sink: str
+    registry: str
+    durability: str
+    pg: PostgresCluster | None
+    influx: InfluxDB | None
+
+
 def device_keys(s: Setup) -> list[tuple[str, str]]:
     """`devices` devices spread evenly over `tenants` tenants."""
     return [(f"tenant{i % s.tenants}", f"dev{i:05d}") for i in range(s.devices)]
@@ -387,19 +399,11 @@ class Running:
                 print(f"{self.name} {proc.url} exited {code}:\n{tail}", file=sys.stderr)
 
 
-def start(
-    s: Setup,
-    build: Build,
-    core: str,
-    sink: str,
-    registry: str,
-    durability: str,
-    pg: PostgresCluster | None,
-    influx: InfluxDB | None,
-    nats: NatsServer | None = None,
-) -> Running:
+def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) -> Running:
     """Provision, start and warm one build. With `nats`, the HTTP process is a NATS-mode edge
     and a worker writes to the sink."""
+    core, sink, registry, durability = case.core, case.sink, case.registry, case.durability
+    pg, influx = case.pg, case.influx
     mode = "direct" if nats is None else f"nats-{nats.sync_interval or 'default'}"
     kind = durability if nats is None else mode
     name = f"{'baseline' if build.python else 'working'}-{core}-{sink}-{registry}-{kind}"
@@ -457,18 +461,13 @@ def saturated(s: Setup, run: Running) -> dict[str, Any]:
 def run_one(
     s: Setup,
     build: Build,
-    core: str,
-    sink: str,
-    registry: str,
-    durability: str,
-    pg: PostgresCluster | None,
-    influx: InfluxDB | None,
+    case: Case,
     paced_rate: str,
     first_saturated: list[float],
     nats: NatsServer | None = None,
 ) -> list[dict[str, Any]]:
     """Start, measure (saturated, then paced), stop."""
-    run = start(s, build, core, sink, registry, durability, pg, influx, nats)
+    run = start(s, build, case, nats)
     try:
         results = [saturated(s, run)]
         first_saturated.append(results[0]["accepted_msgs_per_s"])
@@ -481,17 +480,7 @@ def run_one(
     return results
 
 
-def run_alternating(
-    s: Setup,
-    builds: list[Build],
-    core: str,
-    sink: str,
-    registry: str,
-    durability: str,
-    pg: PostgresCluster | None,
-    influx: InfluxDB | None,
-    pairs: int,
-) -> list[dict[str, Any]]:
+def run_alternating(s: Setup, builds: list[Build], case: Case, pairs: int) -> list[dict[str, Any]]:
     """Every build started and warmed at once, then `pairs` saturated phases each, the builds
     taking turns (and turns about who goes first): on a machine whose speed drifts, a drift hits
     both alike. Ends with one row per build of the runs' means."""
@@ -499,7 +488,7 @@ def run_alternating(
     rows: dict[str, list[dict[str, Any]]] = {b.name: [] for b in builds}
     try:
         for build in builds:
-            runs.append(start(s, build, core, sink, registry, durability, pg, influx))
+            runs.append(start(s, build, case))
         for pair in range(pairs):
             for run in runs if pair % 2 == 0 else runs[::-1]:
                 rows[run.tags["build"]].append(saturated(s, run))
@@ -548,23 +537,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_nats(
-    s: Setup,
-    build: Build,
-    core: str,
-    sink: str,
-    registry: str,
-    pg: PostgresCluster | None,
-    influx: InfluxDB | None,
-    args: argparse.Namespace,
-    sync: str | None,
+    s: Setup, build: Build, case: Case, args: argparse.Namespace, sync: str | None
 ) -> list[dict[str, Any]]:
     """One NATS-mode run on a fresh nats-server with JetStream sync `sync`."""
     nats = NatsServer(sync)
     try:
         nats.start()
-        return run_one(
-            s, build, core, sink, registry, "memory", pg, influx, args.paced_rate, [], nats
-        )
+        return run_one(s, build, case, args.paced_rate, [], nats)
     finally:
         nats.cleanup()
 
@@ -649,42 +628,23 @@ def main() -> None:
         for core in args.cores.split(","):
             for sink in sinks:
                 for registry in registries:
-                    if args.alternate and "direct" in modes:
-                        for durability in args.durability.split(","):
-                            rows += run_alternating(
-                                s,
-                                builds,
-                                core,
-                                sink,
-                                registry,
-                                durability,
-                                pg,
-                                influx,
-                                args.alternate,
-                            )
+                    # The log needs the Rust core.
+                    direct = [
+                        Case(core, sink, registry, durability, pg, influx)
+                        for durability in args.durability.split(",")
+                        if "direct" in modes and (core == "rust" or durability == "memory")
+                    ]
+                    if args.alternate:
+                        for case in direct:
+                            rows += run_alternating(s, builds, case, args.alternate)
                         continue
                     for build in builds:
-                        if "direct" in modes:
-                            for durability in args.durability.split(","):
-                                if core != "rust" and durability != "memory":
-                                    continue
-                                rows += run_one(
-                                    s,
-                                    build,
-                                    core,
-                                    sink,
-                                    registry,
-                                    durability,
-                                    pg,
-                                    influx,
-                                    args.paced_rate,
-                                    first_saturated,
-                                )
+                        for case in direct:
+                            rows += run_one(s, build, case, args.paced_rate, first_saturated)
                         if "nats" in modes:
+                            case = Case(core, sink, registry, "memory", pg, influx)
                             for sync in syncs:
-                                rows += run_nats(
-                                    s, build, core, sink, registry, pg, influx, args, sync
-                                )
+                                rows += run_nats(s, build, case, args, sync)
     finally:
         remove_baseline(workdir)
         if influx:
