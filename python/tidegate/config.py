@@ -277,12 +277,17 @@ class _Reader:
             raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
 
 
+def _converted(raw: str, convert: Callable[[str], T], what: str) -> T:
+    """`convert(raw)`, its ValueError worded as "'raw' is not `what`"."""
+    try:
+        return convert(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not {what}") from None
+
+
 def positive_int(raw: str) -> int:
     """Parse a whole number > 0 (also used by the CLI's arguments)."""
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not an integer") from None
+    value = _converted(raw, int, "an integer")
     if value <= 0:
         raise ValueError(f"{raw!r} must be a positive integer")
     return value
@@ -290,10 +295,7 @@ def positive_int(raw: str) -> int:
 
 def positive_float(raw: str) -> float:
     """Parse a finite number > 0 (also used by the CLI's arguments)."""
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a number") from None
+    value = _converted(raw, float, "a number")
     if not 0 < value < float("inf"):
         raise ValueError(f"{raw!r} must be a positive number")
     return value
@@ -317,10 +319,7 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 def parse_port(raw: str) -> int:
     """Parse a TCP port 0..65535 (also used by the CLI's --port)."""
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not an integer") from None
+    value = _converted(raw, int, "an integer")
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number 0..65535")
     return value
