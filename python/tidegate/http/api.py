@@ -13,7 +13,7 @@ Every read and write is scoped to the key's tenant: another tenant's ids are 404
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,38 +95,30 @@ class Api:
 
     async def batch_get(self, request: Request) -> Response:
         """POST /api/v1/batch/get."""
-        try:
-            tenant = await self._tenant(request)
-            body = await self._json_object(request)
-            resource, ids, fields = _get_request(body)
-            views = await self.gw.services.registry.device_state.views(
-                tenant, [i for i in dict.fromkeys(ids) if valid_id(i)]
-            )
-        except _Invalid as exc:
-            return _refused(exc)
-        except Exception as exc:
-            if not db_down(exc):
-                raise
-            return self._db_unavailable("batch_get", exc)
+        return await self._guarded("batch_get", self._batch_get(request))
+
+    async def _batch_get(self, request: Request) -> Response:
+        tenant = await self._tenant(request)
+        body = await self._json_object(request)
+        resource, ids, fields = _get_request(body)
+        views = await self.gw.services.registry.device_state.views(
+            tenant, [i for i in dict.fromkeys(ids) if valid_id(i)]
+        )
         latest = self._latest(tenant, views)
         results = [_get_result(i, views.get(i), latest.get(i), resource, fields) for i in ids]
         return json_response(200, {"resource_type": resource, **_totals(results)})
 
     async def batch_devices(self, request: Request) -> Response:
         """POST /api/v1/batch/devices."""
-        try:
-            tenant = await self._tenant(request)
-            body = await self._json_object(request)
-            operations = body.get("operations")
-            if not isinstance(operations, list) or not 1 <= len(operations) <= MAX_IDS:
-                raise _Invalid(422, f"operations must be a list of 1 to {MAX_IDS} operations")
-            outcomes = await device_ops.apply(self.gw.services.registry, tenant, operations)
-        except _Invalid as exc:
-            return _refused(exc)
-        except Exception as exc:
-            if not db_down(exc):
-                raise
-            return self._db_unavailable("batch_devices", exc)
+        return await self._guarded("batch_devices", self._batch_devices(request))
+
+    async def _batch_devices(self, request: Request) -> Response:
+        tenant = await self._tenant(request)
+        body = await self._json_object(request)
+        operations = body.get("operations")
+        if not isinstance(operations, list) or not 1 <= len(operations) <= MAX_IDS:
+            raise _Invalid(422, f"operations must be a list of 1 to {MAX_IDS} operations")
+        outcomes = await device_ops.apply(self.gw.services.registry, tenant, operations)
         for o in outcomes:
             if o.ok and o.device_id is not None:
                 cache.forget_device(self.gw, tenant, o.device_id)
@@ -200,9 +192,20 @@ class Api:
                 out[device_id] = best
         return out
 
-    def _db_unavailable(self, route_name: str, exc: BaseException) -> Response:
-        logs.log("api_db_unavailable", level="error", route=route_name, error=type(exc).__name__)
-        return json_response(503, _DB_UNAVAILABLE, {"Retry-After": "1"})
+    async def _guarded(self, route_name: str, work: Awaitable[Response]) -> Response:
+        """`work`'s response; a refused request (_Invalid) answered as such, a database that
+        cannot be reached as 503 + Retry-After (logged)."""
+        try:
+            return await work
+        except _Invalid as exc:
+            return _refused(exc)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            logs.log(
+                "api_db_unavailable", level="error", route=route_name, error=type(exc).__name__
+            )
+            return json_response(503, _DB_UNAVAILABLE, {"Retry-After": "1"})
 
 
 def _refused(exc: _Invalid) -> Response:
