@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway import GatewayProcess, provision
+from services import PostgresCluster
 from tidegate.config import Config
 from tidegate.http.app import create_app
 from tidegate.store import open_registry
@@ -498,3 +499,31 @@ def test_tenant_keys_are_cached_for_the_shelly_route_too(gateway: Start) -> None
     assert get(c, {"resource_type": "devices", "ids": ["d1"]}).status_code == 200
     stats = gw.stats()
     assert (stats["tenant_key_cache_misses"], stats["tenant_key_cache_hits"]) == (1, 3)
+
+
+def test_a_database_outage_answers_503_with_retry_after_and_logs_once_per_request(
+    gateway: Start,
+) -> None:
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        gw = start(gateway, {"DATABASE_URL": cluster.url(cluster.create_database())})
+        c = gw.client()
+        body = {"resource_type": "devices", "ids": ["d1"]}
+        assert get(c, body).status_code == 200  # the tenant key is now cached
+        cluster.stop()
+        answers = [
+            get(c, body),
+            admin(c, [{"op": "revoke", "device_id": "d1"}]),
+        ]
+    finally:
+        cluster.cleanup()
+    for r in answers:
+        assert (r.status_code, r.json(), r.headers["retry-after"]) == (
+            503,
+            {"detail": "the database is unavailable; retry later"},
+            "1",
+        )
+    logs = gw.logs()
+    assert logs.count('"event":"api_db_unavailable"') == 2
+    assert '"route":"batch_get"' in logs and '"route":"batch_devices"' in logs
