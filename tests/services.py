@@ -28,6 +28,7 @@ __all__ = [
     "free_port",
     "influxdb",
     "influxdb_server",
+    "own_postgres",
     "postgres",
     "postgres_url",
 ]
@@ -172,15 +173,25 @@ class PostgresCluster:
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """A PostgreSQL 15 cluster for the whole session."""
+def _started_cluster() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster()
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL 15 cluster for the whole session."""
+    yield from _started_cluster()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A cluster of the test's own, which it may stop and start under a running gateway."""
+    yield from _started_cluster()
 
 
 @pytest.fixture

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from gateway import GatewayProcess, poll, provision
 from services import PostgresCluster
 
@@ -44,17 +43,6 @@ def single(c: httpx.Client, device: str) -> httpx.Response:
         json={"site_id": "s1", "metrics": {"v": 1.0}},
         headers={"X-Provision-Token": f"tok-{device}"},
     )
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresCluster]:
-    """A cluster of this test's own: it is stopped and started under a running gateway."""
-    cluster = PostgresCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
 
 
 def test_a_registry_outage_decides_cached_devices_and_makes_the_rest_retry(

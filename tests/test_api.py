@@ -502,22 +502,14 @@ def test_tenant_keys_are_cached_for_the_shelly_route_too(gateway: Start) -> None
 
 
 def test_a_database_outage_answers_503_with_retry_after_and_logs_once_per_request(
-    gateway: Start,
+    gateway: Start, own_postgres: PostgresCluster
 ) -> None:
-    cluster = PostgresCluster()
-    try:
-        cluster.start()
-        gw = start(gateway, {"DATABASE_URL": cluster.url(cluster.create_database())})
-        c = gw.client()
-        body = {"resource_type": "devices", "ids": ["d1"]}
-        assert get(c, body).status_code == 200  # the tenant key is now cached
-        cluster.stop()
-        answers = [
-            get(c, body),
-            admin(c, [{"op": "revoke", "device_id": "d1"}]),
-        ]
-    finally:
-        cluster.cleanup()
+    gw = start(gateway, {"DATABASE_URL": own_postgres.url(own_postgres.create_database())})
+    c = gw.client()
+    body = {"resource_type": "devices", "ids": ["d1"]}
+    assert get(c, body).status_code == 200  # the tenant key is now cached
+    own_postgres.stop()
+    answers = [get(c, body), admin(c, [{"op": "revoke", "device_id": "d1"}])]
     for r in answers:
         assert (r.status_code, r.json(), r.headers["retry-after"]) == (
             503,
