@@ -38,3 +38,29 @@ def cycles(graph: grimp.ImportGraph) -> list[str]:
 def test_no_module_imports_the_twin(graph: grimp.ImportGraph) -> None:
     # core.load picks the twin by name at run time; production code never depends on the oracle.
     assert graph.find_modules_that_directly_import("tidegate._twin") == set()
+
+
+def test_the_entrances_and_the_pipeline_import_neither_other(graph: grimp.ImportGraph) -> None:
+    # http/ and nats/ are entrances; the per-message steps below them are shared, not copied.
+    # (Both may reach config, which holds NATS mode's settings.)
+    pairs = [
+        ("tidegate.http", "tidegate.nats"),
+        ("tidegate.nats", "tidegate.http"),
+        ("tidegate.pipeline", "tidegate.http"),
+        ("tidegate.pipeline", "tidegate.nats"),
+    ]
+    found = [
+        f"{importer} -> {imported}"
+        for importer, imported in pairs
+        if graph.direct_import_exists(importer=importer, imported=imported, as_packages=True)
+    ]
+    assert found == []
+
+
+def test_the_entrance_check_finds_an_import(graph: grimp.ImportGraph) -> None:
+    graph.add_import(importer="tidegate.http.gateway", imported="tidegate.nats.edge")
+    try:
+        with pytest.raises(AssertionError, match="tidegate.http -> tidegate.nats"):
+            test_the_entrances_and_the_pipeline_import_neither_other(graph)
+    finally:
+        graph.remove_import(importer="tidegate.http.gateway", imported="tidegate.nats.edge")

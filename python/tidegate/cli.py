@@ -158,10 +158,15 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _serve(cfg: Config, args: argparse.Namespace) -> int:
-    # Imported here: only serve needs Starlette and uvicorn.
+    # Imported here: only serve needs Starlette and uvicorn, and only NATS mode nats-py.
     from tidegate.http.app import serve
 
-    serve(cfg)
+    if cfg.mode == "nats":
+        from tidegate.nats.edge import open_publisher
+
+        serve(cfg, open_publisher)
+    else:
+        serve(cfg)
     return EXIT_OK
 
 

@@ -44,6 +44,12 @@ class TenantKeys:
         """Forget every key (a tenant's key changed)."""
         self._cache.clear()
 
+    async def of_header(self, authorization: str | None) -> str | None:
+        """The tenant of an `Authorization: Bearer <key>` header value; None when there is no
+        key or it is nobody's."""
+        key = bearer_key(authorization)
+        return await self.tenant(key) if key else None
+
     async def tenant(self, api_key: str) -> str | None:
         """The tenant of `api_key`, or None when it is nobody's."""
         digest = hash_secret(api_key)
@@ -79,3 +85,8 @@ def bearer_key(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not key:
         return None
     return key
+
+
+KEY_REQUIRED = "a valid tenant API key is required: Authorization: Bearer <key>"
+"""The 401 detail of a route that needs a tenant API key, sent with CHALLENGE."""
+CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -35,10 +35,8 @@ from nats.aio.msg import Msg
 from prometheus_client import Histogram
 
 from tidegate import core, logs
-from tidegate._core import BUFFER_FULL, UNAVAILABLE
+from tidegate._core import BUFFER_FULL, UNAUTHORIZED, UNAVAILABLE
 from tidegate.config import Config
-from tidegate.http.admission import Admitter
-from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
 from tidegate.nats.settings import (
     CONSUMER,
@@ -49,17 +47,16 @@ from tidegate.nats.settings import (
     SUBJECT_HEADER,
 )
 from tidegate.nats.stream import Link
-from tidegate.sink.scheduler import Sink
-from tidegate.store import open_registry
-from tidegate.store.registry import Registry
+from tidegate.pipeline.services import Services, open_services
+from tidegate.pipeline.steps import Pipeline
+from tidegate.refusals import Refusals
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-    from tidegate._core import Batch, FieldTypes, Latest, TenantBuffers
+    from tidegate._core import Batch
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
-UNAUTHORIZED = "UNAUTHORIZED"
 # Retryable as is: the message goes back to JetStream (nak) instead of being rejected.
 RETRYABLE = frozenset({BUFFER_FULL, UNAVAILABLE})
 # Not a per-item reason: the message is not JSON, or not the shape its subject calls for.
@@ -146,13 +143,8 @@ def stored_ns(msg: Msg) -> int:
 class Worker:
     """Fetch, validate, buffer, write, ack: one process's share of the consumer."""
 
-    registry: Registry
-    buffers: TenantBuffers
-    sink: Sink
-    admitter: Admitter
-    field_types: FieldTypes
-    latest: Latest
-    latest_writer: LatestWriter
+    services: Services
+    pipeline: Pipeline
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -160,6 +152,7 @@ class Worker:
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.stats = WorkerStats()
+        self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.link = Link(cfg.nats, "worker", consumer=True)
         self.stopping = False
         self._held: dict[int, _Held] = {}
@@ -169,39 +162,19 @@ class Worker:
         self.latency = Latency(self.metrics)
 
     async def start(self) -> None:
-        """Open the registry, the buffers and the sink; connect and start the loops."""
+        """Open the services (registry, buffers, sink; no write-ahead log: JetStream keeps each
+        message until it is acked); connect and start the loops."""
         cfg = self.cfg
-        self.registry = await open_registry(cfg)
-        await self.registry.migrate()
-        self.buffers = self.core.TenantBuffers(
-            cfg.influx_batch_size,
-            cfg.buffer_flush_bytes,
-            cfg.buffer_max_bytes,
-            cfg.buffer_tenant_max_bytes,
-        )
-        self.field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
-        # Unwritten lines at stop are not spilled: their messages go back to JetStream unacked.
-        self.sink = Sink(
-            cfg,
-            self.buffers,
-            on_flush=self._on_flush,
-            spill=False,
-            field_types=self.field_types,
-        )
-        await self.sink.start()
-        self.admitter = Admitter.from_config(self.core, cfg, self.registry)
-        self.latest = self.core.Latest()
-        self.latest_writer = LatestWriter(
-            self.latest, self.registry.device_state, cfg.influx_flush_interval_ms / 1000
-        )
-        self.latest_writer.start()
-        self.metrics.bind(self.buffers, self.sink.stats, self._extra_stats, lambda: None)
+        services = await open_services(cfg, self.core, self._on_flush, upstream_keeps_lines=True)
+        self.services = services
+        self.pipeline = Pipeline(services, self.metrics, self.refusals)
+        self.metrics.bind(services.buffers, services.sink.stats, self._extra_stats, lambda: None)
         self.link.start()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
             asyncio.create_task(self._ack_loop(), name="tidegate-worker-ack"),
         ]
-        logs.log("worker_started", core=cfg.core, registry=self.registry.backend)
+        logs.log("worker_started", core=cfg.core, registry=services.registry.backend)
 
     def stop_fetching(self) -> None:
         """Take no new message from now on (SIGTERM/SIGINT: at once, before the lifespan stops)."""
@@ -213,8 +186,7 @@ class Worker:
         fetch, ack = self._tasks or (None, None)
         if fetch is not None:
             await fetch
-        await self.sink.stop()
-        await self.latest_writer.stop()
+        await self.services.stop()
         if ack is not None:
             ack.cancel()
             await asyncio.gather(ack, return_exceptions=True)
@@ -224,7 +196,7 @@ class Worker:
         for held in unwritten:
             await self._settle(held.msg, "nak", 0)
         await self.link.close()
-        await self.registry.close()
+        await self.services.registry.close()
         logs.log("worker_stopped", acked=self.stats.acked, returned=len(unwritten))
 
     def not_ready_reason(self) -> str | None:
@@ -233,7 +205,7 @@ class Worker:
             return "shutting down"
         if not self.link.connected:
             return f"not connected to NATS ({self.link.last_error or 'connecting'})"
-        if self.sink.failing:
+        if self.services.sink.failing:
             return "sink is failing to write"
         return None
 
@@ -254,13 +226,7 @@ class Worker:
             "worker_held": len(self._held),
             "nats_connected": int(self.link.connected),
             "nats_reconnects": self.link.reconnects,
-            **self.admitter.stats(),
-            "field_types": len(self.field_types),
-            "field_types_untracked": self.field_types.untracked,
-            "telemetry_latest_devices": len(self.latest),
-            "device_state_upserts": self.latest_writer.upserts,
-            "device_state_failures": self.latest_writer.failures,
-            "registry_queries": self.registry.queries,
+            **self.services.stats(),
         }
 
     def _on_flush(self, tenant: str, lines: int, seconds: float, ok: bool) -> None:
@@ -271,9 +237,10 @@ class Worker:
 
     def _paused(self) -> bool:
         """Take no new messages: the sink fails, the buffers are near full, or enough is held."""
+        sink = self.services.sink
         return (
-            self.sink.failing
-            or self.sink.above_high_water
+            sink.failing
+            or sink.above_high_water
             or len(self._held) >= self.settings.max_ack_pending
         )
 
@@ -311,12 +278,9 @@ class Worker:
                         error=f"{type(exc).__name__}: {exc}",
                     )
                     await self._settle(msg, "nak", s.nak_delay_s)
-            ready = self.buffers.ready()
-            if ready:
-                self.sink.notify(ready)
 
     async def _handle(self, msg: Msg) -> None:
-        if self.sink.failing:
+        if self.services.sink.failing:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
         tokens = msg.subject.split(".")
@@ -346,7 +310,7 @@ class Worker:
             await self._settle(msg, "ack")
             return
         mark = self._mark(msg)
-        if not self.buffers.append_lines(tenant, data, count, mark=mark):
+        if not await self.pipeline.buffer_lines(tenant, data, count, mark):
             del self._held[mark]
             await self._settle(msg, "nak", self.settings.nak_delay_s)
 
@@ -385,7 +349,7 @@ class Worker:
         token = doc.get("provision_token")
         # As on the single-message route: a token that is not a valid id matches no device.
         if not isinstance(token, str) or not self.core.valid_id(token):
-            self.metrics.count(0, ((UNAUTHORIZED, 1),))
+            self.pipeline.refuse(UNAUTHORIZED)
             await self._reject(msg, subject_tenant, UNAUTHORIZED, "no valid provision_token")
             return
         try:
@@ -395,22 +359,16 @@ class Worker:
         except self.core.BodyError as exc:
             await self._reject(msg, subject_tenant, UNREADABLE, exc.detail)
             return
-        await self.admitter.admit(batch)
-        self.field_types.admit(batch)
         # A mark under which nothing is stored is delivered at once; it is dropped below.
         mark = self._mark(msg)
-        self.buffers.append(batch, mark=mark)
-        accepted, _rejected, _body = batch.response_json()
+        accepted, _rejected, _body, _published = await self.pipeline.ingest(batch, mark)
         if accepted:
-            self.metrics.count(accepted, ())
-            self.latest.record(batch)
             return
         self._held.pop(mark, None)
         reason = batch.reason_counts()[0][0]
         if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
-        self.metrics.count(0, batch.reason_counts())
         details = batch.details()
         await self._reject(msg, subject_tenant, reason, details[0][1] if details else None)
 
@@ -461,7 +419,7 @@ class Worker:
                         await self._settle(held.msg, "in_progress")
 
     async def _ack_delivered(self) -> None:
-        delivered = self.buffers.take_delivered()
+        delivered = self.services.buffers.take_delivered()
         if not delivered:
             return
         now_ns = time.time_ns()

@@ -1,0 +1,105 @@
+"""What the pipeline's steps work on, built once per process at start: the same for the
+gateway (http/) and the NATS worker (nats/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tidegate.config import Config
+from tidegate.core import Core
+from tidegate.durable import Accept
+from tidegate.latest import LatestWriter
+from tidegate.pipeline.admission import Admitter
+from tidegate.sink.scheduler import Sink
+from tidegate.sink.target import FlushHook
+from tidegate.store import open_registry
+from tidegate.store.registry import Registry
+from tidegate.tenant_keys import TenantKeys
+
+if TYPE_CHECKING:
+    from tidegate._core import FieldTypes, Latest, TenantBuffers
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """A started process's registry, buffers, sink and the per-message state."""
+
+    registry: Registry
+    buffers: TenantBuffers
+    accept: Accept
+    field_types: FieldTypes
+    sink: Sink
+    admitter: Admitter
+    latest: Latest
+    latest_writer: LatestWriter
+    tenant_keys: TenantKeys
+
+    def stats(self) -> dict[str, int]:
+        """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
+        return {
+            "registry_queries": self.registry.queries,
+            **self.admitter.stats(),
+            "field_types": len(self.field_types),
+            "field_types_untracked": self.field_types.untracked,
+            "telemetry_latest_devices": len(self.latest),
+            "device_state_upserts": self.latest_writer.upserts,
+            "device_state_failures": self.latest_writer.failures,
+            "tenant_key_cache_hits": self.tenant_keys.hits,
+            "tenant_key_cache_misses": self.tenant_keys.misses,
+        }
+
+    async def stop(self) -> None:
+        """Flush and stop the sink, write telemetry_latest, close the log (not the registry:
+        the caller reads the sink's figures and closes it after)."""
+        await self.sink.stop()
+        await self.latest_writer.stop()
+        await self.accept.close()
+
+
+async def open_services(
+    cfg: Config, core: Core, on_flush: FlushHook, *, upstream_keeps_lines: bool = False
+) -> Services:
+    """Open and migrate the registry, create the buffers, open the write-ahead log (its
+    undelivered records back into the buffers before anything is served), start the sink and
+    the telemetry_latest writer. `upstream_keeps_lines` (the NATS worker: JetStream keeps a
+    message until it is acked): no log and no spill files, whatever is configured."""
+    registry = await open_registry(cfg)
+    await registry.migrate()
+    buffers = core.TenantBuffers(
+        cfg.influx_batch_size,
+        cfg.buffer_flush_bytes,
+        cfg.buffer_max_bytes,
+        cfg.buffer_tenant_max_bytes,
+    )
+    accept = Accept(cfg, buffers, logged=not upstream_keeps_lines)
+    await accept.start()
+    field_types = core.FieldTypes(cfg.field_types_max_per_tenant)
+    sink = Sink(
+        cfg,
+        buffers,
+        on_flush=on_flush,
+        spill=not (accept.durable or upstream_keeps_lines),
+        field_types=field_types,
+    )
+    await sink.start()
+    latest = core.Latest()
+    latest_writer = LatestWriter(latest, registry.device_state, cfg.influx_flush_interval_ms / 1000)
+    latest_writer.start()
+    tenant_keys = TenantKeys(
+        registry.tenant_for_api_key,
+        cfg.auth_cache_ttl_s,
+        cfg.auth_cache_negative_ttl_s,
+        cfg.auth_cache_max_entries,
+    )
+    return Services(
+        registry,
+        buffers,
+        accept,
+        field_types,
+        sink,
+        Admitter.from_config(core, cfg, registry),
+        latest,
+        latest_writer,
+        tenant_keys,
+    )
