@@ -7,8 +7,10 @@ Three inputs, one pipeline, told apart by subject and header:
    msg_type, username, payload, ts}`, `payload` the single-message body with `provision_token`;
 3. `tenant.{tenant}.device.{device}.{msg_type}` — an MQTT publish through nats-server, payload
    the single-message body with `provision_token`.
-(2) and (3) get the edge's validation: the core's parser, the registry behind the auth cache,
-site check and rate limit. A message without ts gets the time JetStream stored it, so a
+(2) and (3) are parsed by the core and run through the pipeline (pipeline/steps.py) exactly as a
+direct-mode request: admission (registry behind the auth cache, site check, rate limit), field
+types, telemetry_latest, rate-limit refusals, counts; a retryable refusal (buffers full,
+registry unavailable) is nak'd instead of rejected. A message without ts gets the time JetStream stored it, so a
 redelivered one is the same InfluxDB point. Rejected ones are published to
 `telemetry.rejected.{tenant}` with the reason in `Tidegate-Reason`, then acked; one that cannot be
 read at all is published there too and terminated.
