@@ -10,8 +10,8 @@ Three inputs, one pipeline, told apart by subject and header:
 (2) and (3) are parsed by the core and run through the pipeline (pipeline/steps.py) exactly as a
 direct-mode request: admission (registry behind the auth cache, site check, rate limit), field
 types, telemetry_latest, rate-limit refusals, counts; a retryable refusal (buffers full,
-registry unavailable) is nak'd instead of rejected. A message without ts gets the time JetStream stored it, so a
-redelivered one is the same InfluxDB point. Rejected ones are published to
+registry unavailable) is nak'd instead of rejected. A message without ts gets the time JetStream
+stored it, so a redelivered one is the same InfluxDB point. Rejected ones are published to
 `telemetry.rejected.{tenant}` with the reason in `Tidegate-Reason`, then acked; one that cannot be
 read at all is published there too and terminated.
 
@@ -170,7 +170,9 @@ class Worker:
         services = await open_services(cfg, self.core, self._on_flush, upstream_keeps_lines=True)
         self.services = services
         self.pipeline = Pipeline(services, self.metrics, self.refusals)
-        self.metrics.bind(services.buffers, services.sink.stats, self._extra_stats, lambda: None)
+        self.metrics.bind(
+            services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
+        )
         self.link.start()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
