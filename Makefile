@@ -10,7 +10,7 @@ STAMP := $(VENV)/.deps-stamp
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2'
+	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2' ziglang
 	touch $(STAMP)
 
 # maturin develop builds the extension in release mode and installs the package, linked to
@@ -52,6 +52,17 @@ bench: build services
 load: build services
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
+
+# What a package index accepts, into target/wheels/: an abi3 wheel tagged manylinux2014
+# (manylinux_2_17; zig links it against glibc 2.17's symbols, so no manylinux container is
+# needed; ziglang comes from PyPI with maturin) and the sdist (`pip install` of it compiles the
+# core with cargo). Both without the `test-panic` feature. .ci/run checks and installs both.
+.PHONY: wheels
+wheels: $(STAMP)
+	rm -rf target/wheels
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release -q --zig \
+		--compatibility manylinux2014 -i $(PY) --out target/wheels
+	$(VENV)/bin/maturin sdist --out target/wheels
 
 clean:
 	rm -rf $(VENV) target
