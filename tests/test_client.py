@@ -151,6 +151,27 @@ def test_bodies_are_gzipped_unless_told_otherwise() -> None:
     assert json.loads(plain.body) == {"messages": [message("t", 1)]}
 
 
+def test_a_proxys_502_is_retried_and_a_whole_request_400_reported_for_each_message() -> None:
+    results = json.dumps({"accepted": 2, "rejected": 0, "results": [{"status": "accepted"}] * 2})
+    script = [
+        Answer(502, body=b"<html>bad gateway</html>"),
+        Answer(202, {"Content-Type": "application/json"}, results.encode()),
+        Answer(400, {"Content-Type": "application/json"}, b'{"detail":"body is not JSON"}'),
+    ]
+    server = RecordingServer()
+    server.respond = lambda _: script.pop(0)
+    first, second = [message("t", 1), message("t", 2)], [message("t", 3), message("t", 4)]
+    try:
+        assert send("sync", server.url, first, max_retry_s=5) == Report(accepted=2)
+        assert send("sync", server.url, second, max_retry_s=5) == Report(
+            rejected=[Rejection(m, "HTTP_400", "body is not JSON") for m in second]
+        )
+    finally:
+        server.close()
+    assert len(server.requests) == 3
+    assert server.requests[0].body == server.requests[1].body
+
+
 def test_gzip_batches_are_accepted_by_the_gateway(gateway: Start) -> None:
     gw = gateway()
     token = provision(gw, "acme", "d1", "s1")

@@ -7,11 +7,12 @@ from types import TracebackType
 
 import httpx
 
-from tidegate.client.batcher import BATCH_PATH, Batcher, Reply, Sleep, Steps, next_effect
+from tidegate.client.base import ClientBase
+from tidegate.client.batcher import BATCH_PATH, Reply, Sleep, Steps, next_effect
 from tidegate.client.report import Message, Report
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """`Client` for asyncio: the same batching, retries and report, its methods coroutines.
 
     Push-back: at most `batch_size` messages wait in the client. The `await submit(...)` that
@@ -20,20 +21,12 @@ class AsyncClient:
     `asyncio.sleep`). Use as an async context manager (flushes, then closes).
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        batch_size: int = 100,
-        gzip: bool = True,
-        timeout: float = 10.0,
-        max_retry_s: float = 60.0,
-    ) -> None:
-        self._batcher = Batcher(batch_size=batch_size, gzip=gzip, max_retry_s=max_retry_s)
+    _http: httpx.AsyncClient
+    _lock: asyncio.Lock
+
+    def _open(self, url: str, timeout: float) -> None:
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout)
         self._lock = asyncio.Lock()
-        self.last_report: Report | None = None
-        """The report of the latest `flush` (also the one the context manager's exit made)."""
 
     async def submit(self, message: Message) -> None:
         """Queue `message`; when it fills a batch, send the batch before returning."""

@@ -8,11 +8,12 @@ from types import TracebackType
 
 import httpx
 
-from tidegate.client.batcher import BATCH_PATH, Batcher, Reply, Sleep, Steps, next_effect
+from tidegate.client.base import ClientBase
+from tidegate.client.batcher import BATCH_PATH, Reply, Sleep, Steps, next_effect
 from tidegate.client.report import Message, Report
 
 
-class Client:
+class Client(ClientBase):
     """Sends messages to a gateway's `POST /ingest/v1/batch` in batches of `batch_size`,
     re-sending refusals worth retrying (`RATE_LIMITED`, `BUFFER_FULL`, `UNAVAILABLE`, 429/503,
     connection errors) after `Retry-After` plus jitter for up to `max_retry_s` per batch.
@@ -23,20 +24,12 @@ class Client:
     down instead of growing a queue. Thread-safe; use as a context manager (flushes, then closes).
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        batch_size: int = 100,
-        gzip: bool = True,
-        timeout: float = 10.0,
-        max_retry_s: float = 60.0,
-    ) -> None:
-        self._batcher = Batcher(batch_size=batch_size, gzip=gzip, max_retry_s=max_retry_s)
+    _http: httpx.Client
+    _lock: threading.Lock
+
+    def _open(self, url: str, timeout: float) -> None:
         self._http = httpx.Client(base_url=url, timeout=timeout)
         self._lock = threading.Lock()
-        self.last_report: Report | None = None
-        """The report of the latest `flush` (also the one the context manager's exit made)."""
 
     def submit(self, message: Message) -> None:
         """Queue `message`; when it fills a batch, send the batch before returning."""
