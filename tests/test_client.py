@@ -19,6 +19,7 @@ import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
 from recording_server import Recorded, RecordingServer
 from recording_server import Reply as Answer
+from services import free_port
 from tidegate.client import AsyncClient, Client, Message, Rejection, Report, timestamp
 
 Start = Callable[..., GatewayProcess]
@@ -225,8 +226,6 @@ def test_a_batch_over_the_body_cap_is_split_until_it_fits(gateway: Start, flavou
 
 
 def test_an_unreachable_gateway_is_reported_after_max_retry_s(flavour: str) -> None:
-    from services import free_port
-
     msg = message("t", 1)
     report = send(flavour, f"http://127.0.0.1:{free_port()}", [msg], max_retry_s=0.5)
     assert report.accepted == 0
