@@ -11,7 +11,7 @@ import gzip
 import json
 import random
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +101,6 @@ class Batcher:
         batch_size: int,
         gzip: bool,
         max_retry_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        rng: Callable[[], float] = random.random,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_MESSAGES:
             raise ValueError(f"batch_size must be 1..{MAX_BATCH_MESSAGES}, not {batch_size}")
@@ -111,8 +109,6 @@ class Batcher:
         self.batch_size = batch_size
         self.gzip = gzip
         self.max_retry_s = max_retry_s
-        self._clock = clock
-        self._rng = rng
         self._queue: list[_Pending] = []
         self._report = Report()
 
@@ -135,7 +131,7 @@ class Batcher:
     def deliver(self, batch: list[_Pending]) -> Steps:
         """Post `batch` until each message is accepted, refused for good, or out of retry time
         (`max_retry_s` from now); record each outcome in the report."""
-        yield from self._deliver(batch, self._clock() + self.max_retry_s)
+        yield from self._deliver(batch, time.monotonic() + self.max_retry_s)
 
     def _deliver(self, batch: list[_Pending], deadline: float) -> Steps:
         attempt = 0
@@ -154,8 +150,8 @@ class Batcher:
             attempt += 1
             if not pending:
                 return
-            wait *= 1 + JITTER * self._rng()
-            if self._clock() + wait > deadline:
+            wait *= 1 + JITTER * random.random()
+            if time.monotonic() + wait > deadline:
                 self._report.rejected.extend(
                     Rejection(p.message, p.reason, p.detail) for p in pending
                 )
