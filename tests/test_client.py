@@ -266,26 +266,52 @@ def test_a_gateway_restarted_mid_run_loses_nothing(gateway: Start, tmp_path: Pat
     assert sum(seqs.values()) - total <= 10
 
 
-def test_the_device_simulator_runs_against_a_gateway(gateway: Start, tmp_path: Path) -> None:
-    gw = gateway()
-    devices = tmp_path / "devices.jsonl"
-    lines = []
-    for d in ("d1", "d2", "d3"):
-        token = provision(gw, "acme", d, "s1")
-        entry = {"tenant_id": "acme", "device_id": d, "site_id": "s1", "provision_token": token}
-        lines.append(json.dumps(entry))
-    devices.write_text("\n".join(lines) + "\n")
-    simulator = [sys.executable, str(ROOT / "examples" / "simulate_devices.py")]
+def device_file(gw: GatewayProcess, path: Path, *adds: list[str]) -> Path:
+    """`tidegate device add ARGS >> path` for each of `adds`, as docs/client.md does it."""
+    with path.open("a") as out:
+        for args in adds:
+            command = [sys.executable, "-m", "tidegate", "device", "add", "--tenant", "acme"]
+            subprocess.run([*command, *args], env=gw.env, stdout=out, check=True, timeout=60)
+    return path
+
+
+def simulate(gw: GatewayProcess, devices: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    """Run examples/simulate_devices.py against `gw`: its exit status and JSON lines."""
+    simulator = [sys.executable, str(ROOT / "examples" / "simulate_devices.py"), "--url", gw.url]
     out = subprocess.run(
-        [*simulator, "--url", gw.url, "--devices", str(devices), "--rate", "5", "--seconds", "2"],
+        [*simulator, "--devices", str(devices), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
+        env=gw.env,
     )
-    assert out.returncode == 0, out.stderr
-    assert [json.loads(line) for line in out.stdout.splitlines()] == [
-        {"second": 1, "sent": 15, "accepted": 15, "rejected": {}},
-        {"second": 2, "sent": 15, "accepted": 15, "rejected": {}},
-    ]
-    assert gw.stats()["accepted"] == 30
+    assert not out.stderr
+    return out.returncode, [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_the_device_simulator_runs_against_a_gateway(gateway: Start, tmp_path: Path) -> None:
+    gw = gateway()
+    devices = device_file(
+        gw, tmp_path / "devices.jsonl", *(["--device", d, "--site", "s1"] for d in ("d1", "d2"))
+    )
+    status, lines = simulate(gw, devices, "--rate", "5", "--seconds", "2")
+    assert (status, lines) == (
+        0,
+        [
+            {"second": 1, "sent": 10, "accepted": 10, "rejected": {}},
+            {"second": 2, "sent": 10, "accepted": 10, "rejected": {}},
+        ],
+    )
+    assert gw.stats()["accepted"] == 20
+
+
+def test_the_simulator_reports_a_device_over_its_rate_limit(gateway: Start, tmp_path: Path) -> None:
+    gw = gateway()
+    slow = ["--device", "slow", "--site", "s1", "--rps", "1", "--burst", "1"]
+    devices = device_file(gw, tmp_path / "devices.jsonl", slow)
+    status, lines = simulate(gw, devices, "--rate", "5", "--seconds", "1", "--max-retry-s", "0")
+    assert status == 1
+    assert [line["sent"] for line in lines] == [5]
+    assert lines[0]["accepted"] >= 1
+    assert lines[0]["rejected"] == {"RATE_LIMITED": 5 - lines[0]["accepted"]}
