@@ -110,6 +110,40 @@ def test_a_full_batch_is_sent_by_the_submit_that_fills_it(gateway: Start) -> Non
         assert client.flush() == Report()
 
 
+def test_concurrent_callers_share_one_client(gateway: Start, flavour: str) -> None:
+    gw = gateway()
+    token = provision(gw, "acme", "d1", "s1", rps=100_000, burst=100_000)
+    per_caller = [[message(token, 100 * c + i) for i in range(50)] for c in range(4)]
+
+    async def tasks() -> Report:
+        async with AsyncClient(gw.url, batch_size=7) as client:
+
+            async def caller(messages: list[Message]) -> None:
+                for m in messages:
+                    await client.submit(m)
+
+            await asyncio.gather(*(caller(ms) for ms in per_caller))
+            return await client.flush()
+
+    if flavour == "async":
+        report = asyncio.run(tasks())
+    else:
+        with Client(gw.url, batch_size=7) as sync_client:
+
+            def caller(messages: list[Message]) -> None:
+                for m in messages:
+                    sync_client.submit(m)
+
+            callers = [threading.Thread(target=caller, args=(ms,)) for ms in per_caller]
+            for t in callers:
+                t.start()
+            for t in callers:
+                t.join()
+            report = sync_client.flush()
+    assert report == Report(accepted=200)
+    assert gw.stats()["accepted"] == 200
+
+
 def test_the_context_manager_flushes_on_exit(gateway: Start, flavour: str) -> None:
     gw = gateway()
     token = provision(gw, "acme", "d1", "s1")
