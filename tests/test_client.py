@@ -290,6 +290,8 @@ def test_a_gateway_restarted_mid_run_loses_nothing(gateway: Start, tmp_path: Pat
         sender.join(120)
         assert not sender.is_alive()
         assert reports == [Report(accepted=total)]
+        # The run went on through the restart: the new process took the rest.
+        assert 0 < restarted.stats()["accepted"] < total
         assert restarted.stop() == 0
     finally:
         if restarted.proc.poll() is None:
