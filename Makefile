@@ -59,6 +59,8 @@ bench: build services
 BENCH_THRESHOLD ?= 25
 BENCH_ROUNDS ?= 15
 BENCH_STORAGE ?= .benchmarks
+# Empty: the latest saved run; else a stored run's number, e.g. 0001.
+BENCH_BASELINE ?=
 BENCH_RUN = $(VENV)/bin/pytest benches/bench_core.py benches/bench_shelly.py -k 'not memory and not row_loop' -q \
 	--benchmark-enable --benchmark-only --benchmark-storage=file://$(BENCH_STORAGE) \
 	--benchmark-timer=time.process_time --benchmark-disable-gc --benchmark-warmup=on \
@@ -70,7 +72,8 @@ bench-save: build services
 	$(BENCH_RUN) --benchmark-save=baseline
 
 bench-compare: build services
-	$(BENCH_RUN) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_THRESHOLD)%
+	$(BENCH_RUN) --benchmark-compare$(if $(BENCH_BASELINE),=$(BENCH_BASELINE)) \
+		--benchmark-compare-fail=median:$(BENCH_THRESHOLD)%
 
 # End-to-end load: one gateway process under wrk, Rust core vs the twin (see README).
 load: build services
