@@ -308,9 +308,9 @@ pub(super) fn delete(dir: &Path, id: u64) -> Result<(), WalError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::encode_record;
     use super::super::testing::*;
     use super::*;
-    use crate::wal::record::encode_record;
 
     #[test]
     fn a_torn_tail_is_truncated_and_nothing_before_it_is_lost() {
