@@ -445,9 +445,9 @@ impl<'a> MessageParser<'a> {
                 Some(MetricValue::Bool(_)) => FieldType::Boolean,
                 _ => FieldType::Float,
             };
-            shape.field(m.name.as_bytes(), ty);
+            shape.field(m.name.as_bytes(), m.prefix, ty);
         }
-        shape.field(b"seq", FieldType::Integer);
+        shape.field(b"seq", words::head(b"seq"), FieldType::Integer);
         // From `checked_id` (`None`, which the rules above exclude: scan it again).
         let escapes = (device_escape.unwrap_or(true), site_escape.unwrap_or(true));
         self.batch
