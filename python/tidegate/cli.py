@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, logs
+from tidegate import __version__, logs, owner
 from tidegate.config import (
     INFLUX_APIS,
     MODES,
@@ -314,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)
     if args.command in ("serve", "worker"):
+        # Before anything opens the directory's files (the log, its live segment); the
+        # descriptor stays open, so the lock is held until the process exits.
+        try:
+            owner.claim(cfg.data_dir, args.command)
+        except owner.Locked as exc:
+            sys.stderr.write(f"tidegate: {exc}\n")
+            return EXIT_FAILED
         process: Callable[[Config, argparse.Namespace], int] = args.process
         return process(cfg, args)
     run: Command = args.run
