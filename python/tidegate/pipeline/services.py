@@ -47,6 +47,7 @@ class Services:
             "device_state_failures": self.latest_writer.failures,
             "tenant_key_cache_hits": self.tenant_keys.hits,
             "tenant_key_cache_misses": self.tenant_keys.misses,
+            "tenant_key_budget_refusals": self.tenant_keys.budget_refusals,
         }
 
     async def stop(self) -> None:
@@ -91,6 +92,8 @@ async def open_services(
         cfg.auth_cache_ttl_s,
         cfg.auth_cache_negative_ttl_s,
         cfg.auth_cache_max_entries,
+        cfg.auth_lookups_per_s,
+        registry.has_tenants,
     )
     return Services(
         registry,

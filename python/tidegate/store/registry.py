@@ -91,7 +91,8 @@ class Registry(ABC):
     """What the driver raises when a UNIQUE constraint refuses a row."""
 
     def __init__(self) -> None:
-        self.queries = 0  # device lookups sent to the database (the auth cache's misses)
+        # Auth lookups sent to the database (the auth caches' misses): devices and tenant keys.
+        self.queries = 0
 
     @abstractmethod
     async def close(self) -> None:
@@ -158,6 +159,7 @@ class Registry(ABC):
     async def tenant_for_api_key(self, api_key: str) -> str | None:
         """The tenant whose API key this is, or None; the hashes are compared in constant time."""
         key_hash = hash_secret(api_key)
+        self.queries += 1
         # The index lookup finds the candidate; the decision itself is constant-time.
         for tenant_id, stored in await self.rows(_TENANT_BY_KEY, key_hash):
             if hmac.compare_digest(key_hash, bytes(stored)):
@@ -166,6 +168,7 @@ class Registry(ABC):
 
     async def has_tenants(self) -> bool:
         """True if at least one tenant has an API key (the Shelly route has something to check)."""
+        self.queries += 1
         return bool(await self.value(_HAS_TENANTS))
 
     async def add_device(
