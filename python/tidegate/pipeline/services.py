@@ -3,6 +3,7 @@ gateway (http/) and the NATS worker (nats/)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,14 +96,29 @@ async def open_services(
         cfg.auth_lookups_per_s,
         registry.has_tenants,
     )
+    admitter = Admitter.from_config(core, cfg, registry)
+    await registry.watch(functools.partial(_forget, admitter, tenant_keys))
     return Services(
         registry,
         buffers,
         accept,
         field_types,
         sink,
-        Admitter.from_config(core, cfg, registry),
+        admitter,
         latest,
         latest_writer,
         tenant_keys,
     )
+
+
+def _forget(
+    admitter: Admitter, tenant_keys: TenantKeys, tenant: str | None, device: str | None
+) -> None:
+    """What the registry's change feed says changed leaves this process's caches."""
+    if device is not None and tenant is not None:
+        admitter.invalidate(tenant, device)
+    elif tenant is not None:
+        tenant_keys.invalidate_all()
+    else:
+        admitter.invalidate_all()
+        tenant_keys.invalidate_all()

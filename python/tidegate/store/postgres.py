@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from tidegate import logs
+from tidegate.store import changes
 from tidegate.store.device_state import PG_SCHEMA as DEVICE_STATE_SCHEMA
 from tidegate.store.device_state import PostgresDeviceState
 from tidegate.store.power_logs import PG_SCHEMA as POWER_LOGS_SCHEMA
@@ -22,6 +24,11 @@ from tidegate.store.registry import (
     Registry,
 )
 from tidegate.store.statements import Statements
+
+# How often the LISTEN connection is checked: a partition without a reset is noticed this late.
+_LISTEN_PING_S = 5.0
+# What a lost or refused LISTEN connection raises.
+_LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # Serialises concurrent `migrate()` calls from several processes on one database.
 _MIGRATE_LOCK_KEY = 0x7469646567617465
@@ -81,26 +88,60 @@ class PostgresRegistry(Registry):
     backend = "postgresql"
     unique_violation = asyncpg.UniqueViolationError
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         super().__init__()
         self._pool = pool
+        self._url = url
         self.power_logs = PostgresPowerLogs(pool)
         self.device_state = PostgresDeviceState(self)
 
     @classmethod
     async def open(cls, url: str, pool_size: int) -> PostgresRegistry:
         """Connect a pool of at most `pool_size` connections to `url`."""
-        return cls(await asyncpg.create_pool(url, min_size=1, max_size=pool_size))
+        return cls(await asyncpg.create_pool(url, min_size=1, max_size=pool_size), url)
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Stop listening; close the pool."""
+        await self._stop_watching()
         await self._pool.close()
+
+    async def watch(self, changed: changes.Changed) -> None:
+        """LISTEN on a connection of its own, reconnected when lost."""
+        self._watch = asyncio.create_task(self._listen(changed), name="tidegate-registry-listen")
+
+    async def _listen(self, changed: changes.Changed) -> None:
+        missed = False
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=PING_TIMEOUT_S)
+                await conn.add_listener(
+                    changes.CHANNEL,
+                    lambda _c, _pid, _ch, payload: changes.notified(changed, payload),
+                )
+                if missed:
+                    logs.log("registry_watch_resumed")
+                    changed(None, None)  # what was notified meanwhile is lost
+                missed = False
+                while True:
+                    await asyncio.sleep(_LISTEN_PING_S)
+                    await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
+            except _LOST as exc:
+                if not missed:
+                    logs.log("registry_watch_lost", level="warning", error=type(exc).__name__)
+                missed = True
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(1.0)
 
     async def migrate(self) -> None:
         """Create what is missing, one process at a time (advisory lock)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK_KEY)
-            await conn.execute(_SCHEMA + POWER_LOGS_SCHEMA + DEVICE_STATE_SCHEMA)
+            await conn.execute(
+                _SCHEMA + POWER_LOGS_SCHEMA + DEVICE_STATE_SCHEMA + changes.PG_SCHEMA
+            )
 
     async def ping(self) -> None:
         """`SELECT 1` within PING_TIMEOUT_S."""
@@ -135,3 +176,12 @@ class PostgresRegistry(Registry):
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(ENSURE_TENANT, row[0])
             return await conn.fetchval(ADD_DEVICE, *row)
+
+
+def _listener(changed: changes.Changed) -> Callable[[object, int, str, str], None]:
+    """asyncpg's notification callback, passing each payload on."""
+
+    def on_notification(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        changes.notified(changed, payload)
+
+    return on_notification

@@ -8,6 +8,8 @@ behave alike under concurrency.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Collection
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tidegate.ids import check_device, check_id, check_tenant, check_token
+from tidegate.store.changes import Changed
 from tidegate.store.power_logs import PowerLogs
 from tidegate.store.statements import Statements
 
@@ -93,10 +96,22 @@ class Registry(ABC):
     def __init__(self) -> None:
         # Auth lookups sent to the database (the auth caches' misses): devices and tenant keys.
         self.queries = 0
+        self._watch: asyncio.Task[None] | None = None
 
     @abstractmethod
     async def close(self) -> None:
-        """Release the connection(s)."""
+        """Stop watching; release the connection(s)."""
+
+    @abstractmethod
+    async def watch(self, changed: Changed) -> None:
+        """Call `changed` for every change of a device or a tenant key, whichever process
+        made it (store/changes.py), in the background until `close()`."""
+
+    async def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
 
     @abstractmethod
     async def migrate(self) -> None:
