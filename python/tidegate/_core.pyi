@@ -222,6 +222,11 @@ class Admission:
     def invalidate_all(self) -> None:
         """Forget every device."""
 
+    def set_share(self, share: float) -> None:
+        """Enforce `share` (0 < share <= 1) of every device's rps and of its burst (at least
+        one message) from now on: each of N processes sharing a device's traffic takes 1/N.
+        Raises ValueError outside (0, 1]."""
+
     def limits(self, tenant: str, device: str) -> tuple[float, int]:
         """`(rps, burst)` that applies to a device: its cached record's, else the defaults."""
 

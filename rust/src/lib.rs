@@ -286,6 +286,11 @@ impl PyAdmission {
         self.inner.invalidate_all();
     }
 
+    /// Enforce `share` (0 < share <= 1) of every device's rps and burst from now on.
+    fn set_share(&mut self, share: f64) -> PyResult<()> {
+        self.inner.set_share(share).map_err(|e| usage_error(&e))
+    }
+
     /// `(rps, burst)` that applies to a device: its record's, else the defaults.
     fn limits(&mut self, tenant: &str, device: &str) -> (f64, u32) {
         self.inner.limits(tenant, device)
