@@ -12,6 +12,7 @@ from tidegate.core import Core
 from tidegate.durable import Accept
 from tidegate.latest import LatestWriter
 from tidegate.pipeline.admission import Admitter
+from tidegate.pipeline.peers import Peers
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
 from tidegate.store import open_registry
@@ -35,6 +36,7 @@ class Services:
     latest: Latest
     latest_writer: LatestWriter
     tenant_keys: TenantKeys
+    peers: Peers
 
     def stats(self) -> dict[str, int]:
         """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
@@ -49,11 +51,13 @@ class Services:
             "tenant_key_cache_hits": self.tenant_keys.hits,
             "tenant_key_cache_misses": self.tenant_keys.misses,
             "tenant_key_budget_refusals": self.tenant_keys.budget_refusals,
+            "rate_limit_processes": self.peers.count,
         }
 
     async def stop(self) -> None:
         """Flush and stop the sink, write telemetry_latest, close the log (not the registry:
         the caller reads the sink's figures and closes it after)."""
+        await self.peers.stop()
         await self.sink.stop()
         await self.latest_writer.stop()
         await self.accept.close()
@@ -98,6 +102,9 @@ async def open_services(
     )
     admitter = Admitter.from_config(core, cfg, registry)
     await registry.watch(functools.partial(_forget, admitter, tenant_keys))
+    # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
+    peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
+    peers.start()
     return Services(
         registry,
         buffers,
@@ -108,6 +115,7 @@ async def open_services(
         latest,
         latest_writer,
         tenant_keys,
+        peers,
     )
 
 

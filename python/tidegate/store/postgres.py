@@ -51,6 +51,23 @@ CREATE TABLE IF NOT EXISTS devices (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, device_id)
 );
+CREATE TABLE IF NOT EXISTS heartbeats (
+    process_id text PRIMARY KEY,
+    role text NOT NULL,
+    seen_at timestamptz NOT NULL
+);
+"""
+# One statement: beat, drop rows dead for a day, count the live ones of the role. The CTE's
+# writes are invisible to the count, hence `+ 1` for this process and its row left out.
+_HEARTBEAT = """
+WITH beat AS (
+    INSERT INTO heartbeats (process_id, role, seen_at) VALUES ($1, $2, now())
+    ON CONFLICT (process_id) DO UPDATE SET seen_at = now()
+), gone AS (
+    DELETE FROM heartbeats WHERE seen_at < now() - interval '1 day'
+)
+SELECT count(*) + 1 FROM heartbeats
+WHERE role = $2 AND process_id <> $1 AND seen_at > now() - make_interval(secs => $3)
 """
 
 _DEVICES = f"""
@@ -104,6 +121,14 @@ class PostgresRegistry(Registry):
         """Stop listening; close the pool."""
         await self._stop_watching()
         await self._pool.close()
+
+    async def heartbeat(self, process_id: str, role: str, live_s: float) -> int:
+        """Beat and count in one statement."""
+        return int(await self.value(_HEARTBEAT, process_id, role, live_s))
+
+    async def leave(self, process_id: str) -> None:
+        """Delete the row."""
+        await self.value("DELETE FROM heartbeats WHERE process_id = $1", process_id)
 
     async def watch(self, changed: changes.Changed) -> None:
         """LISTEN on a connection of its own, reconnected when lost."""

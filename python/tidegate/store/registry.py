@@ -107,6 +107,15 @@ class Registry(ABC):
         """Call `changed` for every change of a device or a tenant key, whichever process
         made it (store/changes.py), in the background until `close()`."""
 
+    @abstractmethod
+    async def heartbeat(self, process_id: str, role: str, live_s: float) -> int:
+        """Record that this process is alive; how many processes of `role` are (itself
+        included), seen within `live_s` (pipeline/peers.py)."""
+
+    @abstractmethod
+    async def leave(self, process_id: str) -> None:
+        """Delete this process's heartbeat (it stops)."""
+
     async def _stop_watching(self) -> None:
         if self._watch is not None:
             self._watch.cancel()

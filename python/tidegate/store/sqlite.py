@@ -145,6 +145,13 @@ class SqliteRegistry(Registry):
         await self._stop_watching()
         await self._db.close()
 
+    async def heartbeat(self, process_id: str, role: str, live_s: float) -> int:
+        """One: the file lives in one process's (locked) data directory."""
+        return 1
+
+    async def leave(self, process_id: str) -> None:
+        """Nothing to delete."""
+
     async def watch(self, changed: changes.Changed) -> None:
         """Poll `registry_changes` for rows past the newest one now."""
         last = await self.value("SELECT coalesce(max(seq), 0) FROM registry_changes")
