@@ -21,6 +21,7 @@ def test_random_tenant_keys_query_the_registry_within_the_budget_and_a_tenant_st
     gw = start(gateway, registry_env, TIDEGATE_AUTH_LOOKUPS_PER_S=str(BUDGET))
     c = gw.client()
     body = {"resource_type": "devices", "ids": ["d1"]}
+    time.sleep(1.0)  # the change feed has told the gateway about the setup's tenants by now
     assert get(c, body).status_code == 200  # the tenant's key is now cached
     before = gw.stats()
     started = time.monotonic()

@@ -53,6 +53,14 @@ class TenantKeys:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def forget_tenant(self, tenant: str) -> None:
+        """A tenant's key changed: forget its cached key and every unknown one (the new key
+        may be one of them); other tenants' keys stay."""
+        stale = [k for k, (_, owner) in self._cache.items() if owner is None or owner == tenant]
+        for key in stale:
+            del self._cache[key]
+        self._any_keys = None
+
     def invalidate_all(self) -> None:
         """Forget every key (a tenant's key changed)."""
         self._cache.clear()

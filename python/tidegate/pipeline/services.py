@@ -126,7 +126,7 @@ def _forget(
     if device is not None and tenant is not None:
         admitter.invalidate(tenant, device)
     elif tenant is not None:
-        tenant_keys.invalidate_all()
+        tenant_keys.forget_tenant(tenant)
     else:
         admitter.invalidate_all()
         tenant_keys.invalidate_all()
