@@ -9,6 +9,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     if keys:                                                      # uncached devices only:
         admission.install(keys, await registry_rows(keys), now)   #   ONE registry query
         admission.admit(batch, now)                               #   (skip install if it failed)
+    learn(await registry_claim(field_types.unknown(batch)))      # new fields: shared claim
     field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     latest.record(batch)                                          # telemetry_latest
@@ -450,6 +451,13 @@ class FieldTypes:
         (or an earlier item's in this batch); remember the new fields of the others. After
         `resolve`, before `TenantBuffers.append`, once per batch: ValueError otherwise (and
         `resolve` after `admit` is one too)."""
+
+    def unknown(self, batch: Batch) -> list[tuple[str, str, str, str]]:
+        """The distinct fields of the batch's still-accepted items that their tenant has not
+        remembered, `(tenant, measurement, field, type)` of their first item in request order;
+        none for a tenant at `max_per_tenant`. Read only (callable before `admit`): what a
+        process claims in the shared registry and `learn`s back before admitting. Runs without
+        the GIL."""
 
     def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
         """Set a field's type as InfluxDB reports it (`float`, `integer`, `unsigned`, `string`

@@ -645,6 +645,22 @@ impl PyFieldTypes {
             .map_err(|e| usage_error(&e))
     }
 
+    /// The distinct fields of the batch's accepted items their tenant does not know yet:
+    /// `(tenant, measurement, field, type)`, request order. Runs without the GIL.
+    fn unknown(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+    ) -> PyResult<Vec<(String, &'static str, String, &'static str)>> {
+        let batch = batch.try_borrow()?;
+        let batch = &batch.inner;
+        let found = py.detach(|| self.inner.unknown(batch));
+        Ok(found
+            .into_iter()
+            .map(|(t, m, f, ty)| (t, m, f, ty.name()))
+            .collect())
+    }
+
     /// Set a field's type as InfluxDB reports it; False when it is not remembered.
     fn learn(
         &self,

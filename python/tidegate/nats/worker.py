@@ -245,8 +245,7 @@ class Worker:
     def _paused(self) -> bool:
         """Take no new messages: the buffers are near full, or enough is held."""
         return (
-            self.services.sink.above_high_water
-            or len(self._held) >= self.settings.max_ack_pending
+            self.services.sink.above_high_water or len(self._held) >= self.settings.max_ack_pending
         )
 
     async def _fetch_loop(self) -> None:

@@ -12,6 +12,7 @@ from tidegate.core import Core
 from tidegate.durable import Accept
 from tidegate.latest import LatestWriter
 from tidegate.pipeline.admission import Admitter
+from tidegate.pipeline.field_claims import FieldClaims
 from tidegate.pipeline.peers import Peers
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
@@ -37,6 +38,7 @@ class Services:
     latest_writer: LatestWriter
     tenant_keys: TenantKeys
     peers: Peers
+    field_claims: FieldClaims
 
     def stats(self) -> dict[str, int]:
         """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
@@ -45,6 +47,8 @@ class Services:
             **self.admitter.stats(),
             "field_types": len(self.field_types),
             "field_types_untracked": self.field_types.untracked,
+            "field_type_claims": self.field_claims.claims,
+            "field_type_claims_failed": self.field_claims.claims_failed,
             "telemetry_latest_devices": len(self.latest),
             "device_state_upserts": self.latest_writer.upserts,
             "device_state_failures": self.latest_writer.failures,
@@ -81,12 +85,14 @@ async def open_services(
     accept = Accept(cfg, buffers, logged=not upstream_keeps_lines)
     await accept.start()
     field_types = core.FieldTypes(cfg.field_types_max_per_tenant)
+    field_claims = FieldClaims(field_types, registry)
+    await field_claims.load()
     sink = Sink(
         cfg,
         buffers,
         on_flush=on_flush,
         spill=not (accept.durable or upstream_keeps_lines),
-        field_types=field_types,
+        field_types=field_claims,
     )
     await sink.start()
     latest = core.Latest()
@@ -116,6 +122,7 @@ async def open_services(
         latest_writer,
         tenant_keys,
         peers,
+        field_claims,
     )
 
 

@@ -64,7 +64,7 @@ class Pipeline:
         take the lines (nothing is stored or counted)."""
         services = self.services
         await services.admitter.admit(batch)
-        services.field_types.admit(batch)
+        await services.field_claims.admit(batch)
         published = True
         publisher = self.publisher
         if publisher is not None:

@@ -13,6 +13,7 @@ from tidegate import logs
 from tidegate.store import changes
 from tidegate.store.device_state import PG_SCHEMA as DEVICE_STATE_SCHEMA
 from tidegate.store.device_state import PostgresDeviceState
+from tidegate.store.field_types import PG_SCHEMA as FIELD_TYPES_SCHEMA
 from tidegate.store.power_logs import PG_SCHEMA as POWER_LOGS_SCHEMA
 from tidegate.store.power_logs import PostgresPowerLogs
 from tidegate.store.registry import (
@@ -165,7 +166,11 @@ class PostgresRegistry(Registry):
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK_KEY)
             await conn.execute(
-                _SCHEMA + POWER_LOGS_SCHEMA + DEVICE_STATE_SCHEMA + changes.PG_SCHEMA
+                _SCHEMA
+                + POWER_LOGS_SCHEMA
+                + DEVICE_STATE_SCHEMA
+                + FIELD_TYPES_SCHEMA
+                + changes.PG_SCHEMA
             )
 
     async def ping(self) -> None:

@@ -16,6 +16,7 @@ import aiosqlite
 from tidegate.store import changes
 from tidegate.store.device_state import SQLITE_SCHEMA as DEVICE_STATE_SCHEMA
 from tidegate.store.device_state import SqliteDeviceState
+from tidegate.store.field_types import SQLITE_SCHEMA as FIELD_TYPES_SCHEMA
 from tidegate.store.power_logs import SQLITE_SCHEMA as POWER_LOGS_SCHEMA
 from tidegate.store.power_logs import SqlitePowerLogs
 from tidegate.store.registry import (
@@ -174,7 +175,7 @@ class SqliteRegistry(Registry):
     async def migrate(self) -> None:
         """Create what is missing in one IMMEDIATE transaction (one writer at a time)."""
         await self._db.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}"
+            f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}{FIELD_TYPES_SCHEMA}"
             f"{changes.SQLITE_SCHEMA}COMMIT;"
         )
 
