@@ -210,6 +210,8 @@ def serve(cfg: Config) -> None:
         http=protocol,
         lifespan="on",
         timeout_keep_alive=cfg.keepalive_timeout_s,
+        ssl_certfile=cfg.ssl_certfile,
+        ssl_keyfile=cfg.ssl_keyfile,
         **common,
     )
     server = _Server(uv_config, gw, _OpsServer(ops_config, "ops"), ops_socket)
