@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from gateway import GatewayProcess, poll, provision
 from prometheus_client.parser import text_string_to_metric_families
 from services import NatsServer
+from tidegate.config import Config
 
 Start = Callable[..., GatewayProcess]
 
@@ -112,3 +114,51 @@ def test_every_metric_the_rules_and_dashboard_name_is_exported(exports: set[str]
         named |= set(METRIC.findall(expr))
     assert len(named) > 15
     assert sorted(named - exports) == []
+
+
+# --- packaging: the systemd unit, the container build and compose files ------------------------
+
+UNIT = DEPLOY / "tidegate.service"
+CONTAINERFILE = DEPLOY / "Containerfile"
+COMPOSE = DEPLOY / "compose.yaml"
+SYSTEMD_HINT = "systemd-analyze comes with Debian's systemd package"
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.fail(f"systemd-analyze is not installed: {SYSTEMD_HINT}", pytrace=False)
+    text = UNIT.read_text()
+    assert "\nExecStart=/opt/tidegate/bin/tidegate serve\n" in text
+    # verify wants the command to exist: this interpreter's tidegate stands in for /opt's.
+    unit = tmp_path / "tidegate.service"
+    unit.write_text(
+        text.replace("/opt/tidegate/bin/tidegate serve", f"{sys.executable} -m tidegate serve")
+    )
+    out = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True)
+    # Unknown keys are only warned about: any output is a failure.
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+    for option in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                   "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service",
+                   "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "StateDirectory=tidegate",
+                   "RestartPreventExitStatus=2"):  # fmt: skip
+        assert option in text, option
+
+
+def test_container_files_set_only_variables_tidegate_reads() -> None:
+    known = {name for name, _ in Config.variables()}
+    compose = COMPOSE.read_text()
+    services = compose.split("\nservices:\n")[1].split("\nvolumes:\n")[0]
+    names = re.findall(r"^  ([a-z]+):$", services, re.MULTILINE)
+    assert names == ["gateway", "worker", "postgres", "influxdb", "nats"]
+    set_vars = set(re.findall(r"^  ([A-Z][A-Z0-9_]+):", compose, re.MULTILINE))
+    set_vars |= set(re.findall(r"\b(TIDEGATE_[A-Z_]+)=", CONTAINERFILE.read_text()))
+    ours = {v for v in set_vars if not v.startswith("POSTGRES_")}
+    assert ours and ours <= known, ours - known
+    # What the build copies and compose mounts exists.
+    root = DEPLOY.parent
+    for line in CONTAINERFILE.read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for src in line.split()[1:-1]:
+                assert (root / src).exists(), src
+    assert (DEPLOY / "nats-container.conf").exists()
