@@ -83,6 +83,14 @@ def test_alert_rules_pass_promtool_check_rules() -> None:
     assert "SUCCESS" in out.stdout
 
 
+def test_alert_rules_fire_on_their_unit_tests() -> None:
+    # alerts_test.yml: the sink failing for 2 minutes, buffers at 90%, NATS lost, dead letters,
+    # a third of the messages rejected, and the alerts (labels, annotations) they raise.
+    tests = ALERTS.with_name("alerts_test.yml")
+    out = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_alert_rules_cover_the_failures_an_operator_is_paged_for() -> None:
     text = ALERTS.read_text()
     for metric in (
