@@ -116,6 +116,24 @@ def test_dashboard_is_grafana_json_with_a_datasource_variable() -> None:
         assert panel["targets"], panel["title"]
 
 
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    # promtool parses each query as a recording rule, Grafana's variables given values.
+    values = {"$__rate_interval": "5m", "$instance": ".*"}
+    rules = []
+    for i, expr in enumerate(dashboard_exprs()):
+        if expr.startswith("label_values("):
+            continue  # a Grafana query, not PromQL
+        for name, value in values.items():
+            expr = expr.replace(name, value)
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    assert len(rules) > 20
+    # JSON is YAML: the rule file needs no YAML writer.
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    out = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_every_metric_the_rules_and_dashboard_name_is_exported(exports: set[str]) -> None:
     named = set(METRIC.findall(ALERTS.read_text()))
     for expr in dashboard_exprs():
