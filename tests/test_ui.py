@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -161,3 +163,33 @@ def test_the_page_shows_the_stats_numbers_and_a_screenshot(gateway: Start, tmp_p
     chromium(f"--screenshot={screenshot}", "--window-size=1280,1000", page_url)
     data = screenshot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_rates_show_the_messages_arriving_between_two_polls(gateway: Start) -> None:
+    gw = gateway(HOLD)
+    provision(gw, "t1", "d1", "s1", token="tok-d1", rps=100000, burst=100000)
+    item = {"tenant_id": "t1", "device_id": "d1", "provision_token": "tok-d1", "site_id": "s1",
+            "msg_type": "telemetry", "metrics": {"temp": 21.5}}  # fmt: skip
+    stop = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            while not stop.is_set():
+                c.post("/ingest/v1/batch", json={"messages": [item, {**item, "msg_type": "x"}]})
+                time.sleep(0.01)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        page = Page()
+        page.feed(chromium("--dump-dom", f"{gw.ops_url}/ui?interval_ms={POLL_MS}"))
+    finally:
+        stop.set()
+        sender.join()
+    assert page.polls >= 2
+    # One accepted and one rejected per request: both rates are positive, and equal.
+    accepted = float(page.rates["accepted"].replace(",", ""))
+    rejected = float(page.rates["rejected_total"].replace(",", ""))
+    assert accepted == rejected > 0
+    reason = page.rows[("reason", "INVALID_MSG_TYPE")]
+    assert float(reason[1].replace(",", "")) == rejected
