@@ -11,64 +11,13 @@
 //! keyed hash of its measurement and field names and types), and a shape whose fields were all
 //! found remembered with the same types is not read back again until `learn` changes a type.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
-use foldhash::fast::RandomState;
-use std::sync::{LazyLock, Mutex, MutexGuard};
-
-use crate::batch::{Batch, NO_SHAPE};
+use crate::batch::Batch;
 use crate::errors::UsageError;
-use crate::parse::MSG_TYPES;
-use crate::scan;
-
-/// InfluxDB 1.x field types. The core writes floats, booleans and `seq` as an integer; the
-/// others only arrive through `learn` (another writer to the same database).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldType {
-    Float,
-    Integer,
-    Unsigned,
-    String,
-    Boolean,
-}
-
-impl FieldType {
-    pub const ALL: [FieldType; 5] = [
-        FieldType::Float,
-        FieldType::Integer,
-        FieldType::Unsigned,
-        FieldType::String,
-        FieldType::Boolean,
-    ];
-
-    /// The name InfluxDB uses (`SHOW FIELD KEYS`, its conflict errors).
-    pub const fn name(self) -> &'static str {
-        match self {
-            FieldType::Float => "float",
-            FieldType::Integer => "integer",
-            FieldType::Unsigned => "unsigned",
-            FieldType::String => "string",
-            FieldType::Boolean => "boolean",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<FieldType, UsageError> {
-        FieldType::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| UsageError::UnknownFieldType(name.to_owned()))
-    }
-
-    /// The type of a value as `encode` writes it: `true`/`false`, `{n}i`, or a float.
-    fn of_value(value: &[u8]) -> FieldType {
-        match value {
-            [b't' | b'f', ..] => FieldType::Boolean,
-            [.., b'i'] => FieldType::Integer,
-            _ => FieldType::Float,
-        }
-    }
-}
+use crate::schema::{FieldType, NO_SHAPE};
+use crate::words;
 
 /// `max_per_tenant` when the caller gives none.
 pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
@@ -76,82 +25,16 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 /// Verified shapes remembered per tenant; when full they are forgotten and verified again.
 const MAX_SHAPES_PER_TENANT: usize = 4096;
 
-/// The keys of `Shape`, random per process: a client cannot pick names whose shape collides
-/// with a verified one (which would let a conflicting field through).
-static SHAPE_KEYS: LazyLock<[u64; 2]> = LazyLock::new(|| {
-    let random = RandomState::default();
-    [random.hash_one(1u8), random.hash_one(2u8)]
-});
-
-/// The high and low halves of the 128-bit product, folded: foldhash's mixing step.
-#[inline(always)]
-fn folded_multiply(x: u64, y: u64) -> u64 {
-    let full = u128::from(x) * u128::from(y);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-/// The 8 bytes of `b` from `at` (which are there) as a word.
-#[inline(always)]
-fn word(b: &[u8], at: usize) -> u64 {
-    let bytes = b.get(at..at + 8).expect("the caller checked the length");
-    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
-}
-
-/// Hashes a line's measurement and its fields (name, type) in line order into its shape. A
-/// few multiplies per field: `parse` computes one for every accepted item.
-pub struct Shape {
-    acc: u64,
-    key: u64,
-}
-
-impl Shape {
-    pub fn new(measurement: usize) -> Self {
-        let [seed, key] = *SHAPE_KEYS;
-        Shape {
-            acc: folded_multiply(seed ^ measurement as u64, key),
-            key,
-        }
-    }
-
-    /// The next field. `head` is the name's first 8 bytes as one word (`Shape::head`, or any
-    /// packing the caller always uses); with the length mixed in, no two names run together.
-    #[inline]
-    pub fn field(&mut self, name: &[u8], head: u64, ty: FieldType) {
-        let meta = (name.len() as u64) << 8 | ty as u64;
-        self.acc = folded_multiply(self.acc ^ head, self.key ^ meta);
-        // The bytes after the head a word at a time, the last word ending at the name's end.
-        let n = name.len();
-        if n > 8 {
-            let mut at = 8;
-            while at + 8 < n {
-                self.acc = folded_multiply(self.acc ^ word(name, at), self.key);
-                at += 8;
-            }
-            self.acc = folded_multiply(self.acc ^ word(name, n - 8), self.key);
-        }
-    }
-
-    /// Up to 8 bytes as a big-endian word, zero-padded.
-    pub fn head(name: &[u8]) -> u64 {
-        name.iter()
-            .take(8)
-            .enumerate()
-            .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i))
-    }
-
-    /// Never `NO_SHAPE`.
-    pub fn finish(&self) -> u64 {
-        folded_multiply(self.acc, self.key).max(NO_SHAPE + 1)
-    }
-}
+/// Field name → type, of one measurement.
+type Types = foldhash::HashMap<Box<[u8]>, FieldType>;
 
 #[derive(Default)]
 struct TenantFields {
-    /// Per measurement of `MSG_TYPES`, field name → type.
-    by_measurement: [HashMap<Box<[u8]>, FieldType, RandomState>; MSG_TYPES.len()],
+    /// Per measurement (unescaped), field name → type.
+    by_measurement: foldhash::HashMap<Box<[u8]>, Types>,
     len: usize,
     /// Shapes whose every field is remembered with the type the shape gives it.
-    verified: HashSet<u64, RandomState>,
+    verified: foldhash::HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -211,13 +94,19 @@ impl FieldTypes {
             if shape != NO_SHAPE && known.verified.contains(&shape) {
                 return None;
             }
-            let m = fields.read(line);
-            let types = &mut known.by_measurement[m];
+            fields.read(line);
+            let measurement = fields.measurement(line);
+            let types = match known.by_measurement.get_mut(measurement) {
+                Some(types) => types,
+                None => known.by_measurement.entry(measurement.into()).or_default(),
+            };
             new_fields.clear();
             for (i, f) in fields.refs.iter().enumerate() {
                 let name = fields.name(line, f);
                 match types.get(name) {
-                    Some(&had) if had != f.ty => return Some(conflict(name, m, had, f.ty)),
+                    Some(&had) if had != f.ty => {
+                        return Some(conflict(name, measurement, had, f.ty))
+                    }
                     Some(_) => {}
                     None => new_fields.push(i),
                 }
@@ -245,15 +134,16 @@ impl FieldTypes {
     }
 
     /// Sets a field's type as InfluxDB reports it. False when it is not remembered: the
-    /// measurement is not one the core writes, or the tenant is at its cap.
+    /// tenant is at its cap.
     pub fn learn(&self, tenant: &str, measurement: &str, field: &str, ty: FieldType) -> bool {
-        let Some(m) = MSG_TYPES.iter().position(|&t| t == measurement) else {
-            return false;
-        };
         let mut state = self.lock();
         let t = state.tenant(tenant);
         let known = &mut state.tenants[t];
-        if let Some(had) = known.by_measurement[m].get_mut(field.as_bytes()) {
+        let types = known
+            .by_measurement
+            .entry(measurement.as_bytes().into())
+            .or_default();
+        if let Some(had) = types.get_mut(field.as_bytes()) {
             if *had != ty {
                 // Shapes verified against the old type may conflict with the new one.
                 known.verified.clear();
@@ -264,16 +154,17 @@ impl FieldTypes {
         if known.len >= self.max_per_tenant {
             return false;
         }
-        known.by_measurement[m].insert(field.as_bytes().into(), ty);
+        types.insert(field.as_bytes().into(), ty);
         known.len += 1;
         true
     }
 
     pub fn get(&self, tenant: &str, measurement: &str, field: &str) -> Option<FieldType> {
-        let m = MSG_TYPES.iter().position(|&t| t == measurement)?;
         let state = self.lock();
         let &t = state.index.get(tenant)?;
-        state.tenants[t].by_measurement[m]
+        state.tenants[t]
+            .by_measurement
+            .get(measurement.as_bytes())?
             .get(field.as_bytes())
             .copied()
     }
@@ -297,11 +188,11 @@ impl FieldTypes {
     }
 }
 
-fn conflict(name: &[u8], m: usize, had: FieldType, sent: FieldType) -> String {
+fn conflict(name: &[u8], measurement: &[u8], had: FieldType, sent: FieldType) -> String {
     format!(
         "field type conflict: \"{}\" of {} is {}, this message sends {}",
         String::from_utf8_lossy(name),
-        MSG_TYPES[m],
+        String::from_utf8_lossy(measurement),
         had.name(),
         sent.name()
     )
@@ -320,20 +211,28 @@ struct FieldRef {
 struct LineFields {
     refs: Vec<FieldRef>,
     names: Vec<u8>,
+    /// The line's measurement, as `FieldRef::name`.
+    measurement: std::ops::Range<usize>,
+    measurement_unescaped: bool,
 }
 
 impl LineFields {
-    /// Reads back a line `encode` wrote, `{measurement},{tags} {fields} {ts}\n`: returns the
-    /// index of its measurement in `MSG_TYPES` and holds its fields. Ids and names never hold a
-    /// backslash (parse refuses them), so a backslash is always an escape.
-    fn read(&mut self, line: &[u8]) -> usize {
+    /// Reads back a line `parse`, `lineproto` or `shelly` wrote,
+    /// `{measurement},{tags} {fields} {ts}\n`: holds its measurement and fields. Names never
+    /// hold a backslash (the parsers refuse them), so outside a string value a backslash is
+    /// always an escape.
+    fn read(&mut self, line: &[u8]) {
         self.refs.clear();
         self.names.clear();
-        let comma = memchr::memchr(b',', line).expect("a line has tags");
-        let m = MSG_TYPES
-            .iter()
-            .position(|t| t.as_bytes() == &line[..comma])
-            .expect("a line starts with one of MSG_TYPES");
+        let comma = unescaped(line, b',', 1).expect("a line has tags");
+        self.measurement_unescaped = line[..comma].contains(&b'\\');
+        self.measurement = if self.measurement_unescaped {
+            self.names
+                .extend(line[..comma].iter().copied().filter(|&c| c != b'\\'));
+            0..self.names.len()
+        } else {
+            0..comma
+        };
         let start = unescaped(line, b' ', comma).expect("a line has fields") + 1;
         let end = memchr::memrchr(b' ', line).expect("a line ends with its timestamp");
         // A word at a time: names and values are short, a memchr call each costs more.
@@ -343,7 +242,7 @@ impl LineFields {
             let mut eq = pos;
             let mut unescaped = false;
             loop {
-                eq = scan::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
+                eq = words::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
                 // A comma or space inside a name is escaped: the backslash is found first.
                 if fields.get(eq) != Some(&b'\\') {
                     break;
@@ -351,7 +250,11 @@ impl LineFields {
                 unescaped = true;
                 eq += 2;
             }
-            let value_end = scan::find(fields, eq + 1, |w| scan::eq(w, b','), |c| c == b',');
+            let value_end = if fields.get(eq + 1) == Some(&b'"') {
+                string_end(fields, eq + 2) + 1
+            } else {
+                words::find(fields, eq + 1, |w| words::eq(w, b','), |c| c == b',')
+            };
             let name = if unescaped {
                 let from = self.names.len();
                 let raw = &line[pos..eq];
@@ -369,7 +272,15 @@ impl LineFields {
             });
             pos = value_end + 1;
         }
-        m
+    }
+
+    fn measurement<'a>(&'a self, line: &'a [u8]) -> &'a [u8] {
+        let from = if self.measurement_unescaped {
+            &self.names
+        } else {
+            line
+        };
+        &from[self.measurement.clone()]
     }
 
     fn name<'a>(&'a self, line: &'a [u8], f: &FieldRef) -> &'a [u8] {
@@ -381,7 +292,20 @@ impl LineFields {
 /// Lanes that end a field name or start an escape in it.
 #[inline(always)]
 fn name_end(w: u64) -> u64 {
-    scan::eq(w, b'=') | scan::eq(w, b'\\')
+    words::eq(w, b'=') | words::eq(w, b'\\')
+}
+
+/// The closing quote of a string value that starts at `from` (after its opening quote).
+fn string_end(fields: &[u8], from: usize) -> usize {
+    let mut i = from;
+    loop {
+        match fields.get(i) {
+            Some(b'\\') => i += 2,
+            Some(b'"') => return i,
+            Some(_) => i += 1,
+            None => panic!("a string value ends with a quote"),
+        }
+    }
 }
 
 /// The first `byte` at or after `from` that no backslash escapes.
@@ -426,7 +350,8 @@ mod tests {
     fn lines_are_read_back_into_names_and_types() {
         let mut f = LineFields::default();
         let line = b"heartbeat,device_id=a\\ b\\,c,site_id=s\\=1 a\\ b=1.5,on=true,x\\,y\\=z=-2e-05,seq=3i 9\n";
-        assert_eq!(f.read(line), 1);
+        f.read(line);
+        assert_eq!(f.measurement(line), b"heartbeat");
         let got: Vec<(&[u8], FieldType)> = f.refs.iter().map(|r| (f.name(line, r), r.ty)).collect();
         assert_eq!(
             got,
@@ -437,7 +362,9 @@ mod tests {
                 (b"seq", FieldType::Integer)
             ]
         );
-        assert_eq!(f.read(b"telemetry,device_id=d,site_id=s seq=0i 1\n"), 0);
+        let line = b"telemetry,device_id=d,site_id=s seq=0i 1\n";
+        f.read(line);
+        assert_eq!(f.measurement(line), b"telemetry");
         assert_eq!(f.refs.len(), 1);
     }
 
@@ -466,7 +393,9 @@ mod tests {
     fn learned_types_override_and_the_cap_bounds_what_is_remembered() {
         let types = FieldTypes::new(3);
         assert!(types.learn("t", "telemetry", "temp", FieldType::Integer));
-        assert!(!types.learn("t", "power", "temp", FieldType::Integer));
+        // Any measurement (line protocol writes any); another tenant's cap is its own.
+        assert!(types.learn("t2", "power", "temp", FieldType::Integer));
+        assert_eq!(types.get("t2", "power", "temp"), Some(FieldType::Integer));
         let (reasons, details) = admitted(&types, &[r#"{"temp":1}"#]);
         assert_eq!(reasons, [Some(Reason::InvalidMetrics)]);
         assert_eq!(
@@ -477,7 +406,7 @@ mod tests {
         let (reasons, _) = admitted(&types, &[r#"{"temp":1,"a":1,"b":true}"#]);
         assert_eq!(reasons, [None]);
         // temp, a, b remembered; seq, beyond the cap of 3, is not, and passes unchecked.
-        assert_eq!(types.len(), 3);
+        assert_eq!(types.len(), 4);
         assert_eq!(types.untracked(), 1);
         assert_eq!(types.get("t", "telemetry", "seq"), None);
         let (reasons, _) = admitted(&types, &[r#"{"b":false}"#]);
@@ -511,34 +440,6 @@ mod tests {
     }
 
     #[test]
-    fn shapes_tell_names_types_and_measurements_apart() {
-        let shape = |m, fields: &[(&str, FieldType)]| {
-            let mut s = Shape::new(m);
-            for &(name, ty) in fields {
-                s.field(name.as_bytes(), Shape::head(name.as_bytes()), ty);
-            }
-            s.finish()
-        };
-        let (f, b) = (FieldType::Float, FieldType::Boolean);
-        let base = shape(0, &[("ab", f), ("c", f)]);
-        assert_eq!(base, shape(0, &[("ab", f), ("c", f)]));
-        let long = shape(0, &[("a long name, 17 a", f)]);
-        assert_ne!(long, shape(0, &[("a long name, 17 b", f)]));
-        assert_ne!(long, shape(0, &[("a long name, 17 a", b)]));
-        for other in [
-            shape(1, &[("ab", f), ("c", f)]),
-            shape(0, &[("a", f), ("bc", f)]),
-            shape(0, &[("ab", f), ("c", b)]),
-            shape(0, &[("ab", f)]),
-            shape(0, &[("ab", f), ("c", f), ("", f)]),
-            shape(0, &[("a long name, 17 b", f), ("c", f)]),
-        ] {
-            assert_ne!(base, other);
-            assert_ne!(other, NO_SHAPE);
-        }
-    }
-
-    #[test]
     fn admit_is_before_append_and_once() {
         let types = FieldTypes::new(10);
         let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
@@ -551,16 +452,5 @@ mod tests {
         let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
         b.append_with(|_, _| true).expect("append");
         assert_eq!(types.admit(&mut b), Err(UsageError::AlreadyAppended));
-    }
-
-    #[test]
-    fn field_type_names_round_trip() {
-        for t in FieldType::ALL {
-            assert_eq!(FieldType::from_name(t.name()), Ok(t));
-        }
-        assert_eq!(
-            FieldType::from_name("bool"),
-            Err(UsageError::UnknownFieldType("bool".into()))
-        );
     }
 }
