@@ -140,4 +140,5 @@ class Admitter:
             "auth_unavailable": s["unavailable"],
             "auth_stale_lookups": self.stale_lookups,
             "rate_limit_buckets": s["buckets"],
+            "registry_unavailable": int(self.registry_down),
         }

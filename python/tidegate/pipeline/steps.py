@@ -79,7 +79,7 @@ class Pipeline:
         if batch.retry_after:
             self.refusals.record(batch.refusals(RATE_LIMITED))
         accepted, rejected, out = batch.response_json()
-        self.metrics.count(accepted, batch.reason_counts() if rejected else ())
+        self.metrics.count(accepted, batch.reason_counts() if rejected else (), batch)
         return accepted, rejected, out, published
 
     async def buffer_lines(self, tenant: str, lines: bytes, count: int, mark: int = 0) -> bool:
