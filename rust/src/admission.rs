@@ -926,12 +926,12 @@ mod tests {
         let record = Record::new("s".into(), &hash("tok"), Some(2.0), Some(10), true).unwrap();
         a.install(&key, vec![("t".into(), "d".into(), record)], 0.0);
         let entry = &mut a.found.map.values_mut().next().unwrap().value;
-        let ((allowed, _), _) = judge(&SETTINGS, 0.5, entry, "s", "tok", 10, 0.0);
+        let ((allowed, _), _) = judge(&SETTINGS, 0.5, entry, "s", Some("tok"), 10, 0.0);
         assert_eq!(allowed, 5);
-        let ((allowed, _), wait) = judge(&SETTINGS, 0.5, entry, "s", "tok", 1, 0.0);
+        let ((allowed, _), wait) = judge(&SETTINGS, 0.5, entry, "s", Some("tok"), 1, 0.0);
         assert_eq!(allowed, 0);
         assert!((wait - 1.0).abs() < 1e-9, "one token a second: {wait}");
-        let ((allowed, _), _) = judge(&SETTINGS, 0.01, entry, "s", "tok", 3, 100.0);
+        let ((allowed, _), _) = judge(&SETTINGS, 0.01, entry, "s", Some("tok"), 3, 100.0);
         assert_eq!(allowed, 1);
     }
 }

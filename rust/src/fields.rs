@@ -137,10 +137,10 @@ impl FieldTypes {
     /// remembered, as `(tenant, measurement, field, type)` of their first item, request order;
     /// nothing for a tenant at its cap. Read only: what a caller claims in a shared store (and
     /// `learn`s back) before `admit`, so every process decides a new field alike.
-    pub fn unknown(&self, batch: &Batch) -> Vec<(String, &'static str, String, FieldType)> {
+    pub fn unknown(&self, batch: &Batch) -> Vec<(String, String, String, FieldType)> {
         let state = self.lock();
         let mut fields = LineFields::default();
-        let mut out: Vec<(String, &'static str, String, FieldType)> = Vec::new();
+        let mut out: Vec<(String, String, String, FieldType)> = Vec::new();
         for (tenant, line, shape) in batch.accepted_shapes() {
             let known = state.index.get(tenant).map(|&t| &state.tenants[t]);
             if known.is_some_and(|k| {
@@ -148,18 +148,21 @@ impl FieldTypes {
             }) {
                 continue;
             }
-            let m = fields.read(line);
+            fields.read(line);
+            let measurement = fields.measurement(line);
+            let types = known.and_then(|k| k.by_measurement.get(measurement));
             for f in &fields.refs {
                 let name = fields.name(line, f);
-                if known.is_some_and(|k| k.by_measurement[m].contains_key(name)) {
+                if types.is_some_and(|t| t.contains_key(name)) {
                     continue;
                 }
+                let m = String::from_utf8_lossy(measurement);
                 let name = String::from_utf8_lossy(name);
-                let seen = out
+                if !out
                     .iter()
-                    .any(|(t, ms, n, _)| t == tenant && *ms == MSG_TYPES[m] && *n == name);
-                if !seen {
-                    out.push((tenant.to_owned(), MSG_TYPES[m], name.into_owned(), f.ty));
+                    .any(|(t, om, n, _)| t == tenant && *om == m && *n == name)
+                {
+                    out.push((tenant.to_owned(), m.into_owned(), name.into_owned(), f.ty));
                 }
             }
         }
@@ -497,12 +500,12 @@ mod tests {
             8192,
         )
         .expect("a valid body");
-        let new: Vec<(String, &str, String, &str)> = types
+        let new: Vec<(String, String, String, &str)> = types
             .unknown(&b)
             .into_iter()
             .map(|(t, m, f, ty)| (t, m, f, ty.name()))
             .collect();
-        let row = |f: &str, ty| ("t".to_string(), "telemetry", f.to_string(), ty);
+        let row = |f: &str, ty| ("t".to_string(), "telemetry".to_string(), f.to_string(), ty);
         // `seq` is a field of every line.
         let expected = [
             row("b", "boolean"),

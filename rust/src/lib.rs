@@ -708,7 +708,7 @@ impl PyFieldTypes {
         &self,
         py: Python<'_>,
         batch: &Bound<'_, PyBatch>,
-    ) -> PyResult<Vec<(String, &'static str, String, &'static str)>> {
+    ) -> PyResult<Vec<(String, String, String, &'static str)>> {
         let batch = batch.try_borrow()?;
         let batch = &batch.inner;
         let found = py.detach(|| self.inner.unknown(batch));
