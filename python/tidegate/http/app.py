@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidegate.config import Config
-from tidegate.http import api, ingest, limits, ops, shelly
+from tidegate.http import api, influx, ingest, limits, ops, shelly
 from tidegate.http.endpoint import Handler, http_error
 from tidegate.http.gateway import Gateway, OpenPublisher
 from tidegate.listening import NamedServer, bind
@@ -77,7 +77,13 @@ def create_app(cfg: Config, open_publisher: OpenPublisher | None = None) -> App:
     gw = Gateway(cfg, open_publisher)
     lifespan = lifespan_of(gw.start, gw.stop)
     app = App(
-        routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw), *api.routes(gw)],
+        routes=[
+            *ingest.routes(gw),
+            *influx.routes(gw),
+            *ops.public_routes(gw),
+            *shelly.routes(gw),
+            *api.routes(gw),
+        ],
         lifespan=lifespan,
         exception_handlers=_ERROR_HANDLERS,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import Request
@@ -21,11 +22,15 @@ from tidegate._core import (
     reason_detail,
     valid_id,
 )
+from tidegate.config import Config
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import buffer_full, route, utf8_header
 from tidegate.http.gateway import Gateway
 from tidegate.http.retry import DB_RETRY_AFTER, retry_after_header
 from tidegate.serving import JSON, json_response
+
+if TYPE_CHECKING:
+    from tidegate._core import Batch
 
 TOKEN_HEADER = "x-provision-token"
 UNAUTHORIZED_BODY = orjson.dumps(
@@ -74,14 +79,7 @@ class Ingest:
         if not rejected:
             return Response(out, 202, None, JSON)
         reasons = dict(batch.reason_counts())
-        headers: dict[str, str] | None = None
-        retry_after = batch.retry_after
-        if BUFFER_FULL in reasons:
-            retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
-        if UNAVAILABLE in reasons:
-            retry_after = max(retry_after, float(DB_RETRY_AFTER))
-        if BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons:
-            headers = {"Retry-After": retry_after_header(retry_after)}
+        headers = retry_headers(cfg, batch, reasons)
         return Response(out, _batch_status(accepted, rejected, reasons), headers, JSON)
 
     async def single(self, request: Request) -> Response:
@@ -147,6 +145,19 @@ class Ingest:
                 },
             )
         return json_response(400, {"detail": reason_detail(reason), "reason": reason})
+
+
+def retry_headers(cfg: Config, batch: Batch, reasons: Mapping[str, int]) -> dict[str, str] | None:
+    """Retry-After for a batch with items worth retrying as they are (rate limited, buffers
+    full, registry or NATS unavailable): the longest of their pauses; None without any."""
+    if not (BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons):
+        return None
+    retry_after = batch.retry_after
+    if BUFFER_FULL in reasons:
+        retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
+    if UNAVAILABLE in reasons:
+        retry_after = max(retry_after, float(DB_RETRY_AFTER))
+    return {"Retry-After": retry_after_header(retry_after)}
 
 
 def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:
