@@ -276,3 +276,19 @@ def test_raw_v1_request_without_credentials_is_unauthorized(
     gw = gateway(influx_env(influxdb))
     r = httpx.post(f"{gw.url}/write?db=t1", content="m v=1")
     assert r.status_code == 401
+
+
+def test_the_default_sink_api_finds_influxdb_1x_by_itself(
+    gateway: Start, influxdb: InfluxDB
+) -> None:
+    tenant = new_tenant()
+    env = influx_env(influxdb)
+    del env["INFLUX_API"]
+    gw = gateway(env)
+    token = provision(gw, tenant, "d1", "s1")
+    r = gw.client().post(f"/write?db={tenant}&u=d1&p={token}", content=f"m v=1 {TS}")
+    assert r.status_code == 204
+    assert stored(influxdb, gw, tenant, 'SELECT * FROM "m"') == [
+        {"time": TS, "device_id": "d1", "site_id": "s1", "v": 1.0}
+    ]
+    assert '"event":"sink_influx_api","api":"v1","version":"1.6' in gw.logs()

@@ -21,7 +21,7 @@ import asyncpg
 
 from tidegate import __version__, logs, owner
 from tidegate.config import (
-    INFLUX_APIS,
+    INFLUX_API_CHOICES,
     MODES,
     Config,
     ConfigError,
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
-    replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
+    replay.add_argument("--api", choices=INFLUX_API_CHOICES, help="default: INFLUX_API")
     replay.add_argument(
         "--dead-letters",
         action="store_true",

@@ -16,6 +16,8 @@ from tidegate.nats.settings import NatsSettings
 T = TypeVar("T")
 
 INFLUX_APIS = ("v1", "v2", "v3")
+# `auto`: the sink reads the version InfluxDB's /ping names (sink/influx.py).
+INFLUX_API_CHOICES = ("auto", *INFLUX_APIS)
 CORES = ("rust", "python")
 MODES = ("direct", "nats")
 DURABILITIES = ("memory", "wal")
@@ -38,7 +40,7 @@ class Config:
     influxdb_url: str | None = None
     influxdb_token: str | None = None
     influxdb_org: str | None = None
-    influx_api: str = "v3"
+    influx_api: str = "auto"
     influx_create_db: bool = True
     influx_batch_size: int = 500
     influx_flush_interval_ms: int = 1000
@@ -124,10 +126,10 @@ class Config:
 
     @classmethod
     def _read(cls, r: _Reader) -> Config:
-        influx_api = r.get("INFLUX_API", "v3", str)
-        if influx_api not in INFLUX_APIS:
+        influx_api = r.get("INFLUX_API", "auto", str)
+        if influx_api not in INFLUX_API_CHOICES:
             raise ConfigError(
-                f"INFLUX_API must be one of {', '.join(INFLUX_APIS)}, not {influx_api!r}"
+                f"INFLUX_API must be one of {', '.join(INFLUX_API_CHOICES)}, not {influx_api!r}"
             )
         core = r.get("TIDEGATE_CORE", "rust", str)
         if core not in CORES:
