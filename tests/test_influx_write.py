@@ -183,10 +183,14 @@ def test_tenant_key_writes_for_its_active_devices_only(gateway: Start, influxdb:
         "partial write: line 3: UNAUTHORIZED (device_id is not an active device of the "
         "tenant); line 4: INVALID_SCHEMA (a tenant key writes lines with a device_id tag)"
     )
+    # 1.x: an empty user and the key as password (Telegraf's outputs.influxdb has no token).
+    r = c.post(f"/write?db={tenant}&u=&p={key}", content=f"m,device_id=d1 v=5 {TS + 1}")
+    assert r.status_code == 204
     rows = stored(influxdb, gw, tenant, 'SELECT * FROM "m"')
-    rows.sort(key=lambda row: str(row["device_id"]))
+    rows.sort(key=lambda row: (str(row["device_id"]), int(str(row["time"]))))
     assert rows == [
         {"time": TS, "device_id": "d1", "site_id": "s1", "v": 1.0},
+        {"time": TS + 1, "device_id": "d1", "site_id": "s1", "v": 5.0},
         {"time": TS, "device_id": "d2", "site_id": "s2", "v": 2.0},
     ]
     # The key writes to its own tenant only.

@@ -1,8 +1,9 @@
 """InfluxDB's write APIs on the public listener, so Telegraf agents and InfluxDB client
 libraries write through tidegate with a device's own credential (or a tenant key):
 
-- v1 `POST /write?db={tenant}`: user `{device_id}` + password its token, as `u`/`p` query
-  parameters or HTTP Basic (also `Authorization: Token …`);
+- v1 `POST /write?db={tenant}`: user `{device_id}` + password its token (an empty user: the
+  password is a tenant key), as `u`/`p` query parameters or HTTP Basic (also
+  `Authorization: Token …`);
 - v2 `POST /api/v2/write?bucket={tenant}&org=…` (org ignored): `Authorization: Token …`;
 - v3 `POST /api/v3/write_lp?db={tenant}`: `Authorization: Bearer …` or `Token …`;
 - `GET /ping`: 204 with `X-Influxdb-Version`, what clients' health checks ask.
@@ -121,7 +122,7 @@ def credential(request: Request, api: Api) -> Credential | None:
     if api.basic:
         user, password = request.query_params.get("u"), request.query_params.get("p")
         if user is not None and password is not None:
-            return Credential(user, password)
+            return _user_password(user, password)
     authorization = utf8_header(request, "authorization")
     if not authorization:
         return None
@@ -144,7 +145,13 @@ def _basic(value: str) -> Credential | None:
         user, colon, password = base64.b64decode(value, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return Credential(user, password) if colon else None
+    return _user_password(user, password) if colon else None
+
+
+def _user_password(user: str, password: str) -> Credential:
+    """1.x: user = the device, password = its token; an empty user: the password is a tenant
+    key (an agent like Telegraf's `outputs.influxdb` has no token setting)."""
+    return Credential(user or None, password)
 
 
 class Influx:
@@ -189,7 +196,7 @@ class Influx:
         if precision not in api.precisions:
             return error(400, f"precision must be one of {', '.join(api.precisions)}")
         cred = credential(request, api)
-        if cred is None or not valid_tenant(tenant):
+        if cred is None or not cred.secret or not valid_tenant(tenant):
             return self._unauthorized()
         body = await read_body(request, cfg.max_body_bytes)
         now = time.time_ns()
