@@ -43,7 +43,6 @@ from tidegate.http.endpoint import route, utf8_header
 from tidegate.http.gateway import Gateway
 from tidegate.http.ingest import retry_headers
 from tidegate.http.retry import DB_RETRY_AFTER
-from tidegate.pipeline.sites import DeviceSites
 from tidegate.serving import JSON
 from tidegate.store import db_down
 
@@ -161,7 +160,6 @@ class Influx:
         self.gw = gw
         self.cfg = gw.cfg
         self.core = gw.core
-        self._sites: DeviceSites | None = None
 
     async def v1(self, request: Request) -> Response:
         """POST /write?db={tenant}."""
@@ -262,13 +260,9 @@ class Influx:
     async def _sites_of(self, tenant: str, devices: list[str]) -> dict[str, str] | None:
         """device -> site of the active ones among `devices`; None when the registry cannot
         answer within its timeout."""
-        if self._sites is None:
-            cfg = self.cfg
-            registry = self.gw.services.registry
-            self._sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
         try:
             async with asyncio.timeout(self.cfg.registry_timeout_s):
-                return await self._sites.of(tenant, devices)
+                return await self.gw.services.sites.of(tenant, devices)
         except Exception as exc:
             if db_down(exc) or isinstance(exc, TimeoutError):
                 return None

@@ -14,6 +14,7 @@ from tidegate.latest import LatestWriter
 from tidegate.pipeline.admission import Admitter
 from tidegate.pipeline.field_claims import FieldClaims
 from tidegate.pipeline.peers import Peers
+from tidegate.pipeline.sites import DeviceSites
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
 from tidegate.store import open_registry
@@ -39,6 +40,7 @@ class Services:
     tenant_keys: TenantKeys
     peers: Peers
     field_claims: FieldClaims
+    sites: DeviceSites
 
     def stats(self) -> dict[str, int]:
         """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
@@ -107,7 +109,8 @@ async def open_services(
         registry.has_tenants,
     )
     admitter = Admitter.from_config(core, cfg, registry)
-    await registry.watch(functools.partial(_forget, admitter, tenant_keys))
+    sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
+    await registry.watch(functools.partial(_forget, admitter, tenant_keys, sites))
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
     peers.start()
@@ -123,17 +126,24 @@ async def open_services(
         tenant_keys,
         peers,
         field_claims,
+        sites,
     )
 
 
 def _forget(
-    admitter: Admitter, tenant_keys: TenantKeys, tenant: str | None, device: str | None
+    admitter: Admitter,
+    tenant_keys: TenantKeys,
+    sites: DeviceSites,
+    tenant: str | None,
+    device: str | None,
 ) -> None:
     """What the registry's change feed says changed leaves this process's caches."""
     if device is not None and tenant is not None:
         admitter.invalidate(tenant, device)
+        sites.forget(tenant, device)
     elif tenant is not None:
         tenant_keys.forget_tenant(tenant)
     else:
         admitter.invalidate_all()
         tenant_keys.invalidate_all()
+        sites.forget_all()

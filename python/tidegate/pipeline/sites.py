@@ -1,8 +1,9 @@
 """The registered site of active devices, which line protocol needs BEFORE it is parsed (its
 lines are re-encoded with the writer's `site_id`), cached like device records: found sites for
-the auth cache TTL, at most `max_entries` kept. A stale entry is safe: the admission still
-decides every line against its own record (token, status, site), so a site changed meanwhile
-is refused (SITE_MISMATCH), never written under the old one."""
+the auth cache TTL, at most `max_entries` kept, forgotten with the device records when the
+registry's change feed names a device. A stale entry is still safe: the admission decides
+every line against its own record (token, status, site), so a site changed meanwhile is
+refused (SITE_MISMATCH), never written under the old one."""
 
 from __future__ import annotations
 
@@ -53,3 +54,11 @@ class DeviceSites:
                 sites[device] = record.site_id
                 cache[(tenant, device)] = (expires, record.site_id)
         return sites
+
+    def forget(self, tenant: str, device: str) -> None:
+        """A device changed (revoked, re-provisioned at another site)."""
+        self._cache.pop((tenant, device), None)
+
+    def forget_all(self) -> None:
+        """Changes may have been missed."""
+        self._cache.clear()
