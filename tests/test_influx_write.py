@@ -36,15 +36,21 @@ def add_tenant_key(gw: GatewayProcess, tenant: str) -> str:
     return asyncio.run(run())
 
 
+def one_device(gateway: Start, influxdb: InfluxDB, **env: str) -> tuple[str, GatewayProcess, str]:
+    """A new tenant with device d1 at site s1 and a gateway on the test InfluxDB:
+    `(tenant, gateway, d1's token)`."""
+    tenant = new_tenant()
+    gw = gateway(influx_env(influxdb, **env))
+    return tenant, gw, provision(gw, tenant, "d1", "s1")
+
+
 def stored(influxdb: InfluxDB, gw: GatewayProcess, tenant: str, q: str) -> list[dict[str, object]]:
     poll(lambda: drained(gw))
     return influxdb.query(f"telemetry_{tenant}", q)
 
 
 def test_influxdb_client_v2_writes_with_a_device_token(gateway: Start, influxdb: InfluxDB) -> None:
-    tenant = new_tenant()
-    gw = gateway(influx_env(influxdb))
-    token = provision(gw, tenant, "d1", "s1")
+    tenant, gw, token = one_device(gateway, influxdb)
     with InfluxDBClient2(url=gw.url, token=f"d1:{token}", org="ignored") as client:
         assert client.ping()
         write = client.write_api(write_options=SYNCHRONOUS)
@@ -89,9 +95,7 @@ def test_influxdb_client_v2_writes_with_a_device_token(gateway: Start, influxdb:
 def test_influxdb_v1_client_writes_gzip_with_user_and_password(
     gateway: Start, influxdb: InfluxDB
 ) -> None:
-    tenant = new_tenant()
-    gw = gateway(influx_env(influxdb))
-    token = provision(gw, tenant, "d1", "s1")
+    tenant, gw, token = one_device(gateway, influxdb)
     host, port = gw.url.removeprefix("http://").split(":")
     client = InfluxDBClient(host, int(port), "d1", token, tenant, gzip=True)
     assert client.ping().startswith("tidegate-")
@@ -132,9 +136,7 @@ def test_influxdb_v1_client_writes_gzip_with_user_and_password(
 def test_partial_write_names_refused_lines_keeps_the_rest_and_overrides_forged_tags(
     gateway: Start, influxdb: InfluxDB
 ) -> None:
-    tenant = new_tenant()
-    gw = gateway(influx_env(influxdb))
-    token = provision(gw, tenant, "d1", "s1")
+    tenant, gw, token = one_device(gateway, influxdb)
     body = (
         f"m,device_id=evil,site_id=elsewhere v=1 {TS}\n"
         "# a comment\n"
@@ -207,9 +209,7 @@ def test_tenant_key_writes_for_its_active_devices_only(gateway: Start, influxdb:
 def test_wrong_credentials_are_refused_in_influxdbs_shape(
     gateway: Start, influxdb: InfluxDB
 ) -> None:
-    tenant = new_tenant()
-    gw = gateway(influx_env(influxdb))
-    token = provision(gw, tenant, "d1", "s1")
+    tenant, gw, token = one_device(gateway, influxdb)
     c = gw.client()
     line = f"m v=1 {TS}"
     for path, headers in [
@@ -257,12 +257,12 @@ def test_rate_limit_counts_lines_and_answers_429_with_retry_after(
 
 
 def test_ping_precision_and_body_limit(gateway: Start, influxdb: InfluxDB) -> None:
-    tenant = new_tenant()
-    gw = gateway(influx_env(influxdb, TIDEGATE_MAX_BODY_BYTES="1024"))
-    token = provision(gw, tenant, "d1", "s1")
+    tenant, gw, token = one_device(gateway, influxdb, TIDEGATE_MAX_BODY_BYTES="1024")
     c = gw.client()
     r = c.get("/ping")
     assert (r.status_code, r.headers["X-Influxdb-Version"]) == (204, "tidegate-0.1.0")
+    r = c.get("/health")
+    assert (r.status_code, r.headers["X-Influxdb-Version"]) == (200, "tidegate-0.1.0")
     headers = {"Authorization": f"Token d1:{token}"}
     r = c.post(f"/api/v2/write?bucket={tenant}&precision=h", content="m v=1 1", headers=headers)
     assert (r.status_code, r.json()["code"]) == (400, "invalid")
