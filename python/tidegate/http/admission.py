@@ -9,7 +9,6 @@ The outage is logged once, and its end once.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,14 +21,6 @@ from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
     from tidegate._core import Admission, Batch
-
-# Retry-After while the database cannot be reached: a second, as a pool reconnects within it.
-DB_RETRY_AFTER = "1"
-
-
-def retry_after_header(seconds: float) -> str:
-    """Retry-After takes whole seconds; round up so a client never comes back too early."""
-    return str(max(1, math.ceil(seconds)))
 
 
 class Admitter:

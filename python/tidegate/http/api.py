@@ -24,9 +24,10 @@ from starlette.routing import BaseRoute
 
 from tidegate import logs
 from tidegate._core import valid_id
+from tidegate.answers import API_UNAUTHORIZED, DATABASE_UNAVAILABLE, Refusal
 from tidegate.http import cache
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import json_response, route
+from tidegate.http.endpoint import answer, json_response, route
 from tidegate.http.gateway import Gateway
 from tidegate.ids import ID_RULE
 from tidegate.refusals import DEFAULT_TOP, LIMITED_WINDOW_S, MAX_TOP, WINDOW_S
@@ -52,11 +53,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     TELEMETRY_LATEST: ("device_id", "msg_type", "ts", "seq", "metrics", "received_at"),
 }
 RESOURCE_TYPES = tuple(FIELDS)
-
-UNAUTHORIZED = {"detail": "a valid tenant API key is required: Authorization: Bearer <key>"}
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
-
-_DB_UNAVAILABLE = {"detail": "the database is unavailable; retry later"}
 
 
 class _Invalid(Exception):
@@ -166,7 +162,7 @@ class Api:
         key = bearer_key(request.headers.get("authorization"))
         tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
         if tenant is None:
-            raise _Invalid(401, UNAUTHORIZED["detail"])
+            raise Refusal(API_UNAUTHORIZED)
         return tenant
 
     async def _json_object(self, request: Request) -> dict[str, Any]:
@@ -205,11 +201,11 @@ class Api:
             logs.log(
                 "api_db_unavailable", level="error", route=route_name, error=type(exc).__name__
             )
-            return json_response(503, _DB_UNAVAILABLE, {"Retry-After": "1"})
+            return answer(DATABASE_UNAVAILABLE)
 
 
 def _refused(exc: _Invalid) -> Response:
-    return json_response(exc.status, exc.body, _CHALLENGE if exc.status == 401 else None)
+    return json_response(exc.status, exc.body)
 
 
 def _get_request(body: Mapping[str, Any]) -> tuple[str, list[str], tuple[str, ...]]:

@@ -20,16 +20,17 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidegate import logs
+from tidegate.answers import INTERNAL_ERROR
 from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
-from tidegate.http.endpoint import Handler, http_error, json_response
+from tidegate.http.endpoint import Handler, answer, http_error
 from tidegate.http.gateway import Gateway
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """A bug answers JSON like every other error; Starlette re-raises it afterwards, so the
     traceback still reaches the log."""
-    return json_response(500, {"detail": "internal server error"})
+    return answer(INTERNAL_ERROR)
 
 
 _ERROR_HANDLERS = {HTTPException: http_error, Exception: _internal_error}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tidegate import core, logs
 from tidegate.config import Config
 from tidegate.durable import Accept
-from tidegate.http.admission import Admitter, retry_after_header
+from tidegate.http.admission import Admitter
 from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
 from tidegate.refusals import Refusals
@@ -57,8 +57,6 @@ class Gateway:
         self.draining = False
         self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.shutdown_lost_lines = 0
-        # BUFFER_FULL clears when the sink frees space; a flush interval is the soonest that is.
-        self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
 
     async def start(self) -> None:
         """Open and migrate the registry, create the buffers, open the write-ahead log (its

@@ -3,45 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tidegate._core import (
-    BUFFER_FULL,
-    INVALID_METRICS,
-    PAYLOAD_TOO_LARGE,
-    RATE_LIMITED,
-    SITE_MISMATCH,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    reason_detail,
-    valid_id,
+from tidegate._core import INVALID_METRICS, RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, valid_id
+from tidegate.answers import (
+    NATS_UNAVAILABLE,
+    TOKEN_HEADER_CREDENTIAL,
+    batch_retry_after,
+    batch_status,
 )
-from tidegate.http.admission import DB_RETRY_AFTER, retry_after_header
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import JSON, buffer_full, json_response, route, utf8_header
+from tidegate.http.endpoint import JSON, answer, route, utf8_header
 from tidegate.http.gateway import Gateway
 
 if TYPE_CHECKING:
     from tidegate._core import Batch
 
 TOKEN_HEADER = "x-provision-token"
-UNAUTHORIZED_BODY = orjson.dumps(
-    {"detail": "a valid X-Provision-Token header is required for this device"}
-)
-REGISTRY_UNAVAILABLE_BODY = orjson.dumps(
-    {"detail": "the device registry is unavailable; retry later", "reason": UNAVAILABLE}
-)
-# NATS mode: JetStream did not acknowledge the publish (NATS down, no PubAck, stream full). The
-# edge retried within the request, so the client's retry is worth the same pause.
-NATS_UNAVAILABLE_BODY = orjson.dumps(
-    {"detail": "ingest is unavailable; retry later", "reason": UNAVAILABLE}
-)
+ACCEPTED = b'{"status":"accepted"}'
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
@@ -68,6 +51,7 @@ class Ingest:
         self.cfg = gw.cfg
         self.core = gw.core
         self.metrics = gw.metrics
+        self.flush_s = gw.cfg.influx_flush_interval_ms / 1000
 
     async def batch(self, request: Request) -> Response:
         """POST /ingest/v1/batch."""
@@ -81,16 +65,9 @@ class Ingest:
             return Response(out, 202, None, JSON)
         counts = batch.reason_counts()
         self.metrics.count(accepted, counts)
-        reasons = dict(counts)
-        headers: dict[str, str] | None = None
-        retry_after = batch.retry_after
-        if BUFFER_FULL in reasons:
-            retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
-        if UNAVAILABLE in reasons:
-            retry_after = max(retry_after, float(DB_RETRY_AFTER))
-        if BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons:
-            headers = {"Retry-After": retry_after_header(retry_after)}
-        return Response(out, _batch_status(accepted, rejected, reasons), headers, JSON)
+        retry = batch_retry_after(counts, self.flush_s, batch.retry_after)
+        headers = None if retry is None else {"Retry-After": retry}
+        return Response(out, batch_status(accepted, counts), headers, JSON)
 
     async def single(self, request: Request) -> Response:
         """POST /ingest/v1/tenant/{tenant}/device/{device}/{msg_type}."""
@@ -99,7 +76,7 @@ class Ingest:
         token = utf8_header(request, TOKEN_HEADER)
         # A token that is not a valid id can match no device: same 401 as a wrong one.
         if not token or not valid_id(token):
-            return Response(UNAUTHORIZED_BODY, 401, None, JSON)
+            return answer(UNAUTHORIZED, credential=TOKEN_HEADER_CREDENTIAL)
         params = request.path_params
         tenant, device = params["tenant"], params["device"]
         batch = self.core.parse_single(
@@ -109,16 +86,16 @@ class Ingest:
         accepted, _rejected, _out = batch.response_json()
         if accepted:
             self.metrics.count(1, ())
-            return Response(b'{"status":"accepted"}', 202, None, JSON)
+            return Response(ACCEPTED, 202, None, JSON)
         counts = batch.reason_counts()
         self.metrics.count(0, counts)
         details = batch.details()
         if details:
-            return json_response(400, {"detail": details[0][1], "reason": INVALID_METRICS})
+            # A field type conflict: the core names the field.
+            return answer(INVALID_METRICS, detail=details[0][1])
         reason = counts[0][0]
-        if reason == UNAVAILABLE:
-            body = REGISTRY_UNAVAILABLE_BODY if published else NATS_UNAVAILABLE_BODY
-            return Response(body, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
+        if reason == UNAVAILABLE and not published:
+            reason = NATS_UNAVAILABLE
         return self._single_rejection(reason, tenant, device, batch.retry_after)
 
     async def _ingest(self, batch: Batch) -> bool:
@@ -146,49 +123,22 @@ class Ingest:
     def _single_rejection(
         self, reason: str, tenant: str, device: str, retry_after: float
     ) -> Response:
-        if reason == UNAUTHORIZED:
-            return Response(UNAUTHORIZED_BODY, 401, None, JSON)
         if reason == RATE_LIMITED:
             rps, burst = self.gw.services.admitter.admission.limits(tenant, device)
-            return json_response(
-                429,
-                {
-                    "detail": (
-                        f"rate limit exceeded: device {device!r} may send {rps:g} messages/s "
-                        f"with bursts of {burst}"
-                    ),
-                    "reason": RATE_LIMITED,
+            return answer(
+                RATE_LIMITED,
+                rate_limit_s=retry_after,
+                extra={
                     "limit": {"name": "device_messages_per_second", "rps": rps, "burst": burst},
                     "retry_after_s": round(retry_after, 3),
                 },
-                {"Retry-After": retry_after_header(retry_after)},
+                device=device,
+                rps=rps,
+                burst=burst,
             )
-        if reason == BUFFER_FULL:
-            return buffer_full(self.gw)
-        if reason == SITE_MISMATCH:
-            return json_response(
-                403,
-                {"detail": "site_id differs from the device's registered site", "reason": reason},
-            )
-        if reason == PAYLOAD_TOO_LARGE:
-            return json_response(
-                413,
-                {
-                    "detail": f"message exceeds {self.cfg.max_payload_bytes} bytes",
-                    "reason": reason,
-                },
-            )
-        return json_response(400, {"detail": reason_detail(reason), "reason": reason})
-
-
-def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:
-    """202 if anything was accepted. Otherwise, when every rejection is worth retrying as
-    is, 503 (buffers full, registry or NATS unavailable) or 429 (rate limited) so clients back off
-    instead of dropping; else 400."""
-    if accepted:
-        return 202
-    unavailable = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
-    limited = reasons.get(RATE_LIMITED, 0)
-    if unavailable + limited == rejected:
-        return 503 if unavailable else 429
-    return 400
+        return answer(
+            reason,
+            self.gw,
+            credential=TOKEN_HEADER_CREDENTIAL,
+            max_payload_bytes=self.cfg.max_payload_bytes,
+        )
