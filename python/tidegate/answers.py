@@ -38,7 +38,7 @@ class Retry(Enum):
     NONE = "no Retry-After: the same request fails again"
     FIXED = "Retry-After: 1 s"
     RATE_LIMIT = "Retry-After: until the slowest refused device's next token"
-    FLUSH = "Retry-After: the sink's flush interval (TIDEGATE_INFLUX_FLUSH_INTERVAL_MS)"
+    FLUSH = "Retry-After: the sink's flush interval, INFLUX_FLUSH_INTERVAL_MS"
 
 
 # A pool reconnects, a connection or request slot frees, a publish is retried, within a second.
@@ -238,6 +238,17 @@ def batch_retry_after(
 ) -> str | None:
     """The batch route's Retry-After: the longest wait of its rejections' reasons."""
     return retry_after((ANSWERS[code].retry for code, _ in counts), flush_s, rate_limit_s)
+
+
+def rate_limited_content(
+    device: str, rps: float, burst: int, retry_after_s: float
+) -> dict[str, object]:
+    """The single route's RATE_LIMITED body: the detail, then the limit that refused, named
+    (clients cannot tell which limit tripped otherwise), and the exact wait."""
+    out = ANSWERS[RATE_LIMITED].content(device=device, rps=rps, burst=burst)
+    out["limit"] = {"name": "device_messages_per_second", "rps": rps, "burst": burst}
+    out["retry_after_s"] = round(retry_after_s, 3)
+    return out
 
 
 def detail(key: str, **fields: object) -> str:

@@ -46,16 +46,15 @@ def answer(
     *,
     rate_limit_s: float = 0.0,
     detail: str | None = None,
-    extra: Mapping[str, object] | None = None,
+    content: Mapping[str, object] | None = None,
     **fields: object,
 ) -> Response:
-    """The answer table's `key` (tidegate/answers.py): its status, `{"detail", "reason"?}` with
-    the detail filled with `fields` (or `detail` as given), then `extra`; its headers and
-    Retry-After. `gw` gives the flush interval of the answers that wait for it."""
+    """The answer table's `key` (tidegate/answers.py): its status; `content`, else
+    `{"detail", "reason"?}` with the detail filled with `fields` (or `detail` as given); its
+    headers and Retry-After. `gw` gives the flush interval of the answers that wait for it."""
     spec = ANSWERS[key]
-    content = spec.content(detail, **fields)
-    if extra:
-        content.update(extra)
+    if content is None:
+        content = spec.content(detail, **fields)
     flush_s = None if gw is None else gw.cfg.influx_flush_interval_ms / 1000
     retry = spec.retry_after(flush_s, rate_limit_s)
     headers = {**spec.headers, "Retry-After": retry} if retry else spec.headers

@@ -15,6 +15,7 @@ from tidegate.answers import (
     TOKEN_HEADER_CREDENTIAL,
     batch_retry_after,
     batch_status,
+    rate_limited_content,
 )
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import JSON, answer, route, utf8_header
@@ -125,17 +126,8 @@ class Ingest:
     ) -> Response:
         if reason == RATE_LIMITED:
             rps, burst = self.gw.services.admitter.admission.limits(tenant, device)
-            return answer(
-                RATE_LIMITED,
-                rate_limit_s=retry_after,
-                extra={
-                    "limit": {"name": "device_messages_per_second", "rps": rps, "burst": burst},
-                    "retry_after_s": round(retry_after, 3),
-                },
-                device=device,
-                rps=rps,
-                burst=burst,
-            )
+            content = rate_limited_content(device, rps, burst, retry_after)
+            return answer(RATE_LIMITED, rate_limit_s=retry_after, content=content)
         return answer(
             reason,
             self.gw,
