@@ -64,19 +64,21 @@ class Answer:
         the request."""
         return tuple(f for _, f, _, _ in string.Formatter().parse(self.detail) if f)
 
-    def content(self, detail: str | None = None, **fields: object) -> dict[str, object]:
-        """The JSON body: `detail` (an item's own, as a field type conflict's), else the
-        table's filled with `fields` (those it does not name are ignored); the reason code."""
-        out: dict[str, object] = {
-            "detail": self.detail.format(**fields) if detail is None else detail
-        }
+    def content(self, **fields: object) -> dict[str, object]:
+        """The JSON body: the detail filled with `fields` (those it does not name are
+        ignored), and the reason code."""
+        return self.stating(self.detail.format(**fields))
+
+    def stating(self, detail: str) -> dict[str, object]:
+        """The JSON body with a detail of its own (an item's, as a field type conflict's)."""
+        out: dict[str, object] = {"detail": detail}
         if self.reason is not None:
             out["reason"] = self.reason
         return out
 
     def body(self, **fields: object) -> bytes:
         """`content` encoded."""
-        return orjson.dumps(self.content(None, **fields))
+        return orjson.dumps(self.content(**fields))
 
     def retry_after(self, flush_s: float | None = None, rate_limit_s: float = 0.0) -> str | None:
         """The Retry-After value (see `retry_after`); `flush_s` is needed by Retry.FLUSH only."""

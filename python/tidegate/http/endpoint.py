@@ -54,7 +54,7 @@ def answer(
     headers and Retry-After. `gw` gives the flush interval of the answers that wait for it."""
     spec = ANSWERS[key]
     if content is None:
-        content = spec.content(detail, **fields)
+        content = spec.content(**fields) if detail is None else spec.stating(detail)
     flush_s = None if gw is None else gw.cfg.influx_flush_interval_ms / 1000
     retry = spec.retry_after(flush_s, rate_limit_s)
     headers = {**spec.headers, "Retry-After": retry} if retry else spec.headers

@@ -102,7 +102,7 @@ def _example(key: str, samples: Mapping[str, object]) -> dict[str, object]:
     spec = ANSWERS[key]
     values = {**_SAMPLES, "error": _ERRORS.get(key), **samples}
     fields = {f: values[f] if f in values else getattr(_DEFAULTS, f) for f in spec.fields}
-    return spec.content(None, **fields)
+    return spec.content(**fields)
 
 
 def _line(name: str, detail: object, retry: Retry, what: str = "") -> str:
