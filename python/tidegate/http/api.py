@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute
 
 from tidegate import logs
 from tidegate._core import valid_id
-from tidegate.answers import API_UNAUTHORIZED, DATABASE_UNAVAILABLE, Refusal
+from tidegate.answers import API_UNAUTHORIZED, BODY_INVALID, DATABASE_UNAVAILABLE, Refusal
 from tidegate.http import cache
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import answer, json_response, route
@@ -170,9 +170,9 @@ class Api:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise _Invalid(400, "body is not valid JSON") from None
+            raise Refusal(BODY_INVALID, error="body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise _Invalid(400, "body must be a JSON object")
+            raise Refusal(BODY_INVALID, error="body must be a JSON object")
         return body
 
     def _latest(self, tenant: str, views: Mapping[str, DeviceView]) -> dict[str, Snapshot]:

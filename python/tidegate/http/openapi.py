@@ -616,13 +616,12 @@ def _api_post(summary: str, description: str, body: dict[str, Any], ok: str) -> 
                         ok,
                     ),
                     "400": response_spec(
-                        DETAIL,
-                        "Not JSON, not an object, unknown resource_type "
-                        "or field names (listed in unknown_fields)",
+                        DETAIL, "Unknown resource_type or field names (listed in unknown_fields)"
                     ),
                     "422": response_spec(DETAIL, "ids/operations empty, over 100, or not a list"),
                 },
-                (*_ANY, *_BODY, API_UNAUTHORIZED, DATABASE_UNAVAILABLE),
+                (*_ANY, *_BODY, BODY_INVALID, API_UNAUTHORIZED, DATABASE_UNAVAILABLE),
+                error="body must be a JSON object",
             ),
         }
     }
