@@ -1,6 +1,7 @@
 """What every route goes through: refusal while draining, the latency histogram, the response
 count, and errors (a body that cannot be read or parsed, a bug in the core) rendered as JSON
-`{"detail"}`."""
+`{"detail"}`; `answer` turns an entry of the answer table (tidegate/answers.py) into a
+response."""
 
 from __future__ import annotations
 
@@ -93,9 +94,8 @@ def route(
     while the gateway drains; a Refusal gets the answer table's answer, the core's BodyError
     the `body_error` answer with its detail, a write-ahead log refusal a 503; a panic in the
     core (a BaseException, which Starlette's 500 handler does not see) a logged, counted JSON
-    500. A client gone before its
-    body was read is counted and logged once (its answer goes nowhere); one cut by the body
-    deadline counts as the 408 http/limits.py sent it."""
+    500. A client gone before its body was read is counted and logged once (its answer goes
+    nowhere); one cut by the body deadline counts as the 408 http/limits.py sent it."""
     observe = gw.metrics.request_seconds.labels(name).observe
     count = gw.metrics.response
     clock = time.perf_counter
