@@ -20,8 +20,7 @@ from tidegate.answers import (
     TOKEN_HEADER_CREDENTIAL,
     Refusal,
     Retry,
-    batch_retry_after,
-    batch_status,
+    batch_answer,
     detail,
     retry_after,
 )
@@ -170,13 +169,13 @@ def test_retry_after_is_the_longest_wait_in_whole_seconds_at_least_one() -> None
         (0, [("UNAVAILABLE", 4)], 503, "1"),
         (0, [("INVALID_SCHEMA", 1), ("RATE_LIMITED", 1)], 400, "5"),
         (0, [("UNAUTHORIZED", 1), ("SITE_MISMATCH", 1)], 400, None),
+        (0, [("PAYLOAD_TOO_LARGE", 1), ("BUFFER_FULL", 1), ("UNAVAILABLE", 1)], 400, "3"),
     ],
 )
 def test_a_batch_answers_the_most_severe_retryable_status_or_400(
     accepted: int, counts: list[tuple[str, int]], status: int, retry: str | None
 ) -> None:
-    assert batch_status(accepted, counts) == status
-    assert batch_retry_after(counts, FLUSH_S, RATE_LIMIT_S) == retry
+    assert batch_answer(accepted, counts, FLUSH_S, RATE_LIMIT_S) == (status, retry)
 
 
 def operations(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -210,7 +209,7 @@ def test_openapi_documents_every_reason_code_on_both_ingest_routes() -> None:
         )
         headers = single["responses"][str(answer.status)].get("headers", {})
         assert ("Retry-After" in headers) == (answer.retry is not Retry.NONE), code
-        status = batch_status(0, [(code, 1)])
+        status, _ = batch_answer(0, [(code, 1)], FLUSH_S, RATE_LIMIT_S)
         item = documented(batch, status, code)
         assert item is not None, code
         assert item["value"]["results"][0]["reason"] == code

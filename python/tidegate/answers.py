@@ -207,39 +207,46 @@ def retry_after(
     seconds, rounded up so that a client never comes back too early, at least 1; None when no
     rule retries. `flush_s` (the sink's flush interval) is needed for Retry.FLUSH,
     `rate_limit_s` (the batch's `retry_after`) is the wait of Retry.RATE_LIMIT."""
-    wait: float | None = None
-    for rule in rules:
-        if rule is Retry.NONE:
+    waits = [w for rule in rules if (w := _wait(rule, flush_s, rate_limit_s)) is not None]
+    return _whole_seconds(max(waits)) if waits else None
+
+
+def batch_answer(
+    accepted: int, counts: Sequence[tuple[str, int]], flush_s: float, rate_limit_s: float
+) -> tuple[int, str | None]:
+    """The batch route's `(status, Retry-After)` for its `reason_counts()`. Status: 202 when
+    anything was accepted; otherwise, when every rejection is worth retrying as is, the most
+    severe of their statuses (503 before 429) so clients back off instead of dropping; else
+    400. Retry-After: the longest wait of the retryable reasons, whatever the status.
+    One loop, no allocation: 429s come at the rate clients are refused."""
+    status = 0
+    longest = -1.0
+    for code, _ in counts:
+        answer = ANSWERS[code]
+        wait = _wait(answer.retry, flush_s, rate_limit_s)
+        if wait is None:
+            status = 400
             continue
-        if rule is Retry.FIXED:
-            seconds = FIXED_RETRY_S
-        elif rule is Retry.RATE_LIMIT:
-            seconds = rate_limit_s
-        else:
-            if flush_s is None:
-                raise ValueError("Retry.FLUSH needs the flush interval")
-            seconds = flush_s
-        wait = seconds if wait is None else max(wait, seconds)
-    return None if wait is None else str(max(1, math.ceil(wait)))
+        longest = max(longest, wait)
+        if status != 400:
+            status = max(status, answer.status)
+    return 202 if accepted else status, None if longest < 0 else _whole_seconds(longest)
 
 
-def batch_status(accepted: int, counts: Sequence[tuple[str, int]]) -> int:
-    """The batch route's status: 202 when anything was accepted. Otherwise, when every
-    rejection is worth retrying as is, the most severe of their statuses (503 before 429) so
-    clients back off instead of dropping; else 400."""
-    if accepted:
-        return 202
-    answers = [ANSWERS[code] for code, _ in counts]
-    if all(a.retry is not Retry.NONE for a in answers):
-        return max(a.status for a in answers)
-    return 400
+def _wait(rule: Retry, flush_s: float | None, rate_limit_s: float) -> float | None:
+    if rule is Retry.NONE:
+        return None
+    if rule is Retry.FIXED:
+        return FIXED_RETRY_S
+    if rule is Retry.RATE_LIMIT:
+        return rate_limit_s
+    if flush_s is None:
+        raise ValueError("Retry.FLUSH needs the flush interval")
+    return flush_s
 
 
-def batch_retry_after(
-    counts: Sequence[tuple[str, int]], flush_s: float, rate_limit_s: float
-) -> str | None:
-    """The batch route's Retry-After: the longest wait of its rejections' reasons."""
-    return retry_after((ANSWERS[code].retry for code, _ in counts), flush_s, rate_limit_s)
+def _whole_seconds(wait: float) -> str:
+    return str(max(1, math.ceil(wait)))
 
 
 def rate_limited_content(

@@ -13,8 +13,7 @@ from tidegate._core import INVALID_METRICS, RATE_LIMITED, UNAUTHORIZED, UNAVAILA
 from tidegate.answers import (
     NATS_UNAVAILABLE,
     TOKEN_HEADER_CREDENTIAL,
-    batch_retry_after,
-    batch_status,
+    batch_answer,
     rate_limited_content,
 )
 from tidegate.http.body import read_body
@@ -66,9 +65,8 @@ class Ingest:
             return Response(out, 202, None, JSON)
         counts = batch.reason_counts()
         self.metrics.count(accepted, counts)
-        retry = batch_retry_after(counts, self.flush_s, batch.retry_after)
-        headers = None if retry is None else {"Retry-After": retry}
-        return Response(out, batch_status(accepted, counts), headers, JSON)
+        status, retry = batch_answer(accepted, counts, self.flush_s, batch.retry_after)
+        return Response(out, status, None if retry is None else {"Retry-After": retry}, JSON)
 
     async def single(self, request: Request) -> Response:
         """POST /ingest/v1/tenant/{tenant}/device/{device}/{msg_type}."""

@@ -43,7 +43,7 @@ from tidegate.answers import (
     WAL_FULL,
     WAL_UNAVAILABLE,
     Retry,
-    batch_status,
+    batch_answer,
     rate_limited_content,
 )
 from tidegate.config import Config
@@ -144,11 +144,16 @@ def refusals(
             "results": [{"index": 0, "status": "rejected", "reason": code, "device_id": "d1"}],
         }
         line = _line(code, _example(code, samples)["detail"], spec.retry, " (per message)")
-        _add(out, batch_status(0, [(code, 1)]), code, _ref("BatchResponse"), body, line, mixed)
+        _add(out, _batch_status(code), code, _ref("BatchResponse"), body, line, mixed)
     return dict(sorted(out.items()))
 
 
 _RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+
+
+def _batch_status(code: str) -> int:
+    """The status of a batch whose every message was rejected with `code`."""
+    return batch_answer(0, [(code, 1)], 1.0, 1.0)[0]
 
 
 def _add(
