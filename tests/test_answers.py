@@ -17,6 +17,7 @@ import pytest
 from tidegate import _core
 from tidegate.answers import (
     ANSWERS,
+    RETRYABLE,
     TOKEN_HEADER_CREDENTIAL,
     Refusal,
     Retry,
@@ -139,6 +140,7 @@ def test_each_answer_has_its_status_retry_after_and_detail(key: str) -> None:
 
 @pytest.mark.parametrize("code", _core.REASONS)
 def test_validation_details_are_the_cores_and_the_shell_decides_the_rest(code: str) -> None:
+    assert (code in RETRYABLE) == (code in {"RATE_LIMITED", "BUFFER_FULL", "UNAVAILABLE"})
     answer = ANSWERS[code]
     if answer.status == 400:
         assert answer.detail == _core.reason_detail(code)

@@ -185,6 +185,10 @@ ANSWERS: Mapping[str, Answer] = {
     ),
 }
 
+# The reason codes that say "not now" rather than "never": the same message may be accepted
+# later (the batch route answers 429/503 when nothing else was refused; clients re-send them).
+RETRYABLE = frozenset(code for code in REASONS if ANSWERS[code].retry is not Retry.NONE)
+
 # What a device presents on each entrance, named in UNAUTHORIZED's detail.
 TOKEN_HEADER_CREDENTIAL = "X-Provision-Token header"
 TOKEN_FIELD_CREDENTIAL = "provision_token"

@@ -36,6 +36,7 @@ from tidegate.answers import (
     INTERNAL_ERROR,
     LIMITS,
     NATS_UNAVAILABLE,
+    RETRYABLE,
     SHELLY_BODY_INVALID,
     SHELLY_NOT_CONFIGURED,
     SHELLY_UNAUTHORIZED,
@@ -77,7 +78,7 @@ _ANY = (*LIMITS, INTERNAL_ERROR)
 _BODY = (CONTENT_LENGTH_INVALID, BODY_TOO_LARGE, GZIP_TOO_LARGE, GZIP_INVALID, ENCODING_UNSUPPORTED)
 # Routes that take telemetry in: refused while draining or when the write-ahead log refuses.
 _INGEST = (DRAINING, WAL_FULL, WAL_UNAVAILABLE)
-_RETRYABLE = [code for code in REASONS if ANSWERS[code].retry is not Retry.NONE]
+_RETRYABLE = [code for code in REASONS if code in RETRYABLE]
 
 _DEFAULTS = Config()
 # Examples fill a detail's settings with their defaults, its request values with these.
