@@ -61,10 +61,10 @@ class Ingest:
         await self._ingest(batch)
         accepted, rejected, out = batch.response_json()
         if not rejected:
-            self.metrics.count(accepted, ())
+            self.metrics.count(accepted, (), batch)
             return Response(out, 202, None, JSON)
         counts = batch.reason_counts()
-        self.metrics.count(accepted, counts)
+        self.metrics.count(accepted, counts, batch)
         status, retry = batch_answer(accepted, counts, self.flush_s, batch.retry_after)
         return Response(out, status, None if retry is None else {"Retry-After": retry}, JSON)
 
@@ -84,10 +84,10 @@ class Ingest:
         published = await self._ingest(batch)
         accepted, _rejected, _out = batch.response_json()
         if accepted:
-            self.metrics.count(1, ())
+            self.metrics.count(1, (), batch)
             return Response(ACCEPTED, 202, None, JSON)
         counts = batch.reason_counts()
-        self.metrics.count(0, counts)
+        self.metrics.count(0, counts, batch)
         details = batch.details()
         if details:
             # A field type conflict: the core names the field.

@@ -399,6 +399,20 @@ _PATHS: dict[str, Any] = {
             ),
         }
     },
+    "/ui": {
+        "get": {
+            "summary": "Live page of rates, buffers, sink, registry and NATS (ops listener only)",
+            "responses": refusals(
+                {
+                    "200": {
+                        "description": "A self-contained HTML page polling /ingest/v1/stats",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                _ANY,
+            ),
+        }
+    },
     "/openapi.json": {
         "get": {
             "summary": "This document",

@@ -404,7 +404,7 @@ class Worker:
         self.buffers.append(batch, mark=mark)
         accepted, _rejected, _body = batch.response_json()
         if accepted:
-            self.metrics.count(accepted, ())
+            self.metrics.count(accepted, (), batch)
             self.latest.record(batch)
             return
         self._held.pop(mark, None)
@@ -412,7 +412,7 @@ class Worker:
         if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
-        self.metrics.count(0, batch.reason_counts())
+        self.metrics.count(0, batch.reason_counts(), batch)
         details = batch.details()
         if details:
             why = details[0][1]
