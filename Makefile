@@ -1,5 +1,6 @@
 # Two entry points do everything on a fresh machine (as root, package registries only):
-#   make run   — build the core and run the gateway on embedded defaults
+#   make run   — build the core (runtime dependencies only, only when its sources changed) and
+#                run the gateway on embedded defaults
 #   make test  — install the test services, then cargo test + the whole pytest suite
 SHELL := /bin/bash
 VENV ?= .venv
@@ -13,13 +14,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2'
 	touch $(STAMP)
 
-# maturin develop builds the extension in release mode and installs the package, linked to
-# python/, with its runtime and dev dependencies into the venv. `test-panic` adds
-# `_core._test_panic` for tests/test_panic.py; the release wheel (.ci/run) is built without it.
-build: $(STAMP)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
+# What a build depends on: a change to any of these rebuilds, nothing else does.
+CORE_SOURCES := pyproject.toml Cargo.toml Cargo.lock $(shell find rust/src -name '*.rs')
+RUN_STAMP := $(VENV)/.run-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 
-run: build
+# `make run`: the core in release mode and the package, linked to python/, with its runtime
+# dependencies only. It lacks the dev build's test feature, so the dev stamp goes.
+$(RUN_STAMP): $(STAMP) $(CORE_SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+	rm -f $(DEV_STAMP)
+	touch $@
+
+# `make build`: the same plus the dev dependencies and the cargo feature `test-panic`
+# (`_core._test_panic` for tests/test_panic.py; the release wheel, .ci/run, is built without
+# it). A superset of the run build, so it stands for both.
+$(DEV_STAMP): $(STAMP) $(CORE_SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
+	touch $@ $(RUN_STAMP)
+
+build: $(DEV_STAMP)
+
+run: $(RUN_STAMP)
 	$(VENV)/bin/tidegate serve
 
 # NATS mode on one machine: nats-server (JetStream + MQTT, deploy/nats-server.conf, from the
