@@ -9,6 +9,7 @@ blocks read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,10 +76,8 @@ def pasted(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         stdout, stderr = proc.communicate(timeout=90)
     finally:
         # The gateway is in the script's session: a failed or hung run must not leave it behind.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
