@@ -37,13 +37,14 @@ def bash_blocks(markdown: str) -> list[str]:
     return _BASH_BLOCK.findall(markdown)
 
 
-def quick_start() -> str:
-    """The README's quick-start block, the build step replaced by the built gateway."""
+def quick_start() -> list[str]:
+    """The bash blocks of the README's quick start, the build step replaced by the built
+    gateway: the block that starts it and provisions and sends, then the ones that look."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Quick start\n", 1)[1]
-    block = bash_blocks(section)[0]
-    assert block.count(_RUN) == 1, block
-    return block.replace(_RUN, _SERVE)
+    section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    first, *rest = bash_blocks(section)
+    assert first.count(_RUN) == 1, first
+    return [first.replace(_RUN, _SERVE), *rest]
 
 
 @pytest.fixture
@@ -83,18 +84,21 @@ def pasted(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_quick_start_runs_as_pasted_and_prints_an_accepted_batch(user_dir: Path) -> None:
-    done = pasted(quick_start() + _STOP, user_dir)
+    done = pasted("\n".join([*quick_start(), _STOP]), user_dir)
     assert (done.returncode, done.stderr) == (0, ""), done
-    assert done.stdout.splitlines() == [
+    printed = done.stdout.splitlines()
+    assert printed[:3] == [
         '{"status":"ready"}',
         '{"accepted":1,"rejected":0,"results":[{"index":0,"status":"accepted","device_id":"d1"}]}',
+        "accepted 1 rejected {}",
     ]
+    assert printed[3].startswith('tidegate_messages_total{outcome="accepted"'), printed
     assert (user_dir / "tidegate-data" / "registry.sqlite3").is_file()
 
 
 def test_every_api_example_runs_as_pasted_after_the_quick_start(user_dir: Path) -> None:
     examples = bash_blocks((ROOT / "docs" / "api.md").read_text())
-    done = pasted("\n".join([quick_start(), *examples, _STOP]), user_dir)
+    done = pasted("\n".join([*quick_start(), *examples, _STOP]), user_dir)
     assert (done.returncode, done.stderr) == (0, ""), done
     answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     # Each example's first answer, in the page's order.
