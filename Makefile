@@ -64,7 +64,7 @@ lint: build
 bench: build services
 	$(VENV)/bin/pytest benches --benchmark-enable --benchmark-only -q
 
-# End-to-end load: one gateway process under wrk, Rust core vs the twin (see README).
+# End-to-end load: one gateway process under wrk, Rust core vs the twin (docs/performance.md).
 load: build services
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
