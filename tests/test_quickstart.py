@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from services import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+# The checkout: the nearest directory above with pyproject.toml (whichever tier holds this file).
+ROOT = next(d for d in Path(__file__).resolve().parents if (d / "pyproject.toml").is_file())
 # Variables of the outer environment that would change what the gateway under test does.
 _OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_", "NATS_")
 _BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
