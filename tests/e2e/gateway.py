@@ -33,7 +33,7 @@ __all__ = [
     "run_gateway",
 ]
 
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 # Variables of the outer environment that would change what the gateway under test does.
