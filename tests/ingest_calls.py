@@ -10,7 +10,15 @@ from typing import Any, TypeVar
 import httpx
 from provisioning import Configured, provision
 
-__all__ = ["HOLD", "UNAUTHORIZED", "msg", "post_batch", "single", "start_with_devices"]
+__all__ = [
+    "HOLD",
+    "UNAUTHORIZED",
+    "batch_head",
+    "msg",
+    "post_batch",
+    "single",
+    "start_with_devices",
+]
 
 G = TypeVar("G", bound=Configured)
 
@@ -62,3 +70,12 @@ def single(
         body = {"site_id": "s1", "metrics": {"temp": 20.0}}
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return client.post(f"/ingest/v1/tenant/{path}", content=content, headers=headers)
+
+
+def batch_head(content_length: int | None = None, *extra: str) -> bytes:
+    """The raw head of a batch request, with these extra header lines (for tests below HTTP
+    clients: the connection limits)."""
+    lines = ["POST /ingest/v1/batch HTTP/1.1", "Host: tidegate", *extra]
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

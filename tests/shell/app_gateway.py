@@ -8,6 +8,7 @@ same `client()`, `stats()`, `metrics()`, `env` and `data_dir` as tests/e2e/gatew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine
@@ -20,7 +21,7 @@ from tidegate.config import Config
 from tidegate.http.app import create_app
 from tidegate.http.gateway import Gateway
 
-__all__ = ["AppGateway"]
+__all__ = ["AppGateway", "started"]
 
 T = TypeVar("T")
 BASE_URL = "http://gateway.test"
@@ -100,6 +101,17 @@ class _Lifespan:
         await self._step("shutdown")
         assert self._task is not None
         await self._task
+
+
+@contextlib.asynccontextmanager
+async def started(app: ASGIApp) -> AsyncIterator[None]:
+    """`app` between its lifespan's start-up and shutdown, on the running loop."""
+    lifespan = _Lifespan(app)
+    await lifespan.startup()
+    try:
+        yield
+    finally:
+        await lifespan.shutdown()
 
 
 class AppGateway:
