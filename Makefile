@@ -1,12 +1,13 @@
 # Two entry points do everything on a fresh machine (as root, package registries only):
 #   make run   — build the core and run the gateway on embedded defaults
 #   make test  — install the test services, then cargo test + the whole pytest suite
+#   make test-fast — the core and shell tiers only (no services, no processes), while editing
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: run run-nats test build services lint bench load clean fuzz-rust
+.PHONY: run run-nats test test-fast build services lint bench load clean fuzz-rust
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,7 +16,8 @@ $(STAMP): pyproject.toml
 
 # maturin develop builds the extension in release mode and installs the package, linked to
 # python/, with its runtime and dev dependencies into the venv. `test-panic` adds
-# `_core._test_panic` for tests/test_panic.py; the release wheel (.ci/run) is built without it.
+# `_core._test_panic` for tests/shell/test_panic.py; the release wheel (.ci/run) is built
+# without it.
 build: $(STAMP)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
 
@@ -35,6 +37,11 @@ services:
 test: build services
 	cargo test -q
 	$(VENV)/bin/pytest -q
+
+# tests/core (the compiled core and the twin) and tests/shell (the app in process on SQLite):
+# no services, no processes, seconds. tests/e2e runs real processes and services (`make test`).
+test-fast: build
+	$(VENV)/bin/pytest -q tests/core tests/shell
 
 lint: build
 	cargo fmt --check
