@@ -1,12 +1,33 @@
-"""Shell-tier fixtures: the gateway app in process on SQLite (app_gateway.py)."""
+"""Shell-tier fixtures: the gateway app in process on SQLite (app_gateway.py), and no network:
+a test of this tier that connects or listens on an IP socket fails (its place is tests/e2e)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from app_gateway import AppGateway
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """IP sockets may not connect or bind (socket pairs, as the event loop's, still work)."""
+
+    def refuse(name: str) -> Callable[..., Any]:
+        real = getattr(socket.socket, name)
+
+        def guarded(self: socket.socket, *args: Any) -> Any:
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                raise AssertionError(f"the shell tier opens no network socket ({name} {args})")
+            return real(self, *args)
+
+        return guarded
+
+    for name in ("bind", "connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse(name))
 
 
 @pytest.fixture
