@@ -4,7 +4,7 @@ in process and end to end: tenants t1 and t2 with API keys and devices, and thei
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -21,7 +21,7 @@ KEY_T1 = "key-of-t1"
 KEY_T2 = "key-of-t2"
 
 
-def add_tenant(env: dict[str, str], tenant: str, key: str) -> None:
+def add_tenant(env: Mapping[str, str], tenant: str, key: str) -> None:
     """Create a tenant with a given API key in the registry of `env`."""
 
     async def run() -> None:

@@ -85,7 +85,7 @@ class _Lifespan:
         self._app = app
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[None] | None = None
 
     async def _step(self, event: str) -> None:
         await self._to_app.put({"type": f"lifespan.{event}"})
@@ -94,7 +94,7 @@ class _Lifespan:
 
     async def startup(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        self._task = asyncio.create_task(self._app(scope, self._to_app.get, self._from_app.put))
+        self._task = asyncio.ensure_future(self._app(scope, self._to_app.get, self._from_app.put))
         await self._step("startup")
 
     async def shutdown(self) -> None:

@@ -104,7 +104,7 @@ def test_a_head_arriving_in_reads_is_cut_at_the_cap_plus_one_read(tmp_path: Path
             def __getattr__(self, name: str) -> Any:
                 return getattr(parser, name)
 
-        conn.protocol.parser = Counted()
+        conn.protocol.parser = Counted()  # type: ignore[assignment]
         await conn.send(b"POST /ingest/v1/batch HTTP/1.1\r\nX-Huge: ")
         for _ in range(143):
             await conn.send(b"a" * MIB)
