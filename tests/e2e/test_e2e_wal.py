@@ -24,7 +24,7 @@ from shelly_calls import KEY, MINUTE, four, post
 from test_e2e_influx import BASE_NS, d1_telemetry, drained, influx_env, iso_ns, new_tenant
 
 Start = Callable[..., GatewayProcess]
-RECORD = struct.Struct("<4sII")  # magic, length, crc32c; see rust/src/wal.rs
+RECORD = struct.Struct("<4sII")  # magic, length, crc32c; see rust/src/wal/record.rs
 
 
 def wal_env(**extra: str) -> dict[str, str]:
