@@ -13,12 +13,23 @@ from provisioning import Configured, provision
 from tidegate.config import Config
 from tidegate.store import open_registry
 
-__all__ = ["KEY_T1", "KEY_T2", "add_tenant", "admin", "auth", "get", "ingest", "start"]
+__all__ = [
+    "KEY_T1",
+    "KEY_T2",
+    "UNAUTHORIZED",
+    "add_tenant",
+    "admin",
+    "auth",
+    "get",
+    "ingest",
+    "start",
+]
 
 G = TypeVar("G", bound=Configured)
 
 KEY_T1 = "key-of-t1"
 KEY_T2 = "key-of-t2"
+UNAUTHORIZED = {"detail": "a valid tenant API key is required: Authorization: Bearer <key>"}
 
 
 def add_tenant(env: Mapping[str, str], tenant: str, key: str) -> None:

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 from app_gateway import AppGateway
-from tenant_api_calls import KEY_T1, KEY_T2, admin, auth, get, ingest, start
+from tenant_api_calls import KEY_T1, KEY_T2, UNAUTHORIZED, admin, auth, get, ingest, start
 
 Start = Callable[..., AppGateway]
 
-UNAUTHORIZED = {"detail": "a valid tenant API key is required: Authorization: Bearer <key>"}
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ISO_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 
