@@ -20,7 +20,7 @@ from tidegate.config import Config
 from tidegate.store import open_registry
 from tidegate.store.registry import Device
 
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 # Variables of the outer environment that would change what the CLI under test does.
 _OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_")
 
