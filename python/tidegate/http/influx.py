@@ -23,26 +23,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from tidegate import __version__
-from tidegate._core import (
-    BUFFER_FULL,
-    RATE_LIMITED,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    valid_id,
-    valid_tenant,
+from tidegate._core import BUFFER_FULL, UNAUTHORIZED, UNAVAILABLE, valid_id, valid_tenant
+from tidegate.answers import (
+    ANSWERS,
+    BODY_INVALID,
+    WAL_FULL,
+    WAL_UNAVAILABLE,
+    Refusal,
+    batch_answer,
+    detail,
 )
 from tidegate.durable import Refused
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import route, utf8_header
 from tidegate.http.gateway import Gateway
-from tidegate.http.ingest import retry_headers
-from tidegate.http.retry import DB_RETRY_AFTER
 from tidegate.serving import JSON
 from tidegate.store import db_down
 
@@ -67,7 +66,8 @@ CODES = {
     429: "too many requests",
     503: "unavailable",
 }
-UNAUTHORIZED_MESSAGE = "a valid device credential or tenant key is required"
+# UNAUTHORIZED's detail names what the device presents.
+CREDENTIAL = "credential ({device_id}:{token}) or tenant key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ async def ping(request: Request) -> Response:
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """InfluxDB's error body."""
-    body = orjson.dumps({"code": CODES[status], "message": message})
+    body = orjson.dumps({"code": CODES.get(status, "internal error"), "message": message})
     return Response(body, status, {VERSION_HEADER: VERSION, **(headers or {})}, JSON)
 
 
@@ -177,22 +177,35 @@ class Influx:
         """Any of the three: InfluxDB's answers for every outcome."""
         try:
             return await self._write(request, api)
-        except HTTPException as exc:
-            return error(exc.status_code, str(exc.detail))
+        except Refusal as exc:
+            return self.answer(exc.key, exc.detail)
         except self.core.BodyError as exc:
-            return error(400, exc.detail)
+            return self.answer(BODY_INVALID, exc.detail)
         except Refused as exc:
-            return error(503, exc.detail, {"Retry-After": self.gw.buffer_retry_after})
+            return self.answer(
+                WAL_FULL if exc.reason == BUFFER_FULL else WAL_UNAVAILABLE, exc.detail
+            )
+
+    def answer(
+        self, key: str, message: str, rate_limit_s: float = 0.0, status: int | None = None
+    ) -> Response:
+        """The answer table's `key` (its status, unless `status`, and Retry-After) in
+        InfluxDB's shape, saying `message`."""
+        spec = ANSWERS[key]
+        flush_s = self.cfg.influx_flush_interval_ms / 1000
+        retry = spec.retry_after(flush_s, rate_limit_s)
+        return error(status or spec.status, message, {"Retry-After": retry} if retry else None)
 
     async def _write(self, request: Request, api: Api) -> Response:
         cfg = self.cfg
         params = request.query_params
         tenant = params.get(api.db_param)
         if not tenant:
-            return error(400, f"{api.db_param} is required")
+            return self.answer(BODY_INVALID, f"{api.db_param} is required")
         precision = params.get("precision") or "ns"
         if precision not in api.precisions:
-            return error(400, f"precision must be one of {', '.join(api.precisions)}")
+            message = f"precision must be one of {', '.join(api.precisions)}"
+            return self.answer(BODY_INVALID, message)
         cred = credential(request, api)
         if cred is None or not cred.secret or not valid_tenant(tenant):
             return self._unauthorized()
@@ -218,7 +231,8 @@ class Influx:
                 return self._unauthorized()
             if owner != tenant:
                 pipeline.refuse(UNAUTHORIZED)
-                return error(403, f"the key does not write to {api.db_param} {tenant!r}")
+                message = f"the key does not write to {api.db_param} {tenant!r}"
+                return self.answer(UNAUTHORIZED, message, status=403)
             devices = self.core.line_devices(body, cfg.max_payload_bytes)
             sites = await self._sites_of(tenant, devices)
             if sites is None:
@@ -232,30 +246,30 @@ class Influx:
         return self._refused(batch, accepted, rejected, cred.device is not None)
 
     def _refused(self, batch: Batch, accepted: int, rejected: int, device: bool) -> Response:
-        """Some lines were refused: 429/503 when all were and a retry as is may pass, 401 when
-        a device's own credential was refused, else InfluxDB's partial write (400)."""
-        reasons = dict(batch.reason_counts())
-        headers = retry_headers(self.cfg, batch, reasons)
-        if not accepted:
-            unavailable = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
-            limited = reasons.get(RATE_LIMITED, 0)
-            if unavailable + limited == rejected:
-                if unavailable:
-                    return error(503, "ingest is unavailable; retry later", headers)
-                return error(429, "rate limit exceeded; retry later", headers)
-            if device and reasons.get(UNAUTHORIZED, 0) == rejected:
-                return error(401, UNAUTHORIZED_MESSAGE)
-        return error(400, partial_write(batch), headers)
+        """Some lines were refused. None accepted and every refusal retryable as is: the batch
+        route's status (503 before 429) and Retry-After; a device's own credential refused:
+        401; else InfluxDB's partial write (400, the accepted lines kept), with Retry-After when
+        some refusals may pass later."""
+        counts = batch.reason_counts()
+        flush_s = self.cfg.influx_flush_interval_ms / 1000
+        status, retry = batch_answer(accepted, counts, flush_s, batch.retry_after)
+        headers = {"Retry-After": retry} if retry else None
+        if status in (429, 503):
+            return error(
+                status, "lines refused for now; retry later: " + refused_lines(batch), headers
+            )
+        if not accepted and device and dict(counts).get(UNAUTHORIZED, 0) == rejected:
+            return self._unauthorized(count=False)
+        return error(400, "partial write: " + refused_lines(batch), headers)
 
-    def _unauthorized(self) -> Response:
-        self.gw.pipeline.refuse(UNAUTHORIZED)
-        return error(401, UNAUTHORIZED_MESSAGE)
+    def _unauthorized(self, count: bool = True) -> Response:
+        if count:
+            self.gw.pipeline.refuse(UNAUTHORIZED)
+        return self.answer(UNAUTHORIZED, detail(UNAUTHORIZED, credential=CREDENTIAL))
 
     def _unavailable(self) -> Response:
         self.gw.pipeline.refuse(UNAVAILABLE)
-        return error(
-            503, "the device registry is unavailable; retry later", {"Retry-After": DB_RETRY_AFTER}
-        )
+        return self.answer(UNAVAILABLE, detail(UNAVAILABLE))
 
     async def _sites_of(self, tenant: str, devices: list[str]) -> dict[str, str] | None:
         """device -> site of the active ones among `devices`; None when the registry cannot
@@ -269,8 +283,8 @@ class Influx:
             raise
 
 
-def partial_write(batch: Batch) -> str:
-    """`partial write: line N: REASON (detail); …` naming every refused line."""
+def refused_lines(batch: Batch) -> str:
+    """`line N: REASON (detail); …` naming every refused line."""
     numbers = batch.line_numbers()
     details = dict(batch.details())
     parts = []
@@ -280,4 +294,4 @@ def partial_write(batch: Batch) -> str:
         detail = details.get(index)
         part = f"line {numbers[index]}: {reason}"
         parts.append(f"{part} ({detail})" if detail else part)
-    return "partial write: " + "; ".join(parts)
+    return "; ".join(parts)
