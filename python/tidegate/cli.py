@@ -20,17 +20,16 @@ from typing import Any, TypeVar
 import asyncpg
 
 from tidegate import __version__, logs
-from tidegate.config import (
-    INFLUX_APIS,
-    MODES,
-    Config,
-    ConfigError,
+from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError
+from tidegate.ids import check_device, check_id, check_tenant, check_token
+from tidegate.setting import (
+    declared,
     parse_log_level,
     parse_port,
     positive_float,
     positive_int,
+    shown,
 )
-from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
@@ -276,19 +275,11 @@ _SERVE_FLAGS = {
 
 
 def _variables_help() -> str:
-    rows = [(name, _shown(default)) for name, default in Config.variables()]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
-    return "environment variables (default):\n" + "\n".join(lines)
-
-
-def _shown(default: object) -> str:
-    """A default as one would set the variable."""
-    if default is None:
-        return "(unset)"
-    if isinstance(default, bool):
-        return str(int(default))
-    return str(default)
+    rows = [(d.var, shown(d.default), d.doc) for d in declared(Config)]
+    name_w = max(len(name) for name, _, _ in rows)
+    default_w = max(len(default) for _, default, _ in rows)
+    lines = [f"  {n:<{name_w}}  {d:<{default_w}}  {doc}" for n, d, doc in rows]
+    return "environment variables (default, meaning):\n" + "\n".join(lines)
 
 
 def _print(obj: dict[str, object]) -> None:

@@ -1,0 +1,46 @@
+"""Each setting is declared once; docs/configuration.md and `serve --help` come from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tidegate.config import Config, markdown
+from tidegate.nats.settings import NatsSettings
+from tidegate.setting import declared
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def test_docs_configuration_md_is_what_the_declarations_produce() -> None:
+    assert DOC.read_text() == markdown(), (
+        "docs/configuration.md is out of date; regenerate it with "
+        "`PYTHONPATH=python python -m tidegate.config > docs/configuration.md`"
+    )
+
+
+def test_every_field_is_a_declared_setting_with_a_doc() -> None:
+    settings = list(declared(Config))
+    fields = [f for cls in (Config, NatsSettings) for f in dataclasses.fields(cls)]
+    assert len(settings) == len(fields) - 1  # `nats` is the section, not a setting
+    assert all(s.doc and s.var.isupper() for s in settings)
+    assert len({s.var for s in settings}) == len(settings)
+
+
+def test_every_variable_is_in_the_doc_with_its_default() -> None:
+    doc = DOC.read_text()
+    rows = {
+        line.split(" | ")[0][3:-1]: line.split(" | ")[1]
+        for line in doc.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows.keys() == {name for name, _ in Config.variables()}
+    assert (rows["TIDEGATE_PORT"], rows["DATABASE_URL"]) == ("`8080`", "(unset)")
+    assert rows["TIDEGATE_INFLUX_CREATE_DB"] == "`1`"
+    assert rows["NATS_URL"] == "`nats://127.0.0.1:4222`"
+
+
+def test_a_derived_default_is_the_declared_default_when_nothing_is_set() -> None:
+    cfg = Config.from_env({})
+    assert (cfg.buffer_tenant_max_bytes, cfg.durability) == (16 << 20, "wal")
+    assert Config.from_env({"TIDEGATE_BUFFER_MAX_BYTES": "400"}).buffer_tenant_max_bytes == 100
