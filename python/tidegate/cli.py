@@ -15,6 +15,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -176,17 +177,28 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="tidegate",
-        description="HTTP telemetry ingest gateway. Configuration comes from the environment.",
+        description="HTTP telemetry ingest gateway. Configuration comes from the environment "
+        "(and --config FILE).",
     )
     parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command that reads the configuration takes the file.
+    config_file = argparse.ArgumentParser(add_help=False)
+    config_file.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings, keyed by variable name (the environment overrides it)",
+    )
 
     serve = commands.add_parser(
         "serve",
         help="run the gateway (migrates first)",
-        description="Run the gateway (migrates first). Flags override the environment.",
+        description="Run the gateway (migrates first). Flags override the environment, which "
+        "overrides the --config file.",
         epilog=_variables_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[config_file],
     )
     serve.add_argument("--host", type=_secret_arg, help="listen address (TIDEGATE_HOST)")
     serve.add_argument("--port", type=_arg(parse_port), help="listen port (TIDEGATE_PORT)")
@@ -201,16 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", choices=MODES, help="direct|nats (TIDEGATE_MODE)")
     serve.set_defaults(process=_serve)
     commands.add_parser(
-        "worker", help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)"
+        "worker",
+        help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)",
+        parents=[config_file],
     ).set_defaults(process=_worker)
-    commands.add_parser("migrate", help="create or update the registry schema").set_defaults(
-        run=_migrate
-    )
+    commands.add_parser(
+        "migrate", help="create or update the registry schema", parents=[config_file]
+    ).set_defaults(run=_migrate)
 
     tenant = commands.add_parser("tenant", help="tenant admin").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    tenant_add = tenant.add_parser("add", help="create a tenant and print its API key")
+    tenant_add = tenant.add_parser(
+        "add", help="create a tenant and print its API key", parents=[config_file]
+    )
     tenant_add.add_argument("--tenant", required=True, type=_tenant_arg)
     tenant_add.add_argument("--api-key", type=_secret_arg, help="default: a random 256-bit key")
     tenant_add.set_defaults(run=_tenant_add)
@@ -218,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     device = commands.add_parser("device", help="device admin").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    device_add = device.add_parser("add", help="register a device and print its token")
+    device_add = device.add_parser(
+        "add", help="register a device and print its token", parents=[config_file]
+    )
     device_add.add_argument("--tenant", required=True, type=_tenant_arg)
     device_add.add_argument("--device", required=True, type=_device_arg)
     device_add.add_argument("--site", required=True, type=_site_arg)
@@ -229,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add.set_defaults(run=_device_add)
 
-    device_update = device.add_parser("update", help="change a device's site or rate limit")
+    device_update = device.add_parser(
+        "update", help="change a device's site or rate limit", parents=[config_file]
+    )
     device_update.add_argument("--tenant", required=True, type=_tenant_arg)
     device_update.add_argument("--device", required=True, type=_any_device_arg)
     device_update.add_argument("--site", type=_site_arg)
@@ -237,22 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
     device_update.add_argument("--burst", type=_arg(positive_int), help="bucket size")
     device_update.set_defaults(run=_device_update)
 
-    device_rotate = device.add_parser("rotate-token", help="give a device a new token")
+    device_rotate = device.add_parser(
+        "rotate-token", help="give a device a new token", parents=[config_file]
+    )
     device_rotate.add_argument("--tenant", required=True, type=_tenant_arg)
     device_rotate.add_argument("--device", required=True, type=_any_device_arg)
     device_rotate.add_argument("--token", type=_arg(check_token), help="default: a random token")
     device_rotate.set_defaults(run=_device_rotate)
 
-    device_revoke = device.add_parser("revoke", help="revoke a device's token")
+    device_revoke = device.add_parser(
+        "revoke", help="revoke a device's token", parents=[config_file]
+    )
     device_revoke.add_argument("--tenant", required=True, type=_tenant_arg)
     device_revoke.add_argument("--device", required=True, type=_any_device_arg)
     device_revoke.set_defaults(run=_device_revoke)
 
-    device_list = device.add_parser("list", help="list a tenant's devices (no tokens)")
+    device_list = device.add_parser(
+        "list", help="list a tenant's devices (no tokens)", parents=[config_file]
+    )
     device_list.add_argument("--tenant", required=True, type=_tenant_arg)
     device_list.set_defaults(run=_device_list)
 
-    replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
+    replay = commands.add_parser(
+        "replay", help="send embedded-sink LP files to an InfluxDB", parents=[config_file]
+    )
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
     replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
     replay.add_argument(
@@ -295,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = {var: getattr(args, flag) for flag, var in _SERVE_FLAGS.items()}
         overrides = {var: str(value) for var, value in given.items() if value is not None}
     try:
-        cfg = Config.from_env(overrides=overrides)
+        cfg = Config.from_env(overrides=overrides, file=args.config)
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)
