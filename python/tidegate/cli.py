@@ -1,8 +1,10 @@
 """The `tidegate` command: serve, migrate, tenant and device admin, replay.
 
-Each command prints one JSON object on stdout. Exit status: 0 done, 1 refused or failed
-(`{"error": ...}`), 2 bad arguments or configuration (message on stderr). The device commands
-run the same operations as `POST /api/v1/batch/devices` (`store.devices`).
+Each command prints one JSON object on stdout; `serve` and `worker` log JSON lines on stderr.
+Exit status (`EXIT_HELP`, also shown by `tidegate --help`): 0 done, 1 refused or failed
+(`{"error": ...}`), 2 bad arguments or configuration (message on stderr), 3 `serve`/`worker`
+could not start (one `start_failed` log line naming what failed and where). The device
+commands run the same operations as `POST /api/v1/batch/devices` (`store.devices`).
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ import argparse
 import asyncio
 import functools
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, logs
+from tidegate import __version__, logs, startup
 from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError
 from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.setting import (
@@ -31,6 +34,7 @@ from tidegate.setting import (
     positive_int,
     shown,
 )
+from tidegate.startup import EXIT_START_FAILED, StartupFailed
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
@@ -38,6 +42,12 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_HELP = f"""exit status:
+  {EXIT_OK}  done
+  {EXIT_FAILED}  refused or failed ({{"error": ...}} on stdout)
+  {EXIT_USAGE}  bad arguments or configuration (stderr names the flag, variable or file)
+  {EXIT_START_FAILED}  serve or worker could not start: one "start_failed" log line names what
+     failed and where (with its traceback at --log-level debug)"""
 
 Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, dict[str, object]]]
 
@@ -173,17 +183,57 @@ def _worker(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an unknown flag is named even when a required argument is missing too
+    (argparse reports the missing one: `tidegate --bogus` said "arguments are required")."""
+
+    _given: list[str]
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """Remember this parser's own arguments for `error`."""
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the message; unknown flags first."""
+        unknown = self._unknown_flags()
+        if unknown and message.startswith("the following arguments are required"):
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        super().error(message)
+
+    def _unknown_flags(self) -> list[str]:
+        known = self._option_string_actions
+        unknown = []
+        for arg in getattr(self, "_given", []):
+            if arg == "--":
+                break
+            flag = arg.split("=", 1)[0]
+            if not flag.startswith("-") or flag == "-" or _NUMBER.match(flag):
+                continue
+            # argparse takes an unambiguous prefix of a long flag (--dead for --dead-letters).
+            if flag not in known and not any(o.startswith(flag) for o in known if len(flag) > 2):
+                unknown.append(arg)
+        return unknown
+
+
+_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tidegate",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="HTTP telemetry ingest gateway. Configuration comes from the environment "
         "(and --config FILE).",
     )
     parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Every command that reads the configuration takes the file.
-    config_file = argparse.ArgumentParser(add_help=False)
+    config_file = _Parser(add_help=False)
     config_file.add_argument(
         "--config",
         type=Path,
@@ -329,7 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(cfg.log_level)
     if args.command in ("serve", "worker"):
         process: Callable[[Config, argparse.Namespace], int] = args.process
-        return process(cfg, args)
+        try:
+            return process(cfg, args)
+        except StartupFailed as exc:
+            startup.report(exc)
+            return EXIT_START_FAILED
     run: Command = args.run
     try:
         result = asyncio.run(run(cfg, args))

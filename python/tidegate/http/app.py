@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tidegate import logs
+from tidegate import logs, startup
 from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
 from tidegate.http.endpoint import Handler, http_error, json_response
@@ -77,14 +77,14 @@ def lifespan_of(
     start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     """A Starlette lifespan that runs `start`, serves, then `stop`; a failed start is logged as
-    one line saying what failed (uvicorn then logs the traceback and exits 3)."""
+    one line saying what failed and where (uvicorn then exits 3)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             await start()
         except Exception as exc:
-            logs.log("start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+            startup.report(exc)
             raise
         try:
             yield
@@ -180,9 +180,9 @@ def server_options(cfg: Config, graceful_s: int) -> dict[str, Any]:
 
 
 def serve(cfg: Config) -> None:
-    """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT. uvicorn exits 3 when
-    start-up fails; this raises SystemExit(1) when the shutdown lost lines (neither written
-    nor spilled)."""
+    """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT. Raises StartupFailed when a
+    listener cannot be bound; uvicorn exits 3 when the gateway's start fails; this raises
+    SystemExit(1) when the shutdown lost lines (neither written nor spilled)."""
     app = create_app(cfg)
     gw: Gateway = app.state.gateway
     # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
@@ -198,8 +198,9 @@ def serve(cfg: Config) -> None:
         lifespan="off",
         **common,
     )
-    # Bound before start-up: a port in use fails the start, not a running gateway.
-    ops_socket = ops_config.bind_socket()
+    # Both bound before start-up: a port in use fails the start, not a running gateway.
+    ops_socket = startup.listen(cfg.ops_host, cfg.ops_port, "ops")
+    public_socket = startup.listen(cfg.host, cfg.port, "public")
     uv_config = uvicorn.Config(
         app,
         host=cfg.host,
@@ -210,6 +211,6 @@ def serve(cfg: Config) -> None:
         **common,
     )
     server = _Server(uv_config, gw, _OpsServer(ops_config), ops_socket)
-    server.run()
+    server.run([public_socket])
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

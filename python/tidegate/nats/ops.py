@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidegate import startup
 from tidegate.config import Config
 from tidegate.http.app import SignalServer, lifespan_of, server_options
 from tidegate.http.endpoint import json_response
@@ -48,7 +49,8 @@ def create_app(worker: Worker) -> Starlette:
 
 
 def serve(cfg: Config) -> None:
-    """Run one worker until SIGTERM/SIGINT; the signal stops its fetching at once."""
+    """Run one worker until SIGTERM/SIGINT; the signal stops its fetching at once. Raises
+    StartupFailed when its listener cannot be bound."""
     worker = Worker(cfg)
     settings = cfg.nats
     uv_config = uvicorn.Config(
@@ -58,4 +60,5 @@ def serve(cfg: Config) -> None:
         lifespan="on",
         **server_options(cfg, 1),
     )
-    SignalServer(uv_config, worker.stop_fetching).run()
+    sock = startup.listen(settings.worker_host, settings.worker_port, "worker")
+    SignalServer(uv_config, worker.stop_fetching).run([sock])
