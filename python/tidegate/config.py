@@ -25,7 +25,6 @@ from tidegate.setting import (
     build,
     choice,
     declared,
-    named_choice,
     non_negative_float,
     parse_bool,
     parse_log_level,
@@ -91,7 +90,7 @@ class Config:
     core: str = setting(
         "TIDEGATE_CORE",
         "rust",
-        named_choice(CORES),
+        choice(CORES, named=True),
         "`rust` (the compiled core) or `python` (its pure-Python twin)",
     )
     influxdb_url: str | None = setting(
@@ -108,7 +107,10 @@ class Config:
         "INFLUXDB_ORG", None, text, "InfluxDB organisation (required with `INFLUX_API=v2`)"
     )
     influx_api: str = setting(
-        "INFLUX_API", "v3", named_choice(INFLUX_APIS), "InfluxDB write API: `v1`, `v2` or `v3`"
+        "INFLUX_API",
+        "v3",
+        choice(INFLUX_APIS, named=True),
+        "InfluxDB write API: `v1`, `v2` or `v3`",
     )
     influx_create_db: bool = setting(
         "TIDEGATE_INFLUX_CREATE_DB",
@@ -425,7 +427,7 @@ _PREAMBLE = """\
      run `python -m tidegate.config > docs/configuration.md` after changing a setting. -->
 
 tidegate reads its configuration once, at start, and stops with a message naming the variable
-when a value is invalid. Each setting below is an environment variable; `tidegate serve` and
+(exit status 2; `tidegate --help` lists them all) when a value is invalid. Each setting below is an environment variable; `tidegate serve` and
 `tidegate worker` (and the admin commands) also take `--config FILE`, a TOML file whose keys are
 the same names:
 

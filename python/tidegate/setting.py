@@ -117,24 +117,17 @@ def non_negative_float(raw: str) -> float:
     return value
 
 
-def choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    """A parser accepting exactly one of `choices`."""
+def choice(choices: tuple[str, ...], *, named: bool = False) -> Callable[[str], str]:
+    """A parser accepting exactly one of `choices`; `named`: its refusal follows the variable's
+    name ("X must be one of a, b, not 'c'")."""
+    allowed = ", ".join(choices)
 
     def parse(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return raw
-
-    return parse
-
-
-def named_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    """As `choice`, its refusal worded "X must be one of a, b, not 'c'"."""
-
-    def parse(raw: str) -> str:
-        if raw not in choices:
-            raise Refusal(f"must be one of {', '.join(choices)}, not {raw!r}")
-        return raw
+        if raw in choices:
+            return raw
+        if named:
+            raise Refusal(f"must be one of {allowed}, not {raw!r}")
+        raise ValueError(f"must be one of {allowed}")
 
     return parse
 
