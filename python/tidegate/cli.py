@@ -189,6 +189,7 @@ class _Parser(argparse.ArgumentParser):
 
     _given: list[str]
 
+    # One signature for argparse's three overloads (it is called with and without a namespace).
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> tuple[Any, list[str]]:
