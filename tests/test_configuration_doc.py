@@ -44,3 +44,15 @@ def test_a_derived_default_is_the_declared_default_when_nothing_is_set() -> None
     cfg = Config.from_env({})
     assert (cfg.buffer_tenant_max_bytes, cfg.durability) == (16 << 20, "wal")
     assert Config.from_env({"TIDEGATE_BUFFER_MAX_BYTES": "400"}).buffer_tenant_max_bytes == 100
+
+
+def test_the_docs_example_file_is_a_valid_configuration(tmp_path: Path) -> None:
+    example = DOC.read_text().split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "tidegate.toml"
+    path.write_text(example)
+    cfg = Config.from_env({}, file=path)
+    assert (cfg.port, cfg.data_dir, cfg.influx_create_db) == (
+        8090,
+        Path("/var/lib/tidegate"),
+        False,
+    )

@@ -34,7 +34,6 @@ from tidegate.setting import (
     positive_int,
     shown,
 )
-from tidegate.startup import EXIT_START_FAILED, StartupFailed
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
@@ -46,8 +45,8 @@ EXIT_HELP = f"""exit status:
   {EXIT_OK}  done
   {EXIT_FAILED}  refused or failed ({{"error": ...}} on stdout)
   {EXIT_USAGE}  bad arguments or configuration (stderr names the flag, variable or file)
-  {EXIT_START_FAILED}  serve or worker could not start: one "start_failed" log line names what
-     failed and where (with its traceback at --log-level debug)"""
+  {startup.EXIT_START_FAILED}  serve or worker could not start: one "start_failed" log line
+     names what failed and where (with its traceback at --log-level debug)"""
 
 Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, dict[str, object]]]
 
@@ -382,9 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         process: Callable[[Config, argparse.Namespace], int] = args.process
         try:
             return process(cfg, args)
-        except StartupFailed as exc:
+        except startup.StartupFailed as exc:
             startup.report(exc)
-            return EXIT_START_FAILED
+            return startup.EXIT_START_FAILED
     run: Command = args.run
     try:
         result = asyncio.run(run(cfg, args))

@@ -427,9 +427,9 @@ _PREAMBLE = """\
      run `python -m tidegate.config > docs/configuration.md` after changing a setting. -->
 
 tidegate reads its configuration once, at start, and stops with a message naming the variable
-(exit status 2; `tidegate --help` lists them all) when a value is invalid. Each setting below is an environment variable; `tidegate serve` and
-`tidegate worker` (and the admin commands) also take `--config FILE`, a TOML file whose keys are
-the same names:
+(exit status 2; `tidegate --help` lists them all) when a value is invalid. Each setting below is
+an environment variable; `tidegate serve` and `tidegate worker` (and the admin commands) also
+take `--config FILE`, a TOML file whose keys are the same names:
 
 ```toml
 TIDEGATE_PORT = 8090
