@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn.config
-from services import free_port
+from services import PostgresCluster, free_port
 from tidegate.startup import EXIT_START_FAILED
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
@@ -77,6 +77,16 @@ def test_an_unreachable_registry_is_one_line_naming_its_address(
     done = run(tmp_path, command, DATABASE_URL=url)
     assert the_failure(done) == f"registry unreachable at 127.0.0.1:{port}: connection refused"
     assert "hunter2" not in done.stderr
+
+
+def test_a_registry_that_refuses_is_one_line_naming_its_address_and_why(
+    tmp_path: Path, postgres: PostgresCluster
+) -> None:
+    url = postgres.url("no_such_database")
+    where = url.split("@", 1)[1].split("/", 1)[0]
+    assert the_failure(run(tmp_path, "serve", DATABASE_URL=url)) == (
+        f'registry at {where} refused: database "no_such_database" does not exist'
+    )
 
 
 def test_with_debug_logging_the_failed_start_carries_its_traceback(tmp_path: Path) -> None:
