@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+from tidegate.cli import main
 from tidegate.config import Config, markdown
 from tidegate.nats.settings import NatsSettings
 from tidegate.setting import declared
@@ -56,3 +58,19 @@ def test_the_docs_example_file_is_a_valid_configuration(tmp_path: Path) -> None:
         Path("/var/lib/tidegate"),
         False,
     )
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_help_lists_every_variable_with_its_default_and_meaning(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    listed = capsys.readouterr().out.split("(default, meaning):\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed] == [name for name, _ in Config.variables()]
+    row = next(line.split(maxsplit=2) for line in listed if "NATS_ACK_WAIT_S" in line)
+    assert row[1:] == [
+        "30.0",
+        "consumer AckWait (held messages get in-progress acks every third of it)",
+    ]

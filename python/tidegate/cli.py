@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker",
         help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)",
+        description="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files). The "
+        "environment overrides the --config file.",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[config_file],
     ).set_defaults(process=_worker)
     commands.add_parser(
