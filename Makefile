@@ -10,7 +10,7 @@ STAMP := $(VENV)/.deps-stamp
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2'
+	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2' ziglang
 	touch $(STAMP)
 
 # maturin develop builds the extension in release mode and installs the package, linked to
@@ -48,10 +48,48 @@ lint: build
 bench: build services
 	$(VENV)/bin/pytest benches --benchmark-enable --benchmark-only -q
 
+# Regression runs (docs/benchmarks.md): `bench-save` stores a baseline of the core and Shelly
+# benches in pytest-benchmark's storage; `bench-compare` runs them again and fails when a median
+# is more than BENCH_THRESHOLD % slower than the latest baseline. Warm-up, GC off, at least
+# BENCH_ROUNDS rounds and the process's CPU time as the core's timer (other processes on the
+# shared cores then barely move it; bench_shelly keeps the wall clock: its time is PostgreSQL's)
+# keep the medians steady; the threshold comes from the run-to-run spread measured in
+# docs/benchmarks.md. Left out: the memory bench (one round of RSS, not a timing) and the seed's
+# per-row Shelly loop (no tidegate code: the reference of bench_shelly's speed-up figure).
+BENCH_THRESHOLD ?= 25
+BENCH_ROUNDS ?= 15
+BENCH_STORAGE ?= .benchmarks
+# Empty: the latest saved run; else a stored run's number, e.g. 0001.
+BENCH_BASELINE ?=
+BENCH_RUN = $(VENV)/bin/pytest benches/bench_core.py benches/bench_shelly.py -k 'not memory and not row_loop' -q \
+	--benchmark-enable --benchmark-only --benchmark-storage=file://$(BENCH_STORAGE) \
+	--benchmark-timer=time.process_time --benchmark-disable-gc --benchmark-warmup=on \
+	--benchmark-warmup-iterations=3 --benchmark-min-rounds=$(BENCH_ROUNDS) --benchmark-max-time=2 \
+	--benchmark-columns=min,median,iqr,rounds
+
+.PHONY: bench-save bench-compare
+bench-save: build services
+	$(BENCH_RUN) --benchmark-save=baseline
+
+bench-compare: build services
+	$(BENCH_RUN) --benchmark-compare$(if $(BENCH_BASELINE),=$(BENCH_BASELINE)) \
+		--benchmark-compare-fail=median:$(BENCH_THRESHOLD)%
+
 # End-to-end load: one gateway process under wrk, Rust core vs the twin (see README).
 load: build services
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
+
+# What a package index accepts, into target/wheels/: an abi3 wheel tagged manylinux2014
+# (manylinux_2_17; zig links it against glibc 2.17's symbols, so no manylinux container is
+# needed; ziglang comes from PyPI with maturin) and the sdist (`pip install` of it compiles the
+# core with cargo). Both without the `test-panic` feature. .ci/run checks and installs both.
+.PHONY: wheels
+wheels: $(STAMP)
+	rm -rf target/wheels
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release -q --zig \
+		--compatibility manylinux2014 -i $(PY) --out target/wheels
+	$(VENV)/bin/maturin sdist --out target/wheels
 
 clean:
 	rm -rf $(VENV) target
