@@ -241,14 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML file of settings, keyed by variable name (the environment overrides it)",
     )
 
+    # serve and worker: their help lists every variable.
+    long_running: dict[str, Any] = {
+        "epilog": _variables_help(),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+        "parents": [config_file],
+    }
     serve = commands.add_parser(
         "serve",
         help="run the gateway (migrates first)",
         description="Run the gateway (migrates first). Flags override the environment, which "
         "overrides the --config file.",
-        epilog=_variables_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[config_file],
+        **long_running,
     )
     serve.add_argument("--host", type=_secret_arg, help="listen address (TIDEGATE_HOST)")
     serve.add_argument("--port", type=_arg(parse_port), help="listen port (TIDEGATE_PORT)")
@@ -267,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)",
         description="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files). The "
         "environment overrides the --config file.",
-        epilog=_variables_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[config_file],
+        **long_running,
     ).set_defaults(process=_worker)
     commands.add_parser(
         "migrate", help="create or update the registry schema", parents=[config_file]
