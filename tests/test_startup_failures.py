@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import uvicorn.config
 from services import PostgresCluster, free_port
+from tidegate import logs
 from tidegate.startup import EXIT_START_FAILED
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
@@ -148,3 +150,33 @@ def test_help_lists_the_exit_statuses(tmp_path: Path) -> None:
     assert done.returncode == 0
     statuses = done.stdout.split("exit status:\n", 1)[1].splitlines()
     assert [line.split()[0] for line in statuses if line[2:3].isdigit()] == ["0", "1", "2", "3"]
+
+
+def uvicorn_says(handler: logging.Handler, level: int, text: str) -> None:
+    """One record as uvicorn's lifespan logs it."""
+    handler.handle(logging.LogRecord("uvicorn.error", level, __file__, 1, text, None, None))
+
+
+@pytest.mark.parametrize(("level", "dropped"), [("info", True), ("debug", False)])
+def test_uvicorns_echo_of_a_failed_start_is_dropped_unless_debugging(
+    capsys: pytest.CaptureFixture[str], level: str, dropped: bool
+) -> None:
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:])
+    try:
+        logs.configure(level)
+        handler = root.handlers[0]
+        uvicorn_says(handler, logging.ERROR, "Traceback (most recent call last):\n  ...")
+        uvicorn_says(handler, logging.ERROR, "Application startup failed. Exiting.")
+        uvicorn_says(handler, logging.ERROR, "Exception in ASGI application")
+        events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+        echo = ["Traceback (most recent call last):\n  ...", "Application startup failed. Exiting."]
+        assert events == ([] if dropped else echo) + ["Exception in ASGI application"]
+        # Once started, a failed stop keeps its traceback.
+        uvicorn_says(handler, logging.INFO, "Application startup complete.")
+        uvicorn_says(handler, logging.ERROR, "Traceback (most recent call last):\n  stop")
+        events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+        assert events[-1] == "Traceback (most recent call last):\n  stop"
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
