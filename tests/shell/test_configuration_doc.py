@@ -11,7 +11,7 @@ from tidegate.config import Config, markdown
 from tidegate.nats.settings import NatsSettings
 from tidegate.setting import declared
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_docs_configuration_md_is_what_the_declarations_produce() -> None:
