@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,8 @@ def run_until_healthy(env: dict[str, str], urls: list[str], *args: str) -> str:
     )
     try:
         for url in urls:
-            assert poll(lambda u=url: healthy(u, proc), lambda code: code == 200, wait_s=30) == 200
+            answer = functools.partial(healthy, url, proc)
+            assert poll(answer, lambda code: code == 200, wait_s=30) == 200
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode()
