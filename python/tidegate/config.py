@@ -440,6 +440,8 @@ INFLUX_RETRY_BASE_S = 0.5
 
 Values may be TOML strings, integers, floats or booleans; they are read as if the same text
 were in the environment. A key that is not a setting stops start-up, naming it and the file.
+The file may hold credentials (`DATABASE_URL`, `INFLUXDB_TOKEN`, `INGEST_API_KEY`, `NATS_URL`):
+make it readable by tidegate's user only. Error messages never echo those values.
 Each setting is taken from, first to last: the command's flags (`tidegate serve --help` lists
 them, and the variables with their defaults), the environment, the file, the default. An empty
 value counts as unset.
