@@ -409,7 +409,8 @@ def _as_text(file: Path, key: str, value: object) -> str:
 
 def markdown() -> str:
     """docs/configuration.md, from the declarations."""
-    out = [_PREAMBLE]
+    secrets = ", ".join(f"`{d.var}`" for d in declared(Config) if d.secret)
+    out = [_PREAMBLE.format(secrets=secrets)]
     for title, cls in (("Gateway", Config), ("NATS mode", NatsSettings)):
         out.append(f"\n## {title}\n\n| variable | default | meaning |\n|---|---|---|\n")
         for d in declared(cls, sections=False):
@@ -440,7 +441,7 @@ INFLUX_RETRY_BASE_S = 0.5
 
 Values may be TOML strings, integers, floats or booleans; they are read as if the same text
 were in the environment. A key that is not a setting stops start-up, naming it and the file.
-The file may hold credentials (`DATABASE_URL`, `INFLUXDB_TOKEN`, `INGEST_API_KEY`, `NATS_URL`):
+The file may hold credentials ({secrets}):
 make it readable by tidegate's user only. Error messages never echo those values.
 Each setting is taken from, first to last: the command's flags (`tidegate serve --help` lists
 them, and the variables with their defaults), the environment, the file, the default. An empty
