@@ -23,7 +23,7 @@ from test_e2e_influx import BASE_NS, d1_telemetry, drained, influx_env, iso_ns, 
 from test_shelly import HOLD, KEY, MINUTE, four, post
 
 Start = Callable[..., GatewayProcess]
-RECORD = struct.Struct("<4sII")  # magic, length, crc32c; see rust/src/wal.rs
+RECORD = struct.Struct("<4sII")  # magic, length, crc32c; see rust/src/wal/record.rs
 
 
 def wal_env(**extra: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The compiled core's write-ahead log, through its Python binding: replay, caps, errors,
-group commit from threads. (Crash and corruption properties: `cargo test` in rust/src/wal.rs;
+group commit from threads. (Crash and corruption properties: `cargo test` in rust/src/wal/;
 real-process crashes: test_e2e_wal.py.)"""
 
 from __future__ import annotations

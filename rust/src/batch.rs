@@ -3,6 +3,8 @@
 
 use crate::encode::push_json_str;
 use crate::errors::{Reason, UsageError};
+use crate::schema::NO_SHAPE;
+use crate::words;
 
 /// Byte range into one of the batch's own buffers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,7 +27,7 @@ struct Item {
     /// The encoded line; empty for items that failed validation.
     line: Span,
     group: u32,
-    /// `fields::shape` of the line, or `NO_SHAPE`.
+    /// The line's `schema::Shape`, or `NO_SHAPE`.
     shape: u64,
 }
 
@@ -64,9 +66,6 @@ pub struct Identity<'s> {
 
 const NO_GROUP: u32 = u32::MAX;
 
-/// The shape of an item whose line was not described by `fields::shape`: checked field by field.
-pub const NO_SHAPE: u64 = 0;
-
 /// Parsed, validated and encoded messages of one request.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -77,7 +76,7 @@ pub struct Batch {
     groups: Vec<Group>,
     /// Distinct tenants of the groups, in order of first appearance.
     tenants: Vec<Span>,
-    /// `str_hash` of each of `tenants`: most tenants are told apart without a memcmp call.
+    /// `tenant_hash` of each of `tenants`: most tenants are told apart without a memcmp call.
     tenant_hashes: Vec<u64>,
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
@@ -156,7 +155,7 @@ impl Batch {
     }
 
     /// `push_accepted` of an identity `find_group` just looked up, with `escapes` (device,
-    /// site) as `checked_id` gave them, and the line's `fields::shape`, which lets
+    /// site) as `checked_id` gave them, and the line's `schema::Shape`, which lets
     /// `FieldTypes` skip reading the line back when it has seen that shape.
     pub fn push_shaped(
         &mut self,
@@ -194,7 +193,7 @@ impl Batch {
             self.grow_index();
         }
         let mask = self.group_index.len() - 1;
-        let tenant_hash = str_hash(0, id.tenant);
+        let tenant_hash = tenant_hash(id.tenant);
         let mut slot = identity_hash(tenant_hash, id) as usize & mask;
         loop {
             let g = self.group_index[slot];
@@ -202,10 +201,10 @@ impl Batch {
                 break;
             }
             let grp = &self.groups[g as usize];
-            if same_bytes(self.bytes_at(grp.tenant), id.tenant.as_bytes())
-                && same_bytes(self.bytes_at(grp.device), id.device.as_bytes())
-                && same_bytes(self.bytes_at(grp.site), id.site.as_bytes())
-                && same_bytes(self.bytes_at(grp.token), id.token.as_bytes())
+            if words::same_bytes(self.bytes_at(grp.tenant), id.tenant.as_bytes())
+                && words::same_bytes(self.bytes_at(grp.device), id.device.as_bytes())
+                && words::same_bytes(self.bytes_at(grp.site), id.site.as_bytes())
+                && words::same_bytes(self.bytes_at(grp.token), id.token.as_bytes())
             {
                 return GroupSlot {
                     slot,
@@ -270,7 +269,7 @@ impl Batch {
                 site: self.str_at(grp.site),
                 token: self.str_at(grp.token),
             };
-            let mut slot = identity_hash(str_hash(0, id.tenant), &id) as usize & mask;
+            let mut slot = identity_hash(tenant_hash(id.tenant), &id) as usize & mask;
             while self.group_index[slot] != NO_GROUP {
                 slot = (slot + 1) & mask;
             }
@@ -619,80 +618,20 @@ impl Batch {
     }
 }
 
-/// FxHash-style mix over the four ids, a word at a time (ids are short; DoS is not a concern
-/// with at most 100 items per table), from `tenant_hash = str_hash(0, id.tenant)`.
+/// The identity's slot in `group_index`, from `tenant_hash(id.tenant)`. The token is left
+/// out: a device sends one (tokens are long, and foldhash takes a slower path past 16 bytes),
+/// and a slot's group is compared in full.
 fn identity_hash(tenant_hash: u64, id: &Identity<'_>) -> u64 {
-    let h = [id.device, id.site, id.token]
-        .into_iter()
-        .fold(tenant_hash, str_hash);
-    h ^ (h >> 29)
+    words::hash(tenant_hash, &[id.device.as_bytes(), id.site.as_bytes()])
 }
 
-/// Mixes `s` into the FxHash-style state `h`.
-fn str_hash(mut h: u64, s: &str) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let b = s.as_bytes();
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    }
-    // Built in a register: a variable-length copy would be a memcpy call.
-    let tail = chunks
-        .remainder()
-        .iter()
-        .enumerate()
-        .fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
-    h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
-    (h.rotate_left(5) ^ b.len() as u64).wrapping_mul(K)
-}
-
-/// `a == b`, for ids of 8 to 16 bytes in two overlapping word compares rather than a memcmp
-/// call.
-#[inline(always)]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| {
-        u64::from_le_bytes(
-            s.get(at..at + 8)
-                .and_then(|w| w.try_into().ok())
-                .expect("8 bytes within the id"),
-        )
-    };
-    if (8..=16).contains(&n) {
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
-    }
-    a == b
+fn tenant_hash(tenant: &str) -> u64 {
+    words::hash(0, &[tenant.as_bytes()])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_bytes_is_slice_equality() {
-        let texts: Vec<Vec<u8>> = (0..=20)
-            .flat_map(|n| {
-                let base: Vec<u8> = (0..n).map(|i| b'a' + i as u8).collect();
-                let mut variants = vec![base.clone()];
-                for at in 0..n {
-                    let mut v = base.clone();
-                    v[at] = b'Z';
-                    variants.push(v);
-                }
-                variants
-            })
-            .collect();
-        for a in &texts {
-            for b in &texts {
-                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
-            }
-        }
-    }
 
     fn id<'s>(tenant: &'s str, device: &'s str) -> Identity<'s> {
         Identity {

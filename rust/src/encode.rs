@@ -2,15 +2,15 @@
 //! All escaping of the core lives here.
 
 use crate::json::Number;
-use crate::scan;
+use crate::words;
 
 /// Appends a tag value or field key, escaping `,` `=` and space. Callers have refused
 /// backslashes and control characters, so no other byte needs escaping.
 pub fn push_lp_key(out: &mut Vec<u8>, b: &[u8]) {
-    let first = scan::find(
+    let first = words::find(
         b,
         0,
-        |w| scan::eq(w, b',') | scan::eq(w, b'=') | scan::eq(w, b' '),
+        |w| words::eq(w, b',') | words::eq(w, b'=') | words::eq(w, b' '),
         |c| matches!(c, b',' | b'=' | b' '),
     );
     out.extend_from_slice(&b[..first]);
@@ -341,10 +341,10 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     loop {
-        let i = scan::find(
+        let i = words::find(
             b,
             start,
-            |w| scan::eq(w, b'"') | scan::eq(w, b'\\') | scan::below(w, 0x20),
+            |w| words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20),
             |c| c == b'"' || c == b'\\' || c < 0x20,
         );
         out.extend_from_slice(&b[start..i]);

@@ -11,64 +11,13 @@
 //! keyed hash of its measurement and field names and types), and a shape whose fields were all
 //! found remembered with the same types is not read back again until `learn` changes a type.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
-use foldhash::fast::RandomState;
-use std::sync::{LazyLock, Mutex, MutexGuard};
-
-use crate::batch::{Batch, NO_SHAPE};
+use crate::batch::Batch;
 use crate::errors::UsageError;
-use crate::parse::MSG_TYPES;
-use crate::scan;
-
-/// InfluxDB 1.x field types. The core writes floats, booleans and `seq` as an integer; the
-/// others only arrive through `learn` (another writer to the same database).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldType {
-    Float,
-    Integer,
-    Unsigned,
-    String,
-    Boolean,
-}
-
-impl FieldType {
-    pub const ALL: [FieldType; 5] = [
-        FieldType::Float,
-        FieldType::Integer,
-        FieldType::Unsigned,
-        FieldType::String,
-        FieldType::Boolean,
-    ];
-
-    /// The name InfluxDB uses (`SHOW FIELD KEYS`, its conflict errors).
-    pub const fn name(self) -> &'static str {
-        match self {
-            FieldType::Float => "float",
-            FieldType::Integer => "integer",
-            FieldType::Unsigned => "unsigned",
-            FieldType::String => "string",
-            FieldType::Boolean => "boolean",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<FieldType, UsageError> {
-        FieldType::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| UsageError::UnknownFieldType(name.to_owned()))
-    }
-
-    /// The type of a value as `encode` writes it: `true`/`false`, `{n}i`, or a float.
-    fn of_value(value: &[u8]) -> FieldType {
-        match value {
-            [b't' | b'f', ..] => FieldType::Boolean,
-            [.., b'i'] => FieldType::Integer,
-            _ => FieldType::Float,
-        }
-    }
-}
+use crate::schema::{FieldType, MSG_TYPES, NO_SHAPE};
+use crate::words;
 
 /// `max_per_tenant` when the caller gives none.
 pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
@@ -76,82 +25,13 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 /// Verified shapes remembered per tenant; when full they are forgotten and verified again.
 const MAX_SHAPES_PER_TENANT: usize = 4096;
 
-/// The keys of `Shape`, random per process: a client cannot pick names whose shape collides
-/// with a verified one (which would let a conflicting field through).
-static SHAPE_KEYS: LazyLock<[u64; 2]> = LazyLock::new(|| {
-    let random = RandomState::default();
-    [random.hash_one(1u8), random.hash_one(2u8)]
-});
-
-/// The high and low halves of the 128-bit product, folded: foldhash's mixing step.
-#[inline(always)]
-fn folded_multiply(x: u64, y: u64) -> u64 {
-    let full = u128::from(x) * u128::from(y);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-/// The 8 bytes of `b` from `at` (which are there) as a word.
-#[inline(always)]
-fn word(b: &[u8], at: usize) -> u64 {
-    let bytes = b.get(at..at + 8).expect("the caller checked the length");
-    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
-}
-
-/// Hashes a line's measurement and its fields (name, type) in line order into its shape. A
-/// few multiplies per field: `parse` computes one for every accepted item.
-pub struct Shape {
-    acc: u64,
-    key: u64,
-}
-
-impl Shape {
-    pub fn new(measurement: usize) -> Self {
-        let [seed, key] = *SHAPE_KEYS;
-        Shape {
-            acc: folded_multiply(seed ^ measurement as u64, key),
-            key,
-        }
-    }
-
-    /// The next field. `head` is the name's first 8 bytes as one word (`Shape::head`, or any
-    /// packing the caller always uses); with the length mixed in, no two names run together.
-    #[inline]
-    pub fn field(&mut self, name: &[u8], head: u64, ty: FieldType) {
-        let meta = (name.len() as u64) << 8 | ty as u64;
-        self.acc = folded_multiply(self.acc ^ head, self.key ^ meta);
-        // The bytes after the head a word at a time, the last word ending at the name's end.
-        let n = name.len();
-        if n > 8 {
-            let mut at = 8;
-            while at + 8 < n {
-                self.acc = folded_multiply(self.acc ^ word(name, at), self.key);
-                at += 8;
-            }
-            self.acc = folded_multiply(self.acc ^ word(name, n - 8), self.key);
-        }
-    }
-
-    /// Up to 8 bytes as a big-endian word, zero-padded.
-    pub fn head(name: &[u8]) -> u64 {
-        name.iter()
-            .take(8)
-            .enumerate()
-            .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i))
-    }
-
-    /// Never `NO_SHAPE`.
-    pub fn finish(&self) -> u64 {
-        folded_multiply(self.acc, self.key).max(NO_SHAPE + 1)
-    }
-}
-
 #[derive(Default)]
 struct TenantFields {
     /// Per measurement of `MSG_TYPES`, field name → type.
-    by_measurement: [HashMap<Box<[u8]>, FieldType, RandomState>; MSG_TYPES.len()],
+    by_measurement: [foldhash::HashMap<Box<[u8]>, FieldType>; MSG_TYPES.len()],
     len: usize,
     /// Shapes whose every field is remembered with the type the shape gives it.
-    verified: HashSet<u64, RandomState>,
+    verified: foldhash::HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -343,7 +223,7 @@ impl LineFields {
             let mut eq = pos;
             let mut unescaped = false;
             loop {
-                eq = scan::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
+                eq = words::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
                 // A comma or space inside a name is escaped: the backslash is found first.
                 if fields.get(eq) != Some(&b'\\') {
                     break;
@@ -351,7 +231,7 @@ impl LineFields {
                 unescaped = true;
                 eq += 2;
             }
-            let value_end = scan::find(fields, eq + 1, |w| scan::eq(w, b','), |c| c == b',');
+            let value_end = words::find(fields, eq + 1, |w| words::eq(w, b','), |c| c == b',');
             let name = if unescaped {
                 let from = self.names.len();
                 let raw = &line[pos..eq];
@@ -381,7 +261,7 @@ impl LineFields {
 /// Lanes that end a field name or start an escape in it.
 #[inline(always)]
 fn name_end(w: u64) -> u64 {
-    scan::eq(w, b'=') | scan::eq(w, b'\\')
+    words::eq(w, b'=') | words::eq(w, b'\\')
 }
 
 /// The first `byte` at or after `from` that no backslash escapes.
@@ -511,34 +391,6 @@ mod tests {
     }
 
     #[test]
-    fn shapes_tell_names_types_and_measurements_apart() {
-        let shape = |m, fields: &[(&str, FieldType)]| {
-            let mut s = Shape::new(m);
-            for &(name, ty) in fields {
-                s.field(name.as_bytes(), Shape::head(name.as_bytes()), ty);
-            }
-            s.finish()
-        };
-        let (f, b) = (FieldType::Float, FieldType::Boolean);
-        let base = shape(0, &[("ab", f), ("c", f)]);
-        assert_eq!(base, shape(0, &[("ab", f), ("c", f)]));
-        let long = shape(0, &[("a long name, 17 a", f)]);
-        assert_ne!(long, shape(0, &[("a long name, 17 b", f)]));
-        assert_ne!(long, shape(0, &[("a long name, 17 a", b)]));
-        for other in [
-            shape(1, &[("ab", f), ("c", f)]),
-            shape(0, &[("a", f), ("bc", f)]),
-            shape(0, &[("ab", f), ("c", b)]),
-            shape(0, &[("ab", f)]),
-            shape(0, &[("ab", f), ("c", f), ("", f)]),
-            shape(0, &[("a long name, 17 b", f), ("c", f)]),
-        ] {
-            assert_ne!(base, other);
-            assert_ne!(other, NO_SHAPE);
-        }
-    }
-
-    #[test]
     fn admit_is_before_append_and_once() {
         let types = FieldTypes::new(10);
         let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
@@ -551,16 +403,5 @@ mod tests {
         let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
         b.append_with(|_, _| true).expect("append");
         assert_eq!(types.admit(&mut b), Err(UsageError::AlreadyAppended));
-    }
-
-    #[test]
-    fn field_type_names_round_trip() {
-        for t in FieldType::ALL {
-            assert_eq!(FieldType::from_name(t.name()), Ok(t));
-        }
-        assert_eq!(
-            FieldType::from_name("bool"),
-            Err(UsageError::UnknownFieldType("bool".into()))
-        );
     }
 }

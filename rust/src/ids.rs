@@ -1,7 +1,7 @@
 //! The id rules: tenant ids, and the ids, site ids, tokens and metric names written into line
 //! protocol. Exported to Python (`valid_tenant`, `valid_id`) so the shell applies the same rules.
 
-use crate::scan;
+use crate::words;
 
 /// Longest id, in UTF-8 bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -53,22 +53,22 @@ static SUSPECT: [bool; 256] = {
 /// serves validation and encoding.
 fn scan_id(b: &[u8]) -> Option<bool> {
     // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
-    let first = scan::find(
+    let first = words::find(
         b,
         0,
         |w| {
-            scan::below(w, b' ' + 1)
-                | scan::eq(w, 0x7f)
-                | scan::eq(w, b'\\')
-                | scan::eq(w, b',')
-                | scan::eq(w, b'=')
-                | scan::high(w)
+            words::below(w, b' ' + 1)
+                | words::eq(w, 0x7f)
+                | words::eq(w, b'\\')
+                | words::eq(w, b',')
+                | words::eq(w, b'=')
+                | words::high(w)
         },
         |c| SUSPECT[usize::from(c)] || c >= 0x80,
     );
     let b = b
         .get(first..)
-        .expect("scan::find returns a position within the bytes");
+        .expect("words::find returns a position within the bytes");
     let mut escape = false;
     for (i, &c) in b.iter().enumerate() {
         match c {

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use crate::scan;
+use crate::words;
 
 /// Deepest nesting accepted: 127 arrays/objects open at once (`serde_json::Value` refuses 128).
 pub const MAX_DEPTH: usize = 127;
@@ -297,13 +297,12 @@ impl<'a> Reader<'a> {
         let b = self.bytes();
         let at = self.pos + 1;
         let end = at + k.len;
-        let (Some(head), Some(b'"'), Some(b':')) = (b.get(at..at + 8), b.get(end), b.get(end + 1))
+        let (Some(head), Some(b'"'), Some(b':')) = (words::load(b, at), b.get(end), b.get(end + 1))
         else {
             return false;
         };
-        let head = u64::from_le_bytes(head.try_into().expect("8 bytes"));
-        let tail = match b.get(end.wrapping_sub(8)..end) {
-            Some(t) if k.len >= 8 => u64::from_le_bytes(t.try_into().expect("8 bytes")),
+        let tail = match b.get(..end).and_then(words::last) {
+            Some(t) if k.len >= 8 => t,
             _ => k.tail,
         };
         if head & k.mask != k.head || tail != k.tail {
@@ -523,10 +522,10 @@ impl<'a> Reader<'a> {
 fn skip_plain(b: &[u8], i: usize) -> usize {
     // Ids, keys and values end within a few words; past those, the string is a blob.
     let near = b.len().min(i + SHORT_STRING);
-    let j = scan::find(
+    let j = words::find(
         b.get(..near).expect("near is at most the length"),
         i,
-        |w| scan::eq(w, b'"') | scan::eq(w, b'\\') | scan::below(w, 0x20),
+        |w| words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20),
         |c| STRING_STOP[usize::from(c)],
     );
     if j < near || near == b.len() {

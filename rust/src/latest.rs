@@ -6,8 +6,6 @@
 //! back from that line when asked for, which is rare: once per device per flush interval, and
 //! on the read API.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -35,31 +33,9 @@ struct Entry {
     dirty: bool,
 }
 
-/// FxHash over the key's bytes: the keys are authenticated devices' ids (no flooding), and a
-/// lookup per device per request must cost a few nanoseconds, not SipHash's tens.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-}
-
-type Fx = BuildHasherDefault<FxHasher>;
-type Map = HashMap<Box<[u8]>, Entry, Fx>;
+/// Device keys are authenticated devices' ids (no flooding), and a lookup per device per
+/// request must cost a few nanoseconds, not SipHash's tens.
+type Map = foldhash::HashMap<Box<[u8]>, Entry>;
 
 /// The map key of a device: `tenant NUL device` (neither id may hold a control character), so
 /// one hash and one probe find it.

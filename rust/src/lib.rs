@@ -12,10 +12,11 @@ pub mod ids;
 pub mod json;
 pub mod latest;
 pub mod parse;
-pub mod scan;
+pub mod schema;
 pub mod shelly;
 pub mod timestamp;
 pub mod wal;
+pub mod words;
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::errors::{Reason, ShellyReason, UsageError};
-use crate::fields::FieldType;
+use crate::schema::FieldType;
 
 create_exception!(
     tidegate._core,
@@ -938,7 +939,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_MAX_FIELDS_PER_TENANT",
         fields::DEFAULT_MAX_FIELDS_PER_TENANT,
     )?;
-    m.add("MSG_TYPES", PyTuple::new(m.py(), parse::MSG_TYPES)?)?;
+    m.add("MSG_TYPES", PyTuple::new(m.py(), schema::MSG_TYPES)?)?;
     let body_error = m.py().get_type::<BodyError>();
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;

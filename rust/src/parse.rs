@@ -13,10 +13,11 @@ use crate::batch::{Batch, Identity};
 use crate::encode::{Decimal, Key, Line, PlainNumber};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
-use crate::fields::{FieldType, Shape};
 use crate::ids::{checked_id, valid_id, valid_tenant};
 use crate::json::{self, KeyWords, Number, Reader};
+use crate::schema::{FieldType, Shape, MSG_TYPES};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
+use crate::words;
 
 /// Messages a batch body may hold.
 pub const MAX_BATCH_MESSAGES: usize = 100;
@@ -25,8 +26,6 @@ pub const MAX_BATCH_MESSAGES: usize = 100;
 pub const MAX_METRICS: usize = 256;
 /// `max_payload_bytes` when the caller gives none.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 8192;
-/// The `msg_type` values, each also the line's measurement.
-pub const MSG_TYPES: [&str; 2] = ["telemetry", "heartbeat"];
 
 /// Parse a `{"messages": [...]}` body of 1 to 100 messages. A message without `ts` gets
 /// `receive_ns` plus its index in the batch.
@@ -321,12 +320,7 @@ impl<'a> MessageParser<'a> {
                 self.lone_metric_name = true;
                 continue;
             };
-            // Built in a register: a byte copy into an array stalls the load that follows.
-            let prefix = name
-                .bytes()
-                .take(8)
-                .enumerate()
-                .fold(0u64, |p, (i, c)| p | u64::from(c) << (56 - 8 * i));
+            let prefix = words::head(name.as_bytes());
             let plain = !key.escaped && (1..=16).contains(&name.len());
             let m = Metric {
                 index,
@@ -334,7 +328,7 @@ impl<'a> MessageParser<'a> {
                 words: plain.then(|| {
                     KeyWords::new(
                         prefix.swap_bytes(),
-                        tail_word(name.as_bytes(), prefix),
+                        words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
                         name.len(),
                     )
                 }),
@@ -453,7 +447,7 @@ impl<'a> MessageParser<'a> {
             };
             shape.field(m.name.as_bytes(), m.prefix, ty);
         }
-        shape.field(b"seq", Shape::head(b"seq"), FieldType::Integer);
+        shape.field(b"seq", words::head(b"seq"), FieldType::Integer);
         // From `checked_id` (`None`, which the rules above exclude: scan it again).
         let escapes = (device_escape.unwrap_or(true), site_escape.unwrap_or(true));
         self.batch
@@ -543,14 +537,6 @@ impl<'a> MessageParser<'a> {
                 .sorted
                 .iter()
                 .all(|s| self.metrics[s.index as usize].same_name(s))
-    }
-}
-
-/// The last 8 bytes of a name as a little-endian word; shorter names are all in `prefix`.
-fn tail_word(name: &[u8], prefix: u64) -> u64 {
-    match name.len().checked_sub(8).and_then(|i| name.get(i..)) {
-        Some(last) => u64::from_le_bytes(last.try_into().expect("8 bytes")),
-        None => prefix.swap_bytes(),
     }
 }
 

@@ -1,0 +1,380 @@
+//! The segment files and the checkpoint file in the log's directory: naming, creating,
+//! deleting, and reading them all back at start-up.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Record, SEGMENT_MAGIC};
+use super::{describe, ReplayStats, WalError};
+
+const CHECKPOINT: &str = "checkpoint";
+
+pub(super) fn segment_name(id: u64) -> String {
+    format!("{id:020}.wal")
+}
+
+pub(super) fn segment_id(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// What the checkpoint file holds: every mark up to `delivered_through` is delivered, and no
+/// mark above `last_mark` was given (so marks keep increasing across restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Checkpoint {
+    pub(super) delivered_through: u64,
+    pub(super) last_mark: u64,
+}
+
+pub(super) fn read_checkpoint(dir: &Path) -> Result<Checkpoint, String> {
+    let path = dir.join(CHECKPOINT);
+    let data = match fs::read(&path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+        Err(e) => return Err(describe("cannot read", &path, &e)),
+    };
+    if data.len() != 20 || crc32c::crc32c(&data[..16]) != record::le_u32(&data[16..]) {
+        return Err(format!(
+            "{} is damaged; replaying every record",
+            path.display()
+        ));
+    }
+    let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Checkpoint {
+        delivered_through: word(0),
+        last_mark: word(8),
+    })
+}
+
+/// Writes the checkpoint durably: temp file, fsync, rename, fsync of the directory.
+pub(super) fn write_checkpoint(dir: &Path, checkpoint: Checkpoint) -> io::Result<()> {
+    let tmp = dir.join("checkpoint.tmp");
+    let mut data = checkpoint.delivered_through.to_le_bytes().to_vec();
+    data.extend_from_slice(&checkpoint.last_mark.to_le_bytes());
+    data.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
+    let mut f = File::create(&tmp)?;
+    f.write_all(&data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(CHECKPOINT))?;
+    sync_dir(dir)
+}
+
+pub(super) struct Segment {
+    pub(super) id: u64,
+    pub(super) bytes: u64,
+    /// The marks of its records (`u64::MAX..=0` while it has none).
+    pub(super) marks: Marks,
+}
+
+/// The smallest and largest of some marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Marks {
+    pub(super) low: u64,
+    pub(super) high: u64,
+}
+
+impl Marks {
+    pub(super) const NONE: Marks = Marks {
+        low: u64::MAX,
+        high: 0,
+    };
+
+    pub(super) fn add(&mut self, other: Marks) {
+        self.low = self.low.min(other.low);
+        self.high = self.high.max(other.high);
+    }
+
+    pub(super) fn of(mark: u64) -> Marks {
+        Marks {
+            low: mark,
+            high: mark,
+        }
+    }
+}
+
+impl Default for Marks {
+    fn default() -> Self {
+        Marks::NONE
+    }
+}
+
+impl Segment {
+    /// Bytes of its records: what counts against the cap (the header does not).
+    pub(super) fn records_bytes(&self) -> u64 {
+        self.bytes - SEGMENT_MAGIC.len() as u64
+    }
+}
+
+/// The files: only the leader writes, the maintenance thread syncs and deletes.
+pub(super) struct Files {
+    pub(super) dir: PathBuf,
+    /// The segment being appended to, open for appending; always `segments.back()`.
+    pub(super) current: Option<File>,
+    pub(super) segments: VecDeque<Segment>,
+    pub(super) next_id: u64,
+    /// The next segment, created ahead by the maintenance thread so that a rotation costs the
+    /// writer no fsync.
+    pub(super) spare: Option<(u64, File)>,
+    /// Interval mode: full segments written since the last fsync.
+    pub(super) closed_unsynced: Vec<File>,
+    /// Records written since the last fsync (Interval mode).
+    pub(super) unsynced_records: u64,
+}
+
+/// Creates segment `id` with its header, durably (file and directory fsynced).
+pub(super) fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+    let path = dir.join(segment_name(id));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)?;
+    let created = f
+        .write_all(SEGMENT_MAGIC)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = created {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(f)
+}
+
+impl Files {
+    /// Whether `file` is still segment `id` in the directory (not unlinked, the directory not
+    /// replaced): records written to an unlinked file would be lost at the next restart.
+    pub(super) fn is_linked(&self, id: u64, file: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.dir.join(segment_name(id));
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+
+    /// Starts appending to a new segment: the spare if it is newer than every segment, else
+    /// one created now.
+    pub(super) fn next_segment(&mut self) -> io::Result<()> {
+        let newest = self.segments.back().map(|s| s.id);
+        let (id, file) = match self.spare.take() {
+            Some((id, file)) if newest.is_none_or(|n| id > n) && self.is_linked(id, &file) => {
+                (id, file)
+            }
+            stale => {
+                if let Some((id, _)) = stale {
+                    let _ = fs::remove_file(self.dir.join(segment_name(id)));
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                (id, create_segment(&self.dir, id)?)
+            }
+        };
+        self.current = Some(file);
+        self.segments.push_back(Segment {
+            id,
+            bytes: SEGMENT_MAGIC.len() as u64,
+            marks: Marks::NONE,
+        });
+        Ok(())
+    }
+}
+
+/// Reads every segment: the records above `checkpoint` sorted by mark (the order the
+/// buffers need), the segments kept, and the largest mark seen.
+pub(super) fn read_segments(
+    dir: &Path,
+    checkpoint: u64,
+    replay: &mut ReplayStats,
+) -> Result<(VecDeque<Segment>, Vec<Record>, u64), WalError> {
+    let listing = fs::read_dir(dir).map_err(|e| WalError::Io(describe("cannot list", dir, &e)))?;
+    let mut ids: Vec<u64> = listing
+        .filter_map(|entry| entry.ok()?.file_name().to_str().and_then(segment_id))
+        .collect();
+    ids.sort_unstable();
+    let mut segments = VecDeque::new();
+    let mut records = Vec::new();
+    let mut max_mark = 0;
+    let mut seen = std::collections::HashSet::new();
+    // The segment written last: the newest one holding more than a header (a spare
+    // segment created ahead may follow it, empty).
+    let header = SEGMENT_MAGIC.len() as u64;
+    let newest = ids
+        .iter()
+        .rev()
+        .find(|&&id| fs::metadata(dir.join(segment_name(id))).is_ok_and(|m| m.len() > header))
+        .or(ids.last())
+        .copied();
+    for id in ids {
+        let path = dir.join(segment_name(id));
+        let data = match fs::read(&path) {
+            Ok(data) if data.starts_with(SEGMENT_MAGIC) => data,
+            Ok(data) if Some(id) == newest && data.len() < SEGMENT_MAGIC.len() => {
+                // Torn before its header was whole: it holds nothing.
+                replay.truncated_bytes += data.len() as u64;
+                replay
+                    .problems
+                    .push(format!("{}: torn header, removed", path.display()));
+                fs::remove_file(&path)
+                    .map_err(|e| WalError::Io(describe("cannot remove", &path, &e)))?;
+                continue;
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(_) => "not a tidegate WAL segment".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                let broken = path.with_extension("wal.broken");
+                fs::rename(&path, &broken)
+                    .map_err(|e| WalError::Io(describe("cannot quarantine", &path, &e)))?;
+                replay.quarantined_files += 1;
+                replay.problems.push(format!(
+                    "{}: {why}; quarantined as {}",
+                    path.display(),
+                    broken.display()
+                ));
+                continue;
+            }
+        };
+        let scan = record::scan_segment(&data);
+        replay.segments += 1;
+        if scan.corrupt > 0 {
+            replay.corrupt_records += scan.corrupt;
+            replay.problems.push(format!(
+                "{}: {} corrupt record(s) skipped",
+                path.display(),
+                scan.corrupt
+            ));
+        }
+        if scan.end < data.len() {
+            let tail = (data.len() - scan.end) as u64;
+            if Some(id) == newest {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(scan.end as u64).and_then(|()| f.sync_all()));
+                f.map_err(|e| WalError::Io(describe("cannot truncate", &path, &e)))?;
+                replay.truncated_bytes += tail;
+                replay.problems.push(format!(
+                    "{}: torn tail of {tail} bytes truncated",
+                    path.display()
+                ));
+            } else {
+                replay.corrupt_records += 1;
+                replay.problems.push(format!(
+                    "{}: {tail} unreadable bytes at the end skipped",
+                    path.display()
+                ));
+            }
+        }
+        let mut marks = Marks::NONE;
+        for record in scan.records {
+            marks.add(Marks::of(record.mark));
+            // A record copied forward by compaction exists twice until its old segment
+            // is deleted: one record per mark and tenant.
+            if record.mark <= checkpoint {
+                replay.skipped_delivered += 1;
+            } else if seen.insert((record.mark, record.tenant.clone())) {
+                records.push(record);
+            }
+        }
+        max_mark = max_mark.max(marks.high);
+        segments.push_back(Segment {
+            id,
+            bytes: scan.end as u64,
+            marks,
+        });
+    }
+    records.sort_by_key(|r| r.mark);
+    Ok((segments, records, max_mark))
+}
+
+/// Deletes segment `id` of `dir`; one already gone is fine.
+pub(super) fn delete(dir: &Path, id: u64) -> Result<(), WalError> {
+    let path = dir.join(segment_name(id));
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(WalError::Io(describe("cannot delete", &path, &e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::encode_record;
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn a_torn_tail_is_truncated_and_nothing_before_it_is_lost() {
+        let dir = TestDir::new();
+        let cfg = config(&dir.0, 1 << 20, 1 << 20);
+        let wal = open(&cfg);
+        assert!(append_lines(&wal, "a", b"a1\n", 1).is_ok());
+        assert!(append_lines(&wal, "a", b"a2\n", 1).is_ok());
+        wal.abandon();
+        let mut torn = Vec::new();
+        encode_record(&mut torn, 9, "a", b"never acked\n", 1);
+        let path = segments(&dir.0).pop().expect("one segment");
+        let whole = fs::metadata(&path).expect("exists").len();
+        let mut f = OpenOptions::new().append(true).open(&path).expect("opens");
+        f.write_all(&torn[..torn.len() - 3]).expect("writes");
+        drop(f);
+
+        let wal = open(&cfg);
+        let replay = wal.replay_stats();
+        assert_eq!((replay.records, replay.corrupt_records), (2, 0));
+        assert_eq!(replay.truncated_bytes, torn.len() as u64 - 3);
+        assert_eq!(fs::metadata(&path).expect("exists").len(), whole);
+        assert_eq!(contents(&wal)["a"], lines(&["a1", "a2"]));
+    }
+
+    #[test]
+    fn a_flipped_byte_skips_exactly_that_record() {
+        let dir = TestDir::new();
+        let cfg = config(&dir.0, 1 << 20, 1 << 20);
+        let wal = open(&cfg);
+        for line in ["a1\n", "a2\n", "a3\n"] {
+            assert!(append_lines(&wal, "a", line.as_bytes(), 1).is_ok());
+        }
+        wal.abandon();
+        let path = segments(&dir.0).pop().expect("one segment");
+        let mut data = fs::read(&path).expect("reads");
+        let mut one = Vec::new();
+        encode_record(&mut one, 1, "a", b"a1\n", 1);
+        // A byte of the second record's length field: the record cannot even be measured.
+        data[SEGMENT_MAGIC.len() + one.len() + 5] ^= 0x40;
+        fs::write(&path, &data).expect("writes");
+
+        let wal = open(&cfg);
+        let replay = wal.replay_stats();
+        assert_eq!(
+            (
+                replay.records,
+                replay.corrupt_records,
+                replay.truncated_bytes
+            ),
+            (2, 1, 0)
+        );
+        assert_eq!(contents(&wal)["a"], lines(&["a1", "a3"]));
+    }
+
+    #[test]
+    fn a_segment_with_a_bad_header_is_quarantined() {
+        let dir = TestDir::new();
+        let cfg = config(&dir.0, 1 << 20, 1 << 20);
+        fs::create_dir_all(&dir.0).expect("creates");
+        fs::write(dir.0.join(segment_name(1)), b"garbage that is no segment").expect("writes");
+        let wal = open(&cfg);
+        assert_eq!(wal.replay_stats().quarantined_files, 1);
+        assert!(dir.0.join("00000000000000000001.wal.broken").exists());
+        assert_eq!(mark_of(&wal, "a", b"x\n", 1), Ok(1));
+    }
+}

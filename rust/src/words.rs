@@ -1,0 +1,186 @@
+//! Eight bytes at a time in a `u64`: the core's word loads and compares, its byte scans
+//! (SWAR), and the hashes of what it reads. The bit tricks live here and nowhere else.
+//!
+//! Each lane test sets the high bit of every byte lane that matches. A lane can also be set
+//! falsely, but only above a true match (borrows run upwards), so the lowest set lane is
+//! always exact — which is all `find` uses.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::LazyLock;
+
+use foldhash::fast::{FixedState, FoldHasher, RandomState};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Lanes equal to `c`.
+#[inline(always)]
+pub fn eq(w: u64, c: u8) -> u64 {
+    let x = w ^ (ONES * u64::from(c));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// Lanes below `n` (`n <= 128`).
+#[inline(always)]
+pub fn below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
+}
+
+/// Lanes at or above 0x80.
+#[inline(always)]
+pub fn high(w: u64) -> u64 {
+    w & HIGHS
+}
+
+/// Index of the first byte at or after `i` that `lanes` (per word) or `byte` (per byte, for
+/// text shorter than a word) flags; `b.len()` when none.
+#[inline(always)]
+pub fn find(
+    b: &[u8],
+    mut i: usize,
+    lanes: impl Fn(u64) -> u64,
+    byte: impl Fn(u8) -> bool,
+) -> usize {
+    let len = b.len();
+    if len < 8 {
+        while let Some(&c) = b.get(i) {
+            if byte(c) {
+                return i;
+            }
+            i += 1;
+        }
+        return len.max(i);
+    }
+    while i + 8 <= len {
+        let hits = lanes(load(b, i).unwrap_or(0));
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    if i < len {
+        // The last word overlaps bytes before `i`; shift them out rather than mask their
+        // lanes, since a hit there could flag the lane above it. The zero bytes shifted in sit
+        // above the real ones, so they cannot disturb them; a hit among them is past the end.
+        let last = len - 8;
+        let hits = lanes(load(b, last).unwrap_or(0) >> ((i - last) * 8));
+        if hits != 0 {
+            return (i + (hits.trailing_zeros() / 8) as usize).min(len);
+        }
+    }
+    len.max(i)
+}
+
+/// The 8 bytes of `b` from `at` as a little-endian word; `None` when fewer remain.
+#[inline(always)]
+pub fn load(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..)?.first_chunk().map(|w| u64::from_le_bytes(*w))
+}
+
+/// The last 8 bytes of `b` as a little-endian word; `None` when it is shorter.
+#[inline(always)]
+pub fn last(b: &[u8]) -> Option<u64> {
+    b.last_chunk().map(|w| u64::from_le_bytes(*w))
+}
+
+/// Up to the first 8 bytes of `b` as a big-endian word, zero-padded: words order as their
+/// bytes do. Built in a register: a byte copy into an array stalls the load that follows.
+#[inline(always)]
+pub fn head(b: &[u8]) -> u64 {
+    b.iter()
+        .take(8)
+        .enumerate()
+        .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i))
+}
+
+/// `a == b`, for 8 to 16 bytes in two overlapping word compares rather than a memcmp call.
+#[inline(always)]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        return load(a, 0) == load(b, 0) && last(a) == last(b);
+    }
+    a == b
+}
+
+/// foldhash of `parts` in order, from `seed`. Seeds fixed, for tables of one request's ids:
+/// a flood of colliding ids would only slow the request that sends them.
+#[inline(always)]
+pub fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
+    let mut h = FixedState::with_seed(seed).build_hasher();
+    for part in parts {
+        h.write(part);
+    }
+    h.finish()
+}
+
+/// A foldhash hasher with seeds drawn at random once per process, for hashes a client must
+/// not be able to aim collisions at (a line's shape: a collision with a verified one would
+/// let a conflicting field type through). Every call hashes alike within the process.
+#[inline(always)]
+pub fn keyed() -> FoldHasher<'static> {
+    static STATE: LazyLock<RandomState> = LazyLock::new(RandomState::default);
+    STATE.build_hasher()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        let texts: Vec<Vec<u8>> = (0..=20)
+            .flat_map(|n| {
+                let base: Vec<u8> = (0..n).map(|i| b'a' + i as u8).collect();
+                let mut variants = vec![base.clone()];
+                for at in 0..n {
+                    let mut v = base.clone();
+                    v[at] = b'Z';
+                    variants.push(v);
+                }
+                variants
+            })
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn find_agrees_with_a_byte_loop() {
+        let lanes = |w| eq(w, b'"') | eq(w, b'\\') | below(w, 0x20) | high(w);
+        let byte = |c: u8| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c);
+        let alphabet = [
+            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xff, b'Z', 0x5b,
+        ];
+        let mut state: u64 = 0x2545_f491;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 80) as usize;
+            let b: Vec<u8> = (0..len)
+                .map(|_| {
+                    // Mostly plain bytes, sometimes a special one.
+                    let pick = (next() % 32) as usize;
+                    alphabet
+                        .get(pick)
+                        .copied()
+                        .unwrap_or(b'a' + (pick % 26) as u8)
+                })
+                .collect();
+            for start in 0..=len {
+                let want = (start..len).find(|&i| byte(b[i])).unwrap_or(len);
+                assert_eq!(find(&b, start, lanes, byte), want, "{b:?} from {start}");
+            }
+        }
+    }
+}
