@@ -42,6 +42,7 @@ class Batch(Protocol):
     """What admission uses of the twin's Batch (which imports this module, not the reverse)."""
 
     _admission: Progress
+    tenant_key: bool
 
     def groups(self) -> list[tuple[str, str, str, str, int]]: ...
     def resolve(self, verdicts: Sequence[tuple[int, str | None]]) -> None: ...
@@ -206,7 +207,7 @@ class Admission:
         for tenant, device, site, token, count in batch.groups():
             key = (tenant, device)
             verdict: Verdict | None
-            cached = self._cached(key, site, token, count, now, None)
+            cached = self._cached(key, site, None if batch.tenant_key else token, count, now, None)
             if cached is not None:
                 self._hits += 1
                 verdict = cached[0]
@@ -230,7 +231,8 @@ class Admission:
         for g, (tenant, device, site, token, count) in enumerate(batch.groups()):
             if progress.verdicts[g] is not None:
                 continue
-            cached = self._cached((tenant, device), site, token, count, now, progress.asked)
+            checked = None if batch.tenant_key else token
+            cached = self._cached((tenant, device), site, checked, count, now, progress.asked)
             if cached is None:
                 self._unavailable += 1
                 cached = ((0, _UNAVAILABLE), 0.0)
@@ -238,14 +240,21 @@ class Admission:
             progress.retry_after = max(progress.retry_after, cached[1])
 
     def _cached(
-        self, key: Key, site: str, token: str, count: int, now: float, asked: int | None
+        self,
+        key: Key,
+        site: str,
+        token: str | None,
+        count: int,
+        now: float,
+        asked: int | None,
     ) -> tuple[Verdict, float] | None:
         """The verdict and rate-limit wait of a group whose device has a usable entry."""
         slot = self._found.map.get(key)
         if slot is not None and _usable(slot, now, asked):
             entry = slot.value
             record = entry.record
-            if not record.active or not _token_ok(entry, token):
+            # No token to check: a tenant key vouched for the batch's devices.
+            if not record.active or (token is not None and not _token_ok(entry, token)):
                 return (0, _UNAUTHORIZED), 0.0
             if site != record.site:
                 return (0, _SITE_MISMATCH), 0.0

@@ -32,6 +32,7 @@ from tidegate.setting import (
     parse_port,
     positive_float,
     positive_int,
+    readable_file,
     shown,
 )
 from tidegate.store import devices, open_registry, registry
@@ -265,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=_secret_arg, metavar="DIR", help="data directory (TIDEGATE_DATA_DIR)"
     )
     serve.add_argument("--mode", choices=MODES, help="direct|nats (TIDEGATE_MODE)")
+    serve.add_argument(
+        "--ssl-certfile",
+        type=_arg(readable_file),
+        metavar="PEM",
+        help="TLS certificate (chain) of the public listener (TIDEGATE_SSL_CERTFILE)",
+    )
+    serve.add_argument(
+        "--ssl-keyfile",
+        type=_arg(readable_file),
+        metavar="PEM",
+        help="its private key (TIDEGATE_SSL_KEYFILE)",
+    )
     serve.set_defaults(process=_serve)
     commands.add_parser(
         "worker",
@@ -355,6 +368,8 @@ _SERVE_FLAGS = {
     "log_level": "TIDEGATE_LOG_LEVEL",
     "data_dir": "TIDEGATE_DATA_DIR",
     "mode": "TIDEGATE_MODE",
+    "ssl_certfile": "TIDEGATE_SSL_CERTFILE",
+    "ssl_keyfile": "TIDEGATE_SSL_KEYFILE",
 }
 
 

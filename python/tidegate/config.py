@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from tidegate.setting import (
     positive_float,
     positive_int,
     prefixed,
+    readable_file,
     section,
     setting,
     shown,
@@ -264,6 +266,19 @@ class Config:
     ops_port: int = setting(
         "TIDEGATE_OPS_PORT", 8081, parse_port, "ops listener: port (must differ from the public)"
     )
+    # The ops listener stays plain HTTP (loopback by default).
+    ssl_certfile: Path | None = setting(
+        "TIDEGATE_SSL_CERTFILE",
+        None,
+        readable_file,
+        "TLS on the public listener: a PEM certificate (chain); with `TIDEGATE_SSL_KEYFILE`",
+    )
+    ssl_keyfile: Path | None = setting(
+        "TIDEGATE_SSL_KEYFILE",
+        None,
+        readable_file,
+        "the certificate's PEM private key; with `TIDEGATE_SSL_CERTFILE`",
+    )
     max_header_bytes: int = setting(
         "TIDEGATE_MAX_HEADER_BYTES", 16 << 10, positive_int, "one request's headers"
     )
@@ -370,8 +385,24 @@ def _check(cfg: Config) -> None:
         raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
     if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):
         raise ConfigError("TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT")
+    _check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
     if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
         raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
+
+
+def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
+    """Both or neither, and a pair TLS can load (not at the first connection: at start)."""
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("TIDEGATE_SSL_CERTFILE and TIDEGATE_SSL_KEYFILE go together")
+    if certfile is None:
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"TIDEGATE_SSL_CERTFILE={str(certfile)!r} and TIDEGATE_SSL_KEYFILE={str(keyfile)!r} "
+            f"are not a PEM certificate and its key: {exc.reason or exc}"
+        ) from None
 
 
 def read_file(file: Path) -> dict[str, str]:

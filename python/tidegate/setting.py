@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -164,6 +165,17 @@ def prefixed(*prefixes: str, strip: str = "") -> Callable[[str], str]:
         return raw.rstrip(strip) if strip else raw
 
     return parse
+
+
+def readable_file(raw: str) -> Path:
+    """Parse the path of a file this process can read (a certificate, a key)."""
+    path = Path(raw)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    return path
 
 
 def parse_log_level(raw: str) -> str:

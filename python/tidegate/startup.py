@@ -52,6 +52,5 @@ def listen(host: str, port: int, listener: str) -> socket.socket:
         sock.close()
         where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         raise StartupFailed(f"{listener} listener cannot bind {where}: {reason(exc)}") from exc
-    bound_host, bound_port = sock.getsockname()[:2]
-    logs.log("listener_bound", listener=listener, address=f"{bound_host}:{bound_port}")
+    # Its start-up line ("listening", with the URL) is NamedServer's, once it serves.
     return sock

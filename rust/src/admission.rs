@@ -262,11 +262,11 @@ fn judge(
     settings: &Settings,
     entry: &mut Entry,
     site: &str,
-    token: &str,
+    token: Option<&str>,
     count: usize,
     now: f64,
 ) -> (Verdict, f64) {
-    if !entry.record.active || !token_ok(entry, token) {
+    if !entry.record.active || token.is_some_and(|t| !token_ok(entry, t)) {
         return ((0, Some(Reason::Unauthorized)), 0.0);
     }
     if site != entry.record.site {
@@ -359,6 +359,7 @@ impl Admission {
         let mut refused: Vec<(&str, &str)> = Vec::new();
         progress.verdicts.clear();
         for (tenant, device, site, token, count) in batch.groups() {
+            let token = (!batch.tenant_key()).then_some(token);
             let verdict = match self.cached(tenant, device, site, token, count, now, None) {
                 Some((verdict, wait)) => {
                     self.counters.hits += 1;
@@ -393,6 +394,7 @@ impl Admission {
             if verdict.is_some() {
                 continue;
             }
+            let token = (!batch.tenant_key()).then_some(token);
             let decided = self.cached(tenant, device, site, token, count, now, progress.asked);
             let (decided, wait) = decided.unwrap_or_else(|| {
                 self.counters.unavailable += 1;
@@ -411,7 +413,7 @@ impl Admission {
         tenant: &str,
         device: &str,
         site: &str,
-        token: &str,
+        token: Option<&str>,
         count: usize,
         now: f64,
         asked: Option<u64>,

@@ -105,4 +105,5 @@ class Admitter:
             "auth_lookup_budgets": s["budgets"],
             "auth_unavailable": s["unavailable"],
             "rate_limit_buckets": s["buckets"],
+            "registry_unavailable": int(self.registry_down),
         }

@@ -24,6 +24,7 @@ from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
 from tidegate.http.endpoint import Handler, http_error, json_response
 from tidegate.http.gateway import Gateway
+from tidegate.http.listening import NamedServer
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -111,7 +112,7 @@ def create_app(cfg: Config) -> App:
     return app
 
 
-class _OpsServer(uvicorn.Server):
+class _OpsServer(NamedServer):
     """The ops listener's server: run inside the public one, which owns the signals."""
 
     @contextlib.contextmanager
@@ -120,13 +121,15 @@ class _OpsServer(uvicorn.Server):
         yield
 
 
-class SignalServer(uvicorn.Server):
+class SignalServer(NamedServer):
     """uvicorn's server, but a signal calls `on_signal` at once (the gateway starts draining, a
     worker stops fetching) and is not re-raised after shutdown (uvicorn re-raises it, which
     would make the exit status -SIGTERM, not 0)."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: uvicorn.Config, on_signal: Callable[[], None], listener: str = "public"
+    ) -> None:
+        super().__init__(config, listener)
         self.on_signal = on_signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -208,9 +211,11 @@ def serve(cfg: Config) -> None:
         http=protocol,
         lifespan="on",
         timeout_keep_alive=cfg.keepalive_timeout_s,
+        ssl_certfile=cfg.ssl_certfile,
+        ssl_keyfile=cfg.ssl_keyfile,
         **common,
     )
-    server = _Server(uv_config, gw, _OpsServer(ops_config), ops_socket)
+    server = _Server(uv_config, gw, _OpsServer(ops_config, "ops"), ops_socket)
     server.run([public_socket])
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

@@ -77,10 +77,10 @@ class Ingest:
         await self._ingest(batch)
         accepted, rejected, out = batch.response_json()
         if not rejected:
-            self.metrics.count(accepted, ())
+            self.metrics.count(accepted, (), batch)
             return Response(out, 202, None, JSON)
         counts = batch.reason_counts()
-        self.metrics.count(accepted, counts)
+        self.metrics.count(accepted, counts, batch)
         reasons = dict(counts)
         headers: dict[str, str] | None = None
         retry_after = batch.retry_after
@@ -108,10 +108,10 @@ class Ingest:
         published = await self._ingest(batch)
         accepted, _rejected, _out = batch.response_json()
         if accepted:
-            self.metrics.count(1, ())
+            self.metrics.count(1, (), batch)
             return Response(b'{"status":"accepted"}', 202, None, JSON)
         counts = batch.reason_counts()
-        self.metrics.count(0, counts)
+        self.metrics.count(0, counts, batch)
         details = batch.details()
         if details:
             return json_response(400, {"detail": details[0][1], "reason": INVALID_METRICS})

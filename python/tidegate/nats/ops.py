@@ -61,4 +61,4 @@ def serve(cfg: Config) -> None:
         **server_options(cfg, 1),
     )
     sock = startup.listen(settings.worker_host, settings.worker_port, "worker")
-    SignalServer(uv_config, worker.stop_fetching).run([sock])
+    SignalServer(uv_config, worker.stop_fetching, "worker").run([sock])

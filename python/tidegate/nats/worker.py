@@ -402,7 +402,7 @@ class Worker:
         self.buffers.append(batch, mark=mark)
         accepted, _rejected, _body = batch.response_json()
         if accepted:
-            self.metrics.count(accepted, ())
+            self.metrics.count(accepted, (), batch)
             self.latest.record(batch)
             return
         self._held.pop(mark, None)
@@ -410,7 +410,7 @@ class Worker:
         if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
-        self.metrics.count(0, batch.reason_counts())
+        self.metrics.count(0, batch.reason_counts(), batch)
         details = batch.details()
         await self._reject(msg, subject_tenant, reason, details[0][1] if details else None)
 
