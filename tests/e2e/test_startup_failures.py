@@ -98,8 +98,9 @@ def test_a_port_in_use_is_one_line_naming_the_listener_and_nothing_starts(
     assert the_failure(done) == (
         f"{listener} listener cannot bind 127.0.0.1:{taken_port}: address already in use"
     )
-    # Bound before anything opens: no registry, no log.
-    assert not (tmp_path / "data").exists()
+    # Bound before anything opens: no registry, no log (the directory holds its owner's lock).
+    assert not (tmp_path / "data" / "registry.sqlite3").exists()
+    assert not (tmp_path / "data" / "wal").exists()
 
 
 def test_an_unopenable_sqlite_registry_names_its_path(tmp_path: Path) -> None:
