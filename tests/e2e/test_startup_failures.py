@@ -104,7 +104,7 @@ def test_a_port_in_use_is_one_line_naming_the_listener_and_nothing_starts(
 
 
 def test_an_unopenable_sqlite_registry_names_its_path(tmp_path: Path) -> None:
-    (tmp_path / "data").write_text("a file where the data directory should be")
+    (tmp_path / "data" / "registry.sqlite3").mkdir(parents=True)  # a directory, not a file
     done = run(tmp_path, "serve")
     assert the_failure(done).startswith(
         f"registry cannot be opened at {tmp_path / 'data' / 'registry.sqlite3'}: "
