@@ -383,7 +383,7 @@ def test_serve_help_lists_every_variable_with_its_default(bare_cli: Cli) -> None
     assert r.code == 0
     for flag in ("--host", "--port", "--log-level", "--data-dir"):
         assert flag in r.stdout
-    listed = r.stdout.split("environment variables (default):\n", 1)[1].splitlines()
+    listed = r.stdout.split("environment variables (default, meaning):\n", 1)[1].splitlines()
     variables = Config.variables()
     assert len(variables) == len(listed) >= 30
     for (name, _), line in zip(variables, listed, strict=True):
