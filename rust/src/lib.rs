@@ -620,6 +620,28 @@ impl PyWal {
             .map_err(|e| wal_error(py, &e))
     }
 
+    /// Sync "interval" only: log and buffer the batch's accepted lines at once (GIL
+    /// released); the tenants now at a flush threshold.
+    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| self.inner.append(batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `append` for one tenant's encoded lines, all or nothing: None when they do not fit.
+    fn append_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+    ) -> PyResult<Option<Vec<String>>> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| self.inner.append_lines(tenant, lines, line_count))
+            .map_err(|e| wal_error(py, &e))
+    }
+
     /// Outcomes of submitted appends since the last call: `(ticket, ready tenants, error)`.
     #[allow(clippy::type_complexity)]
     fn completed(&self, py: Python<'_>) -> Vec<(u64, Vec<String>, Option<Py<PyAny>>)> {
