@@ -561,15 +561,24 @@ mod tests {
 
         /// Random appends, deliveries, checkpoints and crashes (a torn record at the tail):
         /// every acknowledged, undelivered line comes back exactly once, and nothing at or
-        /// below a written checkpoint ever does.
+        /// below a written checkpoint ever does. `inline`: sync interval, appends written at
+        /// once in the caller (`append_lines`) rather than by the writer thread.
         #[test]
         fn no_acknowledged_line_is_lost_and_no_checkpointed_one_returns(
             ops in proptest::collection::vec(op(), 1..60),
             segment_bytes in 30u64..400,
             max_bytes in 200u64..3000,
+            inline in any::<bool>(),
         ) {
             let dir = TestDir::new();
-            let cfg = config(&dir.0, max_bytes, segment_bytes);
+            let cfg = WalConfig {
+                sync: if inline {
+                    SyncMode::Interval(Duration::from_secs(3600))
+                } else {
+                    SyncMode::Always
+                },
+                ..config(&dir.0, max_bytes, segment_bytes)
+            };
             let mut wal = open(&cfg);
             let mut next_line = 0u32;
             // Acknowledged line -> its mark; lines settled since.
@@ -587,7 +596,13 @@ mod tests {
                             .collect();
                         let body = text.iter().map(|l| format!("{l}\n")).collect::<String>();
                         let tenant = format!("t{tenant}");
-                        match append_lines(&wal, &tenant, body.as_bytes(), text.len()) {
+                        let appended = if inline {
+                            wal.append_lines(&tenant, body.as_bytes(), text.len())
+                                .map(|ready| ready.is_some())
+                        } else {
+                            append_lines(&wal, &tenant, body.as_bytes(), text.len())
+                        };
+                        match appended {
                             Ok(true) => {
                                 let mark = wal.buffers().last_mark();
                                 for line in text {
