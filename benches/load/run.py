@@ -24,9 +24,10 @@ tree, side by side in one run on the same bodies:
 
     python benches/load/run.py --cores rust --baseline base-c4f33ef --paced-rate 0
 
-`--alternate PAIRS` (direct mode, saturated phases only) starts the baseline and the working tree
-at once and lets them take turns, PAIRS runs each, then prints a `mean of PAIRS` row per build:
-on a shared machine whose speed drifts within minutes, only alternating runs compare fairly.
+`--alternate PAIRS` (direct mode, saturated phases only) starts the baseline and the working tree,
+each with every --durability, at once and lets them all take turns, PAIRS runs each, then prints
+a `mean of PAIRS` row per build and durability: on a shared machine whose speed drifts within
+minutes, only alternating runs compare fairly.
 
     python benches/load/run.py --cores rust --baseline base-c4f33ef --alternate 4 --duration 10
 
@@ -559,18 +560,19 @@ def with_shares(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_alternating(
-    s: Setup, builds: list[Build], case: Case, pairs: int, ceiling: Ceiling | None
+    s: Setup, entries: list[tuple[Build, Case]], pairs: int, ceiling: Ceiling | None
 ) -> list[dict[str, Any]]:
-    """Every build started and warmed at once, then `pairs` saturated phases each, the builds
-    (and the ceiling, if given) taking turns (and turns about who goes first): on a machine
-    whose speed drifts, a drift hits all alike. Ends with one row per build of the runs'
-    means."""
+    """Every (build, case) started and warmed at once, then `pairs` saturated phases each, all
+    of them (and the ceiling, if given) taking turns (and turns about who goes first): on a
+    machine whose speed drifts, a drift hits all alike. Ends with one row per (build, case) of
+    the runs' means."""
     runs: list[Running] = []
-    rows: dict[str, list[dict[str, Any]]] = {b.name: [] for b in builds}
+    rows: dict[str, list[dict[str, Any]]] = {}
     ceiling_rows: list[dict[str, Any]] = []
     try:
-        for build in builds:
+        for build, case in entries:
             runs.append(start(s, build, case))
+            rows[runs[-1].name] = []
         for pair in range(pairs):
             turns: list[Running | None] = [*runs, None] if ceiling else [*runs]
             for run in turns if pair % 2 == 0 else turns[::-1]:
@@ -578,13 +580,13 @@ def run_alternating(
                     assert ceiling is not None
                     ceiling_rows.append(ceiling.phase(s, runs[0].listing))
                 else:
-                    rows[run.tags["build"]].append(saturated(s, run))
+                    rows[run.name].append(saturated(s, run))
     finally:
         for run in runs:
             run.stop()
     return (
-        [row for build in rows.values() for row in build]
-        + [mean_row(build) for build in rows.values() if build]
+        [row for entry in rows.values() for row in entry]
+        + [mean_row(entry) for entry in rows.values() if entry]
         + ceiling_rows
     )
 
@@ -679,9 +681,9 @@ def main() -> None:
         type=int,
         default=0,
         metavar="PAIRS",
-        help="direct mode, saturated only: start every build at once and run PAIRS saturated "
-        "phases each, the builds taking turns (with --baseline: a fair comparison on a machine "
-        "whose speed drifts); adds a `mean of PAIRS` row per build",
+        help="direct mode, saturated only: start every build with every durability at once and "
+        "run PAIRS saturated phases each, all taking turns (a fair comparison on a machine whose "
+        "speed drifts); adds a `mean of PAIRS` row per build and durability",
     )
     p.add_argument(
         "--ceiling",
@@ -736,8 +738,8 @@ def main() -> None:
                         if "direct" in modes and (core == "rust" or durability == "memory")
                     ]
                     if args.alternate:
-                        for case in direct:
-                            rows += run_alternating(s, builds, case, args.alternate, ceiling)
+                        entries = [(build, case) for case in direct for build in builds]
+                        rows += run_alternating(s, entries, args.alternate, ceiling)
                         continue
                     for build in builds:
                         for case in direct:
