@@ -38,3 +38,32 @@ def cycles(graph: grimp.ImportGraph) -> list[str]:
 def test_no_module_imports_the_twin(graph: grimp.ImportGraph) -> None:
     # core.load picks the twin by name at run time; production code never depends on the oracle.
     assert graph.find_modules_that_directly_import("tidegate._twin") == set()
+
+
+def test_the_entrances_and_the_pipeline_import_neither_other(graph: grimp.ImportGraph) -> None:
+    assert entrance_imports(graph) == []
+
+
+def test_the_entrance_check_finds_an_import(graph: grimp.ImportGraph) -> None:
+    graph.add_import(importer="tidegate.http.gateway", imported="tidegate.nats.edge")
+    try:
+        assert entrance_imports(graph) == ["tidegate.http -> tidegate.nats"]
+    finally:
+        graph.remove_import(importer="tidegate.http.gateway", imported="tidegate.nats.edge")
+
+
+def entrance_imports(graph: grimp.ImportGraph) -> list[str]:
+    """Direct imports between the entrances (http/, nats/), or from the pipeline below them
+    into one: the per-message steps are shared, not copied. (Any of them may import config,
+    which holds NATS mode's settings.)"""
+    pairs = [
+        ("tidegate.http", "tidegate.nats"),
+        ("tidegate.nats", "tidegate.http"),
+        ("tidegate.pipeline", "tidegate.http"),
+        ("tidegate.pipeline", "tidegate.nats"),
+    ]
+    return [
+        f"{importer} -> {imported}"
+        for importer, imported in pairs
+        if graph.direct_import_exists(importer=importer, imported=imported, as_packages=True)
+    ]

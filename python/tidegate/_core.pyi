@@ -9,6 +9,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     if keys:                                                      # uncached devices only:
         admission.install(keys, await registry_rows(keys), now)   #   ONE registry query
         admission.admit(batch, now)                               #   (skip install if it failed)
+    learn(await registry_claim(field_types.unknown(batch)))      # new fields: shared claim
     field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     latest.record(batch)                                          # telemetry_latest
@@ -233,6 +234,11 @@ class Admission:
 
     def invalidate_all(self) -> None:
         """Forget every device."""
+
+    def set_share(self, share: float) -> None:
+        """Enforce `share` (0 < share <= 1) of every device's rps and of its burst (at least
+        one message) from now on: each of N processes sharing a device's traffic takes 1/N.
+        Raises ValueError outside (0, 1]."""
 
     def limits(self, tenant: str, device: str) -> tuple[float, int]:
         """`(rps, burst)` that applies to a device: its cached record's, else the defaults."""
@@ -468,6 +474,13 @@ class FieldTypes:
         (or an earlier item's in this batch); remember the new fields of the others. After
         `resolve`, before `TenantBuffers.append`, once per batch: ValueError otherwise (and
         `resolve` after `admit` is one too)."""
+
+    def unknown(self, batch: Batch) -> list[tuple[str, str, str, str]]:
+        """The distinct fields of the batch's still-accepted items that their tenant has not
+        remembered, `(tenant, measurement, field, type)` of their first item in request order;
+        none for a tenant at `max_per_tenant`. Read only (callable before `admit`): what a
+        process claims in the shared registry and `learn`s back before admitting. Runs without
+        the GIL."""
 
     def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
         """Set a field's type as InfluxDB reports it (`float`, `integer`, `unsigned`, `string`

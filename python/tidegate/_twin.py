@@ -885,6 +885,21 @@ class FieldTypes:
                             continue
                         known[(measurement, name)] = kind
 
+    def unknown(self, batch: Batch) -> list[tuple[str, str, str, str]]:
+        """The distinct fields of the still-accepted items their tenant does not know yet,
+        `(tenant, measurement, field, type)` of their first item; none for a tenant at its cap."""
+        out: dict[tuple[str, str, str], str] = {}
+        with self._lock:
+            for item in batch._items:
+                known = self._tenants.get(item.tenant, {})
+                if item.reason is not None or len(known) >= self._max:
+                    continue
+                measurement, fields = _line_fields(item.line)
+                for name, kind in fields:
+                    if (measurement, name) not in known:
+                        out.setdefault((item.tenant, measurement, name), kind)
+        return [(*key, kind) for key, kind in out.items()]
+
     def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
         """Set a field's type as InfluxDB reports it; False when it is not remembered."""
         if field_type not in _FIELD_TYPES:

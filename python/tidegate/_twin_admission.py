@@ -172,6 +172,7 @@ class Admission:
         self._default_rps = float(default_rps)
         self._default_burst = default_burst
         self._lookups = float(lookups_per_s)
+        self._share = 1.0
         self._found: _Table[_Entry] = _Table(max_entries)
         self._unknown: _Table[None] = _Table(max_negative_entries)
         self._budgets: _Table[list[float]] = _Table(max_negative_entries)
@@ -258,8 +259,9 @@ class Admission:
                 return (0, _UNAUTHORIZED), 0.0
             if site != record.site:
                 return (0, _SITE_MISMATCH), 0.0
-            rate = record.rps if record.rps is not None else self._default_rps
-            cap = float(record.burst if record.burst is not None else self._default_burst)
+            rate = (record.rps if record.rps is not None else self._default_rps) * self._share
+            burst = record.burst if record.burst is not None else self._default_burst
+            cap = max(1.0, float(burst) * self._share)
             if entry.bucket is None:
                 entry.bucket = [cap, now]
             allowed, wait = _take(entry.bucket, count, now, rate, cap)
@@ -320,6 +322,11 @@ class Admission:
         """Forget every device."""
         self._found.map.clear()
         self._unknown.map.clear()
+
+    def set_share(self, share: float) -> None:
+        """Enforce `share` (0 < share <= 1) of every device's rps and burst from now on."""
+        _setting("share", 0 < share <= 1, "a number in (0, 1]")
+        self._share = float(share)
 
     def limits(self, tenant: str, device: str) -> tuple[float, int]:
         """`(rps, burst)` that applies to a device: its record's, else the defaults."""

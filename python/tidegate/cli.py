@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, logs
+from tidegate import __version__, logs, owner
 from tidegate.config import (
     INFLUX_APIS,
     MODES,
@@ -159,10 +159,15 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _serve(cfg: Config, args: argparse.Namespace) -> int:
-    # Imported here: only serve needs Starlette and uvicorn.
+    # Imported here: only serve needs Starlette and uvicorn, and only NATS mode nats-py.
     from tidegate.http.app import serve
 
-    serve(cfg)
+    if cfg.mode == "nats":
+        from tidegate.nats.edge import open_publisher
+
+        serve(cfg, open_publisher)
+    else:
+        serve(cfg)
     return EXIT_OK
 
 
@@ -324,6 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)
     if args.command in ("serve", "worker"):
+        # Before anything opens the directory's files (the log, its live segment); the
+        # descriptor stays open, so the lock is held until the process exits.
+        try:
+            owner.claim(cfg.data_dir, args.command)
+        except owner.Locked as exc:
+            sys.stderr.write(f"tidegate: {exc}\n")
+            return EXIT_FAILED
         process: Callable[[Config, argparse.Namespace], int] = args.process
         return process(cfg, args)
     run: Command = args.run

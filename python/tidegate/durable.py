@@ -45,9 +45,11 @@ class Refused(Exception):
 class Accept:
     """Where the routes put accepted lines: the buffers, through the log when configured."""
 
-    def __init__(self, cfg: Config, buffers: TenantBuffers) -> None:
+    def __init__(self, cfg: Config, buffers: TenantBuffers, *, logged: bool = True) -> None:
+        """`logged=False`: never the log, whatever TIDEGATE_DURABILITY says (the NATS worker,
+        whose lines JetStream keeps until they are written)."""
         self.buffers = buffers
-        self.durable = cfg.durability == "wal"
+        self.durable = logged and cfg.durability == "wal"
         # Sync "interval": a 202 waits only for the write, done at once in this thread (GIL
         # released); the writer thread, its wakeup and a future per request cost more.
         self._inline = cfg.wal_sync == "interval"
@@ -109,11 +111,12 @@ class Accept:
         while not await self._open():
             await asyncio.sleep(_REOPEN_EVERY_S)
 
-    async def append(self, batch: Batch) -> list[str]:
+    async def append(self, batch: Batch, mark: int = 0) -> list[str]:
         """Buffer the batch's accepted lines (logged first in wal mode); the tenants now at a
-        flush threshold. Raises Refused when the log cannot take them: nothing is stored."""
+        flush threshold. Raises Refused when the log cannot take them: nothing is stored.
+        `mark` (memory mode: the log has its own) is the delivery mark of the lines."""
         if not self.durable:
-            return self.buffers.append(batch)
+            return self.buffers.append(batch, mark)
         wal = self._usable()
         try:
             if self._inline:
@@ -123,11 +126,11 @@ class Accept:
             raise _refused(exc) from None
         return await self._outcome(ticket) if ticket else []
 
-    async def append_lines(self, tenant: str, lines: bytes, line_count: int) -> bool:
+    async def append_lines(self, tenant: str, lines: bytes, line_count: int, mark: int = 0) -> bool:
         """`append` for one tenant's encoded lines, all or nothing; False when they do not
         fit the buffers."""
         if not self.durable:
-            return self.buffers.append_lines(tenant, lines, line_count)
+            return self.buffers.append_lines(tenant, lines, line_count, mark)
         wal = self._usable()
         try:
             if self._inline:

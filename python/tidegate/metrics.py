@@ -62,6 +62,10 @@ COUNTS = frozenset(
         "device_state_failures",
         "tenant_key_cache_hits",
         "tenant_key_cache_misses",
+        "tenant_key_budget_refusals",
+        "auth_stale_lookups",
+        "field_type_claims",
+        "field_type_claims_failed",
         "nats_reconnects",
         "nats_published",
         "nats_duplicates",
@@ -102,6 +106,7 @@ LEVELS = frozenset(
         "nats_connected",
         "worker_in_progress",
         "worker_held",
+        "rate_limit_processes",
     }
 )
 # Per-tenant message counters: the first TENANT_SERIES tenants with an accepted message get a

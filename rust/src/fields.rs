@@ -133,6 +133,42 @@ impl FieldTypes {
         })
     }
 
+    /// The distinct fields of the batch's still-accepted items that their tenant has not
+    /// remembered, as `(tenant, measurement, field, type)` of their first item, request order;
+    /// nothing for a tenant at its cap. Read only: what a caller claims in a shared store (and
+    /// `learn`s back) before `admit`, so every process decides a new field alike.
+    pub fn unknown(&self, batch: &Batch) -> Vec<(String, String, String, FieldType)> {
+        let state = self.lock();
+        let mut fields = LineFields::default();
+        let mut out: Vec<(String, String, String, FieldType)> = Vec::new();
+        for (tenant, line, shape) in batch.accepted_shapes() {
+            let known = state.index.get(tenant).map(|&t| &state.tenants[t]);
+            if known.is_some_and(|k| {
+                k.len >= self.max_per_tenant || (shape != NO_SHAPE && k.verified.contains(&shape))
+            }) {
+                continue;
+            }
+            fields.read(line);
+            let measurement = fields.measurement(line);
+            let types = known.and_then(|k| k.by_measurement.get(measurement));
+            for f in &fields.refs {
+                let name = fields.name(line, f);
+                if types.is_some_and(|t| t.contains_key(name)) {
+                    continue;
+                }
+                let m = String::from_utf8_lossy(measurement);
+                let name = String::from_utf8_lossy(name);
+                if !out
+                    .iter()
+                    .any(|(t, om, n, _)| t == tenant && *om == m && *n == name)
+                {
+                    out.push((tenant.to_owned(), m.into_owned(), name.into_owned(), f.ty));
+                }
+            }
+        }
+        out
+    }
+
     /// Sets a field's type as InfluxDB reports it. False when it is not remembered: the
     /// tenant is at its cap.
     pub fn learn(&self, tenant: &str, measurement: &str, field: &str, ty: FieldType) -> bool {
@@ -452,5 +488,32 @@ mod tests {
         let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
         b.append_with(|_, _| true).expect("append");
         assert_eq!(types.admit(&mut b), Err(UsageError::AlreadyAppended));
+    }
+
+    #[test]
+    fn unknown_lists_each_new_field_once_with_its_first_type_and_admits_nothing() {
+        let types = FieldTypes::new(10);
+        types.learn("t", "telemetry", "a", FieldType::Float);
+        let b = parse_batch(
+            body(&[r#"{"a":1,"b":true}"#, r#"{"b":2,"c":3}"#]).as_bytes(),
+            1,
+            8192,
+        )
+        .expect("a valid body");
+        let new: Vec<(String, String, String, &str)> = types
+            .unknown(&b)
+            .into_iter()
+            .map(|(t, m, f, ty)| (t, m, f, ty.name()))
+            .collect();
+        let row = |f: &str, ty| ("t".to_string(), "telemetry".to_string(), f.to_string(), ty);
+        // `seq` is a field of every line.
+        let expected = [
+            row("b", "boolean"),
+            row("seq", "integer"),
+            row("c", "float"),
+        ];
+        assert_eq!(new, expected);
+        assert_eq!(types.get("t", "telemetry", "b"), None);
+        assert_eq!(admitted(&types, &[r#"{"a":1}"#]).0, [None]);
     }
 }

@@ -292,6 +292,11 @@ impl PyAdmission {
         self.inner.invalidate_all();
     }
 
+    /// Enforce `share` (0 < share <= 1) of every device's rps and burst from now on.
+    fn set_share(&mut self, share: f64) -> PyResult<()> {
+        self.inner.set_share(share).map_err(|e| usage_error(&e))
+    }
+
     /// `(rps, burst)` that applies to a device: its record's, else the defaults.
     fn limits(&mut self, tenant: &str, device: &str) -> (f64, u32) {
         self.inner.limits(tenant, device)
@@ -736,6 +741,22 @@ impl PyFieldTypes {
         let batch = &mut batch.inner;
         py.detach(|| self.inner.admit(batch))
             .map_err(|e| usage_error(&e))
+    }
+
+    /// The distinct fields of the batch's accepted items their tenant does not know yet:
+    /// `(tenant, measurement, field, type)`, request order. Runs without the GIL.
+    fn unknown(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+    ) -> PyResult<Vec<(String, String, String, &'static str)>> {
+        let batch = batch.try_borrow()?;
+        let batch = &batch.inner;
+        let found = py.detach(|| self.inner.unknown(batch));
+        Ok(found
+            .into_iter()
+            .map(|(t, m, f, ty)| (t, m, f, ty.name()))
+            .collect())
     }
 
     /// Set a field's type as InfluxDB reports it; False when it is not remembered.

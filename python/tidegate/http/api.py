@@ -22,18 +22,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tidegate import logs
+from tidegate import logs, rate_limits
 from tidegate._core import valid_id
 from tidegate.http import cache
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import json_response, route
+from tidegate.http.endpoint import route
 from tidegate.http.gateway import Gateway
 from tidegate.ids import ID_RULE
-from tidegate.refusals import DEFAULT_TOP, LIMITED_WINDOW_S, MAX_TOP, WINDOW_S
+from tidegate.serving import json_response
 from tidegate.store import db_down
 from tidegate.store import devices as device_ops
 from tidegate.store.device_state import DeviceView, Snapshot
-from tidegate.tenant_keys import bearer_key
+from tidegate.tenant_keys import CHALLENGE, KEY_REQUIRED
 
 MAX_IDS = 100
 DEVICES = "devices"
@@ -53,8 +53,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 RESOURCE_TYPES = tuple(FIELDS)
 
-UNAUTHORIZED = {"detail": "a valid tenant API key is required: Authorization: Bearer <key>"}
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 _DB_UNAVAILABLE = {"detail": "the database is unavailable; retry later"}
 
@@ -68,9 +66,6 @@ class _Invalid(Exception):
         self.body = {"detail": detail, **extra}
 
 
-RATE_LIMITS = "/ingest/v1/metrics/rate-limits"
-
-
 def routes(gw: Gateway) -> list[BaseRoute]:
     """The public listener's: batch read, bulk admin, and the rate-limit state of the Bearer
     key's tenant (a key is required there: without one the state would name every tenant)."""
@@ -78,13 +73,13 @@ def routes(gw: Gateway) -> list[BaseRoute]:
     return [
         route(gw, "/api/v1/batch/get", "POST", "batch_get", api.batch_get),
         route(gw, "/api/v1/batch/devices", "POST", "batch_devices", api.batch_devices),
-        route(gw, RATE_LIMITS, "GET", "rate_limits", api.tenant_rate_limits),
+        route(gw, rate_limits.ROUTE, "GET", "rate_limits", api.tenant_rate_limits),
     ]
 
 
 def ops_routes(gw: Gateway) -> list[BaseRoute]:
     """The ops listener's: the rate-limit state of every tenant, or of a Bearer key's."""
-    return [route(gw, RATE_LIMITS, "GET", "rate_limits_ops", Api(gw).rate_limits)]
+    return [route(gw, rate_limits.ROUTE, "GET", "rate_limits_ops", Api(gw).rate_limits)]
 
 
 class Api:
@@ -135,38 +130,16 @@ class Api:
 
     async def tenant_rate_limits(self, request: Request) -> Response:
         """GET /ingest/v1/metrics/rate-limits on the public listener: a key is required."""
-        return await self._rate_limits(request, key_required=True)
+        return await rate_limits.answer(self.gw, request, key_required=True)
 
     async def rate_limits(self, request: Request) -> Response:
         """GET /ingest/v1/metrics/rate-limits on the ops listener: a key scopes it."""
-        return await self._rate_limits(request, key_required=False)
-
-    async def _rate_limits(self, request: Request, key_required: bool) -> Response:
-        try:
-            tenant = None
-            if key_required or "authorization" in request.headers:
-                tenant = await self._tenant(request)
-            top = _top(request.query_params.get("top"))
-        except _Invalid as exc:
-            return _refused(exc)
-        gw = self.gw
-        cfg = gw.cfg
-        tenants = gw.refusals.report(tenant, top, lambda t, d: cache.device_limits(gw, t, d))
-        return json_response(
-            200,
-            {
-                "default_limits": {"rps": cfg.default_rps, "burst": cfg.default_burst},
-                "window_s": WINDOW_S,
-                "limited_window_s": LIMITED_WINDOW_S,
-                "tenants": tenants,
-            },
-        )
+        return await rate_limits.answer(self.gw, request, key_required=False)
 
     async def _tenant(self, request: Request) -> str:
-        key = bearer_key(request.headers.get("authorization"))
-        tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
+        tenant = await self.gw.services.tenant_keys.of_header(request.headers.get("authorization"))
         if tenant is None:
-            raise _Invalid(401, UNAUTHORIZED["detail"])
+            raise _Invalid(401, KEY_REQUIRED)
         return tenant
 
     async def _json_object(self, request: Request) -> dict[str, Any]:
@@ -209,7 +182,7 @@ class Api:
 
 
 def _refused(exc: _Invalid) -> Response:
-    return json_response(exc.status, exc.body, _CHALLENGE if exc.status == 401 else None)
+    return json_response(exc.status, exc.body, CHALLENGE if exc.status == 401 else None)
 
 
 def _get_request(body: Mapping[str, Any]) -> tuple[str, list[str], tuple[str, ...]]:
@@ -313,18 +286,6 @@ def _totals(results: list[dict[str, object]]) -> dict[str, Any]:
         "total_failed": len(results) - succeeded,
         "processed_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
-
-
-def _top(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_TOP
-    try:
-        top = int(raw)
-    except ValueError:
-        top = 0
-    if not 1 <= top <= MAX_TOP:
-        raise _Invalid(400, f"top must be an integer from 1 to {MAX_TOP}")
-    return top
 
 
 def rfc3339_ns(ns: int) -> str:

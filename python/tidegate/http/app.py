@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import gc
 import inspect
-import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from types import FrameType
-from typing import Any
+from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -20,12 +17,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tidegate import logs
 from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
-from tidegate.http.endpoint import Handler, http_error, json_response
-from tidegate.http.gateway import Gateway
-from tidegate.http.listening import NamedServer, bind
+from tidegate.http.endpoint import Handler, http_error
+from tidegate.http.gateway import Gateway, OpenPublisher
+from tidegate.listening import NamedServer, bind
+from tidegate.serving import SignalServer, json_response, lifespan_of, server_options
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -75,31 +72,10 @@ class _ExactRoutes:
         await response(scope, receive, send)
 
 
-def lifespan_of(
-    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
-) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """A Starlette lifespan that runs `start`, serves, then `stop`; a failed start is logged as
-    one line saying what failed (uvicorn then logs the traceback and exits 3)."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await start()
-        except Exception as exc:
-            logs.log("start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
-            raise
-        try:
-            yield
-        finally:
-            await stop()
-
-    return lifespan
-
-
-def create_app(cfg: Config) -> App:
+def create_app(cfg: Config, open_publisher: OpenPublisher | None = None) -> App:
     """The gateway app on the public listener; the Gateway object is at `app.state.gateway`,
     the ops listener's app (stats, metrics; no lifespan of its own) at `app.state.ops_app`."""
-    gw = Gateway(cfg)
+    gw = Gateway(cfg, open_publisher)
     lifespan = lifespan_of(gw.start, gw.stop)
     app = App(
         routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw), *api.routes(gw)],
@@ -120,26 +96,6 @@ class _OpsServer(NamedServer):
     def capture_signals(self) -> Iterator[None]:
         """The public server's handlers stay in place."""
         yield
-
-
-class SignalServer(NamedServer):
-    """uvicorn's server, but a signal calls `on_signal` at once (the gateway starts draining, a
-    worker stops fetching) and is not re-raised after shutdown (uvicorn re-raises it, which
-    would make the exit status -SIGTERM, not 0)."""
-
-    def __init__(
-        self, config: uvicorn.Config, on_signal: Callable[[], None], listener: str = "public"
-    ) -> None:
-        super().__init__(config, listener)
-        self.on_signal = on_signal
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """First signal: shut down gracefully; a second SIGINT forces exit."""
-        self.on_signal()
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        else:
-            self.should_exit = True
 
 
 class _Server(SignalServer):
@@ -176,24 +132,11 @@ class _Server(SignalServer):
                 await self._ops_task
 
 
-def server_options(cfg: Config, graceful_s: int) -> dict[str, Any]:
-    """uvicorn settings every tidegate listener shares; in-flight requests get `graceful_s`."""
-    return {
-        # auto: uvloop (a dependency of tidegate) when the platform has it.
-        "loop": "auto",
-        "access_log": False,
-        "log_config": logs.uvicorn_log_config(cfg.log_level),
-        "log_level": cfg.log_level,
-        "timeout_graceful_shutdown": graceful_s,
-        "server_header": False,
-    }
-
-
-def serve(cfg: Config) -> None:
+def serve(cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
     """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT. uvicorn exits 3 when
     start-up fails; this raises SystemExit(1) when the shutdown lost lines (neither written
     nor spilled)."""
-    app = create_app(cfg)
+    app = create_app(cfg, open_publisher)
     gw: Gateway = app.state.gateway
     # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
     common = server_options(cfg, max(1, int(cfg.shutdown_deadline_s / 2)))

@@ -1,5 +1,4 @@
-"""This process's device auth cache as the tenant API uses it: the one place that knows where
-the cache lives, the core's Admission."""
+"""This process's device auth cache as the tenant API's device admin uses it."""
 
 from __future__ import annotations
 
@@ -9,9 +8,4 @@ from tidegate.http.gateway import Gateway
 def forget_device(gw: Gateway, tenant: str, device: str) -> None:
     """Drop the device's cached record (and verified token) now: its next request reads the
     registry, so a revoke or rotate takes effect on this process at once."""
-    gw.services.admitter.admission.invalidate(tenant, device)
-
-
-def device_limits(gw: Gateway, tenant: str, device: str) -> tuple[float, int]:
-    """`(rps, burst)` that applies to a device: its cached record's, else the defaults."""
-    return gw.services.admitter.admission.limits(tenant, device)
+    gw.services.admitter.invalidate(tenant, device)

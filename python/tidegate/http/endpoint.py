@@ -5,9 +5,8 @@ count, and errors (a body that cannot be read or parsed, a bug in the core) rend
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -18,17 +17,9 @@ from tidegate.durable import Refused
 from tidegate.http.gateway import Gateway
 from tidegate.http.limits import BODY_TIMED_OUT
 from tidegate.logs import log
-
-JSON = "application/json"
+from tidegate.serving import json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def json_response(
-    status: int, content: object, headers: Mapping[str, str] | None = None
-) -> Response:
-    """An orjson-encoded JSON response."""
-    return Response(orjson.dumps(content), status, headers, JSON)
 
 
 def unavailable(gw: Gateway) -> Response:

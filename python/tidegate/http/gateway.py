@@ -1,117 +1,67 @@
-"""The running gateway: the services the routes share, built at start and closed at stop."""
+"""The running gateway: the services and the pipeline the routes share, built at start and
+closed at stop."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from tidegate import core, logs
 from tidegate.config import Config
-from tidegate.durable import Accept
-from tidegate.http.admission import Admitter, retry_after_header
-from tidegate.latest import LatestWriter
+from tidegate.http.retry import retry_after_header
 from tidegate.metrics import Metrics
+from tidegate.pipeline.services import Services, open_services
+from tidegate.pipeline.steps import Pipeline, Publisher
 from tidegate.refusals import Refusals
-from tidegate.sink.scheduler import Sink
-from tidegate.store import open_registry
-from tidegate.store.registry import Registry
-from tidegate.tenant_keys import TenantKeys
 
-if TYPE_CHECKING:
-    from tidegate._core import FieldTypes, Latest, TenantBuffers
-    from tidegate.nats.edge import Publisher
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """What the routes share once the gateway has started."""
-
-    registry: Registry
-    buffers: TenantBuffers
-    accept: Accept
-    field_types: FieldTypes
-    sink: Sink
-    admitter: Admitter
-    latest: Latest
-    latest_writer: LatestWriter
-    tenant_keys: TenantKeys
-    # NATS mode: the ingest routes publish to JetStream instead of appending to the buffers
-    # (Shelly's readings keep the buffers and the sink in both modes).
-    publisher: Publisher | None = None
+OpenPublisher = Callable[[Config], Publisher]
+"""NATS mode's publisher, opened at start (nats/edge.py's `open_publisher`)."""
 
 
 class Gateway:
-    """The gateway's lifecycle: `start()` builds the Services, `stop()` drains and closes them.
+    """The gateway's lifecycle: `start()` builds the Services and the Pipeline, `stop()` drains
+    and closes them.
 
     What exists before start (config, core, metrics) is here for the routes to bind to; the
     `draining` flag is set on SIGTERM/SIGINT and at stop, and routes refuse new work with 503
-    while it is.
+    while it is. In NATS mode (`open_publisher` given) the ingest routes publish to JetStream
+    instead of appending to the buffers (Shelly's readings keep the buffers and the sink in
+    both modes).
     """
 
     services: Services
+    pipeline: Pipeline
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
         self.cfg = cfg
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.draining = False
         self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.shutdown_lost_lines = 0
+        self.publisher: Publisher | None = None
+        self._open_publisher = open_publisher
         # BUFFER_FULL clears when the sink frees space; a flush interval is the soonest that is.
         self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
 
     async def start(self) -> None:
-        """Open and migrate the registry, create the buffers, open the write-ahead log (its
-        undelivered records back into the buffers before anything is served), start the sink."""
+        """Open the services (registry, buffers, write-ahead log, sink); in NATS mode the
+        publisher, connecting in the background (reconnecting forever)."""
         cfg = self.cfg
-        registry = await open_registry(cfg)
-        await registry.migrate()
-        buffers = self.core.TenantBuffers(
-            cfg.influx_batch_size,
-            cfg.buffer_flush_bytes,
-            cfg.buffer_max_bytes,
-            cfg.buffer_tenant_max_bytes,
+        if cfg.mode == "nats" and self._open_publisher is None:
+            raise RuntimeError("NATS mode needs a publisher (tidegate serve wires it)")
+        services = await open_services(cfg, self.core, self.metrics.on_flush)
+        self.services = services
+        if self._open_publisher is not None:
+            self.publisher = self._open_publisher(cfg)
+        self.pipeline = Pipeline(services, self.metrics, self.refusals, self.publisher)
+        self.metrics.bind(
+            services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )
-        accept = Accept(cfg, buffers)
-        await accept.start()
-        field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
-        sink = Sink(
-            cfg,
-            buffers,
-            on_flush=self.metrics.on_flush,
-            spill=not accept.durable,
-            field_types=field_types,
-        )
-        await sink.start()
-        latest = self.core.Latest()
-        latest_writer = LatestWriter(
-            latest, registry.device_state, cfg.influx_flush_interval_ms / 1000
-        )
-        latest_writer.start()
-        tenant_keys = TenantKeys(
-            registry.tenant_for_api_key,
-            cfg.auth_cache_ttl_s,
-            cfg.auth_cache_negative_ttl_s,
-            cfg.auth_cache_max_entries,
-        )
-        self.services = Services(
-            registry,
-            buffers,
-            accept,
-            field_types,
-            sink,
-            Admitter.from_config(self.core, cfg, registry),
-            latest,
-            latest_writer,
-            tenant_keys,
-            self._publisher(),
-        )
-        self.metrics.bind(buffers, sink.stats, self._extra_stats, accept.stats)
         logs.log(
             "gateway_started",
             mode=cfg.mode,
             core=cfg.core,
-            registry=registry.backend,
+            registry=services.registry.backend,
             sink=cfg.influxdb_url or str(cfg.data_dir / "lp"),
             durability=cfg.durability,
         )
@@ -123,9 +73,7 @@ class Gateway:
         later; only lines it could not even spill count as lost."""
         self.draining = True
         services = self.services
-        await services.sink.stop()
-        await services.latest_writer.stop()
-        await services.accept.close()
+        await services.stop()
         sink_stats = services.sink.stats()
         self.shutdown_lost_lines = sink_stats["lost"]
         logs.log(
@@ -136,37 +84,16 @@ class Gateway:
             lost_lines=self.shutdown_lost_lines,
         )
         await services.registry.close()
-        if services.publisher is not None:
-            await services.publisher.link.close()
+        if self.publisher is not None:
+            await self.publisher.close()
 
     def start_draining(self) -> None:
         """Refuse new work from now on (SIGTERM/SIGINT: at once, before the lifespan stops)."""
         self.draining = True
 
-    def _publisher(self) -> Publisher | None:
-        """NATS mode's publisher, connecting in the background (reconnecting forever)."""
-        if self.cfg.mode != "nats":
-            return None
-        # Imported here: nats-py is needed in NATS mode only.
-        from tidegate.nats.edge import Publisher
-        from tidegate.nats.stream import Link
-
-        link = Link(self.cfg.nats, "edge")
-        link.start()
-        return Publisher(link, self.cfg.nats)
-
     def _extra_stats(self) -> dict[str, int]:
-        s = self.services
         return {
-            "registry_queries": s.registry.queries,
-            **s.admitter.stats(),
-            "field_types": len(s.field_types),
-            "field_types_untracked": s.field_types.untracked,
-            "telemetry_latest_devices": len(s.latest),
-            "device_state_upserts": s.latest_writer.upserts,
-            "device_state_failures": s.latest_writer.failures,
-            "tenant_key_cache_hits": s.tenant_keys.hits,
-            "tenant_key_cache_misses": s.tenant_keys.misses,
+            **self.services.stats(),
             "draining": int(self.draining),
-            **(s.publisher.counters() if s.publisher is not None else {}),
+            **(self.publisher.counters() if self.publisher is not None else {}),
         }

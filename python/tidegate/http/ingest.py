@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import Request
@@ -22,13 +21,11 @@ from tidegate._core import (
     reason_detail,
     valid_id,
 )
-from tidegate.http.admission import DB_RETRY_AFTER, retry_after_header
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import JSON, buffer_full, json_response, route, utf8_header
+from tidegate.http.endpoint import buffer_full, route, utf8_header
 from tidegate.http.gateway import Gateway
-
-if TYPE_CHECKING:
-    from tidegate._core import Batch
+from tidegate.http.retry import DB_RETRY_AFTER, retry_after_header
+from tidegate.serving import JSON, json_response
 
 TOKEN_HEADER = "x-provision-token"
 UNAUTHORIZED_BODY = orjson.dumps(
@@ -61,27 +58,22 @@ def routes(gw: Gateway) -> list[BaseRoute]:
 
 
 class Ingest:
-    """Parse in the core, decide auth and rate limits, buffer, answer."""
+    """Parse in the core, run the pipeline, answer."""
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.cfg = gw.cfg
         self.core = gw.core
-        self.metrics = gw.metrics
 
     async def batch(self, request: Request) -> Response:
         """POST /ingest/v1/batch."""
         cfg = self.cfg
         body = await read_body(request, cfg.max_body_bytes)
         batch = self.core.parse_batch(body, time.time_ns(), cfg.max_payload_bytes)
-        await self._ingest(batch)
-        accepted, rejected, out = batch.response_json()
+        accepted, rejected, out, _published = await self.gw.pipeline.ingest(batch)
         if not rejected:
-            self.metrics.count(accepted, (), batch)
             return Response(out, 202, None, JSON)
-        counts = batch.reason_counts()
-        self.metrics.count(accepted, counts, batch)
-        reasons = dict(counts)
+        reasons = dict(batch.reason_counts())
         headers: dict[str, str] | None = None
         retry_after = batch.retry_after
         if BUFFER_FULL in reasons:
@@ -99,19 +91,17 @@ class Ingest:
         token = utf8_header(request, TOKEN_HEADER)
         # A token that is not a valid id can match no device: same 401 as a wrong one.
         if not token or not valid_id(token):
+            self.gw.pipeline.refuse(UNAUTHORIZED)
             return Response(UNAUTHORIZED_BODY, 401, None, JSON)
         params = request.path_params
         tenant, device = params["tenant"], params["device"]
         batch = self.core.parse_single(
             body, tenant, device, params["msg_type"], token, time.time_ns(), cfg.max_payload_bytes
         )
-        published = await self._ingest(batch)
-        accepted, _rejected, _out = batch.response_json()
+        accepted, _rejected, _out, published = await self.gw.pipeline.ingest(batch)
         if accepted:
-            self.metrics.count(1, (), batch)
             return Response(b'{"status":"accepted"}', 202, None, JSON)
         counts = batch.reason_counts()
-        self.metrics.count(0, counts, batch)
         details = batch.details()
         if details:
             return json_response(400, {"detail": details[0][1], "reason": INVALID_METRICS})
@@ -120,28 +110,6 @@ class Ingest:
             body = REGISTRY_UNAVAILABLE_BODY if published else NATS_UNAVAILABLE_BODY
             return Response(body, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
         return self._single_rejection(reason, tenant, device, batch.retry_after)
-
-    async def _ingest(self, batch: Batch) -> bool:
-        """Admission (auth, site, rate limit), field types, then buffer and notify, or in NATS
-        mode publish: the shared tail of both routes. False when JetStream did not acknowledge
-        some tenant's lines (their items become UNAVAILABLE)."""
-        services = self.gw.services
-        await services.admitter.admit(batch)
-        services.field_types.admit(batch)
-        published = True
-        if services.publisher is not None:
-            # Answered only after JetStream acknowledged each tenant's lines.
-            failed = await services.publisher.publish(batch.tenant_lines())
-            if failed:
-                published = batch.withdraw(failed, UNAVAILABLE) == 0
-        else:
-            ready = await services.accept.append(batch)
-            if ready:
-                services.sink.notify(ready)
-        services.latest.record(batch)
-        if batch.retry_after:
-            self.gw.refusals.record(batch.refusals(RATE_LIMITED))
-        return published
 
     def _single_rejection(
         self, reason: str, tenant: str, device: str, retry_after: float

@@ -14,8 +14,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from tidegate.http import openapi
-from tidegate.http.endpoint import json_response, route
+from tidegate.http.endpoint import route
 from tidegate.http.gateway import Gateway
+from tidegate.serving import json_response
 
 READY_TIMEOUT_S = 2.0
 # The live page: one self-contained file of the package (no build step, no external asset).
@@ -98,8 +99,9 @@ class Ops:
         wal = services.accept.not_ready_reason()
         if wal is not None:
             return wal
-        if services.publisher is not None and not services.publisher.link.connected:
-            return f"not connected to NATS ({services.publisher.link.last_error or 'connecting'})"
+        publishing = gw.publisher.not_ready_reason() if gw.publisher is not None else None
+        if publishing is not None:
+            return publishing
         if services.sink.failing:
             return "sink is failing to write"
         if services.sink.above_high_water:

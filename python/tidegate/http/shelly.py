@@ -22,10 +22,11 @@ from starlette.routing import BaseRoute
 from tidegate import logs
 from tidegate._core import BUFFER_FULL, MAX_SHELLY_MESSAGES
 from tidegate.durable import Refused
-from tidegate.http.admission import DB_RETRY_AFTER
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import JSON, buffer_full, route
+from tidegate.http.endpoint import buffer_full, route
 from tidegate.http.gateway import Gateway
+from tidegate.http.retry import DB_RETRY_AFTER
+from tidegate.serving import JSON
 from tidegate.store import db_down
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class Shelly:
             tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
             if tenant is not None:
                 return tenant
-        if cfg.ingest_api_key is None and not await self.gw.services.registry.has_tenants():
+        if cfg.ingest_api_key is None and not await self.gw.services.tenant_keys.any_keys():
             logs.log(
                 "shelly_not_configured",
                 level="error",
@@ -164,10 +165,9 @@ class Shelly:
         the buffer since, or the log failed in between, the lines are dropped, counted and
         logged rather than failing a request that did its job.
         """
-        services = self.gw.services
         lines, count = batch.encode(rows)
         try:
-            taken = await services.accept.append_lines(tenant, lines, count)
+            taken = await self.gw.pipeline.buffer_lines(tenant, lines, count)
             why = BUFFER_FULL
         except Refused as exc:
             taken, why = False, exc.detail
@@ -176,10 +176,6 @@ class Shelly:
             logs.log(
                 "shelly_influx_dropped", level="warning", tenant=tenant, lines=count, reason=why
             )
-            return
-        ready = services.buffers.ready()
-        if ready:
-            services.sink.notify(ready)
 
     def _respond(
         self, tenant: str, batch: ShellyBatch, found: int, inserted: int, start: float

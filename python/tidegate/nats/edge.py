@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 
+from tidegate.config import Config
 from tidegate.logs import log
 from tidegate.nats.settings import FORMAT_HEADER, FORMAT_LP, NatsSettings
 from tidegate.nats.stream import Link
@@ -40,6 +41,14 @@ _TRANSIENT = (
     nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
 )
+
+
+def open_publisher(cfg: Config) -> Publisher:
+    """The edge's publisher, its connection started (in the background, reconnecting forever):
+    what `tidegate serve` wires into the gateway in NATS mode."""
+    link = Link(cfg.nats, "edge")
+    link.start()
+    return Publisher(link, cfg.nats)
 
 
 def subject(tenant: str) -> str:
@@ -84,6 +93,16 @@ class Publisher:
         self._senders: dict[str, asyncio.Task[None]] = {}
         # Headroom under the stream's max message size for the headers.
         self._max_size = max(1, settings.max_msg_bytes - 1024)
+
+    def not_ready_reason(self) -> str | None:
+        """Why nothing can be published now, or None."""
+        if self.link.connected:
+            return None
+        return f"not connected to NATS ({self.link.last_error or 'connecting'})"
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.link.close()
 
     def counters(self) -> dict[str, int]:
         """For /stats and /metrics (as `tidegate_nats_*`)."""

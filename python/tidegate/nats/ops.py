@@ -1,4 +1,6 @@
-"""A worker's own listener: /health, /ready, /metrics and /stats, and the process around it."""
+"""A worker's own listener: /health, /ready, /metrics, /stats and the rate-limit refusals
+(`/ingest/v1/metrics/rate-limits`, as on the gateway's ops listener), and the process around
+it."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidegate.config import Config
-from tidegate.http.app import SignalServer, lifespan_of, server_options
-from tidegate.http.endpoint import json_response
 from tidegate.nats.worker import Worker
+from tidegate.rate_limits import ROUTE as RATE_LIMITS
+from tidegate.rate_limits import answer as answer_rate_limits
+from tidegate.serving import SignalServer, json_response, lifespan_of, server_options
 
 
 def create_app(worker: Worker) -> Starlette:
@@ -38,11 +41,15 @@ def create_app(worker: Worker) -> Starlette:
         out["delivery_latency"] = worker.latency.percentiles(reset)
         return json_response(200, out)
 
+    async def rate_limits(request: Request) -> Response:
+        return await answer_rate_limits(worker, request, key_required=False)
+
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route(RATE_LIMITS, rate_limits, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -7,16 +7,21 @@ Three inputs, one pipeline, told apart by subject and header:
    msg_type, username, payload, ts}`, `payload` the single-message body with `provision_token`;
 3. `tenant.{tenant}.device.{device}.{msg_type}` — an MQTT publish through nats-server, payload
    the single-message body with `provision_token`.
-(2) and (3) get the edge's validation: the core's parser, the registry behind the auth cache,
-site check and rate limit. A message without ts gets the time JetStream stored it, so a
-redelivered one is the same InfluxDB point. Rejected ones are published to
+(2) and (3) are parsed by the core and run through the pipeline (pipeline/steps.py) exactly as a
+direct-mode request: admission (registry behind the auth cache, site check, rate limit), field
+types, telemetry_latest, rate-limit refusals, counts; a retryable refusal (buffers full,
+registry unavailable) is nak'd instead of rejected. A message without ts gets the time JetStream
+stored it, so a redelivered one is the same InfluxDB point. Rejected ones are published to
 `telemetry.rejected.{tenant}` with the reason in `Tidegate-Reason`, then acked; one that cannot be
 read at all is published there too and terminated.
 
 Ack after write: each message appended to the buffers carries a delivery mark; it is acked only
 when the core reports the mark delivered (every line written to InfluxDB or the LP files, or
-dead-lettered). While a write fails the worker stops fetching; what it holds is kept alive with
-in-progress acks, and a message fetched meanwhile is nak'd with a delay. SIGTERM: stop fetching,
+dead-lettered). While a tenant's writes fail, only that tenant waits: what the worker holds of it
+is kept alive with in-progress acks, and its messages fetched meanwhile are nak'd with a delay,
+while the other tenants' messages are written as usual (a fetch whose every message was nak'd
+so waits NATS_NAK_DELAY_S before the next, so a database down for everyone is not polled in a
+tight loop). SIGTERM: stop fetching,
 flush, ack what was written, nak the rest (another worker takes it), exit 0.
 """
 
@@ -35,10 +40,8 @@ from nats.aio.msg import Msg
 from prometheus_client import Histogram
 
 from tidegate import core, logs
-from tidegate._core import BUFFER_FULL, UNAVAILABLE
+from tidegate._core import BUFFER_FULL, UNAUTHORIZED, UNAVAILABLE
 from tidegate.config import Config
-from tidegate.http.admission import Admitter
-from tidegate.latest import LatestWriter
 from tidegate.metrics import Metrics
 from tidegate.nats.settings import (
     CONSUMER,
@@ -49,17 +52,16 @@ from tidegate.nats.settings import (
     SUBJECT_HEADER,
 )
 from tidegate.nats.stream import Link
-from tidegate.sink.scheduler import Sink
-from tidegate.store import open_registry
-from tidegate.store.registry import Registry
+from tidegate.pipeline.services import Services, open_services
+from tidegate.pipeline.steps import Pipeline
+from tidegate.refusals import Refusals
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-    from tidegate._core import Batch, FieldTypes, Latest, TenantBuffers
+    from tidegate._core import Batch
 
 INVALID_SCHEMA = "INVALID_SCHEMA"
-UNAUTHORIZED = "UNAUTHORIZED"
 # Retryable as is: the message goes back to JetStream (nak) instead of being rejected.
 RETRYABLE = frozenset({BUFFER_FULL, UNAVAILABLE})
 # Not a per-item reason: the message is not JSON, or not the shape its subject calls for.
@@ -146,13 +148,8 @@ def stored_ns(msg: Msg) -> int:
 class Worker:
     """Fetch, validate, buffer, write, ack: one process's share of the consumer."""
 
-    registry: Registry
-    buffers: TenantBuffers
-    sink: Sink
-    admitter: Admitter
-    field_types: FieldTypes
-    latest: Latest
-    latest_writer: LatestWriter
+    services: Services
+    pipeline: Pipeline
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -160,6 +157,7 @@ class Worker:
         self.core = core.load(cfg.core)
         self.metrics = Metrics()
         self.stats = WorkerStats()
+        self.refusals = Refusals(cfg.auth_cache_max_entries)
         self.link = Link(cfg.nats, "worker", consumer=True)
         self.stopping = False
         self._held: dict[int, _Held] = {}
@@ -169,39 +167,21 @@ class Worker:
         self.latency = Latency(self.metrics)
 
     async def start(self) -> None:
-        """Open the registry, the buffers and the sink; connect and start the loops."""
+        """Open the services (registry, buffers, sink; no write-ahead log: JetStream keeps each
+        message until it is acked); connect and start the loops."""
         cfg = self.cfg
-        self.registry = await open_registry(cfg)
-        await self.registry.migrate()
-        self.buffers = self.core.TenantBuffers(
-            cfg.influx_batch_size,
-            cfg.buffer_flush_bytes,
-            cfg.buffer_max_bytes,
-            cfg.buffer_tenant_max_bytes,
+        services = await open_services(cfg, self.core, self._on_flush, upstream_keeps_lines=True)
+        self.services = services
+        self.pipeline = Pipeline(services, self.metrics, self.refusals)
+        self.metrics.bind(
+            services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )
-        self.field_types = self.core.FieldTypes(cfg.field_types_max_per_tenant)
-        # Unwritten lines at stop are not spilled: their messages go back to JetStream unacked.
-        self.sink = Sink(
-            cfg,
-            self.buffers,
-            on_flush=self._on_flush,
-            spill=False,
-            field_types=self.field_types,
-        )
-        await self.sink.start()
-        self.admitter = Admitter.from_config(self.core, cfg, self.registry)
-        self.latest = self.core.Latest()
-        self.latest_writer = LatestWriter(
-            self.latest, self.registry.device_state, cfg.influx_flush_interval_ms / 1000
-        )
-        self.latest_writer.start()
-        self.metrics.bind(self.buffers, self.sink.stats, self._extra_stats, lambda: None)
         self.link.start()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
             asyncio.create_task(self._ack_loop(), name="tidegate-worker-ack"),
         ]
-        logs.log("worker_started", core=cfg.core, registry=self.registry.backend)
+        logs.log("worker_started", core=cfg.core, registry=services.registry.backend)
 
     def stop_fetching(self) -> None:
         """Take no new message from now on (SIGTERM/SIGINT: at once, before the lifespan stops)."""
@@ -213,8 +193,7 @@ class Worker:
         fetch, ack = self._tasks or (None, None)
         if fetch is not None:
             await fetch
-        await self.sink.stop()
-        await self.latest_writer.stop()
+        await self.services.stop()
         if ack is not None:
             ack.cancel()
             await asyncio.gather(ack, return_exceptions=True)
@@ -224,7 +203,7 @@ class Worker:
         for held in unwritten:
             await self._settle(held.msg, "nak", 0)
         await self.link.close()
-        await self.registry.close()
+        await self.services.registry.close()
         logs.log("worker_stopped", acked=self.stats.acked, returned=len(unwritten))
 
     def not_ready_reason(self) -> str | None:
@@ -233,7 +212,7 @@ class Worker:
             return "shutting down"
         if not self.link.connected:
             return f"not connected to NATS ({self.link.last_error or 'connecting'})"
-        if self.sink.failing:
+        if self.services.sink.failing:
             return "sink is failing to write"
         return None
 
@@ -254,13 +233,7 @@ class Worker:
             "worker_held": len(self._held),
             "nats_connected": int(self.link.connected),
             "nats_reconnects": self.link.reconnects,
-            **self.admitter.stats(),
-            "field_types": len(self.field_types),
-            "field_types_untracked": self.field_types.untracked,
-            "telemetry_latest_devices": len(self.latest),
-            "device_state_upserts": self.latest_writer.upserts,
-            "device_state_failures": self.latest_writer.failures,
-            "registry_queries": self.registry.queries,
+            **self.services.stats(),
         }
 
     def _on_flush(self, tenant: str, lines: int, seconds: float, ok: bool) -> None:
@@ -270,11 +243,9 @@ class Worker:
     # -- fetching ---------------------------------------------------------------------------
 
     def _paused(self) -> bool:
-        """Take no new messages: the sink fails, the buffers are near full, or enough is held."""
+        """Take no new messages: the buffers are near full, or enough is held."""
         return (
-            self.sink.failing
-            or self.sink.above_high_water
-            or len(self._held) >= self.settings.max_ack_pending
+            self.services.sink.above_high_water or len(self._held) >= self.settings.max_ack_pending
         )
 
     async def _fetch_loop(self) -> None:
@@ -300,9 +271,10 @@ class Worker:
                 await asyncio.sleep(_IDLE_S * 10)
                 continue
             self.stats.fetched += len(msgs)
+            taken = 0
             for msg in msgs:
                 try:
-                    await self._handle(msg)
+                    taken += await self._handle(msg)
                 except Exception as exc:  # a bug must not kill the loop; the message comes back
                     logs.log(
                         "worker_message_failed",
@@ -311,15 +283,16 @@ class Worker:
                         error=f"{type(exc).__name__}: {exc}",
                     )
                     await self._settle(msg, "nak", s.nak_delay_s)
-            ready = self.buffers.ready()
-            if ready:
-                self.sink.notify(ready)
+            if msgs and not taken:
+                await asyncio.sleep(s.nak_delay_s)
 
-    async def _handle(self, msg: Msg) -> None:
-        if self.sink.failing:
-            await self._settle(msg, "nak", self.settings.nak_delay_s)
-            return
+    async def _handle(self, msg: Msg) -> bool:
+        """Take the message; False when it was nak'd because its tenant's writes fail."""
         tokens = msg.subject.split(".")
+        # Both subject forms name the tenant second: telemetry.{tenant}, tenant.{tenant}....
+        if len(tokens) > 1 and self.services.sink.tenant_failing(tokens[1]):
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+            return False
         if len(tokens) == 2 and tokens[0] == "telemetry":
             if (msg.headers or {}).get(FORMAT_HEADER) == FORMAT_LP:
                 self.stats.lp_messages += 1
@@ -332,6 +305,7 @@ class Worker:
             await self._single(msg, tokens[1], tokens[1], tokens[3], tokens[4], msg.data)
         else:
             await self._reject(msg, "_", UNREADABLE, f"no input is published on {msg.subject}")
+        return True
 
     def _mark(self, msg: Msg) -> int:
         self._next_mark += 1
@@ -346,7 +320,7 @@ class Worker:
             await self._settle(msg, "ack")
             return
         mark = self._mark(msg)
-        if not self.buffers.append_lines(tenant, data, count, mark=mark):
+        if not await self.pipeline.buffer_lines(tenant, data, count, mark):
             del self._held[mark]
             await self._settle(msg, "nak", self.settings.nak_delay_s)
 
@@ -385,7 +359,7 @@ class Worker:
         token = doc.get("provision_token")
         # As on the single-message route: a token that is not a valid id matches no device.
         if not isinstance(token, str) or not self.core.valid_id(token):
-            self.metrics.count(0, ((UNAUTHORIZED, 1),))
+            self.pipeline.refuse(UNAUTHORIZED)
             await self._reject(msg, subject_tenant, UNAUTHORIZED, "no valid provision_token")
             return
         try:
@@ -395,22 +369,16 @@ class Worker:
         except self.core.BodyError as exc:
             await self._reject(msg, subject_tenant, UNREADABLE, exc.detail)
             return
-        await self.admitter.admit(batch)
-        self.field_types.admit(batch)
         # A mark under which nothing is stored is delivered at once; it is dropped below.
         mark = self._mark(msg)
-        self.buffers.append(batch, mark=mark)
-        accepted, _rejected, _body = batch.response_json()
+        accepted, _rejected, _body, _published = await self.pipeline.ingest(batch, mark)
         if accepted:
-            self.metrics.count(accepted, (), batch)
-            self.latest.record(batch)
             return
         self._held.pop(mark, None)
         reason = batch.reason_counts()[0][0]
         if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
-        self.metrics.count(0, batch.reason_counts(), batch)
         details = batch.details()
         await self._reject(msg, subject_tenant, reason, details[0][1] if details else None)
 
@@ -461,7 +429,7 @@ class Worker:
                         await self._settle(held.msg, "in_progress")
 
     async def _ack_delivered(self) -> None:
-        delivered = self.buffers.take_delivered()
+        delivered = self.services.buffers.take_delivered()
         if not delivered:
             return
         now_ns = time.time_ns()
