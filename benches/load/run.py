@@ -66,7 +66,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(HERE)]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
 from gateway import GatewayProcess, poll, run_gateway  # noqa: E402
 from procs import CpuMeter  # noqa: E402

@@ -392,10 +392,10 @@ def envelope(device: str, token: str, metrics: object, seq: int) -> bytes:
     )
 
 
-def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
-    """`(subject, reason, data)` of every message in TELEMETRY_REJECTED."""
+def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
+    """`(subject, reason, detail, data)` of every message in TELEMETRY_REJECTED."""
 
-    async def read() -> list[tuple[str, str, bytes]]:
+    async def read() -> list[tuple[str, str, str, bytes]]:
         nc = await nats.connect(server.url)
         try:
             js = nc.jetstream()
@@ -405,7 +405,8 @@ def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     msg = await js.get_msg("TELEMETRY_REJECTED", seq)
                     headers = msg.headers or {}
-                    out.append((msg.subject, headers["Tidegate-Reason"], msg.data or b""))
+                    reason, detail = headers["Tidegate-Reason"], headers["Tidegate-Detail"]
+                    out.append((msg.subject, reason, detail, msg.data or b""))
             return out
         finally:
             await nc.close()
@@ -461,14 +462,19 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
     mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe")
     wait_for_exactly(influx, {1, 11})
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
-    assert sorted((subject, reason) for subject, reason, _ in got) == [
+    assert sorted((subject, reason) for subject, reason, _, _ in got) == [
         ("telemetry.rejected.acme", "INVALID_METRICS"),
         ("telemetry.rejected.acme", "UNAUTHORIZED"),
         ("telemetry.rejected.acme", "UNAUTHORIZED"),
         ("telemetry.rejected.acme", "UNREADABLE"),
         ("telemetry.rejected.acme", "UNREADABLE"),
     ]
-    assert b"not json at all" in [data for _, _, data in got]
+    # Each refused one with the single-message route's detail, naming the payload's token.
+    assert sorted({(reason, detail) for _, reason, detail, _ in got if reason != "UNREADABLE"}) == [
+        ("INVALID_METRICS", "metrics must be an object of at most 256 numeric or boolean values"),
+        ("UNAUTHORIZED", "a valid provision_token is required for this device"),
+    ]
+    assert b"not json at all" in [data for _, _, _, data in got]
     poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
 
 
