@@ -15,6 +15,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -31,6 +32,7 @@ from tidegate.config import (
     positive_int,
 )
 from tidegate.ids import check_device, check_id, check_tenant, check_token
+from tidegate.nats import broker
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
@@ -136,7 +138,30 @@ async def _device_rotate(cfg: Config, args: argparse.Namespace) -> dict[str, obj
 
 
 async def _device_revoke(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    return await _device_op(cfg, args.tenant, {"op": devices.REVOKE_OP, "device_id": args.device})
+    out = await _device_op(cfg, args.tenant, {"op": devices.REVOKE_OP, "device_id": args.device})
+    if cfg.nats.broker_dir is not None:
+        await asyncio.to_thread(
+            broker.remove_devices, cfg.nats.broker_dir, args.tenant, [args.device]
+        )
+    return out
+
+
+async def _device_mqtt_credentials(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    if cfg.nats.broker_dir is None:
+        raise CommandFailed("NATS_BROKER_DIR is not set (the --dir of `tidegate nats setup`)")
+    async with _opened(cfg) as reg:
+        found = await reg.devices([(args.tenant, args.device)])
+    if not any(d.active for d in found.values()):
+        raise CommandFailed(f"no active device {args.device!r} in tenant {args.tenant!r}")
+    creds = await asyncio.to_thread(
+        broker.device_credentials, cfg.nats.broker_dir, args.tenant, args.device
+    )
+    return dict(creds)
+
+
+async def _nats_setup(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    at = broker.Listeners(args.host, args.port, args.mqtt_port, args.monitor_port)
+    return broker.setup(args.dir, at)
 
 
 async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
@@ -254,9 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     device_revoke.add_argument("--device", required=True, type=_any_device_arg)
     device_revoke.set_defaults(run=_device_revoke)
 
+    device_mqtt = device.add_parser(
+        "mqtt-credentials", help="NATS mode: a new MQTT user for the device (NATS_BROKER_DIR)"
+    )
+    device_mqtt.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_mqtt.add_argument("--device", required=True, type=_device_arg)
+    device_mqtt.set_defaults(run=_device_mqtt_credentials)
+
     device_list = device.add_parser("list", help="list a tenant's devices (no tokens)")
     device_list.add_argument("--tenant", required=True, type=_tenant_arg)
     device_list.set_defaults(run=_device_list)
+
+    nats = commands.add_parser("nats", help="NATS mode admin").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    nats_setup = nats.add_parser(
+        "setup", help="write a nats-server config with fresh secrets; print the services' env"
+    )
+    nats_setup.add_argument("--dir", required=True, type=Path, metavar="DIR")
+    at = broker.Listeners()
+    nats_setup.add_argument("--host", type=_secret_arg, default=at.host)
+    nats_setup.add_argument("--port", type=_arg(parse_port), default=at.port)
+    nats_setup.add_argument("--mqtt-port", type=_arg(parse_port), default=at.mqtt_port)
+    nats_setup.add_argument("--monitor-port", type=_arg(parse_port), default=at.monitor_port)
+    nats_setup.set_defaults(run=_nats_setup)
 
     replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
@@ -322,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as exc:
         _print({"error": str(exc), **exc.details})
         return EXIT_FAILED
-    except registry.RegistryError as exc:
+    except (registry.RegistryError, broker.BrokerError) as exc:
         _print({"error": str(exc)})
         return EXIT_FAILED
     except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

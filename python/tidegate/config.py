@@ -220,7 +220,9 @@ class Config:
 
 
 # Variables whose values may carry a credential: never echoed in an error message.
-_SECRET_VARS = frozenset({"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY", "NATS_URL"})
+_SECRET_VARS = frozenset(
+    {"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY", "NATS_URL", "NATS_PASSWORD"}
+)
 
 
 def _nats_settings(r: _Reader) -> NatsSettings:
@@ -228,6 +230,9 @@ def _nats_settings(r: _Reader) -> NatsSettings:
     settings = NatsSettings(
         url=r.get("NATS_URL", d.url, _nats_url),
         creds=r.get("NATS_CREDS", None, Path),
+        user=r.get("NATS_USER", None, str),
+        password=r.get("NATS_PASSWORD", None, str),
+        broker_dir=r.get("NATS_BROKER_DIR", None, Path),
         tls_ca=r.get("NATS_TLS_CA", None, Path),
         tls_cert=r.get("NATS_TLS_CERT", None, Path),
         tls_key=r.get("NATS_TLS_KEY", None, Path),

@@ -13,6 +13,7 @@ Every read and write is scoped to the key's tenant: another tenant's ids are 404
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from tidegate.http.body import read_body
 from tidegate.http.endpoint import route
 from tidegate.http.gateway import Gateway
 from tidegate.ids import ID_RULE
+from tidegate.nats import broker
 from tidegate.serving import json_response
 from tidegate.store import db_down
 from tidegate.store import devices as device_ops
@@ -117,6 +119,13 @@ class Api:
         for o in outcomes:
             if o.ok and o.device_id is not None:
                 cache.forget_device(self.gw, tenant, o.device_id)
+        revoked = [
+            o.device_id for o in outcomes if o.ok and o.op == device_ops.REVOKE_OP and o.device_id
+        ]
+        broker_dir = self.gw.cfg.nats.broker_dir
+        if revoked and broker_dir is not None:
+            # The broker's users follow the registry: a revoked device loses its MQTT access.
+            await asyncio.to_thread(broker.remove_devices, broker_dir, tenant, revoked)
         results = [_admin_result(index, o) for index, o in enumerate(outcomes)]
         out = _totals(results)
         logs.log(

@@ -27,6 +27,10 @@ class NatsSettings:
 
     url: str = "nats://127.0.0.1:4222"
     creds: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    # Where `tidegate nats setup` wrote the broker's config: device MQTT users are managed there.
+    broker_dir: Path | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -207,8 +207,9 @@ class Worker:
         """Why this worker cannot do its work now, or None."""
         if self.stopping:
             return "shutting down"
-        if not self.link.connected:
-            return f"not connected to NATS ({self.link.last_error or 'connecting'})"
+        link = self.link.not_ready_reason()
+        if link is not None:
+            return link
         if self.services.sink.failing:
             return "sink is failing to write"
         return None
