@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ import orjson
 import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
 from services import InfluxDB, NatsServer
-from test_nats_stream import mqtt_publish
+from test_nats_stream import mqtt_publish, set_up
 
 TENANT = "acme"
 DB = f"telemetry_{TENANT}"
@@ -43,7 +46,7 @@ class Deployment:
         """The environment every process of the deployment shares."""
         env = {
             "TIDEGATE_MODE": "nats",
-            "NATS_URL": self.nats.url,
+            "NATS_BROKER_DIR": str(self.nats.broker_dir),
             "TIDEGATE_DATA_DIR": str(self.tmp / "shared"),
             "INFLUX_FLUSH_INTERVAL_MS": "100",
             "NATS_PUBLISH_TIMEOUT_S": "1",
@@ -68,10 +71,25 @@ class Deployment:
                 self.env(), TENANT, device, f"site-{device}", token=f"tok-{device}-{'x' * 16}"
             )
 
+    def mqtt_credentials(self, device: str) -> dict[str, str]:
+        """`tidegate device mqtt-credentials` for one of the tenant's devices."""
+        args = ["device", "mqtt-credentials", "--tenant", TENANT, "--device", device]
+        out = subprocess.run(
+            [sys.executable, "-m", "tidegate", *args],
+            env=os.environ | self.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        creds: dict[str, str] = orjson.loads(out.stdout)
+        return creds
+
     def start(self, command: str, **extra: str) -> GatewayProcess:
-        """Start an edge (`serve`) or a worker (`worker`) process."""
+        """Start an edge (`serve`) or a worker (`worker`) process, as the broker's edge or
+        worker user."""
         name = f"{command}{next(self.names)}"
-        proc = run_gateway(self.env(**extra), self.tmp / name, command=command)
+        role = self.nats.worker_env if command == "worker" else self.nats.edge_env
+        proc = run_gateway(self.env(**role, **extra), self.tmp / name, command=command)
         self.procs.append(proc)
         return proc
 
@@ -93,6 +111,8 @@ def deployment(tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB) -> I
         influxdb.query(None, f'DROP DATABASE "{DB}"')
     d = Deployment(tmp_path, nats_server, influxdb)
     d.provision()
+    # Streams and consumer as the first worker creates them: edges may only publish.
+    asyncio.run(set_up(nats_server))
     yield d
     failures = d.stop_all()
     assert not failures, "\n".join(failures)
@@ -257,7 +277,7 @@ def stream_message_count(server: NatsServer) -> int:
     """Messages in TELEMETRY now."""
 
     async def count() -> int:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.worker_url)
         try:
             return (await nc.jetstream().stream_info("TELEMETRY")).state.messages
         finally:
@@ -394,7 +414,7 @@ def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
     """`(subject, reason, data)` of every message in TELEMETRY_REJECTED."""
 
     async def read() -> list[tuple[str, str, bytes]]:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.worker_url)
         try:
             js = nc.jetstream()
             state = (await js.stream_info("TELEMETRY_REJECTED")).state
@@ -412,10 +432,11 @@ def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
 
 
 def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
-    """Publish `(subject, data)` pairs to JetStream as another producer would."""
+    """Publish `(subject, data)` pairs to JetStream as another producer (the edge's user,
+    the only one allowed on `telemetry.*`) would."""
 
     async def main() -> None:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.edge_url)
         try:
             js = nc.jetstream()
             for subject, data in items:
@@ -444,29 +465,43 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
         ],
     )
     mqtt = f"tenant/{TENANT}/device"
+    # The broker authenticated the device: a token in the payload is ignored, none is needed.
     mqtt_publish(
         deployment.nats,
         f"{mqtt}/d2/telemetry",
         orjson.dumps(
-            {"site_id": "site-d2", "seq": 11, "metrics": {"temp": 2}, "provision_token": tok["d2"]}
+            {"site_id": "site-d2", "seq": 11, "metrics": {"temp": 2}, "provision_token": "junk"}
         ),
+        deployment.mqtt_credentials("d2"),
     )
+    d3 = deployment.mqtt_credentials("d3")
     mqtt_publish(
         deployment.nats,
         f"{mqtt}/d3/telemetry",
         orjson.dumps({"site_id": "site-d3", "seq": 12, "metrics": {"temp": 2}}),
+        d3,
     )
-    mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe")
-    wait_for_exactly(influx, {1, 11})
+    mqtt_publish(
+        deployment.nats,
+        f"{mqtt}/d3/telemetry",
+        orjson.dumps({"site_id": "elsewhere", "seq": 13, "metrics": {"temp": 2}}),
+        d3,
+    )
+    d1 = deployment.mqtt_credentials("d1")
+    mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe", d1)
+    wait_for_exactly(influx, {1, 11, 12})
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
     assert sorted((subject, reason) for subject, reason, _ in got) == [
         ("telemetry.rejected.acme", "INVALID_METRICS"),
-        ("telemetry.rejected.acme", "UNAUTHORIZED"),
+        ("telemetry.rejected.acme", "SITE_MISMATCH"),
         ("telemetry.rejected.acme", "UNAUTHORIZED"),
         ("telemetry.rejected.acme", "UNREADABLE"),
         ("telemetry.rejected.acme", "UNREADABLE"),
     ]
-    assert b"not json at all" in [data for _, _, data in got]
+    # No token at rest: JSON records lose theirs, unreadable ones keep no payload at all.
+    datas = [data for _, _, data in got]
+    assert not any(b"tok-" in data or b"wrong-token" in data for data in datas), datas
+    assert datas.count(b"") == 2
     poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
 
 

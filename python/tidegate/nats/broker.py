@@ -41,6 +41,7 @@ import httpx
 from tidegate.nats.settings import (
     CONSUMER,
     EDGE_SUBJECTS,
+    MAX_DELIVERIES_ADVISORY,
     REJECTED_STREAM,
     REJECTED_SUBJECTS,
     STREAM,
@@ -60,7 +61,6 @@ _SERVICE_COST = 10
 # cost keeps a reconnect storm of many devices from eating the broker's CPU.
 _DEVICE_COST = 4
 _RELOAD_WAIT_S = 10.0
-MAX_DELIVERIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.{CONSUMER}"
 
 
 class BrokerError(Exception):
@@ -91,7 +91,12 @@ def worker_permissions() -> dict[str, Any]:
         f"CONSUMER.{op}.{STREAM}.{CONSUMER}"
         for op in ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")
     ]
-    moved = [f"STREAM.MSG.GET.{STREAM}", f"STREAM.MSG.DELETE.{STREAM}"]
+    # Taking a message out of TELEMETRY (MaxDeliver reached); reading back what it rejected.
+    moved = [
+        f"STREAM.MSG.GET.{STREAM}",
+        f"STREAM.MSG.DELETE.{STREAM}",
+        f"STREAM.MSG.GET.{REJECTED_STREAM}",
+    ]
     return {
         "publish": {
             "allow": [
@@ -100,7 +105,7 @@ def worker_permissions() -> dict[str, Any]:
                 REJECTED_SUBJECTS,
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES]},
+        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES_ADVISORY]},
     }
 
 

@@ -14,6 +14,8 @@ EDGE_SUBJECTS = "telemetry.*"
 MQTT_SUBJECTS = "tenant.*.device.*.*"
 # Three tokens, so `telemetry.*` (two tokens) never captures it.
 REJECTED_SUBJECTS = "telemetry.rejected.*"
+# JetStream's advisory for a message of the workers' consumer that reached MaxDeliver.
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.{CONSUMER}"
 # Set by edges on a body of validated line protocol; anything else is validated by the worker.
 FORMAT_HEADER = "Tidegate-Format"
 FORMAT_LP = "lp"

@@ -18,6 +18,7 @@ from tidegate.config import Config
 from tidegate.core import Core
 from tidegate.store import db_down
 from tidegate.store.registry import Registry
+from tidegate.store.secrets import hash_secret, new_secret
 
 if TYPE_CHECKING:
     from tidegate._core import Admission, Batch
@@ -38,6 +39,20 @@ class Admitter:
         self.timeout_s = timeout_s
         self.clock = clock
         self.registry_down = False
+        # Set on an admitter for identities a broker already authenticated (see `trusting`).
+        self._proof: bytes | None = None
+
+    @classmethod
+    def trusting(cls, core: Core, cfg: Config, registry: Registry) -> tuple[Admitter, str]:
+        """An admitter for messages whose device the broker authenticated (an MQTT user may
+        publish only on its own subject): every device's record is cached with the hash of a
+        per-process proof instead of its token's, and a batch parsed with that proof passes the
+        token check; active, site and rate limit are decided as for any other entrance.
+        Returns the admitter and the proof."""
+        admitter = cls.from_config(core, cfg, registry)
+        proof = new_secret()
+        admitter._proof = hash_secret(proof)
+        return admitter, proof
 
     @classmethod
     def from_config(cls, core: Core, cfg: Config, registry: Registry) -> Admitter:
@@ -76,8 +91,17 @@ class Admitter:
             if self.registry_down:
                 self.registry_down = False
                 logs.log("registry_available")
+            proof = self._proof
             rows = [
-                (d.tenant_id, d.device_id, d.site_id, d.token_hash, d.rps, d.burst, d.status)
+                (
+                    d.tenant_id,
+                    d.device_id,
+                    d.site_id,
+                    proof or d.token_hash,
+                    d.rps,
+                    d.burst,
+                    d.status,
+                )
                 for d in found.values()
             ]
             admission.install(keys, rows, self.clock())
