@@ -23,6 +23,7 @@ import orjson
 import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
 from services import InfluxDB, NatsServer
+from test_nats_hostile import Device
 from test_nats_stream import mqtt_publish, set_up
 
 TENANT = "acme"
@@ -509,3 +510,58 @@ def worker_ready(deployment: Deployment) -> None:
     """Wait until every started worker says ready (streams and consumer exist)."""
     for proc in deployment.procs:
         poll(lambda p=proc: httpx.get(f"{p.url}/ready", timeout=30).status_code, lambda s: s == 200)
+
+
+def test_a_revoked_device_loses_its_mqtt_access_within_seconds(deployment: Deployment) -> None:
+    d1 = Device(deployment.nats, deployment.mqtt_credentials("d1"), "e2e-d1")
+    try:
+        assert d1.accepted
+        started_at = time.monotonic()
+        args = ["device", "revoke", "--tenant", TENANT, "--device", "d1"]
+        subprocess.run(
+            [sys.executable, "-m", "tidegate", *args], env=os.environ | deployment.env(), check=True
+        )
+        assert d1.disconnected.wait(10)
+        assert time.monotonic() - started_at < 10
+    finally:
+        d1.close()
+    # No new credentials for a revoked device either.
+    with pytest.raises(subprocess.CalledProcessError):
+        deployment.mqtt_credentials("d1")
+
+
+def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
+    deployment: Deployment,
+) -> None:
+    asyncio.run(set_up(deployment.nats, max_deliver=1, ack_wait_s=1.0))
+    worker = deployment.start("worker", NATS_MAX_DELIVER="1", NATS_ACK_WAIT_S="1")
+    worker_ready(deployment)
+    # The worker pauses; its pending pull request expires (0.5 s); another consumer client
+    # takes the message and never acks it: JetStream gives up after one delivery.
+    worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+        publish_raw(deployment.nats, [(f"telemetry.{TENANT}", envelope("d1", "t" * 20, {}, 1))])
+
+        async def take_without_ack() -> int:
+            nc = await nats.connect(deployment.nats.worker_url)
+            try:
+                sub = await nc.jetstream().pull_subscribe_bind("ingest-workers", "TELEMETRY")
+                msgs = await sub.fetch(1, timeout=5)
+                await asyncio.sleep(2.5)  # past AckWait: the advisory is sent
+                return len(msgs)
+            finally:
+                await nc.close()
+
+        assert asyncio.run(take_without_ack()) == 1
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+    got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 1)
+    assert [(subject, reason) for subject, reason, _ in got] == [
+        ("telemetry.rejected.acme", "MAX_DELIVERIES")
+    ]
+    assert b"t" * 20 not in got[0][2]
+    poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
+    stats = httpx.get(f"{worker.url}/stats", timeout=10).json()
+    assert stats["worker_rejected"] == {"MAX_DELIVERIES": 1}
+    assert '"worker_max_deliveries"' in worker.logs()

@@ -166,7 +166,7 @@ class Link:
         """Why nothing can be published or fetched now, or None."""
         if self.connected:
             return None
-        if self.ready.is_set() and self.missing is not None:
+        if self.missing is not None and self.nc is not None and self.nc.is_connected:
             return self.missing
         return f"not connected to NATS ({self.last_error or 'connecting'})"
 
