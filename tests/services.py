@@ -415,6 +415,7 @@ class NatsServer(_Daemon):
         if exe is None:
             pytest.fail(f"nats-server is not installed: {NATS_HINT}")
         super().__init__("nats-server")
+        self.sync_interval = sync_interval
         self.port = free_port()
         self.mqtt_port = free_port()
         self.http_port = free_port()

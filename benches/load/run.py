@@ -62,6 +62,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(HERE)]
 from gateway import GatewayProcess, poll, run_gateway  # noqa: E402
 from procs import CpuMeter  # noqa: E402
 from services import InfluxDB, NatsServer, PostgresCluster  # noqa: E402
+from test_nats_stream import set_up  # noqa: E402
 from tidegate.config import Config  # noqa: E402
 from tidegate.store import open_registry  # noqa: E402
 
@@ -412,7 +413,7 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
     if nats is None:
         env.update(DURABILITIES[durability])
     else:
-        env.update({"TIDEGATE_MODE": "nats", "NATS_URL": nats.url})
+        env["TIDEGATE_MODE"] = "nats"
     env["TIDEGATE_LOG_LEVEL"] = "warning"
     if registry == "postgres":
         assert pg is not None
@@ -424,7 +425,10 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
         )
     provision(env, s)
     listing = write_bodies(s)
-    gw = run_gateway(env, workdir, python=build.python)
+    if nats is not None:
+        # The streams as a worker creates them: the edge may only publish.
+        asyncio.run(set_up(nats))
+    gw = run_gateway(env | (nats.edge_env if nats else {}), workdir, python=build.python)
     procs = Procs(gw, {"gateway" if nats is None else "edge": gw.proc.pid})
     tags = {
         "build": build.name,
@@ -438,7 +442,7 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
     try:
         if nats is not None:
             procs.worker = run_gateway(
-                env, workdir / "worker", command="worker", python=build.python
+                env | nats.worker_env, workdir / "worker", command="worker", python=build.python
             )
             procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
         if influx is not None and sink == "influx":
