@@ -410,7 +410,9 @@ class NatsServer(_Daemon):
     edge's and the worker's; `broker_dir` is what NATS_BROKER_DIR names. `sync_interval` None
     leaves JetStream's default instead of `always`."""
 
-    def __init__(self, sync_interval: str | None = "always") -> None:
+    def __init__(
+        self, sync_interval: str | None = "always", tls: tuple[Path, Path] | None = None
+    ) -> None:
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
             pytest.fail(f"nats-server is not installed: {NATS_HINT}")
@@ -419,12 +421,13 @@ class NatsServer(_Daemon):
         self.port = free_port()
         self.mqtt_port = free_port()
         self.http_port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.url = f"{'tls' if tls else 'nats'}://127.0.0.1:{self.port}"
         self.broker_dir = self.root / "broker"
         ports = {"port": self.port, "mqtt-port": self.mqtt_port, "monitor-port": self.http_port}
         setup = subprocess.run(
             [*_tidegate(), "nats", "setup", "--dir", str(self.broker_dir)]
-            + [f"--{flag}={port}" for flag, port in ports.items()],
+            + [f"--{flag}={port}" for flag, port in ports.items()]
+            + ([f"--tls-cert={tls[0]}", f"--tls-key={tls[1]}"] if tls else []),
             capture_output=True,
             text=True,
             check=False,

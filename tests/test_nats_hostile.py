@@ -4,10 +4,14 @@ effect (issue 18). The clients: paho-mqtt, nats-py, and raw sockets speaking eac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import ipaddress
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -15,6 +19,10 @@ import nats.js.errors
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.reasoncodes import ReasonCode
 from services import NatsServer
 from test_nats_stream import fast, mqtt_publish, run, set_up, started, stored
@@ -282,3 +290,74 @@ async def _link(settings: NatsSettings, name: str) -> Link:
             return link
         await asyncio.sleep(0.05)
     return link
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, PEM files in `directory`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tidegate-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_with_a_certificate_both_listeners_take_tls_only(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server = NatsServer(tls=(cert, key))
+    try:
+        server.start()
+        assert server.worker_env["NATS_URL"].startswith("tls://")
+        assert server.worker_env["NATS_TLS_CA"] == str(cert)
+        settings = dataclasses.replace(
+            fast(server, worker=True), tls_ca=Path(server.worker_env["NATS_TLS_CA"])
+        )
+        run(lambda: _set_up_with(settings))
+        creds = broker.device_credentials(server.broker_dir, "acme", "d1")
+        over_tls = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-d1")
+        over_tls.tls_set(ca_certs=str(cert))
+        over_tls.username_pw_set(creds["username"], creds["password"])
+        over_tls.connect("127.0.0.1", server.mqtt_port)
+        over_tls.loop_start()
+        try:
+            info = over_tls.publish("tenant/acme/device/d1/telemetry", PAYLOAD, qos=1)
+            info.wait_for_publish(timeout=10)
+        finally:
+            over_tls.disconnect()
+            over_tls.loop_stop()
+        assert messages_in(server, STREAM) == 1
+        # In clear text the MQTT listener answers no CONNACK.
+        plain = Device(server, creds, "plain-d1")
+        try:
+            assert not plain.accepted
+        finally:
+            plain.close()
+    finally:
+        server.cleanup()
+
+
+async def _set_up_with(settings: NatsSettings) -> None:
+    link = await started(settings, consumer=True)
+    await link.close()

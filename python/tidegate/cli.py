@@ -160,7 +160,17 @@ async def _device_mqtt_credentials(cfg: Config, args: argparse.Namespace) -> dic
 
 
 async def _nats_setup(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    at = broker.Listeners(args.host, args.port, args.mqtt_port, args.monitor_port)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CommandFailed("--tls-cert and --tls-key go together")
+    at = broker.Listeners(
+        args.host,
+        args.port,
+        args.mqtt_port,
+        args.monitor_port,
+        args.tls_cert,
+        args.tls_key,
+        args.tls_ca,
+    )
     return broker.setup(args.dir, at)
 
 
@@ -302,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     nats_setup.add_argument("--port", type=_arg(parse_port), default=at.port)
     nats_setup.add_argument("--mqtt-port", type=_arg(parse_port), default=at.mqtt_port)
     nats_setup.add_argument("--monitor-port", type=_arg(parse_port), default=at.monitor_port)
+    for flag, what in (("cert", "certificate"), ("key", "private key"), ("ca", "CA bundle")):
+        nats_setup.add_argument(
+            f"--tls-{flag}", type=Path, metavar="PEM", help=f"TLS on both listeners: {what}"
+        )
     nats_setup.set_defaults(run=_nats_setup)
 
     replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")

@@ -124,12 +124,17 @@ def device_permissions(tenant: str, device: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Listeners:
-    """Where nats-server listens."""
+    """Where nats-server listens; with `tls_cert`/`tls_key` (PEM files) both client listeners
+    take TLS only, and clients verify the server against `tls_ca` (default: the certificate
+    itself, for a self-signed one)."""
 
     host: str = "127.0.0.1"
     port: int = 4222
     mqtt_port: int = 1883
     monitor_port: int = 8222
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 def setup(directory: Path, at: Listeners) -> dict[str, object]:
@@ -149,10 +154,14 @@ def setup(directory: Path, at: Listeners) -> dict[str, object]:
     config = root / CONFIG
     _write(config, _server_conf(root, at))
     _save(root, state)
-    url = f"nats://{_url_host(at.host)}:{at.port}"
+    scheme = "nats" if at.tls_cert is None else "tls"
+    url = f"{scheme}://{_url_host(at.host)}:{at.port}"
+    tls = {}
+    if at.tls_cert is not None:
+        tls["NATS_TLS_CA"] = str((at.tls_ca or at.tls_cert).resolve())
 
     def env(user: str) -> dict[str, str]:
-        return {"NATS_URL": url, "NATS_USER": user, "NATS_PASSWORD": passwords[user]}
+        return {"NATS_URL": url, "NATS_USER": user, "NATS_PASSWORD": passwords[user], **tls}
 
     return {"config": str(config), "edge_env": env(EDGE_USER), "worker_env": env(WORKER_USER)}
 
@@ -226,6 +235,11 @@ def _load_time(monitor: str) -> str | None:
 def _server_conf(root: Path, at: Listeners) -> str:
     # JSON strings are valid nats-server config strings (no `$VAR` expansion inside quotes).
     q = json.dumps
+    tls = ""
+    if at.tls_cert is not None:
+        assert at.tls_key is not None, "a certificate goes with its key"
+        cert, key = q(str(at.tls_cert.resolve())), q(str(at.tls_key.resolve()))
+        tls = f"  tls {{\n    cert_file: {cert}\n    key_file: {key}\n  }}\n"
     return (
         "# Written by `tidegate nats setup`; users and permissions are in accounts.conf.\n"
         f"server_name: {q('tidegate-' + str(at.port))}\n"
@@ -237,8 +251,9 @@ def _server_conf(root: Path, at: Listeners) -> str:
         "  # A PubAck is an fsync: an R1 stream keeps every acknowledged (202'd) message.\n"
         "  sync_interval: always\n"
         "}\n"
-        f"mqtt {{\n  listen: {q(f'{at.host}:{at.mqtt_port}')}\n}}\n"
-        f"include {ACCOUNTS}\n"
+        f"mqtt {{\n  listen: {q(f'{at.host}:{at.mqtt_port}')}\n{tls}}}\n"
+        + tls.replace("\n  ", "\n").removeprefix("  ")
+        + f"include {ACCOUNTS}\n"
     )
 
 
