@@ -72,18 +72,21 @@ class Deployment:
                 self.env(), TENANT, device, f"site-{device}", token=f"tok-{device}-{'x' * 16}"
             )
 
-    def mqtt_credentials(self, device: str) -> dict[str, str]:
-        """`tidegate device mqtt-credentials` for one of the tenant's devices."""
-        args = ["device", "mqtt-credentials", "--tenant", TENANT, "--device", device]
+    def cli(self, *args: str) -> dict[str, Any]:
+        """Run one `tidegate` command with the deployment's environment; its JSON output
+        (CalledProcessError when it fails)."""
         out = subprocess.run(
             [sys.executable, "-m", "tidegate", *args],
             env=os.environ | self.env(),
             capture_output=True,
-            text=True,
             check=True,
         )
-        creds: dict[str, str] = orjson.loads(out.stdout)
-        return creds
+        result: dict[str, Any] = orjson.loads(out.stdout)
+        return result
+
+    def mqtt_credentials(self, device: str, tenant: str = TENANT) -> dict[str, str]:
+        """`tidegate device mqtt-credentials` for one device."""
+        return self.cli("device", "mqtt-credentials", "--tenant", tenant, "--device", device)
 
     def start(self, command: str, **extra: str) -> GatewayProcess:
         """Start an edge (`serve`) or a worker (`worker`) process, as the broker's edge or
@@ -517,10 +520,7 @@ def test_a_revoked_device_loses_its_mqtt_access_within_seconds(deployment: Deplo
     try:
         assert d1.accepted
         started_at = time.monotonic()
-        args = ["device", "revoke", "--tenant", TENANT, "--device", "d1"]
-        subprocess.run(
-            [sys.executable, "-m", "tidegate", *args], env=os.environ | deployment.env(), check=True
-        )
+        deployment.cli("device", "revoke", "--tenant", TENANT, "--device", "d1")
         assert d1.disconnected.wait(10)
         assert time.monotonic() - started_at < 10
     finally:
@@ -565,3 +565,24 @@ def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
     stats = httpx.get(f"{worker.url}/stats", timeout=10).json()
     assert stats["worker_rejected"] == {"MAX_DELIVERIES": 1}
     assert '"worker_max_deliveries"' in worker.logs()
+
+
+def test_a_revoke_through_the_tenant_api_cuts_the_devices_mqtt_access(
+    deployment: Deployment,
+) -> None:
+    edge = deployment.start("serve")
+    key = deployment.cli("tenant", "add", "--tenant", "beta")["api_key"]
+    provision(deployment.env(), "beta", "b1", "site-b1")
+    b1 = Device(deployment.nats, deployment.mqtt_credentials("b1", "beta"), "e2e-b1")
+    try:
+        assert b1.accepted
+        r = edge.client().post(
+            "/api/v1/batch/devices",
+            json={"operations": [{"op": "revoke", "device_id": "b1"}]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["total_succeeded"] == 1
+        assert b1.disconnected.wait(10)
+    finally:
+        b1.close()
