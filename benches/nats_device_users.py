@@ -24,7 +24,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import paho.mqtt.client as mqtt
-from tidegate.nats import broker
+from tidegate import broker
 
 PASSWORD = "p" * 43
 

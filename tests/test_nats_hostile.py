@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.reasoncodes import ReasonCode
 from services import NatsServer
 from test_nats_stream import fast, mqtt_publish, run, set_up, started, stored
-from tidegate.nats import broker
+from tidegate import broker
 from tidegate.nats.settings import CONSUMER, REJECTED_STREAM, STREAM, NatsSettings
 from tidegate.nats.stream import Link
 

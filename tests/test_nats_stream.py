@@ -12,7 +12,7 @@ import nats.js.errors
 import paho.mqtt.client as mqtt
 from nats.js import api
 from services import NatsServer
-from tidegate.nats import broker
+from tidegate import broker
 from tidegate.nats.edge import Publisher
 from tidegate.nats.settings import CONSUMER, REJECTED_STREAM, STREAM, NatsSettings
 from tidegate.nats.stream import Link

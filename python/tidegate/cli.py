@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, logs
+from tidegate import __version__, broker, logs
 from tidegate.config import (
     INFLUX_APIS,
     MODES,
@@ -32,7 +32,6 @@ from tidegate.config import (
     positive_int,
 )
 from tidegate.ids import check_device, check_id, check_tenant, check_token
-from tidegate.nats import broker
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")

@@ -23,14 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tidegate import logs, rate_limits
+from tidegate import broker, logs, rate_limits
 from tidegate._core import valid_id
 from tidegate.http import cache
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import route
 from tidegate.http.gateway import Gateway
 from tidegate.ids import ID_RULE
-from tidegate.nats import broker
 from tidegate.serving import json_response
 from tidegate.store import db_down
 from tidegate.store import devices as device_ops

@@ -1,4 +1,4 @@
-"""The nats-server tidegate runs against: its config, its service users and its device users.
+"""The nats-server NATS mode runs against: its config, its service users and its device users.
 
 `tidegate nats setup --dir DIR` writes, all mode 0600:
 - `DIR/nats-server.conf`: listeners, JetStream, MQTT, `include accounts.conf`;
