@@ -28,8 +28,11 @@ run: build
 run-nats: build
 	VENV=$(VENV) deploy/run-nats.sh
 
-# Debian's InfluxDB 1.x for the test session; PostgreSQL 15 comes with the image.
+# Debian's InfluxDB 1.x for the test session; PostgreSQL 15 comes with the image; promtool
+# (prometheus) checks deploy/prometheus, headless Chromium renders the ops page (/ui).
 services:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@command -v influxd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb >/dev/null; }
 	@test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 

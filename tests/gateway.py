@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +50,8 @@ class GatewayProcess:
     env: dict[str, str]
     log_path: Path
     clients: list[httpx.Client] = field(default_factory=list)
+    # How clients check the public listener's certificate (TLS: the CA file the test made).
+    verify: ssl.SSLContext | bool = True
 
     @property
     def data_dir(self) -> Path:
@@ -57,7 +60,7 @@ class GatewayProcess:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client on the gateway's base URL, closed at teardown."""
-        c = httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+        c = httpx.Client(base_url=self.url, timeout=30.0, verify=self.verify, **kwargs)
         self.clients.append(c)
         return c
 
@@ -105,11 +108,15 @@ def run_gateway(
     workdir: Path,
     command: str = "serve",
     python: str | None = None,
+    ca: Path | None = None,
+    args: Sequence[str] = (),
 ) -> GatewayProcess:
     """Start `python -m tidegate serve` (or `worker`: NATS mode's worker, whose ops listener
     is then the URL) with `env` over a clean base environment; wait until /health answers.
     The default data dir is `workdir/data`; the port is a free one. `python`: another
-    interpreter with its own tidegate installed (default: this one, with this tree's)."""
+    interpreter with its own tidegate installed (default: this one, with this tree's). `ca`:
+    the public listener serves TLS, its certificate signed by this CA. `args`: the command's
+    flags."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
     own = [] if python else [str(PYTHON_DIR)]
     full["PYTHONPATH"] = os.pathsep.join(p for p in (*own, os.environ.get("PYTHONPATH", "")) if p)
@@ -126,19 +133,21 @@ def run_gateway(
     log_path = workdir / f"{command}-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [python or sys.executable, "-m", "tidegate", command],
+            [python or sys.executable, "-m", "tidegate", command, *args],
             env=full,
             cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    gw = GatewayProcess(proc, f"http://127.0.0.1:{port}", full, log_path)
+    scheme = "https" if ca else "http"
+    verify = ssl.create_default_context(cafile=ca) if ca else True
+    gw = GatewayProcess(proc, f"{scheme}://127.0.0.1:{port}", full, log_path, verify=verify)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"gateway exited with {proc.returncode} at start:\n{gw.logs()}")
         try:
-            if httpx.get(f"{gw.url}/health", timeout=1.0).status_code == 200:
+            if httpx.get(f"{gw.url}/health", timeout=1.0, verify=verify).status_code == 200:
                 return gw
         except httpx.TransportError:
             pass

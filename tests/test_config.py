@@ -76,6 +76,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_KEEPALIVE_TIMEOUT_S": ["0", "1.5"],
     "TIDEGATE_MAX_CONNECTIONS": ["0", "many"],
     "TIDEGATE_MAX_REQUESTS": ["0", "-3"],
+    "TIDEGATE_SSL_CERTFILE": ["/nonexistent/cert.pem"],
+    "TIDEGATE_SSL_KEYFILE": ["/nonexistent/key.pem"],
 }
 # Any string is a valid value for these.
 FREE_FORM = {

@@ -34,11 +34,13 @@ DEVICES = ("d1", "d2", "d3")
 
 @dataclass
 class Deployment:
-    """Edges and workers sharing one registry (SQLite in a shared data dir) and nats-server."""
+    """Edges and workers sharing one registry (PostgreSQL) and nats-server; each process has
+    its own data directory (a directory has one owner)."""
 
     tmp: Path
     nats: NatsServer
     influx: InfluxDB | None
+    database_url: str
     tokens: dict[str, str] = field(default_factory=dict)
     procs: list[GatewayProcess] = field(default_factory=list)
     names: Iterator[int] = field(default_factory=itertools.count)
@@ -48,7 +50,7 @@ class Deployment:
         env = {
             "TIDEGATE_MODE": "nats",
             "NATS_BROKER_DIR": str(self.nats.broker_dir),
-            "TIDEGATE_DATA_DIR": str(self.tmp / "shared"),
+            "DATABASE_URL": self.database_url,
             "INFLUX_FLUSH_INTERVAL_MS": "100",
             "NATS_PUBLISH_TIMEOUT_S": "1",
             "NATS_ACK_WAIT_S": "5",
@@ -109,11 +111,13 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB) -> Iterator[Deployment]:
+def deployment(
+    tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB, postgres_url: str
+) -> Iterator[Deployment]:
     """A NATS-mode deployment on InfluxDB; every process must exit 0 at teardown."""
     if DB in influxdb.databases():
         influxdb.query(None, f'DROP DATABASE "{DB}"')
-    d = Deployment(tmp_path, nats_server, influxdb)
+    d = Deployment(tmp_path, nats_server, influxdb, postgres_url)
     d.provision()
     # Streams and consumer as the first worker creates them: edges may only publish.
     asyncio.run(set_up(nats_server))
@@ -220,9 +224,7 @@ def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
     direct = run_gateway(
         direct_env | {"TIDEGATE_DATA_DIR": str(tmp_path / "direct")}, tmp_path / "d"
     )
-    deployment.procs.append(direct)
-    for device in DEVICES:
-        provision(direct, TENANT, device, f"site-{device}", token=deployment.tokens[device])
+    deployment.procs.append(direct)  # on the deployment's registry: its devices are known
     body = orjson.dumps(MIXED)
     answers = [gw.client().post("/ingest/v1/batch", content=body) for gw in (direct, edge)]
     assert answers[0].status_code == answers[1].status_code == 202

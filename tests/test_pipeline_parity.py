@@ -109,6 +109,12 @@ def counts(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: stats[k] for k in ("accepted", "rejected", "rejected_total")}
 
 
+def per_tenant(url: str) -> list[str]:
+    """The per-tenant message counters of /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10.0).text
+    return sorted(line for line in text.splitlines() if line.startswith("tidegate_tenant_messages"))
+
+
 def refusals(url: str) -> dict[str, Any]:
     """The rate-limit answer without its wall-clock times."""
     r = httpx.get(f"{url}{RATE_LIMITS}", timeout=10.0)
@@ -168,6 +174,9 @@ def test_direct_mode_and_the_worker_count_refuse_and_keep_latest_alike(
                 "rejected_total": 7,
             }
         )
+        tenant_counts = per_tenant(direct.ops_url)
+        assert tenant_counts == per_tenant(worker.url)
+        assert any(TENANT in line for line in tenant_counts)
         limited = refusals(direct.ops_url)
         assert refusals(worker.url) == limited
         assert limited["tenants"][TENANT]["refused_total"] == 2

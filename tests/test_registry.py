@@ -374,7 +374,9 @@ async def _traced(cfg: Config, statements: list[str]) -> Registry:
         async def init(conn: Any) -> None:
             conn.add_query_logger(lambda record: statements.append(record.query))
 
-        return PostgresRegistry(await asyncpg.create_pool(cfg.database_url, init=init))
+        return PostgresRegistry(
+            await asyncpg.create_pool(cfg.database_url, init=init), cfg.database_url
+        )
     db = await aiosqlite.connect(cfg.data_dir / "registry.sqlite3", isolation_level=None)
     await db.set_trace_callback(statements.append)
     return SqliteRegistry(db)

@@ -441,8 +441,14 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
     running = Running(name, procs, listing, tags)
     try:
         if nats is not None:
+            # A data directory of its own (one owner each): with SQLite, the worker's registry
+            # is empty, which the edge-validated line protocol it consumes does not need.
+            worker_env = {**env, "TIDEGATE_DATA_DIR": str(workdir / "worker" / "data")}
             procs.worker = run_gateway(
-                env | nats.worker_env, workdir / "worker", command="worker", python=build.python
+                worker_env | nats.worker_env,
+                workdir / "worker",
+                command="worker",
+                python=build.python,
             )
             procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
         if influx is not None and sink == "influx":

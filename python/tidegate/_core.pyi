@@ -9,6 +9,7 @@ Flow of one ingest request (no per-message Python object on the accepted path):
     if keys:                                                      # uncached devices only:
         admission.install(keys, await registry_rows(keys), now)   #   ONE registry query
         admission.admit(batch, now)                               #   (skip install if it failed)
+    learn(await registry_claim(field_types.unknown(batch)))      # new fields: shared claim
     field_types.admit(batch)                                      # field type conflicts
     ready = buffers.append(batch)                                 # BUFFER_FULL per item
     latest.record(batch)                                          # telemetry_latest
@@ -37,6 +38,9 @@ __all__ = [
     "INVALID_TIMESTAMP",
     "MAX_BATCH_MESSAGES",
     "MAX_ID_BYTES",
+    "MAX_LP_FIELDS",
+    "MAX_LP_LINES",
+    "MAX_LP_TAGS",
     "MAX_METRICS",
     "MAX_SHELLY_MESSAGES",
     "MAX_TENANT_CHARS",
@@ -60,7 +64,9 @@ __all__ = [
     "Wal",
     "WalFull",
     "WalUnavailable",
+    "line_devices",
     "parse_batch",
+    "parse_lines",
     "parse_shelly",
     "parse_single",
     "reason_detail",
@@ -93,6 +99,10 @@ MAX_TENANT_CHARS: Final = 64
 # `valid_tenant` as a regular expression, for OpenAPI's `pattern`.
 TENANT_PATTERN: Final = "^[a-z0-9_-]{1,64}$"
 MAX_METRICS: Final = 256
+# Line protocol (`parse_lines`): tags and fields a line may send, lines a body may hold.
+MAX_LP_TAGS: Final = 64
+MAX_LP_FIELDS: Final = 256
+MAX_LP_LINES: Final = 100000
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 8192
 # Default of `FieldTypes(max_per_tenant)`.
 DEFAULT_MAX_FIELDS_PER_TENANT: Final = 10000
@@ -151,6 +161,9 @@ class Batch:
         every accepted item of one of `tenants` becomes rejected with `reason` (UNAVAILABLE when
         their publish failed); returns how many. Once per batch, and the batch cannot be
         appended afterwards. Raises ValueError for an unknown reason or a second call."""
+
+    def line_numbers(self) -> list[int]:
+        """Per item, its 1-based line number in a line-protocol body (empty for JSON bodies)."""
 
     def details(self) -> list[tuple[int, str]]:
         """`(index, detail)` of the items rejected with a detail of their own (a field type
@@ -221,6 +234,11 @@ class Admission:
 
     def invalidate_all(self) -> None:
         """Forget every device."""
+
+    def set_share(self, share: float) -> None:
+        """Enforce `share` (0 < share <= 1) of every device's rps and of its burst (at least
+        one message) from now on: each of N processes sharing a device's traffic takes 1/N.
+        Raises ValueError outside (0, 1]."""
 
     def limits(self, tenant: str, device: str) -> tuple[float, int]:
         """`(rps, burst)` that applies to a device: its cached record's, else the defaults."""
@@ -429,7 +447,7 @@ class Wal:
 
 @final
 class FieldTypes:
-    """Each tenant's InfluxDB field types per measurement (`telemetry`, `heartbeat`), shared by
+    """Each tenant's InfluxDB field types per measurement (any: line protocol writes any), shared by
     all requests. Thread-safe.
 
     InfluxDB keeps one type per field and refuses a point that sends another; the core writes
@@ -446,10 +464,17 @@ class FieldTypes:
         `resolve`, before `TenantBuffers.append`, once per batch: ValueError otherwise (and
         `resolve` after `admit` is one too)."""
 
+    def unknown(self, batch: Batch) -> list[tuple[str, str, str, str]]:
+        """The distinct fields of the batch's still-accepted items that their tenant has not
+        remembered, `(tenant, measurement, field, type)` of their first item in request order;
+        none for a tenant at `max_per_tenant`. Read only (callable before `admit`): what a
+        process claims in the shared registry and `learn`s back before admitting. Runs without
+        the GIL."""
+
     def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
         """Set a field's type as InfluxDB reports it (`float`, `integer`, `unsigned`, `string`
-        or `boolean`; ValueError for another). False when it is not remembered: the measurement
-        is not one of MSG_TYPES, or the tenant is at `max_per_tenant`."""
+        or `boolean`; ValueError for another). False when it is not remembered: the tenant is at
+        `max_per_tenant`."""
 
     def get(self, tenant: str, measurement: str, field: str) -> str | None:
         """The remembered type of a field, or None."""
@@ -506,6 +531,32 @@ class ShellyBatch:
 
     def encoded_size(self, rows: Sequence[int]) -> int:
         """The length of `encode(rows)[0]`, without building it."""
+
+def parse_lines(
+    body: bytes,
+    tenant_id: str,
+    receive_ns: int,
+    precision: str = "ns",
+    max_payload_bytes: int = 8192,
+    device: tuple[str, str, str] | None = None,
+    sites: dict[str, str] | None = None,
+) -> Batch:
+    """Parse an InfluxDB line-protocol body for `tenant_id` (docs/core-rules.md, "Line
+    protocol"): one item per line that is neither blank nor a comment, numbered by
+    `line_numbers()`, each refused line with a detail (`details()`). Accepted lines are
+    re-encoded with `device_id`/`site_id` tags of the writer: `device` = `(device_id, site_id,
+    provision_token)` of a device writing with its own credential, or `sites` = device_id →
+    site_id of the tenant's active devices, for a tenant key (each line's `device_id` tag names
+    its device; the batch's groups carry no token). Exactly one of the two, else ValueError
+    (also for an invalid tenant or ids). `max_payload_bytes` bounds each line. A line without a
+    timestamp gets `receive_ns` plus its item index. Raises BodyError for an unknown
+    precision, a body that is not UTF-8 or holds more than MAX_LP_LINES lines. Runs without
+    the GIL."""
+
+def line_devices(body: bytes, max_payload_bytes: int = 8192) -> list[str]:
+    """The distinct `device_id` tags of the lines a tenant key could write (every rule but the
+    device's own passed), in order of first appearance: the devices to look up before
+    `parse_lines(..., sites=...)`. BodyError like `parse_lines`."""
 
 def parse_shelly(body: bytes, now_s: int, max_messages: int = 1000) -> ShellyBatch:
     """Parse and validate a Shelly batch. Raises BodyError (HTTP 422) for a body that is not a

@@ -26,6 +26,19 @@ from typing import Final, cast
 # Admission lives in its own module; re-exported here as part of the twin's API.
 from tidegate._twin_admission import Admission as Admission
 from tidegate._twin_admission import Progress
+from tidegate._twin_lineproto import MAX_LP_FIELDS as MAX_LP_FIELDS
+from tidegate._twin_lineproto import MAX_LP_LINES as MAX_LP_LINES
+from tidegate._twin_lineproto import MAX_LP_TAGS as MAX_LP_TAGS
+from tidegate._twin_lineproto import (
+    NO_DEVICE,
+    UNKNOWN_DEVICE,
+    Refused,
+    line_count,
+    numbered_lines,
+    precision_ns,
+    read_line,
+    timestamp_ns,
+)
 
 INVALID_MSG_TYPE: Final = "INVALID_MSG_TYPE"
 INVALID_SCHEMA: Final = "INVALID_SCHEMA"
@@ -491,6 +504,9 @@ class Batch:
         self._appended = False
         self._admission = Progress()
         self._admitted = False
+        self._line_numbers: list[int] = []
+        # Written with a tenant key: admission checks its devices are active, not tokens.
+        self.tenant_key = False
 
     def __len__(self) -> int:
         """Number of messages in the request."""
@@ -597,6 +613,10 @@ class Batch:
         """Seconds until the next token of the slowest rate-limited device (0.0: none)."""
         return self._admission.retry_after
 
+    def line_numbers(self) -> list[int]:
+        """Per item, its 1-based line number in a line-protocol body (empty for JSON)."""
+        return list(self._line_numbers)
+
     def details(self) -> list[tuple[int, str]]:
         """`(index, detail)` of the items rejected with a detail of their own."""
         return [(i, item.detail) for i, item in enumerate(self._items) if item.detail is not None]
@@ -650,6 +670,89 @@ def parse_single(
     size = len(body.strip(b" \t\n\r"))
     identity = (tenant_id, device_id, msg_type, provision_token)
     return Batch([_validate(msg, size, identity, receive_ns, max_payload_bytes)], receive_ns)
+
+
+def parse_lines(
+    body: bytes,
+    tenant_id: str,
+    receive_ns: int,
+    precision: str = "ns",
+    max_payload_bytes: int = 8192,
+    device: tuple[str, str, str] | None = None,
+    sites: dict[str, str] | None = None,
+) -> Batch:
+    """Parse a line-protocol body for `tenant_id`, written by a device (`device` = its id,
+    site and token) or a tenant key (`sites` = its active devices' sites)."""
+    _count("max_payload_bytes", max_payload_bytes)
+    if (device is None) == (sites is None):
+        raise ValueError("give exactly one of device and sites")
+    if not valid_tenant(tenant_id):
+        raise ValueError("tenant_id must be a valid tenant")
+    if device is not None and not all(_valid_name(s) for s in device):
+        raise ValueError("device must be valid ids (device_id, site_id, provision_token)")
+    ns_per_unit = precision_ns(precision)
+    if ns_per_unit is None:
+        raise BodyError(f'precision "{precision}" is not one of ns, us, \u00b5s, u, ms, s, m, h')
+    items = []
+    numbers = []
+    for index, (number, line) in enumerate(_lp_lines(body)):
+        numbers.append(number)
+        item = _Item(None, None if device is None else device[0])
+        try:
+            if len(line.encode()) > max_payload_bytes:
+                raise Refused((PAYLOAD_TOO_LARGE, f"line exceeds {max_payload_bytes} bytes"))
+            read = read_line(line, _valid_name)
+            ts = timestamp_ns(read.timestamp, ns_per_unit, receive_ns + index)
+            if device is not None:
+                dev, site, token = device
+            else:
+                assert sites is not None
+                dev = read.tags.get("device_id", "")
+                if not dev:
+                    raise Refused(NO_DEVICE)
+                if dev not in sites:
+                    raise Refused(UNKNOWN_DEVICE)
+                site, token = sites[dev], ""
+        except Refused as refused:
+            item.reason, item.detail = refused.why
+        else:
+            item.device_id = dev
+            item.tenant = tenant_id
+            item.key = (tenant_id, dev, site, token)
+            item.line = read.canonical(dev, site, ts)
+        items.append(item)
+    batch = Batch(items, receive_ns)
+    batch._line_numbers = numbers
+    batch.tenant_key = sites is not None
+    return batch
+
+
+def line_devices(body: bytes, max_payload_bytes: int = 8192) -> list[str]:
+    """The distinct `device_id` tags of the lines a tenant key could write, first appearance
+    order."""
+    _count("max_payload_bytes", max_payload_bytes)
+    devices: dict[str, None] = {}
+    for _number, line in _lp_lines(body):
+        if len(line.encode()) > max_payload_bytes:
+            continue
+        try:
+            read = read_line(line, _valid_name)
+        except Refused:
+            continue
+        if "device_id" in read.tags:
+            devices.setdefault(read.tags["device_id"], None)
+    return list(devices)
+
+
+def _lp_lines(body: bytes) -> list[tuple[int, str]]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("body is not valid UTF-8") from None
+    count = line_count(body)
+    if count > MAX_LP_LINES:
+        raise BodyError(f"body has {count} lines; at most {MAX_LP_LINES} are allowed")
+    return numbered_lines(text)
 
 
 # -- Latest ----------------------------------------------------------------------------------
@@ -717,24 +820,35 @@ _ALREADY_ADMITTED: Final = "field types were already checked for this batch"
 _FIELD_TYPES: Final = ("float", "integer", "unsigned", "string", "boolean")
 # A line's parts are split at spaces no backslash escapes (ids and names hold no backslash).
 _LP_SPACE_RE: Final = re.compile(r"(?<!\\) ")
-_LP_FIELD_RE: Final = re.compile(r"((?:[^\\=]|\\.)+)=([^,]+),?")
+_LP_FIELD_RE: Final = re.compile(r'((?:[^\\=]|\\.)+)=("(?:[^\\"]|\\.)*"|[^,]*),?')
 _LP_UNESCAPE_RE: Final = re.compile(r"\\(.)")
+_LP_HEAD_END_RE: Final = re.compile(r"(?<!\\) ")
+_LP_MEASUREMENT_END_RE: Final = re.compile(r"(?<!\\),")
 
 
 def _line_fields(line: bytes) -> tuple[str, list[tuple[str, str]]]:
     """The measurement of an encoded line and its fields' `(name, InfluxDB type)`."""
-    head, fields, _ts = _LP_SPACE_RE.split(line.decode())
+    text = line.decode()
+    head_end = _LP_HEAD_END_RE.search(text)
+    assert head_end is not None
+    fields = text[head_end.end() : text.rindex(" ")]
     out = []
     for m in _LP_FIELD_RE.finditer(fields):
         value = m[2]
         if value in ("true", "false"):
             kind = "boolean"
+        elif value.startswith('"'):
+            kind = "string"
         elif value.endswith("i"):
             kind = "integer"
+        elif value.endswith("u"):
+            kind = "unsigned"
         else:
             kind = "float"
         out.append((_LP_UNESCAPE_RE.sub(r"\1", m[1]), kind))
-    return head.partition(",")[0], out
+    measurement_end = _LP_MEASUREMENT_END_RE.search(text)
+    assert measurement_end is not None
+    return _LP_UNESCAPE_RE.sub(r"\1", text[: measurement_end.start()]), out
 
 
 class FieldTypes:
@@ -771,12 +885,25 @@ class FieldTypes:
                             continue
                         known[(measurement, name)] = kind
 
+    def unknown(self, batch: Batch) -> list[tuple[str, str, str, str]]:
+        """The distinct fields of the still-accepted items their tenant does not know yet,
+        `(tenant, measurement, field, type)` of their first item; none for a tenant at its cap."""
+        out: dict[tuple[str, str, str], str] = {}
+        with self._lock:
+            for item in batch._items:
+                known = self._tenants.get(item.tenant, {})
+                if item.reason is not None or len(known) >= self._max:
+                    continue
+                measurement, fields = _line_fields(item.line)
+                for name, kind in fields:
+                    if (measurement, name) not in known:
+                        out.setdefault((item.tenant, measurement, name), kind)
+        return [(*key, kind) for key, kind in out.items()]
+
     def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
         """Set a field's type as InfluxDB reports it; False when it is not remembered."""
         if field_type not in _FIELD_TYPES:
             raise ValueError(f'unknown field type "{field_type}"')
-        if measurement not in MSG_TYPES:
-            return False
         with self._lock:
             known = self._tenants.setdefault(tenant, {})
             if (measurement, field) not in known and len(known) >= self._max:

@@ -42,6 +42,7 @@ class Batch(Protocol):
     """What admission uses of the twin's Batch (which imports this module, not the reverse)."""
 
     _admission: Progress
+    tenant_key: bool
 
     def groups(self) -> list[tuple[str, str, str, str, int]]: ...
     def resolve(self, verdicts: Sequence[tuple[int, str | None]]) -> None: ...
@@ -171,6 +172,7 @@ class Admission:
         self._default_rps = float(default_rps)
         self._default_burst = default_burst
         self._lookups = float(lookups_per_s)
+        self._share = 1.0
         self._found: _Table[_Entry] = _Table(max_entries)
         self._unknown: _Table[None] = _Table(max_negative_entries)
         self._budgets: _Table[list[float]] = _Table(max_negative_entries)
@@ -206,7 +208,7 @@ class Admission:
         for tenant, device, site, token, count in batch.groups():
             key = (tenant, device)
             verdict: Verdict | None
-            cached = self._cached(key, site, token, count, now, None)
+            cached = self._cached(key, site, None if batch.tenant_key else token, count, now, None)
             if cached is not None:
                 self._hits += 1
                 verdict = cached[0]
@@ -230,7 +232,8 @@ class Admission:
         for g, (tenant, device, site, token, count) in enumerate(batch.groups()):
             if progress.verdicts[g] is not None:
                 continue
-            cached = self._cached((tenant, device), site, token, count, now, progress.asked)
+            checked = None if batch.tenant_key else token
+            cached = self._cached((tenant, device), site, checked, count, now, progress.asked)
             if cached is None:
                 self._unavailable += 1
                 cached = ((0, _UNAVAILABLE), 0.0)
@@ -238,19 +241,27 @@ class Admission:
             progress.retry_after = max(progress.retry_after, cached[1])
 
     def _cached(
-        self, key: Key, site: str, token: str, count: int, now: float, asked: int | None
+        self,
+        key: Key,
+        site: str,
+        token: str | None,
+        count: int,
+        now: float,
+        asked: int | None,
     ) -> tuple[Verdict, float] | None:
         """The verdict and rate-limit wait of a group whose device has a usable entry."""
         slot = self._found.map.get(key)
         if slot is not None and _usable(slot, now, asked):
             entry = slot.value
             record = entry.record
-            if not record.active or not _token_ok(entry, token):
+            # No token to check: a tenant key vouched for the batch's devices.
+            if not record.active or (token is not None and not _token_ok(entry, token)):
                 return (0, _UNAUTHORIZED), 0.0
             if site != record.site:
                 return (0, _SITE_MISMATCH), 0.0
-            rate = record.rps if record.rps is not None else self._default_rps
-            cap = float(record.burst if record.burst is not None else self._default_burst)
+            rate = (record.rps if record.rps is not None else self._default_rps) * self._share
+            burst = record.burst if record.burst is not None else self._default_burst
+            cap = max(1.0, float(burst) * self._share)
             if entry.bucket is None:
                 entry.bucket = [cap, now]
             allowed, wait = _take(entry.bucket, count, now, rate, cap)
@@ -311,6 +322,11 @@ class Admission:
         """Forget every device."""
         self._found.map.clear()
         self._unknown.map.clear()
+
+    def set_share(self, share: float) -> None:
+        """Enforce `share` (0 < share <= 1) of every device's rps and burst from now on."""
+        _setting("share", 0 < share <= 1, "a number in (0, 1]")
+        self._share = float(share)
 
     def limits(self, tenant: str, device: str) -> tuple[float, int]:
         """`(rps, burst)` that applies to a device: its record's, else the defaults."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, broker, logs
+from tidegate import __version__, broker, logs, owner
 from tidegate.config import (
     INFLUX_APIS,
     MODES,
@@ -30,6 +30,7 @@ from tidegate.config import (
     parse_port,
     positive_float,
     positive_int,
+    readable_file,
 )
 from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store import devices, open_registry, registry
@@ -239,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=_secret_arg, metavar="DIR", help="data directory (TIDEGATE_DATA_DIR)"
     )
     serve.add_argument("--mode", choices=MODES, help="direct|nats (TIDEGATE_MODE)")
+    serve.add_argument(
+        "--ssl-certfile",
+        type=_arg(readable_file),
+        metavar="PEM",
+        help="TLS certificate (chain) of the public listener (TIDEGATE_SSL_CERTFILE)",
+    )
+    serve.add_argument(
+        "--ssl-keyfile",
+        type=_arg(readable_file),
+        metavar="PEM",
+        help="its private key (TIDEGATE_SSL_KEYFILE)",
+    )
     serve.set_defaults(process=_serve)
     commands.add_parser(
         "worker", help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)"
@@ -336,6 +349,8 @@ _SERVE_FLAGS = {
     "log_level": "TIDEGATE_LOG_LEVEL",
     "data_dir": "TIDEGATE_DATA_DIR",
     "mode": "TIDEGATE_MODE",
+    "ssl_certfile": "TIDEGATE_SSL_CERTFILE",
+    "ssl_keyfile": "TIDEGATE_SSL_KEYFILE",
 }
 
 
@@ -373,6 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)
     if args.command in ("serve", "worker"):
+        # Before anything opens the directory's files (the log, its live segment); the
+        # descriptor stays open, so the lock is held until the process exits.
+        try:
+            owner.claim(cfg.data_dir, args.command)
+        except owner.Locked as exc:
+            sys.stderr.write(f"tidegate: {exc}\n")
+            return EXIT_FAILED
         process: Callable[[Config, argparse.Namespace], int] = args.process
         return process(cfg, args)
     run: Command = args.run

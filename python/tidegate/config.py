@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,10 @@ class Config:
     # Stats, metrics and the OpenAPI document listen here only (loopback by default).
     ops_host: str = "127.0.0.1"
     ops_port: int = 8081
+    # TLS on the public listener (uvicorn's names): a PEM certificate (chain) and its key; both
+    # or neither. The ops listener stays plain HTTP (loopback by default).
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
     # Per-connection limits (http/limits.py): bounded memory whatever a client sends.
     max_header_bytes: int = 16 << 10
     header_timeout_s: float = 10.0
@@ -201,6 +206,8 @@ class Config:
             port=r.get("TIDEGATE_PORT", 8080, parse_port),
             ops_host=r.get("TIDEGATE_OPS_HOST", "127.0.0.1", str),
             ops_port=r.get("TIDEGATE_OPS_PORT", 8081, parse_port),
+            ssl_certfile=r.get("TIDEGATE_SSL_CERTFILE", None, readable_file),
+            ssl_keyfile=r.get("TIDEGATE_SSL_KEYFILE", None, readable_file),
             max_header_bytes=r.get("TIDEGATE_MAX_HEADER_BYTES", 16 << 10, positive_int),
             header_timeout_s=r.get("TIDEGATE_HEADER_TIMEOUT_S", 10.0, positive_float),
             body_timeout_s=r.get("TIDEGATE_BODY_TIMEOUT_S", 30.0, positive_float),
@@ -214,9 +221,25 @@ class Config:
         )
         if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):
             raise ConfigError("TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT")
+        _check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
         if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
             raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
         return cfg
+
+
+def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
+    """Both or neither, and a pair TLS can load (not at the first connection: at start)."""
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("TIDEGATE_SSL_CERTFILE and TIDEGATE_SSL_KEYFILE go together")
+    if certfile is None:
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"TIDEGATE_SSL_CERTFILE={str(certfile)!r} and TIDEGATE_SSL_KEYFILE={str(keyfile)!r} "
+            f"are not a PEM certificate and its key: {exc.reason or exc}"
+        ) from None
 
 
 # Variables whose values may carry a credential: never echoed in an error message.
@@ -288,6 +311,17 @@ def _converted(raw: str, convert: Callable[[str], T], what: str) -> T:
         return convert(raw)
     except ValueError:
         raise ValueError(f"{raw!r} is not {what}") from None
+
+
+def readable_file(raw: str) -> Path:
+    """Parse the path of a file this process can read (a certificate, a key)."""
+    path = Path(raw)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    return path
 
 
 def positive_int(raw: str) -> int:

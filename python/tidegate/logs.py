@@ -27,6 +27,9 @@ _SECRET_NAME = re.compile(
 # `scheme://user:password@host`: keep the user, drop the password.
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 _RESERVED = frozenset({"ts", "level", "event", "logger"})
+# The sink's HTTP client logs one "HTTP Request" line per flush at info: below warning they are
+# noise, unless debug was asked for.
+_QUIET = ("httpx", "httpcore")
 
 
 def redact(name: str, value: object) -> object:
@@ -86,6 +89,8 @@ def configure(level: str = "info") -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(_quiet_level(level))
 
 
 def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
@@ -97,10 +102,17 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
         "handlers": {"stderr": {"class": f"{__name__}.StderrHandler", "formatter": "json"}},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {
-            name: {"handlers": [], "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{
+                name: {"handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
+            **{name: {"level": logging.getLevelName(_quiet_level(level))} for name in _QUIET},
         },
     }
+
+
+def _quiet_level(level: str) -> int:
+    return max(logging.WARNING, _LEVELS[level])
 
 
 def log(

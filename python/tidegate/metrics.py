@@ -22,6 +22,102 @@ _FLUSH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 # `*_created` series double the exposition and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
+# The numeric keys of the stats sources (sink, write-ahead log, gateway or worker extras) that
+# count events since the process started, by exported name without `tidegate_`: they are
+# counters (`<name>_total`), so `rate()` and `increase()` work on them. Every other numeric key
+# is a level (a gauge) and listed in LEVELS; tests/test_metrics_kinds.py holds every key a
+# running gateway or worker reports to exactly one of the two.
+COUNTS = frozenset(
+    {
+        "sink_writes_ok",
+        "sink_writes_err",
+        "sink_writes_uncertain",
+        "sink_flushes",
+        "sink_retries",
+        "sink_dead_lettered",
+        "sink_spilled",
+        "sink_logged",
+        "sink_lost",
+        "wal_fsyncs",
+        "wal_synced_records",
+        "wal_appended_records",
+        "wal_groups",
+        "wal_checkpoints",
+        "wal_deleted_segments",
+        "wal_compacted_records",
+        "wal_replayed_segments",
+        "wal_replayed_records",
+        "wal_replayed_lines",
+        "wal_skipped_delivered",
+        "wal_corrupt_records",
+        "wal_truncated_bytes",
+        "wal_quarantined_files",
+        "registry_queries",
+        "auth_cache_hits",
+        "auth_cache_misses",
+        "auth_lookup_budget_refusals",
+        "auth_unavailable",
+        "field_types_untracked",
+        "device_state_upserts",
+        "device_state_failures",
+        "tenant_key_cache_hits",
+        "tenant_key_cache_misses",
+        "tenant_key_budget_refusals",
+        "auth_stale_lookups",
+        "field_type_claims",
+        "field_type_claims_failed",
+        "nats_reconnects",
+        "nats_published",
+        "nats_duplicates",
+        "nats_publish_retries",
+        "nats_publish_failed",
+        "nats_requests_published",
+        "worker_fetched",
+        "worker_acked",
+        "worker_naked",
+        "worker_terminated",
+        "worker_lp_messages",
+        "worker_envelope_messages",
+        "worker_mqtt_messages",
+        "worker_rejected_published",
+        "worker_rejected_publish_failed",
+        "worker_fetch_errors",
+    }
+)
+LEVELS = frozenset(
+    {
+        "sink_retry_queue_depth",
+        "sink_retry_tenants",
+        "sink_in_flight_tenants",
+        "sink_failing",
+        "wal_bytes",
+        "wal_max_bytes",
+        "wal_segments",
+        "wal_records_per_fsync",
+        "wal_failed",
+        "auth_cache_entries",
+        "auth_cache_negative_entries",
+        "auth_lookup_budgets",
+        "rate_limit_buckets",
+        "registry_unavailable",
+        "field_types",
+        "telemetry_latest_devices",
+        "draining",
+        "nats_connected",
+        "worker_in_progress",
+        "worker_held",
+        "rate_limit_processes",
+    }
+)
+# Per-tenant message counters: the first TENANT_SERIES tenants with an accepted message get a
+# series of their own, for the life of the process; everything else (later tenants, items
+# rejected before their tenant was known) counts under tenant="other". First come rather than
+# the current top N: a tenant never moves between series, so every series only grows and
+# `rate()` stays right; only an accepted (so authenticated) tenant takes a slot, so clients
+# sending made-up tenant ids cannot use the slots up.
+TENANT_SERIES = 50
+OTHER_TENANT = "other"
+
 
 class Buffers(Protocol):
     """What metrics reads of the core's TenantBuffers."""
@@ -34,6 +130,13 @@ class Buffers(Protocol):
     def max_bytes(self) -> int: ...
     @property
     def tenant_max_bytes(self) -> int: ...
+
+
+class TenantCounts(Protocol):
+    """What metrics reads of a resolved Batch to count its messages per tenant."""
+
+    def groups(self) -> list[tuple[str, str, str, str, int]]: ...
+    def refusals(self, reason: str) -> list[tuple[str, str, int]]: ...
 
 
 class Metrics:
@@ -61,6 +164,8 @@ class Metrics:
         )
         self.accepted = 0
         self.rejected: dict[str, int] = {}
+        # tenant -> [accepted, rejected]; at most TENANT_SERIES tenants plus OTHER_TENANT.
+        self.tenants: dict[str, list[int]] = {OTHER_TENANT: [0, 0]}
         self.responses: dict[tuple[str, int], int] = {}
         self.limits_hit: dict[str, int] = {}
         self.client_disconnects: dict[str, int] = {}
@@ -89,12 +194,48 @@ class Metrics:
         self._extra = extra
         self._wal = wal
 
-    def count(self, accepted: int, reason_counts: Iterable[tuple[str, int]]) -> None:
-        """Record one request's outcome: accepted messages and rejected ones per reason."""
+    def count(
+        self,
+        accepted: int,
+        reason_counts: Sequence[tuple[str, int]],
+        batch: TenantCounts | None = None,
+    ) -> None:
+        """Record one request's outcome: accepted messages and rejected ones per reason, and
+        per tenant from `batch` (without one, under tenant="other")."""
         self.accepted += accepted
         rejected = self.rejected
         for reason, n in reason_counts:
             rejected[reason] = rejected.get(reason, 0) + n
+        if batch is None:
+            other = self.tenants[OTHER_TENANT]
+            other[0] += accepted
+            other[1] += sum(n for _, n in reason_counts)
+            return
+        self._count_tenants(batch, reason_counts)
+
+    def _count_tenants(self, batch: TenantCounts, reason_counts: Sequence[tuple[str, int]]) -> None:
+        # A group's items are accepted unless refused after validation; items that failed
+        # validation have no group, and no tenant to count under but "other".
+        passed: dict[str, int] = {}
+        for tenant, _device, _site, _token, n in batch.groups():
+            passed[tenant] = passed.get(tenant, 0) + n
+        refused: dict[str, int] = {}
+        for reason, _n in reason_counts:
+            for tenant, _device, n in batch.refusals(reason):
+                refused[tenant] = refused.get(tenant, 0) + n
+        tenants = self.tenants
+        unplaced = sum(n for _, n in reason_counts) - sum(refused.values())
+        tenants[OTHER_TENANT][1] += unplaced
+        for tenant, n in passed.items():
+            no = refused.get(tenant, 0)
+            counts = tenants.get(tenant)
+            if counts is None:
+                if n > no and len(tenants) <= TENANT_SERIES:
+                    counts = tenants[tenant] = [0, 0]
+                else:
+                    counts = tenants[OTHER_TENANT]
+            counts[0] += n - no
+            counts[1] += no
 
     def response(self, route: str, status: int) -> None:
         """Count one response by route and status."""
@@ -198,6 +339,15 @@ class _Live(Collector):
             "route",
             m.client_disconnects,
         )
+        per_tenant = CounterMetricFamily(
+            "tidegate_tenant_messages",
+            f"Messages by tenant (the first {TENANT_SERIES} accepted ones; the rest: other)",
+            labels=["tenant", "outcome"],
+        )
+        for tenant, (accepted, rejected) in sorted(m.tenants.items()):
+            per_tenant.add_metric([tenant, "accepted"], accepted)
+            per_tenant.add_metric([tenant, "rejected"], rejected)
+        yield per_tenant
         errors = CounterMetricFamily("tidegate_sink_errors", "Failed sink write attempts")
         errors.add_metric([], m.flush_err)
         yield errors
@@ -207,12 +357,12 @@ class _Live(Collector):
         if m._buffers is not None:
             yield from _buffer_metrics(m._buffers)
         if m._sink_stats is not None:
-            yield from _numeric_gauges("tidegate_sink_", "Sink statistic", m._sink_stats())
+            yield from _stat_families("sink_", "Sink statistic", m._sink_stats())
         if m._extra is not None:
-            yield from _numeric_gauges("tidegate_", "Gateway statistic", m._extra())
+            yield from _stat_families("", "Gateway statistic", m._extra())
         wal = m._wal() if m._wal is not None else None
         if wal is not None:
-            yield from _numeric_gauges("tidegate_wal_", "Write-ahead log statistic", wal)
+            yield from _stat_families("wal_", "Write-ahead log statistic", wal)
 
 
 def _labelled_counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
@@ -255,11 +405,24 @@ def _buffer_metrics(buffers: Buffers) -> Iterable[Metric]:
     yield nbytes
 
 
-def _numeric_gauges(prefix: str, doc: str, values: Mapping[str, object]) -> Sequence[Metric]:
+def _stat_families(prefix: str, doc: str, values: Mapping[str, object]) -> Sequence[Metric]:
+    """One family per numeric stat: a counter if COUNTS names it, else a gauge. A flag named
+    in LEVELS (a bool, or a failure text that is None when all is well) is a 0/1 gauge."""
     out: list[Metric] = []
     for key, value in sorted(values.items()):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            gauge = GaugeMetricFamily(prefix + key, f"{doc}: {key}")
-            gauge.add_metric([], float(value))
-            out.append(gauge)
+        stem = prefix + key
+        known = stem in COUNTS or stem in LEVELS
+        if isinstance(value, bool) or (known and (value is None or isinstance(value, str))):
+            number = float(bool(value))
+        elif isinstance(value, int | float):
+            number = float(value)
+        else:
+            continue
+        family: Metric
+        if stem in COUNTS:
+            family = CounterMetricFamily("tidegate_" + stem, f"{doc}: {key}")
+        else:
+            family = GaugeMetricFamily("tidegate_" + stem, f"{doc}: {key}")
+        family.add_metric([], number)
+        out.append(family)
     return out

@@ -1,6 +1,6 @@
 """What every tidegate listener shares, the gateway's (http/) and the NATS worker's (nats/):
-uvicorn's settings, the server that turns a signal into draining, the start/stop lifespan, and
-the JSON response."""
+uvicorn's settings, the server that turns a signal into draining (a NamedServer, listening.py),
+the start/stop lifespan, and the JSON response."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from tidegate import logs
 from tidegate.config import Config
+from tidegate.listening import NamedServer
 
 JSON = "application/json"
 
@@ -49,13 +50,15 @@ def lifespan_of(
     return lifespan
 
 
-class SignalServer(uvicorn.Server):
+class SignalServer(NamedServer):
     """uvicorn's server, but a signal calls `on_signal` at once (the gateway starts draining, a
     worker stops fetching) and is not re-raised after shutdown (uvicorn re-raises it, which
     would make the exit status -SIGTERM, not 0)."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: uvicorn.Config, on_signal: Callable[[], None], listener: str = "public"
+    ) -> None:
+        super().__init__(config, listener)
         self.on_signal = on_signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

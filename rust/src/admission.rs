@@ -213,6 +213,9 @@ impl<V> Table<V> {
 #[derive(Debug)]
 pub struct Admission {
     settings: Settings,
+    /// The part of every device's limit this process enforces: 1/N of rps and burst (burst at
+    /// least one message) when N processes share the device's traffic.
+    share: f64,
     found: Table<Entry>,
     unknown: Table<()>,
     budgets: Table<Bucket>,
@@ -260,20 +263,21 @@ fn take(bucket: &mut Bucket, n: usize, now: f64, rate: f64, cap: f64) -> (usize,
 /// is RATE_LIMITED (else 0.0).
 fn judge(
     settings: &Settings,
+    share: f64,
     entry: &mut Entry,
     site: &str,
-    token: &str,
+    token: Option<&str>,
     count: usize,
     now: f64,
 ) -> (Verdict, f64) {
-    if !entry.record.active || !token_ok(entry, token) {
+    if !entry.record.active || token.is_some_and(|t| !token_ok(entry, t)) {
         return ((0, Some(Reason::Unauthorized)), 0.0);
     }
     if site != entry.record.site {
         return ((0, Some(Reason::SiteMismatch)), 0.0);
     }
-    let rate = entry.record.rps.unwrap_or(settings.default_rps);
-    let cap = f64::from(entry.record.burst.unwrap_or(settings.default_burst));
+    let rate = entry.record.rps.unwrap_or(settings.default_rps) * share;
+    let cap = (f64::from(entry.record.burst.unwrap_or(settings.default_burst)) * share).max(1.0);
     let bucket = entry.bucket.get_or_insert(Bucket {
         tokens: cap,
         last: now,
@@ -302,6 +306,7 @@ impl Admission {
         settings.check()?;
         Ok(Admission {
             settings,
+            share: 1.0,
             found: Table::new(settings.max_entries),
             unknown: Table::new(settings.max_negative_entries),
             budgets: Table::new(settings.max_negative_entries),
@@ -359,6 +364,7 @@ impl Admission {
         let mut refused: Vec<(&str, &str)> = Vec::new();
         progress.verdicts.clear();
         for (tenant, device, site, token, count) in batch.groups() {
+            let token = (!batch.tenant_key()).then_some(token);
             let verdict = match self.cached(tenant, device, site, token, count, now, None) {
                 Some((verdict, wait)) => {
                     self.counters.hits += 1;
@@ -393,6 +399,7 @@ impl Admission {
             if verdict.is_some() {
                 continue;
             }
+            let token = (!batch.tenant_key()).then_some(token);
             let decided = self.cached(tenant, device, site, token, count, now, progress.asked);
             let (decided, wait) = decided.unwrap_or_else(|| {
                 self.counters.unavailable += 1;
@@ -411,7 +418,7 @@ impl Admission {
         tenant: &str,
         device: &str,
         site: &str,
-        token: &str,
+        token: Option<&str>,
         count: usize,
         now: f64,
         asked: Option<u64>,
@@ -421,6 +428,7 @@ impl Admission {
             if usable(Some(&*slot), now, asked) {
                 return Some(judge(
                     &self.settings,
+                    self.share,
                     &mut slot.value,
                     site,
                     token,
@@ -535,6 +543,20 @@ impl Admission {
     pub fn invalidate_all(&mut self) {
         self.found.map.clear();
         self.unknown.map.clear();
+    }
+
+    /// Enforce `share` (0 < share <= 1) of every device's rps and burst from now on: each of
+    /// N processes sharing the traffic takes 1/N. Buckets keep their tokens, capped at the
+    /// new burst when they next refill.
+    pub fn set_share(&mut self, share: f64) -> Result<(), UsageError> {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(UsageError::BadSetting {
+                name: "share",
+                rule: "a number in (0, 1]",
+            });
+        }
+        self.share = share;
+        Ok(())
     }
 
     /// `(rps, burst)` that applies to a device: its record's, else the defaults.
@@ -892,5 +914,24 @@ mod tests {
             Err("token_hash must be 32 bytes (a SHA-256 digest)".into())
         );
         assert!(Record::new("s".into(), &hash("k"), Some(f64::NAN), None, true).is_err());
+    }
+
+    #[test]
+    fn a_share_divides_the_rate_and_the_burst_and_keeps_at_least_one_message() {
+        let mut a = Admission::new(SETTINGS).unwrap();
+        assert!(a.set_share(0.0).is_err());
+        assert!(a.set_share(1.5).is_err());
+        a.set_share(0.5).unwrap();
+        let key = [("t".to_string(), "d".to_string())];
+        let record = Record::new("s".into(), &hash("tok"), Some(2.0), Some(10), true).unwrap();
+        a.install(&key, vec![("t".into(), "d".into(), record)], 0.0);
+        let entry = &mut a.found.map.values_mut().next().unwrap().value;
+        let ((allowed, _), _) = judge(&SETTINGS, 0.5, entry, "s", Some("tok"), 10, 0.0);
+        assert_eq!(allowed, 5);
+        let ((allowed, _), wait) = judge(&SETTINGS, 0.5, entry, "s", Some("tok"), 1, 0.0);
+        assert_eq!(allowed, 0);
+        assert!((wait - 1.0).abs() < 1e-9, "one token a second: {wait}");
+        let ((allowed, _), _) = judge(&SETTINGS, 0.01, entry, "s", Some("tok"), 3, 100.0);
+        assert_eq!(allowed, 1);
     }
 }

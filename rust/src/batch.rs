@@ -82,6 +82,11 @@ pub struct Batch {
     group_index: Vec<u32>,
     /// `(item index, detail)` of the items rejected with a detail of their own (rare).
     details: Vec<(u32, Span)>,
+    /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
+    line_numbers: Vec<u32>,
+    /// Written with a tenant key: its groups carry no device token (`admission` checks the
+    /// device is active, not a token).
+    tenant_key: bool,
     resolved: bool,
     appended: bool,
     admitted: bool,
@@ -111,6 +116,34 @@ impl Batch {
 
     pub fn receive_ns(&self) -> i64 {
         self.receive_ns
+    }
+
+    /// The same batch, marked as written with a tenant key.
+    pub fn by_tenant_key(mut self) -> Self {
+        self.tenant_key = true;
+        self
+    }
+
+    pub fn tenant_key(&self) -> bool {
+        self.tenant_key
+    }
+
+    /// Numbers the item pushed next: its line in a line-protocol body.
+    pub fn number_next(&mut self, line: u32) {
+        self.line_numbers.push(line);
+    }
+
+    /// Per item, its 1-based line number (line-protocol bodies; empty otherwise).
+    pub fn line_numbers(&self) -> &[u32] {
+        &self.line_numbers
+    }
+
+    /// `push_rejected` with a detail of the item's own, as `details` returns it.
+    pub fn push_rejected_with(&mut self, reason: Reason, device: Option<&str>, detail: &str) {
+        let index = self.items.len() as u32;
+        self.push_rejected(reason, device);
+        let span = self.push_str(detail);
+        self.details.push((index, span));
     }
 
     fn push_str(&mut self, s: &str) -> Span {
@@ -461,6 +494,14 @@ impl Batch {
     pub fn accepted_lines(&self) -> impl Iterator<Item = (usize, &[u8])> {
         self.accepted()
             .map(|(item, line)| (self.groups[item.group as usize].tenant_index as usize, line))
+    }
+
+    /// Accepted items' `(tenant, line, shape)` in request order (`fields.rs` reads them).
+    pub fn accepted_shapes(&self) -> impl Iterator<Item = (&str, &[u8], u64)> {
+        self.accepted().map(|(item, line)| {
+            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            (self.tenant(tenant), line, item.shape)
+        })
     }
 
     pub fn tenant_count(&self) -> usize {

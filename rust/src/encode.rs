@@ -22,6 +22,29 @@ pub fn push_lp_key(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
+/// Appends a measurement, escaping `,` and space (InfluxDB keeps `\=` in a measurement as
+/// is, so `=` is written plain). Callers have refused backslashes and control characters.
+pub fn push_lp_measurement(out: &mut Vec<u8>, b: &[u8]) {
+    for &c in b {
+        if matches!(c, b',' | b' ') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Appends a string field value between double quotes, escaping `"` and backslash.
+pub fn push_lp_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &c in s {
+        if matches!(c, b'"' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
+}
+
 /// A tag value or field key, and whether it may hold a byte line protocol escapes.
 #[derive(Debug, Clone, Copy)]
 pub struct Key<'a> {

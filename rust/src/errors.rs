@@ -9,7 +9,19 @@ pub enum BodyError {
     NoMessagesList,
     NotObject,
     Empty,
-    TooMany { count: usize, max: usize },
+    TooMany {
+        count: usize,
+        max: usize,
+    },
+    /// A line-protocol body that is not UTF-8.
+    NotUtf8,
+    /// A line-protocol body of more lines than allowed.
+    TooManyLines {
+        count: usize,
+        max: usize,
+    },
+    /// A `precision` line protocol does not know.
+    Precision(String),
 }
 
 impl fmt::Display for BodyError {
@@ -24,6 +36,14 @@ impl fmt::Display for BodyError {
             Self::TooMany { count, max } => {
                 write!(f, "batch has {count} messages; at most {max} are allowed")
             }
+            Self::NotUtf8 => f.write_str("body is not valid UTF-8"),
+            Self::TooManyLines { count, max } => {
+                write!(f, "body has {count} lines; at most {max} are allowed")
+            }
+            Self::Precision(p) => write!(
+                f,
+                "precision \"{p}\" is not one of ns, us, \u{b5}s, u, ms, s, m, h"
+            ),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
 use crate::errors::UsageError;
-use crate::schema::{FieldType, MSG_TYPES, NO_SHAPE};
+use crate::schema::{FieldType, NO_SHAPE};
 use crate::words;
 
 /// `max_per_tenant` when the caller gives none.
@@ -25,10 +25,13 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 /// Verified shapes remembered per tenant; when full they are forgotten and verified again.
 const MAX_SHAPES_PER_TENANT: usize = 4096;
 
+/// Field name → type, of one measurement.
+type Types = foldhash::HashMap<Box<[u8]>, FieldType>;
+
 #[derive(Default)]
 struct TenantFields {
-    /// Per measurement of `MSG_TYPES`, field name → type.
-    by_measurement: [foldhash::HashMap<Box<[u8]>, FieldType>; MSG_TYPES.len()],
+    /// Per measurement (unescaped), field name → type.
+    by_measurement: foldhash::HashMap<Box<[u8]>, Types>,
     len: usize,
     /// Shapes whose every field is remembered with the type the shape gives it.
     verified: foldhash::HashSet<u64>,
@@ -91,13 +94,19 @@ impl FieldTypes {
             if shape != NO_SHAPE && known.verified.contains(&shape) {
                 return None;
             }
-            let m = fields.read(line);
-            let types = &mut known.by_measurement[m];
+            fields.read(line);
+            let measurement = fields.measurement(line);
+            let types = match known.by_measurement.get_mut(measurement) {
+                Some(types) => types,
+                None => known.by_measurement.entry(measurement.into()).or_default(),
+            };
             new_fields.clear();
             for (i, f) in fields.refs.iter().enumerate() {
                 let name = fields.name(line, f);
                 match types.get(name) {
-                    Some(&had) if had != f.ty => return Some(conflict(name, m, had, f.ty)),
+                    Some(&had) if had != f.ty => {
+                        return Some(conflict(name, measurement, had, f.ty))
+                    }
                     Some(_) => {}
                     None => new_fields.push(i),
                 }
@@ -124,16 +133,53 @@ impl FieldTypes {
         })
     }
 
+    /// The distinct fields of the batch's still-accepted items that their tenant has not
+    /// remembered, as `(tenant, measurement, field, type)` of their first item, request order;
+    /// nothing for a tenant at its cap. Read only: what a caller claims in a shared store (and
+    /// `learn`s back) before `admit`, so every process decides a new field alike.
+    pub fn unknown(&self, batch: &Batch) -> Vec<(String, String, String, FieldType)> {
+        let state = self.lock();
+        let mut fields = LineFields::default();
+        let mut out: Vec<(String, String, String, FieldType)> = Vec::new();
+        for (tenant, line, shape) in batch.accepted_shapes() {
+            let known = state.index.get(tenant).map(|&t| &state.tenants[t]);
+            if known.is_some_and(|k| {
+                k.len >= self.max_per_tenant || (shape != NO_SHAPE && k.verified.contains(&shape))
+            }) {
+                continue;
+            }
+            fields.read(line);
+            let measurement = fields.measurement(line);
+            let types = known.and_then(|k| k.by_measurement.get(measurement));
+            for f in &fields.refs {
+                let name = fields.name(line, f);
+                if types.is_some_and(|t| t.contains_key(name)) {
+                    continue;
+                }
+                let m = String::from_utf8_lossy(measurement);
+                let name = String::from_utf8_lossy(name);
+                if !out
+                    .iter()
+                    .any(|(t, om, n, _)| t == tenant && *om == m && *n == name)
+                {
+                    out.push((tenant.to_owned(), m.into_owned(), name.into_owned(), f.ty));
+                }
+            }
+        }
+        out
+    }
+
     /// Sets a field's type as InfluxDB reports it. False when it is not remembered: the
-    /// measurement is not one the core writes, or the tenant is at its cap.
+    /// tenant is at its cap.
     pub fn learn(&self, tenant: &str, measurement: &str, field: &str, ty: FieldType) -> bool {
-        let Some(m) = MSG_TYPES.iter().position(|&t| t == measurement) else {
-            return false;
-        };
         let mut state = self.lock();
         let t = state.tenant(tenant);
         let known = &mut state.tenants[t];
-        if let Some(had) = known.by_measurement[m].get_mut(field.as_bytes()) {
+        let types = known
+            .by_measurement
+            .entry(measurement.as_bytes().into())
+            .or_default();
+        if let Some(had) = types.get_mut(field.as_bytes()) {
             if *had != ty {
                 // Shapes verified against the old type may conflict with the new one.
                 known.verified.clear();
@@ -144,16 +190,17 @@ impl FieldTypes {
         if known.len >= self.max_per_tenant {
             return false;
         }
-        known.by_measurement[m].insert(field.as_bytes().into(), ty);
+        types.insert(field.as_bytes().into(), ty);
         known.len += 1;
         true
     }
 
     pub fn get(&self, tenant: &str, measurement: &str, field: &str) -> Option<FieldType> {
-        let m = MSG_TYPES.iter().position(|&t| t == measurement)?;
         let state = self.lock();
         let &t = state.index.get(tenant)?;
-        state.tenants[t].by_measurement[m]
+        state.tenants[t]
+            .by_measurement
+            .get(measurement.as_bytes())?
             .get(field.as_bytes())
             .copied()
     }
@@ -177,11 +224,11 @@ impl FieldTypes {
     }
 }
 
-fn conflict(name: &[u8], m: usize, had: FieldType, sent: FieldType) -> String {
+fn conflict(name: &[u8], measurement: &[u8], had: FieldType, sent: FieldType) -> String {
     format!(
         "field type conflict: \"{}\" of {} is {}, this message sends {}",
         String::from_utf8_lossy(name),
-        MSG_TYPES[m],
+        String::from_utf8_lossy(measurement),
         had.name(),
         sent.name()
     )
@@ -200,20 +247,28 @@ struct FieldRef {
 struct LineFields {
     refs: Vec<FieldRef>,
     names: Vec<u8>,
+    /// The line's measurement, as `FieldRef::name`.
+    measurement: std::ops::Range<usize>,
+    measurement_unescaped: bool,
 }
 
 impl LineFields {
-    /// Reads back a line `encode` wrote, `{measurement},{tags} {fields} {ts}\n`: returns the
-    /// index of its measurement in `MSG_TYPES` and holds its fields. Ids and names never hold a
-    /// backslash (parse refuses them), so a backslash is always an escape.
-    fn read(&mut self, line: &[u8]) -> usize {
+    /// Reads back a line `parse`, `lineproto` or `shelly` wrote,
+    /// `{measurement},{tags} {fields} {ts}\n`: holds its measurement and fields. Names never
+    /// hold a backslash (the parsers refuse them), so outside a string value a backslash is
+    /// always an escape.
+    fn read(&mut self, line: &[u8]) {
         self.refs.clear();
         self.names.clear();
-        let comma = memchr::memchr(b',', line).expect("a line has tags");
-        let m = MSG_TYPES
-            .iter()
-            .position(|t| t.as_bytes() == &line[..comma])
-            .expect("a line starts with one of MSG_TYPES");
+        let comma = unescaped(line, b',', 1).expect("a line has tags");
+        self.measurement_unescaped = line[..comma].contains(&b'\\');
+        self.measurement = if self.measurement_unescaped {
+            self.names
+                .extend(line[..comma].iter().copied().filter(|&c| c != b'\\'));
+            0..self.names.len()
+        } else {
+            0..comma
+        };
         let start = unescaped(line, b' ', comma).expect("a line has fields") + 1;
         let end = memchr::memrchr(b' ', line).expect("a line ends with its timestamp");
         // A word at a time: names and values are short, a memchr call each costs more.
@@ -231,7 +286,11 @@ impl LineFields {
                 unescaped = true;
                 eq += 2;
             }
-            let value_end = words::find(fields, eq + 1, |w| words::eq(w, b','), |c| c == b',');
+            let value_end = if fields.get(eq + 1) == Some(&b'"') {
+                string_end(fields, eq + 2) + 1
+            } else {
+                words::find(fields, eq + 1, |w| words::eq(w, b','), |c| c == b',')
+            };
             let name = if unescaped {
                 let from = self.names.len();
                 let raw = &line[pos..eq];
@@ -249,7 +308,15 @@ impl LineFields {
             });
             pos = value_end + 1;
         }
-        m
+    }
+
+    fn measurement<'a>(&'a self, line: &'a [u8]) -> &'a [u8] {
+        let from = if self.measurement_unescaped {
+            &self.names
+        } else {
+            line
+        };
+        &from[self.measurement.clone()]
     }
 
     fn name<'a>(&'a self, line: &'a [u8], f: &FieldRef) -> &'a [u8] {
@@ -262,6 +329,19 @@ impl LineFields {
 #[inline(always)]
 fn name_end(w: u64) -> u64 {
     words::eq(w, b'=') | words::eq(w, b'\\')
+}
+
+/// The closing quote of a string value that starts at `from` (after its opening quote).
+fn string_end(fields: &[u8], from: usize) -> usize {
+    let mut i = from;
+    loop {
+        match fields.get(i) {
+            Some(b'\\') => i += 2,
+            Some(b'"') => return i,
+            Some(_) => i += 1,
+            None => panic!("a string value ends with a quote"),
+        }
+    }
 }
 
 /// The first `byte` at or after `from` that no backslash escapes.
@@ -306,7 +386,8 @@ mod tests {
     fn lines_are_read_back_into_names_and_types() {
         let mut f = LineFields::default();
         let line = b"heartbeat,device_id=a\\ b\\,c,site_id=s\\=1 a\\ b=1.5,on=true,x\\,y\\=z=-2e-05,seq=3i 9\n";
-        assert_eq!(f.read(line), 1);
+        f.read(line);
+        assert_eq!(f.measurement(line), b"heartbeat");
         let got: Vec<(&[u8], FieldType)> = f.refs.iter().map(|r| (f.name(line, r), r.ty)).collect();
         assert_eq!(
             got,
@@ -317,7 +398,9 @@ mod tests {
                 (b"seq", FieldType::Integer)
             ]
         );
-        assert_eq!(f.read(b"telemetry,device_id=d,site_id=s seq=0i 1\n"), 0);
+        let line = b"telemetry,device_id=d,site_id=s seq=0i 1\n";
+        f.read(line);
+        assert_eq!(f.measurement(line), b"telemetry");
         assert_eq!(f.refs.len(), 1);
     }
 
@@ -346,7 +429,9 @@ mod tests {
     fn learned_types_override_and_the_cap_bounds_what_is_remembered() {
         let types = FieldTypes::new(3);
         assert!(types.learn("t", "telemetry", "temp", FieldType::Integer));
-        assert!(!types.learn("t", "power", "temp", FieldType::Integer));
+        // Any measurement (line protocol writes any); another tenant's cap is its own.
+        assert!(types.learn("t2", "power", "temp", FieldType::Integer));
+        assert_eq!(types.get("t2", "power", "temp"), Some(FieldType::Integer));
         let (reasons, details) = admitted(&types, &[r#"{"temp":1}"#]);
         assert_eq!(reasons, [Some(Reason::InvalidMetrics)]);
         assert_eq!(
@@ -357,7 +442,7 @@ mod tests {
         let (reasons, _) = admitted(&types, &[r#"{"temp":1,"a":1,"b":true}"#]);
         assert_eq!(reasons, [None]);
         // temp, a, b remembered; seq, beyond the cap of 3, is not, and passes unchecked.
-        assert_eq!(types.len(), 3);
+        assert_eq!(types.len(), 4);
         assert_eq!(types.untracked(), 1);
         assert_eq!(types.get("t", "telemetry", "seq"), None);
         let (reasons, _) = admitted(&types, &[r#"{"b":false}"#]);
@@ -403,5 +488,32 @@ mod tests {
         let mut b = parse_batch(body(&["{}"]).as_bytes(), 1, 8192).expect("a valid body");
         b.append_with(|_, _| true).expect("append");
         assert_eq!(types.admit(&mut b), Err(UsageError::AlreadyAppended));
+    }
+
+    #[test]
+    fn unknown_lists_each_new_field_once_with_its_first_type_and_admits_nothing() {
+        let types = FieldTypes::new(10);
+        types.learn("t", "telemetry", "a", FieldType::Float);
+        let b = parse_batch(
+            body(&[r#"{"a":1,"b":true}"#, r#"{"b":2,"c":3}"#]).as_bytes(),
+            1,
+            8192,
+        )
+        .expect("a valid body");
+        let new: Vec<(String, String, String, &str)> = types
+            .unknown(&b)
+            .into_iter()
+            .map(|(t, m, f, ty)| (t, m, f, ty.name()))
+            .collect();
+        let row = |f: &str, ty| ("t".to_string(), "telemetry".to_string(), f.to_string(), ty);
+        // `seq` is a field of every line.
+        let expected = [
+            row("b", "boolean"),
+            row("seq", "integer"),
+            row("c", "float"),
+        ];
+        assert_eq!(new, expected);
+        assert_eq!(types.get("t", "telemetry", "b"), None);
+        assert_eq!(admitted(&types, &[r#"{"a":1}"#]).0, [None]);
     }
 }

@@ -11,6 +11,7 @@ pub mod fields;
 pub mod ids;
 pub mod json;
 pub mod latest;
+pub mod lineproto;
 pub mod parse;
 pub mod schema;
 pub mod shelly;
@@ -175,6 +176,11 @@ impl PyBatch {
         (accepted, rejected, PyBytes::new(py, &body))
     }
 
+    /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
+    fn line_numbers(&self) -> Vec<u32> {
+        self.inner.line_numbers().to_vec()
+    }
+
     /// Seconds until the next token of the batch's slowest rate-limited device (0.0: none).
     #[getter]
     fn retry_after(&self) -> f64 {
@@ -286,6 +292,11 @@ impl PyAdmission {
         self.inner.invalidate_all();
     }
 
+    /// Enforce `share` (0 < share <= 1) of every device's rps and burst from now on.
+    fn set_share(&mut self, share: f64) -> PyResult<()> {
+        self.inner.set_share(share).map_err(|e| usage_error(&e))
+    }
+
     /// `(rps, burst)` that applies to a device: its record's, else the defaults.
     fn limits(&mut self, tenant: &str, device: &str) -> (f64, u32) {
         self.inner.limits(tenant, device)
@@ -346,6 +357,57 @@ fn parse_single(
     };
     py.detach(|| parse::parse_single(body, &id, receive_ns, max_payload))
         .map(new_batch)
+        .map_err(|e| body_error(py, &e))
+}
+
+/// Parse an InfluxDB line-protocol body for `tenant_id`: one item per line that is neither
+/// blank nor a comment. `device` = `(device_id, site_id, provision_token)` of a device writing
+/// with its own credential; `sites` = the tenant's active devices and their sites, for a
+/// tenant-key writer. Exactly one of the two. Runs without the GIL.
+#[pyfunction]
+#[pyo3(signature = (
+    body, tenant_id, receive_ns, precision = "ns", max_payload_bytes = 8192, device = None,
+    sites = None
+))]
+#[allow(clippy::too_many_arguments)]
+fn parse_lines(
+    py: Python<'_>,
+    body: &[u8],
+    tenant_id: &str,
+    receive_ns: i64,
+    precision: &str,
+    max_payload_bytes: i64,
+    device: Option<(String, String, String)>,
+    sites: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<PyBatch> {
+    let max_line = count("max_payload_bytes", max_payload_bytes)?;
+    let writer = match (&device, &sites) {
+        (Some((device, site, token)), None) => lineproto::Writer::Device {
+            device,
+            site,
+            token,
+        },
+        (None, Some(sites)) => lineproto::Writer::TenantKey { sites },
+        _ => {
+            return Err(PyValueError::new_err(
+                "give exactly one of device and sites",
+            ))
+        }
+    };
+    lineproto::check_writer(tenant_id, &writer).map_err(|e| usage_error(&e))?;
+    let precision = lineproto::Precision::from_name(precision).map_err(|e| body_error(py, &e))?;
+    py.detach(|| lineproto::parse_lines(body, tenant_id, receive_ns, precision, max_line, &writer))
+        .map(new_batch)
+        .map_err(|e| body_error(py, &e))
+}
+
+/// The distinct `device_id` tags of a line-protocol body's lines that a tenant key could write,
+/// in order of first appearance: the devices to look up before `parse_lines`.
+#[pyfunction]
+#[pyo3(signature = (body, max_payload_bytes = 8192))]
+fn line_devices(py: Python<'_>, body: &[u8], max_payload_bytes: i64) -> PyResult<Vec<String>> {
+    let max_line = count("max_payload_bytes", max_payload_bytes)?;
+    py.detach(|| lineproto::line_devices(body, max_line))
         .map_err(|e| body_error(py, &e))
 }
 
@@ -638,6 +700,22 @@ impl PyFieldTypes {
         let batch = &mut batch.inner;
         py.detach(|| self.inner.admit(batch))
             .map_err(|e| usage_error(&e))
+    }
+
+    /// The distinct fields of the batch's accepted items their tenant does not know yet:
+    /// `(tenant, measurement, field, type)`, request order. Runs without the GIL.
+    fn unknown(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+    ) -> PyResult<Vec<(String, String, String, &'static str)>> {
+        let batch = batch.try_borrow()?;
+        let batch = &batch.inner;
+        let found = py.detach(|| self.inner.unknown(batch));
+        Ok(found
+            .into_iter()
+            .map(|(t, m, f, ty)| (t, m, f, ty.name()))
+            .collect())
     }
 
     /// Set a field's type as InfluxDB reports it; False when it is not remembered.
@@ -940,6 +1018,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         fields::DEFAULT_MAX_FIELDS_PER_TENANT,
     )?;
     m.add("MSG_TYPES", PyTuple::new(m.py(), schema::MSG_TYPES)?)?;
+    m.add("MAX_LP_TAGS", lineproto::MAX_LP_TAGS)?;
+    m.add("MAX_LP_FIELDS", lineproto::MAX_LP_FIELDS)?;
+    m.add("MAX_LP_LINES", lineproto::MAX_LP_LINES)?;
     let body_error = m.py().get_type::<BodyError>();
     // Declared on the class too, as the stub does; each raised instance sets its own.
     body_error.setattr("detail", "")?;
@@ -972,6 +1053,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_lines, m)?)?;
+    m.add_function(wrap_pyfunction!(line_devices, m)?)?;
     m.add_function(wrap_pyfunction!(valid_tenant, m)?)?;
     m.add_function(wrap_pyfunction!(valid_id, m)?)?;
     m.add_function(wrap_pyfunction!(reason_detail, m)?)?;

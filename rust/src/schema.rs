@@ -47,11 +47,14 @@ impl FieldType {
             .ok_or_else(|| UsageError::UnknownFieldType(name.to_owned()))
     }
 
-    /// The type of a value as `encode` writes it: `true`/`false`, `{n}i`, or a float.
+    /// The type of a value as the core writes it: `true`/`false`, `{n}i`, `{n}u`, a quoted
+    /// string, or a float.
     pub(crate) fn of_value(value: &[u8]) -> FieldType {
         match value {
             [b't' | b'f', ..] => FieldType::Boolean,
+            [b'"', ..] => FieldType::String,
             [.., b'i'] => FieldType::Integer,
+            [.., b'u'] => FieldType::Unsigned,
             _ => FieldType::Float,
         }
     }

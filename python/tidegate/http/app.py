@@ -20,6 +20,7 @@ from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
 from tidegate.http.endpoint import Handler, http_error
 from tidegate.http.gateway import Gateway, OpenPublisher
+from tidegate.listening import NamedServer, bind
 from tidegate.serving import SignalServer, json_response, lifespan_of, server_options
 
 
@@ -87,7 +88,7 @@ def create_app(cfg: Config, open_publisher: OpenPublisher | None = None) -> App:
     return app
 
 
-class _OpsServer(uvicorn.Server):
+class _OpsServer(NamedServer):
     """The ops listener's server: run inside the public one, which owns the signals."""
 
     @contextlib.contextmanager
@@ -144,7 +145,7 @@ def serve(cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
         **common,
     )
     # Bound before start-up: a port in use fails the start, not a running gateway.
-    ops_socket = ops_config.bind_socket()
+    ops_socket = bind(ops_config, "ops")
     uv_config = uvicorn.Config(
         app,
         host=cfg.host,
@@ -152,9 +153,11 @@ def serve(cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
         http=protocol,
         lifespan="on",
         timeout_keep_alive=cfg.keepalive_timeout_s,
+        ssl_certfile=cfg.ssl_certfile,
+        ssl_keyfile=cfg.ssl_keyfile,
         **common,
     )
-    server = _Server(uv_config, gw, _OpsServer(ops_config), ops_socket)
+    server = _Server(uv_config, gw, _OpsServer(ops_config, "ops"), ops_socket)
     server.run()
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

@@ -8,4 +8,4 @@ from tidegate.http.gateway import Gateway
 def forget_device(gw: Gateway, tenant: str, device: str) -> None:
     """Drop the device's cached record (and verified token) now: its next request reads the
     registry, so a revoke or rotate takes effect on this process at once."""
-    gw.services.admitter.admission.invalidate(tenant, device)
+    gw.services.admitter.invalidate(tenant, device)

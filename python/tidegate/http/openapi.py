@@ -276,6 +276,17 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/ui": {
+        "get": {
+            "summary": "Live page of rates, buffers, sink, registry and NATS (ops listener only)",
+            "responses": {
+                "200": {
+                    "description": "A self-contained HTML page polling /ingest/v1/stats",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
     "/openapi.json": {
         "get": {
             "summary": "This document",

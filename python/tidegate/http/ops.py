@@ -7,6 +7,7 @@ default); the public listener keeps what load balancers and clients need."""
 from __future__ import annotations
 
 import asyncio
+from importlib import resources
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +19,16 @@ from tidegate.http.gateway import Gateway
 from tidegate.serving import json_response
 
 READY_TIMEOUT_S = 2.0
+# The live page: one self-contained file of the package (no build step, no external asset).
+UI_PAGE = resources.files(__package__).joinpath("ui.html").read_bytes()
+# It fetches ./ingest/v1/stats and ./ready from the page's own origin, and nothing else.
+UI_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'"
+    ),
+    "Cache-Control": "no-store",
+}
 
 
 def public_routes(gw: Gateway) -> list[BaseRoute]:
@@ -31,12 +42,14 @@ def public_routes(gw: Gateway) -> list[BaseRoute]:
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
-    """The ops listener's routes: the public ones plus GET /ingest/v1/stats and /metrics."""
+    """The ops listener's routes: the public ones plus GET /ingest/v1/stats, /metrics and the
+    live page, /ui."""
     ops = Ops(gw)
     return [
         *public_routes(gw),
         route(gw, "/ingest/v1/stats", "GET", "stats", ops.stats),
         route(gw, "/metrics", "GET", "metrics", ops.prometheus),
+        route(gw, "/ui", "GET", "ui", ops.ui),
     ]
 
 
@@ -64,6 +77,10 @@ class Ops:
     async def prometheus(self, request: Request) -> Response:
         """GET /metrics."""
         return Response(self.gw.metrics.render(), 200, None, "text/plain; version=0.0.4")
+
+    async def ui(self, request: Request) -> Response:
+        """GET /ui: the live page."""
+        return Response(UI_PAGE, 200, UI_HEADERS, "text/html; charset=utf-8")
 
     async def openapi(self, request: Request) -> Response:
         """GET /openapi.json."""

@@ -128,7 +128,7 @@ class Shelly:
             tenant = await self.gw.services.tenant_keys.tenant(key) if key else None
             if tenant is not None:
                 return tenant
-        if cfg.ingest_api_key is None and not await self.gw.services.registry.has_tenants():
+        if cfg.ingest_api_key is None and not await self.gw.services.tenant_keys.any_keys():
             logs.log(
                 "shelly_not_configured",
                 level="error",

@@ -65,4 +65,4 @@ def serve(cfg: Config) -> None:
         lifespan="on",
         **server_options(cfg, 1),
     )
-    SignalServer(uv_config, worker.stop_fetching).run()
+    SignalServer(uv_config, worker.stop_fetching, "worker").run()

@@ -17,8 +17,11 @@ read at all is published there too and terminated.
 
 Ack after write: each message appended to the buffers carries a delivery mark; it is acked only
 when the core reports the mark delivered (every line written to InfluxDB or the LP files, or
-dead-lettered). While a write fails the worker stops fetching; what it holds is kept alive with
-in-progress acks, and a message fetched meanwhile is nak'd with a delay. SIGTERM: stop fetching,
+dead-lettered). While a tenant's writes fail, only that tenant waits: what the worker holds of it
+is kept alive with in-progress acks, and its messages fetched meanwhile are nak'd with a delay,
+while the other tenants' messages are written as usual (a fetch whose every message was nak'd
+so waits NATS_NAK_DELAY_S before the next, so a database down for everyone is not polled in a
+tight loop). SIGTERM: stop fetching,
 flush, ack what was written, nak the rest (another worker takes it), exit 0.
 """
 
@@ -197,6 +200,8 @@ class Worker:
         self.services = services
         self.pipeline = Pipeline(services, self.metrics, self.refusals)
         self._trusted, self._proof = Admitter.trusting(self.core, cfg, services.registry)
+        # Like the services' admitter: the registry's changes and this process's limit share.
+        services.peers.admitters.append(self._trusted)
         self.metrics.bind(
             services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )
@@ -270,12 +275,10 @@ class Worker:
     # -- fetching ---------------------------------------------------------------------------
 
     def _paused(self) -> bool:
-        """Take no new messages: the sink fails, the buffers are near full, enough is held, or
-        the registry is down (a message nak'd for it would spend one of its deliveries)."""
-        sink = self.services.sink
+        """Take no new messages: the buffers are near full, enough is held, or the registry is
+        down (a message nak'd for it would spend one of its deliveries)."""
         return (
-            sink.failing
-            or sink.above_high_water
+            self.services.sink.above_high_water
             or len(self._held) >= self.settings.max_ack_pending
             or self._registry_down()
         )
@@ -318,9 +321,10 @@ class Worker:
                 await asyncio.sleep(_IDLE_S * 10)
                 continue
             self.stats.fetched += len(msgs)
+            taken = 0
             for msg in msgs:
                 try:
-                    await self._handle(msg)
+                    taken += await self._handle(msg)
                 except Exception as exc:  # a bug must not kill the loop; the message comes back
                     logs.log(
                         "worker_message_failed",
@@ -329,12 +333,16 @@ class Worker:
                         error=f"{type(exc).__name__}: {exc}",
                     )
                     await self._settle(msg, "nak", s.nak_delay_s)
+            if msgs and not taken:
+                await asyncio.sleep(s.nak_delay_s)
 
-    async def _handle(self, msg: Msg) -> None:
-        if self.services.sink.failing:
-            await self._settle(msg, "nak", self.settings.nak_delay_s)
-            return
+    async def _handle(self, msg: Msg) -> bool:
+        """Take the message; False when it was nak'd because its tenant's writes fail."""
         tokens = msg.subject.split(".")
+        # Both subject forms name the tenant second: telemetry.{tenant}, tenant.{tenant}....
+        if len(tokens) > 1 and self.services.sink.tenant_failing(tokens[1]):
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+            return False
         if len(tokens) == 2 and tokens[0] == "telemetry":
             if (msg.headers or {}).get(FORMAT_HEADER) == FORMAT_LP:
                 self.stats.lp_messages += 1
@@ -350,6 +358,7 @@ class Worker:
             )
         else:
             await self._reject(msg, "_", UNREADABLE, f"no input is published on {msg.subject}")
+        return True
 
     def _mark(self, msg: Msg) -> int:
         self._next_mark += 1

@@ -4,6 +4,12 @@ the cache does not hold. A registry that cannot be reached, or does not answer w
 TIDEGATE_REGISTRY_TIMEOUT_S, makes those devices UNAVAILABLE (retryable: 503 + Retry-After when
 nothing was accepted), never a 500 or a hung request; cached devices are decided as usual.
 The outage is logged once, and its end once.
+
+Invalidation (a revoke or rotate here, or heard from the registry's change feed) and a lookup
+in flight race: the lookup may have read the row before the change and answer after the cache
+forgot the device. Each invalidation bumps a generation; a lookup installs only the keys not
+invalidated since it started, and the others are UNAVAILABLE for that request (retryable; the
+next request reads the registry again), so a stale "active" row is never cached.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from tidegate import logs
 from tidegate.config import Config
 from tidegate.core import Core
 from tidegate.store import db_down
-from tidegate.store.registry import Registry
+from tidegate.store.registry import Key, Registry
 from tidegate.store.secrets import hash_secret, new_secret
 
 if TYPE_CHECKING:
@@ -39,6 +45,12 @@ class Admitter:
         self.timeout_s = timeout_s
         self.clock = clock
         self.registry_down = False
+        self.stale_lookups = 0
+        self._generation = 0
+        self._all_invalidated = 0
+        # Key -> generation of its last invalidation, kept while any lookup is in flight.
+        self._invalidated: dict[Key, int] = {}
+        self._in_flight = 0
         # Set on an admitter for identities a broker already authenticated (see `trusting`).
         self._proof: bytes | None = None
 
@@ -75,6 +87,8 @@ class Admitter:
         keys = admission.admit(batch, self.clock())
         if not keys:
             return
+        started = self._generation
+        self._in_flight += 1
         try:
             async with asyncio.timeout(self.timeout_s):
                 found = await self.registry.devices(keys)
@@ -91,6 +105,7 @@ class Admitter:
             if self.registry_down:
                 self.registry_down = False
                 logs.log("registry_available")
+            fresh = self._not_invalidated_since(started, keys)
             proof = self._proof
             rows = [
                 (
@@ -102,11 +117,39 @@ class Admitter:
                     d.burst,
                     d.status,
                 )
-                for d in found.values()
+                for key, d in found.items()
+                if key in fresh
             ]
-            admission.install(keys, rows, self.clock())
+            admission.install(list(fresh), rows, self.clock())
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._invalidated.clear()
         # Without an install (the lookup failed) the devices asked for are UNAVAILABLE.
         admission.admit(batch, self.clock())
+
+    def _not_invalidated_since(self, generation: int, keys: list[Key]) -> dict[Key, None]:
+        """The keys no invalidation touched since `generation` (in order)."""
+        if self._all_invalidated > generation:
+            fresh: dict[Key, None] = {}
+        else:
+            fresh = {k: None for k in keys if self._invalidated.get(k, 0) <= generation}
+        self.stale_lookups += len(keys) - len(fresh)
+        return fresh
+
+    def invalidate(self, tenant: str, device: str) -> None:
+        """Forget one device now (revoked, rotated, re-provisioned); a lookup of it already in
+        flight will not install what it read."""
+        self.admission.invalidate(tenant, device)
+        self._generation += 1
+        if self._in_flight:
+            self._invalidated[(tenant, device)] = self._generation
+
+    def invalidate_all(self) -> None:
+        """Forget every device (changes may have been missed); no lookup in flight installs."""
+        self.admission.invalidate_all()
+        self._generation += 1
+        self._all_invalidated = self._generation
 
     def stats(self) -> dict[str, int]:
         """The auth cache's and rate limiter's figures under their /stats names."""
@@ -119,5 +162,7 @@ class Admitter:
             "auth_lookup_budget_refusals": s["budget_refusals"],
             "auth_lookup_budgets": s["budgets"],
             "auth_unavailable": s["unavailable"],
+            "auth_stale_lookups": self.stale_lookups,
             "rate_limit_buckets": s["buckets"],
+            "registry_unavailable": int(self.registry_down),
         }

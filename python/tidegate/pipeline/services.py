@@ -3,6 +3,7 @@ gateway (http/) and the NATS worker (nats/)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ from tidegate.core import Core
 from tidegate.durable import Accept
 from tidegate.latest import LatestWriter
 from tidegate.pipeline.admission import Admitter
+from tidegate.pipeline.field_claims import FieldClaims
+from tidegate.pipeline.peers import Peers
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
 from tidegate.store import open_registry
@@ -34,6 +37,8 @@ class Services:
     latest: Latest
     latest_writer: LatestWriter
     tenant_keys: TenantKeys
+    peers: Peers
+    field_claims: FieldClaims
 
     def stats(self) -> dict[str, int]:
         """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
@@ -42,16 +47,21 @@ class Services:
             **self.admitter.stats(),
             "field_types": len(self.field_types),
             "field_types_untracked": self.field_types.untracked,
+            "field_type_claims": self.field_claims.claims,
+            "field_type_claims_failed": self.field_claims.claims_failed,
             "telemetry_latest_devices": len(self.latest),
             "device_state_upserts": self.latest_writer.upserts,
             "device_state_failures": self.latest_writer.failures,
             "tenant_key_cache_hits": self.tenant_keys.hits,
             "tenant_key_cache_misses": self.tenant_keys.misses,
+            "tenant_key_budget_refusals": self.tenant_keys.budget_refusals,
+            "rate_limit_processes": self.peers.count,
         }
 
     async def stop(self) -> None:
         """Flush and stop the sink, write telemetry_latest, close the log (not the registry:
         the caller reads the sink's figures and closes it after)."""
+        await self.peers.stop()
         await self.sink.stop()
         await self.latest_writer.stop()
         await self.accept.close()
@@ -75,12 +85,14 @@ async def open_services(
     accept = Accept(cfg, buffers, logged=not upstream_keeps_lines)
     await accept.start()
     field_types = core.FieldTypes(cfg.field_types_max_per_tenant)
+    field_claims = FieldClaims(field_types, registry)
+    await field_claims.load()
     sink = Sink(
         cfg,
         buffers,
         on_flush=on_flush,
         spill=not (accept.durable or upstream_keeps_lines),
-        field_types=field_types,
+        field_types=field_claims,
     )
     await sink.start()
     latest = core.Latest()
@@ -91,15 +103,39 @@ async def open_services(
         cfg.auth_cache_ttl_s,
         cfg.auth_cache_negative_ttl_s,
         cfg.auth_cache_max_entries,
+        cfg.auth_lookups_per_s,
+        registry.has_tenants,
     )
+    admitter = Admitter.from_config(core, cfg, registry)
+    # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
+    peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
+    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys))
+    peers.start()
     return Services(
         registry,
         buffers,
         accept,
         field_types,
         sink,
-        Admitter.from_config(core, cfg, registry),
+        admitter,
         latest,
         latest_writer,
         tenant_keys,
+        peers,
+        field_claims,
     )
+
+
+def _forget(
+    admitters: list[Admitter], tenant_keys: TenantKeys, tenant: str | None, device: str | None
+) -> None:
+    """What the registry's change feed says changed leaves this process's caches."""
+    if device is not None and tenant is not None:
+        for admitter in admitters:
+            admitter.invalidate(tenant, device)
+    elif tenant is not None:
+        tenant_keys.forget_tenant(tenant)
+    else:
+        for admitter in admitters:
+            admitter.invalidate_all()
+        tenant_keys.invalidate_all()

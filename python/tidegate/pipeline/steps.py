@@ -68,7 +68,7 @@ class Pipeline:
         (the NATS worker's for broker-authenticated devices)."""
         services = self.services
         await (admitter or services.admitter).admit(batch)
-        services.field_types.admit(batch)
+        await services.field_claims.admit(batch)
         published = True
         publisher = self.publisher
         if publisher is not None:
@@ -83,7 +83,7 @@ class Pipeline:
         if batch.retry_after:
             self.refusals.record(batch.refusals(RATE_LIMITED))
         accepted, rejected, out = batch.response_json()
-        self.metrics.count(accepted, batch.reason_counts() if rejected else ())
+        self.metrics.count(accepted, batch.reason_counts() if rejected else (), batch)
         return accepted, rejected, out, published
 
     async def buffer_lines(self, tenant: str, lines: bytes, count: int, mark: int = 0) -> bool:

@@ -200,6 +200,10 @@ class Sink:
                 await self._client.aclose()
             log("sink_stopped", stats=self.stats())
 
+    def tenant_failing(self, tenant: str) -> bool:
+        """Whether this tenant's last write failed (it is waiting for its retry)."""
+        return tenant in self._failing
+
     @property
     def failing(self) -> bool:
         """True while some tenant's last write failed and waits for its retry."""

@@ -8,6 +8,8 @@ behave alike under concurrency.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Collection
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tidegate.ids import check_device, check_id, check_tenant, check_token
+from tidegate.store.changes import Changed
 from tidegate.store.power_logs import PowerLogs
 from tidegate.store.statements import Statements
 
@@ -91,11 +94,33 @@ class Registry(ABC):
     """What the driver raises when a UNIQUE constraint refuses a row."""
 
     def __init__(self) -> None:
-        self.queries = 0  # device lookups sent to the database (the auth cache's misses)
+        # Auth lookups sent to the database (the auth caches' misses): devices and tenant keys.
+        self.queries = 0
+        self._watch: asyncio.Task[None] | None = None
 
     @abstractmethod
     async def close(self) -> None:
-        """Release the connection(s)."""
+        """Stop watching; release the connection(s)."""
+
+    @abstractmethod
+    async def watch(self, changed: Changed) -> None:
+        """Call `changed` for every change of a device or a tenant key, whichever process
+        made it (store/changes.py), in the background until `close()`."""
+
+    @abstractmethod
+    async def heartbeat(self, process_id: str, role: str, live_s: float) -> int:
+        """Record that this process is alive; how many processes of `role` are (itself
+        included), seen within `live_s` (pipeline/peers.py)."""
+
+    @abstractmethod
+    async def leave(self, process_id: str) -> None:
+        """Delete this process's heartbeat (it stops)."""
+
+    async def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
 
     @abstractmethod
     async def migrate(self) -> None:
@@ -158,6 +183,7 @@ class Registry(ABC):
     async def tenant_for_api_key(self, api_key: str) -> str | None:
         """The tenant whose API key this is, or None; the hashes are compared in constant time."""
         key_hash = hash_secret(api_key)
+        self.queries += 1
         # The index lookup finds the candidate; the decision itself is constant-time.
         for tenant_id, stored in await self.rows(_TENANT_BY_KEY, key_hash):
             if hmac.compare_digest(key_hash, bytes(stored)):
@@ -166,6 +192,7 @@ class Registry(ABC):
 
     async def has_tenants(self) -> bool:
         """True if at least one tenant has an API key (the Shelly route has something to check)."""
+        self.queries += 1
         return bool(await self.value(_HAS_TENANTS))
 
     async def add_device(

@@ -13,8 +13,10 @@ from typing import Any
 
 import aiosqlite
 
+from tidegate.store import changes
 from tidegate.store.device_state import SQLITE_SCHEMA as DEVICE_STATE_SCHEMA
 from tidegate.store.device_state import SqliteDeviceState
+from tidegate.store.field_types import SQLITE_SCHEMA as FIELD_TYPES_SCHEMA
 from tidegate.store.power_logs import SQLITE_SCHEMA as POWER_LOGS_SCHEMA
 from tidegate.store.power_logs import SqlitePowerLogs
 from tidegate.store.registry import (
@@ -63,6 +65,7 @@ _LIST = """
 SELECT tenant_id, device_id, site_id, rps, burst, status, created_at, updated_at
 FROM devices WHERE tenant_id = ? ORDER BY device_id
 """
+_CHANGES_SINCE = "SELECT seq, tenant_id, device_id FROM registry_changes WHERE seq > ? ORDER BY seq"
 _PLACEHOLDER = re.compile(r"\$\d+")
 
 
@@ -139,13 +142,41 @@ class SqliteRegistry(Registry):
             await db.close()
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Stop polling; close the connection."""
+        await self._stop_watching()
         await self._db.close()
+
+    async def heartbeat(self, process_id: str, role: str, live_s: float) -> int:
+        """One: the file lives in one process's (locked) data directory."""
+        return 1
+
+    async def leave(self, process_id: str) -> None:
+        """Nothing to delete."""
+
+    async def watch(self, changed: changes.Changed) -> None:
+        """Poll `registry_changes` for rows past the newest one now."""
+        last = await self.value("SELECT coalesce(max(seq), 0) FROM registry_changes")
+        self._watch = asyncio.create_task(self._poll(changed, last), name="tidegate-registry-poll")
+
+    async def _poll(self, changed: changes.Changed, last: int) -> None:
+        while True:
+            await asyncio.sleep(changes.POLL_S)
+            try:
+                async with self._db.execute(_CHANGES_SINCE, (last,)) as cur:
+                    rows = list(await cur.fetchall())
+            except aiosqlite.OperationalError:
+                continue  # busy or unreadable now: the next poll asks again
+            if rows and rows[0][0] != last + 1:
+                changed(None, None)  # pruned past what this process saw
+            for seq, tenant, device in rows:
+                changed(tenant, device)
+                last = seq
 
     async def migrate(self) -> None:
         """Create what is missing in one IMMEDIATE transaction (one writer at a time)."""
         await self._db.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}COMMIT;"
+            f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}{FIELD_TYPES_SCHEMA}"
+            f"{changes.SQLITE_SCHEMA}COMMIT;"
         )
 
     async def ping(self) -> None:

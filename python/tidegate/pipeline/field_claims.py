@@ -1,0 +1,80 @@
+"""Field types as one truth across processes: the core's FieldTypes (per process, on the hot
+path) backed by the registry's `field_types` (store/field_types.py).
+
+Loaded at start, so a restart forgets nothing. A batch whose accepted items send a field their
+tenant's cache does not know claims it in the registry first (one transaction) and learns the
+winning type, so the core's `admit` then rejects the items that contradict whichever process
+claimed first: no process answers 202 for a line InfluxDB will refuse for its type. A type
+InfluxDB reports (a conflict error) is learned here and written over the row. When the registry
+cannot be reached, a new field is decided by this process alone, as before (counted in
+`field_type_claims_failed`) — availability over agreement for that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from tidegate import logs
+from tidegate.store import db_down, field_types
+from tidegate.store.registry import Registry
+
+if TYPE_CHECKING:
+    from tidegate._core import Batch, FieldTypes
+
+
+class FieldClaims:
+    """The process's FieldTypes and the registry rows behind them."""
+
+    def __init__(self, types: FieldTypes, registry: Registry) -> None:
+        self.types = types
+        self.registry = registry
+        self.claims = 0
+        self.claims_failed = 0
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def load(self) -> None:
+        """Learn every type the registry holds."""
+        async with self.registry.transaction() as tx:
+            rows = await field_types.every(tx)
+        for tenant, measurement, field, field_type in rows:
+            self.types.learn(tenant, measurement, field, field_type)
+        logs.log("field_types_claimed_loaded", fields=len(rows))
+
+    async def admit(self, batch: Batch) -> None:
+        """Claim the batch's new fields, learn the winners, then let the core judge it."""
+        new = self.types.unknown(batch)
+        if new:
+            try:
+                async with self.registry.transaction() as tx:
+                    won = await field_types.claim(tx, new)
+            except Exception as exc:
+                if not db_down(exc):
+                    raise
+                self.claims_failed += len(new)
+            else:
+                self.claims += len(new)
+                for tenant, measurement, field, field_type in won:
+                    self.types.learn(tenant, measurement, field, field_type)
+        self.types.admit(batch)
+
+    def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
+        """A type InfluxDB reports: learned now, written to the registry in the background."""
+        changed = self.types.get(tenant, measurement, field) != field_type
+        learned = self.types.learn(tenant, measurement, field, field_type)
+        if learned and changed:
+            task = asyncio.get_running_loop().create_task(
+                self._set(tenant, measurement, field, field_type)
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        return learned
+
+    async def _set(self, tenant: str, measurement: str, field: str, field_type: str) -> None:
+        try:
+            async with self.registry.transaction() as tx:
+                await field_types.set_type(tx, (tenant, measurement, field, field_type))
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            logs.log("field_type_not_stored", level="warning", error=type(exc).__name__)
