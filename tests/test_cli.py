@@ -185,8 +185,21 @@ def test_revoking_an_unknown_device_fails(cli: Cli) -> None:
     assert (r.code, r.json) == (1, {"error": "no device 'd1' in tenant 'other'"})
 
 
-def test_commands_before_migrate_say_to_migrate(bare_cli: Cli) -> None:
-    r = bare_cli("device", "add", "--tenant", "acme", "--device", "d1", "--site", "s")
+def test_device_add_on_a_fresh_data_dir_creates_the_sqlite_schema(bare_cli: Cli) -> None:
+    out = bare_cli.ok("device", "add", "--tenant", "acme", "--device", "d1", "--site", "s")
+    assert (out["tenant_id"], out["device_id"]) == ("acme", "d1")
+    device = lookup(bare_cli.cfg, "acme", "d1")
+    assert device is not None
+    assert device.token_hash == hashlib.sha256(out["provision_token"].encode()).digest()
+
+
+def test_commands_before_migrate_on_postgresql_say_to_migrate(
+    bare_cli: Cli, postgres_url: str
+) -> None:
+    r = bare_cli(
+        "device", "add", "--tenant", "acme", "--device", "d1", "--site", "s",
+        DATABASE_URL=postgres_url,
+    )  # fmt: skip
     assert r.code == 1
     assert "tidegate migrate" in r.json["error"]
 

@@ -416,10 +416,10 @@ def envelope(device: str, token: str, metrics: object, seq: int) -> bytes:
     )
 
 
-def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
-    """`(subject, reason, data)` of every message in TELEMETRY_REJECTED."""
+def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
+    """`(subject, reason, detail, data)` of every message in TELEMETRY_REJECTED."""
 
-    async def read() -> list[tuple[str, str, bytes]]:
+    async def read() -> list[tuple[str, str, str, bytes]]:
         nc = await nats.connect(server.worker_url)
         try:
             js = nc.jetstream()
@@ -429,7 +429,8 @@ def rejected(server: NatsServer) -> list[tuple[str, str, bytes]]:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     msg = await js.get_msg("TELEMETRY_REJECTED", seq)
                     headers = msg.headers or {}
-                    out.append((msg.subject, headers["Tidegate-Reason"], msg.data or b""))
+                    reason, detail = headers["Tidegate-Reason"], headers["Tidegate-Detail"]
+                    out.append((msg.subject, reason, detail, msg.data or b""))
             return out
         finally:
             await nc.close()
@@ -497,15 +498,21 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
     mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe", d1)
     wait_for_exactly(influx, {1, 11, 12})
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
-    assert sorted((subject, reason) for subject, reason, _ in got) == [
+    assert sorted((subject, reason) for subject, reason, _, _ in got) == [
         ("telemetry.rejected.acme", "INVALID_METRICS"),
         ("telemetry.rejected.acme", "SITE_MISMATCH"),
         ("telemetry.rejected.acme", "UNAUTHORIZED"),
         ("telemetry.rejected.acme", "UNREADABLE"),
         ("telemetry.rejected.acme", "UNREADABLE"),
     ]
-    # No token at rest: JSON records lose theirs, unreadable ones keep no payload at all.
-    datas = [data for _, _, data in got]
+    # Each refused one with the single-message route's detail; no token at rest: JSON records
+    # lose theirs, unreadable ones keep no payload at all.
+    details = {reason: detail for _, reason, detail, _ in got if reason != "UNREADABLE"}
+    assert details["INVALID_METRICS"] == (
+        "metrics must be an object of at most 256 numeric or boolean values"
+    )
+    assert details["UNAUTHORIZED"] == "a valid provision_token is required for this device"
+    datas = [data for _, _, _, data in got]
     assert not any(b"tok-" in data or b"wrong-token" in data for data in datas), datas
     assert datas.count(b"") == 2
     poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
@@ -559,10 +566,10 @@ def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
     finally:
         worker.proc.send_signal(signal.SIGCONT)
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 1)
-    assert [(subject, reason) for subject, reason, _ in got] == [
+    assert [(subject, reason) for subject, reason, _, _ in got] == [
         ("telemetry.rejected.acme", "MAX_DELIVERIES")
     ]
-    assert b"t" * 20 not in got[0][2]
+    assert b"t" * 20 not in got[0][3]
     poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
     stats = httpx.get(f"{worker.url}/stats", timeout=10).json()
     assert stats["worker_rejected"] == {"MAX_DELIVERIES": 1}

@@ -9,11 +9,11 @@ from typing import Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidegate.answers import ANSWERS, API_UNAUTHORIZED
 from tidegate.config import Config
 from tidegate.pipeline.services import Services
 from tidegate.refusals import DEFAULT_TOP, LIMITED_WINDOW_S, MAX_TOP, WINDOW_S, Refusals
 from tidegate.serving import json_response
-from tidegate.tenant_keys import CHALLENGE, KEY_REQUIRED
 
 ROUTE = "/ingest/v1/metrics/rate-limits"
 
@@ -33,7 +33,8 @@ async def answer(process: Admits, request: Request, *, key_required: bool) -> Re
     if key_required or "authorization" in request.headers:
         tenant = await process.services.tenant_keys.of_header(request.headers.get("authorization"))
         if tenant is None:
-            return json_response(401, {"detail": KEY_REQUIRED}, CHALLENGE)
+            refused = ANSWERS[API_UNAUTHORIZED]
+            return json_response(refused.status, refused.content(), refused.headers)
     top = _top(request.query_params.get("top"))
     if top is None:
         return json_response(400, {"detail": f"top must be an integer from 1 to {MAX_TOP}"})

@@ -134,8 +134,3 @@ def bearer_key(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not key:
         return None
     return key
-
-
-KEY_REQUIRED = "a valid tenant API key is required: Authorization: Bearer <key>"
-"""The 401 detail of a route that needs a tenant API key, sent with CHALLENGE."""
-CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -11,8 +11,8 @@ message's outcome. See docs/client.md.
         report = client.flush()
 """
 
+from tidegate.answers import RETRYABLE
 from tidegate.client.aio import AsyncClient
-from tidegate.client.batcher import RETRYABLE
 from tidegate.client.report import Message, Rejection, Report, timestamp
 from tidegate.client.sync import Client
 

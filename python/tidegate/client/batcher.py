@@ -17,12 +17,11 @@ from typing import Any
 
 import httpx
 
-from tidegate._core import BUFFER_FULL, MAX_BATCH_MESSAGES, RATE_LIMITED, UNAVAILABLE
+from tidegate._core import MAX_BATCH_MESSAGES, UNAVAILABLE
+from tidegate.answers import RETRYABLE
 from tidegate.client.report import Message, Rejection, Report
 
 BATCH_PATH = "/ingest/v1/batch"
-# The refusals that a later attempt may turn into an acceptance; every other one is final.
-RETRYABLE = frozenset({RATE_LIMITED, BUFFER_FULL, UNAVAILABLE})
 # Whole answers that ask to come back later (a body without per-item results, e.g. the
 # connection limits' 503, or a proxy's 502).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

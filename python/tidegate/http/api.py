@@ -25,16 +25,16 @@ from starlette.routing import BaseRoute
 
 from tidegate import broker, logs, rate_limits
 from tidegate._core import valid_id
+from tidegate.answers import API_UNAUTHORIZED, BODY_INVALID, DATABASE_UNAVAILABLE, Refusal
 from tidegate.http import cache
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import route
+from tidegate.http.endpoint import answer, route
 from tidegate.http.gateway import Gateway
 from tidegate.ids import ID_RULE
 from tidegate.serving import json_response
 from tidegate.store import db_down
 from tidegate.store import devices as device_ops
 from tidegate.store.device_state import DeviceView, Snapshot
-from tidegate.tenant_keys import CHALLENGE, KEY_REQUIRED
 
 MAX_IDS = 100
 DEVICES = "devices"
@@ -53,9 +53,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     TELEMETRY_LATEST: ("device_id", "msg_type", "ts", "seq", "metrics", "received_at"),
 }
 RESOURCE_TYPES = tuple(FIELDS)
-
-
-_DB_UNAVAILABLE = {"detail": "the database is unavailable; retry later"}
 
 
 class _Invalid(Exception):
@@ -147,7 +144,7 @@ class Api:
     async def _tenant(self, request: Request) -> str:
         tenant = await self.gw.services.tenant_keys.of_header(request.headers.get("authorization"))
         if tenant is None:
-            raise _Invalid(401, KEY_REQUIRED)
+            raise Refusal(API_UNAUTHORIZED)
         return tenant
 
     async def _json_object(self, request: Request) -> dict[str, Any]:
@@ -155,9 +152,9 @@ class Api:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise _Invalid(400, "body is not valid JSON") from None
+            raise Refusal(BODY_INVALID, error="body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise _Invalid(400, "body must be a JSON object")
+            raise Refusal(BODY_INVALID, error="body must be a JSON object")
         return body
 
     def _latest(self, tenant: str, views: Mapping[str, DeviceView]) -> dict[str, Snapshot]:
@@ -186,11 +183,11 @@ class Api:
             logs.log(
                 "api_db_unavailable", level="error", route=route_name, error=type(exc).__name__
             )
-            return json_response(503, _DB_UNAVAILABLE, {"Retry-After": "1"})
+            return answer(DATABASE_UNAVAILABLE)
 
 
 def _refused(exc: _Invalid) -> Response:
-    return json_response(exc.status, exc.body, CHALLENGE if exc.status == 401 else None)
+    return json_response(exc.status, exc.body)
 
 
 def _get_request(body: Mapping[str, Any]) -> tuple[str, list[str], tuple[str, ...]]:

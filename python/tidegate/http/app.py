@@ -16,18 +16,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tidegate.answers import INTERNAL_ERROR
 from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
-from tidegate.http.endpoint import Handler, http_error
+from tidegate.http.endpoint import Handler, answer, http_error
 from tidegate.http.gateway import Gateway, OpenPublisher
 from tidegate.listening import NamedServer, bind
-from tidegate.serving import SignalServer, json_response, lifespan_of, server_options
+from tidegate.serving import SignalServer, lifespan_of, server_options
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """A bug answers JSON like every other error; Starlette re-raises it afterwards, so the
     traceback still reaches the log."""
-    return json_response(500, {"detail": "internal server error"})
+    return answer(INTERNAL_ERROR)
 
 
 _ERROR_HANDLERS = {HTTPException: http_error, Exception: _internal_error}

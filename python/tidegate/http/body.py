@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import zlib
 
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
+
+from tidegate.answers import (
+    BODY_TOO_LARGE,
+    CONTENT_LENGTH_INVALID,
+    ENCODING_UNSUPPORTED,
+    GZIP_INVALID,
+    GZIP_TOO_LARGE,
+    Refusal,
+)
 
 
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, decompressed if gzip; raises HTTPException (400, 413, 415) with a
-    `detail`, ClientDisconnect when the client is gone before the body is in.
+    """The request body, decompressed if gzip; raises Refusal (a body too large, not gzip, of
+    another encoding, with a bad Content-Length), ClientDisconnect when the client is gone
+    before the body is in.
 
     Content-Length is checked before reading, the running size while reading (chunked bodies
     have no Content-Length), and a gzip body's output while decompressing: a bomb stops at
@@ -28,9 +37,9 @@ async def read_body(request: Request, cap: int) -> bytes:
         try:
             declared = int(length)
         except ValueError:
-            raise HTTPException(400, "Content-Length is not a number") from None
+            raise Refusal(CONTENT_LENGTH_INVALID) from None
         if declared > cap:
-            raise HTTPException(413, too_large(cap))
+            raise Refusal(BODY_TOO_LARGE, cap=cap)
     chunks: list[bytes] = []
     size = 0
     receive = request.receive
@@ -41,7 +50,7 @@ async def read_body(request: Request, cap: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
-            raise HTTPException(413, too_large(cap))
+            raise Refusal(BODY_TOO_LARGE, cap=cap)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -53,25 +62,20 @@ async def read_body(request: Request, cap: int) -> bytes:
         return gunzip(body, cap)
     if encoding in ("", "identity"):
         return body
-    raise HTTPException(415, "Content-Encoding must be gzip or identity")
+    raise Refusal(ENCODING_UNSUPPORTED)
 
 
 def gunzip(data: bytes, cap: int) -> bytes:
-    """Decompress one gzip member, refusing (413) as soon as the output passes `cap` bytes."""
+    """Decompress one gzip member, refusing (GZIP_TOO_LARGE) as soon as the output passes
+    `cap` bytes."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         # max_length stops inflation one byte past the cap: the bomb's tail is never expanded.
         out = inflater.decompress(data, cap + 1)
     except zlib.error:
-        raise HTTPException(400, "body is not valid gzip") from None
+        raise Refusal(GZIP_INVALID) from None
     if len(out) > cap or inflater.unconsumed_tail:
-        raise HTTPException(413, too_large(cap, decompressed=True))
+        raise Refusal(GZIP_TOO_LARGE, cap=cap)
     if not inflater.eof or inflater.unused_data:
-        raise HTTPException(400, "body is not valid gzip")
+        raise Refusal(GZIP_INVALID)
     return out
-
-
-def too_large(cap: int, decompressed: bool = False) -> str:
-    """The 413 detail, naming the limit."""
-    what = "decompressed body" if decompressed else "body"
-    return f"{what} exceeds the limit of {cap} bytes"

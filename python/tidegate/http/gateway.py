@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from tidegate import core, logs
 from tidegate.config import Config
-from tidegate.http.retry import retry_after_header
 from tidegate.metrics import Metrics
 from tidegate.pipeline.services import Services, open_services
 from tidegate.pipeline.steps import Pipeline, Publisher
@@ -40,8 +39,6 @@ class Gateway:
         self.shutdown_lost_lines = 0
         self.publisher: Publisher | None = None
         self._open_publisher = open_publisher
-        # BUFFER_FULL clears when the sink frees space; a flush interval is the soonest that is.
-        self.buffer_retry_after = retry_after_header(cfg.influx_flush_interval_ms / 1000)
 
     async def start(self) -> None:
         """Open the services (registry, buffers, write-ahead log, sink); in NATS mode the

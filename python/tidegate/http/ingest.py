@@ -3,42 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tidegate._core import (
-    BUFFER_FULL,
-    INVALID_METRICS,
-    PAYLOAD_TOO_LARGE,
-    RATE_LIMITED,
-    SITE_MISMATCH,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    reason_detail,
-    valid_id,
+from tidegate._core import INVALID_METRICS, RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, valid_id
+from tidegate.answers import (
+    NATS_UNAVAILABLE,
+    TOKEN_HEADER_CREDENTIAL,
+    batch_answer,
+    rate_limited_content,
 )
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import buffer_full, route, utf8_header
+from tidegate.http.endpoint import answer, route, utf8_header
 from tidegate.http.gateway import Gateway
-from tidegate.http.retry import DB_RETRY_AFTER, retry_after_header
-from tidegate.serving import JSON, json_response
+from tidegate.serving import JSON
 
 TOKEN_HEADER = "x-provision-token"
-UNAUTHORIZED_BODY = orjson.dumps(
-    {"detail": "a valid X-Provision-Token header is required for this device"}
-)
-REGISTRY_UNAVAILABLE_BODY = orjson.dumps(
-    {"detail": "the device registry is unavailable; retry later", "reason": UNAVAILABLE}
-)
-# NATS mode: JetStream did not acknowledge the publish (NATS down, no PubAck, stream full). The
-# edge retried within the request, so the client's retry is worth the same pause.
-NATS_UNAVAILABLE_BODY = orjson.dumps(
-    {"detail": "ingest is unavailable; retry later", "reason": UNAVAILABLE}
-)
+ACCEPTED = b'{"status":"accepted"}'
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
@@ -64,6 +47,7 @@ class Ingest:
         self.gw = gw
         self.cfg = gw.cfg
         self.core = gw.core
+        self.flush_s = gw.cfg.influx_flush_interval_ms / 1000
 
     async def batch(self, request: Request) -> Response:
         """POST /ingest/v1/batch."""
@@ -73,16 +57,9 @@ class Ingest:
         accepted, rejected, out, _published = await self.gw.pipeline.ingest(batch)
         if not rejected:
             return Response(out, 202, None, JSON)
-        reasons = dict(batch.reason_counts())
-        headers: dict[str, str] | None = None
-        retry_after = batch.retry_after
-        if BUFFER_FULL in reasons:
-            retry_after = max(retry_after, cfg.influx_flush_interval_ms / 1000)
-        if UNAVAILABLE in reasons:
-            retry_after = max(retry_after, float(DB_RETRY_AFTER))
-        if BUFFER_FULL in reasons or RATE_LIMITED in reasons or UNAVAILABLE in reasons:
-            headers = {"Retry-After": retry_after_header(retry_after)}
-        return Response(out, _batch_status(accepted, rejected, reasons), headers, JSON)
+        counts = batch.reason_counts()
+        status, retry = batch_answer(accepted, counts, self.flush_s, batch.retry_after)
+        return Response(out, status, None if retry is None else {"Retry-After": retry}, JSON)
 
     async def single(self, request: Request) -> Response:
         """POST /ingest/v1/tenant/{tenant}/device/{device}/{msg_type}."""
@@ -92,7 +69,7 @@ class Ingest:
         # A token that is not a valid id can match no device: same 401 as a wrong one.
         if not token or not valid_id(token):
             self.gw.pipeline.refuse(UNAUTHORIZED)
-            return Response(UNAUTHORIZED_BODY, 401, None, JSON)
+            return answer(UNAUTHORIZED, credential=TOKEN_HEADER_CREDENTIAL)
         params = request.path_params
         tenant, device = params["tenant"], params["device"]
         batch = self.core.parse_single(
@@ -100,63 +77,27 @@ class Ingest:
         )
         accepted, _rejected, _out, published = await self.gw.pipeline.ingest(batch)
         if accepted:
-            return Response(b'{"status":"accepted"}', 202, None, JSON)
+            return Response(ACCEPTED, 202, None, JSON)
         counts = batch.reason_counts()
         details = batch.details()
         if details:
-            return json_response(400, {"detail": details[0][1], "reason": INVALID_METRICS})
+            # A field type conflict: the core names the field.
+            return answer(INVALID_METRICS, detail=details[0][1])
         reason = counts[0][0]
-        if reason == UNAVAILABLE:
-            body = REGISTRY_UNAVAILABLE_BODY if published else NATS_UNAVAILABLE_BODY
-            return Response(body, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
+        if reason == UNAVAILABLE and not published:
+            reason = NATS_UNAVAILABLE
         return self._single_rejection(reason, tenant, device, batch.retry_after)
 
     def _single_rejection(
         self, reason: str, tenant: str, device: str, retry_after: float
     ) -> Response:
-        if reason == UNAUTHORIZED:
-            return Response(UNAUTHORIZED_BODY, 401, None, JSON)
         if reason == RATE_LIMITED:
             rps, burst = self.gw.services.admitter.admission.limits(tenant, device)
-            return json_response(
-                429,
-                {
-                    "detail": (
-                        f"rate limit exceeded: device {device!r} may send {rps:g} messages/s "
-                        f"with bursts of {burst}"
-                    ),
-                    "reason": RATE_LIMITED,
-                    "limit": {"name": "device_messages_per_second", "rps": rps, "burst": burst},
-                    "retry_after_s": round(retry_after, 3),
-                },
-                {"Retry-After": retry_after_header(retry_after)},
-            )
-        if reason == BUFFER_FULL:
-            return buffer_full(self.gw)
-        if reason == SITE_MISMATCH:
-            return json_response(
-                403,
-                {"detail": "site_id differs from the device's registered site", "reason": reason},
-            )
-        if reason == PAYLOAD_TOO_LARGE:
-            return json_response(
-                413,
-                {
-                    "detail": f"message exceeds {self.cfg.max_payload_bytes} bytes",
-                    "reason": reason,
-                },
-            )
-        return json_response(400, {"detail": reason_detail(reason), "reason": reason})
-
-
-def _batch_status(accepted: int, rejected: int, reasons: Mapping[str, int]) -> int:
-    """202 if anything was accepted. Otherwise, when every rejection is worth retrying as
-    is, 503 (buffers full, registry or NATS unavailable) or 429 (rate limited) so clients back off
-    instead of dropping; else 400."""
-    if accepted:
-        return 202
-    unavailable = reasons.get(BUFFER_FULL, 0) + reasons.get(UNAVAILABLE, 0)
-    limited = reasons.get(RATE_LIMITED, 0)
-    if unavailable + limited == rejected:
-        return 503 if unavailable else 429
-    return 400
+            content = rate_limited_content(device, rps, burst, retry_after)
+            return answer(RATE_LIMITED, rate_limit_s=retry_after, content=content)
+        return answer(
+            reason,
+            self.gw,
+            credential=TOKEN_HEADER_CREDENTIAL,
+            max_payload_bytes=self.cfg.max_payload_bytes,
+        )

@@ -21,24 +21,22 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
-import orjson
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tidegate.answers import (
+    ANSWERS,
+    BODY_TIMEOUT,
+    HEADER_BYTES,
+    HEADER_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_REQUESTS,
+)
 from tidegate.config import Config
 from tidegate.http.writes import CoalescedWrites
 
 LINGER_S = 2.0
 _EARLY_S = 0.005
-RETRY_AFTER_S = "1"
-
-# The limit names, as counted in metrics (`tidegate_connection_limit_total{limit}`).
-HEADER_BYTES = "max_header_bytes"
-HEADER_TIMEOUT = "header_timeout"
-BODY_TIMEOUT = "body_timeout"
-MAX_CONNECTIONS = "max_connections"
-MAX_REQUESTS = "max_requests"
-LIMITS = (HEADER_BYTES, HEADER_TIMEOUT, BODY_TIMEOUT, MAX_CONNECTIONS, MAX_REQUESTS)
 
 BODY_TIMED_OUT = "body_timed_out"
 """Set in the request's `state` when the body deadline passed: the route counts a 408."""
@@ -78,27 +76,27 @@ def _nothing() -> None:
     pass
 
 
-def _head_too_large(limits: Limits) -> str:
-    return f"request head exceeds the limit of {limits.max_header_bytes} bytes"
-
-
-def _headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
-    """An answer's headers: JSON, closing the connection; Retry-After on a 503."""
-    out = [
+def _answer(limit: str, limits: Limits) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The answer table's `(status, headers, body)` for `limit` (its detail names the limit's
+    setting): JSON, closing the connection, Retry-After when it retries."""
+    spec = ANSWERS[limit]
+    body = spec.body(**{name: getattr(limits, name) for name in spec.fields})
+    headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),
         (b"connection", b"close"),
     ]
-    if status == 503:
-        out.append((b"retry-after", RETRY_AFTER_S.encode()))
-    return out
+    retry = spec.retry_after()
+    if retry is not None:
+        headers.append((b"retry-after", retry.encode()))
+    return spec.status, headers, body
 
 
-def _response(status: int, detail: str) -> bytes:
+def _response(limit: str, limits: Limits) -> bytes:
     """A whole answer, written to the transport when no app is answering."""
-    body = orjson.dumps({"detail": detail})
+    status, headers, body = _answer(limit, limits)
     lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in _headers(status, body))
+    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
     return b"".join(lines) + b"\r\n" + body
 
 
@@ -144,7 +142,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._in_head and not self._refused and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
-                self._refuse(HEADER_BYTES, _response(431, _head_too_large(self.limits)))
+                self._refuse(HEADER_BYTES, _response(HEADER_BYTES, self.limits))
 
     # Parser callbacks.
 
@@ -179,19 +177,11 @@ class LimitedProtocol(HttpToolsProtocol):
         # The head as sent, give or take optional whitespace: it arrived whole in one read.
         size = len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if size > limits.max_header_bytes:
-            return _Refuse(HEADER_BYTES, 431, _head_too_large(limits))
+            return _Refuse(HEADER_BYTES, limits)
         if len(self.connections) > limits.max_connections:
-            return _Refuse(
-                MAX_CONNECTIONS,
-                503,
-                f"too many open connections (limit {limits.max_connections}); retry later",
-            )
+            return _Refuse(MAX_CONNECTIONS, limits)
         if len(self.tasks) >= limits.max_requests:
-            return _Refuse(
-                MAX_REQUESTS,
-                503,
-                f"too many requests in progress (limit {limits.max_requests}); retry later",
-            )
+            return _Refuse(MAX_REQUESTS, limits)
         return None
 
     def on_message_complete(self) -> None:
@@ -234,20 +224,13 @@ class LimitedProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         # A pipelined request's head may time out while the previous answer is being written.
         idle = self.cycle is None or self.cycle.response_complete
-        self._refuse(
-            HEADER_TIMEOUT,
-            _response(408, f"request head not received within {self.limits.header_timeout_s:g} s")
-            if idle
-            else b"",
-        )
+        self._refuse(HEADER_TIMEOUT, _response(HEADER_TIMEOUT, self.limits) if idle else b"")
 
     def _body_timed_out(self) -> None:
         cycle = self.cycle
         answer = b""
         if cycle is not None and not cycle.response_started:
-            answer = _response(
-                408, f"request body not received within {self.limits.body_timeout_s:g} s"
-            )
+            answer = _response(BODY_TIMEOUT, self.limits)
             self.scope["state"][BODY_TIMED_OUT] = True
         self._refuse(BODY_TIMEOUT, answer)
 
@@ -275,10 +258,9 @@ class _Refuse:
     """The ASGI app that answers in place of the gateway's when a limit trips at the end of
     the head; uvicorn then drops the body and closes the connection."""
 
-    def __init__(self, limit: str, status: int, detail: str) -> None:
+    def __init__(self, limit: str, limits: Limits) -> None:
         self.limit = limit
-        self._status = status
-        self._body = orjson.dumps({"detail": detail})
+        self._status, self._headers, self._body = _answer(limit, limits)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -287,7 +269,7 @@ class _Refuse:
             {
                 "type": "http.response.start",
                 "status": self._status,
-                "headers": _headers(self._status, self._body),
+                "headers": self._headers,
             }
         )
         await send({"type": "http.response.body", "body": self._body, "more_body": False})

@@ -1,13 +1,17 @@
-"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py, api.py), by hand;
-the limits, patterns and reason codes in it come from the compiled core."""
+"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py, api.py). The
+schemas are written here; the limits, patterns and reason codes in them come from the compiled
+core, and every refusal's status, description, Retry-After and example from the answer table
+(tidegate/answers.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidegate import __version__
 from tidegate._core import (
+    BUFFER_FULL,
     MAX_BATCH_MESSAGES,
     MAX_ID_BYTES,
     MAX_METRICS,
@@ -18,6 +22,32 @@ from tidegate._core import (
     SHELLY_REASONS,
     TENANT_PATTERN,
 )
+from tidegate.answers import (
+    ANSWERS,
+    API_UNAUTHORIZED,
+    BODY_INVALID,
+    BODY_TOO_LARGE,
+    CONTENT_LENGTH_INVALID,
+    DATABASE_UNAVAILABLE,
+    DRAINING,
+    ENCODING_UNSUPPORTED,
+    GZIP_INVALID,
+    GZIP_TOO_LARGE,
+    INTERNAL_ERROR,
+    LIMITS,
+    NATS_UNAVAILABLE,
+    RETRYABLE,
+    SHELLY_BODY_INVALID,
+    SHELLY_NOT_CONFIGURED,
+    SHELLY_UNAUTHORIZED,
+    TOKEN_HEADER_CREDENTIAL,
+    WAL_FULL,
+    WAL_UNAVAILABLE,
+    Retry,
+    batch_answer,
+    rate_limited_content,
+)
+from tidegate.config import Config
 from tidegate.ids import ID_RULE
 
 
@@ -39,6 +69,116 @@ def response_spec(
 
 
 DETAIL = _ref("Detail")
+
+# -- Refusals, from the answer table ----------------------------------------------------------
+
+# Every route, on both listeners: the connection limits and a bug.
+_ANY = (*LIMITS, INTERNAL_ERROR)
+# Routes that read a body.
+_BODY = (CONTENT_LENGTH_INVALID, BODY_TOO_LARGE, GZIP_TOO_LARGE, GZIP_INVALID, ENCODING_UNSUPPORTED)
+# Routes that take telemetry in: refused while draining or when the write-ahead log refuses.
+_INGEST = (DRAINING, WAL_FULL, WAL_UNAVAILABLE)
+_RETRYABLE = [code for code in REASONS if code in RETRYABLE]
+
+_DEFAULTS = Config()
+# Examples fill a detail's settings with their defaults, its request values with these.
+_SAMPLES: dict[str, object] = {
+    "device": "d1",
+    "credential": TOKEN_HEADER_CREDENTIAL,
+    "cap": _DEFAULTS.max_body_bytes,
+}
+# Samples of the error texts some details pass through (the core's BodyError, the log's).
+_ERRORS = {
+    BODY_INVALID: 'body must be a JSON object with a "messages" list',
+    SHELLY_BODY_INVALID: "batch is empty",
+    WAL_FULL: f"write-ahead log is at its cap of {_DEFAULTS.wal_max_bytes} bytes",
+    WAL_UNAVAILABLE: "write-ahead log write failed: No space left on device (os error 28)",
+}
+
+
+def _example(key: str, samples: Mapping[str, object]) -> dict[str, object]:
+    """The body of answer `key`, filled with samples and default settings."""
+    if key == RATE_LIMITED:
+        return rate_limited_content("d1", _DEFAULTS.default_rps, _DEFAULTS.default_burst, 0.1)
+    spec = ANSWERS[key]
+    values = {**_SAMPLES, "error": _ERRORS.get(key), **samples}
+    fields = {f: values[f] if f in values else getattr(_DEFAULTS, f) for f in spec.fields}
+    return spec.content(**fields)
+
+
+def _line(name: str, detail: object, retry: Retry, what: str = "") -> str:
+    after = "" if retry is Retry.NONE else f" ({retry.value})"
+    return f"- `{name}`{what}: {detail}{after}"
+
+
+def refusals(
+    own: Mapping[str, Any],
+    keys: Sequence[str],
+    items: Sequence[str] = (),
+    **samples: object,
+) -> dict[str, Any]:
+    """A route's responses: `own` (its successes and its own checks) with the answer table's
+    `keys` (whole-request answers) and, for the batch route, the per-message reason codes
+    `items` (a BatchResponse answered with the code's batch status when no message was
+    accepted). Per status: a description naming each answer and its Retry-After rule, the
+    Retry-After header when one of them retries, an example of each. `samples` fill the
+    details' request values (a route's own body cap)."""
+    out = copy.deepcopy(dict(own))
+    for key in keys:
+        spec = ANSWERS[key]
+        body = _example(key, samples)
+        schema = _ref("RateLimited") if key == RATE_LIMITED else DETAIL
+        line = _line(key, body["detail"], spec.retry)
+        _add(out, spec.status, key, schema, body, line, spec.retry is not Retry.NONE)
+        for name, value in spec.headers.items():
+            out[str(spec.status)].setdefault("headers", {})[name] = {
+                "schema": {"type": "string", "const": value}
+            }
+    # A batch that mixes reasons carries the Retry-After of its retryable ones, whatever its
+    # status.
+    mixed = any(ANSWERS[code].retry is not Retry.NONE for code in items)
+    for code in items:
+        spec = ANSWERS[code]
+        body = {
+            "accepted": 0,
+            "rejected": 1,
+            "results": [{"index": 0, "status": "rejected", "reason": code, "device_id": "d1"}],
+        }
+        line = _line(code, _example(code, samples)["detail"], spec.retry, " (per message)")
+        _add(out, _batch_status(code), code, _ref("BatchResponse"), body, line, mixed)
+    return dict(sorted(out.items()))
+
+
+_RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+
+
+def _batch_status(code: str) -> int:
+    """The status of a batch whose every message was rejected with `code`."""
+    return batch_answer(0, [(code, 1)], 1.0, 1.0)[0]
+
+
+def _add(
+    out: dict[str, Any],
+    status: int,
+    name: str,
+    schema: Any,
+    body: object,
+    line: str,
+    retries: bool,
+) -> None:
+    """Merge one answer into the response of `status`."""
+    response = out.setdefault(str(status), {"description": "", "content": {}})
+    media = response["content"].setdefault("application/json", {"schema": schema})
+    if media["schema"] != schema:
+        alternatives = media["schema"].get("oneOf", [media["schema"]])
+        if schema not in alternatives:
+            media["schema"] = {"oneOf": [*alternatives, schema]}
+    media.setdefault("examples", {})[name] = {"value": body}
+    response["description"] = "\n".join(filter(None, (response["description"], line)))
+    if retries:
+        response.setdefault("headers", {}).update(_RETRY_AFTER)
+
+
 _TENANT: dict[str, Any] = {"type": "string", "pattern": TENANT_PATTERN}
 # The limit is in UTF-8 bytes, which JSON Schema's maxLength (characters) cannot say.
 _ID: dict[str, Any] = {
@@ -176,12 +316,13 @@ _PATHS: dict[str, Any] = {
             "summary": f"Ingest 1 to {MAX_BATCH_MESSAGES} messages",
             "description": (
                 "Each message is validated, authenticated and rate limited on its own. "
-                "202 when any message was accepted; 429/503 when none was and every rejection "
-                "is retryable (RATE_LIMITED / BUFFER_FULL / UNAVAILABLE); 400 otherwise. "
-                "Retry-After is set whenever an item was RATE_LIMITED, BUFFER_FULL or "
-                "UNAVAILABLE (registry unreachable, or in NATS mode a tenant whose publish "
-                "JetStream did not acknowledge). A 202 means the accepted messages are in the "
-                "gateway's bounded in-memory buffer (direct mode) or stored by NATS JetStream "
+                "202 when any message was accepted; when none was and every rejection is "
+                f"retryable as is ({' / '.join(_RETRYABLE)}), the most severe of their "
+                "statuses (503 over 429); 400 otherwise. Retry-After is set whenever a message "
+                f"was rejected with one of {' / '.join(_RETRYABLE)}: the longest of their waits. "
+                "UNAVAILABLE: the registry could not be reached, or in NATS mode JetStream did "
+                "not acknowledge the tenant's publish. A 202 means the accepted messages are in "
+                "the gateway's bounded in-memory buffer (direct mode) or stored by NATS JetStream "
                 "(NATS mode)."
             ),
             "parameters": [_GZIP],
@@ -189,22 +330,15 @@ _PATHS: dict[str, Any] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("BatchRequest")}},
             },
-            "responses": {
-                "202": response_spec(_ref("BatchResponse"), "At least one message accepted", True),
-                "400": response_spec(
-                    {"oneOf": [_ref("BatchResponse"), DETAIL]},
-                    "No message accepted, or the body is unusable ({detail})",
-                    True,
-                ),
-                "413": response_spec(DETAIL, "Body over the size cap"),
-                "415": response_spec(DETAIL, "Unsupported Content-Encoding"),
-                "429": response_spec(_ref("BatchResponse"), "Every message rate limited", True),
-                "503": response_spec(
-                    {"oneOf": [_ref("BatchResponse"), DETAIL]},
-                    "Buffers full, registry or NATS unavailable, or shutting down",
-                    True,
-                ),
-            },
+            "responses": refusals(
+                {
+                    "202": response_spec(
+                        _ref("BatchResponse"), "At least one message accepted", True
+                    )
+                },
+                (*_ANY, *_BODY, BODY_INVALID, *_INGEST),
+                REASONS,
+            ),
         }
     },
     "/ingest/v1/tenant/{tenant}/device/{device}/{msg_type}": {
@@ -221,76 +355,68 @@ _PATHS: dict[str, Any] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("SingleMessage")}},
             },
-            "responses": {
-                "202": response_spec(_ref("Status"), "Accepted into the buffer"),
-                "400": response_spec(
-                    DETAIL, "Bad msg_type, JSON or schema; `reason` names the rule"
-                ),
-                "401": response_spec(
-                    DETAIL, "Missing or invalid X-Provision-Token, or unknown device"
-                ),
-                "403": response_spec(DETAIL, "site_id differs from the device's registered site"),
-                "413": response_spec(DETAIL, "Body or message over the size cap"),
-                "415": response_spec(DETAIL, "Unsupported Content-Encoding"),
-                "429": response_spec(
-                    _ref("RateLimited"), "Device rate limit; the body names it", True
-                ),
-                "503": response_spec(
-                    DETAIL,
-                    "Buffers full (BUFFER_FULL), registry or NATS unavailable (UNAVAILABLE), "
-                    "or shutting down",
-                    True,
-                ),
-            },
+            "responses": refusals(
+                {"202": response_spec(_ref("Status"), "Accepted into the buffer")},
+                (*_ANY, *_BODY, BODY_INVALID, *_INGEST, *REASONS, NATS_UNAVAILABLE),
+            ),
         }
     },
     "/health": {
         "get": {
             "summary": "Process alive",
-            "responses": {"200": response_spec(_ref("Status"), "Alive")},
+            "responses": refusals({"200": response_spec(_ref("Status"), "Alive")}, _ANY),
         }
     },
     "/ready": {
         "get": {
             "summary": "Ready: the registry answers and the sink is neither failing nor full",
-            "responses": {
-                "200": response_spec(_ref("Status"), "Ready"),
-                "503": response_spec(_ref("Status"), "Not ready; `reason` says why"),
-            },
+            "responses": refusals(
+                {
+                    "200": response_spec(_ref("Status"), "Ready"),
+                    "503": response_spec(_ref("Status"), "Not ready; `reason` says why"),
+                },
+                _ANY,
+            ),
         }
     },
     "/ingest/v1/stats": {
         "get": {
             "summary": "Counters, buffer depth and sink statistics (ops listener only)",
-            "responses": {"200": response_spec(_ref("Stats"), "Statistics")},
+            "responses": refusals({"200": response_spec(_ref("Stats"), "Statistics")}, _ANY),
         }
     },
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics (ops listener only)",
-            "responses": {
-                "200": {
-                    "description": "Prometheus text exposition",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
+            "responses": refusals(
+                {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                _ANY,
+            ),
         }
     },
     "/ui": {
         "get": {
             "summary": "Live page of rates, buffers, sink, registry and NATS (ops listener only)",
-            "responses": {
-                "200": {
-                    "description": "A self-contained HTML page polling /ingest/v1/stats",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                }
-            },
+            "responses": refusals(
+                {
+                    "200": {
+                        "description": "A self-contained HTML page polling /ingest/v1/stats",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                _ANY,
+            ),
         }
     },
     "/openapi.json": {
         "get": {
             "summary": "This document",
-            "responses": {"200": response_spec({"type": "object"}, "OpenAPI 3.1")},
+            "responses": refusals({"200": response_spec({"type": "object"}, "OpenAPI 3.1")}, _ANY),
         }
     },
 }
@@ -366,14 +492,13 @@ _SHELLY_STATS: dict[str, Any] = {
 }
 
 
-def _shelly_responses(own: dict[str, Any]) -> dict[str, Any]:
-    """A route's own responses plus those of the API key check."""
-    return {
-        **own,
-        "401": response_spec(DETAIL, "Missing or wrong X-API-Key"),
-        "500": response_spec(DETAIL, "Neither INGEST_API_KEY nor any tenant API key is configured"),
-        "503": response_spec(DETAIL, "Database unavailable, buffers full, or shutting down", True),
-    }
+def _shelly_responses(own: dict[str, Any], keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A route's own responses and answers plus those of the API key check."""
+    return refusals(
+        own,
+        (*_ANY, SHELLY_UNAUTHORIZED, SHELLY_NOT_CONFIGURED, DATABASE_UNAVAILABLE, *keys),
+        cap=_DEFAULTS.shelly_max_body_bytes,
+    )
 
 
 _SHELLY_PATHS: dict[str, Any] = {
@@ -406,13 +531,8 @@ _SHELLY_PATHS: dict[str, Any] = {
                 },
             },
             "responses": _shelly_responses(
-                {
-                    "200": response_spec(_SHELLY_RESPONSE, "Stored; counters of what happened"),
-                    "413": response_spec(DETAIL, "Body over TIDEGATE_SHELLY_MAX_BODY_BYTES"),
-                    "422": response_spec(
-                        DETAIL, f"Not JSON, no messages list, empty or over {MAX_SHELLY_MESSAGES}"
-                    ),
-                }
+                {"200": response_spec(_SHELLY_RESPONSE, "Stored; counters of what happened")},
+                (*_BODY, SHELLY_BODY_INVALID, *_INGEST, BUFFER_FULL),
             ),
         }
     },
@@ -436,8 +556,6 @@ _BEARER = {
     "description": "`Bearer <tenant api key>` (from `tidegate tenant add`): scopes every read "
     "and write to that tenant; another tenant's ids are answered as 404 items.",
 }
-_API_401 = response_spec(DETAIL, "Missing or invalid Bearer key (WWW-Authenticate: Bearer)")
-_API_503 = response_spec(DETAIL, "The registry database cannot be reached", True)
 _TIME = {"type": "string", "format": "date-time"}
 _ITEM_RESULT = {
     "type": "object",
@@ -504,28 +622,27 @@ def _api_post(summary: str, description: str, body: dict[str, Any], ok: str) -> 
             "description": description,
             "parameters": [_BEARER, _GZIP],
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": {
-                "200": response_spec(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "resource_type": {"type": "string"},
-                            "results": {"type": "array", "items": _ITEM_RESULT},
-                            **_TOTALS,
+            "responses": refusals(
+                {
+                    "200": response_spec(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "resource_type": {"type": "string"},
+                                "results": {"type": "array", "items": _ITEM_RESULT},
+                                **_TOTALS,
+                            },
                         },
-                    },
-                    ok,
-                ),
-                "400": response_spec(
-                    DETAIL,
-                    "Not JSON, not an object, unknown resource_type "
-                    "or field names (listed in unknown_fields)",
-                ),
-                "401": _API_401,
-                "413": response_spec(DETAIL, "Body over TIDEGATE_MAX_BODY_BYTES"),
-                "422": response_spec(DETAIL, "ids/operations empty, over 100, or not a list"),
-                "503": _API_503,
-            },
+                        ok,
+                    ),
+                    "400": response_spec(
+                        DETAIL, "Unknown resource_type or field names (listed in unknown_fields)"
+                    ),
+                    "422": response_spec(DETAIL, "ids/operations empty, over 100, or not a list"),
+                },
+                (*_ANY, *_BODY, BODY_INVALID, API_UNAUTHORIZED, DATABASE_UNAVAILABLE),
+                error="body must be a JSON object",
+            ),
         }
     }
 
@@ -595,32 +712,34 @@ _API_PATHS: dict[str, Any] = {
                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
                 },
             ],
-            "responses": {
-                "200": response_spec(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "default_limits": _LIMITS,
-                            "window_s": {"const": 60},
-                            "limited_window_s": {"const": 10},
-                            "tenants": {
-                                "type": "object",
-                                "additionalProperties": {
+            "responses": refusals(
+                {
+                    "200": response_spec(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "default_limits": _LIMITS,
+                                "window_s": {"const": 60},
+                                "limited_window_s": {"const": 10},
+                                "tenants": {
                                     "type": "object",
-                                    "properties": {
-                                        "limited_devices": _COUNT,
-                                        "refused_last_minute": _COUNT,
-                                        "refused_total": _COUNT,
-                                        "top_devices": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "device_id": _ID,
-                                                    "refused_last_minute": _COUNT,
-                                                    "refused_total": _COUNT,
-                                                    "last_refused_at": _TIME,
-                                                    "limit": _LIMITS,
+                                    "additionalProperties": {
+                                        "type": "object",
+                                        "properties": {
+                                            "limited_devices": _COUNT,
+                                            "refused_last_minute": _COUNT,
+                                            "refused_total": _COUNT,
+                                            "top_devices": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "device_id": _ID,
+                                                        "refused_last_minute": _COUNT,
+                                                        "refused_total": _COUNT,
+                                                        "last_refused_at": _TIME,
+                                                        "limit": _LIMITS,
+                                                    },
                                                 },
                                             },
                                         },
@@ -628,12 +747,12 @@ _API_PATHS: dict[str, Any] = {
                                 },
                             },
                         },
-                    },
-                    "Refusal counts",
-                ),
-                "400": response_spec(DETAIL, "top is not an integer 1..100"),
-                "401": _API_401,
-            },
+                        "Refusal counts",
+                    ),
+                    "400": response_spec(DETAIL, "top is not an integer 1..100"),
+                },
+                (*_ANY, API_UNAUTHORIZED),
+            ),
         }
     },
 }

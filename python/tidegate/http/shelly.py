@@ -21,11 +21,16 @@ from starlette.routing import BaseRoute
 
 from tidegate import logs
 from tidegate._core import BUFFER_FULL, MAX_SHELLY_MESSAGES
+from tidegate.answers import (
+    DATABASE_UNAVAILABLE,
+    SHELLY_BODY_INVALID,
+    SHELLY_NOT_CONFIGURED,
+    SHELLY_UNAUTHORIZED,
+)
 from tidegate.durable import Refused
 from tidegate.http.body import read_body
-from tidegate.http.endpoint import buffer_full, route
+from tidegate.http.endpoint import answer, route
 from tidegate.http.gateway import Gateway
-from tidegate.http.retry import DB_RETRY_AFTER
 from tidegate.serving import JSON
 from tidegate.store import db_down
 
@@ -33,10 +38,6 @@ if TYPE_CHECKING:
     from tidegate._core import ShellyBatch
 
 API_KEY_HEADER = "x-api-key"
-
-CONFIG_ERROR = orjson.dumps({"detail": "Server configuration error"})
-UNAUTHORIZED = orjson.dumps({"detail": "a valid X-API-Key header is required"})
-DB_UNAVAILABLE = orjson.dumps({"detail": "the database is unavailable; retry later"})
 
 
 def routes(gw: Gateway) -> list[BaseRoute]:
@@ -50,7 +51,7 @@ def routes(gw: Gateway) -> list[BaseRoute]:
             "shelly_batch",
             shelly.ingest,
             ingest=True,
-            body_error=422,
+            body_error=SHELLY_BODY_INVALID,
         ),
         route(gw, "/api/stats/queue", "GET", "shelly_stats", shelly.stats),
     ]
@@ -134,8 +135,8 @@ class Shelly:
                 level="error",
                 detail="set INGEST_API_KEY or add a tenant with an API key",
             )
-            return Response(CONFIG_ERROR, 500, None, JSON)
-        return Response(UNAUTHORIZED, 401, None, JSON)
+            return answer(SHELLY_NOT_CONFIGURED)
+        return answer(SHELLY_UNAUTHORIZED)
 
     def _room_for(self, tenant: str, batch: ShellyBatch, found: int) -> bool:
         """Whether every reading's line protocol would fit the buffers now, under the global
@@ -153,7 +154,7 @@ class Shelly:
 
     def _buffer_full(self, tenant: str, found: int) -> Response:
         logs.log("shelly_buffer_full", level="warning", tenant=tenant, readings=found)
-        return buffer_full(self.gw)
+        return answer(BUFFER_FULL, self.gw)
 
     async def _buffer(self, tenant: str, batch: ShellyBatch, rows: list[int]) -> None:
         """Queue the new readings' line protocol for InfluxDB (through the write-ahead log
@@ -210,4 +211,4 @@ class Shelly:
 
     def _db_unavailable(self, route: str, exc: BaseException) -> Response:
         logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
-        return Response(DB_UNAVAILABLE, 503, {"Retry-After": DB_RETRY_AFTER}, JSON)
+        return answer(DATABASE_UNAVAILABLE)

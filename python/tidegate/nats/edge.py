@@ -4,7 +4,7 @@ Group commit per tenant: while a tenant's publish waits for its PubAck, the line
 requests that arrive for that tenant are gathered into the next message (up to
 `max_msg_bytes`), published as one when the previous PubAck came back; each request waits for
 the PubAck of the message that carries its lines. With `sync_interval: always` a PubAck is an
-fsync, so one fsync then covers many requests instead of one (see README: "NATS mode"). A request
+fsync, so one fsync then covers many requests instead of one (see docs/nats.md). A request
 alone for its tenant is published at once, as one message.
 
 Each message carries `Nats-Msg-Id` (unique per message: a publish retried after a lost PubAck is

@@ -25,7 +25,7 @@ SUBJECT_HEADER = "Tidegate-Subject"
 
 @dataclass(frozen=True, slots=True)
 class NatsSettings:
-    """Connection, stream, consumer and publish settings (README: "NATS mode")."""
+    """Connection, stream, consumer and publish settings (docs/nats.md)."""
 
     url: str = "nats://127.0.0.1:4222"
     creds: Path | None = None

@@ -42,6 +42,7 @@ from prometheus_client import Histogram
 
 from tidegate import core, logs
 from tidegate._core import BUFFER_FULL, UNAUTHORIZED, UNAVAILABLE
+from tidegate.answers import TOKEN_FIELD_CREDENTIAL, detail
 from tidegate.config import Config
 from tidegate.metrics import Metrics
 from tidegate.nats.settings import (
@@ -426,7 +427,8 @@ class Worker:
         # As on the single-message route: a token that is not a valid id matches no device.
         if not isinstance(token, str) or not self.core.valid_id(token):
             self.pipeline.refuse(UNAUTHORIZED)
-            await self._reject(msg, subject_tenant, UNAUTHORIZED, "no valid provision_token")
+            why = detail(UNAUTHORIZED, credential=TOKEN_FIELD_CREDENTIAL)
+            await self._reject(msg, subject_tenant, UNAUTHORIZED, why)
             return
         try:
             batch: Batch = self.core.parse_single(
@@ -446,7 +448,20 @@ class Worker:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
         details = batch.details()
-        await self._reject(msg, subject_tenant, reason, details[0][1] if details else None)
+        if details:
+            why = details[0][1]
+        else:
+            # The detail the single-message route would have answered.
+            rps, burst = self.services.admitter.admission.limits(tenant, device)
+            why = detail(
+                reason,
+                credential=TOKEN_FIELD_CREDENTIAL,
+                max_payload_bytes=self.cfg.max_payload_bytes,
+                device=device,
+                rps=rps,
+                burst=burst,
+            )
+        await self._reject(msg, subject_tenant, reason, why)
 
     async def _reject(self, msg: Msg, tenant: str, reason: str, detail: str | None) -> None:
         """Publish to `telemetry.rejected.{tenant}` with the reason; then ack (validated and

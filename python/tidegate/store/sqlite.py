@@ -118,10 +118,21 @@ class SqliteRegistry(Registry):
 
     @classmethod
     async def open(cls, data_dir: Path) -> SqliteRegistry:
-        """Open (creating it and `data_dir` if needed) `data_dir/registry.sqlite3`."""
+        """Open `data_dir/registry.sqlite3`, creating the directory, the file and its schema if
+        needed.
+
+        The embedded registry is this installation's own file, so its schema comes with it:
+        any command works on a fresh data dir (PostgreSQL's is created by `serve`, `worker`
+        or `tidegate migrate`, an operator's step)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / FILE_NAME
-        return cls(await _connect(path), path)
+        registry = cls(await _connect(path), path)
+        try:
+            await registry.migrate()
+        except BaseException:
+            await registry.close()
+            raise
+        return registry
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Statements]:
