@@ -2,12 +2,13 @@
 #   make run   — build the core (runtime dependencies only, only when its sources changed) and
 #                run the gateway on embedded defaults
 #   make test  — install the test services, then cargo test + the whole pytest suite
+#   make test-fast — the core and shell tiers only (no services, no processes), while editing
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: run run-nats test build services lint bench load clean fuzz-rust
+.PHONY: run run-nats test test-fast build services lint bench load clean fuzz-rust
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,7 +28,7 @@ $(RUN_STAMP): $(STAMP) $(CORE_SOURCES)
 	touch $@
 
 # `make build`: the same plus the dev dependencies and the cargo feature `test-panic`
-# (`_core._test_panic` for tests/test_panic.py; the release wheel, .ci/run, is built without
+# (`_core._test_panic` for tests/shell/test_panic.py; the release wheel, .ci/run, is built without
 # it). A superset of the run build, so it stands for both.
 $(DEV_STAMP): $(STAMP) $(CORE_SOURCES)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -E dev -F test-panic
@@ -55,6 +56,11 @@ services:
 test: build services
 	cargo test -q
 	$(VENV)/bin/pytest -q
+
+# tests/core (the compiled core and the twin) and tests/shell (the app in process on SQLite):
+# no services, no processes, seconds. tests/e2e runs real processes and services (`make test`).
+test-fast: build
+	$(VENV)/bin/pytest -q tests/core tests/shell
 
 lint: build
 	cargo fmt --check

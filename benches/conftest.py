@@ -1,4 +1,4 @@
-"""Fixtures for the benches: the real services of the test suite (tests/ is on pythonpath), the
+"""Fixtures for the benches: the real services of the test suite (tests/e2e is on pythonpath), the
 core corpus, and a table of the core's figures at the end of the run."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Only `BodyError`/`ValueError` may escape. Anything else is a crash: a Rust panic
 is wrong). The first input byte picks the entry point; the rest is the body.
 
     python fuzz/fuzz_core.py -dict=fuzz/core.dict -len_control=0 CORPUS_DIR
-    (tests/test_fuzz.py runs it for 100,000 inputs from a seed corpus on every test run)
+    (tests/core/test_fuzz.py runs it for 100,000 inputs from a seed corpus on every test run)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 through rustc's sancov passes) and run it; arguments after the script go to libFuzzer.
 
     python fuzz/rust/run.py -max_total_time=600 fuzz/corpus-rust     # at length, on demand
-    (tests/test_fuzz.py runs it for a bounded number of inputs on every test run)
+    (tests/core/test_fuzz.py runs it for a bounded number of inputs on every test run)
 """
 
 from __future__ import annotations

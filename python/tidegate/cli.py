@@ -1,8 +1,10 @@
 """The `tidegate` command: serve, migrate, tenant and device admin, replay.
 
-Each command prints one JSON object on stdout. Exit status: 0 done, 1 refused or failed
-(`{"error": ...}`), 2 bad arguments or configuration (message on stderr). The device commands
-run the same operations as `POST /api/v1/batch/devices` (`store.devices`).
+Each command prints one JSON object on stdout; `serve` and `worker` log JSON lines on stderr.
+Exit status (`EXIT_HELP`, also shown by `tidegate --help`): 0 done, 1 refused or failed
+(`{"error": ...}`), 2 bad arguments or configuration (message on stderr), 3 `serve`/`worker`
+could not start (one `start_failed` log line naming what failed and where). The device
+commands run the same operations as `POST /api/v1/batch/devices` (`store.devices`).
 """
 
 from __future__ import annotations
@@ -11,28 +13,28 @@ import argparse
 import asyncio
 import functools
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, broker, logs, owner
-from tidegate.config import (
-    INFLUX_APIS,
-    MODES,
-    Config,
-    ConfigError,
+from tidegate import __version__, broker, logs, owner, startup
+from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError
+from tidegate.ids import check_device, check_id, check_tenant, check_token
+from tidegate.setting import (
+    declared,
     parse_log_level,
     parse_port,
     positive_float,
     positive_int,
     readable_file,
+    shown,
 )
-from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.store import devices, open_registry, registry
 
 T = TypeVar("T")
@@ -40,6 +42,12 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_HELP = f"""exit status:
+  {EXIT_OK}  done
+  {EXIT_FAILED}  refused or failed ({{"error": ...}} on stdout)
+  {EXIT_USAGE}  bad arguments or configuration (stderr names the flag, variable or file)
+  {startup.EXIT_START_FAILED}  serve or worker could not start: one "start_failed" log line
+     names what failed and where (with its traceback at --log-level debug)"""
 
 Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, dict[str, object]]]
 
@@ -213,21 +221,77 @@ def _worker(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an unknown flag is named even when a required argument is missing too
+    (argparse reports the missing one: `tidegate --bogus` said "arguments are required")."""
+
+    _given: list[str]
+
+    # One signature for argparse's three overloads (it is called with and without a namespace).
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """Remember this parser's own arguments for `error`."""
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the message; unknown flags first."""
+        unknown = self._unknown_flags()
+        if unknown and message.startswith("the following arguments are required"):
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        super().error(message)
+
+    def _unknown_flags(self) -> list[str]:
+        known = self._option_string_actions
+        unknown = []
+        for arg in getattr(self, "_given", []):
+            if arg == "--":
+                break
+            flag = arg.split("=", 1)[0]
+            if not flag.startswith("-") or flag == "-" or _NUMBER.match(flag):
+                continue
+            # argparse takes an unambiguous prefix of a long flag (--dead for --dead-letters).
+            if flag not in known and not any(o.startswith(flag) for o in known if len(flag) > 2):
+                unknown.append(arg)
+        return unknown
+
+
+_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tidegate",
-        description="HTTP telemetry ingest gateway. Configuration comes from the environment.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="HTTP telemetry ingest gateway. Configuration comes from the environment "
+        "(and --config FILE).",
     )
     parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command that reads the configuration takes the file.
+    config_file = _Parser(add_help=False)
+    config_file.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings, keyed by variable name (the environment overrides it)",
+    )
 
+    # serve and worker: their help lists every variable.
+    long_running: dict[str, Any] = {
+        "epilog": _variables_help(),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+        "parents": [config_file],
+    }
     serve = commands.add_parser(
         "serve",
         help="run the gateway (migrates first)",
-        description="Run the gateway (migrates first). Flags override the environment.",
-        epilog=_variables_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the gateway (migrates first). Flags override the environment, which "
+        "overrides the --config file.",
+        **long_running,
     )
     serve.add_argument("--host", type=_secret_arg, help="listen address (TIDEGATE_HOST)")
     serve.add_argument("--port", type=_arg(parse_port), help="listen port (TIDEGATE_PORT)")
@@ -254,16 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(process=_serve)
     commands.add_parser(
-        "worker", help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)"
+        "worker",
+        help="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files)",
+        description="NATS mode: consume TELEMETRY and write to InfluxDB (or LP files). The "
+        "environment overrides the --config file.",
+        **long_running,
     ).set_defaults(process=_worker)
-    commands.add_parser("migrate", help="create or update the registry schema").set_defaults(
-        run=_migrate
-    )
+    commands.add_parser(
+        "migrate", help="create or update the registry schema", parents=[config_file]
+    ).set_defaults(run=_migrate)
 
     tenant = commands.add_parser("tenant", help="tenant admin").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    tenant_add = tenant.add_parser("add", help="create a tenant and print its API key")
+    tenant_add = tenant.add_parser(
+        "add", help="create a tenant and print its API key", parents=[config_file]
+    )
     tenant_add.add_argument("--tenant", required=True, type=_tenant_arg)
     tenant_add.add_argument("--api-key", type=_secret_arg, help="default: a random 256-bit key")
     tenant_add.set_defaults(run=_tenant_add)
@@ -271,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     device = commands.add_parser("device", help="device admin").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    device_add = device.add_parser("add", help="register a device and print its token")
+    device_add = device.add_parser(
+        "add", help="register a device and print its token", parents=[config_file]
+    )
     device_add.add_argument("--tenant", required=True, type=_tenant_arg)
     device_add.add_argument("--device", required=True, type=_device_arg)
     device_add.add_argument("--site", required=True, type=_site_arg)
@@ -282,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add.set_defaults(run=_device_add)
 
-    device_update = device.add_parser("update", help="change a device's site or rate limit")
+    device_update = device.add_parser(
+        "update", help="change a device's site or rate limit", parents=[config_file]
+    )
     device_update.add_argument("--tenant", required=True, type=_tenant_arg)
     device_update.add_argument("--device", required=True, type=_any_device_arg)
     device_update.add_argument("--site", type=_site_arg)
@@ -290,25 +364,33 @@ def build_parser() -> argparse.ArgumentParser:
     device_update.add_argument("--burst", type=_arg(positive_int), help="bucket size")
     device_update.set_defaults(run=_device_update)
 
-    device_rotate = device.add_parser("rotate-token", help="give a device a new token")
+    device_rotate = device.add_parser(
+        "rotate-token", help="give a device a new token", parents=[config_file]
+    )
     device_rotate.add_argument("--tenant", required=True, type=_tenant_arg)
     device_rotate.add_argument("--device", required=True, type=_any_device_arg)
     device_rotate.add_argument("--token", type=_arg(check_token), help="default: a random token")
     device_rotate.set_defaults(run=_device_rotate)
 
-    device_revoke = device.add_parser("revoke", help="revoke a device's token")
+    device_revoke = device.add_parser(
+        "revoke", help="revoke a device's token", parents=[config_file]
+    )
     device_revoke.add_argument("--tenant", required=True, type=_tenant_arg)
     device_revoke.add_argument("--device", required=True, type=_any_device_arg)
     device_revoke.set_defaults(run=_device_revoke)
 
     device_mqtt = device.add_parser(
-        "mqtt-credentials", help="NATS mode: a new MQTT user for the device (NATS_BROKER_DIR)"
+        "mqtt-credentials",
+        help="NATS mode: a new MQTT user for the device (NATS_BROKER_DIR)",
+        parents=[config_file],
     )
     device_mqtt.add_argument("--tenant", required=True, type=_tenant_arg)
     device_mqtt.add_argument("--device", required=True, type=_device_arg)
     device_mqtt.set_defaults(run=_device_mqtt_credentials)
 
-    device_list = device.add_parser("list", help="list a tenant's devices (no tokens)")
+    device_list = device.add_parser(
+        "list", help="list a tenant's devices (no tokens)", parents=[config_file]
+    )
     device_list.add_argument("--tenant", required=True, type=_tenant_arg)
     device_list.set_defaults(run=_device_list)
 
@@ -330,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     nats_setup.set_defaults(run=_nats_setup)
 
-    replay = commands.add_parser("replay", help="send embedded-sink LP files to an InfluxDB")
+    replay = commands.add_parser(
+        "replay", help="send embedded-sink LP files to an InfluxDB", parents=[config_file]
+    )
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
     replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
     replay.add_argument(
@@ -355,19 +439,11 @@ _SERVE_FLAGS = {
 
 
 def _variables_help() -> str:
-    rows = [(name, _shown(default)) for name, default in Config.variables()]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
-    return "environment variables (default):\n" + "\n".join(lines)
-
-
-def _shown(default: object) -> str:
-    """A default as one would set the variable."""
-    if default is None:
-        return "(unset)"
-    if isinstance(default, bool):
-        return str(int(default))
-    return str(default)
+    rows = [(d.var, shown(d.default), d.doc) for d in declared(Config)]
+    name_w = max(len(name) for name, _, _ in rows)
+    default_w = max(len(default) for _, default, _ in rows)
+    lines = [f"  {n:<{name_w}}  {d:<{default_w}}  {doc}" for n, d, doc in rows]
+    return "environment variables (default, meaning):\n" + "\n".join(lines)
 
 
 def _print(obj: dict[str, object]) -> None:
@@ -383,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = {var: getattr(args, flag) for flag, var in _SERVE_FLAGS.items()}
         overrides = {var: str(value) for var, value in given.items() if value is not None}
     try:
-        cfg = Config.from_env(overrides=overrides)
+        cfg = Config.from_env(overrides=overrides, file=args.config)
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"tidegate: configuration error: {exc}\n")
     logs.configure(cfg.log_level)
@@ -396,7 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"tidegate: {exc}\n")
             return EXIT_FAILED
         process: Callable[[Config, argparse.Namespace], int] = args.process
-        return process(cfg, args)
+        try:
+            return process(cfg, args)
+        except startup.StartupFailed as exc:
+            startup.report(exc)
+            return startup.EXIT_START_FAILED
     run: Command = args.run
     try:
         result = asyncio.run(run(cfg, args))

@@ -1,19 +1,44 @@
-"""The one place that reads the environment: a frozen, validated `Config`."""
+"""The one place that reads the configuration: a frozen, validated `Config`.
+
+Each setting is declared once, on its field (`tidegate.setting.setting`): variable, default,
+parser, doc. `from_env` reads them from the environment (over an optional TOML file, under the
+CLI's flags), `variables` lists them for `serve --help`, `markdown` writes docs/configuration.md.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 import ssl
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from tidegate._core import DEFAULT_MAX_FIELDS_PER_TENANT, DEFAULT_MAX_PAYLOAD_BYTES, valid_tenant
 from tidegate.ids import TENANT_RULE
 from tidegate.nats.settings import NatsSettings
-
-T = TypeVar("T")
+from tidegate.setting import (
+    Declared,
+    Refusal,
+    build,
+    choice,
+    declared,
+    non_negative_float,
+    parse_bool,
+    parse_log_level,
+    parse_port,
+    positive_float,
+    positive_int,
+    prefixed,
+    readable_file,
+    section,
+    setting,
+    shown,
+    text,
+)
 
 INFLUX_APIS = ("v1", "v2", "v3")
 CORES = ("rust", "python")
@@ -26,205 +51,343 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the variable."""
 
 
+def _tenant(raw: str) -> str:
+    if not valid_tenant(raw):
+        raise ValueError(TENANT_RULE)
+    return raw
+
+
+def _quarter_of_the_buffer_cap(read: Mapping[str, Any]) -> int:
+    cap: int = read["TIDEGATE_BUFFER_MAX_BYTES"]
+    return max(1, cap // 4)
+
+
+def _log_where_it_is_kept(read: Mapping[str, Any]) -> str:
+    # The Python core has no log; a NATS-mode edge publishes ingest to JetStream, and only
+    # Shelly's lines, already in power_logs before the 200, reach its buffers.
+    logged = read["TIDEGATE_CORE"] == "rust" and read["TIDEGATE_MODE"] == "direct"
+    return "wal" if logged else "memory"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Everything tidegate reads from its environment, validated once at start."""
+    """Everything tidegate reads from its configuration, validated once at start."""
 
-    database_url: str | None = None
-    database_pool_size: int = 10
-    data_dir: Path = Path("tidegate-data")
-    core: str = "rust"
-    # InfluxDB sink; None → embedded sink (line-protocol files under data_dir/lp).
-    influxdb_url: str | None = None
-    influxdb_token: str | None = None
-    influxdb_org: str | None = None
-    influx_api: str = "v3"
-    influx_create_db: bool = True
-    influx_batch_size: int = 500
-    influx_flush_interval_ms: int = 1000
-    influx_max_body_lines: int = 5000
-    influx_timeout_s: float = 10.0
-    influx_max_concurrency: int = 4
-    influx_retry_base_s: float = 0.5
-    influx_retry_max_s: float = 30.0
-    # Request limits.
-    max_body_bytes: int = 1 << 20
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    buffer_max_bytes: int = 64 << 20
-    # A tenant whose database fails holds at most this much (default: a quarter of the cap).
-    buffer_tenant_max_bytes: int = 16 << 20
-    buffer_flush_bytes: int = 1 << 20
-    # What a 202 means: "wal" = the request's lines are in the write-ahead log under
-    # data_dir/wal (fsynced before the 202 with wal_sync "always"; within wal_sync_interval_ms
-    # with "interval", the default: "always" missed the issue's cost targets as measured, see
-    # README Performance); "memory" = in the buffers.
-    durability: str = "wal"
-    wal_sync: str = "interval"
-    wal_sync_interval_ms: int = 100
-    wal_max_bytes: int = 256 << 20
-    # Field types remembered per tenant (type conflicts are rejected before the 202).
-    field_types_max_per_tenant: int = DEFAULT_MAX_FIELDS_PER_TENANT
-    # Rate limit defaults for devices without their own.
-    default_rps: float = 10.0
-    default_burst: int = 100
-    # Auth cache.
-    auth_cache_ttl_s: float = 60.0
-    auth_cache_negative_ttl_s: float = 5.0
-    auth_cache_max_entries: int = 100_000
-    # Unknown devices: their own table (a flood of random ids never evicts a known device) and
-    # a per-tenant budget of registry lookups per second for devices not in the cache.
-    auth_cache_max_negative_entries: int = 10_000
-    auth_lookups_per_s: int = 100
-    # A request's one registry lookup: past this its uncached devices are UNAVAILABLE (503),
-    # so a stalled database (a lock, an exhausted pool) cannot hold requests open.
-    registry_timeout_s: float = 2.0
-    # Shelly adapter.
-    ingest_api_key: str | None = None
-    ingest_tenant: str = "default"
-    # A full Shelly batch (1000 messages of four channels' status) runs past the 1 MiB default.
-    shelly_max_body_bytes: int = 4 << 20
-    # Server.
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # Stats, metrics and the OpenAPI document listen here only (loopback by default).
-    ops_host: str = "127.0.0.1"
-    ops_port: int = 8081
-    # TLS on the public listener (uvicorn's names): a PEM certificate (chain) and its key; both
-    # or neither. The ops listener stays plain HTTP (loopback by default).
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    # Per-connection limits (http/limits.py): bounded memory whatever a client sends.
-    max_header_bytes: int = 16 << 10
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keepalive_timeout_s: int = 5
-    max_connections: int = 1000
-    max_requests: int = 64
-    shutdown_deadline_s: float = 10.0
-    log_level: str = "info"
-    # direct: buffer and write to InfluxDB in this process; nats: publish to JetStream (edge).
-    mode: str = "direct"
-    nats: NatsSettings = field(default_factory=NatsSettings)
+    database_url: str | None = setting(
+        "DATABASE_URL",
+        None,
+        prefixed("postgresql://", "postgres://"),
+        "PostgreSQL registry; unset: SQLite in the data directory",
+        secret=True,
+    )
+    database_pool_size: int = setting(
+        "DATABASE_POOL_SIZE", 10, positive_int, "PostgreSQL connection pool size"
+    )
+    data_dir: Path = setting(
+        "TIDEGATE_DATA_DIR",
+        Path("tidegate-data"),
+        Path,
+        "SQLite registry, write-ahead log (`wal/`), LP files, dead letters, spill",
+    )
+    core: str = setting(
+        "TIDEGATE_CORE",
+        "rust",
+        choice(CORES, named=True),
+        "`rust` (the compiled core) or `python` (its pure-Python twin)",
+    )
+    influxdb_url: str | None = setting(
+        "INFLUXDB_URL",
+        None,
+        prefixed("http://", "https://", strip="/"),
+        "InfluxDB to write to; unset: the embedded sink (line-protocol files under the data "
+        "directory's `lp/`)",
+    )
+    influxdb_token: str | None = setting(
+        "INFLUXDB_TOKEN", None, text, "InfluxDB token", secret=True
+    )
+    influxdb_org: str | None = setting(
+        "INFLUXDB_ORG", None, text, "InfluxDB organisation (required with `INFLUX_API=v2`)"
+    )
+    influx_api: str = setting(
+        "INFLUX_API",
+        "v3",
+        choice(INFLUX_APIS, named=True),
+        "InfluxDB write API: `v1`, `v2` or `v3`",
+    )
+    influx_create_db: bool = setting(
+        "TIDEGATE_INFLUX_CREATE_DB",
+        True,
+        parse_bool,
+        "v1: create a missing database and retry; `0`: hold the lines and retry until it exists",
+    )
+    influx_batch_size: int = setting(
+        "INFLUX_BATCH_SIZE", 500, positive_int, "buffered lines that trigger a tenant's flush"
+    )
+    influx_flush_interval_ms: int = setting(
+        "INFLUX_FLUSH_INTERVAL_MS", 1000, positive_int, "periodic flush interval"
+    )
+    influx_max_body_lines: int = setting(
+        "INFLUX_MAX_BODY_LINES", 5000, positive_int, "lines per InfluxDB write request"
+    )
+    influx_timeout_s: float = setting(
+        "INFLUX_TIMEOUT_S", 10.0, positive_float, "one InfluxDB write's timeout"
+    )
+    influx_max_concurrency: int = setting(
+        "INFLUX_MAX_CONCURRENCY", 4, positive_int, "InfluxDB writes in flight at once"
+    )
+    influx_retry_base_s: float = setting(
+        "INFLUX_RETRY_BASE_S", 0.5, positive_float, "first retry delay of a failed write"
+    )
+    influx_retry_max_s: float = setting(
+        "INFLUX_RETRY_MAX_S", 30.0, positive_float, "longest retry delay (exponential backoff)"
+    )
+    max_body_bytes: int = setting(
+        "TIDEGATE_MAX_BODY_BYTES",
+        1 << 20,
+        positive_int,
+        "request body cap, compressed and decompressed",
+    )
+    max_payload_bytes: int = setting(
+        "TIDEGATE_MAX_PAYLOAD_BYTES",
+        DEFAULT_MAX_PAYLOAD_BYTES,
+        positive_int,
+        "one message's JSON",
+    )
+    buffer_max_bytes: int = setting(
+        "TIDEGATE_BUFFER_MAX_BYTES",
+        64 << 20,
+        positive_int,
+        "all tenants' buffers together (then `BUFFER_FULL`, 503)",
+    )
+    buffer_tenant_max_bytes: int = setting(
+        "TIDEGATE_TENANT_MAX_BYTES",
+        16 << 20,
+        positive_int,
+        "what one tenant may hold, buffered and in flight (default: a quarter of "
+        "`TIDEGATE_BUFFER_MAX_BYTES`; at most that), so a failing database holds only its share",
+        derive=_quarter_of_the_buffer_cap,
+    )
+    buffer_flush_bytes: int = setting(
+        "TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, positive_int, "buffered bytes that trigger a flush"
+    )
+    durability: str = setting(
+        "TIDEGATE_DURABILITY",
+        "wal",
+        choice(DURABILITIES),
+        "what a 202 means: `wal`, the lines are in the write-ahead log; `memory`, in the buffers "
+        "(default: `wal`, but `memory` with `TIDEGATE_CORE=python` or `TIDEGATE_MODE=nats`)",
+        derive=_log_where_it_is_kept,
+    )
+    wal_sync: str = setting(
+        "TIDEGATE_WAL_SYNC",
+        "interval",
+        choice(WAL_SYNCS),
+        "`always`: fdatasync before the 202 (group commit); `interval`: write before the 202, "
+        "fdatasync every `TIDEGATE_WAL_SYNC_INTERVAL_MS` (`always` missed the cost targets)",
+    )
+    wal_sync_interval_ms: int = setting(
+        "TIDEGATE_WAL_SYNC_INTERVAL_MS", 100, positive_int, "the fdatasync interval of `interval`"
+    )
+    wal_max_bytes: int = setting(
+        "TIDEGATE_WAL_MAX_BYTES",
+        256 << 20,
+        positive_int,
+        "cap on the log's segment files (then `BUFFER_FULL`, 503); segments are an eighth of "
+        "it, at most 16 MiB",
+    )
+    field_types_max_per_tenant: int = setting(
+        "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT",
+        DEFAULT_MAX_FIELDS_PER_TENANT,
+        positive_int,
+        "field types remembered per tenant (type conflicts are rejected before the 202; past "
+        "this, new fields go unchecked)",
+    )
+    default_rps: float = setting(
+        "TIDEGATE_DEFAULT_RPS", 10.0, positive_float, "messages/s of devices without their own"
+    )
+    default_burst: int = setting(
+        "TIDEGATE_DEFAULT_BURST", 100, positive_int, "burst of devices without their own"
+    )
+    auth_cache_ttl_s: float = setting(
+        "TIDEGATE_AUTH_CACHE_TTL_S", 60.0, non_negative_float, "how long a found device is cached"
+    )
+    auth_cache_negative_ttl_s: float = setting(
+        "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S",
+        5.0,
+        non_negative_float,
+        "how long an unknown device is cached",
+    )
+    auth_cache_max_entries: int = setting(
+        "TIDEGATE_AUTH_CACHE_MAX_ENTRIES",
+        100_000,
+        positive_int,
+        "found devices cached (each with its rate-limit bucket)",
+    )
+    auth_cache_max_negative_entries: int = setting(
+        "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES",
+        10_000,
+        positive_int,
+        "unknown devices cached, in their own table (a flood of random ids never evicts a known "
+        "device); also the bound of the tenants' lookup budgets",
+    )
+    auth_lookups_per_s: int = setting(
+        "TIDEGATE_AUTH_LOOKUPS_PER_S",
+        100,
+        positive_int,
+        "registry lookups of uncached devices per tenant per second (then `UNAUTHORIZED`)",
+    )
+    registry_timeout_s: float = setting(
+        "TIDEGATE_REGISTRY_TIMEOUT_S",
+        2.0,
+        positive_float,
+        "a request's wait for its registry lookup; then its uncached devices are `UNAVAILABLE` "
+        "(503), so a stalled database cannot hold requests open",
+    )
+    ingest_api_key: str | None = setting(
+        "INGEST_API_KEY", None, text, "Shelly adapter: its API key", secret=True
+    )
+    ingest_tenant: str = setting(
+        "INGEST_TENANT", "default", _tenant, "Shelly adapter: the tenant its readings go to"
+    )
+    shelly_max_body_bytes: int = setting(
+        "TIDEGATE_SHELLY_MAX_BODY_BYTES",
+        4 << 20,
+        positive_int,
+        "Shelly adapter: body cap (a full batch of four channels' status runs past 1 MiB)",
+    )
+    host: str = setting("TIDEGATE_HOST", "127.0.0.1", text, "public listener: address")
+    port: int = setting("TIDEGATE_PORT", 8080, parse_port, "public listener: port")
+    ops_host: str = setting(
+        "TIDEGATE_OPS_HOST",
+        "127.0.0.1",
+        text,
+        "ops listener (stats, metrics, OpenAPI): address",
+    )
+    ops_port: int = setting(
+        "TIDEGATE_OPS_PORT", 8081, parse_port, "ops listener: port (must differ from the public)"
+    )
+    # The ops listener stays plain HTTP (loopback by default).
+    ssl_certfile: Path | None = setting(
+        "TIDEGATE_SSL_CERTFILE",
+        None,
+        readable_file,
+        "TLS on the public listener: a PEM certificate (chain); with `TIDEGATE_SSL_KEYFILE`",
+    )
+    ssl_keyfile: Path | None = setting(
+        "TIDEGATE_SSL_KEYFILE",
+        None,
+        readable_file,
+        "the certificate's PEM private key; with `TIDEGATE_SSL_CERTFILE`",
+    )
+    max_header_bytes: int = setting(
+        "TIDEGATE_MAX_HEADER_BYTES", 16 << 10, positive_int, "one request's headers"
+    )
+    header_timeout_s: float = setting(
+        "TIDEGATE_HEADER_TIMEOUT_S", 10.0, positive_float, "wait for a request's headers"
+    )
+    body_timeout_s: float = setting(
+        "TIDEGATE_BODY_TIMEOUT_S", 30.0, positive_float, "wait for a request's body"
+    )
+    keepalive_timeout_s: int = setting(
+        "TIDEGATE_KEEPALIVE_TIMEOUT_S", 5, positive_int, "an idle connection's life"
+    )
+    max_connections: int = setting(
+        "TIDEGATE_MAX_CONNECTIONS", 1000, positive_int, "open connections (then 503)"
+    )
+    max_requests: int = setting(
+        "TIDEGATE_MAX_REQUESTS", 64, positive_int, "requests in progress (then 503)"
+    )
+    shutdown_deadline_s: float = setting(
+        "TIDEGATE_SHUTDOWN_DEADLINE_S",
+        10.0,
+        positive_float,
+        "at SIGTERM/SIGINT: in-flight requests get half of it, the buffers' flush the rest",
+    )
+    log_level: str = setting(
+        "TIDEGATE_LOG_LEVEL", "info", parse_log_level, "`debug`, `info`, `warning` or `error`"
+    )
+    mode: str = setting(
+        "TIDEGATE_MODE",
+        "direct",
+        choice(MODES),
+        "`direct`: buffer and write to InfluxDB in this process; `nats`: publish to JetStream "
+        "for `tidegate worker`s",
+    )
+    nats: NatsSettings = section(NatsSettings)
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+        cls,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+        file: Path | None = None,
     ) -> Config:
         """Read and validate the configuration; raises ConfigError naming the bad variable.
-        `overrides` (the CLI's flags, by variable name) take precedence over the environment."""
-        e = os.environ if env is None else env
-        return cls._read(_Reader({**e, **overrides} if overrides else e))
+        Each setting is taken from `overrides` (the CLI's flags, by variable name), else the
+        environment, else the TOML `file`; unset or empty in all three: its default."""
+        layers: list[tuple[Mapping[str, str], Path | None]] = [
+            (overrides or {}, None),
+            (os.environ if env is None else env, None),
+        ]
+        if file is not None:
+            layers.append((read_file(file), file))
+        read: dict[str, Any] = {}
+        derived = []
+        for d in declared(cls):
+            given = next(((m[d.var], src) for m, src in layers if m.get(d.var)), None)
+            if given is not None:
+                read[d.var] = _parsed(d, *given)
+            elif d.derive is None:
+                read[d.var] = d.default
+            else:
+                derived.append((d.var, d.derive))
+        # After the rest: a derived default follows settings declared after it.
+        for var, derive in derived:
+            read[var] = derive(read)
+        cfg: Config = build(cls, read)
+        _check(cfg)
+        return cfg
 
     @classmethod
     def variables(cls) -> list[tuple[str, object]]:
-        """Every variable `from_env` reads, with its default, in reading order."""
-        reader = _Reader({})
-        cls._read(reader)
-        return reader.seen
+        """Every variable `from_env` reads, with its default, in declaration order."""
+        return [(d.var, d.default) for d in declared(cls)]
 
-    @classmethod
-    def _read(cls, r: _Reader) -> Config:
-        influx_api = r.get("INFLUX_API", "v3", str)
-        if influx_api not in INFLUX_APIS:
-            raise ConfigError(
-                f"INFLUX_API must be one of {', '.join(INFLUX_APIS)}, not {influx_api!r}"
-            )
-        core = r.get("TIDEGATE_CORE", "rust", str)
-        if core not in CORES:
-            raise ConfigError(f"TIDEGATE_CORE must be one of {', '.join(CORES)}, not {core!r}")
-        influxdb_url = r.get("INFLUXDB_URL", None, _url)
-        buffer_max_bytes = r.get("TIDEGATE_BUFFER_MAX_BYTES", 64 << 20, positive_int)
-        tenant_max_bytes = r.get(
-            "TIDEGATE_TENANT_MAX_BYTES", max(1, buffer_max_bytes // 4), positive_int
+
+def _parsed(d: Declared, raw: str, file: Path | None) -> Any:
+    try:
+        return d.parse(raw)
+    except ValueError as exc:
+        if isinstance(exc, Refusal):
+            message = f"{d.var} {exc}"
+        else:
+            shown = "<hidden>" if d.secret else repr(raw)
+            message = f"{d.var}={shown} is invalid: {exc}"
+        raise ConfigError(message if file is None else f"{file}: {message}") from None
+
+
+def _check(cfg: Config) -> None:
+    """The rules between settings."""
+    if cfg.buffer_tenant_max_bytes > cfg.buffer_max_bytes:
+        raise ConfigError(
+            f"TIDEGATE_TENANT_MAX_BYTES={cfg.buffer_tenant_max_bytes} is invalid: it must not "
+            f"exceed TIDEGATE_BUFFER_MAX_BYTES ({cfg.buffer_max_bytes})"
         )
-        if tenant_max_bytes > buffer_max_bytes:
-            raise ConfigError(
-                f"TIDEGATE_TENANT_MAX_BYTES={tenant_max_bytes} is invalid: it must not exceed "
-                f"TIDEGATE_BUFFER_MAX_BYTES ({buffer_max_bytes})"
-            )
-        mode = r.get("TIDEGATE_MODE", "direct", _mode)
-        # The Python core has no log: its default is memory, and asking it for one is an error.
-        # A NATS-mode edge publishes ingest to JetStream; only Shelly's lines, already in
-        # power_logs before the 200, reach its buffers: no log unless asked for.
-        durability = r.get(
-            "TIDEGATE_DURABILITY",
-            "wal" if core == "rust" and mode == "direct" else "memory",
-            _choice(DURABILITIES),
+    if cfg.durability == "wal" and cfg.core != "rust":
+        raise ConfigError(
+            "TIDEGATE_DURABILITY=wal needs TIDEGATE_CORE=rust (the log is in the compiled "
+            "core); use TIDEGATE_DURABILITY=memory with the Python core"
         )
-        if durability == "wal" and core != "rust":
-            raise ConfigError(
-                "TIDEGATE_DURABILITY=wal needs TIDEGATE_CORE=rust (the log is in the compiled "
-                "core); use TIDEGATE_DURABILITY=memory with the Python core"
-            )
-        cfg = cls(
-            database_url=r.get("DATABASE_URL", None, _database_url) or None,
-            database_pool_size=r.get("DATABASE_POOL_SIZE", 10, positive_int),
-            data_dir=Path(r.get("TIDEGATE_DATA_DIR", "tidegate-data", str)),
-            core=core,
-            influxdb_url=influxdb_url,
-            influxdb_token=r.get("INFLUXDB_TOKEN", None, str),
-            influxdb_org=r.get("INFLUXDB_ORG", None, str),
-            influx_api=influx_api,
-            influx_create_db=r.get("TIDEGATE_INFLUX_CREATE_DB", True, _bool),
-            influx_batch_size=r.get("INFLUX_BATCH_SIZE", 500, positive_int),
-            influx_flush_interval_ms=r.get("INFLUX_FLUSH_INTERVAL_MS", 1000, positive_int),
-            influx_max_body_lines=r.get("INFLUX_MAX_BODY_LINES", 5000, positive_int),
-            influx_timeout_s=r.get("INFLUX_TIMEOUT_S", 10.0, positive_float),
-            influx_max_concurrency=r.get("INFLUX_MAX_CONCURRENCY", 4, positive_int),
-            influx_retry_base_s=r.get("INFLUX_RETRY_BASE_S", 0.5, positive_float),
-            influx_retry_max_s=r.get("INFLUX_RETRY_MAX_S", 30.0, positive_float),
-            max_body_bytes=r.get("TIDEGATE_MAX_BODY_BYTES", 1 << 20, positive_int),
-            max_payload_bytes=r.get(
-                "TIDEGATE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, positive_int
-            ),
-            buffer_max_bytes=buffer_max_bytes,
-            buffer_tenant_max_bytes=tenant_max_bytes,
-            buffer_flush_bytes=r.get("TIDEGATE_BUFFER_FLUSH_BYTES", 1 << 20, positive_int),
-            durability=durability,
-            wal_sync=r.get("TIDEGATE_WAL_SYNC", "interval", _choice(WAL_SYNCS)),
-            wal_sync_interval_ms=r.get("TIDEGATE_WAL_SYNC_INTERVAL_MS", 100, positive_int),
-            wal_max_bytes=r.get("TIDEGATE_WAL_MAX_BYTES", 256 << 20, positive_int),
-            field_types_max_per_tenant=r.get(
-                "TIDEGATE_FIELD_TYPES_MAX_PER_TENANT", DEFAULT_MAX_FIELDS_PER_TENANT, positive_int
-            ),
-            default_rps=r.get("TIDEGATE_DEFAULT_RPS", 10.0, positive_float),
-            default_burst=r.get("TIDEGATE_DEFAULT_BURST", 100, positive_int),
-            auth_cache_ttl_s=r.get("TIDEGATE_AUTH_CACHE_TTL_S", 60.0, _non_negative_float),
-            auth_cache_negative_ttl_s=r.get(
-                "TIDEGATE_AUTH_CACHE_NEGATIVE_TTL_S", 5.0, _non_negative_float
-            ),
-            auth_cache_max_entries=r.get("TIDEGATE_AUTH_CACHE_MAX_ENTRIES", 100_000, positive_int),
-            auth_cache_max_negative_entries=r.get(
-                "TIDEGATE_AUTH_CACHE_MAX_NEGATIVE_ENTRIES", 10_000, positive_int
-            ),
-            auth_lookups_per_s=r.get("TIDEGATE_AUTH_LOOKUPS_PER_S", 100, positive_int),
-            registry_timeout_s=r.get("TIDEGATE_REGISTRY_TIMEOUT_S", 2.0, positive_float),
-            ingest_api_key=r.get("INGEST_API_KEY", None, str) or None,
-            ingest_tenant=r.get("INGEST_TENANT", "default", _tenant),
-            shelly_max_body_bytes=r.get("TIDEGATE_SHELLY_MAX_BODY_BYTES", 4 << 20, positive_int),
-            host=r.get("TIDEGATE_HOST", "127.0.0.1", str),
-            port=r.get("TIDEGATE_PORT", 8080, parse_port),
-            ops_host=r.get("TIDEGATE_OPS_HOST", "127.0.0.1", str),
-            ops_port=r.get("TIDEGATE_OPS_PORT", 8081, parse_port),
-            ssl_certfile=r.get("TIDEGATE_SSL_CERTFILE", None, readable_file),
-            ssl_keyfile=r.get("TIDEGATE_SSL_KEYFILE", None, readable_file),
-            max_header_bytes=r.get("TIDEGATE_MAX_HEADER_BYTES", 16 << 10, positive_int),
-            header_timeout_s=r.get("TIDEGATE_HEADER_TIMEOUT_S", 10.0, positive_float),
-            body_timeout_s=r.get("TIDEGATE_BODY_TIMEOUT_S", 30.0, positive_float),
-            keepalive_timeout_s=r.get("TIDEGATE_KEEPALIVE_TIMEOUT_S", 5, positive_int),
-            max_connections=r.get("TIDEGATE_MAX_CONNECTIONS", 1000, positive_int),
-            max_requests=r.get("TIDEGATE_MAX_REQUESTS", 64, positive_int),
-            shutdown_deadline_s=r.get("TIDEGATE_SHUTDOWN_DEADLINE_S", 10.0, positive_float),
-            log_level=r.get("TIDEGATE_LOG_LEVEL", "info", parse_log_level),
-            mode=mode,
-            nats=_nats_settings(r),
-        )
-        if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):
-            raise ConfigError("TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT")
-        _check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
-        if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
-            raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
-        return cfg
+    nats = cfg.nats
+    if nats.backoff_s and len(nats.backoff_s) > nats.max_deliver:
+        raise ConfigError("NATS_BACKOFF_S may list at most NATS_MAX_DELIVER values")
+    if (nats.tls_cert is None) != (nats.tls_key is None):
+        raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
+    if (cfg.ops_host, cfg.ops_port) == (cfg.host, cfg.port):
+        raise ConfigError("TIDEGATE_OPS_PORT must differ from TIDEGATE_PORT")
+    _check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
+    if cfg.influx_api == "v2" and cfg.influxdb_url and not cfg.influxdb_org:
+        raise ConfigError("INFLUXDB_ORG is required when INFLUX_API=v2")
 
 
 def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
@@ -242,182 +405,80 @@ def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
         ) from None
 
 
-# Variables whose values may carry a credential: never echoed in an error message.
-_SECRET_VARS = frozenset(
-    {"DATABASE_URL", "INFLUXDB_TOKEN", "INGEST_API_KEY", "NATS_URL", "NATS_PASSWORD"}
-)
-
-
-def _nats_settings(r: _Reader) -> NatsSettings:
-    d = NatsSettings()
-    settings = NatsSettings(
-        url=r.get("NATS_URL", d.url, _nats_url),
-        creds=r.get("NATS_CREDS", None, Path),
-        user=r.get("NATS_USER", None, str),
-        password=r.get("NATS_PASSWORD", None, str),
-        broker_dir=r.get("NATS_BROKER_DIR", None, Path),
-        tls_ca=r.get("NATS_TLS_CA", None, Path),
-        tls_cert=r.get("NATS_TLS_CERT", None, Path),
-        tls_key=r.get("NATS_TLS_KEY", None, Path),
-        stream_max_bytes=r.get("NATS_STREAM_MAX_BYTES", d.stream_max_bytes, positive_int),
-        stream_max_age_s=r.get("NATS_STREAM_MAX_AGE_S", d.stream_max_age_s, positive_float),
-        stream_replicas=r.get("NATS_STREAM_REPLICAS", d.stream_replicas, _replicas),
-        duplicate_window_s=r.get("NATS_DUPLICATE_WINDOW_S", d.duplicate_window_s, positive_float),
-        max_msg_bytes=r.get("NATS_MAX_MSG_BYTES", d.max_msg_bytes, positive_int),
-        rejected_max_bytes=r.get("NATS_REJECTED_MAX_BYTES", d.rejected_max_bytes, positive_int),
-        rejected_max_age_s=r.get("NATS_REJECTED_MAX_AGE_S", d.rejected_max_age_s, positive_float),
-        publish_timeout_s=r.get("NATS_PUBLISH_TIMEOUT_S", d.publish_timeout_s, positive_float),
-        publish_attempts=r.get("NATS_PUBLISH_ATTEMPTS", d.publish_attempts, positive_int),
-        publish_retry_wait_s=r.get(
-            "NATS_PUBLISH_RETRY_WAIT_S", d.publish_retry_wait_s, _non_negative_float
-        ),
-        ack_wait_s=r.get("NATS_ACK_WAIT_S", d.ack_wait_s, positive_float),
-        max_ack_pending=r.get("NATS_MAX_ACK_PENDING", d.max_ack_pending, positive_int),
-        max_deliver=r.get("NATS_MAX_DELIVER", d.max_deliver, positive_int),
-        backoff_s=r.get("NATS_BACKOFF_S", d.backoff_s, _seconds_list),
-        fetch_batch=r.get("NATS_FETCH_BATCH", d.fetch_batch, positive_int),
-        fetch_timeout_s=r.get("NATS_FETCH_TIMEOUT_S", d.fetch_timeout_s, positive_float),
-        nak_delay_s=r.get("NATS_NAK_DELAY_S", d.nak_delay_s, positive_float),
-        worker_host=r.get("TIDEGATE_WORKER_HOST", d.worker_host, str),
-        worker_port=r.get("TIDEGATE_WORKER_PORT", d.worker_port, parse_port),
-    )
-    if settings.backoff_s and len(settings.backoff_s) > settings.max_deliver:
-        raise ConfigError("NATS_BACKOFF_S may list at most NATS_MAX_DELIVER values")
-    if (settings.tls_cert is None) != (settings.tls_key is None):
-        raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
-    return settings
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-        self.seen: list[tuple[str, object]] = []
-
-    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        self.seen.append((name, default))
-        raw = self._env.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            shown = "<hidden>" if name in _SECRET_VARS else repr(raw)
-            raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
-
-
-def _converted(raw: str, convert: Callable[[str], T], what: str) -> T:
-    """`convert(raw)`, its ValueError worded as "'raw' is not `what`"."""
+def read_file(file: Path) -> dict[str, str]:
+    """A TOML configuration file's settings as the strings the environment would hold; raises
+    ConfigError naming the file (and the key) when it cannot be read or holds what is not a
+    setting."""
     try:
-        return convert(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not {what}") from None
-
-
-def readable_file(raw: str) -> Path:
-    """Parse the path of a file this process can read (a certificate, a key)."""
-    path = Path(raw)
-    try:
-        with path.open("rb"):
-            pass
+        with file.open("rb") as f:
+            doc = tomllib.load(f)
     except OSError as exc:
-        raise ValueError(exc.strerror or str(exc)) from None
-    return path
+        raise ConfigError(f"{file}: cannot read it: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    known = [d.var for d in declared(Config)]
+    out = {}
+    for key, value in doc.items():
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"{file}: unknown setting {key!r}{hint}")
+        out[key] = _as_text(file, key, value)
+    return out
 
 
-def positive_int(raw: str) -> int:
-    """Parse a whole number > 0 (also used by the CLI's arguments)."""
-    value = _converted(raw, int, "an integer")
-    if value <= 0:
-        raise ValueError(f"{raw!r} must be a positive integer")
-    return value
+def _as_text(file: Path, key: str, value: object) -> str:
+    # bool before int: True is an int to Python.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ConfigError(
+        f"{file}: {key} must be a string, a number or a boolean, not {type(value).__name__}"
+    )
 
 
-def positive_float(raw: str) -> float:
-    """Parse a finite number > 0 (also used by the CLI's arguments)."""
-    value = _converted(raw, float, "a number")
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{raw!r} must be a positive number")
-    return value
+def markdown() -> str:
+    """docs/configuration.md, from the declarations."""
+    secrets = ", ".join(f"`{d.var}`" for d in declared(Config) if d.secret)
+    out = [_PREAMBLE.format(secrets=secrets)]
+    for title, cls in (("Gateway", Config), ("NATS mode", NatsSettings)):
+        out.append(f"\n## {title}\n\n| variable | default | meaning |\n|---|---|---|\n")
+        for d in declared(cls, sections=False):
+            default = shown(d.default)
+            if d.default not in (None, ()):
+                default = f"`{default}`"
+            out.append(f"| `{d.var}` | {default} | {d.doc} |\n")
+    return "".join(out)
 
 
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number >= 0")
-    return value
+_PREAMBLE = """\
+# Configuration
+
+<!-- Generated from python/tidegate/config.py and python/tidegate/nats/settings.py:
+     run `python -m tidegate.config > docs/configuration.md` after changing a setting. -->
+
+tidegate reads its configuration once, at start, and stops with a message naming the variable
+(exit status 2; `tidegate --help` lists them all) when a value is invalid. Each setting below is
+an environment variable; `tidegate serve` and `tidegate worker` (and the admin commands) also
+take `--config FILE`, a TOML file whose keys are the same names:
+
+```toml
+TIDEGATE_PORT = 8090
+TIDEGATE_DATA_DIR = "/var/lib/tidegate"
+TIDEGATE_INFLUX_CREATE_DB = false
+INFLUX_RETRY_BASE_S = 0.5
+```
+
+Values may be TOML strings, integers, floats or booleans; they are read as if the same text
+were in the environment. A key that is not a setting stops start-up, naming it and the file.
+The file may hold credentials ({secrets}):
+make it readable by tidegate's user only. Error messages never echo those values.
+Each setting is taken from, first to last: the command's flags (`tidegate serve --help` lists
+them, and the variables with their defaults), the environment, the file, the default. An empty
+value counts as unset.
+"""
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return raw
-
-    return parse
-
-
-def parse_port(raw: str) -> int:
-    """Parse a TCP port 0..65535 (also used by the CLI's --port)."""
-    value = _converted(raw, int, "an integer")
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a port number 0..65535")
-    return value
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be 1/0, true/false, yes/no or on/off")
-
-
-def _database_url(raw: str) -> str:
-    if not raw.startswith(("postgresql://", "postgres://")):
-        raise ValueError("must start with postgresql:// or postgres://")
-    return raw
-
-
-def _url(raw: str) -> str:
-    if not raw.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return raw.rstrip("/")
-
-
-def _tenant(raw: str) -> str:
-    if not valid_tenant(raw):
-        raise ValueError(TENANT_RULE)
-    return raw
-
-
-def _mode(raw: str) -> str:
-    if raw not in MODES:
-        raise ValueError(f"must be one of {', '.join(MODES)}")
-    return raw
-
-
-def _nats_url(raw: str) -> str:
-    for url in raw.split(","):
-        if not url.strip().startswith(("nats://", "tls://")):
-            raise ValueError("each comma-separated server must start with nats:// or tls://")
-    return raw
-
-
-def _replicas(raw: str) -> int:
-    value = positive_int(raw)
-    if value > 5:
-        raise ValueError("JetStream allows 1 to 5 replicas")
-    return value
-
-
-def _seconds_list(raw: str) -> tuple[float, ...]:
-    return tuple(positive_float(part.strip()) for part in raw.split(","))
-
-
-def parse_log_level(raw: str) -> str:
-    """Parse a log level name, case-insensitive (also used by the CLI's --log-level)."""
-    lowered = raw.lower()
-    if lowered not in ("debug", "info", "warning", "error"):
-        raise ValueError("must be debug, info, warning or error")
-    return lowered
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 class Core:
     """The static type of a loaded core: the API of `_core.pyi`, which the twin implements too
-    (tests/test_core_exports.py checks its names and signatures). Never instantiated; it exists
+    (tests/core/test_core_exports.py checks its names and signatures). Never instantiated; it exists
     so that mypy checks every call into the core against the stub."""
 
     if TYPE_CHECKING:

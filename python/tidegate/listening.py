@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Sequence
 
@@ -21,7 +20,8 @@ class NamedServer(uvicorn.Server):
         self.listener = listener
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Serve; on sockets bound beforehand (`bind`) uvicorn logs no line, so this does."""
+        """Serve; on sockets bound beforehand (`startup.listen`) uvicorn logs no line, so this
+        does."""
         await super().startup(sockets)
         if sockets is not None and self.started:
             self._log_started_message(sockets)
@@ -32,22 +32,3 @@ class NamedServer(uvicorn.Server):
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             logs.log("listening", listener=self.listener, url=f"{scheme}://{shown}:{port}")
-
-
-def bind(config: uvicorn.Config, listener: str) -> socket.socket:
-    """The listener's socket, bound now (a port in use fails the start, not a running gateway);
-    as uvicorn's `Config.bind_socket`, but leaving the start-up line to `NamedServer`."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    try:
-        sock = socket.create_server((config.host, config.port), family=family)
-    except OSError as exc:
-        logs.log(
-            "listen_failed",
-            level="error",
-            listener=listener,
-            address=f"{config.host}:{config.port}",
-            error=os.strerror(exc.errno) if exc.errno else str(exc),
-        )
-        raise SystemExit(1) from None
-    sock.set_inheritable(True)
-    return sock

@@ -67,8 +67,37 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _StartFailureEcho(logging.Filter):
+    """Drops uvicorn's own report of a failed start (the lifespan's traceback as a message, then
+    "Application startup failed. Exiting."): tidegate's `start_failed` line has said it, in one
+    line. At debug level, and once the app has started (a failed stop keeps its traceback),
+    they pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for those two records."""
+        if record.name != "uvicorn.error" or self._started:
+            return True
+        text = str(record.msg)
+        if text == "Application startup complete.":
+            self._started = True
+        if record.levelno < logging.ERROR or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        return not (
+            text == "Application startup failed. Exiting."
+            or text.startswith("Traceback (most recent call last):")
+        )
+
+
 class StderrHandler(logging.Handler):
     """Writes to whatever `sys.stderr` is at emit time (test capture, reassigned streams)."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.addFilter(_StartFailureEcho())
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write one formatted record and a newline."""

@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
 
-from tidegate import logs
+from tidegate import logs, startup
 from tidegate.config import Config
 from tidegate.listening import NamedServer
 
@@ -33,14 +33,14 @@ def lifespan_of(
     start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     """A Starlette lifespan that runs `start`, serves, then `stop`; a failed start is logged as
-    one line saying what failed (uvicorn then logs the traceback and exits 3)."""
+    one line saying what failed and where (uvicorn then exits 3)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             await start()
         except Exception as exc:
-            logs.log("start_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+            startup.report(exc)
             raise
         try:
             yield

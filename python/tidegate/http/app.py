@@ -16,12 +16,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tidegate import startup
 from tidegate.answers import INTERNAL_ERROR
 from tidegate.config import Config
 from tidegate.http import api, ingest, limits, ops, shelly
 from tidegate.http.endpoint import Handler, answer, http_error
 from tidegate.http.gateway import Gateway, OpenPublisher
-from tidegate.listening import NamedServer, bind
+from tidegate.listening import NamedServer
 from tidegate.serving import SignalServer, lifespan_of, server_options
 
 
@@ -127,9 +128,9 @@ class _Server(SignalServer):
 
 
 def serve(cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
-    """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT. uvicorn exits 3 when
-    start-up fails; this raises SystemExit(1) when the shutdown lost lines (neither written
-    nor spilled)."""
+    """Run the gateway (one uvicorn worker) until SIGTERM/SIGINT. Raises StartupFailed when a
+    listener cannot be bound; uvicorn exits 3 when the gateway's start fails; this raises
+    SystemExit(1) when the shutdown lost lines (neither written nor spilled)."""
     app = create_app(cfg, open_publisher)
     gw: Gateway = app.state.gateway
     # In-flight requests get half the deadline; the buffer flush gets its own deadline after.
@@ -145,8 +146,9 @@ def serve(cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
         lifespan="off",
         **common,
     )
-    # Bound before start-up: a port in use fails the start, not a running gateway.
-    ops_socket = bind(ops_config, "ops")
+    # Both bound before start-up: a port in use fails the start, not a running gateway.
+    ops_socket = startup.listen(cfg.ops_host, cfg.ops_port, "ops")
+    public_socket = startup.listen(cfg.host, cfg.port, "public")
     uv_config = uvicorn.Config(
         app,
         host=cfg.host,
@@ -159,6 +161,6 @@ def serve(cfg: Config, open_publisher: OpenPublisher | None = None) -> None:
         **common,
     )
     server = _Server(uv_config, gw, _OpsServer(ops_config, "ops"), ops_socket)
-    server.run()
+    server.run([public_socket])
     if gw.shutdown_lost_lines:
         raise SystemExit(1)

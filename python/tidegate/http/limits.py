@@ -9,8 +9,9 @@ what the client still sends is read and dropped for `LINGER_S` (nginx's lingerin
 the client reads the answer instead of a connection reset.
 
 This subclasses uvicorn's HttpToolsProtocol and reads its per-request state (`url`, `headers`,
-`cycle`, `tasks`, `connections`): tests/test_limits.py runs it against a real uvicorn process,
-so an uvicorn upgrade that changes them fails there.
+`cycle`, `tasks`, `connections`): tests/shell/test_connection_limits.py drives it as uvicorn
+does (a fake transport and clock) and tests/e2e/test_limits.py under a real uvicorn process, so
+an uvicorn upgrade that changes them fails there.
 """
 
 from __future__ import annotations

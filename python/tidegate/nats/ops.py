@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidegate import startup
 from tidegate.config import Config
 from tidegate.nats.worker import Worker
 from tidegate.rate_limits import ROUTE as RATE_LIMITS
@@ -55,7 +56,8 @@ def create_app(worker: Worker) -> Starlette:
 
 
 def serve(cfg: Config) -> None:
-    """Run one worker until SIGTERM/SIGINT; the signal stops its fetching at once."""
+    """Run one worker until SIGTERM/SIGINT; the signal stops its fetching at once. Raises
+    StartupFailed when its listener cannot be bound."""
     worker = Worker(cfg)
     settings = cfg.nats
     uv_config = uvicorn.Config(
@@ -65,4 +67,5 @@ def serve(cfg: Config) -> None:
         lifespan="on",
         **server_options(cfg, 1),
     )
-    SignalServer(uv_config, worker.stop_fetching, "worker").run()
+    sock = startup.listen(settings.worker_host, settings.worker_port, "worker")
+    SignalServer(uv_config, worker.stop_fetching, "worker").run([sock])

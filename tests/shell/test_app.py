@@ -1,7 +1,8 @@
-"""The gateway's HTTP surface, driven over HTTP against a real `tidegate serve` process.
+"""The gateway's HTTP surface, driven in process (tests/shell/app_gateway.py).
 
-Registry: SQLite and PostgreSQL (parametrized where auth is involved). Sink: the embedded
-line-protocol files, with a long flush interval so buffers hold what a test sends.
+Registry: SQLite (the backends are held to the same contract in tests/e2e/test_registry.py).
+Sink: the embedded line-protocol files, with a long flush interval so buffers hold what a test
+sends. What only a real process shows is in tests/e2e/test_serve.py.
 """
 
 from __future__ import annotations
@@ -10,60 +11,26 @@ import asyncio
 import gzip
 import json
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from gateway import GatewayProcess, poll, provision, revoke
+from app_gateway import AppGateway
+from ingest_calls import HOLD, UNAUTHORIZED, msg, post_batch, single, start_with_devices
+from provisioning import poll, provision, revoke
 from tidegate.config import Config
 from tidegate.http.app import create_app
 
-Start = Callable[..., GatewayProcess]
-
-# The flush interval is long so that tests see what is buffered, not what was flushed.
-HOLD = {"INFLUX_FLUSH_INTERVAL_MS": "600000", "INFLUX_BATCH_SIZE": "100000"}
-UNAUTHORIZED = {
-    "detail": "a valid X-Provision-Token header is required for this device",
-    "reason": "UNAUTHORIZED",
-}
-
-
-def msg(device: str = "d1", token: str = "tok-d1", **kw: Any) -> dict[str, Any]:
-    """One batch message for tenant t1, site s1 unless overridden."""
-    out: dict[str, Any] = {
-        "tenant_id": "t1",
-        "device_id": device,
-        "msg_type": "telemetry",
-        "provision_token": token,
-        "site_id": "s1",
-        "metrics": {"temp": 21.5},
-    }
-    out.update(kw)
-    return out
-
-
-def start_with_devices(gateway: Start, env: dict[str, str]) -> GatewayProcess:
-    gw = gateway({**HOLD, **env})
-    provision(gw, "t1", "d1", "s1", token="tok-d1")
-    provision(gw, "t1", "d2", "s1", token="tok-d2")
-    provision(gw, "t2", "d9", "s9", token="tok-d9")
-    return gw
-
-
-def post_batch(client: httpx.Client, messages: list[dict[str, Any]]) -> httpx.Response:
-    return client.post("/ingest/v1/batch", json={"messages": messages})
+Start = Callable[..., AppGateway]
 
 
 # --- POST /ingest/v1/batch -------------------------------------------------------------------
 
 
-def test_batch_all_valid_is_accepted_with_results_in_order(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start_with_devices(gateway, registry_env)
+def test_batch_all_valid_is_accepted_with_results_in_order(gateway: Start) -> None:
+    gw = start_with_devices(gateway, {})
     r = post_batch(gw.client(), [msg("d1"), msg("d2", "tok-d2"), msg("d1", seq=7)])
     assert r.status_code == 202
     assert r.headers["content-type"] == "application/json"
@@ -79,10 +46,8 @@ def test_batch_all_valid_is_accepted_with_results_in_order(
     }
 
 
-def test_batch_with_bad_items_accepts_the_rest_and_names_each_reason(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start_with_devices(gateway, registry_env)
+def test_batch_with_bad_items_accepts_the_rest_and_names_each_reason(gateway: Start) -> None:
+    gw = start_with_devices(gateway, {})
     c = gw.client()
     provision(gw, "t1", "gone", "s1", token="tok-gone")
     revoke(gw, "t1", "gone")
@@ -133,10 +98,8 @@ def test_batch_with_bad_items_accepts_the_rest_and_names_each_reason(
     }
 
 
-def test_revoked_device_is_unauthorized_once_its_cache_entry_expires(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start_with_devices(gateway, {**registry_env, "TIDEGATE_AUTH_CACHE_TTL_S": "0.5"})
+def test_revoked_device_is_unauthorized_once_its_cache_entry_expires(gateway: Start) -> None:
+    gw = start_with_devices(gateway, {"TIDEGATE_AUTH_CACHE_TTL_S": "0.5"})
     c = gw.client()
     assert post_batch(c, [msg("d1")]).status_code == 202
     revoke(gw, "t1", "d1")
@@ -212,10 +175,8 @@ def test_full_buffers_reject_with_buffer_full_and_503(gateway: Start) -> None:
     assert r.json()["results"][0]["reason"] == "BUFFER_FULL"
 
 
-def test_one_registry_query_per_batch_and_none_once_the_cache_is_warm(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = gateway({**HOLD, **registry_env})
+def test_one_registry_query_per_batch_and_none_once_the_cache_is_warm(gateway: Start) -> None:
+    gw = gateway(HOLD)
     for i in range(20):
         provision(gw, "t1", f"d{i}", "s1", token=f"tok-d{i}")
     c = gw.client()
@@ -229,22 +190,6 @@ def test_one_registry_query_per_batch_and_none_once_the_cache_is_warm(
 
 
 # --- POST /ingest/v1/tenant/{tenant}/device/{device}/{msg_type} --------------------------------
-
-
-def single(
-    client: httpx.Client,
-    body: Any = None,
-    token: str | None = "tok-d1",
-    path: str = "t1/device/d1/telemetry",
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    headers = dict(headers or {})
-    if token is not None:
-        headers["X-Provision-Token"] = token
-    if body is None:
-        body = {"site_id": "s1", "metrics": {"temp": 20.0}}
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.post(f"/ingest/v1/tenant/{path}", content=content, headers=headers)
 
 
 def test_a_non_ascii_token_works_in_the_header_as_in_the_batch_body(gateway: Start) -> None:
@@ -267,8 +212,8 @@ def test_a_non_ascii_token_works_in_the_header_as_in_the_batch_body(gateway: Sta
     assert (r.status_code, r.json()) == (401, UNAUTHORIZED)
 
 
-def test_single_message_is_accepted(gateway: Start, registry_env: dict[str, str]) -> None:
-    gw = start_with_devices(gateway, registry_env)
+def test_single_message_is_accepted(gateway: Start) -> None:
+    gw = start_with_devices(gateway, {})
     r = single(gw.client())
     assert (r.status_code, r.json()) == (202, {"status": "accepted"})
 
@@ -387,19 +332,6 @@ def test_gzip_bodies_are_accepted(gateway: Start) -> None:
     assert r.status_code == 202
 
 
-def test_gzip_bomb_is_413_without_inflating_it(gateway: Start) -> None:
-    gw = start_with_devices(gateway, {})
-    # 64 MiB of zeros in about 64 KiB of gzip: under the compressed cap, far over the other.
-    bomb = gzip.compress(b"0" * (64 << 20), compresslevel=9)
-    assert len(bomb) < 1 << 17
-    r = gw.client().post("/ingest/v1/batch", content=bomb, headers={"Content-Encoding": "gzip"})
-    assert (r.status_code, r.json()) == (
-        413,
-        {"detail": "decompressed body exceeds the limit of 1048576 bytes"},
-    )
-    assert gw.proc.poll() is None
-
-
 @pytest.mark.parametrize(
     ("encoding", "body", "status", "detail"),
     [
@@ -419,41 +351,11 @@ def test_bad_content_encoding_is_refused(
 # --- ops surface -----------------------------------------------------------------------------
 
 
-def test_health_and_ready(gateway: Start, registry_env: dict[str, str]) -> None:
-    gw = gateway(registry_env)
+def test_health_and_ready(gateway: Start) -> None:
+    gw = gateway()
     c = gw.client()
     assert (c.get("/health").status_code, c.get("/health").json()) == (200, {"status": "ok"})
     assert (c.get("/ready").status_code, c.get("/ready").json()) == (200, {"status": "ready"})
-
-
-def test_not_ready_when_the_registry_is_gone(gateway: Start, postgres: Any) -> None:
-    name = postgres.create_database()
-    gw = gateway({"DATABASE_URL": postgres.url(name)})
-    c = gw.client()
-    assert c.get("/ready").status_code == 200
-    postgres.drop_database(name)
-    r = c.get("/ready")
-    assert r.status_code == 503
-    assert r.json()["status"] == "not ready"
-    assert r.json()["reason"].startswith("registry does not answer")
-
-
-def test_not_ready_while_the_sink_is_failing(gateway: Start) -> None:
-    from services import free_port  # a port nothing listens on: every write fails
-
-    gw = gateway(
-        {
-            "INFLUXDB_URL": f"http://127.0.0.1:{free_port()}",
-            "INFLUX_API": "v1",
-            "INFLUX_FLUSH_INTERVAL_MS": "50",
-            "INFLUX_RETRY_BASE_S": "0.05",
-        }
-    )
-    provision(gw, "t1", "d1", "s1", token="tok-d1")
-    c = gw.client()
-    assert post_batch(c, [msg("d1")]).status_code == 202
-    r = poll(lambda: c.get("/ready"), until=lambda r: r.status_code == 503)
-    assert r.json() == {"status": "not ready", "reason": "sink is failing to write"}
 
 
 def test_stats_report_counts_depth_and_queries(gateway: Start) -> None:
@@ -494,13 +396,12 @@ def test_stats_and_metrics_are_served_only_on_the_ops_listener(gateway: Start) -
     assert public.get("/metrics").status_code == 404
     assert public.get("/health").status_code == 200
     assert public.get("/ready").status_code == 200
-    ops = httpx.Client(base_url=gw.ops_url, timeout=10.0)
-    with ops:
-        assert ops.get("/ingest/v1/stats").json()["accepted"] == 0
-        assert "tidegate_buffer_bytes" in ops.get("/metrics").text
-        assert ops.get("/health").status_code == 200
-        assert ops.get("/ready").status_code == 200
-        assert ops.post("/ingest/v1/batch", json={"messages": []}).status_code == 404
+    ops = gw.ops_client()
+    assert ops.get("/ingest/v1/stats").json()["accepted"] == 0
+    assert "tidegate_buffer_bytes" in ops.get("/metrics").text
+    assert ops.get("/health").status_code == 200
+    assert ops.get("/ready").status_code == 200
+    assert ops.post("/ingest/v1/batch", json={"messages": []}).status_code == 404
     assert (Config().ops_host, Config().ops_port) == ("127.0.0.1", 8081)
 
 
@@ -512,14 +413,6 @@ def test_unknown_routes_and_methods_answer_json(gateway: Start) -> None:
     r = c.get("/ingest/v1/batch")
     assert (r.status_code, r.json()) == (405, {"detail": "Method Not Allowed"})
     assert r.headers["allow"] == "POST"
-
-
-def test_start_up_fails_with_exit_3_when_the_registry_is_unreachable(gateway: Start) -> None:
-    from services import free_port
-
-    with pytest.raises(AssertionError, match="gateway exited with 3 at start") as failed:
-        gateway({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/none"})
-    assert '"event":"start_failed","error":"ConnectionRefusedError' in str(failed.value)
 
 
 def test_openapi_describes_every_route(gateway: Start) -> None:
@@ -537,16 +430,6 @@ def test_openapi_describes_every_route(gateway: Start) -> None:
         "/api/ingest/batch",
         "/api/stats/queue",
     } <= set(doc["paths"])
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_sigint_flushes_the_buffers_and_exits_0(gateway: Start, sig: int) -> None:
-    gw = start_with_devices(gateway, {})
-    r = post_batch(gw.client(), [msg("d1", seq=i) for i in range(10)])
-    assert r.status_code == 202
-    assert gw.stop(sig) == 0
-    lines = lp_lines(gw.data_dir, "t1")
-    assert sorted(int(line.rsplit("seq=", 1)[1].split("i")[0]) for line in lines) == list(range(10))
 
 
 def test_requests_while_shutting_down_get_503(tmp_path: Path) -> None:
@@ -619,14 +502,3 @@ def test_a_bug_in_a_route_answers_json_500_and_is_raised_for_the_log(
         (500, {"detail": "internal server error"})
     ] * 2
     assert raised == ["a bug"] * 2
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def lp_lines(data_dir: Path, tenant: str) -> list[str]:
-    """Every line the embedded sink wrote for `tenant`."""
-    out: list[str] = []
-    for path in sorted((data_dir / "lp" / f"telemetry_{tenant}").glob("*.lp*")):
-        out += [line for line in path.read_text().splitlines() if line]
-    return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
 import ssl
@@ -13,16 +11,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
+from provisioning import poll, provision, revoke
 from services import free_port
-from tidegate.config import Config
-from tidegate.store import open_registry
-from tidegate.store.registry import AlreadyExists
-
-T = TypeVar("T")
 
 __all__ = [
     "GatewayProcess",
@@ -33,8 +27,10 @@ __all__ = [
     "revoke",
     "run_gateway",
 ]
+# provision, revoke and poll serve every tier (tests/provisioning.py); re-exported for the
+# end-to-end tests, which know them from here.
 
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 # Variables of the outer environment that would change what the gateway under test does.
@@ -185,56 +181,3 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
             if code != 0:
                 failures.append(f"gateway {gw.url} exited {code}:\n{gw.logs()}")
     assert not failures, "\n".join(failures)
-
-
-def provision(
-    gw_or_env: GatewayProcess | Mapping[str, str],
-    tenant: str,
-    device: str,
-    site: str,
-    token: str | None = None,
-    rps: float | None = None,
-    burst: int | None = None,
-) -> str:
-    """Register a device (and its tenant, if new) in the gateway's registry; returns the token."""
-    env = gw_or_env.env if isinstance(gw_or_env, GatewayProcess) else gw_or_env
-    cfg = Config.from_env(env)
-
-    async def run() -> str:
-        reg = await open_registry(cfg)
-        try:
-            await reg.migrate()
-            with contextlib.suppress(AlreadyExists):
-                await reg.add_tenant(tenant)
-            return await reg.add_device(tenant, device, site, rps=rps, burst=burst, token=token)
-        finally:
-            await reg.close()
-
-    return asyncio.run(run())
-
-
-def revoke(gw: GatewayProcess, tenant: str, device: str) -> None:
-    """Revoke a device in the gateway's registry (the gateway sees it when its cache expires)."""
-    cfg = Config.from_env(gw.env)
-
-    async def run() -> None:
-        reg = await open_registry(cfg)
-        try:
-            assert await reg.revoke_device(tenant, device)
-        finally:
-            await reg.close()
-
-    asyncio.run(run())
-
-
-def poll(fn: Callable[[], T], until: Callable[[T], object] = bool, wait_s: float = 60.0) -> T:
-    """Call `fn` until `until(result)` is true; fail after `wait_s` (a deadline for a slow
-    machine, not a timing claim)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        result = fn()
-        if until(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {result!r} after {wait_s}s")
-        time.sleep(0.05)

@@ -1,79 +1,21 @@
-"""The tenant API: batch reads, bulk device admin, rate-limit state, against a real
-`tidegate serve` process on SQLite and PostgreSQL (one query per batch read: in process)."""
+"""The tenant API in process on SQLite: batch reads, bulk device admin, rate-limit state. The
+log of a real process, a database outage and the statements per request on both registries:
+tests/e2e/test_api_backends.py."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-from gateway import GatewayProcess, provision
-from services import PostgresCluster
-from tidegate.config import Config
-from tidegate.http.app import create_app
-from tidegate.store import open_registry
+from app_gateway import AppGateway
+from tenant_api_calls import KEY_T1, KEY_T2, UNAUTHORIZED, admin, auth, get, ingest, start
 
-Start = Callable[..., GatewayProcess]
+Start = Callable[..., AppGateway]
 
-HOLD = {"INFLUX_FLUSH_INTERVAL_MS": "600000", "INFLUX_BATCH_SIZE": "100000"}
-KEY_T1 = "key-of-t1"
-KEY_T2 = "key-of-t2"
-UNAUTHORIZED = {"detail": "a valid tenant API key is required: Authorization: Bearer <key>"}
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ISO_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
-
-
-def add_tenant(env: dict[str, str], tenant: str, key: str) -> None:
-    """Create a tenant with a given API key in the registry of `env`."""
-
-    async def run() -> None:
-        reg = await open_registry(Config.from_env(env))
-        try:
-            await reg.migrate()
-            await reg.add_tenant(tenant, key)
-        finally:
-            await reg.close()
-
-    asyncio.run(run())
-
-
-def start(gateway: Start, registry_env: dict[str, str], **env: str) -> GatewayProcess:
-    """A gateway with tenants t1 (devices d1, d2) and t2 (device d9), each with an API key."""
-    gw = gateway({**HOLD, **registry_env, **env})
-    add_tenant(gw.env, "t1", KEY_T1)
-    add_tenant(gw.env, "t2", KEY_T2)
-    provision(gw, "t1", "d1", "s1", token="tok-d1", rps=5, burst=50)
-    provision(gw, "t1", "d2", "s1", token="tok-d2")
-    provision(gw, "t2", "d9", "s9", token="tok-d9")
-    return gw
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def get(c: httpx.Client, body: object, key: str = KEY_T1) -> httpx.Response:
-    return c.post("/api/v1/batch/get", json=body, headers=auth(key))
-
-
-def admin(c: httpx.Client, ops: list[dict[str, Any]], key: str = KEY_T1) -> httpx.Response:
-    return c.post("/api/v1/batch/devices", json={"operations": ops}, headers=auth(key))
-
-
-def ingest(c: httpx.Client, device: str, token: str, **kw: Any) -> httpx.Response:
-    m = {
-        "tenant_id": "t1",
-        "device_id": device,
-        "msg_type": "telemetry",
-        "provision_token": token,
-        "site_id": "s1",
-        "metrics": {"temp": 21.5},
-    }
-    m.update(kw)
-    return c.post("/ingest/v1/batch", json={"messages": [m]})
 
 
 def without_times(out: dict[str, Any]) -> dict[str, Any]:
@@ -90,10 +32,8 @@ def without_times(out: dict[str, Any]) -> dict[str, Any]:
 # --- POST /api/v1/batch/get ------------------------------------------------------------------
 
 
-def test_batch_get_devices_answers_each_id_in_order_with_partial_success(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env)
+def test_batch_get_devices_answers_each_id_in_order_with_partial_success(gateway: Start) -> None:
+    gw = start(gateway)
     r = get(gw.client(), {"resource_type": "devices", "ids": ["d1", "nope", "d9", "d1", "a\\b"]})
     assert r.status_code == 200
     d1 = {
@@ -125,10 +65,8 @@ def test_batch_get_devices_answers_each_id_in_order_with_partial_success(
     }
 
 
-def test_batch_get_selects_fields_in_their_documented_order(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env)
+def test_batch_get_selects_fields_in_their_documented_order(gateway: Start) -> None:
+    gw = start(gateway)
     r = get(gw.client(), {"resource_type": "devices", "ids": ["d2"], "fields": ["rps", "site_id"]})
     assert r.json()["results"] == [
         {
@@ -141,7 +79,7 @@ def test_batch_get_selects_fields_in_their_documented_order(
 
 
 def test_batch_get_refuses_bad_requests_as_documented(gateway: Start) -> None:
-    gw = start(gateway, {})
+    gw = start(gateway)
     c = gw.client()
     ids = [f"x{i}" for i in range(101)]
     cases: list[tuple[object, int, dict[str, Any]]] = [
@@ -192,7 +130,7 @@ def test_batch_get_refuses_bad_requests_as_documented(gateway: Start) -> None:
 
 @pytest.mark.parametrize("headers", [{}, auth("wrong"), {"Authorization": f"Basic {KEY_T1}"}])
 def test_tenant_api_needs_a_valid_bearer_key(gateway: Start, headers: dict[str, str]) -> None:
-    gw = start(gateway, {})
+    gw = start(gateway)
     c = gw.client()
     for path, body in (
         ("/api/v1/batch/get", {"resource_type": "devices", "ids": ["d1"]}),
@@ -205,9 +143,9 @@ def test_tenant_api_needs_a_valid_bearer_key(gateway: Start, headers: dict[str, 
 
 
 def test_telemetry_latest_is_the_last_accepted_message_and_survives_a_restart(
-    gateway: Start, registry_env: dict[str, str]
+    gateway: Start,
 ) -> None:
-    gw = start(gateway, registry_env, INFLUX_FLUSH_INTERVAL_MS="200")
+    gw = start(gateway, INFLUX_FLUSH_INTERVAL_MS="200")
     c = gw.client()
     assert ingest(c, "d1", "tok-d1", seq=1, ts="2024-05-01T12:00:00Z").status_code == 202
     assert (
@@ -243,7 +181,7 @@ def test_telemetry_latest_is_the_last_accepted_message_and_survives_a_restart(
     seen = get(c, {"resource_type": "devices", "ids": ["d1"], "fields": ["last_seen_at"]})
     assert seen.json()["results"][0]["data"] == {"last_seen_at": received_at}
     assert gw.stop() == 0
-    again = gateway({"TIDEGATE_DATA_DIR": gw.env["TIDEGATE_DATA_DIR"], **registry_env})
+    again = gateway({"TIDEGATE_DATA_DIR": gw.env["TIDEGATE_DATA_DIR"]})
     after = get(again.client(), body).json()
     assert after["results"][0]["data"] == {**expected_d1, "received_at": received_at}
     assert after["results"][1:] == first["results"][1:]
@@ -252,10 +190,8 @@ def test_telemetry_latest_is_the_last_accepted_message_and_survives_a_restart(
 # --- POST /api/v1/batch/devices --------------------------------------------------------------
 
 
-def test_bulk_admin_applies_valid_operations_and_reports_each(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env)
+def test_bulk_admin_applies_valid_operations_and_reports_each(gateway: Start) -> None:
+    gw = start(gateway)
     c = gw.client()
     r = admin(
         c,
@@ -317,7 +253,7 @@ def test_bulk_admin_applies_valid_operations_and_reports_each(
 
 
 def test_bulk_admin_refuses_bad_bodies(gateway: Start) -> None:
-    gw = start(gateway, {})
+    gw = start(gateway)
     c = gw.client()
     for ops in ([], [{"op": "revoke", "device_id": f"x{i}"} for i in range(101)], "x"):
         r = c.post("/api/v1/batch/devices", json={"operations": ops}, headers=auth(KEY_T1))
@@ -329,10 +265,8 @@ def test_bulk_admin_refuses_bad_bodies(gateway: Start) -> None:
     assert (r.status_code, r.json()) == (400, {"detail": "body is not valid JSON"})
 
 
-def test_revoke_via_api_makes_the_next_ingest_unauthorized_on_this_node(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env)  # auth cache TTL: the default 60 s
+def test_revoke_via_api_makes_the_next_ingest_unauthorized_on_this_node(gateway: Start) -> None:
+    gw = start(gateway)  # auth cache TTL: the default 60 s
     c = gw.client()
     assert ingest(c, "d1", "tok-d1").status_code == 202  # cached now
     assert admin(c, [{"op": "revoke", "device_id": "d1"}]).json()["total_succeeded"] == 1
@@ -340,10 +274,8 @@ def test_revoke_via_api_makes_the_next_ingest_unauthorized_on_this_node(
     assert (r.status_code, r.json()["results"][0]["reason"]) == (400, "UNAUTHORIZED")
 
 
-def test_rotate_token_refuses_the_old_token_and_accepts_the_new(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env)
+def test_rotate_token_refuses_the_old_token_and_accepts_the_new(gateway: Start) -> None:
+    gw = start(gateway)
     c = gw.client()
     assert ingest(c, "d1", "tok-d1").status_code == 202
     out = admin(c, [{"op": "rotate_token", "device_id": "d1"}]).json()
@@ -353,45 +285,11 @@ def test_rotate_token_refuses_the_old_token_and_accepts_the_new(
     assert ingest(c, "d1", new).status_code == 202
 
 
-def test_tokens_appear_only_in_the_response_that_made_them_and_never_in_the_log(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env, TIDEGATE_LOG_LEVEL="debug")
-    c = gw.client()
-    made = admin(c, [{"op": "create", "device_id": "n1", "site_id": "s1"}])
-    token = made.json()["results"][0]["data"]["provision_token"]
-    rotated = admin(c, [{"op": "rotate_token", "device_id": "d1"}])
-    new = rotated.json()["results"][0]["data"]["provision_token"]
-    assert ingest(c, "n1", token).status_code == 202
-    assert ingest(c, "d1", new).status_code == 202
-    secrets = (token, new, "tok-d1", "tok-d2", KEY_T1)
-    responses = [
-        get(c, {"resource_type": "devices", "ids": ["n1", "d1", "d2"]}),
-        get(c, {"resource_type": "telemetry_latest", "ids": ["n1", "d1"]}),
-        admin(
-            c, [{"op": "update", "device_id": "n1", "rps": 9}, {"op": "revoke", "device_id": "n1"}]
-        ),
-        admin(c, [{"op": "create", "device_id": "d1", "site_id": "s1", "provision_token": new}]),
-        admin(c, [{"op": "create", "device_id": "x", "site_id": "s", "provision_token": " "}]),
-        c.get("/ingest/v1/metrics/rate-limits", headers=auth(KEY_T1)),
-        httpx.get(f"{gw.ops_url}/ingest/v1/metrics/rate-limits"),
-        httpx.get(f"{gw.ops_url}/ingest/v1/stats"),
-        httpx.get(f"{gw.ops_url}/metrics"),
-    ]
-    for r in responses:
-        assert r.status_code == 200
-        assert not [s for s in secrets if s in r.text], r.text
-    assert gw.stop() == 0
-    log = gw.logs()
-    assert "devices_admin" in log
-    assert not [s for s in secrets if s in log]
-
-
 # --- GET /ingest/v1/metrics/rate-limits ------------------------------------------------------
 
 
-def test_rate_limit_state_after_a_burst(gateway: Start, registry_env: dict[str, str]) -> None:
-    gw = start(gateway, registry_env, TIDEGATE_DEFAULT_RPS="0.001", TIDEGATE_DEFAULT_BURST="3")
+def test_rate_limit_state_after_a_burst(gateway: Start) -> None:
+    gw = start(gateway, TIDEGATE_DEFAULT_RPS="0.001", TIDEGATE_DEFAULT_BURST="3")
     c = gw.client()
     burst = [
         {"tenant_id": "t1", "device_id": "d2", "msg_type": "telemetry",
@@ -433,9 +331,9 @@ def test_rate_limit_state_after_a_burst(gateway: Start, registry_env: dict[str, 
     }
     public = c.get("/ingest/v1/metrics/rate-limits")
     assert (public.status_code, public.json()) == (401, UNAUTHORIZED)
-    ops = httpx.get(f"{gw.ops_url}/ingest/v1/metrics/rate-limits").json()
+    ops = gw.ops_client().get("/ingest/v1/metrics/rate-limits").json()
     assert list(ops["tenants"]) == ["t1"]
-    assert httpx.get(f"{gw.ops_url}/ingest/v1/metrics/rate-limits", headers=auth(KEY_T2)).json()[
+    assert gw.ops_client().get("/ingest/v1/metrics/rate-limits", headers=auth(KEY_T2)).json()[
         "tenants"
     ] == {"t2": t2["t2"]}
     bad = c.get("/ingest/v1/metrics/rate-limits", headers=auth("nope"))
@@ -447,75 +345,11 @@ def test_rate_limit_state_after_a_burst(gateway: Start, registry_env: dict[str, 
     )
 
 
-# --- In process: statements per request ------------------------------------------------------
-
-
-def test_batch_get_runs_one_registry_query_whatever_the_number_of_ids(
-    tmp_path: Any, registry_env: dict[str, str]
-) -> None:
-    env = {**HOLD, **registry_env, "TIDEGATE_DATA_DIR": str(tmp_path)}
-    add_tenant(env, "t1", KEY_T1)
-    for i in range(30):
-        provision(env, "t1", f"d{i}", "s1", token=f"tok-{i}")
-    app = create_app(Config.from_env(env))
-    gw = app.state.gateway
-    statements: list[str] = []
-
-    async def run() -> list[int]:
-        await gw.start()
-        try:
-            registry = gw.services.registry
-            real_rows = registry.rows
-
-            async def counted(sql: str, *args: object) -> list[Any]:
-                statements.append(sql)
-                return await real_rows(sql, *args)
-
-            registry.rows = counted
-            transport = httpx.ASGITransport(app=app)
-            counts = []
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-                ids = [f"d{i}" for i in range(30)] + ["missing"] * 20
-                one = {"resource_type": "devices", "ids": ["d0"]}
-                await c.post("/api/v1/batch/get", json=one, headers=auth(KEY_T1))  # key cached
-                for resource in ("devices", "telemetry_latest"):
-                    statements.clear()
-                    body = {"resource_type": resource, "ids": ids}
-                    r = await c.post("/api/v1/batch/get", json=body, headers=auth(KEY_T1))
-                    assert r.json()["total_requested"] == 50
-                    counts.append(len(statements))
-            return counts
-        finally:
-            await gw.stop()
-
-    assert asyncio.run(run()) == [1, 1], statements
-
-
 def test_tenant_keys_are_cached_for_the_shelly_route_too(gateway: Start) -> None:
-    gw = start(gateway, {})
+    gw = start(gateway)
     c = gw.client()
     for _ in range(3):
         assert c.get("/api/stats/queue", headers={"X-API-Key": KEY_T1}).status_code == 200
     assert get(c, {"resource_type": "devices", "ids": ["d1"]}).status_code == 200
     stats = gw.stats()
     assert (stats["tenant_key_cache_misses"], stats["tenant_key_cache_hits"]) == (1, 3)
-
-
-def test_a_database_outage_answers_503_with_retry_after_and_logs_once_per_request(
-    gateway: Start, own_postgres: PostgresCluster
-) -> None:
-    gw = start(gateway, {"DATABASE_URL": own_postgres.url(own_postgres.create_database())})
-    c = gw.client()
-    body = {"resource_type": "devices", "ids": ["d1"]}
-    assert get(c, body).status_code == 200  # the tenant key is now cached
-    own_postgres.stop()
-    answers = [get(c, body), admin(c, [{"op": "revoke", "device_id": "d1"}])]
-    for r in answers:
-        assert (r.status_code, r.json(), r.headers["retry-after"]) == (
-            503,
-            {"detail": "the database is unavailable; retry later"},
-            "1",
-        )
-    logs = gw.logs()
-    assert logs.count('"event":"api_db_unavailable"') == 2
-    assert '"route":"batch_get"' in logs and '"route":"batch_devices"' in logs

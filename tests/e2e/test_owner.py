@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 from gateway import PYTHON_DIR, GatewayProcess, provision
+from ingest_calls import HOLD
 from services import free_port
 from test_e2e_wal import segments, send, wal_env
-from test_shelly import HOLD
 
 Start = Callable[..., GatewayProcess]
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from gateway import GatewayProcess
-from test_api import KEY_T1, UNAUTHORIZED, get, start
+from tenant_api_calls import KEY_T1, UNAUTHORIZED, get, start
 
 Start = Callable[..., GatewayProcess]
 BUDGET = 10

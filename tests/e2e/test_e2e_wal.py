@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 from gateway import GatewayProcess, poll, provision
+from ingest_calls import HOLD
 from recording_server import RecordingServer, Reply
 from services import InfluxDB
+from shelly_calls import KEY, MINUTE, four, post
 from test_e2e_influx import BASE_NS, d1_telemetry, drained, influx_env, iso_ns, new_tenant
-from test_shelly import HOLD, KEY, MINUTE, four, post
 
 Start = Callable[..., GatewayProcess]
 RECORD = struct.Struct("<4sII")  # magic, length, crc32c; see rust/src/wal/record.rs

@@ -23,7 +23,7 @@ from services import free_port
 from tidegate.client import AsyncClient, Client, Message, Rejection, Report, timestamp
 
 Start = Callable[..., GatewayProcess]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_NS = 1_700_000_000_000_000_000
 
 

@@ -22,7 +22,7 @@ from tidegate.config import Config
 
 Start = Callable[..., GatewayProcess]
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "tidegate.json"
 PROMTOOL_HINT = "promtool comes with Debian's prometheus package: run `make services`"

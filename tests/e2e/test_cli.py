@@ -20,7 +20,7 @@ from tidegate.config import Config
 from tidegate.store import open_registry
 from tidegate.store.registry import Device
 
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 # Variables of the outer environment that would change what the CLI under test does.
 _OWN_PREFIXES = ("TIDEGATE_", "INFLUX", "DATABASE_", "INGEST_")
 
@@ -383,7 +383,7 @@ def test_serve_help_lists_every_variable_with_its_default(bare_cli: Cli) -> None
     assert r.code == 0
     for flag in ("--host", "--port", "--log-level", "--data-dir"):
         assert flag in r.stdout
-    listed = r.stdout.split("environment variables (default):\n", 1)[1].splitlines()
+    listed = r.stdout.split("environment variables (default, meaning):\n", 1)[1].splitlines()
     variables = Config.variables()
     assert len(variables) == len(listed) >= 30
     for (name, _), line in zip(variables, listed, strict=True):

@@ -111,7 +111,10 @@ def test_every_api_example_runs_as_pasted_after_the_quick_start(user_dir: Path) 
         "UNAUTHORIZED",
     ]
     assert {"status": "accepted"} in answers
-    assert {"detail": "a valid X-Provision-Token header is required for this device"} in answers
+    assert {
+        "detail": "a valid X-Provision-Token header is required for this device",
+        "reason": "UNAUTHORIZED",
+    } in answers
     latest = next(a for a in answers if a.get("resource_type") == "telemetry_latest")
     assert latest["total_succeeded"] == 1
     admin = next(a for a in answers if "results" in a and a.get("total_requested") == 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from messages import NOW_S, batch_body, compact, message
 
-FUZZ = Path(__file__).parent.parent / "fuzz"
+FUZZ = Path(__file__).parents[2] / "fuzz"
 RUNS = 100_000
 
 SEEDS = [

@@ -1,6 +1,8 @@
 """Per-connection limits (http/limits.py) and client disconnects, against a real `tidegate
-serve` process driven over raw sockets: what a client sees, what is counted, and the process's
-peak RSS (VmHWM) under a huge head and a slowloris of stalled bodies."""
+serve` process driven over raw sockets: the limits on both listeners (one smoke test; each
+limit's behaviour is tested on a fake transport in tests/shell/test_connection_limits.py), a
+client gone mid-body, and the process's peak RSS (VmHWM) under a huge head and a slowloris of
+stalled bodies."""
 
 from __future__ import annotations
 
@@ -14,24 +16,18 @@ from pathlib import Path
 
 import pytest
 from gateway import GatewayProcess, poll
+from ingest_calls import HOLD
+from ingest_calls import batch_head as head
 from tidegate.config import Config
 
 Start = Callable[..., GatewayProcess]
 MIB = 1 << 20
-HOLD = {"INFLUX_FLUSH_INTERVAL_MS": "600000", "INFLUX_BATCH_SIZE": "100000"}
 
 
 def connect(gw: GatewayProcess) -> socket.socket:
     host, port = gw.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
     return sock
-
-
-def head(content_length: int | None = None, *extra: str) -> bytes:
-    lines = ["POST /ingest/v1/batch HTTP/1.1", "Host: tidegate", *extra]
-    if content_length is not None:
-        lines.append(f"Content-Length: {content_length}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def read_answer(sock: socket.socket) -> tuple[int | None, bytes]:
@@ -63,23 +59,6 @@ def _status_kib(gw: GatewayProcess, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{gw.proc.pid}/status")
 
 
-def test_head_over_the_cap_is_431_and_a_head_under_it_passes(gateway: Start) -> None:
-    gw = gateway({**HOLD, "TIDEGATE_MAX_HEADER_BYTES": "8192"})
-    with connect(gw) as sock:
-        sock.sendall(head(2, "X-Pad: " + "a" * 7000) + b"{}")
-        status, body = read_answer(sock)
-    assert status == 400  # the body's fault, not the head's
-    with connect(gw) as sock:
-        sock.sendall(head(2, "X-Pad: " + "a" * 9000) + b"{}")
-        status, body = read_answer(sock)
-    assert (status, json.loads(body)) == (
-        431,
-        {"detail": "request head exceeds the limit of 8192 bytes"},
-    )
-    assert gw.stats()["limits_hit"] == {"max_header_bytes": 1}
-    assert 'tidegate_connection_limit_total{limit="max_header_bytes"} 1.0' in gw.metrics()
-
-
 def test_a_143_mib_header_line_costs_at_most_the_cap_plus_one_read(gateway: Start) -> None:
     gw = gateway(HOLD)
     baseline = rss_kib(gw)
@@ -104,114 +83,33 @@ def test_a_143_mib_header_line_costs_at_most_the_cap_plus_one_read(gateway: Star
     assert gw.client().get("/health").status_code == 200
 
 
-def test_an_idle_connection_and_a_trickled_head_get_408(gateway: Start) -> None:
-    gw = gateway({**HOLD, "TIDEGATE_HEADER_TIMEOUT_S": "1"})
-    with connect(gw) as idle, connect(gw) as slow:
-        slow.sendall(b"POST /ingest/v1/batch HTTP/1.1\r\nHost: t")
-        started = time.monotonic()
-        answers = [read_answer(idle), read_answer(slow)]
-        waited = time.monotonic() - started
-    detail = {"detail": "request head not received within 1 s"}
-    assert [(s, json.loads(b)) for s, b in answers] == [(408, detail), (408, detail)]
-    assert waited < 10
-    assert gw.stats()["limits_hit"] == {"header_timeout": 2}
-
-
-def test_the_ops_listener_has_the_same_limits(gateway: Start) -> None:
+def test_both_listeners_of_a_real_process_apply_the_limits_and_count_them(
+    gateway: Start,
+) -> None:
+    # The smoke test of the protocol under uvicorn: `serve` wires it on both listeners. Each
+    # limit's behaviour: tests/shell/test_connection_limits.py, on a fake transport.
     gw = gateway({**HOLD, "TIDEGATE_HEADER_TIMEOUT_S": "1", "TIDEGATE_MAX_HEADER_BYTES": "4096"})
+    with connect(gw) as sock:
+        sock.sendall(head(2, "X-Pad: " + "a" * 1000) + b"{}")
+        status, _ = read_answer(sock)
+    assert status == 400  # the body's fault, not the head's
     host, port = gw.ops_url.removeprefix("http://").split(":")
     with (
+        connect(gw) as public,
         socket.create_connection((host, int(port)), timeout=30) as idle,
         socket.create_connection((host, int(port)), timeout=30) as big,
     ):
+        public.sendall(head(2, "X-Pad: " + "a" * 9000) + b"{}")
         big.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"x" * 8192 + b"\r\n\r\n")
-        answers = [read_answer(idle), read_answer(big)]
+        answers = [read_answer(public), read_answer(idle), read_answer(big)]
+    too_large = {"detail": "request head exceeds the limit of 4096 bytes"}
     assert [(s, json.loads(b)) for s, b in answers] == [
+        (431, too_large),
         (408, {"detail": "request head not received within 1 s"}),
-        (431, {"detail": "request head exceeds the limit of 4096 bytes"}),
+        (431, too_large),
     ]
-    assert gw.stats()["limits_hit"] == {"header_timeout": 1, "max_header_bytes": 1}
-
-
-def test_an_idle_keep_alive_connection_is_closed(gateway: Start) -> None:
-    gw = gateway({**HOLD, "TIDEGATE_KEEPALIVE_TIMEOUT_S": "1"})
-    with connect(gw) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        first = b""
-        while not first.endswith(b'{"status":"ok"}'):
-            first += sock.recv(65536)
-        assert first.startswith(b"HTTP/1.1 200 ")
-        sock.settimeout(10)
-        started = time.monotonic()
-        assert sock.recv(65536) == b""  # closed by the server, no second answer
-        assert time.monotonic() - started < 5
-
-
-def test_a_stalled_body_gets_408_and_is_counted_on_its_route(gateway: Start) -> None:
-    gw = gateway({**HOLD, "TIDEGATE_BODY_TIMEOUT_S": "1"})
-    with connect(gw) as sock:
-        sock.sendall(head(1000) + b'{"messages":[')
-        status, body = read_answer(sock)
-    assert (status, json.loads(body)) == (408, {"detail": "request body not received within 1 s"})
-    stats = poll(gw.stats, until=lambda s: s["responses"].get("batch 408"))
-    assert stats["limits_hit"] == {"body_timeout": 1}
-    assert stats["client_disconnects"] == {}
-    assert "Traceback" not in gw.logs()
-
-
-def test_each_request_of_a_connection_gets_its_own_deadlines(gateway: Start) -> None:
-    # The protocol moves its one timer only when a deadline comes sooner: a timer set for an
-    # earlier deadline re-arms itself, a stale one does nothing.
-    gw = gateway({**HOLD, "TIDEGATE_HEADER_TIMEOUT_S": "1", "TIDEGATE_BODY_TIMEOUT_S": "2"})
-
-    def stall_body(sock: socket.socket) -> float:
-        """Seconds from a stalled body's head to its 408."""
-        sock.sendall(head(1000) + b'{"messages":[')
-        started = time.monotonic()
-        status, body = read_answer(sock)
-        assert (status, json.loads(body)) == (
-            408,
-            {"detail": "request body not received within 2 s"},
-        )
-        return time.monotonic() - started
-
-    with connect(gw) as late_in_head:
-        # The connection's head deadline passes while the body deadline runs.
-        time.sleep(0.5)
-        waits = [stall_body(late_in_head)]
-    with connect(gw) as kept_alive:
-        # A second request after a first one that ended in time.
-        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        first = b""
-        while not first.endswith(b'{"status":"ok"}'):
-            chunk = kept_alive.recv(65536)
-            assert chunk, first
-            first += chunk
-        time.sleep(1.5)
-        waits.append(stall_body(kept_alive))
-    assert all(1.9 <= w < 10 for w in waits), waits
-    assert gw.stats()["limits_hit"] == {"body_timeout": 2}
-
-
-def test_connections_and_requests_beyond_their_caps_get_503(gateway: Start) -> None:
-    gw = gateway({**HOLD, "TIDEGATE_MAX_CONNECTIONS": "2", "TIDEGATE_MAX_REQUESTS": "1"})
-    with connect(gw) as first, connect(gw) as second:
-        first.sendall(head(1000) + b"{")  # one request in progress, body pending
-        time.sleep(0.5)
-        with connect(gw) as third:
-            third.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-            status, body = read_answer(third)
-        assert (status, json.loads(body)) == (
-            503,
-            {"detail": "too many open connections (limit 2); retry later"},
-        )
-        second.sendall(head(2) + b"{}")
-        status, body = read_answer(second)
-    assert (status, json.loads(body)) == (
-        503,
-        {"detail": "too many requests in progress (limit 1); retry later"},
-    )
-    assert gw.stats()["limits_hit"] == {"max_connections": 1, "max_requests": 1}
+    assert gw.stats()["limits_hit"] == {"header_timeout": 1, "max_header_bytes": 2}
+    assert 'tidegate_connection_limit_total{limit="max_header_bytes"} 2.0' in gw.metrics()
 
 
 def test_a_client_gone_mid_body_is_counted_and_logged_once_without_a_traceback(

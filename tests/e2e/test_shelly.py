@@ -1,167 +1,43 @@
 """The Shelly adapter (seed 001) over HTTP: `POST /api/ingest/batch` and `GET /api/stats/queue`.
 
-End-to-end cases run a real `tidegate serve` process on both registries (`registry_env`:
-SQLite under the data dir, a fresh PostgreSQL database); the few that must reach inside the
-gateway (a database that stops answering, a draining gateway, a full buffer) run the app in
-process through httpx's ASGI transport.
+A real `tidegate serve` process on both registries (`registry_env`: SQLite under the data dir, a
+fresh PostgreSQL database), since inserting and deduplicating are the database's work. The HTTP
+contract and what only the inside of the gateway can cause: tests/shell/test_shelly_http.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gzip
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import httpx
-import orjson
-import pytest
 from gateway import GatewayProcess, poll
 from services import InfluxDB
-from tidegate.config import Config
-from tidegate.http.app import create_app
-from tidegate.http.gateway import Gateway
-from tidegate.http.shelly import Shelly
-from tidegate.store import db_down, open_registry
+from shelly_calls import (
+    CONFIG_ERROR,
+    KEY,
+    MINUTE,
+    UNAUTHORIZED,
+    counters,
+    four,
+    iso,
+    message,
+    post,
+    reading,
+    result,
+    run,
+    start,
+    stats,
+)
+from tenant_api_calls import add_tenant
 
 Start = Callable[..., GatewayProcess]
-T = TypeVar("T")
-
-KEY = "ingest-key-0123456789"
-# Buffers hold what a test sends (no flush) unless the test is about InfluxDB.
-HOLD = {"INFLUX_FLUSH_INTERVAL_MS": "600000", "INFLUX_BATCH_SIZE": "100000"}
-UNAUTHORIZED = {"detail": "a valid X-API-Key header is required"}
-CONFIG_ERROR = {"detail": "Server configuration error"}
-# A whole minute two minutes ago: `MINUTE + s` for s < 60 stays in one minute and in the past.
-MINUTE = (int(time.time()) // 60 - 2) * 60
-
-
-def start(gateway: Start, env: dict[str, str], **extra: str) -> GatewayProcess:
-    """A gateway with the ingest key set (unless overridden) and buffers held."""
-    return gateway({**HOLD, "INGEST_API_KEY": KEY, **env, **extra})
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from a synchronous test."""
-    return asyncio.run(coro)
-
-
-def add_tenant(env: dict[str, str], tenant: str, api_key: str) -> None:
-    """Give `tenant` an API key in the registry the gateway with `env` uses."""
-    cfg = Config.from_env(env)
-
-    async def go() -> None:
-        reg = await open_registry(cfg)
-        try:
-            await reg.migrate()
-            await reg.add_tenant(tenant, api_key)
-        finally:
-            await reg.close()
-
-    run(go())
-
-
-def reading(
-    apower: object, voltage: object = None, current: object = None, **extra: object
-) -> dict[str, object]:
-    """One `switch:N` status object; None leaves voltage/current out."""
-    out: dict[str, object] = {"id": 0, "apower": apower, "output": True, **extra}
-    if voltage is not None:
-        out["voltage"] = voltage
-    if current is not None:
-        out["current"] = current
-    return out
-
-
-def message(src: str, ts: int, *channels: dict[str, object] | None) -> dict[str, Any]:
-    """A Shelly message with `switch:0..` set from `channels` (None leaves that one out)."""
-    params: dict[str, object] = {"ts": ts + 0.25, "sys": {"uptime": 12}}
-    for n, sw in enumerate(channels):
-        if sw is not None:
-            params[f"switch:{n}"] = sw
-    return {"src": src, "timestamp": ts, "params": params}
-
-
-def four(src: str, ts: int) -> dict[str, Any]:
-    """A message with four readings."""
-    return message(src, ts, *(reading(10.0 + n, 230.0 + n, 0.1 * (n + 1)) for n in range(4)))
-
-
-def post(
-    gw: GatewayProcess,
-    messages: list[Any],
-    key: str | None = KEY,
-    client: httpx.Client | None = None,
-) -> httpx.Response:
-    """POST /api/ingest/batch with `key` as X-API-Key (None: no header)."""
-    headers = {} if key is None else {"X-API-Key": key}
-    c = client or gw.client()
-    return c.post("/api/ingest/batch", json={"messages": messages}, headers=headers)
-
-
-def counters(r: httpx.Response) -> dict[str, Any]:
-    """The response body, checked to be a 200 with a sane processing_time, without that time."""
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "application/json"
-    body: dict[str, Any] = r.json()
-    seconds = body.pop("processing_time")
-    assert isinstance(seconds, float) and seconds >= 0
-    return body
-
-
-def result(
-    inserted: int,
-    duplicates: int = 0,
-    total: int = 1,
-    devices: int = 1,
-    details: Sequence[tuple[int, str]] = (),
-) -> dict[str, Any]:
-    """The expected response body without processing_time."""
-    return {
-        "inserted": inserted,
-        "duplicates": duplicates,
-        "errors": len(details),
-        "total_messages": total,
-        "devices": devices,
-        "error_details": [{"index": i, "reason": reason} for i, reason in details],
-    }
-
-
-def stats(gw: GatewayProcess, key: str | None = KEY) -> httpx.Response:
-    """GET /api/stats/queue."""
-    headers = {} if key is None else {"X-API-Key": key}
-    return gw.client().get("/api/stats/queue", headers=headers)
-
-
-def iso(ts: int) -> str:
-    """Seed 001's last_insert format."""
-    return datetime.fromtimestamp(ts, UTC).isoformat()
-
 
 # --- API key -----------------------------------------------------------------------------------
-
-
-def test_missing_or_wrong_key_is_401_on_both_routes(
-    gateway: Start, registry_env: dict[str, str]
-) -> None:
-    gw = start(gateway, registry_env)
-    add_tenant(gw.env, "alpha", "alpha-key")
-    for key in (None, "", "wrong", KEY + "x", KEY[:-1], "ALPHA-KEY", "alpha-key2"):
-        r = post(gw, [four("plug-1", MINUTE)], key)
-        assert (r.status_code, r.json()) == (401, UNAUTHORIZED), key
-        r = stats(gw, key)
-        assert (r.status_code, r.json()) == (401, UNAUTHORIZED), key
-    # Nothing was stored by the refused requests.
-    assert stats(gw).json()["total_logs"] == 0
-    assert stats(gw, "alpha-key").json()["total_logs"] == 0
 
 
 def test_no_ingest_key_and_no_tenant_key_is_500_until_a_tenant_has_one(
@@ -384,44 +260,6 @@ def test_thousand_messages_go_in_and_thousand_and_one_are_422(
     assert stats(gw).json()["total_logs"] == 4000
 
 
-def test_unusable_bodies_are_422_with_a_detail(gateway: Start) -> None:
-    gw = start(gateway, {})
-    not_json = "body is not valid JSON"
-    no_list = 'body must be a JSON object with a "messages" list'
-    for body, detail in (
-        (b"", not_json),
-        (b"{not json", not_json),
-        (b'{"messages": [{"src": "a", "timestamp": NaN}]}', not_json),
-        (b"[]", no_list),
-        (b'{"msgs": []}', no_list),
-        (b'{"messages": {"src": "a"}}', no_list),
-        (b'{"messages": []}', "batch is empty"),
-    ):
-        r = gw.client().post("/api/ingest/batch", content=body, headers={"X-API-Key": KEY})
-        assert (r.status_code, r.json()) == (422, {"detail": detail}), body
-
-
-def test_gzip_bodies_are_read_and_oversized_bodies_are_413(gateway: Start) -> None:
-    gw = start(gateway, {}, TIDEGATE_SHELLY_MAX_BODY_BYTES="4096")
-    small = orjson.dumps({"messages": [four("plug-1", MINUTE)]})
-    r = gw.client().post(
-        "/api/ingest/batch",
-        content=gzip.compress(small),
-        headers={"X-API-Key": KEY, "Content-Encoding": "gzip"},
-    )
-    assert counters(r) == result(inserted=4)
-    big = orjson.dumps({"messages": [four(f"plug-{i}", MINUTE) for i in range(100)]})
-    for content, headers in (
-        (big, {}),
-        (gzip.compress(big), {"Content-Encoding": "gzip"}),
-    ):
-        r = gw.client().post(
-            "/api/ingest/batch", content=content, headers={"X-API-Key": KEY, **headers}
-        )
-        assert r.status_code == 413, r.text
-    assert stats(gw).json()["total_logs"] == 4
-
-
 # --- Stats -------------------------------------------------------------------------------------
 
 
@@ -589,164 +427,3 @@ def _point(
         "voltage": voltage,
         "current": current,
     }
-
-
-# --- In process: failures the HTTP client cannot cause -------------------------------------------
-
-
-@asynccontextmanager
-async def app_client(
-    tmp_path: Path, **overrides: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    """The app in process (its lifespan run), SQLite registry, embedded sink, the twin or core
-    as the environment chooses."""
-    cfg = Config.from_env(
-        {
-            "TIDEGATE_DATA_DIR": str(tmp_path / "data"),
-            "TIDEGATE_CORE": os.environ.get("TIDEGATE_CORE", "rust"),
-            "INGEST_API_KEY": KEY,
-            **HOLD,
-            **{k: str(v) for k, v in overrides.items()},
-        }
-    )
-    app = create_app(cfg)
-    gw: Gateway = app.state.gateway
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://tidegate") as client:
-            yield client, gw
-
-
-def test_database_that_does_not_answer_is_503_and_nothing_is_buffered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def refuse(*args: object) -> None:
-        raise ConnectionRefusedError("connection refused")
-
-    async def go() -> None:
-        async with app_client(tmp_path) as (client, gw):
-            monkeypatch.setattr(gw.services.registry.power_logs, "insert", refuse)
-            monkeypatch.setattr(gw.services.registry.power_logs, "stats", refuse)
-            headers = {"X-API-Key": KEY}
-            body = {"messages": [four("plug-1", MINUTE)]}
-            r = await client.post("/api/ingest/batch", json=body, headers=headers)
-            assert (r.status_code, r.headers["retry-after"]) == (503, "1")
-            assert r.json() == {"detail": "the database is unavailable; retry later"}
-            r = await client.get("/api/stats/queue", headers=headers)
-            assert r.status_code == 503
-            assert gw.services.buffers.depth() == {}
-
-    run(go())
-
-
-def test_readings_that_would_not_fit_the_buffer_are_503_before_anything_is_stored(
-    tmp_path: Path,
-) -> None:
-    async def go() -> None:
-        # Room for about one line: four readings' line protocol does not fit.
-        async with app_client(tmp_path, TIDEGATE_BUFFER_MAX_BYTES=100) as (client, gw):
-            headers = {"X-API-Key": KEY}
-            body = {"messages": [four("plug-1", MINUTE)]}
-            r = await client.post("/api/ingest/batch", json=body, headers=headers)
-            # Retry-After: the flush interval (HOLD's 600 s), as for the telemetry routes'
-            # BUFFER_FULL.
-            assert (r.status_code, r.headers["retry-after"]) == (503, "600")
-            assert r.json() == {
-                "detail": "ingest buffers are full; retry later",
-                "reason": "BUFFER_FULL",
-            }
-            assert gw.services.buffers.depth() == {}
-            r = await client.get("/api/stats/queue", headers=headers)
-            assert r.json()["total_logs"] == 0
-
-    run(go())
-
-
-def test_lines_that_stop_fitting_after_the_insert_are_counted_and_the_rows_stay(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def go() -> None:
-        async with app_client(tmp_path, TIDEGATE_BUFFER_MAX_BYTES=100) as (client, gw):
-            # Another request fills the buffer between the room check and the insert.
-            monkeypatch.setattr(Shelly, "_room_for", lambda *_: True)
-            headers = {"X-API-Key": KEY}
-            r = await client.post(
-                "/api/ingest/batch", json={"messages": [four("plug-1", MINUTE)]}, headers=headers
-            )
-            assert counters(r) == result(inserted=4)
-            assert gw.services.buffers.depth() == {}
-            metrics = gw.metrics.render().decode()
-            assert "tidegate_shelly_influx_dropped_lines_total 4.0" in metrics
-            assert 'tidegate_shelly_readings_total{outcome="inserted"} 4.0' in metrics
-            r = await client.get("/api/stats/queue", headers=headers)
-            assert r.json()["total_logs"] == 4
-
-    run(go())
-
-
-def test_draining_gateway_answers_503(tmp_path: Path) -> None:
-    async def go() -> None:
-        async with app_client(tmp_path) as (client, gw):
-            gw.draining = True
-            r = await client.post(
-                "/api/ingest/batch",
-                json={"messages": [four("plug-1", MINUTE)]},
-                headers={"X-API-Key": KEY},
-            )
-            assert r.status_code == 503
-            assert "retry-after" in r.headers
-            gw.draining = False
-
-    run(go())
-
-
-def test_shelly_responses_are_timed_and_counted_like_every_route(tmp_path: Path) -> None:
-    async def go() -> None:
-        async with app_client(tmp_path) as (client, gw):
-            headers = {"X-API-Key": KEY}
-            body = {"messages": [four("plug-1", MINUTE)]}
-            assert (await client.post("/api/ingest/batch", json=body, headers=headers)).is_success
-            empty = await client.post("/api/ingest/batch", json={"messages": []}, headers=headers)
-            assert empty.status_code == 422
-            wrong = await client.get("/api/stats/queue", headers={"X-API-Key": "wrong"})
-            assert wrong.status_code == 401
-            metrics = gw.metrics.render().decode()
-            assert 'tidegate_responses_total{route="shelly_batch",status="200"} 1.0' in metrics
-            assert 'tidegate_responses_total{route="shelly_batch",status="422"} 1.0' in metrics
-            assert 'tidegate_responses_total{route="shelly_stats",status="401"} 1.0' in metrics
-            assert 'tidegate_request_seconds_count{route="shelly_batch"} 2.0' in metrics
-            assert 'tidegate_request_seconds_count{route="shelly_stats"} 1.0' in metrics
-
-    run(go())
-
-
-def test_openapi_describes_the_shelly_routes(tmp_path: Path) -> None:
-    async def go() -> None:
-        async with app_client(tmp_path) as (client, _gw):
-            paths = (await client.get("/openapi.json")).json()["paths"]
-            assert set(paths["/api/ingest/batch"]) == {"post"}
-            assert set(paths["/api/stats/queue"]) == {"get"}
-
-    run(go())
-
-
-@pytest.mark.parametrize(
-    ("exc", "down"),
-    [
-        (ConnectionRefusedError("refused"), True),
-        (TimeoutError(), True),
-        (asyncpg.InterfaceError("connection is closed"), True),
-        (asyncpg.exceptions.ConnectionDoesNotExistError("gone"), True),
-        (asyncpg.exceptions.AdminShutdownError("shutdown"), True),
-        (asyncpg.exceptions.TooManyConnectionsError("too many"), True),
-        (sqlite3.OperationalError("database is locked"), True),
-        # A value the client cannot encode or the server refuses: a bug, retrying cannot help.
-        (asyncpg.exceptions._base.DataError("cannot encode"), False),
-        (asyncpg.DataError("invalid input"), False),
-        (asyncpg.UniqueViolationError("duplicate"), False),
-        (sqlite3.IntegrityError("constraint"), False),
-        (ValueError("bug"), False),
-    ],
-)
-def test_only_unreachable_database_errors_are_503(exc: Exception, down: bool) -> None:
-    assert db_down(exc) is down

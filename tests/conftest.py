@@ -1,4 +1,0 @@
-"""Fixtures: real services (services.py) and the gateway process (gateway.py)."""
-
-from gateway import *  # noqa: F403
-from services import *  # noqa: F403
