@@ -398,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     nats_setup = nats.add_parser(
-        "setup", help="write a nats-server config with fresh secrets; print the services' env"
+        "setup",
+        help="write a nats-server config with fresh secrets; print the services' env",
+        parents=[config_file],
     )
     nats_setup.add_argument("--dir", required=True, type=Path, metavar="DIR")
     at = broker.Listeners()
