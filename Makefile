@@ -80,14 +80,15 @@ bench: build services
 # BENCH_ROUNDS rounds and the process's CPU time as the core's timer (other processes on the
 # shared cores then barely move it; bench_shelly keeps the wall clock: its time is PostgreSQL's)
 # keep the medians steady; the threshold comes from the run-to-run spread measured in
-# docs/benchmarks.md. Left out: the memory bench (one round of RSS, not a timing) and the seed's
+# docs/benchmarks.md. Left out: the memory bench (one round of RSS, not a timing), the orjson
+# comparison (one round holding its own interleaved rounds: a ratio, not a timing) and the seed's
 # per-row Shelly loop (no tidegate code: the reference of bench_shelly's speed-up figure).
 BENCH_THRESHOLD ?= 25
 BENCH_ROUNDS ?= 15
 BENCH_STORAGE ?= .benchmarks
 # Empty: the latest saved run; else a stored run's number, e.g. 0001.
 BENCH_BASELINE ?=
-BENCH_RUN = $(VENV)/bin/pytest benches/bench_core.py benches/bench_shelly.py -k 'not memory and not row_loop' -q \
+BENCH_RUN = $(VENV)/bin/pytest benches/bench_core.py benches/bench_shelly.py -k 'not memory and not orjson and not row_loop' -q \
 	--benchmark-enable --benchmark-only --benchmark-storage=file://$(BENCH_STORAGE) \
 	--benchmark-timer=time.process_time --benchmark-disable-gc --benchmark-warmup=on \
 	--benchmark-warmup-iterations=3 --benchmark-min-rounds=$(BENCH_ROUNDS) --benchmark-max-time=2 \

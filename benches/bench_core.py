@@ -14,27 +14,36 @@ Three paths, single thread, each for the compiled core and the twin:
   keeps one type per field, so it rejects nothing).
 Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
 buffer never reaches its cap.
+
+`test_whole_path_over_orjson` sets the compiled core's `with_fields` path beside `orjson.loads`
+alone on the same bodies (which builds Python objects and validates nothing), in one process, the
+two taking turns round by round (CPU time), and prints how many times faster the core is.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import corpus as corpus_module
+import orjson
 import pytest
 from corpus import RECEIVE_NS, Corpus
 from messages import load_core
 
 MEMORY_LINES = 200_000
 IMPLS = ["rust", "python"]
+ORJSON_ROUNDS = 21
 
 
 def warm_admission(core: ModuleType, bodies: list[bytes]) -> Any:
@@ -118,6 +127,43 @@ def measure(
             figures["ratio"] = benchmark.extra_info["rust_over_twin"] = round(ratio, 1)
 
 
+def test_whole_path_over_orjson(benchmark: Any, corpus: Corpus, throughput: dict[str, Any]) -> None:
+    core = load_core("rust")
+    admission = warm_admission(core, corpus.bodies)
+    rounds = ORJSON_ROUNDS if benchmark.enabled else 1
+
+    def compare() -> dict[str, Any]:
+        core_s: list[float] = []
+        orjson_s: list[float] = []
+        # Taking turns: a neighbour's burst or a drifting clock speed falls on both alike.
+        gc.disable()
+        try:
+            for _ in range(rounds):
+                start = time.process_time()
+                assert ingest(core, corpus.bodies, admission, "with_fields") == corpus.valid
+                core_s.append(time.process_time() - start)
+                start = time.process_time()
+                for body in corpus.bodies:
+                    orjson.loads(body)
+                orjson_s.append(time.process_time() - start)
+        finally:
+            gc.enable()
+        core_ns, orjson_ns = (
+            statistics.median(s) / corpus.messages * 1e9 for s in (core_s, orjson_s)
+        )
+        return {
+            "core_ns_per_msg": round(core_ns),
+            "orjson_ns_per_msg": round(orjson_ns),
+            "core_over_orjson": round(orjson_ns / core_ns, 2) if core_ns else 0.0,
+            "rounds": rounds,
+        }
+
+    result = benchmark.pedantic(compare, rounds=1, iterations=1)
+    if benchmark.enabled:
+        benchmark.extra_info.update(result)
+        throughput["orjson"] = result
+
+
 def test_memory_per_buffered_line(benchmark: Any, throughput: dict[str, Any]) -> None:
     # A fresh process: a heap that earlier tests freed would hide the buffers' growth.
     def measure() -> dict[str, Any]:
@@ -173,5 +219,18 @@ def rss_bytes() -> int:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def passes(count: int, path: str) -> None:
+    """`count` passes of the corpus through `path` of the compiled core, for an instruction
+    count: `valgrind --tool=callgrind` of N and of M passes, the difference over (N - M) x
+    20,000 messages is the path's instructions per message, whatever the machine's load."""
+    bodies = corpus_module.build().bodies
+    core = load_core("rust")
+    admission = warm_admission(core, bodies) if path != "core" else None
+    for _ in range(count):
+        ingest(core, bodies, admission, path)
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["memory"]:
     print(json.dumps(memory_report()))
+elif __name__ == "__main__" and sys.argv[1:2] == ["passes"]:
+    passes(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "with_fields")

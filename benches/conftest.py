@@ -48,6 +48,21 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                 f"{path:<15}{impl:<8}{row['msgs_per_s']:>16,}{row['ns_per_msg']:>10,}"
                 f"{row['msgs_per_s_best']:>16,}{ratio:>11}"
             )
+    if "orjson" in figures:
+        o = figures["orjson"]
+        write(
+            f"whole path (with_fields) {o['core_ns_per_msg']:,} ns/msg vs orjson.loads alone "
+            f"{o['orjson_ns_per_msg']:,} ns/msg: the core is {o['core_over_orjson']}x orjson's "
+            f"speed (CPU time, medians of {o['rounds']} interleaved rounds)"
+        )
+    if "accept" in figures:
+        a = figures["accept"]
+        write(
+            f"buffering a request, CPU s per 100k msgs: memory {a['memory_cpu_s_per_100k']}, "
+            f"wal + interval {a['wal_interval_cpu_s_per_100k']} ({a['wal_over_memory']}x; "
+            f"medians of {a['rounds']} alternating rounds); wal + always: "
+            f"{a['always_records_per_fsync']} records per fsync"
+        )
     if "memory" in figures:
         m = figures["memory"]
         write(

@@ -24,11 +24,20 @@ tree, side by side in one run on the same bodies:
 
     python benches/load/run.py --cores rust --baseline base-c4f33ef --paced-rate 0
 
-`--alternate PAIRS` (direct mode, saturated phases only) starts the baseline and the working tree
-at once and lets them take turns, PAIRS runs each, then prints a `mean of PAIRS` row per build:
-on a shared machine whose speed drifts within minutes, only alternating runs compare fairly.
+`--alternate PAIRS` (direct mode, saturated phases only) starts the baseline and the working tree,
+each with every --durability, at once and lets them all take turns, PAIRS runs each, then prints
+a `mean of PAIRS` row per build and durability: on a shared machine whose speed drifts within
+minutes, only alternating runs compare fairly.
 
     python benches/load/run.py --cores rust --baseline base-c4f33ef --alternate 4 --duration 10
+
+`--ceiling` also starts the HTTP ceiling (benches/load/ceiling.py: a Starlette route that only
+reads the bodies, one uvicorn worker) and runs it under the same load: once before the matrix,
+or with --alternate as one more turn of every pair. Each row then shows its share of the
+ceiling's mean rate:
+
+    python benches/load/run.py --cores rust --durability memory,wal-interval --alternate 3 \
+        --duration 10 --paced-rate 0 --ceiling
 
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
 """
@@ -57,16 +66,17 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(HERE)]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
 from gateway import GatewayProcess, poll, run_gateway  # noqa: E402
 from procs import CpuMeter  # noqa: E402
-from services import InfluxDB, NatsServer, PostgresCluster  # noqa: E402
+from services import InfluxDB, NatsServer, PostgresCluster, free_port  # noqa: E402
 from test_nats_stream import set_up  # noqa: E402
 from tidegate.config import Config  # noqa: E402
 from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
+CEILING_APP = HERE / "ceiling.py"
 BATCH = 100
 WORKING = "working tree"
 
@@ -490,24 +500,105 @@ def run_one(
     return results
 
 
-def run_alternating(s: Setup, builds: list[Build], case: Case, pairs: int) -> list[dict[str, Any]]:
-    """Every build started and warmed at once, then `pairs` saturated phases each, the builds
-    taking turns (and turns about who goes first): on a machine whose speed drifts, a drift hits
-    both alike. Ends with one row per build of the runs' means."""
+class Ceiling:
+    """The HTTP ceiling app (ceiling.py) in a process of its own, with this interpreter."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = (workdir / "ceiling.log").open("wb")
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CEILING_APP), port], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        poll(self._up, wait_s=60)
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def phase(self, s: Setup, listing: Path) -> dict[str, Any]:
+        """One saturated phase; every request counts as BATCH messages (it reads them all)."""
+        cpu = CpuMeter({"ceiling": self.proc.pid})
+        cpu.start()
+        rss_start = rss_kib(self.proc.pid)
+        result = wrk(self.url, listing, s.duration, s.connections, s.threads)
+        cpu.stop()
+        seconds = result["duration_us"] / 1e6
+        messages = result["requests"] * BATCH
+        rss_end = round(rss_kib(self.proc.pid) / 1024, 1)
+        row = {
+            "build": "http ceiling",
+            **dict.fromkeys(("mode", "core", "sink", "registry", "durability"), "-"),
+            "phase": "ceiling",
+            "requests": result["requests"],
+            "req_per_s": round(result["requests"] / seconds, 1),
+            "accepted_msgs_per_s": round(messages / seconds),
+            "rejected_msgs": 0,
+            "http_errors": result["status_errors"] + result["read_errors"] + result["timeouts"],
+            **{f"p{p}_ms": result[f"p{p}_us"] / 1000 for p in ("50", "90", "99", "999")},
+            "rss_start_mib": round(rss_start / 1024, 1),
+            "rss_end_mib": rss_end,
+            "rss_max_mib": rss_end,
+            "records_per_fsync": None,
+            "cpu_s_per_100k": cpu.per_100k(messages),
+            "seconds": round(seconds, 2),
+        }
+        print(json.dumps(row), flush=True)
+        return row
+
+    def stop(self) -> None:
+        """Stop the app and close its log."""
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def with_shares(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each gateway row with its share of the ceiling rows' mean rate (when there are any)."""
+    ceilings = [r["accepted_msgs_per_s"] for r in rows if r["phase"] == "ceiling"]
+    if not ceilings:
+        return rows
+    ceiling = statistics.mean(ceilings)
+    return [
+        r
+        if r["phase"] == "ceiling"
+        else {**r, "ceiling_share": round(r["accepted_msgs_per_s"] / ceiling, 3)}
+        for r in rows
+    ]
+
+
+def run_alternating(
+    s: Setup, entries: list[tuple[Build, Case]], pairs: int, ceiling: Ceiling | None
+) -> list[dict[str, Any]]:
+    """Every (build, case) started and warmed at once, then `pairs` saturated phases each, all
+    of them (and the ceiling, if given) taking turns (and turns about who goes first): on a
+    machine whose speed drifts, a drift hits all alike. Ends with one row per (build, case) of
+    the runs' means."""
     runs: list[Running] = []
-    rows: dict[str, list[dict[str, Any]]] = {b.name: [] for b in builds}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    ceiling_rows: list[dict[str, Any]] = []
     try:
-        for build in builds:
+        for build, case in entries:
             runs.append(start(s, build, case))
+            rows[runs[-1].name] = []
         for pair in range(pairs):
-            for run in runs if pair % 2 == 0 else runs[::-1]:
-                rows[run.tags["build"]].append(saturated(s, run))
+            turns: list[Running | None] = [*runs, None] if ceiling else [*runs]
+            for run in turns if pair % 2 == 0 else turns[::-1]:
+                if run is None:
+                    assert ceiling is not None
+                    ceiling_rows.append(ceiling.phase(s, runs[0].listing))
+                else:
+                    rows[run.name].append(saturated(s, run))
     finally:
         for run in runs:
             run.stop()
-    return [row for build in rows.values() for row in build] + [
-        mean_row(build) for build in rows.values() if build
-    ]
+    return (
+        [row for entry in rows.values() for row in entry]
+        + [mean_row(entry) for entry in rows.values() if entry]
+        + ceiling_rows
+    )
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -528,8 +619,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| build | mode | core | sink | registry | durability | phase | accepted msgs/s | req/s "
         "| p50 ms | p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync "
-        "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms |\n"
-        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|\n"
+        "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms | share of ceiling |\n"
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|\n"
     )
     lines = [
         f"| {r['build']} | {r['mode']} | {r['core']} | {r['sink']} | {r['registry']} "
@@ -540,7 +631,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"| {r['records_per_fsync'] or '-'} "
         f"| {', '.join(f'{k} {v}' for k, v in r['cpu_s_per_100k'].items())} "
         f"| {r.get('worker_msgs_per_s') or '-'} "
-        f"| {r.get('delivery_p50_ms') or '-'} / {r.get('delivery_p99_ms') or '-'} |"
+        f"| {r.get('delivery_p50_ms') or '-'} / {r.get('delivery_p99_ms') or '-'} "
+        f"| {format(r['ceiling_share'], '.1%') if 'ceiling_share' in r else '-'} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -599,9 +691,15 @@ def main() -> None:
         type=int,
         default=0,
         metavar="PAIRS",
-        help="direct mode, saturated only: start every build at once and run PAIRS saturated "
-        "phases each, the builds taking turns (with --baseline: a fair comparison on a machine "
-        "whose speed drifts); adds a `mean of PAIRS` row per build",
+        help="direct mode, saturated only: start every build with every durability at once and "
+        "run PAIRS saturated phases each, all taking turns (a fair comparison on a machine whose "
+        "speed drifts); adds a `mean of PAIRS` row per build and durability",
+    )
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run the HTTP ceiling app (a route that only reads the bodies) under the same "
+        "load, and print each row's share of it",
     )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
@@ -626,8 +724,13 @@ def main() -> None:
     modes = args.modes.split(",")
     syncs = [None if v == "default" else v for v in args.nats_sync.split(",")]
     rows: list[dict[str, Any]] = []
+    ceiling: Ceiling | None = None
     try:
         builds = [Build(WORKING)]
+        if args.ceiling:
+            ceiling = Ceiling(workdir)
+            if not args.alternate:
+                rows.append(ceiling.phase(s, write_bodies(s)))
         if args.baseline:
             builds.insert(0, build_baseline(args.baseline, workdir))
         if pg:
@@ -645,8 +748,8 @@ def main() -> None:
                         if "direct" in modes and (core == "rust" or durability == "memory")
                     ]
                     if args.alternate:
-                        for case in direct:
-                            rows += run_alternating(s, builds, case, args.alternate)
+                        entries = [(build, case) for case in direct for build in builds]
+                        rows += run_alternating(s, entries, args.alternate, ceiling)
                         continue
                     for build in builds:
                         for case in direct:
@@ -656,13 +759,15 @@ def main() -> None:
                             for sync in syncs:
                                 rows += run_nats(s, build, case, args, sync)
     finally:
+        if ceiling:
+            ceiling.stop()
         remove_baseline(workdir)
         if influx:
             influx.cleanup()
         if pg:
             pg.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
-    out = table(rows)
+    out = table(with_shares(rows))
     print(out)
     if args.out:
         with args.out.open("a") as f:

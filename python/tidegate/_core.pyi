@@ -391,7 +391,9 @@ class Wal:
     `sync_interval_ms` by a background thread), buffers the lines. One writer
     thread writes every append queued while the previous write ran in one write and one
     fdatasync (group commit). `submit`/`submit_lines` only queue (GIL released); an event loop
-    collects the outcomes with `completed` when `wakeup_fd` is readable.
+    collects the outcomes with `completed` when `wakeup_fd` is readable. With
+    `sync="interval"`, `append`/`append_lines` write in the calling thread instead (GIL
+    released) and return at once: a 202 then waits for nothing but that write.
 
     Opening replays every record above the checkpoint into `buffers` with its mark. A segment
     is deleted once `buffers.delivered_through` covers it (checked every second and by
@@ -419,6 +421,15 @@ class Wal:
     def submit_lines(self, tenant: str, lines: bytes, line_count: int) -> int | None:
         """`submit` for one tenant's encoded lines, all or nothing: a ticket, or None when they
         do not fit the buffers (nothing logged)."""
+
+    def append(self, batch: Batch) -> list[str]:
+        """`sync="interval"` only (else ValueError): log and buffer the batch's accepted lines
+        at once; the tenants now at a flush threshold. Raises like `submit`: then nothing of
+        the batch is stored."""
+
+    def append_lines(self, tenant: str, lines: bytes, line_count: int) -> list[str] | None:
+        """`append` for one tenant's encoded lines, all or nothing: the tenants now at a flush
+        threshold, or None when they do not fit the buffers (nothing logged)."""
 
     def completed(self) -> list[tuple[int, list[str], WalFull | WalUnavailable | None]]:
         """Outcomes of submitted appends since the last call: `(ticket, tenants now at a flush

@@ -4,9 +4,12 @@
 `wal`: they go through the core's write-ahead log (`_core.Wal`, under `data_dir/wal`): room is
 taken in the buffers, the records are written and (TIDEGATE_WAL_SYNC=always) fsynced together
 with every other request waiting at that moment, and only then are the lines buffered and the
-202 sent. The route only queues the records (microseconds, GIL released) and awaits a future:
-the core's writer thread does the write and fsync and signals completed groups on a socket the
-event loop watches, so the loop never waits on disk and no thread waits per request. Opening
+202 sent. With `always` the route only queues the records (microseconds, GIL released) and
+awaits a future: the core's writer thread does the write and fsync and signals completed groups
+on a socket the event loop watches, so the loop never waits on disk and no thread waits per
+request. With `interval` (the default) a 202 waits for no fsync, only for the write into the
+page cache: the route does that write itself (`Wal.append`, GIL released), which costs less than
+the hop to the writer thread and back. Opening
 the log replays what a crash left undelivered before the gateway serves; if the directory
 cannot be used at start, appends get 503 and the open is retried every second.
 """
@@ -47,6 +50,9 @@ class Accept:
         whose lines JetStream keeps until they are written)."""
         self.buffers = buffers
         self.durable = logged and cfg.durability == "wal"
+        # Sync "interval": a 202 waits only for the write, done at once in this thread (GIL
+        # released); the writer thread, its wakeup and a future per request cost more.
+        self._inline = cfg.wal_sync == "interval"
         self._cfg = cfg
         self._wal: Wal | None = None
         self._open_error: str | None = None
@@ -113,6 +119,8 @@ class Accept:
             return self.buffers.append(batch, mark)
         wal = self._usable()
         try:
+            if self._inline:
+                return wal.append(batch)
             ticket = wal.submit(batch)
         except (WalFull, WalUnavailable) as exc:
             raise _refused(exc) from None
@@ -125,6 +133,8 @@ class Accept:
             return self.buffers.append_lines(tenant, lines, line_count, mark)
         wal = self._usable()
         try:
+            if self._inline:
+                return wal.append_lines(tenant, lines, line_count) is not None
             ticket = wal.submit_lines(tenant, lines, line_count)
         except (WalFull, WalUnavailable) as exc:
             raise _refused(exc) from None

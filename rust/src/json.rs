@@ -522,12 +522,15 @@ impl<'a> Reader<'a> {
 fn skip_plain(b: &[u8], i: usize) -> usize {
     // Ids, keys and values end within a few words; past those, the string is a blob.
     let near = b.len().min(i + SHORT_STRING);
-    let j = words::find(
-        b.get(..near).expect("near is at most the length"),
-        i,
-        |w| words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20),
-        |c| STRING_STOP[usize::from(c)],
-    );
+    let head = b.get(..near).expect("near is at most the length");
+    let j = words::find_string_stop(head, i).unwrap_or_else(|rest| {
+        words::find(
+            head,
+            rest,
+            |w| words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20),
+            |c| STRING_STOP[usize::from(c)],
+        )
+    });
     if j < near || near == b.len() {
         return j;
     }

@@ -559,6 +559,35 @@ struct PyWal {
     inner: wal::Wal,
 }
 
+impl PyWal {
+    /// `append` (or `submit`) of the batch without the GIL; a log error as its exception.
+    fn with_batch<T: Send>(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyBatch>,
+        append: impl FnOnce(&wal::Wal, &mut batch::Batch) -> Result<T, wal::WalError> + Send,
+    ) -> PyResult<T> {
+        let mut batch = batch.try_borrow_mut()?;
+        let batch = &mut batch.inner;
+        py.detach(|| append(&self.inner, batch))
+            .map_err(|e| wal_error(py, &e))
+    }
+
+    /// `with_batch` for one tenant's encoded lines.
+    fn with_lines<T: Send>(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+        append: impl FnOnce(&wal::Wal, &str, &[u8], usize) -> Result<T, wal::WalError> + Send,
+    ) -> PyResult<T> {
+        let line_count = count("line_count", line_count)?;
+        py.detach(|| append(&self.inner, tenant, lines, line_count))
+            .map_err(|e| wal_error(py, &e))
+    }
+}
+
 #[pymethods]
 impl PyWal {
     /// Open (create) the log in `directory` and replay it into `buffers`. Runs without the GIL.
@@ -606,10 +635,7 @@ impl PyWal {
     /// Queue the batch's accepted lines to be logged, then buffered: a ticket (0: nothing to
     /// log) whose outcome `completed` reports.
     fn submit(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<u64> {
-        let mut batch = batch.try_borrow_mut()?;
-        let batch = &mut batch.inner;
-        py.detach(|| self.inner.submit(batch))
-            .map_err(|e| wal_error(py, &e))
+        self.with_batch(py, batch, wal::Wal::submit)
     }
 
     /// `submit` for one tenant's encoded lines, all or nothing: None when they do not fit.
@@ -620,9 +646,24 @@ impl PyWal {
         lines: &[u8],
         line_count: i64,
     ) -> PyResult<Option<u64>> {
-        let line_count = count("line_count", line_count)?;
-        py.detach(|| self.inner.submit_lines(tenant, lines, line_count))
-            .map_err(|e| wal_error(py, &e))
+        self.with_lines(py, tenant, lines, line_count, wal::Wal::submit_lines)
+    }
+
+    /// Sync "interval" only: log and buffer the batch's accepted lines at once (GIL
+    /// released); the tenants now at a flush threshold.
+    fn append(&self, py: Python<'_>, batch: &Bound<'_, PyBatch>) -> PyResult<Vec<String>> {
+        self.with_batch(py, batch, wal::Wal::append)
+    }
+
+    /// `append` for one tenant's encoded lines, all or nothing: None when they do not fit.
+    fn append_lines(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        lines: &[u8],
+        line_count: i64,
+    ) -> PyResult<Option<Vec<String>>> {
+        self.with_lines(py, tenant, lines, line_count, wal::Wal::append_lines)
     }
 
     /// Outcomes of submitted appends since the last call: `(ticket, ready tenants, error)`.

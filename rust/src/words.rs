@@ -71,6 +71,73 @@ pub fn find(
     len.max(i)
 }
 
+/// Index of the first byte at or after `i` that `stops` flags, 16 bytes at a time: `stops`
+/// takes a block as its two little-endian words and returns one bit per flagged byte (lowest
+/// bit: first byte). `Err(j)`: none in `i..j`, and fewer than 16 bytes remain from `j` (for
+/// `find` to finish). Most string values and keys end within one block, where the word loop
+/// takes two or three.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn find_blocks(b: &[u8], mut i: usize, stops: impl Fn(u64, u64) -> u32) -> Result<usize, usize> {
+    while let (Some(lo), Some(hi)) = (load(b, i), load(b, i + 8)) {
+        let mask = stops(lo, hi);
+        if mask != 0 {
+            return Ok(i + mask.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    Err(i)
+}
+
+/// `find_blocks` for the bytes that end a JSON string's plain run: `"`, `\\` and control
+/// characters (below 0x20).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn find_string_stop(b: &[u8], i: usize) -> Result<usize, usize> {
+    find_blocks(b, i, string_stops)
+}
+
+/// Without SSE2 no block is taken: `find` does it all.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn find_string_stop(_b: &[u8], i: usize) -> Result<usize, usize> {
+    Err(i)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn string_stops(lo: u64, hi: u64) -> u32 {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128};
+    // SAFETY: SSE2 is part of the x86-64 baseline (compiled for x86-64 only); the intrinsics
+    // work on registers only.
+    unsafe {
+        let v = block(lo, hi);
+        let stops = _mm_or_si128(
+            _mm_or_si128(
+                _mm_cmpeq_epi8(v, splat(b'"')),
+                _mm_cmpeq_epi8(v, splat(b'\\')),
+            ),
+            // Unsigned `v <= 0x1f`: the minimum is `v` itself.
+            _mm_cmpeq_epi8(_mm_min_epu8(v, splat(0x1f)), v),
+        );
+        _mm_movemask_epi8(stops) as u32
+    }
+}
+
+/// The 16 bytes of two little-endian words (`lo` first) in an SSE2 register; the compiler
+/// fuses the two word loads into one unaligned 16-byte load.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block(lo: u64, hi: u64) -> std::arch::x86_64::__m128i {
+    std::arch::x86_64::_mm_set_epi64x(hi as i64, lo as i64)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn splat(c: u8) -> std::arch::x86_64::__m128i {
+    std::arch::x86_64::_mm_set1_epi8(c as i8)
+}
+
 /// The 8 bytes of `b` from `at` as a little-endian word; `None` when fewer remain.
 #[inline(always)]
 pub fn load(b: &[u8], at: usize) -> Option<u64> {
@@ -147,6 +214,32 @@ mod tests {
         for a in &texts {
             for b in &texts {
                 assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn find_string_stop_agrees_with_a_byte_loop() {
+        let stop = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+        let alphabet = [b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'Z'];
+        for len in 0..70usize {
+            for special in 0..=len {
+                for &c in &alphabet {
+                    let mut b: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                    if special < len {
+                        b[special] = c;
+                    }
+                    for start in 0..=len {
+                        let want = (start..len).find(|&i| stop(b[i]));
+                        match find_string_stop(&b, start) {
+                            Ok(j) => assert_eq!(Some(j), want, "{b:?} from {start}"),
+                            Err(j) => {
+                                assert!(j >= start && j + 16 > len.max(j), "{b:?} {start} {j}");
+                                assert!(want.is_none_or(|w| w >= j), "{b:?} from {start}");
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -156,3 +156,48 @@ def test_a_refused_submit_raises_at_once_and_stores_nothing(tmp_path: Path) -> N
         wal.submit(core.parse_batch(batch_body(message()), RECEIVE_NS))
     assert buffers.total_bytes == 0
     assert buffers.take_delivered() == [1]
+
+
+def test_with_sync_interval_an_append_is_logged_and_buffered_at_once(tmp_path: Path) -> None:
+    buffers = core.TenantBuffers(batch_size=2)
+    wal = core.Wal(buffers, tmp_path, sync="interval")
+    batch = core.parse_batch(
+        batch_body(message(), message(), message(tenant_id="beta")), RECEIVE_NS
+    )
+    assert wal.append(batch) == ["acme"]
+    assert wal.append_lines("gamma", b"m v=1i 1\n", 1) == []
+    assert wal.completed() == []
+    assert buffers.depth() == {
+        "acme": (2, buffers.depth()["acme"][1]),
+        "beta": (1, buffers.depth()["beta"][1]),
+        "gamma": (1, 9),
+    }
+    stats = wal.stats()
+    assert (stats["appended_records"], stats["groups"]) == (3, 2)
+    stored = buffers.depth()
+    wal.close()
+
+    buffers = core.TenantBuffers(batch_size=2)
+    wal = core.Wal(buffers, tmp_path, sync="interval")
+    assert wal.replay()[0]["records"] == 3
+    assert buffers.depth() == stored
+
+
+def test_with_sync_interval_a_refused_append_raises_and_stores_nothing(tmp_path: Path) -> None:
+    buffers = core.TenantBuffers()
+    wal = core.Wal(buffers, tmp_path, sync="interval", max_bytes=10)
+    with pytest.raises(core.WalFull):
+        wal.append(core.parse_batch(batch_body(message()), RECEIVE_NS))
+    with pytest.raises(core.WalFull):
+        wal.append_lines("t", b"x" * 5 + b"\n", 1)
+    assert buffers.total_bytes == 0
+    assert buffers.take_delivered() == [1, 2]
+
+
+def test_with_sync_always_an_append_at_once_is_refused(tmp_path: Path) -> None:
+    buffers, wal = open_wal(tmp_path)
+    with pytest.raises(ValueError, match='sync must be "interval"'):
+        wal.append(core.parse_batch(batch_body(message()), RECEIVE_NS))
+    with pytest.raises(ValueError, match='sync must be "interval"'):
+        wal.append_lines("t", b"m v=1i 1\n", 1)
+    assert buffers.total_bytes == 0

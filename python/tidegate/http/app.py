@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import socket
 from collections.abc import Iterator
@@ -112,10 +113,16 @@ class _Server(SignalServer):
         self._ops_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Start the public listener, then the ops listener."""
+        """Start the public listener, then the ops listener; freeze what start-up built."""
         await super().startup(sockets)
         if not self.should_exit:
             self._ops_task = asyncio.create_task(self._ops.serve([self._ops_socket]))
+            # What start-up built (modules, the app, the registry, the replayed log) lives as
+            # long as the process. Frozen, it is out of the collector's reach: a full
+            # collection, which sustained load triggers now and then, walked those ~42k
+            # objects in ~20 ms of CPU with the event loop stopped, twice a short run's p99.
+            gc.collect()
+            gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Shut the public listener and flush, then stop the ops listener."""

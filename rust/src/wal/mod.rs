@@ -39,10 +39,19 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::batch::Batch;
-use crate::buffer::{TenantBuffers, TenantLines};
+use crate::buffer::{Reservation, TenantBuffers, TenantLines};
 use crate::errors::UsageError;
 use segment::{read_checkpoint, read_segments, Checkpoint, Files, Segment};
 use writer::{Queue, Shared, State};
+
+/// The batch's accepted lines per tenant, as a record holds them.
+fn owned_lines(batch: &Batch) -> Vec<TenantLines> {
+    batch
+        .tenant_lines()
+        .into_iter()
+        .map(|(t, l, n)| (t.to_owned(), l, n))
+        .collect()
+}
 
 /// When an append completes: after its records are fsynced, or after `write` (fsynced by a
 /// background thread every interval: survives a process crash, not a power cut).
@@ -294,12 +303,7 @@ impl Wal {
         if reservation.is_empty() {
             return Ok(None);
         }
-        let lines: Vec<TenantLines> = batch
-            .tenant_lines()
-            .into_iter()
-            .map(|(t, l, n)| (t.to_owned(), l, n))
-            .collect();
-        self.shared.queue(reservation, lines).map(Some)
+        self.shared.queue(reservation, owned_lines(batch)).map(Some)
     }
 
     /// `queue_batch` for one tenant's encoded lines, all or nothing: `Ok(None)` when they do
@@ -310,18 +314,28 @@ impl Wal {
         lines: &[u8],
         line_count: usize,
     ) -> Result<Option<u64>, WalError> {
-        if tenant.len() > u16::MAX as usize {
-            return Err(UsageError::TenantTooLong { len: tenant.len() }.into());
-        }
-        let Some(reservation) = self
-            .shared
-            .buffers
-            .reserve_lines(tenant, lines, line_count)?
-        else {
+        let Some(reservation) = self.reserve_lines(tenant, lines, line_count)? else {
             return Ok(None);
         };
         let lines = vec![(tenant.to_owned(), lines.to_vec(), line_count)];
         self.shared.queue(reservation, lines).map(Some)
+    }
+
+    /// Room in the buffers for one tenant's lines (None: they do not fit); a record holds
+    /// tenant names of up to 64 KiB.
+    fn reserve_lines(
+        &self,
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+    ) -> Result<Option<Reservation>, WalError> {
+        if tenant.len() > u16::MAX as usize {
+            return Err(UsageError::TenantTooLong { len: tenant.len() }.into());
+        }
+        Ok(self
+            .shared
+            .buffers
+            .reserve_lines(tenant, lines, line_count)?)
     }
 
     /// Queues the batch's accepted lines for logging: room is taken in the buffers first
@@ -332,6 +346,46 @@ impl Wal {
     /// queueing (the cap, a failed log) are returned at once.
     pub fn submit(&self, batch: &mut Batch) -> Result<u64, WalError> {
         Ok(self.queue_batch(batch)?.unwrap_or(0))
+    }
+
+    /// Sync `Interval` only: `submit` done at once in the calling thread, without the writer
+    /// thread, `completed` or the wakeup: the batch's accepted lines are written to the log and
+    /// stored; returns the tenants now at a flush threshold. On an error nothing is stored.
+    pub fn append(&self, batch: &mut Batch) -> Result<Vec<String>, WalError> {
+        self.inline_only()?;
+        let reservation = self.shared.buffers.reserve(batch)?;
+        if reservation.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.shared.write_now(reservation, &owned_lines(batch))
+    }
+
+    /// `append` for one tenant's encoded lines, all or nothing: None when they do not fit the
+    /// buffers (nothing logged).
+    pub fn append_lines(
+        &self,
+        tenant: &str,
+        lines: &[u8],
+        line_count: usize,
+    ) -> Result<Option<Vec<String>>, WalError> {
+        self.inline_only()?;
+        let Some(reservation) = self.reserve_lines(tenant, lines, line_count)? else {
+            return Ok(None);
+        };
+        let lines = [(tenant.to_owned(), lines.to_vec(), line_count)];
+        self.shared.write_now(reservation, &lines).map(Some)
+    }
+
+    /// Sync `Always` answers after an fsync: waiting for it in the caller would block it.
+    fn inline_only(&self) -> Result<(), WalError> {
+        match self.shared.cfg.sync {
+            SyncMode::Interval(_) => Ok(()),
+            SyncMode::Always => Err(UsageError::BadSetting {
+                name: "sync",
+                rule: "\"interval\" for an append written at once",
+            }
+            .into()),
+        }
     }
 
     /// `submit` for one tenant's encoded lines, all or nothing: None when they do not fit the
@@ -507,15 +561,24 @@ mod tests {
 
         /// Random appends, deliveries, checkpoints and crashes (a torn record at the tail):
         /// every acknowledged, undelivered line comes back exactly once, and nothing at or
-        /// below a written checkpoint ever does.
+        /// below a written checkpoint ever does. `inline`: sync interval, appends written at
+        /// once in the caller (`append_lines`) rather than by the writer thread.
         #[test]
         fn no_acknowledged_line_is_lost_and_no_checkpointed_one_returns(
             ops in proptest::collection::vec(op(), 1..60),
             segment_bytes in 30u64..400,
             max_bytes in 200u64..3000,
+            inline in any::<bool>(),
         ) {
             let dir = TestDir::new();
-            let cfg = config(&dir.0, max_bytes, segment_bytes);
+            let cfg = WalConfig {
+                sync: if inline {
+                    SyncMode::Interval(Duration::from_secs(3600))
+                } else {
+                    SyncMode::Always
+                },
+                ..config(&dir.0, max_bytes, segment_bytes)
+            };
             let mut wal = open(&cfg);
             let mut next_line = 0u32;
             // Acknowledged line -> its mark; lines settled since.
@@ -533,7 +596,13 @@ mod tests {
                             .collect();
                         let body = text.iter().map(|l| format!("{l}\n")).collect::<String>();
                         let tenant = format!("t{tenant}");
-                        match append_lines(&wal, &tenant, body.as_bytes(), text.len()) {
+                        let appended = if inline {
+                            wal.append_lines(&tenant, body.as_bytes(), text.len())
+                                .map(|ready| ready.is_some())
+                        } else {
+                            append_lines(&wal, &tenant, body.as_bytes(), text.len())
+                        };
+                        match appended {
                             Ok(true) => {
                                 let mark = wal.buffers().last_mark();
                                 for line in text {

@@ -68,16 +68,11 @@ impl Shared {
         reservation: Reservation,
         lines: Vec<TenantLines>,
     ) -> Result<u64, WalError> {
-        let mut records = Vec::with_capacity(lines.iter().map(|l| l.1.len() + 64).sum());
-        for (tenant, data, n) in &lines {
-            encode_record(&mut records, reservation.mark, tenant, data, *n);
-        }
-        let marks = Marks::of(reservation.mark);
-        let count = lines.len() as u64;
+        let group = Self::group_of(&reservation, &lines);
         self.enqueue(
-            records,
-            count,
-            marks,
+            group.data,
+            group.records,
+            group.marks,
             Some((reservation, lines)),
             true,
             false,
@@ -88,6 +83,86 @@ impl Shared {
             }
             e
         })
+    }
+
+    /// Sync `Interval`: writes one append's records in the calling thread and stores its
+    /// lines; the tenants now at a flush threshold. A 202 in this mode waits only for the
+    /// `write` (the maintenance thread fsyncs every interval), so the writer thread's hop, the
+    /// wakeup byte and the event loop's future cost more than the write itself.
+    pub(super) fn write_now(
+        &self,
+        reservation: Reservation,
+        lines: &[TenantLines],
+    ) -> Result<Vec<String>, WalError> {
+        let group = Self::group_of(&reservation, lines);
+        {
+            let mut state = lock(&self.state);
+            if let Some(error) = self.refusal(&state, group.data.len(), false) {
+                drop(state);
+                self.buffers.cancel(reservation);
+                return Err(error);
+            }
+            state.bytes += group.data.len() as u64;
+        }
+        let result = self.write_group(&group);
+        self.count_group(&mut lock(&self.state), &group, &result);
+        match result {
+            Ok(_) => Ok(self.buffers.commit(reservation, lines)),
+            Err(e) => {
+                self.buffers.cancel(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    /// The records of one append's lines, as a group of their own.
+    fn group_of(reservation: &Reservation, lines: &[TenantLines]) -> Queue {
+        let mut data = Vec::with_capacity(lines.iter().map(|l| l.1.len() + 64).sum());
+        for (tenant, bytes, n) in lines {
+            encode_record(&mut data, reservation.mark, tenant, bytes, *n);
+        }
+        Queue {
+            data,
+            records: lines.len() as u64,
+            marks: Marks::of(reservation.mark),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Why `bytes` more cannot be logged now (`force`: past the cap), or None.
+    fn refusal(&self, state: &State, bytes: usize, force: bool) -> Option<WalError> {
+        if let Some(why) = &state.failed {
+            Some(WalError::Failed(why.clone()))
+        } else if state.closing {
+            Some(WalError::Io("the write-ahead log is closed".to_owned()))
+        } else if !force && state.bytes + bytes as u64 > self.cfg.max_bytes {
+            Some(WalError::Full {
+                max_bytes: self.cfg.max_bytes,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Counts a written group (or, failed, gives its bytes back and fails the log).
+    fn count_group(&self, state: &mut State, group: &Queue, result: &Result<bool, WalError>) {
+        match result {
+            Ok(synced) => {
+                state.stats.groups += 1;
+                state.stats.appended_records += group.records;
+                if *synced {
+                    state.stats.fsyncs += 1;
+                    state.stats.synced_records += group.records;
+                }
+            }
+            Err(error) => {
+                state.bytes -= group.data.len() as u64;
+                if let WalError::Failed(why) = error {
+                    state.failed = Some(why.clone());
+                    state.stats.failed = Some(why.clone());
+                }
+            }
+        }
     }
 
     /// Adds records to the queued group; `force` skips the cap (compaction frees more than it
@@ -103,18 +178,7 @@ impl Shared {
         force: bool,
     ) -> Result<u64, (WalError, Option<(Reservation, Vec<TenantLines>)>)> {
         let mut state = lock(&self.state);
-        let refused = if let Some(why) = &state.failed {
-            Some(WalError::Failed(why.clone()))
-        } else if state.closing {
-            Some(WalError::Io("the write-ahead log is closed".to_owned()))
-        } else if !force && state.bytes + records.len() as u64 > self.cfg.max_bytes {
-            Some(WalError::Full {
-                max_bytes: self.cfg.max_bytes,
-            })
-        } else {
-            None
-        };
-        if let Some(error) = refused {
+        if let Some(error) = self.refusal(&state, records.len(), force) {
             return Err((error, store));
         }
         state.bytes += records.len() as u64;
@@ -161,7 +225,7 @@ impl Shared {
             if state.queue.entries.is_empty() {
                 return;
             }
-            let queue = std::mem::take(&mut state.queue);
+            let mut queue = std::mem::take(&mut state.queue);
             let failed = state.failed.clone();
             drop(state);
             let result = match failed {
@@ -170,7 +234,7 @@ impl Shared {
             };
             // Stored before anyone is told: a 202 follows both the fsync and the buffering.
             let mut outcomes = Vec::with_capacity(queue.entries.len());
-            for entry in queue.entries {
+            for entry in std::mem::take(&mut queue.entries) {
                 let outcome = match (&result, entry.store) {
                     (Ok(_), Some((reservation, lines))) => {
                         Ok(self.buffers.commit(reservation, &lines))
@@ -186,23 +250,7 @@ impl Shared {
                 outcomes.push((entry.ticket, entry.notify, outcome));
             }
             let mut state = lock(&self.state);
-            match &result {
-                Ok(synced) => {
-                    state.stats.groups += 1;
-                    state.stats.appended_records += queue.records;
-                    if *synced {
-                        state.stats.fsyncs += 1;
-                        state.stats.synced_records += queue.records;
-                    }
-                }
-                Err(error) => {
-                    state.bytes -= queue.data.len() as u64;
-                    if let WalError::Failed(why) = error {
-                        state.failed = Some(why.clone());
-                        state.stats.failed = Some(why.clone());
-                    }
-                }
-            }
+            self.count_group(&mut state, &queue, &result);
             let mut notify = false;
             for (ticket, to_list, outcome) in outcomes {
                 if to_list {
