@@ -107,9 +107,9 @@ async def open_services(
         registry.has_tenants,
     )
     admitter = Admitter.from_config(core, cfg, registry)
-    await registry.watch(functools.partial(_forget, admitter, tenant_keys))
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
+    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys))
     peers.start()
     return Services(
         registry,
@@ -127,13 +127,15 @@ async def open_services(
 
 
 def _forget(
-    admitter: Admitter, tenant_keys: TenantKeys, tenant: str | None, device: str | None
+    admitters: list[Admitter], tenant_keys: TenantKeys, tenant: str | None, device: str | None
 ) -> None:
     """What the registry's change feed says changed leaves this process's caches."""
     if device is not None and tenant is not None:
-        admitter.invalidate(tenant, device)
+        for admitter in admitters:
+            admitter.invalidate(tenant, device)
     elif tenant is not None:
         tenant_keys.forget_tenant(tenant)
     else:
-        admitter.invalidate_all()
+        for admitter in admitters:
+            admitter.invalidate_all()
         tenant_keys.invalidate_all()
