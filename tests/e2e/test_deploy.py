@@ -3,6 +3,7 @@ only metrics a running gateway exports, and rules that Prometheus' own checker a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ import pytest
 from gateway import GatewayProcess, poll, provision
 from prometheus_client.parser import text_string_to_metric_families
 from services import NatsServer
+from test_nats_stream import set_up
 from tidegate.config import Config
 
 Start = Callable[..., GatewayProcess]
@@ -55,8 +57,10 @@ def exports(gateway: Start, nats_server: NatsServer) -> Iterator[set[str]]:
     """The names a direct-mode gateway and a NATS-mode edge export (NATS metrics exist only in
     NATS mode), after one message went through so the labelled histograms have their series."""
     names: set[str] = set()
+    # The streams as a worker creates them: an edge may only publish.
+    asyncio.run(set_up(nats_server))
     for mode in ("direct", "nats"):
-        nats = {"TIDEGATE_MODE": "nats", "NATS_URL": nats_server.url} if mode == "nats" else {}
+        nats = {"TIDEGATE_MODE": "nats", **nats_server.edge_env} if mode == "nats" else {}
         gw = gateway({"INFLUX_FLUSH_INTERVAL_MS": "50", **nats})
         provision(gw, "t1", "d1", "s1", token="tok-d1")
         if nats:

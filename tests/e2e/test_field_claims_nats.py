@@ -26,9 +26,9 @@ def test_a_type_an_mqtt_publish_claimed_is_enforced_at_the_edge(deployment: Depl
     edge = deployment.start("serve")
     deployment.start("worker")
     worker_ready(deployment)
-    token = deployment.tokens["d1"]
-    body = {"site_id": "site-d1", "seq": 1, "metrics": {"fa": True}, "provision_token": token}
-    mqtt_publish(deployment.nats, f"tenant/{TENANT}/device/d1/telemetry", orjson.dumps(body))
+    body = {"site_id": "site-d1", "seq": 1, "metrics": {"fa": True}}
+    topic = f"tenant/{TENANT}/device/d1/telemetry"
+    mqtt_publish(deployment.nats, topic, orjson.dumps(body), deployment.mqtt_credentials("d1"))
     wait_for_exactly(influx, {1})
     r = edge.client().post(
         "/ingest/v1/batch",

@@ -192,10 +192,11 @@ def test_gateway_counts_are_counters_and_levels_gauges(influx_gateway: GatewayPr
 
 
 def test_nats_edge_and_worker_counts_are_counters(tmp_path: Path, nats_server: NatsServer) -> None:
-    env = {"TIDEGATE_MODE": "nats", "NATS_URL": nats_server.url}
-    # Each its own data directory (one owner each), so each its own SQLite registry.
-    edge = run_gateway(env, tmp_path / "edge")
-    worker = run_gateway(env, tmp_path / "w", command="worker")
+    env = {"TIDEGATE_MODE": "nats"}
+    # Each its own data directory (one owner each), so each its own SQLite registry; each as
+    # its broker user (the worker creates the stream the edge waits for).
+    edge = run_gateway(env | nats_server.edge_env, tmp_path / "edge")
+    worker = run_gateway(env | nats_server.worker_env, tmp_path / "w", command="worker")
     try:
         poll(lambda: edge.stats()["nats_connected"], until=lambda n: n == 1)
         assert_kinds(edge.stats(), edge.metrics())

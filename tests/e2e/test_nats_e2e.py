@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +23,8 @@ import orjson
 import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
 from services import InfluxDB, NatsServer
-from test_nats_stream import mqtt_publish
+from test_nats_hostile import Device
+from test_nats_stream import mqtt_publish, set_up
 
 TENANT = "acme"
 DB = f"telemetry_{TENANT}"
@@ -45,7 +49,7 @@ class Deployment:
         """The environment every process of the deployment shares."""
         env = {
             "TIDEGATE_MODE": "nats",
-            "NATS_URL": self.nats.url,
+            "NATS_BROKER_DIR": str(self.nats.broker_dir),
             "DATABASE_URL": self.database_url,
             "INFLUX_FLUSH_INTERVAL_MS": "100",
             "NATS_PUBLISH_TIMEOUT_S": "1",
@@ -70,10 +74,28 @@ class Deployment:
                 self.env(), TENANT, device, f"site-{device}", token=f"tok-{device}-{'x' * 16}"
             )
 
+    def cli(self, *args: str) -> dict[str, Any]:
+        """Run one `tidegate` command with the deployment's environment; its JSON output
+        (CalledProcessError when it fails)."""
+        out = subprocess.run(
+            [sys.executable, "-m", "tidegate", *args],
+            env=os.environ | self.env(),
+            capture_output=True,
+            check=True,
+        )
+        result: dict[str, Any] = orjson.loads(out.stdout)
+        return result
+
+    def mqtt_credentials(self, device: str, tenant: str = TENANT) -> dict[str, str]:
+        """`tidegate device mqtt-credentials` for one device."""
+        return self.cli("device", "mqtt-credentials", "--tenant", tenant, "--device", device)
+
     def start(self, command: str, **extra: str) -> GatewayProcess:
-        """Start an edge (`serve`) or a worker (`worker`) process."""
+        """Start an edge (`serve`) or a worker (`worker`) process, as the broker's edge or
+        worker user."""
         name = f"{command}{next(self.names)}"
-        proc = run_gateway(self.env(**extra), self.tmp / name, command=command)
+        role = self.nats.worker_env if command == "worker" else self.nats.edge_env
+        proc = run_gateway(self.env(**role, **extra), self.tmp / name, command=command)
         self.procs.append(proc)
         return proc
 
@@ -97,6 +119,8 @@ def deployment(
         influxdb.query(None, f'DROP DATABASE "{DB}"')
     d = Deployment(tmp_path, nats_server, influxdb, postgres_url)
     d.provision()
+    # Streams and consumer as the first worker creates them: edges may only publish.
+    asyncio.run(set_up(nats_server))
     yield d
     failures = d.stop_all()
     assert not failures, "\n".join(failures)
@@ -259,7 +283,7 @@ def stream_message_count(server: NatsServer) -> int:
     """Messages in TELEMETRY now."""
 
     async def count() -> int:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.worker_url)
         try:
             return (await nc.jetstream().stream_info("TELEMETRY")).state.messages
         finally:
@@ -399,7 +423,7 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
     """`(subject, reason, detail, data)` of every message in TELEMETRY_REJECTED."""
 
     async def read() -> list[tuple[str, str, str, bytes]]:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.worker_url)
         try:
             js = nc.jetstream()
             state = (await js.stream_info("TELEMETRY_REJECTED")).state
@@ -418,10 +442,11 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
 
 
 def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
-    """Publish `(subject, data)` pairs to JetStream as another producer would."""
+    """Publish `(subject, data)` pairs to JetStream as another producer (the edge's user,
+    the only one allowed on `telemetry.*`) would."""
 
     async def main() -> None:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.edge_url)
         try:
             js = nc.jetstream()
             for subject, data in items:
@@ -450,34 +475,49 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
         ],
     )
     mqtt = f"tenant/{TENANT}/device"
+    # The broker authenticated the device: a token in the payload is ignored, none is needed.
     mqtt_publish(
         deployment.nats,
         f"{mqtt}/d2/telemetry",
         orjson.dumps(
-            {"site_id": "site-d2", "seq": 11, "metrics": {"temp": 2}, "provision_token": tok["d2"]}
+            {"site_id": "site-d2", "seq": 11, "metrics": {"temp": 2}, "provision_token": "junk"}
         ),
+        deployment.mqtt_credentials("d2"),
     )
+    d3 = deployment.mqtt_credentials("d3")
     mqtt_publish(
         deployment.nats,
         f"{mqtt}/d3/telemetry",
         orjson.dumps({"site_id": "site-d3", "seq": 12, "metrics": {"temp": 2}}),
+        d3,
     )
-    mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe")
-    wait_for_exactly(influx, {1, 11})
+    mqtt_publish(
+        deployment.nats,
+        f"{mqtt}/d3/telemetry",
+        orjson.dumps({"site_id": "elsewhere", "seq": 13, "metrics": {"temp": 2}}),
+        d3,
+    )
+    d1 = deployment.mqtt_credentials("d1")
+    mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe", d1)
+    wait_for_exactly(influx, {1, 11, 12})
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
     assert sorted((subject, reason) for subject, reason, _, _ in got) == [
         ("telemetry.rejected.acme", "INVALID_METRICS"),
-        ("telemetry.rejected.acme", "UNAUTHORIZED"),
+        ("telemetry.rejected.acme", "SITE_MISMATCH"),
         ("telemetry.rejected.acme", "UNAUTHORIZED"),
         ("telemetry.rejected.acme", "UNREADABLE"),
         ("telemetry.rejected.acme", "UNREADABLE"),
     ]
-    # Each refused one with the single-message route's detail, naming the payload's token.
-    assert sorted({(reason, detail) for _, reason, detail, _ in got if reason != "UNREADABLE"}) == [
-        ("INVALID_METRICS", "metrics must be an object of at most 256 numeric or boolean values"),
-        ("UNAUTHORIZED", "a valid provision_token is required for this device"),
-    ]
-    assert b"not json at all" in [data for _, _, _, data in got]
+    # Each refused one with the single-message route's detail; no token at rest: JSON records
+    # lose theirs, unreadable ones keep no payload at all.
+    details = {reason: detail for _, reason, detail, _ in got if reason != "UNREADABLE"}
+    assert details["INVALID_METRICS"] == (
+        "metrics must be an object of at most 256 numeric or boolean values"
+    )
+    assert details["UNAUTHORIZED"] == "a valid provision_token is required for this device"
+    datas = [data for _, _, _, data in got]
+    assert not any(b"tok-" in data or b"wrong-token" in data for data in datas), datas
+    assert datas.count(b"") == 2
     poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
 
 
@@ -510,3 +550,76 @@ def test_line_protocol_through_an_edge_and_a_worker_and_503_while_nats_is_down(
     assert (r.status_code, r.json()["code"], r.headers["Retry-After"]) == (503, "unavailable", "1")
     deployment.nats.start()
     poll(lambda: httpx.get(f"{edge.url}/ready", timeout=30).status_code, lambda s: s == 200)
+
+
+def test_a_revoked_device_loses_its_mqtt_access_within_seconds(deployment: Deployment) -> None:
+    d1 = Device(deployment.nats, deployment.mqtt_credentials("d1"), "e2e-d1")
+    try:
+        assert d1.accepted
+        started_at = time.monotonic()
+        deployment.cli("device", "revoke", "--tenant", TENANT, "--device", "d1")
+        assert d1.disconnected.wait(10)
+        assert time.monotonic() - started_at < 10
+    finally:
+        d1.close()
+    # No new credentials for a revoked device either.
+    with pytest.raises(subprocess.CalledProcessError):
+        deployment.mqtt_credentials("d1")
+
+
+def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
+    deployment: Deployment,
+) -> None:
+    asyncio.run(set_up(deployment.nats, max_deliver=1, ack_wait_s=1.0))
+    worker = deployment.start("worker", NATS_MAX_DELIVER="1", NATS_ACK_WAIT_S="1")
+    worker_ready(deployment)
+    # The worker pauses; its pending pull request expires (0.5 s); another consumer client
+    # takes the message and never acks it: JetStream gives up after one delivery.
+    worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+        publish_raw(deployment.nats, [(f"telemetry.{TENANT}", envelope("d1", "t" * 20, {}, 1))])
+
+        async def take_without_ack() -> int:
+            nc = await nats.connect(deployment.nats.worker_url)
+            try:
+                sub = await nc.jetstream().pull_subscribe_bind("ingest-workers", "TELEMETRY")
+                msgs = await sub.fetch(1, timeout=5)
+                await asyncio.sleep(2.5)  # past AckWait: the advisory is sent
+                return len(msgs)
+            finally:
+                await nc.close()
+
+        assert asyncio.run(take_without_ack()) == 1
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+    got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 1)
+    assert [(subject, reason) for subject, reason, _, _ in got] == [
+        ("telemetry.rejected.acme", "MAX_DELIVERIES")
+    ]
+    assert b"t" * 20 not in got[0][3]
+    poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
+    stats = httpx.get(f"{worker.url}/stats", timeout=10).json()
+    assert stats["worker_rejected"] == {"MAX_DELIVERIES": 1}
+    assert '"worker_max_deliveries"' in worker.logs()
+
+
+def test_a_revoke_through_the_tenant_api_cuts_the_devices_mqtt_access(
+    deployment: Deployment,
+) -> None:
+    edge = deployment.start("serve")
+    key = deployment.cli("tenant", "add", "--tenant", "beta")["api_key"]
+    provision(deployment.env(), "beta", "b1", "site-b1")
+    b1 = Device(deployment.nats, deployment.mqtt_credentials("b1", "beta"), "e2e-b1")
+    try:
+        assert b1.accepted
+        r = edge.client().post(
+            "/api/v1/batch/devices",
+            json={"operations": [{"op": "revoke", "device_id": "b1"}]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["total_succeeded"] == 1
+        assert b1.disconnected.wait(10)
+    finally:
+        b1.close()

@@ -12,6 +12,7 @@ import nats.js.errors
 import paho.mqtt.client as mqtt
 from nats.js import api
 from services import NatsServer
+from tidegate import broker
 from tidegate.nats.edge import Publisher
 from tidegate.nats.settings import CONSUMER, REJECTED_STREAM, STREAM, NatsSettings
 from tidegate.nats.stream import Link
@@ -26,10 +27,13 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(main())  # type: ignore[arg-type]
 
 
-def fast(server: NatsServer, **changes: object) -> NatsSettings:
-    """Settings for `server` with short publish timeouts."""
+def fast(server: NatsServer, *, worker: bool = False, **changes: object) -> NatsSettings:
+    """Settings for `server` with short publish timeouts, as its edge (or worker) user."""
     base = NatsSettings(
-        url=server.url, publish_timeout_s=1.0, publish_attempts=2, publish_retry_wait_s=0.05
+        url=server.worker_url if worker else server.edge_url,
+        publish_timeout_s=1.0,
+        publish_attempts=2,
+        publish_retry_wait_s=0.05,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -41,10 +45,16 @@ async def started(settings: NatsSettings, *, consumer: bool = False) -> Link:
     return link
 
 
+async def set_up(server: NatsServer, **changes: object) -> None:
+    """Create the streams and the consumer as a worker does (edges may not)."""
+    link = await started(fast(server, worker=True, **changes), consumer=True)
+    await link.close()
+
+
 async def stored(server: NatsServer, stream: str, subject: str) -> list[api.RawStreamMsg]:
     """Every message of `stream` on `subject`, read by sequence (no consumer: TELEMETRY is a
     work queue, where a second consumer on the workers' subjects is refused)."""
-    nc = await nats.connect(server.url)
+    nc = await nats.connect(server.worker_url)
     try:
         js = nc.jetstream()
         state = (await js.stream_info(stream)).state
@@ -64,7 +74,7 @@ async def stored(server: NatsServer, stream: str, subject: str) -> list[api.RawS
 def test_link_creates_both_streams_and_the_consumer_with_the_configured_limits(
     nats_server: NatsServer,
 ) -> None:
-    settings = fast(nats_server, stream_max_bytes=10 << 20, duplicate_window_s=30.0)
+    settings = fast(nats_server, worker=True, stream_max_bytes=10 << 20, duplicate_window_s=30.0)
 
     async def main() -> tuple[api.StreamInfo, api.StreamInfo, api.ConsumerInfo]:
         link = await started(settings, consumer=True)
@@ -97,9 +107,11 @@ def test_link_creates_both_streams_and_the_consumer_with_the_configured_limits(
 
 def test_a_second_start_updates_the_stream_limits(nats_server: NatsServer) -> None:
     async def main() -> int | None:
-        first = await started(fast(nats_server), consumer=True)
+        first = await started(fast(nats_server, worker=True), consumer=True)
         await first.close()
-        second = await started(fast(nats_server, stream_max_bytes=5 << 20), consumer=True)
+        second = await started(
+            fast(nats_server, worker=True, stream_max_bytes=5 << 20), consumer=True
+        )
         try:
             assert second.js is not None
             return (await second.js.stream_info(STREAM)).config.max_bytes
@@ -113,6 +125,7 @@ def test_publish_stores_one_message_per_tenant_with_msg_id_and_the_lp_header(
     nats_server: NatsServer,
 ) -> None:
     async def main() -> tuple[list[str], Publisher]:
+        await set_up(nats_server)
         link = await started(fast(nats_server))
         try:
             pub = Publisher(link, link.settings)
@@ -139,6 +152,7 @@ def test_requests_for_a_tenant_with_a_publish_in_flight_share_the_next_message(
     nats_server: NatsServer,
 ) -> None:
     async def main() -> tuple[list[list[str]], Publisher]:
+        await set_up(nats_server)
         link = await started(fast(nats_server))
         try:
             pub = Publisher(link, link.settings)
@@ -162,6 +176,7 @@ def test_a_republished_msg_id_is_stored_once(nats_server: NatsServer) -> None:
     """What happens when an edge retries after a lost PubAck: the stream drops the copy."""
 
     async def main() -> tuple[bool, bool, int]:
+        await set_up(nats_server)
         link = await started(fast(nats_server))
         try:
             assert link.js is not None
@@ -178,6 +193,7 @@ def test_a_republished_msg_id_is_stored_once(nats_server: NatsServer) -> None:
 
 def test_publish_with_nats_down_reports_every_tenant_failed(nats_server: NatsServer) -> None:
     async def main() -> tuple[list[str], Publisher, bool]:
+        await set_up(nats_server)
         link = await started(fast(nats_server))
         try:
             nats_server.stop()
@@ -198,7 +214,8 @@ def test_a_full_stream_refuses_the_publish_without_retrying(nats_server: NatsSer
     big = LINES * 1000  # ~64 KB
 
     async def main() -> tuple[list[str], list[str], Publisher]:
-        link = await started(fast(nats_server, stream_max_bytes=100_000))
+        await set_up(nats_server, stream_max_bytes=100_000)
+        link = await started(fast(nats_server))
         try:
             pub = Publisher(link, link.settings)
             first = await pub.publish([("acme", big, 1000)])
@@ -217,7 +234,7 @@ def test_link_connects_once_nats_server_comes_up(nats_server: NatsServer) -> Non
     nats_server.stop()
 
     async def main() -> tuple[bool, bool]:
-        link = Link(fast(nats_server), "late")
+        link = Link(fast(nats_server, worker=True), "late", consumer=True)
         link.start()
         try:
             early = await link.wait(1.5)
@@ -233,21 +250,21 @@ def test_link_connects_once_nats_server_comes_up(nats_server: NatsServer) -> Non
 def test_an_mqtt_qos1_publish_lands_in_telemetry_on_the_mapped_subject(
     nats_server: NatsServer,
 ) -> None:
-    run(lambda: _setup(nats_server))
-    payload = b'{"site_id":"s1","metrics":{"temp":21.5},"provision_token":"tok"}'
-    mqtt_publish(nats_server, "tenant/acme/device/d1/telemetry", payload)
+    run(lambda: set_up(nats_server))
+    payload = b'{"site_id":"s1","metrics":{"temp":21.5}}'
+    creds = broker.device_credentials(nats_server.broker_dir, "acme", "d1")
+    mqtt_publish(nats_server, "tenant/acme/device/d1/telemetry", payload, creds)
     msgs = run(lambda: stored(nats_server, STREAM, "tenant.acme.device.d1.telemetry"))
     assert [m.data for m in msgs] == [payload]
 
 
-async def _setup(server: NatsServer) -> None:
-    link = await started(fast(server), consumer=True)
-    await link.close()
-
-
-def mqtt_publish(server: NatsServer, topic: str, payload: bytes) -> None:
-    """Publish one QoS 1 message with paho-mqtt and wait for its PUBACK."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{topic}")
+def mqtt_publish(server: NatsServer, topic: str, payload: bytes, creds: dict[str, str]) -> None:
+    """Publish one QoS 1 message with paho-mqtt as the device `creds` names and wait for its
+    PUBACK."""
+    # nats-server refuses a `.` in a client id.
+    client_id = "test-" + creds["username"].replace(".", "-")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.username_pw_set(creds["username"], creds["password"])
     client.connect("127.0.0.1", server.mqtt_port)
     client.loop_start()
     try:
@@ -259,28 +276,26 @@ def mqtt_publish(server: NatsServer, topic: str, payload: bytes) -> None:
         client.loop_stop()
 
 
-def test_user_and_password_in_nats_url_authenticate_and_a_wrong_one_never_connects() -> None:
-    server = NatsServer(extra_config='authorization { user: edge, password: "s3cret" }\n')
-    try:
-        server.start()
-        base = server.url.removeprefix("nats://")
+def test_user_and_password_in_nats_url_authenticate_and_a_wrong_one_never_connects(
+    nats_server: NatsServer,
+) -> None:
+    base = nats_server.url.removeprefix("nats://")
+    wrong = f"nats://edge:wrong@{base}"
 
-        async def main() -> tuple[bool, bool, str | None]:
-            good = Link(fast(server, url=f"nats://edge:s3cret@{base}"), "good")
-            bad = Link(fast(server, url=f"nats://edge:wrong@{base}"), "bad")
-            good.start()
-            bad.start()
-            try:
-                return await good.wait(30), await bad.wait(2), bad.last_error
-            finally:
-                await good.close()
-                await bad.close()
+    async def main() -> tuple[bool, bool, str | None]:
+        good = Link(fast(nats_server, worker=True), "good", consumer=True)
+        bad = Link(fast(nats_server, url=wrong), "bad")
+        good.start()
+        bad.start()
+        try:
+            return await good.wait(30), await bad.wait(2), bad.last_error
+        finally:
+            await good.close()
+            await bad.close()
 
-        good, bad, error = run(main)
-        assert (good, bad) == (True, False)
-        # nats-server answers -ERR 'Authorization Violation' and closes the socket; under load
-        # the client can read the close before the error line.
-        assert error is not None
-        assert "Authorization" in error or "ConnectionReset" in error, error
-    finally:
-        server.cleanup()
+    good, bad, error = run(main)
+    assert (good, bad) == (True, False)
+    # nats-server answers -ERR 'Authorization Violation' and closes the socket; under load
+    # the client can read the close before the error line.
+    assert error is not None
+    assert "Authorization" in error or "ConnectionReset" in error, error

@@ -1,6 +1,7 @@
 """One pipeline: the same messages through direct mode's single-message route and through a NATS
-worker's MQTT and envelope inputs end in the same counts, the same rate-limit refusals and the
-same telemetry_latest."""
+worker's envelope input end in the same counts, the same rate-limit refusals and the same
+telemetry_latest. (The MQTT input authenticates by broker identity, not by token: its own
+tests are in test_nats_e2e.py and test_nats_hostile.py.)"""
 
 from __future__ import annotations
 
@@ -79,28 +80,24 @@ def through_direct(gw: GatewayProcess) -> None:
 
 
 def through_worker(server: NatsServer) -> None:
-    """Publish each message to TELEMETRY, in turn on the MQTT subject and in the envelope."""
+    """Publish each message to TELEMETRY in the envelope, as the edge's user."""
 
     async def main() -> None:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.edge_url)
         try:
             js = nc.jetstream()
-            for i, (device, token, body) in enumerate(MESSAGES):
+            for device, token, body in MESSAGES:
                 payload = body if token is None else {**body, "provision_token": token}
-                if i % 2:
-                    envelope = {
-                        "topic": f"tenant/{TENANT}/device/{device}/telemetry",
-                        "tenant_id": TENANT,
-                        "device_id": device,
-                        "msg_type": "telemetry",
-                        "username": "",
-                        "payload": payload,
-                        "ts": 0,
-                    }
-                    await js.publish(f"telemetry.{TENANT}", orjson.dumps(envelope))
-                else:
-                    subject = f"tenant.{TENANT}.device.{device}.telemetry"
-                    await js.publish(subject, orjson.dumps(payload))
+                envelope = {
+                    "topic": f"tenant/{TENANT}/device/{device}/telemetry",
+                    "tenant_id": TENANT,
+                    "device_id": device,
+                    "msg_type": "telemetry",
+                    "username": "",
+                    "payload": payload,
+                    "ts": 0,
+                }
+                await js.publish(f"telemetry.{TENANT}", orjson.dumps(envelope))
         finally:
             await nc.close()
 
@@ -147,7 +144,7 @@ def latest(env: dict[str, str]) -> dict[str, tuple[object, ...] | None]:
 def test_direct_mode_and_the_worker_count_refuse_and_keep_latest_alike(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    common = {"INFLUX_FLUSH_INTERVAL_MS": "100", "NATS_URL": nats_server.url}
+    common = {"INFLUX_FLUSH_INTERVAL_MS": "100", **nats_server.worker_env}
     direct_env = provisioned(tmp_path / "direct" / "data")
     worker_env = provisioned(tmp_path / "worker" / "data")
     direct = run_gateway(direct_env | common, tmp_path / "direct")

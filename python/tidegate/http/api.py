@@ -13,6 +13,7 @@ Every read and write is scoped to the key's tenant: another tenant's ids are 404
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tidegate import logs, rate_limits
+from tidegate import broker, logs, rate_limits
 from tidegate._core import valid_id
 from tidegate.answers import API_UNAUTHORIZED, BODY_INVALID, DATABASE_UNAVAILABLE, Refusal
 from tidegate.http import cache
@@ -114,6 +115,13 @@ class Api:
         for o in outcomes:
             if o.ok and o.device_id is not None:
                 cache.forget_device(self.gw, tenant, o.device_id)
+        revoked = [
+            o.device_id for o in outcomes if o.ok and o.op == device_ops.REVOKE_OP and o.device_id
+        ]
+        broker_dir = self.gw.cfg.nats.broker_dir
+        if revoked and broker_dir is not None:
+            # The broker's users follow the registry: a revoked device loses its MQTT access.
+            await asyncio.to_thread(broker.remove_devices, broker_dir, tenant, revoked)
         results = [_admin_result(index, o) for index, o in enumerate(outcomes)]
         out = _totals(results)
         logs.log(

@@ -96,9 +96,7 @@ class Publisher:
 
     def not_ready_reason(self) -> str | None:
         """Why nothing can be published now, or None."""
-        if self.link.connected:
-            return None
-        return f"not connected to NATS ({self.link.last_error or 'connecting'})"
+        return self.link.not_ready_reason()
 
     async def close(self) -> None:
         """Close the connection."""

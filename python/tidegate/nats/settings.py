@@ -24,6 +24,8 @@ EDGE_SUBJECTS = "telemetry.*"
 MQTT_SUBJECTS = "tenant.*.device.*.*"
 # Three tokens, so `telemetry.*` (two tokens) never captures it.
 REJECTED_SUBJECTS = "telemetry.rejected.*"
+# JetStream's advisory for a message of the workers' consumer that reached MaxDeliver.
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.{CONSUMER}"
 # Set by edges on a body of validated line protocol; anything else is validated by the worker.
 FORMAT_HEADER = "Tidegate-Format"
 FORMAT_LP = "lp"
@@ -64,6 +66,16 @@ class NatsSettings:
         secret=True,
     )
     creds: Path | None = setting("NATS_CREDS", None, Path, "a NATS credentials file")
+    user: str | None = setting("NATS_USER", None, text, "broker user (`tidegate nats setup`)")
+    password: str | None = setting(
+        "NATS_PASSWORD", None, text, "the broker user's password", secret=True
+    )
+    broker_dir: Path | None = setting(
+        "NATS_BROKER_DIR",
+        None,
+        Path,
+        "the `tidegate nats setup` directory: device MQTT users are added and removed there",
+    )
     tls_ca: Path | None = setting("NATS_TLS_CA", None, Path, "CA file to verify the servers")
     tls_cert: Path | None = setting(
         "NATS_TLS_CERT", None, Path, "client certificate (with `NATS_TLS_KEY`)"

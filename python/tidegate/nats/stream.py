@@ -26,6 +26,8 @@ from tidegate.nats.settings import (
 
 # Between attempts of the first connection; later reconnects use nats-py's own loop.
 _RETRY_S = 1.0
+# How often a set-up link checks that the streams and consumer still exist.
+_CHECK_S = 2.0
 
 
 def stream_config(s: NatsSettings) -> api.StreamConfig:
@@ -76,18 +78,45 @@ async def ensure_streams(js: JetStreamContext, s: NatsSettings) -> None:
     """Create both streams, or update them to the configured limits."""
     for config in (stream_config(s), rejected_config(s)):
         assert config.name is not None
-        try:
-            await js.stream_info(config.name)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(config)
-            log("nats_stream_created", stream=config.name)
-        else:
+        if not await _recreated(js, config):
             await js.update_stream(config)
 
 
 async def ensure_consumer(js: JetStreamContext, s: NatsSettings) -> None:
     """Create or update the durable consumer (nats-server creates or updates on CREATE)."""
     await js.add_consumer(STREAM, consumer_config(s))
+
+
+async def recreate_missing(js: JetStreamContext, s: NatsSettings) -> None:
+    """Create again whatever of the streams and consumer has gone (deleted by hand, lost)."""
+    for config in (stream_config(s), rejected_config(s)):
+        await _recreated(js, config)
+    try:
+        await js.consumer_info(STREAM, CONSUMER)
+    except nats.js.errors.NotFoundError:
+        await ensure_consumer(js, s)
+        log("nats_consumer_created", level="warning", stream=STREAM, consumer=CONSUMER)
+
+
+async def _recreated(js: JetStreamContext, config: api.StreamConfig) -> bool:
+    """Create the stream if it does not exist; whether it had to."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        log("nats_stream_created", level="warning", stream=config.name)
+        return True
+    return False
+
+
+async def missing_stream(js: JetStreamContext) -> str | None:
+    """An edge's check (it may not create streams): why it cannot publish, or None."""
+    try:
+        await js.stream_info(STREAM)
+    except nats.js.errors.NotFoundError:
+        return f"stream {STREAM} does not exist (a worker creates it)"
+    return None
 
 
 def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
@@ -102,9 +131,12 @@ def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
 class Link:
     """One NATS connection that reconnects forever, and its JetStream context.
 
-    `start()` returns at once; a background task connects (retrying every second), sets up the
-    streams (and, for workers, the consumer) and then `connected` turns true. While the
-    connection is down, `connected` is false: edges refuse with UNAVAILABLE, /ready says so.
+    `start()` returns at once; a background task connects (retrying every second); a worker's
+    link creates or updates the streams and the consumer, an edge's waits until TELEMETRY
+    exists; then `connected` turns true. Every two seconds it checks again: a worker creates
+    what has gone, an edge stops publishing while TELEMETRY is missing. While the connection
+    is down or something is missing, `connected` is false: edges refuse with UNAVAILABLE,
+    /ready says why.
     """
 
     def __init__(self, settings: NatsSettings, name: str, *, consumer: bool = False) -> None:
@@ -115,13 +147,28 @@ class Link:
         self.js: JetStreamContext | None = None
         self.ready = asyncio.Event()
         self.last_error: str | None = None
+        # What the last check found missing or failing (None: all there).
+        self.missing: str | None = None
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
-        """Set up, and the connection is up now."""
-        return self.ready.is_set() and self.nc is not None and self.nc.is_connected
+        """Set up, nothing found missing since, and the connection is up now."""
+        return (
+            self.ready.is_set()
+            and self.missing is None
+            and self.nc is not None
+            and self.nc.is_connected
+        )
+
+    def not_ready_reason(self) -> str | None:
+        """Why nothing can be published or fetched now, or None."""
+        if self.connected:
+            return None
+        if self.missing is not None and self.nc is not None and self.nc.is_connected:
+            return self.missing
+        return f"not connected to NATS ({self.last_error or 'connecting'})"
 
     def start(self) -> None:
         """Connect in the background."""
@@ -147,21 +194,36 @@ class Link:
             self.nc = nc
             break
         js = nc.jetstream(timeout=s.publish_timeout_s)
+        first = True
         while True:
             try:
-                await ensure_streams(js, s)
-                if self._consumer:
-                    await ensure_consumer(js, s)
+                self.missing = await self._check(js, first)
             except Exception as exc:  # JetStream not ready yet (leader election, restart)
+                self.missing = f"set-up failed: {type(exc).__name__}: {exc}"
                 self._failed("nats_setup_failed", exc)
-                await asyncio.sleep(_RETRY_S)
-                continue
-            break
-        self.js = js
-        self.ready.set()
-        url = nc.connected_url
-        # hostname:port only: the URL's netloc may carry user:password.
-        log("nats_connected", name=self.name, server=f"{url.hostname}:{url.port}" if url else None)
+            if self.missing is None and first:
+                first = False
+                self.js = js
+                self.ready.set()
+                url = nc.connected_url
+                # hostname:port only: the URL's netloc may carry user:password.
+                server = f"{url.hostname}:{url.port}" if url else None
+                log("nats_connected", name=self.name, server=server)
+            await asyncio.sleep(_RETRY_S if first else _CHECK_S)
+
+    async def _check(self, js: JetStreamContext, first: bool) -> str | None:
+        """Set up (first) or watch the streams and consumer: a worker creates what is missing,
+        an edge reports it. Not while reconnecting: that is reported as such."""
+        if not first and not (self.nc is not None and self.nc.is_connected):
+            return self.missing
+        if not self._consumer:
+            return await missing_stream(js)
+        if first:
+            await ensure_streams(js, self.settings)
+            await ensure_consumer(js, self.settings)
+        else:
+            await recreate_missing(js, self.settings)
+        return None
 
     def _failed(self, event: str, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
@@ -192,6 +254,9 @@ class Link:
         }
         if s.creds is not None:
             options["user_credentials"] = str(s.creds)
+        if s.user is not None:
+            options["user"] = s.user
+            options["password"] = s.password or ""
         tls = _tls_context(s)
         if tls is not None:
             options["tls"] = tls

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
 from prometheus_client import Histogram
@@ -48,11 +49,13 @@ from tidegate.nats.settings import (
     CONSUMER,
     FORMAT_HEADER,
     FORMAT_LP,
+    MAX_DELIVERIES_ADVISORY,
     REASON_HEADER,
     STREAM,
     SUBJECT_HEADER,
 )
 from tidegate.nats.stream import Link
+from tidegate.pipeline.admission import Admitter
 from tidegate.pipeline.services import Services, open_services
 from tidegate.pipeline.steps import Pipeline
 from tidegate.refusals import Refusals
@@ -70,6 +73,9 @@ UNREADABLE = "UNREADABLE"
 # The worker's own stop and idle waits.
 _IDLE_S = 0.05
 _ACK_POLL_S = 0.05
+_REGISTRY_PROBE_S = 1.0
+# A message JetStream gave up on (MaxDeliver reached): moved to the rejected subject.
+MAX_DELIVERIES = "MAX_DELIVERIES"
 
 
 @dataclass(slots=True)
@@ -146,6 +152,26 @@ def stored_ns(msg: Msg) -> int:
     return time.time_ns()
 
 
+def without_token(data: bytes, headers: dict[str, str] | None) -> bytes:
+    """What a rejected record keeps of a message: no provision token at rest. An edge's line
+    protocol carries none; a JSON object (single message or envelope) loses its
+    `provision_token`s; anything else, which could hold one anywhere, is dropped (the record
+    keeps its reason and subject)."""
+    if (headers or {}).get(FORMAT_HEADER) == FORMAT_LP:
+        return data
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return b""
+    if not isinstance(doc, dict):
+        return b""
+    doc.pop("provision_token", None)
+    payload = doc.get("payload")
+    if isinstance(payload, dict):
+        payload.pop("provision_token", None)
+    return orjson.dumps(doc)
+
+
 class Worker:
     """Fetch, validate, buffer, write, ack: one process's share of the consumer."""
 
@@ -174,6 +200,9 @@ class Worker:
         services = await open_services(cfg, self.core, self._on_flush, upstream_keeps_lines=True)
         self.services = services
         self.pipeline = Pipeline(services, self.metrics, self.refusals)
+        self._trusted, self._proof = Admitter.trusting(self.core, cfg, services.registry)
+        # Like the services' admitter: the registry's changes and this process's limit share.
+        services.peers.admitters.append(self._trusted)
         self.metrics.bind(
             services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )
@@ -181,6 +210,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
             asyncio.create_task(self._ack_loop(), name="tidegate-worker-ack"),
+            asyncio.create_task(self._watch_max_deliveries(), name="tidegate-worker-advisories"),
         ]
         logs.log("worker_started", core=cfg.core, registry=services.registry.backend)
 
@@ -191,13 +221,12 @@ class Worker:
     async def stop(self) -> None:
         """Stop fetching, write what is buffered, ack it, nak what could not be written."""
         self.stop_fetching()
-        fetch, ack = self._tasks or (None, None)
-        if fetch is not None:
-            await fetch
+        fetch, others = self._tasks[:1], self._tasks[1:]
+        await asyncio.gather(*fetch)
         await self.services.stop()
-        if ack is not None:
-            ack.cancel()
-            await asyncio.gather(ack, return_exceptions=True)
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         await self._ack_delivered()
         unwritten = list(self._held.values())
         self._held.clear()
@@ -211,10 +240,13 @@ class Worker:
         """Why this worker cannot do its work now, or None."""
         if self.stopping:
             return "shutting down"
-        if not self.link.connected:
-            return f"not connected to NATS ({self.link.last_error or 'connecting'})"
+        link = self.link.not_ready_reason()
+        if link is not None:
+            return link
         if self.services.sink.failing:
             return "sink is failing to write"
+        if self._registry_down():
+            return "registry is unavailable"
         return None
 
     def _extra_stats(self) -> dict[str, int]:
@@ -244,16 +276,34 @@ class Worker:
     # -- fetching ---------------------------------------------------------------------------
 
     def _paused(self) -> bool:
-        """Take no new messages: the buffers are near full, or enough is held."""
+        """Take no new messages: the buffers are near full, enough is held, or the registry is
+        down (a message nak'd for it would spend one of its deliveries)."""
         return (
-            self.services.sink.above_high_water or len(self._held) >= self.settings.max_ack_pending
+            self.services.sink.above_high_water
+            or len(self._held) >= self.settings.max_ack_pending
+            or self._registry_down()
         )
+
+    def _registry_down(self) -> bool:
+        return self.services.admitter.registry_down or self._trusted.registry_down
+
+    async def _registry_probe(self) -> None:
+        """While paused for the registry, ping it; when it answers, fetching resumes."""
+        try:
+            await self.services.registry.ping()
+        except Exception:  # still down: the admitter logged the outage once
+            await asyncio.sleep(_REGISTRY_PROBE_S)
+            return
+        self.services.admitter.registry_down = self._trusted.registry_down = False
+        logs.log("registry_available")
 
     async def _fetch_loop(self) -> None:
         s = self.settings
         sub: Any = None
         while not self.stopping:
             if not self.link.connected or self._paused():
+                if self._registry_down():
+                    await self._registry_probe()
                 await asyncio.sleep(_IDLE_S)
                 continue
             try:
@@ -303,7 +353,10 @@ class Worker:
                 await self._envelope(msg, tokens[1])
         elif len(tokens) == 5 and tokens[0] == "tenant" and tokens[2] == "device":
             self.stats.mqtt_messages += 1
-            await self._single(msg, tokens[1], tokens[1], tokens[3], tokens[4], msg.data)
+            # The broker let only this device's user publish here: its identity, no token.
+            await self._single(
+                msg, tokens[1], tokens[1], tokens[3], tokens[4], msg.data, authenticated=True
+            )
         else:
             await self._reject(msg, "_", UNREADABLE, f"no input is published on {msg.subject}")
         return True
@@ -346,9 +399,17 @@ class Worker:
         await self._single(msg, tenant, str(ids[0]), str(ids[1]), str(ids[2]), payload)
 
     async def _single(
-        self, msg: Msg, subject_tenant: str, tenant: str, device: str, msg_type: str, body: bytes
+        self,
+        msg: Msg,
+        subject_tenant: str,
+        tenant: str,
+        device: str,
+        msg_type: str,
+        body: bytes,
+        authenticated: bool = False,
     ) -> None:
-        """Inputs 2 and 3: one message, validated like the single-message route."""
+        """Inputs 2 and 3: one message, validated like the single-message route; a device the
+        broker `authenticated` needs no token (one in its payload is ignored)."""
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -357,7 +418,12 @@ class Worker:
         if not isinstance(doc, dict):
             await self._reject(msg, subject_tenant, UNREADABLE, "not a JSON object")
             return
-        token = doc.get("provision_token")
+        admitter = None
+        if authenticated:
+            token: object = self._proof
+            admitter = self._trusted
+        else:
+            token = doc.get("provision_token")
         # As on the single-message route: a token that is not a valid id matches no device.
         if not isinstance(token, str) or not self.core.valid_id(token):
             self.pipeline.refuse(UNAUTHORIZED)
@@ -373,7 +439,7 @@ class Worker:
             return
         # A mark under which nothing is stored is delivered at once; it is dropped below.
         mark = self._mark(msg)
-        accepted, _rejected, _body, _published = await self.pipeline.ingest(batch, mark)
+        accepted, _rejected, _body, _published = await self.pipeline.ingest(batch, mark, admitter)
         if accepted:
             return
         self._held.pop(mark, None)
@@ -400,30 +466,73 @@ class Worker:
     async def _reject(self, msg: Msg, tenant: str, reason: str, detail: str | None) -> None:
         """Publish to `telemetry.rejected.{tenant}` with the reason; then ack (validated and
         refused) or term (unreadable). If the rejected stream cannot take it, nak."""
+        record = (msg.subject, msg.data, msg.headers, f"rejected-{msg.reply}")
+        if not await self._publish_rejected(record, tenant, reason, detail):
+            await self._settle(msg, "nak", self.settings.nak_delay_s)
+            return
+        await self._settle(msg, "term" if reason == UNREADABLE else "ack")
+
+    async def _publish_rejected(
+        self,
+        record: tuple[str, bytes, dict[str, str] | None, str],
+        tenant: str,
+        reason: str,
+        detail: str | None,
+    ) -> bool:
+        """One rejected record `(subject, data, headers, msg id)`, without its token; counted."""
+        subject, data, msg_headers, msg_id = record
         js = self.link.js
         assert js is not None, "a fetched message implies a set-up link"
-        headers = {
-            REASON_HEADER: reason,
-            SUBJECT_HEADER: msg.subject,
-            "Nats-Msg-Id": f"rejected-{msg.reply}",
-        }
+        headers = {REASON_HEADER: reason, SUBJECT_HEADER: subject, "Nats-Msg-Id": msg_id}
         if detail:
             headers["Tidegate-Detail"] = detail[:512]
         try:
             await js.publish(
                 f"telemetry.rejected.{tenant}",
-                msg.data,
+                without_token(data, msg_headers),
                 timeout=self.settings.publish_timeout_s,
                 headers=headers,
             )
         except Exception as exc:  # the message stays in TELEMETRY and comes back
             self.stats.rejected_publish_failed += 1
             logs.log("worker_reject_publish_failed", level="warning", error=f"{exc!r}")
-            await self._settle(msg, "nak", self.settings.nak_delay_s)
-            return
+            return False
         self.stats.rejected_published += 1
         self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
-        await self._settle(msg, "term" if reason == UNREADABLE else "ack")
+        return True
+
+    async def _watch_max_deliveries(self) -> None:
+        """Hear JetStream give up on a message (one worker of the queue group per advisory)."""
+        await self.link.wait()
+        nc = self.link.nc
+        assert nc is not None, "a set-up link has a connection"
+        await nc.subscribe(MAX_DELIVERIES_ADVISORY, queue=CONSUMER, cb=self._on_max_deliveries)
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """Move a message that reached MaxDeliver to the rejected subject: logged and counted,
+        never left in TELEMETRY unwritten and unseen."""
+        try:
+            event = orjson.loads(advisory.data)
+            seq, deliveries = int(event["stream_seq"]), int(event["deliveries"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            logs.log("worker_advisory_unreadable", level="error", error=f"{exc!r}")
+            return
+        js = self.link.js
+        assert js is not None, "a subscribed link is set up"
+        try:
+            stored = await js.get_msg(STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            return  # settled in the meantime
+        subject = stored.subject or ""
+        tokens = subject.split(".")
+        tenant = tokens[1] if len(tokens) > 1 else "_"
+        detail = f"not written after {deliveries} deliveries"
+        record = (subject, stored.data or b"", stored.headers, f"maxdeliver-{seq}")
+        logs.log("worker_max_deliveries", level="error", subject=subject, stream_seq=seq)
+        if await self._publish_rejected(record, tenant, MAX_DELIVERIES, detail):
+            self.metrics.count(0, ((MAX_DELIVERIES, 1),))
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_msg(STREAM, seq)
 
     # -- acking -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from tidegate.config import Config
 from tidegate.core import Core
 from tidegate.store import db_down
 from tidegate.store.registry import Key, Registry
+from tidegate.store.secrets import hash_secret, new_secret
 
 if TYPE_CHECKING:
     from tidegate._core import Admission, Batch
@@ -50,6 +51,20 @@ class Admitter:
         # Key -> generation of its last invalidation, kept while any lookup is in flight.
         self._invalidated: dict[Key, int] = {}
         self._in_flight = 0
+        # Set on an admitter for identities a broker already authenticated (see `trusting`).
+        self._proof: bytes | None = None
+
+    @classmethod
+    def trusting(cls, core: Core, cfg: Config, registry: Registry) -> tuple[Admitter, str]:
+        """An admitter for messages whose device the broker authenticated (an MQTT user may
+        publish only on its own subject): every device's record is cached with the hash of a
+        per-process proof instead of its token's, and a batch parsed with that proof passes the
+        token check; active, site and rate limit are decided as for any other entrance.
+        Returns the admitter and the proof."""
+        admitter = cls.from_config(core, cfg, registry)
+        proof = new_secret()
+        admitter._proof = hash_secret(proof)
+        return admitter, proof
 
     @classmethod
     def from_config(cls, core: Core, cfg: Config, registry: Registry) -> Admitter:
@@ -91,8 +106,17 @@ class Admitter:
                 self.registry_down = False
                 logs.log("registry_available")
             fresh = self._not_invalidated_since(started, keys)
+            proof = self._proof
             rows = [
-                (d.tenant_id, d.device_id, d.site_id, d.token_hash, d.rps, d.burst, d.status)
+                (
+                    d.tenant_id,
+                    d.device_id,
+                    d.site_id,
+                    proof or d.token_hash,
+                    d.rps,
+                    d.burst,
+                    d.status,
+                )
                 for key, d in found.items()
                 if key in fresh
             ]

@@ -33,7 +33,9 @@ class Peers:
 
     def __init__(self, registry: Registry, admitter: Admitter, role: str) -> None:
         self.registry = registry
-        self.admitter = admitter
+        # The services' admitter, and any other this process admits with (the NATS worker's
+        # for broker-authenticated devices): each enforces the same share.
+        self.admitters = [admitter]
         self.role = role
         self.process_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.count = 1
@@ -58,7 +60,8 @@ class Peers:
                 self._down = False
                 if count != self.count:
                     self.count = count
-                    self.admitter.admission.set_share(1.0 / count)
+                    for admitter in self.admitters:
+                        admitter.admission.set_share(1.0 / count)
                     logs.log("rate_limit_share", role=self.role, processes=count)
             await asyncio.sleep(HEARTBEAT_S)
 

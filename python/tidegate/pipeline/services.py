@@ -110,9 +110,9 @@ async def open_services(
     )
     admitter = Admitter.from_config(core, cfg, registry)
     sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
-    await registry.watch(functools.partial(_forget, admitter, tenant_keys, sites))
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
+    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys, sites))
     peers.start()
     return Services(
         registry,
@@ -131,7 +131,7 @@ async def open_services(
 
 
 def _forget(
-    admitter: Admitter,
+    admitters: list[Admitter],
     tenant_keys: TenantKeys,
     sites: DeviceSites,
     tenant: str | None,
@@ -139,11 +139,13 @@ def _forget(
 ) -> None:
     """What the registry's change feed says changed leaves this process's caches."""
     if device is not None and tenant is not None:
-        admitter.invalidate(tenant, device)
+        for admitter in admitters:
+            admitter.invalidate(tenant, device)
         sites.forget(tenant, device)
     elif tenant is not None:
         tenant_keys.forget_tenant(tenant)
     else:
-        admitter.invalidate_all()
+        for admitter in admitters:
+            admitter.invalidate_all()
         tenant_keys.invalidate_all()
         sites.forget_all()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tidegate._core import RATE_LIMITED, UNAVAILABLE
 from tidegate.metrics import Metrics
+from tidegate.pipeline.admission import Admitter
 from tidegate.pipeline.services import Services
 from tidegate.refusals import Refusals
 
@@ -56,14 +57,17 @@ class Pipeline:
         self.refusals = refusals
         self.publisher = publisher
 
-    async def ingest(self, batch: Batch, mark: int = 0) -> Outcome:
+    async def ingest(
+        self, batch: Batch, mark: int = 0, admitter: Admitter | None = None
+    ) -> Outcome:
         """Run a parsed batch through every step; its items end resolved (accepted or with a
         reason) and counted. Stored in the buffers (through the write-ahead log when there is
         one) under delivery `mark`, or with a publisher published and answered only once
         JetStream acknowledged each tenant's lines. Raises durable.Refused when the log cannot
-        take the lines (nothing is stored or counted)."""
+        take the lines (nothing is stored or counted). `admitter`: another than the services'
+        (the NATS worker's for broker-authenticated devices)."""
         services = self.services
-        await services.admitter.admit(batch)
+        await (admitter or services.admitter).admit(batch)
         await services.field_claims.admit(batch)
         published = True
         publisher = self.publisher
