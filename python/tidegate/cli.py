@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 
 from tidegate import __version__, broker, logs, owner, startup
-from tidegate.config import INFLUX_APIS, MODES, Config, ConfigError
+from tidegate.config import INFLUX_API_CHOICES, MODES, Config, ConfigError
 from tidegate.ids import check_device, check_id, check_tenant, check_token
 from tidegate.setting import (
     declared,
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="send embedded-sink LP files to an InfluxDB", parents=[config_file]
     )
     replay.add_argument("--influx", required=True, type=_url_arg, metavar="URL")
-    replay.add_argument("--api", choices=INFLUX_APIS, help="default: INFLUX_API")
+    replay.add_argument("--api", choices=INFLUX_API_CHOICES, help="default: INFLUX_API")
     replay.add_argument(
         "--dead-letters",
         action="store_true",

@@ -41,6 +41,8 @@ from tidegate.setting import (
 )
 
 INFLUX_APIS = ("v1", "v2", "v3")
+# `auto`: the sink reads the version InfluxDB's /ping names (sink/influx.py).
+INFLUX_API_CHOICES = ("auto", *INFLUX_APIS)
 CORES = ("rust", "python")
 MODES = ("direct", "nats")
 DURABILITIES = ("memory", "wal")
@@ -110,9 +112,10 @@ class Config:
     )
     influx_api: str = setting(
         "INFLUX_API",
-        "v3",
-        choice(INFLUX_APIS, named=True),
-        "InfluxDB write API: `v1`, `v2` or `v3`",
+        "auto",
+        choice(INFLUX_API_CHOICES, named=True),
+        "InfluxDB write API: `v1`, `v2`, `v3`, or `auto`: the version `/ping` names (1.x, 2.x, "
+        "3.x), logged as `sink_influx_api` and checked again after a 404",
     )
     influx_create_db: bool = setting(
         "TIDEGATE_INFLUX_CREATE_DB",

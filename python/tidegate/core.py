@@ -42,7 +42,9 @@ class Core:
         Latest = _core.Latest
         ShellyBatch = _core.ShellyBatch
         TenantBuffers = _core.TenantBuffers
+        line_devices = staticmethod(_core.line_devices)
         parse_batch = staticmethod(_core.parse_batch)
+        parse_lines = staticmethod(_core.parse_lines)
         parse_shelly = staticmethod(_core.parse_shelly)
         parse_single = staticmethod(_core.parse_single)
         reason_detail = staticmethod(_core.reason_detail)

@@ -444,3 +444,13 @@ def test_serve_bad_flag_values_exit_2_naming_the_flag(
     r = bare_cli("serve", *args)
     assert (r.code, r.stdout) == (2, "")
     assert message in r.stderr
+
+
+def test_replay_finds_the_write_api_of_influxdb_1x_by_itself(
+    bare_cli: Cli, influxdb: InfluxDB
+) -> None:
+    write_lp_file(bare_cli.cfg, "cli_auto", ["m,device_id=d1 v=1 1"])
+    r = bare_cli("replay", "--influx", influxdb.url, TIDEGATE_INFLUX_CREATE_DB="1")
+    assert r.code == 0, r
+    assert (r.json["files"], r.json["files_failed"], r.json["lines"]) == (1, 0, 1)
+    assert '"event":"sink_influx_api","api":"v1"' in r.stderr

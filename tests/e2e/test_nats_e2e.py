@@ -298,7 +298,8 @@ def stream_message_count(server: NatsServer) -> int:
 def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_once(
     deployment: Deployment,
 ) -> None:
-    assert deployment.influx is not None
+    influx = deployment.influx
+    assert influx is not None
     edge = deployment.start("serve")
     worker = deployment.start("worker")
     load = Load(edge)
@@ -314,7 +315,8 @@ def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_on
 
 
 def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) -> None:
-    assert deployment.influx is not None
+    influx = deployment.influx
+    assert influx is not None
     edge = deployment.start("serve")
     deployment.start("worker")
     load = Load(edge)
@@ -329,7 +331,8 @@ def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) 
 
 
 def test_two_workers_share_one_stream_and_both_write(deployment: Deployment) -> None:
-    assert deployment.influx is not None
+    influx = deployment.influx
+    assert influx is not None
     edge = deployment.start("serve")
     workers = [deployment.start("worker"), deployment.start("worker")]
     load = Load(edge)
@@ -522,6 +525,31 @@ def worker_ready(deployment: Deployment) -> None:
     """Wait until every started worker says ready (streams and consumer exist)."""
     for proc in deployment.procs:
         poll(lambda p=proc: httpx.get(f"{p.url}/ready", timeout=30).status_code, lambda s: s == 200)
+
+
+def test_line_protocol_through_an_edge_and_a_worker_and_503_while_nats_is_down(
+    deployment: Deployment,
+) -> None:
+    influx = deployment.influx
+    assert influx is not None
+    edge = deployment.start("serve")
+    deployment.start("worker")
+    client = edge.client()
+    auth = {"Authorization": f"Token d1:{deployment.tokens['d1']}"}
+    body = f"lp,room=a v=1.5 {BASE_NS}\nlp,device_id=d2 v=2.5 {BASE_NS + 1}\n"
+    r = client.post(f"/api/v2/write?bucket={TENANT}", content=body, headers=auth)
+    assert r.status_code == 204
+    poll(lambda: DB in influx.databases())
+    rows = poll(lambda: influx.query(DB, 'SELECT * FROM "lp"'), until=lambda rows: len(rows) == 2)
+    assert rows == [
+        {"time": BASE_NS, "device_id": "d1", "room": "a", "site_id": "site-d1", "v": 1.5},
+        {"time": BASE_NS + 1, "device_id": "d1", "room": None, "site_id": "site-d1", "v": 2.5},
+    ]
+    deployment.nats.stop()
+    r = client.post(f"/api/v2/write?bucket={TENANT}", content=body, headers=auth)
+    assert (r.status_code, r.json()["code"], r.headers["Retry-After"]) == (503, "unavailable", "1")
+    deployment.nats.start()
+    poll(lambda: httpx.get(f"{edge.url}/ready", timeout=30).status_code, lambda s: s == 200)
 
 
 def test_a_revoked_device_loses_its_mqtt_access_within_seconds(deployment: Deployment) -> None:

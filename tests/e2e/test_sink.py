@@ -878,3 +878,42 @@ def test_backoff_is_full_jitter_under_the_cap_and_honours_retry_after(tmp_path: 
     assert all(0 <= backoff(cfg, 5000, None) <= 30.0 for _ in range(200))
     assert backoff(cfg, 1, 12.0) == 12.0
     assert backoff(cfg, 1, 3600.0) == 30.0
+
+
+# --- INFLUX_API=auto ----------------------------------------------------------------------------
+
+
+def pinging(versions: list[str]) -> Callable[[Recorded], Reply]:
+    """/ping names `versions` in turn (the last one for good); the v1 write path is gone (404),
+    as after an upgrade to 2.x."""
+
+    def respond(req: Recorded) -> Reply:
+        if req.path == "/ping":
+            version = versions.pop(0) if len(versions) > 1 else versions[0]
+            return Reply(204, {"X-Influxdb-Version": version})
+        return Reply(404, body=b'{"error":"not found"}') if req.path == "/write" else Reply()
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("version", "path"),
+    [("1.8.10", "/write"), ("v2.7.4", "/api/v2/write"), ("3.0.1", "/api/v3/write_lp")],
+)
+def test_auto_picks_the_write_api_from_the_version_ping_names(
+    tmp_path: Path, recorder: RecordingServer, version: str, path: str
+) -> None:
+    recorder.respond = lambda req: Reply(204, {"X-Influxdb-Version": version})
+    cfg = make_cfg(tmp_path, recorder.url, influx_api="auto", influxdb_org="o")
+    flush_once(cfg, tenant_name(), lp(2), lambda s: s["flushes"] == 1)
+    assert [r.path for r in recorder.requests] == ["/ping", path]
+
+
+def test_auto_checks_the_version_again_after_a_404(
+    tmp_path: Path, recorder: RecordingServer
+) -> None:
+    recorder.respond = pinging(["1.8.10", "2.7.4"])
+    cfg = make_cfg(tmp_path, recorder.url, influx_api="auto", influxdb_org="o")
+    flush_once(cfg, tenant_name(), lp(2), lambda s: s["flushes"] == 1)
+    paths = [r.path for r in recorder.requests]
+    assert paths == ["/ping", "/write", "/ping", "/api/v2/write"]

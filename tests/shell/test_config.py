@@ -132,7 +132,7 @@ def test_v2_needs_an_org_when_an_influxdb_url_is_set() -> None:
 def test_empty_environment_gives_the_documented_defaults() -> None:
     assert Config.from_env({}) == Config()
     cfg = Config()
-    assert (cfg.database_url, cfg.influxdb_url, cfg.influx_api) == (None, None, "v3")
+    assert (cfg.database_url, cfg.influxdb_url, cfg.influx_api) == (None, None, "auto")
     assert cfg.data_dir == Path("tidegate-data")
     assert (cfg.influx_batch_size, cfg.influx_flush_interval_ms) == (500, 1000)
     assert cfg.field_types_max_per_tenant == 10_000

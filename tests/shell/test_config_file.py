@@ -63,7 +63,7 @@ def test_a_derived_default_follows_the_file(tmp_path: Path) -> None:
          "integer"),
         ("TIDEGATE_INFLUX_CREATE_DB = 'maybe'\n", "{file}: TIDEGATE_INFLUX_CREATE_DB='maybe' is "
          "invalid: must be 1/0, true/false, yes/no or on/off"),
-        ("INFLUX_API = 'v9'\n", "{file}: INFLUX_API must be one of v1, v2, v3, not 'v9'"),
+        ("INFLUX_API = 'v9'\n", "{file}: INFLUX_API must be one of auto, v1, v2, v3, not 'v9'"),
         ("DATABASE_URL = 'mysql://u:hunter2@db/x'\n", "{file}: DATABASE_URL=<hidden> is invalid: "
          "must start with postgresql:// or postgres://"),
         ("NATS_BACKOFF_S = [1, 2]\n", "{file}: NATS_BACKOFF_S must be a string, a number or a "

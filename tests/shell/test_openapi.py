@@ -52,7 +52,7 @@ def test_every_route_of_both_listeners_is_documented() -> None:
     app = create_app(Config())
     routes = [r for a in (app, app.state.ops_app) for r in a.routes if isinstance(r, Route)]
     documented = openapi.spec()["paths"]
-    assert len(documented) == 13
+    assert len(documented) == 17
     assert {r.path for r in routes} == set(documented)
     for r in routes:
         assert r.methods is not None

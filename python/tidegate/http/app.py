@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tidegate import startup
 from tidegate.answers import INTERNAL_ERROR
 from tidegate.config import Config
-from tidegate.http import api, ingest, limits, ops, shelly
+from tidegate.http import api, influx, ingest, limits, ops, shelly
 from tidegate.http.endpoint import Handler, answer, http_error
 from tidegate.http.gateway import Gateway, OpenPublisher
 from tidegate.listening import NamedServer
@@ -80,7 +80,13 @@ def create_app(cfg: Config, open_publisher: OpenPublisher | None = None) -> App:
     gw = Gateway(cfg, open_publisher)
     lifespan = lifespan_of(gw.start, gw.stop)
     app = App(
-        routes=[*ingest.routes(gw), *ops.public_routes(gw), *shelly.routes(gw), *api.routes(gw)],
+        routes=[
+            *ingest.routes(gw),
+            *influx.routes(gw),
+            *ops.public_routes(gw),
+            *shelly.routes(gw),
+            *api.routes(gw),
+        ],
         lifespan=lifespan,
         exception_handlers=_ERROR_HANDLERS,
     )

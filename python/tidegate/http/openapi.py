@@ -1,7 +1,7 @@
-"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py, api.py). The
-schemas are written here; the limits, patterns and reason codes in them come from the compiled
-core, and every refusal's status, description, Retry-After and example from the answer table
-(tidegate/answers.py)."""
+"""The OpenAPI 3.1 description of every route (ingest.py, shelly.py, ops.py, api.py,
+influx.py). The schemas are written here; the limits, patterns and reason codes in them come
+from the compiled core, and every refusal's status, description, Retry-After and example from
+the answer table (tidegate/answers.py)."""
 
 from __future__ import annotations
 
@@ -758,12 +758,99 @@ _API_PATHS: dict[str, Any] = {
 }
 
 
+_INFLUX_ERROR = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+}
+_INFLUX_DESCRIPTION = (
+    "InfluxDB line protocol (docs/line-protocol.md). Credentials: a device's "
+    "`{device_id}:{provision token}`, or a tenant API key whose lines each carry a `device_id` "
+    "tag naming an active device of the tenant. 204 when every line was accepted; 400 "
+    '`{"code":"invalid","message":"partial write: line N: REASON (detail); …"}` naming each '
+    "refused line (the accepted ones are kept); 429 when the rate limit (counted in lines) "
+    "refused every line; 503 for BUFFER_FULL / UNAVAILABLE. Retry-After whenever a line was "
+    "RATE_LIMITED, BUFFER_FULL or UNAVAILABLE."
+)
+
+
+def _influx_write(summary: str, db_param: str, auth: str, precisions: str) -> dict[str, Any]:
+    """One of InfluxDB's write routes."""
+    query = {"in": "query", "schema": {"type": "string"}}
+    return {
+        "post": {
+            "summary": summary,
+            "description": f"{_INFLUX_DESCRIPTION} Authentication: {auth}.",
+            "parameters": [
+                {"name": db_param, "required": True, **query, "schema": _TENANT},
+                {"name": "precision", "required": False, **query, "description": precisions},
+                _GZIP,
+            ],
+            "requestBody": {"required": True, "content": {"text/plain": {"schema": {}}}},
+            # The route's own answers in InfluxDB's shape; draining and the connection
+            # limits are answered before it, in the table's `{"detail"}` shape.
+            "responses": refusals(
+                {
+                    "204": {"description": "Every line accepted"},
+                    "400": response_spec(_INFLUX_ERROR, "Partial write or unusable body", True),
+                    "401": response_spec(_INFLUX_ERROR, "Missing or wrong credential"),
+                    "403": response_spec(_INFLUX_ERROR, "A tenant key for another tenant"),
+                    "413": response_spec(_INFLUX_ERROR, "Body over the size cap"),
+                    "415": response_spec(_INFLUX_ERROR, "Unsupported Content-Encoding"),
+                    "429": response_spec(_INFLUX_ERROR, "Rate limited", True),
+                    "503": response_spec(
+                        _INFLUX_ERROR, "Buffers full, registry, NATS or the log unavailable", True
+                    ),
+                },
+                (*_ANY, DRAINING),
+            ),
+        }
+    }
+
+
+_INFLUX_PATHS: dict[str, Any] = {
+    "/write": _influx_write(
+        "InfluxDB 1.x write",
+        "db",
+        "`u`/`p` query parameters or HTTP Basic (user = device_id, password = token), or "
+        "`Authorization: Token …`",
+        "ns, us, µs, u, ms, s, m, h",
+    ),
+    "/api/v2/write": _influx_write(
+        "InfluxDB 2.x write (`org` is ignored)",
+        "bucket",
+        "`Authorization: Token …`",
+        "ns, us, µs, u, ms, s",
+    ),
+    "/api/v3/write_lp": _influx_write(
+        "InfluxDB 3.x write",
+        "db",
+        "`Authorization: Bearer …` or `Token …`",
+        "ns, us, µs, u, ms, s",
+    ),
+    "/ping": {
+        "get": {
+            "summary": "InfluxDB's liveness check",
+            "responses": refusals(
+                {
+                    "204": {
+                        "description": "The process answers",
+                        "headers": {"X-Influxdb-Version": {"schema": {"type": "string"}}},
+                    }
+                },
+                _ANY,
+            ),
+        }
+    },
+}
+
+
 def spec() -> dict[str, Any]:
     """The OpenAPI document."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "tidegate", "version": __version__},
-        "paths": {**_PATHS, **_SHELLY_PATHS, **_API_PATHS},
+        "paths": {**_PATHS, **_SHELLY_PATHS, **_API_PATHS, **_INFLUX_PATHS},
         "components": {
             "schemas": _SCHEMAS,
             "headers": {

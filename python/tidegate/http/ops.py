@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from tidegate.http import openapi
 from tidegate.http.endpoint import route
 from tidegate.http.gateway import Gateway
+from tidegate.http.influx import VERSION, VERSION_HEADER
 from tidegate.serving import json_response
 
 READY_TIMEOUT_S = 2.0
@@ -60,8 +61,9 @@ class Ops:
         self.gw = gw
 
     async def health(self, request: Request) -> Response:
-        """GET /health: the process answers."""
-        return json_response(200, {"status": "ok"})
+        """GET /health: the process answers; the version header as InfluxDB's, for clients'
+        checks (influxdb-client's health() is deprecated for /ping, which influx.py answers)."""
+        return json_response(200, {"status": "ok"}, {VERSION_HEADER: VERSION})
 
     async def ready(self, request: Request) -> Response:
         """GET /ready: 200 only when the gateway can take and deliver traffic."""

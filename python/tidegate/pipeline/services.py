@@ -14,6 +14,7 @@ from tidegate.latest import LatestWriter
 from tidegate.pipeline.admission import Admitter
 from tidegate.pipeline.field_claims import FieldClaims
 from tidegate.pipeline.peers import Peers
+from tidegate.pipeline.sites import DeviceSites
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
 from tidegate.store import open_registry
@@ -39,6 +40,7 @@ class Services:
     tenant_keys: TenantKeys
     peers: Peers
     field_claims: FieldClaims
+    sites: DeviceSites
 
     def stats(self) -> dict[str, int]:
         """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
@@ -107,9 +109,10 @@ async def open_services(
         registry.has_tenants,
     )
     admitter = Admitter.from_config(core, cfg, registry)
+    sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
-    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys))
+    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys, sites))
     peers.start()
     return Services(
         registry,
@@ -123,19 +126,26 @@ async def open_services(
         tenant_keys,
         peers,
         field_claims,
+        sites,
     )
 
 
 def _forget(
-    admitters: list[Admitter], tenant_keys: TenantKeys, tenant: str | None, device: str | None
+    admitters: list[Admitter],
+    tenant_keys: TenantKeys,
+    sites: DeviceSites,
+    tenant: str | None,
+    device: str | None,
 ) -> None:
     """What the registry's change feed says changed leaves this process's caches."""
     if device is not None and tenant is not None:
         for admitter in admitters:
             admitter.invalidate(tenant, device)
+        sites.forget(tenant, device)
     elif tenant is not None:
         tenant_keys.forget_tenant(tenant)
     else:
         for admitter in admitters:
             admitter.invalidate_all()
         tenant_keys.invalidate_all()
+        sites.forget_all()

@@ -79,7 +79,10 @@ class Pipeline:
             ready = await services.accept.append(batch, mark)
             if ready:
                 services.sink.notify(ready)
-        services.latest.record(batch)
+        # telemetry_latest holds a device's last message (msg_type, seq, metrics): line
+        # protocol has none of those, and the core reads them back from the stored line.
+        if not batch.line_numbers():
+            services.latest.record(batch)
         if batch.retry_after:
             self.refusals.record(batch.refusals(RATE_LIMITED))
         accepted, rejected, out = batch.response_json()

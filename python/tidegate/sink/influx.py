@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from tidegate._core import valid_tenant
-from tidegate.config import INFLUX_APIS, Config
+from tidegate.config import INFLUX_API_CHOICES, Config
 from tidegate.logs import log
 from tidegate.sink.files import append
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, clip, database, describe
@@ -32,6 +32,9 @@ _DEAD_LETTER_ERROR_CHARS = 4000
 _TYPE_CONFLICT = re.compile(
     r'input field "(.+?)" on measurement "(.+?)" is type \w+, already exists as type (\w+)'
 )
+
+
+_API_OF_MAJOR = {"1.": "v1", "2.": "v2", "3.": "v3"}
 
 
 class FieldLearner(Protocol):
@@ -113,33 +116,79 @@ class InfluxTarget:
         observe: FlushHook,
         field_types: FieldLearner | None = None,
     ) -> None:
-        if cfg.influxdb_url is None or cfg.influx_api not in INFLUX_APIS:
-            raise ValueError("an InfluxDB target needs influxdb_url and influx_api v1, v2 or v3")
+        if cfg.influxdb_url is None or cfg.influx_api not in INFLUX_API_CHOICES:
+            raise ValueError(
+                "an InfluxDB target needs influxdb_url and influx_api auto, v1, v2 or v3"
+            )
         self._cfg = cfg
         self._client = client
         self._counts = counts
         self._observe = observe
         self._field_types = field_types
-        self._api = cfg.influx_api
         url = cfg.influxdb_url.rstrip("/")
         if cfg.influxdb_token:
             # httpx would turn a URL's user:password into Basic auth over the token header.
             url = without_userinfo(url)
+        self._url = url
         self._query_url = f"{url}/query"
+        self._auto = cfg.influx_api == "auto"
+        self._api: str | None = None
+        self._write_url = ""
         self._auth: dict[str, str] = {}
-        if cfg.influx_api == "v1":
+        self._headers: dict[str, str] = {}
+        if not self._auto:
+            self._use(cfg.influx_api)
+        self._dead_letter_root = cfg.data_dir / "deadletter"
+
+    def _use(self, api: str) -> None:
+        """Write through `api` (v1, v2 or v3) from now on."""
+        url = self._url
+        if api == "v1":
             self._write_url = f"{url}/write"
             scheme = "Token"
-        elif cfg.influx_api == "v2":
+        elif api == "v2":
             self._write_url = f"{url}/api/v2/write"
             scheme = "Token"
         else:
             self._write_url = f"{url}/api/v3/write_lp"
             scheme = "Bearer"
-        if cfg.influxdb_token:
-            self._auth["Authorization"] = f"{scheme} {cfg.influxdb_token}"
+        token = self._cfg.influxdb_token
+        self._auth = {"Authorization": f"{scheme} {token}"} if token else {}
         self._headers = {**self._auth, "Content-Type": "text/plain; charset=utf-8"}
-        self._dead_letter_root = cfg.data_dir / "deadletter"
+        self._api = api
+
+    async def detect(self) -> Failure | None:
+        """INFLUX_API=auto: choose the write API by the version `/ping` names
+        (`X-Influxdb-Version`, or 3.x's JSON `version`): 1.x → v1, 2.x → v2, 3.x → v3. Logged
+        when the choice is made or changes; a Failure (retried) when the server does not say."""
+        # v3 asks for the token on /ping too; 1.x and 2.x ignore it there.
+        token = self._cfg.influxdb_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            resp = await self._client.get(f"{self._url}/ping", headers=headers)
+        except httpx.TransportError as exc:
+            return Failure(f"GET /ping: {describe(exc)}")
+        version = resp.headers.get("x-influxdb-version", "")
+        if not version:
+            with contextlib.suppress(ValueError, AttributeError):
+                version = str(orjson.loads(resp.content).get("version", ""))
+        api = _API_OF_MAJOR.get(version.lstrip("v")[:2])
+        if api is None:
+            return Failure(
+                f"GET /ping: HTTP {resp.status_code}, InfluxDB version {version!r} is not 1.x, "
+                "2.x or 3.x; set INFLUX_API"
+            )
+        if api != self._api:
+            log("sink_influx_api", api=api, version=version, url=without_userinfo(self._url))
+            if api == "v2" and not self._cfg.influxdb_org:
+                log("sink_influxdb_org_missing", level="error", detail="set INFLUXDB_ORG for 2.x")
+        self._use(api)
+        return None
+
+    @property
+    def api(self) -> str | None:
+        """The write API in use; None while INFLUX_API=auto has not found it yet."""
+        return self._api
 
     def _params(self, tenant: str) -> dict[str, str]:
         db = database(tenant)
@@ -152,7 +201,11 @@ class InfluxTarget:
     async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
         """Write the pending pieces in order. Written and dead-lettered pieces leave `pending`;
         on a retryable failure the rest stays there and the failure is returned."""
-        created = False
+        created = redetected = False
+        if self._api is None:
+            failure = await self.detect()
+            if failure is not None:
+                return failure
         while pending:
             body, lines = pending[0]
             started = time.perf_counter()
@@ -190,6 +243,15 @@ class InfluxTarget:
                     return failure
                 created = True
                 continue
+            if status == 404 and self._auto and not redetected:
+                # The server behind the URL may have changed (an upgrade from 1.x to 2.x).
+                before = self._api
+                failure = await self.detect()
+                if failure is not None:
+                    return failure
+                redetected = True
+                if self._api != before:
+                    continue
             if status == 404:
                 # Held, not dead-lettered: loud, since only an operator can fix it.
                 log(
@@ -217,7 +279,14 @@ class InfluxTarget:
         tenant database), so that the first write after a start does not meet a type another
         writer chose. A field InfluxDB lists with two types (different shards) is skipped. A
         failure is logged and start-up goes on: the conflict errors still teach the types."""
-        if self._field_types is None or self._api != "v1":
+        if self._field_types is None:
+            return
+        if self._api is None:
+            failure = await self.detect()
+            if failure is not None:
+                log("field_types_not_loaded", level="warning", error=failure.error)
+                return
+        if self._api != "v1":
             return
         learned = 0
         try:
