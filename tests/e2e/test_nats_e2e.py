@@ -39,7 +39,7 @@ class Deployment:
 
     tmp: Path
     nats: NatsServer
-    influx: InfluxDB | None
+    influx: InfluxDB
     database_url: str
     tokens: dict[str, str] = field(default_factory=dict)
     procs: list[GatewayProcess] = field(default_factory=list)
@@ -58,13 +58,12 @@ class Deployment:
             "TIDEGATE_DEFAULT_RPS": "100000",
             "TIDEGATE_DEFAULT_BURST": "100000",
         }
-        if self.influx is not None:
-            env |= {
-                "INFLUXDB_URL": self.influx.url,
-                "INFLUX_API": "v1",
-                "TIDEGATE_INFLUX_CREATE_DB": "1",
-                "INFLUX_RETRY_MAX_S": "0.5",
-            }
+        env |= {
+            "INFLUXDB_URL": self.influx.url,
+            "INFLUX_API": "v1",
+            "TIDEGATE_INFLUX_CREATE_DB": "1",
+            "INFLUX_RETRY_MAX_S": "0.5",
+        }
         return env | extra
 
     def provision(self) -> None:
@@ -115,15 +114,32 @@ def deployment(
     tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB, postgres_url: str
 ) -> Iterator[Deployment]:
     """A NATS-mode deployment on InfluxDB; every process must exit 0 at teardown."""
-    if DB in influxdb.databases():
-        influxdb.query(None, f'DROP DATABASE "{DB}"')
-    d = Deployment(tmp_path, nats_server, influxdb, postgres_url)
+    yield from deployed(Deployment(tmp_path, nats_server, influxdb, postgres_url))
+
+
+def deployed(d: Deployment) -> Iterator[Deployment]:
+    """The deployment with its devices and streams, no process running yet; at the end every
+    process it started is stopped and must have exited 0."""
+    if DB in d.influx.databases():
+        d.influx.query(None, f'DROP DATABASE "{DB}"')
     d.provision()
     # Streams and consumer as the first worker creates them: edges may only publish.
-    asyncio.run(set_up(nats_server))
+    asyncio.run(set_up(d.nats))
     yield d
     failures = d.stop_all()
     assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def edge(deployment: Deployment) -> GatewayProcess:
+    """An edge of the deployment, started."""
+    return deployment.start("serve")
+
+
+@pytest.fixture
+def worker(deployment: Deployment) -> GatewayProcess:
+    """A worker of the deployment (with the default settings), started."""
+    return deployment.start("worker")
 
 
 def message(seq: int, token: str | None = None, device: str | None = None) -> dict[str, Any]:
@@ -215,9 +231,8 @@ MIXED = {
 
 
 def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
-    deployment: Deployment, tmp_path: Path
+    deployment: Deployment, edge: GatewayProcess, tmp_path: Path
 ) -> None:
-    edge = deployment.start("serve")
     direct_env = {
         k: v for k, v in deployment.env().items() if not k.startswith(("NATS_", "TIDEGATE_MODE"))
     }
@@ -247,9 +262,8 @@ def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
 
 
 def test_nats_down_answers_503_unavailable_and_every_202_is_in_the_stream(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess
 ) -> None:
-    edge = deployment.start("serve")
     client = edge.client()
     accepted = 0
     for seq in range(0, 50, 10):
@@ -296,12 +310,8 @@ def stream_message_count(server: NatsServer) -> int:
 
 
 def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_once(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
 ) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    worker = deployment.start("worker")
     load = Load(edge)
     load.start()
     poll(lambda: worker_stats(worker)["worker_acked"], lambda n: n >= 20)
@@ -314,11 +324,9 @@ def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_on
     wait_for_exactly(deployment.influx, load.accepted)
 
 
-def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    deployment.start("worker")
+def test_nats_server_restarted_mid_stream_loses_nothing(
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
+) -> None:
     load = Load(edge)
     load.start()
     poll(lambda: len(load.accepted), lambda n: n >= 200)
@@ -330,11 +338,10 @@ def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) 
     wait_for_exactly(deployment.influx, load.accepted)
 
 
-def test_two_workers_share_one_stream_and_both_write(deployment: Deployment) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    workers = [deployment.start("worker"), deployment.start("worker")]
+def test_two_workers_share_one_stream_and_both_write(
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
+) -> None:
+    workers = [worker, deployment.start("worker")]
     load = Load(edge)
     load.start()
     poll(
@@ -346,12 +353,9 @@ def test_two_workers_share_one_stream_and_both_write(deployment: Deployment) -> 
 
 
 def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
 ) -> None:
     influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    worker = deployment.start("worker")
     client = edge.client()
     r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in range(10)]})
     assert r.status_code == 202
@@ -372,11 +376,9 @@ def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
 
 
 def test_sigterm_with_influxdb_down_exits_0_and_leaves_the_messages_to_the_next_worker(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess
 ) -> None:
     influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
     worker = deployment.start("worker", TIDEGATE_SHUTDOWN_DEADLINE_S="2")
     client = edge.client()
     influx.stop()
@@ -458,11 +460,8 @@ def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
 
 
 def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
-    deployment: Deployment,
+    deployment: Deployment, worker: GatewayProcess
 ) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    deployment.start("worker")
     worker_ready(deployment)
     tok = deployment.tokens
     publish_raw(
@@ -499,7 +498,7 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
     )
     d1 = deployment.mqtt_credentials("d1")
     mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe", d1)
-    wait_for_exactly(influx, {1, 11, 12})
+    wait_for_exactly(deployment.influx, {1, 11, 12})
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
     assert sorted((subject, reason) for subject, reason, _, _ in got) == [
         ("telemetry.rejected.acme", "INVALID_METRICS"),
@@ -528,12 +527,9 @@ def worker_ready(deployment: Deployment) -> None:
 
 
 def test_line_protocol_through_an_edge_and_a_worker_and_503_while_nats_is_down(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
 ) -> None:
     influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    deployment.start("worker")
     client = edge.client()
     auth = {"Authorization": f"Token d1:{deployment.tokens['d1']}"}
     body = f"lp,room=a v=1.5 {BASE_NS}\nlp,device_id=d2 v=2.5 {BASE_NS + 1}\n"
@@ -605,9 +601,8 @@ def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
 
 
 def test_a_revoke_through_the_tenant_api_cuts_the_devices_mqtt_access(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess
 ) -> None:
-    edge = deployment.start("serve")
     key = deployment.cli("tenant", "add", "--tenant", "beta")["api_key"]
     provision(deployment.env(), "beta", "b1", "site-b1")
     b1 = Device(deployment.nats, deployment.mqtt_credentials("b1", "beta"), "e2e-b1")
