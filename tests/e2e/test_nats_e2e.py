@@ -22,9 +22,10 @@ import nats.js.errors
 import orjson
 import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
-from services import InfluxDB, NatsServer
+from services import InfluxDB, NatsServer, PostgresCluster
 from test_nats_hostile import Device
 from test_nats_stream import mqtt_publish, set_up
+from tidegate import broker
 
 TENANT = "acme"
 DB = f"telemetry_{TENANT}"
@@ -430,7 +431,8 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
             js = nc.jetstream()
             state = (await js.stream_info("TELEMETRY_REJECTED")).state
             out = []
-            for seq in range(state.first_seq, state.last_seq + 1):
+            # An empty stream reports first_seq 0, which no message has (a bad request).
+            for seq in range(max(state.first_seq, 1), state.last_seq + 1):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     msg = await js.get_msg("TELEMETRY_REJECTED", seq)
                     headers = msg.headers or {}
@@ -618,3 +620,92 @@ def test_a_revoke_through_the_tenant_api_cuts_the_devices_mqtt_access(
         assert b1.disconnected.wait(10)
     finally:
         b1.close()
+
+
+# -- nothing stranded, self-healing -----------------------------------------------------------
+
+
+@pytest.fixture
+def own_registry(
+    tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB, own_postgres: PostgresCluster
+) -> Iterator[Deployment]:
+    """A deployment whose registry (PostgreSQL) the test may stop and start."""
+    url = own_postgres.url(own_postgres.create_database())
+    yield from deployed(Deployment(tmp_path, nats_server, influxdb, url))
+
+
+def test_a_registry_outage_pauses_fetching_so_no_delivery_is_spent(
+    own_registry: Deployment, own_postgres: PostgresCluster
+) -> None:
+    d = own_registry
+    # Three deliveries, one second apart at most: a worker that kept fetching (and nak'ing)
+    # through the outage would have given every message up long before the registry returns.
+    asyncio.run(set_up(d.nats, max_deliver=3, ack_wait_s=1.0))
+    worker = d.start("worker", NATS_MAX_DELIVER="3", NATS_ACK_WAIT_S="1")
+    worker_ready(d)
+    creds = {device: d.mqtt_credentials(device) for device in DEVICES}  # needs the registry
+    own_postgres.stop()
+    # The worker has not seen these devices yet: it must ask the registry for each.
+    for seq, device in enumerate(DEVICES):
+        body = {"site_id": f"site-{device}", "seq": seq, "metrics": {"temp": seq}}
+        topic = f"tenant/{TENANT}/device/{device}/telemetry"
+        mqtt_publish(d.nats, topic, orjson.dumps(body), creds[device])
+    ready = poll(
+        lambda: httpx.get(f"{worker.url}/ready", timeout=30),
+        lambda r: r.status_code == 503 and "registry" in r.text,
+    )
+    assert "registry is unavailable" in ready.text
+    time.sleep(6.0)  # six times the whole MaxDeliver budget
+    assert stream_message_count(d.nats) == len(DEVICES)
+    assert stored_seqs(d.influx) == []
+    own_postgres.start()
+    wait_for_exactly(d.influx, set(range(len(DEVICES))))
+    poll(lambda: stream_message_count(d.nats), lambda n: n == 0)
+    assert rejected(d.nats) == []
+    assert worker_stats(worker)["worker_rejected"] == {}
+    logs = worker.logs()
+    assert '"registry_available"' in logs
+    assert '"worker_max_deliveries"' not in logs
+
+
+def as_admin(server: NatsServer) -> str:
+    """A NATS URL of a user with every right, added to the broker for this test: nobody that
+    setup writes may delete a consumer, which is what this attacker did before issue 18."""
+    path = server.broker_dir / broker.ACCOUNTS
+    head, _, accounts = path.read_text().partition("accounts: ")
+    users = orjson.loads(accounts)
+    users[broker.ACCOUNT]["users"].append({"user": "admin", "password": "admin-password"})
+    path.write_text(f"{head}accounts: {orjson.dumps(users).decode()}\n")
+    loaded = server.varz()["config_load_time"]
+    os.kill(server.pid, signal.SIGHUP)
+    poll(lambda: server.varz()["config_load_time"], lambda t: t != loaded)
+    return server.url.replace("://", "://admin:admin-password@", 1)
+
+
+def test_a_deleted_consumer_is_created_again_by_the_worker_and_messages_flow_again(
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
+) -> None:
+    client = edge.client()
+
+    def post(seqs: range) -> None:
+        r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in seqs]})
+        assert r.status_code == 202
+
+    post(range(10))
+    wait_for_exactly(deployment.influx, set(range(10)))
+    admin = as_admin(deployment.nats)
+
+    async def delete_consumer() -> None:
+        nc = await nats.connect(admin)
+        try:
+            assert await nc.jetstream().delete_consumer("TELEMETRY", "ingest-workers")
+        finally:
+            await nc.close()
+
+    asyncio.run(delete_consumer())
+    post(range(10, 20))  # the stream is kept: these wait there for a consumer
+    wait_for_exactly(deployment.influx, set(range(20)))
+    post(range(20, 30))
+    wait_for_exactly(deployment.influx, set(range(30)))
+    assert '"nats_consumer_created"' in worker.logs()
+    poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)
