@@ -19,6 +19,10 @@ A device's MQTT user may publish only on its own subject, `tenant.{T}.device.{D}
 `tenant/{T}/device/{D}/{type}`), subscribe to nothing, and connect only over MQTT. Adding or
 removing one rewrites accounts.conf and reloads nats-server (SIGHUP to the pid in its pid file);
 docs/nats-security.md has the figures behind this choice and its limits.
+
+That is the default, `--auth users`. With `--auth jwt` (broker_jwt.py) the same users and
+permissions are JWTs in operator mode, and adding or revoking a device pushes an account update
+instead of reloading every user.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 import bcrypt
 import httpx
 
+from tidegate import broker_jwt
 from tidegate.nats.settings import (
     CONSUMER,
     EDGE_SUBJECTS,
@@ -55,6 +60,9 @@ ACCOUNTS = "accounts.conf"
 STATE = "broker.json"
 PID_FILE = "nats-server.pid"
 LOCK = "broker.lock"
+USERS = "users"
+JWT = "jwt"
+AUTH_MODES = (USERS, JWT)
 # Service passwords are typed by nobody; a high cost only slows their (rare) connects.
 _SERVICE_COST = 10
 # Device passwords are 256-bit random: bcrypt adds nothing against guessing them, and a low
@@ -140,47 +148,58 @@ class Listeners:
     monitor_host: str = "127.0.0.1"
 
 
-def setup(directory: Path, at: Listeners) -> dict[str, object]:
-    """Write a fresh config with new service passwords; the edge's and worker's environment."""
+def setup(directory: Path, at: Listeners, auth: str = USERS) -> dict[str, object]:
+    """Write a fresh config with new service secrets (`auth`: users file or operator-mode JWTs);
+    the edge's and worker's environment."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     root = directory.resolve()
-    passwords = {EDGE_USER: _password(), WORKER_USER: _password()}
-    state = {
+    state: dict[str, Any] = {
         "host": at.host,
         "port": at.port,
         "mqtt_port": at.mqtt_port,
         "monitor_host": at.monitor_host,
         "monitor_port": at.monitor_port,
-        "service": {u: _hash(p, _SERVICE_COST) for u, p in passwords.items()},
         "devices": {},
     }
-    config = root / CONFIG
-    _write(config, _server_conf(root, at))
-    _save(root, state)
     scheme = "nats" if at.tls_cert is None else "tls"
-    url = f"{scheme}://{_url_host(at.host)}:{at.port}"
-    tls = {}
+    common = {"NATS_URL": f"{scheme}://{_url_host(at.host)}:{at.port}"}
     if at.tls_cert is not None:
-        tls["NATS_TLS_CA"] = str((at.tls_ca or at.tls_cert).resolve())
-
-    def env(user: str) -> dict[str, str]:
-        return {"NATS_URL": url, "NATS_USER": user, "NATS_PASSWORD": passwords[user], **tls}
-
-    return {"config": str(config), "edge_env": env(EDGE_USER), "worker_env": env(WORKER_USER)}
+        common["NATS_TLS_CA"] = str((at.tls_ca or at.tls_cert).resolve())
+    if auth == JWT:
+        env = broker_jwt.setup(root, state, common)
+    else:
+        passwords = {EDGE_USER: _password(), WORKER_USER: _password()}
+        state["service"] = {u: _hash(p, _SERVICE_COST) for u, p in passwords.items()}
+        env = {
+            user: {**common, "NATS_USER": user, "NATS_PASSWORD": password}
+            for user, password in passwords.items()
+        }
+    config = root / CONFIG
+    write_private(config, _server_conf(root, at))
+    _save(root, state)
+    return {"config": str(config), "edge_env": env[EDGE_USER], "worker_env": env[WORKER_USER]}
 
 
 def device_credentials(directory: Path, tenant: str, device: str) -> dict[str, str]:
-    """A new MQTT password for the device (replacing any earlier one), live once this returns."""
-    password = _password()
+    """New MQTT credentials for the device (revoking any earlier ones), live once this
+    returns."""
     with _locked(directory) as state:
-        state["devices"][device_user(tenant, device)] = _hash(password, _DEVICE_COST)
+        if state.get("auth") == JWT:
+            password = broker_jwt.device_credentials(directory.resolve(), state, tenant, device)
+        else:
+            password = _password()
+            state["devices"][device_user(tenant, device)] = _hash(password, _DEVICE_COST)
     return {"username": device_user(tenant, device), "password": password}
 
 
 def remove_devices(directory: Path, tenant: str, devices: Collection[str]) -> None:
-    """Take the devices' MQTT users away: one reload, which closes their connections."""
+    """Take the devices' MQTT access away: one reload or account update, which closes their
+    connections."""
     with _locked(directory) as state:
+        if state.get("auth") == JWT:
+            broker_jwt.remove_devices(directory.resolve(), state, tenant, list(devices))
+            return
         for device in devices:
             state["devices"].pop(device_user(tenant, device), None)
 
@@ -188,7 +207,7 @@ def remove_devices(directory: Path, tenant: str, devices: Collection[str]) -> No
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[dict[str, Any]]:
     """The state under an exclusive lock; on a clean exit accounts.conf is rewritten from it
-    and nats-server reloaded (if it runs)."""
+    and a running nats-server reloaded or sent the new account JWT."""
     root = directory.resolve()
     path = root / STATE
     if not path.is_file():
@@ -201,19 +220,36 @@ def _locked(directory: Path) -> Iterator[dict[str, Any]]:
         yield state
         if json.dumps(state, sort_keys=True) != before:
             _save(root, state)
-            _reload(root, state)
+            if state.get("auth") == JWT:
+                broker_jwt.push(root, state)
+            else:
+                _reload(root, state)
 
 
 def _save(root: Path, state: dict[str, Any]) -> None:
-    _write(root / ACCOUNTS, _accounts_conf(state))
-    _write(root / STATE, json.dumps(state, indent=1))
+    if state.get("auth") == JWT:
+        write_private(root / ACCOUNTS, broker_jwt.accounts_conf(root, state))
+    else:
+        write_private(root / ACCOUNTS, _accounts_conf(state))
+    write_private(root / STATE, json.dumps(state, indent=1))
+
+
+def running_pid(root: Path) -> int | None:
+    """The pid in nats-server's pid file, None when there is none or no such process."""
+    try:
+        pid = int((root / PID_FILE).read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid  # it runs, as another user
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def _reload(root: Path, state: dict[str, Any]) -> None:
     """SIGHUP nats-server and wait until /varz shows the new config loaded."""
-    try:
-        pid = int((root / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
+    pid = running_pid(root)
+    if pid is None:
         return  # not running: it reads the new file when it starts
     # A directory written before monitor_host existed has its monitor on `host`.
     monitor_host = _url_host(state.get("monitor_host", state["host"]))
@@ -247,7 +283,7 @@ def _server_conf(root: Path, at: Listeners) -> str:
         cert, key = q(str(at.tls_cert.resolve())), q(str(at.tls_key.resolve()))
         tls = f"  tls {{\n    cert_file: {cert}\n    key_file: {key}\n  }}\n"
     return (
-        "# Written by `tidegate nats setup`; users and permissions are in accounts.conf.\n"
+        "# Written by `tidegate nats setup`; who may connect, and do what, is in accounts.conf.\n"
         f"server_name: {q('tidegate-' + str(at.port))}\n"
         f"listen: {q(f'{at.host}:{at.port}')}\n"
         f"http: {q(f'{at.monitor_host}:{at.monitor_port}')}\n"
@@ -297,8 +333,9 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
 
 
-def _write(path: Path, text: str) -> None:
-    """Replace the file atomically, created 0600 (it holds hashes, not for other users)."""
+def write_private(path: Path, text: str) -> None:
+    """Replace the file atomically, created 0600 (it holds hashes or keys, not for other
+    users)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

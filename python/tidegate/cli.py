@@ -180,7 +180,7 @@ async def _nats_setup(cfg: Config, args: argparse.Namespace) -> dict[str, object
         args.tls_ca,
         args.monitor_host,
     )
-    return broker.setup(args.dir, at)
+    return broker.setup(args.dir, at, args.auth)
 
 
 async def _device_list(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
@@ -419,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         nats_setup.add_argument(
             f"--tls-{flag}", type=Path, metavar="PEM", help=f"TLS on both listeners: {what}"
         )
+    nats_setup.add_argument(
+        "--auth",
+        choices=broker.AUTH_MODES,
+        default=broker.USERS,
+        help="users: a users file, reloaded per change; jwt: operator mode, device JWTs "
+        "(docs/nats-security.md)",
+    )
     nats_setup.set_defaults(run=_nats_setup)
 
     replay = commands.add_parser(

@@ -408,13 +408,15 @@ class NatsServer(_Daemon):
     on free ports; restartable in place, ready once JetStream is healthy (`/healthz` 200).
     `url` carries no credentials (an anonymous client); `edge_url` and `worker_url` carry the
     edge's and the worker's; `broker_dir` is what NATS_BROKER_DIR names. `sync_interval` None
-    leaves JetStream's default instead of `always`; `host` is setup's `--host`."""
+    leaves JetStream's default instead of `always`; `host` is setup's `--host`, `auth` its
+    `--auth` (with `jwt` the services connect with `.creds`: `connect_options`, not the URLs)."""
 
     def __init__(
         self,
         sync_interval: str | None = "always",
         tls: tuple[Path, Path] | None = None,
         host: str = "127.0.0.1",
+        auth: str = "users",
     ) -> None:
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
@@ -429,6 +431,7 @@ class NatsServer(_Daemon):
         ports = {"port": self.port, "mqtt-port": self.mqtt_port, "monitor-port": self.http_port}
         setup = subprocess.run(
             [*_tidegate(), "nats", "setup", "--dir", str(self.broker_dir), f"--host={host}"]
+            + [f"--auth={auth}"]
             + [f"--{flag}={port}" for flag, port in ports.items()]
             + ([f"--tls-cert={tls[0]}", f"--tls-key={tls[1]}"] if tls else []),
             capture_output=True,
@@ -450,6 +453,13 @@ class NatsServer(_Daemon):
         self._client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=5.0)
         self._ready = ("/healthz", 200)
 
+    def connect_options(self, *, worker: bool = False) -> dict[str, Any]:
+        """nats-py `connect` options as the edge (or the worker)."""
+        env = self.worker_env if worker else self.edge_env
+        if "NATS_CREDS" in env:
+            return {"servers": [self.url], "user_credentials": env["NATS_CREDS"]}
+        return {"servers": [self.worker_url if worker else self.edge_url]}
+
     def jsz(self) -> dict[str, Any]:
         """The monitoring endpoint's JetStream report, streams and consumers included."""
         return self._monitor("/jsz", {"streams": "true", "consumers": "true"})
@@ -466,6 +476,8 @@ class NatsServer(_Daemon):
 
 
 def _with_user(url: str, env: dict[str, str]) -> str:
+    if "NATS_USER" not in env:
+        return url  # operator mode: credentials are a `.creds` file
     return url.replace("://", f"://{env['NATS_USER']}:{env['NATS_PASSWORD']}@", 1)
 
 

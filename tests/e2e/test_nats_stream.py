@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import nats
@@ -29,8 +30,10 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
 
 def fast(server: NatsServer, *, worker: bool = False, **changes: object) -> NatsSettings:
     """Settings for `server` with short publish timeouts, as its edge (or worker) user."""
+    creds = server.connect_options(worker=worker).get("user_credentials")
     base = NatsSettings(
         url=server.worker_url if worker else server.edge_url,
+        creds=None if creds is None else Path(creds),
         publish_timeout_s=1.0,
         publish_attempts=2,
         publish_retry_wait_s=0.05,
@@ -54,7 +57,7 @@ async def set_up(server: NatsServer, **changes: object) -> None:
 async def stored(server: NatsServer, stream: str, subject: str) -> list[api.RawStreamMsg]:
     """Every message of `stream` on `subject`, read by sequence (no consumer: TELEMETRY is a
     work queue, where a second consumer on the workers' subjects is refused)."""
-    nc = await nats.connect(server.worker_url)
+    nc = await nats.connect(**server.connect_options(worker=True))
     try:
         js = nc.jetstream()
         state = (await js.stream_info(stream)).state
