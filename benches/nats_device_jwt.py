@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -32,6 +30,7 @@ import nats
 import nkeys
 import paho.mqtt.client as mqtt
 from nats_device_users import free_port, rss_mb, start_server
+from tidegate.nats_jwt import encode, new_key, public
 
 UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1}
 ACCOUNT_LIMITS = {
@@ -51,35 +50,6 @@ CONNECTS = 20
 # it, so one account lists at most ~11,200 revoked users. Past 10,000 devices they are spread
 # over several accounts.
 PER_ACCOUNT = 10_000
-
-
-def new_key(prefix: int) -> nkeys.KeyPair:
-    return nkeys.from_seed(nkeys.encode_seed(secrets.token_bytes(32), prefix))
-
-
-def public(key: nkeys.KeyPair) -> str:
-    return str(key.public_key.decode())
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def encode(signer: nkeys.KeyPair, subject: str, name: str, claims: dict[str, Any], iat: int) -> str:
-    """A NATS v2 JWT (ed25519-nkey) for `subject`, signed by `signer`."""
-    body: dict[str, Any] = {"iat": iat, "iss": public(signer), "name": name, "sub": subject}
-    body["nats"] = {**claims, "version": 2}
-    digest = hashlib.sha512(json.dumps(body, sort_keys=True).encode()).digest()[:32]
-    body["jti"] = base64.b32encode(digest).decode().rstrip("=")
-    head = _b64(b'{"typ":"JWT","alg":"ed25519-nkey"}')
-    payload = _b64(json.dumps(body, separators=(",", ":")).encode())
-    signature = key_sign(signer, f"{head}.{payload}".encode())
-    return f"{head}.{payload}.{_b64(signature)}"
-
-
-def key_sign(key: nkeys.KeyPair, data: bytes) -> bytes:
-    signed: bytes = key.sign(data)
-    return signed
 
 
 class Keys:
@@ -138,7 +108,7 @@ async def push(keys: Keys, url: str, account_jwt: str) -> float:
     nc = await nats.connect(
         url,
         user_jwt_cb=lambda: keys.admin_jwt.encode(),
-        signature_cb=lambda nonce: base64.b64encode(key_sign(keys.admin, nonce.encode())),
+        signature_cb=lambda nonce: base64.b64encode(keys.admin.sign(nonce.encode())),
         max_reconnect_attempts=0,
     )
     try:

@@ -43,91 +43,33 @@ import bcrypt
 import httpx
 
 from tidegate import broker_jwt
-from tidegate.nats.settings import (
-    CONSUMER,
-    EDGE_SUBJECTS,
-    MAX_DELIVERIES_ADVISORY,
-    REJECTED_STREAM,
-    REJECTED_SUBJECTS,
-    STREAM,
+from tidegate.broker_access import ACCOUNT as ACCOUNT
+from tidegate.broker_access import AUTH_MODES as AUTH_MODES
+from tidegate.broker_access import (
+    EDGE_USER,
+    JWT,
+    PID_FILE,
+    WORKER_USER,
+    device_permissions,
+    device_user,
+    edge_permissions,
+    running_pid,
+    worker_permissions,
+    write_private,
 )
+from tidegate.broker_access import USERS as USERS
+from tidegate.broker_access import BrokerError as BrokerError
 
-ACCOUNT = "TIDEGATE"
-EDGE_USER = "edge"
-WORKER_USER = "worker"
 CONFIG = "nats-server.conf"
 ACCOUNTS = "accounts.conf"
 STATE = "broker.json"
-PID_FILE = "nats-server.pid"
 LOCK = "broker.lock"
-USERS = "users"
-JWT = "jwt"
-AUTH_MODES = (USERS, JWT)
 # Service passwords are typed by nobody; a high cost only slows their (rare) connects.
 _SERVICE_COST = 10
 # Device passwords are 256-bit random: bcrypt adds nothing against guessing them, and a low
 # cost keeps a reconnect storm of many devices from eating the broker's CPU.
 _DEVICE_COST = 4
 _RELOAD_WAIT_S = 10.0
-
-
-class BrokerError(Exception):
-    """The broker directory is missing or unreadable, or nats-server did not reload."""
-
-
-def _api(*names: str) -> list[str]:
-    return [f"$JS.API.{name}" for name in names]
-
-
-def edge_permissions() -> dict[str, Any]:
-    """Publish telemetry and read TELEMETRY's info; replies on the inbox."""
-    return {
-        "publish": {"allow": [EDGE_SUBJECTS, *_api(f"STREAM.INFO.{STREAM}")]},
-        "subscribe": {"allow": ["_INBOX.>"]},
-    }
-
-
-def worker_permissions() -> dict[str, Any]:
-    """Own both streams and the consumer (create, update, info), fetch, ack, publish rejected
-    messages, take a message that reached MaxDeliver out of TELEMETRY; hear that advisory."""
-    streams = [
-        f"STREAM.{op}.{name}"
-        for name in (STREAM, REJECTED_STREAM)
-        for op in ("INFO", "CREATE", "UPDATE")
-    ]
-    consumer = [
-        f"CONSUMER.{op}.{STREAM}.{CONSUMER}"
-        for op in ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")
-    ]
-    # Taking a message out of TELEMETRY (MaxDeliver reached); reading back what it rejected.
-    moved = [
-        f"STREAM.MSG.GET.{STREAM}",
-        f"STREAM.MSG.DELETE.{STREAM}",
-        f"STREAM.MSG.GET.{REJECTED_STREAM}",
-    ]
-    return {
-        "publish": {
-            "allow": [
-                *_api(*streams, *consumer, *moved),
-                f"$JS.ACK.{STREAM}.{CONSUMER}.>",
-                REJECTED_SUBJECTS,
-            ]
-        },
-        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES_ADVISORY]},
-    }
-
-
-def device_user(tenant: str, device: str) -> str:
-    """A device's MQTT user name."""
-    return f"{tenant}.{device}"
-
-
-def device_permissions(tenant: str, device: str) -> dict[str, Any]:
-    """Publish on its own subjects only; subscribe to nothing."""
-    return {
-        "publish": {"allow": [f"tenant.{tenant}.device.{device}.*"]},
-        "subscribe": {"deny": [">"]},
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,18 +176,6 @@ def _save(root: Path, state: dict[str, Any]) -> None:
     write_private(root / STATE, json.dumps(state, indent=1))
 
 
-def running_pid(root: Path) -> int | None:
-    """The pid in nats-server's pid file, None when there is none or no such process."""
-    try:
-        pid = int((root / PID_FILE).read_text().strip())
-        os.kill(pid, 0)
-    except PermissionError:
-        return pid  # it runs, as another user
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def _reload(root: Path, state: dict[str, Any]) -> None:
     """SIGHUP nats-server and wait until /varz shows the new config loaded."""
     pid = running_pid(root)
@@ -331,14 +261,3 @@ def _hash(password: str, cost: int) -> str:
 
 def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace the file atomically, created 0600 (it holds hashes or keys, not for other
-    users)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)

@@ -31,7 +31,7 @@ import nats
 import nats.errors
 import nkeys
 
-from tidegate import broker
+from tidegate import broker_access as access
 from tidegate.nats_jwt import creds, encode, from_seed, new_key, public, seed, user_claims
 
 OPERATOR_SEED = "operator.nk"
@@ -70,22 +70,22 @@ def setup(root: Path, state: dict[str, Any], env: dict[str, str]) -> dict[str, d
     system = new_key(nkeys.PREFIX_BYTE_ACCOUNT)
     account = new_key(nkeys.PREFIX_BYTE_ACCOUNT)
     for name, key in ((OPERATOR_SEED, operator), (SYSTEM_SEED, system), (ACCOUNT_SEED, account)):
-        broker.write_private(root / name, seed(key) + "\n")
+        access.write_private(root / name, seed(key) + "\n")
     now = int(time.time())
     op_claims = {"type": "operator", "system_account": public(system)}
     sys_claims = {"type": "account", "limits": _SYSTEM_LIMITS}
     admin = {"publish": {"allow": [CLAIMS_UPDATE]}, "subscribe": {"allow": ["_INBOX.>"]}}
     services = {
-        broker.EDGE_USER: (account, broker.edge_permissions()),
-        broker.WORKER_USER: (account, broker.worker_permissions()),
+        access.EDGE_USER: (account, access.edge_permissions()),
+        access.WORKER_USER: (account, access.worker_permissions()),
         "admin": (system, admin),
     }
     for user, (issuer, permissions) in services.items():
         key = new_key(nkeys.PREFIX_BYTE_USER)
         token = encode(issuer, public(key), user, user_claims(permissions, "STANDARD"), now)
-        broker.write_private(root / f"{user}.creds", creds(token, key))
+        access.write_private(root / f"{user}.creds", creds(token, key))
     state.update(
-        auth=broker.JWT,
+        auth=access.JWT,
         url=env["NATS_URL"],
         tls_ca=env.get("NATS_TLS_CA"),
         operator_jwt=encode(operator, public(operator), "tidegate", op_claims, now),
@@ -98,7 +98,7 @@ def setup(root: Path, state: dict[str, Any], env: dict[str, str]) -> dict[str, d
     sign_account(root, state)
     return {
         role: {**env, "NATS_CREDS": str(root / f"{role}.creds")}
-        for role in (broker.EDGE_USER, broker.WORKER_USER)
+        for role in (access.EDGE_USER, access.WORKER_USER)
     }
 
 
@@ -112,10 +112,10 @@ def sign_account(root: Path, state: dict[str, Any]) -> None:
         "revocations": state["revocations"],
     }
     operator = from_seed((root / OPERATOR_SEED).read_text().strip())
-    token = encode(operator, state["account"], broker.ACCOUNT, claims, iat)
+    token = encode(operator, state["account"], access.ACCOUNT, claims, iat)
     if len(token) > MAX_JWT_BYTES:
-        raise broker.BrokerError(
-            f"the {broker.ACCOUNT} account JWT would be {len(token)} bytes with "
+        raise access.BrokerError(
+            f"the {access.ACCOUNT} account JWT would be {len(token)} bytes with "
             f"{len(state['revocations'])} revocations: nats-server refuses a JWT over "
             f"{MAX_JWT_BYTES} bytes (docs/nats-security.md)"
         )
@@ -125,7 +125,7 @@ def sign_account(root: Path, state: dict[str, Any]) -> None:
 
 def device_credentials(root: Path, state: dict[str, Any], tenant: str, device: str) -> str:
     """A bearer JWT for the device; any earlier one of it revoked (in `state`)."""
-    name = broker.device_user(tenant, device)
+    name = access.device_user(tenant, device)
     entry = state["devices"].get(name)
     if entry is None:
         entry = {"key": public(new_key(nkeys.PREFIX_BYTE_USER)), "iat": 0}
@@ -137,7 +137,7 @@ def device_credentials(root: Path, state: dict[str, Any], tenant: str, device: s
         # the coming second at once).
         iat = _revoke(state, entry) + 1
     entry["iat"] = iat
-    claims = user_claims(broker.device_permissions(tenant, device), "MQTT")
+    claims = user_claims(access.device_permissions(tenant, device), "MQTT")
     claims["bearer_token"] = True
     account = from_seed((root / ACCOUNT_SEED).read_text().strip())
     sign_account(root, state)
@@ -149,7 +149,7 @@ def remove_devices(root: Path, state: dict[str, Any], tenant: str, devices: list
     more than one revocation entry."""
     changed = False
     for device in devices:
-        entry = state["devices"].get(broker.device_user(tenant, device))
+        entry = state["devices"].get(access.device_user(tenant, device))
         if entry is not None:
             _revoke(state, entry)
             changed = True
@@ -183,7 +183,7 @@ def accounts_conf(root: Path, state: dict[str, Any]) -> str:
 def push(root: Path, state: dict[str, Any]) -> None:
     """Send the account JWT to a running nats-server as the admin user; its revocations close
     the revoked devices' connections."""
-    if broker.running_pid(root) is None:
+    if access.running_pid(root) is None:
         return  # not running: it loads accounts.conf's preload when it starts
     asyncio.run(_push(root, state))
 
@@ -197,15 +197,15 @@ async def _push(root: Path, state: dict[str, Any]) -> None:
             state["url"], max_reconnect_attempts=0, connect_timeout=_PUSH_TIMEOUT_S, **options
         )
     except (OSError, nats.errors.Error) as exc:
-        raise broker.BrokerError(f"cannot reach nats-server to push the account: {exc}") from exc
+        raise access.BrokerError(f"cannot reach nats-server to push the account: {exc}") from exc
     try:
         reply = await nc.request(
             CLAIMS_UPDATE, state["account_jwt"].encode(), timeout=_PUSH_TIMEOUT_S
         )
     except (nats.errors.Error, TimeoutError) as exc:
-        raise broker.BrokerError(f"nats-server did not take the account update: {exc}") from exc
+        raise access.BrokerError(f"nats-server did not take the account update: {exc}") from exc
     finally:
         await nc.close()
     answer = json.loads(reply.data)
     if answer.get("data", {}).get("code") != 200:
-        raise broker.BrokerError(f"nats-server refused the account update: {answer}")
+        raise access.BrokerError(f"nats-server refused the account update: {answer}")
