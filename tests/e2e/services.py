@@ -409,14 +409,15 @@ class NatsServer(_Daemon):
     `url` carries no credentials (an anonymous client); `edge_url` and `worker_url` carry the
     edge's and the worker's; `broker_dir` is what NATS_BROKER_DIR names. `sync_interval` None
     leaves JetStream's default instead of `always`; `host` is setup's `--host`, `auth` its
-    `--auth` (with `jwt` the services connect with `.creds`: `connect_options`, not the URLs)."""
+    `--auth` (default: TIDEGATE_TEST_NATS_AUTH, else `users`; with `jwt` the services connect with
+    `.creds`: `connect_options`, not the URLs)."""
 
     def __init__(
         self,
         sync_interval: str | None = "always",
         tls: tuple[Path, Path] | None = None,
         host: str = "127.0.0.1",
-        auth: str = "users",
+        auth: str | None = None,
     ) -> None:
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
@@ -431,7 +432,7 @@ class NatsServer(_Daemon):
         ports = {"port": self.port, "mqtt-port": self.mqtt_port, "monitor-port": self.http_port}
         setup = subprocess.run(
             [*_tidegate(), "nats", "setup", "--dir", str(self.broker_dir), f"--host={host}"]
-            + [f"--auth={auth}"]
+            + [f"--auth={auth or os.environ.get('TIDEGATE_TEST_NATS_AUTH', 'users')}"]
             + [f"--{flag}={port}" for flag, port in ports.items()]
             + ([f"--tls-cert={tls[0]}", f"--tls-key={tls[1]}"] if tls else []),
             capture_output=True,

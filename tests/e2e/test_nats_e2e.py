@@ -19,13 +19,14 @@ from typing import Any
 import httpx
 import nats
 import nats.js.errors
+import nkeys
 import orjson
 import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
 from services import InfluxDB, NatsServer, PostgresCluster
 from test_nats_hostile import Device
 from test_nats_stream import mqtt_publish, set_up
-from tidegate import broker
+from tidegate import broker, broker_jwt, nats_jwt
 
 TENANT = "acme"
 DB = f"telemetry_{TENANT}"
@@ -298,7 +299,7 @@ def stream_message_count(server: NatsServer) -> int:
     """Messages in TELEMETRY now."""
 
     async def count() -> int:
-        nc = await nats.connect(server.worker_url)
+        nc = await nats.connect(**server.connect_options(worker=True))
         try:
             return (await nc.jetstream().stream_info("TELEMETRY")).state.messages
         finally:
@@ -426,7 +427,7 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
     """`(subject, reason, detail, data)` of every message in TELEMETRY_REJECTED."""
 
     async def read() -> list[tuple[str, str, str, bytes]]:
-        nc = await nats.connect(server.worker_url)
+        nc = await nats.connect(**server.connect_options(worker=True))
         try:
             js = nc.jetstream()
             state = (await js.stream_info("TELEMETRY_REJECTED")).state
@@ -450,7 +451,7 @@ def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
     the only one allowed on `telemetry.*`) would."""
 
     async def main() -> None:
-        nc = await nats.connect(server.edge_url)
+        nc = await nats.connect(**server.connect_options())
         try:
             js = nc.jetstream()
             for subject, data in items:
@@ -579,7 +580,7 @@ def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
         publish_raw(deployment.nats, [(f"telemetry.{TENANT}", envelope("d1", "t" * 20, {}, 1))])
 
         async def take_without_ack() -> int:
-            nc = await nats.connect(deployment.nats.worker_url)
+            nc = await nats.connect(**deployment.nats.connect_options(worker=True))
             try:
                 sub = await nc.jetstream().pull_subscribe_bind("ingest-workers", "TELEMETRY")
                 msgs = await sub.fetch(1, timeout=5)
@@ -668,9 +669,19 @@ def test_a_registry_outage_pauses_fetching_so_no_delivery_is_spent(
     assert '"worker_max_deliveries"' not in logs
 
 
-def as_admin(server: NatsServer) -> str:
-    """A NATS URL of a user with every right, added to the broker for this test: nobody that
-    setup writes may delete a consumer, which is what this attacker did before issue 18."""
+def as_admin(server: NatsServer) -> dict[str, Any]:
+    """nats-py connect options of a user with every right, added to the broker for this test:
+    nobody that setup writes may delete a consumer, which is what this attacker did before
+    issue 18."""
+    if "NATS_CREDS" in server.worker_env:
+        # Operator mode: a user JWT without permissions, signed with the account's seed.
+        seed = (server.broker_dir / broker_jwt.ACCOUNT_SEED).read_text().strip()
+        user = nats_jwt.new_key(nkeys.PREFIX_BYTE_USER)
+        claims = nats_jwt.user_claims({}, "STANDARD")
+        token = nats_jwt.encode(nats_jwt.from_seed(seed), nats_jwt.public(user), "admin", claims, 0)
+        creds = server.root / "admin-test.creds"
+        creds.write_text(nats_jwt.creds(token, user))
+        return {"servers": [server.url], "user_credentials": str(creds)}
     path = server.broker_dir / broker.ACCOUNTS
     head, _, accounts = path.read_text().partition("accounts: ")
     users = orjson.loads(accounts)
@@ -679,7 +690,7 @@ def as_admin(server: NatsServer) -> str:
     loaded = server.varz()["config_load_time"]
     os.kill(server.pid, signal.SIGHUP)
     poll(lambda: server.varz()["config_load_time"], lambda t: t != loaded)
-    return server.url.replace("://", "://admin:admin-password@", 1)
+    return {"servers": [server.url.replace("://", "://admin:admin-password@", 1)]}
 
 
 def test_a_deleted_consumer_is_created_again_by_the_worker_and_messages_flow_again(
@@ -696,7 +707,7 @@ def test_a_deleted_consumer_is_created_again_by_the_worker_and_messages_flow_aga
     admin = as_admin(deployment.nats)
 
     async def delete_consumer() -> None:
-        nc = await nats.connect(admin)
+        nc = await nats.connect(**admin)
         try:
             assert await nc.jetstream().delete_consumer("TELEMETRY", "ingest-workers")
         finally:

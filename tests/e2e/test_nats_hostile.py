@@ -205,7 +205,7 @@ def test_a_device_publishes_only_on_its_own_topic_and_subscribes_to_nothing(
 
 def test_an_edge_may_publish_telemetry_but_not_touch_the_jetstream_api(server: NatsServer) -> None:
     async def main() -> tuple[list[str], str]:
-        nc = await nats.connect(server.edge_url)
+        nc = await nats.connect(**server.connect_options())
         refused = []
         try:
             js = nc.jetstream(timeout=2)

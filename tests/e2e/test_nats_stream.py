@@ -287,7 +287,7 @@ def test_user_and_password_in_nats_url_authenticate_and_a_wrong_one_never_connec
 
     async def main() -> tuple[bool, bool, str | None]:
         good = Link(fast(nats_server, worker=True), "good", consumer=True)
-        bad = Link(fast(nats_server, url=wrong), "bad")
+        bad = Link(fast(nats_server, url=wrong, creds=None), "bad")
         good.start()
         bad.start()
         try:

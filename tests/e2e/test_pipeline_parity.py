@@ -83,7 +83,7 @@ def through_worker(server: NatsServer) -> None:
     """Publish each message to TELEMETRY in the envelope, as the edge's user."""
 
     async def main() -> None:
-        nc = await nats.connect(server.edge_url)
+        nc = await nats.connect(**server.connect_options())
         try:
             js = nc.jetstream()
             for device, token, body in MESSAGES:
