@@ -30,20 +30,10 @@ import nats
 import nkeys
 import paho.mqtt.client as mqtt
 from nats_device_users import free_port, rss_mb, start_server
+from tidegate.broker_jwt import ACCOUNT_LIMITS
 from tidegate.nats_jwt import encode, new_key, public
 
 UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1}
-ACCOUNT_LIMITS = {
-    **UNLIMITED,
-    "wildcards": True,
-    "conn": -1,
-    "leaf": -1,
-    # Non-zero JetStream limits turn JetStream on for the account (MQTT needs it).
-    "mem_storage": -1,
-    "disk_storage": -1,
-    "streams": -1,
-    "consumer": -1,
-}
 TRIES = 5
 CONNECTS = 20
 # nats-server refuses a JWT over 1 MiB; a revocation entry (user key: time) takes ~93 bytes of

@@ -44,7 +44,7 @@ MAX_JWT_BYTES = 1 << 20
 # Clients keep nats-server's default message size limit: the server's own is raised only so
 # that the system account can push an account JWT of up to 1 MiB.
 _CLIENT_PAYLOAD = 1 << 20
-_ACCOUNT_LIMITS = {
+ACCOUNT_LIMITS = {
     "subs": -1,
     "data": -1,
     "payload": _CLIENT_PAYLOAD,
@@ -108,7 +108,7 @@ def sign_account(root: Path, state: dict[str, Any]) -> None:
     iat = max(int(time.time()), state["account_iat"] + 1)
     claims = {
         "type": "account",
-        "limits": _ACCOUNT_LIMITS,
+        "limits": ACCOUNT_LIMITS,
         "revocations": state["revocations"],
     }
     operator = from_seed((root / OPERATOR_SEED).read_text().strip())
