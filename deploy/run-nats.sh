@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make run-nats`: nats-server (JetStream + MQTT, the secure config `tidegate nats setup` writes
 # into tidegate-data/nats-broker on the first run), one worker and one edge on this machine.
-# Ports: NATS_PORT, NATS_MQTT_PORT, NATS_MONITOR_PORT (used when the config is first written;
-# delete tidegate-data/nats-broker to write a new one). Ctrl-C (or SIGTERM) stops the edge,
+# Ports: NATS_PORT, NATS_MQTT_PORT, NATS_MONITOR_PORT, and NATS_AUTH (`users`, the default, or
+# `jwt`: operator mode) are used when the config is first written; delete
+# tidegate-data/nats-broker to write a new one. Ctrl-C (or SIGTERM) stops the edge,
 # then the worker, then nats-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ if [[ ! -f $BROKER/env.json ]]; then
   # The services' passwords are printed once: keep them next to the config, mode 0600.
   (umask 077 && "$VENV/bin/tidegate" nats setup --dir "$BROKER" --port "${NATS_PORT:-4222}" \
     --mqtt-port "${NATS_MQTT_PORT:-1883}" --monitor-port "${NATS_MONITOR_PORT:-8222}" \
-    >"$BROKER.env.json.tmp" && mv "$BROKER.env.json.tmp" "$BROKER/env.json")
+    --auth "${NATS_AUTH:-users}" >"$BROKER.env.json.tmp" && mv "$BROKER.env.json.tmp" "$BROKER/env.json")
 fi
 # `KEY=value` lines of one role's environment.
 role_env() { "$VENV/bin/python" -c 'import json, sys
