@@ -278,7 +278,7 @@ impl LineFields {
             let mut eq = pos;
             let mut unescaped = false;
             loop {
-                eq = words::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
+                eq = words::find(fields, eq, name_end);
                 // A comma or space inside a name is escaped: the backslash is found first.
                 if fields.get(eq) != Some(&b'\\') {
                     break;
@@ -289,7 +289,7 @@ impl LineFields {
             let value_end = if fields.get(eq + 1) == Some(&b'"') {
                 string_end(fields, eq + 2) + 1
             } else {
-                words::find(fields, eq + 1, |w| words::eq(w, b','), |c| c == b',')
+                words::find(fields, eq + 1, |w| words::eq(w, b','))
             };
             let name = if unescaped {
                 let from = self.names.len();
