@@ -11,7 +11,6 @@
 //! keyed hash of its measurement and field names and types), and a shape whose fields were all
 //! found remembered with the same types is not read back again until `learn` changes a type.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -39,7 +38,8 @@ struct TenantFields {
 
 #[derive(Default)]
 struct State {
-    index: HashMap<Box<str>, usize>,
+    /// Tenant → index into `tenants`; foldhash (seeded at random per process) as above.
+    index: foldhash::HashMap<Box<str>, usize>,
     tenants: Vec<TenantFields>,
     untracked: u64,
 }
