@@ -234,17 +234,21 @@ def rss_kib(pid: int) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's RSS once a second."""
+    """Samples a gateway's RSS, and the size of its write-ahead log, once a second."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, gw: GatewayProcess) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.gw = gw
         self.samples: list[int] = []
+        self.wal_bytes: list[int] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(1.0):
-            self.samples.append(rss_kib(self.pid))
+            self.samples.append(rss_kib(self.gw.proc.pid))
+            wal = gateway_stats(self.gw).get("wal")
+            if wal:
+                self.wal_bytes.append(wal["bytes"])
 
 
 def wrk(
@@ -309,7 +313,7 @@ def measure(
     written_before = procs.worker_stats(reset_latency=True)["writes_ok"] if procs.worker else 0
     cpu = CpuMeter(procs.cpu)
     cpu.start()
-    sampler = RssSampler(gw.proc.pid)
+    sampler = RssSampler(gw)
     rss_start = rss_kib(gw.proc.pid)
     sampler.start()
     result = wrk(gw.url, listing, duration, connections, threads, delay_ms)
@@ -356,6 +360,8 @@ def measure(
         "rss_max_mib": round(max(sampler.samples or [rss_start]) / 1024, 1),
         # One sample per 30 s: what "flat over a long run" is judged on.
         "rss_trace_mib": [round(kib / 1024, 1) for kib in sampler.samples[::30]],
+        # The log's size: bounded when its sink keeps up, whatever the run's length.
+        "wal_max_mib": round(max(sampler.wal_bytes) / 2**20, 1) if sampler.wal_bytes else None,
         "fsyncs": fsyncs,
         "records_per_fsync": round(synced / fsyncs, 1) if fsyncs else None,
         "cpu_s": cpu.used,
