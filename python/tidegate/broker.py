@@ -159,13 +159,14 @@ def _locked(directory: Path) -> Iterator[dict[str, Any]]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state: dict[str, Any] = json.loads(path.read_text())
         before = json.dumps(state, sort_keys=True)
+        account_jwt = state.get("account_jwt")
         yield state
         if json.dumps(state, sort_keys=True) != before:
             _save(root, state)
-            if state.get("auth") == JWT:
-                broker_jwt.push(root, state)
-            else:
+            if state.get("auth") != JWT:
                 _reload(root, state)
+            elif state["account_jwt"] != account_jwt:
+                broker_jwt.push(root, state)  # a device's first JWT changes nothing there
 
 
 def _save(root: Path, state: dict[str, Any]) -> None:

@@ -136,11 +136,11 @@ def device_credentials(root: Path, state: dict[str, Any], tenant: str, device: s
         # JWT is dated after the revocation of the old one (nats-server takes a JWT dated in
         # the coming second at once).
         iat = _revoke(state, entry) + 1
+        sign_account(root, state)
     entry["iat"] = iat
     claims = user_claims(access.device_permissions(tenant, device), "MQTT")
     claims["bearer_token"] = True
     account = from_seed((root / ACCOUNT_SEED).read_text().strip())
-    sign_account(root, state)
     return encode(account, entry["key"], name, claims, iat)
 
 
