@@ -10,11 +10,11 @@
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
-use crate::encode::{Decimal, Key, Line, PlainNumber};
+use crate::encode::{Float, Key, Line};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
 use crate::ids::{checked_id, valid_id, valid_tenant};
-use crate::json::{self, KeyWords, Number, Reader};
+use crate::json::{self, KeyWords, Reader};
 use crate::schema::{FieldType, Shape, MSG_TYPES};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
 use crate::words;
@@ -151,10 +151,7 @@ const ORDERED_KEYS: usize = 12;
 
 #[derive(Clone, Copy)]
 enum MetricValue<'a> {
-    /// A number token printed as sent, tidied (the common case).
-    Plain(PlainNumber<'a>),
-    Decimal(Decimal),
-    Float(f64),
+    Number(Float<'a>),
     Bool(bool),
 }
 
@@ -305,7 +302,7 @@ impl<'a> MessageParser<'a> {
             let key = if same_name { None } else { Some(r.key()?) };
             let value = match Value::read(r)? {
                 Value::Bool(b) => Some(MetricValue::Bool(b)),
-                Value::Number(n) => number_value(&n),
+                Value::Number(n) => Float::of(&n).map(MetricValue::Number),
                 _ => None,
             };
             let index = u32::try_from(n).expect("under 2^32 metrics");
@@ -458,9 +455,7 @@ impl<'a> MessageParser<'a> {
                 for m in metrics {
                     let name = Key::scanned(m.name.as_bytes(), m.escape);
                     match m.value {
-                        Some(MetricValue::Plain(n)) => line.plain_number(name, &n),
-                        Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
-                        Some(MetricValue::Float(v)) => line.float(name, v),
+                        Some(MetricValue::Number(n)) => line.number(name, &n),
                         Some(MetricValue::Bool(v)) => line.bool(name, v),
                         None => {}
                     }
@@ -543,25 +538,6 @@ impl<'a> MessageParser<'a> {
 /// `Some(escape)` for a valid metric name, as `checked_id`.
 fn checked_metric_name(name: &str) -> Option<bool> {
     checked_id(name).filter(|_| !matches!(name, "seq" | "time" | "device_id" | "site_id"))
-}
-
-/// A number token as a finite f64 (correctly rounded), digits ready for printing when short.
-fn number_value<'a>(n: &Number<'a>) -> Option<MetricValue<'a>> {
-    if let Some(plain) = PlainNumber::of(n) {
-        return Some(MetricValue::Plain(plain));
-    }
-    // Without an exponent, 16 digits or more mean more than 15 significant ones, mostly.
-    let digits = n.frac_end - usize::from(n.text.starts_with('-'));
-    if n.frac_end < n.text.len() || digits <= 16 {
-        if let Some(d) = Decimal::from_json_number(n.text) {
-            return Some(MetricValue::Decimal(d));
-        }
-    }
-    n.text
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-        .map(MetricValue::Float)
 }
 
 /// `seq`: an integer token in `0..=i64::MAX`; `-0` is 0.
