@@ -152,16 +152,32 @@ impl Name<'_> {
     }
 }
 
-/// One line, read; buffers reused from line to line.
+/// One field of a line.
+struct Field<'a> {
+    /// The key as the line sends it.
+    sent: &'a str,
+    key: Name<'a>,
+    value: FieldValue<'a>,
+}
+
+/// One line, read. Most lines of a body repeat the measurement, tags and field keys of the
+/// line before, so what was read of those is kept from line to line: text sent again, byte
+/// for byte, is not read again.
 #[derive(Default)]
 struct Parsed<'a> {
+    /// The measurement and tag set as sent, when `measurement`, `tags`, `device_tag` and
+    /// `tag_keys` hold them whole.
+    series: Option<&'a str>,
     measurement: Name<'a>,
     /// The line's tags but its identity tags, sorted by key.
     tags: Vec<(Name<'a>, Name<'a>)>,
     device_tag: Option<Name<'a>>,
     /// Every tag key of the line, identity tags included (duplicates and clashes).
     tag_keys: Vec<Cow<'a, str>>,
-    fields: Vec<(Name<'a>, FieldValue<'a>)>,
+    /// The line's fields, in line order. After a refused line, its first fields and then
+    /// fields of an earlier line read after the same keys: each entry's key passed the key
+    /// rules after the keys of the entries before it.
+    fields: Vec<Field<'a>>,
     /// The `schema::Shape` of the measurement and fields.
     shape: u64,
     /// In the body's precision.
@@ -362,11 +378,11 @@ fn encode(p: &Parsed<'_>, device: Key<'_>, site: Key<'_>, ts: i64, out: &mut Vec
         push_tag(out, Key::scanned(ik.as_bytes(), false), iv);
     }
     let mut num = itoa::Buffer::new();
-    for (i, (k, v)) in p.fields.iter().enumerate() {
+    for (i, f) in p.fields.iter().enumerate() {
         out.push(if i == 0 { b' ' } else { b',' });
-        k.key().push(out);
+        f.key.key().push(out);
         out.push(b'=');
-        match v {
+        match &f.value {
             FieldValue::Float(f) => f.push(out),
             FieldValue::Integer(n) => {
                 out.extend_from_slice(num.format(*n).as_bytes());
@@ -437,20 +453,23 @@ fn reserved(key: &str) -> bool {
     RESERVED_KEYS.contains(&key)
 }
 
+/// Whether `b` holds `sent` from `at`, followed by `stop`.
+fn sent_again(b: &[u8], at: usize, sent: &str, stop: u8) -> bool {
+    b.get(at..)
+        .is_some_and(|rest| rest.starts_with(sent.as_bytes()))
+        && b.get(at + sent.len()) == Some(&stop)
+}
+
 /// Reads one line (without its newline, trimmed, not a comment) into `p`.
 fn read_line<'a>(line: &'a str, p: &mut Parsed<'a>, writer: &Writer<'_>) -> Result<(), LineError> {
-    p.tags.clear();
-    p.tag_keys.clear();
-    p.fields.clear();
-    p.device_tag = None;
     p.timestamp = None;
     let b = line.as_bytes();
-    let end = name_end(b, 0, b", ");
-    p.measurement = name(&line[..end], b", ").ok_or(LineError::Measurement)?;
-    let mut at = end;
-    if b.get(at) == Some(&b',') {
-        at = read_tags(line, at + 1, p, writer)?;
-    }
+    // Up to an unescaped space the measurement and tags read alike whatever follows.
+    let mut at = match p.series.take() {
+        Some(series) if sent_again(b, 0, series, b' ') => series.len(),
+        _ => read_series(line, p, writer)?,
+    };
+    p.series = Some(&line[..at]);
     while b.get(at) == Some(&b' ') {
         at += 1;
     }
@@ -465,6 +484,24 @@ fn read_line<'a>(line: &'a str, p: &mut Parsed<'a>, writer: &Writer<'_>) -> Resu
         p.timestamp = Some(integer(&b[at..]).ok_or(LineError::Timestamp)?);
     }
     Ok(())
+}
+
+/// Reads the measurement and the tag set; returns where they end (a space or the end).
+fn read_series<'a>(
+    line: &'a str,
+    p: &mut Parsed<'a>,
+    writer: &Writer<'_>,
+) -> Result<usize, LineError> {
+    p.tags.clear();
+    p.tag_keys.clear();
+    p.device_tag = None;
+    let b = line.as_bytes();
+    let end = name_end(b, 0, b", ");
+    p.measurement = name(&line[..end], b", ").ok_or(LineError::Measurement)?;
+    if b.get(end) == Some(&b',') {
+        return read_tags(line, end + 1, p, writer);
+    }
+    Ok(end)
 }
 
 /// Reads the tag set from `at` (after the measurement's comma); returns where it ended (a
@@ -519,19 +556,36 @@ fn read_tags<'a>(
 fn read_fields<'a>(line: &'a str, mut at: usize, p: &mut Parsed<'a>) -> Result<usize, LineError> {
     let b = line.as_bytes();
     let mut shape = Shape::named(p.measurement.text.as_bytes());
+    // Fields of this line so far: `p.fields[..n]`.
+    let mut n = 0;
     loop {
-        let eq = name_end(b, at, b",= ");
-        if b.get(eq) != Some(&b'=') {
-            return Err(LineError::FieldSet);
-        }
-        let key = name(&line[at..eq], b",= ").ok_or(LineError::FieldSet)?;
-        let text = &*key.text;
-        if reserved(text)
-            || text == DEVICE_TAG
-            || text == SITE_TAG
-            || p.tag_keys.iter().any(|k| k == text)
-            || p.fields.iter().any(|(k, _)| k.text == text)
-        {
+        // The key the earlier line sent after the same keys passed the rules but one.
+        let (eq, fresh) = match p.fields.get(n).filter(|f| sent_again(b, at, f.sent, b'=')) {
+            Some(f) => (at + f.sent.len(), None),
+            None => {
+                let eq = name_end(b, at, b",= ");
+                if b.get(eq) != Some(&b'=') {
+                    return Err(LineError::FieldSet);
+                }
+                let key = name(&line[at..eq], b",= ").ok_or(LineError::FieldSet)?;
+                let text = &*key.text;
+                if reserved(text)
+                    || text == DEVICE_TAG
+                    || text == SITE_TAG
+                    || p.fields[..n].iter().any(|f| f.key.text == text)
+                {
+                    return Err(LineError::FieldSet);
+                }
+                (eq, Some(key))
+            }
+        };
+        let text = fresh
+            .as_ref()
+            .unwrap_or_else(|| &p.fields[n].key)
+            .text
+            .as_ref();
+        // The rule that depends on the tags.
+        if p.tag_keys.iter().any(|k| k == text) {
             return Err(LineError::FieldSet);
         }
         let (value, end) = if b.get(eq + 1) == Some(&b'"') {
@@ -549,14 +603,28 @@ fn read_fields<'a>(line: &'a str, mut at: usize, p: &mut Parsed<'a>) -> Result<u
             let value = field_value(&line[eq + 1..end]).ok_or(LineError::FieldValue)?;
             (value, end)
         };
-        if p.fields.len() == MAX_LP_FIELDS {
+        if n == MAX_LP_FIELDS {
             return Err(LineError::TooManyFields);
         }
-        let text = key.text.as_bytes();
-        shape.field(text, words::head(text), value.field_type());
-        p.fields.push((key, value));
+        let ty = value.field_type();
+        match fresh {
+            Some(key) => {
+                // The fields after a new key were read after other keys: forgotten.
+                p.fields.truncate(n);
+                p.fields.push(Field {
+                    sent: &line[at..eq],
+                    key,
+                    value,
+                });
+            }
+            None => p.fields[n].value = value,
+        }
+        let text = p.fields[n].key.text.as_bytes();
+        shape.field(text, words::head(text), ty);
+        n += 1;
         at = end;
         if b.get(at) != Some(&b',') {
+            p.fields.truncate(n);
             p.shape = shape.finish();
             return Ok(at);
         }
