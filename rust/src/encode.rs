@@ -288,6 +288,7 @@ pub enum Float<'a> {
 
 impl<'a> Float<'a> {
     /// A JSON number token, correctly rounded; None when it overflows to infinity.
+    #[inline(always)]
     pub fn of(n: &Number<'a>) -> Option<Self> {
         if let Some(plain) = PlainNumber::of(n) {
             return Some(Float::Plain(plain));
@@ -306,6 +307,7 @@ impl<'a> Float<'a> {
             .map(Float::Binary)
     }
 
+    #[inline(always)]
     pub fn push(&self, out: &mut Vec<u8>) {
         match self {
             Float::Plain(n) => n.push(out),

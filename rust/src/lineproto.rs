@@ -249,6 +249,7 @@ pub fn parse_lines(
         batch = batch.by_tenant_key();
     }
     let mut parsed = Parsed::default();
+    let mut group = None;
     let mut index: i64 = 0;
     for (number, line) in lines {
         let Some(line) = content(line) else {
@@ -271,7 +272,8 @@ pub fn parse_lines(
                     site,
                     token,
                 };
-                let at = batch.find_group(&id);
+                let at = batch.find_group_after(group, &id);
+                group = Some(at);
                 // An identity an earlier line has: its ids were scanned then (an id the rules
                 // refuse, only a registry's site could be, is escaped byte by byte).
                 let escapes = match at.found {
