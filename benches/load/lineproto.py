@@ -14,7 +14,10 @@ mean per target:
   (its `/debug/vars` `write.pointReq`);
 - p50/p99 from wrk;
 - CPU seconds per 100k lines of each process doing the work (tidegate: the gateway, plus
-  influxd behind it with `--sink influx`; influxd: influxd).
+  influxd behind it with `--sink influx`; influxd: influxd);
+- tidegate's refused lines per reason: BUFFER_FULL (503) when its sink drains a tenant's lines
+  slower than they arrive. All agents write to one tenant (one database, as on influxd) unless
+  `--tenants` spreads them.
 
 tidegate runs one uvicorn worker with the shipped durability (`wal` + `interval`, or
 `--durability`) and, by default, its embedded line-protocol file sink, so that the two targets
@@ -42,7 +45,8 @@ from typing import Any
 import httpx
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent / "tests" / "e2e"), str(HERE)]
+ROOT = HERE.parent.parent
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
 from gateway import GatewayProcess, run_gateway  # noqa: E402
 from procs import CpuMeter  # noqa: E402
@@ -174,6 +178,8 @@ class Target:
     listing: Path
     cpu: dict[str, int]
     lines: Callable[[], int]
+    # Lines refused so far, per reason (tidegate; influxd's refusals are wrk's HTTP errors).
+    refused: Callable[[], dict[str, int]] = dict
 
 
 def influxd_points(url: str) -> int:
@@ -185,12 +191,17 @@ def influxd_points(url: str) -> int:
 
 def phase(target: Target, s: Setup, round_: int) -> dict[str, Any]:
     """One saturated wrk phase against `target`."""
-    before = target.lines()
+    before, refused_before = target.lines(), target.refused()
     cpu = CpuMeter(target.cpu)
     cpu.start()
     result = wrk(target.url, target.listing, s.duration, s.connections, s.threads)
     cpu.stop()
     lines = target.lines() - before
+    refused = {
+        reason: n - refused_before.get(reason, 0)
+        for reason, n in target.refused().items()
+        if n > refused_before.get(reason, 0)
+    }
     seconds = result["duration_us"] / 1e6
     row = {
         "target": target.name,
@@ -199,6 +210,7 @@ def phase(target: Target, s: Setup, round_: int) -> dict[str, Any]:
         "lines_per_s": round(lines / seconds),
         "req_per_s": round(result["requests"] / seconds, 1),
         "http_errors": result["status_errors"] + result["read_errors"] + result["timeouts"],
+        "refused_lines": refused,
         "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
         "cpu_s_per_100k": cpu.per_100k(lines),
@@ -214,6 +226,11 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("lines_per_s", "req_per_s", "p50_ms", "p99_ms"):
         out[key] = round(statistics.mean(r[key] for r in rows), 2)
     out["http_errors"] = sum(r["http_errors"] for r in rows)
+    refused: dict[str, int] = {}
+    for r in rows:
+        for reason, n in r["refused_lines"].items():
+            refused[reason] = refused.get(reason, 0) + n
+    out["refused_lines"] = refused
     out["cpu_s_per_100k"] = {
         k: round(statistics.mean(r["cpu_s_per_100k"][k] for r in rows), 3)
         for k in rows[0]["cpu_s_per_100k"]
@@ -225,13 +242,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The phases and means as a Markdown table, then tidegate's rate over influxd's."""
     head = (
         "| target | round | lines/s | req/s | p50 ms | p99 ms | CPU s per 100k lines "
-        "| HTTP errors |\n|---|---|---:|---:|---:|---:|---|---:|\n"
+        "| HTTP errors | refused lines |\n|---|---|---:|---:|---:|---:|---|---:|---|\n"
     )
     body = "".join(
         f"| {r['target']} | {r['round']} | {r['lines_per_s']:,.0f} | {r['req_per_s']:,} "
         f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
         f"| {', '.join(f'{k} {v}' for k, v in r['cpu_s_per_100k'].items())} "
-        f"| {r['http_errors']} |\n"
+        f"| {r['http_errors']} "
+        f"| {', '.join(f'{k} {v}' for k, v in r['refused_lines'].items()) or '-'} |\n"
         for r in rows
     )
     means = {r["target"]: r["lines_per_s"] for r in rows if str(r["round"]).startswith("mean")}
@@ -249,6 +267,7 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
     p.add_argument("--agents", type=int, default=20, help="Telegraf agents (devices), a body each")
+    p.add_argument("--tenants", type=int, default=1, help="tenants the agents are spread over")
     p.add_argument("--lines", type=int, default=5000, help="lines per body")
     p.add_argument("--durability", default="wal-interval", choices=sorted(DURABILITIES))
     p.add_argument("--sink", default="lp", choices=("lp", "influx"), help="tidegate's sink")
@@ -258,7 +277,14 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="tidegate-lp-load-"))
     s = Setup(
-        args.agents, 1, 1, args.agents, args.duration, args.connections, args.threads, workdir
+        args.agents,
+        args.tenants,
+        1,
+        args.agents,
+        args.duration,
+        args.connections,
+        args.threads,
+        workdir,
     )
     s.token_of = {k: f"tok-{k[0]}-{k[1]}-{'x' * 24}" for k in device_keys(s)}
     influx = InfluxDB()
@@ -294,6 +320,7 @@ def main() -> None:
                 bodies.tidegate,
                 cpu,
                 lambda: int(gateway_stats(started)["accepted"]),
+                lambda: dict(gateway_stats(started)["rejected"]),
             ),
             Target(
                 "influxd",
