@@ -889,6 +889,15 @@ mod tests {
     }
 
     #[test]
+    fn details_stay_in_line_order_when_field_types_add_theirs() {
+        let types = crate::fields::FieldTypes::new(10);
+        let mut b = parse_lines(b"m a=1\nm a=2i\nm a", "t", 0, NS, 200, &device()).expect("a body");
+        types.admit(&mut b).expect("admit");
+        let details: Vec<usize> = b.details().map(|(i, _)| i).collect();
+        assert_eq!(details, [1, 2]);
+    }
+
+    #[test]
     fn floats_print_as_python_repr_whether_or_not_they_are_json_numbers() {
         for (sent, written) in [
             ("22", "22.0"),
