@@ -34,9 +34,7 @@ import gzip
 import json
 import random
 import shutil
-import statistics
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,17 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / 
 
 from gateway import GatewayProcess, run_gateway  # noqa: E402
 from procs import CpuMeter  # noqa: E402
-from run import DURABILITIES, Setup, device_keys, gateway_stats, provision, wrk  # noqa: E402
+from run import (  # noqa: E402
+    DURABILITIES,
+    Setup,
+    device_keys,
+    gateway_stats,
+    means,
+    new_setup,
+    provision,
+    report,
+    wrk,
+)
 from services import InfluxDB  # noqa: E402
 
 INFLUX_DB = "bench"
@@ -222,19 +230,14 @@ def phase(target: Target, s: Setup, round_: int) -> dict[str, Any]:
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A target's rounds as one row of their means."""
-    out = dict(rows[0], round=f"mean of {len(rows)}")
-    for key in ("lines_per_s", "req_per_s", "p50_ms", "p99_ms"):
-        out[key] = round(statistics.mean(r[key] for r in rows), 2)
+    keys = ("lines_per_s", "req_per_s", "p50_ms", "p99_ms")
+    out = dict(rows[0], round=f"mean of {len(rows)}", **means(rows, keys))
     out["http_errors"] = sum(r["http_errors"] for r in rows)
     refused: dict[str, int] = {}
     for r in rows:
         for reason, n in r["refused_lines"].items():
             refused[reason] = refused.get(reason, 0) + n
     out["refused_lines"] = refused
-    out["cpu_s_per_100k"] = {
-        k: round(statistics.mean(r["cpu_s_per_100k"][k] for r in rows), 3)
-        for k in rows[0]["cpu_s_per_100k"]
-    }
     return out
 
 
@@ -266,27 +269,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="saturated phases per target")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
-    p.add_argument("--agents", type=int, default=20, help="Telegraf agents (devices), a body each")
+    p.add_argument(
+        "--agents", dest="devices", type=int, default=20, help="Telegraf agents (devices)"
+    )
     p.add_argument("--tenants", type=int, default=1, help="tenants the agents are spread over")
     p.add_argument("--lines", type=int, default=5000, help="lines per body")
     p.add_argument("--durability", default="wal-interval", choices=sorted(DURABILITIES))
     p.add_argument("--sink", default="lp", choices=("lp", "influx"), help="tidegate's sink")
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
-    workdir = Path(tempfile.mkdtemp(prefix="tidegate-lp-load-"))
-    s = Setup(
-        args.agents,
-        args.tenants,
-        1,
-        args.agents,
-        args.duration,
-        args.connections,
-        args.threads,
-        workdir,
-    )
-    s.token_of = {k: f"tok-{k[0]}-{k[1]}-{'x' * 24}" for k in device_keys(s)}
+    # One body per agent, each agent a device.
+    s = new_setup(args, 1, args.devices, "tidegate-lp-load-")
+    workdir = s.workdir
     influx = InfluxDB()
     gw: GatewayProcess | None = None
     rows: list[dict[str, Any]] = []
@@ -295,7 +289,7 @@ def main() -> None:
         influx.query(None, f"CREATE DATABASE {INFLUX_DB}")
         bodies = write_bodies(s, args.lines)
         print(
-            f"{args.agents} bodies of {args.lines} lines, {bodies.raw_bytes_per_line} B per "
+            f"{args.devices} bodies of {args.lines} lines, {bodies.raw_bytes_per_line} B per "
             f"line, gzip {bodies.gzip_ratio}x",
             flush=True,
         )
@@ -343,12 +337,7 @@ def main() -> None:
             gw.stop()
         influx.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
-    out = table(rows)
-    print(out)
-    if args.out:
-        with args.out.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-            f.write(out)
+    report(rows, table(rows), args.out)
 
 
 if __name__ == "__main__":
