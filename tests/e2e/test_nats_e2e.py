@@ -441,16 +441,18 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
     return asyncio.run(read())
 
 
-def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
+def publish_raw(
+    server: NatsServer, items: list[tuple[str, bytes]], headers: dict[str, str] | None = None
+) -> None:
     """Publish `(subject, data)` pairs to JetStream as another producer (the edge's user,
-    the only one allowed on `telemetry.*`) would."""
+    the only one allowed on `telemetry.*`) would, each with `headers`."""
 
     async def main() -> None:
         nc = await nats.connect(server.edge_url)
         try:
             js = nc.jetstream()
             for subject, data in items:
-                await js.publish(subject, data)
+                await js.publish(subject, data, headers=headers)
         finally:
             await nc.close()
 
