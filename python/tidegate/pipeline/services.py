@@ -18,6 +18,7 @@ from tidegate.pipeline.sites import DeviceSites
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
 from tidegate.store import open_registry
+from tidegate.store.changes import Change
 from tidegate.store.registry import Registry
 from tidegate.tenant_keys import TenantKeys
 
@@ -112,7 +113,9 @@ async def open_services(
     sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
-    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys, sites))
+    await registry.watch(
+        functools.partial(_forget, peers.admitters, tenant_keys, sites, field_claims)
+    )
     peers.start()
     return Services(
         registry,
@@ -134,18 +137,23 @@ def _forget(
     admitters: list[Admitter],
     tenant_keys: TenantKeys,
     sites: DeviceSites,
-    tenant: str | None,
-    device: str | None,
+    field_claims: FieldClaims,
+    change: Change,
 ) -> None:
-    """What the registry's change feed says changed leaves this process's caches."""
-    if device is not None and tenant is not None:
-        for admitter in admitters:
-            admitter.invalidate(tenant, device)
-        sites.forget(tenant, device)
-    elif tenant is not None:
-        tenant_keys.forget_tenant(tenant)
-    else:
+    """What the registry's change feed says changed leaves this process's caches (or, for a
+    field's type, is learned)."""
+    tenant, device = change.tenant, change.device
+    if tenant is None:
         for admitter in admitters:
             admitter.invalidate_all()
         tenant_keys.invalidate_all()
         sites.forget_all()
+        field_claims.reload()
+    elif change.field_type is not None:
+        field_claims.heard(tenant, *change.field_type)
+    elif device is not None:
+        for admitter in admitters:
+            admitter.invalidate(tenant, device)
+        sites.forget(tenant, device)
+    else:
+        tenant_keys.forget_tenant(tenant)

@@ -141,13 +141,10 @@ class PostgresRegistry(Registry):
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._url, timeout=PING_TIMEOUT_S)
-                await conn.add_listener(
-                    changes.CHANNEL,
-                    lambda _c, _pid, _ch, payload: changes.notified(changed, payload),
-                )
+                await conn.add_listener(changes.CHANNEL, _listener(changed))
                 if missed:
                     logs.log("registry_watch_resumed")
-                    changed(None, None)  # what was notified meanwhile is lost
+                    changed(changes.MISSED)  # what was notified meanwhile is lost
                 missed = False
                 while True:
                     await asyncio.sleep(_LISTEN_PING_S)
