@@ -399,12 +399,12 @@ def test_sigterm_with_influxdb_down_exits_0_and_leaves_the_messages_to_the_next_
 # -- envelopes and MQTT -----------------------------------------------------------------------
 
 
-def envelope(device: str, token: str, metrics: object, seq: int) -> bytes:
+def envelope(device: str, token: str, metrics: object, seq: int, tenant: str = TENANT) -> bytes:
     """The seed's envelope around a single-message payload."""
     return orjson.dumps(
         {
-            "topic": f"tenant/{TENANT}/device/{device}/telemetry",
-            "tenant_id": TENANT,
+            "topic": f"tenant/{tenant}/device/{device}/telemetry",
+            "tenant_id": tenant,
             "device_id": device,
             "msg_type": "telemetry",
             "username": "",

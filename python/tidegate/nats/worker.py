@@ -46,6 +46,7 @@ from tidegate._core import BUFFER_FULL, INVALID_METRICS, UNAUTHORIZED, UNAVAILAB
 from tidegate.answers import TOKEN_FIELD_CREDENTIAL, detail
 from tidegate.config import Config
 from tidegate.metrics import Metrics
+from tidegate.nats.control import Control
 from tidegate.nats.settings import (
     CONSUMER,
     FORMAT_HEADER,
@@ -205,10 +206,13 @@ class Worker:
         self._trusted, self._proof = Admitter.trusting(self.core, cfg, services.registry)
         # Like the services' admitter: the registry's changes and this process's limit share.
         services.peers.admitters.append(self._trusted)
+        self.control = Control(self.link, services.hear)
+        services.relays.append(self.control.tell)
         self.metrics.bind(
             services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )
         self.link.start()
+        self.control.start()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
             asyncio.create_task(self._ack_loop(), name="tidegate-worker-ack"),
@@ -268,6 +272,7 @@ class Worker:
             "worker_held": len(self._held),
             "nats_connected": int(self.link.connected),
             "nats_reconnects": self.link.reconnects,
+            **self.control.counters(),
             **self.services.stats(),
         }
 

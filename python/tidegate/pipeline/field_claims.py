@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tidegate import logs
 from tidegate.store import db_down, field_types
+from tidegate.store.changes import Change, Changed
 from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
 class FieldClaims:
     """The process's FieldTypes and the registry rows behind them."""
 
-    def __init__(self, types: FieldTypes, registry: Registry) -> None:
+    def __init__(self, types: FieldTypes, registry: Registry, relays: list[Changed]) -> None:
         self.types = types
         self.registry = registry
+        # Told of each type InfluxDB reports here, beside the registry (services.py).
+        self.relays = relays
         self.claims = 0
         self.claims_failed = 0
         # Registry writes and reloads in flight (a reference each, so none is collected early).
@@ -90,6 +93,9 @@ class FieldClaims:
         learned = self.types.learn(tenant, measurement, field, field_type)
         if learned and changed:
             self._background(self._set(tenant, measurement, field, field_type))
+            change = Change(tenant, field_type=(measurement, field, field_type))
+            for relay in self.relays:
+                relay(change)
         return learned
 
     async def _set(self, tenant: str, measurement: str, field: str, field_type: str) -> None:

@@ -58,18 +58,22 @@ async def judge(core: Core, claims: FieldClaims, tenant: str, lines: bytes) -> J
     field types, claiming their new fields first. A line the core's line-protocol rules refuse
     for another reason than its field types is kept as the edge validated it: the edge's
     encoder is the authority there, as before."""
-    devices = core.line_devices(lines, len(lines))
-    batch = core.parse_lines(
-        lines, tenant, 0, "ns", len(lines), sites=dict.fromkeys(devices, _ANY_SITE)
-    )
-    batch.resolve([(count, None) for *_, count in batch.groups()])
+    count = lines.count(b"\n")
+    try:
+        devices = core.line_devices(lines, len(lines))
+        batch = core.parse_lines(
+            lines, tenant, 0, "ns", len(lines), sites=dict.fromkeys(devices, _ANY_SITE)
+        )
+    except core.BodyError:  # more lines than a body may hold: kept, as the edge validated them
+        return Judged(lines, count, b"", 0, "")
+    batch.resolve([(n, None) for *_, n in batch.groups()])
     unchecked = {i for i, reason in enumerate(batch.reasons()) if reason is not None}
     await claims.admit(batch)
     refused = [
         i for i, reason in enumerate(batch.reasons()) if reason is not None and i not in unchecked
     ]
     if not refused:
-        return Judged(lines, lines.count(b"\n"), b"", 0, "")
+        return Judged(lines, count, b"", 0, "")
     numbers = batch.line_numbers()
     out = {numbers[i] for i in refused}
     split: tuple[list[bytes], list[bytes]] = ([], [])
