@@ -5,10 +5,11 @@ Loaded at start, so a restart forgets nothing. A batch whose accepted items send
 tenant's cache does not know claims it in the registry first (one transaction) and learns the
 winning type, so the core's `admit` then rejects the items that contradict whichever process
 claimed first: no process answers 202 for a line InfluxDB will refuse for its type. A type
-InfluxDB reports (a conflict error) is learned here and written over the row; the registry's
+InfluxDB reports (a conflict error) is learned here and written over the row. The registry's
 change feed brings every row written (claims and overrides) to the other processes' caches
-within a second (`heard`), and a feed that may have missed some reloads them all. When the registry
-cannot be reached, a new field is decided by this process alone, as before (counted in
+within a second (`heard`; in NATS mode the control subject also carries the overrides:
+`relays`), and a feed that may have missed some reloads them all. When the registry cannot be
+reached, a new field is decided by this process alone, as before (counted in
 `field_type_claims_failed`) — availability over agreement for that moment.
 """
 

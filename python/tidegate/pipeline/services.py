@@ -126,7 +126,7 @@ async def open_services(
     sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
-    hear = functools.partial(_forget, peers.admitters, tenant_keys, sites, field_claims)
+    hear = functools.partial(_hear, peers.admitters, tenant_keys, sites, field_claims)
     await registry.watch(hear)
     peers.start()
     return Services(
@@ -147,7 +147,7 @@ async def open_services(
     )
 
 
-def _forget(
+def _hear(
     admitters: list[Admitter],
     tenant_keys: TenantKeys,
     sites: DeviceSites,
