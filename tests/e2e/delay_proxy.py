@@ -72,10 +72,9 @@ class DelayProxy:
         _close(src, dst)
 
     def close(self) -> None:
-        """Close the listener and every connection."""
-        for s in self._open:
-            with contextlib.suppress(OSError):
-                s.close()
+        """Close the listener and every connection, shut down first: a socket closed while a
+        thread waits in recv() on it would stay open, and its client would hang silent."""
+        _close(*self._open)
 
 
 def _close(*sockets: socket.socket) -> None:
