@@ -21,9 +21,10 @@ from tidegate.pipeline.field_claims import FieldClaims
 if TYPE_CHECKING:
     from tidegate._core import Batch
 
-# parse_lines re-encodes each line with its writer's site; only the fields are judged here and
-# the edge's own lines are what is kept, so any valid id stands in for every device's site.
-_ANY_SITE = "edge"
+# parse_lines re-encodes each line with its writer's device and site; only the fields are
+# judged here and the edge's own lines are what is kept, so one stand-in writer serves every
+# line (and no pass over the lines to find their devices is needed).
+_ANY_WRITER = ("edge", "edge", "edge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +61,7 @@ async def judge(core: Core, claims: FieldClaims, tenant: str, lines: bytes) -> J
     encoder is the authority there, as before."""
     count = lines.count(b"\n")
     try:
-        devices = core.line_devices(lines, len(lines))
-        batch = core.parse_lines(
-            lines, tenant, 0, "ns", len(lines), sites=dict.fromkeys(devices, _ANY_SITE)
-        )
+        batch = core.parse_lines(lines, tenant, 0, "ns", len(lines), device=_ANY_WRITER)
     except core.BodyError:  # more lines than a body may hold: kept, as the edge validated them
         return Judged(lines, count, b"", 0, "")
     batch.resolve([(n, None) for *_, n in batch.groups()])
