@@ -169,6 +169,11 @@ class Batch:
         """`(index, detail)` of the items rejected with a detail of their own (a field type
         conflict, `FieldTypes.admit`), in request order."""
 
+    def tenant_counts(self) -> list[tuple[str, int, int]]:
+        """Per tenant of the valid items, in order of first appearance: `(tenant, accepted,
+        refused)`; refused counts the items rejected after validation (an item that failed it
+        has no tenant)."""
+
     def refusals(self, reason: str) -> list[tuple[str, str, int]]:
         """Per device with items rejected for `reason` (a reason code, else ValueError):
         `(tenant, device, count)`, devices in order of first appearance."""

@@ -395,6 +395,7 @@ def batch_outcome(core: Any, body: bytes, max_payload: int, receive_ns: int) -> 
         batch.tenant_lines(),
         batch.response_json(),
         refusals,
+        batch.tenant_counts(),
         latest_outcome(core, batch),
     )
 

@@ -87,12 +87,10 @@ def test_a_type_influxdb_reports_to_a_worker_reaches_an_edge_without_the_feed_wi
     # Another writer made `temp` an integer where the edge's points go. The edge claims it as
     # float (202); the worker's write is refused by InfluxDB and the worker learns integer;
     # the edge, its registry feed muted, hears it on the control subject.
-    influx = deployment.influx
-    assert influx is not None
     edge = deployment.start("serve", DATABASE_URL=proxy.url(deployment.database_url))
     worker = deployment.start("worker")
     worker_ready(deployment)
-    write_legacy_integer_temp(influx, DB, BASE_NS)
+    write_legacy_integer_temp(deployment.influx, DB, BASE_NS)
     proxy.mute_notifications = True
 
     def post(seq: int) -> dict[str, Any]:

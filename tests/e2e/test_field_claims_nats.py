@@ -32,7 +32,6 @@ def fa_true_by_mqtt(deployment: Deployment) -> tuple[InfluxDB, GatewayProcess]:
     """A worker started; d1's MQTT publish `fa=true` (seq 1) written, so `fa` is claimed
     boolean in the registry. The InfluxDB and the worker."""
     influx = deployment.influx
-    assert influx is not None
     worker = deployment.start("worker")
     worker_ready(deployment)
     body = {"site_id": "site-d1", "seq": 1, "metrics": {"fa": True}}
