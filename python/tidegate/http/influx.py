@@ -42,6 +42,7 @@ from tidegate.durable import Refused
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import route, utf8_header
 from tidegate.http.gateway import Gateway
+from tidegate.pipeline.lines import refused_lines
 from tidegate.serving import JSON
 from tidegate.store import db_down
 
@@ -281,17 +282,3 @@ class Influx:
             if db_down(exc) or isinstance(exc, TimeoutError):
                 return None
             raise
-
-
-def refused_lines(batch: Batch) -> str:
-    """`line N: REASON (detail); …` naming every refused line."""
-    numbers = batch.line_numbers()
-    details = dict(batch.details())
-    parts = []
-    for index, reason in enumerate(batch.reasons()):
-        if reason is None:
-            continue
-        detail = details.get(index)
-        part = f"line {numbers[index]}: {reason}"
-        parts.append(f"{part} ({detail})" if detail else part)
-    return "; ".join(parts)
