@@ -175,8 +175,8 @@ class Batch:
 
     def rejections(self) -> list[tuple[str, str, str | None, str]]:
         """`(reason, tenant, device, detail)` of each rejected item, in request order, for logs;
-        `tenant` is "" and `device` None when the message was refused before its identity was
-        read, `detail` "" for an item without one."""
+        `tenant` is "" and `device` None when the message named no valid one, `detail` "" for an
+        item without one."""
 
     def refusals(self, reason: str) -> list[tuple[str, str, int]]:
         """Per device with items rejected for `reason` (a reason code, else ValueError):

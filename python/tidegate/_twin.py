@@ -441,6 +441,9 @@ def _validate(
         given = [(True, value) for value in identity]
     (_, tenant), (_, device), (_, msg_type), (_, token) = given
     item = _Item(None, _unicode(device))
+    # Named in `rejections()` when the item is rejected.
+    if type(tenant) is str and _TENANT_RE.fullmatch(tenant) is not None:
+        item.tenant = tenant
     if size > max_payload_bytes:
         return _rejected(item, PAYLOAD_TOO_LARGE, _too_large(size, max_payload_bytes))
     site = msg.get("site_id")
@@ -744,7 +747,7 @@ class Batch:
 
     def rejections(self) -> list[tuple[str, str, str | None, str]]:
         """`(reason, tenant, device, detail)` of each rejected item, in item order; the tenant
-        is empty and the device None when the message was refused before its identity was read."""
+        is empty and the device None when the message named no valid one."""
         return [
             (item.reason, item.tenant, item.device_id, item.detail or "")
             for item in self._items
@@ -837,6 +840,7 @@ def parse_lines(
     for index, (number, line) in enumerate(_lp_lines(body)):
         numbers.append(number)
         item = _Item(None, None if device is None else device[0])
+        item.tenant = tenant_id
         try:
             if len(line.encode()) > max_payload_bytes:
                 raise Refused((PAYLOAD_TOO_LARGE, f"line exceeds {max_payload_bytes} bytes"))
@@ -856,7 +860,6 @@ def parse_lines(
             item.reason, item.detail = refused.why
         else:
             item.device_id = dev
-            item.tenant = tenant_id
             item.key = (tenant_id, dev, site, token)
             item.line = read.canonical(dev, site, ts)
         items.append(item)

@@ -85,6 +85,9 @@ pub struct Batch {
     group_index: Vec<u32>,
     /// `(item index, detail)` of the items rejected with a detail of their own (rare).
     details: Vec<(u32, Span)>,
+    /// `(item index, tenant)` of items rejected before they had a group, whose message named a
+    /// valid tenant (for `rejections`).
+    rejected_tenants: Vec<(u32, Span)>,
     /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
     line_numbers: Vec<u32>,
     /// Written with a tenant key: its groups carry no device token (`admission` checks the
@@ -141,12 +144,23 @@ impl Batch {
         &self.line_numbers
     }
 
-    /// `push_rejected` with a detail of the item's own, as `details` returns it.
-    pub fn push_rejected_with(&mut self, reason: Reason, device: Option<&str>, detail: &str) {
+    /// `push_rejected` with a detail of the item's own, as `details` returns it, and the
+    /// valid tenant its message named, if any.
+    pub fn push_rejected_with(
+        &mut self,
+        reason: Reason,
+        tenant: Option<&str>,
+        device: Option<&str>,
+        detail: &str,
+    ) {
         let index = self.items.len() as u32;
         self.push_rejected(reason, device);
         let span = self.push_str(detail);
         self.details.push((index, span));
+        if let Some(tenant) = tenant {
+            let span = self.push_str(tenant);
+            self.rejected_tenants.push((index, span));
+        }
     }
 
     fn push_str(&mut self, s: &str) -> Span {
@@ -676,18 +690,23 @@ impl Batch {
     }
 
     /// `(reason, tenant, device, detail)` of each rejected item, in item order; the tenant is
-    /// empty and the device `None` when the message was refused before its identity was read.
+    /// empty and the device `None` when the message named no valid one.
     pub fn rejections(&self) -> Vec<(Reason, &str, Option<&str>, &str)> {
         let spans = self.detail_spans();
+        let tenants: std::collections::HashMap<u32, Span> =
+            self.rejected_tenants.iter().copied().collect();
         self.items
             .iter()
             .enumerate()
             .filter_map(|(i, item)| {
                 let reason = item.reason?;
-                let group = self.groups.get(item.group as usize);
+                let tenant = match self.groups.get(item.group as usize) {
+                    Some(g) => Some(g.tenant),
+                    None => tenants.get(&(i as u32)).copied(),
+                };
                 Some((
                     reason,
-                    group.map_or("", |g| self.str_at(g.tenant)),
+                    tenant.map_or("", |t| self.str_at(t)),
                     item.device.map(|d| self.str_at(d)),
                     spans
                         .get(i)

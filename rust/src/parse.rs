@@ -236,7 +236,7 @@ impl<'a> MessageParser<'a> {
                 Reason::InvalidSchema
             };
             let detail = explain::not_object(raw, self.max_payload);
-            self.batch.push_rejected_with(reason, None, &detail);
+            self.batch.push_rejected_with(reason, None, None, &detail);
         }
         Ok(())
     }
@@ -434,14 +434,16 @@ impl<'a> MessageParser<'a> {
             Ok(v) => v,
             Err(reason) => {
                 let detail = self.explain(reason, f, raw, url);
-                self.batch.push_rejected_with(reason, device.get(), &detail);
+                let tenant = tenant.get().filter(|t| valid_tenant(t));
+                self.batch
+                    .push_rejected_with(reason, tenant, device.get(), &detail);
                 return;
             }
         };
         let Some((id, at)) = identity else {
             let detail = self.explain(Reason::InvalidSchema, f, raw, url);
             self.batch
-                .push_rejected_with(Reason::InvalidSchema, None, &detail);
+                .push_rejected_with(Reason::InvalidSchema, None, None, &detail);
             return;
         };
         let metrics = &self.sorted;
