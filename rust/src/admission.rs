@@ -383,20 +383,24 @@ impl Admission {
             progress.asked = Some(self.seq + 1);
             return Ok(keys);
         }
-        let (verdicts, details): (Vec<_>, Vec<_>) = progress
-            .verdicts
-            .iter()
-            .map(|v| {
-                let (allowed, refused) = v
-                    .as_ref()
-                    .expect("every group is decided once no key is asked for");
-                match refused {
-                    Some((reason, detail)) => ((*allowed, Some(*reason)), Some(detail.clone())),
-                    None => ((*allowed, None), None),
-                }
+        let decided = || {
+            progress.verdicts.iter().map(|v| {
+                v.as_ref()
+                    .expect("every group is decided once no key is asked for")
             })
-            .unzip();
-        batch.resolve_explained(&verdicts, &details)?;
+        };
+        let verdicts: Vec<(usize, Option<Reason>)> = decided()
+            .map(|(allowed, refused)| (*allowed, refused.as_ref().map(|r| r.0)))
+            .collect();
+        // Details are gathered only when a group has refused items.
+        if verdicts.iter().any(|(_, reason)| reason.is_some()) {
+            let details: Vec<Option<&str>> = decided()
+                .map(|(_, refused)| refused.as_ref().map(|r| r.1.as_str()))
+                .collect();
+            batch.resolve_explained(&verdicts, &details)?;
+        } else {
+            batch.resolve_reasons(&verdicts)?;
+        }
         progress.done = true;
         Ok(keys)
     }

@@ -401,15 +401,12 @@ impl Batch {
     pub fn resolve_explained(
         &mut self,
         verdicts: &[(usize, Option<Reason>)],
-        details: &[Option<String>],
+        details: &[Option<&str>],
     ) -> Result<(), UsageError> {
         self.resolve_reasons(verdicts)?;
-        if details.iter().all(Option::is_none) {
-            return Ok(());
-        }
         let spans: Vec<Option<Span>> = details
             .iter()
-            .map(|d| d.as_deref().map(|d| self.push_str(d)))
+            .map(|d| d.map(|d| self.push_str(d)))
             .collect();
         for (index, item) in self.items.iter().enumerate() {
             if item.reason.is_some() && item.group != NO_GROUP {
