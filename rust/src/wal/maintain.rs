@@ -16,7 +16,7 @@ impl Shared {
     /// Interval mode: fsyncs what was written since the last fsync (full segments, then the
     /// current one, through a duplicate handle so that appends go on meanwhile).
     pub(super) fn sync_interval(&self) -> Result<(), WalError> {
-        let (files, records) = {
+        let (files, records, dir) = {
             let mut files = lock(&self.files);
             if files.unsynced_records == 0 {
                 return Ok(());
@@ -28,9 +28,19 @@ impl Shared {
                 })?;
                 todo.push(dup);
             }
-            (todo, std::mem::take(&mut files.unsynced_records))
+            (
+                todo,
+                std::mem::take(&mut files.unsynced_records),
+                std::mem::take(&mut files.dir_unsynced),
+            )
         };
-        let result = files.iter().try_for_each(File::sync_data);
+        let result = files.iter().try_for_each(File::sync_data).and_then(|()| {
+            if dir {
+                segment::sync_dir(&self.cfg.dir)
+            } else {
+                Ok(())
+            }
+        });
         let mut state = lock(&self.state);
         match result {
             Ok(()) => {
@@ -58,7 +68,7 @@ impl Shared {
             files.next_id - 1
         };
         // On failure the writer creates its segment itself, and reports the error.
-        if let Ok(file) = create_segment(&self.cfg.dir, id) {
+        if let Ok(file) = create_segment(&self.cfg.dir, id, true) {
             lock(&self.files).spare = Some((id, file));
         }
     }

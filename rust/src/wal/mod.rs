@@ -241,6 +241,7 @@ impl Wal {
                 next_id,
                 spare: None,
                 closed_unsynced: Vec::new(),
+                dir_unsynced: false,
                 unsynced_records: 0,
             }),
             buffers,

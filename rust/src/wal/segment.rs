@@ -126,21 +126,27 @@ pub(super) struct Files {
     pub(super) spare: Option<(u64, File)>,
     /// Interval mode: full segments written since the last fsync.
     pub(super) closed_unsynced: Vec<File>,
+    /// Interval mode: a segment was created since the last fsync without fsyncs of its own
+    /// (no spare was ready), so the directory is fsynced with the next interval.
+    pub(super) dir_unsynced: bool,
     /// Records written since the last fsync (Interval mode).
     pub(super) unsynced_records: u64,
 }
 
-/// Creates segment `id` with its header, durably (file and directory fsynced).
-pub(super) fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+/// Creates segment `id` with its header; `durable`: the file and the directory fsynced now.
+pub(super) fn create_segment(dir: &Path, id: u64, durable: bool) -> io::Result<File> {
     let path = dir.join(segment_name(id));
     let mut f = OpenOptions::new()
         .append(true)
         .create_new(true)
         .open(&path)?;
-    let created = f
-        .write_all(SEGMENT_MAGIC)
-        .and_then(|()| f.sync_all())
-        .and_then(|()| sync_dir(dir));
+    let created = f.write_all(SEGMENT_MAGIC).and_then(|()| {
+        if durable {
+            f.sync_all().and_then(|()| sync_dir(dir))
+        } else {
+            Ok(())
+        }
+    });
     if let Err(e) = created {
         let _ = fs::remove_file(&path);
         return Err(e);
@@ -161,8 +167,10 @@ impl Files {
     }
 
     /// Starts appending to a new segment: the spare if it is newer than every segment, else
-    /// one created now.
-    pub(super) fn next_segment(&mut self) -> io::Result<()> {
+    /// one created now. `durable` false (sync Interval): a segment created now gets no fsync
+    /// of its own but the next interval's; its two fsyncs would otherwise stall the caller (the
+    /// event loop) behind the flush of every dirty page of the file system.
+    pub(super) fn next_segment(&mut self, durable: bool) -> io::Result<()> {
         let newest = self.segments.back().map(|s| s.id);
         let (id, file) = match self.spare.take() {
             Some((id, file)) if newest.is_none_or(|n| id > n) && self.is_linked(id, &file) => {
@@ -174,7 +182,9 @@ impl Files {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                (id, create_segment(&self.dir, id)?)
+                let file = create_segment(&self.dir, id, durable)?;
+                self.dir_unsynced |= !durable;
+                (id, file)
             }
         };
         self.current = Some(file);
@@ -311,6 +321,30 @@ mod tests {
     use super::super::record::encode_record;
     use super::super::testing::*;
     use super::*;
+
+    #[test]
+    fn a_segment_made_without_a_spare_in_interval_mode_leaves_its_fsyncs_to_the_interval() {
+        let dir = TestDir::new();
+        fs::create_dir_all(&dir.0).expect("made");
+        let mut files = Files {
+            dir: dir.0.clone(),
+            current: None,
+            segments: VecDeque::new(),
+            next_id: 1,
+            spare: None,
+            closed_unsynced: Vec::new(),
+            dir_unsynced: false,
+            unsynced_records: 0,
+        };
+        files.next_segment(true).expect("created");
+        assert!(!files.dir_unsynced);
+        files.next_segment(false).expect("created");
+        assert!(files.dir_unsynced);
+        for id in [1, 2] {
+            let header = fs::read(dir.0.join(segment_name(id))).expect("reads");
+            assert_eq!(header, SEGMENT_MAGIC);
+        }
+    }
 
     #[test]
     fn a_torn_tail_is_truncated_and_nothing_before_it_is_lost() {

@@ -286,7 +286,8 @@ impl Shared {
                 }
             }
             self.maintenance.notify_all(); // to create the next spare
-            files.next_segment().map_err(|e| {
+            let durable = matches!(self.cfg.sync, SyncMode::Always);
+            files.next_segment(durable).map_err(|e| {
                 WalError::Io(format!(
                     "cannot start a segment in {}: {e}",
                     self.cfg.dir.display()
