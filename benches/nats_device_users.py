@@ -43,6 +43,23 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def start_server(config: Path, monitor_port: int) -> tuple[subprocess.Popen[bytes], float]:
+    """nats-server on `config` (its log beside it) and the seconds until /healthz answers."""
+    exe = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    log = config.with_name("nats-server.log")
+    started = time.monotonic()
+    proc = subprocess.Popen([exe, "-c", str(config)], stderr=log.open("w"))
+    while True:
+        assert proc.poll() is None, log.read_text()[-500:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{monitor_port}/healthz", timeout=1).is_success:
+                return proc, time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+
+
 def measure(devices: int) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="tidegate-users-"))
     proc: subprocess.Popen[bytes] | None = None
@@ -56,19 +73,7 @@ def measure(devices: int) -> dict[str, object]:
         state["devices"] = {f"t{i % 100}.d{i}": digest for i in range(devices)}
         (root / broker.STATE).write_text(json.dumps(state))
         broker._save(root, state)
-        exe = shutil.which("nats-server", path=str(Path(sys.executable).parent))
-        assert exe is not None
-        started = time.monotonic()
-        proc = subprocess.Popen([exe, "-c", str(root / broker.CONFIG)], stderr=subprocess.DEVNULL)
-        monitor = f"http://127.0.0.1:{at.monitor_port}"
-        while True:
-            try:
-                if httpx.get(f"{monitor}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        start_s = time.monotonic() - started
+        proc, start_s = start_server(root / broker.CONFIG, at.monitor_port)
         rss_start = rss_mb(proc.pid)
         reloads = []
         for _ in range(2):

@@ -39,6 +39,13 @@ ceiling's mean rate:
     python benches/load/run.py --cores rust --durability memory,wal-interval --alternate 3 \
         --duration 10 --paced-rate 0 --ceiling
 
+`--seeds` also starts the per-message approach tidegate replaces (benches/load/seeds.py: the
+original design's batch route, pydantic models and one message at a time in Python) under the
+same load, the same way, and prints each row's speed-up over it:
+
+    python benches/load/run.py --cores rust --durability wal-interval --alternate 2 \
+        --duration 10 --paced-rate 0 --ceiling --seeds
+
 Prints one JSON object per phase and a Markdown table at the end (also written to --out).
 """
 
@@ -76,7 +83,8 @@ from tidegate.config import Config  # noqa: E402
 from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
-CEILING_APP = HERE / "ceiling.py"
+REFERENCE_APPS = {"ceiling": HERE / "ceiling.py", "seeds": HERE / "seeds.py"}
+REFERENCE_NAMES = {"ceiling": "http ceiling", "seeds": "seeds approach"}
 BATCH = 100
 WORKING = "working tree"
 
@@ -226,17 +234,21 @@ def rss_kib(pid: int) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's RSS once a second."""
+    """Samples a gateway's RSS, and the size of its write-ahead log, once a second."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, gw: GatewayProcess) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.gw = gw
         self.samples: list[int] = []
+        self.wal_bytes: list[int] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(1.0):
-            self.samples.append(rss_kib(self.pid))
+            self.samples.append(rss_kib(self.gw.proc.pid))
+            wal = gateway_stats(self.gw).get("wal")
+            if wal:
+                self.wal_bytes.append(wal["bytes"])
 
 
 def wrk(
@@ -301,7 +313,7 @@ def measure(
     written_before = procs.worker_stats(reset_latency=True)["writes_ok"] if procs.worker else 0
     cpu = CpuMeter(procs.cpu)
     cpu.start()
-    sampler = RssSampler(gw.proc.pid)
+    sampler = RssSampler(gw)
     rss_start = rss_kib(gw.proc.pid)
     sampler.start()
     result = wrk(gw.url, listing, duration, connections, threads, delay_ms)
@@ -348,6 +360,8 @@ def measure(
         "rss_max_mib": round(max(sampler.samples or [rss_start]) / 1024, 1),
         # One sample per 30 s: what "flat over a long run" is judged on.
         "rss_trace_mib": [round(kib / 1024, 1) for kib in sampler.samples[::30]],
+        # The log's size: bounded when its sink keeps up, whatever the run's length.
+        "wal_max_mib": round(max(sampler.wal_bytes) / 2**20, 1) if sampler.wal_bytes else None,
         "fsyncs": fsyncs,
         "records_per_fsync": round(synced / fsyncs, 1) if fsyncs else None,
         "cpu_s": cpu.used,
@@ -500,15 +514,31 @@ def run_one(
     return results
 
 
-class Ceiling:
-    """The HTTP ceiling app (ceiling.py) in a process of its own, with this interpreter."""
+class Reference:
+    """A reference app in a process of its own, with this interpreter, under the same load as
+    the gateways: `ceiling` (ceiling.py, a route that only reads the bodies) or `seeds`
+    (seeds.py, the per-message approach; it is given every device's token and site)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, kind: str, s: Setup) -> None:
+        self.kind = kind
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = (workdir / "ceiling.log").open("wb")
-        port = self.url.rsplit(":", 1)[1]
+        self.log = (s.workdir / f"{kind}.log").open("wb")
+        args = [self.url.rsplit(":", 1)[1]]
+        if kind == "seeds":
+            devices = s.workdir / "seeds-devices.json"
+            devices.write_text(
+                json.dumps(
+                    {
+                        f"{tenant}/{device}": {"token": token, "site_id": f"site-{device}"}
+                        for (tenant, device), token in s.token_of.items()
+                    }
+                )
+            )
+            args += [str(devices), str(s.workdir / "seeds-sink.lp")]
         self.proc = subprocess.Popen(
-            [sys.executable, str(CEILING_APP), port], stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, str(REFERENCE_APPS[kind]), *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         poll(self._up, wait_s=60)
 
@@ -519,19 +549,19 @@ class Ceiling:
             return False
 
     def phase(self, s: Setup, listing: Path) -> dict[str, Any]:
-        """One saturated phase; every request counts as BATCH messages (it reads them all)."""
-        cpu = CpuMeter({"ceiling": self.proc.pid})
+        """One saturated phase; every 202 counts as BATCH messages (every body is valid)."""
+        cpu = CpuMeter({self.kind: self.proc.pid})
         cpu.start()
         rss_start = rss_kib(self.proc.pid)
         result = wrk(self.url, listing, s.duration, s.connections, s.threads)
         cpu.stop()
         seconds = result["duration_us"] / 1e6
-        messages = result["requests"] * BATCH
+        messages = (result["requests"] - result["status_errors"]) * BATCH
         rss_end = round(rss_kib(self.proc.pid) / 1024, 1)
         row = {
-            "build": "http ceiling",
+            "build": REFERENCE_NAMES[self.kind],
             **dict.fromkeys(("mode", "core", "sink", "registry", "durability"), "-"),
-            "phase": "ceiling",
+            "phase": self.kind,
             "requests": result["requests"],
             "req_per_s": round(result["requests"] / seconds, 1),
             "accepted_msgs_per_s": round(messages / seconds),
@@ -556,39 +586,44 @@ class Ceiling:
 
 
 def with_shares(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each gateway row with its share of the ceiling rows' mean rate (when there are any)."""
-    ceilings = [r["accepted_msgs_per_s"] for r in rows if r["phase"] == "ceiling"]
-    if not ceilings:
-        return rows
-    ceiling = statistics.mean(ceilings)
-    return [
-        r
-        if r["phase"] == "ceiling"
-        else {**r, "ceiling_share": round(r["accepted_msgs_per_s"] / ceiling, 3)}
-        for r in rows
-    ]
+    """Each gateway row with its share of the ceiling rows' mean rate and its speed-up over the
+    seeds rows' mean rate (when there are any)."""
+    means = {
+        kind: statistics.mean(rates)
+        for kind in REFERENCE_APPS
+        if (rates := [r["accepted_msgs_per_s"] for r in rows if r["phase"] == kind])
+    }
+    out = []
+    for r in rows:
+        if r["phase"] not in REFERENCE_APPS:
+            rate = r["accepted_msgs_per_s"]
+            if "ceiling" in means:
+                r = {**r, "ceiling_share": round(rate / means["ceiling"], 3)}
+            if "seeds" in means:
+                r = {**r, "over_seeds": round(rate / means["seeds"], 1)}
+        out.append(r)
+    return out
 
 
 def run_alternating(
-    s: Setup, entries: list[tuple[Build, Case]], pairs: int, ceiling: Ceiling | None
+    s: Setup, entries: list[tuple[Build, Case]], pairs: int, references: list[Reference]
 ) -> list[dict[str, Any]]:
     """Every (build, case) started and warmed at once, then `pairs` saturated phases each, all
-    of them (and the ceiling, if given) taking turns (and turns about who goes first): on a
+    of them (and the reference apps, if given) taking turns (and turns about who goes first): on a
     machine whose speed drifts, a drift hits all alike. Ends with one row per (build, case) of
     the runs' means."""
     runs: list[Running] = []
     rows: dict[str, list[dict[str, Any]]] = {}
-    ceiling_rows: list[dict[str, Any]] = []
+    reference_rows: list[dict[str, Any]] = []
     try:
         for build, case in entries:
             runs.append(start(s, build, case))
             rows[runs[-1].name] = []
         for pair in range(pairs):
-            turns: list[Running | None] = [*runs, None] if ceiling else [*runs]
+            turns: list[Running | Reference] = [*runs, *references]
             for run in turns if pair % 2 == 0 else turns[::-1]:
-                if run is None:
-                    assert ceiling is not None
-                    ceiling_rows.append(ceiling.phase(s, runs[0].listing))
+                if isinstance(run, Reference):
+                    reference_rows.append(run.phase(s, runs[0].listing))
                 else:
                     rows[run.name].append(saturated(s, run))
     finally:
@@ -597,7 +632,7 @@ def run_alternating(
     return (
         [row for entry in rows.values() for row in entry]
         + [mean_row(entry) for entry in rows.values() if entry]
-        + ceiling_rows
+        + reference_rows
     )
 
 
@@ -619,8 +654,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| build | mode | core | sink | registry | durability | phase | accepted msgs/s | req/s "
         "| p50 ms | p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync "
-        "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms | share of ceiling |\n"
-        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|\n"
+        "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms | share of ceiling "
+        "| speed-up over seeds |\n"
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|---:|\n"
     )
     lines = [
         f"| {r['build']} | {r['mode']} | {r['core']} | {r['sink']} | {r['registry']} "
@@ -632,7 +668,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"| {', '.join(f'{k} {v}' for k, v in r['cpu_s_per_100k'].items())} "
         f"| {r.get('worker_msgs_per_s') or '-'} "
         f"| {r.get('delivery_p50_ms') or '-'} / {r.get('delivery_p99_ms') or '-'} "
-        f"| {format(r['ceiling_share'], '.1%') if 'ceiling_share' in r else '-'} |"
+        f"| {format(r['ceiling_share'], '.1%') if 'ceiling_share' in r else '-'} "
+        f"| {r.get('over_seeds', '-')} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -701,6 +738,12 @@ def main() -> None:
         help="also run the HTTP ceiling app (a route that only reads the bodies) under the same "
         "load, and print each row's share of it",
     )
+    p.add_argument(
+        "--seeds",
+        action="store_true",
+        help="also run the per-message approach tidegate replaces (seeds.py) under the same load, "
+        "and print each row's speed-up over it",
+    )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -724,13 +767,14 @@ def main() -> None:
     modes = args.modes.split(",")
     syncs = [None if v == "default" else v for v in args.nats_sync.split(",")]
     rows: list[dict[str, Any]] = []
-    ceiling: Ceiling | None = None
+    references: list[Reference] = []
     try:
         builds = [Build(WORKING)]
-        if args.ceiling:
-            ceiling = Ceiling(workdir)
+        kinds = [k for k, wanted in (("ceiling", args.ceiling), ("seeds", args.seeds)) if wanted]
+        for kind in kinds:
+            references.append(Reference(kind, s))
             if not args.alternate:
-                rows.append(ceiling.phase(s, write_bodies(s)))
+                rows.append(references[-1].phase(s, write_bodies(s)))
         if args.baseline:
             builds.insert(0, build_baseline(args.baseline, workdir))
         if pg:
@@ -749,7 +793,7 @@ def main() -> None:
                     ]
                     if args.alternate:
                         entries = [(build, case) for case in direct for build in builds]
-                        rows += run_alternating(s, entries, args.alternate, ceiling)
+                        rows += run_alternating(s, entries, args.alternate, references)
                         continue
                     for build in builds:
                         for case in direct:
@@ -759,8 +803,8 @@ def main() -> None:
                             for sync in syncs:
                                 rows += run_nats(s, build, case, args, sync)
     finally:
-        if ceiling:
-            ceiling.stop()
+        for reference in references:
+            reference.stop()
         remove_baseline(workdir)
         if influx:
             influx.cleanup()

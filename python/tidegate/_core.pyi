@@ -178,6 +178,11 @@ class Batch:
         `tenant` is "" and `device` None when the message named no valid one, `detail` "" for an
         item without one."""
 
+    def tenant_counts(self) -> list[tuple[str, int, int]]:
+        """Per tenant of the valid items, in order of first appearance: `(tenant, accepted,
+        refused)`; refused counts the items rejected after validation (an item that failed it
+        has no tenant)."""
+
     def refusals(self, reason: str) -> list[tuple[str, str, int]]:
         """Per device with items rejected for `reason` (a reason code, else ValueError):
         `(tenant, device, count)`, devices in order of first appearance."""

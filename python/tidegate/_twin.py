@@ -686,6 +686,15 @@ class Batch:
                 per_tenant.setdefault(item.tenant, []).append(item.line)
         return [(t, b"".join(lines), len(lines)) for t, lines in per_tenant.items()]
 
+    def tenant_counts(self) -> list[tuple[str, int, int]]:
+        """Per tenant of the valid items: `(tenant, accepted, refused after validation)`."""
+        out: dict[str, list[int]] = {}
+        for key, members in zip(self._keys, self._members, strict=True):
+            counts = out.setdefault(key[0], [0, 0])
+            for item in members:
+                counts[item.reason is not None] += 1
+        return [(tenant, accepted, refused) for tenant, (accepted, refused) in out.items()]
+
     def refusals(self, reason: str) -> list[tuple[str, str, int]]:
         """Per device with items rejected for `reason`: `(tenant, device, count)`."""
         if reason not in REASONS:

@@ -135,6 +135,9 @@ class Listeners:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # The monitoring listener has no auth (nats-server offers none for it): loopback unless
+    # asked otherwise, whatever `host` the client listeners take.
+    monitor_host: str = "127.0.0.1"
 
 
 def setup(directory: Path, at: Listeners) -> dict[str, object]:
@@ -147,6 +150,7 @@ def setup(directory: Path, at: Listeners) -> dict[str, object]:
         "host": at.host,
         "port": at.port,
         "mqtt_port": at.mqtt_port,
+        "monitor_host": at.monitor_host,
         "monitor_port": at.monitor_port,
         "service": {u: _hash(p, _SERVICE_COST) for u, p in passwords.items()},
         "devices": {},
@@ -211,7 +215,9 @@ def _reload(root: Path, state: dict[str, Any]) -> None:
         pid = int((root / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         return  # not running: it reads the new file when it starts
-    monitor = f"http://{_url_host(state['host'])}:{state['monitor_port']}/varz"
+    # A directory written before monitor_host existed has its monitor on `host`.
+    monitor_host = _url_host(state.get("monitor_host", state["host"]))
+    monitor = f"http://{monitor_host}:{state['monitor_port']}/varz"
     before = _load_time(monitor)
     try:
         os.kill(pid, signal.SIGHUP)
@@ -244,7 +250,7 @@ def _server_conf(root: Path, at: Listeners) -> str:
         "# Written by `tidegate nats setup`; users and permissions are in accounts.conf.\n"
         f"server_name: {q('tidegate-' + str(at.port))}\n"
         f"listen: {q(f'{at.host}:{at.port}')}\n"
-        f"http: {q(f'{at.host}:{at.monitor_port}')}\n"
+        f"http: {q(f'{at.monitor_host}:{at.monitor_port}')}\n"
         f"pid_file: {q(str(root / PID_FILE))}\n"
         "jetstream {\n"
         f"  store_dir: {q(str(root / 'jetstream'))}\n"

@@ -178,6 +178,7 @@ async def _nats_setup(cfg: Config, args: argparse.Namespace) -> dict[str, object
         args.tls_cert,
         args.tls_key,
         args.tls_ca,
+        args.monitor_host,
     )
     return broker.setup(args.dir, at)
 
@@ -408,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     nats_setup.add_argument("--port", type=_arg(parse_port), default=at.port)
     nats_setup.add_argument("--mqtt-port", type=_arg(parse_port), default=at.mqtt_port)
     nats_setup.add_argument("--monitor-port", type=_arg(parse_port), default=at.monitor_port)
+    nats_setup.add_argument(
+        "--monitor-host",
+        type=_secret_arg,
+        default=at.monitor_host,
+        help=f"the monitoring listener's address, which has no auth (default {at.monitor_host})",
+    )
     for flag, what in (("cert", "certificate"), ("key", "private key"), ("ca", "CA bundle")):
         nats_setup.add_argument(
             f"--tls-{flag}", type=Path, metavar="PEM", help=f"TLS on both listeners: {what}"

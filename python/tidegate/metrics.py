@@ -135,8 +135,7 @@ class Buffers(Protocol):
 class TenantCounts(Protocol):
     """What metrics reads of a resolved Batch to count its messages per tenant."""
 
-    def groups(self) -> list[tuple[str, str, str, str, int]]: ...
-    def refusals(self, reason: str) -> list[tuple[str, str, int]]: ...
+    def tenant_counts(self) -> list[tuple[str, int, int]]: ...
 
 
 class Metrics:
@@ -214,28 +213,20 @@ class Metrics:
         self._count_tenants(batch, reason_counts)
 
     def _count_tenants(self, batch: TenantCounts, reason_counts: Sequence[tuple[str, int]]) -> None:
-        # A group's items are accepted unless refused after validation; items that failed
-        # validation have no group, and no tenant to count under but "other".
-        passed: dict[str, int] = {}
-        for tenant, _device, _site, _token, n in batch.groups():
-            passed[tenant] = passed.get(tenant, 0) + n
-        refused: dict[str, int] = {}
-        for reason, _n in reason_counts:
-            for tenant, _device, n in batch.refusals(reason):
-                refused[tenant] = refused.get(tenant, 0) + n
         tenants = self.tenants
-        unplaced = sum(n for _, n in reason_counts) - sum(refused.values())
-        tenants[OTHER_TENANT][1] += unplaced
-        for tenant, n in passed.items():
-            no = refused.get(tenant, 0)
+        # Items that failed validation have no tenant to count under but "other".
+        unplaced = sum(n for _, n in reason_counts)
+        for tenant, accepted, refused in batch.tenant_counts():
+            unplaced -= refused
             counts = tenants.get(tenant)
             if counts is None:
-                if n > no and len(tenants) <= TENANT_SERIES:
+                if accepted and len(tenants) <= TENANT_SERIES:
                     counts = tenants[tenant] = [0, 0]
                 else:
                     counts = tenants[OTHER_TENANT]
-            counts[0] += n - no
-            counts[1] += no
+            counts[0] += accepted
+            counts[1] += refused
+        tenants[OTHER_TENANT][1] += unplaced
 
     def response(self, route: str, status: int) -> None:
         """Count one response by route and status."""

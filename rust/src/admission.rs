@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::batch::Batch;
 use crate::errors::{quoted, short_number, Reason, UsageError};
+use crate::words;
 
 /// `(tenant_id, device_id)` of a device to look up.
 pub type Key = (String, String);
@@ -323,14 +324,36 @@ fn judge(
     ((allowed, refused), wait)
 }
 
+/// `a == b` in a time that depends on the lengths only, as subtle's `ct_eq` of the slices
+/// (which also answers a length mismatch at once), but compared eight bytes at a time: the
+/// slices' `ct_eq` pays an optimisation barrier per byte, most of a warm device's check.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    // The rest, under 8 bytes of each, zero-padded alike.
+    let mut same =
+        words::load_short(a_words.remainder()).ct_eq(&words::load_short(b_words.remainder()));
+    for (x, y) in a_words.zip(b_words) {
+        same &= word(x).ct_eq(&word(y));
+    }
+    bool::from(same)
+}
+
+/// An 8-byte chunk as a word.
+fn word(chunk: &[u8]) -> u64 {
+    words::load(chunk, 0).expect("chunks_exact(8) yields 8 bytes")
+}
+
 fn token_ok(entry: &mut Entry, token: &str) -> bool {
     if let Some(v) = &entry.verified {
-        if bool::from(v.as_bytes().ct_eq(token.as_bytes())) {
+        if same_secret(v.as_bytes(), token.as_bytes()) {
             return true;
         }
     }
     let digest = Sha256::digest(token.as_bytes());
-    if bool::from(digest.as_slice().ct_eq(&entry.record.token_hash)) {
+    if same_secret(digest.as_slice(), &entry.record.token_hash) {
         entry.verified = Some(token.into());
         return true;
     }
@@ -674,6 +697,20 @@ mod tests {
         default_burst: 100,
         lookups_per_s: 100,
     };
+
+    #[test]
+    fn same_secret_is_slice_equality() {
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n).map(|i| b'0' + (i % 10) as u8).collect();
+            assert!(same_secret(&a, &a.clone()), "{n}");
+            assert!(!same_secret(&a, &a[..n.saturating_sub(1)]) || n == 0, "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x80;
+                assert!(!same_secret(&a, &b), "{n} {at}");
+            }
+        }
+    }
 
     fn hash(token: &str) -> Vec<u8> {
         Sha256::digest(token.as_bytes()).to_vec()

@@ -488,6 +488,29 @@ impl Batch {
         out
     }
 
+    /// Per tenant of the valid items, in order of first appearance: `(tenant, accepted,
+    /// refused)`, refused counting items rejected after validation (items that failed it have
+    /// no tenant).
+    pub fn tenant_counts(&self) -> Vec<(&str, usize, usize)> {
+        let mut out: Vec<(&str, usize, usize)> = self
+            .tenants
+            .iter()
+            .map(|&t| (self.str_at(t), 0, 0))
+            .collect();
+        for item in &self.items {
+            if item.group == NO_GROUP {
+                continue;
+            }
+            let counts = &mut out[self.groups[item.group as usize].tenant_index as usize];
+            if item.reason.is_some() {
+                counts.2 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+        out
+    }
+
     /// Per group with items rejected for `reason`: `(tenant, device, how many)`, groups in
     /// order of first appearance.
     pub fn refusals(&self, reason: Reason) -> Vec<(&str, &str, usize)> {

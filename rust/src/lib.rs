@@ -174,6 +174,11 @@ impl PyBatch {
             .collect()
     }
 
+    /// Per tenant of the valid items: `(tenant, accepted, refused after validation)`.
+    fn tenant_counts(&self) -> Vec<(&str, usize, usize)> {
+        self.inner.tenant_counts()
+    }
+
     /// Per device with items rejected for `reason`: `(tenant, device, count)`.
     fn refusals(&self, reason: &str) -> PyResult<Vec<(&str, &str, usize)>> {
         let reason = Reason::from_code(reason).map_err(|e| usage_error(&e))?;

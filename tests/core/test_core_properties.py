@@ -397,6 +397,7 @@ def batch_outcome(core: Any, body: bytes, max_payload: int, receive_ns: int) -> 
         batch.details(),
         batch.rejections(),
         refusals,
+        batch.tenant_counts(),
         latest_outcome(core, batch),
     )
 

@@ -408,10 +408,13 @@ class NatsServer(_Daemon):
     on free ports; restartable in place, ready once JetStream is healthy (`/healthz` 200).
     `url` carries no credentials (an anonymous client); `edge_url` and `worker_url` carry the
     edge's and the worker's; `broker_dir` is what NATS_BROKER_DIR names. `sync_interval` None
-    leaves JetStream's default instead of `always`."""
+    leaves JetStream's default instead of `always`; `host` is setup's `--host`."""
 
     def __init__(
-        self, sync_interval: str | None = "always", tls: tuple[Path, Path] | None = None
+        self,
+        sync_interval: str | None = "always",
+        tls: tuple[Path, Path] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         exe = shutil.which("nats-server", path=os.pathsep.join(_venv_bins()))
         if exe is None:
@@ -425,7 +428,7 @@ class NatsServer(_Daemon):
         self.broker_dir = self.root / "broker"
         ports = {"port": self.port, "mqtt-port": self.mqtt_port, "monitor-port": self.http_port}
         setup = subprocess.run(
-            [*_tidegate(), "nats", "setup", "--dir", str(self.broker_dir)]
+            [*_tidegate(), "nats", "setup", "--dir", str(self.broker_dir), f"--host={host}"]
             + [f"--{flag}={port}" for flag, port in ports.items()]
             + ([f"--tls-cert={tls[0]}", f"--tls-key={tls[1]}"] if tls else []),
             capture_output=True,
@@ -449,7 +452,14 @@ class NatsServer(_Daemon):
 
     def jsz(self) -> dict[str, Any]:
         """The monitoring endpoint's JetStream report, streams and consumers included."""
-        resp = self._client.get("/jsz", params={"streams": "true", "consumers": "true"})
+        return self._monitor("/jsz", {"streams": "true", "consumers": "true"})
+
+    def varz(self) -> dict[str, Any]:
+        """The monitoring endpoint's server report (listen addresses, config load time)."""
+        return self._monitor("/varz", {})
+
+    def _monitor(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        resp = self._client.get(path, params=params)
         resp.raise_for_status()
         out: dict[str, Any] = resp.json()
         return out

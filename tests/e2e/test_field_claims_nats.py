@@ -22,7 +22,6 @@ __all__ = ["deployment"]  # the fixture, used by name
 
 def test_a_type_an_mqtt_publish_claimed_is_enforced_at_the_edge(deployment: Deployment) -> None:
     influx = deployment.influx
-    assert influx is not None
     edge = deployment.start("serve")
     deployment.start("worker")
     worker_ready(deployment)

@@ -22,9 +22,10 @@ import nats.js.errors
 import orjson
 import pytest
 from gateway import GatewayProcess, poll, provision, run_gateway
-from services import InfluxDB, NatsServer
+from services import InfluxDB, NatsServer, PostgresCluster
 from test_nats_hostile import Device
 from test_nats_stream import mqtt_publish, set_up
+from tidegate import broker
 
 TENANT = "acme"
 DB = f"telemetry_{TENANT}"
@@ -39,7 +40,7 @@ class Deployment:
 
     tmp: Path
     nats: NatsServer
-    influx: InfluxDB | None
+    influx: InfluxDB
     database_url: str
     tokens: dict[str, str] = field(default_factory=dict)
     procs: list[GatewayProcess] = field(default_factory=list)
@@ -58,13 +59,12 @@ class Deployment:
             "TIDEGATE_DEFAULT_RPS": "100000",
             "TIDEGATE_DEFAULT_BURST": "100000",
         }
-        if self.influx is not None:
-            env |= {
-                "INFLUXDB_URL": self.influx.url,
-                "INFLUX_API": "v1",
-                "TIDEGATE_INFLUX_CREATE_DB": "1",
-                "INFLUX_RETRY_MAX_S": "0.5",
-            }
+        env |= {
+            "INFLUXDB_URL": self.influx.url,
+            "INFLUX_API": "v1",
+            "TIDEGATE_INFLUX_CREATE_DB": "1",
+            "INFLUX_RETRY_MAX_S": "0.5",
+        }
         return env | extra
 
     def provision(self) -> None:
@@ -115,15 +115,32 @@ def deployment(
     tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB, postgres_url: str
 ) -> Iterator[Deployment]:
     """A NATS-mode deployment on InfluxDB; every process must exit 0 at teardown."""
-    if DB in influxdb.databases():
-        influxdb.query(None, f'DROP DATABASE "{DB}"')
-    d = Deployment(tmp_path, nats_server, influxdb, postgres_url)
+    yield from deployed(Deployment(tmp_path, nats_server, influxdb, postgres_url))
+
+
+def deployed(d: Deployment) -> Iterator[Deployment]:
+    """The deployment with its devices and streams, no process running yet; at the end every
+    process it started is stopped and must have exited 0."""
+    if DB in d.influx.databases():
+        d.influx.query(None, f'DROP DATABASE "{DB}"')
     d.provision()
     # Streams and consumer as the first worker creates them: edges may only publish.
-    asyncio.run(set_up(nats_server))
+    asyncio.run(set_up(d.nats))
     yield d
     failures = d.stop_all()
     assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def edge(deployment: Deployment) -> GatewayProcess:
+    """An edge of the deployment, started."""
+    return deployment.start("serve")
+
+
+@pytest.fixture
+def worker(deployment: Deployment) -> GatewayProcess:
+    """A worker of the deployment (with the default settings), started."""
+    return deployment.start("worker")
 
 
 def message(seq: int, token: str | None = None, device: str | None = None) -> dict[str, Any]:
@@ -215,9 +232,8 @@ MIXED = {
 
 
 def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
-    deployment: Deployment, tmp_path: Path
+    deployment: Deployment, edge: GatewayProcess, tmp_path: Path
 ) -> None:
-    edge = deployment.start("serve")
     direct_env = {
         k: v for k, v in deployment.env().items() if not k.startswith(("NATS_", "TIDEGATE_MODE"))
     }
@@ -247,9 +263,8 @@ def test_the_same_batch_gets_byte_identical_responses_in_direct_and_nats_mode(
 
 
 def test_nats_down_answers_503_unavailable_and_every_202_is_in_the_stream(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess
 ) -> None:
-    edge = deployment.start("serve")
     client = edge.client()
     accepted = 0
     for seq in range(0, 50, 10):
@@ -296,12 +311,8 @@ def stream_message_count(server: NatsServer) -> int:
 
 
 def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_once(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
 ) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    worker = deployment.start("worker")
     load = Load(edge)
     load.start()
     poll(lambda: worker_stats(worker)["worker_acked"], lambda n: n >= 20)
@@ -314,11 +325,9 @@ def test_a_worker_sigkilled_mid_stream_and_restarted_writes_every_202_exactly_on
     wait_for_exactly(deployment.influx, load.accepted)
 
 
-def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    deployment.start("worker")
+def test_nats_server_restarted_mid_stream_loses_nothing(
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
+) -> None:
     load = Load(edge)
     load.start()
     poll(lambda: len(load.accepted), lambda n: n >= 200)
@@ -330,11 +339,10 @@ def test_nats_server_restarted_mid_stream_loses_nothing(deployment: Deployment) 
     wait_for_exactly(deployment.influx, load.accepted)
 
 
-def test_two_workers_share_one_stream_and_both_write(deployment: Deployment) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    workers = [deployment.start("worker"), deployment.start("worker")]
+def test_two_workers_share_one_stream_and_both_write(
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
+) -> None:
+    workers = [worker, deployment.start("worker")]
     load = Load(edge)
     load.start()
     poll(
@@ -346,12 +354,9 @@ def test_two_workers_share_one_stream_and_both_write(deployment: Deployment) -> 
 
 
 def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
 ) -> None:
     influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    worker = deployment.start("worker")
     client = edge.client()
     r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in range(10)]})
     assert r.status_code == 202
@@ -372,11 +377,9 @@ def test_influxdb_down_keeps_messages_in_the_stream_until_it_returns(
 
 
 def test_sigterm_with_influxdb_down_exits_0_and_leaves_the_messages_to_the_next_worker(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess
 ) -> None:
     influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
     worker = deployment.start("worker", TIDEGATE_SHUTDOWN_DEADLINE_S="2")
     client = edge.client()
     influx.stop()
@@ -428,7 +431,8 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
             js = nc.jetstream()
             state = (await js.stream_info("TELEMETRY_REJECTED")).state
             out = []
-            for seq in range(state.first_seq, state.last_seq + 1):
+            # An empty stream reports first_seq 0, which no message has (a bad request).
+            for seq in range(max(state.first_seq, 1), state.last_seq + 1):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     msg = await js.get_msg("TELEMETRY_REJECTED", seq)
                     headers = msg.headers or {}
@@ -458,11 +462,8 @@ def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
 
 
 def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
-    deployment: Deployment,
+    deployment: Deployment, worker: GatewayProcess
 ) -> None:
-    influx = deployment.influx
-    assert influx is not None
-    deployment.start("worker")
     worker_ready(deployment)
     tok = deployment.tokens
     publish_raw(
@@ -499,7 +500,7 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
     )
     d1 = deployment.mqtt_credentials("d1")
     mqtt_publish(deployment.nats, f"{mqtt}/d1/heartbeat", b"\xff\xfe", d1)
-    wait_for_exactly(influx, {1, 11, 12})
+    wait_for_exactly(deployment.influx, {1, 11, 12})
     got = poll(lambda: rejected(deployment.nats), lambda r: len(r) >= 5)
     assert sorted((subject, reason) for subject, reason, _, _ in got) == [
         ("telemetry.rejected.acme", "INVALID_METRICS"),
@@ -529,12 +530,9 @@ def worker_ready(deployment: Deployment) -> None:
 
 
 def test_line_protocol_through_an_edge_and_a_worker_and_503_while_nats_is_down(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
 ) -> None:
     influx = deployment.influx
-    assert influx is not None
-    edge = deployment.start("serve")
-    deployment.start("worker")
     client = edge.client()
     auth = {"Authorization": f"Token d1:{deployment.tokens['d1']}"}
     body = f"lp,room=a v=1.5 {BASE_NS}\nlp,device_id=d2 v=2.5 {BASE_NS + 1}\n"
@@ -606,9 +604,8 @@ def test_a_message_that_reaches_max_deliver_is_moved_to_rejected_and_counted(
 
 
 def test_a_revoke_through_the_tenant_api_cuts_the_devices_mqtt_access(
-    deployment: Deployment,
+    deployment: Deployment, edge: GatewayProcess
 ) -> None:
-    edge = deployment.start("serve")
     key = deployment.cli("tenant", "add", "--tenant", "beta")["api_key"]
     provision(deployment.env(), "beta", "b1", "site-b1")
     b1 = Device(deployment.nats, deployment.mqtt_credentials("b1", "beta"), "e2e-b1")
@@ -624,3 +621,92 @@ def test_a_revoke_through_the_tenant_api_cuts_the_devices_mqtt_access(
         assert b1.disconnected.wait(10)
     finally:
         b1.close()
+
+
+# -- nothing stranded, self-healing -----------------------------------------------------------
+
+
+@pytest.fixture
+def own_registry(
+    tmp_path: Path, nats_server: NatsServer, influxdb: InfluxDB, own_postgres: PostgresCluster
+) -> Iterator[Deployment]:
+    """A deployment whose registry (PostgreSQL) the test may stop and start."""
+    url = own_postgres.url(own_postgres.create_database())
+    yield from deployed(Deployment(tmp_path, nats_server, influxdb, url))
+
+
+def test_a_registry_outage_pauses_fetching_so_no_delivery_is_spent(
+    own_registry: Deployment, own_postgres: PostgresCluster
+) -> None:
+    d = own_registry
+    # Three deliveries, one second apart at most: a worker that kept fetching (and nak'ing)
+    # through the outage would have given every message up long before the registry returns.
+    asyncio.run(set_up(d.nats, max_deliver=3, ack_wait_s=1.0))
+    worker = d.start("worker", NATS_MAX_DELIVER="3", NATS_ACK_WAIT_S="1")
+    worker_ready(d)
+    creds = {device: d.mqtt_credentials(device) for device in DEVICES}  # needs the registry
+    own_postgres.stop()
+    # The worker has not seen these devices yet: it must ask the registry for each.
+    for seq, device in enumerate(DEVICES):
+        body = {"site_id": f"site-{device}", "seq": seq, "metrics": {"temp": seq}}
+        topic = f"tenant/{TENANT}/device/{device}/telemetry"
+        mqtt_publish(d.nats, topic, orjson.dumps(body), creds[device])
+    ready = poll(
+        lambda: httpx.get(f"{worker.url}/ready", timeout=30),
+        lambda r: r.status_code == 503 and "registry" in r.text,
+    )
+    assert "registry is unavailable" in ready.text
+    time.sleep(6.0)  # six times the whole MaxDeliver budget
+    assert stream_message_count(d.nats) == len(DEVICES)
+    assert stored_seqs(d.influx) == []
+    own_postgres.start()
+    wait_for_exactly(d.influx, set(range(len(DEVICES))))
+    poll(lambda: stream_message_count(d.nats), lambda n: n == 0)
+    assert rejected(d.nats) == []
+    assert worker_stats(worker)["worker_rejected"] == {}
+    logs = worker.logs()
+    assert '"registry_available"' in logs
+    assert '"worker_max_deliveries"' not in logs
+
+
+def as_admin(server: NatsServer) -> str:
+    """A NATS URL of a user with every right, added to the broker for this test: nobody that
+    setup writes may delete a consumer, which is what this attacker did before issue 18."""
+    path = server.broker_dir / broker.ACCOUNTS
+    head, _, accounts = path.read_text().partition("accounts: ")
+    users = orjson.loads(accounts)
+    users[broker.ACCOUNT]["users"].append({"user": "admin", "password": "admin-password"})
+    path.write_text(f"{head}accounts: {orjson.dumps(users).decode()}\n")
+    loaded = server.varz()["config_load_time"]
+    os.kill(server.pid, signal.SIGHUP)
+    poll(lambda: server.varz()["config_load_time"], lambda t: t != loaded)
+    return server.url.replace("://", "://admin:admin-password@", 1)
+
+
+def test_a_deleted_consumer_is_created_again_by_the_worker_and_messages_flow_again(
+    deployment: Deployment, edge: GatewayProcess, worker: GatewayProcess
+) -> None:
+    client = edge.client()
+
+    def post(seqs: range) -> None:
+        r = client.post("/ingest/v1/batch", json={"messages": [message(s) for s in seqs]})
+        assert r.status_code == 202
+
+    post(range(10))
+    wait_for_exactly(deployment.influx, set(range(10)))
+    admin = as_admin(deployment.nats)
+
+    async def delete_consumer() -> None:
+        nc = await nats.connect(admin)
+        try:
+            assert await nc.jetstream().delete_consumer("TELEMETRY", "ingest-workers")
+        finally:
+            await nc.close()
+
+    asyncio.run(delete_consumer())
+    post(range(10, 20))  # the stream is kept: these wait there for a consumer
+    wait_for_exactly(deployment.influx, set(range(20)))
+    post(range(20, 30))
+    wait_for_exactly(deployment.influx, set(range(30)))
+    assert '"nats_consumer_created"' in worker.logs()
+    poll(lambda: stream_message_count(deployment.nats), lambda n: n == 0)

@@ -358,6 +358,31 @@ def test_with_a_certificate_both_listeners_take_tls_only(tmp_path: Path) -> None
         server.cleanup()
 
 
+def test_the_monitoring_listener_stays_on_loopback_when_the_clients_listen_everywhere() -> None:
+    server = NatsServer(host="0.0.0.0")
+    try:
+        server.start()
+        varz = server.varz()
+        assert (varz["host"], varz["http_host"]) == ("0.0.0.0", "127.0.0.1")
+        # On this machine's own non-loopback address: NATS answers, the monitor is not there.
+        address = _outward_address()
+        with socket.create_connection((address, server.port), timeout=5) as s:
+            assert s.recv(4096).startswith(b"INFO ")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, server.http_port), timeout=5)
+    finally:
+        server.cleanup()
+
+
+def _outward_address() -> str:
+    """The address this machine sends from (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))
+        address: str = s.getsockname()[0]
+    assert not ipaddress.ip_address(address).is_loopback, address
+    return address
+
+
 async def _set_up_with(settings: NatsSettings) -> None:
     link = await started(settings, consumer=True)
     await link.close()
