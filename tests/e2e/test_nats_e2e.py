@@ -511,13 +511,14 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
         ("telemetry.rejected.acme", "UNREADABLE"),
         ("telemetry.rejected.acme", "UNREADABLE"),
     ]
-    # Each refused one with the single-message route's detail; no token at rest: JSON records
-    # lose theirs, unreadable ones keep no payload at all.
+    # Each refused one with the core's detail of what is wrong with it; no token at rest: JSON
+    # records lose theirs, unreadable ones keep no payload at all.
     details = {reason: detail for _, reason, detail, _ in got if reason != "UNREADABLE"}
-    assert details["INVALID_METRICS"] == (
-        "metrics must be an object of at most 256 numeric or boolean values"
-    )
-    assert details["UNAUTHORIZED"] == "a valid provision_token is required for this device"
+    assert details == {
+        "INVALID_METRICS": "metric 'temp' is a string; metrics must be numbers or booleans",
+        "UNAUTHORIZED": "unknown device or wrong provision token",
+        "SITE_MISMATCH": "site_id 'elsewhere' is not the device's registered site",
+    }
     datas = [data for _, _, _, data in got]
     assert not any(b"tok-" in data or b"wrong-token" in data for data in datas), datas
     assert datas.count(b"") == 2

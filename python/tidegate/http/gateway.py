@@ -8,6 +8,7 @@ from collections.abc import Callable
 from tidegate import core, logs
 from tidegate.config import Config
 from tidegate.metrics import Metrics
+from tidegate.pipeline.rejection_log import RejectionLog
 from tidegate.pipeline.services import Services, open_services
 from tidegate.pipeline.steps import Pipeline, Publisher
 from tidegate.refusals import Refusals
@@ -51,7 +52,10 @@ class Gateway:
         self.services = services
         if self._open_publisher is not None:
             self.publisher = self._open_publisher(cfg, services)
-        self.pipeline = Pipeline(services, self.metrics, self.refusals, self.publisher)
+        rejection_log = RejectionLog(cfg.rejection_log_interval_s)
+        self.pipeline = Pipeline(
+            services, self.metrics, self.refusals, rejection_log, self.publisher
+        )
         self.metrics.bind(
             services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )

@@ -231,8 +231,8 @@ class Influx:
             if owner is None:
                 return self._unauthorized()
             if owner != tenant:
-                pipeline.refuse(UNAUTHORIZED)
                 message = f"the key does not write to {api.db_param} {tenant!r}"
+                pipeline.refuse(UNAUTHORIZED, message)
                 return self.answer(UNAUTHORIZED, message, status=403)
             devices = self.core.line_devices(body, cfg.max_payload_bytes)
             sites = await self._sites_of(tenant, devices)
@@ -264,13 +264,15 @@ class Influx:
         return error(400, "partial write: " + refused_lines(batch), headers)
 
     def _unauthorized(self, count: bool = True) -> Response:
+        why = detail(UNAUTHORIZED, credential=CREDENTIAL)
         if count:
-            self.gw.pipeline.refuse(UNAUTHORIZED)
-        return self.answer(UNAUTHORIZED, detail(UNAUTHORIZED, credential=CREDENTIAL))
+            self.gw.pipeline.refuse(UNAUTHORIZED, why)
+        return self.answer(UNAUTHORIZED, why)
 
     def _unavailable(self) -> Response:
-        self.gw.pipeline.refuse(UNAVAILABLE)
-        return self.answer(UNAVAILABLE, detail(UNAVAILABLE))
+        why = detail(UNAVAILABLE)
+        self.gw.pipeline.refuse(UNAVAILABLE, why)
+        return self.answer(UNAVAILABLE, why)
 
     async def _sites_of(self, tenant: str, devices: list[str]) -> dict[str, str] | None:
         """device -> site of the active ones among `devices`; None when the registry cannot

@@ -59,6 +59,7 @@ from tidegate.nats.settings import (
 from tidegate.nats.stream import Link
 from tidegate.pipeline import lines
 from tidegate.pipeline.admission import Admitter
+from tidegate.pipeline.rejection_log import RejectionLog
 from tidegate.pipeline.services import Services, open_services
 from tidegate.pipeline.steps import Pipeline
 from tidegate.refusals import Refusals
@@ -202,7 +203,8 @@ class Worker:
         cfg = self.cfg
         services = await open_services(cfg, self.core, self._on_flush, upstream_keeps_lines=True)
         self.services = services
-        self.pipeline = Pipeline(services, self.metrics, self.refusals)
+        rejection_log = RejectionLog(cfg.rejection_log_interval_s)
+        self.pipeline = Pipeline(services, self.metrics, self.refusals, rejection_log)
         self._trusted, self._proof = Admitter.trusting(self.core, cfg, services.registry)
         # Like the services' admitter: the registry's changes and this process's limit share.
         services.peers.admitters.append(self._trusted)
@@ -440,8 +442,8 @@ class Worker:
             token = doc.get("provision_token")
         # As on the single-message route: a token that is not a valid id matches no device.
         if not isinstance(token, str) or not self.core.valid_id(token):
-            self.pipeline.refuse(UNAUTHORIZED)
             why = detail(UNAUTHORIZED, credential=TOKEN_FIELD_CREDENTIAL)
+            self.pipeline.refuse(UNAUTHORIZED, why)
             await self._reject(msg, subject_tenant, UNAUTHORIZED, why)
             return
         try:
@@ -461,21 +463,8 @@ class Worker:
         if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
-        details = batch.details()
-        if details:
-            why = details[0][1]
-        else:
-            # The detail the single-message route would have answered.
-            rps, burst = self.services.admitter.admission.limits(tenant, device)
-            why = detail(
-                reason,
-                credential=TOKEN_FIELD_CREDENTIAL,
-                max_payload_bytes=self.cfg.max_payload_bytes,
-                device=device,
-                rps=rps,
-                burst=burst,
-            )
-        await self._reject(msg, subject_tenant, reason, why)
+        # The core's detail of the item: what is wrong with this message.
+        await self._reject(msg, subject_tenant, reason, dict(batch.details()).get(0))
 
     async def _reject(self, msg: Msg, tenant: str, reason: str, detail: str | None) -> None:
         """Publish to `telemetry.rejected.{tenant}` with the reason; then ack (validated and
