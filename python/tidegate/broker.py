@@ -13,7 +13,9 @@ hashes are written; the edge's and worker's passwords are printed once, by setup
 Streams and the consumer are created by the worker, not by setup (nats-server is not running
 when setup writes its config) and not by edges: the worker already owns the consumer and must
 re-create it if it disappears, so it holds the `$JS.API` rights for TELEMETRY,
-TELEMETRY_REJECTED and `ingest-workers`; an edge may only read the stream's info.
+TELEMETRY_REJECTED and `ingest-workers`; an edge may only read the stream's info. Both may
+publish and subscribe on the control subject `tidegate.control.>` (nats/control.py): registry
+changes they tell each other.
 
 A device's MQTT user may publish only on its own subject, `tenant.{T}.device.{D}.*` (the topic
 `tenant/{T}/device/{D}/{type}`), subscribe to nothing, and connect only over MQTT. Adding or
@@ -40,6 +42,7 @@ import httpx
 
 from tidegate.nats.settings import (
     CONSUMER,
+    CONTROL_SUBJECTS,
     EDGE_SUBJECTS,
     MAX_DELIVERIES_ADVISORY,
     REJECTED_STREAM,
@@ -72,16 +75,18 @@ def _api(*names: str) -> list[str]:
 
 
 def edge_permissions() -> dict[str, Any]:
-    """Publish telemetry and read TELEMETRY's info; replies on the inbox."""
+    """Publish telemetry and read TELEMETRY's info; replies on the inbox; say and hear
+    registry changes on the control subject."""
     return {
-        "publish": {"allow": [EDGE_SUBJECTS, *_api(f"STREAM.INFO.{STREAM}")]},
-        "subscribe": {"allow": ["_INBOX.>"]},
+        "publish": {"allow": [EDGE_SUBJECTS, *_api(f"STREAM.INFO.{STREAM}"), CONTROL_SUBJECTS]},
+        "subscribe": {"allow": ["_INBOX.>", CONTROL_SUBJECTS]},
     }
 
 
 def worker_permissions() -> dict[str, Any]:
     """Own both streams and the consumer (create, update, info), fetch, ack, publish rejected
-    messages, take a message that reached MaxDeliver out of TELEMETRY; hear that advisory."""
+    messages, take a message that reached MaxDeliver out of TELEMETRY; hear that advisory; say
+    and hear registry changes on the control subject."""
     streams = [
         f"STREAM.{op}.{name}"
         for name in (STREAM, REJECTED_STREAM)
@@ -103,9 +108,10 @@ def worker_permissions() -> dict[str, Any]:
                 *_api(*streams, *consumer, *moved),
                 f"$JS.ACK.{STREAM}.{CONSUMER}.>",
                 REJECTED_SUBJECTS,
+                CONTROL_SUBJECTS,
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES_ADVISORY]},
+        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES_ADVISORY, CONTROL_SUBJECTS]},
     }
 
 

@@ -7,12 +7,9 @@ use crate::words;
 /// Appends a tag value or field key, escaping `,` `=` and space. Callers have refused
 /// backslashes and control characters, so no other byte needs escaping.
 pub fn push_lp_key(out: &mut Vec<u8>, b: &[u8]) {
-    let first = words::find(
-        b,
-        0,
-        |w| words::eq(w, b',') | words::eq(w, b'=') | words::eq(w, b' '),
-        |c| matches!(c, b',' | b'=' | b' '),
-    );
+    let first = words::find(b, 0, |w| {
+        words::eq(w, b',') | words::eq(w, b'=') | words::eq(w, b' ')
+    });
     out.extend_from_slice(&b[..first]);
     for &c in &b[first..] {
         if matches!(c, b',' | b'=' | b' ') {
@@ -404,12 +401,9 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     loop {
-        let i = words::find(
-            b,
-            start,
-            |w| words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20),
-            |c| c == b'"' || c == b'\\' || c < 0x20,
-        );
+        let i = words::find(b, start, |w| {
+            words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
+        });
         out.extend_from_slice(&b[start..i]);
         let Some(&c) = b.get(i) else {
             break;

@@ -11,7 +11,6 @@
 //! keyed hash of its measurement and field names and types), and a shape whose fields were all
 //! found remembered with the same types is not read back again until `learn` changes a type.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -39,7 +38,8 @@ struct TenantFields {
 
 #[derive(Default)]
 struct State {
-    index: HashMap<Box<str>, usize>,
+    /// Tenant → index into `tenants`; foldhash (seeded at random per process) as above.
+    index: foldhash::HashMap<Box<str>, usize>,
     tenants: Vec<TenantFields>,
     untracked: u64,
 }
@@ -278,7 +278,7 @@ impl LineFields {
             let mut eq = pos;
             let mut unescaped = false;
             loop {
-                eq = words::find(fields, eq, name_end, |c| matches!(c, b'=' | b'\\'));
+                eq = words::find(fields, eq, name_end);
                 // A comma or space inside a name is escaped: the backslash is found first.
                 if fields.get(eq) != Some(&b'\\') {
                     break;
@@ -289,7 +289,7 @@ impl LineFields {
             let value_end = if fields.get(eq + 1) == Some(&b'"') {
                 string_end(fields, eq + 2) + 1
             } else {
-                words::find(fields, eq + 1, |w| words::eq(w, b','), |c| c == b',')
+                words::find(fields, eq + 1, |w| words::eq(w, b','))
             };
             let name = if unescaped {
                 let from = self.names.len();

@@ -53,19 +53,14 @@ static SUSPECT: [bool; 256] = {
 /// serves validation and encoding.
 fn scan_id(b: &[u8]) -> Option<bool> {
     // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
-    let first = words::find(
-        b,
-        0,
-        |w| {
-            words::below(w, b' ' + 1)
-                | words::eq(w, 0x7f)
-                | words::eq(w, b'\\')
-                | words::eq(w, b',')
-                | words::eq(w, b'=')
-                | words::high(w)
-        },
-        |c| SUSPECT[usize::from(c)] || c >= 0x80,
-    );
+    let first = words::find(b, 0, |w| {
+        words::below(w, b' ' + 1)
+            | words::eq(w, 0x7f)
+            | words::eq(w, b'\\')
+            | words::eq(w, b',')
+            | words::eq(w, b'=')
+            | words::high(w)
+    });
     let b = b
         .get(first..)
         .expect("words::find returns a position within the bytes");

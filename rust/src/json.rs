@@ -150,19 +150,6 @@ fn hex4(b: &[u8]) -> Option<u32> {
     })
 }
 
-/// Bytes that end the fast run inside a string: `"`, `\` and control characters.
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
 /// A cursor over JSON text. Containers opened with `begin_*` count towards the depth limit
 /// exactly like those `skip_value` walks through.
 pub struct Reader<'a> {
@@ -524,12 +511,9 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
     let near = b.len().min(i + SHORT_STRING);
     let head = b.get(..near).expect("near is at most the length");
     let j = words::find_string_stop(head, i).unwrap_or_else(|rest| {
-        words::find(
-            head,
-            rest,
-            |w| words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20),
-            |c| STRING_STOP[usize::from(c)],
-        )
+        words::find(head, rest, |w| {
+            words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
+        })
     });
     if j < near || near == b.len() {
         return j;

@@ -295,7 +295,8 @@ pub fn parse_lines(
                     Writer::Device { device, .. } => Some(*device),
                     Writer::TenantKey { .. } => None,
                 };
-                batch.push_rejected_with(e.reason(), device, &e.detail(max_line_bytes));
+                let detail = e.detail(max_line_bytes);
+                batch.push_rejected_with(e.reason(), Some(tenant), device, &detail);
             }
         }
     }

@@ -7,6 +7,8 @@
 //! classified without conversion, so an overflowing number or a wrong type is an item error,
 //! never a body error. Strings without escapes are borrowed from the body.
 
+mod explain;
+
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
@@ -221,16 +223,17 @@ impl<'a> MessageParser<'a> {
             // Filled in place and lent out: moving the fields around costs a memcpy call.
             let mut f = Fields::default();
             self.fields(r, &mut f)?;
-            let too_large = r.since(start).len() > self.max_payload;
-            self.judge(&f, too_large, url);
+            self.judge(&f, r.since(start), url);
         } else {
             r.skip_value()?;
-            let reason = if r.since(start).len() > self.max_payload {
+            let raw = r.since(start);
+            let reason = if raw.len() > self.max_payload {
                 Reason::PayloadTooLarge
             } else {
                 Reason::InvalidSchema
             };
-            self.batch.push_rejected(reason, None);
+            let detail = explain::not_object(raw, self.max_payload);
+            self.batch.push_rejected_with(reason, None, None, &detail);
         }
         Ok(())
     }
@@ -343,8 +346,9 @@ impl<'a> MessageParser<'a> {
         Ok(MetricsField::Object)
     }
 
-    /// Applies the per-item rules in order and records the item.
-    fn judge(&mut self, f: &Fields<'a>, too_large: bool, url: Option<&UrlIdentity<'a>>) {
+    /// Applies the per-item rules in order and records the item; `raw` is the message's text.
+    fn judge(&mut self, f: &Fields<'a>, raw: &'a str, url: Option<&UrlIdentity<'a>>) {
+        let too_large = raw.len() > self.max_payload;
         let from_url =
             |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
         let (tenant, device, msg_type, token) = match url {
@@ -426,12 +430,17 @@ impl<'a> MessageParser<'a> {
         let (measurement, seq, ts) = match checked {
             Ok(v) => v,
             Err(reason) => {
-                self.batch.push_rejected(reason, device.get());
+                let detail = self.explain(reason, f, raw, url);
+                let tenant = tenant.get().filter(|t| valid_tenant(t));
+                self.batch
+                    .push_rejected_with(reason, tenant, device.get(), &detail);
                 return;
             }
         };
         let Some((id, at)) = identity else {
-            self.batch.push_rejected(Reason::InvalidSchema, None);
+            let detail = self.explain(Reason::InvalidSchema, f, raw, url);
+            self.batch
+                .push_rejected_with(Reason::InvalidSchema, None, None, &detail);
             return;
         };
         let metrics = &self.sorted;
@@ -464,6 +473,44 @@ impl<'a> MessageParser<'a> {
                 line.uint(Key::scanned(b"seq", false), seq);
                 line.finish(ts);
             });
+    }
+
+    /// The detail of a message `judge` rejected for `reason` (the rejected path only).
+    fn explain(
+        &self,
+        reason: Reason,
+        f: &Fields<'a>,
+        raw: &'a str,
+        url: Option<&UrlIdentity<'a>>,
+    ) -> String {
+        use explain::Field;
+        let (tenant, device, msg_type, token) = match url {
+            Some(u) => (
+                Field::url(u.tenant),
+                Field::url(u.device),
+                Field::url(u.msg_type),
+                Field::url(u.token),
+            ),
+            None => (
+                Field::of(&f.tenant_id),
+                Field::of(&f.device_id),
+                Field::of(&f.msg_type),
+                Field::of(&f.provision_token),
+            ),
+        };
+        let message = explain::Message {
+            tenant,
+            device,
+            msg_type,
+            token,
+            site: Field::of(&f.site_id),
+            seq: f.seq,
+            ts: f.ts,
+            raw,
+            max_payload: self.max_payload,
+            receive_time_ok: self.receive_time().is_some(),
+        };
+        explain::message(reason, &message)
     }
 
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
@@ -847,7 +894,7 @@ mod tests {
         assert_eq!(reasons(&spaced), [None, None]);
         let (_, _, json) = batch(&body).unwrap_or_default().response_json();
         assert!(String::from_utf8(json).unwrap_or_default().ends_with(
-            r#"{"index":1,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","device_id":"dev-1"}]}"#
+            r#"{"index":1,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","detail":"message is 8193 bytes; the limit is 8192 bytes","device_id":"dev-1"}]}"#
         ));
         let long_string = format!("{{\"messages\":[\"{}\"]}}", "x".repeat(9000));
         assert_eq!(reasons(&long_string), [Some("PAYLOAD_TOO_LARGE")]);
@@ -1272,9 +1319,9 @@ mod tests {
         let b = sub("\"dev-1\"", "\"dev\\ud800\"");
         assert_eq!(reason(&b), Some("INVALID_SCHEMA"));
         let (_, _, json) = b.response_json();
-        assert!(!String::from_utf8(json)
-            .unwrap_or_default()
-            .contains("device_id"));
+        assert!(String::from_utf8(json).unwrap_or_default().ends_with(
+            r#""detail":"device_id is not valid Unicode (it holds a lone surrogate)"}]}"#
+        ));
         for (from, to) in [
             ("\"acme\"", "\"a\\udc00\""),
             ("\"site-1\"", "\"\\ud800\\u0041\""),
@@ -1312,12 +1359,12 @@ mod tests {
         };
         let mut m = with("device_id", json!("bad\nid\"\\"));
         assert!(
-            json_of(m.clone()).contains(r#""reason":"INVALID_SCHEMA","device_id":"bad\nid\"\\"}"#)
+            json_of(m.clone()).contains(r#""reason":"INVALID_SCHEMA","detail":"device_id 'bad\\u000aid\"\\' is not a valid id: 1 to 128 bytes of UTF-8 without control characters or backslashes","device_id":"bad\nid\"\\"}"#)
         );
         m["device_id"] = json!(5);
-        assert!(!json_of(m).contains("device_id"));
+        assert!(!json_of(m).contains("\"device_id\":"));
         assert!(json_of(with("ts", json!("x")))
-            .contains(r#""reason":"INVALID_TIMESTAMP","device_id":"dev-1"}"#));
+            .contains(r#""reason":"INVALID_TIMESTAMP","detail":"ts 'x' is not an RFC 3339 timestamp within InfluxDB's range (years 1677 to 2262)","device_id":"dev-1"}"#));
     }
 
     #[test]
@@ -1382,7 +1429,7 @@ mod tests {
         assert_eq!(b.reasons().next(), Some(Some(Reason::InvalidSchema)));
         assert!(!String::from_utf8(b.response_json().2)
             .unwrap_or_default()
-            .contains("device_id"));
+            .contains("\"device_id\":"));
         let err = |body: &str| {
             parse_single(body.as_bytes(), &url, NOW, 8192)
                 .err()

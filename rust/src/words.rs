@@ -32,24 +32,20 @@ pub fn high(w: u64) -> u64 {
     w & HIGHS
 }
 
-/// Index of the first byte at or after `i` that `lanes` (per word) or `byte` (per byte, for
-/// text shorter than a word) flags; `b.len()` when none.
+/// Index of the first byte at or after `i` that `lanes` flags; `b.len()` when none. Text
+/// shorter than a word is tested as one zero-padded word, without a branch per byte.
 #[inline(always)]
-pub fn find(
-    b: &[u8],
-    mut i: usize,
-    lanes: impl Fn(u64) -> u64,
-    byte: impl Fn(u8) -> bool,
-) -> usize {
+pub fn find(b: &[u8], mut i: usize, lanes: impl Fn(u64) -> u64) -> usize {
     let len = b.len();
     if len < 8 {
-        while let Some(&c) = b.get(i) {
-            if byte(c) {
-                return i;
-            }
-            i += 1;
-        }
-        return len.max(i);
+        let rest = b.get(i..).unwrap_or_default();
+        // Lanes past the end hold padding: masked off, and a hit there flags nothing below.
+        let hits = lanes(load_short(rest)) & ((1u64 << (8 * rest.len())) - 1);
+        return if hits != 0 {
+            i + (hits.trailing_zeros() / 8) as usize
+        } else {
+            len.max(i)
+        };
     }
     while i + 8 <= len {
         let hits = lanes(load(b, i).unwrap_or(0));
@@ -144,6 +140,25 @@ pub fn load(b: &[u8], at: usize) -> Option<u64> {
     b.get(at..)?.first_chunk().map(|w| u64::from_le_bytes(*w))
 }
 
+/// The bytes of `b` (fewer than 8) as a little-endian word, zero-padded: two overlapping
+/// loads by length class instead of a branch per byte.
+#[inline(always)]
+pub fn load_short(b: &[u8]) -> u64 {
+    let n = b.len();
+    debug_assert!(n < 8, "load_short takes fewer than 8 bytes");
+    if let (Some(lo), Some(hi)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        // Bytes both loads hold land in the same lane, so the OR keeps them as they are.
+        return u64::from(u32::from_le_bytes(*lo))
+            | u64::from(u32::from_le_bytes(*hi)) << (8 * (n - 4));
+    }
+    match (b.first(), b.get(n / 2), b.last()) {
+        (Some(&a), Some(&m), Some(&z)) => {
+            u64::from(a) | u64::from(m) << (8 * (n / 2)) | u64::from(z) << (8 * (n - 1))
+        }
+        _ => 0,
+    }
+}
+
 /// The last 8 bytes of `b` as a little-endian word; `None` when it is shorter.
 #[inline(always)]
 pub fn last(b: &[u8]) -> Option<u64> {
@@ -154,10 +169,10 @@ pub fn last(b: &[u8]) -> Option<u64> {
 /// bytes do. Built in a register: a byte copy into an array stalls the load that follows.
 #[inline(always)]
 pub fn head(b: &[u8]) -> u64 {
-    b.iter()
-        .take(8)
-        .enumerate()
-        .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i))
+    match b.first_chunk::<8>() {
+        Some(w) => u64::from_be_bytes(*w),
+        None => load_short(b).swap_bytes(),
+    }
 }
 
 /// `a == b`, for 8 to 16 bytes in two overlapping word compares rather than a memcmp call.
@@ -219,6 +234,22 @@ mod tests {
     }
 
     #[test]
+    fn short_loads_and_heads_hold_the_bytes_in_order() {
+        for n in 0..=12usize {
+            let b: Vec<u8> = (0..n).map(|i| 0xa0 + i as u8).collect();
+            let want = b
+                .iter()
+                .take(8)
+                .enumerate()
+                .fold(0u64, |p, (i, &c)| p | u64::from(c) << (56 - 8 * i));
+            assert_eq!(head(&b), want, "{n}");
+            if n < 8 {
+                assert_eq!(load_short(&b), want.swap_bytes(), "{n}");
+            }
+        }
+    }
+
+    #[test]
     fn find_string_stop_agrees_with_a_byte_loop() {
         let stop = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
         let alphabet = [b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'Z'];
@@ -272,7 +303,7 @@ mod tests {
                 .collect();
             for start in 0..=len {
                 let want = (start..len).find(|&i| byte(b[i])).unwrap_or(len);
-                assert_eq!(find(&b, start, lanes, byte), want, "{b:?} from {start}");
+                assert_eq!(find(&b, start, lanes), want, "{b:?} from {start}");
             }
         }
     }
