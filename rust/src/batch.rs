@@ -689,15 +689,10 @@ impl Batch {
                 rejected.push((index, detail));
             }
         }
-        let parsed = self.details.len();
         for (index, detail) in rejected {
             self.items[index].reason = Some(Reason::InvalidMetrics);
             let span = self.push_str(&detail);
             self.details.push((index as u32, span));
-        }
-        // Line protocol's parse gives details too: request order across both.
-        if parsed > 0 && self.details.len() > parsed {
-            self.details.sort_by_key(|&(index, _)| index);
         }
         Ok(())
     }

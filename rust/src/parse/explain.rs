@@ -6,7 +6,8 @@
 
 use std::borrow::Cow;
 
-use super::{checked_metric_name, number_value, parse_seq, MAX_METRICS};
+use super::{checked_metric_name, parse_seq, MAX_METRICS};
+use crate::encode::Float;
 use crate::envelope::Value;
 use crate::errors::{quoted, Reason};
 use crate::ids::{valid_id, valid_tenant};
@@ -252,7 +253,7 @@ fn metric(name: &str, value: &Value<'_>) -> Option<String> {
     }
     match value {
         Value::Bool(_) => None,
-        Value::Number(n) => number_value(n)
+        Value::Number(n) => Float::of(n)
             .is_none()
             .then(|| format!("metric {} is not a finite number", quoted(name))),
         other => Some(format!(
