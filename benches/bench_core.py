@@ -15,6 +15,11 @@ Three paths, single thread, each for the compiled core and the twin:
 Both also do the sink's part, drain + settle of every tenant the append reports ready, so the
 buffer never reaches its cap.
 
+`test_line_protocol_per_line` runs the line-protocol path (`parse_lines` of one 5,000-line body,
+then admission, field types and buffers as above) against the JSON path on the same readings
+(`parse_batch` of fifty 100-message bodies, the same steps after), per line, and
+`line-protocol-parser` alone (parse only, into Python objects) on the same lines.
+
 `test_whole_path_over_orjson` sets the compiled core's `with_fields` path beside `orjson.loads`
 alone on the same bodies (which builds Python objects and validates nothing), in one process, the
 two taking turns round by round (CPU time), and prints how many times faster the core is.
@@ -36,14 +41,16 @@ from types import ModuleType
 from typing import Any
 
 import corpus as corpus_module
+import line_protocol_parser
 import orjson
 import pytest
-from corpus import RECEIVE_NS, Corpus
+from corpus import LINE_DEVICE, RECEIVE_NS, Corpus, LineCorpus
 from messages import load_core
 
 MEMORY_LINES = 200_000
 IMPLS = ["rust", "python"]
 ORJSON_ROUNDS = 21
+LINE_PATHS = ["line_protocol", "json", "line_protocol_parser"]
 
 
 def warm_admission(core: ModuleType, bodies: list[bytes]) -> Any:
@@ -125,6 +132,54 @@ def measure(
         if set(IMPLS) <= figures.keys():
             ratio = figures["rust"]["msgs_per_s"] / figures["python"]["msgs_per_s"]
             figures["ratio"] = benchmark.extra_info["rust_over_twin"] = round(ratio, 1)
+
+
+def line_services(core: ModuleType) -> tuple[Any, Any, Any]:
+    """Admission with LINE_DEVICE cached (limits that never bite), field types, buffers."""
+    admission = core.Admission(default_rps=1e9, default_burst=10**9)
+    device, site, token = LINE_DEVICE
+    row = ("acme", device, site, hashlib.sha256(token.encode()).digest(), None, None)
+    admission.install([("acme", device)], [(*row, "active")], 0.0)
+    return admission, core.FieldTypes(), core.TenantBuffers(batch_size=10**6, max_bytes=1 << 30)
+
+
+def ingest_lines(
+    core: ModuleType, lines: LineCorpus, services: tuple[Any, Any, Any], path: str
+) -> int:
+    """The readings through `path` (`line_protocol` or `json`) as a request does it: parse,
+    admit (warm), field types, append; then drain and settle. Returns the lines drained."""
+    if path == "line_protocol":
+        batches = [core.parse_lines(lines.lp_body, "acme", RECEIVE_NS, device=LINE_DEVICE)]
+    else:
+        batches = [core.parse_batch(body, RECEIVE_NS) for body in lines.json_bodies]
+    admission, types, buffers = services
+    for b in batches:
+        if admission.admit(b, 1.0):
+            raise AssertionError("a warm cache asks for no lookup")
+        types.admit(b)
+        buffers.append(b)
+    drained = buffers.drain("acme", 10**7)
+    assert drained is not None
+    buffers.settle("acme", drained[1])
+    return int(drained[1])
+
+
+@pytest.mark.parametrize("path", LINE_PATHS)
+def test_line_protocol_per_line(
+    benchmark: Any, line_corpus: LineCorpus, throughput: dict[str, Any], path: str
+) -> None:
+    benchmark.group = "line protocol per line"
+    if path == "line_protocol_parser":
+        text = line_corpus.lp_body.decode().splitlines()
+        done = benchmark(lambda: len([line_protocol_parser.parse_line(line) for line in text]))
+    else:
+        core = load_core("rust")
+        done = benchmark(ingest_lines, core, line_corpus, line_services(core), path)
+    assert done == line_corpus.lines
+    if benchmark.enabled:
+        ns = round(benchmark.stats["median"] / line_corpus.lines * 1e9)
+        benchmark.extra_info.update(lines=line_corpus.lines, ns_per_line=ns)
+        throughput.setdefault("line_protocol", {})[path] = {"ns_per_line": ns}
 
 
 def test_whole_path_over_orjson(benchmark: Any, corpus: Corpus, throughput: dict[str, Any]) -> None:
@@ -222,9 +277,17 @@ def rss_bytes() -> int:
 def passes(count: int, path: str) -> None:
     """`count` passes of the corpus through `path` of the compiled core, for an instruction
     count: `valgrind --tool=callgrind` of N and of M passes, the difference over (N - M) x
-    20,000 messages is the path's instructions per message, whatever the machine's load."""
-    bodies = corpus_module.build().bodies
+    20,000 messages is the path's instructions per message, whatever the machine's load.
+    `line_protocol` and `json` are those of `test_line_protocol_per_line` (5,000 lines a
+    pass)."""
     core = load_core("rust")
+    if path in ("line_protocol", "json"):
+        lines = corpus_module.build_lines()
+        services = line_services(core)
+        for _ in range(count):
+            ingest_lines(core, lines, services, path)
+        return
+    bodies = corpus_module.build().bodies
     admission = warm_admission(core, bodies) if path != "core" else None
     for _ in range(count):
         ingest(core, bodies, admission, path)

@@ -18,6 +18,11 @@ def corpus() -> corpus_module.Corpus:
 
 
 @pytest.fixture(scope="session")
+def line_corpus() -> corpus_module.LineCorpus:
+    return corpus_module.build_lines()
+
+
+@pytest.fixture(scope="session")
 def throughput(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Figures the benches measured, for the summary table."""
     return request.config.stash.setdefault(FIGURES, {})
@@ -48,6 +53,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                 f"{path:<15}{impl:<8}{row['msgs_per_s']:>16,}{row['ns_per_msg']:>10,}"
                 f"{row['msgs_per_s_best']:>16,}{ratio:>11}"
             )
+    if "line_protocol" in figures:
+        lp = figures["line_protocol"]
+        rows = [
+            f"{name} {lp[path]['ns_per_line']:,} ns"
+            for path, name in (
+                ("line_protocol", "line protocol"),
+                ("json", "JSON"),
+                ("line_protocol_parser", "line-protocol-parser alone"),
+            )
+            if path in lp
+        ]
+        write(f"per line of the same readings (medians): {', '.join(rows)}")
     if "orjson" in figures:
         o = figures["orjson"]
         write(

@@ -1,8 +1,11 @@
-"""A fixed, realistic ingest corpus for the core benches (seeded, so every run is the same).
+"""Fixed ingest corpora for the core benches (seeded, so every run is the same).
 
-100-message batch bodies from 1,000 devices of 10 tenants, 4 to 8 metrics each; about 15% of the
-items are invalid, of mixed kinds (wrong type, missing field, bad timestamp, bad metric,
-negative seq, bad tenant, oversized, not an object).
+`build`: 100-message batch bodies from 1,000 devices of 10 tenants, 4 to 8 metrics each; about
+15% of the items are invalid, of mixed kinds (wrong type, missing field, bad timestamp, bad
+metric, negative seq, bad tenant, oversized, not an object).
+
+`build_lines`: one device's readings as one line-protocol body and as JSON bodies, for the line
+protocol path against the JSON path on the same content.
 """
 
 from __future__ import annotations
@@ -109,3 +112,53 @@ def build(batches: int = 200) -> Corpus:
         body = json.dumps({"messages": items}, separators=(",", ":")).encode()
         bodies.append(body)
     return Corpus(bodies, batches * BATCH, valid)
+
+
+LINE_DEVICE = ("dev-1", "site-1", "token-1")
+LINE_METRICS = ("usage_user", "usage_system", "usage_idle", "temp")
+
+
+@dataclass(frozen=True)
+class LineCorpus:
+    """The same readings as one line-protocol body and as JSON bodies of BATCH messages."""
+
+    lp_body: bytes
+    json_bodies: list[bytes]
+    lines: int
+
+
+def _readings(i: int) -> list[float]:
+    return [i * 0.25, 3.5, 96.0 - i % 7, 21.0 + i % 5 / 10]
+
+
+def build_lines(lines: int = 5_000) -> LineCorpus:
+    """`lines` readings of LINE_DEVICE (tenant `acme`), four float metrics and `seq` each: one
+    line-protocol body as a Telegraf batch would send it, and the same content as JSON."""
+    lp_body = "".join(
+        "telemetry "
+        + ",".join(f"{k}={v!r}" for k, v in zip(LINE_METRICS, _readings(i), strict=True))
+        + f",seq={i}i {RECEIVE_NS + i}\n"
+        for i in range(lines)
+    ).encode()
+    device, site, token = LINE_DEVICE
+    json_bodies = [
+        json.dumps(
+            {
+                "messages": [
+                    {
+                        "tenant_id": "acme",
+                        "device_id": device,
+                        "site_id": site,
+                        "provision_token": token,
+                        "msg_type": "telemetry",
+                        "seq": i,
+                        "ts": None,
+                        "metrics": dict(zip(LINE_METRICS, _readings(i), strict=True)),
+                    }
+                    for i in range(start, min(start + BATCH, lines))
+                ]
+            }
+        ).encode()
+        for start in range(0, lines, BATCH)
+    ]
+    return LineCorpus(lp_body, json_bodies, lines)

@@ -1,4 +1,7 @@
--- wrk script: POST pre-generated batch bodies in turn (one file per body, listed in BODIES_LIST).
+-- wrk script: POST pre-generated bodies in turn (one file per body, listed in BODIES_LIST).
+-- A listing line is the body's file, optionally followed (tab-separated) by the request path
+-- and `Name: value` headers of its own: `file[\tpath[\theader...]]`. By default a body goes
+-- to /ingest/v1/batch as JSON.
 -- With DELAY_MS set, each connection waits that long between requests (paced load for latency).
 
 local requests = {}
@@ -7,12 +10,20 @@ local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
 
 function init(args)
   local list = assert(io.open(os.getenv("BODIES_LIST"), "r"))
-  local headers = { ["Content-Type"] = "application/json" }
-  for path in list:lines() do
-    local f = assert(io.open(path, "rb"))
+  for entry in list:lines() do
+    local fields = {}
+    for field in entry:gmatch("[^\t]+") do
+      fields[#fields + 1] = field
+    end
+    local headers = { ["Content-Type"] = "application/json" }
+    for i = 3, #fields do
+      local name, value = fields[i]:match("^([^:]+):%s*(.*)$")
+      headers[name] = value
+    end
+    local f = assert(io.open(fields[1], "rb"))
     local body = f:read("*a")
     f:close()
-    requests[#requests + 1] = wrk.format("POST", "/ingest/v1/batch", headers, body)
+    requests[#requests + 1] = wrk.format("POST", fields[2] or "/ingest/v1/batch", headers, body)
   end
   list:close()
   -- Threads start at different offsets so they do not send the same body at once.

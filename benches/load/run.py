@@ -151,6 +151,25 @@ class Case:
     influx: InfluxDB | None
 
 
+def new_setup(args: argparse.Namespace, devices_per_batch: int, bodies: int, prefix: str) -> Setup:
+    """The Setup of a run from its arguments (`devices`, `tenants`, `duration`, `connections`,
+    `threads`), in a new temp dir, each device's token fixed; exits when wrk is missing."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    s = Setup(
+        args.devices,
+        args.tenants,
+        devices_per_batch,
+        bodies,
+        args.duration,
+        args.connections,
+        args.threads,
+        Path(tempfile.mkdtemp(prefix=prefix)),
+    )
+    s.token_of = {k: f"tok-{k[0]}-{k[1]}-{'x' * 24}" for k in device_keys(s)}
+    return s
+
+
 def device_keys(s: Setup) -> list[tuple[str, str]]:
     """`devices` devices spread evenly over `tenants` tenants."""
     return [(f"tenant{i % s.tenants}", f"dev{i:05d}") for i in range(s.devices)]
@@ -638,10 +657,15 @@ def run_alternating(
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean of a build's alternating runs, as a row of its own (phase `mean of N`)."""
-    out = dict(rows[0], phase=f"mean of {len(rows)}")
-    for key in ("accepted_msgs_per_s", "req_per_s", "p50_ms", "p99_ms", "p999_ms"):
-        out[key] = round(statistics.mean(r[key] for r in rows), 2)
+    keys = ("accepted_msgs_per_s", "req_per_s", "p50_ms", "p99_ms", "p999_ms")
+    out = dict(rows[0], phase=f"mean of {len(rows)}", **means(rows, keys))
     out["accepted_msgs_per_s"] = round(out["accepted_msgs_per_s"])
+    return out
+
+
+def means(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Over `rows`, the mean of each of `keys` and of each process's `cpu_s_per_100k`."""
+    out: dict[str, Any] = {key: round(statistics.mean(r[key] for r in rows), 2) for key in keys}
     out["cpu_s_per_100k"] = {
         k: round(statistics.mean(r["cpu_s_per_100k"][k] for r in rows), 3)
         for k in rows[0]["cpu_s_per_100k"]
@@ -685,6 +709,15 @@ def run_nats(
         return run_one(s, build, case, args.paced_rate, [], nats)
     finally:
         nats.cleanup()
+
+
+def report(rows: list[dict[str, Any]], text: str, out: Path | None) -> None:
+    """Print the table `text`; append the rows as JSON lines and the table to `out`, if given."""
+    print(text)
+    if out:
+        with out.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.write(text)
 
 
 def main() -> None:
@@ -746,20 +779,8 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
-    workdir = Path(tempfile.mkdtemp(prefix="tidegate-load-"))
-    s = Setup(
-        args.devices,
-        args.tenants,
-        args.devices_per_batch,
-        args.bodies,
-        args.duration,
-        args.connections,
-        args.threads,
-        workdir,
-    )
-    s.token_of = {k: f"tok-{k[0]}-{k[1]}-{'x' * 24}" for k in device_keys(s)}
+    s = new_setup(args, args.devices_per_batch, args.bodies, "tidegate-load-")
+    workdir = s.workdir
     registries = args.registries.split(",")
     sinks = args.sinks.split(",")
     pg = PostgresCluster() if "postgres" in registries else None
@@ -811,12 +832,7 @@ def main() -> None:
         if pg:
             pg.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
-    out = table(with_shares(rows))
-    print(out)
-    if args.out:
-        with args.out.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-            f.write(out)
+    report(rows, table(with_shares(rows)), args.out)
 
 
 if __name__ == "__main__":

@@ -156,18 +156,27 @@ class Batch:
         order of first appearance, each line ending in a newline: what a write-ahead log or a
         JetStream publish takes."""
 
-    def withdraw(self, tenants: Sequence[str], reason: str) -> int:
+    def withdraw(self, tenants: Sequence[str], reason: str, detail: str) -> int:
         """For lines handed elsewhere instead of appended (NATS mode publishes `tenant_lines()`):
         every accepted item of one of `tenants` becomes rejected with `reason` (UNAVAILABLE when
-        their publish failed); returns how many. Once per batch, and the batch cannot be
-        appended afterwards. Raises ValueError for an unknown reason or a second call."""
+        their publish failed) and `detail`; returns how many. Once per batch, and the batch
+        cannot be appended afterwards. Raises ValueError for an unknown reason or a second
+        call."""
 
     def line_numbers(self) -> list[int]:
         """Per item, its 1-based line number in a line-protocol body (empty for JSON bodies)."""
 
     def details(self) -> list[tuple[int, str]]:
-        """`(index, detail)` of the items rejected with a detail of their own (a field type
-        conflict, `FieldTypes.admit`), in request order."""
+        """`(index, detail)` of the rejected items, in request order: every item the core
+        rejects has one (the first rule of its reason it breaks, admission's verdict, a full
+        buffer, a field type conflict, `withdraw`'s), client text quoted at most 64 characters
+        long with control characters escaped, never a token. Items rejected by `resolve`
+        (verdicts given from outside) have none."""
+
+    def rejections(self) -> list[tuple[str, str, str | None, str]]:
+        """`(reason, tenant, device, detail)` of each rejected item, in request order, for logs;
+        `tenant` is "" and `device` None when the message named no valid one, `detail` "" for an
+        item without one."""
 
     def tenant_counts(self) -> list[tuple[str, int, int]]:
         """Per tenant of the valid items, in order of first appearance: `(tenant, accepted,

@@ -26,6 +26,7 @@ from typing import Final, cast
 # Admission lives in its own module; re-exported here as part of the twin's API.
 from tidegate._twin_admission import Admission as Admission
 from tidegate._twin_admission import Progress
+from tidegate._twin_details import BUFFER_FULL_DETAIL, quoted
 from tidegate._twin_lineproto import MAX_LP_FIELDS as MAX_LP_FIELDS
 from tidegate._twin_lineproto import MAX_LP_LINES as MAX_LP_LINES
 from tidegate._twin_lineproto import MAX_LP_TAGS as MAX_LP_TAGS
@@ -423,24 +424,28 @@ def _validate(
 ) -> _Item:
     """Apply the per-item rules in order; `identity` (tenant, device, type, token) overrides
     the message's own keys (single-message form); `untimed_ns` is the timestamp if it has no
-    `ts`."""
+    `ts`. A rejected item gets the detail of the first rule of its reason it breaks."""
     if type(msg) is not dict:
         if size > max_payload_bytes:
-            return _Item(PAYLOAD_TOO_LARGE, None)
-        return _Item(INVALID_SCHEMA, None)
-    if identity is None:
-        tenant, device, msg_type, token = (
-            msg.get("tenant_id"),
-            msg.get("device_id"),
-            msg.get("msg_type"),
-            msg.get("provision_token"),
+            return _rejected(
+                _Item(None, None), PAYLOAD_TOO_LARGE, _too_large(size, max_payload_bytes)
+            )
+        return _rejected(
+            _Item(None, None), INVALID_SCHEMA, f"message must be a JSON object, got {_kind(msg)}"
         )
+    if identity is None:
+        given = [
+            _field(msg, key) for key in ("tenant_id", "device_id", "msg_type", "provision_token")
+        ]
     else:
-        tenant, device, msg_type, token = identity
+        given = [(True, value) for value in identity]
+    (_, tenant), (_, device), (_, msg_type), (_, token) = given
     item = _Item(None, _unicode(device))
+    # Named in `rejections()` when the item is rejected.
+    if type(tenant) is str and _TENANT_RE.fullmatch(tenant) is not None:
+        item.tenant = tenant
     if size > max_payload_bytes:
-        item.reason = PAYLOAD_TOO_LARGE
-        return item
+        return _rejected(item, PAYLOAD_TOO_LARGE, _too_large(size, max_payload_bytes))
     site = msg.get("site_id")
     seq = _seq(msg.get("seq"))
     if (
@@ -452,11 +457,9 @@ def _validate(
         or type(msg_type) is not str
         or seq is None
     ):
-        item.reason = INVALID_SCHEMA
-        return item
+        return _rejected(item, INVALID_SCHEMA, _schema_detail(msg, given))
     if msg_type not in MSG_TYPES:
-        item.reason = INVALID_MSG_TYPE
-        return item
+        return _rejected(item, INVALID_MSG_TYPE, _msg_type_detail(msg_type))
     ts = msg.get("ts")
     if ts is not None:
         ns = _timestamp_ns(ts)
@@ -465,12 +468,10 @@ def _validate(
     else:
         ns = None
     if ns is None:
-        item.reason = INVALID_TIMESTAMP
-        return item
+        return _rejected(item, INVALID_TIMESTAMP, _ts_detail(ts))
     fields = _fields(msg.get("metrics"))
     if fields is None:
-        item.reason = INVALID_METRICS
-        return item
+        return _rejected(item, INVALID_METRICS, _metrics_detail(msg.get("metrics")))
     assert isinstance(device, str) and isinstance(site, str) and isinstance(token, str)
     item.tenant = tenant
     item.key = (tenant, device, site, token)
@@ -479,6 +480,128 @@ def _validate(
         f"{msg_type},device_id={_escape(device)},site_id={_escape(site)} {fields}seq={seq}i {ns}\n"
     ).encode()
     return item
+
+
+# -- details of rejected messages --------------------------------------------------------------
+
+_ID_RULE: Final = "1 to 128 bytes of UTF-8 without control characters or backslashes"
+_SEQ_RULE: Final = "seq must be a whole number from 0 to 9223372036854775807"
+
+
+def _rejected(item: _Item, reason: str, detail: str) -> _Item:
+    item.reason = reason
+    item.detail = detail
+    return item
+
+
+def _too_large(size: int, max_payload_bytes: int) -> str:
+    return f"message is {size} bytes; the limit is {max_payload_bytes} bytes"
+
+
+def _field(msg: dict[str, object], key: str) -> tuple[bool, object]:
+    """`(present, value)` of a message key."""
+    return key in msg, msg.get(key)
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, as a detail names it (`_Int` is a str: tested first)."""
+    if type(value) is _Int or type(value) is float:
+        return "a number"
+    if type(value) is str:
+        return "a string"
+    if type(value) is bool:
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "an array" if type(value) is list else "an object"
+
+
+def _lone(name: str) -> str:
+    return f"{name} is not valid Unicode (it holds a lone surrogate)"
+
+
+def _text_problem(name: str, present: bool, value: object) -> str | None:
+    """Why a string field is not usable text, or None."""
+    if not present:
+        return f"{name} is missing"
+    if type(value) is not str:
+        return f"{name} must be a string, got {_kind(value)}"
+    if _unicode(value) is None:
+        return _lone(name)
+    return None
+
+
+def _schema_detail(msg: dict[str, object], fields: list[tuple[bool, object]]) -> str:
+    """The first INVALID_SCHEMA rule broken: tenant_id, device_id, site_id, provision_token,
+    msg_type (a string), seq."""
+    tenant, device, msg_type, token = fields
+    ids = (
+        ("tenant_id", tenant, _TENANT_RE.fullmatch, "a tenant id: 1 to 64 of a-z, 0-9, _ and -"),
+        ("device_id", device, valid_id, f"a valid id: {_ID_RULE}"),
+        ("site_id", _field(msg, "site_id"), valid_id, f"a valid id: {_ID_RULE}"),
+    )
+    for name, (present, value), valid, what in ids:
+        problem = _text_problem(name, present, value)
+        if problem is not None:
+            return problem
+        assert isinstance(value, str)
+        if not valid(value):
+            return f"{name} {quoted(value)} is not {what}"
+    problem = _text_problem("provision_token", *token)
+    if problem is not None:
+        return problem
+    if not valid_id(cast("str", token[1])):
+        return f"provision_token is not a valid token: {_ID_RULE}"
+    present, value = msg_type
+    if not present or type(value) is not str:
+        return cast("str", _text_problem("msg_type", present, value))
+    seq = msg.get("seq")
+    if type(seq) is _Int or type(seq) is float:
+        return _SEQ_RULE
+    return f"{_SEQ_RULE}, got {_kind(seq)}"
+
+
+def _msg_type_detail(msg_type: str) -> str:
+    if _unicode(msg_type) is None:
+        return _lone("msg_type")
+    return f"msg_type {quoted(msg_type)} is not one of: {', '.join(MSG_TYPES)}"
+
+
+def _ts_detail(ts: object) -> str:
+    if ts is None:
+        return "message has no ts, and its receive time is outside InfluxDB's range"
+    if type(ts) is not str:
+        return f"ts must be an RFC 3339 string, got {_kind(ts)}"
+    if _unicode(ts) is None:
+        return _lone("ts")
+    return (
+        f"ts {quoted(ts)} is not an RFC 3339 timestamp within InfluxDB's range (years 1677 to 2262)"
+    )
+
+
+def _metrics_detail(metrics: object) -> str:
+    """The first metrics rule broken: an object, names valid Unicode, at most MAX_METRICS
+    names, then each name and value in name order."""
+    if type(metrics) is not dict:
+        return f"metrics must be an object, got {_kind(metrics)}"
+    if any(_unicode(name) is None for name in metrics):
+        return _lone("a metric name")
+    if len(metrics) > MAX_METRICS:
+        return f"metrics holds {len(metrics)} names; at most {MAX_METRICS} are allowed"
+    for name in sorted(metrics):
+        if not _valid_name(name):
+            return f"metric name {quoted(name)} is not a valid name: {_ID_RULE}"
+        if name in _RESERVED_METRICS:
+            return f"metric name {quoted(name)} is reserved"
+        value = metrics[name]
+        if type(value) is bool:
+            continue
+        if type(value) is _Int or type(value) is float:
+            if _number(value) is None:
+                return f"metric {quoted(name)} is not a finite number"
+            continue
+        return f"metric {quoted(name)} is {_kind(value)}; metrics must be numbers or booleans"
+    raise AssertionError("metrics break no rule")
 
 
 # -- Batch -----------------------------------------------------------------------------------
@@ -605,9 +728,9 @@ class Batch:
         body = f'{{"accepted":{accepted},"rejected":{rejected},"results":[{",".join(results)}]}}'
         return accepted, rejected, body.encode()
 
-    def withdraw(self, tenants: Sequence[str], reason: str) -> int:
-        """Accepted items of `tenants` become `reason` (their lines were not taken elsewhere);
-        once, and the batch cannot be appended afterwards. Returns how many."""
+    def withdraw(self, tenants: Sequence[str], reason: str, detail: str) -> int:
+        """Accepted items of `tenants` become `reason` with `detail` (their lines were not taken
+        elsewhere); once, and the batch cannot be appended afterwards. Returns how many."""
         if reason not in REASONS:
             raise ValueError(f'unknown reason code "{reason}"')
         items, _tenants = self._take_for_append()
@@ -615,6 +738,7 @@ class Batch:
         withdrawn = [item for item in items if item.tenant in wanted]
         for item in withdrawn:
             item.reason = reason
+            item.detail = detail
         return len(withdrawn)
 
     @property
@@ -627,8 +751,26 @@ class Batch:
         return list(self._line_numbers)
 
     def details(self) -> list[tuple[int, str]]:
-        """`(index, detail)` of the items rejected with a detail of their own."""
+        """`(index, detail)` of the rejected items that have a detail, in item order."""
         return [(i, item.detail) for i, item in enumerate(self._items) if item.detail is not None]
+
+    def rejections(self) -> list[tuple[str, str, str | None, str]]:
+        """`(reason, tenant, device, detail)` of each rejected item, in item order; the tenant
+        is empty and the device None when the message named no valid one."""
+        return [
+            (item.reason, item.tenant, item.device_id, item.detail or "")
+            for item in self._items
+            if item.reason is not None
+        ]
+
+    def _explain_groups(self, details: Sequence[str | None]) -> None:
+        """Give each group's rejected items its detail (admission's), after `resolve`."""
+        for detail, members in zip(details, self._members, strict=True):
+            if detail is None:
+                continue
+            for item in members:
+                if item.reason is not None:
+                    item.detail = detail
 
     def _take_for_admit(self) -> list[_Item]:
         """The items still accepted, once and before append; later calls raise."""
@@ -707,6 +849,7 @@ def parse_lines(
     for index, (number, line) in enumerate(_lp_lines(body)):
         numbers.append(number)
         item = _Item(None, None if device is None else device[0])
+        item.tenant = tenant_id
         try:
             if len(line.encode()) > max_payload_bytes:
                 raise Refused((PAYLOAD_TOO_LARGE, f"line exceeds {max_payload_bytes} bytes"))
@@ -726,7 +869,6 @@ def parse_lines(
             item.reason, item.detail = refused.why
         else:
             item.device_id = dev
-            item.tenant = tenant_id
             item.key = (tenant_id, dev, site, token)
             item.line = read.canonical(dev, site, ts)
         items.append(item)
@@ -1079,6 +1221,7 @@ class TenantBuffers:
             for item in items:
                 if not self._fits(item.tenant, len(item.line)):
                     item.reason = BUFFER_FULL
+                    item.detail = BUFFER_FULL_DETAIL
                     continue
                 stored.setdefault(item.tenant, []).append(item.line)
                 self._used[item.tenant] = self._used.get(item.tenant, 0) + len(item.line)

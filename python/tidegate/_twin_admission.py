@@ -13,9 +13,20 @@ import math
 from collections.abc import Sequence
 from typing import Final, Generic, Protocol, TypeVar
 
+from tidegate._twin_details import (
+    NOT_REGISTERED,
+    REGISTRY_SILENT,
+    REVOKED,
+    UNKNOWN_OR_WRONG_TOKEN,
+    lookups_spent,
+    rate_limited,
+    site_mismatch,
+)
+
 Key = tuple[str, str]
 RecordRow = tuple[str, str, str, bytes, float | None, int | None, str]
-Verdict = tuple[int, str | None]
+# `(allowed, reason of the others, its detail)`.
+Verdict = tuple[int, str | None, str | None]
 V = TypeVar("V")
 
 _UNAUTHORIZED: Final = "UNAUTHORIZED"
@@ -46,6 +57,7 @@ class Batch(Protocol):
 
     def groups(self) -> list[tuple[str, str, str, str, int]]: ...
     def resolve(self, verdicts: Sequence[tuple[int, str | None]]) -> None: ...
+    def _explain_groups(self, details: Sequence[str | None]) -> None: ...
 
 
 class _Record:
@@ -130,6 +142,12 @@ def _token_ok(entry: _Entry, token: str) -> bool:
     return False
 
 
+def _unknown(token: str | None) -> Verdict:
+    """UNAUTHORIZED for a device without a usable record; only a tenant key's writes learn
+    that the device is unknown rather than its token wrong."""
+    return (0, _UNAUTHORIZED, UNKNOWN_OR_WRONG_TOKEN if token is not None else NOT_REGISTERED)
+
+
 def _count(name: str, n: int, top: int = 2**63 - 1) -> int:
     """A count or size argument, refused with the compiled core's messages."""
     if n < 0:
@@ -197,7 +215,8 @@ class Admission:
         else:
             self._second_pass(batch, progress, now)
         verdicts = [v for v in progress.verdicts if v is not None]
-        batch.resolve(verdicts)
+        batch.resolve([(allowed, reason) for allowed, reason, _ in verdicts])
+        batch._explain_groups([detail for *_, detail in verdicts])
         progress.done = True
         return []
 
@@ -216,7 +235,7 @@ class Admission:
             elif key in keys:
                 verdict = None
             elif key in refused:
-                verdict = (0, _UNAUTHORIZED)
+                verdict = self._lookups_spent()
             elif self._take_budget(tenant, now):
                 self._misses += 1
                 keys.append(key)
@@ -224,7 +243,7 @@ class Admission:
             else:
                 self._refusals += 1
                 refused.append(key)
-                verdict = (0, _UNAUTHORIZED)
+                verdict = self._lookups_spent()
             progress.verdicts.append(verdict)
         return keys
 
@@ -236,7 +255,7 @@ class Admission:
             cached = self._cached((tenant, device), site, checked, count, now, progress.asked)
             if cached is None:
                 self._unavailable += 1
-                cached = ((0, _UNAVAILABLE), 0.0)
+                cached = ((0, _UNAVAILABLE, REGISTRY_SILENT), 0.0)
             progress.verdicts[g] = cached[0]
             progress.retry_after = max(progress.retry_after, cached[1])
 
@@ -256,19 +275,27 @@ class Admission:
             record = entry.record
             # No token to check: a tenant key vouched for the batch's devices.
             if not record.active or (token is not None and not _token_ok(entry, token)):
-                return (0, _UNAUTHORIZED), 0.0
+                # Revoked is said only to who proves the token (or writes with a tenant key).
+                if not record.active and (token is None or _token_ok(entry, token)):
+                    return (0, _UNAUTHORIZED, REVOKED), 0.0
+                return _unknown(token), 0.0
             if site != record.site:
-                return (0, _SITE_MISMATCH), 0.0
+                return (0, _SITE_MISMATCH, site_mismatch(site)), 0.0
             rate = (record.rps if record.rps is not None else self._default_rps) * self._share
             burst = record.burst if record.burst is not None else self._default_burst
             cap = max(1.0, float(burst) * self._share)
             if entry.bucket is None:
                 entry.bucket = [cap, now]
             allowed, wait = _take(entry.bucket, count, now, rate, cap)
-            return (allowed, _RATE_LIMITED if allowed < count else None), wait
+            if allowed < count:
+                return (allowed, _RATE_LIMITED, rate_limited(rate, cap)), wait
+            return (allowed, None, None), wait
         if _usable(self._unknown.map.get(key), now, asked):
-            return (0, _UNAUTHORIZED), 0.0
+            return _unknown(token), 0.0
         return None
+
+    def _lookups_spent(self) -> Verdict:
+        return (0, _UNAUTHORIZED, lookups_spent(int(self._lookups)))
 
     def _take_budget(self, tenant: str, now: float) -> bool:
         rate = self._lookups

@@ -185,6 +185,9 @@ ANSWERS: Mapping[str, Answer] = {
     ),
 }
 
+# The core's validation codes (400): an item's detail says which of their rules it breaks.
+VALIDATION = frozenset(code for code in REASONS if code not in _SHELL_DECIDED)
+
 # The reason codes that say "not now" rather than "never": the same message may be accepted
 # later (the batch route answers 429/503 when nothing else was refused; clients re-send them).
 RETRYABLE = frozenset(code for code in REASONS if ANSWERS[code].retry is not Retry.NONE)

@@ -13,7 +13,9 @@ hashes are written; the edge's and worker's passwords are printed once, by setup
 Streams and the consumer are created by the worker, not by setup (nats-server is not running
 when setup writes its config) and not by edges: the worker already owns the consumer and must
 re-create it if it disappears, so it holds the `$JS.API` rights for TELEMETRY,
-TELEMETRY_REJECTED and `ingest-workers`; an edge may only read the stream's info.
+TELEMETRY_REJECTED and `ingest-workers`; an edge may only read the stream's info. Both may
+publish and subscribe on the control subject `tidegate.control.>` (nats/control.py): registry
+changes they tell each other.
 
 A device's MQTT user may publish only on its own subject, `tenant.{T}.device.{D}.*` (the topic
 `tenant/{T}/device/{D}/{type}`), subscribe to nothing, and connect only over MQTT. Adding or

@@ -10,6 +10,7 @@ from typing import Any
 
 from tidegate.nats.settings import (
     CONSUMER,
+    CONTROL_SUBJECTS,
     EDGE_SUBJECTS,
     MAX_DELIVERIES_ADVISORY,
     REJECTED_STREAM,
@@ -36,16 +37,18 @@ def _api(*names: str) -> list[str]:
 
 
 def edge_permissions() -> dict[str, Any]:
-    """Publish telemetry and read TELEMETRY's info; replies on the inbox."""
+    """Publish telemetry and read TELEMETRY's info; replies on the inbox; say and hear
+    registry changes on the control subject."""
     return {
-        "publish": {"allow": [EDGE_SUBJECTS, *_api(f"STREAM.INFO.{STREAM}")]},
-        "subscribe": {"allow": ["_INBOX.>"]},
+        "publish": {"allow": [EDGE_SUBJECTS, *_api(f"STREAM.INFO.{STREAM}"), CONTROL_SUBJECTS]},
+        "subscribe": {"allow": ["_INBOX.>", CONTROL_SUBJECTS]},
     }
 
 
 def worker_permissions() -> dict[str, Any]:
     """Own both streams and the consumer (create, update, info), fetch, ack, publish rejected
-    messages, take a message that reached MaxDeliver out of TELEMETRY; hear that advisory."""
+    messages, take a message that reached MaxDeliver out of TELEMETRY; hear that advisory; say
+    and hear registry changes on the control subject."""
     streams = [
         f"STREAM.{op}.{name}"
         for name in (STREAM, REJECTED_STREAM)
@@ -67,9 +70,10 @@ def worker_permissions() -> dict[str, Any]:
                 *_api(*streams, *consumer, *moved),
                 f"$JS.ACK.{STREAM}.{CONSUMER}.>",
                 REJECTED_SUBJECTS,
+                CONTROL_SUBJECTS,
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES_ADVISORY]},
+        "subscribe": {"allow": ["_INBOX.>", MAX_DELIVERIES_ADVISORY, CONTROL_SUBJECTS]},
     }
 
 

@@ -309,6 +309,14 @@ class Config:
     log_level: str = setting(
         "TIDEGATE_LOG_LEVEL", "info", parse_log_level, "`debug`, `info`, `warning` or `error`"
     )
+    rejection_log_interval_s: float = setting(
+        "TIDEGATE_REJECTION_LOG_INTERVAL_S",
+        10.0,
+        non_negative_float,
+        "rejected items are logged (`items_rejected`, at info) at most once per this many "
+        "seconds per tenant and reason, with a sample item and the count not logged; `0`: "
+        "every one",
+    )
     mode: str = setting(
         "TIDEGATE_MODE",
         "direct",

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::batch::Batch;
-use crate::errors::{Reason, UsageError};
+use crate::errors::{quoted, short_number, Reason, UsageError};
 use crate::words;
 
 /// `(tenant_id, device_id)` of a device to look up.
@@ -135,7 +135,25 @@ pub struct Progress {
     done: bool,
 }
 
-type Verdict = (usize, Option<Reason>);
+/// `(allowed, (reason, detail) of the others)` of one group; the detail is built only for
+/// groups with refused items.
+type Verdict = (usize, Option<(Reason, String)>);
+
+const UNKNOWN_OR_WRONG_TOKEN: &str = "unknown device or wrong provision token";
+const NOT_REGISTERED: &str = "the device is not registered for this tenant";
+const REVOKED: &str = "the device is revoked";
+const REGISTRY_SILENT: &str = "the device registry did not answer; retry later";
+
+/// UNAUTHORIZED for a device without a usable record: its detail names no token, and does not
+/// tell a device id from a token (only a tenant key's writes learn the device is unknown).
+fn unknown(token: Option<&str>) -> Verdict {
+    let detail = if token.is_some() {
+        UNKNOWN_OR_WRONG_TOKEN
+    } else {
+        NOT_REGISTERED
+    };
+    (0, Some((Reason::Unauthorized, detail.to_owned())))
+}
 
 impl Progress {
     /// The longest wait, in seconds, until a rate-limited group's next token; 0.0 when none.
@@ -274,10 +292,19 @@ fn judge(
     now: f64,
 ) -> (Verdict, f64) {
     if !entry.record.active || token.is_some_and(|t| !token_ok(entry, t)) {
-        return ((0, Some(Reason::Unauthorized)), 0.0);
+        // Revoked is said only to who proves the device's token (or writes with a tenant key).
+        let revoked = !entry.record.active && token.is_none_or(|t| token_ok(entry, t));
+        if !revoked {
+            return (unknown(token), 0.0);
+        }
+        return ((0, Some((Reason::Unauthorized, REVOKED.to_owned()))), 0.0);
     }
     if site != entry.record.site {
-        return ((0, Some(Reason::SiteMismatch)), 0.0);
+        let detail = format!(
+            "site_id {} is not the device's registered site",
+            quoted(site)
+        );
+        return ((0, Some((Reason::SiteMismatch, detail))), 0.0);
     }
     let rate = entry.record.rps.unwrap_or(settings.default_rps) * share;
     let cap = (f64::from(entry.record.burst.unwrap_or(settings.default_burst)) * share).max(1.0);
@@ -286,8 +313,15 @@ fn judge(
         last: now,
     });
     let (allowed, wait) = take(bucket, count, now, rate, cap);
-    let reason = (allowed < count).then_some(Reason::RateLimited);
-    ((allowed, reason), wait)
+    let refused = (allowed < count).then(|| {
+        let detail = format!(
+            "rate limit exceeded: the device may send {} messages/s with bursts of {}",
+            short_number(rate),
+            short_number(cap)
+        );
+        (Reason::RateLimited, detail)
+    });
+    ((allowed, refused), wait)
 }
 
 /// `a == b` in a time that depends on the lengths only, as subtle's `ct_eq` of the slices
@@ -372,12 +406,24 @@ impl Admission {
             progress.asked = Some(self.seq + 1);
             return Ok(keys);
         }
-        let verdicts: Vec<Verdict> = progress
-            .verdicts
-            .iter()
-            .map(|v| v.expect("every group is decided once no key is asked for"))
+        let decided = || {
+            progress.verdicts.iter().map(|v| {
+                v.as_ref()
+                    .expect("every group is decided once no key is asked for")
+            })
+        };
+        let verdicts: Vec<(usize, Option<Reason>)> = decided()
+            .map(|(allowed, refused)| (*allowed, refused.as_ref().map(|r| r.0)))
             .collect();
-        batch.resolve_reasons(&verdicts)?;
+        // Details are gathered only when a group has refused items.
+        if verdicts.iter().any(|(_, reason)| reason.is_some()) {
+            let details: Vec<Option<&str>> = decided()
+                .map(|(_, refused)| refused.as_ref().map(|r| r.1.as_str()))
+                .collect();
+            batch.resolve_explained(&verdicts, &details)?;
+        } else {
+            batch.resolve_reasons(&verdicts)?;
+        }
         progress.done = true;
         Ok(keys)
     }
@@ -397,9 +443,7 @@ impl Admission {
                     Some(verdict)
                 }
                 None if keys.iter().any(|(t, d)| t == tenant && d == device) => None,
-                None if refused.contains(&(tenant, device)) => {
-                    Some((0, Some(Reason::Unauthorized)))
-                }
+                None if refused.contains(&(tenant, device)) => Some(self.lookups_spent()),
                 None if self.take_budget(tenant, now) => {
                     self.counters.misses += 1;
                     keys.push((tenant.to_owned(), device.to_owned()));
@@ -408,7 +452,7 @@ impl Admission {
                 None => {
                     self.counters.budget_refusals += 1;
                     refused.push((tenant, device));
-                    Some((0, Some(Reason::Unauthorized)))
+                    Some(self.lookups_spent())
                 }
             };
             progress.verdicts.push(verdict);
@@ -428,7 +472,8 @@ impl Admission {
             let decided = self.cached(tenant, device, site, token, count, now, progress.asked);
             let (decided, wait) = decided.unwrap_or_else(|| {
                 self.counters.unavailable += 1;
-                ((0, Some(Reason::Unavailable)), 0.0)
+                let detail = REGISTRY_SILENT.to_owned();
+                ((0, Some((Reason::Unavailable, detail))), 0.0)
             });
             *verdict = Some(decided);
             progress.retry_after = progress.retry_after.max(wait);
@@ -463,9 +508,19 @@ impl Admission {
             }
         }
         if usable(self.unknown.map.get(self.key.as_str()), now, asked) {
-            return Some(((0, Some(Reason::Unauthorized)), 0.0));
+            return Some((unknown(token), 0.0));
         }
         None
+    }
+
+    /// UNAUTHORIZED for an uncached device whose tenant's lookup budget is spent.
+    fn lookups_spent(&self) -> Verdict {
+        let detail = format!(
+            "the device could not be looked up: this tenant's registry lookups ({} per second) \
+             are used up",
+            self.settings.lookups_per_s
+        );
+        (0, Some((Reason::Unauthorized, detail)))
     }
 
     /// Take one lookup from the tenant's budget; false when it is spent.

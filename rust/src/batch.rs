@@ -66,6 +66,9 @@ pub struct Identity<'s> {
 
 const NO_GROUP: u32 = u32::MAX;
 
+/// The detail of an item its tenant's buffer (or the write-ahead log) had no room for.
+pub const BUFFER_FULL_DETAIL: &str = "the tenant's ingest buffer is full; retry later";
+
 /// Parsed, validated and encoded messages of one request.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -82,6 +85,9 @@ pub struct Batch {
     group_index: Vec<u32>,
     /// `(item index, detail)` of the items rejected with a detail of their own (rare).
     details: Vec<(u32, Span)>,
+    /// `(item index, tenant)` of items rejected before they had a group, whose message named a
+    /// valid tenant (for `rejections`).
+    rejected_tenants: Vec<(u32, Span)>,
     /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
     line_numbers: Vec<u32>,
     /// Written with a tenant key: its groups carry no device token (`admission` checks the
@@ -138,12 +144,23 @@ impl Batch {
         &self.line_numbers
     }
 
-    /// `push_rejected` with a detail of the item's own, as `details` returns it.
-    pub fn push_rejected_with(&mut self, reason: Reason, device: Option<&str>, detail: &str) {
+    /// `push_rejected` with a detail of the item's own, as `details` returns it, and the
+    /// valid tenant its message named, if any.
+    pub fn push_rejected_with(
+        &mut self,
+        reason: Reason,
+        tenant: Option<&str>,
+        device: Option<&str>,
+        detail: &str,
+    ) {
         let index = self.items.len() as u32;
         self.push_rejected(reason, device);
         let span = self.push_str(detail);
         self.details.push((index, span));
+        if let Some(tenant) = tenant {
+            let span = self.push_str(tenant);
+            self.rejected_tenants.push((index, span));
+        }
     }
 
     fn push_str(&mut self, s: &str) -> Span {
@@ -233,12 +250,7 @@ impl Batch {
             if g == NO_GROUP {
                 break;
             }
-            let grp = &self.groups[g as usize];
-            if words::same_bytes(self.bytes_at(grp.tenant), id.tenant.as_bytes())
-                && words::same_bytes(self.bytes_at(grp.device), id.device.as_bytes())
-                && words::same_bytes(self.bytes_at(grp.site), id.site.as_bytes())
-                && words::same_bytes(self.bytes_at(grp.token), id.token.as_bytes())
-            {
+            if self.is_group(g, id) {
                 return GroupSlot {
                     slot,
                     tenant_hash,
@@ -252,6 +264,24 @@ impl Batch {
             tenant_hash,
             found: None,
         }
+    }
+
+    /// `find_group`, trying first the group of `hint` (an earlier `find_group`'s answer):
+    /// consecutive items mostly share an identity, and a compare costs less than a hash.
+    pub fn find_group_after(&mut self, hint: Option<GroupSlot>, id: &Identity<'_>) -> GroupSlot {
+        match hint {
+            Some(h) if h.found.is_some_and(|g| self.is_group(g, id)) => h,
+            _ => self.find_group(id),
+        }
+    }
+
+    #[inline(always)]
+    fn is_group(&self, g: u32, id: &Identity<'_>) -> bool {
+        let grp = &self.groups[g as usize];
+        words::same_bytes(self.bytes_at(grp.tenant), id.tenant.as_bytes())
+            && words::same_bytes(self.bytes_at(grp.device), id.device.as_bytes())
+            && words::same_bytes(self.bytes_at(grp.site), id.site.as_bytes())
+            && words::same_bytes(self.bytes_at(grp.token), id.token.as_bytes())
     }
 
     /// The `(device, site)` escapes the group's first item was pushed with.
@@ -377,6 +407,27 @@ impl Batch {
             }
         }
         self.apply(verdicts);
+        Ok(())
+    }
+
+    /// `resolve_reasons` with, per group, the detail of its rejected items (admission's).
+    pub fn resolve_explained(
+        &mut self,
+        verdicts: &[(usize, Option<Reason>)],
+        details: &[Option<&str>],
+    ) -> Result<(), UsageError> {
+        self.resolve_reasons(verdicts)?;
+        let spans: Vec<Option<Span>> = details
+            .iter()
+            .map(|d| d.map(|d| self.push_str(d)))
+            .collect();
+        for (index, item) in self.items.iter().enumerate() {
+            if item.reason.is_some() && item.group != NO_GROUP {
+                if let Some(span) = spans.get(item.group as usize).copied().flatten() {
+                    self.details.push((index as u32, span));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -555,7 +606,8 @@ impl Batch {
             return Err(UsageError::AlreadyAppended);
         }
         self.appended = true;
-        for item in &mut self.items {
+        let mut full = None;
+        for (index, item) in self.items.iter_mut().enumerate() {
             if item.reason.is_some() {
                 continue;
             }
@@ -566,9 +618,19 @@ impl Batch {
                 .expect("an item's span is a range of this batch's lines");
             if !store(tenant, line) {
                 item.reason = Some(Reason::BufferFull);
+                full.get_or_insert_with(Vec::new).push(index as u32);
             }
         }
+        if let Some(full) = full {
+            self.explain_all(&full, BUFFER_FULL_DETAIL);
+        }
         Ok(())
+    }
+
+    /// Gives the items at `indexes` the one detail `detail`.
+    fn explain_all(&mut self, indexes: &[u32], detail: &str) {
+        let span = self.push_str(detail);
+        self.details.extend(indexes.iter().map(|&i| (i, span)));
     }
 
     /// For lines handed elsewhere instead of appended (NATS mode publishes `tenant_lines`):
@@ -578,6 +640,7 @@ impl Batch {
         &mut self,
         tenants: &[S],
         reason: Reason,
+        detail: &str,
     ) -> Result<usize, UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
@@ -588,15 +651,18 @@ impl Batch {
             .iter()
             .map(|&t| tenants.iter().any(|w| w.as_ref() == self.str_at(t)))
             .collect();
-        let mut withdrawn = 0;
-        for item in &mut self.items {
+        let mut withdrawn = Vec::new();
+        for (index, item) in self.items.iter_mut().enumerate() {
             if item.reason.is_none() && hit[self.groups[item.group as usize].tenant_index as usize]
             {
                 item.reason = Some(reason);
-                withdrawn += 1;
+                withdrawn.push(index as u32);
             }
         }
-        Ok(withdrawn)
+        if !withdrawn.is_empty() {
+            self.explain_all(&withdrawn, detail);
+        }
+        Ok(withdrawn.len())
     }
 
     /// Hands each still-accepted item's `(tenant index, tenant, line, shape)` to `judge`, in
@@ -631,15 +697,58 @@ impl Batch {
         Ok(())
     }
 
-    /// `(item index, detail)` of the items rejected with a detail of their own.
+    /// `(item index, detail)` of the items rejected with a detail of their own, in item order.
     pub fn details(&self) -> impl Iterator<Item = (usize, &str)> {
-        self.details
-            .iter()
-            .map(|&(i, span)| (i as usize, self.str_at(span)))
+        self.detail_spans()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, span)| span.map(|s| (i, self.str_at(s))))
     }
 
-    fn detail_of(&self, index: usize) -> Option<&str> {
-        self.details().find(|&(i, _)| i == index).map(|(_, d)| d)
+    /// Per item, the span of its detail: built when asked, so that the details of rejected
+    /// items cost nothing to the others.
+    fn detail_spans(&self) -> Vec<Option<Span>> {
+        let mut spans = vec![
+            None;
+            if self.details.is_empty() {
+                0
+            } else {
+                self.items.len()
+            }
+        ];
+        for &(i, span) in &self.details {
+            spans[i as usize] = Some(span);
+        }
+        spans
+    }
+
+    /// `(reason, tenant, device, detail)` of each rejected item, in item order; the tenant is
+    /// empty and the device `None` when the message named no valid one.
+    pub fn rejections(&self) -> Vec<(Reason, &str, Option<&str>, &str)> {
+        let spans = self.detail_spans();
+        let tenants: std::collections::HashMap<u32, Span> =
+            self.rejected_tenants.iter().copied().collect();
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let reason = item.reason?;
+                let tenant = match self.groups.get(item.group as usize) {
+                    Some(g) => Some(g.tenant),
+                    None => tenants.get(&(i as u32)).copied(),
+                };
+                Some((
+                    reason,
+                    tenant.map_or("", |t| self.str_at(t)),
+                    item.device.map(|d| self.str_at(d)),
+                    spans
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map_or("", |s| self.str_at(s)),
+                ))
+            })
+            .collect()
     }
 
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
@@ -647,6 +756,7 @@ impl Batch {
         let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
         let rejected = self.items.len() - accepted;
         let mut out = Vec::with_capacity(48 + self.items.len() * 96);
+        let spans = self.detail_spans();
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"accepted\":");
         out.extend_from_slice(num.format(accepted).as_bytes());
@@ -665,9 +775,9 @@ impl Batch {
                     out.extend_from_slice(b",\"status\":\"rejected\",\"reason\":\"");
                     out.extend_from_slice(r.code().as_bytes());
                     out.push(b'"');
-                    if let Some(detail) = self.detail_of(index) {
+                    if let Some(&Some(detail)) = spans.get(index) {
                         out.extend_from_slice(b",\"detail\":");
-                        push_json_str(&mut out, detail);
+                        push_json_str(&mut out, self.str_at(detail));
                     }
                 }
             }
@@ -860,7 +970,11 @@ mod tests {
         let mut b = sample();
         b.resolve(&[(1, Some("RATE_LIMITED")), (1, None)])
             .expect("valid verdicts");
-        assert_eq!(b.withdraw(&["t1", "t9"], Reason::Unavailable), Ok(1));
+        assert_eq!(
+            b.withdraw(&["t1", "t9"], Reason::Unavailable, "gone"),
+            Ok(1)
+        );
+        assert_eq!(b.details().collect::<Vec<_>>(), [(0, "gone")]);
         let reasons: Vec<_> = b.reasons().collect();
         assert_eq!(
             reasons,
@@ -873,7 +987,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            b.withdraw(&["t2"], Reason::Unavailable),
+            b.withdraw(&["t2"], Reason::Unavailable, "gone"),
             Err(UsageError::AlreadyAppended)
         );
         assert_eq!(b.append_with(|_, _| true), Err(UsageError::AlreadyAppended));

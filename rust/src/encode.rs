@@ -59,7 +59,7 @@ impl<'a> Key<'a> {
         }
     }
 
-    fn push(self, out: &mut Vec<u8>) {
+    pub fn push(self, out: &mut Vec<u8>) {
         if self.may_escape {
             push_lp_key(out, self.text);
         } else {
@@ -274,6 +274,46 @@ impl<'a> PlainNumber<'a> {
     }
 }
 
+/// A finite number to print as Python's `repr(float)` does: the token's own digits when they
+/// are short (the common case: no float parsing or formatting), else the double.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Float<'a> {
+    Plain(PlainNumber<'a>),
+    Decimal(Decimal),
+    Binary(f64),
+}
+
+impl<'a> Float<'a> {
+    /// A JSON number token, correctly rounded; None when it overflows to infinity.
+    #[inline(always)]
+    pub fn of(n: &Number<'a>) -> Option<Self> {
+        if let Some(plain) = PlainNumber::of(n) {
+            return Some(Float::Plain(plain));
+        }
+        // Without an exponent, 16 digits or more mean more than 15 significant ones, mostly.
+        let digits = n.frac_end - usize::from(n.text.starts_with('-'));
+        if n.frac_end < n.text.len() || digits <= 16 {
+            if let Some(d) = Decimal::from_json_number(n.text) {
+                return Some(Float::Decimal(d));
+            }
+        }
+        n.text
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(Float::Binary)
+    }
+
+    #[inline(always)]
+    pub fn push(&self, out: &mut Vec<u8>) {
+        match self {
+            Float::Plain(n) => n.push(out),
+            Float::Decimal(d) => push_decimal(out, d),
+            Float::Binary(v) => push_f64(out, *v),
+        }
+    }
+}
+
 /// Appends `v` exactly as Python's `repr(float)` writes it. `v` must be finite.
 pub fn push_f64(out: &mut Vec<u8>, v: f64) {
     if v == v.trunc() && v.abs() < 1e16 {
@@ -426,14 +466,9 @@ impl<'o> Line<'o> {
         push_f64(self.out, v);
     }
 
-    pub fn plain_number<'k>(&mut self, key: impl Into<Key<'k>>, n: &PlainNumber<'_>) {
+    pub fn number<'k>(&mut self, key: impl Into<Key<'k>>, n: &Float<'_>) {
         self.field_key(key.into());
         n.push(self.out);
-    }
-
-    pub fn decimal<'k>(&mut self, key: impl Into<Key<'k>>, d: &Decimal) {
-        self.field_key(key.into());
-        push_decimal(self.out, d);
     }
 
     pub fn bool<'k>(&mut self, key: impl Into<Key<'k>>, v: bool) {

@@ -17,8 +17,8 @@ pub enum Value<'a> {
     /// A number token as sent.
     Number(Number<'a>),
     Bool(bool),
-    /// An array or an object.
-    Other,
+    Array,
+    Object,
 }
 
 impl<'a> Value<'a> {
@@ -32,9 +32,13 @@ impl<'a> Value<'a> {
                 Literal::False => Value::Bool(false),
                 Literal::Null => Value::Null,
             },
-            b'[' | b'{' => {
+            b'[' => {
                 r.skip_value()?;
-                Value::Other
+                Value::Array
+            }
+            b'{' => {
+                r.skip_value()?;
+                Value::Object
             }
             _ => Value::Number(r.number()?),
         })

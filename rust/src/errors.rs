@@ -256,9 +256,54 @@ impl ShellyReason {
     }
 }
 
+/// Characters of a client's value a detail quotes; longer values end in `…`.
+pub const QUOTED_CHARS: usize = 64;
+
+/// `s` in single quotes for a detail, cut to `QUOTED_CHARS` characters, control, line
+/// separator and bidirectional formatting characters written as `\uXXXX`: a detail never
+/// carries a client's unbounded or terminal-controlling text into a response or a log line.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(QUOTED_CHARS * 4) + 8);
+    out.push('\'');
+    for (i, c) in s.chars().enumerate() {
+        if i == QUOTED_CHARS {
+            out.push('…');
+            break;
+        }
+        if matches!(c, '\0'..='\x1f' | '\x7f'..='\u{9f}' | '\u{200e}' | '\u{200f}'
+            | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A rate or burst in a detail: at most three decimals, trailing zeros dropped.
+pub fn short_number(x: f64) -> String {
+    let s = format!("{x:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_bounds_and_escapes_client_text() {
+        assert_eq!(quoted("temp"), "'temp'");
+        assert_eq!(quoted("a\u{1b}[31m\n"), "'a\\u001b[31m\\u000a'");
+        assert_eq!(quoted("x\u{202e}y"), "'x\\u202ey'");
+        let long = "é".repeat(100);
+        assert_eq!(quoted(&long), format!("'{}…'", "é".repeat(64)));
+        assert_eq!(quoted(&"a".repeat(64)), format!("'{}'", "a".repeat(64)));
+        assert_eq!(short_number(2.5), "2.5");
+        assert_eq!(short_number(100.0), "100");
+        assert_eq!(short_number(1.0 / 3.0), "0.333");
+    }
 
     #[test]
     fn body_error_details_are_exact() {

@@ -151,17 +151,27 @@ impl PyBatch {
             .collect()
     }
 
-    /// Accepted items of these tenants become `reason` (their publish failed); only once.
-    fn withdraw(&mut self, tenants: Vec<String>, reason: &str) -> PyResult<usize> {
+    /// Accepted items of these tenants become `reason` with `detail` (their publish failed);
+    /// only once.
+    fn withdraw(&mut self, tenants: Vec<String>, reason: &str, detail: &str) -> PyResult<usize> {
         let reason = Reason::from_code(reason).map_err(|e| usage_error(&e))?;
         self.inner
-            .withdraw(&tenants, reason)
+            .withdraw(&tenants, reason, detail)
             .map_err(|e| usage_error(&e))
     }
 
-    /// `(index, detail)` of the items rejected with a detail of their own.
+    /// `(index, detail)` of the rejected items that have a detail, in item order.
     fn details(&self) -> Vec<(usize, &str)> {
         self.inner.details().collect()
+    }
+
+    /// `(reason, tenant, device, detail)` of each rejected item, in item order.
+    fn rejections(&self) -> Vec<(&'static str, &str, Option<&str>, &str)> {
+        self.inner
+            .rejections()
+            .into_iter()
+            .map(|(r, tenant, device, detail)| (r.code(), tenant, device, detail))
+            .collect()
     }
 
     /// Per tenant of the valid items: `(tenant, accepted, refused after validation)`.

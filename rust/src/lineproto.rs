@@ -12,10 +12,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::batch::{Batch, Identity};
-use crate::encode::{push_f64, push_lp_key, push_lp_measurement, push_lp_string};
+use crate::encode::{push_lp_measurement, push_lp_string, Float, Key};
 use crate::errors::{BodyError, Reason, UsageError};
-use crate::ids::{valid_id, valid_tenant};
+use crate::ids::{checked_id, valid_id, valid_tenant};
+use crate::json::Number;
+use crate::schema::{FieldType, Shape};
 use crate::timestamp::{MAX_NS, MIN_NS};
+use crate::words;
 
 /// Tags a line may send (its `device_id`/`site_id` tags included).
 pub const MAX_LP_TAGS: usize = 64;
@@ -117,23 +120,66 @@ impl LineError {
 
 #[derive(Debug, Clone, PartialEq)]
 enum FieldValue<'a> {
-    Float(f64),
+    Float(Float<'a>),
     Integer(i64),
     Unsigned(u64),
     Str(Cow<'a, str>),
     Bool(bool),
 }
 
-/// One line, read; buffers reused from line to line.
+impl FieldValue<'_> {
+    fn field_type(&self) -> FieldType {
+        match self {
+            FieldValue::Float(_) => FieldType::Float,
+            FieldValue::Integer(_) => FieldType::Integer,
+            FieldValue::Unsigned(_) => FieldType::Unsigned,
+            FieldValue::Str(_) => FieldType::String,
+            FieldValue::Bool(_) => FieldType::Boolean,
+        }
+    }
+}
+
+/// A name, unescaped, and whether line protocol escapes some of it (as `checked_id`).
+#[derive(Debug, Clone, Default)]
+struct Name<'a> {
+    text: Cow<'a, str>,
+    escape: bool,
+}
+
+impl Name<'_> {
+    fn key(&self) -> Key<'_> {
+        Key::scanned(self.text.as_bytes(), self.escape)
+    }
+}
+
+/// One field of a line.
+struct Field<'a> {
+    /// The key as the line sends it.
+    sent: &'a str,
+    key: Name<'a>,
+    value: FieldValue<'a>,
+}
+
+/// One line, read. Most lines of a body repeat the measurement, tags and field keys of the
+/// line before, so what was read of those is kept from line to line: text sent again, byte
+/// for byte, is not read again.
 #[derive(Default)]
 struct Parsed<'a> {
-    measurement: Cow<'a, str>,
-    /// The line's tags but its identity tags, in line order.
-    tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    device_tag: Option<Cow<'a, str>>,
+    /// The measurement and tag set as sent, when `measurement`, `tags`, `device_tag` and
+    /// `tag_keys` hold them whole.
+    series: Option<&'a str>,
+    measurement: Name<'a>,
+    /// The line's tags but its identity tags, sorted by key.
+    tags: Vec<(Name<'a>, Name<'a>)>,
+    device_tag: Option<Name<'a>>,
     /// Every tag key of the line, identity tags included (duplicates and clashes).
     tag_keys: Vec<Cow<'a, str>>,
-    fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// The line's fields, in line order. After a refused line, its first fields and then
+    /// fields of an earlier line read after the same keys: each entry's key passed the key
+    /// rules after the keys of the entries before it.
+    fields: Vec<Field<'a>>,
+    /// The `schema::Shape` of the measurement and fields.
+    shape: u64,
     /// In the body's precision.
     timestamp: Option<i64>,
 }
@@ -203,7 +249,7 @@ pub fn parse_lines(
         batch = batch.by_tenant_key();
     }
     let mut parsed = Parsed::default();
-    let mut out = Vec::with_capacity(256);
+    let mut group = None;
     let mut index: i64 = 0;
     for (number, line) in lines {
         let Some(line) = content(line) else {
@@ -220,15 +266,28 @@ pub fn parse_lines(
         index += 1;
         match read {
             Ok((ts, (device, site, token))) => {
-                out.clear();
-                encode(&parsed, device, site, ts, &mut out);
                 let id = Identity {
                     tenant,
                     device,
                     site,
                     token,
                 };
-                batch.push_accepted(&id, |o| o.extend_from_slice(&out));
+                let at = batch.find_group_after(group, &id);
+                group = Some(at);
+                // An identity an earlier line has: its ids were scanned then (an id the rules
+                // refuse, only a registry's site could be, is escaped byte by byte).
+                let escapes = match at.found {
+                    Some(g) => batch.group_escapes(g),
+                    None => (
+                        checked_id(device).unwrap_or(true),
+                        checked_id(site).unwrap_or(true),
+                    ),
+                };
+                let device = Key::scanned(device.as_bytes(), escapes.0);
+                let site = Key::scanned(site.as_bytes(), escapes.1);
+                batch.push_shaped(&id, at, escapes, parsed.shape, |out| {
+                    encode(&parsed, device, site, ts, out);
+                });
             }
             Err(e) => {
                 // A tenant key's refused line names no device the response could echo.
@@ -236,7 +295,8 @@ pub fn parse_lines(
                     Writer::Device { device, .. } => Some(*device),
                     Writer::TenantKey { .. } => None,
                 };
-                batch.push_rejected_with(e.reason(), device, &e.detail(max_line_bytes));
+                let detail = e.detail(max_line_bytes);
+                batch.push_rejected_with(e.reason(), Some(tenant), device, &detail);
             }
         }
     }
@@ -255,9 +315,9 @@ fn identity<'w>(
             token,
         } => Ok((device, site, token)),
         Writer::TenantKey { sites } => {
-            let device = p.device_tag.as_deref().ok_or(LineError::NoDevice)?;
-            let site = sites.get(device).ok_or(LineError::UnknownDevice)?;
-            Ok((device, site, ""))
+            let device = p.device_tag.as_ref().ok_or(LineError::NoDevice)?;
+            let site = sites.get(&*device.text).ok_or(LineError::UnknownDevice)?;
+            Ok((&device.text, site, ""))
         }
     }
 }
@@ -276,7 +336,7 @@ pub fn line_devices(body: &[u8], max_line_bytes: usize) -> Result<Vec<String>, B
         if line.len() > max_line_bytes || read_line(line, &mut parsed, &writer).is_err() {
             continue;
         }
-        if let Some(d) = parsed.device_tag.as_deref() {
+        if let Some(d) = parsed.device_tag.as_ref().map(|d| &*d.text) {
             if !devices.iter().any(|known| known == d) {
                 devices.push(d.to_owned());
             }
@@ -301,26 +361,32 @@ fn timestamp_ns(
 }
 
 /// `{measurement},{tags sorted by key, identity tags among them} {fields in line order} {ts}\n`.
-fn encode(p: &Parsed<'_>, device: &str, site: &str, ts: i64, out: &mut Vec<u8>) {
-    push_lp_measurement(out, p.measurement.as_bytes());
-    let mut tags: Vec<(&str, &str)> = Vec::with_capacity(p.tags.len() + 2);
-    tags.push((DEVICE_TAG, device));
-    tags.push((SITE_TAG, site));
-    tags.extend(p.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
-    tags.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    for (k, v) in tags {
-        out.push(b',');
-        push_lp_key(out, k.as_bytes());
-        out.push(b'=');
-        push_lp_key(out, v.as_bytes());
+fn encode(p: &Parsed<'_>, device: Key<'_>, site: Key<'_>, ts: i64, out: &mut Vec<u8>) {
+    let measurement = p.measurement.text.as_bytes();
+    if p.measurement.escape {
+        push_lp_measurement(out, measurement);
+    } else {
+        out.extend_from_slice(measurement);
+    }
+    let mut identity = [(DEVICE_TAG, device), (SITE_TAG, site)]
+        .into_iter()
+        .peekable();
+    for (k, v) in &p.tags {
+        while let Some((ik, iv)) = identity.next_if(|(ik, _)| ik.as_bytes() < k.text.as_bytes()) {
+            push_tag(out, Key::scanned(ik.as_bytes(), false), iv);
+        }
+        push_tag(out, k.key(), v.key());
+    }
+    for (ik, iv) in identity {
+        push_tag(out, Key::scanned(ik.as_bytes(), false), iv);
     }
     let mut num = itoa::Buffer::new();
-    for (i, (k, v)) in p.fields.iter().enumerate() {
+    for (i, f) in p.fields.iter().enumerate() {
         out.push(if i == 0 { b' ' } else { b',' });
-        push_lp_key(out, k.as_bytes());
+        f.key.key().push(out);
         out.push(b'=');
-        match v {
-            FieldValue::Float(f) => push_f64(out, *f),
+        match &f.value {
+            FieldValue::Float(f) => f.push(out),
             FieldValue::Integer(n) => {
                 out.extend_from_slice(num.format(*n).as_bytes());
                 out.push(b'i');
@@ -338,6 +404,13 @@ fn encode(p: &Parsed<'_>, device: &str, site: &str, ts: i64, out: &mut Vec<u8>) 
     out.push(b'\n');
 }
 
+fn push_tag(out: &mut Vec<u8>, key: Key<'_>, value: Key<'_>) {
+    out.push(b',');
+    key.push(out);
+    out.push(b'=');
+    value.push(out);
+}
+
 /// Where a name ends: the first of `stops` no backslash escapes, or the end.
 fn name_end(b: &[u8], from: usize, stops: &[u8]) -> usize {
     let mut i = from;
@@ -353,7 +426,7 @@ fn name_end(b: &[u8], from: usize, stops: &[u8]) -> usize {
 
 /// A name with its escapes (`\` before one of `escapable`) undone; None when a backslash
 /// escapes anything else, or the name breaks the id rules.
-fn name<'a>(raw: &'a str, escapable: &[u8]) -> Option<Cow<'a, str>> {
+fn name<'a>(raw: &'a str, escapable: &[u8]) -> Option<Name<'a>> {
     let text = if raw.contains('\\') {
         let b = raw.as_bytes();
         let mut out = Vec::with_capacity(b.len());
@@ -375,27 +448,31 @@ fn name<'a>(raw: &'a str, escapable: &[u8]) -> Option<Cow<'a, str>> {
     } else {
         Cow::Borrowed(raw)
     };
-    valid_id(&text).then_some(text)
+    let escape = checked_id(&text)?;
+    Some(Name { text, escape })
 }
 
 fn reserved(key: &str) -> bool {
     RESERVED_KEYS.contains(&key)
 }
 
+/// Whether `b` holds `sent` from `at`, followed by `stop`.
+fn sent_again(b: &[u8], at: usize, sent: &str, stop: u8) -> bool {
+    b.get(at..)
+        .is_some_and(|rest| rest.starts_with(sent.as_bytes()))
+        && b.get(at + sent.len()) == Some(&stop)
+}
+
 /// Reads one line (without its newline, trimmed, not a comment) into `p`.
 fn read_line<'a>(line: &'a str, p: &mut Parsed<'a>, writer: &Writer<'_>) -> Result<(), LineError> {
-    p.tags.clear();
-    p.tag_keys.clear();
-    p.fields.clear();
-    p.device_tag = None;
     p.timestamp = None;
     let b = line.as_bytes();
-    let end = name_end(b, 0, b", ");
-    p.measurement = name(&line[..end], b", ").ok_or(LineError::Measurement)?;
-    let mut at = end;
-    if b.get(at) == Some(&b',') {
-        at = read_tags(line, at + 1, p, writer)?;
-    }
+    // Up to an unescaped space the measurement and tags read alike whatever follows.
+    let mut at = match p.series.take() {
+        Some(series) if sent_again(b, 0, series, b' ') => series.len(),
+        _ => read_series(line, p, writer)?,
+    };
+    p.series = Some(&line[..at]);
     while b.get(at) == Some(&b' ') {
         at += 1;
     }
@@ -410,6 +487,24 @@ fn read_line<'a>(line: &'a str, p: &mut Parsed<'a>, writer: &Writer<'_>) -> Resu
         p.timestamp = Some(integer(&b[at..]).ok_or(LineError::Timestamp)?);
     }
     Ok(())
+}
+
+/// Reads the measurement and the tag set; returns where they end (a space or the end).
+fn read_series<'a>(
+    line: &'a str,
+    p: &mut Parsed<'a>,
+    writer: &Writer<'_>,
+) -> Result<usize, LineError> {
+    p.tags.clear();
+    p.tag_keys.clear();
+    p.device_tag = None;
+    let b = line.as_bytes();
+    let end = name_end(b, 0, b", ");
+    p.measurement = name(&line[..end], b", ").ok_or(LineError::Measurement)?;
+    if b.get(end) == Some(&b',') {
+        return read_tags(line, end + 1, p, writer);
+    }
+    Ok(end)
 }
 
 /// Reads the tag set from `at` (after the measurement's comma); returns where it ended (a
@@ -432,14 +527,14 @@ fn read_tags<'a>(
             return Err(LineError::TagSet);
         }
         let value = name(&line[eq + 1..end], b",= ").ok_or(LineError::TagSet)?;
-        if reserved(&key) || p.tag_keys.contains(&key) {
+        if reserved(&key.text) || p.tag_keys.contains(&key.text) {
             return Err(LineError::TagSet);
         }
         if p.tag_keys.len() == MAX_LP_TAGS {
             return Err(LineError::TooManyTags);
         }
-        p.tag_keys.push(key.clone());
-        match &*key {
+        p.tag_keys.push(key.text.clone());
+        match &*key.text {
             DEVICE_TAG => {
                 if matches!(writer, Writer::TenantKey { .. }) {
                     p.device_tag = Some(value);
@@ -450,27 +545,50 @@ fn read_tags<'a>(
         }
         at = end;
         if b.get(at) != Some(&b',') {
+            // Keys are distinct: the order is total.
+            p.tags
+                .sort_unstable_by(|a, b| a.0.text.as_bytes().cmp(b.0.text.as_bytes()));
             return Ok(at);
         }
         at += 1;
     }
 }
 
-/// Reads the field set from `at`; returns where it ended (a space or the end).
+/// Reads the field set from `at`, and the line's shape; returns where it ended (a space or
+/// the end).
 fn read_fields<'a>(line: &'a str, mut at: usize, p: &mut Parsed<'a>) -> Result<usize, LineError> {
     let b = line.as_bytes();
+    let mut shape = Shape::named(p.measurement.text.as_bytes());
+    // Fields of this line so far: `p.fields[..n]`.
+    let mut n = 0;
     loop {
-        let eq = name_end(b, at, b",= ");
-        if b.get(eq) != Some(&b'=') {
-            return Err(LineError::FieldSet);
-        }
-        let key = name(&line[at..eq], b",= ").ok_or(LineError::FieldSet)?;
-        if reserved(&key)
-            || key == DEVICE_TAG
-            || key == SITE_TAG
-            || p.tag_keys.contains(&key)
-            || p.fields.iter().any(|(k, _)| *k == key)
-        {
+        // The key the earlier line sent after the same keys passed the rules but one.
+        let (eq, fresh) = match p.fields.get(n).filter(|f| sent_again(b, at, f.sent, b'=')) {
+            Some(f) => (at + f.sent.len(), None),
+            None => {
+                let eq = name_end(b, at, b",= ");
+                if b.get(eq) != Some(&b'=') {
+                    return Err(LineError::FieldSet);
+                }
+                let key = name(&line[at..eq], b",= ").ok_or(LineError::FieldSet)?;
+                let text = &*key.text;
+                if reserved(text)
+                    || text == DEVICE_TAG
+                    || text == SITE_TAG
+                    || p.fields[..n].iter().any(|f| f.key.text == text)
+                {
+                    return Err(LineError::FieldSet);
+                }
+                (eq, Some(key))
+            }
+        };
+        let text = fresh
+            .as_ref()
+            .unwrap_or_else(|| &p.fields[n].key)
+            .text
+            .as_ref();
+        // The rule that depends on the tags.
+        if p.tag_keys.iter().any(|k| k == text) {
             return Err(LineError::FieldSet);
         }
         let (value, end) = if b.get(eq + 1) == Some(&b'"') {
@@ -485,15 +603,32 @@ fn read_fields<'a>(line: &'a str, mut at: usize, p: &mut Parsed<'a>) -> Result<u
                 .iter()
                 .position(|&c| matches!(c, b',' | b' '))
                 .map_or(b.len(), |n| eq + 1 + n);
-            let value = field_value(&b[eq + 1..end]).ok_or(LineError::FieldValue)?;
+            let value = field_value(&line[eq + 1..end]).ok_or(LineError::FieldValue)?;
             (value, end)
         };
-        if p.fields.len() == MAX_LP_FIELDS {
+        if n == MAX_LP_FIELDS {
             return Err(LineError::TooManyFields);
         }
-        p.fields.push((key, value));
+        let ty = value.field_type();
+        match fresh {
+            Some(key) => {
+                // The fields after a new key were read after other keys: forgotten.
+                p.fields.truncate(n);
+                p.fields.push(Field {
+                    sent: &line[at..eq],
+                    key,
+                    value,
+                });
+            }
+            None => p.fields[n].value = value,
+        }
+        let text = p.fields[n].key.text.as_bytes();
+        shape.field(text, words::head(text), ty);
+        n += 1;
         at = end;
         if b.get(at) != Some(&b',') {
+            p.fields.truncate(n);
+            p.shape = shape.finish();
             return Ok(at);
         }
         at += 1;
@@ -533,64 +668,88 @@ fn unquote(raw: &str) -> Cow<'_, str> {
 }
 
 /// A field value that is not a string: a boolean in any of InfluxDB's spellings, `{n}i`,
-/// `{n}u`, or a finite float `-?(d+(.d*)?|.d+)([eE][+-]?d+)?`.
-fn field_value(v: &[u8]) -> Option<FieldValue<'static>> {
-    match v {
+/// `{n}u`, or a finite float.
+fn field_value(v: &str) -> Option<FieldValue<'_>> {
+    let b = v.as_bytes();
+    match b {
         b"t" | b"T" | b"true" | b"True" | b"TRUE" => return Some(FieldValue::Bool(true)),
         b"f" | b"F" | b"false" | b"False" | b"FALSE" => return Some(FieldValue::Bool(false)),
         _ => {}
     }
-    match v.split_last()? {
+    match b.split_last()? {
         (b'i', n) => integer(n).map(FieldValue::Integer),
-        (b'u', n) => digits(n)
-            .then(|| ascii(n).parse().ok())
-            .flatten()
-            .map(FieldValue::Unsigned),
+        (b'u', n) => unsigned(n).map(FieldValue::Unsigned),
         _ => float(v).map(FieldValue::Float),
     }
 }
 
-fn digits(b: &[u8]) -> bool {
-    !b.is_empty() && b.iter().all(u8::is_ascii_digit)
-}
-
-fn ascii(b: &[u8]) -> &str {
-    std::str::from_utf8(b).expect("ASCII digits")
+/// `d+` that fits a u64.
+fn unsigned(b: &[u8]) -> Option<u64> {
+    if b.is_empty() {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        let digit = c.wrapping_sub(b'0');
+        (digit < 10)
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(digit)))
+            .flatten()
+    })
 }
 
 /// `-?d+` that fits an i64.
 fn integer(b: &[u8]) -> Option<i64> {
-    let unsigned = b.strip_prefix(b"-").unwrap_or(b);
-    digits(unsigned).then(|| ascii(b).parse().ok()).flatten()
+    match b.split_first() {
+        Some((b'-', digits)) => 0i64.checked_sub_unsigned(unsigned(digits)?),
+        _ => i64::try_from(unsigned(b)?).ok(),
+    }
 }
 
-fn float(v: &[u8]) -> Option<f64> {
-    let unsigned = v.strip_prefix(b"-").unwrap_or(v);
-    let mantissa_end = unsigned
-        .iter()
-        .position(|&c| matches!(c, b'e' | b'E'))
-        .unwrap_or(unsigned.len());
-    let (mantissa, exponent) = unsigned.split_at(mantissa_end);
-    let (int, frac) = match mantissa.iter().position(|&c| c == b'.') {
-        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
-        None => (mantissa, &b""[..]),
+fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// A finite float `-?(d+(.d*)?|.d+)([eE][+-]?d+)?`. Most are JSON numbers too, whose digits
+/// `Float` prints without a float conversion; the others (`1.`, `.5`, `01`) are converted.
+fn float(v: &str) -> Option<Float<'_>> {
+    let b = v.as_bytes();
+    let sign = usize::from(b.first() == Some(&b'-'));
+    let int_end = skip_digits(b, sign);
+    let dot = b.get(int_end) == Some(&b'.');
+    let frac_end = if dot {
+        skip_digits(b, int_end + 1)
+    } else {
+        int_end
     };
-    let int_ok = int.is_empty() || digits(int);
-    let frac_ok = frac.is_empty() || digits(frac);
-    if !int_ok || !frac_ok || (int.is_empty() && frac.is_empty()) {
+    let frac_digits = frac_end - int_end - usize::from(dot);
+    if int_end == sign && frac_digits == 0 {
         return None;
     }
-    if let Some(exp) = exponent.get(1..) {
+    if let Some(exp) = b.get(frac_end..).filter(|e| !e.is_empty()) {
+        let (e, exp) = exp.split_first()?;
         let exp = exp
             .strip_prefix(b"+")
             .or(exp.strip_prefix(b"-"))
             .unwrap_or(exp);
-        if !digits(exp) {
+        if !matches!(e, b'e' | b'E') || exp.is_empty() || !exp.iter().all(u8::is_ascii_digit) {
             return None;
         }
     }
-    let x: f64 = ascii(v).parse().ok()?;
-    x.is_finite().then_some(x)
+    let int = &b[sign..int_end];
+    let json = !int.is_empty() && (int.len() == 1 || int[0] != b'0') && (!dot || frac_digits > 0);
+    if json {
+        return Float::of(&Number {
+            text: v,
+            int_end,
+            frac_end,
+        });
+    }
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .map(Float::Binary)
 }
 
 #[cfg(test)]
@@ -728,6 +887,51 @@ mod tests {
             line_devices(body.as_bytes(), 200).expect("a body"),
             ["d2", "d3"]
         );
+    }
+
+    #[test]
+    fn details_stay_in_line_order_when_field_types_add_theirs() {
+        let types = crate::fields::FieldTypes::new(10);
+        let mut b = parse_lines(b"m a=1\nm a=2i\nm a", "t", 0, NS, 200, &device()).expect("a body");
+        types.admit(&mut b).expect("admit");
+        let details: Vec<usize> = b.details().map(|(i, _)| i).collect();
+        assert_eq!(details, [1, 2]);
+    }
+
+    #[test]
+    fn floats_print_as_python_repr_whether_or_not_they_are_json_numbers() {
+        for (sent, written) in [
+            ("22", "22.0"),
+            ("-0", "-0.0"),
+            ("22.50", "22.5"),
+            ("1.", "1.0"),
+            (".5", "0.5"),
+            ("-.25e1", "-2.5"),
+            ("007", "7.0"),
+            ("00.10", "0.1"),
+            ("1E5", "100000.0"),
+            ("1e16", "1e+16"),
+            ("0.00001234", "1.234e-05"),
+            ("1234567890.123456789", "1234567890.1234567"),
+            ("5e-324", "5e-324"),
+        ] {
+            let body = format!("m f={sent} 1");
+            let b = parse_lines(body.as_bytes(), "t", 0, NS, 200, &device()).expect("a body");
+            let (_, line) = b.accepted_lines().next().expect("accepted");
+            let want = format!("m,device_id=d\\ 1,site_id=s\\=1 f={written} 1\n");
+            assert_eq!(String::from_utf8_lossy(line), want, "{sent}");
+        }
+    }
+
+    #[test]
+    fn lines_of_one_measurement_and_field_types_share_a_shape() {
+        let body = "m f=1,n=2i 1\nm f=2.5,n=-3i 2\nm n=2i,f=1 3\nm f=1,n=2u 4\nm\\ x f=1,n=2i 5\n";
+        let b = parse_lines(body.as_bytes(), "t", 0, NS, 200, &device()).expect("a body");
+        let shapes: Vec<u64> = b.accepted_shapes().map(|(_, _, s)| s).collect();
+        assert_eq!(shapes[0], shapes[1]);
+        for other in &shapes[2..] {
+            assert_ne!(shapes[0], *other);
+        }
     }
 
     #[test]

@@ -7,14 +7,16 @@
 //! classified without conversion, so an overflowing number or a wrong type is an item error,
 //! never a body error. Strings without escapes are borrowed from the body.
 
+mod explain;
+
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
-use crate::encode::{Decimal, Key, Line, PlainNumber};
+use crate::encode::{Float, Key, Line};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
 use crate::ids::{checked_id, valid_id, valid_tenant};
-use crate::json::{self, KeyWords, Number, Reader};
+use crate::json::{self, KeyWords, Reader};
 use crate::schema::{FieldType, Shape, MSG_TYPES};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
 use crate::words;
@@ -151,10 +153,7 @@ const ORDERED_KEYS: usize = 12;
 
 #[derive(Clone, Copy)]
 enum MetricValue<'a> {
-    /// A number token printed as sent, tidied (the common case).
-    Plain(PlainNumber<'a>),
-    Decimal(Decimal),
-    Float(f64),
+    Number(Float<'a>),
     Bool(bool),
 }
 
@@ -224,16 +223,17 @@ impl<'a> MessageParser<'a> {
             // Filled in place and lent out: moving the fields around costs a memcpy call.
             let mut f = Fields::default();
             self.fields(r, &mut f)?;
-            let too_large = r.since(start).len() > self.max_payload;
-            self.judge(&f, too_large, url);
+            self.judge(&f, r.since(start), url);
         } else {
             r.skip_value()?;
-            let reason = if r.since(start).len() > self.max_payload {
+            let raw = r.since(start);
+            let reason = if raw.len() > self.max_payload {
                 Reason::PayloadTooLarge
             } else {
                 Reason::InvalidSchema
             };
-            self.batch.push_rejected(reason, None);
+            let detail = explain::not_object(raw, self.max_payload);
+            self.batch.push_rejected_with(reason, None, None, &detail);
         }
         Ok(())
     }
@@ -305,7 +305,7 @@ impl<'a> MessageParser<'a> {
             let key = if same_name { None } else { Some(r.key()?) };
             let value = match Value::read(r)? {
                 Value::Bool(b) => Some(MetricValue::Bool(b)),
-                Value::Number(n) => number_value(&n),
+                Value::Number(n) => Float::of(&n).map(MetricValue::Number),
                 _ => None,
             };
             let index = u32::try_from(n).expect("under 2^32 metrics");
@@ -346,8 +346,9 @@ impl<'a> MessageParser<'a> {
         Ok(MetricsField::Object)
     }
 
-    /// Applies the per-item rules in order and records the item.
-    fn judge(&mut self, f: &Fields<'a>, too_large: bool, url: Option<&UrlIdentity<'a>>) {
+    /// Applies the per-item rules in order and records the item; `raw` is the message's text.
+    fn judge(&mut self, f: &Fields<'a>, raw: &'a str, url: Option<&UrlIdentity<'a>>) {
+        let too_large = raw.len() > self.max_payload;
         let from_url =
             |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
         let (tenant, device, msg_type, token) = match url {
@@ -429,12 +430,17 @@ impl<'a> MessageParser<'a> {
         let (measurement, seq, ts) = match checked {
             Ok(v) => v,
             Err(reason) => {
-                self.batch.push_rejected(reason, device.get());
+                let detail = self.explain(reason, f, raw, url);
+                let tenant = tenant.get().filter(|t| valid_tenant(t));
+                self.batch
+                    .push_rejected_with(reason, tenant, device.get(), &detail);
                 return;
             }
         };
         let Some((id, at)) = identity else {
-            self.batch.push_rejected(Reason::InvalidSchema, None);
+            let detail = self.explain(Reason::InvalidSchema, f, raw, url);
+            self.batch
+                .push_rejected_with(Reason::InvalidSchema, None, None, &detail);
             return;
         };
         let metrics = &self.sorted;
@@ -458,9 +464,7 @@ impl<'a> MessageParser<'a> {
                 for m in metrics {
                     let name = Key::scanned(m.name.as_bytes(), m.escape);
                     match m.value {
-                        Some(MetricValue::Plain(n)) => line.plain_number(name, &n),
-                        Some(MetricValue::Decimal(d)) => line.decimal(name, &d),
-                        Some(MetricValue::Float(v)) => line.float(name, v),
+                        Some(MetricValue::Number(n)) => line.number(name, &n),
                         Some(MetricValue::Bool(v)) => line.bool(name, v),
                         None => {}
                     }
@@ -469,6 +473,44 @@ impl<'a> MessageParser<'a> {
                 line.uint(Key::scanned(b"seq", false), seq);
                 line.finish(ts);
             });
+    }
+
+    /// The detail of a message `judge` rejected for `reason` (the rejected path only).
+    fn explain(
+        &self,
+        reason: Reason,
+        f: &Fields<'a>,
+        raw: &'a str,
+        url: Option<&UrlIdentity<'a>>,
+    ) -> String {
+        use explain::Field;
+        let (tenant, device, msg_type, token) = match url {
+            Some(u) => (
+                Field::url(u.tenant),
+                Field::url(u.device),
+                Field::url(u.msg_type),
+                Field::url(u.token),
+            ),
+            None => (
+                Field::of(&f.tenant_id),
+                Field::of(&f.device_id),
+                Field::of(&f.msg_type),
+                Field::of(&f.provision_token),
+            ),
+        };
+        let message = explain::Message {
+            tenant,
+            device,
+            msg_type,
+            token,
+            site: Field::of(&f.site_id),
+            seq: f.seq,
+            ts: f.ts,
+            raw,
+            max_payload: self.max_payload,
+            receive_time_ok: self.receive_time().is_some(),
+        };
+        explain::message(reason, &message)
     }
 
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
@@ -543,25 +585,6 @@ impl<'a> MessageParser<'a> {
 /// `Some(escape)` for a valid metric name, as `checked_id`.
 fn checked_metric_name(name: &str) -> Option<bool> {
     checked_id(name).filter(|_| !matches!(name, "seq" | "time" | "device_id" | "site_id"))
-}
-
-/// A number token as a finite f64 (correctly rounded), digits ready for printing when short.
-fn number_value<'a>(n: &Number<'a>) -> Option<MetricValue<'a>> {
-    if let Some(plain) = PlainNumber::of(n) {
-        return Some(MetricValue::Plain(plain));
-    }
-    // Without an exponent, 16 digits or more mean more than 15 significant ones, mostly.
-    let digits = n.frac_end - usize::from(n.text.starts_with('-'));
-    if n.frac_end < n.text.len() || digits <= 16 {
-        if let Some(d) = Decimal::from_json_number(n.text) {
-            return Some(MetricValue::Decimal(d));
-        }
-    }
-    n.text
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-        .map(MetricValue::Float)
 }
 
 /// `seq`: an integer token in `0..=i64::MAX`; `-0` is 0.
@@ -871,7 +894,7 @@ mod tests {
         assert_eq!(reasons(&spaced), [None, None]);
         let (_, _, json) = batch(&body).unwrap_or_default().response_json();
         assert!(String::from_utf8(json).unwrap_or_default().ends_with(
-            r#"{"index":1,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","device_id":"dev-1"}]}"#
+            r#"{"index":1,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","detail":"message is 8193 bytes; the limit is 8192 bytes","device_id":"dev-1"}]}"#
         ));
         let long_string = format!("{{\"messages\":[\"{}\"]}}", "x".repeat(9000));
         assert_eq!(reasons(&long_string), [Some("PAYLOAD_TOO_LARGE")]);
@@ -1296,9 +1319,9 @@ mod tests {
         let b = sub("\"dev-1\"", "\"dev\\ud800\"");
         assert_eq!(reason(&b), Some("INVALID_SCHEMA"));
         let (_, _, json) = b.response_json();
-        assert!(!String::from_utf8(json)
-            .unwrap_or_default()
-            .contains("device_id"));
+        assert!(String::from_utf8(json).unwrap_or_default().ends_with(
+            r#""detail":"device_id is not valid Unicode (it holds a lone surrogate)"}]}"#
+        ));
         for (from, to) in [
             ("\"acme\"", "\"a\\udc00\""),
             ("\"site-1\"", "\"\\ud800\\u0041\""),
@@ -1336,12 +1359,12 @@ mod tests {
         };
         let mut m = with("device_id", json!("bad\nid\"\\"));
         assert!(
-            json_of(m.clone()).contains(r#""reason":"INVALID_SCHEMA","device_id":"bad\nid\"\\"}"#)
+            json_of(m.clone()).contains(r#""reason":"INVALID_SCHEMA","detail":"device_id 'bad\\u000aid\"\\' is not a valid id: 1 to 128 bytes of UTF-8 without control characters or backslashes","device_id":"bad\nid\"\\"}"#)
         );
         m["device_id"] = json!(5);
-        assert!(!json_of(m).contains("device_id"));
+        assert!(!json_of(m).contains("\"device_id\":"));
         assert!(json_of(with("ts", json!("x")))
-            .contains(r#""reason":"INVALID_TIMESTAMP","device_id":"dev-1"}"#));
+            .contains(r#""reason":"INVALID_TIMESTAMP","detail":"ts 'x' is not an RFC 3339 timestamp within InfluxDB's range (years 1677 to 2262)","device_id":"dev-1"}"#));
     }
 
     #[test]
@@ -1406,7 +1429,7 @@ mod tests {
         assert_eq!(b.reasons().next(), Some(Some(Reason::InvalidSchema)));
         assert!(!String::from_utf8(b.response_json().2)
             .unwrap_or_default()
-            .contains("device_id"));
+            .contains("\"device_id\":"));
         let err = |body: &str| {
             parse_single(body.as_bytes(), &url, NOW, 8192)
                 .err()

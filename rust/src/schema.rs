@@ -69,10 +69,19 @@ pub const NO_SHAPE: u64 = 0;
 pub struct Shape(foldhash::fast::FoldHasher<'static>);
 
 impl Shape {
+    /// A line of `MSG_TYPES[measurement]`.
     pub fn new(measurement: usize) -> Self {
         let mut h = words::keyed();
         h.write_usize(measurement);
         Shape(h)
+    }
+
+    /// A line of any measurement (line protocol), hashed by its name (unescaped): apart from
+    /// every `new` shape, which starts with an index of `MSG_TYPES`.
+    pub fn named(measurement: &[u8]) -> Self {
+        let mut s = Shape::new(usize::MAX);
+        s.name(measurement, words::head(measurement), 0);
+        s
     }
 
     /// The next field. `head` is the name's first 8 bytes as one word (`words::head`, or any
@@ -80,7 +89,12 @@ impl Shape {
     /// single multiply; only the bytes of a longer name are hashed on.
     #[inline]
     pub fn field(&mut self, name: &[u8], head: u64, ty: FieldType) {
-        let meta = (name.len() as u64) << 8 | ty as u64;
+        self.name(name, head, ty as u64);
+    }
+
+    #[inline]
+    fn name(&mut self, name: &[u8], head: u64, kind: u64) {
+        let meta = (name.len() as u64) << 8 | kind;
         self.0.write_u128(u128::from(head) << 64 | u128::from(meta));
         if let Some(rest) = name.get(8..) {
             self.0.write(rest);
@@ -123,6 +137,16 @@ mod tests {
             assert_ne!(base, other);
             assert_ne!(other, NO_SHAPE);
         }
+        let named = |m: &str| {
+            let mut s = Shape::named(m.as_bytes());
+            s.field(b"ab", words::head(b"ab"), f);
+            s.field(b"c", words::head(b"c"), f);
+            s.finish()
+        };
+        assert_eq!(named("telemetry"), named("telemetry"));
+        assert_ne!(named("telemetry"), base);
+        assert_ne!(named("telemetry"), named("telemetrx"));
+        assert_ne!(named("a measurement of 17"), named("a measurement of 18"));
     }
 
     #[test]

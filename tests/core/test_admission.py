@@ -304,7 +304,9 @@ def test_core_and_twin_agree_on_every_sequence(
                 b = batch(core, *items)
                 rows = list(registry.values()) if lookup_ok else None
                 keys = admit(a, b, now, rows, lookup_s)
-                outcomes.append((keys, b.reasons(), b.retry_after, b.response_json()))
+                outcomes.append(
+                    (keys, b.reasons(), b.retry_after, b.response_json(), b.rejections())
+                )
             assert outcomes[0] == outcomes[1]
             now += lookup_s if outcomes[0][0] else 0.0
         elif kind == "clock":

@@ -233,8 +233,10 @@ def test_a_batch_with_bad_items_accepts_the_rest(core: ModuleType) -> None:
     assert batch.response_json()[2] == (
         b'{"accepted":2,"rejected":2,"results":['
         b'{"index":0,"status":"accepted","device_id":"dev-1"},'
-        b'{"index":1,"status":"rejected","reason":"INVALID_MSG_TYPE","device_id":"dev-1"},'
-        b'{"index":2,"status":"rejected","reason":"INVALID_SCHEMA"},'
+        b'{"index":1,"status":"rejected","reason":"INVALID_MSG_TYPE",'
+        b'"detail":"msg_type \'event\' is not one of: telemetry, heartbeat","device_id":"dev-1"},'
+        b'{"index":2,"status":"rejected","reason":"INVALID_SCHEMA",'
+        b'"detail":"message must be a JSON object, got a number"},'
         b'{"index":3,"status":"accepted","device_id":"dev-2"}]}'
     )
 
@@ -746,15 +748,20 @@ def test_response_echoes_device_ids_escaped_like_json_dumps(core: ModuleType) ->
     ids = ["back\\slash", "new\nline", "ctl\x01\x1f\x08\x0c\t\r", "é湿度😀\x7f", 'q"uote/é']
     batch = parse(core, batch_body(*[message(device_id=d) for d in ids]))
     assert batch.reasons() == ["INVALID_SCHEMA"] * 4 + [None]
+    rule = " is not a valid id: 1 to 128 bytes of UTF-8 without control characters or backslashes"
     assert batch.response_json() == (
         1,
         4,
         '{"accepted":1,"rejected":4,"results":['
-        '{"index":0,"status":"rejected","reason":"INVALID_SCHEMA","device_id":"back\\\\slash"},'
-        '{"index":1,"status":"rejected","reason":"INVALID_SCHEMA","device_id":"new\\nline"},'
+        '{"index":0,"status":"rejected","reason":"INVALID_SCHEMA",'
+        f'"detail":"device_id \'back\\\\slash\'{rule}","device_id":"back\\\\slash"}},'
+        '{"index":1,"status":"rejected","reason":"INVALID_SCHEMA",'
+        f'"detail":"device_id \'new\\\\u000aline\'{rule}","device_id":"new\\nline"}},'
         '{"index":2,"status":"rejected","reason":"INVALID_SCHEMA",'
-        '"device_id":"ctl\\u0001\\u001f\\b\\f\\t\\r"},'
-        '{"index":3,"status":"rejected","reason":"INVALID_SCHEMA","device_id":"é湿度😀\x7f"},'
+        '"detail":"device_id \'ctl\\\\u0001\\\\u001f\\\\u0008\\\\u000c\\\\u0009\\\\u000d\''
+        f'{rule}","device_id":"ctl\\u0001\\u001f\\b\\f\\t\\r"}},'
+        '{"index":3,"status":"rejected","reason":"INVALID_SCHEMA",'
+        f'"detail":"device_id \'é湿度😀\\\\u007f\'{rule}","device_id":"é湿度😀\x7f"}},'
         '{"index":4,"status":"accepted","device_id":"q\\"uote/é"}]}'.encode(),
     )
 
@@ -763,9 +770,12 @@ def test_response_has_no_device_id_when_it_is_not_a_string(core: ModuleType) -> 
     batch = parse(core, batch_body(message(device_id=1), message(device_id=DROP), [1]))
     assert batch.response_json()[2] == (
         b'{"accepted":0,"rejected":3,"results":['
-        b'{"index":0,"status":"rejected","reason":"INVALID_SCHEMA"},'
-        b'{"index":1,"status":"rejected","reason":"INVALID_SCHEMA"},'
-        b'{"index":2,"status":"rejected","reason":"INVALID_SCHEMA"}]}'
+        b'{"index":0,"status":"rejected","reason":"INVALID_SCHEMA",'
+        b'"detail":"device_id must be a string, got a number"},'
+        b'{"index":1,"status":"rejected","reason":"INVALID_SCHEMA",'
+        b'"detail":"device_id is missing"},'
+        b'{"index":2,"status":"rejected","reason":"INVALID_SCHEMA",'
+        b'"detail":"message must be a JSON object, got an array"}]}'
     )
 
 
@@ -773,7 +783,8 @@ def test_response_echoes_the_device_id_of_a_too_large_message(core: ModuleType) 
     batch = parse(core, batch_body(message(device_id="big")), max_payload_bytes=10)
     assert batch.response_json()[2] == (
         b'{"accepted":0,"rejected":1,"results":['
-        b'{"index":0,"status":"rejected","reason":"PAYLOAD_TOO_LARGE","device_id":"big"}]}'
+        b'{"index":0,"status":"rejected","reason":"PAYLOAD_TOO_LARGE",'
+        b'"detail":"message is 166 bytes; the limit is 10 bytes","device_id":"big"}]}'
     )
 
 
@@ -950,7 +961,8 @@ def test_single_message_response_echoes_the_argument_device_id(core: ModuleType)
     batch = single(core, b"{}", identity={"device_id": 'd"1'})
     assert batch.response_json()[2] == (
         b'{"accepted":0,"rejected":1,"results":['
-        b'{"index":0,"status":"rejected","reason":"INVALID_SCHEMA","device_id":"d\\"1"}]}'
+        b'{"index":0,"status":"rejected","reason":"INVALID_SCHEMA",'
+        b'"detail":"site_id is missing","device_id":"d\\"1"}]}'
     )
 
 
@@ -1085,8 +1097,9 @@ def test_withdraw_rejects_the_accepted_items_of_unpublished_tenants(core: Module
     batch.resolve([(1, "RATE_LIMITED"), (0, "UNAUTHORIZED"), (1, None), (1, None)])
     published = batch.tenant_lines()
     assert [(t, n) for t, _, n in published] == [("acme", 2), ("beta", 1)]
-    assert batch.withdraw(["beta", "gamma"], "UNAVAILABLE") == 1
+    assert batch.withdraw(["beta", "gamma"], "UNAVAILABLE", "not stored") == 1
     assert batch.reasons()[-1] == "UNAVAILABLE"
+    assert batch.details()[-1] == (len(batch) - 1, "not stored")
     assert batch.reason_counts()[-1] == ("UNAVAILABLE", 1)
     assert [(t, n) for t, _, n in batch.tenant_lines()] == [("acme", 2)]
     assert batch.response_json()[:2] == (2, 7)
@@ -1095,10 +1108,10 @@ def test_withdraw_rejects_the_accepted_items_of_unpublished_tenants(core: Module
 def test_withdraw_happens_once_and_forbids_a_later_append(core: ModuleType) -> None:
     batch = parse(core, batch_body(message()))
     with pytest.raises(ValueError, match='unknown reason code "GONE"'):
-        batch.withdraw(["acme"], "GONE")
-    assert batch.withdraw([], "UNAVAILABLE") == 0
+        batch.withdraw(["acme"], "GONE", "")
+    assert batch.withdraw([], "UNAVAILABLE", "") == 0
     with pytest.raises(ValueError, match="this batch was already appended"):
-        batch.withdraw(["acme"], "UNAVAILABLE")
+        batch.withdraw(["acme"], "UNAVAILABLE", "")
     with pytest.raises(ValueError, match="this batch was already appended"):
         core.TenantBuffers().append(batch)
     assert batch.reasons() == [None]

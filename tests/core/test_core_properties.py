@@ -394,6 +394,8 @@ def batch_outcome(core: Any, body: bytes, max_payload: int, receive_ns: int) -> 
         buffered,
         batch.tenant_lines(),
         batch.response_json(),
+        batch.details(),
+        batch.rejections(),
         refusals,
         batch.tenant_counts(),
         latest_outcome(core, batch),
@@ -416,7 +418,13 @@ def single_outcome(
         batch = core.parse_single(body, *identity, receive_ns, 200)
     except ValueError as exc:
         return error_of(exc)
-    return batch.reasons(), batch.groups(), batch.tenant_lines(), batch.response_json()
+    return (
+        batch.reasons(),
+        batch.groups(),
+        batch.tenant_lines(),
+        batch.response_json(),
+        batch.rejections(),
+    )
 
 
 def shelly_outcome(core: Any, body: bytes, max_messages: int) -> Any:

@@ -72,6 +72,31 @@ line = st.one_of(structured_line, structured_line, hostile_line, st.sampled_from
 body = st.lists(line, max_size=8).map(lambda lines: "\n".join(lines).encode())
 
 
+# Lines from a few names and values, so that neighbours share measurements, tags and keys
+# (the core keeps what it read of them from line to line).
+close_name = st.sampled_from(["a", "b", "ab", "a\\ b", "a\\,b", "device_id", "site_id", "time"])
+close_line = st.builds(
+    lambda m, tags, fields, ts: m + "".join("," + t for t in tags) + " " + ",".join(fields) + ts,
+    st.sampled_from(["m", "m\\ x", "cpu"]),
+    st.lists(
+        st.tuples(close_name, st.sampled_from(["d1", "x", "d\\,2"])).map("=".join), max_size=3
+    ),
+    st.lists(
+        st.tuples(close_name, st.sampled_from(["1", "2i", "3u", '"s"', "t", "x", "1.5", "=1"])).map(
+            "=".join
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from(["", " 5", " x"]),
+)
+close_body = (
+    st.lists(close_line, min_size=1, max_size=4)
+    .flatmap(lambda pool: st.lists(st.one_of(st.sampled_from(pool), close_line), max_size=12))
+    .map(lambda lines: "\n".join(lines).encode())
+)
+
+
 def outcome(core: Any, call: Any) -> Any:
     """What a core gives for a call: the batch's whole state, or the error."""
     try:
@@ -102,9 +127,42 @@ def test_core_and_twin_agree_on_any_body(data: bytes, precision: str, max_bytes:
         assert outcome(RUST, call) == outcome(TWIN, call)
 
 
+@SETTINGS
+@given(close_body)
+def test_lines_read_alike_whatever_their_neighbours_sent(data: bytes) -> None:
+    calls = [
+        lambda c: c.parse_lines(data, "acme", RECEIVE_NS, device=DEVICE),
+        lambda c: c.parse_lines(data, "acme", RECEIVE_NS, sites=SITES),
+        lambda c: c.line_devices(data),
+    ]
+    for call in calls:
+        assert outcome(RUST, call) == outcome(TWIN, call)
+
+
+@SETTINGS
+@given(close_body, close_body, st.sampled_from([3, 100]))
+def test_field_types_judge_line_protocol_alike(first: bytes, second: bytes, cap: int) -> None:
+    """Lines of a shape the core has verified skip the read-back: never a conflict missed."""
+    judged = []
+    for core in (RUST, TWIN):
+        types = core.FieldTypes(cap)
+        verdicts = []
+        for data in (first, second, first):
+            b = core.parse_lines(data, "acme", RECEIVE_NS, device=DEVICE)
+            types.admit(b)
+            verdicts.append((b.reasons(), b.details(), b.tenant_lines()))
+        judged.append((verdicts, len(types), types.untracked))
+    assert judged[0] == judged[1]
+
+
 def _reads_back(client_line: str, stored: bytes) -> None:
     """The reference parser reads the client's line and ours the same, identity tags aside."""
-    ref = line_protocol_parser.parse_line(client_line)
+    try:
+        ref = line_protocol_parser.parse_line(client_line)
+    except line_protocol_parser.LineFormatError:
+        # The reference is stricter than InfluxDB on one point: its strtod reports a subnormal
+        # float (5e-324) as out of range. It has no reading of such a line to compare with.
+        return
     ours = line_protocol_parser.parse_line(stored.decode().rstrip("\n"))
     assert ours["measurement"] == ref["measurement"]
     ref_tags = {k: v for k, v in ref["tags"].items() if k not in ("device_id", "site_id")}

@@ -248,7 +248,8 @@ def test_max_retry_s_zero_reports_the_first_refusal(gateway: Start) -> None:
     token = provision(gw, "acme", "d1", "s1", rps=1, burst=2)
     messages = [message(token, s) for s in range(3)]
     report = send("sync", gw.url, messages, max_retry_s=0)
-    assert report == Report(accepted=2, rejected=[Rejection(messages[2], "RATE_LIMITED", None)])
+    limit = "rate limit exceeded: the device may send 1 messages/s with bursts of 2"
+    assert report == Report(accepted=2, rejected=[Rejection(messages[2], "RATE_LIMITED", limit)])
 
 
 def test_a_batch_over_the_body_cap_is_split_until_it_fits(gateway: Start, flavour: str) -> None:

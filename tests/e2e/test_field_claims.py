@@ -4,14 +4,15 @@ and a restarted gateway (nothing to load from InfluxDB: LP files) still knows ev
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from gateway import GatewayProcess, poll, provision
 from services import InfluxDB
 from test_e2e_influx import drained, influx_env, new_tenant
-from test_field_types import conflict, dead_letters, telemetry
-from test_revocation import other
+from test_field_types import conflict, dead_letters, telemetry, write_legacy_integer_temp
+from test_revocation import PROPAGATION_S, other
 
 Start = Callable[..., GatewayProcess]
 
@@ -62,3 +63,27 @@ def test_a_restarted_gateway_knows_every_claimed_type(gateway: Start, postgres_u
     assert post(again, "claims", token, 3, n=True)["accepted"] == 0
     assert post(again, "claims", token, 4, fb=False, n=2.5)["accepted"] == 1
     assert again.stats()["field_types"] >= 3  # fb, n and seq, from the registry
+
+
+def test_a_type_influxdb_reports_to_one_gateway_reaches_another_within_2_s(
+    gateway: Start, influxdb: InfluxDB, postgres_url: str
+) -> None:
+    # Another writer made `temp` an integer in InfluxDB after both started. B (LP files: it
+    # never hears InfluxDB) claims `temp` as float and caches it; A's write of `temp` is
+    # refused by InfluxDB, A learns integer and writes it over the row; the change feed
+    # brings it to B's cache without a restart.
+    tenant = new_tenant()
+    a = gateway(influx_env(influxdb, DATABASE_URL=postgres_url))
+    b = gateway({"DATABASE_URL": postgres_url}, name="b")
+    token = provision(a, tenant, "A", "s1")
+    write_legacy_integer_temp(influxdb, f"telemetry_{tenant}")
+    assert post(b, tenant, token, 1, temp=1.5)["accepted"] == 1
+    assert post(a, tenant, token, 2, temp=2.5)["accepted"] == 1  # the registry's float, so far
+    poll(lambda: a.stats()["sink"]["dead_lettered"], lambda n: n >= 1)
+    started = time.monotonic()
+    seq = 3
+    while (out := post(b, tenant, token, seq, temp=3.5))["accepted"]:
+        assert time.monotonic() - started < PROPAGATION_S, "B still takes temp as float"
+        seq += 1
+        time.sleep(0.05)
+    assert out["results"][0]["detail"] == conflict("temp", "integer", "float")

@@ -101,14 +101,16 @@ def test_a_conflicting_field_type_is_rejected_per_item_and_nothing_is_dead_lette
     ]
 
 
-def write_legacy_integer_temp(influxdb: InfluxDB, db: str) -> None:
+def write_legacy_integer_temp(
+    influxdb: InfluxDB, db: str, ts_ns: int = 1704164640000000000
+) -> None:
     """Another writer makes `temp` an integer, in the shard the gateway's points go to
-    (InfluxDB keeps types per shard)."""
+    (InfluxDB keeps types per shard: `ts_ns` falls in it)."""
     influxdb.query(None, f'CREATE DATABASE "{db}"')
     other = httpx.post(
         f"{influxdb.url}/write",
         params={"db": db},
-        content=b"telemetry,device_id=legacy,site_id=s1 temp=20i 1704164640000000000\n",
+        content=f"telemetry,device_id=legacy,site_id=s1 temp=20i {ts_ns}\n".encode(),
     )
     assert other.status_code == 204
 

@@ -245,7 +245,10 @@ def test_rate_limit_counts_lines_and_answers_429_with_retry_after(
     body = "\n".join(f"m v={i} {TS + i}" for i in range(3))
     r = c.post(f"/api/v2/write?bucket={tenant}", content=body, headers=headers)
     assert r.status_code == 400
-    assert r.json()["message"] == "partial write: line 3: RATE_LIMITED"
+    assert r.json()["message"] == (
+        "partial write: line 3: RATE_LIMITED (rate limit exceeded: the device may send 0.01 "
+        "messages/s with bursts of 2)"
+    )
     assert int(r.headers["Retry-After"]) >= 1
     r = c.post(f"/api/v2/write?bucket={tenant}", content=body, headers=headers)
     assert r.status_code == 429

@@ -403,12 +403,12 @@ def test_sigterm_with_influxdb_down_exits_0_and_leaves_the_messages_to_the_next_
 # -- envelopes and MQTT -----------------------------------------------------------------------
 
 
-def envelope(device: str, token: str, metrics: object, seq: int) -> bytes:
+def envelope(device: str, token: str, metrics: object, seq: int, tenant: str = TENANT) -> bytes:
     """The seed's envelope around a single-message payload."""
     return orjson.dumps(
         {
-            "topic": f"tenant/{TENANT}/device/{device}/telemetry",
-            "tenant_id": TENANT,
+            "topic": f"tenant/{tenant}/device/{device}/telemetry",
+            "tenant_id": tenant,
             "device_id": device,
             "msg_type": "telemetry",
             "username": "",
@@ -446,16 +446,18 @@ def rejected(server: NatsServer) -> list[tuple[str, str, str, bytes]]:
     return asyncio.run(read())
 
 
-def publish_raw(server: NatsServer, items: list[tuple[str, bytes]]) -> None:
+def publish_raw(
+    server: NatsServer, items: list[tuple[str, bytes]], headers: dict[str, str] | None = None
+) -> None:
     """Publish `(subject, data)` pairs to JetStream as another producer (the edge's user,
-    the only one allowed on `telemetry.*`) would."""
+    the only one allowed on `telemetry.*`) would, each with `headers`."""
 
     async def main() -> None:
         nc = await nats.connect(**server.connect_options())
         try:
             js = nc.jetstream()
             for subject, data in items:
-                await js.publish(subject, data)
+                await js.publish(subject, data, headers=headers)
         finally:
             await nc.close()
 
@@ -510,13 +512,14 @@ def test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected(
         ("telemetry.rejected.acme", "UNREADABLE"),
         ("telemetry.rejected.acme", "UNREADABLE"),
     ]
-    # Each refused one with the single-message route's detail; no token at rest: JSON records
-    # lose theirs, unreadable ones keep no payload at all.
+    # Each refused one with the core's detail of what is wrong with it; no token at rest: JSON
+    # records lose theirs, unreadable ones keep no payload at all.
     details = {reason: detail for _, reason, detail, _ in got if reason != "UNREADABLE"}
-    assert details["INVALID_METRICS"] == (
-        "metrics must be an object of at most 256 numeric or boolean values"
-    )
-    assert details["UNAUTHORIZED"] == "a valid provision_token is required for this device"
+    assert details == {
+        "INVALID_METRICS": "metric 'temp' is a string; metrics must be numbers or booleans",
+        "UNAUTHORIZED": "unknown device or wrong provision token",
+        "SITE_MISMATCH": "site_id 'elsewhere' is not the device's registered site",
+    }
     datas = [data for _, _, _, data in got]
     assert not any(b"tok-" in data or b"wrong-token" in data for data in datas), datas
     assert datas.count(b"") == 2

@@ -15,7 +15,8 @@ import aiosqlite
 import asyncpg
 import pytest
 from tidegate.config import Config
-from tidegate.store import open_registry
+from tidegate.store import changes, field_types, open_registry
+from tidegate.store.changes import Change
 from tidegate.store.postgres import PostgresRegistry
 from tidegate.store.registry import AlreadyExists, Device, Registry
 from tidegate.store.secrets import secret_matches
@@ -380,3 +381,60 @@ async def _traced(cfg: Config, statements: list[str]) -> Registry:
     db = await aiosqlite.connect(cfg.data_dir / "registry.sqlite3", isolation_level=None)
     await db.set_trace_callback(statements.append)
     return SqliteRegistry(db)
+
+
+def test_every_field_type_row_written_is_heard_by_another_registry_within_2_s(
+    cfg: Config,
+) -> None:
+    # Claims and the types InfluxDB reports reach every process's cache (pipeline/services.py).
+    async def body(reg: Registry) -> list[Change]:
+        heard: list[Change] = []
+        other = await open_registry(cfg)
+        try:
+            await other.watch(heard.append)
+            async with reg.transaction() as tx:
+                await field_types.claim(tx, [("t1", "telemetry", "fx", "float")])
+            async with reg.transaction() as tx:
+                await field_types.set_type(tx, ("t1", "telemetry", "fx", "integer"))
+            for _ in range(40):
+                if len(heard) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await other.close()
+        return heard
+
+    assert run(cfg, body) == [
+        Change("t1", field_type=("telemetry", "fx", "float")),
+        Change("t1", field_type=("telemetry", "fx", "integer")),
+    ]
+
+
+def test_a_change_feed_from_before_field_types_gains_their_column(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "registry.sqlite3") as db:
+        db.execute(
+            "CREATE TABLE registry_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "tenant_id TEXT NOT NULL, device_id TEXT) STRICT"
+        )
+    cfg = Config(data_dir=data)
+
+    async def body(reg: Registry) -> None:
+        await reg.migrate()  # a second time: nothing left to add
+
+    run(cfg, body)
+    columns = asyncio.run(raw_rows(cfg, "SELECT name FROM pragma_table_info('registry_changes')"))
+    assert [c for (c,) in columns] == ["seq", "tenant_id", "device_id", "field_type"]
+
+
+def test_feed_payloads_read_back_as_the_change_they_name() -> None:
+    for change in (
+        Change("t1"),
+        Change("t1", "d1"),
+        Change("t1", field_type=("telemetry", "fx", "float")),
+    ):
+        assert changes.decoded(changes.encoded(change)) == change
+    for payload in ("", "[]", "[null]", '["t1", null]', '["t1", 2]', '{"t": 1}', "[1,2,3,4,5]"):
+        with pytest.raises(ValueError, match="not a registry change"):
+            changes.decoded(payload)

@@ -46,6 +46,17 @@ def test_batch_all_valid_is_accepted_with_results_in_order(gateway: Start) -> No
     }
 
 
+def rejected(index: int, reason: str, detail: str, device: str = "d1") -> dict[str, object]:
+    """One rejected result of a batch response."""
+    return {
+        "index": index,
+        "status": "rejected",
+        "reason": reason,
+        "detail": detail,
+        "device_id": device,
+    }
+
+
 def test_batch_with_bad_items_accepts_the_rest_and_names_each_reason(gateway: Start) -> None:
     gw = start_with_devices(gateway, {})
     c = gw.client()
@@ -72,16 +83,25 @@ def test_batch_with_bad_items_accepts_the_rest_and_names_each_reason(gateway: St
         "rejected": 10,
         "results": [
             {"index": 0, "status": "accepted", "device_id": "d1"},
-            {"index": 1, "status": "rejected", "reason": "INVALID_MSG_TYPE", "device_id": "d1"},
-            {"index": 2, "status": "rejected", "reason": "INVALID_SCHEMA", "device_id": "d1"},
-            {"index": 3, "status": "rejected", "reason": "INVALID_TIMESTAMP", "device_id": "d1"},
-            {"index": 4, "status": "rejected", "reason": "INVALID_METRICS", "device_id": "d1"},
-            {"index": 5, "status": "rejected", "reason": "PAYLOAD_TOO_LARGE", "device_id": "d1"},
-            {"index": 6, "status": "rejected", "reason": "UNAUTHORIZED", "device_id": "d1"},
-            {"index": 7, "status": "rejected", "reason": "UNAUTHORIZED", "device_id": "nobody"},
-            {"index": 8, "status": "rejected", "reason": "UNAUTHORIZED", "device_id": "d9"},
-            {"index": 9, "status": "rejected", "reason": "SITE_MISMATCH", "device_id": "d1"},
-            {"index": 10, "status": "rejected", "reason": "UNAUTHORIZED", "device_id": "gone"},
+            rejected(1, "INVALID_MSG_TYPE", "msg_type 'alarm' is not one of: telemetry, heartbeat"),
+            rejected(2, "INVALID_SCHEMA", "site_id must be a string, got a number"),
+            rejected(
+                3,
+                "INVALID_TIMESTAMP",
+                "ts '2024-02-30T00:00:00Z' is not an RFC 3339 timestamp within InfluxDB's range"
+                " (years 1677 to 2262)",
+            ),
+            rejected(
+                4,
+                "INVALID_METRICS",
+                "metric 'temp' is a string; metrics must be numbers or booleans",
+            ),
+            rejected(5, "PAYLOAD_TOO_LARGE", "message is 9132 bytes; the limit is 8192 bytes"),
+            rejected(6, "UNAUTHORIZED", "unknown device or wrong provision token"),
+            rejected(7, "UNAUTHORIZED", "unknown device or wrong provision token", "nobody"),
+            rejected(8, "UNAUTHORIZED", "unknown device or wrong provision token", "d9"),
+            rejected(9, "SITE_MISMATCH", "site_id 's2' is not the device's registered site"),
+            rejected(10, "UNAUTHORIZED", "the device is revoked", "gone"),
             {"index": 11, "status": "accepted", "device_id": "d2"},
         ],
     }

@@ -48,6 +48,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "TIDEGATE_PORT": ["-1", "65536", "http"],
     "TIDEGATE_SHUTDOWN_DEADLINE_S": ["0", "soon"],
     "TIDEGATE_LOG_LEVEL": ["trace", "verbose"],
+    "TIDEGATE_REJECTION_LOG_INTERVAL_S": ["-1", "nan", "10s"],
     "TIDEGATE_SHELLY_MAX_BODY_BYTES": ["0", "4MiB"],
     "TIDEGATE_MODE": ["NATS", "queue"],
     "NATS_URL": ["127.0.0.1:4222", "http://x", "nats://a:1,b:2"],

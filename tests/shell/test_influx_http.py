@@ -68,13 +68,17 @@ def test_answers_in_influxdbs_shape(gateway: Start) -> None:
         {
             "code": "invalid",
             "message": "partial write: line 2: INVALID_METRICS (invalid field value); "
-            "line 3: RATE_LIMITED",
+            "line 3: RATE_LIMITED (rate limit exceeded: the device may send 0.001 messages/s "
+            "with bursts of 3)",
         },
     )
     assert int(r.headers["Retry-After"]) >= 1
     r = c.post("/api/v2/write?bucket=t1", content="m v=5", headers=D1)
     assert (r.status_code, r.json()["code"]) == (429, "too many requests")
-    assert r.json()["message"] == "lines refused for now; retry later: line 1: RATE_LIMITED"
+    assert r.json()["message"] == (
+        "lines refused for now; retry later: line 1: RATE_LIMITED (rate limit exceeded: the "
+        "device may send 0.001 messages/s with bursts of 3)"
+    )
     assert int(r.headers["Retry-After"]) >= 1
     r = c.post("/api/v2/write?bucket=t1", content="m v=1", headers={"Authorization": "Token d1:x"})
     assert (r.status_code, r.json()) == (

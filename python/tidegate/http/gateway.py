@@ -8,12 +8,14 @@ from collections.abc import Callable
 from tidegate import core, logs
 from tidegate.config import Config
 from tidegate.metrics import Metrics
+from tidegate.pipeline.rejection_log import RejectionLog
 from tidegate.pipeline.services import Services, open_services
 from tidegate.pipeline.steps import Pipeline, Publisher
 from tidegate.refusals import Refusals
 
-OpenPublisher = Callable[[Config], Publisher]
-"""NATS mode's publisher, opened at start (nats/edge.py's `open_publisher`)."""
+OpenPublisher = Callable[[Config, Services], Publisher]
+"""NATS mode's publisher, opened at start on the started services (nats/edge.py's
+`open_publisher`: it also relays the process's registry changes over NATS)."""
 
 
 class Gateway:
@@ -49,8 +51,11 @@ class Gateway:
         services = await open_services(cfg, self.core, self.metrics.on_flush)
         self.services = services
         if self._open_publisher is not None:
-            self.publisher = self._open_publisher(cfg)
-        self.pipeline = Pipeline(services, self.metrics, self.refusals, self.publisher)
+            self.publisher = self._open_publisher(cfg, services)
+        rejection_log = RejectionLog(cfg.rejection_log_interval_s)
+        self.pipeline = Pipeline(
+            services, self.metrics, self.refusals, rejection_log, self.publisher
+        )
         self.metrics.bind(
             services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )

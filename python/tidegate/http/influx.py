@@ -42,6 +42,7 @@ from tidegate.durable import Refused
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import route, utf8_header
 from tidegate.http.gateway import Gateway
+from tidegate.pipeline.lines import refused_lines
 from tidegate.serving import JSON
 from tidegate.store import db_down
 
@@ -230,8 +231,8 @@ class Influx:
             if owner is None:
                 return self._unauthorized()
             if owner != tenant:
-                pipeline.refuse(UNAUTHORIZED)
                 message = f"the key does not write to {api.db_param} {tenant!r}"
+                pipeline.refuse(UNAUTHORIZED, message)
                 return self.answer(UNAUTHORIZED, message, status=403)
             devices = self.core.line_devices(body, cfg.max_payload_bytes)
             sites = await self._sites_of(tenant, devices)
@@ -263,13 +264,15 @@ class Influx:
         return error(400, "partial write: " + refused_lines(batch), headers)
 
     def _unauthorized(self, count: bool = True) -> Response:
+        why = detail(UNAUTHORIZED, credential=CREDENTIAL)
         if count:
-            self.gw.pipeline.refuse(UNAUTHORIZED)
-        return self.answer(UNAUTHORIZED, detail(UNAUTHORIZED, credential=CREDENTIAL))
+            self.gw.pipeline.refuse(UNAUTHORIZED, why)
+        return self.answer(UNAUTHORIZED, why)
 
     def _unavailable(self) -> Response:
-        self.gw.pipeline.refuse(UNAVAILABLE)
-        return self.answer(UNAVAILABLE, detail(UNAVAILABLE))
+        why = detail(UNAVAILABLE)
+        self.gw.pipeline.refuse(UNAVAILABLE, why)
+        return self.answer(UNAVAILABLE, why)
 
     async def _sites_of(self, tenant: str, devices: list[str]) -> dict[str, str] | None:
         """device -> site of the active ones among `devices`; None when the registry cannot
@@ -281,17 +284,3 @@ class Influx:
             if db_down(exc) or isinstance(exc, TimeoutError):
                 return None
             raise
-
-
-def refused_lines(batch: Batch) -> str:
-    """`line N: REASON (detail); …` naming every refused line."""
-    numbers = batch.line_numbers()
-    details = dict(batch.details())
-    parts = []
-    for index, reason in enumerate(batch.reasons()):
-        if reason is None:
-            continue
-        detail = details.get(index)
-        part = f"line {numbers[index]}: {reason}"
-        parts.append(f"{part} ({detail})" if detail else part)
-    return "; ".join(parts)

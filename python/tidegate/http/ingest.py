@@ -8,11 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tidegate._core import INVALID_METRICS, RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, valid_id
+from tidegate._core import RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, valid_id
 from tidegate.answers import (
     NATS_UNAVAILABLE,
     TOKEN_HEADER_CREDENTIAL,
+    VALIDATION,
     batch_answer,
+    detail,
     rate_limited_content,
 )
 from tidegate.http.body import read_body
@@ -68,8 +70,9 @@ class Ingest:
         token = utf8_header(request, TOKEN_HEADER)
         # A token that is not a valid id can match no device: same 401 as a wrong one.
         if not token or not valid_id(token):
-            self.gw.pipeline.refuse(UNAUTHORIZED)
-            return answer(UNAUTHORIZED, credential=TOKEN_HEADER_CREDENTIAL)
+            why = detail(UNAUTHORIZED, credential=TOKEN_HEADER_CREDENTIAL)
+            self.gw.pipeline.refuse(UNAUTHORIZED, why)
+            return answer(UNAUTHORIZED, detail=why)
         params = request.path_params
         tenant, device = params["tenant"], params["device"]
         batch = self.core.parse_single(
@@ -78,12 +81,10 @@ class Ingest:
         accepted, _rejected, _out, published = await self.gw.pipeline.ingest(batch)
         if accepted:
             return Response(ACCEPTED, 202, None, JSON)
-        counts = batch.reason_counts()
-        details = batch.details()
-        if details:
-            # A field type conflict: the core names the field.
-            return answer(INVALID_METRICS, detail=details[0][1])
-        reason = counts[0][0]
+        reason = batch.reason_counts()[0][0]
+        if reason in VALIDATION:
+            # What is wrong with the message, as the core found it.
+            return answer(reason, detail=batch.details()[0][1])
         if reason == UNAVAILABLE and not published:
             reason = NATS_UNAVAILABLE
         return self._single_rejection(reason, tenant, device, batch.retry_after)

@@ -26,8 +26,10 @@ import nats.js.errors
 
 from tidegate.config import Config
 from tidegate.logs import log
+from tidegate.nats.control import Control
 from tidegate.nats.settings import FORMAT_HEADER, FORMAT_LP, NatsSettings
 from tidegate.nats.stream import Link
+from tidegate.pipeline.services import Services
 
 # Worth another attempt: no PubAck in time, no stream leader, a reconnect under way. A 503 with
 # an error code is the stream's own refusal (10077: maximum bytes or messages exceeded, with
@@ -43,12 +45,16 @@ _TRANSIENT = (
 )
 
 
-def open_publisher(cfg: Config) -> Publisher:
-    """The edge's publisher, its connection started (in the background, reconnecting forever):
-    what `tidegate serve` wires into the gateway in NATS mode."""
+def open_publisher(cfg: Config, services: Services) -> Publisher:
+    """The edge's publisher, its connection started (in the background, reconnecting forever),
+    and on the same connection its end of the control subject: what `tidegate serve` wires
+    into the gateway in NATS mode."""
     link = Link(cfg.nats, "edge")
+    control = Control(link, services.hear)
+    services.relays.append(control.tell)
     link.start()
-    return Publisher(link, cfg.nats)
+    control.start()
+    return Publisher(link, cfg.nats, control)
 
 
 def subject(tenant: str) -> str:
@@ -81,9 +87,10 @@ class _Next:
 class Publisher:
     """Publishes per-tenant line protocol and reports which tenants JetStream acknowledged."""
 
-    def __init__(self, link: Link, settings: NatsSettings) -> None:
+    def __init__(self, link: Link, settings: NatsSettings, control: Control | None = None) -> None:
         self.link = link
         self.settings = settings
+        self.control = control
         self.stats = PublishStats()
         # Msg ids: this process's random prefix and a counter; unique per message.
         self._prefix = os.urandom(8).hex()
@@ -113,6 +120,7 @@ class Publisher:
             "nats_publish_retries": s.retries,
             "nats_publish_failed": s.failed,
             "nats_requests_published": s.requests,
+            **(self.control.counters() if self.control is not None else {}),
         }
 
     async def publish(self, tenant_lines: Sequence[tuple[str, bytes, int]]) -> list[str]:

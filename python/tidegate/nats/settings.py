@@ -26,6 +26,10 @@ MQTT_SUBJECTS = "tenant.*.device.*.*"
 REJECTED_SUBJECTS = "telemetry.rejected.*"
 # JetStream's advisory for a message of the workers' consumer that reached MaxDeliver.
 MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.{CONSUMER}"
+# Registry changes edges and workers tell each other (nats/control.py); three tokens under
+# `tidegate.`, so neither stream captures them.
+CONTROL_SUBJECTS = "tidegate.control.>"
+CONTROL_SUBJECT = "tidegate.control.registry"
 # Set by edges on a body of validated line protocol; anything else is validated by the worker.
 FORMAT_HEADER = "Tidegate-Format"
 FORMAT_LP = "lp"

@@ -2,7 +2,8 @@
 
 Three inputs, one pipeline, told apart by subject and header:
 1. `telemetry.{tenant}` with `Tidegate-Format: lp` — line protocol an edge already validated:
-   into the core's per-tenant buffers as is;
+   checked against the shared field types (a contradicting line is rejected), then into the
+   core's per-tenant buffers as the edge encoded it;
 2. `telemetry.{tenant}` without it — the seed's JSON envelope `{topic, tenant_id, device_id,
    msg_type, username, payload, ts}`, `payload` the single-message body with `provision_token`;
 3. `tenant.{tenant}.device.{device}.{msg_type}` — an MQTT publish through nats-server, payload
@@ -41,10 +42,11 @@ from nats.aio.msg import Msg
 from prometheus_client import Histogram
 
 from tidegate import core, logs
-from tidegate._core import BUFFER_FULL, UNAUTHORIZED, UNAVAILABLE
+from tidegate._core import BUFFER_FULL, INVALID_METRICS, UNAUTHORIZED, UNAVAILABLE
 from tidegate.answers import TOKEN_FIELD_CREDENTIAL, detail
 from tidegate.config import Config
 from tidegate.metrics import Metrics
+from tidegate.nats.control import Control
 from tidegate.nats.settings import (
     CONSUMER,
     FORMAT_HEADER,
@@ -55,7 +57,9 @@ from tidegate.nats.settings import (
     SUBJECT_HEADER,
 )
 from tidegate.nats.stream import Link
+from tidegate.pipeline import lines
 from tidegate.pipeline.admission import Admitter
+from tidegate.pipeline.rejection_log import RejectionLog
 from tidegate.pipeline.services import Services, open_services
 from tidegate.pipeline.steps import Pipeline
 from tidegate.refusals import Refusals
@@ -199,14 +203,18 @@ class Worker:
         cfg = self.cfg
         services = await open_services(cfg, self.core, self._on_flush, upstream_keeps_lines=True)
         self.services = services
-        self.pipeline = Pipeline(services, self.metrics, self.refusals)
+        rejection_log = RejectionLog(cfg.rejection_log_interval_s)
+        self.pipeline = Pipeline(services, self.metrics, self.refusals, rejection_log)
         self._trusted, self._proof = Admitter.trusting(self.core, cfg, services.registry)
         # Like the services' admitter: the registry's changes and this process's limit share.
         services.peers.admitters.append(self._trusted)
+        self.control = Control(self.link, services.hear)
+        services.relays.append(self.control.tell)
         self.metrics.bind(
             services.buffers, services.sink.stats, self._extra_stats, services.accept.stats
         )
         self.link.start()
+        self.control.start()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="tidegate-worker-fetch"),
             asyncio.create_task(self._ack_loop(), name="tidegate-worker-ack"),
@@ -266,6 +274,7 @@ class Worker:
             "worker_held": len(self._held),
             "nats_connected": int(self.link.connected),
             "nats_reconnects": self.link.reconnects,
+            **self.control.counters(),
             **self.services.stats(),
         }
 
@@ -367,14 +376,21 @@ class Worker:
         return self._next_mark
 
     async def _lines(self, msg: Msg, tenant: str) -> None:
-        """Input 1: validated line protocol from an edge."""
-        data = msg.data
-        count = data.count(b"\n")
-        if count == 0:
+        """Input 1: line protocol an edge validated, judged again against the shared field
+        types (pipeline/lines.py): the lines that contradict them go to the rejected subject,
+        the others to the buffers."""
+        judged = await lines.judge(self.core, self.services.field_claims, tenant, msg.data)
+        if judged.refused_count:
+            record = (msg.subject, judged.refused, msg.headers, f"rejected-{msg.reply}")
+            if not await self._publish_rejected(record, tenant, INVALID_METRICS, judged.detail):
+                await self._settle(msg, "nak", self.settings.nak_delay_s)
+                return
+            self.metrics.count(0, ((INVALID_METRICS, judged.refused_count),))
+        if judged.kept_count == 0:
             await self._settle(msg, "ack")
             return
         mark = self._mark(msg)
-        if not await self.pipeline.buffer_lines(tenant, data, count, mark):
+        if not await self.pipeline.buffer_lines(tenant, judged.kept, judged.kept_count, mark):
             del self._held[mark]
             await self._settle(msg, "nak", self.settings.nak_delay_s)
 
@@ -426,8 +442,8 @@ class Worker:
             token = doc.get("provision_token")
         # As on the single-message route: a token that is not a valid id matches no device.
         if not isinstance(token, str) or not self.core.valid_id(token):
-            self.pipeline.refuse(UNAUTHORIZED)
             why = detail(UNAUTHORIZED, credential=TOKEN_FIELD_CREDENTIAL)
+            self.pipeline.refuse(UNAUTHORIZED, why)
             await self._reject(msg, subject_tenant, UNAUTHORIZED, why)
             return
         try:
@@ -447,21 +463,8 @@ class Worker:
         if reason in RETRYABLE:
             await self._settle(msg, "nak", self.settings.nak_delay_s)
             return
-        details = batch.details()
-        if details:
-            why = details[0][1]
-        else:
-            # The detail the single-message route would have answered.
-            rps, burst = self.services.admitter.admission.limits(tenant, device)
-            why = detail(
-                reason,
-                credential=TOKEN_FIELD_CREDENTIAL,
-                max_payload_bytes=self.cfg.max_payload_bytes,
-                device=device,
-                rps=rps,
-                burst=burst,
-            )
-        await self._reject(msg, subject_tenant, reason, why)
+        # The core's detail of the item: what is wrong with this message.
+        await self._reject(msg, subject_tenant, reason, dict(batch.details()).get(0))
 
     async def _reject(self, msg: Msg, tenant: str, reason: str, detail: str | None) -> None:
         """Publish to `telemetry.rejected.{tenant}` with the reason; then ack (validated and

@@ -5,18 +5,23 @@ Loaded at start, so a restart forgets nothing. A batch whose accepted items send
 tenant's cache does not know claims it in the registry first (one transaction) and learns the
 winning type, so the core's `admit` then rejects the items that contradict whichever process
 claimed first: no process answers 202 for a line InfluxDB will refuse for its type. A type
-InfluxDB reports (a conflict error) is learned here and written over the row. When the registry
-cannot be reached, a new field is decided by this process alone, as before (counted in
+InfluxDB reports (a conflict error) is learned here and written over the row. The registry's
+change feed brings every row written (claims and overrides) to the other processes' caches
+within a second (`heard`; in NATS mode the control subject also carries the overrides:
+`relays`), and a feed that may have missed some reloads them all. When the registry cannot be
+reached, a new field is decided by this process alone, as before (counted in
 `field_type_claims_failed`) — availability over agreement for that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 from tidegate import logs
 from tidegate.store import db_down, field_types
+from tidegate.store.changes import Change, Changed
 from tidegate.store.registry import Registry
 
 if TYPE_CHECKING:
@@ -26,11 +31,14 @@ if TYPE_CHECKING:
 class FieldClaims:
     """The process's FieldTypes and the registry rows behind them."""
 
-    def __init__(self, types: FieldTypes, registry: Registry) -> None:
+    def __init__(self, types: FieldTypes, registry: Registry, relays: list[Changed]) -> None:
         self.types = types
         self.registry = registry
+        # Told of each type InfluxDB reports here, beside the registry (services.py).
+        self.relays = relays
         self.claims = 0
         self.claims_failed = 0
+        # Registry writes and reloads in flight (a reference each, so none is collected early).
         self._writes: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
@@ -58,16 +66,37 @@ class FieldClaims:
                     self.types.learn(tenant, measurement, field, field_type)
         self.types.admit(batch)
 
+    def heard(self, tenant: str, measurement: str, field: str, field_type: str) -> None:
+        """A row the registry's change feed reports (another process claimed the field, or
+        learned its type from InfluxDB): this process's cache takes it."""
+        self.types.learn(tenant, measurement, field, field_type)
+
+    def reload(self) -> None:
+        """The change feed may have missed rows: read them all again, in the background."""
+        self._background(self._reload())
+
+    async def _reload(self) -> None:
+        try:
+            await self.load()
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            logs.log("field_types_not_reloaded", level="warning", error=type(exc).__name__)
+
+    def _background(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
     def learn(self, tenant: str, measurement: str, field: str, field_type: str) -> bool:
         """A type InfluxDB reports: learned now, written to the registry in the background."""
         changed = self.types.get(tenant, measurement, field) != field_type
         learned = self.types.learn(tenant, measurement, field, field_type)
         if learned and changed:
-            task = asyncio.get_running_loop().create_task(
-                self._set(tenant, measurement, field, field_type)
-            )
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            self._background(self._set(tenant, measurement, field, field_type))
+            change = Change(tenant, field_type=(measurement, field, field_type))
+            for relay in self.relays:
+                relay(change)
         return learned
 
     async def _set(self, tenant: str, measurement: str, field: str, field_type: str) -> None:

@@ -22,7 +22,7 @@ import uuid
 from tidegate import logs
 from tidegate.pipeline.admission import Admitter
 from tidegate.store import db_down
-from tidegate.store.registry import Registry
+from tidegate.store.registry import PING_TIMEOUT_S, Registry
 
 HEARTBEAT_S = 1.0
 LIVE_S = 3.0
@@ -73,7 +73,9 @@ class Peers:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         try:
-            await self.registry.leave(self.process_id)
+            # Bounded: a registry cut off silently must not hold the process's stop.
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                await self.registry.leave(self.process_id)
         except Exception as exc:
             if not db_down(exc):
                 raise

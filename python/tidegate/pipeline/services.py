@@ -18,6 +18,7 @@ from tidegate.pipeline.sites import DeviceSites
 from tidegate.sink.scheduler import Sink
 from tidegate.sink.target import FlushHook
 from tidegate.store import open_registry
+from tidegate.store.changes import Change, Changed
 from tidegate.store.registry import Registry
 from tidegate.tenant_keys import TenantKeys
 
@@ -41,6 +42,18 @@ class Services:
     peers: Peers
     field_claims: FieldClaims
     sites: DeviceSites
+    hear: Changed
+    """What this process does with a change heard (the registry's feed, NATS's control
+    subject): its caches drop the entry, or learn the field's type."""
+    relays: list[Changed]
+    """Who else is told of the changes this process makes (NATS mode: the control subject)."""
+
+    def changed(self, change: Change) -> None:
+        """A change this process made (the tenant API's revoke or rotate): its own caches take
+        it now, and each relay passes it on."""
+        self.hear(change)
+        for relay in self.relays:
+            relay(change)
 
     def stats(self) -> dict[str, int]:
         """The shared part of /stats: registry, auth cache, field types, telemetry_latest."""
@@ -87,7 +100,8 @@ async def open_services(
     accept = Accept(cfg, buffers, logged=not upstream_keeps_lines)
     await accept.start()
     field_types = core.FieldTypes(cfg.field_types_max_per_tenant)
-    field_claims = FieldClaims(field_types, registry)
+    relays: list[Changed] = []
+    field_claims = FieldClaims(field_types, registry, relays)
     await field_claims.load()
     sink = Sink(
         cfg,
@@ -112,7 +126,8 @@ async def open_services(
     sites = DeviceSites(registry, cfg.auth_cache_ttl_s, cfg.auth_cache_max_entries)
     # Edges share HTTP traffic, workers the stream's: each role divides the limits apart.
     peers = Peers(registry, admitter, "worker" if upstream_keeps_lines else "gateway")
-    await registry.watch(functools.partial(_forget, peers.admitters, tenant_keys, sites))
+    hear = functools.partial(_hear, peers.admitters, tenant_keys, sites, field_claims)
+    await registry.watch(hear)
     peers.start()
     return Services(
         registry,
@@ -127,25 +142,32 @@ async def open_services(
         peers,
         field_claims,
         sites,
+        hear,
+        relays,
     )
 
 
-def _forget(
+def _hear(
     admitters: list[Admitter],
     tenant_keys: TenantKeys,
     sites: DeviceSites,
-    tenant: str | None,
-    device: str | None,
+    field_claims: FieldClaims,
+    change: Change,
 ) -> None:
-    """What the registry's change feed says changed leaves this process's caches."""
-    if device is not None and tenant is not None:
-        for admitter in admitters:
-            admitter.invalidate(tenant, device)
-        sites.forget(tenant, device)
-    elif tenant is not None:
-        tenant_keys.forget_tenant(tenant)
-    else:
+    """What the registry's change feed says changed leaves this process's caches (or, for a
+    field's type, is learned)."""
+    tenant, device = change.tenant, change.device
+    if tenant is None:
         for admitter in admitters:
             admitter.invalidate_all()
         tenant_keys.invalidate_all()
         sites.forget_all()
+        field_claims.reload()
+    elif change.field_type is not None:
+        field_claims.heard(tenant, *change.field_type)
+    elif device is not None:
+        for admitter in admitters:
+            admitter.invalidate(tenant, device)
+        sites.forget(tenant, device)
+    else:
+        tenant_keys.forget_tenant(tenant)

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from tidegate._core import RATE_LIMITED, UNAVAILABLE
+from tidegate.answers import NATS_UNAVAILABLE, detail
 from tidegate.metrics import Metrics
 from tidegate.pipeline.admission import Admitter
+from tidegate.pipeline.rejection_log import RejectionLog
 from tidegate.pipeline.services import Services
 from tidegate.refusals import Refusals
 
@@ -43,18 +45,21 @@ class Publisher(Protocol):
 
 
 class Pipeline:
-    """Admission → field types → store → telemetry_latest → rate-limit refusals → counts."""
+    """Admission → field types → store → telemetry_latest → rate-limit refusals → counts →
+    the sampled log of rejections."""
 
     def __init__(
         self,
         services: Services,
         metrics: Metrics,
         refusals: Refusals,
+        rejection_log: RejectionLog,
         publisher: Publisher | None = None,
     ) -> None:
         self.services = services
         self.metrics = metrics
         self.refusals = refusals
+        self.rejection_log = rejection_log
         self.publisher = publisher
 
     async def ingest(
@@ -74,7 +79,8 @@ class Pipeline:
         if publisher is not None:
             failed = await publisher.publish(batch.tenant_lines())
             if failed:
-                published = batch.withdraw(failed, UNAVAILABLE) == 0
+                why = detail(NATS_UNAVAILABLE)
+                published = batch.withdraw(failed, UNAVAILABLE, why) == 0
         else:
             ready = await services.accept.append(batch, mark)
             if ready:
@@ -87,6 +93,8 @@ class Pipeline:
             self.refusals.record(batch.refusals(RATE_LIMITED))
         accepted, rejected, out = batch.response_json()
         self.metrics.count(accepted, batch.reason_counts() if rejected else (), batch)
+        if rejected:
+            self.rejection_log.note(batch)
         return accepted, rejected, out, published
 
     async def buffer_lines(self, tenant: str, lines: bytes, count: int, mark: int = 0) -> bool:
@@ -100,6 +108,8 @@ class Pipeline:
             services.sink.notify(ready)
         return True
 
-    def refuse(self, reason: str) -> None:
-        """Count one message its entrance refused before it could be parsed (no valid token)."""
+    def refuse(self, reason: str, why: str) -> None:
+        """Count and log one message its entrance refused, with detail `why`, before it could be
+        parsed (no valid token): its tenant and device are the client's unchecked words."""
         self.metrics.count(0, ((reason, 1),))
+        self.rejection_log.item(reason, "", None, why)

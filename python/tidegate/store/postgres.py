@@ -132,23 +132,37 @@ class PostgresRegistry(Registry):
         await self.value("DELETE FROM heartbeats WHERE process_id = $1", process_id)
 
     async def watch(self, changed: changes.Changed) -> None:
-        """LISTEN on a connection of its own, reconnected when lost."""
-        self._watch = asyncio.create_task(self._listen(changed), name="tidegate-registry-listen")
+        """LISTEN on a connection of its own, reconnected when lost. Returns once it listens
+        (or failed to: then it keeps trying in the background), so no change made after this
+        returns goes unheard."""
+        try:
+            conn: asyncpg.Connection | None = await self._listening(changed)
+        except _LOST as exc:
+            logs.log("registry_watch_lost", level="warning", error=type(exc).__name__)
+            conn = None
+        self._watch = asyncio.create_task(
+            self._listen(changed, conn), name="tidegate-registry-listen"
+        )
 
-    async def _listen(self, changed: changes.Changed) -> None:
-        missed = False
+    async def _listening(self, changed: changes.Changed) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self._url, timeout=PING_TIMEOUT_S)
+        try:
+            await conn.add_listener(changes.CHANNEL, _listener(changed))
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def _listen(self, changed: changes.Changed, conn: asyncpg.Connection | None) -> None:
+        missed = conn is None
         while True:
-            conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._url, timeout=PING_TIMEOUT_S)
-                await conn.add_listener(
-                    changes.CHANNEL,
-                    lambda _c, _pid, _ch, payload: changes.notified(changed, payload),
-                )
-                if missed:
-                    logs.log("registry_watch_resumed")
-                    changed(None, None)  # what was notified meanwhile is lost
-                missed = False
+                if conn is None:
+                    conn = await self._listening(changed)
+                    if missed:
+                        logs.log("registry_watch_resumed")
+                        changed(changes.MISSED)  # what was notified meanwhile is lost
+                    missed = False
                 while True:
                     await asyncio.sleep(_LISTEN_PING_S)
                     await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
@@ -159,6 +173,7 @@ class PostgresRegistry(Registry):
             finally:
                 if conn is not None:
                     conn.terminate()
+                    conn = None
             await asyncio.sleep(1.0)
 
     async def migrate(self) -> None:

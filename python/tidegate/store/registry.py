@@ -104,8 +104,8 @@ class Registry(ABC):
 
     @abstractmethod
     async def watch(self, changed: Changed) -> None:
-        """Call `changed` for every change of a device or a tenant key, whichever process
-        made it (store/changes.py), in the background until `close()`."""
+        """Call `changed` for every change of a device, a tenant key or a field's type,
+        whichever process made it (store/changes.py), in the background until `close()`."""
 
     @abstractmethod
     async def heartbeat(self, process_id: str, role: str, live_s: float) -> int:

@@ -65,7 +65,9 @@ _LIST = """
 SELECT tenant_id, device_id, site_id, rps, burst, status, created_at, updated_at
 FROM devices WHERE tenant_id = ? ORDER BY device_id
 """
-_CHANGES_SINCE = "SELECT seq, tenant_id, device_id FROM registry_changes WHERE seq > ? ORDER BY seq"
+_CHANGES_SINCE = (
+    "SELECT seq, tenant_id, device_id, field_type FROM registry_changes WHERE seq > ? ORDER BY seq"
+)
 _PLACEHOLDER = re.compile(r"\$\d+")
 
 
@@ -178,16 +180,23 @@ class SqliteRegistry(Registry):
             except aiosqlite.OperationalError:
                 continue  # busy or unreadable now: the next poll asks again
             if rows and rows[0][0] != last + 1:
-                changed(None, None)  # pruned past what this process saw
-            for seq, tenant, device in rows:
-                changed(tenant, device)
+                changed(changes.MISSED)  # pruned past what this process saw
+            for seq, tenant, device, field_type in rows:
+                if field_type is None:
+                    changed(changes.Change(tenant, device))
+                else:
+                    measurement, field, type_ = json.loads(field_type)
+                    changed(changes.Change(tenant, field_type=(measurement, field, type_)))
                 last = seq
 
     async def migrate(self) -> None:
         """Create what is missing in one IMMEDIATE transaction (one writer at a time)."""
+        async with self._db.execute("PRAGMA table_info(registry_changes)") as cur:
+            columns = {row[1] for row in await cur.fetchall()}
+        older = changes.SQLITE_FIELD_TYPE_COLUMN if columns and "field_type" not in columns else ""
         await self._db.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}{FIELD_TYPES_SCHEMA}"
-            f"{changes.SQLITE_SCHEMA}COMMIT;"
+            f"BEGIN IMMEDIATE;{older}{_SCHEMA}{POWER_LOGS_SCHEMA}{DEVICE_STATE_SCHEMA}"
+            f"{FIELD_TYPES_SCHEMA}{changes.SQLITE_SCHEMA}COMMIT;"
         )
 
     async def ping(self) -> None:
