@@ -115,8 +115,8 @@ def test_only_edges_and_workers_speak_on_the_control_subject(server: NatsServer)
     creds = broker.device_credentials(server.broker_dir, "acme", "d1")
     device = Device(server, creds, "acme-d1")
 
-    async def listen(url: str, heard: list[bytes]) -> Client:
-        nc = await nats.connect(url)
+    async def listen(worker: bool, heard: list[bytes]) -> Client:
+        nc = await nats.connect(**server.connect_options(worker=worker))
 
         async def on(msg: Msg) -> None:
             heard.append(msg.data)
@@ -128,8 +128,8 @@ def test_only_edges_and_workers_speak_on_the_control_subject(server: NatsServer)
     async def main() -> tuple[list[bytes], list[bytes]]:
         by_edge: list[bytes] = []
         by_worker: list[bytes] = []
-        edge = await listen(server.edge_url, by_edge)
-        worker = await listen(server.worker_url, by_worker)
+        edge = await listen(False, by_edge)
+        worker = await listen(True, by_worker)
         try:
             device.client.subscribe([("tidegate/control/#", 1)])
             device.publish("tidegate/control/registry", b'["acme"]')

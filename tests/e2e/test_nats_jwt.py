@@ -16,6 +16,7 @@ import nkeys
 import paho.mqtt.client as mqtt
 import pytest
 from services import NatsServer
+from test_control_nats import test_only_edges_and_workers_speak_on_the_control_subject
 from test_nats_e2e import (
     deployment,
     edge,
@@ -61,6 +62,7 @@ __all__ = [
     "test_envelopes_and_mqtt_publishes_are_validated_good_written_bad_rejected",
     "test_mqtt_without_credentials_or_with_a_wrong_password_is_refused",
     "test_nats_without_credentials_or_as_a_device_is_refused",
+    "test_only_edges_and_workers_speak_on_the_control_subject",
     "test_raw_sockets_without_credentials_get_nothing",
     "worker",
 ]
