@@ -24,7 +24,8 @@ tidegate runs one uvicorn worker with the shipped durability (`wal` + `interval`
 do not share influxd; `--sink influx` puts tidegate in front of the same influxd instead (the
 number that matters in production, where both share the machine). Both take every body once
 before measuring (series created, auth cache warm). The gateway's body cap is raised to fit a
-body when it exceeds the default (1 MiB), as a deployment taking 5,000-line batches would.
+body when it exceeds the default (1 MiB), and the buffer caps to hold every connection's body
+twice over, as a deployment taking 5,000-line batches would.
 """
 
 from __future__ import annotations
@@ -298,6 +299,15 @@ def main() -> None:
             "TIDEGATE_CORE": "rust",
             "TIDEGATE_LOG_LEVEL": "warning",
             "TIDEGATE_MAX_BODY_BYTES": str(max(1 << 20, bodies.largest_raw)),
+            # Every connection's body is buffered at once at worst: a tenant's share must hold
+            # them all (twice: those in flight to the sink too), or the route answers 503 by
+            # design; the default share (16 MiB) is ~20 such bodies.
+            "TIDEGATE_BUFFER_MAX_BYTES": str(
+                max(64 << 20, 2 * args.connections * bodies.largest_raw)
+            ),
+            "TIDEGATE_TENANT_MAX_BYTES": str(
+                max(16 << 20, 2 * args.connections * bodies.largest_raw)
+            ),
             **DURABILITIES[args.durability],
         }
         if args.sink == "influx":
