@@ -55,7 +55,7 @@ def test_embedded_defaults_sqlite_lp_files_then_replay(
         for i in range(30)
     ]
     r = gw.client().post("/ingest/v1/batch", json={"messages": messages})
-    assert (r.status_code, r.json()["accepted"]) == (202, 30)
+    assert (r.status_code, r.json()["accepted"]) == (202, 30), r.text
     assert gw.stop() == 0
     assert (gw.data_dir / "registry.sqlite3").is_file()
     lp_dir = gw.data_dir / "lp" / f"telemetry_{tenant}"
