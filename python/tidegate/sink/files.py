@@ -59,6 +59,12 @@ def wait_for_appends(path: Path) -> None:
 class FileTarget:
     """Embedded sink: each body appended to `<root>/telemetry_{tenant}/<UTC hour>.lp`."""
 
+    # A file takes a body of any size. One delivery costs the event loop a turn (and a thread
+    # hop), and a loop saturated by large requests turns slowly: a drain of InfluxDB's body
+    # size (5,000 lines) per turn fell behind 5,000-line requests; one of everything buffered
+    # (the buffers' caps bound it) does not.
+    body_lines = 1 << 30
+
     def __init__(self, root: Path, counts: Counts, observe: FlushHook) -> None:
         self._root = root
         self._counts = counts

@@ -121,6 +121,7 @@ class InfluxTarget:
                 "an InfluxDB target needs influxdb_url and influx_api auto, v1, v2 or v3"
             )
         self._cfg = cfg
+        self.body_lines = cfg.influx_max_body_lines
         self._client = client
         self._counts = counts
         self._observe = observe

@@ -277,10 +277,10 @@ class Sink:
     async def _flush(self, tenant: str) -> None:
         """Write the tenant's bodies while a flush is asked for or it stays over a threshold
         (until empty when closing); on a retryable failure (its retry timer armed), end."""
+        assert self._target is not None, "Sink.start() was not awaited"
+        body_lines = self._target.body_lines
         try:
-            while (
-                drained := self._buffers.drain(tenant, self._cfg.influx_max_body_lines)
-            ) is not None:
+            while (drained := self._buffers.drain(tenant, body_lines)) is not None:
                 if await self._write(tenant, *drained) is not None:
                     return
                 self._recovered(tenant)

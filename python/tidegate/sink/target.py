@@ -45,6 +45,9 @@ class Failure:
 class Target(Protocol):
     """A destination for line-protocol bodies."""
 
+    body_lines: int
+    """The most lines one body may hold: what the scheduler drains for one delivery."""
+
     async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
         """Write the pending pieces in order. Written and dead-lettered pieces leave `pending`;
         on a retryable failure the rest stays there and the failure is returned."""
