@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway import GatewayProcess, provision
+from provisioning import poll
 
 Start = Callable[..., GatewayProcess]
 
@@ -181,6 +182,9 @@ def test_rates_show_the_messages_arriving_between_two_polls(gateway: Start) -> N
     sender = threading.Thread(target=send)
     sender.start()
     try:
+        # The page's two polls must fall inside the traffic: wait for its first message (a
+        # fresh gateway's first request looks its device up and claims its field first).
+        poll(gw.stats, lambda stats: stats["accepted"] > 0, wait_s=30)
         page = Page()
         page.feed(chromium("--dump-dom", f"{gw.ops_url}/ui?interval_ms={POLL_MS}"))
     finally:
