@@ -294,20 +294,17 @@ def main() -> None:
             f"line, gzip {bodies.gzip_ratio}x",
             flush=True,
         )
+        # Every connection's body is buffered at once at worst: a tenant's share must hold them
+        # all (twice: those in flight to the sink too), or the route answers 503 by design; the
+        # default share (16 MiB) is ~20 such bodies.
+        in_flight = 2 * args.connections * bodies.largest_raw
         env = {
             "TIDEGATE_DATA_DIR": str(workdir / "gateway" / "data"),
             "TIDEGATE_CORE": "rust",
             "TIDEGATE_LOG_LEVEL": "warning",
             "TIDEGATE_MAX_BODY_BYTES": str(max(1 << 20, bodies.largest_raw)),
-            # Every connection's body is buffered at once at worst: a tenant's share must hold
-            # them all (twice: those in flight to the sink too), or the route answers 503 by
-            # design; the default share (16 MiB) is ~20 such bodies.
-            "TIDEGATE_BUFFER_MAX_BYTES": str(
-                max(64 << 20, 2 * args.connections * bodies.largest_raw)
-            ),
-            "TIDEGATE_TENANT_MAX_BYTES": str(
-                max(16 << 20, 2 * args.connections * bodies.largest_raw)
-            ),
+            "TIDEGATE_BUFFER_MAX_BYTES": str(max(64 << 20, in_flight)),
+            "TIDEGATE_TENANT_MAX_BYTES": str(max(16 << 20, in_flight)),
             **DURABILITIES[args.durability],
         }
         if args.sink == "influx":

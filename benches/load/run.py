@@ -83,8 +83,11 @@ from tidegate.config import Config  # noqa: E402
 from tidegate.store import open_registry  # noqa: E402
 
 LUA = HERE / "batch.lua"
-REFERENCE_APPS = {"ceiling": HERE / "ceiling.py", "seeds": HERE / "seeds.py"}
-REFERENCE_NAMES = {"ceiling": "http ceiling", "seeds": "seeds approach"}
+# Each reference app's script and its rows' build name.
+REFERENCE_APPS = {
+    "ceiling": (HERE / "ceiling.py", "http ceiling"),
+    "seeds": (HERE / "seeds.py", "seeds approach"),
+}
 BATCH = 100
 WORKING = "working tree"
 
@@ -555,7 +558,7 @@ class Reference:
             )
             args += [str(devices), str(s.workdir / "seeds-sink.lp")]
         self.proc = subprocess.Popen(
-            [sys.executable, str(REFERENCE_APPS[kind]), *args],
+            [sys.executable, str(REFERENCE_APPS[kind][0]), *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -578,7 +581,7 @@ class Reference:
         messages = (result["requests"] - result["status_errors"]) * BATCH
         rss_end = round(rss_kib(self.proc.pid) / 1024, 1)
         row = {
-            "build": REFERENCE_NAMES[self.kind],
+            "build": REFERENCE_APPS[self.kind][1],
             **dict.fromkeys(("mode", "core", "sink", "registry", "durability"), "-"),
             "phase": self.kind,
             "requests": result["requests"],
