@@ -9,14 +9,14 @@
 //! for and still not cached then (the query failed, or the entry was evicted before use) is
 //! `UNAVAILABLE`: retryable, never a 401 for a device that may exist.
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::batch::Batch;
+use crate::device_key::{DeviceIds, DeviceKey};
 use crate::errors::{quoted, short_number, Reason, UsageError};
 use crate::words;
 
@@ -231,74 +231,6 @@ impl<K: Hash + Eq, V> Table<K, V> {
         self.map.retain(|_, s| s.seq >= cut);
     }
 }
-
-/// The device tables' key: a device's tenant and id.
-#[derive(Debug, PartialEq, Eq)]
-struct DeviceKey {
-    tenant: Box<str>,
-    device: Box<str>,
-}
-
-impl DeviceKey {
-    fn new(tenant: &str, device: &str) -> Self {
-        DeviceKey {
-            tenant: tenant.into(),
-            device: device.into(),
-        }
-    }
-}
-
-/// `(tenant, device)` of a stored `DeviceKey` or of a batch's group, which `DeviceKey`
-/// borrows as: the tables are looked up by the two ids as they are, without building a key of
-/// them (a length and two copies, about 150 instructions a group).
-trait DeviceIds {
-    fn pair(&self) -> (&str, &str);
-}
-
-impl DeviceIds for DeviceKey {
-    fn pair(&self) -> (&str, &str) {
-        (&self.tenant, &self.device)
-    }
-}
-
-impl DeviceIds for (&str, &str) {
-    fn pair(&self) -> (&str, &str) {
-        *self
-    }
-}
-
-impl<'a> Borrow<dyn DeviceIds + 'a> for DeviceKey {
-    fn borrow(&self) -> &(dyn DeviceIds + 'a) {
-        self
-    }
-}
-
-/// The same for a key and its borrowed form, as `Borrow` requires. The ids' bytes only:
-/// foldhash rotates its state by each write's length, so a shifted split of the same bytes
-/// hashes apart without `str`'s end marker (two more folds a lookup).
-impl Hash for dyn DeviceIds + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (tenant, device) = self.pair();
-        state.write(tenant.as_bytes());
-        state.write(device.as_bytes());
-    }
-}
-
-impl Hash for DeviceKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn DeviceIds).hash(state);
-    }
-}
-
-impl PartialEq for dyn DeviceIds + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        let ((t1, d1), (t2, d2)) = (self.pair(), other.pair());
-        words::same_bytes(d1.as_bytes(), d2.as_bytes())
-            && words::same_bytes(t1.as_bytes(), t2.as_bytes())
-    }
-}
-
-impl Eq for dyn DeviceIds + '_ {}
 
 /// The auth cache, token buckets and lookup budgets of one gateway process.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod batch;
 pub mod buffer;
+pub mod device_key;
 pub mod encode;
 pub mod envelope;
 pub mod errors;
