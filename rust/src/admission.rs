@@ -290,7 +290,7 @@ fn judge(
         }
         return ((0, Some((Reason::Unauthorized, REVOKED.to_owned()))), 0.0);
     }
-    if site != entry.record.site {
+    if !same_id(site, &entry.record.site) {
         let detail = format!(
             "site_id {} is not the device's registered site",
             quoted(site)
@@ -331,6 +331,16 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
         diff = std::hint::black_box(diff | (word(x) ^ word(y)));
     }
     bool::from(diff.ct_eq(&0))
+}
+
+/// `a == b` for ids, most of them under 17 bytes: compared in words, not by a memcmp call.
+fn same_id(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() < 8 && a.len() == b.len() {
+        // Zero-padded alike: equal words are equal bytes.
+        return words::load_short(a) == words::load_short(b);
+    }
+    words::same_bytes(a, b)
 }
 
 /// An 8-byte chunk as a word.
@@ -693,6 +703,21 @@ mod tests {
                 let mut b = a.clone();
                 b[at] ^= 0x80;
                 assert!(!same_secret(&a, &b), "{n} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_id_is_string_equality() {
+        for n in 0..=20usize {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same_id(&a, &a.clone()), "{n}");
+            assert!(n == 0 || !same_id(&a, &a[..n - 1]), "{n}");
+            for at in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'-';
+                let b = String::from_utf8(b).unwrap_or_default();
+                assert!(!same_id(&a, &b), "{n} {at}");
             }
         }
     }
