@@ -612,15 +612,19 @@ impl TenantBuffers {
 
     /// Stores reserved lines, `(tenant, lines, line_count)` per tenant as the reservation took
     /// them; returns the tenants now at a threshold, in that order.
-    pub fn commit(&self, reservation: Reservation, lines: &[TenantLines]) -> Vec<String> {
+    pub fn commit<'a>(
+        &self,
+        reservation: Reservation,
+        lines: impl IntoIterator<Item = (&'a str, &'a [u8], usize)>,
+    ) -> Vec<String> {
         let mut state = self.lock();
         let mut due = Vec::new();
         for (tenant, data, count) in lines {
             let slot = state.slot(tenant);
             let buf = &mut state.buffers[slot];
-            buf.store(data, *count, reservation.mark);
+            buf.store(data, count, reservation.mark);
             if self.at_threshold(buf) {
-                due.push(tenant.clone());
+                due.push(tenant.to_owned());
             }
         }
         due
@@ -1088,12 +1092,9 @@ mod tests {
         assert_eq!((r.mark, r.is_empty()), (1, false));
         assert_eq!(buffers.total_bytes(), 10);
         assert!(buffers.tenants().is_empty());
-        let lines: Vec<TenantLines> = b
-            .tenant_lines()
-            .into_iter()
-            .map(|(t, l, n)| (t.to_owned(), l, n))
-            .collect();
-        assert_eq!(buffers.commit(r, &lines), vec!["a".to_owned()]);
+        let lines = b.tenant_lines();
+        let lines = lines.iter().map(|(t, l, n)| (*t, l.as_slice(), *n));
+        assert_eq!(buffers.commit(r, lines), vec!["a".to_owned()]);
         assert_eq!(buffers.depth().len(), 2);
         assert_eq!(buffers.delivered_through(), 0);
 
