@@ -428,7 +428,143 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`.
+/// Room reserved at the end of a `Vec<u8>` for one piece of a line, written without further
+/// capacity checks and with short copies inline: the pieces (ids, metric names, number tokens)
+/// are mostly a few bytes, for which `extend_from_slice` costs a capacity check and a libc
+/// `memcpy` call each, more than the copy itself. What was written joins the `Vec` on drop.
+struct Room<'o> {
+    out: &'o mut Vec<u8>,
+    /// The end of `out`'s initialized bytes when the room was reserved.
+    end: *mut u8,
+    /// Bytes written from `end`.
+    at: usize,
+    /// Bytes reserved from `end`: writes must stay within (checked in debug builds).
+    max: usize,
+}
+
+impl<'o> Room<'o> {
+    /// Reserves `max` bytes, the piece's worst case.
+    #[inline(always)]
+    fn reserve(out: &'o mut Vec<u8>, max: usize) -> Self {
+        out.reserve(max);
+        let end = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        Room {
+            out,
+            end,
+            at: 0,
+            max,
+        }
+    }
+
+    /// # Safety
+    /// Fewer than `max` bytes were written before.
+    #[inline(always)]
+    unsafe fn byte(&mut self, c: u8) {
+        debug_assert!(self.at < self.max, "a room's bound covers its writes");
+        // SAFETY: `at < max`, and `reserve` made room for `max` bytes from `end`.
+        unsafe { self.end.add(self.at).write(c) };
+        self.at += 1;
+    }
+
+    /// Copies `b`, in at most two overlapping stores when it is at most 32 bytes long.
+    ///
+    /// # Safety
+    /// At most `max - b.len()` bytes were written before.
+    #[inline(always)]
+    unsafe fn put(&mut self, b: &[u8]) {
+        let n = b.len();
+        debug_assert!(self.at + n <= self.max, "a room's bound covers its writes");
+        // SAFETY: `at + n <= max`, and `reserve` made room for `max` bytes from `end`.
+        let dst = unsafe { self.end.add(self.at) };
+        // SAFETY (each arm): `dst` has room for `n` bytes; the stores write `n` bytes from
+        // `dst`, some of them twice.
+        unsafe {
+            match n {
+                8..=16 => copy_ends::<8>(dst, b),
+                4..=7 => copy_ends::<4>(dst, b),
+                17..=32 => copy_ends::<16>(dst, b),
+                1..=3 => {
+                    *dst = b[0];
+                    *dst.add(n / 2) = b[n / 2];
+                    *dst.add(n - 1) = b[n - 1];
+                }
+                _ => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n),
+            }
+        }
+        self.at += n;
+    }
+
+    /// `put` of `b` with `,` `=` and space escaped.
+    ///
+    /// # Safety
+    /// At most `max - 2 * b.len()` bytes were written before.
+    unsafe fn put_escaped_key(&mut self, b: &[u8]) {
+        for &c in b {
+            // SAFETY: at most two bytes per byte of `b`.
+            unsafe {
+                if matches!(c, b',' | b'=' | b' ') {
+                    self.byte(b'\\');
+                }
+                self.byte(c);
+            }
+        }
+    }
+}
+
+impl Drop for Room<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let len = self.out.len() + self.at;
+        // SAFETY: the `at` bytes from `end` were written, within the reserved capacity.
+        unsafe { self.out.set_len(len) };
+    }
+}
+
+/// Copies `src` (`N..=2N` bytes) to `dst` as its first and last `N` bytes, which overlap: two
+/// loads and two stores whatever the length.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes.
+#[inline(always)]
+unsafe fn copy_ends<const N: usize>(dst: *mut u8, src: &[u8]) {
+    let n = src.len();
+    if let (Some(first), Some(last)) = (src.first_chunk::<N>(), src.last_chunk::<N>()) {
+        // SAFETY: `N <= n`, so both stores lie within the `n` bytes from `dst`.
+        unsafe {
+            dst.cast::<[u8; N]>().write_unaligned(*first);
+            dst.add(n - N).cast::<[u8; N]>().write_unaligned(*last);
+        }
+    }
+}
+
+impl Key<'_> {
+    /// The most bytes `write` takes.
+    #[inline(always)]
+    fn max_len(&self) -> usize {
+        if self.may_escape {
+            2 * self.text.len()
+        } else {
+            self.text.len()
+        }
+    }
+
+    /// # Safety
+    /// `room` has `max_len()` bytes left.
+    #[inline(always)]
+    unsafe fn write(&self, room: &mut Room<'_>) {
+        // SAFETY: `max_len` is what each way writes at most.
+        unsafe {
+            if self.may_escape {
+                room.put_escaped_key(self.text);
+            } else {
+                room.put(self.text);
+            }
+        }
+    }
+}
+
+/// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`,
+/// each piece after one reservation of its worst-case size.
 pub struct Line<'o> {
     out: &'o mut Vec<u8>,
     first_field: bool,
@@ -436,60 +572,105 @@ pub struct Line<'o> {
 
 impl<'o> Line<'o> {
     /// Starts a line with its measurement (a fixed name chosen by the core, never client text).
+    #[inline(always)]
     pub fn start(out: &'o mut Vec<u8>, measurement: &str) -> Self {
-        out.extend_from_slice(measurement.as_bytes());
+        let mut room = Room::reserve(out, measurement.len());
+        // SAFETY: the room is the measurement's size.
+        unsafe { room.put(measurement.as_bytes()) };
+        drop(room);
         Line {
             out,
             first_field: true,
         }
     }
 
-    /// Inlined: the key is a constant, so its copy is a fixed-size move, not a memcpy call.
+    /// Inlined: the key is a constant, so its copy is a fixed-size move.
     #[inline(always)]
     pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
-        self.out.push(b',');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.push(b'=');
-        value.into().push(self.out);
+        let value = value.into();
+        let mut room = Room::reserve(self.out, key.len() + 2 + value.max_len());
+        // SAFETY: the room is the sum of the sizes written.
+        unsafe {
+            room.byte(b',');
+            room.put(key.as_bytes());
+            room.byte(b'=');
+            value.write(&mut room);
+        }
     }
 
+    /// Writes the field's separator and `key=`, and leaves room for `value_max` more bytes.
     #[inline(always)]
-    fn field_key(&mut self, key: Key<'_>) {
-        self.out.push(if self.first_field { b' ' } else { b',' });
+    fn field(&mut self, key: Key<'_>, value_max: usize) -> Room<'_> {
+        let separator = if self.first_field { b' ' } else { b',' };
         self.first_field = false;
-        key.push(self.out);
-        self.out.push(b'=');
+        let mut room = Room::reserve(self.out, key.max_len() + 2 + value_max);
+        // SAFETY: the room is the sum of the sizes written and `value_max`.
+        unsafe {
+            room.byte(separator);
+            key.write(&mut room);
+            room.byte(b'=');
+        }
+        room
     }
 
     pub fn float<'k>(&mut self, key: impl Into<Key<'k>>, v: f64) {
-        self.field_key(key.into());
+        drop(self.field(key.into(), 0));
         push_f64(self.out, v);
     }
 
+    #[inline(always)]
     pub fn number<'k>(&mut self, key: impl Into<Key<'k>>, n: &Float<'_>) {
-        self.field_key(key.into());
-        n.push(self.out);
+        match n {
+            // The common case: the token's own text, and `.0` perhaps.
+            Float::Plain(p) => {
+                let mut room = self.field(key.into(), p.text.len() + 2);
+                // SAFETY: the field left room for the text and `.0`.
+                unsafe {
+                    room.put(p.text.as_bytes());
+                    if p.dot_zero {
+                        room.put(b".0");
+                    }
+                }
+            }
+            _ => {
+                drop(self.field(key.into(), 0));
+                n.push(self.out);
+            }
+        }
     }
 
+    #[inline(always)]
     pub fn bool<'k>(&mut self, key: impl Into<Key<'k>>, v: bool) {
-        self.field_key(key.into());
-        self.out
-            .extend_from_slice(if v { b"true" } else { b"false" });
+        let text: &[u8] = if v { b"true" } else { b"false" };
+        let mut room = self.field(key.into(), text.len());
+        // SAFETY: the field left room for the text.
+        unsafe { room.put(text) };
     }
 
+    #[inline(always)]
     pub fn uint<'k>(&mut self, key: impl Into<Key<'k>>, v: u64) {
-        self.field_key(key.into());
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-        self.out.push(b'i');
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(v).as_bytes();
+        let mut room = self.field(key.into(), digits.len() + 1);
+        // SAFETY: the field left room for the digits and `i`.
+        unsafe {
+            room.put(digits);
+            room.byte(b'i');
+        }
     }
 
     /// Ends the line with its timestamp (ns, or any integer unit the caller means).
+    #[inline(always)]
     pub fn finish<T: itoa::Integer>(self, ts: T) {
-        self.out.push(b' ');
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
-        self.out.push(b'\n');
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(ts).as_bytes();
+        let mut room = Room::reserve(self.out, digits.len() + 2);
+        // SAFETY: the room is the sum of the sizes written.
+        unsafe {
+            room.byte(b' ');
+            room.put(digits);
+            room.byte(b'\n');
+        }
     }
 }
 
