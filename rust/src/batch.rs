@@ -1,7 +1,7 @@
 //! The outcome of one request: per-item reasons, the encoded lines of valid items, the groups
 //! Python decides on, and the JSON response.
 
-use crate::encode::push_json_str;
+use crate::encode::{push_bytes, push_json_str};
 use crate::errors::{Reason, UsageError};
 use crate::schema::NO_SHAPE;
 use crate::words;
@@ -768,12 +768,12 @@ impl Batch {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"index\":");
-            out.extend_from_slice(num.format(index).as_bytes());
+            push_bytes(&mut out, num.format(index).as_bytes());
             match item.reason {
                 None => out.extend_from_slice(b",\"status\":\"accepted\""),
                 Some(r) => {
                     out.extend_from_slice(b",\"status\":\"rejected\",\"reason\":\"");
-                    out.extend_from_slice(r.code().as_bytes());
+                    push_bytes(&mut out, r.code().as_bytes());
                     out.push(b'"');
                     if let Some(&Some(detail)) = spans.get(index) {
                         out.extend_from_slice(b",\"detail\":");
