@@ -165,7 +165,9 @@ impl Batch {
 
     fn push_str(&mut self, s: &str) -> Span {
         let start = self.strings.len() as u32;
-        self.strings.push_str(s);
+        // `push_bytes` copies ids inline rather than through a libc `memcpy` call.
+        // SAFETY: a whole `str` appended keeps the string UTF-8.
+        push_bytes(unsafe { self.strings.as_mut_vec() }, s.as_bytes());
         Span {
             start,
             end: self.strings.len() as u32,
@@ -291,20 +293,22 @@ impl Batch {
 
     fn insert_group(&mut self, id: &Identity<'_>, at: GroupSlot, escapes: (bool, bool)) -> u32 {
         let tenant_hash = at.tenant_hash;
-        let tenant_index = match self
-            .tenants
-            .iter()
-            .zip(&self.tenant_hashes)
-            .position(|(&t, &h)| h == tenant_hash && self.bytes_at(t) == id.tenant.as_bytes())
-        {
-            Some(i) => i as u32,
-            None => {
-                let span = self.push_str(id.tenant);
-                self.tenants.push(span);
-                self.tenant_hashes.push(tenant_hash);
-                (self.tenants.len() - 1) as u32
-            }
-        };
+        let tenant_index =
+            match self
+                .tenants
+                .iter()
+                .zip(&self.tenant_hashes)
+                .position(|(&t, &h)| {
+                    h == tenant_hash && words::same_bytes(self.bytes_at(t), id.tenant.as_bytes())
+                }) {
+                Some(i) => i as u32,
+                None => {
+                    let span = self.push_str(id.tenant);
+                    self.tenants.push(span);
+                    self.tenant_hashes.push(tenant_hash);
+                    (self.tenants.len() - 1) as u32
+                }
+            };
         let tenant = self.tenants[tenant_index as usize];
         let group = Group {
             tenant,
