@@ -360,10 +360,11 @@ impl<'a> Reader<'a> {
             }
         }
         self.pos = i + 1;
-        // Both ends are at a quote, so on char boundaries; split_at_checked inlines where a
-        // range `get` on str is a call.
-        let (raw, _) = self.text.split_at_checked(i).ok_or(Invalid)?;
-        let (_, raw) = raw.split_at_checked(start).ok_or(Invalid)?;
+        debug_assert!(start <= i && i < b.len(), "the string lies within the text");
+        // SAFETY: `start - 1` and `i` index quotes within the text (`b.get(i)` found one), so
+        // `start <= i <= len` and both ends are on char boundaries (a quote is ASCII). A
+        // checked slice tests both boundaries again: about 10 instructions per string.
+        let raw = unsafe { self.text.get_unchecked(start..i) };
         Ok(Str { raw, escaped })
     }
 
