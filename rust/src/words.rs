@@ -75,7 +75,11 @@ pub fn find(b: &[u8], mut i: usize, lanes: impl Fn(u64) -> u64) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn find_blocks(b: &[u8], mut i: usize, stops: impl Fn(u64, u64) -> u32) -> Result<usize, usize> {
-    while let (Some(lo), Some(hi)) = (load(b, i), load(b, i + 8)) {
+    while let Some(block) = b.get(i..i.wrapping_add(16)) {
+        // One range test for the block; the words are taken from within it.
+        let (Some(lo), Some(hi)) = (load(block, 0), load(block, 8)) else {
+            break;
+        };
         let mask = stops(lo, hi);
         if mask != 0 {
             return Ok(i + mask.trailing_zeros() as usize);
@@ -137,7 +141,10 @@ unsafe fn splat(c: u8) -> std::arch::x86_64::__m128i {
 /// The 8 bytes of `b` from `at` as a little-endian word; `None` when fewer remain.
 #[inline(always)]
 pub fn load(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..)?.first_chunk().map(|w| u64::from_le_bytes(*w))
+    // One range test (`at <= end <= len`, the end wrapping past `at` when out of range); a
+    // `get(at..)` then `first_chunk` tests twice and merges the tests in flag arithmetic.
+    let w: &[u8; 8] = b.get(at..at.wrapping_add(8))?.try_into().ok()?;
+    Some(u64::from_le_bytes(*w))
 }
 
 /// The bytes of `b` (fewer than 8) as a little-endian word, zero-padded: two overlapping
