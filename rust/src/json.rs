@@ -511,36 +511,16 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
     // Ids, keys and values end within a few words; past those, the string is a blob.
     let near = b.len().min(i + SHORT_STRING);
     let head = b.get(..near).expect("near is at most the length");
-    let j = words::find_string_stop(head, i).unwrap_or_else(|rest| {
-        words::find(head, rest, |w| {
-            words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
-        })
-    });
+    let j = words::find_string_stop(head, i)
+        .unwrap_or_else(|rest| words::find(head, rest, words::string_stop_lanes));
     if j < near || near == b.len() {
         return j;
     }
-    skip_long(b, near)
+    words::find_string_stop_long(b, near)
 }
 
-/// Bytes of a string scanned a word at a time before `skip_long` takes over.
+/// Bytes of a string scanned a word at a time before `find_string_stop_long` takes over.
 const SHORT_STRING: usize = 64;
-
-/// `skip_plain` for long strings: a SIMD search (memchr) for the quote or backslash, then one
-/// vectorised pass over the bytes before it for a control character.
-#[inline(never)]
-fn skip_long(b: &[u8], i: usize) -> usize {
-    let rest = b.get(i..).expect("skip_plain stops inside the text");
-    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-    let plain = rest
-        .get(..end)
-        .expect("memchr finds a position within rest");
-    // A fold, not `any`: without an early exit the compiler vectorises it.
-    if plain.iter().fold(false, |any, &c| any | (c < 0x20)) {
-        let control = plain.iter().position(|&c| c < 0x20);
-        return i + control.expect("the fold saw a control character");
-    }
-    i + end
-}
 
 fn skip_digits(b: &[u8], mut i: usize) -> usize {
     while b.get(i).is_some_and(u8::is_ascii_digit) {
