@@ -334,9 +334,9 @@ impl<'a> Reader<'a> {
         self.string_at_quote()
     }
 
-    /// `string` when the cursor is known to be at `"`.
+    /// `string` when the cursor is known to be at `"` (a `peek` saw it): no second look.
     #[inline(always)]
-    fn string_at_quote(&mut self) -> Result<Str<'a>> {
+    pub fn string_at_quote(&mut self) -> Result<Str<'a>> {
         let b = self.bytes();
         let start = self.pos + 1;
         let mut i = start;
@@ -368,10 +368,10 @@ impl<'a> Reader<'a> {
         Ok(Str { raw, escaped })
     }
 
-    /// At a number: its token, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    /// At a number, past any whitespace (a `peek` saw its first byte): its token,
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
-        self.peek();
         let b = self.bytes();
         let start = self.pos;
         let mut i = start;
@@ -411,10 +411,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// At `t`, `f` or `n`: the literal `true`, `false` or `null`.
+    /// At `t`, `f` or `n`, past any whitespace (a `peek` saw it): the literal `true`, `false`
+    /// or `null`.
     #[inline]
     pub fn literal(&mut self) -> Result<Literal> {
-        self.peek();
         let rest = self
             .bytes()
             .get(self.pos..)
@@ -466,7 +466,7 @@ impl<'a> Reader<'a> {
                     }
                 }
                 b'"' => {
-                    self.string()?;
+                    self.string_at_quote()?;
                 }
                 b't' | b'f' | b'n' => {
                     self.literal()?;
