@@ -26,7 +26,7 @@ impl<'a> Value<'a> {
     #[inline(always)]
     pub fn read(r: &mut Reader<'a>) -> json::Result<Self> {
         Ok(match r.peek().ok_or(Invalid)? {
-            b'"' => Value::Str(r.string()?),
+            b'"' => Value::Str(r.string_at_quote()?),
             b't' | b'f' | b'n' => match r.literal()? {
                 Literal::True => Value::Bool(true),
                 Literal::False => Value::Bool(false),

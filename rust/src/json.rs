@@ -284,8 +284,8 @@ impl<'a> Reader<'a> {
         let b = self.bytes();
         let at = self.pos + 1;
         let end = at + k.len;
-        let (Some(head), Some(b'"'), Some(b':')) = (words::load(b, at), b.get(end), b.get(end + 1))
-        else {
+        // The closing quote and the colon in one range test and one 2-byte compare.
+        let (Some(head), Some(b"\":")) = (words::load(b, at), b.get(end..end + 2)) else {
             return false;
         };
         let tail = match b.get(..end).and_then(words::last) {
@@ -334,9 +334,9 @@ impl<'a> Reader<'a> {
         self.string_at_quote()
     }
 
-    /// `string` when the cursor is known to be at `"`.
+    /// `string` when the cursor is known to be at `"` (a `peek` saw it): no second look.
     #[inline(always)]
-    fn string_at_quote(&mut self) -> Result<Str<'a>> {
+    pub fn string_at_quote(&mut self) -> Result<Str<'a>> {
         let b = self.bytes();
         let start = self.pos + 1;
         let mut i = start;
@@ -360,17 +360,18 @@ impl<'a> Reader<'a> {
             }
         }
         self.pos = i + 1;
-        // Both ends are at a quote, so on char boundaries; split_at_checked inlines where a
-        // range `get` on str is a call.
-        let (raw, _) = self.text.split_at_checked(i).ok_or(Invalid)?;
-        let (_, raw) = raw.split_at_checked(start).ok_or(Invalid)?;
+        debug_assert!(start <= i && i < b.len(), "the string lies within the text");
+        // SAFETY: `start - 1` and `i` index quotes within the text (`b.get(i)` found one), so
+        // `start <= i <= len` and both ends are on char boundaries (a quote is ASCII). A
+        // checked slice tests both boundaries again: about 10 instructions per string.
+        let raw = unsafe { self.text.get_unchecked(start..i) };
         Ok(Str { raw, escaped })
     }
 
-    /// At a number: its token, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    /// At a number, past any whitespace (a `peek` saw its first byte): its token,
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
-        self.peek();
         let b = self.bytes();
         let start = self.pos;
         let mut i = start;
@@ -410,10 +411,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// At `t`, `f` or `n`: the literal `true`, `false` or `null`.
+    /// At `t`, `f` or `n`, past any whitespace (a `peek` saw it): the literal `true`, `false`
+    /// or `null`.
     #[inline]
     pub fn literal(&mut self) -> Result<Literal> {
-        self.peek();
         let rest = self
             .bytes()
             .get(self.pos..)
@@ -465,7 +466,7 @@ impl<'a> Reader<'a> {
                     }
                 }
                 b'"' => {
-                    self.string()?;
+                    self.string_at_quote()?;
                 }
                 b't' | b'f' | b'n' => {
                     self.literal()?;
@@ -510,36 +511,16 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
     // Ids, keys and values end within a few words; past those, the string is a blob.
     let near = b.len().min(i + SHORT_STRING);
     let head = b.get(..near).expect("near is at most the length");
-    let j = words::find_string_stop(head, i).unwrap_or_else(|rest| {
-        words::find(head, rest, |w| {
-            words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
-        })
-    });
+    let j = words::find_string_stop(head, i)
+        .unwrap_or_else(|rest| words::find(head, rest, words::string_stop_lanes));
     if j < near || near == b.len() {
         return j;
     }
-    skip_long(b, near)
+    words::find_string_stop_long(b, near)
 }
 
-/// Bytes of a string scanned a word at a time before `skip_long` takes over.
+/// Bytes of a string scanned a word at a time before `find_string_stop_long` takes over.
 const SHORT_STRING: usize = 64;
-
-/// `skip_plain` for long strings: a SIMD search (memchr) for the quote or backslash, then one
-/// vectorised pass over the bytes before it for a control character.
-#[inline(never)]
-fn skip_long(b: &[u8], i: usize) -> usize {
-    let rest = b.get(i..).expect("skip_plain stops inside the text");
-    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-    let plain = rest
-        .get(..end)
-        .expect("memchr finds a position within rest");
-    // A fold, not `any`: without an early exit the compiler vectorises it.
-    if plain.iter().fold(false, |any, &c| any | (c < 0x20)) {
-        let control = plain.iter().position(|&c| c < 0x20);
-        return i + control.expect("the fold saw a control character");
-    }
-    i + end
-}
 
 fn skip_digits(b: &[u8], mut i: usize) -> usize {
     while b.get(i).is_some_and(u8::is_ascii_digit) {

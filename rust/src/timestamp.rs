@@ -8,19 +8,7 @@ pub const MAX_NS: i64 = 9_223_372_036_854_775_806;
 /// `None` when the text does not match or the instant is outside `MIN_NS..=MAX_NS`.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    let head: &[u8; 19] = b.get(..19)?.try_into().ok()?;
-    let year = two(head[0], head[1])? * 100 + two(head[2], head[3])?;
-    let month = two(head[5], head[6])?;
-    let day = two(head[8], head[9])?;
-    let hour = two(head[11], head[12])?;
-    let minute = two(head[14], head[15])?;
-    let second = two(head[17], head[18])?;
-    if head[4] != b'-' || head[7] != b'-' || !matches!(head[10], b'T' | b't') {
-        return None;
-    }
-    if head[13] != b':' || head[16] != b':' {
-        return None;
-    }
+    let [year, month, day, hour, minute, second] = head_fields(b.first_chunk()?)?;
     if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
         return None;
     }
@@ -73,6 +61,90 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(ns).ok()
 }
 
+/// `YYYY-MM-DD(T|t)HH:MM:SS` as its six numbers. The head is read as three words, each checked
+/// and converted in a few word operations rather than a branch per character.
+fn head_fields(head: &[u8; 19]) -> Option<[i64; 6]> {
+    let date = Pattern::DATE.pairs(word(head, 0))?;
+    let day = Pattern::DAY.pairs(word(head, 8))?;
+    let time = Pattern::TIME.pairs(word(head, 11))?;
+    Some([
+        lane(date, 0) * 100 + lane(date, 2),
+        lane(date, 5),
+        lane(day, 0),
+        lane(time, 0),
+        lane(time, 3),
+        lane(time, 6),
+    ])
+}
+
+/// The 8 bytes of `head` from `at`, little-endian.
+fn word(head: &[u8; 19], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&head[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Lane `i` (byte `i`) of a word.
+fn lane(w: u64, i: u32) -> i64 {
+    ((w >> (8 * i)) & 0xff) as i64
+}
+
+/// Eight characters of the head: which are digits, which must be given separators.
+struct Pattern {
+    /// 0xff in the lanes of digits.
+    digits: u64,
+    /// 0xff in the lanes of separators.
+    sep_lanes: u64,
+    /// The separators in their lanes, in lower case.
+    seps: u64,
+    /// 0x20 in the lane of a letter whose case does not matter (`T` or `t`).
+    any_case: u64,
+}
+
+impl Pattern {
+    /// `YYYY-MM-`
+    const DATE: Pattern = Pattern::new(0x00ff_ff00_ffff_ffff, 0x2d00_002d_0000_0000, 0);
+    /// `DDt`, the rest of its word left to `TIME`.
+    const DAY: Pattern = Pattern::new(0x0000_ffff, 0x0074_0000, 0x0020_0000);
+    /// `HH:MM:SS`
+    const TIME: Pattern = Pattern::new(0xffff_00ff_ff00_ffff, 0x0000_3a00_003a_0000, 0);
+
+    const fn new(digits: u64, seps: u64, any_case: u64) -> Pattern {
+        let mut sep_lanes = 0;
+        let mut i = 0;
+        while i < 8 {
+            if (seps >> (8 * i)) & 0xff != 0 {
+                sep_lanes |= 0xff << (8 * i);
+            }
+            i += 1;
+        }
+        Pattern {
+            digits,
+            sep_lanes,
+            seps,
+            any_case,
+        }
+    }
+
+    /// When `w` matches: the value of each digit pair in its tens digit's lane. A lane is a
+    /// digit exactly when its high nibble is 3 before and after adding 6 (no lane then carries
+    /// into the next); the pair values (at most 99) do not carry either.
+    fn pairs(&self, w: u64) -> Option<u64> {
+        if (w | self.any_case) & self.sep_lanes != self.seps {
+            return None;
+        }
+        let d = w & self.digits;
+        let high = 0xf0f0_f0f0_f0f0_f0f0 & self.digits;
+        let three = 0x3030_3030_3030_3030 & self.digits;
+        let six = 0x0606_0606_0606_0606 & self.digits;
+        if d & high != three || (d + six) & high != three {
+            return None;
+        }
+        let v = d & !high;
+        Some(v * 10 + (v >> 8))
+    }
+}
+
 const POW10: [i64; 10] = [
     1,
     10,
@@ -105,15 +177,18 @@ fn days_in_month(year: i64, month: i64) -> i64 {
     }
 }
 
-/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's algorithm).
+/// Days from 1970-01-01 to the given proleptic Gregorian date, for years 0 to 9999 (Howard
+/// Hinnant's algorithm, with years counted from March). Shifted one 400-year era up, the year
+/// is never negative, so the divisions are unsigned ones by constants: multiplies and shifts.
+#[inline]
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    /// Days from March 1 to the first of each month, January first.
+    const BEFORE_MONTH: [u16; 12] = [306, 337, 0, 31, 61, 92, 122, 153, 184, 214, 245, 275];
+    debug_assert!((0..=9999).contains(&year) && (1..=12).contains(&month));
+    let y = (year + 400 - i64::from(month <= 2)) as u64;
+    let doy = u64::from(BEFORE_MONTH[(month - 1) as usize]) + day as u64 - 1;
+    let days = y * 365 + y / 4 - y / 100 + y / 400 + doy;
+    days as i64 - 719_468 - 146_097
 }
 
 #[cfg(test)]
@@ -139,6 +214,78 @@ mod tests {
             Some(1_714_566_645_500_000_000)
         );
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59.999999999Z"), Some(-1));
+    }
+
+    /// `head_fields` byte by byte.
+    fn head_fields_bytewise(h: &[u8; 19]) -> Option<[i64; 6]> {
+        let num = |at: usize, n: usize| {
+            h[at..at + n].iter().try_fold(0i64, |v, &c| {
+                c.is_ascii_digit().then(|| v * 10 + i64::from(c - b'0'))
+            })
+        };
+        let seps = h[4] == b'-'
+            && h[7] == b'-'
+            && matches!(h[10], b'T' | b't')
+            && h[13] == b':'
+            && h[16] == b':';
+        seps.then_some(())?;
+        Some([
+            num(0, 4)?,
+            num(5, 2)?,
+            num(8, 2)?,
+            num(11, 2)?,
+            num(14, 2)?,
+            num(17, 2)?,
+        ])
+    }
+
+    #[test]
+    fn heads_read_as_words_read_like_byte_by_byte() {
+        let base = *b"2024-05-01T12:30:45";
+        let mut state: u64 = 0x9e37_79b9;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for at in 0..19 {
+            for c in 0..=255u8 {
+                let mut h = base;
+                h[at] = c;
+                assert_eq!(head_fields(&h), head_fields_bytewise(&h), "{h:?}");
+            }
+        }
+        for _ in 0..200_000 {
+            let mut h = base;
+            for _ in 0..2 {
+                h[next(19) as usize] = b"0123456789-:Tt/ \x7f\x80"[next(18) as usize];
+            }
+            assert_eq!(head_fields(&h), head_fields_bytewise(&h), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn days_count_like_the_signed_algorithm() {
+        // Howard Hinnant's days_from_civil as published, signed.
+        let reference = |year: i64, month: i64, day: i64| {
+            let y = if month <= 2 { year - 1 } else { year };
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+            era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+        };
+        for year in 0..=9999 {
+            for month in 1..=12 {
+                for day in [1, 28, days_in_month(year, month)] {
+                    assert_eq!(
+                        days_from_civil(year, month, day),
+                        reference(year, month, day),
+                        "{year}-{month}-{day}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
