@@ -6,6 +6,7 @@
 //! back from that line when asked for, which is rare: once per device per flush interval, and
 //! on the read API.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -32,6 +33,8 @@ struct Entry {
     received_ns: i64,
     /// Changed since the last `take_dirty`.
     dirty: bool,
+    /// The `record` call that wrote it last.
+    recorded: u64,
 }
 
 /// Device keys are authenticated devices' ids (no flooding), and a lookup per device per
@@ -42,6 +45,8 @@ type Map = foldhash::HashMap<DeviceKey, Entry>;
 #[derive(Default)]
 pub struct Latest {
     devices: Mutex<Map>,
+    /// `record` calls so far.
+    records: AtomicU64,
 }
 
 impl Latest {
@@ -58,19 +63,25 @@ impl Latest {
     pub fn record(&self, batch: &Batch) {
         let received_ns = batch.receive_ns();
         let mut devices = self.lock();
+        let recorded = self.records.fetch_add(1, Ordering::Relaxed) + 1;
+        // Newest item first, one per group; a device whose items fall in several groups of
+        // the batch (another site or token) keeps the first one seen: its last item.
         for (tenant, device, line) in batch.last_accepted() {
             match devices.get_mut(&(tenant, device) as &dyn DeviceIds) {
+                Some(entry) if entry.recorded == recorded => {}
                 Some(entry) => {
                     entry.line.clear();
                     entry.line.extend_from_slice(line);
                     entry.received_ns = received_ns;
                     entry.dirty = true;
+                    entry.recorded = recorded;
                 }
                 None => {
                     let entry = Entry {
                         line: line.to_vec(),
                         received_ns,
                         dirty: true,
+                        recorded,
                     };
                     devices.insert(DeviceKey::new(tenant, device), entry);
                 }
@@ -267,6 +278,25 @@ mod tests {
         );
         assert_eq!(got[2], None);
         assert_eq!(latest.get("other", &["d1"]), vec![None]);
+    }
+
+    #[test]
+    fn a_device_in_two_groups_of_a_batch_keeps_its_last_message() {
+        // The same device with another site is another group: the last item still wins.
+        let other_site = msg("d1", 9, "{}").replace(r#""site_id":"s""#, r#""site_id":"s2""#);
+        let body = format!(
+            r#"{{"messages":[{},{},{}]}}"#,
+            msg("d1", 1, "{}"),
+            other_site,
+            msg("d1", 3, "{}")
+        );
+        let latest = Latest::new();
+        latest.record(&accepted(&body));
+        let seq = |l: &Latest| l.get("acme", &["d1"])[0].as_ref().map(|s| s.seq);
+        assert_eq!(seq(&latest), Some(3));
+        let body = format!(r#"{{"messages":[{},{}]}}"#, msg("d1", 4, "{}"), other_site);
+        latest.record(&accepted(&body));
+        assert_eq!(seq(&latest), Some(9));
     }
 
     #[test]
