@@ -16,11 +16,22 @@ pub fn valid_id(s: &str) -> bool {
 }
 
 /// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
+#[inline]
 pub fn checked_id(s: &str) -> Option<bool> {
-    (1..=MAX_ID_BYTES)
-        .contains(&s.len())
-        .then(|| scan_id(s.as_bytes()))
-        .flatten()
+    let b = s.as_bytes();
+    // Most ids and names are short plain ASCII: one or two word tests settle them.
+    let lanes = match b.len() {
+        0 => return None,
+        n @ 1..8 => suspect(words::load_short(b)) & (u64::MAX >> (64 - 8 * n)),
+        8..=16 => suspect(words::load(b, 0).unwrap_or(0)) | suspect(words::last(b).unwrap_or(0)),
+        ..=MAX_ID_BYTES => return scan_id(b),
+        _ => return None,
+    };
+    if lanes == 0 {
+        Some(false)
+    } else {
+        scan_id(b)
+    }
 }
 
 /// A tenant id: 1..=64 of `a-z`, `0-9`, `_`, `-`.
@@ -48,19 +59,23 @@ static SUSPECT: [bool; 256] = {
     t
 };
 
+/// The lanes of `w` that hold a `SUSPECT` byte, or a byte of a character starting with one.
+#[inline(always)]
+fn suspect(w: u64) -> u64 {
+    words::below(w, b' ' + 1)
+        | words::eq(w, 0x7f)
+        | words::eq(w, b'\\')
+        | words::eq(w, b',')
+        | words::eq(w, b'=')
+        | words::high(w)
+}
+
 /// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
 /// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
 /// serves validation and encoding.
 fn scan_id(b: &[u8]) -> Option<bool> {
     // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
-    let first = words::find(b, 0, |w| {
-        words::below(w, b' ' + 1)
-            | words::eq(w, 0x7f)
-            | words::eq(w, b'\\')
-            | words::eq(w, b',')
-            | words::eq(w, b'=')
-            | words::high(w)
-    });
+    let first = words::find(b, 0, suspect);
     let b = b
         .get(first..)
         .expect("words::find returns a position within the bytes");
