@@ -18,13 +18,21 @@ pub fn valid_id(s: &str) -> bool {
 /// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
 #[inline]
 pub fn checked_id(s: &str) -> Option<bool> {
+    checked_id_headed(s, words::head(s.as_bytes()))
+}
+
+/// `checked_id` of `s` whose first 8 bytes `head` holds, as `words::head` gives them: metric
+/// names come with theirs at hand.
+#[inline]
+pub fn checked_id_headed(s: &str, head: u64) -> Option<bool> {
     let b = s.as_bytes();
+    let first = head.swap_bytes();
     // Most ids and names are short plain ASCII: one or two word tests settle them.
     let lanes = match b.len() {
         0 => return None,
-        n @ 1..8 => suspect(words::load_short(b)) & (u64::MAX >> (64 - 8 * n)),
-        8..=16 => suspect(words::load(b, 0).unwrap_or(0)) | suspect(words::last(b).unwrap_or(0)),
-        ..=MAX_ID_BYTES => return scan_id(b),
+        n @ 1..8 => suspect(first) & (u64::MAX >> (64 - 8 * n)),
+        8..=16 => suspect(first) | suspect(words::last(b).unwrap_or(0)),
+        17..=MAX_ID_BYTES => return scan_id(b),
         _ => return None,
     };
     if lanes == 0 {
@@ -115,6 +123,28 @@ mod tests {
             assert_eq!(valid_id(id), expected.is_some(), "{id:?}");
         }
         assert_eq!(checked_id(&"n".repeat(129)), None);
+    }
+
+    #[test]
+    fn short_ids_checked_by_words_agree_with_the_rule_at_every_place() {
+        let rule = |s: &str| {
+            let bad = |c: char| c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c) || c == '\\';
+            ((1..=MAX_ID_BYTES).contains(&s.len()) && !s.chars().any(bad))
+                .then(|| s.contains([',', '=', ' ']))
+        };
+        for len in 1..=20 {
+            for at in 0..len {
+                for c in [
+                    'a', ' ', ',', '=', '\\', '\u{0}', '\u{1f}', '!', '~', '\u{7f}', '\u{80}',
+                    '\u{a0}', '\u{e9}',
+                ] {
+                    let mut s: String = "x".repeat(at);
+                    s.push(c);
+                    s.push_str(&"y".repeat(len - at - 1));
+                    assert_eq!(checked_id(&s), rule(&s), "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::batch::{Batch, Identity};
 use crate::encode::{Float, Key, Line};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
-use crate::ids::{checked_id, valid_id, valid_tenant};
+use crate::ids::{checked_id, checked_id_headed, valid_id, valid_tenant};
 use crate::json::{self, KeyWords, Reader};
 use crate::schema::{FieldType, Shape, MSG_TYPES};
 use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
@@ -572,7 +572,7 @@ impl<'a> MessageParser<'a> {
         order.len() <= MAX_METRICS
             && order.iter().all(|&(_, i)| {
                 let m = &mut metrics[i as usize];
-                let escape = checked_metric_name(&m.name);
+                let escape = checked_metric_name(&m.name, m.prefix);
                 m.escape = escape.unwrap_or(true);
                 escape.is_some()
             })
@@ -610,10 +610,11 @@ fn in_order<'m, 'a>(
     order.iter().map(|&(_, i)| &metrics[i as usize])
 }
 
-/// `Some(escape)` for a valid metric name, as `checked_id`.
+/// `Some(escape)` for a valid metric name, as `checked_id`; `prefix` is its `words::head`.
 #[inline]
-fn checked_metric_name(name: &str) -> Option<bool> {
-    checked_id(name).filter(|_| !matches!(name, "seq" | "time" | "device_id" | "site_id"))
+fn checked_metric_name(name: &str, prefix: u64) -> Option<bool> {
+    checked_id_headed(name, prefix)
+        .filter(|_| !matches!(name, "seq" | "time" | "device_id" | "site_id"))
 }
 
 /// `seq`: an integer token in `0..=i64::MAX`; `-0` is 0.
@@ -706,9 +707,10 @@ mod tests {
 
     #[test]
     fn metric_names_are_ids_but_not_reserved_keys() {
-        assert_eq!(checked_metric_name("seq"), None);
-        assert_eq!(checked_metric_name("a b"), Some(true));
-        assert_eq!(checked_metric_name("a\\b"), None);
+        let check = |name: &str| checked_metric_name(name, words::head(name.as_bytes()));
+        assert_eq!(check("seq"), None);
+        assert_eq!(check("a b"), Some(true));
+        assert_eq!(check("a\\b"), None);
     }
 
     #[test]
