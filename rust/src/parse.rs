@@ -161,8 +161,12 @@ struct Metric<'a> {
     name: Cow<'a, str>,
     /// The name's first 8 bytes, big-endian: sorts like the name, mostly without a memcmp.
     prefix: u64,
-    /// The name as written in the body, when without escapes and at most 16 bytes long.
-    words: Option<KeyWords>,
+    /// The name's last 8 bytes, little-endian (its first, zero-padded, when shorter).
+    tail: u64,
+    /// The name is written in the body without escapes and is 1 to 16 bytes long: `prefix`,
+    /// `tail` and its length are then the key's words. Kept apart rather than as a
+    /// `KeyWords`: each entry written is 32 bytes smaller.
+    plain: bool,
     /// `None`: not a number or bool, or not a finite number.
     value: Option<MetricValue<'a>>,
     /// Whether line protocol escapes some of the name; set by `sort_names`.
@@ -170,11 +174,20 @@ struct Metric<'a> {
 }
 
 impl Metric<'_> {
+    /// The name as written in the body, when `plain`.
+    fn words(&self) -> Option<KeyWords> {
+        self.plain
+            .then(|| KeyWords::new(self.prefix.swap_bytes(), self.tail, self.name.len()))
+    }
+
     fn same_name(&self, other: &Self) -> bool {
-        match (self.words, other.words) {
-            // Both written plainly: the same text is the same name.
-            (Some(a), Some(b)) => a == b,
-            _ => self.prefix == other.prefix && self.name == other.name,
+        if self.plain && other.plain {
+            // Both written plainly: the same words are the same text, the same name.
+            self.prefix == other.prefix
+                && self.tail == other.tail
+                && self.name.len() == other.name.len()
+        } else {
+            self.prefix == other.prefix && self.name == other.name
         }
     }
 }
@@ -303,7 +316,7 @@ impl<'a> MessageParser<'a> {
             let same_name = self
                 .metrics
                 .get(n)
-                .and_then(|m| m.words)
+                .and_then(Metric::words)
                 .is_some_and(|w| r.key_is(&w));
             let key = if same_name { None } else { Some(r.key()?) };
             let value = match Value::read(r)? {
@@ -325,13 +338,8 @@ impl<'a> MessageParser<'a> {
             let plain = !key.escaped && (1..=16).contains(&name.len());
             let m = Metric {
                 prefix,
-                words: plain.then(|| {
-                    KeyWords::new(
-                        prefix.swap_bytes(),
-                        words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
-                        name.len(),
-                    )
-                }),
+                tail: words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
+                plain,
                 name,
                 value,
                 escape: true,
