@@ -8,6 +8,7 @@
 //! never a body error. Strings without escapes are borrowed from the body.
 
 mod explain;
+mod name_sets;
 
 use std::borrow::Cow;
 
@@ -549,7 +550,7 @@ impl<'a> MessageParser<'a> {
             MetricsField::Object => {}
         }
         if !self.order_known {
-            self.names_ok = self.sort_names();
+            self.names_ok = name_sets::sort_names(&mut self.metrics, &mut self.order);
             self.order_known = true;
         }
         self.names_ok
@@ -558,33 +559,31 @@ impl<'a> MessageParser<'a> {
                 .iter()
                 .all(|&(_, i)| self.metrics[i as usize].value.is_some())
     }
+}
 
-    /// Fills `order` from `metrics` and checks the names it keeps, setting their `escape`.
-    fn sort_names(&mut self) -> bool {
-        let metrics = &mut self.metrics;
-        let order = &mut self.order;
-        order.clear();
-        order.extend(metrics.iter().enumerate().map(|(i, m)| {
-            let index = u32::try_from(i).expect("under 2^32 metrics");
-            (m.prefix, index)
-        }));
-        sort_by_name(order, metrics);
-        order.dedup_by(|next, kept| {
-            let same =
-                next.0 == kept.0 && metrics[next.1 as usize].same_name(&metrics[kept.1 as usize]);
-            if same {
-                *kept = *next;
-            }
-            same
-        });
-        order.len() <= MAX_METRICS
-            && order.iter().all(|&(_, i)| {
-                let m = &mut metrics[i as usize];
-                let escape = checked_metric_name(&m.name, m.prefix);
-                m.escape = escape.unwrap_or(true);
-                escape.is_some()
-            })
-    }
+/// Fills `order` from `metrics` and checks the names it keeps, setting their `escape`.
+fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+    order.clear();
+    order.extend(metrics.iter().enumerate().map(|(i, m)| {
+        let index = u32::try_from(i).expect("under 2^32 metrics");
+        (m.prefix, index)
+    }));
+    sort_by_name(order, metrics);
+    order.dedup_by(|next, kept| {
+        let same =
+            next.0 == kept.0 && metrics[next.1 as usize].same_name(&metrics[kept.1 as usize]);
+        if same {
+            *kept = *next;
+        }
+        same
+    });
+    order.len() <= MAX_METRICS
+        && order.iter().all(|&(_, i)| {
+            let m = &mut metrics[i as usize];
+            let escape = checked_metric_name(&m.name, m.prefix);
+            m.escape = escape.unwrap_or(true);
+            escape.is_some()
+        })
 }
 
 /// Sorts `order` by the names of the entries it points at, stably: duplicates stay in body
@@ -764,6 +763,35 @@ mod tests {
                 "a\\ b=true,b=1.0,seq=0i",
             ]
         );
+    }
+
+    #[test]
+    fn name_sets_remembered_from_earlier_batches_read_as_new_ones() {
+        let body = |metrics: &str| {
+            format!(
+                r#"{{"messages":[{{"tenant_id":"t","device_id":"d","msg_type":"telemetry","provision_token":"k","site_id":"s","ts":"2024-05-01T12:00:00Z","metrics":{metrics}}}]}}"#
+            )
+        };
+        let all = [
+            r#"{"b":1,"a b":true}"#,
+            r#"{"b":"x","a b":true}"#,
+            r#"{"b":6,"b":7}"#,
+            r#"{"b":1,"seq":1}"#,
+            r#"{"seq":1,"b":1}"#,
+            r#"{"a=":1,"a,":2,"a":3}"#,
+        ];
+        let first: Vec<_> = all
+            .iter()
+            .map(|m| (reasons(&body(m)), lines(&body(m))))
+            .collect();
+        for _ in 0..2 {
+            for (m, want) in all.iter().zip(&first) {
+                assert_eq!(&(reasons(&body(m)), lines(&body(m))), want, "{m}");
+            }
+        }
+        assert!(first[0].1.contains(" a\\ b=true,b=1.0,seq=0i "));
+        assert!(first[2].1.contains(" b=7.0,seq=0i "));
+        assert_eq!(first[3].0, [Some("INVALID_METRICS")]);
     }
 
     #[test]
