@@ -10,7 +10,9 @@ use std::hash::Hasher;
 use super::Metric;
 use crate::words;
 
-/// Sets remembered per thread, one per slot, by a hash of the names; a power of two.
+/// Sets remembered per thread, one per slot; a hash of the names picks a pair of slots, the
+/// first holding the one used last. Pairs: with one slot per hash, two devices whose sets
+/// share a slot would evict each other's at every turn.
 const SLOTS: usize = 4096;
 /// Most names in a set remembered: their escapes fit a `u16`, and a set stays small.
 const MAX_NAMES: usize = 16;
@@ -71,13 +73,17 @@ pub(super) fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>
         return super::sort_names(metrics, order);
     };
     SETS.with_borrow_mut(|sets| {
-        let set = &mut sets[slot];
-        if set.holds(metrics) {
-            return set.recall(metrics, order);
+        let (recent, other) = (slot & !1, slot | 1);
+        if sets[recent].holds(metrics) {
+            return sets[recent].recall(metrics, order);
         }
-        let names_ok = super::sort_names(metrics, order);
-        set.remember(metrics, order, names_ok);
-        names_ok
+        if !sets[other].holds(metrics) {
+            // A new set takes the place of the one used less recently.
+            let names_ok = super::sort_names(metrics, order);
+            sets[other].remember(metrics, order, names_ok);
+        }
+        sets.swap(recent, other);
+        sets[recent].recall(metrics, order)
     })
 }
 
