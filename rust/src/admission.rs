@@ -10,11 +10,13 @@
 //! `UNAVAILABLE`: retryable, never a 401 for a device that may exist.
 
 use std::collections::HashSet;
+use std::hash::Hash;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::batch::Batch;
+use crate::device_key::{DeviceIds, DeviceKey};
 use crate::errors::{quoted, short_number, Reason, UsageError};
 use crate::words;
 
@@ -191,12 +193,12 @@ struct Slot<V> {
 /// foldhash, seeded at random per table: SipHash cost ~250 instructions a message (2.4% of the
 /// core's whole path), and the random seed still keeps clients from aiming ids at one bucket.
 #[derive(Debug)]
-struct Table<V> {
-    map: foldhash::HashMap<Box<str>, Slot<V>>,
+struct Table<K, V> {
+    map: foldhash::HashMap<K, Slot<V>>,
     max: usize,
 }
 
-impl<V> Table<V> {
+impl<K: Hash + Eq, V> Table<K, V> {
     fn new(max: usize) -> Self {
         Table {
             map: foldhash::HashMap::default(),
@@ -205,12 +207,12 @@ impl<V> Table<V> {
     }
 
     /// Insert or replace; returns the replaced value.
-    fn insert(&mut self, key: &str, slot: Slot<V>, now: f64) -> Option<V> {
-        let old = self.map.remove(key);
+    fn insert(&mut self, key: K, slot: Slot<V>, now: f64) -> Option<V> {
+        let old = self.map.remove(&key);
         if old.is_none() && self.map.len() >= self.max {
             self.evict(now);
         }
-        self.map.insert(key.into(), slot);
+        self.map.insert(key, slot);
         old.map(|s| s.value)
     }
 
@@ -237,22 +239,11 @@ pub struct Admission {
     /// The part of every device's limit this process enforces: 1/N of rps and burst (burst at
     /// least one message) when N processes share the device's traffic.
     share: f64,
-    found: Table<Entry>,
-    unknown: Table<()>,
-    budgets: Table<Bucket>,
+    found: Table<DeviceKey, Entry>,
+    unknown: Table<DeviceKey, ()>,
+    budgets: Table<Box<str>, Bucket>,
     seq: u64,
-    /// Scratch for the tables' key (`set_key`).
-    key: String,
     counters: Counters,
-}
-
-/// The tables' key of a device, `<tenant length>:<tenant><device>`: one string, unambiguous.
-fn set_key(key: &mut String, tenant: &str, device: &str) {
-    key.clear();
-    key.push_str(itoa::Buffer::new().format(tenant.len()));
-    key.push(':');
-    key.push_str(tenant);
-    key.push_str(device);
 }
 
 fn usable<V>(slot: Option<&Slot<V>>, now: f64, asked: Option<u64>) -> bool {
@@ -299,7 +290,7 @@ fn judge(
         }
         return ((0, Some((Reason::Unauthorized, REVOKED.to_owned()))), 0.0);
     }
-    if site != entry.record.site {
+    if !same_id(site, &entry.record.site) {
         let detail = format!(
             "site_id {} is not the device's registered site",
             quoted(site)
@@ -325,20 +316,31 @@ fn judge(
 }
 
 /// `a == b` in a time that depends on the lengths only, as subtle's `ct_eq` of the slices
-/// (which also answers a length mismatch at once), but compared eight bytes at a time: the
-/// slices' `ct_eq` pays an optimisation barrier per byte, most of a warm device's check.
+/// (which also answers a length mismatch at once), but eight bytes at a time and with one
+/// `ct_eq` of the words' differences: the slices' `ct_eq` pays an optimisation barrier per
+/// byte, most of a warm device's check.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
     // The rest, under 8 bytes of each, zero-padded alike.
-    let mut same =
-        words::load_short(a_words.remainder()).ct_eq(&words::load_short(b_words.remainder()));
+    let mut diff = words::load_short(a_words.remainder()) ^ words::load_short(b_words.remainder());
     for (x, y) in a_words.zip(b_words) {
-        same &= word(x).ct_eq(&word(y));
+        // Hidden from the optimiser each time, so that no early exit can be derived from it.
+        diff = std::hint::black_box(diff | (word(x) ^ word(y)));
     }
-    bool::from(same)
+    bool::from(diff.ct_eq(&0))
+}
+
+/// `a == b` for ids, most of them under 17 bytes: compared in words, not by a memcmp call.
+fn same_id(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() < 8 && a.len() == b.len() {
+        // Zero-padded alike: equal words are equal bytes.
+        return words::load_short(a) == words::load_short(b);
+    }
+    words::same_bytes(a, b)
 }
 
 /// An 8-byte chunk as a word.
@@ -370,7 +372,6 @@ impl Admission {
             unknown: Table::new(settings.max_negative_entries),
             budgets: Table::new(settings.max_negative_entries),
             seq: 0,
-            key: String::new(),
             counters: Counters::default(),
         })
     }
@@ -433,10 +434,10 @@ impl Admission {
     fn first_pass(&mut self, batch: &Batch, progress: &mut Progress, now: f64) -> Vec<Key> {
         let mut keys: Vec<Key> = Vec::new();
         let mut refused: Vec<(&str, &str)> = Vec::new();
-        progress.verdicts.clear();
-        for (tenant, device, site, token, count) in batch.groups() {
+        // Collected, not pushed: one allocation of the group count.
+        let decide = |(tenant, device, site, token, count)| {
             let token = (!batch.tenant_key()).then_some(token);
-            let verdict = match self.cached(tenant, device, site, token, count, now, None) {
+            match self.cached(tenant, device, site, token, count, now, None) {
                 Some((verdict, wait)) => {
                     self.counters.hits += 1;
                     progress.retry_after = progress.retry_after.max(wait);
@@ -454,9 +455,9 @@ impl Admission {
                     refused.push((tenant, device));
                     Some(self.lookups_spent())
                 }
-            };
-            progress.verdicts.push(verdict);
-        }
+            }
+        };
+        progress.verdicts = batch.groups().map(decide).collect();
         keys
     }
 
@@ -493,8 +494,8 @@ impl Admission {
         now: f64,
         asked: Option<u64>,
     ) -> Option<(Verdict, f64)> {
-        set_key(&mut self.key, tenant, device);
-        if let Some(slot) = self.found.map.get_mut(self.key.as_str()) {
+        let key: &dyn DeviceIds = &(tenant, device);
+        if let Some(slot) = self.found.map.get_mut(key) {
             if usable(Some(&*slot), now, asked) {
                 return Some(judge(
                     &self.settings,
@@ -507,7 +508,7 @@ impl Admission {
                 ));
             }
         }
-        if usable(self.unknown.map.get(self.key.as_str()), now, asked) {
+        if usable(self.unknown.map.get(key), now, asked) {
             return Some((unknown(token), 0.0));
         }
         None
@@ -536,7 +537,7 @@ impl Admission {
                 expires: now,
                 seq,
             };
-            self.budgets.insert(tenant, slot, now);
+            self.budgets.insert(tenant.into(), slot, now);
         }
         let slot = self
             .budgets
@@ -557,17 +558,12 @@ impl Admission {
         records: Vec<(String, String, Record)>,
         now: f64,
     ) {
-        let mut found: HashSet<String> = HashSet::with_capacity(records.len());
+        let mut found: HashSet<DeviceKey> = HashSet::with_capacity(records.len());
         for (tenant, device, record) in records {
-            set_key(&mut self.key, &tenant, &device);
-            let key = std::mem::take(&mut self.key);
+            let key = DeviceKey::new(&tenant, &device);
             // The bucket outlives a refresh of the record: a TTL must not reset a rate limit.
-            let bucket = self
-                .found
-                .map
-                .get(key.as_str())
-                .and_then(|s| s.value.bucket);
-            self.unknown.map.remove(key.as_str());
+            let bucket = self.found.map.get(&key).and_then(|s| s.value.bucket);
+            self.unknown.map.remove(&key);
             let slot = Slot {
                 value: Entry {
                     record,
@@ -577,24 +573,24 @@ impl Admission {
                 expires: now + self.settings.ttl_s,
                 seq: self.next_seq(),
             };
-            self.found.insert(&key, slot, now);
+            self.found
+                .insert(DeviceKey::new(&tenant, &device), slot, now);
             self.refund(&tenant, now);
             found.insert(key);
         }
         for (tenant, device) in keys {
-            set_key(&mut self.key, tenant.as_ref(), device.as_ref());
-            if found.contains(self.key.as_str()) {
+            let key: &dyn DeviceIds = &(tenant.as_ref(), device.as_ref());
+            if found.contains(key) {
                 continue;
             }
-            let key = std::mem::take(&mut self.key);
-            self.found.map.remove(key.as_str());
+            self.found.map.remove(key);
             let slot = Slot {
                 value: (),
                 expires: now + self.settings.negative_ttl_s,
                 seq: self.next_seq(),
             };
-            self.unknown.insert(&key, slot, now);
-            self.key = key;
+            self.unknown
+                .insert(DeviceKey::new(tenant.as_ref(), device.as_ref()), slot, now);
         }
     }
 
@@ -614,9 +610,9 @@ impl Admission {
 
     /// Forget one device (revoked, rotated, re-provisioned): its next request looks it up.
     pub fn invalidate(&mut self, tenant: &str, device: &str) {
-        set_key(&mut self.key, tenant, device);
-        self.found.map.remove(self.key.as_str());
-        self.unknown.map.remove(self.key.as_str());
+        let key: &dyn DeviceIds = &(tenant, device);
+        self.found.map.remove(key);
+        self.unknown.map.remove(key);
     }
 
     /// Forget every device.
@@ -640,12 +636,11 @@ impl Admission {
     }
 
     /// `(rps, burst)` that applies to a device: its record's, else the defaults.
-    pub fn limits(&mut self, tenant: &str, device: &str) -> (f64, u32) {
-        set_key(&mut self.key, tenant, device);
+    pub fn limits(&self, tenant: &str, device: &str) -> (f64, u32) {
         let record = self
             .found
             .map
-            .get(self.key.as_str())
+            .get(&(tenant, device) as &dyn DeviceIds)
             .map(|s| &s.value.record);
         (
             record
@@ -708,6 +703,21 @@ mod tests {
                 let mut b = a.clone();
                 b[at] ^= 0x80;
                 assert!(!same_secret(&a, &b), "{n} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_id_is_string_equality() {
+        for n in 0..=20usize {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same_id(&a, &a.clone()), "{n}");
+            assert!(n == 0 || !same_id(&a, &a[..n - 1]), "{n}");
+            for at in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'-';
+                let b = String::from_utf8(b).unwrap_or_default();
+                assert!(!same_id(&a, &b), "{n} {at}");
             }
         }
     }
@@ -935,14 +945,14 @@ mod tests {
 
     #[test]
     fn a_full_table_drops_expired_entries_then_the_oldest_tenth() {
-        let mut t: Table<()> = Table::new(20);
-        let put = |t: &mut Table<()>, key: &str, expires: f64, seq: u64, now: f64| {
+        let mut t: Table<Box<str>, ()> = Table::new(20);
+        let put = |t: &mut Table<Box<str>, ()>, key: &str, expires: f64, seq: u64, now: f64| {
             let slot = Slot {
                 value: (),
                 expires,
                 seq,
             };
-            t.insert(key, slot, now);
+            t.insert(key.into(), slot, now);
         };
         for seq in 0..20 {
             put(

@@ -51,14 +51,68 @@ fn take_marks(marks: &mut Marks, mut lines: usize) -> Marks {
     out
 }
 
-/// Byte length of the first `count` newline-terminated lines of `data`.
-fn lines_len(data: &[u8], count: usize) -> usize {
-    if count == 0 {
-        return 0;
+/// Drained lines as the chunks they were buffered in: a chunk the lines fill whole is moved
+/// out of the buffer, not copied (only the caller's copy of a body is then made, not two).
+#[derive(Default)]
+pub struct Pieces {
+    parts: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Pieces {
+    fn push(&mut self, part: Vec<u8>) {
+        self.len += part.len();
+        self.parts.push(part);
     }
-    memchr::memchr_iter(b'\n', data)
-        .nth(count - 1)
-        .map_or(data.len(), |pos| pos + 1)
+
+    /// Bytes in all parts.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, in order, as slices.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().map(Vec::as_slice)
+    }
+
+    /// The bytes from `offset` on, in order, as slices.
+    fn parts_from(&self, mut offset: usize) -> impl Iterator<Item = &[u8]> {
+        self.parts().filter_map(move |part| {
+            let rest = part.get(offset..).unwrap_or_default();
+            offset = offset.saturating_sub(part.len());
+            (!rest.is_empty()).then_some(rest)
+        })
+    }
+
+    /// The bytes from `offset` on, in one vector.
+    fn to_vec_from(&self, offset: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len - offset);
+        for part in self.parts_from(offset) {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// Byte length of the first `count` newline-terminated lines from `offset`.
+    fn lines_len(&self, offset: usize, count: usize) -> usize {
+        let mut seen = 0;
+        let mut len = 0;
+        for part in self.parts_from(offset) {
+            if count == 0 {
+                break;
+            }
+            if let Some(pos) = memchr::memchr_iter(b'\n', part).nth(count - seen - 1) {
+                return len + pos + 1;
+            }
+            seen += memchr::memchr_iter(b'\n', part).count();
+            len += part.len();
+        }
+        len
+    }
 }
 
 fn check_lines(lines: &[u8], line_count: usize) -> Result<(), UsageError> {
@@ -71,20 +125,20 @@ fn check_lines(lines: &[u8], line_count: usize) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// A put-back body: the unsettled rest of a drained one, with its marks.
+/// A drained body, or a put-back one (the unsettled rest of a drained one), with its marks.
 struct Body {
-    data: Vec<u8>,
+    data: Pieces,
     lines: usize,
     marks: Marks,
 }
 
 /// A drained body shared with the caller, and its line count.
-pub type Drained = (Arc<Vec<u8>>, usize);
+pub type Drained = (Arc<Pieces>, usize);
 
 /// The one drained body of a tenant that is not yet settled or put back.
 struct InFlight {
     /// Shared with the caller of `drain_shared`: a body is copied once more only when put back.
-    data: Arc<Vec<u8>>,
+    data: Arc<Pieces>,
     /// Bytes of `data` already settled.
     done: usize,
     /// Lines not yet settled.
@@ -140,7 +194,7 @@ impl TenantBuffer {
         } else {
             self.prefix_len(count)
         };
-        let mut out = Vec::with_capacity(nbytes);
+        let mut out = Pieces::default();
         while out.len() < nbytes {
             let Some(front) = self.chunks.front() else {
                 break;
@@ -149,7 +203,11 @@ impl TenantBuffer {
                 .get(self.head..)
                 .expect("head is within the front chunk");
             let n = avail.len().min(nbytes - out.len());
-            out.extend_from_slice(&avail[..n]);
+            if n == front.len() {
+                out.push(self.chunks.pop_front().expect("the front chunk exists"));
+                continue;
+            }
+            out.push(avail[..n].to_vec());
             self.head += n;
             if self.head >= front.len() {
                 self.chunks.pop_front();
@@ -332,9 +390,16 @@ impl State {
     }
 
     fn count(&mut self, tenant: &str, nbytes: usize) {
-        if nbytes > 0 {
-            self.total += nbytes;
-            *self.used.entry(tenant.to_owned()).or_default() += nbytes;
+        if nbytes == 0 {
+            return;
+        }
+        self.total += nbytes;
+        // The tenant's name is copied only when it starts holding bytes, not every time.
+        match self.used.get_mut(tenant) {
+            Some(used) => *used += nbytes,
+            None => {
+                self.used.insert(tenant.to_owned(), nbytes);
+            }
         }
     }
 
@@ -547,15 +612,19 @@ impl TenantBuffers {
 
     /// Stores reserved lines, `(tenant, lines, line_count)` per tenant as the reservation took
     /// them; returns the tenants now at a threshold, in that order.
-    pub fn commit(&self, reservation: Reservation, lines: &[TenantLines]) -> Vec<String> {
+    pub fn commit<'a>(
+        &self,
+        reservation: Reservation,
+        lines: impl IntoIterator<Item = (&'a str, &'a [u8], usize)>,
+    ) -> Vec<String> {
         let mut state = self.lock();
         let mut due = Vec::new();
         for (tenant, data, count) in lines {
             let slot = state.slot(tenant);
             let buf = &mut state.buffers[slot];
-            buf.store(data, *count, reservation.mark);
+            buf.store(data, count, reservation.mark);
             if self.at_threshold(buf) {
-                due.push(tenant.clone());
+                due.push(tenant.to_owned());
             }
         }
         due
@@ -628,7 +697,7 @@ impl TenantBuffers {
         max_lines: usize,
     ) -> Result<Option<(Vec<u8>, usize)>, UsageError> {
         let drained = self.drain_shared(tenant, max_lines)?;
-        Ok(drained.map(|(data, lines)| (data.as_ref().clone(), lines)))
+        Ok(drained.map(|(data, lines)| (data.to_vec_from(0), lines)))
     }
 
     /// `drain` without a copy of the body: the caller shares the one kept in flight.
@@ -687,12 +756,11 @@ impl TenantBuffers {
                 in_flight: flight.lines,
             });
         }
-        let rest = &flight.data[flight.done..];
         // Settling all of it (the common case) needs no search for the line ends.
         let nbytes = if line_count == flight.lines {
-            rest.len()
+            flight.data.len() - flight.done
         } else {
-            lines_len(rest, line_count)
+            flight.data.lines_len(flight.done, line_count)
         };
         flight.done += nbytes;
         flight.lines -= line_count;
@@ -718,7 +786,8 @@ impl TenantBuffers {
         };
         let slot = state.slot(tenant);
         let buf = &mut state.buffers[slot];
-        let data = flight.data[flight.done..].to_vec();
+        let mut data = Pieces::default();
+        data.push(flight.data.to_vec_from(flight.done));
         let replaced = buf.put_back.replace(Body {
             data,
             lines: flight.lines,
@@ -880,6 +949,28 @@ mod tests {
     }
 
     #[test]
+    fn a_partly_settled_body_of_many_chunks_puts_back_its_exact_rest() {
+        let buffers = buffers(500, 1 << 30, 1 << 30);
+        // Lines of 999 bytes across chunks of 4 to 64 KiB: some lines span two chunks.
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("{i:04}{}\n", "y".repeat(994)))
+            .collect();
+        for l in &lines {
+            assert!(add(&buffers, "t", l, 0));
+        }
+        let (body, n) = drained(&buffers, "t", 150).unwrap_or_default();
+        assert_eq!((body, n), (lines[..150].concat(), 150));
+        assert_eq!(buffers.settle("t", 77), Ok(()));
+        assert_eq!(buffers.total_bytes(), 123 * 999);
+        assert_eq!(buffers.put_back("t"), Ok(()));
+        let (body, n) = drained(&buffers, "t", 500).unwrap_or_default();
+        assert_eq!((body, n), (lines[77..150].concat(), 73));
+        assert_eq!(buffers.settle("t", 73), Ok(()));
+        let (body, n) = drained(&buffers, "t", 500).unwrap_or_default();
+        assert_eq!((body, n), (lines[150..].concat(), 50));
+    }
+
+    #[test]
     fn put_back_returns_the_unsettled_rest_as_the_next_drain() {
         let buffers = buffers(500, 1 << 20, 12);
         assert!(add(&buffers, "t", "aaa\nbbb\n", 0));
@@ -1001,12 +1092,9 @@ mod tests {
         assert_eq!((r.mark, r.is_empty()), (1, false));
         assert_eq!(buffers.total_bytes(), 10);
         assert!(buffers.tenants().is_empty());
-        let lines: Vec<TenantLines> = b
-            .tenant_lines()
-            .into_iter()
-            .map(|(t, l, n)| (t.to_owned(), l, n))
-            .collect();
-        assert_eq!(buffers.commit(r, &lines), vec!["a".to_owned()]);
+        let lines = b.tenant_lines();
+        let lines = lines.iter().map(|(t, l, n)| (*t, l.as_slice(), *n));
+        assert_eq!(buffers.commit(r, lines), vec!["a".to_owned()]);
         assert_eq!(buffers.depth().len(), 2);
         assert_eq!(buffers.delivered_through(), 0);
 

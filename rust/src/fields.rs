@@ -11,6 +11,8 @@
 //! keyed hash of its measurement and field names and types), and a shape whose fields were all
 //! found remembered with the same types is not read back again until `learn` changes a type.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -24,6 +26,25 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 /// Verified shapes remembered per tenant; when full they are forgotten and verified again.
 const MAX_SHAPES_PER_TENANT: usize = 4096;
 
+/// A shape is already a keyed hash (`schema::Shape`): the verified set takes it as it is
+/// rather than hashing it again.
+#[derive(Default)]
+struct ShapeHasher(u64);
+
+impl Hasher for ShapeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only shapes (u64) are hashed with a ShapeHasher");
+    }
+
+    fn write_u64(&mut self, shape: u64) {
+        self.0 = shape;
+    }
+}
+
 /// Field name → type, of one measurement.
 type Types = foldhash::HashMap<Box<[u8]>, FieldType>;
 
@@ -33,7 +54,7 @@ struct TenantFields {
     by_measurement: foldhash::HashMap<Box<[u8]>, Types>,
     len: usize,
     /// Shapes whose every field is remembered with the type the shape gives it.
-    verified: foldhash::HashSet<u64>,
+    verified: HashSet<u64, BuildHasherDefault<ShapeHasher>>,
 }
 
 #[derive(Default)]

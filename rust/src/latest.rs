@@ -9,6 +9,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
+use crate::device_key::{DeviceIds, DeviceKey};
 use crate::encode::push_json_str;
 
 /// A device's last accepted message, read back from its line protocol.
@@ -35,22 +36,7 @@ struct Entry {
 
 /// Device keys are authenticated devices' ids (no flooding), and a lookup per device per
 /// request must cost a few nanoseconds, not SipHash's tens.
-type Map = foldhash::HashMap<Box<[u8]>, Entry>;
-
-/// The map key of a device: `tenant NUL device` (neither id may hold a control character), so
-/// one hash and one probe find it.
-fn key_into(buf: &mut Vec<u8>, tenant: &str, device: &str) {
-    buf.clear();
-    buf.extend_from_slice(tenant.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(device.as_bytes());
-}
-
-fn split_key(key: &[u8]) -> (String, String) {
-    let nul = memchr::memchr(0, key).expect("a key holds a NUL between tenant and device");
-    let text = |b: &[u8]| std::str::from_utf8(b).expect("ids are UTF-8").to_owned();
-    (text(&key[..nul]), text(&key[nul + 1..]))
-}
+type Map = foldhash::HashMap<DeviceKey, Entry>;
 
 /// Per tenant and device, the last accepted message. Thread-safe.
 #[derive(Default)]
@@ -71,11 +57,9 @@ impl Latest {
     /// Keep each device's last accepted item of an appended batch.
     pub fn record(&self, batch: &Batch) {
         let received_ns = batch.receive_ns();
-        let mut key = Vec::with_capacity(64);
         let mut devices = self.lock();
         for (tenant, device, line) in batch.last_accepted() {
-            key_into(&mut key, tenant, device);
-            match devices.get_mut(key.as_slice()) {
+            match devices.get_mut(&(tenant, device) as &dyn DeviceIds) {
                 Some(entry) => {
                     entry.line.clear();
                     entry.line.extend_from_slice(line);
@@ -88,7 +72,7 @@ impl Latest {
                         received_ns,
                         dirty: true,
                     };
-                    devices.insert(key.as_slice().into(), entry);
+                    devices.insert(DeviceKey::new(tenant, device), entry);
                 }
             }
         }
@@ -106,13 +90,9 @@ impl Latest {
     /// The snapshot of each of `devices` of `tenant`, `None` for those without one.
     pub fn get(&self, tenant: &str, devices: &[&str]) -> Vec<Option<Snapshot>> {
         let held = self.lock();
-        let mut key = Vec::with_capacity(64);
         devices
             .iter()
-            .map(|&d| {
-                key_into(&mut key, tenant, d);
-                held.get(key.as_slice()).map(snapshot)
-            })
+            .map(|&d| held.get(&(tenant, d) as &dyn DeviceIds).map(snapshot))
             .collect()
     }
 
@@ -124,8 +104,11 @@ impl Latest {
             .filter(|(_, e)| e.dirty)
             .map(|(key, entry)| {
                 entry.dirty = false;
-                let (tenant, device) = split_key(key);
-                (tenant, device, snapshot(entry))
+                (
+                    key.tenant.to_string(),
+                    key.device.to_string(),
+                    snapshot(entry),
+                )
             })
             .collect();
         rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
@@ -135,10 +118,8 @@ impl Latest {
     /// Mark devices dirty again (their rows could not be stored); unknown keys are ignored.
     pub fn mark_dirty(&self, keys: &[(&str, &str)]) {
         let mut held = self.lock();
-        let mut key = Vec::with_capacity(64);
         for &(tenant, device) in keys {
-            key_into(&mut key, tenant, device);
-            if let Some(entry) = held.get_mut(key.as_slice()) {
+            if let Some(entry) = held.get_mut(&(tenant, device) as &dyn DeviceIds) {
                 entry.dirty = true;
             }
         }

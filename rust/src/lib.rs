@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod batch;
 pub mod buffer;
+pub mod device_key;
 pub mod encode;
 pub mod envelope;
 pub mod errors;
@@ -427,6 +428,26 @@ fn line_devices(py: Python<'_>, body: &[u8], max_payload_bytes: i64) -> PyResult
 }
 
 /// Per-tenant line-protocol buffers under a global and a per-tenant byte cap. Thread-safe.
+/// One `bytes` of a drained body's pieces, copied once: `PyBytes::new` wants them in one
+/// slice (a second copy of every drained byte), `PyBytes::new_with` zeroes the object first.
+fn bytes_of<'py>(py: Python<'py>, body: &buffer::Pieces) -> PyResult<Bound<'py, PyBytes>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(body.len())
+        .map_err(|_| PyValueError::new_err("a drained body is too large for bytes"))?;
+    // SAFETY: with a NULL source, `PyBytes_FromStringAndSize` returns a new bytes object of
+    // `len` uninitialised bytes, which CPython lets its creator fill before sharing it; the
+    // pieces hold exactly `len` bytes, copied within the object's buffer back to back.
+    unsafe {
+        let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len);
+        let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
+        let mut at = pyo3::ffi::PyBytes_AsString(ptr).cast::<u8>();
+        for part in body.parts() {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+            at = at.add(part.len());
+        }
+        Ok(bytes)
+    }
+}
+
 #[pyclass(name = "TenantBuffers", module = "tidegate._core", frozen)]
 struct PyTenantBuffers {
     inner: Arc<buffer::TenantBuffers>,
@@ -514,7 +535,9 @@ impl PyTenantBuffers {
         let drained = py
             .detach(|| self.inner.drain_shared(tenant, max_lines))
             .map_err(|e| usage_error(&e))?;
-        Ok(drained.map(|(body, n)| (PyBytes::new(py, &body), n)))
+        drained
+            .map(|(body, n)| Ok((bytes_of(py, &body)?, n)))
+            .transpose()
     }
 
     /// The oldest `line_count` lines of the tenant's body in flight are finished with.

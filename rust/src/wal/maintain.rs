@@ -69,6 +69,7 @@ impl Shared {
         };
         // On failure the writer creates its segment itself, and reports the error.
         if let Ok(file) = create_segment(&self.cfg.dir, id, true) {
+            segment::preallocate(&file, self.cfg.segment_bytes);
             lock(&self.files).spare = Some((id, file));
         }
     }

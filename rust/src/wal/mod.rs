@@ -41,6 +41,7 @@ use std::time::Duration;
 use crate::batch::Batch;
 use crate::buffer::{Reservation, TenantBuffers, TenantLines};
 use crate::errors::UsageError;
+use record::{encode_batch, encode_record};
 use segment::{read_checkpoint, read_segments, Checkpoint, Files, Segment};
 use writer::{Queue, Shared, State};
 
@@ -234,6 +235,7 @@ impl Wal {
             queued: Condvar::new(),
             done: Condvar::new(),
             maintenance: Condvar::new(),
+            scratch: Mutex::new(Vec::new()),
             files: Mutex::new(Files {
                 dir: cfg.dir.clone(),
                 current: None,
@@ -358,7 +360,8 @@ impl Wal {
         if reservation.is_empty() {
             return Ok(Vec::new());
         }
-        self.shared.write_now(reservation, &owned_lines(batch))
+        self.shared
+            .write_now(reservation, |out, mark| encode_batch(out, mark, batch))
     }
 
     /// `append` for one tenant's encoded lines, all or nothing: None when they do not fit the
@@ -373,8 +376,12 @@ impl Wal {
         let Some(reservation) = self.reserve_lines(tenant, lines, line_count)? else {
             return Ok(None);
         };
-        let lines = [(tenant.to_owned(), lines.to_vec(), line_count)];
-        self.shared.write_now(reservation, &lines).map(Some)
+        self.shared
+            .write_now(reservation, |out, mark| {
+                let start = encode_record(out, mark, tenant, lines, line_count);
+                vec![(tenant, start..out.len(), line_count)]
+            })
+            .map(Some)
     }
 
     /// Sync `Always` answers after an fsync: waiting for it in the caller would block it.

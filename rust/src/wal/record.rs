@@ -6,6 +6,10 @@
 //! ```
 //! (little-endian), and reading them back with the corrupt stretches skipped.
 
+use std::ops::Range;
+
+use crate::batch::Batch;
+
 pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"TGWAL01\n";
 pub(super) const RECORD_MAGIC: [u8; 4] = *b"TGr1";
 pub(super) const RECORD_HEADER: usize = 12;
@@ -22,29 +26,86 @@ pub(super) struct Record {
 }
 
 /// Appends one record to `out`; `tenant` is at most `u16::MAX` bytes (valid ids are short).
+/// Returns where the lines start in `out`.
 pub(super) fn encode_record(
     out: &mut Vec<u8>,
     mark: u64,
     tenant: &str,
     lines: &[u8],
     line_count: usize,
-) {
+) -> usize {
+    encode_record_with(out, mark, tenant, (lines.len(), line_count), |out| {
+        out.extend_from_slice(lines)
+    })
+}
+
+/// One record per tenant of the batch's accepted lines, tenants in order of first appearance
+/// (as `Batch::tenant_lines`), appended to `out` straight from the batch; each record's tenant,
+/// where its lines are in `out`, and how many there are.
+pub(super) fn encode_batch<'b>(
+    out: &mut Vec<u8>,
+    mark: u64,
+    batch: &'b Batch,
+) -> Vec<(&'b str, Range<usize>, usize)> {
+    // (tenant index, bytes, lines) per tenant with accepted lines, in order of appearance.
+    let mut tenants: Vec<(usize, usize, usize)> = Vec::new();
+    let mut slot_of = vec![usize::MAX; batch.tenant_count()];
+    let accepted: Vec<(usize, &[u8])> = batch.accepted_lines().collect();
+    for &(t, line) in &accepted {
+        if slot_of[t] == usize::MAX {
+            slot_of[t] = tenants.len();
+            tenants.push((t, 0, 0));
+        }
+        let entry = &mut tenants[slot_of[t]];
+        entry.1 += line.len();
+        entry.2 += 1;
+    }
+    out.reserve(tenants.iter().map(|t| t.1 + 64).sum());
+    let mut spans = Vec::with_capacity(tenants.len());
+    for (t, bytes, count) in tenants {
+        let tenant = batch.tenant(t);
+        let start = encode_record_with(out, mark, tenant, (bytes, count), |out| {
+            for &(_, line) in accepted.iter().filter(|&&(of, _)| of == t) {
+                out.extend_from_slice(line);
+            }
+        });
+        spans.push((tenant, start..out.len(), count));
+    }
+    spans
+}
+
+/// Appends one record whose `line_count` lines (`len` bytes) `lines` writes; returns where
+/// the lines start in `out`.
+fn encode_record_with(
+    out: &mut Vec<u8>,
+    mark: u64,
+    tenant: &str,
+    (len, line_count): (usize, usize),
+    lines: impl FnOnce(&mut Vec<u8>),
+) -> usize {
     let tenant = tenant.as_bytes();
-    let len = (BODY_FIXED + tenant.len() + lines.len()) as u32;
+    let body_len = (BODY_FIXED + tenant.len() + len) as u32;
     let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC);
-    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&body_len.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&mark.to_le_bytes());
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(tenant);
     out.extend_from_slice(&(line_count as u32).to_le_bytes());
-    out.extend_from_slice(lines);
+    let lines_start = out.len();
+    lines(out);
+    debug_assert_eq!(
+        out.len() - lines_start,
+        len,
+        "the lines are as long as announced"
+    );
     let crc = crc32c::crc32c_append(
         crc32c::crc32c(&out[start + 4..start + 8]),
         &out[start + 12..],
     );
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    lines_start
 }
 
 pub(super) fn le_u32(b: &[u8]) -> u32 {
@@ -133,6 +194,43 @@ mod tests {
             encode_record(&mut data, mark, tenant, lines, count);
         }
         data
+    }
+
+    #[test]
+    fn a_batch_encodes_as_its_tenant_lines_would() {
+        use crate::batch::Identity;
+        let mut batch = Batch::with_capacity(4, 64);
+        for (tenant, line) in [
+            ("a", "a 1\n"),
+            ("bb", "b 1\n"),
+            ("a", "a 2\n"),
+            ("c", "c 1\n"),
+        ] {
+            let id = Identity {
+                tenant,
+                device: "d",
+                site: "s",
+                token: "k",
+            };
+            batch.push_accepted(&id, |out| out.extend_from_slice(line.as_bytes()));
+        }
+        let mut want = b"head".to_vec();
+        for (tenant, lines, count) in batch.tenant_lines() {
+            encode_record(&mut want, 9, tenant, &lines, count);
+        }
+        let mut got = b"head".to_vec();
+        let spans = encode_batch(&mut got, 9, &batch);
+        assert_eq!(got, want);
+        let spans: Vec<(&str, &[u8], usize)> =
+            spans.into_iter().map(|(t, r, n)| (t, &got[r], n)).collect();
+        assert_eq!(
+            spans,
+            [
+                ("a", &b"a 1\na 2\n"[..], 2),
+                ("bb", b"b 1\n", 1),
+                ("c", b"c 1\n", 1)
+            ]
+        );
     }
 
     #[test]

