@@ -1,7 +1,7 @@
 //! The outcome of one request: per-item reasons, the encoded lines of valid items, the groups
 //! Python decides on, and the JSON response.
 
-use crate::encode::push_json_str;
+use crate::encode::{push_bytes, push_json_str};
 use crate::errors::{Reason, UsageError};
 use crate::schema::NO_SHAPE;
 use crate::words;
@@ -13,6 +13,11 @@ struct Span {
     end: u32,
 }
 
+/// A range of `Batch::strings` holding one whole `str` that `push_str` appended (or none):
+/// only `push_str` makes a non-empty one, which is what lets `str_at` skip UTF-8 checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct StrSpan(Span);
+
 impl Span {
     fn range(self) -> std::ops::Range<usize> {
         self.start as usize..self.end as usize
@@ -23,7 +28,7 @@ impl Span {
 struct Item {
     reason: Option<Reason>,
     /// Echoed in the response when the message's `device_id` was a valid Unicode string.
-    device: Option<Span>,
+    device: Option<StrSpan>,
     /// The encoded line; empty for items that failed validation.
     line: Span,
     group: u32,
@@ -33,10 +38,10 @@ struct Item {
 
 #[derive(Debug, Clone)]
 struct Group {
-    tenant: Span,
-    device: Span,
-    site: Span,
-    token: Span,
+    tenant: StrSpan,
+    device: StrSpan,
+    site: StrSpan,
+    token: StrSpan,
     count: u32,
     tenant_index: u32,
     /// Whether line protocol escapes some of the device id, the site id (as `checked_id`).
@@ -78,16 +83,16 @@ pub struct Batch {
     lines: Vec<u8>,
     groups: Vec<Group>,
     /// Distinct tenants of the groups, in order of first appearance.
-    tenants: Vec<Span>,
+    tenants: Vec<StrSpan>,
     /// `tenant_hash` of each of `tenants`: most tenants are told apart without a memcmp call.
     tenant_hashes: Vec<u64>,
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
     /// `(item index, detail)` of the items rejected with a detail of their own (rare).
-    details: Vec<(u32, Span)>,
+    details: Vec<(u32, StrSpan)>,
     /// `(item index, tenant)` of items rejected before they had a group, whose message named a
     /// valid tenant (for `rejections`).
-    rejected_tenants: Vec<(u32, Span)>,
+    rejected_tenants: Vec<(u32, StrSpan)>,
     /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
     line_numbers: Vec<u32>,
     /// Written with a tenant key: its groups carry no device token (`admission` checks the
@@ -163,27 +168,30 @@ impl Batch {
         }
     }
 
-    fn push_str(&mut self, s: &str) -> Span {
+    fn push_str(&mut self, s: &str) -> StrSpan {
         let start = self.strings.len() as u32;
-        self.strings.push_str(s);
-        Span {
+        // `push_bytes` copies ids inline rather than through a libc `memcpy` call.
+        // SAFETY: a whole `str` appended keeps the string UTF-8.
+        push_bytes(unsafe { self.strings.as_mut_vec() }, s.as_bytes());
+        StrSpan(Span {
             start,
             end: self.strings.len() as u32,
-        }
+        })
     }
 
-    fn str_at(&self, span: Span) -> &str {
-        // SAFETY: every span of `strings` is made by `push_str` around one whole `&str` it
-        // pushed, so it starts and ends on char boundaries: its bytes are UTF-8. Checking the
-        // boundaries again cost ~20 instructions a span (four per group on every stage).
+    fn str_at(&self, span: StrSpan) -> &str {
+        // SAFETY: a `StrSpan` is the range of one whole `str` that `push_str` appended (or
+        // empty), so its bytes are UTF-8. Checking char boundaries instead cost ~10
+        // instructions a call, and ids are read back several times per item (groups,
+        // response).
         unsafe { std::str::from_utf8_unchecked(self.bytes_at(span)) }
     }
 
-    /// `str_at` for comparisons: no char boundary checks.
-    fn bytes_at(&self, span: Span) -> &[u8] {
+    /// The bytes of a span, for comparisons.
+    fn bytes_at(&self, span: StrSpan) -> &[u8] {
         self.strings
             .as_bytes()
-            .get(span.range())
+            .get(span.0.range())
             .expect("a span is a range of this batch's strings")
     }
 
@@ -291,21 +299,7 @@ impl Batch {
     }
 
     fn insert_group(&mut self, id: &Identity<'_>, at: GroupSlot, escapes: (bool, bool)) -> u32 {
-        let tenant_hash = at.tenant_hash;
-        let tenant_index = match self
-            .tenants
-            .iter()
-            .zip(&self.tenant_hashes)
-            .position(|(&t, &h)| h == tenant_hash && self.bytes_at(t) == id.tenant.as_bytes())
-        {
-            Some(i) => i as u32,
-            None => {
-                let span = self.push_str(id.tenant);
-                self.tenants.push(span);
-                self.tenant_hashes.push(tenant_hash);
-                (self.tenants.len() - 1) as u32
-            }
-        };
+        let tenant_index = self.tenant_index(id.tenant, at.tenant_hash);
         let tenant = self.tenants[tenant_index as usize];
         let group = Group {
             tenant,
@@ -320,6 +314,25 @@ impl Batch {
         self.groups.push(group);
         self.group_index[at.slot] = g;
         g
+    }
+
+    /// The index of `tenant` (whose `tenant_hash` is `hash`) among the batch's tenants; a new
+    /// one is added.
+    fn tenant_index(&mut self, tenant: &str, hash: u64) -> u32 {
+        let known = self
+            .tenants
+            .iter()
+            .zip(&self.tenant_hashes)
+            .position(|(&t, &h)| {
+                h == hash && words::same_bytes(self.bytes_at(t), tenant.as_bytes())
+            });
+        if let Some(i) = known {
+            return i as u32;
+        }
+        let span = self.push_str(tenant);
+        self.tenants.push(span);
+        self.tenant_hashes.push(hash);
+        (self.tenants.len() - 1) as u32
     }
 
     fn grow_index(&mut self) {
@@ -418,7 +431,7 @@ impl Batch {
         details: &[Option<&str>],
     ) -> Result<(), UsageError> {
         self.resolve_reasons(verdicts)?;
-        let spans: Vec<Option<Span>> = details
+        let spans: Vec<Option<StrSpan>> = details
             .iter()
             .map(|d| d.map(|d| self.push_str(d)))
             .collect();
@@ -708,7 +721,7 @@ impl Batch {
 
     /// Per item, the span of its detail: built when asked, so that the details of rejected
     /// items cost nothing to the others.
-    fn detail_spans(&self) -> Vec<Option<Span>> {
+    fn detail_spans(&self) -> Vec<Option<StrSpan>> {
         let mut spans = vec![
             None;
             if self.details.is_empty() {
@@ -727,7 +740,7 @@ impl Batch {
     /// empty and the device `None` when the message named no valid one.
     pub fn rejections(&self) -> Vec<(Reason, &str, Option<&str>, &str)> {
         let spans = self.detail_spans();
-        let tenants: std::collections::HashMap<u32, Span> =
+        let tenants: std::collections::HashMap<u32, StrSpan> =
             self.rejected_tenants.iter().copied().collect();
         self.items
             .iter()
@@ -769,12 +782,12 @@ impl Batch {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"index\":");
-            out.extend_from_slice(num.format(index).as_bytes());
+            push_bytes(&mut out, num.format(index).as_bytes());
             match item.reason {
                 None => out.extend_from_slice(b",\"status\":\"accepted\""),
                 Some(r) => {
                     out.extend_from_slice(b",\"status\":\"rejected\",\"reason\":\"");
-                    out.extend_from_slice(r.code().as_bytes());
+                    push_bytes(&mut out, r.code().as_bytes());
                     out.push(b'"');
                     if let Some(&Some(detail)) = spans.get(index) {
                         out.extend_from_slice(b",\"detail\":");

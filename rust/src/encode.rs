@@ -397,13 +397,23 @@ fn parse_exp(digits: &[u8]) -> i32 {
 
 /// Appends `s` as a JSON string the way Python's `json.dumps(s, ensure_ascii=False)` does.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let b = s.as_bytes();
+    let first = find_json_escape(b, 0);
+    if first == b.len() {
+        // Most strings (ids) need no escape: one reservation, and the copy inline.
+        let mut room = Room::reserve(out, b.len() + 2);
+        // SAFETY: the room is the sum of the sizes written.
+        unsafe {
+            room.byte(b'"');
+            room.put(b);
+            room.byte(b'"');
+        }
+        return;
+    }
+    out.push(b'"');
     let mut start = 0;
+    let mut i = first;
     loop {
-        let i = words::find(b, start, |w| {
-            words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
-        });
         out.extend_from_slice(&b[start..i]);
         let Some(&c) = b.get(i) else {
             break;
@@ -424,11 +434,240 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
             }
         }
         start = i + 1;
+        i = find_json_escape(b, start);
     }
     out.push(b'"');
 }
 
-/// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`.
+/// The first byte at or after `i` that a JSON string escapes, or `b.len()`.
+#[inline(always)]
+fn find_json_escape(b: &[u8], i: usize) -> usize {
+    words::find(b, i, |w| {
+        words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
+    })
+}
+
+/// Appends `b`, copied inline when short (see `Room`): for pieces of unknown length, where
+/// `extend_from_slice` calls libc `memcpy`.
+#[inline(always)]
+pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    let mut room = Room::reserve(out, b.len());
+    // SAFETY: the room is `b`'s size.
+    unsafe { room.put(b) };
+}
+
+/// Room reserved at the end of a `Vec<u8>` for one piece of a line, written without further
+/// capacity checks and with short copies inline: the pieces (ids, metric names, number tokens)
+/// are mostly a few bytes, for which `extend_from_slice` costs a capacity check and a libc
+/// `memcpy` call each, more than the copy itself. What was written joins the `Vec` on drop.
+struct Room<'o> {
+    out: &'o mut Vec<u8>,
+    /// The end of `out`'s initialized bytes when the room was reserved.
+    end: *mut u8,
+    /// Bytes written from `end`.
+    at: usize,
+    /// Bytes reserved from `end`: writes must stay within (checked in debug builds).
+    max: usize,
+}
+
+impl<'o> Room<'o> {
+    /// Reserves `max` bytes, the piece's worst case.
+    #[inline(always)]
+    fn reserve(out: &'o mut Vec<u8>, max: usize) -> Self {
+        out.reserve(max);
+        let end = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        Room {
+            out,
+            end,
+            at: 0,
+            max,
+        }
+    }
+
+    /// # Safety
+    /// Fewer than `max` bytes were written before.
+    #[inline(always)]
+    unsafe fn byte(&mut self, c: u8) {
+        debug_assert!(self.at < self.max, "a room's bound covers its writes");
+        // SAFETY: `at < max`, and `reserve` made room for `max` bytes from `end`.
+        unsafe { self.end.add(self.at).write(c) };
+        self.at += 1;
+    }
+
+    /// Copies `b`, in at most two overlapping stores when it is at most 32 bytes long.
+    ///
+    /// # Safety
+    /// At most `max - b.len()` bytes were written before.
+    #[inline(always)]
+    unsafe fn put(&mut self, b: &[u8]) {
+        let n = b.len();
+        debug_assert!(self.at + n <= self.max, "a room's bound covers its writes");
+        // SAFETY: `at + n <= max`, and `reserve` made room for `max` bytes from `end`.
+        let dst = unsafe { self.end.add(self.at) };
+        // SAFETY (each arm): `dst` has room for `n` bytes; the stores write `n` bytes from
+        // `dst`, some of them twice.
+        unsafe {
+            // Most common first: metric names, number tokens and ids of 4 to 7 bytes.
+            match n {
+                4..=7 => copy_ends::<4>(dst, b),
+                8..=16 => copy_ends::<8>(dst, b),
+                17..=32 => copy_ends::<16>(dst, b),
+                1..=3 => {
+                    *dst = b[0];
+                    *dst.add(n / 2) = b[n / 2];
+                    *dst.add(n - 1) = b[n - 1];
+                }
+                _ => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n),
+            }
+        }
+        self.at += n;
+    }
+
+    /// Writes `v` in decimal, eight digits at a time (`eight_digits`); up to 20 bytes.
+    ///
+    /// # Safety
+    /// At most `max - 20` bytes were written before.
+    #[inline(always)]
+    unsafe fn decimal(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
+        // SAFETY (each arm): `lead` stores 8 bytes and keeps its digits, each `block` 8 more;
+        // the arms stay within 8, 16 and 20 bytes (the lead of a 17- to 20-digit `v` keeps
+        // at most 4 digits, so 4 + 16).
+        unsafe {
+            if v < E8 {
+                self.lead(v as u32);
+            } else if v < E8 * E8 {
+                self.lead((v / E8) as u32);
+                self.block(eight_digits((v % E8) as u32));
+            } else {
+                self.lead((v / (E8 * E8)) as u32);
+                self.block(eight_digits((v / E8 % E8) as u32));
+                self.block(eight_digits((v % E8) as u32));
+            }
+        }
+    }
+
+    /// The digits of `v < 10^8` without leading zeros (one `0` for zero), in one 8-byte store.
+    ///
+    /// # Safety
+    /// At most `max - 8` bytes were written before.
+    #[inline(always)]
+    unsafe fn lead(&mut self, v: u32) {
+        debug_assert!(self.at + 8 <= self.max, "a room's bound covers its writes");
+        let digits = eight_digits(v);
+        // Leading zeros are the low lanes that hold 0 (the last digit is kept).
+        let zeros = (digits.trailing_zeros() / 8).min(7);
+        let shifted = (digits | ASCII_ZEROS) >> (8 * zeros);
+        // SAFETY: as the caller promises; the bytes past the digits are overwritten next or
+        // left beyond the length.
+        unsafe {
+            self.end
+                .add(self.at)
+                .cast::<[u8; 8]>()
+                .write_unaligned(shifted.to_le_bytes());
+        }
+        self.at += 8 - zeros as usize;
+    }
+
+    /// # Safety
+    /// At most `max - 8` bytes were written before.
+    #[inline(always)]
+    unsafe fn block(&mut self, digits: u64) {
+        // SAFETY: as the caller promises.
+        unsafe { self.put(&(digits | ASCII_ZEROS).to_le_bytes()) };
+    }
+
+    /// `put` of `b` with `,` `=` and space escaped.
+    ///
+    /// # Safety
+    /// At most `max - 2 * b.len()` bytes were written before.
+    unsafe fn put_escaped_key(&mut self, b: &[u8]) {
+        for &c in b {
+            // SAFETY: at most two bytes per byte of `b`.
+            unsafe {
+                if matches!(c, b',' | b'=' | b' ') {
+                    self.byte(b'\\');
+                }
+                self.byte(c);
+            }
+        }
+    }
+}
+
+impl Drop for Room<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let len = self.out.len() + self.at;
+        // SAFETY: the `at` bytes from `end` were written, within the reserved capacity.
+        unsafe { self.out.set_len(len) };
+    }
+}
+
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// The eight decimal digits of `v < 10^8` (leading zeros included) as the values 0-9 in the
+/// bytes of a little-endian word, first digit first: split by 10^4, 10^2 and 10 in parallel
+/// lanes, with division by multiplication (exact in these ranges). A loop of divisions by 10
+/// (or itoa's two digits a step) takes several times the instructions for a 19-digit
+/// timestamp.
+#[inline(always)]
+fn eight_digits(v: u32) -> u64 {
+    let v = u64::from(v);
+    // 32-bit lanes: the first four digits, then the last four.
+    let x = (v / 10_000) | ((v % 10_000) << 32);
+    // 16-bit lanes of two digits: x / 100 per lane is x * 5243 >> 19 below 10^4.
+    let hundreds = ((x * 5243) >> 19) & 0x0000_007f_0000_007f;
+    let x = hundreds | ((x - hundreds * 100) << 16);
+    // Byte lanes of one digit: x / 10 per lane is x * 103 >> 10 below 100.
+    let tens = ((x * 103) >> 10) & 0x000f_000f_000f_000f;
+    tens | ((x - tens * 10) << 8)
+}
+
+/// Copies `src` (`N..=2N` bytes) to `dst` as its first and last `N` bytes, which overlap: two
+/// loads and two stores whatever the length.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes.
+#[inline(always)]
+unsafe fn copy_ends<const N: usize>(dst: *mut u8, src: &[u8]) {
+    let n = src.len();
+    if let (Some(first), Some(last)) = (src.first_chunk::<N>(), src.last_chunk::<N>()) {
+        // SAFETY: `N <= n`, so both stores lie within the `n` bytes from `dst`.
+        unsafe {
+            dst.cast::<[u8; N]>().write_unaligned(*first);
+            dst.add(n - N).cast::<[u8; N]>().write_unaligned(*last);
+        }
+    }
+}
+
+impl Key<'_> {
+    /// The most bytes `write` takes.
+    #[inline(always)]
+    fn max_len(&self) -> usize {
+        if self.may_escape {
+            2 * self.text.len()
+        } else {
+            self.text.len()
+        }
+    }
+
+    /// # Safety
+    /// `room` has `max_len()` bytes left.
+    #[inline(always)]
+    unsafe fn write(&self, room: &mut Room<'_>) {
+        // SAFETY: `max_len` is what each way writes at most.
+        unsafe {
+            if self.may_escape {
+                room.put_escaped_key(self.text);
+            } else {
+                room.put(self.text);
+            }
+        }
+    }
+}
+
+/// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`,
+/// each piece after one reservation of its worst-case size.
 pub struct Line<'o> {
     out: &'o mut Vec<u8>,
     first_field: bool,
@@ -436,60 +675,112 @@ pub struct Line<'o> {
 
 impl<'o> Line<'o> {
     /// Starts a line with its measurement (a fixed name chosen by the core, never client text).
+    #[inline(always)]
     pub fn start(out: &'o mut Vec<u8>, measurement: &str) -> Self {
-        out.extend_from_slice(measurement.as_bytes());
+        let mut room = Room::reserve(out, measurement.len());
+        // SAFETY: the room is the measurement's size.
+        unsafe { room.put(measurement.as_bytes()) };
+        drop(room);
         Line {
             out,
             first_field: true,
         }
     }
 
-    /// Inlined: the key is a constant, so its copy is a fixed-size move, not a memcpy call.
+    /// Inlined: the key is a constant, so its copy is a fixed-size move.
     #[inline(always)]
     pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
-        self.out.push(b',');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.push(b'=');
-        value.into().push(self.out);
+        let value = value.into();
+        let mut room = Room::reserve(self.out, key.len() + 2 + value.max_len());
+        // SAFETY: the room is the sum of the sizes written.
+        unsafe {
+            room.byte(b',');
+            room.put(key.as_bytes());
+            room.byte(b'=');
+            value.write(&mut room);
+        }
     }
 
+    /// Writes the field's separator and `key=`, and leaves room for `value_max` more bytes.
     #[inline(always)]
-    fn field_key(&mut self, key: Key<'_>) {
-        self.out.push(if self.first_field { b' ' } else { b',' });
+    fn field(&mut self, key: Key<'_>, value_max: usize) -> Room<'_> {
+        let separator = if self.first_field { b' ' } else { b',' };
         self.first_field = false;
-        key.push(self.out);
-        self.out.push(b'=');
+        let mut room = Room::reserve(self.out, key.max_len() + 2 + value_max);
+        // SAFETY: the room is the sum of the sizes written and `value_max`.
+        unsafe {
+            room.byte(separator);
+            key.write(&mut room);
+            room.byte(b'=');
+        }
+        room
     }
 
     pub fn float<'k>(&mut self, key: impl Into<Key<'k>>, v: f64) {
-        self.field_key(key.into());
+        drop(self.field(key.into(), 0));
         push_f64(self.out, v);
     }
 
+    #[inline(always)]
     pub fn number<'k>(&mut self, key: impl Into<Key<'k>>, n: &Float<'_>) {
-        self.field_key(key.into());
-        n.push(self.out);
+        match n {
+            // The common case: the token's own text, and `.0` perhaps.
+            Float::Plain(p) => {
+                let mut room = self.field(key.into(), p.text.len() + 2);
+                // SAFETY: the field left room for the text and `.0`.
+                unsafe {
+                    room.put(p.text.as_bytes());
+                    if p.dot_zero {
+                        room.put(b".0");
+                    }
+                }
+            }
+            _ => {
+                drop(self.field(key.into(), 0));
+                n.push(self.out);
+            }
+        }
     }
 
+    #[inline(always)]
     pub fn bool<'k>(&mut self, key: impl Into<Key<'k>>, v: bool) {
-        self.field_key(key.into());
-        self.out
-            .extend_from_slice(if v { b"true" } else { b"false" });
+        let text: &[u8] = if v { b"true" } else { b"false" };
+        let mut room = self.field(key.into(), text.len());
+        // SAFETY: the field left room for the text.
+        unsafe { room.put(text) };
     }
 
+    #[inline(always)]
     pub fn uint<'k>(&mut self, key: impl Into<Key<'k>>, v: u64) {
-        self.field_key(key.into());
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-        self.out.push(b'i');
+        let mut room = self.field(key.into(), 21);
+        // SAFETY: the field left room for 20 digits and `i`.
+        unsafe {
+            room.decimal(v);
+            room.byte(b'i');
+        }
     }
 
     /// Ends the line with its timestamp (ns, or any integer unit the caller means).
-    pub fn finish<T: itoa::Integer>(self, ts: T) {
-        self.out.push(b' ');
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
-        self.out.push(b'\n');
+    #[inline(always)]
+    pub fn finish(self, ts: impl Into<i128>) {
+        let ts: i128 = ts.into();
+        let Ok(magnitude) = u64::try_from(ts.unsigned_abs()) else {
+            // Beyond any nanosecond timestamp: rare, so the general formatter.
+            self.out.push(b' ');
+            push_bytes(self.out, itoa::Buffer::new().format(ts).as_bytes());
+            self.out.push(b'\n');
+            return;
+        };
+        let mut room = Room::reserve(self.out, 23);
+        // SAFETY: the room is a space, a sign, 20 digits and a newline.
+        unsafe {
+            room.byte(b' ');
+            if ts < 0 {
+                room.byte(b'-');
+            }
+            room.decimal(magnitude);
+            room.byte(b'\n');
+        }
     }
 }
 
@@ -654,6 +945,29 @@ mod tests {
     }
 
     #[test]
+    fn decimals_match_the_standard_formatter() {
+        let mut cases = vec![0, 1, 9, 10, 99, 100, 12_345_678, 99_999_999, 100_000_000];
+        cases.extend([1_714_566_645_000_000_001, u64::MAX, u64::MAX - 1]);
+        cases.extend((0..20).map(|p| 10u64.pow(p)));
+        cases.extend((1..20).map(|p| 10u64.pow(p) - 1));
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            cases.push(state >> (state % 64));
+        }
+        for v in cases {
+            let mut out = b"x".to_vec();
+            let mut room = Room::reserve(&mut out, 20);
+            // SAFETY: the room is 20 bytes.
+            unsafe { room.decimal(v) };
+            drop(room);
+            assert_eq!(out, format!("x{v}").as_bytes(), "{v}");
+        }
+    }
+
+    #[test]
     fn lp_keys_escape_comma_equals_space_only() {
         let mut out = Vec::new();
         push_lp_key(&mut out, "a,b=c d\"é".as_bytes());
@@ -687,5 +1001,14 @@ mod tests {
             out,
             b"telemetry,device_id=d\\ 1,site_id=s\\,1 t\\=x=22.0,on=true,seq=7i -5\n"
         );
+        for (ts, text) in [
+            (i128::MIN, "-170141183460469231731687303715884105728"),
+            (-i128::from(u64::MAX), "-18446744073709551615"),
+            (0, "0"),
+        ] {
+            let mut out = Vec::new();
+            Line::start(&mut out, "m").finish(ts);
+            assert_eq!(out, format!("m {text}\n").as_bytes());
+        }
     }
 }
