@@ -16,11 +16,30 @@ pub fn valid_id(s: &str) -> bool {
 }
 
 /// `Some(escape)` for a valid id, `escape` telling whether line protocol escapes any of it.
+#[inline]
 pub fn checked_id(s: &str) -> Option<bool> {
-    (1..=MAX_ID_BYTES)
-        .contains(&s.len())
-        .then(|| scan_id(s.as_bytes()))
-        .flatten()
+    checked_id_headed(s, words::head(s.as_bytes()))
+}
+
+/// `checked_id` of `s` whose first 8 bytes `head` holds, as `words::head` gives them: metric
+/// names come with theirs at hand.
+#[inline]
+pub fn checked_id_headed(s: &str, head: u64) -> Option<bool> {
+    let b = s.as_bytes();
+    let first = head.swap_bytes();
+    // Most ids and names are short plain ASCII: one or two word tests settle them.
+    let lanes = match b.len() {
+        0 => return None,
+        n @ 1..8 => suspect(first) & (u64::MAX >> (64 - 8 * n)),
+        8..=16 => suspect(first) | suspect(words::last(b).unwrap_or(0)),
+        17..=MAX_ID_BYTES => return scan_id(b),
+        _ => return None,
+    };
+    if lanes == 0 {
+        Some(false)
+    } else {
+        scan_id(b)
+    }
 }
 
 /// A tenant id: 1..=64 of `a-z`, `0-9`, `_`, `-`.
@@ -48,19 +67,23 @@ static SUSPECT: [bool; 256] = {
     t
 };
 
+/// The lanes of `w` that hold a `SUSPECT` byte, or a byte of a character starting with one.
+#[inline(always)]
+fn suspect(w: u64) -> u64 {
+    words::below(w, b' ' + 1)
+        | words::eq(w, 0x7f)
+        | words::eq(w, b'\\')
+        | words::eq(w, b',')
+        | words::eq(w, b'=')
+        | words::high(w)
+}
+
 /// `None` when `b` holds U+0000–U+001F, U+007F–U+009F (UTF-8 `C2 80`–`C2 9F`) or a
 /// backslash; else whether it holds `,` `=` or space, which line protocol escapes. One pass
 /// serves validation and encoding.
 fn scan_id(b: &[u8]) -> Option<bool> {
     // Plain ASCII runs are skipped a word at a time; from the first suspect byte on, exactly.
-    let first = words::find(b, 0, |w| {
-        words::below(w, b' ' + 1)
-            | words::eq(w, 0x7f)
-            | words::eq(w, b'\\')
-            | words::eq(w, b',')
-            | words::eq(w, b'=')
-            | words::high(w)
-    });
+    let first = words::find(b, 0, suspect);
     let b = b
         .get(first..)
         .expect("words::find returns a position within the bytes");
@@ -100,6 +123,28 @@ mod tests {
             assert_eq!(valid_id(id), expected.is_some(), "{id:?}");
         }
         assert_eq!(checked_id(&"n".repeat(129)), None);
+    }
+
+    #[test]
+    fn short_ids_checked_by_words_agree_with_the_rule_at_every_place() {
+        let rule = |s: &str| {
+            let bad = |c: char| c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c) || c == '\\';
+            ((1..=MAX_ID_BYTES).contains(&s.len()) && !s.chars().any(bad))
+                .then(|| s.contains([',', '=', ' ']))
+        };
+        for len in 1..=20 {
+            for at in 0..len {
+                for c in [
+                    'a', ' ', ',', '=', '\\', '\u{0}', '\u{1f}', '!', '~', '\u{7f}', '\u{80}',
+                    '\u{a0}', '\u{e9}',
+                ] {
+                    let mut s: String = "x".repeat(at);
+                    s.push(c);
+                    s.push_str(&"y".repeat(len - at - 1));
+                    assert_eq!(checked_id(&s), rule(&s), "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::ids::{valid_id, valid_tenant};
 use crate::json::{self, Reader};
 use crate::schema::MSG_TYPES;
 use crate::timestamp::parse_rfc3339;
+use crate::words;
 
 const ID_RULE: &str = "1 to 128 bytes of UTF-8 without control characters or backslashes";
 
@@ -242,7 +243,7 @@ fn metrics(raw: &str) -> Option<String> {
 }
 
 fn metric(name: &str, value: &Value<'_>) -> Option<String> {
-    if checked_metric_name(name).is_none() {
+    if checked_metric_name(name, words::head(name.as_bytes())).is_none() {
         return Some(match valid_id(name) {
             true => format!("metric name {} is reserved", quoted(name)),
             false => format!(

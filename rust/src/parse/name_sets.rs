@@ -1,0 +1,154 @@
+//! Metric name sets sorted and checked before, remembered across batches. A device sends the
+//! same names in the same order in every message, but the messages of a batch mostly come from
+//! different devices: remembering a few thousand sets lets each device's set be sorted and
+//! checked once rather than per message. A set is taken over only after its names compare
+//! equal word for word, so a hash collision costs a sort, never a wrong answer.
+
+use std::cell::RefCell;
+use std::hash::Hasher;
+
+use super::Metric;
+use crate::words;
+
+/// Sets remembered per thread, one per slot; a hash of the names picks a pair of slots, the
+/// first holding the one used last. Pairs: with one slot per hash, two devices whose sets
+/// share a slot would evict each other's at every turn.
+const SLOTS: usize = 4096;
+/// Most names in a set remembered: their escapes fit a `u16`, and a set stays small.
+const MAX_NAMES: usize = 16;
+
+#[derive(Default)]
+struct NameSet {
+    /// Each name's prefix, tail and length (`Metric`), in body order.
+    names: Vec<(u64, u64, usize)>,
+    /// The body indices `super::sort_names` kept, in name order.
+    order: Vec<u32>,
+    /// Bit `i`: the name at body index `i` is escaped.
+    escapes: u16,
+    /// What `super::sort_names` returned.
+    names_ok: bool,
+}
+
+impl NameSet {
+    fn holds(&self, metrics: &[Metric<'_>]) -> bool {
+        self.names.len() == metrics.len()
+            && self
+                .names
+                .iter()
+                .zip(metrics)
+                .all(|(&(prefix, tail, len), m)| {
+                    prefix == m.prefix && tail == m.tail && len == m.name.len()
+                })
+    }
+
+    fn remember(&mut self, metrics: &[Metric<'_>], order: &[(u64, u32)], names_ok: bool) {
+        self.names.clear();
+        self.names
+            .extend(metrics.iter().map(|m| (m.prefix, m.tail, m.name.len())));
+        self.order.clear();
+        self.order.extend(order.iter().map(|&(_, i)| i));
+        self.escapes = order.iter().fold(0, |e, &(_, i)| {
+            e | u16::from(metrics[i as usize].escape) << i
+        });
+        self.names_ok = names_ok;
+    }
+
+    fn recall(&self, metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+        order.clear();
+        order.extend(self.order.iter().map(|&i| (metrics[i as usize].prefix, i)));
+        for (i, m) in metrics.iter_mut().enumerate() {
+            m.escape = self.escapes >> i & 1 != 0;
+        }
+        self.names_ok
+    }
+}
+
+thread_local! {
+    static SETS: RefCell<Vec<NameSet>> = RefCell::new((0..SLOTS).map(|_| NameSet::default()).collect());
+}
+
+/// `super::sort_names`, taken from a remembered set of the same names when there is one.
+pub(super) fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+    let Some(slot) = slot_of(metrics) else {
+        return super::sort_names(metrics, order);
+    };
+    SETS.with_borrow_mut(|sets| {
+        let (recent, other) = (slot & !1, slot | 1);
+        if sets[recent].holds(metrics) {
+            return sets[recent].recall(metrics, order);
+        }
+        if !sets[other].holds(metrics) {
+            // A new set takes the place of the one used less recently.
+            let names_ok = super::sort_names(metrics, order);
+            sets[other].remember(metrics, order, names_ok);
+        }
+        sets.swap(recent, other);
+        sets[recent].recall(metrics, order)
+    })
+}
+
+/// The slot of a set of names, `None` for a set not remembered: only plain names are compared by
+/// their words, and an empty set is no work to remember.
+fn slot_of(metrics: &[Metric<'_>]) -> Option<usize> {
+    if metrics.is_empty() || metrics.len() > MAX_NAMES {
+        return None;
+    }
+    // Keyed, so that a client cannot aim sets at one slot to keep evicting a device's set.
+    let mut h = words::keyed();
+    for m in metrics {
+        if !m.plain {
+            return None;
+        }
+        h.write_u64(m.prefix);
+    }
+    Some(h.finish() as usize % SLOTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    fn metric(name: &str) -> Metric<'_> {
+        let prefix = words::head(name.as_bytes());
+        Metric {
+            name: Cow::Borrowed(name),
+            prefix,
+            tail: words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
+            plain: true,
+            value: None,
+            escape: true,
+        }
+    }
+
+    #[test]
+    fn a_set_is_recalled_only_for_the_same_names_in_the_same_order() {
+        let set_of = |names: &[&'static str]| -> Vec<Metric<'static>> {
+            names.iter().map(|n| metric(n)).collect()
+        };
+        let mut metrics = set_of(&["b", "a b", "b", "metric name 16 b"]);
+        let mut order = Vec::new();
+        let ok = super::super::sort_names(&mut metrics, &mut order);
+        assert!(ok);
+        assert!(metrics[1].escape && !metrics[2].escape);
+        let mut set = NameSet::default();
+        set.remember(&metrics, &order, ok);
+        for other in [
+            &["b", "a b", "b"][..],
+            &["b", "a b", "b", "metric name 16 c"],
+            &["a b", "b", "b", "metric name 16 b"],
+            &["b", "a c", "b", "metric name 16 b"],
+        ] {
+            assert!(!set.holds(&set_of(other)), "{other:?}");
+        }
+        let mut again = set_of(&["b", "a b", "b", "metric name 16 b"]);
+        assert!(set.holds(&again));
+        let mut recalled = Vec::new();
+        assert_eq!(set.recall(&mut again, &mut recalled), ok);
+        assert_eq!(recalled, order);
+        for &(_, i) in &order {
+            assert_eq!(again[i as usize].escape, metrics[i as usize].escape);
+        }
+    }
+}
