@@ -402,12 +402,9 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if first == b.len() {
         // Most strings (ids) need no escape: one reservation, and the copy inline.
         let mut room = Room::reserve(out, b.len() + 2);
-        // SAFETY: the room is the sum of the sizes written.
-        unsafe {
-            room.byte(b'"');
-            room.put(b);
-            room.byte(b'"');
-        }
+        room.byte(b'"');
+        room.put(b);
+        room.byte(b'"');
         return;
     }
     out.push(b'"');
@@ -452,21 +449,22 @@ fn find_json_escape(b: &[u8], i: usize) -> usize {
 #[inline(always)]
 pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
     let mut room = Room::reserve(out, b.len());
-    // SAFETY: the room is `b`'s size.
-    unsafe { room.put(b) };
+    room.put(b);
 }
 
-/// Room reserved at the end of a `Vec<u8>` for one piece of a line, written without further
-/// capacity checks and with short copies inline: the pieces (ids, metric names, number tokens)
-/// are mostly a few bytes, for which `extend_from_slice` costs a capacity check and a libc
-/// `memcpy` call each, more than the copy itself. What was written joins the `Vec` on drop.
+/// Room reserved at the end of a `Vec<u8>` for one piece of a line, written with short copies
+/// inline: the pieces (ids, metric names, number tokens) are mostly a few bytes, for which
+/// `extend_from_slice` costs a capacity check and a libc `memcpy` call each, more than the copy
+/// itself. Every write is checked against the reservation (one compare, always true unless a
+/// caller's bound is wrong: then a panic, never a write past the buffer). What was written
+/// joins the `Vec` on drop.
 struct Room<'o> {
     out: &'o mut Vec<u8>,
     /// The end of `out`'s initialized bytes when the room was reserved.
     end: *mut u8,
     /// Bytes written from `end`.
     at: usize,
-    /// Bytes reserved from `end`: writes must stay within (checked in debug builds).
+    /// Bytes reserved from `end`: writes stay within.
     max: usize,
 }
 
@@ -484,28 +482,29 @@ impl<'o> Room<'o> {
         }
     }
 
-    /// # Safety
-    /// Fewer than `max` bytes were written before.
+    /// Where the next `n` bytes go.
     #[inline(always)]
-    unsafe fn byte(&mut self, c: u8) {
-        debug_assert!(self.at < self.max, "a room's bound covers its writes");
-        // SAFETY: `at < max`, and `reserve` made room for `max` bytes from `end`.
-        unsafe { self.end.add(self.at).write(c) };
+    fn next(&mut self, n: usize) -> *mut u8 {
+        assert!(n <= self.max - self.at, "a room's bound covers its writes");
+        // SAFETY: `at + n <= max`, and `reserve` made room for `max` bytes from `end`.
+        unsafe { self.end.add(self.at) }
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, c: u8) {
+        let dst = self.next(1);
+        // SAFETY: `next` checked the room for one byte.
+        unsafe { dst.write(c) };
         self.at += 1;
     }
 
     /// Copies `b`, in at most two overlapping stores when it is at most 32 bytes long.
-    ///
-    /// # Safety
-    /// At most `max - b.len()` bytes were written before.
     #[inline(always)]
-    unsafe fn put(&mut self, b: &[u8]) {
+    fn put(&mut self, b: &[u8]) {
         let n = b.len();
-        debug_assert!(self.at + n <= self.max, "a room's bound covers its writes");
-        // SAFETY: `at + n <= max`, and `reserve` made room for `max` bytes from `end`.
-        let dst = unsafe { self.end.add(self.at) };
-        // SAFETY (each arm): `dst` has room for `n` bytes; the stores write `n` bytes from
-        // `dst`, some of them twice.
+        let dst = self.next(n);
+        // SAFETY (each arm): `next` checked the room for `n` bytes from `dst`; the stores
+        // write `n` bytes from `dst`, some of them twice.
         unsafe {
             // Most common first: metric names, number tokens and ids of 4 to 7 bytes.
             match n {
@@ -523,73 +522,51 @@ impl<'o> Room<'o> {
         self.at += n;
     }
 
-    /// Writes `v` in decimal, eight digits at a time (`eight_digits`); up to 20 bytes.
-    ///
-    /// # Safety
-    /// At most `max - 20` bytes were written before.
+    /// Writes `v` in decimal, eight digits at a time (`eight_digits`); up to 20 bytes, and
+    /// needs room for 20.
     #[inline(always)]
-    unsafe fn decimal(&mut self, v: u64) {
+    fn decimal(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
-        // SAFETY (each arm): `lead` stores 8 bytes and keeps its digits, each `block` 8 more;
-        // the arms stay within 8, 16 and 20 bytes (the lead of a 17- to 20-digit `v` keeps
-        // at most 4 digits, so 4 + 16).
-        unsafe {
-            if v < E8 {
-                self.lead(v as u32);
-            } else if v < E8 * E8 {
-                self.lead((v / E8) as u32);
-                self.block(eight_digits((v % E8) as u32));
-            } else {
-                self.lead((v / (E8 * E8)) as u32);
-                self.block(eight_digits((v / E8 % E8) as u32));
-                self.block(eight_digits((v % E8) as u32));
-            }
+        // The lead of a 17- to 20-digit `v` keeps at most 4 digits, so 4 + 16.
+        assert!(20 <= self.max - self.at, "a room's bound covers its writes");
+        if v < E8 {
+            self.lead(v as u32);
+        } else if v < E8 * E8 {
+            self.lead((v / E8) as u32);
+            self.block(eight_digits((v % E8) as u32));
+        } else {
+            self.lead((v / (E8 * E8)) as u32);
+            self.block(eight_digits((v / E8 % E8) as u32));
+            self.block(eight_digits((v % E8) as u32));
         }
     }
 
-    /// The digits of `v < 10^8` without leading zeros (one `0` for zero), in one 8-byte store.
-    ///
-    /// # Safety
-    /// At most `max - 8` bytes were written before.
+    /// The digits of `v < 10^8` without leading zeros (one `0` for zero), in one 8-byte store
+    /// (the bytes past the digits are overwritten next or left beyond the length).
     #[inline(always)]
-    unsafe fn lead(&mut self, v: u32) {
-        debug_assert!(self.at + 8 <= self.max, "a room's bound covers its writes");
+    fn lead(&mut self, v: u32) {
         let digits = eight_digits(v);
         // Leading zeros are the low lanes that hold 0 (the last digit is kept).
         let zeros = (digits.trailing_zeros() / 8).min(7);
         let shifted = (digits | ASCII_ZEROS) >> (8 * zeros);
-        // SAFETY: as the caller promises; the bytes past the digits are overwritten next or
-        // left beyond the length.
-        unsafe {
-            self.end
-                .add(self.at)
-                .cast::<[u8; 8]>()
-                .write_unaligned(shifted.to_le_bytes());
-        }
+        let dst = self.next(8);
+        // SAFETY: `next` checked the room for 8 bytes.
+        unsafe { dst.cast::<[u8; 8]>().write_unaligned(shifted.to_le_bytes()) };
         self.at += 8 - zeros as usize;
     }
 
-    /// # Safety
-    /// At most `max - 8` bytes were written before.
     #[inline(always)]
-    unsafe fn block(&mut self, digits: u64) {
-        // SAFETY: as the caller promises.
-        unsafe { self.put(&(digits | ASCII_ZEROS).to_le_bytes()) };
+    fn block(&mut self, digits: u64) {
+        self.put(&(digits | ASCII_ZEROS).to_le_bytes());
     }
 
-    /// `put` of `b` with `,` `=` and space escaped.
-    ///
-    /// # Safety
-    /// At most `max - 2 * b.len()` bytes were written before.
-    unsafe fn put_escaped_key(&mut self, b: &[u8]) {
+    /// `put` of `b` with `,` `=` and space escaped (at most two bytes per byte).
+    fn put_escaped_key(&mut self, b: &[u8]) {
         for &c in b {
-            // SAFETY: at most two bytes per byte of `b`.
-            unsafe {
-                if matches!(c, b',' | b'=' | b' ') {
-                    self.byte(b'\\');
-                }
-                self.byte(c);
+            if matches!(c, b',' | b'=' | b' ') {
+                self.byte(b'\\');
             }
+            self.byte(c);
         }
     }
 }
@@ -651,17 +628,13 @@ impl Key<'_> {
         }
     }
 
-    /// # Safety
-    /// `room` has `max_len()` bytes left.
+    /// Writes the key into `room`, which has `max_len()` bytes left.
     #[inline(always)]
-    unsafe fn write(&self, room: &mut Room<'_>) {
-        // SAFETY: `max_len` is what each way writes at most.
-        unsafe {
-            if self.may_escape {
-                room.put_escaped_key(self.text);
-            } else {
-                room.put(self.text);
-            }
+    fn write(&self, room: &mut Room<'_>) {
+        if self.may_escape {
+            room.put_escaped_key(self.text);
+        } else {
+            room.put(self.text);
         }
     }
 }
@@ -678,8 +651,7 @@ impl<'o> Line<'o> {
     #[inline(always)]
     pub fn start(out: &'o mut Vec<u8>, measurement: &str) -> Self {
         let mut room = Room::reserve(out, measurement.len());
-        // SAFETY: the room is the measurement's size.
-        unsafe { room.put(measurement.as_bytes()) };
+        room.put(measurement.as_bytes());
         drop(room);
         Line {
             out,
@@ -692,13 +664,10 @@ impl<'o> Line<'o> {
     pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
         let value = value.into();
         let mut room = Room::reserve(self.out, key.len() + 2 + value.max_len());
-        // SAFETY: the room is the sum of the sizes written.
-        unsafe {
-            room.byte(b',');
-            room.put(key.as_bytes());
-            room.byte(b'=');
-            value.write(&mut room);
-        }
+        room.byte(b',');
+        room.put(key.as_bytes());
+        room.byte(b'=');
+        value.write(&mut room);
     }
 
     /// Writes the field's separator and `key=`, and leaves room for `value_max` more bytes.
@@ -707,12 +676,9 @@ impl<'o> Line<'o> {
         let separator = if self.first_field { b' ' } else { b',' };
         self.first_field = false;
         let mut room = Room::reserve(self.out, key.max_len() + 2 + value_max);
-        // SAFETY: the room is the sum of the sizes written and `value_max`.
-        unsafe {
-            room.byte(separator);
-            key.write(&mut room);
-            room.byte(b'=');
-        }
+        room.byte(separator);
+        key.write(&mut room);
+        room.byte(b'=');
         room
     }
 
@@ -726,13 +692,11 @@ impl<'o> Line<'o> {
         match n {
             // The common case: the token's own text, and `.0` perhaps.
             Float::Plain(p) => {
+                // The text and `.0`.
                 let mut room = self.field(key.into(), p.text.len() + 2);
-                // SAFETY: the field left room for the text and `.0`.
-                unsafe {
-                    room.put(p.text.as_bytes());
-                    if p.dot_zero {
-                        room.put(b".0");
-                    }
+                room.put(p.text.as_bytes());
+                if p.dot_zero {
+                    room.put(b".0");
                 }
             }
             _ => {
@@ -746,18 +710,15 @@ impl<'o> Line<'o> {
     pub fn bool<'k>(&mut self, key: impl Into<Key<'k>>, v: bool) {
         let text: &[u8] = if v { b"true" } else { b"false" };
         let mut room = self.field(key.into(), text.len());
-        // SAFETY: the field left room for the text.
-        unsafe { room.put(text) };
+        room.put(text);
     }
 
     #[inline(always)]
     pub fn uint<'k>(&mut self, key: impl Into<Key<'k>>, v: u64) {
+        // 20 digits and `i`.
         let mut room = self.field(key.into(), 21);
-        // SAFETY: the field left room for 20 digits and `i`.
-        unsafe {
-            room.decimal(v);
-            room.byte(b'i');
-        }
+        room.decimal(v);
+        room.byte(b'i');
     }
 
     /// Ends the line with its timestamp (ns, or any integer unit the caller means).
@@ -771,16 +732,14 @@ impl<'o> Line<'o> {
             self.out.push(b'\n');
             return;
         };
+        // A space, a sign, 20 digits and a newline.
         let mut room = Room::reserve(self.out, 23);
-        // SAFETY: the room is a space, a sign, 20 digits and a newline.
-        unsafe {
-            room.byte(b' ');
-            if ts < 0 {
-                room.byte(b'-');
-            }
-            room.decimal(magnitude);
-            room.byte(b'\n');
+        room.byte(b' ');
+        if ts < 0 {
+            room.byte(b'-');
         }
+        room.decimal(magnitude);
+        room.byte(b'\n');
     }
 }
 
@@ -960,8 +919,7 @@ mod tests {
         for v in cases {
             let mut out = b"x".to_vec();
             let mut room = Room::reserve(&mut out, 20);
-            // SAFETY: the room is 20 bytes.
-            unsafe { room.decimal(v) };
+            room.decimal(v);
             drop(room);
             assert_eq!(out, format!("x{v}").as_bytes(), "{v}");
         }
