@@ -427,15 +427,15 @@ fn line_devices(py: Python<'_>, body: &[u8], max_payload_bytes: i64) -> PyResult
         .map_err(|e| body_error(py, &e))
 }
 
-/// Per-tenant line-protocol buffers under a global and a per-tenant byte cap. Thread-safe.
 /// One `bytes` of a drained body's pieces, copied once: `PyBytes::new` wants them in one
 /// slice (a second copy of every drained byte), `PyBytes::new_with` zeroes the object first.
 fn bytes_of<'py>(py: Python<'py>, body: &buffer::Pieces) -> PyResult<Bound<'py, PyBytes>> {
-    let len = pyo3::ffi::Py_ssize_t::try_from(body.len())
+    // The length the copies below fill, from the pieces themselves.
+    let len = pyo3::ffi::Py_ssize_t::try_from(body.parts().map(<[u8]>::len).sum::<usize>())
         .map_err(|_| PyValueError::new_err("a drained body is too large for bytes"))?;
     // SAFETY: with a NULL source, `PyBytes_FromStringAndSize` returns a new bytes object of
     // `len` uninitialised bytes, which CPython lets its creator fill before sharing it; the
-    // pieces hold exactly `len` bytes, copied within the object's buffer back to back.
+    // pieces hold `len` bytes (summed above), copied within the object's buffer back to back.
     unsafe {
         let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len);
         let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
@@ -448,6 +448,7 @@ fn bytes_of<'py>(py: Python<'py>, body: &buffer::Pieces) -> PyResult<Bound<'py, 
     }
 }
 
+/// Per-tenant line-protocol buffers under a global and a per-tenant byte cap. Thread-safe.
 #[pyclass(name = "TenantBuffers", module = "tidegate._core", frozen)]
 struct PyTenantBuffers {
     inner: Arc<buffer::TenantBuffers>,
