@@ -207,6 +207,22 @@ impl Batch {
         });
     }
 
+    /// A batch of accepted `(tenant, line)` items of one device, for tests of what takes lines.
+    #[cfg(test)]
+    pub(crate) fn of_lines(items: &[(&str, &str)]) -> Batch {
+        let mut b = Batch::with_capacity(items.len(), 256);
+        for &(tenant, line) in items {
+            let id = Identity {
+                tenant,
+                device: "d",
+                site: "s",
+                token: "k",
+            };
+            b.push_accepted(&id, |out| out.extend_from_slice(line.as_bytes()));
+        }
+        b
+    }
+
     /// Records a valid item; `encode` appends its line to the given buffer.
     pub fn push_accepted(&mut self, id: &Identity<'_>, encode: impl FnOnce(&mut Vec<u8>)) {
         let at = self.find_group(id);

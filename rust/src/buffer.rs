@@ -843,22 +843,7 @@ impl TenantBuffers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Identity;
     use crate::errors::Reason;
-
-    fn batch_of(items: &[(&str, &str)]) -> Batch {
-        let mut b = Batch::with_capacity(items.len(), 256);
-        for &(tenant, line) in items {
-            let id = Identity {
-                tenant,
-                device: "d",
-                site: "s",
-                token: "k",
-            };
-            b.push_accepted(&id, |out| out.extend_from_slice(line.as_bytes()));
-        }
-        b
-    }
 
     fn buffers(batch_size: usize, flush_bytes: usize, max_bytes: usize) -> TenantBuffers {
         TenantBuffers::new(batch_size, flush_bytes, max_bytes, max_bytes)
@@ -881,7 +866,7 @@ mod tests {
     #[test]
     fn append_respects_the_cap_per_item_and_reports_ready_tenants() {
         let buffers = buffers(2, 1 << 20, 10);
-        let mut b = batch_of(&[("a", "1234\n"), ("b", "123456\n"), ("a", "abcd\n")]);
+        let mut b = Batch::of_lines(&[("a", "1234\n"), ("b", "123456\n"), ("a", "abcd\n")]);
         assert_eq!(buffers.append(&mut b, 0), Ok(vec!["a".to_owned()]));
         let reasons: Vec<_> = b.reasons().collect();
         assert_eq!(reasons, [None, Some(Reason::BufferFull), None]);
@@ -892,19 +877,20 @@ mod tests {
         assert_eq!(buffers.append(&mut b, 0), Err(UsageError::AlreadyAppended));
 
         let buffers = super::tests::buffers(2, 1 << 20, 1 << 20);
-        let mut b = batch_of(&[("a", "x\n"), ("b", "y\n"), ("a", "z\n")]);
+        let mut b = Batch::of_lines(&[("a", "x\n"), ("b", "y\n"), ("a", "z\n")]);
         assert_eq!(buffers.append(&mut b, 0), Ok(vec!["a".to_owned()]));
-        let mut b = batch_of(&[("b", "w\n")]);
+        let mut b = Batch::of_lines(&[("b", "w\n")]);
         assert_eq!(buffers.append(&mut b, 0), Ok(vec!["b".to_owned()]));
         let buffers = super::tests::buffers(100, 4, 1 << 20);
-        let mut b = batch_of(&[("a", "x\n"), ("b", "long\n")]);
+        let mut b = Batch::of_lines(&[("a", "x\n"), ("b", "long\n")]);
         assert_eq!(buffers.append(&mut b, 0), Ok(vec!["b".to_owned()]));
     }
 
     #[test]
     fn a_tenant_holds_at_most_its_share_and_others_are_unaffected() {
         let buffers = TenantBuffers::new(100, 1 << 20, 20, 8);
-        let mut b = batch_of(&[("a", "aaa\n"), ("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n")]);
+        let mut b =
+            Batch::of_lines(&[("a", "aaa\n"), ("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n")]);
         assert_eq!(buffers.append(&mut b, 0), Ok(vec![]));
         let reasons: Vec<_> = b.reasons().collect();
         assert_eq!(reasons, [None, None, None, Some(Reason::BufferFull)]);
@@ -1024,7 +1010,7 @@ mod tests {
     #[test]
     fn a_mark_is_delivered_when_all_its_lines_in_all_tenants_are_settled() {
         let buffers = buffers(500, 1 << 20, 1 << 20);
-        let mut b = batch_of(&[("a", "a1\n"), ("b", "b1\n"), ("a", "a2\n")]);
+        let mut b = Batch::of_lines(&[("a", "a1\n"), ("b", "b1\n"), ("a", "a2\n")]);
         assert_eq!(buffers.append(&mut b, 3), Ok(vec![]));
         assert!(add(&buffers, "a", "a3\n", 4));
         assert!(add(&buffers, "b", "b2\n", 0));
@@ -1075,7 +1061,7 @@ mod tests {
             buffers.append_lines("a", b"x\n", 1, 6, false),
             Err(UsageError::MarkDelivered { mark: 6 })
         );
-        let mut b = batch_of(&[("a", "full\n")]);
+        let mut b = Batch::of_lines(&[("a", "full\n")]);
         assert_eq!(buffers.append(&mut b, 7), Ok(vec![]));
         assert_eq!(buffers.take_delivered(), [7]);
         // The same mark again is fine while it is open (one mark, several tenants).
@@ -1087,7 +1073,7 @@ mod tests {
     #[test]
     fn a_reservation_counts_room_until_committed_or_cancelled() {
         let buffers = buffers(2, 1 << 20, 10);
-        let mut b = batch_of(&[("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n"), ("c", "cc\n")]);
+        let mut b = Batch::of_lines(&[("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n"), ("c", "cc\n")]);
         let r = buffers.reserve(&mut b).expect("first use");
         assert_eq!((r.mark, r.is_empty()), (1, false));
         assert_eq!(buffers.total_bytes(), 10);
@@ -1098,7 +1084,7 @@ mod tests {
         assert_eq!(buffers.depth().len(), 2);
         assert_eq!(buffers.delivered_through(), 0);
 
-        let mut b = batch_of(&[("c", "c\n")]);
+        let mut b = Batch::of_lines(&[("c", "c\n")]);
         let r = buffers.reserve(&mut b).expect("first use");
         assert!(r.is_empty());
         assert_eq!(b.reasons().collect::<Vec<_>>(), [Some(Reason::BufferFull)]);
@@ -1106,7 +1092,7 @@ mod tests {
         buffers.cancel(r);
 
         let buffers = super::tests::buffers(2, 1 << 20, 8);
-        let mut b = batch_of(&[("a", "aaa\n")]);
+        let mut b = Batch::of_lines(&[("a", "aaa\n")]);
         let r = buffers.reserve(&mut b).expect("first use");
         buffers.cancel(r);
         assert_eq!(buffers.total_bytes(), 0);

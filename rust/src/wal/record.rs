@@ -198,22 +198,12 @@ mod tests {
 
     #[test]
     fn a_batch_encodes_as_its_tenant_lines_would() {
-        use crate::batch::Identity;
-        let mut batch = Batch::with_capacity(4, 64);
-        for (tenant, line) in [
+        let batch = Batch::of_lines(&[
             ("a", "a 1\n"),
             ("bb", "b 1\n"),
             ("a", "a 2\n"),
             ("c", "c 1\n"),
-        ] {
-            let id = Identity {
-                tenant,
-                device: "d",
-                site: "s",
-                token: "k",
-            };
-            batch.push_accepted(&id, |out| out.extend_from_slice(line.as_bytes()));
-        }
+        ]);
         let mut want = b"head".to_vec();
         for (tenant, lines, count) in batch.tenant_lines() {
             encode_record(&mut want, 9, tenant, &lines, count);
