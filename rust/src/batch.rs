@@ -61,6 +61,55 @@ pub struct GroupSlot {
 /// One `(tenant, device, site, provision_token, count)` of `Batch::groups`.
 pub type GroupKey<'b> = (&'b str, &'b str, &'b str, &'b str, usize);
 
+/// One tenant's accepted lines of a batch (`Batch::tenant_groups`), borrowed from it, in
+/// request order.
+#[derive(Debug)]
+pub struct TenantGroup<'b> {
+    pub tenant: &'b str,
+    /// Bytes of the lines.
+    pub bytes: usize,
+    /// The batch's line buffer, which `spans` are ranges of.
+    all: &'b [u8],
+    spans: Vec<Span>,
+}
+
+impl<'b> TenantGroup<'b> {
+    fn new(tenant: &'b str, all: &'b [u8], lines: usize) -> Self {
+        TenantGroup {
+            tenant,
+            bytes: 0,
+            all,
+            spans: Vec::with_capacity(lines),
+        }
+    }
+
+    fn push(&mut self, line: Span) {
+        self.bytes += line.range().len();
+        self.spans.push(line);
+    }
+
+    /// How many lines.
+    pub fn count(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The lines, in request order.
+    pub fn lines(&self) -> impl Iterator<Item = &'b [u8]> + Clone + '_ {
+        let all = self.all;
+        self.spans.iter().map(move |span| {
+            all.get(span.range())
+                .expect("a line's span is a range of its batch's lines")
+        })
+    }
+
+    /// Appends the lines to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for line in self.lines() {
+            out.extend_from_slice(line);
+        }
+    }
+}
+
 /// The identity of a valid item, which decides its group.
 pub struct Identity<'s> {
     pub tenant: &'s str,
@@ -514,21 +563,38 @@ impl Batch {
             .collect()
     }
 
-    /// Accepted lines per tenant, tenants in order of first appearance among accepted items.
-    pub fn tenant_lines(&self) -> Vec<(&str, Vec<u8>, usize)> {
+    /// The accepted lines per tenant, tenants in order of first appearance among accepted
+    /// items: one pass over the items, the lines borrowed from the batch.
+    pub fn tenant_groups(&self) -> Vec<TenantGroup<'_>> {
+        // Per tenant, its items before verdicts: room for its lines without growing.
+        let mut room = vec![0; self.tenants.len()];
+        for g in &self.groups {
+            room[g.tenant_index as usize] += g.count as usize;
+        }
         let mut slot_of = vec![usize::MAX; self.tenants.len()];
-        let mut out: Vec<(&str, Vec<u8>, usize)> = Vec::new();
-        for (item, line) in self.accepted() {
+        let mut out: Vec<TenantGroup<'_>> = Vec::new();
+        for item in self.items.iter().filter(|i| i.reason.is_none()) {
             let t = self.groups[item.group as usize].tenant_index as usize;
             if slot_of[t] == usize::MAX {
                 slot_of[t] = out.len();
-                out.push((self.str_at(self.tenants[t]), Vec::new(), 0));
+                out.push(TenantGroup::new(self.tenant(t), &self.lines, room[t]));
             }
-            let entry = &mut out[slot_of[t]];
-            entry.1.extend_from_slice(line);
-            entry.2 += 1;
+            out[slot_of[t]].push(item.line);
         }
         out
+    }
+
+    /// `tenant_groups` with each tenant's lines copied into one buffer (tests compare them).
+    #[cfg(test)]
+    pub(crate) fn tenant_lines(&self) -> Vec<(&str, Vec<u8>, usize)> {
+        self.tenant_groups()
+            .into_iter()
+            .map(|g| {
+                let mut lines = Vec::with_capacity(g.bytes);
+                g.write_to(&mut lines);
+                (g.tenant, lines, g.count())
+            })
+            .collect()
     }
 
     /// Per tenant of the valid items, in order of first appearance: `(tenant, accepted,
@@ -954,6 +1020,27 @@ mod tests {
             .expect("valid verdicts");
         let lines = b.tenant_lines();
         assert_eq!(lines, [("t1", b"a\nc\n".to_vec(), 2)]);
+    }
+
+    #[test]
+    fn tenant_groups_borrow_each_tenants_accepted_lines_in_request_order() {
+        let mut b = sample();
+        b.push_accepted(&id("t3", "d3"), |o| o.extend_from_slice(b"d\n"));
+        b.push_accepted(&id("t1", "d1"), |o| o.extend_from_slice(b"e\n"));
+        b.resolve(&[(3, None), (1, None), (0, Some("SITE_MISMATCH"))])
+            .expect("valid verdicts");
+        let groups: Vec<_> = b
+            .tenant_groups()
+            .iter()
+            .map(|g| (g.tenant, g.lines().collect::<Vec<_>>(), g.bytes, g.count()))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("t1", vec![&b"a\n"[..], b"c\n", b"e\n"], 6, 3),
+                ("t2", vec![&b"b\n"[..]], 2, 1)
+            ]
+        );
     }
 
     #[test]

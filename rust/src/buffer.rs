@@ -75,7 +75,7 @@ impl Pieces {
     }
 
     /// The bytes, in order, as slices.
-    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> + Clone {
         self.parts.iter().map(Vec::as_slice)
     }
 
@@ -431,9 +431,6 @@ impl State {
             .collect()
     }
 }
-
-/// One tenant's newline-terminated lines and their count.
-pub type TenantLines = (String, Vec<u8>, usize);
 
 /// Room taken under the caps for a batch's accepted lines before they are stored (the WAL
 /// writes them in between); `commit` stores them, `cancel` gives the room back.

@@ -144,11 +144,14 @@ impl PyBatch {
     }
 
     /// Accepted items' line protocol per tenant as `(tenant, lines, line_count)`.
-    fn tenant_lines<'py>(&self, py: Python<'py>) -> Vec<(&str, Bound<'py, PyBytes>, usize)> {
+    fn tenant_lines<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(&str, Bound<'py, PyBytes>, usize)>> {
         self.inner
-            .tenant_lines()
-            .into_iter()
-            .map(|(tenant, lines, n)| (tenant, PyBytes::new(py, &lines), n))
+            .tenant_groups()
+            .iter()
+            .map(|g| Ok((g.tenant, bytes_of(py, g.lines())?, g.count())))
             .collect()
     }
 
@@ -427,23 +430,34 @@ fn line_devices(py: Python<'_>, body: &[u8], max_payload_bytes: i64) -> PyResult
         .map_err(|e| body_error(py, &e))
 }
 
-/// One `bytes` of a drained body's pieces, copied once: `PyBytes::new` wants them in one
-/// slice (a second copy of every drained byte), `PyBytes::new_with` zeroes the object first.
-fn bytes_of<'py>(py: Python<'py>, body: &buffer::Pieces) -> PyResult<Bound<'py, PyBytes>> {
-    // The length the copies below fill, from the pieces themselves.
-    let len = pyo3::ffi::Py_ssize_t::try_from(body.parts().map(<[u8]>::len).sum::<usize>())
-        .map_err(|_| PyValueError::new_err("a drained body is too large for bytes"))?;
+/// One `bytes` of `parts` (a drained body's pieces, a tenant's lines), copied once:
+/// `PyBytes::new` wants them in one slice (a second copy of every byte), `PyBytes::new_with`
+/// zeroes the object first.
+fn bytes_of<'py, 'a>(
+    py: Python<'py>,
+    parts: impl Iterator<Item = &'a [u8]> + Clone,
+) -> PyResult<Bound<'py, PyBytes>> {
+    // The length the copies below fill, from the parts themselves.
+    let total = parts.clone().map(<[u8]>::len).sum::<usize>();
+    let len = pyo3::ffi::Py_ssize_t::try_from(total)
+        .map_err(|_| PyValueError::new_err("too many bytes for one bytes object"))?;
+    let mut room = total;
     // SAFETY: with a NULL source, `PyBytes_FromStringAndSize` returns a new bytes object of
     // `len` uninitialised bytes, which CPython lets its creator fill before sharing it; the
-    // pieces hold `len` bytes (summed above), copied within the object's buffer back to back.
+    // parts are copied within the object's buffer back to back, and fill it exactly (checked:
+    // the iterator is read twice).
     unsafe {
         let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len);
         let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
         let mut at = pyo3::ffi::PyBytes_AsString(ptr).cast::<u8>();
-        for part in body.parts() {
+        for part in parts {
+            room = room
+                .checked_sub(part.len())
+                .expect("the parts are as long as summed");
             std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
             at = at.add(part.len());
         }
+        assert_eq!(room, 0, "the parts fill the bytes object");
         Ok(bytes)
     }
 }
@@ -537,7 +551,7 @@ impl PyTenantBuffers {
             .detach(|| self.inner.drain_shared(tenant, max_lines))
             .map_err(|e| usage_error(&e))?;
         drained
-            .map(|(body, n)| Ok((bytes_of(py, &body)?, n)))
+            .map(|(body, n)| Ok((bytes_of(py, body.parts())?, n)))
             .transpose()
     }
 

@@ -39,20 +39,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::batch::Batch;
-use crate::buffer::{Reservation, TenantBuffers, TenantLines};
+use crate::buffer::{Reservation, TenantBuffers};
 use crate::errors::UsageError;
-use record::{encode_batch, encode_record};
+use record::{encode_batch, encode_lines};
 use segment::{read_checkpoint, read_segments, Checkpoint, Files, Segment};
 use writer::{Queue, Shared, State};
-
-/// The batch's accepted lines per tenant, as a record holds them.
-fn owned_lines(batch: &Batch) -> Vec<TenantLines> {
-    batch
-        .tenant_lines()
-        .into_iter()
-        .map(|(t, l, n)| (t.to_owned(), l, n))
-        .collect()
-}
 
 /// When an append completes: after its records are fsynced, or after `write` (fsynced by a
 /// background thread every interval: survives a process crash, not a power cut).
@@ -306,7 +297,9 @@ impl Wal {
         if reservation.is_empty() {
             return Ok(None);
         }
-        self.shared.queue(reservation, owned_lines(batch)).map(Some)
+        self.shared
+            .queue(reservation, |out, mark| encode_batch(out, mark, batch))
+            .map(Some)
     }
 
     /// `queue_batch` for one tenant's encoded lines, all or nothing: `Ok(None)` when they do
@@ -320,8 +313,11 @@ impl Wal {
         let Some(reservation) = self.reserve_lines(tenant, lines, line_count)? else {
             return Ok(None);
         };
-        let lines = vec![(tenant.to_owned(), lines.to_vec(), line_count)];
-        self.shared.queue(reservation, lines).map(Some)
+        self.shared
+            .queue(reservation, |out, mark| {
+                encode_lines(out, mark, tenant, lines, line_count)
+            })
+            .map(Some)
     }
 
     /// Room in the buffers for one tenant's lines (None: they do not fit); a record holds
@@ -378,8 +374,7 @@ impl Wal {
         };
         self.shared
             .write_now(reservation, |out, mark| {
-                let start = encode_record(out, mark, tenant, lines, line_count);
-                vec![(tenant, start..out.len(), line_count)]
+                encode_lines(out, mark, tenant, lines, line_count)
             })
             .map(Some)
     }
@@ -526,12 +521,13 @@ mod tests {
         let ticket = wal.submit(&mut batch).expect("queued");
         assert_eq!(outcome(&wal, ticket), Ok(vec![]));
         assert_eq!(wal.stats().appended_records, 2);
-        wal.abandon();
-        let wal = open(&cfg);
         let expected = BTreeMap::from([
             ("a".to_owned(), lines(&["a1", "a2"])),
             ("b".to_owned(), lines(&["b1"])),
         ]);
+        assert_eq!(contents(&wal), expected);
+        wal.abandon();
+        let wal = open(&cfg);
         assert_eq!(contents(&wal), expected);
         deliver(&wal, "a");
         assert_eq!(wal.buffers().delivered_through(), 0);

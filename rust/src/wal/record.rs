@@ -16,6 +16,10 @@ pub(super) const RECORD_HEADER: usize = 12;
 /// mark + tenant length + line count.
 pub(super) const BODY_FIXED: usize = 8 + 2 + 4;
 
+/// An encoded record's tenant, where its lines are in the encoded bytes, and how many: the
+/// lines are stored from there once written, with no copy of their own.
+pub(super) type RecordLines<'a> = (&'a str, Range<usize>, usize);
+
 /// One record read back from a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Record {
@@ -39,39 +43,42 @@ pub(super) fn encode_record(
     })
 }
 
-/// One record per tenant of the batch's accepted lines, tenants in order of first appearance
-/// (as `Batch::tenant_lines`), appended to `out` straight from the batch; each record's tenant,
-/// where its lines are in `out`, and how many there are.
+/// One record per tenant of the batch's accepted lines (`Batch::tenant_groups`), appended to
+/// `out` straight from the batch.
 pub(super) fn encode_batch<'b>(
     out: &mut Vec<u8>,
     mark: u64,
     batch: &'b Batch,
-) -> Vec<(&'b str, Range<usize>, usize)> {
-    // (tenant index, bytes, lines) per tenant with accepted lines, in order of appearance.
-    let mut tenants: Vec<(usize, usize, usize)> = Vec::new();
-    let mut slot_of = vec![usize::MAX; batch.tenant_count()];
-    let accepted: Vec<(usize, &[u8])> = batch.accepted_lines().collect();
-    for &(t, line) in &accepted {
-        if slot_of[t] == usize::MAX {
-            slot_of[t] = tenants.len();
-            tenants.push((t, 0, 0));
-        }
-        let entry = &mut tenants[slot_of[t]];
-        entry.1 += line.len();
-        entry.2 += 1;
-    }
-    out.reserve(tenants.iter().map(|t| t.1 + 64).sum());
-    let mut spans = Vec::with_capacity(tenants.len());
-    for (t, bytes, count) in tenants {
-        let tenant = batch.tenant(t);
-        let start = encode_record_with(out, mark, tenant, (bytes, count), |out| {
-            for &(_, line) in accepted.iter().filter(|&&(of, _)| of == t) {
-                out.extend_from_slice(line);
-            }
-        });
-        spans.push((tenant, start..out.len(), count));
-    }
-    spans
+) -> Vec<RecordLines<'b>> {
+    let groups = batch.tenant_groups();
+    out.reserve(groups.iter().map(|g| record_len(g.tenant, g.bytes)).sum());
+    groups
+        .iter()
+        .map(|g| {
+            let count = g.count();
+            let start =
+                encode_record_with(out, mark, g.tenant, (g.bytes, count), |out| g.write_to(out));
+            (g.tenant, start..out.len(), count)
+        })
+        .collect()
+}
+
+/// One record of one tenant's lines, appended to `out` (as `encode_batch` for one tenant).
+pub(super) fn encode_lines<'a>(
+    out: &mut Vec<u8>,
+    mark: u64,
+    tenant: &'a str,
+    lines: &[u8],
+    line_count: usize,
+) -> Vec<RecordLines<'a>> {
+    out.reserve(record_len(tenant, lines.len()));
+    let start = encode_record(out, mark, tenant, lines, line_count);
+    vec![(tenant, start..out.len(), line_count)]
+}
+
+/// The encoded length of a record of `tenant` with `lines` bytes of lines.
+fn record_len(tenant: &str, lines: usize) -> usize {
+    RECORD_HEADER + BODY_FIXED + tenant.len() + lines
 }
 
 /// Appends one record whose `line_count` lines (`len` bytes) `lines` writes; returns where

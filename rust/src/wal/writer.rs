@@ -8,17 +8,20 @@ use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::record::encode_record;
+use super::record::RecordLines;
 use super::segment::{Files, Marks};
 use super::{lock, Outcome, SyncMode, WalConfig, WalError, WalStats};
-use crate::buffer::{Reservation, TenantBuffers, TenantLines};
+use crate::buffer::{Reservation, TenantBuffers};
 
-/// What is done once a queued append's records are written: store its reserved lines, and
-/// report to the completion list (`notify`: a submitted append) or to the waiting thread (a
-/// compaction's copy).
+/// A queued record's tenant, where its lines are in the queued group's `data`, and how many.
+type QueuedLines = (String, Range<usize>, usize);
+
+/// What is done once a queued append's records are written: store its reserved lines (from
+/// the written data), and report to the completion list (`notify`: a submitted append) or to
+/// the waiting thread (a compaction's copy).
 pub(super) struct Entry {
     pub(super) ticket: u64,
-    pub(super) store: Option<(Reservation, Vec<TenantLines>)>,
+    pub(super) store: Option<(Reservation, Vec<QueuedLines>)>,
     pub(super) notify: bool,
 }
 
@@ -66,17 +69,22 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Queues one submitted append's records for the writer; its ticket.
-    pub(super) fn queue(
+    /// Queues one submitted append's records, which `encode` appends (as for `write_now`),
+    /// for the writer; its ticket.
+    pub(super) fn queue<'a>(
         &self,
         reservation: Reservation,
-        lines: Vec<TenantLines>,
+        encode: impl FnOnce(&mut Vec<u8>, u64) -> Vec<RecordLines<'a>>,
     ) -> Result<u64, WalError> {
-        let group = Self::group_of(&reservation, &lines);
+        let mut data = Vec::new();
+        let lines: Vec<QueuedLines> = encode(&mut data, reservation.mark)
+            .into_iter()
+            .map(|(tenant, at, count)| (tenant.to_owned(), at, count))
+            .collect();
         self.enqueue(
-            group.data,
-            group.records,
-            group.marks,
+            data,
+            lines.len() as u64,
+            Marks::of(reservation.mark),
             Some((reservation, lines)),
             true,
             false,
@@ -99,7 +107,7 @@ impl Shared {
     pub(super) fn write_now<'a>(
         &self,
         reservation: Reservation,
-        encode: impl FnOnce(&mut Vec<u8>, u64) -> Vec<(&'a str, Range<usize>, usize)>,
+        encode: impl FnOnce(&mut Vec<u8>, u64) -> Vec<RecordLines<'a>>,
     ) -> Result<Vec<String>, WalError> {
         let mut scratch = lock(&self.scratch);
         let mut data = std::mem::take(&mut *scratch);
@@ -140,20 +148,6 @@ impl Shared {
         let result = self.write_group(group);
         self.count_group(&mut lock(&self.state), group, &result);
         result.map(|_| ())
-    }
-
-    /// The records of one append's lines, as a group of their own.
-    fn group_of(reservation: &Reservation, lines: &[TenantLines]) -> Queue {
-        let mut data = Vec::with_capacity(lines.iter().map(|l| l.1.len() + 64).sum());
-        for (tenant, bytes, n) in lines {
-            encode_record(&mut data, reservation.mark, tenant, bytes, *n);
-        }
-        Queue {
-            data,
-            records: lines.len() as u64,
-            marks: Marks::of(reservation.mark),
-            entries: Vec::new(),
-        }
     }
 
     /// Why `bytes` more cannot be logged now (`force`: past the cap), or None.
@@ -200,10 +194,10 @@ impl Shared {
         records: Vec<u8>,
         count: u64,
         marks: Marks,
-        store: Option<(Reservation, Vec<TenantLines>)>,
+        mut store: Option<(Reservation, Vec<QueuedLines>)>,
         notify: bool,
         force: bool,
-    ) -> Result<u64, (WalError, Option<(Reservation, Vec<TenantLines>)>)> {
+    ) -> Result<u64, (WalError, Option<(Reservation, Vec<QueuedLines>)>)> {
         let mut state = lock(&self.state);
         if let Some(error) = self.refusal(&state, records.len(), force) {
             return Err((error, store));
@@ -212,6 +206,11 @@ impl Shared {
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         let queue = &mut state.queue;
+        // The lines' ranges move with the records to the end of the queued data.
+        let at = queue.data.len();
+        for (_, lines, _) in store.iter_mut().flat_map(|(_, lines)| lines) {
+            *lines = lines.start + at..lines.end + at;
+        }
         if queue.data.is_empty() {
             queue.data = records;
         } else {
@@ -265,7 +264,9 @@ impl Shared {
                 let outcome = match (&result, entry.store) {
                     (Ok(_), Some((reservation, lines))) => Ok(self.buffers.commit(
                         reservation,
-                        lines.iter().map(|(t, l, n)| (t.as_str(), l.as_slice(), *n)),
+                        lines
+                            .iter()
+                            .map(|(t, at, n)| (t.as_str(), &queue.data[at.clone()], *n)),
                     )),
                     (Ok(_), None) => Ok(Vec::new()),
                     (Err(e), store) => {
@@ -360,6 +361,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::encode_record;
     use super::super::testing::*;
     use super::*;
     use std::collections::BTreeSet;
