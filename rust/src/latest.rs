@@ -6,7 +6,6 @@
 //! back from that line when asked for, which is rare: once per device per flush interval, and
 //! on the read API.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
@@ -41,12 +40,17 @@ struct Entry {
 /// request must cost a few nanoseconds, not SipHash's tens.
 type Map = foldhash::HashMap<DeviceKey, Entry>;
 
+/// The devices, and the `record` calls so far (each writes under the lock).
+#[derive(Default)]
+struct Held {
+    devices: Map,
+    records: u64,
+}
+
 /// Per tenant and device, the last accepted message. Thread-safe.
 #[derive(Default)]
 pub struct Latest {
-    devices: Mutex<Map>,
-    /// `record` calls so far.
-    records: AtomicU64,
+    held: Mutex<Held>,
 }
 
 impl Latest {
@@ -54,16 +58,18 @@ impl Latest {
         Latest::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Map> {
+    fn lock(&self) -> MutexGuard<'_, Held> {
         // Every update is one assignment after the data moved: a poisoned map is consistent.
-        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keep each device's last accepted item of an appended batch.
     pub fn record(&self, batch: &Batch) {
         let received_ns = batch.receive_ns();
-        let mut devices = self.lock();
-        let recorded = self.records.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut held = self.lock();
+        held.records += 1;
+        let recorded = held.records;
+        let devices = &mut held.devices;
         // Newest item first, one per group; a device whose items fall in several groups of
         // the batch (another site or token) keeps the first one seen: its last item.
         for (tenant, device, line) in batch.last_accepted() {
@@ -91,7 +97,7 @@ impl Latest {
 
     /// Number of devices held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,7 +109,11 @@ impl Latest {
         let held = self.lock();
         devices
             .iter()
-            .map(|&d| held.get(&(tenant, d) as &dyn DeviceIds).map(snapshot))
+            .map(|&d| {
+                held.devices
+                    .get(&(tenant, d) as &dyn DeviceIds)
+                    .map(snapshot)
+            })
             .collect()
     }
 
@@ -111,6 +121,7 @@ impl Latest {
     pub fn take_dirty(&self) -> Vec<Row> {
         let mut held = self.lock();
         let mut rows: Vec<Row> = held
+            .devices
             .iter_mut()
             .filter(|(_, e)| e.dirty)
             .map(|(key, entry)| {
@@ -130,7 +141,7 @@ impl Latest {
     pub fn mark_dirty(&self, keys: &[(&str, &str)]) {
         let mut held = self.lock();
         for &(tenant, device) in keys {
-            if let Some(entry) = held.get_mut(&(tenant, device) as &dyn DeviceIds) {
+            if let Some(entry) = held.devices.get_mut(&(tenant, device) as &dyn DeviceIds) {
                 entry.dirty = true;
             }
         }
