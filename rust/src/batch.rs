@@ -158,9 +158,26 @@ impl Batch {
         device: Option<&str>,
         detail: &str,
     ) {
+        self.push_rejected_writing(reason, tenant, device, |out| out.push_str(detail));
+    }
+
+    /// `push_rejected_with`, the detail written by `write_detail` straight into the batch's
+    /// strings: a detail built for one rejected item needs no string of its own.
+    pub fn push_rejected_writing(
+        &mut self,
+        reason: Reason,
+        tenant: Option<&str>,
+        device: Option<&str>,
+        write_detail: impl FnOnce(&mut String),
+    ) {
         let index = self.items.len() as u32;
         self.push_rejected(reason, device);
-        let span = self.push_str(detail);
+        let start = self.strings.len() as u32;
+        write_detail(&mut self.strings);
+        let span = StrSpan(Span {
+            start,
+            end: self.strings.len() as u32,
+        });
         self.details.push((index, span));
         if let Some(tenant) = tenant {
             let span = self.push_str(tenant);
