@@ -71,6 +71,9 @@ pub struct Identity<'s> {
 
 const NO_GROUP: u32 = u32::MAX;
 
+/// Rejected items a batch makes room for at its first: a sixth of a full batch.
+const REJECTED_ROOM: usize = 16;
+
 /// The detail of an item its tenant's buffer (or the write-ahead log) had no room for.
 pub const BUFFER_FULL_DETAIL: &str = "the tenant's ingest buffer is full; retry later";
 
@@ -171,6 +174,9 @@ impl Batch {
         write_detail: impl FnOnce(&mut String),
     ) {
         let index = self.items.len() as u32;
+        if self.details.is_empty() {
+            self.make_rejected_room();
+        }
         self.push_rejected(reason, device);
         let start = self.strings.len() as u32;
         write_detail(&mut self.strings);
@@ -183,6 +189,16 @@ impl Batch {
             let span = self.push_str(tenant);
             self.rejected_tenants.push((index, span));
         }
+    }
+
+    /// Room for the details and tenants of rejected items at the first of them: a batch with
+    /// one mostly has several, which then cost one allocation each list, not three of a
+    /// growing `Vec`. Out of line: the parser's hot path inlines its caller.
+    #[cold]
+    #[inline(never)]
+    fn make_rejected_room(&mut self) {
+        self.details.reserve(REJECTED_ROOM);
+        self.rejected_tenants.reserve(REJECTED_ROOM);
     }
 
     fn push_str(&mut self, s: &str) -> StrSpan {
