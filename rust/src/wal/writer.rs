@@ -468,6 +468,14 @@ mod tests {
         let stats = wal.stats();
         assert_eq!(stats.appended_records, 1600);
         assert!(stats.fsyncs <= stats.groups && stats.groups <= 1600);
+        // Each append's lines were stored from where its records sit in the shared group.
+        let mut stored = contents(&wal).remove("a").expect("tenant a");
+        stored.sort();
+        let mut sent: Vec<String> = (0..8)
+            .flat_map(|t| (0..200).map(move |i| format!("t{t} {i}")))
+            .collect();
+        sent.sort();
+        assert_eq!(stored, sent);
         wal.abandon();
         let wal = open(&cfg);
         assert_eq!(wal.replay_stats().lines, 1600);
