@@ -374,23 +374,22 @@ impl<'a> Reader<'a> {
     pub fn number(&mut self) -> Result<Number<'a>> {
         let b = self.bytes();
         let start = self.pos;
-        let mut i = start;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        match b.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => i = skip_digits(b, i + 1),
-            _ => return Err(Invalid),
+        let digits = start + usize::from(b.get(start) == Some(&b'-'));
+        let mut i = skip_digits(b, digits);
+        // A leading zero with digits after it: no valid token goes on with a digit, so the
+        // text is invalid whatever follows.
+        if i == digits || (b.get(digits) == Some(&b'0') && i > digits + 1) {
+            return Err(Invalid);
         }
         let int_end = i - start;
-        if b.get(i) == Some(&b'.') {
-            let after = skip_digits(b, i + 1);
-            if after == i + 1 {
-                return Err(Invalid);
-            }
-            i = after;
+        // Metric values mix integers and decimals at random: the fraction is scanned either
+        // way and taken or not without a branch, which would often be mispredicted.
+        let dot = b.get(i) == Some(&b'.');
+        let after = skip_digits(b, i + 1);
+        if dot && after == i + 1 {
+            return Err(Invalid);
         }
+        i = if dot { after } else { i };
         let frac_end = i - start;
         if matches!(b.get(i), Some(b'e' | b'E')) {
             i += 1;
@@ -404,8 +403,13 @@ impl<'a> Reader<'a> {
             i = after;
         }
         self.pos = i;
+        debug_assert!(start < i && i <= b.len(), "the token lies within the text");
+        // SAFETY: `start` is the cursor, on a char boundary, and `i` is the end of the text
+        // or follows an ASCII byte of the token, so it is one too; `start < i <= len` since
+        // the token holds a digit. A checked slice tests both again, per value.
+        let text = unsafe { self.text.get_unchecked(start..i) };
         Ok(Number {
-            text: self.text.get(start..i).ok_or(Invalid)?,
+            text,
             int_end,
             frac_end,
         })
@@ -522,7 +526,18 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
 /// Bytes of a string scanned a word at a time before `find_string_stop_long` takes over.
 const SHORT_STRING: usize = 64;
 
+/// Index of the first byte at or after `i` that is not an ASCII digit (or the end). A word
+/// at a time: a number's parts mostly have under 8 digits, a count that varies at random, so a
+/// byte loop's exit is often mispredicted.
+#[inline(always)]
 fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(w) = words::load(b, i) {
+        let stops = words::non_digits(w);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
     while b.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
     }

@@ -26,6 +26,16 @@ pub fn below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
+/// Lanes that are not ASCII digits, exact in every lane: the high bits are set aside before
+/// the adds, so no carry crosses a lane.
+#[inline(always)]
+pub fn non_digits(w: u64) -> u64 {
+    let low = w & !HIGHS;
+    let from_0 = low + ONES * u64::from(0x80 - b'0');
+    let past_9 = low + ONES * u64::from(0x80 - b'9' - 1);
+    (!from_0 | past_9 | w) & HIGHS
+}
+
 /// Lanes at or above 0x80.
 #[inline(always)]
 pub fn high(w: u64) -> u64 {
@@ -283,6 +293,22 @@ pub fn keyed() -> FoldHasher<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_digits_flags_exactly_the_bytes_that_are_not_digits() {
+        for c in 0..=255u8 {
+            for at in 0..8 {
+                let w =
+                    u64::from_le_bytes([b'5'; 8]) & !(0xff << (8 * at)) | u64::from(c) << (8 * at);
+                let want = if c.is_ascii_digit() {
+                    0
+                } else {
+                    0x80 << (8 * at)
+                };
+                assert_eq!(non_digits(w), want, "{c} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn same_bytes_is_slice_equality() {
