@@ -372,6 +372,54 @@ impl<'a> Reader<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
+        match self.number_in_block() {
+            Some(n) => n,
+            None => self.number_scanned(),
+        }
+    }
+
+    /// `number` for a token without exponent that ends within the 16 bytes from the cursor
+    /// (most values): its parts counted from one block's digit bits. `None` leaves it to
+    /// `number_scanned`, cursor unmoved.
+    #[inline(always)]
+    fn number_in_block(&mut self) -> Option<Result<Number<'a>>> {
+        let b = self.bytes();
+        let start = self.pos;
+        let digits = words::digit_bits(b, start)?;
+        let sign = usize::from(b.get(start) == Some(&b'-'));
+        // The high half of `!digits` is all ones: every count below stops within the block.
+        let int_end = sign + (!digits >> sign).trailing_zeros() as usize;
+        let after_dot = int_end + 1;
+        let dot = b.get(start + int_end) == Some(&b'.');
+        let frac_end = if dot {
+            after_dot + (!digits >> after_dot).trailing_zeros() as usize
+        } else {
+            int_end
+        };
+        if frac_end >= 16 || matches!(b.get(start + frac_end), Some(b'e' | b'E')) {
+            return None;
+        }
+        // No digit, a leading zero with digits after it (no valid token goes on with a
+        // digit), or a dot without digits.
+        let leading_zero = b.get(start + sign) == Some(&b'0') && int_end > sign + 1;
+        if int_end == sign || leading_zero || (dot && frac_end == after_dot) {
+            return Some(Err(Invalid));
+        }
+        self.pos = start + frac_end;
+        debug_assert!(self.pos <= b.len(), "the token lies within the block");
+        // SAFETY: `start` is the cursor, on a char boundary, and the token's last byte is an
+        // ASCII digit within the text, so its end is one too. A checked slice tests both
+        // again, per value.
+        let text = unsafe { self.text.get_unchecked(start..self.pos) };
+        Some(Ok(Number {
+            text,
+            int_end,
+            frac_end,
+        }))
+    }
+
+    /// `number` a part at a time, for any token.
+    fn number_scanned(&mut self) -> Result<Number<'a>> {
         let b = self.bytes();
         let start = self.pos;
         let digits = start + usize::from(b.get(start) == Some(&b'-'));
@@ -800,6 +848,59 @@ mod tests {
         }
         let s = Reader::new(r#""tenant\u005fid""#).string();
         assert!(s.is_ok_and(|s| s.escaped && s.is("tenant_id")));
+    }
+
+    #[test]
+    fn numbers_in_a_block_read_as_scanned() {
+        let tokens = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "10",
+            "01",
+            "-01",
+            "1.",
+            "1.5",
+            "-0.25",
+            "1e5",
+            "1.5E-3",
+            "123456789012345",
+            "1234567890123456",
+            "12345678.1234567",
+            "1234567.12345678",
+            "-",
+            "-.5",
+            "0.",
+            "00.1",
+            "9.999999",
+            "-12.5e",
+        ];
+        let mut in_block = 0;
+        for token in tokens {
+            let tails = ["", ",", "}", "]", ".", "x", "e1", ",\"a\":1}", "0"];
+            // Without room for a whole block after the token, and with it.
+            for (tail, pad) in tails
+                .iter()
+                .flat_map(|t| [(t, ""), (t, "                ")])
+            {
+                let text = format!("{token}{tail}{pad}");
+                let mut fast = Reader::new(&text);
+                let mut scanned = Reader::new(&text);
+                let got = fast.number_in_block().map(|n| (n, fast.pos()));
+                let want = (scanned.number_scanned(), scanned.pos());
+                if let Some(got) = got {
+                    in_block += 1;
+                    // An invalid token fails either way; where the cursor is then is moot.
+                    match want.0 {
+                        Ok(_) => assert_eq!(got, want, "{text:?}"),
+                        Err(_) => assert!(got.0.is_err(), "{text:?}"),
+                    }
+                }
+                assert_eq!(Reader::new(&text).number(), want.0, "{text:?}");
+            }
+        }
+        assert!(in_block > 100, "{in_block}");
     }
 
     #[test]
