@@ -339,10 +339,11 @@ impl<'a> Reader<'a> {
     pub fn string_at_quote(&mut self) -> Result<Str<'a>> {
         let b = self.bytes();
         let start = self.pos + 1;
-        let mut i = start;
         let mut escaped = false;
+        // Ids, names and most values end within one block: found without `skip_plain`'s
+        // set-up for longer runs, which then goes on past the block or after an escape.
+        let mut i = words::find_string_stop_in_block(b, start).unwrap_or_else(|j| skip_plain(b, j));
         loop {
-            i = skip_plain(b, i);
             match b.get(i) {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -358,6 +359,7 @@ impl<'a> Reader<'a> {
                 }
                 _ => return Err(Invalid),
             }
+            i = skip_plain(b, i);
         }
         self.pos = i + 1;
         debug_assert!(start <= i && i < b.len(), "the string lies within the text");

@@ -26,14 +26,20 @@ pub fn below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
-/// Lanes that are not ASCII digits, exact in every lane: the high bits are set aside before
-/// the adds, so no carry crosses a lane.
+/// Lanes holding a byte in `lo..=hi` (`hi < 0x80`), exact in every lane: the high bits are
+/// set aside before the adds, so no carry crosses a lane.
+#[inline(always)]
+pub fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
+    let low = w & !HIGHS;
+    let from_lo = low + ONES * u64::from(0x80 - lo);
+    let past_hi = low + ONES * u64::from(0x80 - hi - 1);
+    from_lo & !past_hi & !w & HIGHS
+}
+
+/// Lanes that are not ASCII digits, exact in every lane.
 #[inline(always)]
 pub fn non_digits(w: u64) -> u64 {
-    let low = w & !HIGHS;
-    let from_0 = low + ONES * u64::from(0x80 - b'0');
-    let past_9 = low + ONES * u64::from(0x80 - b'9' - 1);
-    (!from_0 | past_9 | w) & HIGHS
+    !in_range(w, b'0', b'9') & HIGHS
 }
 
 /// Lanes at or above 0x80.
@@ -105,6 +111,31 @@ fn find_blocks(b: &[u8], mut i: usize, stops: impl Fn(u64, u64) -> u32) -> Resul
 #[inline(always)]
 pub fn find_string_stop(b: &[u8], i: usize) -> Result<usize, usize> {
     find_blocks(b, i, string_stops)
+}
+
+/// `find_string_stop` for one block only: `Err(j)` with `j` past the block when it holds no
+/// stop, or `i` when fewer than 16 bytes remain. Most ids and names end within it, found
+/// without the set-up of a longer scan.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn find_string_stop_in_block(b: &[u8], i: usize) -> Result<usize, usize> {
+    let Some(block) = b.get(i..i.wrapping_add(16)) else {
+        return Err(i);
+    };
+    let (Some(lo), Some(hi)) = (load(block, 0), load(block, 8)) else {
+        return Err(i);
+    };
+    match string_stops(lo, hi) {
+        0 => Err(i + 16),
+        mask => Ok(i + mask.trailing_zeros() as usize),
+    }
+}
+
+/// Without SSE2 no block is taken.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn find_string_stop_in_block(_b: &[u8], i: usize) -> Result<usize, usize> {
+    Err(i)
 }
 
 /// Index of the first `"`, `\\` or control character at or after `i`, or `b.len()`: for the
@@ -318,6 +349,23 @@ pub fn keyed() -> FoldHasher<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_range_flags_exactly_the_bytes_in_range() {
+        for (lo, hi) in [(b'a', b'z'), (b'_', b'_'), (0, 0), (0x7f, 0x7f), (0, 0x7f)] {
+            for c in 0..=255u8 {
+                for (at, around) in [(0, 0u8), (3, lo), (7, hi ^ 1), (5, 0xff)] {
+                    let w = u64::from_le_bytes([around; 8]) & !(0xff << (8 * at))
+                        | u64::from(c) << (8 * at);
+                    let want = (0..8).fold(0u64, |m, k| {
+                        let byte = (w >> (8 * k)) as u8;
+                        m | u64::from((lo..=hi).contains(&byte)) << (8 * k + 7)
+                    });
+                    assert_eq!(in_range(w, lo, hi), want, "{lo} {hi} {c} at {at}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn non_digits_flags_exactly_the_bytes_that_are_not_digits() {
