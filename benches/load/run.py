@@ -139,6 +139,7 @@ class Setup:
     connections: int
     threads: int
     workdir: Path
+    discard_lp: bool = False
     token_of: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
@@ -256,21 +257,32 @@ def rss_kib(pid: int) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples a gateway's RSS, and the size of its write-ahead log, once a second."""
+    """Samples a gateway's RSS, its buffered bytes and the size of its write-ahead log once a
+    second; with `discard_lp`, also deletes the embedded sink's files, so a long saturated run
+    (~1 GB of line protocol per 10 s) does not fill the disk: the sink's writes cost the same,
+    and a nearly full file system would slow them."""
 
-    def __init__(self, gw: GatewayProcess) -> None:
+    def __init__(self, gw: GatewayProcess, discard_lp: bool = False) -> None:
         super().__init__(daemon=True)
         self.gw = gw
+        self.discard_lp = discard_lp
         self.samples: list[int] = []
+        self.buffered_bytes: list[int] = []
         self.wal_bytes: list[int] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(1.0):
             self.samples.append(rss_kib(self.gw.proc.pid))
-            wal = gateway_stats(self.gw).get("wal")
+            stats = gateway_stats(self.gw)
+            self.buffered_bytes.append(stats["buffer_depth"]["bytes_counted"])
+            wal = stats.get("wal")
             if wal:
                 self.wal_bytes.append(wal["bytes"])
+            if self.discard_lp:
+                # An append in progress keeps its file open; the next one creates it anew.
+                for path in (self.gw.data_dir / "lp").glob("*/*.lp"):
+                    path.unlink(missing_ok=True)
 
 
 def wrk(
@@ -326,7 +338,13 @@ def gateway_stats(gw: GatewayProcess) -> dict[str, Any]:
 
 
 def measure(
-    procs: Procs, listing: Path, duration: int, connections: int, threads: int, delay_ms: int
+    procs: Procs,
+    listing: Path,
+    duration: int,
+    connections: int,
+    threads: int,
+    delay_ms: int,
+    discard_lp: bool = False,
 ) -> dict[str, Any]:
     """One wrk phase; accepted msgs/s from the gateway's own counters, CPU per process, and in
     NATS mode the wait until the worker wrote everything accepted."""
@@ -335,7 +353,7 @@ def measure(
     written_before = procs.worker_stats(reset_latency=True)["writes_ok"] if procs.worker else 0
     cpu = CpuMeter(procs.cpu)
     cpu.start()
-    sampler = RssSampler(gw)
+    sampler = RssSampler(gw, discard_lp)
     rss_start = rss_kib(gw.proc.pid)
     sampler.start()
     result = wrk(gw.url, listing, duration, connections, threads, delay_ms)
@@ -382,6 +400,9 @@ def measure(
         "rss_max_mib": round(max(sampler.samples or [rss_start]) / 1024, 1),
         # One sample per 30 s: what "flat over a long run" is judged on.
         "rss_trace_mib": [round(kib / 1024, 1) for kib in sampler.samples[::30]],
+        # Beside it, what the buffers held then: whether RSS follows the sink falling behind.
+        "buffered_trace_mib": [round(b / 2**20, 1) for b in sampler.buffered_bytes[::30]],
+        "buffered_max_mib": round(max(sampler.buffered_bytes or [0]) / 2**20, 1),
         # The log's size: bounded when its sink keeps up, whatever the run's length.
         "wal_max_mib": round(max(sampler.wal_bytes) / 2**20, 1) if sampler.wal_bytes else None,
         "fsyncs": fsyncs,
@@ -508,7 +529,7 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
 
 def saturated(s: Setup, run: Running) -> dict[str, Any]:
     """One saturated phase of a started build, printed as it ends."""
-    sat = measure(run.procs, run.listing, s.duration, s.connections, s.threads, 0)
+    sat = measure(run.procs, run.listing, s.duration, s.connections, s.threads, 0, s.discard_lp)
     row = {**run.tags, "phase": "saturated", **sat}
     print(json.dumps(row), flush=True)
     return row
@@ -769,6 +790,12 @@ def main() -> None:
         "speed drifts); adds a `mean of PAIRS` row per build and durability",
     )
     p.add_argument(
+        "--discard-lp",
+        action="store_true",
+        help="lp sink: delete its files once a second during saturated phases (a long run "
+        "would fill the disk; the sink writes the same bytes)",
+    )
+    p.add_argument(
         "--ceiling",
         action="store_true",
         help="also run the HTTP ceiling app (a route that only reads the bodies) under the same "
@@ -783,6 +810,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="append JSON lines and the table here")
     args = p.parse_args()
     s = new_setup(args, args.devices_per_batch, args.bodies, "tidegate-load-")
+    s.discard_lp = args.discard_lp
     workdir = s.workdir
     registries = args.registries.split(",")
     sinks = args.sinks.split(",")

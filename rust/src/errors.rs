@@ -1,6 +1,6 @@
 //! Plain Rust errors and reason codes of the core; `lib.rs` turns them into Python exceptions.
 
-use std::fmt;
+use std::fmt::{self, Write};
 
 /// Why a whole request body is unusable (`BodyError` in Python). `Display` is the exact `.detail`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,22 +264,39 @@ pub const QUOTED_CHARS: usize = 64;
 /// carries a client's unbounded or terminal-controlling text into a response or a log line.
 pub fn quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(QUOTED_CHARS * 4) + 8);
+    push_quoted(&mut out, s);
+    out
+}
+
+/// `quoted`, appended to `out`: a detail is written in one buffer.
+pub fn push_quoted(out: &mut String, s: &str) {
     out.push('\'');
-    for (i, c) in s.chars().enumerate() {
+    // Most quoted values are short printable ASCII: one byte scan, one copy.
+    if s.len() <= QUOTED_CHARS && s.bytes().all(|b| matches!(b, b' '..=b'~')) {
+        out.push_str(s);
+        out.push('\'');
+        return;
+    }
+    // Runs of characters that need no escape are copied whole, not char by char.
+    let mut plain = 0;
+    for (i, (at, c)) in s.char_indices().enumerate() {
         if i == QUOTED_CHARS {
+            out.push_str(&s[plain..at]);
             out.push('…');
-            break;
+            out.push('\'');
+            return;
         }
         if matches!(c, '\0'..='\x1f' | '\x7f'..='\u{9f}' | '\u{200e}' | '\u{200f}'
             | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
         {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
-        } else {
-            out.push(c);
+            out.push_str(&s[plain..at]);
+            // Writing to a `String` cannot fail.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+            plain = at + c.len_utf8();
         }
     }
+    out.push_str(&s[plain..]);
     out.push('\'');
-    out
 }
 
 /// A rate or burst in a detail: at most three decimals, trailing zeros dropped.

@@ -63,6 +63,17 @@ struct State {
     index: foldhash::HashMap<Box<str>, usize>,
     tenants: Vec<TenantFields>,
     untracked: u64,
+    /// `admit`'s buffers, kept from batch to batch: a batch allocates none of its own.
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// Per tenant index of the batch, its index in `State::tenants`.
+    slots: Vec<usize>,
+    fields: LineFields,
+    /// Per item, the fields its tenant does not know yet (indices into `fields.refs`).
+    new_fields: Vec<usize>,
 }
 
 impl State {
@@ -101,12 +112,16 @@ impl FieldTypes {
     pub fn admit(&self, batch: &mut Batch) -> Result<(), UsageError> {
         let mut state = self.lock();
         let state = &mut *state;
-        // Per tenant index of the batch, its index in `state.tenants`.
-        let mut slots = vec![usize::MAX; batch.tenant_count()];
-        let mut fields = LineFields::default();
-        // Per item, the fields its tenant does not know yet (indices into `fields.refs`).
-        let mut new_fields: Vec<usize> = Vec::with_capacity(16);
-        batch.reject_with(|tenant_index, tenant, line, shape| {
+        // Taken out while the closure below borrows `state`, put back after.
+        let mut scratch = std::mem::take(&mut state.scratch);
+        let Scratch {
+            slots,
+            fields,
+            new_fields,
+        } = &mut scratch;
+        slots.clear();
+        slots.resize(batch.tenant_count(), usize::MAX);
+        let admitted = batch.reject_with(|tenant_index, tenant, line, shape| {
             let slot = &mut slots[tenant_index];
             if *slot == usize::MAX {
                 *slot = state.tenant(tenant);
@@ -134,7 +149,7 @@ impl FieldTypes {
             }
             // An untracked field is counted each time it is sent: its shape is never verified.
             let mut all_remembered = true;
-            for &i in &new_fields {
+            for &i in new_fields.iter() {
                 if known.len >= self.max_per_tenant {
                     state.untracked += 1;
                     all_remembered = false;
@@ -151,7 +166,9 @@ impl FieldTypes {
                 known.verified.insert(shape);
             }
             None
-        })
+        });
+        state.scratch = scratch;
+        admitted
     }
 
     /// The distinct fields of the batch's still-accepted items that their tenant has not

@@ -37,6 +37,9 @@ struct Entry {
     recorded: u64,
 }
 
+/// Bytes a device's kept line may grow by before it is reallocated.
+const LINE_SLACK: usize = 32;
+
 /// Device keys are authenticated devices' ids (no flooding), and a lookup per device per
 /// request must cost a few nanoseconds, not SipHash's tens.
 type Map = foldhash::HashMap<DeviceKey, Entry>;
@@ -77,8 +80,12 @@ impl Latest {
                     entry.recorded = recorded;
                 }
                 None => {
+                    // Room for the device's next lines, which differ in a few digits: a
+                    // slightly longer one is copied in place rather than reallocated.
+                    let mut copy = Vec::with_capacity(line.len() + LINE_SLACK);
+                    copy.extend_from_slice(line);
                     let entry = Entry {
-                        line: line.to_vec(),
+                        line: copy,
                         received_ns,
                         dirty: true,
                         recorded,

@@ -199,6 +199,8 @@ struct MessageParser<'a> {
     max_payload: usize,
     /// The last `metrics` object's entries, in body order.
     metrics: Vec<Metric<'a>>,
+    /// The last `metrics` object's text, for the detail of a rejected message.
+    metrics_text: &'a str,
     /// The entries of `metrics` that are written, as (prefix, index) in name order, the last
     /// of duplicate names kept. Pairs rather than entries: sorting moves 16 bytes, not 72.
     order: Vec<(u64, u32)>,
@@ -221,6 +223,7 @@ impl<'a> MessageParser<'a> {
             receive_ns,
             max_payload,
             metrics: Vec::with_capacity(16),
+            metrics_text: "",
             order: Vec::with_capacity(16),
             order_known: false,
             names_ok: false,
@@ -247,8 +250,10 @@ impl<'a> MessageParser<'a> {
             } else {
                 Reason::InvalidSchema
             };
-            let detail = explain::not_object(raw, self.max_payload);
-            self.batch.push_rejected_with(reason, None, None, &detail);
+            let max_payload = self.max_payload;
+            self.batch.push_rejected_writing(reason, None, None, |out| {
+                explain::not_object(raw, max_payload, out)
+            });
         }
         Ok(())
     }
@@ -306,6 +311,7 @@ impl<'a> MessageParser<'a> {
                 _ => MetricsField::NotObject,
             });
         }
+        let start = r.pos();
         r.begin_object()?;
         // Entries are overwritten in place: an entry whose name is the one at its place last
         // time keeps that name, matched in a few word compares rather than read again.
@@ -355,6 +361,7 @@ impl<'a> MessageParser<'a> {
             self.order_known = false;
         }
         self.metrics.truncate(n);
+        self.metrics_text = r.since(start);
         Ok(MetricsField::Object)
     }
 
@@ -442,17 +449,21 @@ impl<'a> MessageParser<'a> {
         let (measurement, seq, ts) = match checked {
             Ok(v) => v,
             Err(reason) => {
-                let detail = self.explain(reason, f, raw, url);
+                let message = self.explained(reason, f, raw, url);
                 let tenant = tenant.get().filter(|t| valid_tenant(t));
                 self.batch
-                    .push_rejected_with(reason, tenant, device.get(), &detail);
+                    .push_rejected_writing(reason, tenant, device.get(), |out| {
+                        explain::message(reason, &message, out)
+                    });
                 return;
             }
         };
         let Some((id, at)) = identity else {
-            let detail = self.explain(Reason::InvalidSchema, f, raw, url);
-            self.batch
-                .push_rejected_with(Reason::InvalidSchema, None, None, &detail);
+            let reason = Reason::InvalidSchema;
+            let message = self.explained(reason, f, raw, url);
+            self.batch.push_rejected_writing(reason, None, None, |out| {
+                explain::message(reason, &message, out)
+            });
             return;
         };
         let (metrics, order) = (&self.metrics, &self.order);
@@ -487,14 +498,15 @@ impl<'a> MessageParser<'a> {
             });
     }
 
-    /// The detail of a message `judge` rejected for `reason` (the rejected path only).
-    fn explain(
+    /// What the detail of a message `judge` rejected for `reason` is written from (the rejected
+    /// path only).
+    fn explained(
         &self,
         reason: Reason,
         f: &Fields<'a>,
         raw: &'a str,
         url: Option<&UrlIdentity<'a>>,
-    ) -> String {
+    ) -> explain::Message<'a> {
         use explain::Field;
         let (tenant, device, msg_type, token) = match url {
             Some(u) => (
@@ -510,7 +522,7 @@ impl<'a> MessageParser<'a> {
                 Field::of(&f.provision_token),
             ),
         };
-        let message = explain::Message {
+        explain::Message {
             tenant,
             device,
             msg_type,
@@ -520,9 +532,36 @@ impl<'a> MessageParser<'a> {
             ts: f.ts,
             raw,
             max_payload: self.max_payload,
+            metrics: match reason {
+                Reason::InvalidMetrics => self.metrics_read(f.metrics),
+                _ => explain::MetricsRead::Unknown,
+            },
             receive_time_ok: self.receive_time().is_some(),
-        };
-        explain::message(reason, &message)
+        }
+    }
+
+    /// What this read of the metrics knows of their first broken rule: with valid names, in
+    /// `order`, it is the first entry without a usable value, and only that entry is read again.
+    fn metrics_read(&self, field: MetricsField) -> explain::MetricsRead<'a> {
+        let known = field == MetricsField::Object
+            && !self.lone_metric_name
+            && self.order_known
+            && self.names_ok;
+        if !known {
+            return explain::MetricsRead::Unknown;
+        }
+        let bad = self
+            .order
+            .iter()
+            .map(|&(_, i)| i as usize)
+            .find(|&i| self.metrics[i].value.is_none());
+        match bad {
+            Some(index) => explain::MetricsRead::BadValue {
+                object: self.metrics_text,
+                index,
+            },
+            _ => explain::MetricsRead::Unknown,
+        }
     }
 
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no

@@ -1,22 +1,29 @@
 //! The `detail` of a rejected telemetry message: one sentence naming the first rule of its
 //! reason that THIS message breaks, in the order `judge` applies them. Built only for rejected
-//! items (the message is read again here, from its raw text), so accepted ones pay nothing.
+//! items, so accepted ones pay nothing; written straight into the batch's strings, with no
+//! string of its own.
 //!
-//! Client text is quoted bounded (`errors::quoted`); a provision token is never quoted.
+//! Client text is quoted bounded (`errors::push_quoted`); a provision token is never quoted.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 
 use super::{checked_metric_name, parse_seq, MAX_METRICS};
 use crate::encode::Float;
 use crate::envelope::Value;
-use crate::errors::{quoted, Reason};
+use crate::errors::{push_quoted, Reason};
 use crate::ids::{valid_id, valid_tenant};
 use crate::json::{self, Reader};
 use crate::schema::MSG_TYPES;
 use crate::timestamp::parse_rfc3339;
 use crate::words;
 
-const ID_RULE: &str = "1 to 128 bytes of UTF-8 without control characters or backslashes";
+/// The id rule's words, a macro so that the sentences naming it are single literals.
+macro_rules! id_rule {
+    () => {
+        "1 to 128 bytes of UTF-8 without control characters or backslashes"
+    };
+}
 
 /// A JSON value's kind, as a detail names it.
 fn kind(v: &Value<'_>) -> &'static str {
@@ -53,19 +60,31 @@ impl<'s> Field<'s> {
         s.map_or(Field::LoneSurrogate, |s| Field::Text(Cow::Borrowed(s)))
     }
 
-    /// Why it is not a string, or `None` with its text.
-    fn text(&self, name: &str) -> Result<&str, String> {
+    /// Its text; `None` when it is not a string, having written why to `out`.
+    fn text_or_why(&self, name: &str, out: &mut String) -> Option<&str> {
         match self {
-            Field::Missing => Err(format!("{name} is missing")),
-            Field::NotString(kind) => Err(format!("{name} must be a string, got {kind}")),
-            Field::LoneSurrogate => Err(lone(name)),
-            Field::Text(s) => Ok(s),
+            Field::Missing => push_all(out, &[name, " is missing"]),
+            Field::NotString(kind) => push_all(out, &[name, " must be a string, got ", kind]),
+            Field::LoneSurrogate => lone(name, out),
+            Field::Text(s) => return Some(s),
         }
+        None
     }
 }
 
-fn lone(name: &str) -> String {
-    format!("{name} is not valid Unicode (it holds a lone surrogate)")
+fn lone(name: &str, out: &mut String) {
+    push_all(
+        out,
+        &[name, " is not valid Unicode (it holds a lone surrogate)"],
+    );
+}
+
+/// Appends the pieces of a sentence: no `format!` temporaries and formatting machinery for what
+/// is mostly fixed text.
+fn push_all(out: &mut String, pieces: &[&str]) {
+    for piece in pieces {
+        out.push_str(piece);
+    }
 }
 
 /// What `judge` read of a rejected message.
@@ -79,149 +98,194 @@ pub struct Message<'s> {
     pub ts: Value<'s>,
     /// The message's JSON text, metrics and all.
     pub raw: &'s str,
+    /// What the parser's own read of the metrics knows of their first broken rule.
+    pub metrics: MetricsRead<'s>,
     pub max_payload: usize,
     /// Whether the receive time a message without `ts` gets is in InfluxDB's range.
     pub receive_time_ok: bool,
 }
 
-/// The detail of a message `judge` rejected for `reason`.
-pub fn message(reason: Reason, m: &Message<'_>) -> String {
-    let found = match reason {
-        Reason::PayloadTooLarge => Some(too_large(m.raw.len(), m.max_payload)),
-        Reason::InvalidSchema => schema(m),
-        Reason::InvalidMsgType => msg_type(&m.msg_type),
-        Reason::InvalidTimestamp => timestamp(&m.ts, m.receive_time_ok),
-        Reason::InvalidMetrics => metrics(m.raw),
-        _ => None,
-    };
-    found.unwrap_or_else(|| generic(reason))
+/// What the parser's read of a message's (last) `metrics` object found.
+#[derive(Clone, Copy)]
+pub enum MetricsRead<'s> {
+    /// Nothing the detail can use: the metrics are read again from the message.
+    Unknown,
+    /// The names are valid and at most `MAX_METRICS`: the first broken rule is the value of the
+    /// entry at `index` (in body order) of the `metrics` object whose text is `object`.
+    BadValue { object: &'s str, index: usize },
 }
 
-/// The detail of a batch element that is not a JSON object (`raw` its text).
-pub fn not_object(raw: &str, max_payload: usize) -> String {
+/// Writes the detail of a message `judge` rejected for `reason` to `out`.
+pub fn message(reason: Reason, m: &Message<'_>, out: &mut String) {
+    let written = match reason {
+        Reason::PayloadTooLarge => {
+            too_large(m.raw.len(), m.max_payload, out);
+            true
+        }
+        Reason::InvalidSchema => schema(m, out),
+        Reason::InvalidMsgType => msg_type(&m.msg_type, out),
+        Reason::InvalidTimestamp => timestamp(&m.ts, m.receive_time_ok, out),
+        Reason::InvalidMetrics => match m.metrics {
+            MetricsRead::BadValue { object, index } => bad_value(object, index, out),
+            MetricsRead::Unknown => metrics(m.raw, out),
+        },
+        _ => false,
+    };
+    if !written {
+        generic(reason, out);
+    }
+}
+
+/// Writes the detail of a batch element that is not a JSON object (`raw` its text) to `out`.
+pub fn not_object(raw: &str, max_payload: usize, out: &mut String) {
     if raw.len() > max_payload {
-        return too_large(raw.len(), max_payload);
+        return too_large(raw.len(), max_payload, out);
     }
     let v = Value::read(&mut Reader::new(raw)).unwrap_or(Value::Missing);
-    format!("message must be a JSON object, got {}", kind(&v))
+    push_all(out, &["message must be a JSON object, got ", kind(&v)]);
 }
 
 /// The reason's sentence, for a rejection no rule above names (none is known).
-fn generic(reason: Reason) -> String {
-    reason.detail().unwrap_or(reason.code()).to_owned()
+fn generic(reason: Reason, out: &mut String) {
+    out.push_str(reason.detail().unwrap_or(reason.code()));
 }
 
-fn too_large(size: usize, max: usize) -> String {
-    format!("message is {size} bytes; the limit is {max} bytes")
+fn too_large(size: usize, max: usize, out: &mut String) {
+    // `itoa` rather than `write!`: the formatting machinery costs a thousand instructions here.
+    let (mut size_digits, mut max_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    push_all(
+        out,
+        &[
+            "message is ",
+            size_digits.format(size),
+            " bytes; the limit is ",
+            max_digits.format(max),
+            " bytes",
+        ],
+    );
 }
 
-fn schema(m: &Message<'_>) -> Option<String> {
-    let rule = |name: &str, field: &Field<'_>, valid: fn(&str) -> bool, what: &str| {
-        field
-            .text(name)
-            .and_then(|s| match valid(s) {
-                true => Ok(()),
-                false => Err(format!("{name} {} is not {what}", quoted(s))),
-            })
-            .err()
+/// Writes the first id rule the message breaks, if any; true if it wrote.
+fn schema(m: &Message<'_>, out: &mut String) -> bool {
+    const VALID_ID: &str = concat!("a valid id: ", id_rule!());
+    let mut rule = |name: &str, field: &Field<'_>, valid: fn(&str) -> bool, what: &str| -> bool {
+        let Some(s) = field.text_or_why(name, out) else {
+            return true;
+        };
+        if valid(s) {
+            return false;
+        }
+        push_all(out, &[name, " "]);
+        push_quoted(out, s);
+        push_all(out, &[" is not ", what]);
+        true
     };
-    rule(
+    if rule(
         "tenant_id",
         &m.tenant,
         valid_tenant,
         "a tenant id: 1 to 64 of a-z, 0-9, _ and -",
-    )
-    .or_else(|| {
-        rule(
-            "device_id",
-            &m.device,
-            valid_id,
-            &format!("a valid id: {ID_RULE}"),
-        )
-    })
-    .or_else(|| {
-        rule(
-            "site_id",
-            &m.site,
-            valid_id,
-            &format!("a valid id: {ID_RULE}"),
-        )
-    })
-    .or_else(|| match m.token.text("provision_token") {
-        Ok(t) if !valid_id(t) => Some(format!("provision_token is not a valid token: {ID_RULE}")),
-        Ok(_) => None,
-        Err(e) => Some(e),
-    })
-    .or_else(|| match &m.msg_type {
-        Field::Missing | Field::NotString(_) => m.msg_type.text("msg_type").err(),
-        _ => None,
-    })
-    .or_else(|| seq(&m.seq))
+    ) || rule("device_id", &m.device, valid_id, VALID_ID)
+        || rule("site_id", &m.site, valid_id, VALID_ID)
+    {
+        return true;
+    }
+    match m.token.text_or_why("provision_token", out) {
+        None => return true,
+        Some(t) if !valid_id(t) => {
+            out.push_str(concat!(
+                "provision_token is not a valid token: ",
+                id_rule!()
+            ));
+            return true;
+        }
+        Some(_) => {}
+    }
+    if let Field::Missing | Field::NotString(_) = m.msg_type {
+        return m.msg_type.text_or_why("msg_type", out).is_none();
+    }
+    seq(&m.seq, out)
 }
 
-fn seq(v: &Value<'_>) -> Option<String> {
+fn seq(v: &Value<'_>, out: &mut String) -> bool {
     const RULE: &str = "seq must be a whole number from 0 to 9223372036854775807";
     match v {
-        Value::Missing | Value::Null => None,
-        Value::Number(n) if n.is_integer() && parse_seq(n.text).is_some() => None,
-        Value::Number(_) => Some(RULE.to_owned()),
-        other => Some(format!("{RULE}, got {}", kind(other))),
+        Value::Missing | Value::Null => false,
+        Value::Number(n) if n.is_integer() && parse_seq(n.text).is_some() => false,
+        Value::Number(_) => {
+            out.push_str(RULE);
+            true
+        }
+        other => {
+            push_all(out, &[RULE, ", got ", kind(other)]);
+            true
+        }
     }
 }
 
-fn msg_type(field: &Field<'_>) -> Option<String> {
-    let s = match field.text("msg_type") {
-        Ok(s) => s,
-        Err(e) => return Some(e),
+fn msg_type(field: &Field<'_>, out: &mut String) -> bool {
+    let Some(s) = field.text_or_why("msg_type", out) else {
+        return true;
     };
-    (!MSG_TYPES.contains(&s)).then(|| {
-        format!(
-            "msg_type {} is not one of: {}",
-            quoted(s),
-            MSG_TYPES.join(", ")
-        )
-    })
-}
-
-fn timestamp(ts: &Value<'_>, receive_time_ok: bool) -> Option<String> {
-    let field = match ts {
-        Value::Missing | Value::Null => {
-            return (!receive_time_ok).then(|| {
-                "message has no ts, and its receive time is outside InfluxDB's range".to_owned()
-            })
-        }
-        v => Field::of(v),
-    };
-    match field.text("ts") {
-        Err(_) if matches!(field, Field::NotString(_)) => {
-            Some(format!("ts must be an RFC 3339 string, got {}", kind(ts)))
-        }
-        Err(e) => Some(e),
-        Ok(s) => parse_rfc3339(s).is_none().then(|| {
-            format!(
-                "ts {} is not an RFC 3339 timestamp within InfluxDB's range (years 1677 to 2262)",
-                quoted(s)
-            )
-        }),
+    if MSG_TYPES.contains(&s) {
+        return false;
     }
+    out.push_str("msg_type ");
+    push_quoted(out, s);
+    out.push_str(" is not one of: ");
+    for (i, t) in MSG_TYPES.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(t);
+    }
+    true
 }
 
-/// The first metrics rule the message's (last) `metrics` member breaks: an object, names valid
-/// Unicode, at most `MAX_METRICS` names, then each name and value in name order (the last of a
-/// duplicated name counts).
-fn metrics(raw: &str) -> Option<String> {
-    let entries = match metrics_member(raw).ok()? {
-        None | Some(Metrics::Null) => return None,
-        Some(Metrics::NotObject(kind)) => {
-            return Some(format!("metrics must be an object, got {kind}"))
+fn timestamp(ts: &Value<'_>, receive_time_ok: bool, out: &mut String) -> bool {
+    if let Value::Missing | Value::Null = ts {
+        if !receive_time_ok {
+            out.push_str("message has no ts, and its receive time is outside InfluxDB's range");
         }
-        Some(Metrics::Object(entries)) => entries,
+        return !receive_time_ok;
+    }
+    let field = Field::of(ts);
+    if let Field::NotString(kind) = field {
+        push_all(out, &["ts must be an RFC 3339 string, got ", kind]);
+        return true;
+    }
+    let Some(s) = field.text_or_why("ts", out) else {
+        return true;
+    };
+    if parse_rfc3339(s).is_some() {
+        return false;
+    }
+    out.push_str("ts ");
+    push_quoted(out, s);
+    out.push_str(" is not an RFC 3339 timestamp within InfluxDB's range (years 1677 to 2262)");
+    true
+}
+
+/// The first metrics rule the message's (last) `metrics` member breaks, read again from the
+/// message: an object, names valid Unicode, at most `MAX_METRICS` names, then each name and
+/// value in name order (the last of a duplicated name counts). True if it wrote.
+fn metrics(raw: &str, out: &mut String) -> bool {
+    let entries = match metrics_member(raw) {
+        Ok(Some(Metrics::Object(entries))) => entries,
+        Ok(Some(Metrics::NotObject(kind))) => {
+            push_all(out, &["metrics must be an object, got ", kind]);
+            return true;
+        }
+        Ok(None | Some(Metrics::Null)) | Err(_) => return false,
     };
     let mut named = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         match name {
             Some(name) => named.push((name, value)),
-            None => return Some(lone("a metric name")),
+            None => {
+                lone("a metric name", out);
+                return true;
+            }
         }
     }
     // Stable: of a duplicated name, the last in body order is kept.
@@ -234,35 +298,67 @@ fn metrics(raw: &str) -> Option<String> {
         }
     }
     if kept.len() > MAX_METRICS {
-        return Some(format!(
+        // Writing to a `String` cannot fail.
+        let _ = write!(
+            out,
             "metrics holds {} names; at most {MAX_METRICS} are allowed",
             kept.len()
-        ));
+        );
+        return true;
     }
-    kept.iter().find_map(|(name, value)| metric(name, value))
+    kept.iter().any(|(name, value)| metric(name, value, out))
 }
 
-fn metric(name: &str, value: &Value<'_>) -> Option<String> {
+/// The detail of the metric at `index` of the `metrics` object `object`, whose name the parser
+/// found valid: only that entry is read again, rather than the message and all its metrics.
+fn bad_value(object: &str, index: usize, out: &mut String) -> bool {
+    match entry_at(object, index) {
+        Ok((Some(name), value)) => metric(&name, &value, out),
+        // The parser read this very text.
+        _ => false,
+    }
+}
+
+/// The entry at `index` (in body order) of the JSON object `object`.
+fn entry_at(object: &str, index: usize) -> json::Result<Entry<'_>> {
+    let mut r = Reader::new(object);
+    r.begin_object()?;
+    for i in 0..index {
+        r.key_follows(i == 0)?;
+        r.key()?;
+        r.skip_value()?;
+    }
+    r.key_follows(index == 0)?;
+    Ok((r.key()?.decode(), Value::read(&mut r)?))
+}
+
+/// Writes the rule the metric breaks, if any; true if it wrote.
+fn metric(name: &str, value: &Value<'_>, out: &mut String) -> bool {
     if checked_metric_name(name, words::head(name.as_bytes())).is_none() {
-        return Some(match valid_id(name) {
-            true => format!("metric name {} is reserved", quoted(name)),
-            false => format!(
-                "metric name {} is not a valid name: {ID_RULE}",
-                quoted(name)
-            ),
-        });
+        out.push_str("metric name ");
+        push_quoted(out, name);
+        match valid_id(name) {
+            true => out.push_str(" is reserved"),
+            false => out.push_str(concat!(" is not a valid name: ", id_rule!())),
+        }
+        return true;
     }
-    match value {
-        Value::Bool(_) => None,
-        Value::Number(n) => Float::of(n)
-            .is_none()
-            .then(|| format!("metric {} is not a finite number", quoted(name))),
-        other => Some(format!(
-            "metric {} is {}; metrics must be numbers or booleans",
-            quoted(name),
-            kind(other)
-        )),
+    let kind = match value {
+        Value::Bool(_) => return false,
+        Value::Number(n) if Float::of(n).is_some() => return false,
+        Value::Number(_) => None,
+        other => Some(kind(other)),
+    };
+    out.push_str("metric ");
+    push_quoted(out, name);
+    match kind {
+        None => out.push_str(" is not a finite number"),
+        Some(kind) => push_all(
+            out,
+            &[" is ", kind, "; metrics must be numbers or booleans"],
+        ),
     }
+    true
 }
 
 type Entry<'s> = (Option<Cow<'s, str>>, Value<'s>);
@@ -315,7 +411,8 @@ mod tests {
     use super::*;
 
     fn metrics_of(json: &str) -> Option<String> {
-        metrics(&format!(r#"{{"a":1,"metrics":{json}}}"#))
+        let mut out = String::new();
+        metrics(&format!(r#"{{"a":1,"metrics":{json}}}"#), &mut out).then_some(out)
     }
 
     #[test]
