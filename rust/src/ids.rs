@@ -44,9 +44,27 @@ pub fn checked_id_headed(s: &str, head: u64) -> Option<bool> {
 
 /// A tenant id: 1..=64 of `a-z`, `0-9`, `_`, `-`.
 pub fn valid_tenant(s: &str) -> bool {
-    (1..=MAX_TENANT_CHARS).contains(&s.len())
-        && s.bytes()
-            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+    let b = s.as_bytes();
+    // A word at a time, not a branch per byte whose exit depends on the id's length; the
+    // last word overlaps the one before when the length is not a multiple of 8.
+    match b.len() {
+        n @ 1..8 => not_tenant(words::load_short(b)) & (u64::MAX >> (64 - 8 * n)) == 0,
+        8..=MAX_TENANT_CHARS => {
+            let word = |w: &[u8]| words::last(w).unwrap_or(0);
+            b.chunks_exact(8).all(|w| not_tenant(word(w)) == 0) && not_tenant(word(b)) == 0
+        }
+        _ => false,
+    }
+}
+
+/// The lanes of `w` that hold a byte no tenant id may hold.
+#[inline(always)]
+fn not_tenant(w: u64) -> u64 {
+    let ok = words::in_range(w, b'a', b'z')
+        | words::in_range(w, b'0', b'9')
+        | words::in_range(w, b'_', b'_')
+        | words::in_range(w, b'-', b'-');
+    !ok & 0x8080_8080_8080_8080
 }
 
 /// Bytes that are, or may start, a character no id or name may hold, and the bytes line
@@ -142,6 +160,33 @@ mod tests {
                     s.push(c);
                     s.push_str(&"y".repeat(len - at - 1));
                     assert_eq!(checked_id(&s), rule(&s), "{s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tenants_are_checked_byte_for_byte_whatever_their_length() {
+        let rule = |b: &[u8]| {
+            (1..=MAX_TENANT_CHARS).contains(&b.len())
+                && b.iter()
+                    .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+        };
+        for len in 1..=66 {
+            for at in [0, len / 2, len - 1] {
+                for c in 0..=255u8 {
+                    let mut b = vec![b'k'; len];
+                    b[at] = c;
+                    // Bytes of other lanes next to the probe: a carry from one must not
+                    // flag or clear its neighbour.
+                    if at + 1 < len {
+                        b[at + 1] = b'_';
+                    }
+                    let Ok(s) = std::str::from_utf8(&b) else {
+                        assert!(!valid_tenant(&String::from_utf8_lossy(&b)));
+                        continue;
+                    };
+                    assert_eq!(valid_tenant(s), rule(&b), "{b:?}");
                 }
             }
         }

@@ -284,15 +284,20 @@ impl<'a> Reader<'a> {
         let b = self.bytes();
         let at = self.pos + 1;
         let end = at + k.len;
-        // The closing quote and the colon in one range test and one 2-byte compare.
-        let (Some(head), Some(b"\":")) = (words::load(b, at), b.get(end..end + 2)) else {
+        // The head first: a metric name other than the one at this place last time mostly
+        // differs there, and is turned down before the other loads.
+        let Some(head) = words::load(b, at) else {
             return false;
         };
-        let tail = match b.get(..end).and_then(words::last) {
-            Some(t) if k.len >= 8 => t,
-            _ => k.tail,
+        if head & k.mask != k.head {
+            return false;
+        }
+        // The closing quote and the colon in one range test and one 2-byte compare.
+        let Some(b"\":") = b.get(end..end + 2) else {
+            return false;
         };
-        if head & k.mask != k.head || tail != k.tail {
+        // Keys of 9 to 16 bytes: the last 8 (of 8 or less, the head held them all).
+        if k.len > 8 && b.get(..end).and_then(words::last) != Some(k.tail) {
             return false;
         }
         self.pos = end + 2;
@@ -339,10 +344,11 @@ impl<'a> Reader<'a> {
     pub fn string_at_quote(&mut self) -> Result<Str<'a>> {
         let b = self.bytes();
         let start = self.pos + 1;
-        let mut i = start;
         let mut escaped = false;
+        // Ids, names and most values end within one block: found without `skip_plain`'s
+        // set-up for longer runs, which then goes on past the block or after an escape.
+        let mut i = words::find_string_stop_in_block(b, start).unwrap_or_else(|j| skip_plain(b, j));
         loop {
-            i = skip_plain(b, i);
             match b.get(i) {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -358,6 +364,7 @@ impl<'a> Reader<'a> {
                 }
                 _ => return Err(Invalid),
             }
+            i = skip_plain(b, i);
         }
         self.pos = i + 1;
         debug_assert!(start <= i && i < b.len(), "the string lies within the text");
@@ -372,25 +379,72 @@ impl<'a> Reader<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
+        match self.number_in_block() {
+            Some(n) => n,
+            None => self.number_scanned(),
+        }
+    }
+
+    /// `number` for a token without exponent that ends within the 16 bytes from the cursor
+    /// (most values): its parts counted from one block's digit bits. `None` leaves it to
+    /// `number_scanned`, cursor unmoved.
+    #[inline(always)]
+    fn number_in_block(&mut self) -> Option<Result<Number<'a>>> {
         let b = self.bytes();
         let start = self.pos;
-        let mut i = start;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
+        let digits = words::digit_bits(b, start)?;
+        let sign = usize::from(b.get(start) == Some(&b'-'));
+        // The high half of `!digits` is all ones: every count below stops within the block.
+        let int_end = sign + (!digits >> sign).trailing_zeros() as usize;
+        let after_dot = int_end + 1;
+        let dot = b.get(start + int_end) == Some(&b'.');
+        let frac_end = if dot {
+            after_dot + (!digits >> after_dot).trailing_zeros() as usize
+        } else {
+            int_end
+        };
+        if frac_end >= 16 || matches!(b.get(start + frac_end), Some(b'e' | b'E')) {
+            return None;
         }
-        match b.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => i = skip_digits(b, i + 1),
-            _ => return Err(Invalid),
+        // No digit, a leading zero with digits after it (no valid token goes on with a
+        // digit), or a dot without digits.
+        let leading_zero = b.get(start + sign) == Some(&b'0') && int_end > sign + 1;
+        if int_end == sign || leading_zero || (dot && frac_end == after_dot) {
+            return Some(Err(Invalid));
+        }
+        self.pos = start + frac_end;
+        debug_assert!(self.pos <= b.len(), "the token lies within the block");
+        // SAFETY: `start` is the cursor, on a char boundary, and the token's last byte is an
+        // ASCII digit within the text, so its end is one too. A checked slice tests both
+        // again, per value.
+        let text = unsafe { self.text.get_unchecked(start..self.pos) };
+        Some(Ok(Number {
+            text,
+            int_end,
+            frac_end,
+        }))
+    }
+
+    /// `number` a part at a time, for any token.
+    fn number_scanned(&mut self) -> Result<Number<'a>> {
+        let b = self.bytes();
+        let start = self.pos;
+        let digits = start + usize::from(b.get(start) == Some(&b'-'));
+        let mut i = skip_digits(b, digits);
+        // A leading zero with digits after it: no valid token goes on with a digit, so the
+        // text is invalid whatever follows.
+        if i == digits || (b.get(digits) == Some(&b'0') && i > digits + 1) {
+            return Err(Invalid);
         }
         let int_end = i - start;
-        if b.get(i) == Some(&b'.') {
-            let after = skip_digits(b, i + 1);
-            if after == i + 1 {
-                return Err(Invalid);
-            }
-            i = after;
+        // Metric values mix integers and decimals at random: the fraction is scanned either
+        // way and taken or not without a branch, which would often be mispredicted.
+        let dot = b.get(i) == Some(&b'.');
+        let after = skip_digits(b, i + 1);
+        if dot && after == i + 1 {
+            return Err(Invalid);
         }
+        i = if dot { after } else { i };
         let frac_end = i - start;
         if matches!(b.get(i), Some(b'e' | b'E')) {
             i += 1;
@@ -404,8 +458,13 @@ impl<'a> Reader<'a> {
             i = after;
         }
         self.pos = i;
+        debug_assert!(start < i && i <= b.len(), "the token lies within the text");
+        // SAFETY: `start` is the cursor, on a char boundary, and `i` is the end of the text
+        // or follows an ASCII byte of the token, so it is one too; `start < i <= len` since
+        // the token holds a digit. A checked slice tests both again, per value.
+        let text = unsafe { self.text.get_unchecked(start..i) };
         Ok(Number {
-            text: self.text.get(start..i).ok_or(Invalid)?,
+            text,
             int_end,
             frac_end,
         })
@@ -522,7 +581,18 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
 /// Bytes of a string scanned a word at a time before `find_string_stop_long` takes over.
 const SHORT_STRING: usize = 64;
 
+/// Index of the first byte at or after `i` that is not an ASCII digit (or the end). A word
+/// at a time: a number's parts mostly have under 8 digits, a count that varies at random, so a
+/// byte loop's exit is often mispredicted.
+#[inline(always)]
 fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(w) = words::load(b, i) {
+        let stops = words::non_digits(w);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
     while b.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
     }
@@ -785,6 +855,59 @@ mod tests {
         }
         let s = Reader::new(r#""tenant\u005fid""#).string();
         assert!(s.is_ok_and(|s| s.escaped && s.is("tenant_id")));
+    }
+
+    #[test]
+    fn numbers_in_a_block_read_as_scanned() {
+        let tokens = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "10",
+            "01",
+            "-01",
+            "1.",
+            "1.5",
+            "-0.25",
+            "1e5",
+            "1.5E-3",
+            "123456789012345",
+            "1234567890123456",
+            "12345678.1234567",
+            "1234567.12345678",
+            "-",
+            "-.5",
+            "0.",
+            "00.1",
+            "9.999999",
+            "-12.5e",
+        ];
+        let mut in_block = 0;
+        for token in tokens {
+            let tails = ["", ",", "}", "]", ".", "x", "e1", ",\"a\":1}", "0"];
+            // Without room for a whole block after the token, and with it.
+            for (tail, pad) in tails
+                .iter()
+                .flat_map(|t| [(t, ""), (t, "                ")])
+            {
+                let text = format!("{token}{tail}{pad}");
+                let mut fast = Reader::new(&text);
+                let mut scanned = Reader::new(&text);
+                let got = fast.number_in_block().map(|n| (n, fast.pos()));
+                let want = (scanned.number_scanned(), scanned.pos());
+                if let Some(got) = got {
+                    in_block += 1;
+                    // An invalid token fails either way; where the cursor is then is moot.
+                    match want.0 {
+                        Ok(_) => assert_eq!(got, want, "{text:?}"),
+                        Err(_) => assert!(got.0.is_err(), "{text:?}"),
+                    }
+                }
+                assert_eq!(Reader::new(&text).number(), want.0, "{text:?}");
+            }
+        }
+        assert!(in_block > 100, "{in_block}");
     }
 
     #[test]

@@ -666,10 +666,18 @@ fn checked_metric_name(name: &str, prefix: u64) -> Option<bool> {
 /// `seq`: an integer token in `0..=i64::MAX`; `-0` is 0.
 fn parse_seq(token: &str) -> Option<u64> {
     let (negative, digits) = match token.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, token),
+        Some(rest) => (true, rest.as_bytes()),
+        None => (false, token.as_bytes()),
     };
-    let n: u64 = digits.parse().ok()?;
+    // A JSON integer has no leading zero: 20 digits or more exceed `i64::MAX`, and 19 fit a
+    // `u64` without overflow checks per digit.
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let n = digits.iter().try_fold(0u64, |n, &c| {
+        let d = c.wrapping_sub(b'0');
+        (d < 10).then_some(n * 10 + u64::from(d))
+    })?;
     match (negative, n) {
         (true, 0) => Some(0),
         (true, _) => None,
@@ -1113,6 +1121,9 @@ mod tests {
             "[]",
             "{}",
             "99999999999999999999999",
+            "10000000000000000000",
+            "18446744073709551615",
+            "-9223372036854775808",
         ] {
             assert_eq!(seq(bad).0, Some("INVALID_SCHEMA"), "{bad}");
         }

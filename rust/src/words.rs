@@ -26,6 +26,22 @@ pub fn below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
+/// Lanes holding a byte in `lo..=hi` (`hi < 0x80`), exact in every lane: the high bits are
+/// set aside before the adds, so no carry crosses a lane.
+#[inline(always)]
+pub fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
+    let low = w & !HIGHS;
+    let from_lo = low + ONES * u64::from(0x80 - lo);
+    let past_hi = low + ONES * u64::from(0x80 - hi - 1);
+    from_lo & !past_hi & !w & HIGHS
+}
+
+/// Lanes that are not ASCII digits, exact in every lane.
+#[inline(always)]
+pub fn non_digits(w: u64) -> u64 {
+    !in_range(w, b'0', b'9') & HIGHS
+}
+
 /// Lanes at or above 0x80.
 #[inline(always)]
 pub fn high(w: u64) -> u64 {
@@ -95,6 +111,31 @@ fn find_blocks(b: &[u8], mut i: usize, stops: impl Fn(u64, u64) -> u32) -> Resul
 #[inline(always)]
 pub fn find_string_stop(b: &[u8], i: usize) -> Result<usize, usize> {
     find_blocks(b, i, string_stops)
+}
+
+/// `find_string_stop` for one block only: `Err(j)` with `j` past the block when it holds no
+/// stop, or `i` when fewer than 16 bytes remain. Most ids and names end within it, found
+/// without the set-up of a longer scan.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn find_string_stop_in_block(b: &[u8], i: usize) -> Result<usize, usize> {
+    let Some(block) = b.get(i..i.wrapping_add(16)) else {
+        return Err(i);
+    };
+    let (Some(lo), Some(hi)) = (load(block, 0), load(block, 8)) else {
+        return Err(i);
+    };
+    match string_stops(lo, hi) {
+        0 => Err(i + 16),
+        mask => Ok(i + mask.trailing_zeros() as usize),
+    }
+}
+
+/// Without SSE2 no block is taken.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn find_string_stop_in_block(_b: &[u8], i: usize) -> Result<usize, usize> {
+    Err(i)
 }
 
 /// Index of the first `"`, `\\` or control character at or after `i`, or `b.len()`: for the
@@ -176,7 +217,7 @@ fn string_stops(lo: u64, hi: u64) -> u32 {
     // SAFETY: SSE2 is part of the x86-64 baseline (compiled for x86-64 only); the intrinsics
     // work on registers only.
     unsafe {
-        let v = block(lo, hi);
+        let v = block_of(lo, hi);
         let stops = _mm_or_si128(
             _mm_or_si128(
                 _mm_cmpeq_epi8(v, splat(b'"')),
@@ -189,11 +230,36 @@ fn string_stops(lo: u64, hi: u64) -> u32 {
     }
 }
 
+/// One bit per ASCII digit among the 16 bytes of `b` from `at` (lowest bit: byte `at`);
+/// `None` when fewer remain. A number token mostly fits in one block, whose digit runs are
+/// then counted with bit operations instead of a scan per part.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn digit_bits(b: &[u8], at: usize) -> Option<u32> {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_sub_epi8};
+    let block = b.get(at..at.wrapping_add(16))?;
+    let (lo, hi) = (load(block, 0)?, load(block, 8)?);
+    // SAFETY: SSE2 is part of the x86-64 baseline (compiled for x86-64 only); the intrinsics
+    // work on registers only.
+    unsafe {
+        // A digit is a byte whose distance above `0`, unsigned, is at most 9.
+        let d = _mm_sub_epi8(block_of(lo, hi), splat(b'0'));
+        Some(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, splat(9)), d)) as u32)
+    }
+}
+
+/// Without SSE2 no block is taken: the caller scans the token.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn digit_bits(_b: &[u8], _at: usize) -> Option<u32> {
+    None
+}
+
 /// The 16 bytes of two little-endian words (`lo` first) in an SSE2 register; the compiler
 /// fuses the two word loads into one unaligned 16-byte load.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block(lo: u64, hi: u64) -> std::arch::x86_64::__m128i {
+unsafe fn block_of(lo: u64, hi: u64) -> std::arch::x86_64::__m128i {
     std::arch::x86_64::_mm_set_epi64x(hi as i64, lo as i64)
 }
 
@@ -283,6 +349,56 @@ pub fn keyed() -> FoldHasher<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_range_flags_exactly_the_bytes_in_range() {
+        for (lo, hi) in [(b'a', b'z'), (b'_', b'_'), (0, 0), (0x7f, 0x7f), (0, 0x7f)] {
+            for c in 0..=255u8 {
+                for (at, around) in [(0, 0u8), (3, lo), (7, hi ^ 1), (5, 0xff)] {
+                    let w = u64::from_le_bytes([around; 8]) & !(0xff << (8 * at))
+                        | u64::from(c) << (8 * at);
+                    let want = (0..8).fold(0u64, |m, k| {
+                        let byte = (w >> (8 * k)) as u8;
+                        m | u64::from((lo..=hi).contains(&byte)) << (8 * k + 7)
+                    });
+                    assert_eq!(in_range(w, lo, hi), want, "{lo} {hi} {c} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_digits_flags_exactly_the_bytes_that_are_not_digits() {
+        for c in 0..=255u8 {
+            for at in 0..8 {
+                let w =
+                    u64::from_le_bytes([b'5'; 8]) & !(0xff << (8 * at)) | u64::from(c) << (8 * at);
+                let want = if c.is_ascii_digit() {
+                    0
+                } else {
+                    0x80 << (8 * at)
+                };
+                assert_eq!(non_digits(w), want, "{c} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn digit_bits_flags_exactly_the_digits_of_a_block() {
+        let bytes: Vec<u8> = (0..=255u8).chain(b"0123456789".iter().copied()).collect();
+        for at in 0..bytes.len() {
+            let want = bytes.get(at..at + 16).map(|block| {
+                block
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.is_ascii_digit())
+                    .fold(0u32, |m, (k, _)| m | 1 << k)
+            });
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(digit_bits(&bytes, at), want, "{at}");
+            }
+        }
+    }
 
     #[test]
     fn same_bytes_is_slice_equality() {
