@@ -430,7 +430,7 @@ impl<'a> Reader<'a> {
         let b = self.bytes();
         let start = self.pos;
         let digits = start + usize::from(b.get(start) == Some(&b'-'));
-        let mut i = skip_digits(b, digits);
+        let mut i = words::skip_digits(b, digits);
         // A leading zero with digits after it: no valid token goes on with a digit, so the
         // text is invalid whatever follows.
         if i == digits || (b.get(digits) == Some(&b'0') && i > digits + 1) {
@@ -440,7 +440,7 @@ impl<'a> Reader<'a> {
         // Metric values mix integers and decimals at random: the fraction is scanned either
         // way and taken or not without a branch, which would often be mispredicted.
         let dot = b.get(i) == Some(&b'.');
-        let after = skip_digits(b, i + 1);
+        let after = words::skip_digits(b, i + 1);
         if dot && after == i + 1 {
             return Err(Invalid);
         }
@@ -451,7 +451,7 @@ impl<'a> Reader<'a> {
             if matches!(b.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            let after = skip_digits(b, i);
+            let after = words::skip_digits(b, i);
             if after == i {
                 return Err(Invalid);
             }
@@ -580,24 +580,6 @@ fn skip_plain(b: &[u8], i: usize) -> usize {
 
 /// Bytes of a string scanned a word at a time before `find_string_stop_long` takes over.
 const SHORT_STRING: usize = 64;
-
-/// Index of the first byte at or after `i` that is not an ASCII digit (or the end). A word
-/// at a time: a number's parts mostly have under 8 digits, a count that varies at random, so a
-/// byte loop's exit is often mispredicted.
-#[inline(always)]
-fn skip_digits(b: &[u8], mut i: usize) -> usize {
-    while let Some(w) = words::load(b, i) {
-        let stops = words::non_digits(w);
-        if stops != 0 {
-            return i + (stops.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while b.get(i).is_some_and(u8::is_ascii_digit) {
-        i += 1;
-    }
-    i
-}
 
 /// A number token and where its parts end (byte offsets into `text`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -704,22 +704,15 @@ fn integer(b: &[u8]) -> Option<i64> {
     }
 }
 
-fn skip_digits(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(u8::is_ascii_digit) {
-        i += 1;
-    }
-    i
-}
-
 /// A finite float `-?(d+(.d*)?|.d+)([eE][+-]?d+)?`. Most are JSON numbers too, whose digits
 /// `Float` prints without a float conversion; the others (`1.`, `.5`, `01`) are converted.
 fn float(v: &str) -> Option<Float<'_>> {
     let b = v.as_bytes();
     let sign = usize::from(b.first() == Some(&b'-'));
-    let int_end = skip_digits(b, sign);
+    let int_end = words::skip_digits(b, sign);
     let dot = b.get(int_end) == Some(&b'.');
     let frac_end = if dot {
-        skip_digits(b, int_end + 1)
+        words::skip_digits(b, int_end + 1)
     } else {
         int_end
     };

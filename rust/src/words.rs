@@ -38,7 +38,7 @@ pub fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
 
 /// Lanes that are not ASCII digits, exact in every lane.
 #[inline(always)]
-pub fn non_digits(w: u64) -> u64 {
+fn non_digits(w: u64) -> u64 {
     !in_range(w, b'0', b'9') & HIGHS
 }
 
@@ -91,18 +91,31 @@ pub fn find(b: &[u8], mut i: usize, lanes: impl Fn(u64) -> u64) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn find_blocks(b: &[u8], mut i: usize, stops: impl Fn(u64, u64) -> u32) -> Result<usize, usize> {
-    while let Some(block) = b.get(i..i.wrapping_add(16)) {
-        // One range test for the block; the words are taken from within it.
-        let (Some(lo), Some(hi)) = (load(block, 0), load(block, 8)) else {
-            break;
-        };
-        let mask = stops(lo, hi);
-        if mask != 0 {
-            return Ok(i + mask.trailing_zeros() as usize);
+    loop {
+        match find_in_block(b, i, &stops) {
+            Some(Err(past)) => i = past,
+            Some(found) => return found,
+            None => return Err(i),
         }
-        i += 16;
     }
-    Err(i)
+}
+
+/// One step of `find_blocks`: `Ok` with the first flagged byte of the 16 from `i`, `Err` with
+/// the index past them when none is flagged, `None` when fewer than 16 remain.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn find_in_block(
+    b: &[u8],
+    i: usize,
+    stops: impl Fn(u64, u64) -> u32,
+) -> Option<Result<usize, usize>> {
+    // One range test for the block; the words are taken from within it.
+    let block = b.get(i..i.wrapping_add(16))?;
+    let (lo, hi) = (load(block, 0)?, load(block, 8)?);
+    Some(match stops(lo, hi) {
+        0 => Err(i + 16),
+        mask => Ok(i + mask.trailing_zeros() as usize),
+    })
 }
 
 /// `find_blocks` for the bytes that end a JSON string's plain run: `"`, `\\` and control
@@ -119,16 +132,7 @@ pub fn find_string_stop(b: &[u8], i: usize) -> Result<usize, usize> {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn find_string_stop_in_block(b: &[u8], i: usize) -> Result<usize, usize> {
-    let Some(block) = b.get(i..i.wrapping_add(16)) else {
-        return Err(i);
-    };
-    let (Some(lo), Some(hi)) = (load(block, 0), load(block, 8)) else {
-        return Err(i);
-    };
-    match string_stops(lo, hi) {
-        0 => Err(i + 16),
-        mask => Ok(i + mask.trailing_zeros() as usize),
-    }
+    find_in_block(b, i, string_stops).unwrap_or(Err(i))
 }
 
 /// Without SSE2 no block is taken.
@@ -267,6 +271,24 @@ unsafe fn block_of(lo: u64, hi: u64) -> std::arch::x86_64::__m128i {
 #[inline(always)]
 unsafe fn splat(c: u8) -> std::arch::x86_64::__m128i {
     std::arch::x86_64::_mm_set1_epi8(c as i8)
+}
+
+/// Index of the first byte at or after `i` that is not an ASCII digit (or `b.len()`), a word
+/// at a time: a number's parts mostly have under 8 digits, a count that varies at random, so a
+/// byte loop's exit is often mispredicted.
+#[inline(always)]
+pub fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(w) = load(b, i) {
+        let stops = non_digits(w);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
 }
 
 /// The 8 bytes of `b` from `at` as a little-endian word; `None` when fewer remain.
