@@ -243,7 +243,12 @@ impl<'a> PlainNumber<'a> {
             });
         }
         let frac = b.get(n.int_end + 1..)?;
-        let Some(last) = frac.iter().rposition(|&c| c != b'0') else {
+        // Most fractions end in a digit other than 0: that one test, not a scan back.
+        let last = match frac.last() {
+            Some(&c) if c != b'0' => Some(frac.len() - 1),
+            _ => frac.iter().rposition(|&c| c != b'0'),
+        };
+        let Some(last) = last else {
             // All-zero fraction: keep its first zero.
             return (int.len() <= 15).then_some(PlainNumber {
                 text: n.text.get(..n.int_end + 2)?,
