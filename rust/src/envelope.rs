@@ -25,23 +25,35 @@ impl<'a> Value<'a> {
     /// Reads the value at the cursor, validating it.
     #[inline(always)]
     pub fn read(r: &mut Reader<'a>) -> json::Result<Self> {
-        Ok(match r.peek().ok_or(Invalid)? {
-            b'"' => Value::Str(r.string_at_quote()?),
-            b't' | b'f' | b'n' => match r.literal()? {
-                Literal::True => Value::Bool(true),
-                Literal::False => Value::Bool(false),
-                Literal::Null => Value::Null,
-            },
+        let mut v = Value::Missing;
+        v.read_over(r)?;
+        Ok(v)
+    }
+
+    /// `read` into `self`: each kind of value is stored where it is read, not gathered from
+    /// all of them first (a field stored by index then costs a copy through the stack).
+    #[inline(always)]
+    pub fn read_over(&mut self, r: &mut Reader<'a>) -> json::Result<()> {
+        match r.peek().ok_or(Invalid)? {
+            b'"' => *self = Value::Str(r.string_at_quote()?),
+            b't' | b'f' | b'n' => {
+                *self = match r.literal()? {
+                    Literal::True => Value::Bool(true),
+                    Literal::False => Value::Bool(false),
+                    Literal::Null => Value::Null,
+                }
+            }
             b'[' => {
                 r.skip_value()?;
-                Value::Array
+                *self = Value::Array;
             }
             b'{' => {
                 r.skip_value()?;
-                Value::Object
+                *self = Value::Object;
             }
-            _ => Value::Number(r.number()?),
-        })
+            _ => *self = Value::Number(r.number()?),
+        }
+        Ok(())
     }
 
     /// As a string field.
