@@ -161,6 +161,27 @@ enum MetricValue<'a> {
     Bool(bool),
 }
 
+impl<'a> MetricValue<'a> {
+    /// Reads the value at the cursor, validating it: `None` when it is not a number or bool,
+    /// or not a finite number. Told apart by its first byte once, not read as a `Value` and
+    /// then matched again.
+    #[inline(always)]
+    fn read(r: &mut Reader<'a>) -> json::Result<Option<Self>> {
+        Ok(match r.peek().ok_or(json::Invalid)? {
+            b't' | b'f' | b'n' => match r.literal()? {
+                json::Literal::True => Some(MetricValue::Bool(true)),
+                json::Literal::False => Some(MetricValue::Bool(false)),
+                json::Literal::Null => None,
+            },
+            b'"' | b'[' | b'{' => {
+                r.skip_value()?;
+                None
+            }
+            _ => Float::of(&r.number()?).map(MetricValue::Number),
+        })
+    }
+}
+
 struct Metric<'a> {
     name: Cow<'a, str>,
     /// The name's first 8 bytes, big-endian: sorts like the name, mostly without a memcmp.
@@ -318,11 +339,7 @@ impl<'a> MessageParser<'a> {
                 .and_then(Metric::words)
                 .is_some_and(|w| r.key_is(&w));
             let key = if same_name { None } else { Some(r.key()?) };
-            let value = match Value::read(r)? {
-                Value::Bool(b) => Some(MetricValue::Bool(b)),
-                Value::Number(n) => Float::of(&n).map(MetricValue::Number),
-                _ => None,
-            };
+            let value = MetricValue::read(r)?;
             let Some(key) = key else {
                 self.metrics[n].value = value;
                 n += 1;
