@@ -327,17 +327,20 @@ impl<'a> MessageParser<'a> {
         let start = r.pos();
         r.begin_object()?;
         // Entries are overwritten in place: an entry whose name is the one at its place last
-        // time keeps that name, matched in a few word compares rather than read again.
+        // time keeps that name, matched in a few word compares rather than read again. After
+        // the first name that differs, the message mostly holds other names or another order:
+        // the rest are read without the test, which would mostly fail.
         let mut n = 0;
         let mut first = true;
         let mut same_names = true;
         while r.key_follows(first)? {
             first = false;
-            let same_name = self
-                .metrics
-                .get(n)
-                .and_then(Metric::words)
-                .is_some_and(|w| r.key_is(&w));
+            let same_name = same_names
+                && self
+                    .metrics
+                    .get(n)
+                    .and_then(Metric::words)
+                    .is_some_and(|w| r.key_is(&w));
             let key = if same_name { None } else { Some(r.key()?) };
             let value = MetricValue::read(r)?;
             let Some(key) = key else {
