@@ -7,11 +7,16 @@
 //! lone surrogate escapes are valid JSON (string *decoding* refuses them, see `Str::decode`).
 
 use std::borrow::Cow;
+use std::num::NonZeroUsize;
 
 use crate::words;
 
 /// Deepest nesting accepted: 127 arrays/objects open at once (`serde_json::Value` refuses 128).
 pub const MAX_DEPTH: usize = 127;
+
+/// A number token's `int_end` (never 0: the integer holds a digit) and `frac_end`, as
+/// `Number` has them: two words, which a call returns in registers, not through memory.
+type Parts = (NonZeroUsize, usize);
 
 /// The text is not valid JSON (including too deep); which way does not matter to callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,17 +384,31 @@ impl<'a> Reader<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
-        match self.number_in_block() {
-            Some(n) => n,
-            None => self.number_scanned(),
-        }
+        let start = self.pos;
+        let (int_end, frac_end) = match self.number_in_block() {
+            Some(parts) => parts?,
+            None => self.number_scanned()?,
+        };
+        debug_assert!(
+            start < self.pos && self.pos <= self.text.len(),
+            "a token was read"
+        );
+        // SAFETY: `start` was the cursor, on a char boundary, and the token read ends on an
+        // ASCII digit within the text (or at its end), so the cursor is on one too; the token
+        // holds a digit, so `start < pos <= len`. A checked slice tests both again, per value.
+        let text = unsafe { self.text.get_unchecked(start..self.pos) };
+        Ok(Number {
+            text,
+            int_end: int_end.get(),
+            frac_end,
+        })
     }
 
-    /// `number` for a token without exponent that ends within the 16 bytes from the cursor
-    /// (most values): its parts counted from one block's digit bits. `None` leaves it to
-    /// `number_scanned`, cursor unmoved.
+    /// `number`'s parts (`int_end`, `frac_end`) for a token without exponent that ends within
+    /// the 16 bytes from the cursor (most values), counted from one block's digit bits, the
+    /// cursor moved past it. `None` leaves it to `number_scanned`, cursor unmoved.
     #[inline(always)]
-    fn number_in_block(&mut self) -> Option<Result<Number<'a>>> {
+    fn number_in_block(&mut self) -> Option<Result<Parts>> {
         let b = self.bytes();
         let start = self.pos;
         let digits = words::digit_bits(b, start)?;
@@ -409,24 +428,16 @@ impl<'a> Reader<'a> {
         // No digit, a leading zero with digits after it (no valid token goes on with a
         // digit), or a dot without digits.
         let leading_zero = b.get(start + sign) == Some(&b'0') && int_end > sign + 1;
-        if int_end == sign || leading_zero || (dot && frac_end == after_dot) {
-            return Some(Err(Invalid));
-        }
+        let int_end = match NonZeroUsize::new(int_end) {
+            Some(n) if int_end != sign && !leading_zero && !(dot && frac_end == after_dot) => n,
+            _ => return Some(Err(Invalid)),
+        };
         self.pos = start + frac_end;
-        debug_assert!(self.pos <= b.len(), "the token lies within the block");
-        // SAFETY: `start` is the cursor, on a char boundary, and the token's last byte is an
-        // ASCII digit within the text, so its end is one too. A checked slice tests both
-        // again, per value.
-        let text = unsafe { self.text.get_unchecked(start..self.pos) };
-        Some(Ok(Number {
-            text,
-            int_end,
-            frac_end,
-        }))
+        Some(Ok((int_end, frac_end)))
     }
 
-    /// `number` a part at a time, for any token.
-    fn number_scanned(&mut self) -> Result<Number<'a>> {
+    /// `number`'s parts a part at a time, for any token, the cursor moved past it.
+    fn number_scanned(&mut self) -> Result<Parts> {
         let b = self.bytes();
         let start = self.pos;
         let digits = start + usize::from(b.get(start) == Some(&b'-'));
@@ -436,7 +447,8 @@ impl<'a> Reader<'a> {
         if i == digits || (b.get(digits) == Some(&b'0') && i > digits + 1) {
             return Err(Invalid);
         }
-        let int_end = i - start;
+        // The integer holds a digit.
+        let int_end = NonZeroUsize::new(i - start).ok_or(Invalid)?;
         // Metric values mix integers and decimals at random: the fraction is scanned either
         // way and taken or not without a branch, which would often be mispredicted.
         let dot = b.get(i) == Some(&b'.');
@@ -458,16 +470,7 @@ impl<'a> Reader<'a> {
             i = after;
         }
         self.pos = i;
-        debug_assert!(start < i && i <= b.len(), "the token lies within the text");
-        // SAFETY: `start` is the cursor, on a char boundary, and `i` is the end of the text
-        // or follows an ASCII byte of the token, so it is one too; `start < i <= len` since
-        // the token holds a digit. A checked slice tests both again, per value.
-        let text = unsafe { self.text.get_unchecked(start..i) };
-        Ok(Number {
-            text,
-            int_end,
-            frac_end,
-        })
+        Ok((int_end, frac_end))
     }
 
     /// At `t`, `f` or `n`, past any whitespace (a `peek` saw it): the literal `true`, `false`
@@ -886,7 +889,13 @@ mod tests {
                         Err(_) => assert!(got.0.is_err(), "{text:?}"),
                     }
                 }
-                assert_eq!(Reader::new(&text).number(), want.0, "{text:?}");
+                let parts = |n: Number<'_>| (n.int_end, n.frac_end, n.text.len());
+                assert_eq!(
+                    Reader::new(&text).number().map(parts),
+                    want.0
+                        .map(|(int_end, frac_end)| (int_end.get(), frac_end, want.1)),
+                    "{text:?}"
+                );
             }
         }
         assert!(in_block > 100, "{in_block}");
