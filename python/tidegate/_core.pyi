@@ -457,7 +457,8 @@ class Wal:
 
     def stats(self) -> dict[str, int]:
         """`bytes`, `segments`, `fsyncs`, `synced_records` (records covered by an fsync),
-        `appended_records`, `groups` (writes), `checkpoints`, `deleted_segments`."""
+        `appended_records`, `groups` (writes), `checkpoints`, `deleted_segments`,
+        `recycled_segments` (kept as later segments), `compacted_records`."""
 
     def replay(self) -> tuple[dict[str, int], list[str]]:
         """What opening found: `segments`, `records`, `lines`, `skipped_delivered`,

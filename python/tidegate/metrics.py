@@ -44,6 +44,7 @@ COUNTS = frozenset(
         "wal_groups",
         "wal_checkpoints",
         "wal_deleted_segments",
+        "wal_recycled_segments",
         "wal_compacted_records",
         "wal_replayed_segments",
         "wal_replayed_records",

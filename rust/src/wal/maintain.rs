@@ -1,16 +1,26 @@
-//! The maintenance thread: the spare segment, interval fsyncs, and every second the
-//! checkpoint, the deletion of delivered segments and the compaction of held ones.
+//! The maintenance thread: the spare segments, interval fsyncs, and every second the
+//! checkpoint, the recycling or deletion of delivered segments and the compaction of held ones.
 
 use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use super::record::{encode_record, scan_segment};
-use super::segment::{self, create_segment, segment_name, write_checkpoint, Checkpoint, Marks};
+use super::record::{self, scan_records, Format, SEGMENT_MAGIC};
+use super::segment::{
+    self, create_segment, segment_name, write_checkpoint, Checkpoint, Marks, Spare,
+};
 use super::writer::Shared;
 use super::{describe, lock, SyncMode, WalError};
 
 /// How often the delivered-through checkpoint is written (when it moved).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this many delivered segments are kept as spares (and only within the cap): about
+/// what a second of writing at full speed fills, so a rotation seldom needs new pages.
+const MAX_SPARES: usize = 16;
+
+/// Compaction reads a held segment this much at a time (more for a longer record).
+const COPY_WINDOW: u64 = 1 << 20;
 
 impl Shared {
     /// Interval mode: fsyncs what was written since the last fsync (full segments, then the
@@ -57,11 +67,11 @@ impl Shared {
         }
     }
 
-    /// Creates the spare segment if there is none (outside the files lock: the writer goes on).
+    /// Creates a spare segment if there is none (outside the files lock: the writer goes on).
     fn prepare_spare(&self) {
         let id = {
             let mut files = lock(&self.files);
-            if files.spare.is_some() {
+            if !files.spares.is_empty() {
                 return;
             }
             files.next_id += 1;
@@ -70,21 +80,75 @@ impl Shared {
         // On failure the writer creates its segment itself, and reports the error.
         if let Ok(file) = create_segment(&self.cfg.dir, id, true) {
             segment::preallocate(&file, self.cfg.segment_bytes);
-            lock(&self.files).spare = Some((id, file));
+            lock(&self.files).spares.push_back(Spare {
+                id,
+                file,
+                recycled: false,
+            });
         }
     }
 
-    /// Deletes the unused spare segment (at close).
-    pub(super) fn drop_spare(&self) {
-        if let Some((id, _)) = lock(&self.files).spare.take() {
-            let _ = fs::remove_file(self.cfg.dir.join(segment_name(id)));
+    /// Deletes the unused spare segments (at close).
+    pub(super) fn drop_spares(&self) {
+        for spare in std::mem::take(&mut lock(&self.files).spares) {
+            let _ = fs::remove_file(self.cfg.dir.join(segment_name(spare.id)));
         }
     }
 
-    /// Writes the delivered-through checkpoint if it moved; then deletes every segment none
+    /// Recycles segments none of whose records is needed any more as spares while the log and
+    /// its spares fit under the cap (so its files never take more disk than the cap, as
+    /// without spares), and deletes the rest; the bytes freed.
+    fn retire(&self, segments: &[(u64, u64, Format)]) -> Result<u64, WalError> {
+        let freed: u64 = segments.iter().map(|(_, bytes, _)| bytes).sum();
+        let (mut spares, mut taken) = {
+            let kept = lock(&self.state).bytes - freed;
+            let spares = lock(&self.files).spares.len();
+            (spares, kept + spares as u64 * self.cfg.segment_bytes)
+        };
+        let mut recycled = Vec::new();
+        for &(id, bytes, format) in segments {
+            if matches!(format, Format::V2 { .. })
+                && spares < MAX_SPARES
+                && taken + bytes <= self.cfg.max_bytes
+            {
+                let to = {
+                    let mut files = lock(&self.files);
+                    files.next_id += 1;
+                    files.next_id - 1
+                };
+                // A file that cannot be renamed is deleted instead.
+                if let Ok(file) = segment::recycle(&self.cfg.dir, id, to) {
+                    recycled.push(Spare {
+                        id: to,
+                        file,
+                        recycled: true,
+                    });
+                    spares += 1;
+                    taken += bytes;
+                    continue;
+                }
+            }
+            segment::delete(&self.cfg.dir, id)?;
+        }
+        if !recycled.is_empty() && segment::sync_dir(&self.cfg.dir).is_err() {
+            // Not offered as spares: renamed but not durably so, they are deleted after all.
+            for spare in recycled.drain(..) {
+                segment::delete(&self.cfg.dir, spare.id)?;
+            }
+        }
+        let mut state = lock(&self.state);
+        state.bytes -= freed;
+        state.stats.deleted_segments += (segments.len() - recycled.len()) as u64;
+        state.stats.recycled_segments += recycled.len() as u64;
+        drop(state);
+        lock(&self.files).spares.extend(recycled);
+        Ok(freed)
+    }
+
+    /// Writes the delivered-through checkpoint if it moved; then retires every segment none
     /// of whose marks is still open (the current one too: the next append starts a new one),
     /// and, past half the cap, copies the open records of the oldest segment still held
-    /// forward and deletes it, so a tenant whose database is down holds only its own records.
+    /// forward and retires it, so a tenant whose database is down holds only its own records.
     pub(super) fn checkpoint(&self) -> Result<(), WalError> {
         if lock(&self.state).failed.is_some() {
             // Nothing is written to a failed log; replay after restart sorts it out.
@@ -130,7 +194,7 @@ impl Shared {
             let buffers = &self.buffers;
             files.segments.retain(|segment| {
                 if !buffers.any_open(segment.marks.low, segment.marks.high) {
-                    deleted.push((segment.id, segment.records_bytes()));
+                    deleted.push((segment.id, segment.records_bytes(), segment.format));
                     return false;
                 }
                 if held.is_none() && over_half && Some(segment.id) != writing_to {
@@ -144,54 +208,87 @@ impl Shared {
             }
             (deleted, held)
         };
-        for (id, _) in &deleted {
-            segment::delete(&self.cfg.dir, *id)?;
-        }
-        let freed: u64 = deleted.iter().map(|(_, n)| n).sum();
-        {
-            let mut state = lock(&self.state);
-            state.bytes -= freed;
-            state.stats.deleted_segments += deleted.len() as u64;
-        }
+        self.retire(&deleted)?;
         match held {
             Some(id) => self.copy_forward(id),
             None => Ok(()),
         }
     }
 
-    /// Re-logs the segment's records whose marks are open (fsynced like any append), then
-    /// deletes it.
+    /// Re-logs the segment's records whose marks are open (fsynced like any append), a window
+    /// at a time so that memory holds a window, not the segment; then retires it.
     fn copy_forward(&self, id: u64) -> Result<(), WalError> {
+        let found = {
+            let files = lock(&self.files);
+            let segment = files.segments.iter().find(|s| s.id == id);
+            segment.map(|s| (s.bytes, s.format))
+        };
+        let Some((end, format)) = found else {
+            return Ok(());
+        };
         let path = self.cfg.dir.join(segment_name(id));
-        let data = fs::read(&path).map_err(|e| WalError::Io(describe("cannot read", &path, &e)))?;
-        let mut out = Vec::new();
+        let file =
+            File::open(&path).map_err(|e| WalError::Io(describe("cannot read", &path, &e)))?;
+        let mut pos = SEGMENT_MAGIC.len() as u64;
+        let mut window = COPY_WINDOW;
+        let mut data = Vec::new();
         let mut count = 0;
-        let mut marks = Marks::NONE;
-        for r in scan_segment(&data).records {
-            if self.buffers.any_open(r.mark, r.mark) {
-                encode_record(&mut out, r.mark, &r.tenant, &r.lines, r.line_count);
-                count += 1;
-                marks.add(Marks::of(r.mark));
+        while pos < end {
+            let len = window.min(end - pos);
+            data.resize(len as usize, 0);
+            file.read_exact_at(&mut data, pos)
+                .map_err(|e| WalError::Io(describe("cannot read", &path, &e)))?;
+            let scan = scan_records(&data, 0, format);
+            if scan.end == 0 && len < end - pos {
+                // A record longer than the window (or a bad stretch): read more at once.
+                window *= 2;
+                continue;
             }
+            count += self.copy_open(&scan.records, format)?;
+            if scan.end == 0 {
+                break;
+            }
+            pos += scan.end as u64;
         }
-        if count > 0 {
-            let ticket = self
-                .enqueue(out, count, marks, None, false, true)
-                .map_err(|(e, _)| e)?;
-            self.wait(ticket)?;
-        }
-        let bytes = {
+        let retired = {
             let mut files = lock(&self.files);
             let at = files.segments.iter().position(|s| s.id == id);
             at.and_then(|at| files.segments.remove(at))
-                .map_or(0, |s| s.records_bytes())
+                .map(|s| (s.id, s.records_bytes(), s.format))
         };
-        segment::delete(&self.cfg.dir, id)?;
-        let mut state = lock(&self.state);
-        state.bytes -= bytes;
-        state.stats.deleted_segments += 1;
-        state.stats.compacted_records += count;
+        self.retire(retired.as_slice())?;
+        lock(&self.state).stats.compacted_records += count;
         Ok(())
+    }
+
+    /// Re-logs those of `records` (of a segment of `format`) whose marks are open, as they
+    /// were written (their CRCs unsalted: the writer salts them for their new segment), and
+    /// waits for their write; how many.
+    fn copy_open(
+        &self,
+        records: &[record::RecordRef<'_>],
+        format: Format,
+    ) -> Result<u64, WalError> {
+        let mut out = Vec::new();
+        let mut count = 0;
+        let mut marks = Marks::NONE;
+        for r in records
+            .iter()
+            .filter(|r| self.buffers.any_open(r.mark, r.mark))
+        {
+            out.extend_from_slice(r.raw);
+            count += 1;
+            marks.add(Marks::of(r.mark));
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        record::salt_records(&mut out, format.salt());
+        let ticket = self
+            .enqueue(out, count, marks, None, false, true)
+            .map_err(|(e, _)| e)?;
+        self.wait(ticket)?;
+        Ok(count)
     }
 
     /// The maintenance thread: the spare segment, interval fsyncs, the checkpoint every second.
@@ -235,6 +332,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use super::super::Wal;
     use super::*;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
@@ -305,6 +403,116 @@ mod tests {
         // checkpoint cannot pass a's first mark); none from a deleted segment.
         let replayed_b = found.remove("b").unwrap_or_default();
         assert!(replayed_b.len() < 10, "{replayed_b:?}");
+    }
+
+    #[test]
+    fn delivered_segments_are_recycled_and_their_records_never_return() {
+        let dir = TestDir::new();
+        let cfg = config(&dir.0, 1 << 20, 64);
+        let wal = open(&cfg);
+        for i in 0..40 {
+            let line = format!("a{i} with some length\n");
+            assert!(append_lines(&wal, "a", line.as_bytes(), 1).is_ok());
+            deliver(&wal, "a");
+            assert_eq!(wal.checkpoint(), Ok(()));
+        }
+        let stats = wal.stats();
+        assert!(stats.recycled_segments > 5, "{stats:?}");
+        assert!(
+            stats.deleted_segments < stats.recycled_segments,
+            "{stats:?}"
+        );
+        // Later segments are written over the recycled files.
+        for line in ["b1\n", "b2\n"] {
+            assert!(append_lines(&wal, "b", line.as_bytes(), 1).is_ok());
+        }
+        let files = fs::read_dir(&dir.0).expect("lists").count();
+        assert!(files <= MAX_SPARES + 3, "{files} files");
+        wal.abandon();
+
+        let wal = open(&cfg);
+        let replay = wal.replay_stats().clone();
+        assert_eq!(
+            (
+                replay.records,
+                replay.corrupt_records,
+                replay.truncated_bytes
+            ),
+            (2, 0, 0),
+            "{:?}",
+            replay.problems
+        );
+        let expected = BTreeMap::from([("b".to_owned(), lines(&["b1", "b2"]))]);
+        assert_eq!(contents(&wal), expected);
+    }
+
+    /// Appends `n` delivered lines of tenant a, then checkpoints.
+    fn deliver_lines(wal: &Wal, n: usize) {
+        for i in 0..n {
+            let line = format!("a{i} with some length\n");
+            assert!(append_lines(wal, "a", line.as_bytes(), 1).is_ok());
+        }
+        deliver(wal, "a");
+        assert_eq!(wal.checkpoint(), Ok(()));
+    }
+
+    #[test]
+    fn at_most_so_many_spares_are_kept() {
+        let dir = TestDir::new();
+        let wal = open(&config(&dir.0, 1 << 20, 64));
+        deliver_lines(&wal, 40);
+        let stats = wal.stats();
+        assert!(
+            stats.recycled_segments > 0 && stats.deleted_segments > 0,
+            "{stats:?}"
+        );
+        assert!(lock(&wal.shared.files).spares.len() <= MAX_SPARES);
+    }
+
+    #[test]
+    fn the_log_and_its_spares_take_no_more_disk_than_the_cap() {
+        let dir = TestDir::new();
+        let cap = 1200;
+        let wal = open(&config(&dir.0, cap, 64));
+        // b's records hold their segments.
+        for i in 0..8 {
+            let line = format!("b{i} with some length\n");
+            assert!(append_lines(&wal, "b", line.as_bytes(), 1).is_ok());
+        }
+        for _ in 0..4 {
+            deliver_lines(&wal, 14);
+            let on_disk: u64 = fs::read_dir(&dir.0)
+                .expect("lists")
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len().saturating_sub(SEGMENT_MAGIC.len() as u64))
+                .sum();
+            assert!(on_disk <= cap, "{on_disk} bytes on disk, {:?}", wal.stats());
+        }
+        assert!(wal.stats().recycled_segments > 0);
+    }
+
+    #[test]
+    fn a_held_record_longer_than_the_copy_window_is_copied_forward_whole() {
+        let dir = TestDir::new();
+        // Past half the cap while a's segment is held: it is copied forward once full.
+        let cfg = config(&dir.0, 3 << 20, 2 << 20);
+        let wal = open(&cfg);
+        let long = format!("{}\n", "x".repeat(COPY_WINDOW as usize * 3 / 2));
+        assert!(append_lines(&wal, "a", long.as_bytes(), 1).is_ok());
+        let other = format!("{}\n", "b".repeat(64 << 10));
+        for _ in 0..64 {
+            assert!(append_lines(&wal, "b", other.as_bytes(), 1).is_ok());
+            deliver(&wal, "b");
+            assert_eq!(wal.checkpoint(), Ok(()));
+            if wal.stats().compacted_records > 0 {
+                break;
+            }
+        }
+        assert_eq!(wal.stats().compacted_records, 1, "{:?}", wal.stats());
+        wal.abandon();
+        let wal = open(&cfg);
+        assert_eq!(contents(&wal)["a"], [long.trim_end()]);
+        assert_eq!(wal.replay_stats().corrupt_records, 0);
     }
 
     #[test]

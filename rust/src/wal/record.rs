@@ -1,16 +1,27 @@
 //! The bytes on disk: a segment is `SEGMENT_MAGIC`, then records, each
 //!
 //! ```text
-//! magic u32 | len u32 | crc32c u32 (of len and body) | body: mark u64, tenant_len u16, tenant,
-//! line_count u32, lines
+//! magic u32 | len u32 | crc u32 | body: mark u64, tenant_len u16, tenant, line_count u32, lines
 //! ```
-//! (little-endian), and reading them back with the corrupt stretches skipped.
+//! (little-endian; `crc` is the CRC32C of len and body XORed with the segment's salt), and
+//! reading them back with the corrupt stretches skipped.
+//!
+//! A delivered segment's file is recycled as a later segment (its pages stay in the page cache,
+//! where overwriting them costs the kernel half what taking new pages does), so past a
+//! segment's last record lie the records of the file's earlier lives. The salt tells them
+//! apart: an older life's record checks out under an older (smaller) segment id's salt, so it
+//! reads as stale (the end of the segment) rather than as a record or as corruption.
 
 use std::ops::Range;
 
 use crate::batch::Batch;
 
-pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"TGWAL01\n";
+pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"TGWAL02\n";
+/// A recycled segment's header: past its end lie earlier lives, which may begin with the
+/// overwritten rest of a record (so a bad tail there is no sign of damage).
+pub(super) const RECYCLED_MAGIC: &[u8; 8] = b"TGWAL02r";
+/// Segments from before recycling: their CRCs are unsalted and their files never recycled.
+const SEGMENT_MAGIC_V1: &[u8; 8] = b"TGWAL01\n";
 pub(super) const RECORD_MAGIC: [u8; 4] = *b"TGr1";
 pub(super) const RECORD_HEADER: usize = 12;
 /// mark + tenant length + line count.
@@ -27,6 +38,80 @@ pub(super) struct Record {
     pub tenant: String,
     pub lines: Vec<u8>,
     pub line_count: usize,
+}
+
+/// One record as it lies in the bytes read: its fields and its whole encoding (`raw`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RecordRef<'a> {
+    pub mark: u64,
+    pub tenant: &'a str,
+    pub lines: &'a [u8],
+    pub line_count: usize,
+    pub raw: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    pub(super) fn to_record(self) -> Record {
+        Record {
+            mark: self.mark,
+            tenant: self.tenant.to_owned(),
+            lines: self.lines.to_vec(),
+            line_count: self.line_count,
+        }
+    }
+}
+
+/// How a segment's records check out, by its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    /// Written before recycling: unsalted CRCs, a file of one life.
+    V1,
+    /// Salted with `salt` (of the segment's id): a record salted lower is of an earlier life;
+    /// `recycled`: the file has earlier lives.
+    V2 { salt: u32, recycled: bool },
+}
+
+impl Format {
+    /// The format of segment `id` whose file starts with `header`; None if it is no segment.
+    pub(super) fn of(header: &[u8], id: u64) -> Option<Format> {
+        let recycled = header.starts_with(RECYCLED_MAGIC);
+        if recycled || header.starts_with(SEGMENT_MAGIC) {
+            Some(Format::V2 {
+                salt: salt(id),
+                recycled,
+            })
+        } else if header.starts_with(SEGMENT_MAGIC_V1) {
+            Some(Format::V1)
+        } else {
+            None
+        }
+    }
+
+    /// What this format's stored CRCs are XORed with.
+    pub(super) fn salt(self) -> u32 {
+        match self {
+            Format::V1 => 0,
+            Format::V2 { salt, .. } => salt,
+        }
+    }
+}
+
+/// Segment `id`'s salt. Ids only grow, and a file is only ever recycled under a newer id, so
+/// every earlier life of a file has a smaller salt (ids stay far below 2^32).
+pub(super) fn salt(id: u64) -> u32 {
+    id as u32
+}
+
+/// XORs `salt` into the CRC of each record of `data` (whole records, as encoded): once for a
+/// segment being written (they are encoded before it is known), once more to take it off.
+pub(super) fn salt_records(data: &mut [u8], salt: u32) {
+    let mut pos = 0;
+    while pos + RECORD_HEADER <= data.len() {
+        let crc = &mut data[pos + 8..pos + 12];
+        let salted = le_u32(crc) ^ salt;
+        crc.copy_from_slice(&salted.to_le_bytes());
+        pos += RECORD_HEADER + le_u32(&data[pos + 4..pos + 8]) as usize;
+    }
 }
 
 /// Appends one record to `out`; `tenant` is at most `u16::MAX` bytes (valid ids are short).
@@ -119,8 +204,38 @@ pub(super) fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes(b.try_into().expect("4 bytes"))
 }
 
-/// The record at the start of `data` and its encoded length, if it is whole and intact.
-pub(super) fn decode_record(data: &[u8]) -> Option<(Record, usize)> {
+/// What starts at a position of a segment.
+pub(super) enum Decoded<'a> {
+    /// A whole, intact record of this segment.
+    Record(RecordRef<'a>),
+    /// A whole record of an earlier life of the file: the segment ends before it.
+    Stale,
+    /// Neither: a corrupt, torn or partly overwritten record, or no record at all.
+    Bad,
+}
+
+/// What starts at `data[0]` of a segment of `format`.
+pub(super) fn decode_record(data: &[u8], format: Format) -> Decoded<'_> {
+    let Some((body, end)) = record_body(data) else {
+        return Decoded::Bad;
+    };
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&data[4..8]), body);
+    let salt = crc ^ le_u32(&data[8..12]);
+    if salt != format.salt() {
+        return match format {
+            Format::V2 { salt: ours, .. } if salt < ours => Decoded::Stale,
+            _ => Decoded::Bad,
+        };
+    }
+    match record_fields(body, &data[..end]) {
+        Some(record) => Decoded::Record(record),
+        None => Decoded::Bad,
+    }
+}
+
+/// The body of the record at the start of `data` and where the record ends, if the header
+/// reads and the record is whole.
+fn record_body(data: &[u8]) -> Option<(&[u8], usize)> {
     if data.len() < RECORD_HEADER || data[..4] != RECORD_MAGIC {
         return None;
     }
@@ -129,14 +244,15 @@ pub(super) fn decode_record(data: &[u8]) -> Option<(Record, usize)> {
     if len < BODY_FIXED || end > data.len() {
         return None;
     }
-    let body = &data[RECORD_HEADER..end];
-    if crc32c::crc32c_append(crc32c::crc32c(&data[4..8]), body) != le_u32(&data[8..12]) {
-        return None;
-    }
+    Some((&data[RECORD_HEADER..end], end))
+}
+
+/// The fields of a checked record's `body` (`raw`: the whole record).
+fn record_fields<'a>(body: &'a [u8], raw: &'a [u8]) -> Option<RecordRef<'a>> {
     let mark = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
     let tlen = u16::from_le_bytes(body[8..10].try_into().expect("2 bytes")) as usize;
     let rest = body.get(10 + tlen..)?;
-    let tenant = std::str::from_utf8(&body[10..10 + tlen]).ok()?.to_owned();
+    let tenant = std::str::from_utf8(&body[10..10 + tlen]).ok()?;
     let line_count = le_u32(rest.get(..4)?) as usize;
     let lines = &rest[4..];
     // The CRC matched, so these hold unless a writer had a bug: then the record is corrupt.
@@ -146,61 +262,104 @@ pub(super) fn decode_record(data: &[u8]) -> Option<(Record, usize)> {
     {
         return None;
     }
-    let record = Record {
+    Some(RecordRef {
         mark,
         tenant,
-        lines: lines.to_vec(),
+        lines,
         line_count,
-    };
-    Some((record, end))
+        raw,
+    })
 }
 
 /// A segment's records, the corrupt stretches skipped, and where its intact part ends.
 #[derive(Debug, Default)]
-pub(super) struct Scan {
-    pub(super) records: Vec<Record>,
+pub(super) struct Scan<'a> {
+    pub(super) records: Vec<RecordRef<'a>>,
     /// Bad stretches followed by an intact record.
     pub(super) corrupt: usize,
-    /// Offset after the last intact record; bytes past it are a torn or bad tail.
+    /// Offset after the last intact record.
     pub(super) end: usize,
+    /// What follows `end` is an earlier life of the file, not a torn or bad tail.
+    pub(super) stale: bool,
 }
 
-pub(super) fn scan_segment(data: &[u8]) -> Scan {
-    let mut scan = Scan::default();
-    let mut pos = SEGMENT_MAGIC.len();
-    scan.end = pos;
+/// The records of a whole segment file.
+pub(super) fn scan_segment(data: &[u8], format: Format) -> Scan<'_> {
+    scan_records(data, SEGMENT_MAGIC.len(), format)
+}
+
+/// The records of `data` (part of a segment of `format`) from `from` on.
+pub(super) fn scan_records(data: &[u8], from: usize, format: Format) -> Scan<'_> {
+    let mut scan = Scan {
+        end: from,
+        ..Scan::default()
+    };
+    let mut pos = from;
     while pos < data.len() {
-        if let Some((record, n)) = decode_record(&data[pos..]) {
-            scan.records.push(record);
-            pos += n;
-            scan.end = pos;
-            continue;
+        match decode_record(&data[pos..], format) {
+            Decoded::Record(record) => {
+                pos += record.raw.len();
+                scan.end = pos;
+                scan.records.push(record);
+                continue;
+            }
+            Decoded::Stale => {
+                scan.stale = true;
+                break;
+            }
+            Decoded::Bad => {}
         }
-        // Find the next intact record: a false magic inside the data also needs a CRC match.
+        // Find the next whole record: a false magic inside the data also needs a CRC match.
         let next = memchr::memmem::find_iter(&data[pos + 1..], &RECORD_MAGIC)
             .map(|at| pos + 1 + at)
-            .find(|&at| decode_record(&data[at..]).is_some());
+            .find_map(|at| match decode_record(&data[at..], format) {
+                Decoded::Bad => None,
+                Decoded::Record(_) => Some(Some(at)),
+                Decoded::Stale => Some(None),
+            });
         match next {
-            Some(at) => {
+            Some(Some(at)) => {
                 scan.corrupt += 1;
                 pos = at;
+            }
+            // The bad stretch was the overwritten rest of an earlier life's record.
+            Some(None) => {
+                scan.stale = true;
+                break;
             }
             None => break,
         }
     }
     scan
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn segment(records: &[(u64, &str, &[u8], usize)]) -> Vec<u8> {
-        let mut data = SEGMENT_MAGIC.to_vec();
+    const ID: u64 = 7;
+    const FORMAT: Format = Format::V2 {
+        salt: ID as u32,
+        recycled: true,
+    };
+
+    /// Records as segment `id` holds them (without its header).
+    fn records_of(id: u64, records: &[(u64, &str, &[u8], usize)]) -> Vec<u8> {
+        let mut data = Vec::new();
         for &(mark, tenant, lines, count) in records {
             encode_record(&mut data, mark, tenant, lines, count);
         }
+        salt_records(&mut data, salt(id));
         data
+    }
+
+    fn segment(records: &[(u64, &str, &[u8], usize)]) -> Vec<u8> {
+        let mut data = SEGMENT_MAGIC.to_vec();
+        data.extend(records_of(ID, records));
+        data
+    }
+
+    fn marks(scan: &Scan<'_>) -> Vec<u64> {
+        scan.records.iter().map(|r| r.mark).collect()
     }
 
     #[test]
@@ -233,12 +392,12 @@ mod tests {
     #[test]
     fn records_read_back_as_written() {
         let data = segment(&[(1, "a", b"x 1\n", 1), (7, "tenant", b"y 1\ny 2\n", 2)]);
-        let scan = scan_segment(&data);
-        assert_eq!((scan.corrupt, scan.end), (0, data.len()));
+        let scan = scan_segment(&data, FORMAT);
+        assert_eq!((scan.corrupt, scan.end, scan.stale), (0, data.len(), false));
         let read: Vec<(u64, &str, &[u8], usize)> = scan
             .records
             .iter()
-            .map(|r| (r.mark, r.tenant.as_str(), r.lines.as_slice(), r.line_count))
+            .map(|r| (r.mark, r.tenant, r.lines, r.line_count))
             .collect();
         assert_eq!(
             read,
@@ -260,12 +419,66 @@ mod tests {
         let mut flipped = data.clone();
         // A byte of the second record's lines: its CRC no longer matches.
         flipped[SEGMENT_MAGIC.len() + one + RECORD_HEADER + BODY_FIXED + 1] ^= 0x01;
-        let scan = scan_segment(&flipped);
-        let marks: Vec<u64> = scan.records.iter().map(|r| r.mark).collect();
-        assert_eq!((marks, scan.corrupt, scan.end), (vec![1, 3], 1, data.len()));
+        let scan = scan_segment(&flipped, FORMAT);
+        assert_eq!(
+            (marks(&scan), scan.corrupt, scan.end),
+            (vec![1, 3], 1, data.len())
+        );
         let torn = &data[..data.len() - 2];
-        let scan = scan_segment(torn);
-        assert_eq!((scan.records.len(), scan.corrupt), (2, 0));
+        let scan = scan_segment(torn, FORMAT);
+        assert_eq!(
+            (scan.records.len(), scan.corrupt, scan.stale),
+            (2, 0, false)
+        );
         assert_eq!(scan.end, SEGMENT_MAGIC.len() + 2 * one);
+    }
+
+    #[test]
+    fn a_recycled_file_ends_where_its_earlier_life_begins() {
+        let old: Vec<(u64, &str, &[u8], usize)> =
+            (1..=6).map(|m| (m, "a", &b"old line\n"[..], 1)).collect();
+        let mut file = SEGMENT_MAGIC.to_vec();
+        file.extend(records_of(ID - 4, &old));
+        let new = segment(&[(20, "b", b"new 1\n", 1), (21, "b", b"new 2\n", 1)]);
+        // Written over the start of the earlier life: what follows is the rest of one of its
+        // records, then whole ones.
+        file[..new.len()].copy_from_slice(&new);
+        let scan = scan_segment(&file, FORMAT);
+        assert_eq!((marks(&scan), scan.corrupt), (vec![20, 21], 0));
+        assert_eq!((scan.end, scan.stale), (new.len(), true));
+        // On a record boundary of the earlier life too.
+        let scan = scan_segment(&file[..SEGMENT_MAGIC.len()], FORMAT);
+        assert_eq!((scan.records.len(), scan.stale), (0, false));
+        let mut whole = SEGMENT_MAGIC.to_vec();
+        whole.extend(records_of(ID, &[(20, "b", b"new 1\n", 1)]));
+        whole.extend(records_of(ID - 1, &old));
+        let scan = scan_segment(&whole, FORMAT);
+        assert_eq!(
+            (marks(&scan), scan.corrupt, scan.stale),
+            (vec![20], 0, true)
+        );
+    }
+
+    #[test]
+    fn a_record_salted_for_a_newer_segment_is_corrupt_not_stale() {
+        let mut data = segment(&[(1, "a", b"1\n", 1)]);
+        data.extend(records_of(ID + 1, &[(2, "a", b"2\n", 1)]));
+        data.extend(records_of(ID, &[(3, "a", b"3\n", 1)]));
+        let scan = scan_segment(&data, FORMAT);
+        assert_eq!(
+            (marks(&scan), scan.corrupt, scan.stale),
+            (vec![1, 3], 1, false)
+        );
+    }
+
+    #[test]
+    fn a_first_version_segment_reads_unsalted() {
+        let mut data = SEGMENT_MAGIC_V1.to_vec();
+        encode_record(&mut data, 1, "a", b"1\n", 1);
+        let format = Format::of(&data, ID).expect("a segment");
+        assert_eq!(format, Format::V1);
+        let scan = scan_segment(&data, format);
+        assert_eq!((marks(&scan), scan.end), (vec![1], data.len()));
+        assert_eq!(Format::of(b"TGWAL9\n", ID), None);
     }
 }

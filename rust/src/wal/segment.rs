@@ -4,9 +4,10 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::record::{self, Record, SEGMENT_MAGIC};
+use super::record::{self, Format, Record, RECYCLED_MAGIC, SEGMENT_MAGIC};
 use super::{describe, ReplayStats, WalError};
 
 const CHECKPOINT: &str = "checkpoint";
@@ -70,7 +71,9 @@ pub(super) fn write_checkpoint(dir: &Path, checkpoint: Checkpoint) -> io::Result
 
 pub(super) struct Segment {
     pub(super) id: u64,
+    /// Where its last record ends (its file may be longer: the rest of earlier lives).
     pub(super) bytes: u64,
+    pub(super) format: Format,
     /// The marks of its records (`u64::MAX..=0` while it has none).
     pub(super) marks: Marks,
 }
@@ -121,9 +124,10 @@ pub(super) struct Files {
     pub(super) current: Option<File>,
     pub(super) segments: VecDeque<Segment>,
     pub(super) next_id: u64,
-    /// The next segment, created ahead by the maintenance thread so that a rotation costs the
-    /// writer no fsync.
-    pub(super) spare: Option<(u64, File)>,
+    /// The next segments, oldest id first: delivered segments' files renamed (recycled), or
+    /// one created ahead by the maintenance thread, so that a rotation costs the writer no
+    /// fsync and, recycled, no new pages.
+    pub(super) spares: VecDeque<Spare>,
     /// Interval mode: full segments written since the last fsync.
     pub(super) closed_unsynced: Vec<File>,
     /// Interval mode: a segment was created since the last fsync without fsyncs of its own
@@ -133,11 +137,21 @@ pub(super) struct Files {
     pub(super) unsynced_records: u64,
 }
 
+/// A segment file made ahead of its use.
+pub(super) struct Spare {
+    pub(super) id: u64,
+    pub(super) file: File,
+    /// A delivered segment's file renamed, rather than a new one.
+    pub(super) recycled: bool,
+}
+
 /// Creates segment `id` with its header; `durable`: the file and the directory fsynced now.
+/// Open for writing at given offsets (not appending: a recycled file is longer than its
+/// segment).
 pub(super) fn create_segment(dir: &Path, id: u64, durable: bool) -> io::Result<File> {
     let path = dir.join(segment_name(id));
     let mut f = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(&path)?;
     let created = f.write_all(SEGMENT_MAGIC).and_then(|()| {
@@ -152,6 +166,18 @@ pub(super) fn create_segment(dir: &Path, id: u64, durable: bool) -> io::Result<F
         return Err(e);
     }
     Ok(f)
+}
+
+/// Renames delivered segment `id` (of format V2) to the newer `to`, its records now stale:
+/// the file, open for writing, is a spare segment whose pages are still cached. The caller
+/// fsyncs the directory before anything is written to it: records salted for `to` in a file
+/// still named `id` after a crash would read as corruption.
+pub(super) fn recycle(dir: &Path, id: u64, to: u64) -> io::Result<File> {
+    let path = dir.join(segment_name(to));
+    fs::rename(dir.join(segment_name(id)), &path)?;
+    let file = OpenOptions::new().write(true).open(&path)?;
+    file.write_all_at(RECYCLED_MAGIC, 0)?;
+    Ok(file)
 }
 
 /// Allocates `bytes` of a spare segment's blocks ahead, past its end (its size stays the
@@ -184,25 +210,31 @@ impl Files {
     /// event loop) behind the flush of every dirty page of the file system.
     pub(super) fn next_segment(&mut self, durable: bool) -> io::Result<()> {
         let newest = self.segments.back().map(|s| s.id);
-        let (id, file) = match self.spare.take() {
-            Some((id, file)) if newest.is_none_or(|n| id > n) && self.is_linked(id, &file) => {
-                (id, file)
+        let (id, file, recycled) = match self.spares.pop_front() {
+            Some(spare)
+                if newest.is_none_or(|n| spare.id > n) && self.is_linked(spare.id, &spare.file) =>
+            {
+                (spare.id, spare.file, spare.recycled)
             }
             stale => {
-                if let Some((id, _)) = stale {
-                    let _ = fs::remove_file(self.dir.join(segment_name(id)));
+                if let Some(spare) = stale {
+                    let _ = fs::remove_file(self.dir.join(segment_name(spare.id)));
                 }
                 let id = self.next_id;
                 self.next_id += 1;
                 let file = create_segment(&self.dir, id, durable)?;
                 self.dir_unsynced |= !durable;
-                (id, file)
+                (id, file, false)
             }
         };
         self.current = Some(file);
         self.segments.push_back(Segment {
             id,
             bytes: SEGMENT_MAGIC.len() as u64,
+            format: Format::V2 {
+                salt: record::salt(id),
+                recycled,
+            },
             marks: Marks::NONE,
         });
         Ok(())
@@ -221,83 +253,42 @@ pub(super) fn read_segments(
         .filter_map(|entry| entry.ok()?.file_name().to_str().and_then(segment_id))
         .collect();
     ids.sort_unstable();
+    let mut read = Vec::new();
+    for &id in &ids {
+        if let Some(segment) = read_segment(dir, id, Some(id) == ids.last().copied(), replay)? {
+            read.push(segment);
+        }
+    }
+    // The segment written last: the newest one holding records or a torn first one (spare
+    // segments, fresh or recycled, may follow it and hold neither).
+    let newest = read
+        .iter()
+        .rposition(|r| !r.records.is_empty() || r.torn_bytes() > 0);
     let mut segments = VecDeque::new();
     let mut records = Vec::new();
     let mut max_mark = 0;
     let mut seen = std::collections::HashSet::new();
-    // The segment written last: the newest one holding more than a header (a spare
-    // segment created ahead may follow it, empty).
-    let header = SEGMENT_MAGIC.len() as u64;
-    let newest = ids
-        .iter()
-        .rev()
-        .find(|&&id| fs::metadata(dir.join(segment_name(id))).is_ok_and(|m| m.len() > header))
-        .or(ids.last())
-        .copied();
-    for id in ids {
-        let path = dir.join(segment_name(id));
-        let data = match fs::read(&path) {
-            Ok(data) if data.starts_with(SEGMENT_MAGIC) => data,
-            Ok(data) if Some(id) == newest && data.len() < SEGMENT_MAGIC.len() => {
-                // Torn before its header was whole: it holds nothing.
-                replay.truncated_bytes += data.len() as u64;
-                replay
-                    .problems
-                    .push(format!("{}: torn header, removed", path.display()));
-                fs::remove_file(&path)
-                    .map_err(|e| WalError::Io(describe("cannot remove", &path, &e)))?;
-                continue;
-            }
-            outcome => {
-                let why = match outcome {
-                    Ok(_) => "not a tidegate WAL segment".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                let broken = path.with_extension("wal.broken");
-                fs::rename(&path, &broken)
-                    .map_err(|e| WalError::Io(describe("cannot quarantine", &path, &e)))?;
-                replay.quarantined_files += 1;
-                replay.problems.push(format!(
-                    "{}: {why}; quarantined as {}",
-                    path.display(),
-                    broken.display()
-                ));
-                continue;
-            }
-        };
-        let scan = record::scan_segment(&data);
-        replay.segments += 1;
-        if scan.corrupt > 0 {
-            replay.corrupt_records += scan.corrupt;
-            replay.problems.push(format!(
-                "{}: {} corrupt record(s) skipped",
-                path.display(),
-                scan.corrupt
-            ));
-        }
-        if scan.end < data.len() {
-            let tail = (data.len() - scan.end) as u64;
-            if Some(id) == newest {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(scan.end as u64).and_then(|()| f.sync_all()));
-                f.map_err(|e| WalError::Io(describe("cannot truncate", &path, &e)))?;
+    for (at, segment) in read.into_iter().enumerate() {
+        let end = segment.end;
+        let tail = segment.torn_bytes();
+        if tail > 0 {
+            if Some(at) == newest {
+                truncate(&segment.path, end)?;
                 replay.truncated_bytes += tail;
                 replay.problems.push(format!(
                     "{}: torn tail of {tail} bytes truncated",
-                    path.display()
+                    segment.path.display()
                 ));
             } else {
                 replay.corrupt_records += 1;
                 replay.problems.push(format!(
                     "{}: {tail} unreadable bytes at the end skipped",
-                    path.display()
+                    segment.path.display()
                 ));
             }
         }
         let mut marks = Marks::NONE;
-        for record in scan.records {
+        for record in segment.records {
             marks.add(Marks::of(record.mark));
             // A record copied forward by compaction exists twice until its old segment
             // is deleted: one record per mark and tenant.
@@ -309,13 +300,111 @@ pub(super) fn read_segments(
         }
         max_mark = max_mark.max(marks.high);
         segments.push_back(Segment {
-            id,
-            bytes: scan.end as u64,
+            id: segment.id,
+            bytes: end as u64,
+            format: segment.format,
             marks,
         });
     }
     records.sort_by_key(|r| r.mark);
     Ok((segments, records, max_mark))
+}
+
+/// One segment file as read at start-up.
+struct ReadSegment {
+    id: u64,
+    path: PathBuf,
+    format: Format,
+    records: Vec<Record>,
+    /// Where its intact part ends.
+    end: usize,
+    /// The file's length.
+    len: usize,
+    /// What follows `end` is an earlier life of the file.
+    stale: bool,
+}
+
+impl ReadSegment {
+    /// Bytes past the intact part that are no earlier life: a torn or bad tail. In a recycled
+    /// file a torn tail cannot be told from the overwritten rest of an earlier life's record,
+    /// and holds no more than one.
+    fn torn_bytes(&self) -> u64 {
+        if self.stale || matches!(self.format, Format::V2 { recycled: true, .. }) {
+            0
+        } else {
+            (self.len - self.end) as u64
+        }
+    }
+}
+
+/// Reads and scans segment `id` (`last`: the file named last); None for a file that is no
+/// segment (quarantined) or whose header was torn (removed, `last` only).
+fn read_segment(
+    dir: &Path,
+    id: u64,
+    last: bool,
+    replay: &mut ReplayStats,
+) -> Result<Option<ReadSegment>, WalError> {
+    let path = dir.join(segment_name(id));
+    let read = fs::read(&path);
+    let format = read.as_ref().ok().and_then(|data| Format::of(data, id));
+    let (data, format) = match (read, format) {
+        (Ok(data), Some(format)) => (data, format),
+        (Ok(data), None) if last && data.len() < SEGMENT_MAGIC.len() => {
+            // Torn before its header was whole: it holds nothing.
+            replay.truncated_bytes += data.len() as u64;
+            replay
+                .problems
+                .push(format!("{}: torn header, removed", path.display()));
+            fs::remove_file(&path)
+                .map_err(|e| WalError::Io(describe("cannot remove", &path, &e)))?;
+            return Ok(None);
+        }
+        (outcome, _) => {
+            let why = match outcome {
+                Ok(_) => "not a tidegate WAL segment".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let broken = path.with_extension("wal.broken");
+            fs::rename(&path, &broken)
+                .map_err(|e| WalError::Io(describe("cannot quarantine", &path, &e)))?;
+            replay.quarantined_files += 1;
+            replay.problems.push(format!(
+                "{}: {why}; quarantined as {}",
+                path.display(),
+                broken.display()
+            ));
+            return Ok(None);
+        }
+    };
+    let scan = record::scan_segment(&data, format);
+    replay.segments += 1;
+    if scan.corrupt > 0 {
+        replay.corrupt_records += scan.corrupt;
+        replay.problems.push(format!(
+            "{}: {} corrupt record(s) skipped",
+            path.display(),
+            scan.corrupt
+        ));
+    }
+    Ok(Some(ReadSegment {
+        id,
+        format,
+        records: scan.records.into_iter().map(|r| r.to_record()).collect(),
+        end: scan.end,
+        len: data.len(),
+        stale: scan.stale,
+        path,
+    }))
+}
+
+/// Cuts a torn tail off the segment at `path`.
+fn truncate(path: &Path, end: usize) -> Result<(), WalError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(end as u64).and_then(|()| f.sync_all()))
+        .map_err(|e| WalError::Io(describe("cannot truncate", path, &e)))
 }
 
 /// Deletes segment `id` of `dir`; one already gone is fine.
@@ -358,7 +447,7 @@ mod tests {
             current: None,
             segments: VecDeque::new(),
             next_id: 1,
-            spare: None,
+            spares: VecDeque::new(),
             closed_unsynced: Vec::new(),
             dir_unsynced: false,
             unsynced_records: 0,
@@ -425,6 +514,27 @@ mod tests {
             (2, 1, 0)
         );
         assert_eq!(contents(&wal)["a"], lines(&["a1", "a3"]));
+    }
+
+    #[test]
+    fn a_segment_from_before_recycling_replays_and_is_deleted_not_recycled() {
+        let dir = TestDir::new();
+        fs::create_dir_all(&dir.0).expect("made");
+        let mut old = b"TGWAL01\n".to_vec();
+        encode_record(&mut old, 1, "a", b"a1\n", 1);
+        encode_record(&mut old, 2, "a", b"a2\n", 1);
+        fs::write(dir.0.join(segment_name(3)), &old).expect("writes");
+        let cfg = config(&dir.0, 4 << 20, 1 << 20);
+        let wal = open(&cfg);
+        assert_eq!(wal.replay_stats().records, 2);
+        assert_eq!(contents(&wal)["a"], lines(&["a1", "a2"]));
+        assert_eq!(mark_of(&wal, "b", b"b1\n", 1), Ok(3));
+        deliver(&wal, "a");
+        deliver(&wal, "b");
+        assert_eq!(wal.checkpoint(), Ok(()));
+        let stats = wal.stats();
+        assert_eq!((stats.deleted_segments, stats.recycled_segments), (1, 1));
+        assert!(!dir.0.join(segment_name(3)).exists());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use super::record::SEGMENT_MAGIC;
+use super::record::{scan_segment, Format};
+use super::segment::segment_id;
 use super::{lock, Outcome, SyncMode, Wal, WalConfig, WalError};
 use crate::buffer::TenantBuffers;
 
@@ -84,11 +85,21 @@ pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
         .expect("dir exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        // Not the spare segment created ahead (a header only).
-        .filter(|p| fs::metadata(p).is_ok_and(|m| m.len() > SEGMENT_MAGIC.len() as u64))
+        // Not the spare segments made ahead (fresh or recycled: no records of their own).
+        .filter(|p| holds_records(p))
         .collect();
     found.sort();
     found
+}
+
+fn holds_records(path: &Path) -> bool {
+    let id = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(segment_id);
+    let data = fs::read(path).expect("reads");
+    let format = id.and_then(|id| Format::of(&data, id));
+    format.is_some_and(|format| !scan_segment(&data, format).records.is_empty())
 }
 
 /// The next `n` outcomes `completed` reports, waiting for them as an event loop would (the

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::record::RecordLines;
+use super::record::{self, RecordLines};
 use super::segment::{Files, Marks};
 use super::{lock, Outcome, SyncMode, WalConfig, WalError, WalStats};
 use crate::buffer::{Reservation, TenantBuffers};
@@ -113,13 +114,13 @@ impl Shared {
         let mut data = std::mem::take(&mut *scratch);
         data.clear();
         let spans = encode(&mut data, reservation.mark);
-        let group = Queue {
+        let mut group = Queue {
             data,
             records: spans.len() as u64,
             marks: Marks::of(reservation.mark),
             entries: Vec::new(),
         };
-        let result = self.write_alone(&group);
+        let result = self.write_alone(&mut group);
         let outcome = match result {
             Ok(()) => Ok(self.buffers.commit(
                 reservation,
@@ -137,7 +138,7 @@ impl Shared {
     }
 
     /// Writes a group in the calling thread, under the cap, and counts it.
-    fn write_alone(&self, group: &Queue) -> Result<(), WalError> {
+    fn write_alone(&self, group: &mut Queue) -> Result<(), WalError> {
         {
             let mut state = lock(&self.state);
             if let Some(error) = self.refusal(&state, group.data.len(), false) {
@@ -256,7 +257,7 @@ impl Shared {
             drop(state);
             let result = match failed {
                 Some(why) => Err(WalError::Failed(why)),
-                None => self.write_group(&queue),
+                None => self.write_group(&mut queue),
             };
             // Stored before anyone is told: a 202 follows both the fsync and the buffering.
             let mut outcomes = Vec::with_capacity(queue.entries.len());
@@ -298,9 +299,9 @@ impl Shared {
         }
     }
 
-    /// Writes one group at the end of the current segment (a new one when full or none);
-    /// returns whether it was fsynced.
-    fn write_group(&self, queue: &Queue) -> Result<bool, WalError> {
+    /// Writes one group at the end of the current segment (a new one when full or none), its
+    /// records salted for that segment; returns whether it was fsynced.
+    fn write_group(&self, queue: &mut Queue) -> Result<bool, WalError> {
         let mut files = lock(&self.files);
         let full = files
             .segments
@@ -325,8 +326,13 @@ impl Shared {
         }
         let files = &mut *files;
         let file = files.current.as_mut().expect("a segment was just opened");
-        let before = files.segments.back().map_or(0, |s| s.bytes);
-        if let Err(e) = file.write_all(&queue.data) {
+        let segment = files
+            .segments
+            .back()
+            .expect("the current segment is listed");
+        let before = segment.bytes;
+        record::salt_records(&mut queue.data, segment.format.salt());
+        if let Err(e) = file.write_all_at(&queue.data, before) {
             // Cut the partial group off so the next one starts on a record boundary.
             return match file.set_len(before) {
                 Ok(()) => Err(WalError::Io(e.to_string())),
