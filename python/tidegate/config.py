@@ -195,7 +195,8 @@ class Config:
         "TIDEGATE_WAL_MAX_BYTES",
         256 << 20,
         positive_int,
-        "cap on the log's segment files (then `BUFFER_FULL`, 503); segments are an eighth of "
+        "cap on the log's segment files, delivered ones kept for reuse included (then "
+        "`BUFFER_FULL`, 503); segments are an eighth of "
         "it, at most 16 MiB",
     )
     field_types_max_per_tenant: int = setting(

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from tidegate._core import Batch, TenantBuffers
 
 _REOPEN_EVERY_S = 1.0
-# Segments are an eighth of the cap (at most 16 MiB), so deleting delivered ones frees room
+# Segments are an eighth of the cap (at most 16 MiB), so retiring delivered ones frees room
 # in steps well below the cap.
 _MAX_SEGMENT_BYTES = 16 << 20
 
