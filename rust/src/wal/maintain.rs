@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::record::{self, scan_records, Format, SEGMENT_MAGIC};
 use super::segment::{
-    self, create_segment, segment_name, write_checkpoint, Checkpoint, Marks, Spare,
+    self, create_segment, segment_name, write_checkpoint, Checkpoint, Marks, Segment,
 };
 use super::writer::Shared;
 use super::{describe, lock, SyncMode, WalError};
@@ -74,55 +74,43 @@ impl Shared {
             if !files.spares.is_empty() {
                 return;
             }
-            files.next_id += 1;
-            files.next_id - 1
+            files.take_id()
         };
         // On failure the writer creates its segment itself, and reports the error.
         if let Ok(file) = create_segment(&self.cfg.dir, id, true) {
             segment::preallocate(&file, self.cfg.segment_bytes);
-            lock(&self.files).spares.push_back(Spare {
-                id,
-                file,
-                recycled: false,
-            });
+            lock(&self.files).spares.push_back((id, file));
         }
     }
 
     /// Deletes the unused spare segments (at close).
     pub(super) fn drop_spares(&self) {
-        for spare in std::mem::take(&mut lock(&self.files).spares) {
-            let _ = fs::remove_file(self.cfg.dir.join(segment_name(spare.id)));
+        for (id, _) in std::mem::take(&mut lock(&self.files).spares) {
+            let _ = fs::remove_file(self.cfg.dir.join(segment_name(id)));
         }
     }
 
     /// Recycles segments none of whose records is needed any more as spares while the log and
     /// its spares fit under the cap (so its files never take more disk than the cap, as
-    /// without spares), and deletes the rest; the bytes freed.
-    fn retire(&self, segments: &[(u64, u64, Format)]) -> Result<u64, WalError> {
-        let freed: u64 = segments.iter().map(|(_, bytes, _)| bytes).sum();
+    /// without spares), and deletes the rest.
+    fn retire(&self, segments: &[Segment]) -> Result<(), WalError> {
+        let freed: u64 = segments.iter().map(Segment::records_bytes).sum();
         let (mut spares, mut taken) = {
             let kept = lock(&self.state).bytes - freed;
             let spares = lock(&self.files).spares.len();
             (spares, kept + spares as u64 * self.cfg.segment_bytes)
         };
         let mut recycled = Vec::new();
-        for &(id, bytes, format) in segments {
-            if matches!(format, Format::V2 { .. })
+        for retired in segments {
+            let (id, bytes) = (retired.id, retired.records_bytes());
+            if matches!(retired.format, Format::V2 { .. })
                 && spares < MAX_SPARES
                 && taken + bytes <= self.cfg.max_bytes
             {
-                let to = {
-                    let mut files = lock(&self.files);
-                    files.next_id += 1;
-                    files.next_id - 1
-                };
+                let to = lock(&self.files).take_id();
                 // A file that cannot be renamed is deleted instead.
                 if let Ok(file) = segment::recycle(&self.cfg.dir, id, to) {
-                    recycled.push(Spare {
-                        id: to,
-                        file,
-                        recycled: true,
-                    });
+                    recycled.push((to, file));
                     spares += 1;
                     taken += bytes;
                     continue;
@@ -132,8 +120,8 @@ impl Shared {
         }
         if !recycled.is_empty() && segment::sync_dir(&self.cfg.dir).is_err() {
             // Not offered as spares: renamed but not durably so, they are deleted after all.
-            for spare in recycled.drain(..) {
-                segment::delete(&self.cfg.dir, spare.id)?;
+            for (to, _) in recycled.drain(..) {
+                segment::delete(&self.cfg.dir, to)?;
             }
         }
         let mut state = lock(&self.state);
@@ -142,7 +130,7 @@ impl Shared {
         state.stats.recycled_segments += recycled.len() as u64;
         drop(state);
         lock(&self.files).spares.extend(recycled);
-        Ok(freed)
+        Ok(())
     }
 
     /// Writes the delivered-through checkpoint if it moved; then retires every segment none
@@ -194,7 +182,7 @@ impl Shared {
             let buffers = &self.buffers;
             files.segments.retain(|segment| {
                 if !buffers.any_open(segment.marks.low, segment.marks.high) {
-                    deleted.push((segment.id, segment.records_bytes(), segment.format));
+                    deleted.push(*segment);
                     return false;
                 }
                 if held.is_none() && over_half && Some(segment.id) != writing_to {
@@ -254,7 +242,6 @@ impl Shared {
             let mut files = lock(&self.files);
             let at = files.segments.iter().position(|s| s.id == id);
             at.and_then(|at| files.segments.remove(at))
-                .map(|s| (s.id, s.records_bytes(), s.format))
         };
         self.retire(retired.as_slice())?;
         lock(&self.state).stats.compacted_records += count;

@@ -16,8 +16,8 @@
 //! record above the checkpoint back into the buffers with its mark. A torn tail of the newest
 //! segment is truncated; a bad record elsewhere is skipped and counted, found again by its
 //! magic; the records of a recycled file's earlier life end its segment; a segment with a bad
-//! header is renamed `.broken`. A failed `fdatasync` is never retried: the log fails every waiter and
-//! refuses appends until restart.
+//! header is renamed `.broken`. A failed `fdatasync` is never retried: the log fails every
+//! waiter and refuses appends until restart.
 //!
 //! By job: `record` is the bytes on disk, `segment` the files and their reading at start-up,
 //! `writer` the writer thread, `maintain` the maintenance thread; this module the log's API.

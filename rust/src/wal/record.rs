@@ -66,20 +66,15 @@ impl RecordRef<'_> {
 pub(super) enum Format {
     /// Written before recycling: unsalted CRCs, a file of one life.
     V1,
-    /// Salted with `salt` (of the segment's id): a record salted lower is of an earlier life;
-    /// `recycled`: the file has earlier lives.
-    V2 { salt: u32, recycled: bool },
+    /// Salted with `salt` (of the segment's id): a record salted lower is of an earlier life.
+    V2 { salt: u32 },
 }
 
 impl Format {
     /// The format of segment `id` whose file starts with `header`; None if it is no segment.
     pub(super) fn of(header: &[u8], id: u64) -> Option<Format> {
-        let recycled = header.starts_with(RECYCLED_MAGIC);
-        if recycled || header.starts_with(SEGMENT_MAGIC) {
-            Some(Format::V2 {
-                salt: salt(id),
-                recycled,
-            })
+        if header.starts_with(SEGMENT_MAGIC) || is_recycled(header) {
+            Some(Format::V2 { salt: salt(id) })
         } else if header.starts_with(SEGMENT_MAGIC_V1) {
             Some(Format::V1)
         } else {
@@ -91,9 +86,14 @@ impl Format {
     pub(super) fn salt(self) -> u32 {
         match self {
             Format::V1 => 0,
-            Format::V2 { salt, .. } => salt,
+            Format::V2 { salt } => salt,
         }
     }
+}
+
+/// Whether a segment file starting with `header` has earlier lives.
+pub(super) fn is_recycled(header: &[u8]) -> bool {
+    header.starts_with(RECYCLED_MAGIC)
 }
 
 /// Segment `id`'s salt. Ids only grow, and a file is only ever recycled under a newer id, so
@@ -223,7 +223,7 @@ pub(super) fn decode_record(data: &[u8], format: Format) -> Decoded<'_> {
     let salt = crc ^ le_u32(&data[8..12]);
     if salt != format.salt() {
         return match format {
-            Format::V2 { salt: ours, .. } if salt < ours => Decoded::Stale,
+            Format::V2 { salt: ours } if salt < ours => Decoded::Stale,
             _ => Decoded::Bad,
         };
     }
@@ -332,15 +332,13 @@ pub(super) fn scan_records(data: &[u8], from: usize, format: Format) -> Scan<'_>
     }
     scan
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ID: u64 = 7;
-    const FORMAT: Format = Format::V2 {
-        salt: ID as u32,
-        recycled: true,
-    };
+    const FORMAT: Format = Format::V2 { salt: ID as u32 };
 
     /// Records as segment `id` holds them (without its header).
     fn records_of(id: u64, records: &[(u64, &str, &[u8], usize)]) -> Vec<u8> {

@@ -69,6 +69,7 @@ pub(super) fn write_checkpoint(dir: &Path, checkpoint: Checkpoint) -> io::Result
     sync_dir(dir)
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct Segment {
     pub(super) id: u64,
     /// Where its last record ends (its file may be longer: the rest of earlier lives).
@@ -127,7 +128,7 @@ pub(super) struct Files {
     /// The next segments, oldest id first: delivered segments' files renamed (recycled), or
     /// one created ahead by the maintenance thread, so that a rotation costs the writer no
     /// fsync and, recycled, no new pages.
-    pub(super) spares: VecDeque<Spare>,
+    pub(super) spares: VecDeque<(u64, File)>,
     /// Interval mode: full segments written since the last fsync.
     pub(super) closed_unsynced: Vec<File>,
     /// Interval mode: a segment was created since the last fsync without fsyncs of its own
@@ -135,14 +136,6 @@ pub(super) struct Files {
     pub(super) dir_unsynced: bool,
     /// Records written since the last fsync (Interval mode).
     pub(super) unsynced_records: u64,
-}
-
-/// A segment file made ahead of its use.
-pub(super) struct Spare {
-    pub(super) id: u64,
-    pub(super) file: File,
-    /// A delivered segment's file renamed, rather than a new one.
-    pub(super) recycled: bool,
 }
 
 /// Creates segment `id` with its header; `durable`: the file and the directory fsynced now.
@@ -204,27 +197,30 @@ impl Files {
         }
     }
 
+    /// A segment id never given before.
+    pub(super) fn take_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
     /// Starts appending to a new segment: the spare if it is newer than every segment, else
     /// one created now. `durable` false (sync Interval): a segment created now gets no fsync
     /// of its own but the next interval's; its two fsyncs would otherwise stall the caller (the
     /// event loop) behind the flush of every dirty page of the file system.
     pub(super) fn next_segment(&mut self, durable: bool) -> io::Result<()> {
         let newest = self.segments.back().map(|s| s.id);
-        let (id, file, recycled) = match self.spares.pop_front() {
-            Some(spare)
-                if newest.is_none_or(|n| spare.id > n) && self.is_linked(spare.id, &spare.file) =>
-            {
-                (spare.id, spare.file, spare.recycled)
+        let (id, file) = match self.spares.pop_front() {
+            Some((id, file)) if newest.is_none_or(|n| id > n) && self.is_linked(id, &file) => {
+                (id, file)
             }
             stale => {
-                if let Some(spare) = stale {
-                    let _ = fs::remove_file(self.dir.join(segment_name(spare.id)));
+                if let Some((id, _)) = stale {
+                    let _ = fs::remove_file(self.dir.join(segment_name(id)));
                 }
-                let id = self.next_id;
-                self.next_id += 1;
+                let id = self.take_id();
                 let file = create_segment(&self.dir, id, durable)?;
                 self.dir_unsynced |= !durable;
-                (id, file, false)
+                (id, file)
             }
         };
         self.current = Some(file);
@@ -233,7 +229,6 @@ impl Files {
             bytes: SEGMENT_MAGIC.len() as u64,
             format: Format::V2 {
                 salt: record::salt(id),
-                recycled,
             },
             marks: Marks::NONE,
         });
@@ -263,17 +258,16 @@ pub(super) fn read_segments(
     // segments, fresh or recycled, may follow it and hold neither).
     let newest = read
         .iter()
-        .rposition(|r| !r.records.is_empty() || r.torn_bytes() > 0);
+        .rposition(|r| !r.records.is_empty() || r.torn_bytes > 0);
     let mut segments = VecDeque::new();
     let mut records = Vec::new();
     let mut max_mark = 0;
     let mut seen = std::collections::HashSet::new();
     for (at, segment) in read.into_iter().enumerate() {
-        let end = segment.end;
-        let tail = segment.torn_bytes();
+        let tail = segment.torn_bytes;
         if tail > 0 {
             if Some(at) == newest {
-                truncate(&segment.path, end)?;
+                truncate(&segment.path, segment.end)?;
                 replay.truncated_bytes += tail;
                 replay.problems.push(format!(
                     "{}: torn tail of {tail} bytes truncated",
@@ -301,7 +295,7 @@ pub(super) fn read_segments(
         max_mark = max_mark.max(marks.high);
         segments.push_back(Segment {
             id: segment.id,
-            bytes: end as u64,
+            bytes: segment.end as u64,
             format: segment.format,
             marks,
         });
@@ -318,23 +312,8 @@ struct ReadSegment {
     records: Vec<Record>,
     /// Where its intact part ends.
     end: usize,
-    /// The file's length.
-    len: usize,
-    /// What follows `end` is an earlier life of the file.
-    stale: bool,
-}
-
-impl ReadSegment {
-    /// Bytes past the intact part that are no earlier life: a torn or bad tail. In a recycled
-    /// file a torn tail cannot be told from the overwritten rest of an earlier life's record,
-    /// and holds no more than one.
-    fn torn_bytes(&self) -> u64 {
-        if self.stale || matches!(self.format, Format::V2 { recycled: true, .. }) {
-            0
-        } else {
-            (self.len - self.end) as u64
-        }
-    }
+    /// Bytes past `end` that are no earlier life of the file: a torn or bad tail.
+    torn_bytes: u64,
 }
 
 /// Reads and scans segment `id` (`last`: the file named last); None for a file that is no
@@ -387,13 +366,19 @@ fn read_segment(
             scan.corrupt
         ));
     }
+    // In a recycled file a torn tail cannot be told from the overwritten rest of an earlier
+    // life's record, and holds no more than one.
+    let torn_bytes = if scan.stale || record::is_recycled(&data) {
+        0
+    } else {
+        (data.len() - scan.end) as u64
+    };
     Ok(Some(ReadSegment {
         id,
         format,
         records: scan.records.into_iter().map(|r| r.to_record()).collect(),
         end: scan.end,
-        len: data.len(),
-        stale: scan.stale,
+        torn_bytes,
         path,
     }))
 }
