@@ -69,6 +69,9 @@ impl Shared {
 
     /// Creates a spare segment if there is none (outside the files lock: the writer goes on).
     fn prepare_spare(&self) {
+        // Spares are added under the checkpoint lock, so that `retire` counts them right when
+        // an explicit checkpoint runs beside the thread.
+        let _one_at_a_time = lock(&self.checkpointed);
         let id = {
             let mut files = lock(&self.files);
             if !files.spares.is_empty() {
