@@ -21,8 +21,8 @@ const MAX_NAMES: usize = 16;
 struct NameSet {
     /// Each name's prefix, tail and length (`Metric`), in body order.
     names: Vec<(u64, u64, usize)>,
-    /// The body indices `super::sort_names` kept, in name order.
-    order: Vec<u32>,
+    /// What `super::sort_names` left in `order`: copied back whole, not rebuilt entry by entry.
+    order: Vec<(u64, u32)>,
     /// Bit `i`: the name at body index `i` is escaped.
     escapes: u16,
     /// What `super::sort_names` returned.
@@ -31,13 +31,15 @@ struct NameSet {
 
 impl NameSet {
     fn holds(&self, metrics: &[Metric<'_>]) -> bool {
+        // Every name compared, without a branch per name: a set of the same length mostly
+        // holds the same names, and the loop's exit is then its only branch.
         self.names.len() == metrics.len()
             && self
                 .names
                 .iter()
                 .zip(metrics)
-                .all(|(&(prefix, tail, len), m)| {
-                    prefix == m.prefix && tail == m.tail && len == m.name.len()
+                .fold(true, |same, (&(prefix, tail, len), m)| {
+                    same & (prefix == m.prefix) & (tail == m.tail) & (len == m.name.len())
                 })
     }
 
@@ -46,7 +48,7 @@ impl NameSet {
         self.names
             .extend(metrics.iter().map(|m| (m.prefix, m.tail, m.name.len())));
         self.order.clear();
-        self.order.extend(order.iter().map(|&(_, i)| i));
+        self.order.extend_from_slice(order);
         self.escapes = order.iter().fold(0, |e, &(_, i)| {
             e | u16::from(metrics[i as usize].escape) << i
         });
@@ -55,7 +57,7 @@ impl NameSet {
 
     fn recall(&self, metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
         order.clear();
-        order.extend(self.order.iter().map(|&i| (metrics[i as usize].prefix, i)));
+        order.extend_from_slice(&self.order);
         for (i, m) in metrics.iter_mut().enumerate() {
             m.escape = self.escapes >> i & 1 != 0;
         }
