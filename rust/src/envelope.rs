@@ -57,6 +57,7 @@ impl<'a> Value<'a> {
     }
 
     /// As a string field.
+    #[inline]
     pub fn text(&self) -> Text<'a> {
         match self {
             Value::Str(s) => s.decode().map_or(Text::LoneSurrogate, Text::Valid),

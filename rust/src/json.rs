@@ -298,9 +298,12 @@ impl<'a> Reader<'a> {
             return false;
         }
         // The closing quote and the colon in one range test and one 2-byte compare.
-        let Some(b"\":") = b.get(end..end + 2) else {
+        let Some(&[quote, colon]) = b.get(end..end + 2) else {
             return false;
         };
+        if u16::from_le_bytes([quote, colon]) != u16::from_le_bytes(*b"\":") {
+            return false;
+        }
         // Keys of 9 to 16 bytes: the last 8 (of 8 or less, the head held them all).
         if k.len > 8 && b.get(..end).and_then(words::last) != Some(k.tail) {
             return false;
