@@ -19,7 +19,7 @@ use crate::errors::{BodyError, Reason};
 use crate::ids::{checked_id, checked_id_headed, valid_id, valid_tenant};
 use crate::json::{self, KeyWords, Reader};
 use crate::schema::{FieldType, Shape, MSG_TYPES};
-use crate::timestamp::{parse_rfc3339, MAX_NS, MIN_NS};
+use crate::timestamp::{Dates, MAX_NS, MIN_NS};
 use crate::words;
 
 /// Messages a batch body may hold.
@@ -237,6 +237,7 @@ struct MessageParser<'a> {
     lone_metric_name: bool,
     /// The known key (if any) at each place of the last message that had one there.
     key_order: [Option<FieldKey>; ORDERED_KEYS],
+    dates: Dates,
 }
 
 impl<'a> MessageParser<'a> {
@@ -253,6 +254,7 @@ impl<'a> MessageParser<'a> {
             names_ok: false,
             lone_metric_name: false,
             key_order: [None; ORDERED_KEYS],
+            dates: Dates::default(),
         }
     }
 
@@ -448,7 +450,7 @@ impl<'a> MessageParser<'a> {
             };
             let ts = match f.get(FieldKey::Ts) {
                 Value::Missing | Value::Null => self.receive_time(),
-                v => v.text().get().and_then(parse_rfc3339),
+                v => v.text().get().and_then(|s| self.dates.parse_rfc3339(s)),
             };
             let Some(ts) = ts else {
                 break 'check Err(Reason::InvalidTimestamp);

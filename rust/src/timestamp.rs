@@ -7,15 +7,42 @@ pub const MAX_NS: i64 = 9_223_372_036_854_775_806;
 /// `YYYY-MM-DD(T|t)HH:MM:SS(.d{1,9})?(Z|z|(+|-)HH:MM)` with real calendar values, as ns;
 /// `None` when the text does not match or the instant is outside `MIN_NS..=MAX_NS`.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let [year, month, day, hour, minute, second] = head_fields(b.first_chunk()?)?;
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
+    Dates::default().parse_rfc3339(s)
+}
+
+/// The last valid date read and its day count: the timestamps of a batch mostly share their
+/// date, which is then checked and counted once.
+#[derive(Debug, Default)]
+pub struct Dates {
+    /// `YYYY-MM-DD(T|t)` as `date_text` gives it; all zero (no date's) before the first.
+    text: (u64, u64),
+    days: i64,
+}
+
+impl Dates {
+    /// `parse_rfc3339`, remembering the date.
+    pub fn parse_rfc3339(&mut self, s: &str) -> Option<i64> {
+        let b = s.as_bytes();
+        let head = b.first_chunk()?;
+        let date = date_text(head);
+        let days = if date == self.text {
+            self.days
+        } else {
+            let days = date_days(head)?;
+            (self.text, self.days) = (date, days);
+            days
+        };
+        let [hour, minute, second] = time_fields(head)?;
+        if hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        time_of(days, hour * 3600 + minute * 60 + second, &b[19..])
     }
-    if hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    let mut rest = &b[19..];
+}
+
+/// The nanoseconds of the instant `seconds` into day `days` (since the epoch), `rest` being the
+/// timestamp after those seconds.
+fn time_of(days: i64, seconds: i64, mut rest: &[u8]) -> Option<i64> {
     let mut frac_ns: i64 = 0;
     if let Some(fraction) = rest.strip_prefix(b".") {
         let mut n = 0;
@@ -52,8 +79,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    let secs = days * 86_400 + seconds - offset_s;
     let ns = i128::from(secs) * 1_000_000_000 + i128::from(frac_ns);
     if ns < i128::from(MIN_NS) || ns > i128::from(MAX_NS) {
         return None;
@@ -61,20 +87,36 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(ns).ok()
 }
 
-/// `YYYY-MM-DD(T|t)HH:MM:SS` as its six numbers. The head is read as three words, each checked
-/// and converted in a few word operations rather than a branch per character.
-fn head_fields(head: &[u8; 19]) -> Option<[i64; 6]> {
+/// The head's `YYYY-MM-DD(T|t)` as two words, the second's lanes past it zero.
+fn date_text(head: &[u8; 19]) -> (u64, u64) {
+    (word(head, 0), word(head, 8) & 0xff_ffff)
+}
+
+/// Days since the epoch of the head's date; `None` when it is not a real calendar date.
+fn date_days(head: &[u8; 19]) -> Option<i64> {
+    let [year, month, day] = date_fields(head)?;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day))
+}
+
+/// `YYYY-MM-DD(T|t)` as its three numbers. The head is read as words, each checked and
+/// converted in a few word operations rather than a branch per character.
+fn date_fields(head: &[u8; 19]) -> Option<[i64; 3]> {
     let date = Pattern::DATE.pairs(word(head, 0))?;
     let day = Pattern::DAY.pairs(word(head, 8))?;
-    let time = Pattern::TIME.pairs(word(head, 11))?;
     Some([
         lane(date, 0) * 100 + lane(date, 2),
         lane(date, 5),
         lane(day, 0),
-        lane(time, 0),
-        lane(time, 3),
-        lane(time, 6),
     ])
+}
+
+/// `HH:MM:SS` after the date, as `date_fields` reads it.
+fn time_fields(head: &[u8; 19]) -> Option<[i64; 3]> {
+    let time = Pattern::TIME.pairs(word(head, 11))?;
+    Some([lane(time, 0), lane(time, 3), lane(time, 6)])
 }
 
 /// The 8 bytes of `head` from `at`, little-endian.
@@ -216,6 +258,13 @@ mod tests {
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59.999999999Z"), Some(-1));
     }
 
+    /// `date_fields` and `time_fields` together.
+    fn head_fields(h: &[u8; 19]) -> Option<[i64; 6]> {
+        let [year, month, day] = date_fields(h)?;
+        let [hour, minute, second] = time_fields(h)?;
+        Some([year, month, day, hour, minute, second])
+    }
+
     /// `head_fields` byte by byte.
     fn head_fields_bytewise(h: &[u8; 19]) -> Option<[i64; 6]> {
         let num = |at: usize, n: usize| {
@@ -237,6 +286,24 @@ mod tests {
             num(14, 2)?,
             num(17, 2)?,
         ])
+    }
+
+    #[test]
+    fn a_remembered_date_reads_like_a_fresh_one() {
+        let mut dates = Dates::default();
+        for ts in [
+            "2024-05-01T12:00:00Z",
+            "2024-05-01T13:00:00.5Z",
+            "2024-05-01T25:00:00Z",
+            "2024-05-01t00:00:00+01:00",
+            "2024-02-30T00:00:00Z",
+            "2024-02-30T00:00:00Z",
+            "2024-02-29T00:00:00Z",
+            "2024-05-01T12:00:00Z",
+            "2024-05-01T12:00",
+        ] {
+            assert_eq!(dates.parse_rfc3339(ts), parse_rfc3339(ts), "{ts}");
+        }
     }
 
     #[test]
