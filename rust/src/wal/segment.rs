@@ -188,6 +188,9 @@ fn written_len(tail: &[u8]) -> usize {
 /// Zeros go into a new spare this much at a time.
 const FILL_CHUNK: usize = 1 << 20;
 
+/// Never written, so it costs no memory (its pages are the kernel's shared zero page).
+static ZEROS: [u8; FILL_CHUNK] = [0; FILL_CHUNK];
+
 /// Creates spare segment `id`, `bytes` long, written whole with zeros and fsynced before it is
 /// offered (as PostgreSQL zero-fills its WAL segments): its blocks are then allocated and
 /// written and its size final, so neither an append over it nor the fdatasync after it changes
@@ -201,12 +204,11 @@ pub(super) fn create_spare(dir: &Path, id: u64, bytes: u64) -> io::Result<File> 
         .write(true)
         .create_new(true)
         .open(&path)?;
-    let zeros = vec![0; FILL_CHUNK];
     let filled = file.write_all_at(SEGMENT_MAGIC, 0).and_then(|()| {
         let mut at = SEGMENT_MAGIC.len() as u64;
         while at < bytes {
             let n = (bytes - at).min(FILL_CHUNK as u64) as usize;
-            file.write_all_at(&zeros[..n], at)?;
+            file.write_all_at(&ZEROS[..n], at)?;
             at += n as u64;
         }
         file.sync_data().and_then(|()| sync_dir(dir))
