@@ -353,9 +353,12 @@ impl<'a> Reader<'a> {
         let b = self.bytes();
         let start = self.pos + 1;
         let mut escaped = false;
-        // Ids, names and most values end within one block: found without `skip_plain`'s
-        // set-up for longer runs, which then goes on past the block or after an escape.
-        let mut i = words::find_string_stop_in_block(b, start).unwrap_or_else(|j| skip_plain(b, j));
+        // Ids, names and most values end within one block, timestamps and tokens within two:
+        // found without `skip_plain`'s set-up for longer runs, which then goes on past the
+        // blocks or after an escape.
+        let mut i = words::find_string_stop_in_block(b, start)
+            .or_else(|j| words::find_string_stop_in_block(b, j))
+            .unwrap_or_else(|j| skip_plain(b, j));
         loop {
             match b.get(i) {
                 Some(b'"') => break,
