@@ -401,17 +401,26 @@ fn parse_exp(digits: &[u8]) -> i32 {
 }
 
 /// Appends `s` as a JSON string the way Python's `json.dumps(s, ensure_ascii=False)` does.
+/// Inlined: most strings (ids in responses) need no escape, and then cost a scan, one
+/// reservation and the copy, less than a call.
+#[inline(always)]
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let first = find_json_escape(b, 0);
     if first == b.len() {
-        // Most strings (ids) need no escape: one reservation, and the copy inline.
         let mut room = Room::reserve(out, b.len() + 2);
         room.byte(b'"');
         room.put(b);
         room.byte(b'"');
         return;
     }
+    push_json_escaped(out, b, first);
+}
+
+/// `push_json_str` of `b`, whose first byte to escape is at `first`.
+#[cold]
+#[inline(never)]
+fn push_json_escaped(out: &mut Vec<u8>, b: &[u8], first: usize) {
     out.push(b'"');
     let mut start = 0;
     let mut i = first;
@@ -447,6 +456,13 @@ fn find_json_escape(b: &[u8], i: usize) -> usize {
     words::find(b, i, |w| {
         words::eq(w, b'"') | words::eq(w, b'\\') | words::below(w, 0x20)
     })
+}
+
+/// Appends `v` in decimal, as `itoa` does, in the word-wide steps of `Room::decimal`.
+#[inline(always)]
+pub fn push_uint(out: &mut Vec<u8>, v: u64) {
+    let mut room = Room::reserve(out, 20);
+    room.decimal(v);
 }
 
 /// Appends `b`, copied inline when short (see `Room`): for pieces of unknown length, where
