@@ -409,9 +409,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let first = find_json_escape(b, 0);
     if first == b.len() {
         let mut room = Room::reserve(out, b.len() + 2);
-        room.byte(b'"');
-        room.put(b);
-        room.byte(b'"');
+        room.put_between(b'"', b, b'"');
         return;
     }
     push_json_escaped(out, b, first);
@@ -519,28 +517,43 @@ impl<'o> Room<'o> {
         self.at += 1;
     }
 
-    /// Copies `b`, in at most two overlapping stores when it is at most 32 bytes long.
+    /// Copies `b`.
     #[inline(always)]
     fn put(&mut self, b: &[u8]) {
+        let dst = self.next(b.len());
+        // SAFETY: `next` checked the room for `b.len()` bytes from `dst`.
+        unsafe { copy_short(dst, b) };
+        self.at += b.len();
+    }
+
+    /// `byte(open)`, `put(b)` and `byte(close)` under one check of the bound: most pieces
+    /// are a key or string between two fixed bytes, and a check per write costs more than
+    /// the write.
+    #[inline(always)]
+    fn put_between(&mut self, open: u8, b: &[u8], close: u8) {
         let n = b.len();
-        let dst = self.next(n);
-        // SAFETY (each arm): `next` checked the room for `n` bytes from `dst`; the stores
-        // write `n` bytes from `dst`, some of them twice.
+        let dst = self.next(n + 2);
+        // SAFETY: `next` checked the room for `n + 2` bytes from `dst`.
         unsafe {
-            // Most common first: metric names, number tokens and ids of 4 to 7 bytes.
-            match n {
-                4..=7 => copy_ends::<4>(dst, b),
-                8..=16 => copy_ends::<8>(dst, b),
-                17..=32 => copy_ends::<16>(dst, b),
-                1..=3 => {
-                    *dst = b[0];
-                    *dst.add(n / 2) = b[n / 2];
-                    *dst.add(n - 1) = b[n - 1];
-                }
-                _ => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n),
-            }
+            dst.write(open);
+            copy_short(dst.add(1), b);
+            dst.add(n + 1).write(close);
         }
-        self.at += n;
+        self.at += n + 2;
+    }
+
+    /// Copies `b`, then `.0` when `dot_zero`: the two bytes are written either way (the room
+    /// covers them) and counted only then, so a float's `.0` costs no branch.
+    #[inline(always)]
+    fn put_dot_zero(&mut self, b: &[u8], dot_zero: bool) {
+        let n = b.len();
+        let dst = self.next(n + 2);
+        // SAFETY: `next` checked the room for `n + 2` bytes from `dst`.
+        unsafe {
+            copy_short(dst, b);
+            dst.add(n).cast::<[u8; 2]>().write_unaligned(*b".0");
+        }
+        self.at += n + 2 * usize::from(dot_zero);
     }
 
     /// Writes `v` in decimal, eight digits at a time (`eight_digits`); up to 20 bytes, and
@@ -548,37 +561,55 @@ impl<'o> Room<'o> {
     #[inline(always)]
     fn decimal(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
-        // The lead of a 17- to 20-digit `v` keeps at most 4 digits, so 4 + 16.
-        assert!(20 <= self.max - self.at, "a room's bound covers its writes");
-        if v < E8 {
-            self.lead(v as u32);
-        } else if v < E8 * E8 {
-            self.lead((v / E8) as u32);
-            self.block(eight_digits((v % E8) as u32));
-        } else {
-            self.lead((v / (E8 * E8)) as u32);
-            self.block(eight_digits((v / E8 % E8) as u32));
-            self.block(eight_digits((v % E8) as u32));
+        // The lead of a 17- to 20-digit `v` keeps at most 4 digits, so 4 + 16; checked once
+        // here for the 8-byte stores below (the lead's store takes 8 bytes whatever it keeps).
+        self.next(20);
+        // SAFETY (each call): the check above covers the lead's 8-byte store and the 8 bytes
+        // of each block after it: the lead keeps at most 4 digits when blocks follow.
+        unsafe {
+            if v < E8 {
+                self.lead(v as u32);
+            } else if v < E8 * E8 {
+                self.lead((v / E8) as u32);
+                self.block(eight_digits((v % E8) as u32));
+            } else {
+                self.lead((v / (E8 * E8)) as u32);
+                self.block(eight_digits((v / E8 % E8) as u32));
+                self.block(eight_digits((v % E8) as u32));
+            }
         }
     }
 
     /// The digits of `v < 10^8` without leading zeros (one `0` for zero), in one 8-byte store
     /// (the bytes past the digits are overwritten next or left beyond the length).
+    ///
+    /// # Safety
+    /// The room has 8 bytes left.
     #[inline(always)]
-    fn lead(&mut self, v: u32) {
+    unsafe fn lead(&mut self, v: u32) {
         let digits = eight_digits(v);
         // Leading zeros are the low lanes that hold 0 (the last digit is kept).
         let zeros = (digits.trailing_zeros() / 8).min(7);
         let shifted = (digits | ASCII_ZEROS) >> (8 * zeros);
-        let dst = self.next(8);
-        // SAFETY: `next` checked the room for 8 bytes.
-        unsafe { dst.cast::<[u8; 8]>().write_unaligned(shifted.to_le_bytes()) };
+        // SAFETY: the caller checked the room for 8 bytes.
+        unsafe {
+            let dst = self.end.add(self.at);
+            dst.cast::<[u8; 8]>().write_unaligned(shifted.to_le_bytes());
+        }
         self.at += 8 - zeros as usize;
     }
 
+    /// # Safety
+    /// The room has 8 bytes left.
     #[inline(always)]
-    fn block(&mut self, digits: u64) {
-        self.put(&(digits | ASCII_ZEROS).to_le_bytes());
+    unsafe fn block(&mut self, digits: u64) {
+        // SAFETY: the caller checked the room for 8 bytes.
+        unsafe {
+            let dst = self.end.add(self.at);
+            dst.cast::<[u8; 8]>()
+                .write_unaligned((digits | ASCII_ZEROS).to_le_bytes());
+        }
+        self.at += 8;
     }
 
     /// `put` of `b` with `,` `=` and space escaped (at most two bytes per byte).
@@ -621,6 +652,30 @@ fn eight_digits(v: u32) -> u64 {
     tens | ((x - tens * 10) << 8)
 }
 
+/// Copies `src` to `dst`, in at most two overlapping stores when it is at most 32 bytes long.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes.
+#[inline(always)]
+unsafe fn copy_short(dst: *mut u8, b: &[u8]) {
+    let n = b.len();
+    // SAFETY (each arm): the stores write `n` bytes from `dst`, some of them twice.
+    unsafe {
+        // Most common first: metric names, number tokens and ids of 4 to 7 bytes.
+        match n {
+            4..=7 => copy_ends::<4>(dst, b),
+            8..=16 => copy_ends::<8>(dst, b),
+            17..=32 => copy_ends::<16>(dst, b),
+            1..=3 => {
+                *dst = b[0];
+                *dst.add(n / 2) = b[n / 2];
+                *dst.add(n - 1) = b[n - 1];
+            }
+            _ => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n),
+        }
+    }
+}
+
 /// Copies `src` (`N..=2N` bytes) to `dst` as its first and last `N` bytes, which overlap: two
 /// loads and two stores whatever the length.
 ///
@@ -658,6 +713,18 @@ impl Key<'_> {
             room.put(self.text);
         }
     }
+
+    /// Writes `{before}{key}=` into `room`, which has `max_len() + 2` bytes left.
+    #[inline(always)]
+    fn write_between(&self, before: u8, room: &mut Room<'_>) {
+        if self.may_escape {
+            room.byte(before);
+            room.put_escaped_key(self.text);
+            room.byte(b'=');
+        } else {
+            room.put_between(before, self.text, b'=');
+        }
+    }
 }
 
 /// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`,
@@ -685,9 +752,7 @@ impl<'o> Line<'o> {
     pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
         let value = value.into();
         let mut room = Room::reserve(self.out, key.len() + 2 + value.max_len());
-        room.byte(b',');
-        room.put(key.as_bytes());
-        room.byte(b'=');
+        room.put_between(b',', key.as_bytes(), b'=');
         value.write(&mut room);
     }
 
@@ -697,9 +762,7 @@ impl<'o> Line<'o> {
         let separator = if self.first_field { b' ' } else { b',' };
         self.first_field = false;
         let mut room = Room::reserve(self.out, key.max_len() + 2 + value_max);
-        room.byte(separator);
-        key.write(&mut room);
-        room.byte(b'=');
+        key.write_between(separator, &mut room);
         room
     }
 
@@ -715,10 +778,7 @@ impl<'o> Line<'o> {
             Float::Plain(p) => {
                 // The text and `.0`.
                 let mut room = self.field(key.into(), p.text.len() + 2);
-                room.put(p.text.as_bytes());
-                if p.dot_zero {
-                    room.put(b".0");
-                }
+                room.put_dot_zero(p.text.as_bytes(), p.dot_zero);
             }
             _ => {
                 drop(self.field(key.into(), 0));
