@@ -728,10 +728,14 @@ impl Key<'_> {
 }
 
 /// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`,
-/// each piece after one reservation of its worst-case size.
+/// each piece after one reservation of its worst-case size. Every field is written after a
+/// `,`, and `finish` turns the first one into the space that ends the tags: a flag tested and
+/// set per field cost more.
 pub struct Line<'o> {
     out: &'o mut Vec<u8>,
-    first_field: bool,
+    /// Where the measurement and tags end: the first field's separator, or with no field the
+    /// timestamp's own space.
+    tags_end: usize,
 }
 
 impl<'o> Line<'o> {
@@ -741,10 +745,8 @@ impl<'o> Line<'o> {
         let mut room = Room::reserve(out, measurement.len());
         room.put(measurement.as_bytes());
         drop(room);
-        Line {
-            out,
-            first_field: true,
-        }
+        let tags_end = out.len();
+        Line { out, tags_end }
     }
 
     /// Inlined: the key is a constant, so its copy is a fixed-size move.
@@ -754,15 +756,15 @@ impl<'o> Line<'o> {
         let mut room = Room::reserve(self.out, key.len() + 2 + value.max_len());
         room.put_between(b',', key.as_bytes(), b'=');
         value.write(&mut room);
+        drop(room);
+        self.tags_end = self.out.len();
     }
 
     /// Writes the field's separator and `key=`, and leaves room for `value_max` more bytes.
     #[inline(always)]
     fn field(&mut self, key: Key<'_>, value_max: usize) -> Room<'_> {
-        let separator = if self.first_field { b' ' } else { b',' };
-        self.first_field = false;
         let mut room = Room::reserve(self.out, key.max_len() + 2 + value_max);
-        key.write_between(separator, &mut room);
+        key.write_between(b',', &mut room);
         room
     }
 
@@ -806,21 +808,24 @@ impl<'o> Line<'o> {
     #[inline(always)]
     pub fn finish(self, ts: impl Into<i128>) {
         let ts: i128 = ts.into();
-        let Ok(magnitude) = u64::try_from(ts.unsigned_abs()) else {
+        if let Ok(magnitude) = u64::try_from(ts.unsigned_abs()) {
+            // A space, a sign, 20 digits and a newline.
+            let mut room = Room::reserve(self.out, 23);
+            room.byte(b' ');
+            if ts < 0 {
+                room.byte(b'-');
+            }
+            room.decimal(magnitude);
+            room.byte(b'\n');
+        } else {
             // Beyond any nanosecond timestamp: rare, so the general formatter.
             self.out.push(b' ');
             push_bytes(self.out, itoa::Buffer::new().format(ts).as_bytes());
             self.out.push(b'\n');
-            return;
-        };
-        // A space, a sign, 20 digits and a newline.
-        let mut room = Room::reserve(self.out, 23);
-        room.byte(b' ');
-        if ts < 0 {
-            room.byte(b'-');
         }
-        room.decimal(magnitude);
-        room.byte(b'\n');
+        if let Some(separator) = self.out.get_mut(self.tags_end) {
+            *separator = b' ';
+        }
     }
 }
 
