@@ -5,9 +5,12 @@ writes, the layouts taking turns round by round.
     pytest benches/bench_page_cache.py --benchmark-enable    # the figures (printed at the end)
     pytest benches/bench_page_cache.py                        # as a test: one short round
 
-`appended, preallocated` is what the log does today (`O_APPEND`, blocks allocated past the end
-with `fallocate(KEEP_SIZE)`); `rewritten, cached` writes in place over the file's own earlier
-bytes while their pages are still in the page cache, as a recycled segment would.
+`appended, preallocated` is a segment the writer had to create itself (blocks allocated past the
+end with `fallocate(KEEP_SIZE)`); `rewritten, cached` writes in place over the file's own earlier
+bytes, first written in 1 MiB pieces, while their pages are still in the page cache: a spare
+segment written whole with zeros, and every later life of its file; `rewritten, first appended`
+does the same over a file first written in 30 KB appends (a recycled segment whose first life
+was not a spare's).
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ def appended_preallocated(path: Path) -> int:
     return fd
 
 
-def rewritten(path: Path, keep_cached: bool) -> int:
+def rewritten(path: Path, keep_cached: bool, piece: int = 1 << 20) -> int:
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    block = os.urandom(1 << 20)
-    for _ in range(SEGMENT >> 20):
+    block = os.urandom(piece)
+    for _ in range(SEGMENT // piece):
         os.write(fd, block)
     os.fsync(fd)
     if not keep_cached:
@@ -55,6 +58,7 @@ LAYOUTS: dict[str, tuple[Callable[[Path], int], bool]] = {
     "appended, preallocated": (appended_preallocated, False),
     "appended": (appended, False),
     "rewritten, cached": (lambda path: rewritten(path, keep_cached=True), True),
+    "rewritten, first appended": (lambda path: rewritten(path, True, WRITE), True),
     "rewritten, not cached": (lambda path: rewritten(path, keep_cached=False), True),
 }
 

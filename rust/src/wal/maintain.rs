@@ -6,9 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use super::record::{self, scan_records, Format, SEGMENT_MAGIC};
-use super::segment::{
-    self, create_segment, segment_name, write_checkpoint, Checkpoint, Marks, Segment,
-};
+use super::segment::{self, segment_name, write_checkpoint, Checkpoint, Marks, Segment};
 use super::writer::Shared;
 use super::{describe, lock, SyncMode, WalError};
 
@@ -80,8 +78,7 @@ impl Shared {
             files.take_id()
         };
         // On failure the writer creates its segment itself, and reports the error.
-        if let Ok(file) = create_segment(&self.cfg.dir, id, true) {
-            segment::preallocate(&file, self.cfg.segment_bytes);
+        if let Ok(file) = segment::create_spare(&self.cfg.dir, id, self.cfg.segment_bytes) {
             lock(&self.files).spares.push_back((id, file));
         }
     }
@@ -301,7 +298,6 @@ impl Shared {
                 return;
             }
             drop(next);
-            self.prepare_spare();
             let now = Instant::now();
             // Errors are kept in `failed` (fsync) or retried on the next tick (checkpoint).
             if let (Some(at), Some(every)) = (next_sync, sync_every) {
@@ -314,6 +310,9 @@ impl Shared {
                 let _ = self.checkpoint();
                 next_checkpoint = now + CHECKPOINT_EVERY;
             }
+            // Last: writing a spare whole takes a few tens of milliseconds, which the fsync
+            // and the checkpoint should not wait for.
+            self.prepare_spare();
             state = lock(&self.state);
         }
     }
