@@ -544,6 +544,12 @@ impl Batch {
     }
 
     fn apply(&mut self, verdicts: &[(usize, Option<Reason>)]) {
+        self.resolved = true;
+        // A group without a reason allows all its items (`resolve*` checked it), so a batch
+        // whose groups have none, the common case, has nothing to mark.
+        if verdicts.iter().all(|(_, reason)| reason.is_none()) {
+            return;
+        }
         let mut seen = vec![0usize; self.groups.len()];
         for item in &mut self.items {
             if item.group == NO_GROUP {
@@ -555,7 +561,6 @@ impl Batch {
             }
             seen[g] += 1;
         }
-        self.resolved = true;
     }
 
     fn check_resolvable(&self, verdicts: usize) -> Result<(), UsageError> {
