@@ -474,9 +474,9 @@ pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Room reserved at the end of a `Vec<u8>` for one piece of a line, written with short copies
 /// inline: the pieces (ids, metric names, number tokens) are mostly a few bytes, for which
 /// `extend_from_slice` costs a capacity check and a libc `memcpy` call each, more than the copy
-/// itself. Every write is checked against the reservation (one compare, always true unless a
-/// caller's bound is wrong: then a panic, never a write past the buffer). What was written
-/// joins the `Vec` on drop.
+/// itself. Every write is checked against the reservation (one compare per write, or per
+/// method that writes several pieces, always true unless a caller's bound is wrong: then a
+/// panic, never a write past the buffer). What was written joins the `Vec` on drop.
 struct Room<'o> {
     out: &'o mut Vec<u8>,
     /// The end of `out`'s initialized bytes when the room was reserved.
