@@ -1,7 +1,7 @@
 //! The outcome of one request: per-item reasons, the encoded lines of valid items, the groups
 //! Python decides on, and the JSON response.
 
-use crate::encode::{push_bytes, push_json_str};
+use crate::encode::{push_bytes, push_json_str, push_uint};
 use crate::errors::{Reason, UsageError};
 use crate::schema::NO_SHAPE;
 use crate::words;
@@ -544,6 +544,12 @@ impl Batch {
     }
 
     fn apply(&mut self, verdicts: &[(usize, Option<Reason>)]) {
+        self.resolved = true;
+        // A group without a reason allows all its items (`resolve*` checked it), so a batch
+        // whose groups have none, the common case, has nothing to mark.
+        if verdicts.iter().all(|(_, reason)| reason.is_none()) {
+            return;
+        }
         let mut seen = vec![0usize; self.groups.len()];
         for item in &mut self.items {
             if item.group == NO_GROUP {
@@ -555,7 +561,6 @@ impl Batch {
             }
             seen[g] += 1;
         }
-        self.resolved = true;
     }
 
     fn check_resolvable(&self, verdicts: usize) -> Result<(), UsageError> {
@@ -886,18 +891,17 @@ impl Batch {
         let rejected = self.items.len() - accepted;
         let mut out = Vec::with_capacity(48 + self.items.len() * 96);
         let spans = self.detail_spans();
-        let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"accepted\":");
-        out.extend_from_slice(num.format(accepted).as_bytes());
+        push_uint(&mut out, accepted as u64);
         out.extend_from_slice(b",\"rejected\":");
-        out.extend_from_slice(num.format(rejected).as_bytes());
+        push_uint(&mut out, rejected as u64);
         out.extend_from_slice(b",\"results\":[");
         for (index, item) in self.items.iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"index\":");
-            push_bytes(&mut out, num.format(index).as_bytes());
+            push_uint(&mut out, index as u64);
             match item.reason {
                 None => out.extend_from_slice(b",\"status\":\"accepted\""),
                 Some(r) => {

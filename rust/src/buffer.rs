@@ -160,7 +160,21 @@ struct TenantBuffer {
 }
 
 impl TenantBuffer {
-    fn push(&mut self, mut data: &[u8]) {
+    /// Inlined for its common case, a line that fits in the last chunk: one copy.
+    #[inline(always)]
+    fn push(&mut self, data: &[u8]) {
+        if let Some(chunk) = self.chunks.back_mut() {
+            if chunk.capacity() - chunk.len() >= data.len() {
+                chunk.extend_from_slice(data);
+                return;
+            }
+        }
+        self.push_spilling(data);
+    }
+
+    /// `push` of data that starts a chunk, or spills over into new ones.
+    #[inline(never)]
+    fn push_spilling(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {

@@ -31,12 +31,14 @@ pub trait DeviceIds {
 }
 
 impl DeviceIds for DeviceKey {
+    #[inline(always)]
     fn pair(&self) -> (&str, &str) {
         (&self.tenant, &self.device)
     }
 }
 
 impl DeviceIds for (&str, &str) {
+    #[inline(always)]
     fn pair(&self) -> (&str, &str) {
         *self
     }
@@ -52,6 +54,7 @@ impl<'a> Borrow<dyn DeviceIds + 'a> for DeviceKey {
 /// foldhash rotates its state by each write's length, so a shifted split of the same bytes
 /// hashes apart without `str`'s end marker (two more folds a lookup).
 impl Hash for dyn DeviceIds + '_ {
+    #[inline(always)]
     fn hash<H: Hasher>(&self, state: &mut H) {
         let (tenant, device) = self.pair();
         state.write(tenant.as_bytes());
@@ -66,6 +69,7 @@ impl Hash for DeviceKey {
 }
 
 impl PartialEq for dyn DeviceIds + '_ {
+    #[inline(always)]
     fn eq(&self, other: &Self) -> bool {
         let ((t1, d1), (t2, d2)) = (self.pair(), other.pair());
         words::same_bytes(d1.as_bytes(), d2.as_bytes())

@@ -401,17 +401,24 @@ fn parse_exp(digits: &[u8]) -> i32 {
 }
 
 /// Appends `s` as a JSON string the way Python's `json.dumps(s, ensure_ascii=False)` does.
+/// Inlined: most strings (ids in responses) need no escape, and then cost a scan, one
+/// reservation and the copy, less than a call.
+#[inline(always)]
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let first = find_json_escape(b, 0);
     if first == b.len() {
-        // Most strings (ids) need no escape: one reservation, and the copy inline.
         let mut room = Room::reserve(out, b.len() + 2);
-        room.byte(b'"');
-        room.put(b);
-        room.byte(b'"');
+        room.put_between(b'"', b, b'"');
         return;
     }
+    push_json_escaped(out, b, first);
+}
+
+/// `push_json_str` of `b`, whose first byte to escape is at `first`.
+#[cold]
+#[inline(never)]
+fn push_json_escaped(out: &mut Vec<u8>, b: &[u8], first: usize) {
     out.push(b'"');
     let mut start = 0;
     let mut i = first;
@@ -449,6 +456,13 @@ fn find_json_escape(b: &[u8], i: usize) -> usize {
     })
 }
 
+/// Appends `v` in decimal, as `itoa` does, in the word-wide steps of `Room::decimal`.
+#[inline(always)]
+pub fn push_uint(out: &mut Vec<u8>, v: u64) {
+    let mut room = Room::reserve(out, 20);
+    room.decimal(v);
+}
+
 /// Appends `b`, copied inline when short (see `Room`): for pieces of unknown length, where
 /// `extend_from_slice` calls libc `memcpy`.
 #[inline(always)]
@@ -460,9 +474,9 @@ pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Room reserved at the end of a `Vec<u8>` for one piece of a line, written with short copies
 /// inline: the pieces (ids, metric names, number tokens) are mostly a few bytes, for which
 /// `extend_from_slice` costs a capacity check and a libc `memcpy` call each, more than the copy
-/// itself. Every write is checked against the reservation (one compare, always true unless a
-/// caller's bound is wrong: then a panic, never a write past the buffer). What was written
-/// joins the `Vec` on drop.
+/// itself. Every write is checked against the reservation (one compare per write, or per
+/// method that writes several pieces, always true unless a caller's bound is wrong: then a
+/// panic, never a write past the buffer). What was written joins the `Vec` on drop.
 struct Room<'o> {
     out: &'o mut Vec<u8>,
     /// The end of `out`'s initialized bytes when the room was reserved.
@@ -503,28 +517,43 @@ impl<'o> Room<'o> {
         self.at += 1;
     }
 
-    /// Copies `b`, in at most two overlapping stores when it is at most 32 bytes long.
+    /// Copies `b`.
     #[inline(always)]
     fn put(&mut self, b: &[u8]) {
+        let dst = self.next(b.len());
+        // SAFETY: `next` checked the room for `b.len()` bytes from `dst`.
+        unsafe { copy_short(dst, b) };
+        self.at += b.len();
+    }
+
+    /// `byte(open)`, `put(b)` and `byte(close)` under one check of the bound: most pieces
+    /// are a key or string between two fixed bytes, and a check per write costs more than
+    /// the write.
+    #[inline(always)]
+    fn put_between(&mut self, open: u8, b: &[u8], close: u8) {
         let n = b.len();
-        let dst = self.next(n);
-        // SAFETY (each arm): `next` checked the room for `n` bytes from `dst`; the stores
-        // write `n` bytes from `dst`, some of them twice.
+        let dst = self.next(n + 2);
+        // SAFETY: `next` checked the room for `n + 2` bytes from `dst`.
         unsafe {
-            // Most common first: metric names, number tokens and ids of 4 to 7 bytes.
-            match n {
-                4..=7 => copy_ends::<4>(dst, b),
-                8..=16 => copy_ends::<8>(dst, b),
-                17..=32 => copy_ends::<16>(dst, b),
-                1..=3 => {
-                    *dst = b[0];
-                    *dst.add(n / 2) = b[n / 2];
-                    *dst.add(n - 1) = b[n - 1];
-                }
-                _ => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n),
-            }
+            dst.write(open);
+            copy_short(dst.add(1), b);
+            dst.add(n + 1).write(close);
         }
-        self.at += n;
+        self.at += n + 2;
+    }
+
+    /// Copies `b`, then `.0` when `dot_zero`: the two bytes are written either way (the room
+    /// covers them) and counted only then, so a float's `.0` costs no branch.
+    #[inline(always)]
+    fn put_dot_zero(&mut self, b: &[u8], dot_zero: bool) {
+        let n = b.len();
+        let dst = self.next(n + 2);
+        // SAFETY: `next` checked the room for `n + 2` bytes from `dst`.
+        unsafe {
+            copy_short(dst, b);
+            dst.add(n).cast::<[u8; 2]>().write_unaligned(*b".0");
+        }
+        self.at += n + 2 * usize::from(dot_zero);
     }
 
     /// Writes `v` in decimal, eight digits at a time (`eight_digits`); up to 20 bytes, and
@@ -532,37 +561,55 @@ impl<'o> Room<'o> {
     #[inline(always)]
     fn decimal(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
-        // The lead of a 17- to 20-digit `v` keeps at most 4 digits, so 4 + 16.
-        assert!(20 <= self.max - self.at, "a room's bound covers its writes");
-        if v < E8 {
-            self.lead(v as u32);
-        } else if v < E8 * E8 {
-            self.lead((v / E8) as u32);
-            self.block(eight_digits((v % E8) as u32));
-        } else {
-            self.lead((v / (E8 * E8)) as u32);
-            self.block(eight_digits((v / E8 % E8) as u32));
-            self.block(eight_digits((v % E8) as u32));
+        // The lead of a 17- to 20-digit `v` keeps at most 4 digits, so 4 + 16; checked once
+        // here for the 8-byte stores below (the lead's store takes 8 bytes whatever it keeps).
+        self.next(20);
+        // SAFETY (each call): the check above covers the lead's 8-byte store and the 8 bytes
+        // of each block after it: the lead keeps at most 4 digits when blocks follow.
+        unsafe {
+            if v < E8 {
+                self.lead(v as u32);
+            } else if v < E8 * E8 {
+                self.lead((v / E8) as u32);
+                self.block(eight_digits((v % E8) as u32));
+            } else {
+                self.lead((v / (E8 * E8)) as u32);
+                self.block(eight_digits((v / E8 % E8) as u32));
+                self.block(eight_digits((v % E8) as u32));
+            }
         }
     }
 
     /// The digits of `v < 10^8` without leading zeros (one `0` for zero), in one 8-byte store
     /// (the bytes past the digits are overwritten next or left beyond the length).
+    ///
+    /// # Safety
+    /// The room has 8 bytes left.
     #[inline(always)]
-    fn lead(&mut self, v: u32) {
+    unsafe fn lead(&mut self, v: u32) {
         let digits = eight_digits(v);
         // Leading zeros are the low lanes that hold 0 (the last digit is kept).
         let zeros = (digits.trailing_zeros() / 8).min(7);
         let shifted = (digits | ASCII_ZEROS) >> (8 * zeros);
-        let dst = self.next(8);
-        // SAFETY: `next` checked the room for 8 bytes.
-        unsafe { dst.cast::<[u8; 8]>().write_unaligned(shifted.to_le_bytes()) };
+        // SAFETY: the caller checked the room for 8 bytes.
+        unsafe {
+            let dst = self.end.add(self.at);
+            dst.cast::<[u8; 8]>().write_unaligned(shifted.to_le_bytes());
+        }
         self.at += 8 - zeros as usize;
     }
 
+    /// # Safety
+    /// The room has 8 bytes left.
     #[inline(always)]
-    fn block(&mut self, digits: u64) {
-        self.put(&(digits | ASCII_ZEROS).to_le_bytes());
+    unsafe fn block(&mut self, digits: u64) {
+        // SAFETY: the caller checked the room for 8 bytes.
+        unsafe {
+            let dst = self.end.add(self.at);
+            dst.cast::<[u8; 8]>()
+                .write_unaligned((digits | ASCII_ZEROS).to_le_bytes());
+        }
+        self.at += 8;
     }
 
     /// `put` of `b` with `,` `=` and space escaped (at most two bytes per byte).
@@ -605,6 +652,30 @@ fn eight_digits(v: u32) -> u64 {
     tens | ((x - tens * 10) << 8)
 }
 
+/// Copies `src` to `dst`, in at most two overlapping stores when it is at most 32 bytes long.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes.
+#[inline(always)]
+unsafe fn copy_short(dst: *mut u8, b: &[u8]) {
+    let n = b.len();
+    // SAFETY (each arm): the stores write `n` bytes from `dst`, some of them twice.
+    unsafe {
+        // Most common first: metric names, number tokens and ids of 4 to 7 bytes.
+        match n {
+            4..=7 => copy_ends::<4>(dst, b),
+            8..=16 => copy_ends::<8>(dst, b),
+            17..=32 => copy_ends::<16>(dst, b),
+            1..=3 => {
+                *dst = b[0];
+                *dst.add(n / 2) = b[n / 2];
+                *dst.add(n - 1) = b[n - 1];
+            }
+            _ => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n),
+        }
+    }
+}
+
 /// Copies `src` (`N..=2N` bytes) to `dst` as its first and last `N` bytes, which overlap: two
 /// loads and two stores whatever the length.
 ///
@@ -642,13 +713,29 @@ impl Key<'_> {
             room.put(self.text);
         }
     }
+
+    /// Writes `{before}{key}=` into `room`, which has `max_len() + 2` bytes left.
+    #[inline(always)]
+    fn write_between(&self, before: u8, room: &mut Room<'_>) {
+        if self.may_escape {
+            room.byte(before);
+            room.put_escaped_key(self.text);
+            room.byte(b'=');
+        } else {
+            room.put_between(before, self.text, b'=');
+        }
+    }
 }
 
 /// One encoded line: `{measurement},{tags} {fields} {ts}\n`, written straight into `out`,
-/// each piece after one reservation of its worst-case size.
+/// each piece after one reservation of its worst-case size. Every field is written after a
+/// `,`, and `finish` turns the first one into the space that ends the tags: a flag tested and
+/// set per field cost more.
 pub struct Line<'o> {
     out: &'o mut Vec<u8>,
-    first_field: bool,
+    /// Where the measurement and tags end: the first field's separator, or with no field the
+    /// timestamp's own space.
+    tags_end: usize,
 }
 
 impl<'o> Line<'o> {
@@ -658,10 +745,8 @@ impl<'o> Line<'o> {
         let mut room = Room::reserve(out, measurement.len());
         room.put(measurement.as_bytes());
         drop(room);
-        Line {
-            out,
-            first_field: true,
-        }
+        let tags_end = out.len();
+        Line { out, tags_end }
     }
 
     /// Inlined: the key is a constant, so its copy is a fixed-size move.
@@ -669,21 +754,17 @@ impl<'o> Line<'o> {
     pub fn tag<'k>(&mut self, key: &str, value: impl Into<Key<'k>>) {
         let value = value.into();
         let mut room = Room::reserve(self.out, key.len() + 2 + value.max_len());
-        room.byte(b',');
-        room.put(key.as_bytes());
-        room.byte(b'=');
+        room.put_between(b',', key.as_bytes(), b'=');
         value.write(&mut room);
+        drop(room);
+        self.tags_end = self.out.len();
     }
 
     /// Writes the field's separator and `key=`, and leaves room for `value_max` more bytes.
     #[inline(always)]
     fn field(&mut self, key: Key<'_>, value_max: usize) -> Room<'_> {
-        let separator = if self.first_field { b' ' } else { b',' };
-        self.first_field = false;
         let mut room = Room::reserve(self.out, key.max_len() + 2 + value_max);
-        room.byte(separator);
-        key.write(&mut room);
-        room.byte(b'=');
+        key.write_between(b',', &mut room);
         room
     }
 
@@ -699,10 +780,7 @@ impl<'o> Line<'o> {
             Float::Plain(p) => {
                 // The text and `.0`.
                 let mut room = self.field(key.into(), p.text.len() + 2);
-                room.put(p.text.as_bytes());
-                if p.dot_zero {
-                    room.put(b".0");
-                }
+                room.put_dot_zero(p.text.as_bytes(), p.dot_zero);
             }
             _ => {
                 drop(self.field(key.into(), 0));
@@ -730,21 +808,24 @@ impl<'o> Line<'o> {
     #[inline(always)]
     pub fn finish(self, ts: impl Into<i128>) {
         let ts: i128 = ts.into();
-        let Ok(magnitude) = u64::try_from(ts.unsigned_abs()) else {
+        if let Ok(magnitude) = u64::try_from(ts.unsigned_abs()) {
+            // A space, a sign, 20 digits and a newline.
+            let mut room = Room::reserve(self.out, 23);
+            room.byte(b' ');
+            if ts < 0 {
+                room.byte(b'-');
+            }
+            room.decimal(magnitude);
+            room.byte(b'\n');
+        } else {
             // Beyond any nanosecond timestamp: rare, so the general formatter.
             self.out.push(b' ');
             push_bytes(self.out, itoa::Buffer::new().format(ts).as_bytes());
             self.out.push(b'\n');
-            return;
-        };
-        // A space, a sign, 20 digits and a newline.
-        let mut room = Room::reserve(self.out, 23);
-        room.byte(b' ');
-        if ts < 0 {
-            room.byte(b'-');
         }
-        room.decimal(magnitude);
-        room.byte(b'\n');
+        if let Some(separator) = self.out.get_mut(self.tags_end) {
+            *separator = b' ';
+        }
     }
 }
 
