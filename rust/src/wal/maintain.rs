@@ -65,21 +65,26 @@ impl Shared {
         }
     }
 
-    /// Creates a spare segment if there is none (outside the files lock: the writer goes on).
-    fn prepare_spare(&self) {
+    /// Creates a spare segment if there is none (outside the files lock: the writer goes on);
+    /// false when that failed.
+    fn prepare_spare(&self) -> bool {
         // Spares are added under the checkpoint lock, so that `retire` counts them right when
         // an explicit checkpoint runs beside the thread.
         let _one_at_a_time = lock(&self.checkpointed);
         let id = {
             let mut files = lock(&self.files);
             if !files.spares.is_empty() {
-                return;
+                return true;
             }
             files.take_id()
         };
         // On failure the writer creates its segment itself, and reports the error.
-        if let Ok(file) = segment::create_spare(&self.cfg.dir, id, self.cfg.segment_bytes) {
-            lock(&self.files).spares.push_back((id, file));
+        match segment::create_spare(&self.cfg.dir, id, self.cfg.segment_bytes) {
+            Ok(file) => {
+                lock(&self.files).spares.push_back((id, file));
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -286,6 +291,7 @@ impl Shared {
         };
         let mut next_sync = sync_every.map(|every| Instant::now() + every);
         let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+        let mut next_spare = Instant::now();
         let mut state = lock(&self.state);
         while !state.closing {
             let due = next_sync.map_or(next_checkpoint, |s| s.min(next_checkpoint));
@@ -311,8 +317,11 @@ impl Shared {
                 next_checkpoint = now + CHECKPOINT_EVERY;
             }
             // Last: writing a spare whole takes a few tens of milliseconds, which the fsync
-            // and the checkpoint should not wait for.
-            self.prepare_spare();
+            // and the checkpoint should not wait for. After a failure (a full disk, most
+            // likely) the next try waits a checkpoint period: each writes up to a segment.
+            if now >= next_spare && !self.prepare_spare() {
+                next_spare = now + CHECKPOINT_EVERY;
+            }
             state = lock(&self.state);
         }
     }
