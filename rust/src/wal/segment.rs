@@ -199,25 +199,26 @@ static ZEROS: [u8; FILL_CHUNK] = [0; FILL_CHUNK];
 /// file (benches/bench_page_cache.py). Replay reads the zeros after the last record as the
 /// segment's end, and as no torn tail.
 pub(super) fn create_spare(dir: &Path, id: u64, bytes: u64) -> io::Result<File> {
-    let path = dir.join(segment_name(id));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    let filled = file.write_all_at(SEGMENT_MAGIC, 0).and_then(|()| {
-        let mut at = SEGMENT_MAGIC.len() as u64;
-        while at < bytes {
-            let n = (bytes - at).min(FILL_CHUNK as u64) as usize;
-            file.write_all_at(&ZEROS[..n], at)?;
-            at += n as u64;
-        }
-        file.sync_data().and_then(|()| sync_dir(dir))
-    });
+    // Its fsyncs come after the zeros.
+    let file = create_segment(dir, id, false)?;
+    let filled = fill_with_zeros(&file, SEGMENT_MAGIC.len() as u64, bytes)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| sync_dir(dir));
     if let Err(e) = filled {
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(dir.join(segment_name(id)));
         return Err(e);
     }
     Ok(file)
+}
+
+/// Writes zeros over `file`'s bytes `from..to`, `FILL_CHUNK` at a time.
+fn fill_with_zeros(file: &File, mut from: u64, to: u64) -> io::Result<()> {
+    while from < to {
+        let n = (to - from).min(FILL_CHUNK as u64) as usize;
+        file.write_all_at(&ZEROS[..n], from)?;
+        from += n as u64;
+    }
+    Ok(())
 }
 
 impl Files {
@@ -408,7 +409,7 @@ fn read_segment(
     let torn_bytes = if scan.stale || record::is_recycled(&data) {
         0
     } else {
-        (written_len(&data[scan.end..])) as u64
+        written_len(&data[scan.end..]) as u64
     };
     Ok(Some(ReadSegment {
         id,
