@@ -40,12 +40,21 @@ INSTALL_HINT = "run `make services` (as root: apt-get install postgresql-15 infl
 START_TIMEOUT_S = 60.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that no earlier call in
+    this process returned: each probe's socket is closed before the next bind, so the kernel
+    may give two calls in a row the same port (a gateway handed it for both of its listeners
+    refuses to start)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _tail(path: Path, lines: int = 30) -> str:
