@@ -405,13 +405,22 @@ fn parse_exp(digits: &[u8]) -> i32 {
 /// reservation and the copy, less than a call.
 #[inline(always)]
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    push_json_member(out, b"", s);
+}
+
+/// `prefix` (a member's `,"name":`), then `s` as `push_json_str` writes it, under one
+/// reservation when `s` needs no escape.
+#[inline(always)]
+pub fn push_json_member(out: &mut Vec<u8>, prefix: &[u8], s: &str) {
     let b = s.as_bytes();
     let first = find_json_escape(b, 0);
     if first == b.len() {
-        let mut room = Room::reserve(out, b.len() + 2);
+        let mut room = Room::reserve(out, prefix.len() + b.len() + 2);
+        room.put(prefix);
         room.put_between(b'"', b, b'"');
         return;
     }
+    out.extend_from_slice(prefix);
     push_json_escaped(out, b, first);
 }
 
@@ -477,7 +486,7 @@ pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// itself. Every write is checked against the reservation (one compare per write, or per
 /// method that writes several pieces, always true unless a caller's bound is wrong: then a
 /// panic, never a write past the buffer). What was written joins the `Vec` on drop.
-struct Room<'o> {
+pub(crate) struct Room<'o> {
     out: &'o mut Vec<u8>,
     /// The end of `out`'s initialized bytes when the room was reserved.
     end: *mut u8,
@@ -490,7 +499,7 @@ struct Room<'o> {
 impl<'o> Room<'o> {
     /// Reserves `max` bytes, the piece's worst case.
     #[inline(always)]
-    fn reserve(out: &'o mut Vec<u8>, max: usize) -> Self {
+    pub(crate) fn reserve(out: &'o mut Vec<u8>, max: usize) -> Self {
         out.reserve(max);
         let end = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         Room {
@@ -510,7 +519,7 @@ impl<'o> Room<'o> {
     }
 
     #[inline(always)]
-    fn byte(&mut self, c: u8) {
+    pub(crate) fn byte(&mut self, c: u8) {
         let dst = self.next(1);
         // SAFETY: `next` checked the room for one byte.
         unsafe { dst.write(c) };
@@ -519,7 +528,7 @@ impl<'o> Room<'o> {
 
     /// Copies `b`.
     #[inline(always)]
-    fn put(&mut self, b: &[u8]) {
+    pub(crate) fn put(&mut self, b: &[u8]) {
         let dst = self.next(b.len());
         // SAFETY: `next` checked the room for `b.len()` bytes from `dst`.
         unsafe { copy_short(dst, b) };
@@ -559,7 +568,7 @@ impl<'o> Room<'o> {
     /// Writes `v` in decimal, eight digits at a time (`eight_digits`); up to 20 bytes, and
     /// needs room for 20.
     #[inline(always)]
-    fn decimal(&mut self, v: u64) {
+    pub(crate) fn decimal(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
         // The lead of a 17- to 20-digit `v` keeps at most 4 digits, so 4 + 16; checked once
         // here for the 8-byte stores below (the lead's store takes 8 bytes whatever it keeps).
