@@ -10,16 +10,30 @@ use crate::words;
 /// A table's key of a device: its tenant and id.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DeviceKey {
-    pub tenant: Box<str>,
-    pub device: Box<str>,
+    /// The tenant's bytes, then the device's, in one allocation: a lookup's compare follows
+    /// one pointer (one cache miss in a table of many devices), not one per id.
+    ids: Box<str>,
+    /// Where the tenant ends in `ids`.
+    split: usize,
 }
 
 impl DeviceKey {
     pub fn new(tenant: &str, device: &str) -> Self {
+        let mut ids = String::with_capacity(tenant.len() + device.len());
+        ids.push_str(tenant);
+        ids.push_str(device);
         DeviceKey {
-            tenant: tenant.into(),
-            device: device.into(),
+            ids: ids.into_boxed_str(),
+            split: tenant.len(),
         }
+    }
+
+    pub fn tenant(&self) -> &str {
+        self.pair().0
+    }
+
+    pub fn device(&self) -> &str {
+        self.pair().1
     }
 }
 
@@ -33,7 +47,7 @@ pub trait DeviceIds {
 impl DeviceIds for DeviceKey {
     #[inline(always)]
     fn pair(&self) -> (&str, &str) {
-        (&self.tenant, &self.device)
+        self.ids.split_at(self.split)
     }
 }
 

@@ -134,8 +134,8 @@ impl Latest {
             .map(|(key, entry)| {
                 entry.dirty = false;
                 (
-                    key.tenant.to_string(),
-                    key.device.to_string(),
+                    key.tenant().to_string(),
+                    key.device().to_string(),
                     snapshot(entry),
                 )
             })
