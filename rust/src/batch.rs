@@ -990,6 +990,12 @@ impl Batch {
     }
 }
 
+/// `00` to `99`, back to back.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+    40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 /// The start of the response's item `index`, up to its reason: `{"index":N,"status":…`,
 /// after the `},` that ends the item before. One reservation for the pieces, written inline:
 /// a checked `extend_from_slice` each cost more than the copies.
@@ -1002,7 +1008,13 @@ fn push_result_head(out: &mut Vec<u8>, index: usize, reason: Option<Reason>) {
     // The index's 20 digits at most, the closing quote of a reason.
     let mut room = Room::reserve(out, NEXT.len() + 20 + REJECTED.len() + code.len() + 1);
     room.put(&NEXT[if index == 0 { 2 } else { 0 }..]);
-    room.decimal(index as u64);
+    // A JSON body's batch holds at most 100 messages: two digits from a table, not the
+    // word-wide split of `decimal` (about 30 instructions).
+    match DIGIT_PAIRS.get(2 * index..2 * index + 2) {
+        Some(pair) if index >= 10 => room.put(pair),
+        Some(pair) => room.put(&pair[1..]),
+        None => room.decimal(index as u64),
+    }
     if reason.is_none() {
         room.put(ACCEPTED);
     } else {
@@ -1065,6 +1077,13 @@ mod tests {
         assert_eq!(b.refusals(Reason::Unauthorized), []);
         let last: Vec<_> = b.last_accepted().collect();
         assert_eq!(last, [("t2", "d2", &b"b\n"[..]), ("t1", "d1", &b"a\n"[..])]);
+    }
+
+    #[test]
+    fn digit_pairs_are_the_numbers_below_100() {
+        for i in 0..100 {
+            assert_eq!(&DIGIT_PAIRS[2 * i..2 * i + 2], format!("{i:02}").as_bytes());
+        }
     }
 
     #[test]
