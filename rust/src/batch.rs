@@ -24,6 +24,24 @@ impl Span {
     }
 }
 
+impl StrSpan {
+    /// The span's text in `strings`, a batch's.
+    fn of(self, strings: &str) -> &str {
+        // SAFETY: a `StrSpan` is the range of one whole `str` that `push_str` appended (or
+        // empty), so its bytes are UTF-8. Checking char boundaries instead cost ~10
+        // instructions a call, and ids are read back several times per item (groups,
+        // response).
+        unsafe { std::str::from_utf8_unchecked(self.bytes_of(strings)) }
+    }
+
+    fn bytes_of(self, strings: &str) -> &[u8] {
+        strings
+            .as_bytes()
+            .get(self.0.range())
+            .expect("a span is a range of this batch's strings")
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Item {
     reason: Option<Reason>,
@@ -338,19 +356,12 @@ impl Batch {
     }
 
     fn str_at(&self, span: StrSpan) -> &str {
-        // SAFETY: a `StrSpan` is the range of one whole `str` that `push_str` appended (or
-        // empty), so its bytes are UTF-8. Checking char boundaries instead cost ~10
-        // instructions a call, and ids are read back several times per item (groups,
-        // response).
-        unsafe { std::str::from_utf8_unchecked(self.bytes_at(span)) }
+        span.of(&self.strings)
     }
 
     /// The bytes of a span, for comparisons.
     fn bytes_at(&self, span: StrSpan) -> &[u8] {
-        self.strings
-            .as_bytes()
-            .get(span.0.range())
-            .expect("a span is a range of this batch's strings")
+        span.bytes_of(&self.strings)
     }
 
     /// Records an item that failed validation.
@@ -812,6 +823,14 @@ impl Batch {
         &mut self,
         mut store: impl FnMut(usize, &[u8]) -> bool,
     ) -> Result<(), UsageError> {
+        self.append_named(|t, _, line| store(t, line))
+    }
+
+    /// `append_with`, the tenant's id handed along with its index.
+    pub fn append_named(
+        &mut self,
+        mut store: impl FnMut(usize, &str, &[u8]) -> bool,
+    ) -> Result<(), UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
         }
@@ -826,7 +845,7 @@ impl Batch {
                 .lines
                 .get(item.line.range())
                 .expect("an item's span is a range of this batch's lines");
-            if !store(tenant, line) {
+            if !store(tenant, self.tenants[tenant].of(&self.strings), line) {
                 item.reason = Some(Reason::BufferFull);
                 full.get_or_insert_with(Vec::new).push(index as u32);
             }

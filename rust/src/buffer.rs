@@ -472,6 +472,18 @@ pub struct TenantBuffers {
     state: Mutex<State>,
 }
 
+/// What `TenantBuffers::append` stored of one tenant of a batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Appended {
+    /// The tenant's buffer, once a line is stored.
+    slot: Option<usize>,
+    /// Bytes counted against the tenant's cap, its lines of this batch included; read at its
+    /// first line.
+    used: Option<usize>,
+    bytes: usize,
+    lines: usize,
+}
+
 impl TenantBuffers {
     pub fn new(
         batch_size: usize,
@@ -512,6 +524,17 @@ impl TenantBuffers {
             && state.used(tenant) + nbytes <= self.tenant_max_bytes
     }
 
+    /// Whether `n` more bytes fit under both caps, given the bytes counted in all tenants and
+    /// in the line's; counts them when they do.
+    fn take(&self, total: &mut usize, used: &mut usize, n: usize) -> bool {
+        if *total + n > self.max_bytes || *used + n > self.tenant_max_bytes {
+            return false;
+        }
+        *total += n;
+        *used += n;
+        true
+    }
+
     /// Decides which of the batch's accepted lines fit under both caps (the rest become
     /// `BUFFER_FULL`) and counts them; returns the bytes and lines taken per batch tenant.
     fn take_room(
@@ -526,11 +549,9 @@ impl TenantBuffers {
         let mut total = state.total;
         batch.append_with(|t, line| {
             let n = line.len();
-            if total + n > self.max_bytes || used[t] + n > self.tenant_max_bytes {
+            if !self.take(&mut total, &mut used[t], n) {
                 return false;
             }
-            total += n;
-            used[t] += n;
             taken[t].0 += n;
             taken[t].1 += 1;
             true
@@ -541,35 +562,6 @@ impl TenantBuffers {
         Ok(taken)
     }
 
-    /// Stores the batch's accepted lines (room already counted) under `mark`; returns the
-    /// tenants stored to that are now at a threshold, in order of first appearance.
-    fn store_batch(&self, state: &mut State, batch: &Batch, mark: u64) -> Vec<String> {
-        // Buffers are created in the order of their first stored line; the tenants due are
-        // reported in the order of their first appearance in the batch.
-        let mut slots: Vec<Option<usize>> = vec![None; batch.tenant_count()];
-        let mut counts = vec![0; slots.len()];
-        for (t, line) in batch.accepted_lines() {
-            let slot = *slots[t].get_or_insert_with(|| state.slot(batch.tenant(t)));
-            let buf = &mut state.buffers[slot];
-            buf.push(line);
-            buf.lines += 1;
-            buf.bytes += line.len();
-            counts[t] += 1;
-        }
-        let mut due = Vec::new();
-        for (t, slot) in slots.into_iter().enumerate() {
-            if let Some(slot) = slot {
-                // The lock is held: this call's lines of a tenant are contiguous in its buffer.
-                let buf = &mut state.buffers[slot];
-                push_mark(&mut buf.marks, mark, counts[t]);
-                if self.at_threshold(buf) {
-                    due.push(batch.tenant(t).to_owned());
-                }
-            }
-        }
-        due
-    }
-
     /// Appends the batch's accepted lines under `mark` (0: none); items that do not fit become
     /// `BUFFER_FULL`. Returns the tenants appended to that are now at a threshold, in order of
     /// first appearance.
@@ -577,9 +569,45 @@ impl TenantBuffers {
         let mut state = self.lock();
         let state = &mut *state;
         state.marks.check(mark)?;
-        let taken = self.take_room(state, batch)?;
-        state.marks.add(mark, taken.iter().map(|t| t.1).sum());
-        Ok(self.store_batch(state, batch, mark))
+        // Each line is fitted under the caps and stored in one pass over the batch: a pass to
+        // take room and one to store cost the walk over the items twice.
+        let mut tenants = vec![Appended::default(); batch.tenant_count()];
+        let mut total = state.total;
+        batch.append_named(|t, tenant, line| {
+            let to = &mut tenants[t];
+            let used = to.used.get_or_insert_with(|| state.used(tenant));
+            if !self.take(&mut total, used, line.len()) {
+                return false;
+            }
+            to.bytes += line.len();
+            to.lines += 1;
+            // Buffers are created in the order of their first stored line.
+            let slot = *to.slot.get_or_insert_with(|| state.slot(tenant));
+            let buf = &mut state.buffers[slot];
+            buf.push(line);
+            buf.lines += 1;
+            buf.bytes += line.len();
+            true
+        })?;
+        state
+            .marks
+            .add(mark, tenants.iter().map(|to| to.lines).sum());
+        // The tenants due are reported in the order of their first appearance in the batch.
+        let mut due = Vec::new();
+        for (t, to) in tenants.iter().enumerate() {
+            let Some(slot) = to.slot else {
+                continue;
+            };
+            let tenant = batch.tenant(t);
+            state.count(tenant, to.bytes);
+            // The lock is held: this call's lines of a tenant are contiguous in its buffer.
+            let buf = &mut state.buffers[slot];
+            push_mark(&mut buf.marks, mark, to.lines);
+            if self.at_threshold(buf) {
+                due.push(tenant.to_owned());
+            }
+        }
+        Ok(due)
     }
 
     /// Takes room for the batch's accepted lines (`BUFFER_FULL` for those that do not fit) under
