@@ -194,7 +194,13 @@ struct Metric<'a> {
     plain: bool,
     /// `None`: not a number or bool, or not a finite number.
     value: Option<MetricValue<'a>>,
-    /// Whether line protocol escapes some of the name; set by `sort_names`.
+}
+
+/// An entry of `metrics` that is written, as `order` holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Written {
+    index: u32,
+    /// Whether line protocol escapes some of the entry's name.
     escape: bool,
 }
 
@@ -225,12 +231,15 @@ struct MessageParser<'a> {
     metrics: Vec<Metric<'a>>,
     /// The last `metrics` object's text, for the detail of a rejected message.
     metrics_text: &'a str,
-    /// The entries of `metrics` that are written, as (prefix, index) in name order, the last
-    /// of duplicate names kept. Pairs rather than entries: sorting moves 16 bytes, not 72.
-    order: Vec<(u64, u32)>,
-    /// `order`, `names_ok` and each entry's `escape` hold for the names now in `metrics`. A
-    /// message that sends the names of the one before, in the same order, reads only values.
+    /// The entries of `metrics` that are written, in name order, the last of duplicate names
+    /// kept.
+    order: Vec<Written>,
+    /// `order` and `names_ok` hold for the names now in `metrics`. A message that sends the
+    /// names of the one before, in the same order, reads only values.
     order_known: bool,
+    /// Some entry of `metrics` has no usable value. Told while the values are read, so that a
+    /// message whose values are all usable skips a pass over `order`.
+    missing_value: bool,
     /// The names of `order` are valid metric names, and at most `MAX_METRICS`.
     names_ok: bool,
     /// One of those names holds a lone surrogate.
@@ -252,6 +261,7 @@ impl<'a> MessageParser<'a> {
             metrics_text: "",
             order: Vec::with_capacity(16),
             order_known: false,
+            missing_value: false,
             names_ok: false,
             lone_metric_name: false,
             key_order: [None; ORDERED_KEYS],
@@ -336,6 +346,7 @@ impl<'a> MessageParser<'a> {
         let mut n = 0;
         let mut first = true;
         let mut same_names = true;
+        let mut missing_value = false;
         while r.key_follows(first)? {
             first = false;
             let same_name = same_names
@@ -346,6 +357,7 @@ impl<'a> MessageParser<'a> {
                     .is_some_and(|w| r.key_is(&w));
             let key = if same_name { None } else { Some(r.key()?) };
             let value = MetricValue::read(r)?;
+            missing_value |= value.is_none();
             let Some(key) = key else {
                 self.metrics[n].value = value;
                 n += 1;
@@ -364,7 +376,6 @@ impl<'a> MessageParser<'a> {
                 plain,
                 name,
                 value,
-                escape: true,
             };
             match self.metrics.get_mut(n) {
                 Some(slot) => *slot = m,
@@ -376,6 +387,7 @@ impl<'a> MessageParser<'a> {
             self.order_known = false;
         }
         self.metrics.truncate(n);
+        self.missing_value = missing_value;
         self.metrics_text = r.since(start);
         Ok(MetricsField::Object)
     }
@@ -484,7 +496,7 @@ impl<'a> MessageParser<'a> {
         let (metrics, order) = (&self.metrics, &self.order);
         // The fields of the line below, in its order.
         let mut shape = Shape::new(measurement);
-        for m in in_order(metrics, order) {
+        for (m, _) in in_order(metrics, order) {
             let ty = match m.value {
                 Some(MetricValue::Bool(_)) => FieldType::Boolean,
                 _ => FieldType::Float,
@@ -499,8 +511,8 @@ impl<'a> MessageParser<'a> {
                 let mut line = Line::start(out, MSG_TYPES[measurement]);
                 line.tag("device_id", Key::scanned(id.device.as_bytes(), escapes.0));
                 line.tag("site_id", Key::scanned(id.site.as_bytes(), escapes.1));
-                for m in in_order(metrics, order) {
-                    let name = Key::scanned(m.name.as_bytes(), m.escape);
+                for (m, escape) in in_order(metrics, order) {
+                    let name = Key::scanned(m.name.as_bytes(), escape);
                     match m.value {
                         Some(MetricValue::Number(n)) => line.number(name, &n),
                         Some(MetricValue::Bool(v)) => line.bool(name, v),
@@ -568,7 +580,7 @@ impl<'a> MessageParser<'a> {
         let bad = self
             .order
             .iter()
-            .map(|&(_, i)| i as usize)
+            .map(|w| w.index as usize)
             .find(|&i| self.metrics[i].value.is_none());
         match bad {
             Some(index) => explain::MetricsRead::BadValue {
@@ -604,38 +616,35 @@ impl<'a> MessageParser<'a> {
             MetricsField::Object => {}
         }
         if !self.order_known {
-            self.names_ok = name_sets::sort_names(&mut self.metrics, &mut self.order);
+            self.names_ok = name_sets::sort_names(&self.metrics, &mut self.order);
             self.order_known = true;
         }
         self.names_ok
-            && self
-                .order
-                .iter()
-                .all(|&(_, i)| self.metrics[i as usize].value.is_some())
+            && (!self.missing_value
+                || in_order(&self.metrics, &self.order).all(|(m, _)| m.value.is_some()))
     }
 }
 
 /// Fills `order` from `metrics` and checks the names it keeps, setting their `escape`.
-fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+fn sort_names(metrics: &[Metric<'_>], order: &mut Vec<Written>) -> bool {
     order.clear();
-    order.extend(metrics.iter().enumerate().map(|(i, m)| {
-        let index = u32::try_from(i).expect("under 2^32 metrics");
-        (m.prefix, index)
+    order.extend((0..metrics.len()).map(|i| Written {
+        index: u32::try_from(i).expect("under 2^32 metrics"),
+        escape: true,
     }));
     sort_by_name(order, metrics);
     order.dedup_by(|next, kept| {
-        let same =
-            next.0 == kept.0 && metrics[next.1 as usize].same_name(&metrics[kept.1 as usize]);
+        let same = metrics[next.index as usize].same_name(&metrics[kept.index as usize]);
         if same {
             *kept = *next;
         }
         same
     });
     order.len() <= MAX_METRICS
-        && order.iter().all(|&(_, i)| {
-            let m = &mut metrics[i as usize];
+        && order.iter_mut().all(|w| {
+            let m = &metrics[w.index as usize];
             let escape = checked_metric_name(&m.name, m.prefix);
-            m.escape = escape.unwrap_or(true);
+            w.escape = escape.unwrap_or(true);
             escape.is_some()
         })
 }
@@ -643,10 +652,10 @@ fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
 /// Sorts `order` by the names of the entries it points at, stably: duplicates stay in body
 /// order, so the last of each run is the one kept. A message holds a handful of names, where an
 /// insertion sort on the prefixes beats the general sort's set-up; more go to `sort_by`.
-fn sort_by_name(order: &mut [(u64, u32)], metrics: &[Metric<'_>]) {
-    let cmp = |a: &(u64, u32), b: &(u64, u32)| {
-        a.0.cmp(&b.0)
-            .then_with(|| metrics[a.1 as usize].name.cmp(&metrics[b.1 as usize].name))
+fn sort_by_name(order: &mut [Written], metrics: &[Metric<'_>]) {
+    let cmp = |a: &Written, b: &Written| {
+        let (a, b) = (&metrics[a.index as usize], &metrics[b.index as usize]);
+        a.prefix.cmp(&b.prefix).then_with(|| a.name.cmp(&b.name))
     };
     if order.len() > 16 {
         order.sort_by(cmp);
@@ -663,12 +672,12 @@ fn sort_by_name(order: &mut [(u64, u32)], metrics: &[Metric<'_>]) {
     }
 }
 
-/// The entries of `metrics` that `order` names, in its order.
+/// The entries of `metrics` that `order` names, in its order, and whether each name escapes.
 fn in_order<'m, 'a>(
     metrics: &'m [Metric<'a>],
-    order: &'m [(u64, u32)],
-) -> impl Iterator<Item = &'m Metric<'a>> {
-    order.iter().map(|&(_, i)| &metrics[i as usize])
+    order: &'m [Written],
+) -> impl Iterator<Item = (&'m Metric<'a>, bool)> {
+    order.iter().map(|w| (&metrics[w.index as usize], w.escape))
 }
 
 /// `Some(escape)` for a valid metric name, as `checked_id`; `prefix` is its `words::head`.
