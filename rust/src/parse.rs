@@ -111,6 +111,18 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// What `judge` decodes the string fields written with escapes into (see `Value::text`):
+/// empty, never allocated, mostly.
+#[derive(Default)]
+struct Unescaped {
+    tenant: String,
+    device: String,
+    msg_type: String,
+    token: String,
+    site: String,
+    ts: String,
+}
+
 /// The keys of a message this module reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FieldKey {
@@ -395,8 +407,8 @@ impl<'a> MessageParser<'a> {
     /// Applies the per-item rules in order and records the item; `raw` is the message's text.
     fn judge(&mut self, f: &Fields<'a>, raw: &'a str, url: Option<&UrlIdentity<'a>>) {
         let too_large = raw.len() > self.max_payload;
-        let from_url =
-            |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
+        let mut unescaped = Unescaped::default();
+        let from_url = |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, Text::Valid);
         let (tenant, device, msg_type, token) = match url {
             Some(u) => (
                 from_url(u.tenant),
@@ -405,13 +417,13 @@ impl<'a> MessageParser<'a> {
                 from_url(u.token),
             ),
             None => (
-                f.get(FieldKey::TenantId).text(),
-                f.get(FieldKey::DeviceId).text(),
-                f.get(FieldKey::MsgType).text(),
-                f.get(FieldKey::ProvisionToken).text(),
+                f.get(FieldKey::TenantId).text(&mut unescaped.tenant),
+                f.get(FieldKey::DeviceId).text(&mut unescaped.device),
+                f.get(FieldKey::MsgType).text(&mut unescaped.msg_type),
+                f.get(FieldKey::ProvisionToken).text(&mut unescaped.token),
             ),
         };
-        let site = f.get(FieldKey::SiteId).text();
+        let site = f.get(FieldKey::SiteId).text(&mut unescaped.site);
         let identity = match (tenant.get(), device.get(), site.get(), token.get()) {
             (Some(tenant), Some(device), Some(site), Some(token)) if !too_large => {
                 let id = Identity {
@@ -463,7 +475,10 @@ impl<'a> MessageParser<'a> {
             };
             let ts = match f.get(FieldKey::Ts) {
                 Value::Missing | Value::Null => self.receive_time(),
-                v => v.text().get().and_then(|s| self.dates.parse_rfc3339(s)),
+                v => v
+                    .text(&mut unescaped.ts)
+                    .get()
+                    .and_then(|s| self.dates.parse_rfc3339(s)),
             };
             let Some(ts) = ts else {
                 break 'check Err(Reason::InvalidTimestamp);
