@@ -18,6 +18,9 @@ pub const MAX_DEPTH: usize = 127;
 /// `Number` has them: two words, which a call returns in registers, not through memory.
 type Parts = (NonZeroUsize, usize);
 
+/// `Parts`, and for a token read from one block the bits of its digits other than `0`.
+type BlockParts = (Parts, Option<u32>);
+
 /// The text is not valid JSON (including too deep); which way does not matter to callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invalid;
@@ -390,10 +393,18 @@ impl<'a> Reader<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
+        self.number_digits().map(|(n, _)| n)
+    }
+
+    /// `number`, and for a token without exponent that ends within the 16 bytes from its start
+    /// (most values) the bits of those bytes (lowest: its first) that are its digits other than
+    /// `0`, counted along the way: enough to tell its shortest form without a scan.
+    #[inline(always)]
+    pub fn number_digits(&mut self) -> Result<(Number<'a>, Option<u32>)> {
         let start = self.pos;
-        let (int_end, frac_end) = match self.number_in_block() {
+        let ((int_end, frac_end), nonzero) = match self.number_in_block() {
             Some(parts) => parts?,
-            None => self.number_scanned()?,
+            None => (self.number_scanned()?, None),
         };
         debug_assert!(
             start < self.pos && self.pos <= self.text.len(),
@@ -403,21 +414,23 @@ impl<'a> Reader<'a> {
         // ASCII digit within the text (or at its end), so the cursor is on one too; the token
         // holds a digit, so `start < pos <= len`. A checked slice tests both again, per value.
         let text = unsafe { self.text.get_unchecked(start..self.pos) };
-        Ok(Number {
+        let n = Number {
             text,
             int_end: int_end.get(),
             frac_end,
-        })
+        };
+        Ok((n, nonzero))
     }
 
     /// `number`'s parts (`int_end`, `frac_end`) for a token without exponent that ends within
     /// the 16 bytes from the cursor (most values), counted from one block's digit bits, the
-    /// cursor moved past it. `None` leaves it to `number_scanned`, cursor unmoved.
+    /// cursor moved past it, and the bits of the token's digits other than `0`. `None` leaves
+    /// it to `number_scanned`, cursor unmoved.
     #[inline(always)]
-    fn number_in_block(&mut self) -> Option<Result<Parts>> {
+    fn number_in_block(&mut self) -> Option<Result<BlockParts>> {
         let b = self.bytes();
         let start = self.pos;
-        let digits = words::digit_bits(b, start)?;
+        let (digits, zeros) = words::digit_bits(b, start)?;
         let sign = usize::from(b.get(start) == Some(&b'-'));
         // The high half of `!digits` is all ones: every count below stops within the block.
         let int_end = sign + (!digits >> sign).trailing_zeros() as usize;
@@ -439,7 +452,9 @@ impl<'a> Reader<'a> {
             _ => return Some(Err(Invalid)),
         };
         self.pos = start + frac_end;
-        Some(Ok((int_end, frac_end)))
+        // `frac_end < 16`: the shift keeps the token's bits only.
+        let nonzero = digits & !zeros & !(u32::MAX << frac_end);
+        Some(Ok(((int_end, frac_end), Some(nonzero))))
     }
 
     /// `number`'s parts a part at a time, for any token, the cursor moved past it.
@@ -885,7 +900,9 @@ mod tests {
                 let text = format!("{token}{tail}{pad}");
                 let mut fast = Reader::new(&text);
                 let mut scanned = Reader::new(&text);
-                let got = fast.number_in_block().map(|n| (n, fast.pos()));
+                let got = fast
+                    .number_in_block()
+                    .map(|n| (n.map(|(parts, _)| parts), fast.pos()));
                 let want = (scanned.number_scanned(), scanned.pos());
                 if let Some(got) = got {
                     in_block += 1;
