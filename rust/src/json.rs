@@ -436,20 +436,19 @@ impl<'a> Reader<'a> {
         let int_end = sign + (!digits >> sign).trailing_zeros() as usize;
         let after_dot = int_end + 1;
         let dot = b.get(start + int_end) == Some(&b'.');
-        let frac_end = if dot {
-            after_dot + (!digits >> after_dot).trailing_zeros() as usize
-        } else {
-            int_end
-        };
+        // Values mix integers and decimals at random: the fraction is counted either way
+        // (`after_dot` is at most 17) and taken or not without a branch.
+        let frac_digits = (!digits >> after_dot).trailing_zeros() as usize;
+        let frac_end = int_end + usize::from(dot) * (1 + frac_digits);
         if frac_end >= 16 || matches!(b.get(start + frac_end), Some(b'e' | b'E')) {
             return None;
         }
         // No digit, a leading zero with digits after it (no valid token goes on with a
-        // digit), or a dot without digits.
-        let leading_zero = b.get(start + sign) == Some(&b'0') && int_end > sign + 1;
-        let int_end = match NonZeroUsize::new(int_end) {
-            Some(n) if int_end != sign && !leading_zero && !(dot && frac_end == after_dot) => n,
-            _ => return Some(Err(Invalid)),
+        // digit), or a dot without digits: tested together, one branch.
+        let leading_zero = (zeros >> sign & 1 != 0) & (int_end > sign + 1);
+        let invalid = (int_end == sign) | leading_zero | (dot & (frac_digits == 0));
+        let (false, Some(int_end)) = (invalid, NonZeroUsize::new(int_end)) else {
+            return Some(Err(Invalid));
         };
         self.pos = start + frac_end;
         // `frac_end < 16`: the shift keeps the token's bits only.

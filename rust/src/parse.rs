@@ -217,14 +217,10 @@ fn plain_in_block<'a>(n: &Number<'a>, nonzero: u32) -> Option<PlainNumber<'a>> {
     if zero_int && frac != 0 && frac.trailing_zeros() as usize > after_dot + 3 {
         return None;
     }
-    let end = if !dot {
-        n.frac_end
-    } else if frac == 0 {
-        // An all-zero fraction keeps its first zero.
-        after_dot + 1
-    } else {
-        32 - frac.leading_zeros() as usize
-    };
+    // After the fraction's last non-zero digit; an all-zero fraction keeps its first zero;
+    // an integer (`frac` 0) ends at `int_end`, 2 before that zero.
+    let last = 32 - frac.leading_zeros() as usize;
+    let end = last.max(after_dot + 1) - 2 * usize::from(!dot);
     Some(PlainNumber {
         text: n.text.get(..end)?,
         dot_zero: !dot,
