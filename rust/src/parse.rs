@@ -167,36 +167,50 @@ const FIELD_KEYS: [KeyWords; 8] = [
 /// Keys of a message whose places `MessageParser::key_order` remembers.
 const ORDERED_KEYS: usize = 12;
 
+/// A metric value as written, and its field type. A bool is written as its literal, as a
+/// `Float::Plain` without `.0`: writing then takes one path whatever the type, which varies at
+/// random from metric to metric. `value` is `None` for a value that is not a number or bool,
+/// or not a finite number (its `ty` then means nothing).
 #[derive(Clone, Copy)]
-enum MetricValue<'a> {
-    Number(Float<'a>),
-    Bool(bool),
+struct MetricValue<'a> {
+    value: Option<Float<'a>>,
+    ty: FieldType,
 }
 
 impl<'a> MetricValue<'a> {
-    /// Reads the value at the cursor, validating it: `None` when it is not a number or bool,
-    /// or not a finite number. Told apart by its first byte once, not read as a `Value` and
-    /// then matched again.
+    /// Reads the value at the cursor, validating it. Told apart by its first byte once, not
+    /// read as a `Value` and then matched again.
     #[inline(always)]
-    fn read(r: &mut Reader<'a>) -> json::Result<Option<Self>> {
-        Ok(match r.peek().ok_or(json::Invalid)? {
-            b't' | b'f' | b'n' => match r.literal()? {
-                json::Literal::True => Some(MetricValue::Bool(true)),
-                json::Literal::False => Some(MetricValue::Bool(false)),
-                json::Literal::Null => None,
-            },
+    fn read(r: &mut Reader<'a>) -> json::Result<Self> {
+        let (value, ty) = match r.peek().ok_or(json::Invalid)? {
+            b't' | b'f' | b'n' => {
+                let text = match r.literal()? {
+                    json::Literal::True => Some("true"),
+                    json::Literal::False => Some("false"),
+                    json::Literal::Null => None,
+                };
+                let literal = |text| {
+                    Float::Plain(PlainNumber {
+                        text,
+                        dot_zero: false,
+                    })
+                };
+                (text.map(literal), FieldType::Boolean)
+            }
             b'"' | b'[' | b'{' => {
                 r.skip_value()?;
-                None
+                (None, FieldType::Float)
             }
             _ => {
                 let (n, nonzero) = r.number_digits()?;
-                match nonzero.and_then(|bits| plain_in_block(&n, bits)) {
-                    Some(p) => Some(MetricValue::Number(Float::Plain(p))),
-                    None => Float::of(&n).map(MetricValue::Number),
-                }
+                let value = match nonzero.and_then(|bits| plain_in_block(&n, bits)) {
+                    Some(p) => Some(Float::Plain(p)),
+                    None => Float::of(&n),
+                };
+                (value, FieldType::Float)
             }
-        })
+        };
+        Ok(MetricValue { value, ty })
     }
 }
 
@@ -238,7 +252,8 @@ struct Metric<'a> {
     /// `KeyWords`: each entry written is 32 bytes smaller.
     plain: bool,
     /// `None`: not a number or bool, or not a finite number.
-    value: Option<MetricValue<'a>>,
+    value: Option<Float<'a>>,
+    ty: FieldType,
 }
 
 /// An entry of `metrics` that is written, as `order` holds it.
@@ -401,10 +416,11 @@ impl<'a> MessageParser<'a> {
                     .and_then(Metric::words)
                     .is_some_and(|w| r.key_is(&w));
             let key = if same_name { None } else { Some(r.key()?) };
-            let value = MetricValue::read(r)?;
+            let MetricValue { value, ty } = MetricValue::read(r)?;
             missing_value |= value.is_none();
             let Some(key) = key else {
-                self.metrics[n].value = value;
+                let m = &mut self.metrics[n];
+                (m.value, m.ty) = (value, ty);
                 n += 1;
                 continue;
             };
@@ -421,6 +437,7 @@ impl<'a> MessageParser<'a> {
                 plain,
                 name,
                 value,
+                ty,
             };
             match self.metrics.get_mut(n) {
                 Some(slot) => *slot = m,
@@ -545,11 +562,7 @@ impl<'a> MessageParser<'a> {
         // The fields of the line below, in its order.
         let mut shape = Shape::new(measurement);
         for (m, _) in in_order(metrics, order) {
-            let ty = match m.value {
-                Some(MetricValue::Bool(_)) => FieldType::Boolean,
-                _ => FieldType::Float,
-            };
-            shape.field(m.name.as_bytes(), m.prefix, ty);
+            shape.field(m.name.as_bytes(), m.prefix, m.ty);
         }
         shape.field(b"seq", words::head(b"seq"), FieldType::Integer);
         // From `checked_id` (`None`, which the rules above exclude: scan it again).
@@ -561,10 +574,8 @@ impl<'a> MessageParser<'a> {
                 line.tag("site_id", Key::scanned(id.site.as_bytes(), escapes.1));
                 for (m, escape) in in_order(metrics, order) {
                     let name = Key::scanned(m.name.as_bytes(), escape);
-                    match m.value {
-                        Some(MetricValue::Number(n)) => line.number(name, &n),
-                        Some(MetricValue::Bool(v)) => line.bool(name, v),
-                        None => {}
+                    if let Some(value) = &m.value {
+                        line.number(name, value);
                     }
                 }
                 // A fixed name, known to need no escapes.

@@ -117,6 +117,7 @@ mod tests {
             tail: words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
             plain: true,
             value: None,
+            ty: crate::schema::FieldType::Float,
         }
     }
 
