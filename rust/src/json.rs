@@ -497,10 +497,25 @@ impl<'a> Reader<'a> {
     /// or `null`.
     #[inline]
     pub fn literal(&mut self) -> Result<Literal> {
-        let rest = self
-            .bytes()
-            .get(self.pos..)
-            .expect("the cursor is within the text");
+        let b = self.bytes();
+        if let Some(w) = words::load(b, self.pos) {
+            // Told from one word without a test per literal: a bool metric's value is true or
+            // false at random, and a chain of tests would often be mispredicted.
+            let four = w & 0xffff_ffff;
+            let is_true = four == u64::from(u32::from_le_bytes(*b"true"));
+            let is_null = four == u64::from(u32::from_le_bytes(*b"null"));
+            let is_false = w & 0xff_ffff_ffff == u64::from_le_bytes(*b"false\0\0\0");
+            if !(is_true | is_false | is_null) {
+                return Err(Invalid);
+            }
+            self.pos += 4 + usize::from(is_false);
+            return Ok(match (is_true, is_false) {
+                (true, _) => Literal::True,
+                (_, true) => Literal::False,
+                _ => Literal::Null,
+            });
+        }
+        let rest = b.get(self.pos..).expect("the cursor is within the text");
         let (lit, len) = if rest.starts_with(b"true") {
             (Literal::True, 4)
         } else if rest.starts_with(b"false") {
@@ -708,6 +723,16 @@ mod tests {
             "tru",
             "nul",
             "True",
+            // Literals with a word of text from them on, told from that word.
+            "[true,false,null,1]",
+            "[tru,1,1,1,1]",
+            "[truee,1,1,1]",
+            "[fals,1,1,1,1]",
+            "[falsee,1,1,1]",
+            "[nul,1,1,1,1]",
+            "[nulll,1,1,1]",
+            "[True,1,1,1,1]",
+            "[f\u{e9}lse,1,1,1]",
             "\"\"",
             "\"a\"",
             "\"\\u00e9\"",
