@@ -704,11 +704,12 @@ impl Batch {
             .map(|(item, line)| (self.groups[item.group as usize].tenant_index as usize, line))
     }
 
-    /// Accepted items' `(tenant, line, shape)` in request order (`fields.rs` reads them).
-    pub fn accepted_shapes(&self) -> impl Iterator<Item = (&str, &[u8], u64)> {
+    /// Accepted items' `(tenant index, line, shape)` in request order (`fields.rs` reads
+    /// them).
+    pub fn accepted_shapes(&self) -> impl Iterator<Item = (usize, &[u8], u64)> {
         self.accepted().map(|(item, line)| {
             let tenant = self.groups[item.group as usize].tenant_index as usize;
-            (self.tenant(tenant), line, item.shape)
+            (tenant, line, item.shape)
         })
     }
 

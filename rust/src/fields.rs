@@ -177,10 +177,14 @@ impl FieldTypes {
     /// `learn`s back) before `admit`, so every process decides a new field alike.
     pub fn unknown(&self, batch: &Batch) -> Vec<(String, String, String, FieldType)> {
         let state = self.lock();
+        // Each of the batch's tenants is looked up once, not once per item.
+        let tenants: Vec<Option<&TenantFields>> = (0..batch.tenant_count())
+            .map(|t| state.index.get(batch.tenant(t)).map(|&i| &state.tenants[i]))
+            .collect();
         let mut fields = LineFields::default();
         let mut out: Vec<(String, String, String, FieldType)> = Vec::new();
-        for (tenant, line, shape) in batch.accepted_shapes() {
-            let known = state.index.get(tenant).map(|&t| &state.tenants[t]);
+        for (tenant_index, line, shape) in batch.accepted_shapes() {
+            let known = tenants[tenant_index];
             if known.is_some_and(|k| {
                 k.len >= self.max_per_tenant || (shape != NO_SHAPE && k.verified.contains(&shape))
             }) {
@@ -194,6 +198,7 @@ impl FieldTypes {
                 if types.is_some_and(|t| t.contains_key(name)) {
                     continue;
                 }
+                let tenant = batch.tenant(tenant_index);
                 let m = String::from_utf8_lossy(measurement);
                 let name = String::from_utf8_lossy(name);
                 if !out

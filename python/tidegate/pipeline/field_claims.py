@@ -40,6 +40,8 @@ class FieldClaims:
         self.claims_failed = 0
         # Registry writes and reloads in flight (a reference each, so none is collected early).
         self._writes: set[asyncio.Task[None]] = set()
+        # (tenant, measurement, field) being claimed now → the end of that claim.
+        self._claiming: dict[tuple[str, str, str], asyncio.Future[bool]] = {}
 
     async def load(self) -> None:
         """Learn every type the registry holds."""
@@ -50,21 +52,50 @@ class FieldClaims:
         logs.log("field_types_claimed_loaded", fields=len(rows))
 
     async def admit(self, batch: Batch) -> None:
-        """Claim the batch's new fields, learn the winners, then let the core judge it."""
+        """Claim the batch's new fields, learn the winners, then let the core judge it.
+
+        A field another request is claiming now is waited for, not claimed again: a burst of
+        requests that all send a new field (a fleet's first second, many connections at once)
+        costs the registry one claim of it, not one per request. A claim that ended (won, or
+        failed with the registry down) settles its fields for its waiters too; one cancelled
+        with its request does not, and a waiter claims them itself."""
         new = self.types.unknown(batch)
+        waited = {key: self._claiming[key] for key in _keys(new) if key in self._claiming}
+        if waited:
+            # asyncio.wait, unlike awaiting the futures, leaves them alone if this request is
+            # cancelled: the claim's other waiters still hear its end.
+            await asyncio.wait(set(waited.values()))
+            settled = {key for key, claim in waited.items() if claim.result()}
+            new = [row for row in self.types.unknown(batch) if row[:3] not in settled]
         if new:
-            try:
-                async with self.registry.transaction() as tx:
-                    won = await field_types.claim(tx, new)
-            except Exception as exc:
-                if not db_down(exc):
-                    raise
-                self.claims_failed += len(new)
-            else:
-                self.claims += len(new)
-                for tenant, measurement, field, field_type in won:
-                    self.types.learn(tenant, measurement, field, field_type)
+            await self._claim(new)
         self.types.admit(batch)
+
+    async def _claim(self, new: list[field_types.FieldRow]) -> None:
+        """One registry transaction claiming `new`; the winners learned."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        keys = _keys(new)
+        for key in keys:
+            self._claiming[key] = done
+        settled = False
+        try:
+            async with self.registry.transaction() as tx:
+                won = await field_types.claim(tx, new)
+        except Exception as exc:
+            if not db_down(exc):
+                raise
+            self.claims_failed += len(new)
+            settled = True
+        else:
+            self.claims += len(new)
+            for tenant, measurement, field, field_type in won:
+                self.types.learn(tenant, measurement, field, field_type)
+            settled = True
+        finally:
+            for key in keys:
+                if self._claiming.get(key) is done:
+                    del self._claiming[key]
+            done.set_result(settled)
 
     def heard(self, tenant: str, measurement: str, field: str, field_type: str) -> None:
         """A row the registry's change feed reports (another process claimed the field, or
@@ -107,3 +138,7 @@ class FieldClaims:
             if not db_down(exc):
                 raise
             logs.log("field_type_not_stored", level="warning", error=type(exc).__name__)
+
+
+def _keys(rows: list[field_types.FieldRow]) -> list[tuple[str, str, str]]:
+    return [(tenant, measurement, field) for tenant, measurement, field, _ in rows]
