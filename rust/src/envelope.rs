@@ -56,27 +56,38 @@ impl<'a> Value<'a> {
         Ok(())
     }
 
-    /// As a string field.
+    /// As a string field. A string with escapes (rare) is decoded into `unescaped`, which the
+    /// text then borrows: a text is a slice, with nothing of its own to drop.
     #[inline]
-    pub fn text(&self) -> Text<'a> {
+    pub fn text<'s>(&self, unescaped: &'s mut String) -> Text<'s>
+    where
+        'a: 's,
+    {
         match self {
-            Value::Str(s) => s.decode().map_or(Text::LoneSurrogate, Text::Valid),
+            Value::Str(s) => match s.decode() {
+                Some(Cow::Borrowed(text)) => Text::Valid(text),
+                Some(Cow::Owned(text)) => {
+                    *unescaped = text;
+                    Text::Valid(unescaped)
+                }
+                None => Text::LoneSurrogate,
+            },
             _ => Text::NotString,
         }
     }
 }
 
 /// A value read as a string field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Text<'a> {
     NotString,
     /// A string holding a lone surrogate escape: a string, but never a valid value.
     LoneSurrogate,
-    Valid(Cow<'a, str>),
+    Valid(&'a str),
 }
 
-impl Text<'_> {
-    pub fn get(&self) -> Option<&str> {
+impl<'a> Text<'a> {
+    pub fn get(&self) -> Option<&'a str> {
         match self {
             Text::Valid(s) => Some(s),
             _ => None,

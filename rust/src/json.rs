@@ -18,6 +18,9 @@ pub const MAX_DEPTH: usize = 127;
 /// `Number` has them: two words, which a call returns in registers, not through memory.
 type Parts = (NonZeroUsize, usize);
 
+/// `Parts`, and for a token read from one block the bits of its digits other than `0`.
+type BlockParts = (Parts, Option<u32>);
+
 /// The text is not valid JSON (including too deep); which way does not matter to callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invalid;
@@ -390,10 +393,18 @@ impl<'a> Reader<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     #[inline(always)]
     pub fn number(&mut self) -> Result<Number<'a>> {
+        self.number_digits().map(|(n, _)| n)
+    }
+
+    /// `number`, and for a token without exponent that ends within the 16 bytes from its start
+    /// (most values) the bits of those bytes (lowest: its first) that are its digits other than
+    /// `0`, counted along the way: enough to tell its shortest form without a scan.
+    #[inline(always)]
+    pub fn number_digits(&mut self) -> Result<(Number<'a>, Option<u32>)> {
         let start = self.pos;
-        let (int_end, frac_end) = match self.number_in_block() {
+        let ((int_end, frac_end), nonzero) = match self.number_in_block() {
             Some(parts) => parts?,
-            None => self.number_scanned()?,
+            None => (self.number_scanned()?, None),
         };
         debug_assert!(
             start < self.pos && self.pos <= self.text.len(),
@@ -403,43 +414,46 @@ impl<'a> Reader<'a> {
         // ASCII digit within the text (or at its end), so the cursor is on one too; the token
         // holds a digit, so `start < pos <= len`. A checked slice tests both again, per value.
         let text = unsafe { self.text.get_unchecked(start..self.pos) };
-        Ok(Number {
+        let n = Number {
             text,
             int_end: int_end.get(),
             frac_end,
-        })
+        };
+        Ok((n, nonzero))
     }
 
     /// `number`'s parts (`int_end`, `frac_end`) for a token without exponent that ends within
     /// the 16 bytes from the cursor (most values), counted from one block's digit bits, the
-    /// cursor moved past it. `None` leaves it to `number_scanned`, cursor unmoved.
+    /// cursor moved past it, and the bits of the token's digits other than `0`. `None` leaves
+    /// it to `number_scanned`, cursor unmoved.
     #[inline(always)]
-    fn number_in_block(&mut self) -> Option<Result<Parts>> {
+    fn number_in_block(&mut self) -> Option<Result<BlockParts>> {
         let b = self.bytes();
         let start = self.pos;
-        let digits = words::digit_bits(b, start)?;
+        let (digits, zeros) = words::digit_bits(b, start)?;
         let sign = usize::from(b.get(start) == Some(&b'-'));
         // The high half of `!digits` is all ones: every count below stops within the block.
         let int_end = sign + (!digits >> sign).trailing_zeros() as usize;
         let after_dot = int_end + 1;
         let dot = b.get(start + int_end) == Some(&b'.');
-        let frac_end = if dot {
-            after_dot + (!digits >> after_dot).trailing_zeros() as usize
-        } else {
-            int_end
-        };
+        // Values mix integers and decimals at random: the fraction is counted either way
+        // (`after_dot` is at most 17) and taken or not without a branch.
+        let frac_digits = (!digits >> after_dot).trailing_zeros() as usize;
+        let frac_end = int_end + usize::from(dot) * (1 + frac_digits);
         if frac_end >= 16 || matches!(b.get(start + frac_end), Some(b'e' | b'E')) {
             return None;
         }
         // No digit, a leading zero with digits after it (no valid token goes on with a
-        // digit), or a dot without digits.
-        let leading_zero = b.get(start + sign) == Some(&b'0') && int_end > sign + 1;
-        let int_end = match NonZeroUsize::new(int_end) {
-            Some(n) if int_end != sign && !leading_zero && !(dot && frac_end == after_dot) => n,
-            _ => return Some(Err(Invalid)),
+        // digit), or a dot without digits: tested together, one branch.
+        let leading_zero = (zeros >> sign & 1 != 0) & (int_end > sign + 1);
+        let invalid = (int_end == sign) | leading_zero | (dot & (frac_digits == 0));
+        let (false, Some(int_end)) = (invalid, NonZeroUsize::new(int_end)) else {
+            return Some(Err(Invalid));
         };
         self.pos = start + frac_end;
-        Some(Ok((int_end, frac_end)))
+        // `frac_end < 16`: the shift keeps the token's bits only.
+        let nonzero = digits & !zeros & !(u32::MAX << frac_end);
+        Some(Ok(((int_end, frac_end), Some(nonzero))))
     }
 
     /// `number`'s parts a part at a time, for any token, the cursor moved past it.
@@ -483,10 +497,25 @@ impl<'a> Reader<'a> {
     /// or `null`.
     #[inline]
     pub fn literal(&mut self) -> Result<Literal> {
-        let rest = self
-            .bytes()
-            .get(self.pos..)
-            .expect("the cursor is within the text");
+        let b = self.bytes();
+        if let Some(w) = words::load(b, self.pos) {
+            // Told from one word without a test per literal: a bool metric's value is true or
+            // false at random, and a chain of tests would often be mispredicted.
+            let four = w & 0xffff_ffff;
+            let is_true = four == u64::from(u32::from_le_bytes(*b"true"));
+            let is_null = four == u64::from(u32::from_le_bytes(*b"null"));
+            let is_false = w & 0xff_ffff_ffff == u64::from_le_bytes(*b"false\0\0\0");
+            if !(is_true | is_false | is_null) {
+                return Err(Invalid);
+            }
+            self.pos += 4 + usize::from(is_false);
+            return Ok(match (is_true, is_false) {
+                (true, _) => Literal::True,
+                (_, true) => Literal::False,
+                _ => Literal::Null,
+            });
+        }
+        let rest = b.get(self.pos..).expect("the cursor is within the text");
         let (lit, len) = if rest.starts_with(b"true") {
             (Literal::True, 4)
         } else if rest.starts_with(b"false") {
@@ -694,6 +723,16 @@ mod tests {
             "tru",
             "nul",
             "True",
+            // Literals with a word of text from them on, told from that word.
+            "[true,false,null,1]",
+            "[tru,1,1,1,1]",
+            "[truee,1,1,1]",
+            "[fals,1,1,1,1]",
+            "[falsee,1,1,1]",
+            "[nul,1,1,1,1]",
+            "[nulll,1,1,1]",
+            "[True,1,1,1,1]",
+            "[f\u{e9}lse,1,1,1]",
             "\"\"",
             "\"a\"",
             "\"\\u00e9\"",
@@ -885,7 +924,9 @@ mod tests {
                 let text = format!("{token}{tail}{pad}");
                 let mut fast = Reader::new(&text);
                 let mut scanned = Reader::new(&text);
-                let got = fast.number_in_block().map(|n| (n, fast.pos()));
+                let got = fast
+                    .number_in_block()
+                    .map(|n| (n.map(|(parts, _)| parts), fast.pos()));
                 let want = (scanned.number_scanned(), scanned.pos());
                 if let Some(got) = got {
                     in_block += 1;

@@ -13,11 +13,11 @@ mod name_sets;
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Identity};
-use crate::encode::{Float, Key, Line};
+use crate::encode::{Float, Key, Line, PlainNumber};
 use crate::envelope::{utf8, walk_messages, Elements, Text, Value};
 use crate::errors::{BodyError, Reason};
 use crate::ids::{checked_id, checked_id_headed, valid_id, valid_tenant};
-use crate::json::{self, KeyWords, Reader};
+use crate::json::{self, KeyWords, Number, Reader};
 use crate::schema::{FieldType, Shape, MSG_TYPES};
 use crate::timestamp::{Dates, MAX_NS, MIN_NS};
 use crate::words;
@@ -111,6 +111,18 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// What `judge` decodes the string fields written with escapes into (see `Value::text`):
+/// empty, never allocated, mostly.
+#[derive(Default)]
+struct Unescaped {
+    tenant: String,
+    device: String,
+    msg_type: String,
+    token: String,
+    site: String,
+    ts: String,
+}
+
 /// The keys of a message this module reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FieldKey {
@@ -155,31 +167,78 @@ const FIELD_KEYS: [KeyWords; 8] = [
 /// Keys of a message whose places `MessageParser::key_order` remembers.
 const ORDERED_KEYS: usize = 12;
 
+/// A metric value as written, and its field type. A bool is written as its literal, as a
+/// `Float::Plain` without `.0`: writing then takes one path whatever the type, which varies at
+/// random from metric to metric. `value` is `None` for a value that is not a number or bool,
+/// or not a finite number (its `ty` then means nothing).
 #[derive(Clone, Copy)]
-enum MetricValue<'a> {
-    Number(Float<'a>),
-    Bool(bool),
+struct MetricValue<'a> {
+    value: Option<Float<'a>>,
+    ty: FieldType,
 }
 
 impl<'a> MetricValue<'a> {
-    /// Reads the value at the cursor, validating it: `None` when it is not a number or bool,
-    /// or not a finite number. Told apart by its first byte once, not read as a `Value` and
-    /// then matched again.
+    /// Reads the value at the cursor, validating it. Told apart by its first byte once, not
+    /// read as a `Value` and then matched again.
     #[inline(always)]
-    fn read(r: &mut Reader<'a>) -> json::Result<Option<Self>> {
-        Ok(match r.peek().ok_or(json::Invalid)? {
-            b't' | b'f' | b'n' => match r.literal()? {
-                json::Literal::True => Some(MetricValue::Bool(true)),
-                json::Literal::False => Some(MetricValue::Bool(false)),
-                json::Literal::Null => None,
-            },
+    fn read(r: &mut Reader<'a>) -> json::Result<Self> {
+        let (value, ty) = match r.peek().ok_or(json::Invalid)? {
+            b't' | b'f' | b'n' => {
+                let text = match r.literal()? {
+                    json::Literal::True => Some("true"),
+                    json::Literal::False => Some("false"),
+                    json::Literal::Null => None,
+                };
+                let literal = |text| {
+                    Float::Plain(PlainNumber {
+                        text,
+                        dot_zero: false,
+                    })
+                };
+                (text.map(literal), FieldType::Boolean)
+            }
             b'"' | b'[' | b'{' => {
                 r.skip_value()?;
-                None
+                (None, FieldType::Float)
             }
-            _ => Float::of(&r.number()?).map(MetricValue::Number),
-        })
+            _ => {
+                let (n, nonzero) = r.number_digits()?;
+                let value = match nonzero.and_then(|bits| plain_in_block(&n, bits)) {
+                    Some(p) => Some(Float::Plain(p)),
+                    None => Float::of(&n),
+                };
+                (value, FieldType::Float)
+            }
+        };
+        Ok(MetricValue { value, ty })
     }
+}
+
+/// `PlainNumber::of` for a token `Reader::number_digits` read from one block, from the bits of
+/// its digits other than `0`: the fraction's last such digit is a bit count, not a scan back,
+/// and the cases (integer, fraction, all-zero fraction) are told apart without a branch each,
+/// which the random mix of values would often mispredict. Such a token has at most 15 bytes,
+/// so at most 15 significant digits.
+#[inline(always)]
+fn plain_in_block<'a>(n: &Number<'a>, nonzero: u32) -> Option<PlainNumber<'a>> {
+    let sign = usize::from(n.text.starts_with('-'));
+    let after_dot = n.int_end + 1;
+    let dot = n.frac_end > n.int_end;
+    // The fraction's bits (none without one: `after_dot` is then past the token's bits).
+    let frac = nonzero & (u32::MAX << after_dot);
+    // An integer part `0`: the first significant digit at most 4 places after the point.
+    let zero_int = n.int_end == sign + 1 && nonzero & (1 << sign) == 0;
+    if zero_int && frac != 0 && frac.trailing_zeros() as usize > after_dot + 3 {
+        return None;
+    }
+    // After the fraction's last non-zero digit; an all-zero fraction keeps its first zero;
+    // an integer (`frac` 0) ends at `int_end`, 2 before that zero.
+    let last = 32 - frac.leading_zeros() as usize;
+    let end = last.max(after_dot + 1) - 2 * usize::from(!dot);
+    Some(PlainNumber {
+        text: n.text.get(..end)?,
+        dot_zero: !dot,
+    })
 }
 
 struct Metric<'a> {
@@ -193,8 +252,15 @@ struct Metric<'a> {
     /// `KeyWords`: each entry written is 32 bytes smaller.
     plain: bool,
     /// `None`: not a number or bool, or not a finite number.
-    value: Option<MetricValue<'a>>,
-    /// Whether line protocol escapes some of the name; set by `sort_names`.
+    value: Option<Float<'a>>,
+    ty: FieldType,
+}
+
+/// An entry of `metrics` that is written, as `order` holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Written {
+    index: u32,
+    /// Whether line protocol escapes some of the entry's name.
     escape: bool,
 }
 
@@ -225,12 +291,15 @@ struct MessageParser<'a> {
     metrics: Vec<Metric<'a>>,
     /// The last `metrics` object's text, for the detail of a rejected message.
     metrics_text: &'a str,
-    /// The entries of `metrics` that are written, as (prefix, index) in name order, the last
-    /// of duplicate names kept. Pairs rather than entries: sorting moves 16 bytes, not 72.
-    order: Vec<(u64, u32)>,
-    /// `order`, `names_ok` and each entry's `escape` hold for the names now in `metrics`. A
-    /// message that sends the names of the one before, in the same order, reads only values.
+    /// The entries of `metrics` that are written, in name order, the last of duplicate names
+    /// kept.
+    order: Vec<Written>,
+    /// `order` and `names_ok` hold for the names now in `metrics`. A message that sends the
+    /// names of the one before, in the same order, reads only values.
     order_known: bool,
+    /// Some entry of `metrics` has no usable value. Told while the values are read, so that a
+    /// message whose values are all usable skips a pass over `order`.
+    missing_value: bool,
     /// The names of `order` are valid metric names, and at most `MAX_METRICS`.
     names_ok: bool,
     /// One of those names holds a lone surrogate.
@@ -252,6 +321,7 @@ impl<'a> MessageParser<'a> {
             metrics_text: "",
             order: Vec::with_capacity(16),
             order_known: false,
+            missing_value: false,
             names_ok: false,
             lone_metric_name: false,
             key_order: [None; ORDERED_KEYS],
@@ -336,6 +406,7 @@ impl<'a> MessageParser<'a> {
         let mut n = 0;
         let mut first = true;
         let mut same_names = true;
+        let mut missing_value = false;
         while r.key_follows(first)? {
             first = false;
             let same_name = same_names
@@ -345,9 +416,11 @@ impl<'a> MessageParser<'a> {
                     .and_then(Metric::words)
                     .is_some_and(|w| r.key_is(&w));
             let key = if same_name { None } else { Some(r.key()?) };
-            let value = MetricValue::read(r)?;
+            let MetricValue { value, ty } = MetricValue::read(r)?;
+            missing_value |= value.is_none();
             let Some(key) = key else {
-                self.metrics[n].value = value;
+                let m = &mut self.metrics[n];
+                (m.value, m.ty) = (value, ty);
                 n += 1;
                 continue;
             };
@@ -364,7 +437,7 @@ impl<'a> MessageParser<'a> {
                 plain,
                 name,
                 value,
-                escape: true,
+                ty,
             };
             match self.metrics.get_mut(n) {
                 Some(slot) => *slot = m,
@@ -376,6 +449,7 @@ impl<'a> MessageParser<'a> {
             self.order_known = false;
         }
         self.metrics.truncate(n);
+        self.missing_value = missing_value;
         self.metrics_text = r.since(start);
         Ok(MetricsField::Object)
     }
@@ -383,8 +457,8 @@ impl<'a> MessageParser<'a> {
     /// Applies the per-item rules in order and records the item; `raw` is the message's text.
     fn judge(&mut self, f: &Fields<'a>, raw: &'a str, url: Option<&UrlIdentity<'a>>) {
         let too_large = raw.len() > self.max_payload;
-        let from_url =
-            |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, |s| Text::Valid(Cow::Borrowed(s)));
+        let mut unescaped = Unescaped::default();
+        let from_url = |s: Option<&'a str>| s.map_or(Text::LoneSurrogate, Text::Valid);
         let (tenant, device, msg_type, token) = match url {
             Some(u) => (
                 from_url(u.tenant),
@@ -393,13 +467,13 @@ impl<'a> MessageParser<'a> {
                 from_url(u.token),
             ),
             None => (
-                f.get(FieldKey::TenantId).text(),
-                f.get(FieldKey::DeviceId).text(),
-                f.get(FieldKey::MsgType).text(),
-                f.get(FieldKey::ProvisionToken).text(),
+                f.get(FieldKey::TenantId).text(&mut unescaped.tenant),
+                f.get(FieldKey::DeviceId).text(&mut unescaped.device),
+                f.get(FieldKey::MsgType).text(&mut unescaped.msg_type),
+                f.get(FieldKey::ProvisionToken).text(&mut unescaped.token),
             ),
         };
-        let site = f.get(FieldKey::SiteId).text();
+        let site = f.get(FieldKey::SiteId).text(&mut unescaped.site);
         let identity = match (tenant.get(), device.get(), site.get(), token.get()) {
             (Some(tenant), Some(device), Some(site), Some(token)) if !too_large => {
                 let id = Identity {
@@ -451,7 +525,10 @@ impl<'a> MessageParser<'a> {
             };
             let ts = match f.get(FieldKey::Ts) {
                 Value::Missing | Value::Null => self.receive_time(),
-                v => v.text().get().and_then(|s| self.dates.parse_rfc3339(s)),
+                v => v
+                    .text(&mut unescaped.ts)
+                    .get()
+                    .and_then(|s| self.dates.parse_rfc3339(s)),
             };
             let Some(ts) = ts else {
                 break 'check Err(Reason::InvalidTimestamp);
@@ -484,12 +561,8 @@ impl<'a> MessageParser<'a> {
         let (metrics, order) = (&self.metrics, &self.order);
         // The fields of the line below, in its order.
         let mut shape = Shape::new(measurement);
-        for m in in_order(metrics, order) {
-            let ty = match m.value {
-                Some(MetricValue::Bool(_)) => FieldType::Boolean,
-                _ => FieldType::Float,
-            };
-            shape.field(m.name.as_bytes(), m.prefix, ty);
+        for (m, _) in in_order(metrics, order) {
+            shape.field(m.name.as_bytes(), m.prefix, m.ty);
         }
         shape.field(b"seq", words::head(b"seq"), FieldType::Integer);
         // From `checked_id` (`None`, which the rules above exclude: scan it again).
@@ -499,12 +572,10 @@ impl<'a> MessageParser<'a> {
                 let mut line = Line::start(out, MSG_TYPES[measurement]);
                 line.tag("device_id", Key::scanned(id.device.as_bytes(), escapes.0));
                 line.tag("site_id", Key::scanned(id.site.as_bytes(), escapes.1));
-                for m in in_order(metrics, order) {
-                    let name = Key::scanned(m.name.as_bytes(), m.escape);
-                    match m.value {
-                        Some(MetricValue::Number(n)) => line.number(name, &n),
-                        Some(MetricValue::Bool(v)) => line.bool(name, v),
-                        None => {}
+                for (m, escape) in in_order(metrics, order) {
+                    let name = Key::scanned(m.name.as_bytes(), escape);
+                    if let Some(value) = &m.value {
+                        line.number(name, value);
                     }
                 }
                 // A fixed name, known to need no escapes.
@@ -568,7 +639,7 @@ impl<'a> MessageParser<'a> {
         let bad = self
             .order
             .iter()
-            .map(|&(_, i)| i as usize)
+            .map(|w| w.index as usize)
             .find(|&i| self.metrics[i].value.is_none());
         match bad {
             Some(index) => explain::MetricsRead::BadValue {
@@ -604,38 +675,35 @@ impl<'a> MessageParser<'a> {
             MetricsField::Object => {}
         }
         if !self.order_known {
-            self.names_ok = name_sets::sort_names(&mut self.metrics, &mut self.order);
+            self.names_ok = name_sets::sort_names(&self.metrics, &mut self.order);
             self.order_known = true;
         }
         self.names_ok
-            && self
-                .order
-                .iter()
-                .all(|&(_, i)| self.metrics[i as usize].value.is_some())
+            && (!self.missing_value
+                || in_order(&self.metrics, &self.order).all(|(m, _)| m.value.is_some()))
     }
 }
 
 /// Fills `order` from `metrics` and checks the names it keeps, setting their `escape`.
-fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+fn sort_names(metrics: &[Metric<'_>], order: &mut Vec<Written>) -> bool {
     order.clear();
-    order.extend(metrics.iter().enumerate().map(|(i, m)| {
-        let index = u32::try_from(i).expect("under 2^32 metrics");
-        (m.prefix, index)
+    order.extend((0..metrics.len()).map(|i| Written {
+        index: u32::try_from(i).expect("under 2^32 metrics"),
+        escape: true,
     }));
     sort_by_name(order, metrics);
     order.dedup_by(|next, kept| {
-        let same =
-            next.0 == kept.0 && metrics[next.1 as usize].same_name(&metrics[kept.1 as usize]);
+        let same = metrics[next.index as usize].same_name(&metrics[kept.index as usize]);
         if same {
             *kept = *next;
         }
         same
     });
     order.len() <= MAX_METRICS
-        && order.iter().all(|&(_, i)| {
-            let m = &mut metrics[i as usize];
+        && order.iter_mut().all(|w| {
+            let m = &metrics[w.index as usize];
             let escape = checked_metric_name(&m.name, m.prefix);
-            m.escape = escape.unwrap_or(true);
+            w.escape = escape.unwrap_or(true);
             escape.is_some()
         })
 }
@@ -643,10 +711,10 @@ fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
 /// Sorts `order` by the names of the entries it points at, stably: duplicates stay in body
 /// order, so the last of each run is the one kept. A message holds a handful of names, where an
 /// insertion sort on the prefixes beats the general sort's set-up; more go to `sort_by`.
-fn sort_by_name(order: &mut [(u64, u32)], metrics: &[Metric<'_>]) {
-    let cmp = |a: &(u64, u32), b: &(u64, u32)| {
-        a.0.cmp(&b.0)
-            .then_with(|| metrics[a.1 as usize].name.cmp(&metrics[b.1 as usize].name))
+fn sort_by_name(order: &mut [Written], metrics: &[Metric<'_>]) {
+    let cmp = |a: &Written, b: &Written| {
+        let (a, b) = (&metrics[a.index as usize], &metrics[b.index as usize]);
+        a.prefix.cmp(&b.prefix).then_with(|| a.name.cmp(&b.name))
     };
     if order.len() > 16 {
         order.sort_by(cmp);
@@ -663,12 +731,12 @@ fn sort_by_name(order: &mut [(u64, u32)], metrics: &[Metric<'_>]) {
     }
 }
 
-/// The entries of `metrics` that `order` names, in its order.
+/// The entries of `metrics` that `order` names, in its order, and whether each name escapes.
 fn in_order<'m, 'a>(
     metrics: &'m [Metric<'a>],
-    order: &'m [(u64, u32)],
-) -> impl Iterator<Item = &'m Metric<'a>> {
-    order.iter().map(|&(_, i)| &metrics[i as usize])
+    order: &'m [Written],
+) -> impl Iterator<Item = (&'m Metric<'a>, bool)> {
+    order.iter().map(|w| (&metrics[w.index as usize], w.escape))
 }
 
 /// `Some(escape)` for a valid metric name, as `checked_id`; `prefix` is its `words::head`.
@@ -1342,6 +1410,40 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn numbers_read_from_a_block_print_as_plain_numbers_do() {
+        let ints = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "10",
+            "100",
+            "123456789012345",
+            "-12345678901234",
+        ];
+        let fracs = [
+            "0", "00", "5", "50", "05", "0001", "00001", "000012", "1230", "10101",
+        ];
+        let mut tokens: Vec<String> = ints.iter().map(|i| i.to_string()).collect();
+        for int in ints {
+            tokens.extend(fracs.iter().map(|f| format!("{int}.{f}")));
+        }
+        let mut in_block = 0;
+        for token in &tokens {
+            for tail in ["", ",\"a\":12345678901234567", "}", "0e5", " 9"] {
+                let text = format!("{token}{tail}                ");
+                let mut r = Reader::new(&text);
+                let Ok((n, Some(bits))) = r.number_digits() else {
+                    continue;
+                };
+                in_block += 1;
+                assert_eq!(plain_in_block(&n, bits), PlainNumber::of(&n), "{text:?}");
+            }
+        }
+        assert!(in_block > 250, "{in_block}");
     }
 
     #[test]

@@ -177,7 +177,8 @@ fn channel_of(key: Option<&str>) -> Option<usize> {
 
 impl ShellyReader {
     fn judge(&mut self, index: usize, msg: &Message<'_>) {
-        let text = msg.src.text();
+        let mut unescaped = String::new();
+        let text = msg.src.text(&mut unescaped);
         let src = text
             .get()
             .map_or("", |s| s.trim_matches([' ', '\t', '\n', '\r']));

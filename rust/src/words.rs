@@ -234,13 +234,15 @@ fn string_stops(lo: u64, hi: u64) -> u32 {
     }
 }
 
-/// One bit per ASCII digit among the 16 bytes of `b` from `at` (lowest bit: byte `at`);
-/// `None` when fewer remain. A number token mostly fits in one block, whose digit runs are
-/// then counted with bit operations instead of a scan per part.
+/// One bit per ASCII digit among the 16 bytes of `b` from `at` (lowest bit: byte `at`), and
+/// one per `0`; `None` when fewer remain. A number token mostly fits in one block, whose digit
+/// runs are then counted with bit operations instead of a scan per part.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub fn digit_bits(b: &[u8], at: usize) -> Option<u32> {
-    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_sub_epi8};
+pub fn digit_bits(b: &[u8], at: usize) -> Option<(u32, u32)> {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_setzero_si128, _mm_sub_epi8,
+    };
     let block = b.get(at..at.wrapping_add(16))?;
     let (lo, hi) = (load(block, 0)?, load(block, 8)?);
     // SAFETY: SSE2 is part of the x86-64 baseline (compiled for x86-64 only); the intrinsics
@@ -248,14 +250,16 @@ pub fn digit_bits(b: &[u8], at: usize) -> Option<u32> {
     unsafe {
         // A digit is a byte whose distance above `0`, unsigned, is at most 9.
         let d = _mm_sub_epi8(block_of(lo, hi), splat(b'0'));
-        Some(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, splat(9)), d)) as u32)
+        let digits = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, splat(9)), d)) as u32;
+        let zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(d, _mm_setzero_si128())) as u32;
+        Some((digits, zeros))
     }
 }
 
 /// Without SSE2 no block is taken: the caller scans the token.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-pub fn digit_bits(_b: &[u8], _at: usize) -> Option<u32> {
+pub fn digit_bits(_b: &[u8], _at: usize) -> Option<(u32, u32)> {
     None
 }
 
@@ -410,11 +414,14 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).chain(b"0123456789".iter().copied()).collect();
         for at in 0..bytes.len() {
             let want = bytes.get(at..at + 16).map(|block| {
-                block
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.is_ascii_digit())
-                    .fold(0u32, |m, (k, _)| m | 1 << k)
+                let bits = |is: fn(&u8) -> bool| {
+                    block
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| is(c))
+                        .fold(0u32, |m, (k, _)| m | 1 << k)
+                };
+                (bits(u8::is_ascii_digit), bits(|&c| c == b'0'))
             });
             if cfg!(target_arch = "x86_64") {
                 assert_eq!(digit_bits(&bytes, at), want, "{at}");

@@ -7,24 +7,25 @@
 use std::cell::RefCell;
 use std::hash::Hasher;
 
-use super::Metric;
+use super::{Metric, Written};
 use crate::words;
 
 /// Sets remembered per thread, one per slot; a hash of the names picks a pair of slots, the
 /// first holding the one used last. Pairs: with one slot per hash, two devices whose sets
 /// share a slot would evict each other's at every turn.
 const SLOTS: usize = 4096;
-/// Most names in a set remembered: their escapes fit a `u16`, and a set stays small.
+/// Most names in a set remembered: a set stays small.
 const MAX_NAMES: usize = 16;
 
 #[derive(Default)]
 struct NameSet {
     /// Each name's prefix, tail and length (`Metric`), in body order.
     names: Vec<(u64, u64, usize)>,
-    /// What `super::sort_names` left in `order`: copied back whole, not rebuilt entry by entry.
-    order: Vec<(u64, u32)>,
-    /// Bit `i`: the name at body index `i` is escaped.
-    escapes: u16,
+    /// What `super::sort_names` left in `order`, its first `written` entries: copied back
+    /// whole, a copy of fixed size. One of the set's length was a `memcpy` call, branching on
+    /// a length that changes from message to message.
+    order: [Written; MAX_NAMES],
+    written: usize,
     /// What `super::sort_names` returned.
     names_ok: bool,
 }
@@ -43,24 +44,20 @@ impl NameSet {
                 })
     }
 
-    fn remember(&mut self, metrics: &[Metric<'_>], order: &[(u64, u32)], names_ok: bool) {
+    /// `metrics` holds at most `MAX_NAMES` entries, so `order` does too.
+    fn remember(&mut self, metrics: &[Metric<'_>], order: &[Written], names_ok: bool) {
         self.names.clear();
         self.names
             .extend(metrics.iter().map(|m| (m.prefix, m.tail, m.name.len())));
-        self.order.clear();
-        self.order.extend_from_slice(order);
-        self.escapes = order.iter().fold(0, |e, &(_, i)| {
-            e | u16::from(metrics[i as usize].escape) << i
-        });
+        self.order[..order.len()].copy_from_slice(order);
+        self.written = order.len();
         self.names_ok = names_ok;
     }
 
-    fn recall(&self, metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+    fn recall(&self, order: &mut Vec<Written>) -> bool {
         order.clear();
         order.extend_from_slice(&self.order);
-        for (i, m) in metrics.iter_mut().enumerate() {
-            m.escape = self.escapes >> i & 1 != 0;
-        }
+        order.truncate(self.written);
         self.names_ok
     }
 }
@@ -70,14 +67,14 @@ thread_local! {
 }
 
 /// `super::sort_names`, taken from a remembered set of the same names when there is one.
-pub(super) fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>) -> bool {
+pub(super) fn sort_names(metrics: &[Metric<'_>], order: &mut Vec<Written>) -> bool {
     let Some(slot) = slot_of(metrics) else {
         return super::sort_names(metrics, order);
     };
     SETS.with_borrow_mut(|sets| {
         let (recent, other) = (slot & !1, slot | 1);
         if sets[recent].holds(metrics) {
-            return sets[recent].recall(metrics, order);
+            return sets[recent].recall(order);
         }
         if !sets[other].holds(metrics) {
             // A new set takes the place of the one used less recently.
@@ -85,7 +82,7 @@ pub(super) fn sort_names(metrics: &mut [Metric<'_>], order: &mut Vec<(u64, u32)>
             sets[other].remember(metrics, order, names_ok);
         }
         sets.swap(recent, other);
-        sets[recent].recall(metrics, order)
+        sets[recent].recall(order)
     })
 }
 
@@ -120,7 +117,7 @@ mod tests {
             tail: words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
             plain: true,
             value: None,
-            escape: true,
+            ty: crate::schema::FieldType::Float,
         }
     }
 
@@ -129,11 +126,12 @@ mod tests {
         let set_of = |names: &[&'static str]| -> Vec<Metric<'static>> {
             names.iter().map(|n| metric(n)).collect()
         };
-        let mut metrics = set_of(&["b", "a b", "b", "metric name 16 b"]);
+        let metrics = set_of(&["b", "a b", "b", "metric name 16 b"]);
         let mut order = Vec::new();
-        let ok = super::super::sort_names(&mut metrics, &mut order);
+        let ok = super::super::sort_names(&metrics, &mut order);
         assert!(ok);
-        assert!(metrics[1].escape && !metrics[2].escape);
+        let escaped = |i: u32| order.iter().find(|w| w.index == i).map(|w| w.escape);
+        assert_eq!((escaped(1), escaped(2)), (Some(true), Some(false)));
         let mut set = NameSet::default();
         set.remember(&metrics, &order, ok);
         for other in [
@@ -144,13 +142,10 @@ mod tests {
         ] {
             assert!(!set.holds(&set_of(other)), "{other:?}");
         }
-        let mut again = set_of(&["b", "a b", "b", "metric name 16 b"]);
+        let again = set_of(&["b", "a b", "b", "metric name 16 b"]);
         assert!(set.holds(&again));
-        let mut recalled = Vec::new();
-        assert_eq!(set.recall(&mut again, &mut recalled), ok);
+        let mut recalled = vec![Written::default(); 20];
+        assert_eq!(set.recall(&mut recalled), ok);
         assert_eq!(recalled, order);
-        for &(_, i) in &order {
-            assert_eq!(again[i as usize].escape, metrics[i as usize].escape);
-        }
     }
 }
