@@ -96,8 +96,10 @@ impl Shape {
     fn name(&mut self, name: &[u8], head: u64, kind: u64) {
         let meta = (name.len() as u64) << 8 | kind;
         self.0.write_u128(u128::from(head) << 64 | u128::from(meta));
-        if let Some(rest) = name.get(8..) {
-            self.0.write(rest);
+        // The length is in `meta`: a name of at most 8 bytes is all in `head`, and hashing its
+        // empty rest would still cost a call.
+        if name.len() > 8 {
+            self.0.write(&name[8..]);
         }
     }
 
