@@ -314,6 +314,9 @@ impl LineFields {
         };
         let start = unescaped(line, b' ', comma).expect("a line has fields") + 1;
         let end = memchr::memrchr(b' ', line).expect("a line ends with its timestamp");
+        if self.read_plain(line, start, end) {
+            return;
+        }
         // A word at a time: names and values are short, a memchr call each costs more.
         let fields = &line[..end];
         let mut pos = start;
@@ -353,6 +356,57 @@ impl LineFields {
         }
     }
 
+    /// The fields of `line[start..end]` when it holds no quote or backslash (false, and no
+    /// field, when it does): then every name and value is plain, so the `=` and `,` in it
+    /// strictly alternate, and they are found 16 bytes at a time.
+    fn read_plain(&mut self, line: &[u8], start: usize, end: usize) -> bool {
+        let mut name = start;
+        let mut eq = start;
+        let mut after_eq = false;
+        let mut at = start;
+        while at < end {
+            let Some((marks, quoted)) = block_marks(line, at, end) else {
+                return false;
+            };
+            // Bits past `end` are the timestamp's or the padding's.
+            let inside = if end - at < 16 {
+                (1 << (end - at)) - 1
+            } else {
+                u32::MAX
+            };
+            if quoted & inside != 0 {
+                self.refs.clear();
+                return false;
+            }
+            let mut marks = marks & inside;
+            while marks != 0 {
+                let i = at + marks.trailing_zeros() as usize;
+                marks &= marks - 1;
+                if after_eq {
+                    self.push_plain(line, name..eq, i);
+                    name = i + 1;
+                } else {
+                    eq = i;
+                }
+                after_eq = !after_eq;
+            }
+            at += 16;
+        }
+        debug_assert!(after_eq, "a field set ends with a value");
+        self.push_plain(line, name..eq, end);
+        true
+    }
+
+    /// A plain field: its name's range, its value from after the `=` to `value_end`.
+    fn push_plain(&mut self, line: &[u8], name: std::ops::Range<usize>, value_end: usize) {
+        let ty = FieldType::of_value(&line[name.end + 1..value_end]);
+        self.refs.push(FieldRef {
+            name,
+            unescaped: false,
+            ty,
+        });
+    }
+
     fn measurement<'a>(&'a self, line: &'a [u8]) -> &'a [u8] {
         let from = if self.measurement_unescaped {
             &self.names
@@ -366,6 +420,16 @@ impl LineFields {
         let from = if f.unescaped { &self.names } else { line };
         &from[f.name.clone()]
     }
+}
+
+/// `words::field_marks` of the 16 bytes from `at`, those up to `end` copied into a padded
+/// block when the line holds fewer.
+fn block_marks(line: &[u8], at: usize, end: usize) -> Option<(u32, u32)> {
+    words::field_marks(line, at).or_else(|| {
+        let mut block = [0u8; 16];
+        block[..end - at].copy_from_slice(&line[at..end]);
+        words::field_marks(&block, 0)
+    })
 }
 
 /// Lanes that end a field name or start an escape in it.
@@ -445,6 +509,29 @@ mod tests {
         f.read(line);
         assert_eq!(f.measurement(line), b"telemetry");
         assert_eq!(f.refs.len(), 1);
+        // Plain fields over several blocks, then a string value holding `,` and `=` late.
+        let plain = b"m,t=1 a_long_field_name=1.5,b=true,c=-3i,d=1e-05,humidity=12.25 99\n";
+        let quoted = b"m,t=1 a_long_field_name=1.5,b=true,c=-3i,d=1e-05,s=\"x,y=\\\"z\" 99\n";
+        for line in [&plain[..], &quoted[..]] {
+            f.read(line);
+            let got: Vec<(&[u8], FieldType)> =
+                f.refs.iter().map(|r| (f.name(line, r), r.ty)).collect();
+            let last = if line == plain {
+                (&b"humidity"[..], FieldType::Float)
+            } else {
+                (&b"s"[..], FieldType::String)
+            };
+            assert_eq!(
+                got,
+                [
+                    (&b"a_long_field_name"[..], FieldType::Float),
+                    (b"b", FieldType::Boolean),
+                    (b"c", FieldType::Integer),
+                    (b"d", FieldType::Float),
+                    last
+                ]
+            );
+        }
     }
 
     #[test]
