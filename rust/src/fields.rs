@@ -10,6 +10,8 @@
 //! Most items of a tenant send the same few field lists: `parse` records each line's shape (a
 //! keyed hash of its measurement and field names and types), and a shape whose fields were all
 //! found remembered with the same types is not read back again until `learn` changes a type.
+//! A line read back checks each field by its key (a keyed hash of measurement, name and type)
+//! first, and looks its name up only when the key is not known.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -17,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::Batch;
 use crate::errors::UsageError;
-use crate::schema::{FieldType, NO_SHAPE};
+use crate::schema::{FieldType, Shape, NO_SHAPE};
 use crate::words;
 
 /// `max_per_tenant` when the caller gives none.
@@ -26,7 +28,7 @@ pub const DEFAULT_MAX_FIELDS_PER_TENANT: usize = 10_000;
 /// Verified shapes remembered per tenant; when full they are forgotten and verified again.
 const MAX_SHAPES_PER_TENANT: usize = 4096;
 
-/// A shape is already a keyed hash (`schema::Shape`): the verified set takes it as it is
+/// A shape or field key is already a keyed hash (`schema::Shape`): the sets take it as it is
 /// rather than hashing it again.
 #[derive(Default)]
 struct ShapeHasher(u64);
@@ -55,6 +57,9 @@ struct TenantFields {
     len: usize,
     /// Shapes whose every field is remembered with the type the shape gives it.
     verified: HashSet<u64, BuildHasherDefault<ShapeHasher>>,
+    /// Keys (`field_key`) of fields found remembered with the key's type: a set of `u64`
+    /// probes for less than a map of names, which hashes and compares the bytes.
+    fields: HashSet<u64, BuildHasherDefault<ShapeHasher>>,
 }
 
 #[derive(Default)]
@@ -72,8 +77,8 @@ struct Scratch {
     /// Per tenant index of the batch, its index in `State::tenants`.
     slots: Vec<usize>,
     fields: LineFields,
-    /// Per item, the fields its tenant does not know yet (indices into `fields.refs`).
-    new_fields: Vec<usize>,
+    /// Per item, the fields its tenant does not know yet: index into `fields.refs`, key.
+    new_fields: Vec<(usize, u64)>,
 }
 
 impl State {
@@ -132,31 +137,42 @@ impl FieldTypes {
             }
             fields.read(line);
             let measurement = fields.measurement(line);
-            let types = match known.by_measurement.get_mut(measurement) {
-                Some(types) => types,
-                None => known.by_measurement.entry(measurement.into()).or_default(),
-            };
+            let line_shape = Shape::named(measurement);
+            // Looked up at the first field whose key is not known.
+            let mut by_measurement = Some(&mut known.by_measurement);
+            let mut types: Option<&mut Types> = None;
             new_fields.clear();
             for (i, f) in fields.refs.iter().enumerate() {
                 let name = fields.name(line, f);
+                let key = field_key(&line_shape, name, f.ty);
+                if known.fields.contains(&key) {
+                    continue;
+                }
+                let types = types.get_or_insert_with(|| {
+                    types_of(by_measurement.take().expect("once"), measurement)
+                });
                 match types.get(name) {
                     Some(&had) if had != f.ty => {
                         return Some(conflict(name, measurement, had, f.ty))
                     }
-                    Some(_) => {}
-                    None => new_fields.push(i),
+                    Some(_) => {
+                        known.fields.insert(key);
+                    }
+                    None => new_fields.push((i, key)),
                 }
             }
             // An untracked field is counted each time it is sent: its shape is never verified.
             let mut all_remembered = true;
-            for &i in new_fields.iter() {
+            for &(i, key) in new_fields.iter() {
                 if known.len >= self.max_per_tenant {
                     state.untracked += 1;
                     all_remembered = false;
                     continue;
                 }
                 let f = &fields.refs[i];
+                let types = types.as_mut().expect("looked up for a new field");
                 types.insert(fields.name(line, f).into(), f.ty);
+                known.fields.insert(key);
                 known.len += 1;
             }
             if all_remembered && shape != NO_SHAPE {
@@ -224,8 +240,9 @@ impl FieldTypes {
             .or_default();
         if let Some(had) = types.get_mut(field.as_bytes()) {
             if *had != ty {
-                // Shapes verified against the old type may conflict with the new one.
+                // Shapes verified and keys found with the old type may conflict with the new.
                 known.verified.clear();
+                known.fields.clear();
             }
             *had = ty;
             return true;
@@ -265,6 +282,27 @@ impl FieldTypes {
     pub fn max_per_tenant(&self) -> usize {
         self.max_per_tenant
     }
+}
+
+/// A measurement's field types, created empty at its first field.
+fn types_of<'a>(
+    by_measurement: &'a mut foldhash::HashMap<Box<[u8]>, Types>,
+    measurement: &[u8],
+) -> &'a mut Types {
+    // Found then taken: a `get_mut` that falls back to `entry` does not borrow-check here.
+    if by_measurement.contains_key(measurement) {
+        return by_measurement.get_mut(measurement).expect("just found");
+    }
+    by_measurement.entry(measurement.into()).or_default()
+}
+
+/// A field's key: its name and type hashed as `Shape` hashes a field, after its line's
+/// measurement (`line_shape`, `Shape::named`). Keyed like a shape: a client cannot pick a
+/// name whose key collides with a known one's.
+fn field_key(line_shape: &Shape, name: &[u8], ty: FieldType) -> u64 {
+    let mut key = line_shape.clone();
+    key.field(name, words::head(name), ty);
+    key.finish()
 }
 
 fn conflict(name: &[u8], measurement: &[u8], had: FieldType, sent: FieldType) -> String {
@@ -597,6 +635,9 @@ mod tests {
             details,
             ["0: field type conflict: \"temp\" of telemetry is integer, this message sends float"]
         );
+        // A new shape with a field found before is checked against the learned type too.
+        let (reasons, _) = admitted(&types, &[r#"{"temp":3,"on":true}"#]);
+        assert_eq!(reasons, [bad]);
         assert!(types.learn("t", "telemetry", "temp", FieldType::Float));
         // At the cap: `on` is untracked, and counted again for each item of the same shape.
         let (reasons, _) = admitted(&types, &[r#"{"temp":1,"on":true}"#; 3]);

@@ -66,6 +66,7 @@ pub const NO_SHAPE: u64 = 0;
 /// Hashes a line's measurement and its fields (name, type) in line order into its shape, with
 /// `words::keyed`: a client cannot pick names whose shape collides with a verified one. About
 /// one multiply per field: `parse` computes one for every accepted item.
+#[derive(Clone)]
 pub struct Shape(foldhash::fast::FoldHasher<'static>);
 
 impl Shape {
