@@ -10,21 +10,47 @@ use crate::words;
 /// A table's key of a device: its tenant and id.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DeviceKey {
-    /// The tenant's bytes, then the device's, in one allocation: a lookup's compare follows
-    /// one pointer (one cache miss in a table of many devices), not one per id.
-    ids: Box<str>,
+    /// The tenant's bytes, then the device's.
+    ids: Ids,
     /// Where the tenant ends in `ids`.
-    split: usize,
+    split: u32,
+}
+
+/// Bytes of ids a key holds in itself: most pairs of ids fit, and the key stays 32 bytes.
+const INLINE: usize = 22;
+
+/// A key's ids, in the table's bucket when they fit: a lookup's compare then reads the bucket
+/// it probed, not another allocation (a cache miss per group in a table of many devices).
+#[derive(Debug, PartialEq, Eq)]
+enum Ids {
+    /// The first `len` bytes of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Boxed(Box<str>),
 }
 
 impl DeviceKey {
     pub fn new(tenant: &str, device: &str) -> Self {
-        let mut ids = String::with_capacity(tenant.len() + device.len());
-        ids.push_str(tenant);
-        ids.push_str(device);
+        let len = tenant.len() + device.len();
+        let ids = if len <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..tenant.len()].copy_from_slice(tenant.as_bytes());
+            bytes[tenant.len()..len].copy_from_slice(device.as_bytes());
+            Ids::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            let mut ids = String::with_capacity(len);
+            ids.push_str(tenant);
+            ids.push_str(device);
+            Ids::Boxed(ids.into_boxed_str())
+        };
         DeviceKey {
-            ids: ids.into_boxed_str(),
-            split: tenant.len(),
+            ids,
+            split: u32::try_from(tenant.len()).expect("a tenant id is under 4 GiB"),
         }
     }
 
@@ -34,6 +60,20 @@ impl DeviceKey {
 
     pub fn device(&self) -> &str {
         self.pair().1
+    }
+
+    /// The tenant's bytes, then the device's.
+    #[inline(always)]
+    fn ids(&self) -> &str {
+        match &self.ids {
+            Ids::Inline { len, bytes } => {
+                let ids = bytes.get(..usize::from(*len)).unwrap_or_default();
+                // SAFETY: `new` copied two whole `str`s into the first `len` bytes, so they
+                // are UTF-8. Checking them instead would cost a UTF-8 pass per lookup.
+                unsafe { std::str::from_utf8_unchecked(ids) }
+            }
+            Ids::Boxed(ids) => ids,
+        }
     }
 }
 
@@ -47,7 +87,7 @@ pub trait DeviceIds {
 impl DeviceIds for DeviceKey {
     #[inline(always)]
     fn pair(&self) -> (&str, &str) {
-        self.ids.split_at(self.split)
+        self.ids().split_at(self.split as usize)
     }
 }
 
@@ -110,6 +150,15 @@ mod tests {
         assert_eq!(
             map.get(&("tenant-0", "1dev-0001") as &dyn DeviceIds),
             Some(&2)
+        );
+        let long = ("tenant-with-a-long-id", "device-with-a-long-id");
+        map.insert(DeviceKey::new(long.0, long.1), 3);
+        assert_eq!(map.get(&long as &dyn DeviceIds), Some(&3));
+        assert_eq!(
+            map.keys()
+                .find(|k| k.device() == long.1)
+                .map(|k| k.tenant()),
+            Some(long.0)
         );
         assert_eq!(map.get(&("tenant-01", "dev-0002") as &dyn DeviceIds), None);
         assert_eq!(map.get(&("tenant-0", "dev-0001") as &dyn DeviceIds), None);
