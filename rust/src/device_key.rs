@@ -10,21 +10,63 @@ use crate::words;
 /// A table's key of a device: its tenant and id.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DeviceKey {
-    /// The tenant's bytes, then the device's, in one allocation: a lookup's compare follows
-    /// one pointer (one cache miss in a table of many devices), not one per id.
-    ids: Box<str>,
+    /// The tenant's bytes, then the device's; most pairs fit in place, the key 32 bytes.
+    ids: InlineStr<22>,
     /// Where the tenant ends in `ids`.
-    split: usize,
+    split: u32,
+}
+
+/// A string held in place when it has up to `N` bytes, else boxed: a table's entry then
+/// holds the text it is compared with, and a lookup's compare reads the bucket it probed,
+/// not another allocation (a cache miss per group in a table of many devices).
+#[derive(Debug, PartialEq, Eq)]
+pub enum InlineStr<const N: usize> {
+    /// The first `len` bytes of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; N],
+    },
+    Boxed(Box<str>),
+}
+
+impl<const N: usize> InlineStr<N> {
+    /// `parts`, back to back.
+    pub fn new(parts: &[&str]) -> Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > N {
+            return InlineStr::Boxed(parts.concat().into_boxed_str());
+        }
+        let mut bytes = [0; N];
+        let mut at = 0;
+        for part in parts {
+            bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        InlineStr::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    #[inline(always)]
+    pub fn as_str(&self) -> &str {
+        match self {
+            InlineStr::Inline { len, bytes } => {
+                let text = bytes.get(..usize::from(*len)).unwrap_or_default();
+                // SAFETY: `new` copied whole `str`s into the first `len` bytes, so they are
+                // UTF-8. Checking them instead would cost a UTF-8 pass per lookup.
+                unsafe { std::str::from_utf8_unchecked(text) }
+            }
+            InlineStr::Boxed(text) => text,
+        }
+    }
 }
 
 impl DeviceKey {
     pub fn new(tenant: &str, device: &str) -> Self {
-        let mut ids = String::with_capacity(tenant.len() + device.len());
-        ids.push_str(tenant);
-        ids.push_str(device);
         DeviceKey {
-            ids: ids.into_boxed_str(),
-            split: tenant.len(),
+            ids: InlineStr::new(&[tenant, device]),
+            split: u32::try_from(tenant.len()).expect("a tenant id is under 4 GiB"),
         }
     }
 
@@ -47,7 +89,7 @@ pub trait DeviceIds {
 impl DeviceIds for DeviceKey {
     #[inline(always)]
     fn pair(&self) -> (&str, &str) {
-        self.ids.split_at(self.split)
+        self.ids.as_str().split_at(self.split as usize)
     }
 }
 
@@ -98,6 +140,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_inline_str_is_its_parts_back_to_back_inline_or_boxed() {
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 40] {
+            let text = "x".repeat(n);
+            let (a, b) = text.split_at(n / 2);
+            let s = InlineStr::<8>::new(&[a, b]);
+            assert_eq!(s.as_str(), text);
+            assert_eq!(matches!(s, InlineStr::Inline { .. }), n <= 8, "{n}");
+        }
+    }
+
+    #[test]
     fn a_key_is_found_by_its_two_ids_and_a_shifted_split_is_another_key() {
         let mut map: foldhash::HashMap<DeviceKey, u32> = foldhash::HashMap::default();
         map.insert(DeviceKey::new("tenant-01", "dev-0001"), 1);
@@ -110,6 +163,15 @@ mod tests {
         assert_eq!(
             map.get(&("tenant-0", "1dev-0001") as &dyn DeviceIds),
             Some(&2)
+        );
+        let long = ("tenant-with-a-long-id", "device-with-a-long-id");
+        map.insert(DeviceKey::new(long.0, long.1), 3);
+        assert_eq!(map.get(&long as &dyn DeviceIds), Some(&3));
+        assert_eq!(
+            map.keys()
+                .find(|k| k.device() == long.1)
+                .map(|k| k.tenant()),
+            Some(long.0)
         );
         assert_eq!(map.get(&("tenant-01", "dev-0002") as &dyn DeviceIds), None);
         assert_eq!(map.get(&("tenant-0", "dev-0001") as &dyn DeviceIds), None);
