@@ -147,6 +147,25 @@ pub const BUFFER_FULL_DETAIL: &str = "the tenant's ingest buffer is full; retry 
 /// Parsed, validated and encoded messages of one request.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
+    /// What a dropped batch hands to the next one (`Drop` below).
+    buf: Buffers,
+    /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
+    line_numbers: Vec<u32>,
+    /// Written with a tenant key: its groups carry no device token (`admission` checks the
+    /// device is active, not a token).
+    tenant_key: bool,
+    resolved: bool,
+    appended: bool,
+    admitted: bool,
+    /// When the request arrived (ns since the epoch).
+    receive_ns: i64,
+}
+
+/// A batch's buffers. A dropped batch's, emptied, are kept for the next batch made on the
+/// same thread: a request's batch otherwise costs an allocation and a free per buffer (the
+/// lines' as large as its body), and fresh memory to fault in and pull into the cache.
+#[derive(Debug, Clone, Default)]
+struct Buffers {
     items: Vec<Item>,
     /// Ids of groups and device ids of rejected items, back to back.
     strings: String,
@@ -163,32 +182,6 @@ pub struct Batch {
     /// `(item index, tenant)` of items rejected before they had a group, whose message named a
     /// valid tenant (for `rejections`).
     rejected_tenants: Vec<(u32, StrSpan)>,
-    /// Per item, its 1-based line number in a line-protocol body (empty for JSON bodies).
-    line_numbers: Vec<u32>,
-    /// Written with a tenant key: its groups carry no device token (`admission` checks the
-    /// device is active, not a token).
-    tenant_key: bool,
-    resolved: bool,
-    appended: bool,
-    admitted: bool,
-    /// When the request arrived (ns since the epoch).
-    receive_ns: i64,
-}
-
-/// The buffers of a dropped batch, emptied, kept for the next batch made on the same thread:
-/// a request's batch otherwise costs an allocation and a free per buffer (the lines' as large
-/// as its body), and fresh memory to fault in and pull into the cache.
-#[derive(Default)]
-struct Spare {
-    items: Vec<Item>,
-    strings: String,
-    lines: Vec<u8>,
-    groups: Vec<Group>,
-    tenants: Vec<StrSpan>,
-    tenant_hashes: Vec<u64>,
-    group_index: Vec<u32>,
-    details: Vec<(u32, StrSpan)>,
-    rejected_tenants: Vec<(u32, StrSpan)>,
 }
 
 /// Line bytes a kept batch may have room for: a rare huge body's buffers are given back.
@@ -196,70 +189,17 @@ const MAX_SPARE_LINES: usize = 1 << 20;
 
 thread_local! {
     /// One set: a thread mostly makes a batch, finishes it, then makes the next.
-    static SPARE: std::cell::Cell<Option<Spare>> = const { std::cell::Cell::new(None) };
+    static SPARE: std::cell::Cell<Option<Buffers>> = const { std::cell::Cell::new(None) };
 }
 
-impl Spare {
-    /// This thread's kept buffers, or none.
-    fn take() -> Spare {
-        SPARE
+impl Buffers {
+    /// This thread's kept buffers, or new ones, with room for `items` and `line_bytes`.
+    fn take(items: usize, line_bytes: usize) -> Buffers {
+        let mut b: Buffers = SPARE
             .try_with(std::cell::Cell::take)
             .ok()
             .flatten()
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        if self.lines.capacity() == 0 || self.lines.capacity() > MAX_SPARE_LINES {
-            return;
-        }
-        let mut spare = Spare {
-            items: std::mem::take(&mut self.items),
-            strings: std::mem::take(&mut self.strings),
-            lines: std::mem::take(&mut self.lines),
-            groups: std::mem::take(&mut self.groups),
-            tenants: std::mem::take(&mut self.tenants),
-            tenant_hashes: std::mem::take(&mut self.tenant_hashes),
-            group_index: std::mem::take(&mut self.group_index),
-            details: std::mem::take(&mut self.details),
-            rejected_tenants: std::mem::take(&mut self.rejected_tenants),
-        };
-        spare.items.clear();
-        spare.strings.clear();
-        spare.lines.clear();
-        spare.groups.clear();
-        spare.tenants.clear();
-        spare.tenant_hashes.clear();
-        spare.group_index.clear();
-        spare.details.clear();
-        spare.rejected_tenants.clear();
-        // Gone at the thread's exit: the buffers are freed with the batch instead.
-        let _ = SPARE.try_with(|s| s.set(Some(spare)));
-    }
-}
-
-impl Batch {
-    pub fn with_capacity(items: usize, line_bytes: usize) -> Self {
-        let spare = Spare::take();
-        let mut b = Batch {
-            items: spare.items,
-            strings: spare.strings,
-            lines: spare.lines,
-            groups: spare.groups,
-            tenants: spare.tenants,
-            tenant_hashes: spare.tenant_hashes,
-            group_index: spare.group_index,
-            details: spare.details,
-            rejected_tenants: spare.rejected_tenants,
-            line_numbers: Vec::new(),
-            tenant_key: false,
-            resolved: false,
-            appended: false,
-            admitted: false,
-            receive_ns: 0,
-        };
+            .unwrap_or_default();
         b.items.reserve(items);
         b.strings.reserve(items * 48);
         b.lines.reserve(line_bytes);
@@ -269,6 +209,44 @@ impl Batch {
         b.group_index
             .resize((items * 2).next_power_of_two().max(4), NO_GROUP);
         b
+    }
+
+    /// Emptied, kept for this thread's next batch.
+    fn keep(mut self) {
+        if self.lines.capacity() == 0 || self.lines.capacity() > MAX_SPARE_LINES {
+            return;
+        }
+        self.items.clear();
+        self.strings.clear();
+        self.lines.clear();
+        self.groups.clear();
+        self.tenants.clear();
+        self.tenant_hashes.clear();
+        self.group_index.clear();
+        self.details.clear();
+        self.rejected_tenants.clear();
+        // Gone at the thread's exit: the buffers are freed with the batch instead.
+        let _ = SPARE.try_with(|s| s.set(Some(self)));
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.buf).keep();
+    }
+}
+
+impl Batch {
+    pub fn with_capacity(items: usize, line_bytes: usize) -> Self {
+        Batch {
+            buf: Buffers::take(items, line_bytes),
+            line_numbers: Vec::new(),
+            tenant_key: false,
+            resolved: false,
+            appended: false,
+            admitted: false,
+            receive_ns: 0,
+        }
     }
 
     /// The same batch, received at `receive_ns`.
@@ -322,21 +300,21 @@ impl Batch {
         device: Option<&str>,
         write_detail: impl FnOnce(&mut String),
     ) {
-        let index = self.items.len() as u32;
-        if self.details.is_empty() {
+        let index = self.buf.items.len() as u32;
+        if self.buf.details.is_empty() {
             self.make_rejected_room();
         }
         self.push_rejected(reason, device);
-        let start = self.strings.len() as u32;
-        write_detail(&mut self.strings);
+        let start = self.buf.strings.len() as u32;
+        write_detail(&mut self.buf.strings);
         let span = StrSpan(Span {
             start,
-            end: self.strings.len() as u32,
+            end: self.buf.strings.len() as u32,
         });
-        self.details.push((index, span));
+        self.buf.details.push((index, span));
         if let Some(tenant) = tenant {
             let span = self.push_str(tenant);
-            self.rejected_tenants.push((index, span));
+            self.buf.rejected_tenants.push((index, span));
         }
     }
 
@@ -346,34 +324,34 @@ impl Batch {
     #[cold]
     #[inline(never)]
     fn make_rejected_room(&mut self) {
-        self.details.reserve(REJECTED_ROOM);
-        self.rejected_tenants.reserve(REJECTED_ROOM);
+        self.buf.details.reserve(REJECTED_ROOM);
+        self.buf.rejected_tenants.reserve(REJECTED_ROOM);
     }
 
     fn push_str(&mut self, s: &str) -> StrSpan {
-        let start = self.strings.len() as u32;
+        let start = self.buf.strings.len() as u32;
         // `push_bytes` copies ids inline rather than through a libc `memcpy` call.
         // SAFETY: a whole `str` appended keeps the string UTF-8.
-        push_bytes(unsafe { self.strings.as_mut_vec() }, s.as_bytes());
+        push_bytes(unsafe { self.buf.strings.as_mut_vec() }, s.as_bytes());
         StrSpan(Span {
             start,
-            end: self.strings.len() as u32,
+            end: self.buf.strings.len() as u32,
         })
     }
 
     fn str_at(&self, span: StrSpan) -> &str {
-        span.of(&self.strings)
+        span.of(&self.buf.strings)
     }
 
     /// The bytes of a span, for comparisons.
     fn bytes_at(&self, span: StrSpan) -> &[u8] {
-        span.bytes_of(&self.strings)
+        span.bytes_of(&self.buf.strings)
     }
 
     /// Records an item that failed validation.
     pub fn push_rejected(&mut self, reason: Reason, device: Option<&str>) {
         let device = device.map(|d| self.push_str(d));
-        self.items.push(Item {
+        self.buf.items.push(Item {
             reason: Some(reason),
             device,
             line: Span::default(),
@@ -415,22 +393,22 @@ impl Batch {
         shape: u64,
         encode: impl FnOnce(&mut Vec<u8>),
     ) {
-        let start = self.lines.len() as u32;
-        encode(&mut self.lines);
+        let start = self.buf.lines.len() as u32;
+        encode(&mut self.buf.lines);
         let line = Span {
             start,
-            end: self.lines.len() as u32,
+            end: self.buf.lines.len() as u32,
         };
         let group = match at.found {
             Some(g) => {
-                self.groups[g as usize].count += 1;
+                self.buf.groups[g as usize].count += 1;
                 g
             }
             None => self.insert_group(id, at, escapes),
         };
-        self.items.push(Item {
+        self.buf.items.push(Item {
             reason: None,
-            device: Some(self.groups[group as usize].device),
+            device: Some(self.buf.groups[group as usize].device),
             line,
             group,
             shape,
@@ -439,14 +417,14 @@ impl Batch {
 
     /// The group of an identity, if an earlier item has it, and where a new one would go.
     pub fn find_group(&mut self, id: &Identity<'_>) -> GroupSlot {
-        if self.groups.len() * 2 >= self.group_index.len() {
+        if self.buf.groups.len() * 2 >= self.buf.group_index.len() {
             self.grow_index();
         }
-        let mask = self.group_index.len() - 1;
+        let mask = self.buf.group_index.len() - 1;
         let tenant_hash = tenant_hash(id.tenant);
         let mut slot = identity_hash(tenant_hash, id) as usize & mask;
         loop {
-            let g = self.group_index[slot];
+            let g = self.buf.group_index[slot];
             if g == NO_GROUP {
                 break;
             }
@@ -477,7 +455,7 @@ impl Batch {
 
     #[inline(always)]
     fn is_group(&self, g: u32, id: &Identity<'_>) -> bool {
-        let grp = &self.groups[g as usize];
+        let grp = &self.buf.groups[g as usize];
         words::same_bytes(self.bytes_at(grp.tenant), id.tenant.as_bytes())
             && words::same_bytes(self.bytes_at(grp.device), id.device.as_bytes())
             && words::same_bytes(self.bytes_at(grp.site), id.site.as_bytes())
@@ -486,12 +464,12 @@ impl Batch {
 
     /// The `(device, site)` escapes the group's first item was pushed with.
     pub fn group_escapes(&self, group: u32) -> (bool, bool) {
-        self.groups[group as usize].escapes
+        self.buf.groups[group as usize].escapes
     }
 
     fn insert_group(&mut self, id: &Identity<'_>, at: GroupSlot, escapes: (bool, bool)) -> u32 {
         let tenant_index = self.tenant_index(id.tenant, at.tenant_hash);
-        let tenant = self.tenants[tenant_index as usize];
+        let tenant = self.buf.tenants[tenant_index as usize];
         let group = Group {
             tenant,
             device: self.push_str(id.device),
@@ -501,9 +479,9 @@ impl Batch {
             tenant_index,
             escapes,
         };
-        let g = self.groups.len() as u32;
-        self.groups.push(group);
-        self.group_index[at.slot] = g;
+        let g = self.buf.groups.len() as u32;
+        self.buf.groups.push(group);
+        self.buf.group_index[at.slot] = g;
         g
     }
 
@@ -511,9 +489,10 @@ impl Batch {
     /// one is added.
     fn tenant_index(&mut self, tenant: &str, hash: u64) -> u32 {
         let known = self
+            .buf
             .tenants
             .iter()
-            .zip(&self.tenant_hashes)
+            .zip(&self.buf.tenant_hashes)
             .position(|(&t, &h)| {
                 h == hash && words::same_bytes(self.bytes_at(t), tenant.as_bytes())
             });
@@ -521,16 +500,16 @@ impl Batch {
             return i as u32;
         }
         let span = self.push_str(tenant);
-        self.tenants.push(span);
-        self.tenant_hashes.push(hash);
-        (self.tenants.len() - 1) as u32
+        self.buf.tenants.push(span);
+        self.buf.tenant_hashes.push(hash);
+        (self.buf.tenants.len() - 1) as u32
     }
 
     fn grow_index(&mut self) {
-        let size = (self.group_index.len() * 2).max(4);
-        self.group_index = vec![NO_GROUP; size];
+        let size = (self.buf.group_index.len() * 2).max(4);
+        self.buf.group_index = vec![NO_GROUP; size];
         let mask = size - 1;
-        for (g, grp) in self.groups.iter().enumerate() {
+        for (g, grp) in self.buf.groups.iter().enumerate() {
             let id = Identity {
                 tenant: self.str_at(grp.tenant),
                 device: self.str_at(grp.device),
@@ -538,28 +517,28 @@ impl Batch {
                 token: self.str_at(grp.token),
             };
             let mut slot = identity_hash(tenant_hash(id.tenant), &id) as usize & mask;
-            while self.group_index[slot] != NO_GROUP {
+            while self.buf.group_index[slot] != NO_GROUP {
                 slot = (slot + 1) & mask;
             }
-            self.group_index[slot] = g as u32;
+            self.buf.group_index[slot] = g as u32;
         }
     }
 
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.buf.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.buf.items.is_empty()
     }
 
     pub fn line_capacity(&self) -> usize {
-        self.lines.capacity()
+        self.buf.lines.capacity()
     }
 
     /// Distinct identities of valid items, in order of first appearance, with their item count.
     pub fn groups(&self) -> impl Iterator<Item = GroupKey<'_>> {
-        self.groups.iter().map(|g| {
+        self.buf.groups.iter().map(|g| {
             (
                 self.str_at(g.tenant),
                 self.str_at(g.device),
@@ -585,8 +564,11 @@ impl Batch {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut checked = Vec::with_capacity(verdicts.len());
-        for (group, ((&(allowed, _), reason), g)) in
-            verdicts.iter().zip(reasons).zip(&self.groups).enumerate()
+        for (group, ((&(allowed, _), reason), g)) in verdicts
+            .iter()
+            .zip(reasons)
+            .zip(&self.buf.groups)
+            .enumerate()
         {
             if allowed < 0 {
                 return Err(UsageError::NegativeAllowed { group });
@@ -606,7 +588,7 @@ impl Batch {
         verdicts: &[(usize, Option<Reason>)],
     ) -> Result<(), UsageError> {
         self.check_resolvable(verdicts.len())?;
-        for (group, (&(allowed, reason), g)) in verdicts.iter().zip(&self.groups).enumerate() {
+        for (group, (&(allowed, reason), g)) in verdicts.iter().zip(&self.buf.groups).enumerate() {
             if reason.is_none() && (allowed as u64) < u64::from(g.count) {
                 return Err(UsageError::MissingReason { group });
             }
@@ -626,10 +608,10 @@ impl Batch {
             .iter()
             .map(|d| d.map(|d| self.push_str(d)))
             .collect();
-        for (index, item) in self.items.iter().enumerate() {
+        for (index, item) in self.buf.items.iter().enumerate() {
             if item.reason.is_some() && item.group != NO_GROUP {
                 if let Some(span) = spans.get(item.group as usize).copied().flatten() {
-                    self.details.push((index as u32, span));
+                    self.buf.details.push((index as u32, span));
                 }
             }
         }
@@ -643,8 +625,8 @@ impl Batch {
         if verdicts.iter().all(|(_, reason)| reason.is_none()) {
             return;
         }
-        let mut seen = vec![0usize; self.groups.len()];
-        for item in &mut self.items {
+        let mut seen = vec![0usize; self.buf.groups.len()];
+        for item in &mut self.buf.items {
             if item.group == NO_GROUP {
                 continue;
             }
@@ -666,9 +648,9 @@ impl Batch {
         if self.admitted {
             return Err(UsageError::AlreadyAdmitted);
         }
-        if verdicts != self.groups.len() {
+        if verdicts != self.buf.groups.len() {
             return Err(UsageError::VerdictCount {
-                expected: self.groups.len(),
+                expected: self.buf.groups.len(),
                 got: verdicts,
             });
         }
@@ -676,13 +658,13 @@ impl Batch {
     }
 
     pub fn reasons(&self) -> impl Iterator<Item = Option<Reason>> + '_ {
-        self.items.iter().map(|i| i.reason)
+        self.buf.items.iter().map(|i| i.reason)
     }
 
     /// Rejected items per reason, in `Reason::ALL` order, zero counts omitted.
     pub fn reason_counts(&self) -> Vec<(Reason, usize)> {
         let mut counts = [0usize; Reason::ALL.len()];
-        for item in &self.items {
+        for item in &self.buf.items {
             if let Some(r) = item.reason {
                 counts[r as usize] += 1;
             }
@@ -698,17 +680,17 @@ impl Batch {
     /// items: one pass over the items, the lines borrowed from the batch.
     pub fn tenant_groups(&self) -> Vec<TenantGroup<'_>> {
         // Per tenant, its items before verdicts: room for its lines without growing.
-        let mut room = vec![0; self.tenants.len()];
-        for g in &self.groups {
+        let mut room = vec![0; self.buf.tenants.len()];
+        for g in &self.buf.groups {
             room[g.tenant_index as usize] += g.count as usize;
         }
-        let mut slot_of = vec![usize::MAX; self.tenants.len()];
+        let mut slot_of = vec![usize::MAX; self.buf.tenants.len()];
         let mut out: Vec<TenantGroup<'_>> = Vec::new();
-        for item in self.items.iter().filter(|i| i.reason.is_none()) {
-            let t = self.groups[item.group as usize].tenant_index as usize;
+        for item in self.buf.items.iter().filter(|i| i.reason.is_none()) {
+            let t = self.buf.groups[item.group as usize].tenant_index as usize;
             if slot_of[t] == usize::MAX {
                 slot_of[t] = out.len();
-                out.push(TenantGroup::new(self.tenant(t), &self.lines, room[t]));
+                out.push(TenantGroup::new(self.tenant(t), &self.buf.lines, room[t]));
             }
             out[slot_of[t]].push(item.line);
         }
@@ -733,15 +715,16 @@ impl Batch {
     /// no tenant).
     pub fn tenant_counts(&self) -> Vec<(&str, usize, usize)> {
         let mut out: Vec<(&str, usize, usize)> = self
+            .buf
             .tenants
             .iter()
             .map(|&t| (self.str_at(t), 0, 0))
             .collect();
-        for item in &self.items {
+        for item in &self.buf.items {
             if item.group == NO_GROUP {
                 continue;
             }
-            let counts = &mut out[self.groups[item.group as usize].tenant_index as usize];
+            let counts = &mut out[self.buf.groups[item.group as usize].tenant_index as usize];
             if item.reason.is_some() {
                 counts.2 += 1;
             } else {
@@ -754,13 +737,14 @@ impl Batch {
     /// Per group with items rejected for `reason`: `(tenant, device, how many)`, groups in
     /// order of first appearance.
     pub fn refusals(&self, reason: Reason) -> Vec<(&str, &str, usize)> {
-        let mut counts = vec![0usize; self.groups.len()];
-        for item in &self.items {
+        let mut counts = vec![0usize; self.buf.groups.len()];
+        for item in &self.buf.items {
             if item.reason == Some(reason) && item.group != NO_GROUP {
                 counts[item.group as usize] += 1;
             }
         }
-        self.groups
+        self.buf
+            .groups
             .iter()
             .zip(counts)
             .filter(|&(_, n)| n > 0)
@@ -770,12 +754,12 @@ impl Batch {
 
     /// Per group with an accepted item, `(tenant, device, line)` of its last one.
     pub fn last_accepted(&self) -> impl Iterator<Item = (&str, &str, &[u8])> {
-        let mut seen = vec![false; self.groups.len()];
-        self.items.iter().rev().filter_map(move |item| {
+        let mut seen = vec![false; self.buf.groups.len()];
+        self.buf.items.iter().rev().filter_map(move |item| {
             if item.reason.is_some() || std::mem::replace(&mut seen[item.group as usize], true) {
                 return None;
             }
-            let g = &self.groups[item.group as usize];
+            let g = &self.buf.groups[item.group as usize];
             Some((
                 self.str_at(g.tenant),
                 self.str_at(g.device),
@@ -785,7 +769,8 @@ impl Batch {
     }
 
     fn accepted(&self) -> impl Iterator<Item = (&Item, &[u8])> {
-        self.items
+        self.buf
+            .items
             .iter()
             .filter(|i| i.reason.is_none())
             .map(|i| (i, self.line(i)))
@@ -793,25 +778,30 @@ impl Batch {
 
     /// Accepted items' lines in request order, each with its tenant's index.
     pub fn accepted_lines(&self) -> impl Iterator<Item = (usize, &[u8])> {
-        self.accepted()
-            .map(|(item, line)| (self.groups[item.group as usize].tenant_index as usize, line))
+        self.accepted().map(|(item, line)| {
+            (
+                self.buf.groups[item.group as usize].tenant_index as usize,
+                line,
+            )
+        })
     }
 
     /// Accepted items' `(tenant index, line, shape)` in request order (`fields.rs` reads
     /// them).
     pub fn accepted_shapes(&self) -> impl Iterator<Item = (usize, &[u8], u64)> {
         self.accepted().map(|(item, line)| {
-            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
             (tenant, line, item.shape)
         })
     }
 
     pub fn tenant_count(&self) -> usize {
-        self.tenants.len()
+        self.buf.tenants.len()
     }
 
     pub fn tenant(&self, index: usize) -> &str {
         let span = self
+            .buf
             .tenants
             .get(index)
             .expect("a tenant index comes from this batch");
@@ -819,7 +809,8 @@ impl Batch {
     }
 
     fn line(&self, item: &Item) -> &[u8] {
-        self.lines
+        self.buf
+            .lines
             .get(item.line.range())
             .expect("an item's span is a range of this batch's lines")
     }
@@ -843,16 +834,17 @@ impl Batch {
         }
         self.appended = true;
         let mut full = None;
-        for (index, item) in self.items.iter_mut().enumerate() {
+        for (index, item) in self.buf.items.iter_mut().enumerate() {
             if item.reason.is_some() {
                 continue;
             }
-            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
             let line = self
+                .buf
                 .lines
                 .get(item.line.range())
                 .expect("an item's span is a range of this batch's lines");
-            if !store(tenant, self.tenants[tenant].of(&self.strings), line) {
+            if !store(tenant, self.buf.tenants[tenant].of(&self.buf.strings), line) {
                 item.reason = Some(Reason::BufferFull);
                 full.get_or_insert_with(Vec::new).push(index as u32);
             }
@@ -866,7 +858,7 @@ impl Batch {
     /// Gives the items at `indexes` the one detail `detail`.
     fn explain_all(&mut self, indexes: &[u32], detail: &str) {
         let span = self.push_str(detail);
-        self.details.extend(indexes.iter().map(|&i| (i, span)));
+        self.buf.details.extend(indexes.iter().map(|&i| (i, span)));
     }
 
     /// For lines handed elsewhere instead of appended (NATS mode publishes `tenant_lines`):
@@ -883,13 +875,15 @@ impl Batch {
         }
         self.appended = true;
         let hit: Vec<bool> = self
+            .buf
             .tenants
             .iter()
             .map(|&t| tenants.iter().any(|w| w.as_ref() == self.str_at(t)))
             .collect();
         let mut withdrawn = Vec::new();
-        for (index, item) in self.items.iter_mut().enumerate() {
-            if item.reason.is_none() && hit[self.groups[item.group as usize].tenant_index as usize]
+        for (index, item) in self.buf.items.iter_mut().enumerate() {
+            if item.reason.is_none()
+                && hit[self.buf.groups[item.group as usize].tenant_index as usize]
             {
                 item.reason = Some(reason);
                 withdrawn.push(index as u32);
@@ -916,19 +910,19 @@ impl Batch {
         }
         self.admitted = true;
         let mut rejected = Vec::new();
-        for (index, item) in self.items.iter().enumerate() {
+        for (index, item) in self.buf.items.iter().enumerate() {
             if item.reason.is_some() {
                 continue;
             }
-            let tenant = self.groups[item.group as usize].tenant_index as usize;
+            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
             if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item), item.shape) {
                 rejected.push((index, detail));
             }
         }
         for (index, detail) in rejected {
-            self.items[index].reason = Some(Reason::InvalidMetrics);
+            self.buf.items[index].reason = Some(Reason::InvalidMetrics);
             let span = self.push_str(&detail);
-            self.details.push((index as u32, span));
+            self.buf.details.push((index as u32, span));
         }
         Ok(())
     }
@@ -946,13 +940,13 @@ impl Batch {
     fn detail_spans(&self) -> Vec<Option<StrSpan>> {
         let mut spans = vec![
             None;
-            if self.details.is_empty() {
+            if self.buf.details.is_empty() {
                 0
             } else {
-                self.items.len()
+                self.buf.items.len()
             }
         ];
-        for &(i, span) in &self.details {
+        for &(i, span) in &self.buf.details {
             spans[i as usize] = Some(span);
         }
         spans
@@ -963,13 +957,14 @@ impl Batch {
     pub fn rejections(&self) -> Vec<(Reason, &str, Option<&str>, &str)> {
         let spans = self.detail_spans();
         let tenants: std::collections::HashMap<u32, StrSpan> =
-            self.rejected_tenants.iter().copied().collect();
-        self.items
+            self.buf.rejected_tenants.iter().copied().collect();
+        self.buf
+            .items
             .iter()
             .enumerate()
             .filter_map(|(i, item)| {
                 let reason = item.reason?;
-                let tenant = match self.groups.get(item.group as usize) {
+                let tenant = match self.buf.groups.get(item.group as usize) {
                     Some(g) => Some(g.tenant),
                     None => tenants.get(&(i as u32)).copied(),
                 };
@@ -989,16 +984,16 @@ impl Batch {
 
     /// `(accepted, rejected, body)` of the batch endpoint's JSON response.
     pub fn response_json(&self) -> (usize, usize, Vec<u8>) {
-        let accepted = self.items.iter().filter(|i| i.reason.is_none()).count();
-        let rejected = self.items.len() - accepted;
-        let mut out = Vec::with_capacity(48 + self.items.len() * 96);
+        let accepted = self.buf.items.iter().filter(|i| i.reason.is_none()).count();
+        let rejected = self.buf.items.len() - accepted;
+        let mut out = Vec::with_capacity(48 + self.buf.items.len() * 96);
         let spans = self.detail_spans();
         out.extend_from_slice(b"{\"accepted\":");
         push_uint(&mut out, accepted as u64);
         out.extend_from_slice(b",\"rejected\":");
         push_uint(&mut out, rejected as u64);
         out.extend_from_slice(b",\"results\":[");
-        for (index, item) in self.items.iter().enumerate() {
+        for (index, item) in self.buf.items.iter().enumerate() {
             push_result_head(&mut out, index, item.reason);
             if let Some(&Some(detail)) = spans.get(index) {
                 push_json_member(&mut out, b",\"detail\":", self.str_at(detail));
@@ -1008,7 +1003,7 @@ impl Batch {
             }
         }
         // The last item's `}` (each item's is written by the next one's head).
-        if !self.items.is_empty() {
+        if !self.buf.items.is_empty() {
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");
