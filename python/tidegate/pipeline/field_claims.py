@@ -60,13 +60,13 @@ class FieldClaims:
         failed with the registry down) settles its fields for its waiters too; one cancelled
         with its request does not, and a waiter claims them itself."""
         new = self.types.unknown(batch)
-        waited = {key: self._claiming[key] for key in _keys(new) if key in self._claiming}
+        waited = {key: self._claiming[key] for key in map(_key, new) if key in self._claiming}
         if waited:
             # asyncio.wait, unlike awaiting the futures, leaves them alone if this request is
             # cancelled: the claim's other waiters still hear its end.
             await asyncio.wait(set(waited.values()))
             settled = {key for key, claim in waited.items() if claim.result()}
-            new = [row for row in self.types.unknown(batch) if row[:3] not in settled]
+            new = [row for row in self.types.unknown(batch) if _key(row) not in settled]
         if new:
             await self._claim(new)
         self.types.admit(batch)
@@ -74,7 +74,7 @@ class FieldClaims:
     async def _claim(self, new: list[field_types.FieldRow]) -> None:
         """One registry transaction claiming `new`; the winners learned."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        keys = _keys(new)
+        keys = [_key(row) for row in new]
         for key in keys:
             self._claiming[key] = done
         settled = False
@@ -140,5 +140,7 @@ class FieldClaims:
             logs.log("field_type_not_stored", level="warning", error=type(exc).__name__)
 
 
-def _keys(rows: list[field_types.FieldRow]) -> list[tuple[str, str, str]]:
-    return [(tenant, measurement, field) for tenant, measurement, field, _ in rows]
+def _key(row: field_types.FieldRow) -> tuple[str, str, str]:
+    """A claimed row's field: `(tenant, measurement, field)`, without the type."""
+    tenant, measurement, field, _ = row
+    return tenant, measurement, field
