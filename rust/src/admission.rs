@@ -131,8 +131,13 @@ pub struct Counters {
 pub struct Progress {
     /// The sequence number from which installs count as this batch's lookup; None until asked.
     asked: Option<u64>,
-    /// Per group, its verdict, or None while its device is being looked up.
-    verdicts: Vec<Option<Verdict>>,
+    /// Per group, `(allowed, reason of the others)` as the batch takes them (a pending group's
+    /// is a placeholder until the second call): not a verdict per group to convert afterwards.
+    verdicts: Vec<(usize, Option<Reason>)>,
+    /// Groups whose device is being looked up, ascending.
+    pending: Vec<usize>,
+    /// `(group, detail)` of the groups with refused items, the rare case.
+    details: Vec<(usize, String)>,
     retry_after: f64,
     done: bool,
 }
@@ -161,6 +166,24 @@ impl Progress {
     /// The longest wait, in seconds, until a rate-limited group's next token; 0.0 when none.
     pub fn retry_after(&self) -> f64 {
         self.retry_after
+    }
+
+    /// `group`'s verdict as the batch takes it, its detail kept aside.
+    fn split(&mut self, group: usize, (allowed, refused): Verdict) -> (usize, Option<Reason>) {
+        let reason = refused.map(|(reason, detail)| {
+            self.details.push((group, detail));
+            reason
+        });
+        (allowed, reason)
+    }
+
+    /// Per group, the detail of its refused items.
+    fn group_details(&self) -> Vec<Option<&str>> {
+        let mut details = vec![None; self.verdicts.len()];
+        for (group, detail) in &self.details {
+            details[*group] = Some(detail.as_str());
+        }
+        details
     }
 }
 
@@ -411,23 +434,11 @@ impl Admission {
             progress.asked = Some(self.seq + 1);
             return Ok(keys);
         }
-        let decided = || {
-            progress.verdicts.iter().map(|v| {
-                v.as_ref()
-                    .expect("every group is decided once no key is asked for")
-            })
-        };
-        let verdicts: Vec<(usize, Option<Reason>)> = decided()
-            .map(|(allowed, refused)| (*allowed, refused.as_ref().map(|r| r.0)))
-            .collect();
         // Details are gathered only when a group has refused items.
-        if verdicts.iter().any(|(_, reason)| reason.is_some()) {
-            let details: Vec<Option<&str>> = decided()
-                .map(|(_, refused)| refused.as_ref().map(|r| r.1.as_str()))
-                .collect();
-            batch.resolve_explained(&verdicts, &details)?;
+        if progress.details.is_empty() {
+            batch.resolve_reasons(&progress.verdicts)?;
         } else {
-            batch.resolve_reasons(&verdicts)?;
+            batch.resolve_explained(&progress.verdicts, &progress.group_details())?;
         }
         progress.done = true;
         Ok(keys)
@@ -439,9 +450,9 @@ impl Admission {
         let mut keys: Vec<Key> = Vec::new();
         let mut refused: Vec<(&str, &str)> = Vec::new();
         // Collected, not pushed: one allocation of the group count.
-        let decide = |(tenant, device, site, token, count)| {
+        let decide = |(group, (tenant, device, site, token, count))| {
             let token = (!batch.tenant_key()).then_some(token);
-            match self.cached(tenant, device, site, token, count, now, None) {
+            let verdict = match self.cached(tenant, device, site, token, count, now, None) {
                 Some((verdict, wait)) => {
                     self.counters.hits += 1;
                     progress.retry_after = progress.retry_after.max(wait);
@@ -459,18 +470,25 @@ impl Admission {
                     refused.push((tenant, device));
                     Some(self.lookups_spent())
                 }
+            };
+            match verdict {
+                Some(verdict) => progress.split(group, verdict),
+                None => {
+                    progress.pending.push(group);
+                    (0, None)
+                }
             }
         };
-        progress.verdicts = batch.groups().map(decide).collect();
+        progress.verdicts = batch.groups().enumerate().map(decide).collect();
         keys
     }
 
     /// Decides the groups left by the first pass; a device still not cached is UNAVAILABLE.
     fn second_pass(&mut self, batch: &Batch, progress: &mut Progress, now: f64) {
-        for ((tenant, device, site, token, count), verdict) in
-            batch.groups().zip(&mut progress.verdicts)
-        {
-            if verdict.is_some() {
+        let pending = std::mem::take(&mut progress.pending);
+        let mut left = pending.iter().copied().peekable();
+        for (group, (tenant, device, site, token, count)) in batch.groups().enumerate() {
+            if left.next_if_eq(&group).is_none() {
                 continue;
             }
             let token = (!batch.tenant_key()).then_some(token);
@@ -480,7 +498,7 @@ impl Admission {
                 let detail = REGISTRY_SILENT.to_owned();
                 ((0, Some((Reason::Unavailable, detail))), 0.0)
             });
-            *verdict = Some(decided);
+            progress.verdicts[group] = progress.split(group, decided);
             progress.retry_after = progress.retry_after.max(wait);
         }
     }
