@@ -148,7 +148,9 @@ impl Latest {
     pub fn mark_dirty(&self, keys: &[(&str, &str)]) {
         let mut held = self.lock();
         for &(tenant, device) in keys {
-            if let Some(entry) = held.devices.get_mut(&(tenant, device) as &dyn DeviceIds) {
+            // Looked up by a key built for it, not by the borrowed ids: `record`'s lookup then
+            // has one caller and is inlined there (15 instructions a message). This path is rare.
+            if let Some(entry) = held.devices.get_mut(&DeviceKey::new(tenant, device)) {
                 entry.dirty = true;
             }
         }
