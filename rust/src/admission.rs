@@ -345,17 +345,26 @@ fn judge(
 /// `a == b` in a time that depends on the lengths only, as subtle's `ct_eq` of the slices
 /// (which also answers a length mismatch at once), but eight bytes at a time and with one
 /// `ct_eq` of the words' differences: the slices' `ct_eq` pays an optimisation barrier per
-/// byte, most of a warm device's check.
+/// byte, most of a warm device's check. The last word overlaps the others (each byte is in
+/// some word): no shorter rest to load, and no iterator state (about 57 instructions a
+/// 24-byte token with `chunks_exact`, `zip` and a rest).
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
-    // The rest, under 8 bytes of each, zero-padded alike.
-    let mut diff = words::load_short(a_words.remainder()) ^ words::load_short(b_words.remainder());
-    for (x, y) in a_words.zip(b_words) {
+    let (Some(a_last), Some(b_last)) = (words::last(a), words::last(b)) else {
+        // Under 8 bytes, zero-padded alike.
+        return bool::from((words::load_short(a) ^ words::load_short(b)).ct_eq(&0));
+    };
+    let mut diff = a_last ^ b_last;
+    let mut at = 0;
+    while at + 8 < a.len() {
+        let (Some(x), Some(y)) = (words::load(a, at), words::load(b, at)) else {
+            break;
+        };
         // Hidden from the optimiser each time, so that no early exit can be derived from it.
-        diff = std::hint::black_box(diff | (word(x) ^ word(y)));
+        diff = std::hint::black_box(diff | (x ^ y));
+        at += 8;
     }
     bool::from(diff.ct_eq(&0))
 }
@@ -368,11 +377,6 @@ fn same_id(a: &str, b: &str) -> bool {
         return words::load_short(a) == words::load_short(b);
     }
     words::same_bytes(a, b)
-}
-
-/// An 8-byte chunk as a word.
-fn word(chunk: &[u8]) -> u64 {
-    words::load(chunk, 0).expect("chunks_exact(8) yields 8 bytes")
 }
 
 /// Inlined for a warm device's check; the hash is out of line, its frame paid only by a
