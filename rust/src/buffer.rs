@@ -583,9 +583,9 @@ impl TenantBuffers {
             to.lines += 1;
             // Buffers are created in the order of their first stored line.
             let slot = *to.slot.get_or_insert_with(|| state.slot(tenant));
+            // `bytes` is kept current (it sizes the next chunk); `lines` is added per tenant.
             let buf = &mut state.buffers[slot];
             buf.push(line);
-            buf.lines += 1;
             buf.bytes += line.len();
             true
         })?;
@@ -602,6 +602,7 @@ impl TenantBuffers {
             state.count(tenant, to.bytes);
             // The lock is held: this call's lines of a tenant are contiguous in its buffer.
             let buf = &mut state.buffers[slot];
+            buf.lines += to.lines;
             push_mark(&mut buf.marks, mark, to.lines);
             if self.at_threshold(buf) {
                 due.push(tenant.to_owned());
