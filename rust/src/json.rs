@@ -315,6 +315,12 @@ impl<'a> Reader<'a> {
         true
     }
 
+    /// `words::head_and_last` of the `len` bytes of text from `at`.
+    #[inline(always)]
+    pub fn words_at(&self, at: usize, len: usize) -> Option<(u64, u64)> {
+        words::head_and_last(self.bytes(), at, len)
+    }
+
     /// At `[`: enters the array.
     pub fn begin_array(&mut self) -> Result<()> {
         if self.peek() != Some(b'[') {
