@@ -128,6 +128,30 @@ impl<'b> TenantGroup<'b> {
     }
 }
 
+/// An accepted item `Batch::reject_with` hands to its judge. Its tenant's id and its line
+/// are sliced only when asked for: a judge that knows the item's shape needs neither.
+pub struct Judged<'b> {
+    batch: &'b Batch,
+    item: &'b Item,
+    /// The index of its tenant among the batch's (`Batch::tenant`).
+    pub tenant_index: usize,
+}
+
+impl<'b> Judged<'b> {
+    pub fn tenant(&self) -> &'b str {
+        self.batch.tenant(self.tenant_index)
+    }
+
+    pub fn line(&self) -> &'b [u8] {
+        self.batch.line(self.item)
+    }
+
+    /// The line's `schema::Shape`, or `NO_SHAPE`.
+    pub fn shape(&self) -> u64 {
+        self.item.shape
+    }
+}
+
 /// The identity of a valid item, which decides its group.
 pub struct Identity<'s> {
     pub tenant: &'s str,
@@ -895,12 +919,12 @@ impl Batch {
         Ok(withdrawn.len())
     }
 
-    /// Hands each still-accepted item's `(tenant index, tenant, line, shape)` to `judge`, in
-    /// request order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
-    /// `append`, only once per batch (`fields.rs` is the judge).
+    /// Hands each still-accepted item to `judge`, in request order; an item it returns a
+    /// detail for becomes `INVALID_METRICS` with that detail. Before `append`, only once per
+    /// batch (`fields.rs` is the judge).
     pub fn reject_with(
         &mut self,
-        mut judge: impl FnMut(usize, &str, &[u8], u64) -> Option<String>,
+        mut judge: impl FnMut(Judged<'_>) -> Option<String>,
     ) -> Result<(), UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
@@ -914,8 +938,12 @@ impl Batch {
             if item.reason.is_some() {
                 continue;
             }
-            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
-            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item), item.shape) {
+            let judged = Judged {
+                batch: self,
+                item,
+                tenant_index: self.buf.groups[item.group as usize].tenant_index as usize,
+            };
+            if let Some(detail) = judge(judged) {
                 rejected.push((index, detail));
             }
         }
