@@ -386,16 +386,14 @@ impl LineFields {
     fn read(&mut self, line: &[u8]) {
         self.refs.clear();
         self.names.clear();
-        let comma = unescaped(line, b',', 1).expect("a line has tags");
-        self.measurement_unescaped = line[..comma].contains(&b'\\');
-        self.measurement = if self.measurement_unescaped {
-            self.names
-                .extend(line[..comma].iter().copied().filter(|&c| c != b'\\'));
-            0..self.names.len()
-        } else {
-            0..comma
+        let start = match plain_head(line) {
+            Some((comma, start)) => {
+                self.measurement_unescaped = false;
+                self.measurement = 0..comma;
+                start
+            }
+            None => self.read_escaped_head(line),
         };
-        let start = unescaped(line, b' ', comma).expect("a line has fields") + 1;
         let end = memchr::memrchr(b' ', line).expect("a line ends with its timestamp");
         if self.read_plain(line, start, end) {
             return;
@@ -437,6 +435,21 @@ impl LineFields {
             });
             pos = value_end + 1;
         }
+    }
+
+    /// `read`'s measurement of a line whose measurement or tags hold a backslash; returns
+    /// where its fields start.
+    fn read_escaped_head(&mut self, line: &[u8]) -> usize {
+        let comma = unescaped(line, b',', 1).expect("a line has tags");
+        self.measurement_unescaped = line[..comma].contains(&b'\\');
+        self.measurement = if self.measurement_unescaped {
+            self.names
+                .extend(line[..comma].iter().copied().filter(|&c| c != b'\\'));
+            0..self.names.len()
+        } else {
+            0..comma
+        };
+        unescaped(line, b' ', comma).expect("a line has fields") + 1
     }
 
     /// The fields of `line[start..end]` when it holds no quote or backslash (false, and no
@@ -503,6 +516,19 @@ impl LineFields {
         let from = if f.unescaped { &self.names } else { line };
         &from[f.name.clone()]
     }
+}
+
+/// `(end of the measurement, start of the fields)` of a line whose measurement and tags hold
+/// no backslash (`None` when they do): then the first comma ends the measurement and the first
+/// space the tags. One word scan for that space, where finding the comma, the space and
+/// checking for escapes took two memchr calls and a byte loop.
+fn plain_head(line: &[u8]) -> Option<(usize, usize)> {
+    let space = words::find(line, 0, |w| words::eq(w, b' ') | words::eq(w, b'\\'));
+    let head = line
+        .get(..space)
+        .filter(|_| line.get(space) == Some(&b' '))?;
+    let comma = words::find(head, 0, |w| words::eq(w, b','));
+    (comma < space).then_some((comma, space + 1))
 }
 
 /// `words::field_marks` of the 16 bytes from `at`, those up to `end` copied into a padded
