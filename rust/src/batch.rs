@@ -199,6 +199,10 @@ struct Buffers {
     tenants: Vec<StrSpan>,
     /// `tenant_hash` of each of `tenants`: most tenants are told apart without a memcmp call.
     tenant_hashes: Vec<u64>,
+    /// By the top bits of a tenant's hash, 1 + the index in `tenants` of the last tenant found
+    /// there (0: none): a new group's tenant is mostly found at once, not by a scan of the
+    /// tenants whose length varies at random.
+    recent_tenants: [u8; RECENT_TENANTS],
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
     /// `(item index, detail)` of the items rejected with a detail of their own (rare).
@@ -207,6 +211,9 @@ struct Buffers {
     /// valid tenant (for `rejections`).
     rejected_tenants: Vec<(u32, StrSpan)>,
 }
+
+/// Slots of `Buffers::recent_tenants`: few tenants of a batch share one.
+const RECENT_TENANTS: usize = 32;
 
 /// Line bytes a kept batch may have room for: a rare huge body's buffers are given back.
 const MAX_SPARE_LINES: usize = 1 << 20;
@@ -246,6 +253,7 @@ impl Buffers {
         self.groups.clear();
         self.tenants.clear();
         self.tenant_hashes.clear();
+        self.recent_tenants = [0; RECENT_TENANTS];
         self.group_index.clear();
         self.details.clear();
         self.rejected_tenants.clear();
@@ -512,6 +520,25 @@ impl Batch {
     /// The index of `tenant` (whose `tenant_hash` is `hash`) among the batch's tenants; a new
     /// one is added.
     fn tenant_index(&mut self, tenant: &str, hash: u64) -> u32 {
+        let recent = &mut self.buf.recent_tenants[(hash >> 59) as usize];
+        if let Some(i) = usize::from(*recent).checked_sub(1) {
+            let span = self.buf.tenants[i];
+            if self.buf.tenant_hashes[i] == hash
+                && words::same_bytes(span.bytes_of(&self.buf.strings), tenant.as_bytes())
+            {
+                return i as u32;
+            }
+        }
+        let i = self.scan_tenants(tenant, hash);
+        // Indexes past a byte's range are left to the scan.
+        if let Ok(slot) = u8::try_from(i + 1) {
+            self.buf.recent_tenants[(hash >> 59) as usize] = slot;
+        }
+        i
+    }
+
+    /// `tenant_index` by a scan of the tenants.
+    fn scan_tenants(&mut self, tenant: &str, hash: u64) -> u32 {
         let known = self
             .buf
             .tenants
