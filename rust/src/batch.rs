@@ -50,6 +50,9 @@ struct Item {
     /// The encoded line; empty for items that failed validation.
     line: Span,
     group: u32,
+    /// Its group's `tenant_index` (`NO_GROUP` without one), kept beside the item: the passes
+    /// over accepted items then read no group.
+    tenant: u32,
     /// The line's `schema::Shape`, or `NO_SHAPE`.
     shape: u64,
 }
@@ -388,6 +391,7 @@ impl Batch {
             device,
             line: Span::default(),
             group: NO_GROUP,
+            tenant: NO_GROUP,
             shape: NO_SHAPE,
         });
     }
@@ -438,11 +442,13 @@ impl Batch {
             }
             None => self.insert_group(id, at, escapes),
         };
+        let grp = &self.buf.groups[group as usize];
         self.buf.items.push(Item {
             reason: None,
-            device: Some(self.buf.groups[group as usize].device),
+            device: Some(grp.device),
             line,
             group,
+            tenant: grp.tenant_index,
             shape,
         });
     }
@@ -738,7 +744,7 @@ impl Batch {
         let mut slot_of = vec![usize::MAX; self.buf.tenants.len()];
         let mut out: Vec<TenantGroup<'_>> = Vec::new();
         for item in self.buf.items.iter().filter(|i| i.reason.is_none()) {
-            let t = self.buf.groups[item.group as usize].tenant_index as usize;
+            let t = item.tenant as usize;
             if slot_of[t] == usize::MAX {
                 slot_of[t] = out.len();
                 out.push(TenantGroup::new(self.tenant(t), &self.buf.lines, room[t]));
@@ -775,7 +781,7 @@ impl Batch {
             if item.group == NO_GROUP {
                 continue;
             }
-            let counts = &mut out[self.buf.groups[item.group as usize].tenant_index as usize];
+            let counts = &mut out[item.tenant as usize];
             if item.reason.is_some() {
                 counts.2 += 1;
             } else {
@@ -829,19 +835,15 @@ impl Batch {
 
     /// Accepted items' lines in request order, each with its tenant's index.
     pub fn accepted_lines(&self) -> impl Iterator<Item = (usize, &[u8])> {
-        self.accepted().map(|(item, line)| {
-            (
-                self.buf.groups[item.group as usize].tenant_index as usize,
-                line,
-            )
-        })
+        self.accepted()
+            .map(|(item, line)| (item.tenant as usize, line))
     }
 
     /// Accepted items' `(tenant index, line, shape)` in request order (`fields.rs` reads
     /// them).
     pub fn accepted_shapes(&self) -> impl Iterator<Item = (usize, &[u8], u64)> {
         self.accepted().map(|(item, line)| {
-            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
+            let tenant = item.tenant as usize;
             (tenant, line, item.shape)
         })
     }
@@ -889,7 +891,7 @@ impl Batch {
             if item.reason.is_some() {
                 continue;
             }
-            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
+            let tenant = item.tenant as usize;
             let line = self
                 .buf
                 .lines
@@ -933,9 +935,7 @@ impl Batch {
             .collect();
         let mut withdrawn = Vec::new();
         for (index, item) in self.buf.items.iter_mut().enumerate() {
-            if item.reason.is_none()
-                && hit[self.buf.groups[item.group as usize].tenant_index as usize]
-            {
+            if item.reason.is_none() && hit[item.tenant as usize] {
                 item.reason = Some(reason);
                 withdrawn.push(index as u32);
             }
@@ -968,7 +968,7 @@ impl Batch {
             let judged = Judged {
                 batch: self,
                 item,
-                tenant_index: self.buf.groups[item.group as usize].tenant_index as usize,
+                tenant_index: item.tenant as usize,
             };
             if let Some(detail) = judge(judged) {
                 rejected.push((index, detail));
