@@ -77,7 +77,9 @@ pub const NO_SHAPE: u64 = 0;
 pub struct Shape(foldhash::fast::FoldHasher<'static>);
 
 impl Shape {
-    /// A line of `MSG_TYPES[measurement]`.
+    /// A line of `MSG_TYPES[measurement]`. Inlined: a call cost more than the few stores
+    /// of a fresh hasher, once per accepted item.
+    #[inline(always)]
     pub fn new(measurement: usize) -> Self {
         let mut h = words::keyed();
         h.write_usize(measurement);
