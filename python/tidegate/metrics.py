@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from math import inf
 from typing import Protocol
 
 from prometheus_client import (
@@ -12,8 +15,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Request latency buckets: the gateway answers in well under a millisecond when healthy.
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -151,13 +160,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.request_seconds = Histogram(
-            "tidegate_request_seconds",
-            "HTTP request latency by route",
-            ["route"],
-            buckets=_REQUEST_BUCKETS,
-            registry=self.registry,
+        self.request_seconds = Latencies(
+            "tidegate_request_seconds", "HTTP request latency by route", "route", _REQUEST_BUCKETS
         )
+        self.registry.register(self.request_seconds)
         self.flush_seconds = Histogram(
             "tidegate_flush_seconds",
             "Sink write latency by outcome",
@@ -299,6 +305,47 @@ class Metrics:
         if self._extra:
             out.update(self._extra())
         return out
+
+
+class Latencies(Collector):
+    """A histogram by one label whose observations are plain ints and a float, read at scrape
+    time. Every request makes one observation: prometheus_client's Histogram takes a lock for
+    the sum and one for the bucket, ~1.1 µs, against ~0.25 µs here. Observed and scraped on
+    the event loop's thread only, so no lock is needed."""
+
+    def __init__(self, name: str, doc: str, label: str, bounds: Sequence[float]) -> None:
+        self._name = name
+        self._doc = doc
+        self._label = label
+        self._bounds = (*bounds, inf)
+        # The `le` labels as prometheus_client's Histogram spells them.
+        self._les: list[str] = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        # label value -> (observations per bucket, not cumulative; [sum of the values])
+        self._series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observer(self, value: str) -> Callable[[float], None]:
+        """The function that records one observation under label `value` (a series from now
+        on, at zero until observed)."""
+        counts, total = self._series.setdefault(value, ([0] * len(self._bounds), [0.0]))
+        bounds = self._bounds
+
+        def observe(seconds: float) -> None:
+            # The first bound >= seconds: Prometheus buckets include their upper bound.
+            counts[bisect_left(bounds, seconds)] += 1
+            total[0] += seconds
+
+        return observe
+
+    def collect(self) -> Iterable[Metric]:
+        """One histogram family, its buckets cumulative as the exposition wants them."""
+        family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, (counts, total) in self._series.items():
+            buckets = [
+                (le, float(n))
+                for le, n in zip(self._les, itertools.accumulate(counts), strict=True)
+            ]
+            family.add_metric([value], buckets, total[0])
+        yield family
 
 
 class _Live(Collector):

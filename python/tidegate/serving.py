@@ -19,14 +19,34 @@ from tidegate import logs, startup
 from tidegate.config import Config
 from tidegate.listening import NamedServer
 
-JSON = "application/json"
+
+class JsonBody(Response):
+    """A response of JSON already encoded (the core's answers, orjson's). With no headers of
+    its own, its two are built at once: Starlette's general `init_headers` costs ~1 µs more,
+    and every accepted batch is answered with one."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> None:
+        if headers or status < 200 or status in (204, 304):
+            super().__init__(body, status, headers)
+            return
+        self.status_code = status
+        self.background = None
+        self.body = body
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), _JSON_TYPE]
+
+
+_JSON_TYPE = (b"content-type", JsonBody.media_type.encode())
 
 
 def json_response(
     status: int, content: object, headers: Mapping[str, str] | None = None
 ) -> Response:
     """An orjson-encoded JSON response."""
-    return Response(orjson.dumps(content), status, headers, JSON)
+    return JsonBody(orjson.dumps(content), status, headers)
 
 
 def lifespan_of(

@@ -259,3 +259,36 @@ def test_a_response_is_one_send_and_a_refusal_is_sent_before_the_half_close(
         assert idle.transport.eof
 
     run(tmp_path, {}, body)
+
+
+def test_a_body_reads_the_same_in_one_piece_in_pieces_and_chunked(tmp_path: Path) -> None:
+    # The protocol keeps a body's first piece as it came (http/limits.py, on_body); pieces
+    # after it, read by the app in between or not, and chunked bodies must read the same.
+    body = b'{"messages":[{"device_id":"a"},{"device_id":"b"},{"device_id":"c"}]}'
+    pieces = [body[:20], body[20:45], body[45:]]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+    async def body_test(server: Server, loop: FakeLoop, app: App) -> None:
+        answers = []
+        for reads in (
+            [head(len(body)) + body],
+            [head(len(body)) + pieces[0], pieces[1], pieces[2]],
+            [head(None, "Transfer-Encoding: chunked") + chunked[:30], chunked[30:]],
+        ):
+            conn = server.connect()
+            for data in reads:
+                await conn.send(data)
+            answers.append(await conn.answer())
+        conn = server.connect()
+        # Every piece in before the app reads any: they are joined.
+        conn.protocol.data_received(head(len(body)) + pieces[0])
+        for piece in pieces[1:]:
+            conn.protocol.data_received(piece)
+        await settle()
+        answers.append(await conn.answer())
+        status, _, first = answers[0]
+        assert status == 400
+        assert [len(json.loads(a)["results"]) for *_, a in answers] == [3, 3, 3, 3]
+        assert [(s, a) for s, _, a in answers] == [(status, first)] * 4
+
+    run(tmp_path, {}, body_test)

@@ -87,7 +87,7 @@ def route(
     core (a BaseException, which Starlette's 500 handler does not see) a logged, counted JSON
     500. A client gone before its body was read is counted and logged once (its answer goes
     nowhere); one cut by the body deadline counts as the 408 http/limits.py sent it."""
-    observe = gw.metrics.request_seconds.labels(name).observe
+    observe = gw.metrics.request_seconds.observer(name)
     count = gw.metrics.response
     clock = time.perf_counter
     body_error_type = gw.core.BodyError

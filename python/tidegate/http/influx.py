@@ -43,7 +43,7 @@ from tidegate.http.body import read_body
 from tidegate.http.endpoint import route, utf8_header
 from tidegate.http.gateway import Gateway
 from tidegate.pipeline.lines import refused_lines
-from tidegate.serving import JSON
+from tidegate.serving import JsonBody
 from tidegate.store import db_down
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ async def ping(request: Request) -> Response:
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """InfluxDB's error body."""
     body = orjson.dumps({"code": CODES.get(status, "internal error"), "message": message})
-    return Response(body, status, {VERSION_HEADER: VERSION, **(headers or {})}, JSON)
+    return JsonBody(body, status, {VERSION_HEADER: VERSION, **(headers or {})})
 
 
 def credential(request: Request, api: Api) -> Credential | None:

@@ -20,7 +20,7 @@ from tidegate.answers import (
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import answer, route, utf8_header
 from tidegate.http.gateway import Gateway
-from tidegate.serving import JSON
+from tidegate.serving import JsonBody
 
 TOKEN_HEADER = "x-provision-token"
 ACCEPTED = b'{"status":"accepted"}'
@@ -58,10 +58,10 @@ class Ingest:
         batch = self.core.parse_batch(body, time.time_ns(), cfg.max_payload_bytes)
         accepted, rejected, out, _published = await self.gw.pipeline.ingest(batch)
         if not rejected:
-            return Response(out, 202, None, JSON)
+            return JsonBody(out, 202)
         counts = batch.reason_counts()
         status, retry = batch_answer(accepted, counts, self.flush_s, batch.retry_after)
-        return Response(out, status, None if retry is None else {"Retry-After": retry}, JSON)
+        return JsonBody(out, status, None if retry is None else {"Retry-After": retry})
 
     async def single(self, request: Request) -> Response:
         """POST /ingest/v1/tenant/{tenant}/device/{device}/{msg_type}."""
@@ -80,7 +80,7 @@ class Ingest:
         )
         accepted, _rejected, _out, published = await self.gw.pipeline.ingest(batch)
         if accepted:
-            return Response(ACCEPTED, 202, None, JSON)
+            return JsonBody(ACCEPTED, 202)
         reason = batch.reason_counts()[0][0]
         if reason in VALIDATION:
             # What is wrong with the message, as the core found it.

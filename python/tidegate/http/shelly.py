@@ -31,7 +31,7 @@ from tidegate.durable import Refused
 from tidegate.http.body import read_body
 from tidegate.http.endpoint import answer, route
 from tidegate.http.gateway import Gateway
-from tidegate.serving import JSON
+from tidegate.serving import JsonBody
 from tidegate.store import db_down
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class Shelly:
             if not db_down(exc):
                 raise
             return self._db_unavailable("shelly_stats", exc)
-        return Response(orjson.dumps(out), 200, None, JSON)
+        return JsonBody(orjson.dumps(out))
 
     async def _tenant(self, request: Request) -> str | Response:
         """The tenant of the request's X-API-Key, or the 401/500 response."""
@@ -207,7 +207,7 @@ class Shelly:
             "processing_time": round(seconds, 4),
             "error_details": [{"index": i, "reason": reason} for i, reason in errors],
         }
-        return Response(orjson.dumps(out), 200, None, JSON)
+        return JsonBody(orjson.dumps(out))
 
     def _db_unavailable(self, route: str, exc: BaseException) -> Response:
         logs.log("shelly_db_unavailable", level="error", route=route, error=type(exc).__name__)
