@@ -636,6 +636,12 @@ mod tests {
         f.read(line);
         assert_eq!(f.measurement(line), b"telemetry");
         assert_eq!(f.refs.len(), 1);
+        // An escaped measurement: its comma and space are not where it ends.
+        let line = b"cpu\\,load\\ 1,host=h on=false 9\n";
+        f.read(line);
+        assert_eq!(f.measurement(line), b"cpu,load 1");
+        let got: Vec<(&[u8], FieldType)> = f.refs.iter().map(|r| (f.name(line, r), r.ty)).collect();
+        assert_eq!(got, [(&b"on"[..], FieldType::Boolean)]);
         // Plain fields over several blocks, then a string value holding `,` and `=` late.
         let plain = b"m,t=1 a_long_field_name=1.5,b=true,c=-3i,d=1e-05,humidity=12.25 99\n";
         let quoted = b"m,t=1 a_long_field_name=1.5,b=true,c=-3i,d=1e-05,s=\"x,y=\\\"z\" 99\n";
