@@ -526,8 +526,9 @@ impl Batch {
     /// The index of `tenant` (whose `tenant_hash` is `hash`) among the batch's tenants; a new
     /// one is added.
     fn tenant_index(&mut self, tenant: &str, hash: u64) -> u32 {
-        let recent = &mut self.buf.recent_tenants[(hash >> 59) as usize];
-        if let Some(i) = usize::from(*recent).checked_sub(1) {
+        // The hash's top 5 bits: `RECENT_TENANTS` slots.
+        let slot = (hash >> 59) as usize;
+        if let Some(i) = usize::from(self.buf.recent_tenants[slot]).checked_sub(1) {
             let span = self.buf.tenants[i];
             if self.buf.tenant_hashes[i] == hash
                 && words::same_bytes(span.bytes_of(&self.buf.strings), tenant.as_bytes())
@@ -537,8 +538,8 @@ impl Batch {
         }
         let i = self.scan_tenants(tenant, hash);
         // Indexes past a byte's range are left to the scan.
-        if let Ok(slot) = u8::try_from(i + 1) {
-            self.buf.recent_tenants[(hash >> 59) as usize] = slot;
+        if let Ok(recent) = u8::try_from(i + 1) {
+            self.buf.recent_tenants[slot] = recent;
         }
         i
     }
