@@ -315,6 +315,12 @@ impl<'a> Reader<'a> {
         true
     }
 
+    /// `words::head_and_last` of the `len` bytes of text from `at`.
+    #[inline(always)]
+    pub fn words_at(&self, at: usize, len: usize) -> Option<(u64, u64)> {
+        words::head_and_last(self.bytes(), at, len)
+    }
+
     /// At `[`: enters the array.
     pub fn begin_array(&mut self) -> Result<()> {
         if self.peek() != Some(b'[') {
@@ -499,21 +505,15 @@ impl<'a> Reader<'a> {
     pub fn literal(&mut self) -> Result<Literal> {
         let b = self.bytes();
         if let Some(w) = words::load(b, self.pos) {
-            // Told from one word without a test per literal: a bool metric's value is true or
-            // false at random, and a chain of tests would often be mispredicted.
-            let four = w & 0xffff_ffff;
-            let is_true = four == u64::from(u32::from_le_bytes(*b"true"));
-            let is_null = four == u64::from(u32::from_le_bytes(*b"null"));
-            let is_false = w & 0xff_ffff_ffff == u64::from_le_bytes(*b"false\0\0\0");
-            if !(is_true | is_false | is_null) {
+            // Told from one word and a table row picked by the first byte, without a test per
+            // literal: a bool metric's value is true or false at random, and a chain of tests
+            // would often be mispredicted.
+            let (text, mask, len, literal) = LITERALS[usize::from(w as u8 >> 3 & 3)];
+            if w & mask != text {
                 return Err(Invalid);
             }
-            self.pos += 4 + usize::from(is_false);
-            return Ok(match (is_true, is_false) {
-                (true, _) => Literal::True,
-                (_, true) => Literal::False,
-                _ => Literal::Null,
-            });
+            self.pos += len;
+            return Ok(literal);
         }
         let rest = b.get(self.pos..).expect("the cursor is within the text");
         let (lit, len) = if rest.starts_with(b"true") {
@@ -643,6 +643,31 @@ pub enum Literal {
     False,
     Null,
 }
+
+/// The literals by bits 3 and 4 of their first byte (`f` 0, `n` 1, `t` 2): each one's text as
+/// a little-endian word, the bytes of a word it fills, its length and itself. Row 3 matches
+/// nothing (no masked byte reaches 0x100).
+const LITERALS: [(u64, u64, usize, Literal); 4] = [
+    (
+        u64::from_le_bytes(*b"false\0\0\0"),
+        0xff_ffff_ffff,
+        5,
+        Literal::False,
+    ),
+    (
+        u32::from_le_bytes(*b"null") as u64,
+        0xffff_ffff,
+        4,
+        Literal::Null,
+    ),
+    (
+        u32::from_le_bytes(*b"true") as u64,
+        0xffff_ffff,
+        4,
+        Literal::True,
+    ),
+    (0x100, 0xff, 0, Literal::Null),
+];
 
 /// Whether `text` is one valid JSON value (surrounded by whitespace at most).
 #[cfg(test)]

@@ -184,11 +184,7 @@ impl<'a> MetricValue<'a> {
     fn read(r: &mut Reader<'a>) -> json::Result<Self> {
         let (value, ty) = match r.peek().ok_or(json::Invalid)? {
             b't' | b'f' | b'n' => {
-                let text = match r.literal()? {
-                    json::Literal::True => Some("true"),
-                    json::Literal::False => Some("false"),
-                    json::Literal::Null => None,
-                };
+                let text = LITERAL_VALUES[r.literal()? as usize];
                 let literal = |text| {
                     Float::Plain(PlainNumber {
                         text,
@@ -213,6 +209,11 @@ impl<'a> MetricValue<'a> {
         Ok(MetricValue { value, ty })
     }
 }
+
+/// Each `json::Literal`'s text as a metric value (null: none), in the enum's order: a table
+/// rather than a `match`, which compiles to a jump that the random mix of true and false
+/// mispredicts.
+const LITERAL_VALUES: [Option<&str>; 3] = [Some("true"), Some("false"), None];
 
 /// `PlainNumber::of` for a token `Reader::number_digits` read from one block, from the bits of
 /// its digits other than `0`: the fraction's last such digit is a bit count, not a scan back,
@@ -265,6 +266,15 @@ struct Written {
 }
 
 impl Metric<'_> {
+    /// `prefix` and `tail` of `name`.
+    fn words_of(name: &str) -> (u64, u64) {
+        let prefix = words::head(name.as_bytes());
+        (
+            prefix,
+            words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
+        )
+    }
+
     /// The name as written in the body, when `plain`.
     fn words(&self) -> Option<KeyWords> {
         self.plain
@@ -287,8 +297,12 @@ struct MessageParser<'a> {
     batch: Batch,
     receive_ns: i64,
     max_payload: usize,
-    /// The last `metrics` object's entries, in body order.
+    /// The last `metrics` object's entries, in body order: the first `metric_count`. The
+    /// slots past them keep older entries, so that an entry is written over a slot, not pushed
+    /// or truncated depending on how many the message before held, a count that varies at
+    /// random from message to message.
     metrics: Vec<Metric<'a>>,
+    metric_count: usize,
     /// The last `metrics` object's text, for the detail of a rejected message.
     metrics_text: &'a str,
     /// The entries of `metrics` that are written, in name order, the last of duplicate names
@@ -318,6 +332,7 @@ impl<'a> MessageParser<'a> {
             receive_ns,
             max_payload,
             metrics: Vec::with_capacity(16),
+            metric_count: 0,
             metrics_text: "",
             order: Vec::with_capacity(16),
             order_known: false,
@@ -390,7 +405,7 @@ impl<'a> MessageParser<'a> {
     fn metrics_field(&mut self, r: &mut Reader<'a>) -> json::Result<MetricsField> {
         self.lone_metric_name = false;
         if r.peek() != Some(b'{') {
-            self.metrics.clear();
+            self.metric_count = 0;
             self.order_known = false;
             return Ok(match Value::read(r)? {
                 Value::Null => MetricsField::Absent,
@@ -410,11 +425,12 @@ impl<'a> MessageParser<'a> {
         while r.key_follows(first)? {
             first = false;
             let same_name = same_names
-                && self
-                    .metrics
+                && self.metrics[..self.metric_count]
                     .get(n)
                     .and_then(Metric::words)
                     .is_some_and(|w| r.key_is(&w));
+            // Where the name starts, for its words.
+            let at = r.pos() + 1;
             let key = if same_name { None } else { Some(r.key()?) };
             let MetricValue { value, ty } = MetricValue::read(r)?;
             missing_value |= value.is_none();
@@ -429,26 +445,30 @@ impl<'a> MessageParser<'a> {
                 self.lone_metric_name = true;
                 continue;
             };
-            let prefix = words::head(name.as_bytes());
+            let (prefix, tail) = match (key.escaped, r.words_at(at, name.len())) {
+                (false, Some(words)) => words,
+                _ => Metric::words_of(&name),
+            };
             let plain = !key.escaped && (1..=16).contains(&name.len());
             let m = Metric {
                 prefix,
-                tail: words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
+                tail,
                 plain,
                 name,
                 value,
                 ty,
             };
-            match self.metrics.get_mut(n) {
-                Some(slot) => *slot = m,
-                None => self.metrics.push(m),
+            if n == self.metrics.len() {
+                self.metrics.push(m);
+            } else {
+                self.metrics[n] = m;
             }
             n += 1;
         }
-        if !same_names || n != self.metrics.len() {
+        if !same_names || n != self.metric_count {
             self.order_known = false;
         }
-        self.metrics.truncate(n);
+        self.metric_count = n;
         self.missing_value = missing_value;
         self.metrics_text = r.since(start);
         Ok(MetricsField::Object)
@@ -558,7 +578,7 @@ impl<'a> MessageParser<'a> {
             });
             return;
         };
-        let (metrics, order) = (&self.metrics, &self.order);
+        let (metrics, order) = (&self.metrics[..self.metric_count], &self.order);
         // The fields of the line below, in its order.
         let mut shape = Shape::new(measurement);
         for (m, _) in in_order(metrics, order) {
@@ -650,6 +670,11 @@ impl<'a> MessageParser<'a> {
         }
     }
 
+    /// The last `metrics` object's entries.
+    fn metrics(&self) -> &[Metric<'a>] {
+        &self.metrics[..self.metric_count]
+    }
+
     /// The timestamp of a message without `ts`: `receive_ns` plus the item's index, so that no
     /// two of them in one batch are the same InfluxDB point; `None` outside InfluxDB's range.
     fn receive_time(&self) -> Option<i64> {
@@ -675,12 +700,13 @@ impl<'a> MessageParser<'a> {
             MetricsField::Object => {}
         }
         if !self.order_known {
-            self.names_ok = name_sets::sort_names(&self.metrics, &mut self.order);
+            let metrics = &self.metrics[..self.metric_count];
+            self.names_ok = name_sets::sort_names(metrics, &mut self.order);
             self.order_known = true;
         }
         self.names_ok
             && (!self.missing_value
-                || in_order(&self.metrics, &self.order).all(|(m, _)| m.value.is_some()))
+                || in_order(self.metrics(), &self.order).all(|(m, _)| m.value.is_some()))
     }
 }
 

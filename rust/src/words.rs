@@ -367,6 +367,40 @@ pub fn head(b: &[u8]) -> u64 {
     }
 }
 
+/// `head` and `last` of the `len` bytes of `b` from `at`, for up to 16 of them (the tail of a
+/// shorter one: its zero-padded head, little-endian), from two loads within one range test
+/// whatever the length: names of a message vary in length at random, and `head`'s branches
+/// on it would often be mispredicted. `None` when `len` is over 16 or the 8 bytes before `at`
+/// or the 16 from it are not all within `b`.
+#[inline(always)]
+pub fn head_and_last(b: &[u8], at: usize, len: usize) -> Option<(u64, u64)> {
+    let block: &[u8; 24] = b
+        .get(at.wrapping_sub(8)..at.wrapping_add(16))?
+        .try_into()
+        .ok()?;
+    if len > 16 {
+        return None;
+    }
+    let word = |from: usize| load(block, from).expect("len <= 16: within the block");
+    let kept = len.min(8);
+    let first = word(8) & HEAD_BYTES[kept];
+    // The 8 bytes that end the text, those before it shifted out (all 8 when it is empty):
+    // a shift rather than a choice between two words, which the compiler makes a branch.
+    let tail = (u128::from(word(len)) >> (8 * (8 - kept))) as u64;
+    Some((first.swap_bytes(), tail))
+}
+
+/// Per length 0 to 8, the lanes of a word that hold a text of that length.
+const HEAD_BYTES: [u64; 9] = {
+    let mut masks = [u64::MAX; 9];
+    let mut n = 0;
+    while n < 8 {
+        masks[n] = (1 << (8 * n)) - 1;
+        n += 1;
+    }
+    masks
+};
+
 /// `a == b`, for 8 to 16 bytes in two overlapping word compares rather than a memcmp call.
 #[inline(always)]
 pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -490,6 +524,20 @@ mod tests {
             assert_eq!(head(&b), want, "{n}");
             if n < 8 {
                 assert_eq!(load_short(&b), want.swap_bytes(), "{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn head_and_last_are_head_and_last_of_the_bytes() {
+        let b: Vec<u8> = (0..40).map(|i| 0xa0 + i as u8).collect();
+        for at in 0..b.len() {
+            for len in 0..=b.len() - at {
+                let text = &b[at..at + len];
+                let want = (head(text), last(text).unwrap_or(head(text).swap_bytes()));
+                let fits = at >= 8 && at + 16 <= b.len() && len <= 16;
+                let got = head_and_last(&b, at, len);
+                assert_eq!(got, fits.then_some(want), "{at} {len}");
             }
         }
     }

@@ -136,11 +136,11 @@ mod tests {
     use super::*;
 
     fn metric(name: &str) -> Metric<'_> {
-        let prefix = words::head(name.as_bytes());
+        let (prefix, tail) = Metric::words_of(name);
         Metric {
             name: Cow::Borrowed(name),
             prefix,
-            tail: words::last(name.as_bytes()).unwrap_or(prefix.swap_bytes()),
+            tail,
             plain: true,
             value: None,
             ty: crate::schema::FieldType::Float,
