@@ -50,6 +50,9 @@ struct Item {
     /// The encoded line; empty for items that failed validation.
     line: Span,
     group: u32,
+    /// Its group's `tenant_index` (`NO_GROUP` without one), kept beside the item: the passes
+    /// over accepted items then read no group.
+    tenant: u32,
     /// The line's `schema::Shape`, or `NO_SHAPE`.
     shape: u64,
 }
@@ -128,6 +131,30 @@ impl<'b> TenantGroup<'b> {
     }
 }
 
+/// An accepted item `Batch::reject_with` hands to its judge. Its tenant's id and its line
+/// are sliced only when asked for: a judge that knows the item's shape needs neither.
+pub struct Judged<'b> {
+    batch: &'b Batch,
+    item: &'b Item,
+    /// The index of its tenant among the batch's (`Batch::tenant`).
+    pub tenant_index: usize,
+}
+
+impl<'b> Judged<'b> {
+    pub fn tenant(&self) -> &'b str {
+        self.batch.tenant(self.tenant_index)
+    }
+
+    pub fn line(&self) -> &'b [u8] {
+        self.batch.line(self.item)
+    }
+
+    /// The line's `schema::Shape`, or `NO_SHAPE`.
+    pub fn shape(&self) -> u64 {
+        self.item.shape
+    }
+}
+
 /// The identity of a valid item, which decides its group.
 pub struct Identity<'s> {
     pub tenant: &'s str,
@@ -175,6 +202,10 @@ struct Buffers {
     tenants: Vec<StrSpan>,
     /// `tenant_hash` of each of `tenants`: most tenants are told apart without a memcmp call.
     tenant_hashes: Vec<u64>,
+    /// By the top bits of a tenant's hash, 1 + the index in `tenants` of the last tenant found
+    /// there (0: none): a new group's tenant is mostly found at once, not by a scan of the
+    /// tenants whose length varies at random.
+    recent_tenants: [u8; RECENT_TENANTS],
     /// Open-addressing index of `groups` by identity hash (`NO_GROUP` = free slot).
     group_index: Vec<u32>,
     /// `(item index, detail)` of the items rejected with a detail of their own (rare).
@@ -183,6 +214,9 @@ struct Buffers {
     /// valid tenant (for `rejections`).
     rejected_tenants: Vec<(u32, StrSpan)>,
 }
+
+/// Slots of `Buffers::recent_tenants`: few tenants of a batch share one.
+const RECENT_TENANTS: usize = 32;
 
 /// Line bytes a kept batch may have room for: a rare huge body's buffers are given back.
 const MAX_SPARE_LINES: usize = 1 << 20;
@@ -222,6 +256,7 @@ impl Buffers {
         self.groups.clear();
         self.tenants.clear();
         self.tenant_hashes.clear();
+        self.recent_tenants = [0; RECENT_TENANTS];
         self.group_index.clear();
         self.details.clear();
         self.rejected_tenants.clear();
@@ -356,6 +391,7 @@ impl Batch {
             device,
             line: Span::default(),
             group: NO_GROUP,
+            tenant: NO_GROUP,
             shape: NO_SHAPE,
         });
     }
@@ -406,11 +442,13 @@ impl Batch {
             }
             None => self.insert_group(id, at, escapes),
         };
+        let grp = &self.buf.groups[group as usize];
         self.buf.items.push(Item {
             reason: None,
-            device: Some(self.buf.groups[group as usize].device),
+            device: Some(grp.device),
             line,
             group,
+            tenant: grp.tenant_index,
             shape,
         });
     }
@@ -488,6 +526,26 @@ impl Batch {
     /// The index of `tenant` (whose `tenant_hash` is `hash`) among the batch's tenants; a new
     /// one is added.
     fn tenant_index(&mut self, tenant: &str, hash: u64) -> u32 {
+        // The hash's top 5 bits: `RECENT_TENANTS` slots.
+        let slot = (hash >> 59) as usize;
+        if let Some(i) = usize::from(self.buf.recent_tenants[slot]).checked_sub(1) {
+            let span = self.buf.tenants[i];
+            if self.buf.tenant_hashes[i] == hash
+                && words::same_bytes(span.bytes_of(&self.buf.strings), tenant.as_bytes())
+            {
+                return i as u32;
+            }
+        }
+        let i = self.scan_tenants(tenant, hash);
+        // Indexes past a byte's range are left to the scan.
+        if let Ok(recent) = u8::try_from(i + 1) {
+            self.buf.recent_tenants[slot] = recent;
+        }
+        i
+    }
+
+    /// `tenant_index` by a scan of the tenants.
+    fn scan_tenants(&mut self, tenant: &str, hash: u64) -> u32 {
         let known = self
             .buf
             .tenants
@@ -687,7 +745,7 @@ impl Batch {
         let mut slot_of = vec![usize::MAX; self.buf.tenants.len()];
         let mut out: Vec<TenantGroup<'_>> = Vec::new();
         for item in self.buf.items.iter().filter(|i| i.reason.is_none()) {
-            let t = self.buf.groups[item.group as usize].tenant_index as usize;
+            let t = item.tenant as usize;
             if slot_of[t] == usize::MAX {
                 slot_of[t] = out.len();
                 out.push(TenantGroup::new(self.tenant(t), &self.buf.lines, room[t]));
@@ -724,7 +782,7 @@ impl Batch {
             if item.group == NO_GROUP {
                 continue;
             }
-            let counts = &mut out[self.buf.groups[item.group as usize].tenant_index as usize];
+            let counts = &mut out[item.tenant as usize];
             if item.reason.is_some() {
                 counts.2 += 1;
             } else {
@@ -778,19 +836,15 @@ impl Batch {
 
     /// Accepted items' lines in request order, each with its tenant's index.
     pub fn accepted_lines(&self) -> impl Iterator<Item = (usize, &[u8])> {
-        self.accepted().map(|(item, line)| {
-            (
-                self.buf.groups[item.group as usize].tenant_index as usize,
-                line,
-            )
-        })
+        self.accepted()
+            .map(|(item, line)| (item.tenant as usize, line))
     }
 
     /// Accepted items' `(tenant index, line, shape)` in request order (`fields.rs` reads
     /// them).
     pub fn accepted_shapes(&self) -> impl Iterator<Item = (usize, &[u8], u64)> {
         self.accepted().map(|(item, line)| {
-            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
+            let tenant = item.tenant as usize;
             (tenant, line, item.shape)
         })
     }
@@ -838,7 +892,7 @@ impl Batch {
             if item.reason.is_some() {
                 continue;
             }
-            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
+            let tenant = item.tenant as usize;
             let line = self
                 .buf
                 .lines
@@ -882,9 +936,7 @@ impl Batch {
             .collect();
         let mut withdrawn = Vec::new();
         for (index, item) in self.buf.items.iter_mut().enumerate() {
-            if item.reason.is_none()
-                && hit[self.buf.groups[item.group as usize].tenant_index as usize]
-            {
+            if item.reason.is_none() && hit[item.tenant as usize] {
                 item.reason = Some(reason);
                 withdrawn.push(index as u32);
             }
@@ -895,12 +947,12 @@ impl Batch {
         Ok(withdrawn.len())
     }
 
-    /// Hands each still-accepted item's `(tenant index, tenant, line, shape)` to `judge`, in
-    /// request order; an item it returns a detail for becomes `INVALID_METRICS` with that detail. Before
-    /// `append`, only once per batch (`fields.rs` is the judge).
+    /// Hands each still-accepted item to `judge`, in request order; an item it returns a
+    /// detail for becomes `INVALID_METRICS` with that detail. Before `append`, only once per
+    /// batch (`fields.rs` is the judge).
     pub fn reject_with(
         &mut self,
-        mut judge: impl FnMut(usize, &str, &[u8], u64) -> Option<String>,
+        mut judge: impl FnMut(Judged<'_>) -> Option<String>,
     ) -> Result<(), UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
@@ -914,8 +966,12 @@ impl Batch {
             if item.reason.is_some() {
                 continue;
             }
-            let tenant = self.buf.groups[item.group as usize].tenant_index as usize;
-            if let Some(detail) = judge(tenant, self.tenant(tenant), self.line(item), item.shape) {
+            let judged = Judged {
+                batch: self,
+                item,
+                tenant_index: item.tenant as usize,
+            };
+            if let Some(detail) = judge(judged) {
                 rejected.push((index, detail));
             }
         }
