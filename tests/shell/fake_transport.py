@@ -39,6 +39,11 @@ class FakeTransport:
         assert not self.closed and not self.eof, "written after close or half-close"
         self.sends.append(bytes(data))
 
+    def writelines(self, data: list[bytes]) -> None:
+        """One send of the pieces, as uvloop's `writev`."""
+        assert not self.closed and not self.eof, "written after close or half-close"
+        self.sends.append(b"".join(data))
+
     def write_eof(self) -> None:
         self.eof = True
 

@@ -2,8 +2,9 @@
 `transport.write` calls, and each is a `send()` system call of its own. Under load those calls
 are a large share of a request's time (the kernel does the loopback delivery inline), so the
 protocol (http/limits.py) hands uvicorn this transport instead: what is written in one step of
-the event loop is joined and sent at the end of that step, once. The data and its order are
-unchanged; closing, half-closing and aborting see every earlier write first.
+the event loop is sent at the end of that step, once, by `writelines` (uvloop: one `writev`, the
+pieces not joined into a copy first). The data and its order are unchanged; closing,
+half-closing and aborting see every earlier write first.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ class CoalescedWrites:
         pending = self._pending
         if not pending:
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
+        self._pending = []
         if not self._transport.is_closing():
-            self._transport.write(data)
+            self._transport.writelines(pending)
 
     def write_eof(self) -> None:
         """Half-close after what is queued."""
