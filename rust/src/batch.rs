@@ -529,10 +529,7 @@ impl Batch {
         // The hash's top 5 bits: `RECENT_TENANTS` slots.
         let slot = (hash >> 59) as usize;
         if let Some(i) = usize::from(self.buf.recent_tenants[slot]).checked_sub(1) {
-            let span = self.buf.tenants[i];
-            if self.buf.tenant_hashes[i] == hash
-                && words::same_bytes(span.bytes_of(&self.buf.strings), tenant.as_bytes())
-            {
+            if self.is_tenant(i, tenant, hash) {
                 return i as u32;
             }
         }
@@ -546,14 +543,7 @@ impl Batch {
 
     /// `tenant_index` by a scan of the tenants.
     fn scan_tenants(&mut self, tenant: &str, hash: u64) -> u32 {
-        let known = self
-            .buf
-            .tenants
-            .iter()
-            .zip(&self.buf.tenant_hashes)
-            .position(|(&t, &h)| {
-                h == hash && words::same_bytes(self.bytes_at(t), tenant.as_bytes())
-            });
+        let known = (0..self.buf.tenants.len()).position(|i| self.is_tenant(i, tenant, hash));
         if let Some(i) = known {
             return i as u32;
         }
@@ -561,6 +551,14 @@ impl Batch {
         self.buf.tenants.push(span);
         self.buf.tenant_hashes.push(hash);
         (self.buf.tenants.len() - 1) as u32
+    }
+
+    /// Whether the batch's tenant `i` is `tenant`, whose `tenant_hash` is `hash`: most
+    /// tenants are told apart by the hash, without a memcmp call.
+    #[inline(always)]
+    fn is_tenant(&self, i: usize, tenant: &str, hash: u64) -> bool {
+        self.buf.tenant_hashes[i] == hash
+            && words::same_bytes(self.bytes_at(self.buf.tenants[i]), tenant.as_bytes())
     }
 
     fn grow_index(&mut self) {

@@ -425,7 +425,8 @@ impl<'a> MessageParser<'a> {
         while r.key_follows(first)? {
             first = false;
             let same_name = same_names
-                && self.metrics[..self.metric_count]
+                && self
+                    .metrics()
                     .get(n)
                     .and_then(Metric::words)
                     .is_some_and(|w| r.key_is(&w));
@@ -670,7 +671,8 @@ impl<'a> MessageParser<'a> {
         }
     }
 
-    /// The last `metrics` object's entries.
+    /// The last `metrics` object's entries (where another field is borrowed beside them, they
+    /// are sliced in place instead: a method would borrow the whole parser).
     fn metrics(&self) -> &[Metric<'a>] {
         &self.metrics[..self.metric_count]
     }
