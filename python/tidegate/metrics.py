@@ -171,6 +171,8 @@ class Metrics:
             buckets=_FLUSH_BUCKETS,
             registry=self.registry,
         )
+        # Its child per outcome, looked up once: labels() takes a lock and builds a key per call.
+        self._flush_children: dict[bool, Histogram] = {}
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         # tenant -> [accepted, rejected]; at most TENANT_SERIES tenants plus OTHER_TENANT.
@@ -258,7 +260,10 @@ class Metrics:
             self.lines_flushed += lines
         else:
             self.flush_err += 1
-        self.flush_seconds.labels("ok" if ok else "error").observe(seconds)
+        child = self._flush_children.get(ok)
+        if child is None:
+            child = self._flush_children[ok] = self.flush_seconds.labels("ok" if ok else "error")
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""

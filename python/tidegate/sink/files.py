@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import time
 from datetime import UTC, datetime
@@ -16,7 +17,13 @@ from tidegate.sink.target import Counts, Failure, FlushHook, Pending, database, 
 
 def hour_file(root: Path, tenant: str) -> Path:
     """`root/telemetry_{tenant}/<UTC hour>.lp`: the file a tenant's lines go to now."""
-    return root / database(tenant) / f"{datetime.now(UTC):%Y-%m-%dT%H}.lp"
+    return _hour_file(root, tenant, int(time.time()) // 3600)
+
+
+# A saturated sink appends hundreds of times a second, to the same few files for an hour.
+@functools.lru_cache(maxsize=1024)
+def _hour_file(root: Path, tenant: str, hour: int) -> Path:
+    return root / database(tenant) / f"{datetime.fromtimestamp(hour * 3600, UTC):%Y-%m-%dT%H}.lp"
 
 
 def append(path: Path, data: bytes) -> None:
@@ -72,11 +79,13 @@ class FileTarget:
 
     async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
         """Append the pending pieces; an OSError (disk full, ...) is retried later."""
+        loop = asyncio.get_running_loop()
         while pending:
             body, lines = pending[0]
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(append, hour_file(self._root, tenant), body)
+                # The executor, not to_thread: append needs no context variables.
+                await loop.run_in_executor(None, append, hour_file(self._root, tenant), body)
             except OSError as exc:
                 self._observe(tenant, lines, time.perf_counter() - started, False)
                 return Failure(describe(exc))
