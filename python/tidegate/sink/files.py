@@ -32,14 +32,20 @@ def append(path: Path, data: bytes) -> None:
     replay renames a file away and then takes its lock once (`wait_for_appends`) before
     reading it, so an append lands either in what replay reads or in a new file at `path`,
     never after the read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # os-level calls, not a file object: this runs hundreds of times a second on a worker
+    # thread, and each Python step there takes the interpreter from the event loop.
+    name = os.fspath(path)
     while True:
-        # Unbuffered: a failed write raises here, not later from close().
-        with path.open("ab", buffering=0) as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            opened = os.fstat(f.fileno())
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:  # a new tenant, or its directory was removed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            opened = os.fstat(fd)
             try:
-                current = os.stat(path)
+                current = os.stat(name)
             except FileNotFoundError:
                 continue
             if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
@@ -47,14 +53,16 @@ def append(path: Path, data: bytes) -> None:
             view = memoryview(data)
             try:
                 while view:
-                    view = view[f.write(view) :]
+                    view = view[os.write(fd, view) :]
             except OSError:
                 # Cut a half-written body (disk full) off, or its retry would glue a broken
                 # line onto the first line of the next body.
                 with contextlib.suppress(OSError):
-                    os.ftruncate(f.fileno(), opened.st_size)
+                    os.ftruncate(fd, opened.st_size)
                 raise
             return
+        finally:
+            os.close(fd)
 
 
 def wait_for_appends(path: Path) -> None:
