@@ -57,6 +57,7 @@ __all__ = [
     "Batch",
     "BodyError",
     "FieldTypes",
+    "FileAppender",
     "Latest",
     "PanicException",
     "ShellyBatch",
@@ -64,6 +65,7 @@ __all__ = [
     "Wal",
     "WalFull",
     "WalUnavailable",
+    "append_file",
     "line_devices",
     "parse_batch",
     "parse_lines",
@@ -288,6 +290,41 @@ class Latest:
     def mark_dirty(self, keys: Sequence[tuple[str, str]]) -> None:
         """Mark `(tenant, device)` keys dirty again (their rows were not stored); unknown keys
         are ignored."""
+
+@final
+class FileAppender:
+    """`append_file` on a thread of its own, which never takes the GIL (an executor thread
+    takes it from the event loop at every step): `submit` queues a body with whoever waits for
+    it, the descriptor `fileno()` turns readable when appends are done, and `done()` hands them
+    back. Compiled core only."""
+
+    def __new__(cls) -> Self:
+        """Start the thread. OSError when it (or its eventfd) cannot be had."""
+
+    def fileno(self) -> int:
+        """The eventfd to watch (`loop.add_reader`): readable while `done()` has results.
+        ValueError once closed."""
+
+    def submit(self, waiter: object, path: str | PathLike[str], data: bytes) -> None:
+        """Queue `append_file(path, data)`; `waiter` comes back with its outcome. Appends run in
+        the order submitted. ValueError once closed."""
+
+    def done(self) -> list[tuple[object, OSError | None]]:
+        """Each waiter whose append ran since the last call, in submission order, with None or
+        the OSError it raised. Clears the descriptor's readiness first: an append finished
+        after this call makes it readable again."""
+
+    def close(self) -> None:
+        """Stop the thread once the append in hand is done; appends not started are dropped
+        with their waiters. Closing twice is harmless."""
+
+def append_file(path: str | PathLike[str], data: bytes) -> None:
+    """Append `data` under an exclusive `flock` to the line-protocol file at `path` now,
+    creating it and its directories. replay renames a file away and then takes its lock once
+    before reading it, so an append lands either in what replay reads or in a new file at
+    `path`, never after the read; a failed write (disk full) is cut off again, so a retry
+    cannot glue a broken line onto the next body. OSError (the errno's subclass) when it
+    cannot. Runs without the GIL. Compiled core only."""
 
 def parse_batch(body: bytes, receive_ns: int, max_payload_bytes: int = 8192) -> Batch:
     """Parse a `{"messages": [...]}` body of 1 to 100 messages. `receive_ns` is the timestamp

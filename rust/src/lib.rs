@@ -9,10 +9,12 @@ pub mod encode;
 pub mod envelope;
 pub mod errors;
 pub mod fields;
+pub mod handoff;
 pub mod ids;
 pub mod json;
 pub mod latest;
 pub mod lineproto;
+pub mod lp_files;
 pub mod parse;
 pub mod schema;
 pub mod shelly;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::errors::{Reason, ShellyReason, UsageError};
@@ -856,6 +859,119 @@ fn _test_panic(message: &str) {
     panic!("{message}");
 }
 
+/// `e` as Python raises an OS error on `path`: `OSError(errno, strerror, path)`, which is the
+/// errno's own subclass (FileNotFoundError, NotADirectoryError, ...).
+fn os_error(py: Python<'_>, e: &std::io::Error, path: &std::path::Path) -> PyErr {
+    let Some(errno) = e.raw_os_error() else {
+        return pyo3::exceptions::PyOSError::new_err(e.to_string());
+    };
+    let strerror = py
+        .import("os")
+        .and_then(|os| os.call_method1("strerror", (errno,)))
+        .and_then(|s| s.extract::<String>())
+        .unwrap_or_else(|_| e.to_string());
+    let filename = path.to_string_lossy().into_owned();
+    pyo3::exceptions::PyOSError::new_err((errno, strerror, filename))
+}
+
+/// Append `data` under its exclusive lock to the line-protocol file at `path` (creating it and
+/// its directories); OSError when it cannot. Runs without the GIL.
+#[pyfunction]
+fn append_file(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult<()> {
+    py.detach(|| lp_files::append(&path, data))
+        .map_err(|e| os_error(py, &e, &path))
+}
+
+/// A body for `FileAppender`, with who waits for it.
+struct AppendJob {
+    waiter: Py<PyAny>,
+    path: std::path::PathBuf,
+    data: PyBackedBytes,
+}
+
+/// An appended job: its waiter, its body (released back on the loop's thread) and the outcome.
+type Appended = (
+    Py<PyAny>,
+    PyBackedBytes,
+    std::path::PathBuf,
+    std::io::Result<()>,
+);
+
+fn append_job(job: AppendJob) -> Appended {
+    let outcome = lp_files::append(&job.path, &job.data);
+    (job.waiter, job.data, job.path, outcome)
+}
+
+/// `append_file` on a thread of its own, which never takes the GIL: `submit` queues a body
+/// with its waiter; the descriptor `fileno()` turns readable when appends are done, and
+/// `done()` returns each waiter with None or the OSError its append raised.
+#[pyclass(name = "FileAppender", module = "tidegate._core", frozen)]
+struct PyFileAppender {
+    inner: std::sync::Mutex<Option<handoff::Handoff<AppendJob, Appended>>>,
+}
+
+impl PyFileAppender {
+    fn with<T>(&self, f: impl FnOnce(&handoff::Handoff<AppendJob, Appended>) -> T) -> PyResult<T> {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match inner.as_ref() {
+            Some(handoff) => Ok(f(handoff)),
+            None => Err(PyValueError::new_err("the FileAppender is closed")),
+        }
+    }
+}
+
+#[pymethods]
+impl PyFileAppender {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let handoff = handoff::Handoff::start("tidegate-lp-files", append_job)?;
+        Ok(Self {
+            inner: std::sync::Mutex::new(Some(handoff)),
+        })
+    }
+
+    fn fileno(&self) -> PyResult<i32> {
+        self.with(handoff::Handoff::fd)
+    }
+
+    fn submit(
+        &self,
+        waiter: Py<PyAny>,
+        path: std::path::PathBuf,
+        data: PyBackedBytes,
+    ) -> PyResult<()> {
+        let job = AppendJob { waiter, path, data };
+        self.with(|handoff| handoff.submit(job))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn done(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Option<Py<PyAny>>)>> {
+        let appended = self.with(handoff::Handoff::take_done)?;
+        Ok(appended
+            .into_iter()
+            .map(|(waiter, _data, path, outcome)| {
+                let error = outcome
+                    .err()
+                    .map(|e| os_error(py, &e, &path).into_value(py).into_any());
+                (waiter, error)
+            })
+            .collect())
+    }
+
+    fn close(&self, py: Python<'_>) {
+        let handoff = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // The thread may be inside an append: wait for it without holding the GIL.
+        py.detach(|| drop(handoff));
+    }
+}
+
 /// Per device, its last accepted message (`telemetry_latest`). Thread-safe.
 #[pyclass(name = "Latest", module = "tidegate._core", frozen)]
 struct PyLatest {
@@ -1144,6 +1260,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "test-panic")]
     m.setattr("_test_panic", wrap_pyfunction!(_test_panic, m)?)?;
     m.add_class::<PyLatest>()?;
+    m.add_class::<PyFileAppender>()?;
+    m.add_function(wrap_pyfunction!(append_file, m)?)?;
     m.add_function(wrap_pyfunction!(parse_batch, m)?)?;
     m.add_function(wrap_pyfunction!(parse_single, m)?)?;
     m.add_function(wrap_pyfunction!(parse_shelly, m)?)?;

@@ -140,7 +140,7 @@ def test_reason_detail_refuses_other_codes(core: object, reason: str, error: str
 STUB = ast.parse((Path(tidegate.__file__).parent / "_core.pyi").read_text())
 # The write-ahead log is I/O, not a rule, and only the compiled core has it: config refuses
 # TIDEGATE_DURABILITY=wal with the Python core.
-COMPILED_ONLY = frozenset({"Wal", "WalFull", "WalUnavailable"})
+COMPILED_ONLY = frozenset({"FileAppender", "Wal", "WalFull", "WalUnavailable", "append_file"})
 
 
 def stub_all() -> list[str]:
@@ -196,9 +196,11 @@ def test_stub_all_lists_every_public_name_of_both_cores() -> None:
 def test_both_cores_have_the_stubs_signatures(core: Any, tmp_path: Path) -> None:
     objects = instances(core, tmp_path)
     for node in STUB.body:
+        if core is TWIN and getattr(node, "name", None) in COMPILED_ONLY:
+            continue
         if isinstance(node, ast.FunctionDef):
             assert runtime_params(getattr(core, node.name)) == stub_params(node), node.name
-        if not isinstance(node, ast.ClassDef) or (core is TWIN and node.name in COMPILED_ONLY):
+        if not isinstance(node, ast.ClassDef):
             continue
         cls = getattr(core, node.name)
         for member in node.body:

@@ -1,17 +1,16 @@
 """Line-protocol files: the embedded sink's target, stop spills and dead letters all append
-to them under a lock that replay honours."""
+to them (the core's `append_file`) under a lock that replay honours."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import functools
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tidegate._core import FileAppender
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, database, describe
 
 
@@ -26,53 +25,18 @@ def _hour_file(root: Path, tenant: str, hour: int) -> Path:
     return root / database(tenant) / f"{datetime.fromtimestamp(hour * 3600, UTC):%Y-%m-%dT%H}.lp"
 
 
-def append(path: Path, data: bytes) -> None:
-    """Append `data` under an exclusive lock to the file that is at `path` now.
-
-    replay renames a file away and then takes its lock once (`wait_for_appends`) before
-    reading it, so an append lands either in what replay reads or in a new file at `path`,
-    never after the read."""
-    # os-level calls, not a file object: this runs hundreds of times a second on a worker
-    # thread, and each Python step there takes the interpreter from the event loop.
-    name = os.fspath(path)
-    while True:
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except FileNotFoundError:  # a new tenant, or its directory was removed
-            path.parent.mkdir(parents=True, exist_ok=True)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            opened = os.fstat(fd)
-            try:
-                current = os.stat(name)
-            except FileNotFoundError:
-                continue
-            if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
-                continue
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(fd, view) :]
-            except OSError:
-                # Cut a half-written body (disk full) off, or its retry would glue a broken
-                # line onto the first line of the next body.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, opened.st_size)
-                raise
-            return
-        finally:
-            os.close(fd)
-
-
 def wait_for_appends(path: Path) -> None:
-    """Return once no `append` that opened `path` before it was renamed is still writing."""
+    """Return once no append (`_core.append_file`) that opened `path` before it was renamed is
+    still writing."""
     with path.open("rb") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
 
 
 class FileTarget:
-    """Embedded sink: each body appended to `<root>/telemetry_{tenant}/<UTC hour>.lp`."""
+    """Embedded sink: each body appended to `<root>/telemetry_{tenant}/<UTC hour>.lp` by the
+    core's FileAppender thread, which never takes the interpreter from the event loop (an
+    executor thread takes it at every step: a saturated default run appends ~500 times a
+    second). Built on the running loop; `close()` stops the thread."""
 
     # A file takes a body of any size. One delivery costs the event loop a turn (and a thread
     # hop), and a loop saturated by large requests turns slowly: a drain of InfluxDB's body
@@ -84,16 +48,21 @@ class FileTarget:
         self._root = root
         self._counts = counts
         self._observe = observe
+        self._loop = asyncio.get_running_loop()
+        self._appender: FileAppender | None = FileAppender()
+        self._loop.add_reader(self._appender.fileno(), self._appended, self._appender)
 
     async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
         """Append the pending pieces; an OSError (disk full, ...) is retried later."""
-        loop = asyncio.get_running_loop()
+        appender = self._appender
+        assert appender is not None, "FileTarget.close() was called"
         while pending:
             body, lines = pending[0]
             started = time.perf_counter()
+            appended: asyncio.Future[None] = self._loop.create_future()
+            appender.submit(appended, hour_file(self._root, tenant), body)
             try:
-                # The executor, not to_thread: append needs no context variables.
-                await loop.run_in_executor(None, append, hour_file(self._root, tenant), body)
+                await appended
             except OSError as exc:
                 self._observe(tenant, lines, time.perf_counter() - started, False)
                 return Failure(describe(exc))
@@ -102,3 +71,21 @@ class FileTarget:
             self._counts.flushes += 1
             pending.popleft()
         return None
+
+    def close(self) -> None:
+        """Stop the appender's thread (after the append in hand); the sink has stopped, so no
+        delivery waits for it."""
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            self._loop.remove_reader(appender.fileno())
+            appender.close()
+
+    @staticmethod
+    def _appended(appender: FileAppender) -> None:
+        for waiter, error in appender.done():
+            if not isinstance(waiter, asyncio.Future) or waiter.done():
+                continue  # its delivery was cancelled (stop's deadline): the body was put back
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)

@@ -15,10 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from tidegate._core import valid_tenant
+from tidegate._core import append_file, valid_tenant
 from tidegate.config import INFLUX_API_CHOICES, Config
 from tidegate.logs import log
-from tidegate.sink.files import append
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, clip, database, describe
 
 # Statuses after which the same body may succeed later. A bad token or a missing database
@@ -371,7 +370,7 @@ class InfluxTarget:
             f"refused: {clip(text, _DEAD_LETTER_ERROR_CHARS)}\n"
         )
         path = self._dead_letter_root / f"{database(tenant)}.lp"
-        await asyncio.to_thread(append, path, note.encode() + body)
+        await asyncio.to_thread(append_file, path, note.encode() + body)
         counts = self._counts
         counts.dead_lettered += lines
         if rejected is None:

@@ -28,9 +28,10 @@ from typing import Protocol, TypedDict
 
 import httpx
 
+from tidegate._core import append_file
 from tidegate.config import Config
 from tidegate.logs import log
-from tidegate.sink.files import FileTarget, append, hour_file
+from tidegate.sink.files import FileTarget, hour_file
 from tidegate.sink.influx import FieldLearner, InfluxTarget, without_userinfo
 from tidegate.sink.retry import Retries, RetryPolicy, send
 from tidegate.sink.target import Counts, Failure, FlushHook, Pending, Target, describe
@@ -198,6 +199,8 @@ class Sink:
                 self._leave_in_log()
             if self._client is not None:
                 await self._client.aclose()
+            if isinstance(self._target, FileTarget):
+                self._target.close()
             log("sink_stopped", stats=self.stats())
 
     def tenant_failing(self, tenant: str) -> bool:
@@ -366,7 +369,7 @@ class Sink:
                 body, lines = drained
                 path = hour_file(root, tenant)
                 try:
-                    append(path, body)
+                    append_file(path, body)
                 except OSError as exc:
                     self._counts.lost += lines
                     log(
