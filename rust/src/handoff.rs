@@ -1,20 +1,21 @@
 //! A thread beside an event loop: the loop hands it jobs, it runs them in order and hands the
-//! results back, waking the loop through a socket the loop watches (as the write-ahead log's
-//! writer does). Blocking work that needs
-//! no interpreter runs there without a Python thread: an executor thread takes the interpreter
-//! from the loop's thread at every step of its own (the queue, the call, each syscall's
-//! return, the result), and the loop's thread is the process's bottleneck.
+//! results back, waking the loop through a `wakeup` socket as the write-ahead log's writer
+//! does. Blocking work that needs no interpreter runs there without a Python thread: an
+//! executor thread takes the interpreter from the loop's thread at every step of its own (the
+//! queue, the call, each syscall's return, the result), and the loop's thread is the process's
+//! bottleneck.
 //!
 //! Syscalls stay off the common path: `submit` wakes the thread only when it waits for work,
 //! and the thread writes the wakeup byte only when its results go from none to some, so one
 //! wake of the loop collects every result finished by then.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::io;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+
+use crate::wakeup::{self, LoopEnd, ThreadEnd};
 
 struct Queues<J, R> {
     jobs: VecDeque<J>,
@@ -27,8 +28,7 @@ struct Queues<J, R> {
 struct Shared<J, R> {
     queues: Mutex<Queues<J, R>>,
     work: Condvar,
-    /// The thread's end of the wakeup socket.
-    wake: UnixStream,
+    wake: ThreadEnd,
 }
 
 impl<J, R> Shared<J, R> {
@@ -38,22 +38,20 @@ impl<J, R> Shared<J, R> {
     }
 }
 
-/// The thread, its queues and the loop's end of the wakeup socket. Dropping it finishes the job in hand and stops the
-/// thread; jobs not started are dropped with it, on the dropping thread. `run` must not panic:
+/// The thread, its queues and the loop's end of the wakeup socket. Dropping it finishes the
+/// job in hand and stops the thread; jobs not started are dropped with it, on the dropping
+/// thread. `run` must not panic:
 /// a panic ends the thread, and the jobs after it would wait forever.
 pub struct Handoff<J, R> {
     shared: Arc<Shared<J, R>>,
-    wakeup: UnixStream,
+    wakeup: LoopEnd,
     thread: Option<JoinHandle<()>>,
 }
 
 impl<J: Send + 'static, R: Send + 'static> Handoff<J, R> {
     /// Start the thread, named `name`, running `run` on each job.
     pub fn start(name: &str, run: impl Fn(J) -> R + Send + 'static) -> io::Result<Self> {
-        let (wakeup, wake) = UnixStream::pair()?;
-        for end in [&wakeup, &wake] {
-            end.set_nonblocking(true)?;
-        }
+        let (wakeup, wake) = wakeup::pair()?;
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues {
                 jobs: VecDeque::new(),
@@ -77,7 +75,7 @@ impl<J: Send + 'static, R: Send + 'static> Handoff<J, R> {
 
     /// The descriptor an event loop watches: readable while results wait for `take_done`.
     pub fn fd(&self) -> RawFd {
-        self.wakeup.as_raw_fd()
+        self.wakeup.fd()
     }
 
     /// Queue a job.
@@ -94,8 +92,7 @@ impl<J: Send + 'static, R: Send + 'static> Handoff<J, R> {
     /// The results finished so far, in the order of their jobs; drains the wakeup socket first,
     /// so a result finished after this call wakes the loop again.
     pub fn take_done(&self) -> Vec<R> {
-        let mut buf = [0u8; 64];
-        while matches!((&self.wakeup).read(&mut buf), Ok(n) if n > 0) {}
+        self.wakeup.drain();
         std::mem::take(&mut self.shared.lock().done)
     }
 }
@@ -133,8 +130,7 @@ fn serve<J, R>(shared: &Shared<J, R>, run: impl Fn(J) -> R) {
         let first = q.done.is_empty();
         q.done.push(result);
         if first {
-            // A full socket already holds an unread wakeup: nothing is lost.
-            let _ = (&shared.wake).write(&[1]);
+            shared.wake.wake();
         }
     }
 }

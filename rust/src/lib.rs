@@ -19,6 +19,7 @@ pub mod parse;
 pub mod schema;
 pub mod shelly;
 pub mod timestamp;
+pub mod wakeup;
 pub mod wal;
 pub mod words;
 

@@ -32,9 +32,7 @@ mod writer;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -43,6 +41,7 @@ use std::time::Duration;
 use crate::batch::Batch;
 use crate::buffer::{Reservation, TenantBuffers};
 use crate::errors::UsageError;
+use crate::wakeup;
 use record::{encode_batch, encode_lines};
 use segment::{read_checkpoint, read_segments, Checkpoint, Files, Segment};
 use writer::{Queue, Shared, State};
@@ -180,7 +179,7 @@ pub struct Wal {
     /// The writer and the maintenance thread, until closed.
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The end of the wakeup socket an event loop reads.
-    wakeup: UnixStream,
+    wakeup: wakeup::LoopEnd,
 }
 
 impl Wal {
@@ -211,12 +210,8 @@ impl Wal {
         buffers.raise_last_mark(max_mark.max(checkpoint.last_mark));
         let bytes = segments.iter().map(Segment::records_bytes).sum();
         let next_id = segments.back().map_or(1, |s| s.id + 1);
-        let (wakeup, wakeup_writer) =
-            UnixStream::pair().map_err(|e| WalError::Io(format!("cannot make a socket: {e}")))?;
-        for end in [&wakeup, &wakeup_writer] {
-            end.set_nonblocking(true)
-                .map_err(|e| WalError::Io(format!("cannot make a socket non-blocking: {e}")))?;
-        }
+        let (wakeup, wakeup_writer) = wakeup::pair()
+            .map_err(|e| WalError::Io(format!("cannot make a wakeup socket: {e}")))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: Queue::default(),
@@ -409,14 +404,13 @@ impl Wal {
 
     /// Outcomes of submitted appends since the last call; drains the wakeup socket.
     pub fn completed(&self) -> Vec<(u64, Outcome)> {
-        let mut buf = [0u8; 256];
-        while matches!((&self.wakeup).read(&mut buf), Ok(n) if n > 0) {}
+        self.wakeup.drain();
         std::mem::take(&mut lock(&self.shared.state).completed)
     }
 
     /// The descriptor an event loop watches for `completed` outcomes.
     pub fn wakeup_fd(&self) -> i32 {
-        self.wakeup.as_raw_fd()
+        self.wakeup.fd()
     }
 
     /// Writes the checkpoint and deletes delivered segments now (also done every second).

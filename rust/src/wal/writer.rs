@@ -3,16 +3,15 @@
 //! told (group commit).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::record::{self, RecordLines};
 use super::segment::{Files, Marks};
 use super::{lock, Outcome, SyncMode, WalConfig, WalError, WalStats};
 use crate::buffer::{Reservation, TenantBuffers};
+use crate::wakeup::ThreadEnd;
 
 /// A queued record's tenant, where its lines are in the queued group's `data`, and how many.
 type QueuedLines = (String, Range<usize>, usize);
@@ -66,7 +65,7 @@ pub(super) struct Shared {
     /// The delivered-through last written to the checkpoint file.
     pub(super) checkpointed: Mutex<u64>,
     /// Written to (one byte) when `completed` has outcomes: an event loop polls the other end.
-    pub(super) wakeup: UnixStream,
+    pub(super) wakeup: ThreadEnd,
 }
 
 impl Shared {
@@ -293,8 +292,7 @@ impl Shared {
             drop(state);
             self.done.notify_all();
             if notify {
-                // A full socket already holds an unread wakeup: nothing is lost.
-                let _ = (&self.wakeup).write(&[1]);
+                self.wakeup.wake();
             }
         }
     }
