@@ -295,21 +295,21 @@ class Latest:
 class FileAppender:
     """`append_file` on a thread of its own, which never takes the GIL (an executor thread
     takes it from the event loop at every step): `submit` queues a body with whoever waits for
-    it, the descriptor `fileno()` turns readable when appends are done, and `done()` hands them
-    back. Compiled core only."""
+    it, the descriptor `wakeup_fd()` turns readable when appends are done, and `completed()`
+    hands them back (as `Wal`'s). Compiled core only."""
 
     def __new__(cls) -> Self:
-        """Start the thread. OSError when it (or its eventfd) cannot be had."""
+        """Start the thread. OSError when it (or its wakeup socket) cannot be had."""
 
-    def fileno(self) -> int:
-        """The eventfd to watch (`loop.add_reader`): readable while `done()` has results.
-        ValueError once closed."""
+    def wakeup_fd(self) -> int:
+        """The descriptor to watch (`loop.add_reader`): readable while `completed()` has
+        results. ValueError once closed."""
 
     def submit(self, waiter: object, path: str | PathLike[str], data: bytes) -> None:
         """Queue `append_file(path, data)`; `waiter` comes back with its outcome. Appends run in
         the order submitted. ValueError once closed."""
 
-    def done(self) -> list[tuple[object, OSError | None]]:
+    def completed(self) -> list[tuple[object, OSError | None]]:
         """Each waiter whose append ran since the last call, in submission order, with None or
         the OSError it raised. Clears the descriptor's readiness first: an append finished
         after this call makes it readable again."""

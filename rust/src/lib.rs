@@ -904,8 +904,8 @@ fn append_job(job: AppendJob) -> Appended {
 }
 
 /// `append_file` on a thread of its own, which never takes the GIL: `submit` queues a body
-/// with its waiter; the descriptor `fileno()` turns readable when appends are done, and
-/// `done()` returns each waiter with None or the OSError its append raised.
+/// with its waiter; the descriptor `wakeup_fd()` turns readable when appends are done, and
+/// `completed()` returns each waiter with None or the OSError its append raised (as `Wal`).
 #[pyclass(name = "FileAppender", module = "tidegate._core", frozen)]
 struct PyFileAppender {
     inner: std::sync::Mutex<Option<handoff::Handoff<AppendJob, Appended>>>,
@@ -934,7 +934,8 @@ impl PyFileAppender {
         })
     }
 
-    fn fileno(&self) -> PyResult<i32> {
+    /// The descriptor to watch (readable) for `completed` outcomes.
+    fn wakeup_fd(&self) -> PyResult<i32> {
         self.with(handoff::Handoff::fd)
     }
 
@@ -949,7 +950,8 @@ impl PyFileAppender {
     }
 
     #[allow(clippy::type_complexity)]
-    fn done(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Option<Py<PyAny>>)>> {
+    /// Outcomes of submitted appends since the last call: `(waiter, None or the OSError)`.
+    fn completed(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Option<Py<PyAny>>)>> {
         let appended = self.with(handoff::Handoff::take_done)?;
         Ok(appended
             .into_iter()

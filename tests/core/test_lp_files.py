@@ -16,10 +16,10 @@ def outcomes(appender: core.FileAppender, count: int) -> list[tuple[object, OSEr
     """The next `count` outcomes, waited for on the descriptor as the sink's loop does."""
     done: list[tuple[object, OSError | None]] = []
     with selectors.DefaultSelector() as selector:
-        selector.register(appender.fileno(), selectors.EVENT_READ)
+        selector.register(appender.wakeup_fd(), selectors.EVENT_READ)
         while len(done) < count:
             assert selector.select(timeout=10), "no wakeup"
-            done += appender.done()
+            done += appender.completed()
     return done
 
 
@@ -73,4 +73,4 @@ def test_a_closed_appender_refuses_work_and_closes_twice(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="closed"):
         appender.submit(None, tmp_path / "h.lp", b"x\n")
     with pytest.raises(ValueError, match="closed"):
-        appender.fileno()
+        appender.wakeup_fd()

@@ -50,7 +50,7 @@ class FileTarget:
         self._observe = observe
         self._loop = asyncio.get_running_loop()
         self._appender: FileAppender | None = FileAppender()
-        self._loop.add_reader(self._appender.fileno(), self._appended, self._appender)
+        self._loop.add_reader(self._appender.wakeup_fd(), self._appended, self._appender)
 
     async def deliver(self, tenant: str, pending: Pending) -> Failure | None:
         """Append the pending pieces; an OSError (disk full, ...) is retried later."""
@@ -77,12 +77,12 @@ class FileTarget:
         delivery waits for it."""
         appender, self._appender = self._appender, None
         if appender is not None:
-            self._loop.remove_reader(appender.fileno())
+            self._loop.remove_reader(appender.wakeup_fd())
             appender.close()
 
     @staticmethod
     def _appended(appender: FileAppender) -> None:
-        for waiter, error in appender.done():
+        for waiter, error in appender.completed():
             if not isinstance(waiter, asyncio.Future) or waiter.done():
                 continue  # its delivery was cancelled (stop's deadline): the body was put back
             if error is None:
