@@ -949,8 +949,8 @@ impl PyFileAppender {
         self.with(|handoff| handoff.submit(job))
     }
 
-    #[allow(clippy::type_complexity)]
     /// Outcomes of submitted appends since the last call: `(waiter, None or the OSError)`.
+    #[allow(clippy::type_complexity)]
     fn completed(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Option<Py<PyAny>>)>> {
         let appended = self.with(handoff::Handoff::take_done)?;
         Ok(appended

@@ -138,8 +138,9 @@ def test_reason_detail_refuses_other_codes(core: object, reason: str, error: str
 # -- the API: stub, compiled core and twin have the same names and signatures ------------------
 
 STUB = ast.parse((Path(tidegate.__file__).parent / "_core.pyi").read_text())
-# The write-ahead log is I/O, not a rule, and only the compiled core has it: config refuses
-# TIDEGATE_DURABILITY=wal with the Python core.
+# The write-ahead log and the LP file appends are I/O, not rules, and only the compiled core
+# has them: config refuses TIDEGATE_DURABILITY=wal with the Python core, and the file sink
+# imports its appends from the compiled core whichever core parses.
 COMPILED_ONLY = frozenset({"FileAppender", "Wal", "WalFull", "WalUnavailable", "append_file"})
 
 
