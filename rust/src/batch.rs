@@ -123,6 +123,25 @@ impl<'b> TenantGroup<'b> {
         })
     }
 
+    /// The lines, in request order, as runs of lines adjacent in the batch: one slice when the
+    /// tenant's lines are not interleaved with another's or a rejected item's.
+    pub fn runs(&self) -> Vec<&'b [u8]> {
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for span in &self.spans {
+            match runs.last_mut() {
+                Some(run) if run.end == span.range().start => run.end = span.range().end,
+                _ => runs.push(span.range()),
+            }
+        }
+        runs.into_iter()
+            .map(|run| {
+                self.all
+                    .get(run)
+                    .expect("a line's span is a range of its batch's lines")
+            })
+            .collect()
+    }
+
     /// Appends the lines to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         for line in self.lines() {

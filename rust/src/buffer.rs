@@ -192,11 +192,13 @@ impl TenantBuffer {
         }
     }
 
-    /// Stores `lines` (`count` of them) under `mark`.
-    fn store(&mut self, lines: &[u8], count: usize, mark: u64) {
-        self.push(lines);
+    /// Stores lines (`count` of them, in one or more pieces) under `mark`.
+    fn store<'a>(&mut self, pieces: impl IntoIterator<Item = &'a [u8]>, count: usize, mark: u64) {
+        for piece in pieces {
+            self.push(piece);
+            self.bytes += piece.len();
+        }
         self.lines += count;
-        self.bytes += lines.len();
         push_mark(&mut self.marks, mark, count);
     }
 
@@ -651,18 +653,19 @@ impl TenantBuffers {
     }
 
     /// Stores reserved lines, `(tenant, lines, line_count)` per tenant as the reservation took
-    /// them; returns the tenants now at a threshold, in that order.
-    pub fn commit<'a>(
+    /// them, each tenant's lines in one or more pieces; returns the tenants now at a
+    /// threshold, in that order.
+    pub fn commit<'a, P: IntoIterator<Item = &'a [u8]>>(
         &self,
         reservation: Reservation,
-        lines: impl IntoIterator<Item = (&'a str, &'a [u8], usize)>,
+        lines: impl IntoIterator<Item = (&'a str, P, usize)>,
     ) -> Vec<String> {
         let mut state = self.lock();
         let mut due = Vec::new();
-        for (tenant, data, count) in lines {
+        for (tenant, pieces, count) in lines {
             let slot = state.slot(tenant);
             let buf = &mut state.buffers[slot];
-            buf.store(data, count, reservation.mark);
+            buf.store(pieces, count, reservation.mark);
             if self.at_threshold(buf) {
                 due.push(tenant.to_owned());
             }
@@ -703,7 +706,7 @@ impl TenantBuffers {
         state.count(tenant, lines.len());
         state.marks.add(mark, line_count);
         let slot = state.slot(tenant);
-        state.buffers[slot].store(lines, line_count, mark);
+        state.buffers[slot].store([lines], line_count, mark);
         Ok(true)
     }
 
@@ -1119,7 +1122,7 @@ mod tests {
         assert_eq!(buffers.total_bytes(), 10);
         assert!(buffers.tenants().is_empty());
         let lines = b.tenant_lines();
-        let lines = lines.iter().map(|(t, l, n)| (*t, l.as_slice(), *n));
+        let lines = lines.iter().map(|(t, l, n)| (*t, [l.as_slice()], *n));
         assert_eq!(buffers.commit(r, lines), vec!["a".to_owned()]);
         assert_eq!(buffers.depth().len(), 2);
         assert_eq!(buffers.delivered_through(), 0);

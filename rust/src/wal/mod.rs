@@ -42,7 +42,7 @@ use crate::batch::Batch;
 use crate::buffer::{Reservation, TenantBuffers};
 use crate::errors::UsageError;
 use crate::wakeup;
-use record::{encode_batch, encode_lines};
+use record::{encode_batch, encode_lines, Gathered};
 use segment::{read_checkpoint, read_segments, Checkpoint, Files, Segment};
 use writer::{Queue, Shared, State};
 
@@ -226,7 +226,6 @@ impl Wal {
             queued: Condvar::new(),
             done: Condvar::new(),
             maintenance: Condvar::new(),
-            scratch: Mutex::new(Vec::new()),
             files: Mutex::new(Files {
                 dir: cfg.dir.clone(),
                 current: None,
@@ -357,7 +356,7 @@ impl Wal {
             return Ok(Vec::new());
         }
         self.shared
-            .write_now(reservation, |out, mark| encode_batch(out, mark, batch))
+            .write_now(reservation, |mark| Gathered::batch(mark, batch))
     }
 
     /// `append` for one tenant's encoded lines, all or nothing: None when they do not fit the
@@ -373,8 +372,8 @@ impl Wal {
             return Ok(None);
         };
         self.shared
-            .write_now(reservation, |out, mark| {
-                encode_lines(out, mark, tenant, lines, line_count)
+            .write_now(reservation, |mark| {
+                Gathered::lines(mark, tenant, lines, line_count)
             })
             .map(Some)
     }

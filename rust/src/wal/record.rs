@@ -12,6 +12,7 @@
 //! apart: an older life's record checks out under an older (smaller) segment id's salt, so it
 //! reads as stale (the end of the segment) rather than as a record or as corruption.
 
+use std::io::IoSlice;
 use std::ops::Range;
 
 use crate::batch::Batch;
@@ -175,6 +176,25 @@ fn encode_record_with(
     (len, line_count): (usize, usize),
     lines: impl FnOnce(&mut Vec<u8>),
 ) -> usize {
+    let start = encode_head(out, mark, tenant, (len, line_count));
+    let lines_start = out.len();
+    lines(out);
+    debug_assert_eq!(
+        out.len() - lines_start,
+        len,
+        "the lines are as long as announced"
+    );
+    seal(&mut out[start..], &[]);
+    lines_start
+}
+
+/// Appends a record's head (everything before its lines, its CRC zero); returns its start.
+fn encode_head(
+    out: &mut Vec<u8>,
+    mark: u64,
+    tenant: &str,
+    (len, line_count): (usize, usize),
+) -> usize {
     let tenant = tenant.as_bytes();
     let body_len = (BODY_FIXED + tenant.len() + len) as u32;
     let start = out.len();
@@ -185,19 +205,104 @@ fn encode_record_with(
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(tenant);
     out.extend_from_slice(&(line_count as u32).to_le_bytes());
-    let lines_start = out.len();
-    lines(out);
-    debug_assert_eq!(
-        out.len() - lines_start,
-        len,
-        "the lines are as long as announced"
+    start
+}
+
+/// Sets the CRC of the record starting `encoded`, whose bytes after the header are `encoded`'s
+/// rest followed by `more`.
+fn seal(encoded: &mut [u8], more: &[&[u8]]) {
+    let crc = more.iter().fold(
+        crc32c::crc32c_append(crc32c::crc32c(&encoded[4..8]), &encoded[12..]),
+        |crc, part| crc32c::crc32c_append(crc, part),
     );
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start + 4..start + 8]),
-        &out[start + 12..],
-    );
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
-    lines_start
+    encoded[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One tenant's record of an append written at once: its head in `Gathered::heads`, its lines
+/// where they lie.
+pub(super) struct GatheredRecord<'a> {
+    pub(super) tenant: &'a str,
+    pub(super) head: Range<usize>,
+    /// The lines, in runs of adjacent ones.
+    pub(super) runs: Vec<&'a [u8]>,
+    pub(super) line_count: usize,
+}
+
+/// Records whose lines are not copied to be written: only their heads are encoded (into
+/// `heads`), and the file gets heads and lines in one gathering `pwritev` straight from the
+/// request's batch, whose lines the buffers then store as they would without the log.
+pub(super) struct Gathered<'a> {
+    pub(super) heads: Vec<u8>,
+    pub(super) records: Vec<GatheredRecord<'a>>,
+}
+
+impl<'a> Gathered<'a> {
+    /// One record per tenant of the batch's accepted lines (as `encode_batch`).
+    pub(super) fn batch(mark: u64, batch: &'a Batch) -> Self {
+        let groups = batch.tenant_groups();
+        let mut gathered = Gathered::with_capacity(groups.iter().map(|g| g.tenant));
+        for group in groups {
+            gathered.push(mark, group.tenant, group.runs(), group.count());
+        }
+        gathered
+    }
+
+    /// One record of one tenant's lines (as `encode_lines`).
+    pub(super) fn lines(mark: u64, tenant: &'a str, lines: &'a [u8], line_count: usize) -> Self {
+        let mut gathered = Gathered::with_capacity(std::iter::once(tenant));
+        gathered.push(mark, tenant, vec![lines], line_count);
+        gathered
+    }
+
+    /// Room for the records of `tenants` (heads grown a few bytes at a time reallocate).
+    fn with_capacity<'t>(tenants: impl Iterator<Item = &'t str> + Clone) -> Self {
+        Gathered {
+            heads: Vec::with_capacity(tenants.clone().map(|t| record_len(t, 0)).sum()),
+            records: Vec::with_capacity(tenants.count()),
+        }
+    }
+
+    fn push(&mut self, mark: u64, tenant: &'a str, runs: Vec<&'a [u8]>, line_count: usize) {
+        let len = runs.iter().map(|run| run.len()).sum();
+        let start = encode_head(&mut self.heads, mark, tenant, (len, line_count));
+        seal(&mut self.heads[start..], &runs);
+        self.records.push(GatheredRecord {
+            tenant,
+            head: start..self.heads.len(),
+            runs,
+            line_count,
+        });
+    }
+
+    /// Bytes of the records.
+    pub(super) fn len(&self) -> usize {
+        self.heads.len()
+            + self
+                .records
+                .iter()
+                .flat_map(|r| &r.runs)
+                .map(|run| run.len())
+                .sum::<usize>()
+    }
+
+    /// `salt_records` for these records.
+    pub(super) fn salt(&mut self, salt: u32) {
+        for record in &self.records {
+            let crc = &mut self.heads[record.head.start + 8..record.head.start + 12];
+            let salted = le_u32(crc) ^ salt;
+            crc.copy_from_slice(&salted.to_le_bytes());
+        }
+    }
+
+    /// The records in file order: each head, then its lines.
+    pub(super) fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(self.records.iter().map(|r| 1 + r.runs.len()).sum());
+        for record in &self.records {
+            slices.push(IoSlice::new(&self.heads[record.head.clone()]));
+            slices.extend(record.runs.iter().map(|run| IoSlice::new(run)));
+        }
+        slices
+    }
 }
 
 pub(super) fn le_u32(b: &[u8]) -> u32 {
@@ -385,6 +490,44 @@ mod tests {
                 ("c", b"c 1\n", 1)
             ]
         );
+    }
+
+    #[test]
+    fn gathered_records_are_the_bytes_encode_batch_writes() {
+        let batch = Batch::of_lines(&[
+            ("a", "a 1\n"),
+            ("bb", "b 1\n"),
+            ("a", "a 2\n"),
+            ("a", "a 3\n"),
+            ("c", "c 1\n"),
+        ]);
+        let mut want = Vec::new();
+        encode_batch(&mut want, 9, &batch);
+        salt_records(&mut want, salt(ID));
+        let mut gathered = Gathered::batch(9, &batch);
+        gathered.salt(salt(ID));
+        let got: Vec<u8> = gathered.slices().iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!((got.len(), gathered.len()), (want.len(), want.len()));
+        assert_eq!(got, want);
+        // Adjacent lines of a tenant are one run: "a 2" and "a 3" follow each other.
+        let runs: Vec<(&str, Vec<&[u8]>, usize)> = gathered
+            .records
+            .iter()
+            .map(|r| (r.tenant, r.runs.clone(), r.line_count))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("a", vec![&b"a 1\n"[..], b"a 2\na 3\n"], 3),
+                ("bb", vec![&b"b 1\n"[..]], 1),
+                ("c", vec![&b"c 1\n"[..]], 1)
+            ]
+        );
+        let mut one = Vec::new();
+        encode_lines(&mut one, 4, "t", b"x 1\ny 2\n", 2);
+        let lines = Gathered::lines(4, "t", b"x 1\ny 2\n", 2);
+        let got: Vec<u8> = lines.slices().iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(got, one);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! told (group commit).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::record::{self, RecordLines};
-use super::segment::{Files, Marks};
+use super::record::{self, Gathered, RecordLines};
+use super::segment::{write_all_vectored_at, Files, Marks};
 use super::{lock, Outcome, SyncMode, WalConfig, WalError, WalStats};
 use crate::buffer::{Reservation, TenantBuffers};
 use crate::wakeup::ThreadEnd;
@@ -32,6 +34,40 @@ pub(super) struct Queue {
     pub(super) records: u64,
     pub(super) marks: Marks,
     pub(super) entries: Vec<Entry>,
+}
+
+/// A group's records as they are written.
+pub(super) enum Records<'g, 'a> {
+    /// Whole, in one buffer: the writer thread's queue.
+    Whole(&'g mut Vec<u8>),
+    /// Heads encoded, lines where they lie: an append written at once.
+    Gathered(&'g mut Gathered<'a>),
+}
+
+impl Records<'_, '_> {
+    fn len(&self) -> usize {
+        match self {
+            Records::Whole(data) => data.len(),
+            Records::Gathered(gathered) => gathered.len(),
+        }
+    }
+
+    /// XORs the segment's salt into each record's CRC (`record::salt_records`).
+    fn salt(&mut self, salt: u32) {
+        match self {
+            Records::Whole(data) => record::salt_records(data, salt),
+            Records::Gathered(gathered) => gathered.salt(salt),
+        }
+    }
+
+    fn write_at(&self, file: &File, offset: u64) -> io::Result<()> {
+        match self {
+            Records::Whole(data) => file.write_all_at(data, offset),
+            Records::Gathered(gathered) => {
+                write_all_vectored_at(file, &mut gathered.slices(), offset)
+            }
+        }
+    }
 }
 
 pub(super) struct State {
@@ -58,9 +94,6 @@ pub(super) struct Shared {
     /// The maintenance thread, woken to stop or to create a spare segment.
     pub(super) maintenance: Condvar,
     pub(super) files: Mutex<Files>,
-    /// The records of the last append written in the calling thread (`write_now`), kept for
-    /// the next one.
-    pub(super) scratch: Mutex<Vec<u8>>,
     pub(super) buffers: Arc<TenantBuffers>,
     /// The delivered-through last written to the checkpoint file.
     pub(super) checkpointed: Mutex<u64>,
@@ -100,53 +133,44 @@ impl Shared {
     /// Sync `Interval`: writes one append's records in the calling thread and stores its
     /// lines; the tenants now at a flush threshold. A 202 in this mode waits only for the
     /// `write` (the maintenance thread fsyncs every interval), so the writer thread's hop, the
-    /// wakeup byte and the event loop's future cost more than the write itself. `encode`
-    /// appends the records to a buffer kept between appends (a fresh one per request costs
-    /// the allocator's page faults) and says where each tenant's lines are in it: they are
-    /// stored from there, with no copy of their own.
+    /// wakeup byte and the event loop's future cost more than the write itself. `gather`
+    /// encodes the records' heads under the reservation's mark; their lines are written and
+    /// stored from where they lie, copied only into the page cache and the buffers.
     pub(super) fn write_now<'a>(
         &self,
         reservation: Reservation,
-        encode: impl FnOnce(&mut Vec<u8>, u64) -> Vec<RecordLines<'a>>,
+        gather: impl FnOnce(u64) -> Gathered<'a>,
     ) -> Result<Vec<String>, WalError> {
-        let mut scratch = lock(&self.scratch);
-        let mut data = std::mem::take(&mut *scratch);
-        data.clear();
-        let spans = encode(&mut data, reservation.mark);
-        let mut group = Queue {
-            data,
-            records: spans.len() as u64,
-            marks: Marks::of(reservation.mark),
-            entries: Vec::new(),
-        };
-        let result = self.write_alone(&mut group);
-        let outcome = match result {
+        let mut gathered = gather(reservation.mark);
+        let count = gathered.records.len() as u64;
+        let marks = Marks::of(reservation.mark);
+        match self.write_alone(&mut Records::Gathered(&mut gathered), count, marks) {
             Ok(()) => Ok(self.buffers.commit(
                 reservation,
-                spans
-                    .into_iter()
-                    .map(|(tenant, lines, count)| (tenant, &group.data[lines], count)),
+                gathered
+                    .records
+                    .iter()
+                    .map(|r| (r.tenant, r.runs.iter().copied(), r.line_count)),
             )),
             Err(e) => {
                 self.buffers.cancel(reservation);
                 Err(e)
             }
-        };
-        *scratch = group.data;
-        outcome
+        }
     }
 
-    /// Writes a group in the calling thread, under the cap, and counts it.
-    fn write_alone(&self, group: &mut Queue) -> Result<(), WalError> {
+    /// Writes `count` records in the calling thread, under the cap, and counts them.
+    fn write_alone(&self, records: &mut Records, count: u64, marks: Marks) -> Result<(), WalError> {
+        let bytes = records.len();
         {
             let mut state = lock(&self.state);
-            if let Some(error) = self.refusal(&state, group.data.len(), false) {
+            if let Some(error) = self.refusal(&state, bytes, false) {
                 return Err(error);
             }
-            state.bytes += group.data.len() as u64;
+            state.bytes += bytes as u64;
         }
-        let result = self.write_group(group);
-        self.count_group(&mut lock(&self.state), group, &result);
+        let result = self.write_group(records, count, marks);
+        self.count_group(&mut lock(&self.state), (bytes, count), &result);
         result.map(|_| ())
     }
 
@@ -165,19 +189,25 @@ impl Shared {
         }
     }
 
-    /// Counts a written group (or, failed, gives its bytes back and fails the log).
-    fn count_group(&self, state: &mut State, group: &Queue, result: &Result<bool, WalError>) {
+    /// Counts a written group of `records` (`bytes` long), or, failed, gives its bytes back
+    /// and fails the log.
+    fn count_group(
+        &self,
+        state: &mut State,
+        (bytes, records): (usize, u64),
+        result: &Result<bool, WalError>,
+    ) {
         match result {
             Ok(synced) => {
                 state.stats.groups += 1;
-                state.stats.appended_records += group.records;
+                state.stats.appended_records += records;
                 if *synced {
                     state.stats.fsyncs += 1;
-                    state.stats.synced_records += group.records;
+                    state.stats.synced_records += records;
                 }
             }
             Err(error) => {
-                state.bytes -= group.data.len() as u64;
+                state.bytes -= bytes as u64;
                 if let WalError::Failed(why) = error {
                     state.failed = Some(why.clone());
                     state.stats.failed = Some(why.clone());
@@ -256,7 +286,11 @@ impl Shared {
             drop(state);
             let result = match failed {
                 Some(why) => Err(WalError::Failed(why)),
-                None => self.write_group(&mut queue),
+                None => self.write_group(
+                    &mut Records::Whole(&mut queue.data),
+                    queue.records,
+                    queue.marks,
+                ),
             };
             // Stored before anyone is told: a 202 follows both the fsync and the buffering.
             let mut outcomes = Vec::with_capacity(queue.entries.len());
@@ -266,7 +300,7 @@ impl Shared {
                         reservation,
                         lines
                             .iter()
-                            .map(|(t, at, n)| (t.as_str(), &queue.data[at.clone()], *n)),
+                            .map(|(t, at, n)| (t.as_str(), [&queue.data[at.clone()]], *n)),
                     )),
                     (Ok(_), None) => Ok(Vec::new()),
                     (Err(e), store) => {
@@ -279,7 +313,7 @@ impl Shared {
                 outcomes.push((entry.ticket, entry.notify, outcome));
             }
             let mut state = lock(&self.state);
-            self.count_group(&mut state, &queue, &result);
+            self.count_group(&mut state, (queue.data.len(), queue.records), &result);
             let mut notify = false;
             for (ticket, to_list, outcome) in outcomes {
                 if to_list {
@@ -297,9 +331,14 @@ impl Shared {
         }
     }
 
-    /// Writes one group at the end of the current segment (a new one when full or none), its
-    /// records salted for that segment; returns whether it was fsynced.
-    fn write_group(&self, queue: &mut Queue) -> Result<bool, WalError> {
+    /// Writes one group of `count` records at the end of the current segment (a new one when
+    /// full or none), salted for that segment; returns whether it was fsynced.
+    fn write_group(
+        &self,
+        records: &mut Records,
+        count: u64,
+        marks: Marks,
+    ) -> Result<bool, WalError> {
         let mut files = lock(&self.files);
         let full = files
             .segments
@@ -329,8 +368,8 @@ impl Shared {
             .back()
             .expect("the current segment is listed");
         let before = segment.bytes;
-        record::salt_records(&mut queue.data, segment.format.salt());
-        if let Err(e) = file.write_all_at(&queue.data, before) {
+        records.salt(segment.format.salt());
+        if let Err(e) = records.write_at(file, before) {
             // Cut the partial group off so the next one starts on a record boundary.
             return match file.set_len(before) {
                 Ok(()) => Err(WalError::Io(e.to_string())),
@@ -349,7 +388,7 @@ impl Shared {
                 true
             }
             SyncMode::Interval(_) => {
-                files.unsynced_records += queue.records;
+                files.unsynced_records += count;
                 false
             }
         };
@@ -357,8 +396,8 @@ impl Shared {
             .segments
             .back_mut()
             .expect("the current segment is listed");
-        segment.bytes += queue.data.len() as u64;
-        segment.marks.add(queue.marks);
+        segment.bytes += records.len() as u64;
+        segment.marks.add(marks);
         Ok(synced)
     }
 }
