@@ -407,6 +407,12 @@ def measure(
         "wal_max_mib": round(max(sampler.wal_bytes) / 2**20, 1) if sampler.wal_bytes else None,
         "fsyncs": fsyncs,
         "records_per_fsync": round(synced / fsyncs, 1) if fsyncs else None,
+        # Segments retired in the phase (recycled as spares or deleted) and records copied
+        # forward past half the cap: a log that outgrows its cap at this rate shows here.
+        "wal_segments": {
+            key: wal_after.get(key, 0) - wal_before.get(key, 0)
+            for key in ("recycled_segments", "deleted_segments", "compacted_records")
+        },
         "cpu_s": cpu.used,
         "cpu_s_per_100k": cpu.per_100k(accepted),
         **nats,
