@@ -108,11 +108,16 @@ pub(super) fn salt(id: u64) -> u32 {
 pub(super) fn salt_records(data: &mut [u8], salt: u32) {
     let mut pos = 0;
     while pos + RECORD_HEADER <= data.len() {
-        let crc = &mut data[pos + 8..pos + 12];
-        let salted = le_u32(crc) ^ salt;
-        crc.copy_from_slice(&salted.to_le_bytes());
+        salt_record(&mut data[pos..], salt);
         pos += RECORD_HEADER + le_u32(&data[pos + 4..pos + 8]) as usize;
     }
+}
+
+/// XORs `salt` into the CRC of the record (or head) starting `record`.
+fn salt_record(record: &mut [u8], salt: u32) {
+    let crc = &mut record[8..12];
+    let salted = le_u32(crc) ^ salt;
+    crc.copy_from_slice(&salted.to_le_bytes());
 }
 
 /// Appends one record to `out`; `tenant` is at most `u16::MAX` bytes (valid ids are short).
@@ -234,6 +239,8 @@ pub(super) struct GatheredRecord<'a> {
 pub(super) struct Gathered<'a> {
     pub(super) heads: Vec<u8>,
     pub(super) records: Vec<GatheredRecord<'a>>,
+    /// Bytes of the records, heads and lines.
+    len: usize,
 }
 
 impl<'a> Gathered<'a> {
@@ -259,6 +266,7 @@ impl<'a> Gathered<'a> {
         Gathered {
             heads: Vec::with_capacity(tenants.clone().map(|t| record_len(t, 0)).sum()),
             records: Vec::with_capacity(tenants.count()),
+            len: 0,
         }
     }
 
@@ -266,6 +274,7 @@ impl<'a> Gathered<'a> {
         let len = runs.iter().map(|run| run.len()).sum();
         let start = encode_head(&mut self.heads, mark, tenant, (len, line_count));
         seal(&mut self.heads[start..], &runs);
+        self.len += self.heads.len() - start + len;
         self.records.push(GatheredRecord {
             tenant,
             head: start..self.heads.len(),
@@ -276,21 +285,13 @@ impl<'a> Gathered<'a> {
 
     /// Bytes of the records.
     pub(super) fn len(&self) -> usize {
-        self.heads.len()
-            + self
-                .records
-                .iter()
-                .flat_map(|r| &r.runs)
-                .map(|run| run.len())
-                .sum::<usize>()
+        self.len
     }
 
     /// `salt_records` for these records.
     pub(super) fn salt(&mut self, salt: u32) {
         for record in &self.records {
-            let crc = &mut self.heads[record.head.start + 8..record.head.start + 12];
-            let salted = le_u32(crc) ^ salt;
-            crc.copy_from_slice(&salted.to_le_bytes());
+            salt_record(&mut self.heads[record.head.clone()], salt);
         }
     }
 
