@@ -167,8 +167,6 @@ class Metrics:
             "tidegate_flush_seconds", "Sink write latency by outcome", "outcome", _FLUSH_BUCKETS
         )
         self.registry.register(self.flush_seconds)
-        # An outcome's series appears with its first write, as a labelled Histogram's does.
-        self._flush_observers: dict[bool, Callable[[float], None]] = {}
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         # tenant -> [accepted, rejected]; at most TENANT_SERIES tenants plus OTHER_TENANT.
@@ -256,11 +254,8 @@ class Metrics:
             self.lines_flushed += lines
         else:
             self.flush_err += 1
-        observe = self._flush_observers.get(ok)
-        if observe is None:
-            observe = self.flush_seconds.observer("ok" if ok else "error")
-            self._flush_observers[ok] = observe
-        observe(seconds)
+        # An outcome's series appears with its first write, as a labelled Histogram's does.
+        self.flush_seconds.observer("ok" if ok else "error")(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""
@@ -324,11 +319,18 @@ class Latencies(Collector):
         self._les: list[str] = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
         # label value -> (observations per bucket, not cumulative; [sum of the values])
         self._series: dict[str, tuple[list[int], list[float]]] = {}
+        self._observers: dict[str, Callable[[float], None]] = {}
 
     def observer(self, value: str) -> Callable[[float], None]:
-        """The function that records one observation under label `value` (a series from now
-        on, at zero until observed)."""
-        counts, total = self._series.setdefault(value, ([0] * len(self._bounds), [0.0]))
+        """The function that records one observation under label `value` (a series from the
+        first call on, at zero until observed); the same function at every call."""
+        observe = self._observers.get(value)
+        if observe is None:
+            observe = self._observers[value] = self._new_observer(value)
+        return observe
+
+    def _new_observer(self, value: str) -> Callable[[float], None]:
+        counts, total = self._series[value] = ([0] * len(self._bounds), [0.0])
         bounds = self._bounds
 
         def observe(seconds: float) -> None:
