@@ -274,6 +274,9 @@ class InfluxTarget:
             pending.popleft()
         return None
 
+    def close(self) -> None:
+        """Nothing to release: the HTTP client is its owner's (the sink's, or replay's)."""
+
     async def load_field_types(self) -> None:
         """v1: teach FieldTypes the types InfluxDB already holds (`SHOW FIELD KEYS` of each
         tenant database), so that the first write after a start does not meet a type another

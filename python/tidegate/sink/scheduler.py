@@ -199,7 +199,7 @@ class Sink:
                 self._leave_in_log()
             if self._client is not None:
                 await self._client.aclose()
-            if isinstance(self._target, FileTarget):
+            if self._target is not None:
                 self._target.close()
             log("sink_stopped", stats=self.stats())
 

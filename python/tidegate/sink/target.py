@@ -52,6 +52,9 @@ class Target(Protocol):
         """Write the pending pieces in order. Written and dead-lettered pieces leave `pending`;
         on a retryable failure the rest stays there and the failure is returned."""
 
+    def close(self) -> None:
+        """Release what the target holds; the sink has stopped, so no delivery is running."""
+
 
 def database(tenant: str) -> str:
     """The InfluxDB database (v1, v3) or bucket (v2) of a tenant, and its files' directory."""
