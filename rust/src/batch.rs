@@ -82,71 +82,87 @@ pub struct GroupSlot {
 /// One `(tenant, device, site, provision_token, count)` of `Batch::groups`.
 pub type GroupKey<'b> = (&'b str, &'b str, &'b str, &'b str, usize);
 
-/// One tenant's accepted lines of a batch (`Batch::tenant_groups`), borrowed from it, in
-/// request order.
+/// One tenant's accepted lines of a batch (`Batch::tenant_groups`, `Batch::take_groups`),
+/// borrowed from it, in request order.
 #[derive(Debug)]
 pub struct TenantGroup<'b> {
     pub tenant: &'b str,
     /// Bytes of the lines.
     pub bytes: usize,
-    /// The batch's line buffer, which `spans` are ranges of.
+    /// The batch's line buffer, which `runs` are ranges of.
     all: &'b [u8],
-    spans: Vec<Span>,
+    runs: Vec<Span>,
+    count: usize,
 }
 
 impl<'b> TenantGroup<'b> {
-    fn new(tenant: &'b str, all: &'b [u8], lines: usize) -> Self {
-        TenantGroup {
-            tenant,
-            bytes: 0,
-            all,
-            spans: Vec::with_capacity(lines),
-        }
-    }
-
-    fn push(&mut self, line: Span) {
-        self.bytes += line.range().len();
-        self.spans.push(line);
-    }
-
     /// How many lines.
     pub fn count(&self) -> usize {
-        self.spans.len()
-    }
-
-    /// The lines, in request order.
-    pub fn lines(&self) -> impl Iterator<Item = &'b [u8]> + Clone + '_ {
-        let all = self.all;
-        self.spans.iter().map(move |span| {
-            all.get(span.range())
-                .expect("a line's span is a range of its batch's lines")
-        })
+        self.count
     }
 
     /// The lines, in request order, as runs of lines adjacent in the batch: one slice when the
     /// tenant's lines are not interleaved with another's or a rejected item's.
-    pub fn runs(&self) -> Vec<&'b [u8]> {
-        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-        for span in &self.spans {
-            match runs.last_mut() {
-                Some(run) if run.end == span.range().start => run.end = span.range().end,
-                _ => runs.push(span.range()),
-            }
-        }
-        runs.into_iter()
-            .map(|run| {
-                self.all
-                    .get(run)
-                    .expect("a line's span is a range of its batch's lines")
-            })
-            .collect()
+    pub fn runs(&self) -> impl Iterator<Item = &'b [u8]> + Clone + '_ {
+        let all = self.all;
+        self.runs.iter().map(move |run| {
+            all.get(run.range())
+                .expect("a line's span is a range of its batch's lines")
+        })
     }
 
     /// Appends the lines to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        for line in self.lines() {
-            out.extend_from_slice(line);
+        for run in self.runs() {
+            out.extend_from_slice(run);
         }
+    }
+}
+
+/// Lines gathered per tenant in one pass over a batch's items, before they borrow the batch
+/// as `TenantGroup`s: tenants in order of their first line.
+struct Grouping {
+    /// Per batch tenant, its index in `groups` (`usize::MAX`: none yet).
+    slot_of: Vec<usize>,
+    /// `(tenant index, runs, count, bytes)`.
+    groups: Vec<(usize, Vec<Span>, usize, usize)>,
+}
+
+impl Grouping {
+    fn new(tenants: usize) -> Self {
+        Grouping {
+            slot_of: vec![usize::MAX; tenants],
+            groups: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, tenant: usize, line: Span) {
+        let slot = &mut self.slot_of[tenant];
+        if *slot == usize::MAX {
+            *slot = self.groups.len();
+            self.groups.push((tenant, Vec::new(), 0, 0));
+        }
+        let (_, runs, count, bytes) = &mut self.groups[*slot];
+        match runs.last_mut() {
+            Some(run) if run.end == line.start => run.end = line.end,
+            _ => runs.push(line),
+        }
+        *count += 1;
+        *bytes += line.range().len();
+    }
+
+    fn borrow(self, batch: &Batch) -> Vec<TenantGroup<'_>> {
+        self.groups
+            .into_iter()
+            .map(|(t, runs, count, bytes)| TenantGroup {
+                tenant: batch.tenant(t),
+                bytes,
+                all: &batch.buf.lines,
+                runs,
+                count,
+            })
+            .collect()
     }
 }
 
@@ -754,22 +770,11 @@ impl Batch {
     /// The accepted lines per tenant, tenants in order of first appearance among accepted
     /// items: one pass over the items, the lines borrowed from the batch.
     pub fn tenant_groups(&self) -> Vec<TenantGroup<'_>> {
-        // Per tenant, its items before verdicts: room for its lines without growing.
-        let mut room = vec![0; self.buf.tenants.len()];
-        for g in &self.buf.groups {
-            room[g.tenant_index as usize] += g.count as usize;
-        }
-        let mut slot_of = vec![usize::MAX; self.buf.tenants.len()];
-        let mut out: Vec<TenantGroup<'_>> = Vec::new();
+        let mut grouping = Grouping::new(self.buf.tenants.len());
         for item in self.buf.items.iter().filter(|i| i.reason.is_none()) {
-            let t = item.tenant as usize;
-            if slot_of[t] == usize::MAX {
-                slot_of[t] = out.len();
-                out.push(TenantGroup::new(self.tenant(t), &self.buf.lines, room[t]));
-            }
-            out[slot_of[t]].push(item.line);
+            grouping.add(item.tenant as usize, item.line);
         }
-        out
+        grouping.borrow(self)
     }
 
     /// `tenant_groups` with each tenant's lines copied into one buffer (tests compare them).
@@ -886,19 +891,47 @@ impl Batch {
             .expect("an item's span is a range of this batch's lines")
     }
 
-    /// Hands each still-accepted item's `(tenant index, line)` to `store`, in request order;
-    /// an item `store` refuses becomes `BUFFER_FULL`. Only once per batch.
-    pub fn append_with(
+    /// `append_named` without the tenant's id (tests).
+    #[cfg(test)]
+    pub(crate) fn append_with(
         &mut self,
         mut store: impl FnMut(usize, &[u8]) -> bool,
     ) -> Result<(), UsageError> {
         self.append_named(|t, _, line| store(t, line))
     }
 
-    /// `append_with`, the tenant's id handed along with its index.
+    /// Hands each still-accepted item's `(tenant index, tenant, line)` to `store`, in request
+    /// order; an item `store` refuses becomes `BUFFER_FULL`. Only once per batch.
     pub fn append_named(
         &mut self,
         mut store: impl FnMut(usize, &str, &[u8]) -> bool,
+    ) -> Result<(), UsageError> {
+        self.append_spans(|t, tenant, _, line| store(t, tenant, line))
+    }
+
+    /// Hands each still-accepted item's `(tenant index, tenant, line length)` to `take`, in
+    /// request order (an item it refuses becomes `BUFFER_FULL`), and groups the lines taken
+    /// as `tenant_groups` would afterwards, in the same pass. Only once per batch, as
+    /// `append_named`.
+    pub fn take_groups(
+        &mut self,
+        mut take: impl FnMut(usize, &str, usize) -> bool,
+    ) -> Result<Vec<TenantGroup<'_>>, UsageError> {
+        let mut grouping = Grouping::new(self.buf.tenants.len());
+        self.append_spans(|t, tenant, span, line| {
+            let taken = take(t, tenant, line.len());
+            if taken {
+                grouping.add(t, span);
+            }
+            taken
+        })?;
+        Ok(grouping.borrow(self))
+    }
+
+    /// `append_named`, each line's span handed along.
+    fn append_spans(
+        &mut self,
+        mut store: impl FnMut(usize, &str, Span, &[u8]) -> bool,
     ) -> Result<(), UsageError> {
         if self.appended {
             return Err(UsageError::AlreadyAppended);
@@ -915,7 +948,8 @@ impl Batch {
                 .lines
                 .get(item.line.range())
                 .expect("an item's span is a range of this batch's lines");
-            if !store(tenant, self.buf.tenants[tenant].of(&self.buf.strings), line) {
+            let name = self.buf.tenants[tenant].of(&self.buf.strings);
+            if !store(tenant, name, item.line, line) {
                 item.reason = Some(Reason::BufferFull);
                 full.get_or_insert_with(Vec::new).push(index as u32);
             }
@@ -934,7 +968,7 @@ impl Batch {
 
     /// For lines handed elsewhere instead of appended (NATS mode publishes `tenant_lines`):
     /// every still-accepted item of one of `tenants` becomes `reason`; returns how many. Like
-    /// `append_with`, only once per batch, and the batch cannot be appended afterwards.
+    /// `append_named`, only once per batch, and the batch cannot be appended afterwards.
     pub fn withdraw<S: AsRef<str>>(
         &mut self,
         tenants: &[S],
@@ -1269,8 +1303,9 @@ mod tests {
         let groups: Vec<_> = b
             .tenant_groups()
             .iter()
-            .map(|g| (g.tenant, g.lines().collect::<Vec<_>>(), g.bytes, g.count()))
+            .map(|g| (g.tenant, g.runs().collect::<Vec<_>>(), g.bytes, g.count()))
             .collect();
+        // `b` (another tenant's) lies between `a` and `c`, `d` (rejected) between `c` and `e`.
         assert_eq!(
             groups,
             [
@@ -1278,6 +1313,52 @@ mod tests {
                 ("t2", vec![&b"b\n"[..]], 2, 1)
             ]
         );
+    }
+
+    #[test]
+    fn take_groups_merges_adjacent_lines_and_refuses_what_take_refuses() {
+        let mut b = Batch::of_lines(&[
+            ("t1", "a\n"),
+            ("t1", "bb\n"),
+            ("t2", "c\n"),
+            ("t1", "refused\n"),
+            ("t1", "d\n"),
+            ("t2", "e\n"),
+        ]);
+        let mut seen = Vec::new();
+        let groups: Vec<_> = b
+            .take_groups(|t, tenant, len| {
+                seen.push((t, tenant.to_owned(), len));
+                len != 8
+            })
+            .expect("first use")
+            .iter()
+            .map(|g| (g.tenant, g.runs().collect::<Vec<_>>(), g.bytes, g.count()))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("t1", vec![&b"a\nbb\n"[..], b"d\n"], 7, 3),
+                ("t2", vec![&b"c\n"[..], b"e\n"], 4, 2)
+            ]
+        );
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seen[3], (0, "t1".to_owned(), 8));
+        assert_eq!(
+            b.reasons().collect::<Vec<_>>(),
+            [None, None, None, Some(Reason::BufferFull), None, None]
+        );
+        assert_eq!(
+            b.tenant_lines(),
+            [
+                ("t1", b"a\nbb\nd\n".to_vec(), 3),
+                ("t2", b"c\ne\n".to_vec(), 2)
+            ]
+        );
+        assert!(matches!(
+            b.take_groups(|_, _, _| true),
+            Err(UsageError::AlreadyAppended)
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::HashMap;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, TenantGroup};
 use crate::errors::UsageError;
 
 const MIN_CHUNK: usize = 4 * 1024;
@@ -454,7 +454,7 @@ impl State {
 #[must_use = "a reservation holds room until committed or cancelled"]
 pub struct Reservation {
     pub mark: u64,
-    /// Bytes reserved per tenant, in order of first appearance in the batch.
+    /// Bytes reserved per tenant, in order of their first line in the batch.
     tenants: Vec<(String, usize)>,
 }
 
@@ -537,33 +537,6 @@ impl TenantBuffers {
         true
     }
 
-    /// Decides which of the batch's accepted lines fit under both caps (the rest become
-    /// `BUFFER_FULL`) and counts them; returns the bytes and lines taken per batch tenant.
-    fn take_room(
-        &self,
-        state: &mut State,
-        batch: &mut Batch,
-    ) -> Result<Vec<(usize, usize)>, UsageError> {
-        let mut used: Vec<usize> = (0..batch.tenant_count())
-            .map(|t| state.used(batch.tenant(t)))
-            .collect();
-        let mut taken = vec![(0, 0); used.len()];
-        let mut total = state.total;
-        batch.append_with(|t, line| {
-            let n = line.len();
-            if !self.take(&mut total, &mut used[t], n) {
-                return false;
-            }
-            taken[t].0 += n;
-            taken[t].1 += 1;
-            true
-        })?;
-        for (t, &(nbytes, _)) in taken.iter().enumerate() {
-            state.count(batch.tenant(t), nbytes);
-        }
-        Ok(taken)
-    }
-
     /// Appends the batch's accepted lines under `mark` (0: none); items that do not fit become
     /// `BUFFER_FULL`. Returns the tenants appended to that are now at a threshold, in order of
     /// first appearance.
@@ -614,20 +587,32 @@ impl TenantBuffers {
     }
 
     /// Takes room for the batch's accepted lines (`BUFFER_FULL` for those that do not fit) under
-    /// a new mark, without storing them yet.
-    pub fn reserve(&self, batch: &mut Batch) -> Result<Reservation, UsageError> {
+    /// a new mark, without storing them yet; the lines taken per tenant, grouped in the same
+    /// pass over the batch.
+    pub fn reserve<'b>(
+        &self,
+        batch: &'b mut Batch,
+    ) -> Result<(Reservation, Vec<TenantGroup<'b>>), UsageError> {
         let mut state = self.lock();
         let state = &mut *state;
-        let taken = self.take_room(state, batch)?;
+        let mut used = vec![None; batch.tenant_count()];
+        let mut total = state.total;
+        let groups = batch.take_groups(|t, tenant, n| {
+            let used = used[t].get_or_insert_with(|| state.used(tenant));
+            self.take(&mut total, used, n)
+        })?;
+        for group in &groups {
+            state.count(group.tenant, group.bytes);
+        }
         let mark = state.marks.last + 1;
-        state.marks.add(mark, taken.iter().map(|t| t.1).sum());
-        let tenants = taken
+        state
+            .marks
+            .add(mark, groups.iter().map(TenantGroup::count).sum());
+        let tenants = groups
             .iter()
-            .enumerate()
-            .filter(|(_, &(nbytes, _))| nbytes > 0)
-            .map(|(t, &(nbytes, _))| (batch.tenant(t).to_owned(), nbytes))
+            .map(|g| (g.tenant.to_owned(), g.bytes))
             .collect();
-        Ok(Reservation { mark, tenants })
+        Ok((Reservation { mark, tenants }, groups))
     }
 
     /// Takes room for one tenant's lines, all or nothing, under a new mark; None when they do
@@ -1117,26 +1102,26 @@ mod tests {
     fn a_reservation_counts_room_until_committed_or_cancelled() {
         let buffers = buffers(2, 1 << 20, 10);
         let mut b = Batch::of_lines(&[("a", "aaa\n"), ("b", "bbb\n"), ("a", "a\n"), ("c", "cc\n")]);
-        let r = buffers.reserve(&mut b).expect("first use");
+        let (r, groups) = buffers.reserve(&mut b).expect("first use");
         assert_eq!((r.mark, r.is_empty()), (1, false));
         assert_eq!(buffers.total_bytes(), 10);
         assert!(buffers.tenants().is_empty());
-        let lines = b.tenant_lines();
-        let lines = lines.iter().map(|(t, l, n)| (*t, [l.as_slice()], *n));
+        let lines = groups.iter().map(|g| (g.tenant, g.runs(), g.count()));
         assert_eq!(buffers.commit(r, lines), vec!["a".to_owned()]);
+        assert_eq!(b.tenant_lines()[0], ("a", b"aaa\na\n".to_vec(), 2));
         assert_eq!(buffers.depth().len(), 2);
         assert_eq!(buffers.delivered_through(), 0);
 
         let mut b = Batch::of_lines(&[("c", "c\n")]);
-        let r = buffers.reserve(&mut b).expect("first use");
-        assert!(r.is_empty());
+        let (r, groups) = buffers.reserve(&mut b).expect("first use");
+        assert!(r.is_empty() && groups.is_empty());
         assert_eq!(b.reasons().collect::<Vec<_>>(), [Some(Reason::BufferFull)]);
         assert_eq!(buffers.take_delivered(), [2]);
         buffers.cancel(r);
 
         let buffers = super::tests::buffers(2, 1 << 20, 8);
         let mut b = Batch::of_lines(&[("a", "aaa\n")]);
-        let r = buffers.reserve(&mut b).expect("first use");
+        let (r, _) = buffers.reserve(&mut b).expect("first use");
         buffers.cancel(r);
         assert_eq!(buffers.total_bytes(), 0);
         assert_eq!(buffers.take_delivered(), [1]);

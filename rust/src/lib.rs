@@ -155,7 +155,7 @@ impl PyBatch {
         self.inner
             .tenant_groups()
             .iter()
-            .map(|g| Ok((g.tenant, bytes_of(py, g.lines())?, g.count())))
+            .map(|g| Ok((g.tenant, bytes_of(py, g.runs())?, g.count())))
             .collect()
     }
 

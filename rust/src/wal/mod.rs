@@ -292,12 +292,12 @@ impl Wal {
     /// `BUFFER_FULL` and are not logged) and queues their records for the writer. Returns the
     /// queued append with its ticket, or None when there is nothing to log.
     fn queue_batch(&self, batch: &mut Batch) -> Result<Option<u64>, WalError> {
-        let reservation = self.shared.buffers.reserve(batch)?;
+        let (reservation, groups) = self.shared.buffers.reserve(batch)?;
         if reservation.is_empty() {
             return Ok(None);
         }
         self.shared
-            .queue(reservation, |out, mark| encode_batch(out, mark, batch))
+            .queue(reservation, |out, mark| encode_batch(out, mark, &groups))
             .map(Some)
     }
 
@@ -351,12 +351,12 @@ impl Wal {
     /// stored; returns the tenants now at a flush threshold. On an error nothing is stored.
     pub fn append(&self, batch: &mut Batch) -> Result<Vec<String>, WalError> {
         self.inline_only()?;
-        let reservation = self.shared.buffers.reserve(batch)?;
+        let (reservation, groups) = self.shared.buffers.reserve(batch)?;
         if reservation.is_empty() {
             return Ok(Vec::new());
         }
         self.shared
-            .write_now(reservation, |mark| Gathered::batch(mark, batch))
+            .write_now(reservation, |mark| Gathered::batch(mark, &groups))
     }
 
     /// `append` for one tenant's encoded lines, all or nothing: None when they do not fit the

@@ -15,7 +15,7 @@
 use std::io::IoSlice;
 use std::ops::Range;
 
-use crate::batch::Batch;
+use crate::batch::TenantGroup;
 
 pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"TGWAL02\n";
 /// A recycled segment's header: past its end lie earlier lives, which may begin with the
@@ -134,14 +134,13 @@ pub(super) fn encode_record(
     })
 }
 
-/// One record per tenant of the batch's accepted lines (`Batch::tenant_groups`), appended to
-/// `out` straight from the batch.
+/// One record per tenant of a batch's lines (`TenantBuffers::reserve` groups them), appended
+/// to `out` straight from the batch.
 pub(super) fn encode_batch<'b>(
     out: &mut Vec<u8>,
     mark: u64,
-    batch: &'b Batch,
+    groups: &[TenantGroup<'b>],
 ) -> Vec<RecordLines<'b>> {
-    let groups = batch.tenant_groups();
     out.reserve(groups.iter().map(|g| record_len(g.tenant, g.bytes)).sum());
     groups
         .iter()
@@ -216,11 +215,21 @@ fn encode_head(
 /// Sets the CRC of the record starting `encoded`, whose bytes after the header are `encoded`'s
 /// rest followed by `more`.
 fn seal(encoded: &mut [u8], more: &[&[u8]]) {
-    let crc = more.iter().fold(
-        crc32c::crc32c_append(crc32c::crc32c(&encoded[4..8]), &encoded[12..]),
-        |crc, part| crc32c::crc32c_append(crc, part),
-    );
+    let (length, rest) = (&encoded[4..8], &encoded[12..]);
+    let crc = crc32c([length, rest].into_iter().chain(more.iter().copied()));
     encoded[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// CRC-32C (Castagnoli) of `parts` back to back. `crc-fast` folds with carry-less multiplies
+/// (VPCLMULQDQ where the CPU has it, chosen at run time): a 30 KB record's lines in ~0.55 µs
+/// against ~1.3 µs with the `crc32` instruction alone.
+pub(super) fn crc32c<'p>(parts: impl IntoIterator<Item = &'p [u8]>) -> u32 {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    for part in parts {
+        digest.update(part);
+    }
+    // A 32-bit CRC's value fits its low half.
+    digest.finalize() as u32
 }
 
 /// One tenant's record of an append written at once: its head in `Gathered::heads`, its lines
@@ -244,12 +253,11 @@ pub(super) struct Gathered<'a> {
 }
 
 impl<'a> Gathered<'a> {
-    /// One record per tenant of the batch's accepted lines (as `encode_batch`).
-    pub(super) fn batch(mark: u64, batch: &'a Batch) -> Self {
-        let groups = batch.tenant_groups();
+    /// One record per tenant of a batch's lines (as `encode_batch`).
+    pub(super) fn batch(mark: u64, groups: &[TenantGroup<'a>]) -> Self {
         let mut gathered = Gathered::with_capacity(groups.iter().map(|g| g.tenant));
         for group in groups {
-            gathered.push(mark, group.tenant, group.runs(), group.count());
+            gathered.push(mark, group.tenant, group.runs().collect(), group.count());
         }
         gathered
     }
@@ -325,7 +333,7 @@ pub(super) fn decode_record(data: &[u8], format: Format) -> Decoded<'_> {
     let Some((body, end)) = record_body(data) else {
         return Decoded::Bad;
     };
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&data[4..8]), body);
+    let crc = crc32c([&data[4..8], body]);
     let salt = crc ^ le_u32(&data[8..12]);
     if salt != format.salt() {
         return match format {
@@ -442,6 +450,7 @@ pub(super) fn scan_records(data: &[u8], from: usize, format: Format) -> Scan<'_>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Batch;
 
     const ID: u64 = 7;
     const FORMAT: Format = Format::V2 { salt: ID as u32 };
@@ -479,7 +488,7 @@ mod tests {
             encode_record(&mut want, 9, tenant, &lines, count);
         }
         let mut got = b"head".to_vec();
-        let spans = encode_batch(&mut got, 9, &batch);
+        let spans = encode_batch(&mut got, 9, &batch.tenant_groups());
         assert_eq!(got, want);
         let spans: Vec<(&str, &[u8], usize)> =
             spans.into_iter().map(|(t, r, n)| (t, &got[r], n)).collect();
@@ -494,6 +503,16 @@ mod tests {
     }
 
     #[test]
+    fn the_crc_is_crc32c_of_the_parts_back_to_back() {
+        // The check value of CRC-32/ISCSI.
+        assert_eq!(crc32c([&b"123456789"[..]]), 0xE306_9283);
+        assert_eq!(crc32c([&b"1234"[..], b"", b"56789"]), 0xE306_9283);
+        let long: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let (a, b) = long.split_at(33_333);
+        assert_eq!(crc32c([a, b]), crc32c([&long[..]]));
+    }
+
+    #[test]
     fn gathered_records_are_the_bytes_encode_batch_writes() {
         let batch = Batch::of_lines(&[
             ("a", "a 1\n"),
@@ -503,9 +522,10 @@ mod tests {
             ("c", "c 1\n"),
         ]);
         let mut want = Vec::new();
-        encode_batch(&mut want, 9, &batch);
+        encode_batch(&mut want, 9, &batch.tenant_groups());
         salt_records(&mut want, salt(ID));
-        let mut gathered = Gathered::batch(9, &batch);
+        let groups = batch.tenant_groups();
+        let mut gathered = Gathered::batch(9, &groups);
         gathered.salt(salt(ID));
         let got: Vec<u8> = gathered.slices().iter().flat_map(|s| s.to_vec()).collect();
         assert_eq!((got.len(), gathered.len()), (want.len(), want.len()));

@@ -83,7 +83,7 @@ pub(super) fn read_checkpoint(dir: &Path) -> Result<Checkpoint, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
         Err(e) => return Err(describe("cannot read", &path, &e)),
     };
-    if data.len() != 20 || crc32c::crc32c(&data[..16]) != record::le_u32(&data[16..]) {
+    if data.len() != 20 || record::crc32c([&data[..16]]) != record::le_u32(&data[16..]) {
         return Err(format!(
             "{} is damaged; replaying every record",
             path.display()
@@ -101,7 +101,7 @@ pub(super) fn write_checkpoint(dir: &Path, checkpoint: Checkpoint) -> io::Result
     let tmp = dir.join("checkpoint.tmp");
     let mut data = checkpoint.delivered_through.to_le_bytes().to_vec();
     data.extend_from_slice(&checkpoint.last_mark.to_le_bytes());
-    data.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
+    data.extend_from_slice(&record::crc32c([&data[..]]).to_le_bytes());
     let mut f = File::create(&tmp)?;
     f.write_all(&data)?;
     f.sync_all()?;
