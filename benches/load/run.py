@@ -27,7 +27,9 @@ tree, side by side in one run on the same bodies:
 `--alternate PAIRS` (direct mode, saturated phases only) starts the baseline and the working tree,
 each with every --durability, at once and lets them all take turns, PAIRS runs each, then prints
 a `mean of PAIRS` row per build and durability: on a shared machine whose speed drifts within
-minutes, only alternating runs compare fairly.
+minutes, only alternating runs compare fairly. With memory mode among the durabilities, each
+logged run also shows its share of the same build's memory-mode run of that turn (`of memory
+mode`), and its mean row the median of those shares with their range.
 
     python benches/load/run.py --cores rust --baseline base-c4f33ef --alternate 4 --duration 10
 
@@ -678,11 +680,36 @@ def run_alternating(
     finally:
         for run in runs:
             run.stop()
+    with_memory = of_memory_mode(list(rows.values()))
     return (
-        [row for entry in rows.values() for row in entry]
-        + [mean_row(entry) for entry in rows.values() if entry]
+        [row for entry in with_memory for row in entry]
+        + [mean_row(entry) for entry in with_memory if entry]
         + reference_rows
     )
+
+
+def of_memory_mode(entries: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Each logged run's rate as a share of memory mode's run of the same build and turn: runs
+    side by side in time, so a drift of the machine moves both (the target compares them)."""
+    memory = {same_build(e[0]): e for e in entries if e and e[0]["durability"] == "memory"}
+    out = []
+    for entry in entries:
+        base = memory.get(same_build(entry[0])) if entry else None
+        if base is None or base is entry:
+            out.append(entry)
+            continue
+        out.append(
+            [
+                {**r, "memory_share": round(r["accepted_msgs_per_s"] / m["accepted_msgs_per_s"], 3)}
+                for r, m in zip(entry, base, strict=True)
+            ]
+        )
+    return out
+
+
+def same_build(row: dict[str, Any]) -> tuple[str, ...]:
+    """What a row shares with memory mode's row of the same build: all but the durability."""
+    return tuple(str(row[k]) for k in ("build", "mode", "core", "sink", "registry"))
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -690,6 +717,10 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("accepted_msgs_per_s", "req_per_s", "p50_ms", "p99_ms", "p999_ms")
     out = dict(rows[0], phase=f"mean of {len(rows)}", **means(rows, keys))
     out["accepted_msgs_per_s"] = round(out["accepted_msgs_per_s"])
+    if "memory_share" in rows[0]:
+        shares = [r["memory_share"] for r in rows]
+        out["memory_share"] = statistics.median(shares)
+        out["memory_share_range"] = (min(shares), max(shares))
     return out
 
 
@@ -709,8 +740,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| build | mode | core | sink | registry | durability | phase | accepted msgs/s | req/s "
         "| p50 ms | p99 ms | p99.9 ms | RSS start→end (max) MiB | rejected | records/fsync "
         "| CPU s per 100k msgs | worker msgs/s | publish→sink p50/p99 ms | share of ceiling "
-        "| speed-up over seeds |\n"
-        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|---:|\n"
+        "| speed-up over seeds | of memory mode |\n"
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|---:|---:|\n"
     )
     lines = [
         f"| {r['build']} | {r['mode']} | {r['core']} | {r['sink']} | {r['registry']} "
@@ -723,10 +754,22 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"| {r.get('worker_msgs_per_s') or '-'} "
         f"| {r.get('delivery_p50_ms') or '-'} / {r.get('delivery_p99_ms') or '-'} "
         f"| {format(r['ceiling_share'], '.1%') if 'ceiling_share' in r else '-'} "
-        f"| {r.get('over_seeds', '-')} |"
+        f"| {r.get('over_seeds', '-')} | {memory_share(r)} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def memory_share(row: dict[str, Any]) -> str:
+    """A logged run's share of memory mode's (`of_memory_mode`); a mean row's is the median
+    over the turns, with their range."""
+    if "memory_share" not in row:
+        return "-"
+    share = f"{row['memory_share']:.1%}"
+    if "memory_share_range" in row:
+        low, high = row["memory_share_range"]
+        share = f"median {share} ({low:.1%} to {high:.1%})"
+    return share
 
 
 def run_nats(
