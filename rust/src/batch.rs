@@ -124,8 +124,16 @@ impl<'b> TenantGroup<'b> {
 struct Grouping {
     /// Per batch tenant, its index in `groups` (`usize::MAX`: none yet).
     slot_of: Vec<usize>,
-    /// `(tenant index, runs, count, bytes)`.
-    groups: Vec<(usize, Vec<Span>, usize, usize)>,
+    groups: Vec<TenantRuns>,
+}
+
+/// One tenant's lines in a `Grouping`.
+struct TenantRuns {
+    /// The tenant's index among the batch's.
+    tenant: usize,
+    runs: Vec<Span>,
+    count: usize,
+    bytes: usize,
 }
 
 impl Grouping {
@@ -141,26 +149,31 @@ impl Grouping {
         let slot = &mut self.slot_of[tenant];
         if *slot == usize::MAX {
             *slot = self.groups.len();
-            self.groups.push((tenant, Vec::new(), 0, 0));
+            self.groups.push(TenantRuns {
+                tenant,
+                runs: Vec::new(),
+                count: 0,
+                bytes: 0,
+            });
         }
-        let (_, runs, count, bytes) = &mut self.groups[*slot];
-        match runs.last_mut() {
+        let group = &mut self.groups[*slot];
+        match group.runs.last_mut() {
             Some(run) if run.end == line.start => run.end = line.end,
-            _ => runs.push(line),
+            _ => group.runs.push(line),
         }
-        *count += 1;
-        *bytes += line.range().len();
+        group.count += 1;
+        group.bytes += line.range().len();
     }
 
     fn borrow(self, batch: &Batch) -> Vec<TenantGroup<'_>> {
         self.groups
             .into_iter()
-            .map(|(t, runs, count, bytes)| TenantGroup {
-                tenant: batch.tenant(t),
-                bytes,
+            .map(|g| TenantGroup {
+                tenant: batch.tenant(g.tenant),
+                bytes: g.bytes,
                 all: &batch.buf.lines,
-                runs,
-                count,
+                runs: g.runs,
+                count: g.count,
             })
             .collect()
     }
