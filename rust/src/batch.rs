@@ -144,7 +144,7 @@ impl Grouping {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, tenant: usize, line: Span) {
         let slot = &mut self.slot_of[tenant];
         if *slot == usize::MAX {
