@@ -87,25 +87,27 @@ pub type GroupKey<'b> = (&'b str, &'b str, &'b str, &'b str, usize);
 #[derive(Debug)]
 pub struct TenantGroup<'b> {
     pub tenant: &'b str,
-    /// Bytes of the lines.
-    pub bytes: usize,
-    /// The batch's line buffer, which `runs` are ranges of.
+    /// The batch's line buffer, which the runs are ranges of.
     all: &'b [u8],
-    runs: Vec<Span>,
-    count: usize,
+    lines: TenantRuns,
 }
 
 impl<'b> TenantGroup<'b> {
     /// How many lines.
     pub fn count(&self) -> usize {
-        self.count
+        self.lines.count
+    }
+
+    /// Bytes of the lines.
+    pub fn bytes(&self) -> usize {
+        self.lines.bytes
     }
 
     /// The lines, in request order, as runs of lines adjacent in the batch: one slice when the
     /// tenant's lines are not interleaved with another's or a rejected item's.
     pub fn runs(&self) -> impl Iterator<Item = &'b [u8]> + Clone + '_ {
         let all = self.all;
-        self.runs.iter().map(move |run| {
+        self.lines.runs.iter().map(move |run| {
             all.get(run.range())
                 .expect("a line's span is a range of its batch's lines")
         })
@@ -127,7 +129,8 @@ struct Grouping {
     groups: Vec<TenantRuns>,
 }
 
-/// One tenant's lines in a `Grouping`.
+/// One tenant's lines in a `Grouping`, and in the `TenantGroup` it becomes.
+#[derive(Debug)]
 struct TenantRuns {
     /// The tenant's index among the batch's.
     tenant: usize,
@@ -168,12 +171,10 @@ impl Grouping {
     fn borrow(self, batch: &Batch) -> Vec<TenantGroup<'_>> {
         self.groups
             .into_iter()
-            .map(|g| TenantGroup {
-                tenant: batch.tenant(g.tenant),
-                bytes: g.bytes,
+            .map(|lines| TenantGroup {
+                tenant: batch.tenant(lines.tenant),
                 all: &batch.buf.lines,
-                runs: g.runs,
-                count: g.count,
+                lines,
             })
             .collect()
     }
@@ -796,7 +797,7 @@ impl Batch {
         self.tenant_groups()
             .into_iter()
             .map(|g| {
-                let mut lines = Vec::with_capacity(g.bytes);
+                let mut lines = Vec::with_capacity(g.bytes());
                 g.write_to(&mut lines);
                 (g.tenant, lines, g.count())
             })
@@ -1316,7 +1317,7 @@ mod tests {
         let groups: Vec<_> = b
             .tenant_groups()
             .iter()
-            .map(|g| (g.tenant, g.runs().collect::<Vec<_>>(), g.bytes, g.count()))
+            .map(|g| (g.tenant, g.runs().collect::<Vec<_>>(), g.bytes(), g.count()))
             .collect();
         // `b` (another tenant's) lies between `a` and `c`, `d` (rejected) between `c` and `e`.
         assert_eq!(
@@ -1346,7 +1347,7 @@ mod tests {
             })
             .expect("first use")
             .iter()
-            .map(|g| (g.tenant, g.runs().collect::<Vec<_>>(), g.bytes, g.count()))
+            .map(|g| (g.tenant, g.runs().collect::<Vec<_>>(), g.bytes(), g.count()))
             .collect();
         assert_eq!(
             groups,

@@ -602,7 +602,7 @@ impl TenantBuffers {
             self.take(&mut total, used, n)
         })?;
         for group in &groups {
-            state.count(group.tenant, group.bytes);
+            state.count(group.tenant, group.bytes());
         }
         let mark = state.marks.last + 1;
         state
@@ -610,7 +610,7 @@ impl TenantBuffers {
             .add(mark, groups.iter().map(TenantGroup::count).sum());
         let tenants = groups
             .iter()
-            .map(|g| (g.tenant.to_owned(), g.bytes))
+            .map(|g| (g.tenant.to_owned(), g.bytes()))
             .collect();
         Ok((Reservation { mark, tenants }, groups))
     }

@@ -141,13 +141,14 @@ pub(super) fn encode_batch<'b>(
     mark: u64,
     groups: &[TenantGroup<'b>],
 ) -> Vec<RecordLines<'b>> {
-    out.reserve(groups.iter().map(|g| record_len(g.tenant, g.bytes)).sum());
+    out.reserve(groups.iter().map(|g| record_len(g.tenant, g.bytes())).sum());
     groups
         .iter()
         .map(|g| {
             let count = g.count();
-            let start =
-                encode_record_with(out, mark, g.tenant, (g.bytes, count), |out| g.write_to(out));
+            let start = encode_record_with(out, mark, g.tenant, (g.bytes(), count), |out| {
+                g.write_to(out)
+            });
             (g.tenant, start..out.len(), count)
         })
         .collect()
@@ -257,7 +258,8 @@ impl<'a> Gathered<'a> {
     pub(super) fn batch(mark: u64, groups: &[TenantGroup<'a>]) -> Self {
         let mut gathered = Gathered::with_capacity(groups.iter().map(|g| g.tenant));
         for group in groups {
-            gathered.push(mark, group.tenant, group.runs().collect(), group.count());
+            let size = (group.bytes(), group.count());
+            gathered.push(mark, group.tenant, group.runs().collect(), size);
         }
         gathered
     }
@@ -265,7 +267,7 @@ impl<'a> Gathered<'a> {
     /// One record of one tenant's lines (as `encode_lines`).
     pub(super) fn lines(mark: u64, tenant: &'a str, lines: &'a [u8], line_count: usize) -> Self {
         let mut gathered = Gathered::with_capacity(std::iter::once(tenant));
-        gathered.push(mark, tenant, vec![lines], line_count);
+        gathered.push(mark, tenant, vec![lines], (lines.len(), line_count));
         gathered
     }
 
@@ -278,9 +280,10 @@ impl<'a> Gathered<'a> {
         }
     }
 
-    fn push(&mut self, mark: u64, tenant: &'a str, runs: Vec<&'a [u8]>, line_count: usize) {
-        let len = runs.iter().map(|run| run.len()).sum();
-        let start = encode_head(&mut self.heads, mark, tenant, (len, line_count));
+    /// Adds the record of `runs`, whose `(len, line_count)` the caller knows.
+    fn push(&mut self, mark: u64, tenant: &'a str, runs: Vec<&'a [u8]>, size: (usize, usize)) {
+        let (len, line_count) = size;
+        let start = encode_head(&mut self.heads, mark, tenant, size);
         seal(&mut self.heads[start..], &runs);
         self.len += self.heads.len() - start + len;
         self.records.push(GatheredRecord {
