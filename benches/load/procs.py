@@ -3,34 +3,45 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds `pid` has used so far (its own threads, not children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds `pid` has used so far (its own threads, not children), or
+    only its `thread`."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     # After the command: state is field 3, utime 14 and stime 15 (1-based) of the whole line.
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-class CpuMeter:
-    """CPU seconds of named processes between `start()` and `stop()`."""
+# A process, or one of its threads: (pid, thread id).
+Source = int | tuple[int, int]
 
-    def __init__(self, pids: dict[str, int]) -> None:
+
+def _seconds(source: Source) -> float:
+    return cpu_seconds(source) if isinstance(source, int) else cpu_seconds(*source)
+
+
+class CpuMeter:
+    """CPU seconds of named processes (or threads) between `start()` and `stop()`."""
+
+    def __init__(self, pids: Mapping[str, Source]) -> None:
         self.pids = pids
         self._start: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
     def start(self) -> None:
         """Take the starting readings."""
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: _seconds(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
         """CPU seconds each process used since `start()`."""
         self.used = {
-            name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self.pids.items()
+            name: round(_seconds(pid) - self._start[name], 2) for name, pid in self.pids.items()
         }
         return self.used
 

@@ -13,8 +13,10 @@ With the write-ahead log, each phase also reports records per fsync.
 and/or `default`: JetStream's 2-minute sync), one edge (`serve --mode nats`) under wrk and one
 `tidegate worker` writing to the sink; after each phase the bench waits until the worker has
 written every accepted message. Every phase reports CPU seconds per 100k accepted messages per
-process (gateway or edge, worker, nats-server, influxd), NATS mode also the publish-to-sink latency
-(JetStream store time to the worker's write) and the worker's rate including its drain.
+process (gateway or edge, worker, nats-server, influxd) and for the HTTP process's event-loop
+thread alone (`gateway loop`, the thread that bounds its rate), NATS mode also the
+publish-to-sink latency (JetStream store time to the worker's write) and the worker's rate
+including its drain.
 
     python benches/load/run.py --cores rust,python --sinks lp,influx --registries sqlite,postgres
 
@@ -78,7 +80,7 @@ ROOT = HERE.parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
 from gateway import GatewayProcess, poll, run_gateway  # noqa: E402
-from procs import CpuMeter  # noqa: E402
+from procs import CpuMeter, Source  # noqa: E402
 from services import InfluxDB, NatsServer, PostgresCluster, free_port  # noqa: E402
 from test_nats_stream import set_up  # noqa: E402
 from tidegate.config import Config  # noqa: E402
@@ -316,7 +318,7 @@ class Procs:
     """The processes of one run: the HTTP process under wrk, and in NATS mode its worker."""
 
     gw: GatewayProcess
-    cpu: dict[str, int]
+    cpu: dict[str, Source]
     worker: GatewayProcess | None = None
 
     def worker_stats(self, reset_latency: bool = False) -> dict[str, Any]:
@@ -504,7 +506,10 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
         # The streams as a worker creates them: the edge may only publish.
         asyncio.run(set_up(nats))
     gw = run_gateway(env | (nats.edge_env if nats else {}), workdir, python=build.python)
-    procs = Procs(gw, {"gateway" if nats is None else "edge": gw.proc.pid})
+    http = "gateway" if nats is None else "edge"
+    # The event loop's thread (uvicorn's main thread) bounds the rate: its CPU per message is
+    # the process's speed with the machine's other work (and its drift) left out.
+    procs = Procs(gw, {http: gw.proc.pid, f"{http} loop": (gw.proc.pid, gw.proc.pid)})
     tags = {
         "build": build.name,
         "core": core,
