@@ -9,21 +9,18 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU seconds `pid` has used so far (its own threads, not children), or
-    only its `thread`."""
-    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    # After the command: state is field 3, utime 14 and stime 15 (1-based) of the whole line.
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
 # A process, or one of its threads: (pid, thread id).
 Source = int | tuple[int, int]
 
 
-def _seconds(source: Source) -> float:
-    return cpu_seconds(source) if isinstance(source, int) else cpu_seconds(*source)
+def cpu_seconds(source: Source) -> float:
+    """User + system CPU seconds a process has used so far (its own threads, not children), or
+    one of its threads."""
+    pid, thread = (source, None) if isinstance(source, int) else source
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    # After the command: state is field 3, utime 14 and stime 15 (1-based) of the whole line.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 class CpuMeter:
@@ -36,12 +33,12 @@ class CpuMeter:
 
     def start(self) -> None:
         """Take the starting readings."""
-        self._start = {name: _seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
         """CPU seconds each process used since `start()`."""
         self.used = {
-            name: round(_seconds(pid) - self._start[name], 2) for name, pid in self.pids.items()
+            name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self.pids.items()
         }
         return self.used
 

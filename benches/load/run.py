@@ -14,7 +14,7 @@ and/or `default`: JetStream's 2-minute sync), one edge (`serve --mode nats`) und
 `tidegate worker` writing to the sink; after each phase the bench waits until the worker has
 written every accepted message. Every phase reports CPU seconds per 100k accepted messages per
 process (gateway or edge, worker, nats-server, influxd) and for the HTTP process's event-loop
-thread alone (`gateway loop`, the thread that bounds its rate), NATS mode also the
+thread alone (`gateway loop` or `edge loop`, the thread that bounds its rate), NATS mode also the
 publish-to-sink latency (JetStream store time to the worker's write) and the worker's rate
 including its drain.
 
@@ -507,8 +507,8 @@ def start(s: Setup, build: Build, case: Case, nats: NatsServer | None = None) ->
         asyncio.run(set_up(nats))
     gw = run_gateway(env | (nats.edge_env if nats else {}), workdir, python=build.python)
     http = "gateway" if nats is None else "edge"
-    # The event loop's thread (uvicorn's main thread) bounds the rate: its CPU per message is
-    # the process's speed with the machine's other work (and its drift) left out.
+    # The event loop's thread (uvicorn's main thread) bounds the rate: its share of a phase
+    # says whether a slow run was the loop waiting or the same work running slower.
     procs = Procs(gw, {http: gw.proc.pid, f"{http} loop": (gw.proc.pid, gw.proc.pid)})
     tags = {
         "build": build.name,
